@@ -1,0 +1,273 @@
+//! Bodies exchanged with Nextcloud: requests the server sends, the answers,
+//! and the backend API requests Nextcloud sends to the server.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// `{"type": kind, kind: body}` request to Nextcloud.
+pub type BackendRequest<'a, B> = crate::api::server::Envelope<'a, B>;
+
+/// `auth` request body.
+#[derive(Serialize)]
+pub struct AuthRequest<'a> {
+    /// Always "1.0".
+    pub version: &'a str,
+    /// The client's params, verbatim.
+    pub params: &'a RawValue,
+}
+
+/// `room` request body (join / leave, also used for virtual sessions with actors).
+#[derive(Serialize)]
+pub struct RoomRequest<'a> {
+    /// Always "1.0".
+    pub version: &'a str,
+    /// Room id.
+    pub roomid: &'a str,
+    /// User id, empty for guests.
+    pub userid: &'a str,
+    /// Nextcloud session id.
+    pub sessionid: &'a str,
+    /// join or leave.
+    pub action: &'a str,
+    /// Actor id (virtual sessions with options).
+    #[serde(rename = "actorid", skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<&'a str>,
+    /// Actor type (virtual sessions with options).
+    #[serde(rename = "actortype", skip_serializing_if = "Option::is_none")]
+    pub actor_type: Option<&'a str>,
+    /// In-call flags (virtual sessions with options).
+    #[serde(rename = "incall", skip_serializing_if = "Option::is_none")]
+    pub in_call: Option<u32>,
+}
+
+/// One entry of a `ping` request.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PingEntry {
+    /// Nextcloud session id.
+    pub sessionid: String,
+    /// User id, omitted for guests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userid: Option<String>,
+}
+
+/// `ping` request body.
+#[derive(Serialize)]
+pub struct PingRequest<'a> {
+    /// Always "1.0".
+    pub version: &'a str,
+    /// Room id; empty when entries of several rooms are batched.
+    pub roomid: &'a str,
+    /// Sessions that are still alive.
+    pub entries: &'a [PingEntry],
+}
+
+/// `session` request body (virtual sessions added / removed).
+#[derive(Serialize)]
+pub struct SessionRequest<'a> {
+    /// Always "1.0".
+    pub version: &'a str,
+    /// Room id.
+    pub roomid: &'a str,
+    /// add or remove.
+    pub action: &'a str,
+    /// Public id of the virtual session.
+    pub sessionid: &'a str,
+    /// User id, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userid: Option<&'a str>,
+    /// User data, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a RawValue>,
+}
+
+/// OCS envelope around every Nextcloud answer.
+#[derive(Deserialize)]
+pub struct Ocs {
+    /// The envelope.
+    pub ocs: OcsBody,
+}
+
+/// Inside the OCS envelope.
+#[derive(Deserialize)]
+pub struct OcsBody {
+    /// Status.
+    #[serde(default)]
+    pub meta: Option<OcsMeta>,
+    /// The actual answer.
+    pub data: Box<RawValue>,
+}
+
+/// OCS status.
+#[derive(Deserialize)]
+pub struct OcsMeta {
+    /// ok / failure.
+    #[serde(default)]
+    pub status: String,
+    /// HTTP-like status code; 429 = throttled.
+    #[serde(default)]
+    pub statuscode: u16,
+}
+
+/// Error object inside a backend answer.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+pub struct BackendError {
+    /// Error code.
+    #[serde(default)]
+    pub code: String,
+    /// Message.
+    #[serde(default)]
+    pub message: String,
+    /// Details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<RawValue>>,
+}
+
+/// Any answer of Nextcloud to `auth`, `room`, `ping`, `session`.
+#[derive(Deserialize)]
+pub struct BackendResponse {
+    /// auth, room, ping, session or error.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Set for errors.
+    #[serde(default)]
+    pub error: Option<BackendError>,
+    /// Set for `auth`.
+    #[serde(default)]
+    pub auth: Option<AuthResponse>,
+    /// Set for `room`.
+    #[serde(default)]
+    pub room: Option<RoomResponse>,
+}
+
+/// `auth` answer.
+#[derive(Deserialize)]
+pub struct AuthResponse {
+    /// User id; empty / missing for guests.
+    #[serde(default)]
+    pub userid: Option<String>,
+    /// User data, forwarded in room events.
+    #[serde(default)]
+    pub user: Option<Box<RawValue>>,
+}
+
+/// `room` answer.
+#[derive(Deserialize)]
+pub struct RoomResponse {
+    /// Room id.
+    #[serde(default)]
+    pub roomid: String,
+    /// Room properties.
+    #[serde(default)]
+    pub properties: Option<Box<RawValue>>,
+    /// Permissions of the session in this room.
+    #[serde(default)]
+    pub permissions: Option<Vec<String>>,
+}
+
+/// A backend API request (`POST /api/v1/room/{id}`).
+#[derive(Deserialize, Debug)]
+pub struct BackendRoomRequest {
+    /// Request type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Users invited.
+    #[serde(default)]
+    pub invite: Option<RoomUsersChange>,
+    /// Users disinvited.
+    #[serde(default)]
+    pub disinvite: Option<RoomUsersChange>,
+    /// Room updated.
+    #[serde(default)]
+    pub update: Option<RoomUsersChange>,
+    /// Room deleted.
+    #[serde(default)]
+    pub delete: Option<RoomUsersChange>,
+    /// Participants changed.
+    #[serde(default)]
+    pub participants: Option<ParticipantsChange>,
+    /// In-call state changed.
+    #[serde(default)]
+    pub incall: Option<InCallChange>,
+    /// Arbitrary room message.
+    #[serde(default)]
+    pub message: Option<RoomMessage>,
+    /// Sessions asked to switch rooms.
+    #[serde(default)]
+    pub switchto: Option<SwitchTo>,
+    /// Dial out request.
+    #[serde(default)]
+    pub dialout: Option<Dialout>,
+}
+
+/// Body of invite / disinvite / update / delete.
+#[derive(Deserialize, Debug, Default)]
+pub struct RoomUsersChange {
+    /// Users concerned.
+    #[serde(default)]
+    pub userids: Vec<String>,
+    /// All users invited (absent with `changed-users`).
+    #[serde(default)]
+    pub alluserids: Option<Vec<String>>,
+    /// Nextcloud session ids concerned (disinvite of guests).
+    #[serde(default)]
+    pub sessionids: Vec<String>,
+    /// Room properties.
+    #[serde(default)]
+    pub properties: Option<Box<RawValue>>,
+}
+
+/// Body of participants.
+#[derive(Deserialize, Debug, Default)]
+pub struct ParticipantsChange {
+    /// Changed participants.
+    #[serde(default)]
+    pub changed: Vec<Map<String, Value>>,
+    /// All participants (absent with `changed-users`).
+    #[serde(default)]
+    pub users: Option<Vec<Map<String, Value>>>,
+}
+
+/// Body of incall.
+#[derive(Deserialize, Debug, Default)]
+pub struct InCallChange {
+    /// New in-call flags.
+    #[serde(default)]
+    pub incall: Value,
+    /// All participants changed to `incall`.
+    #[serde(default)]
+    pub all: bool,
+    /// Changed participants.
+    #[serde(default)]
+    pub changed: Vec<Map<String, Value>>,
+    /// All participants (absent with `changed-users`).
+    #[serde(default)]
+    pub users: Option<Vec<Map<String, Value>>>,
+}
+
+/// Body of message.
+#[derive(Deserialize, Debug)]
+pub struct RoomMessage {
+    /// Forwarded to clients.
+    pub data: Box<RawValue>,
+}
+
+/// Body of switchto.
+#[derive(Deserialize, Debug)]
+pub struct SwitchTo {
+    /// Target room.
+    pub roomid: String,
+    /// List of Nextcloud session ids, or a map to details.
+    pub sessions: Value,
+}
+
+/// Body of dialout.
+#[derive(Deserialize, Debug)]
+pub struct Dialout {
+    /// E.164 number.
+    #[serde(default)]
+    pub number: String,
+    /// Options, sent back to Nextcloud by the SIP bridge.
+    #[serde(default)]
+    pub options: Option<Box<RawValue>>,
+}

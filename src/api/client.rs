@@ -1,0 +1,266 @@
+//! Client -> server messages. Payloads the server only forwards stay raw.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Any message a client sends.
+#[derive(Debug, Deserialize)]
+pub struct ClientMessage {
+    /// Request id, echoed in the reply.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Message type: hello, bye, room, message, control, transient, internal.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Body of `hello`.
+    #[serde(default)]
+    pub hello: Option<HelloClientMessage>,
+    /// Body of `room`.
+    #[serde(default)]
+    pub room: Option<RoomClientMessage>,
+    /// Body of `message`.
+    #[serde(default)]
+    pub message: Option<MessageClientMessage>,
+    /// Body of `control`.
+    #[serde(default)]
+    pub control: Option<MessageClientMessage>,
+    /// Body of `transient`.
+    #[serde(default)]
+    pub transient: Option<TransientClientMessage>,
+    /// Body of `internal`.
+    #[serde(default)]
+    pub internal: Option<InternalClientMessage>,
+}
+
+/// Just the id of a message that failed to parse, to echo it in the error.
+#[derive(Debug, Deserialize)]
+pub struct IdOnly {
+    /// Request id.
+    pub id: Option<String>,
+}
+
+/// `hello` request.
+#[derive(Debug, Deserialize)]
+pub struct HelloClientMessage {
+    /// "1.0" or "2.0".
+    #[serde(default)]
+    pub version: String,
+    /// Resume id of an earlier session.
+    #[serde(default)]
+    pub resumeid: Option<String>,
+    /// Client feature ids.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Authentication.
+    #[serde(default)]
+    pub auth: Option<HelloAuth>,
+}
+
+/// `hello.auth`.
+#[derive(Debug, Deserialize)]
+pub struct HelloAuth {
+    /// Client type: "" / "client" / "internal".
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Backend URL (client type).
+    #[serde(default)]
+    pub url: String,
+    /// Parameters forwarded to the backend (v1) or holding the token (v2).
+    #[serde(default)]
+    pub params: Option<Box<RawValue>>,
+}
+
+/// `params` of an internal client.
+#[derive(Debug, Deserialize)]
+pub struct InternalAuthParams {
+    /// Random string of at least 32 bytes.
+    #[serde(default)]
+    pub random: String,
+    /// HMAC-SHA256 of `random` with the internal secret, hex.
+    #[serde(default)]
+    pub token: String,
+    /// Backend URL the internal client acts for.
+    #[serde(default)]
+    pub backend: String,
+}
+
+/// `params` of a hello v2.
+#[derive(Debug, Deserialize)]
+pub struct HelloV2Params {
+    /// The JWT.
+    #[serde(default)]
+    pub token: String,
+}
+
+/// `room` request.
+#[derive(Debug, Deserialize)]
+pub struct RoomClientMessage {
+    /// Room to join; empty to leave.
+    #[serde(default)]
+    pub roomid: String,
+    /// Nextcloud session id.
+    #[serde(default)]
+    pub sessionid: String,
+}
+
+/// `message` and `control` request.
+#[derive(Debug, Deserialize)]
+pub struct MessageClientMessage {
+    /// Who receives it.
+    pub recipient: Recipient,
+    /// Forwarded byte-for-byte.
+    pub data: Box<RawValue>,
+}
+
+/// Recipient of a message.
+#[derive(Debug, Deserialize)]
+pub struct Recipient {
+    /// session, user or room.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// For `session`.
+    #[serde(default)]
+    pub sessionid: Option<String>,
+    /// For `user`.
+    #[serde(default)]
+    pub userid: Option<String>,
+}
+
+/// `transient` request.
+#[derive(Debug, Deserialize)]
+pub struct TransientClientMessage {
+    /// set or remove.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The key.
+    #[serde(default)]
+    pub key: String,
+    /// The value (any JSON); null means remove.
+    #[serde(default)]
+    pub value: Option<Box<RawValue>>,
+    /// Time to live in nanoseconds (number or numeric string).
+    #[serde(default)]
+    pub ttl: Option<serde_json::Value>,
+}
+
+/// `internal` request (internal clients only).
+#[derive(Debug, Deserialize)]
+pub struct InternalClientMessage {
+    /// addsession, updatesession, removesession, incall, dialout.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Body of addsession.
+    #[serde(default)]
+    pub addsession: Option<AddSession>,
+    /// Body of updatesession.
+    #[serde(default)]
+    pub updatesession: Option<UpdateSession>,
+    /// Body of removesession.
+    #[serde(default)]
+    pub removesession: Option<RemoveSession>,
+    /// Body of incall.
+    #[serde(default)]
+    pub incall: Option<InCallInternal>,
+    /// Body of a dialout answer.
+    #[serde(default)]
+    pub dialout: Option<DialoutInternal>,
+}
+
+/// Add a virtual session.
+#[derive(Debug, Deserialize)]
+pub struct AddSession {
+    /// Id chosen by the internal client.
+    pub sessionid: String,
+    /// Room to add it to.
+    pub roomid: String,
+    /// Optional user id.
+    #[serde(default)]
+    pub userid: Option<String>,
+    /// Optional user data, forwarded in room events.
+    #[serde(default)]
+    pub user: Option<Box<RawValue>>,
+    /// Initial participant flags.
+    #[serde(default)]
+    pub flags: Option<u32>,
+    /// Initial in-call flags.
+    #[serde(default)]
+    pub incall: Option<u32>,
+    /// Actor options (sent to Nextcloud).
+    #[serde(default)]
+    pub options: Option<AddSessionOptions>,
+}
+
+/// `addsession.options`.
+#[derive(Debug, Deserialize)]
+pub struct AddSessionOptions {
+    /// Nextcloud actor id.
+    #[serde(rename = "actorId", default)]
+    pub actor_id: Option<String>,
+    /// Nextcloud actor type.
+    #[serde(rename = "actorType", default)]
+    pub actor_type: Option<String>,
+}
+
+/// Update a virtual session.
+#[derive(Debug, Deserialize)]
+pub struct UpdateSession {
+    /// Id chosen by the internal client.
+    pub sessionid: String,
+    /// Room of the session.
+    #[serde(default)]
+    pub roomid: String,
+    /// New participant flags.
+    #[serde(default)]
+    pub flags: Option<u32>,
+    /// New in-call flags.
+    #[serde(default)]
+    pub incall: Option<u32>,
+}
+
+/// Remove a virtual session.
+#[derive(Debug, Deserialize)]
+pub struct RemoveSession {
+    /// Id chosen by the internal client.
+    pub sessionid: String,
+    /// Room of the session.
+    #[serde(default)]
+    pub roomid: String,
+    /// Optional user id.
+    #[serde(default)]
+    pub userid: Option<String>,
+}
+
+/// In-call flags of the internal client itself.
+#[derive(Debug, Deserialize)]
+pub struct InCallInternal {
+    /// New in-call flags.
+    pub incall: u32,
+}
+
+/// An internal client's answer to a dialout request.
+#[derive(Debug, Deserialize)]
+pub struct DialoutInternal {
+    /// "status" or "error".
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Room the call belongs to.
+    #[serde(default)]
+    pub roomid: Option<String>,
+    /// Error of a failed dialout.
+    #[serde(default)]
+    pub error: Option<Box<RawValue>>,
+    /// Status of the call.
+    #[serde(default)]
+    pub status: Option<DialoutStatus>,
+}
+
+/// Status of a dialout call.
+#[derive(Debug, Deserialize)]
+pub struct DialoutStatus {
+    /// Call id.
+    #[serde(default)]
+    pub callid: String,
+    /// accepted, ringing, ...
+    #[serde(default)]
+    pub status: String,
+}

@@ -1,0 +1,71 @@
+//! Protocol error codes, in one place. Codes follow the current version of
+//! the API; the README maps them to the older hyphenated names.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// An error sent to a client in the spec's `error` message.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtocolError {
+    /// Machine-readable code, e.g. `auth_failed`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Optional details, e.g. the room for `already_joined`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Box<RawValue>>,
+}
+
+impl ProtocolError {
+    /// An error with the given code and message and no details.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        ProtocolError {
+            code: code.to_string(),
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Adds details (already serialized JSON).
+    pub fn with_details(mut self, details: Box<RawValue>) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+/// The hello version is neither 1.0 nor 2.0 (older text: `unsupported-version`).
+pub const INVALID_HELLO_VERSION: &str = "invalid_hello_version";
+/// The backend refused the session (older text: `auth-failed`).
+pub const AUTH_FAILED: &str = "auth_failed";
+/// A backend's `sessionlimit` is reached (older text: `too-many-sessions`).
+pub const SESSION_LIMIT_EXCEEDED: &str = "session_limit_exceeded";
+/// The hello's backend URL is not allowed.
+pub const INVALID_BACKEND: &str = "invalid_backend";
+/// Unknown `auth.type`.
+pub const INVALID_CLIENT_TYPE: &str = "invalid_client_type";
+/// Bad internal-client token or hello v2 token.
+pub const INVALID_TOKEN: &str = "invalid_token";
+/// hello v2 token with `iat` in the future.
+pub const TOKEN_NOT_VALID_YET: &str = "token_not_valid_yet";
+/// hello v2 token past `exp`.
+pub const TOKEN_EXPIRED: &str = "token_expired";
+/// Unknown or expired resume id, unknown recipient session.
+pub const NO_SUCH_SESSION: &str = "no_such_session";
+/// The backend says the room does not exist or may not be joined.
+pub const NO_SUCH_ROOM: &str = "no_such_room";
+/// The backend could not be asked about the room.
+pub const ROOM_JOIN_FAILED: &str = "room_join_failed";
+/// Joining the room the session is already in.
+pub const ALREADY_JOINED: &str = "already_joined";
+/// A room is required for this request.
+pub const NOT_IN_ROOM: &str = "not_in_room";
+/// Missing permission.
+pub const NOT_ALLOWED: &str = "not_allowed";
+/// Malformed message.
+pub const INVALID_FORMAT: &str = "invalid_format";
+/// Anything but `hello` before a successful hello.
+pub const HELLO_EXPECTED: &str = "hello_expected";
+/// Client sends faster than its rate limit.
+pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+/// An internal failure while processing the request.
+pub const PROCESSING_FAILED: &str = "processing_failed";

@@ -1,0 +1,194 @@
+//! Server -> client messages. Each is serialized once into a [`Frame`] that
+//! is shared by every recipient.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
+
+/// A serialized text frame, cheap to clone (reference counted).
+pub type Frame = axum::extract::ws::Utf8Bytes;
+
+/// `{"id": ..., "type": kind, kind: body}` — the spec's message envelope.
+pub struct Envelope<'a, B: ?Sized> {
+    /// Id of the request this answers.
+    pub id: Option<&'a str>,
+    /// Message type; also the key of the body.
+    pub kind: &'a str,
+    /// The body, omitted when `None`.
+    pub body: Option<&'a B>,
+}
+
+impl<B: Serialize + ?Sized> Serialize for Envelope<'_, B> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        if let Some(id) = self.id {
+            m.serialize_entry("id", id)?;
+        }
+        m.serialize_entry("type", self.kind)?;
+        if let Some(body) = self.body {
+            m.serialize_entry(self.kind, body)?;
+        }
+        m.end()
+    }
+}
+
+/// Serializes a message into a shareable frame.
+pub fn frame<B: Serialize + ?Sized>(id: Option<&str>, kind: &str, body: &B) -> Frame {
+    let env = Envelope {
+        id,
+        kind,
+        body: Some(body),
+    };
+    Frame::from(serde_json::to_string(&env).expect("server messages always serialize"))
+}
+
+/// `{"target": t, "type": kind, kind: payload}` inside an `event` message.
+pub struct Event<'a, P: ?Sized> {
+    /// room, roomlist or participants.
+    pub target: &'a str,
+    /// Event type; also the key of the payload.
+    pub kind: &'a str,
+    /// The payload.
+    pub payload: &'a P,
+}
+
+impl<P: Serialize + ?Sized> Serialize for Event<'_, P> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("target", self.target)?;
+        m.serialize_entry("type", self.kind)?;
+        m.serialize_entry(self.kind, self.payload)?;
+        m.end()
+    }
+}
+
+/// Serializes an `event` message into a frame.
+pub fn event_frame<P: Serialize + ?Sized>(target: &str, kind: &str, payload: &P) -> Frame {
+    frame(
+        None,
+        "event",
+        &Event {
+            target,
+            kind,
+            payload,
+        },
+    )
+}
+
+/// Server version and features, in `welcome` and in hello's `server`.
+#[derive(serde::Serialize)]
+pub struct ServerInfo<'a> {
+    /// Server version string.
+    pub version: &'a str,
+    /// Feature ids.
+    pub features: &'a [&'a str],
+}
+
+/// Body of the hello reply.
+#[derive(serde::Serialize)]
+pub struct HelloReply<'a> {
+    /// Public session id.
+    pub sessionid: &'a str,
+    /// Secret resume id.
+    pub resumeid: &'a str,
+    /// User id, omitted for anonymous sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userid: Option<&'a str>,
+    /// Protocol version of the hello.
+    pub version: &'a str,
+    /// Deprecated but read by the Talk client.
+    pub server: ServerInfo<'a>,
+}
+
+/// Body of `bye`.
+#[derive(serde::Serialize)]
+pub struct Bye<'a> {
+    /// Why the server ends the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+/// Body of `room`.
+#[derive(serde::Serialize)]
+pub struct RoomReply<'a> {
+    /// Room id; empty when not in a room.
+    pub roomid: &'a str,
+    /// Room properties from Nextcloud.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub properties: Option<&'a RawValue>,
+}
+
+/// One session in a room `join` event.
+#[derive(serde::Serialize)]
+pub struct SessionEntry<'a> {
+    /// Public session id.
+    pub sessionid: &'a str,
+    /// User id, empty for guests.
+    pub userid: &'a str,
+    /// User data from the backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a RawValue>,
+    /// Nextcloud session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roomsessionid: Option<&'a str>,
+}
+
+/// Sender of a `message` / `control`.
+#[derive(serde::Serialize)]
+pub struct Sender<'a> {
+    /// The recipient type the sender used.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// Sender's public session id.
+    pub sessionid: &'a str,
+    /// Sender's user id, omitted for anonymous senders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userid: Option<&'a str>,
+}
+
+/// Recipient, included when a message for a virtual session goes to its
+/// internal client.
+#[derive(serde::Serialize)]
+pub struct RecipientOut<'a> {
+    /// Always `session`.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The virtual session id as chosen by the internal client.
+    pub sessionid: &'a str,
+}
+
+/// Body of `message` / `control` delivered to clients.
+#[derive(serde::Serialize)]
+pub struct MessageOut<'a> {
+    /// Who sent it.
+    pub sender: Sender<'a>,
+    /// Only for messages to virtual sessions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<RecipientOut<'a>>,
+    /// The data, byte-for-byte as sent.
+    pub data: &'a RawValue,
+}
+
+/// Body of `transient` events.
+#[derive(serde::Serialize)]
+pub struct TransientOut<'a> {
+    /// set, remove or initial.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The key (set / remove).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    /// The new value (set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<&'a RawValue>,
+    /// The previous value, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldvalue: Option<&'a RawValue>,
+    /// All data (initial).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a std::collections::BTreeMap<String, Box<RawValue>>>,
+}
+
+/// Serializes an error reply.
+pub fn error_frame(id: Option<&str>, err: &crate::api::error::ProtocolError) -> Frame {
+    frame(id, "error", err)
+}

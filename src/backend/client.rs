@@ -1,0 +1,168 @@
+//! HTTP client for requests to Nextcloud: pooled, with timeouts, checksums
+//! and the headers Nextcloud expects; unwraps OCS envelopes.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::api::backend::{BackendResponse, Ocs};
+use crate::api::server::Envelope;
+use crate::backend::checksum::{self, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RANDOM};
+
+/// Header with the comma-separated feature ids.
+pub const HEADER_FEATURES: &str = "X-Spreed-Signaling-Features";
+
+/// Why a request to Nextcloud failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendCallError {
+    /// No answer within the configured timeout.
+    #[error("backend request timed out")]
+    Timeout,
+    /// Could not connect or transfer.
+    #[error("backend request failed: {0}")]
+    Transport(String),
+    /// HTTP status other than 200.
+    #[error("backend answered HTTP {0}")]
+    Status(u16),
+    /// Nextcloud throttled the request (OCS status 429).
+    #[error("backend throttled the request")]
+    Throttled,
+    /// The answer was not the expected JSON.
+    #[error("invalid backend answer: {0}")]
+    Invalid(String),
+}
+
+/// Pooled HTTP client for one server process.
+#[derive(Clone)]
+pub struct BackendClient {
+    http: reqwest::Client,
+    timeout: Duration,
+    features: String,
+}
+
+impl BackendClient {
+    /// Creates the client; `features` is sent in `X-Spreed-Signaling-Features`.
+    pub fn new(
+        timeout: Duration,
+        connections_per_host: usize,
+        skip_verify: bool,
+        features: String,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(connections_per_host)
+            .tls_danger_accept_invalid_certs(skip_verify)
+            .user_agent(concat!("spreed-signaling/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(BackendClient {
+            http,
+            timeout,
+            features,
+        })
+    }
+
+    /// POSTs `{"type": kind, kind: body}` to `url`, signed with `secret`, and
+    /// returns the answer (OCS envelope removed).
+    pub async fn post<B: Serialize>(
+        &self,
+        url: &str,
+        backend_base: &str,
+        secret: &[u8],
+        kind: &str,
+        body: &B,
+    ) -> Result<BackendResponse, BackendCallError> {
+        let payload = serde_json::to_vec(&Envelope {
+            id: None,
+            kind,
+            body: Some(body),
+        })
+        .map_err(|e| BackendCallError::Invalid(e.to_string()))?;
+        let random = checksum::new_random();
+        let sum = checksum::calculate(secret, random.as_bytes(), &payload);
+        let req = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .header("OCS-APIRequest", "true")
+            .header(HEADER_FEATURES, &self.features)
+            .header(HEADER_RANDOM, random)
+            .header(HEADER_CHECKSUM, sum)
+            .header(HEADER_BACKEND, backend_base)
+            .body(payload);
+        let bytes = self.send(req).await?;
+        parse_response(&bytes)
+    }
+
+    /// GETs a JSON document (capabilities), OCS envelope removed.
+    pub async fn get_json(&self, url: &str) -> Result<serde_json::Value, BackendCallError> {
+        let req = self
+            .http
+            .get(url)
+            .header("Accept", "application/json")
+            .header("OCS-APIRequest", "true")
+            .header(HEADER_FEATURES, &self.features);
+        let bytes = self.send(req).await?;
+        let data = unwrap_ocs(&bytes)?;
+        serde_json::from_str(data.get()).map_err(|e| BackendCallError::Invalid(e.to_string()))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, BackendCallError> {
+        let fut = async {
+            let resp = req.send().await.map_err(map_err)?;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                return Err(BackendCallError::Status(status));
+            }
+            resp.bytes().await.map_err(map_err)
+        };
+        // reqwest's own timeout covers the request; this one also bounds a
+        // body that trickles in.
+        match tokio::time::timeout(self.timeout + Duration::from_millis(100), fut).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendCallError::Timeout),
+        }
+    }
+}
+
+fn map_err(e: reqwest::Error) -> BackendCallError {
+    if e.is_timeout() {
+        BackendCallError::Timeout
+    } else {
+        BackendCallError::Transport(e.to_string())
+    }
+}
+
+fn unwrap_ocs(bytes: &[u8]) -> Result<Box<serde_json::value::RawValue>, BackendCallError> {
+    if let Ok(ocs) = serde_json::from_slice::<Ocs>(bytes) {
+        if ocs.ocs.meta.as_ref().is_some_and(|m| m.statuscode == 429) {
+            return Err(BackendCallError::Throttled);
+        }
+        return Ok(ocs.ocs.data);
+    }
+    serde_json::from_slice(bytes).map_err(|e| BackendCallError::Invalid(e.to_string()))
+}
+
+fn parse_response(bytes: &[u8]) -> Result<BackendResponse, BackendCallError> {
+    let data = unwrap_ocs(bytes)?;
+    serde_json::from_str(data.get()).map_err(|e| BackendCallError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bare_and_ocs_wrapped_answers() {
+        let bare = br#"{"type":"auth","auth":{"version":"1.0","userid":"u"}}"#;
+        let r = parse_response(bare).unwrap();
+        assert_eq!(r.auth.unwrap().userid.as_deref(), Some("u"));
+        let wrapped = br#"{"ocs":{"meta":{"status":"ok","statuscode":200,"message":"OK"},"data":{"type":"error","error":{"code":"no_such_room","message":"x"}}}}"#;
+        let r = parse_response(wrapped).unwrap();
+        assert_eq!(r.kind, "error");
+        assert_eq!(r.error.unwrap().code, "no_such_room");
+        let throttled = br#"{"ocs":{"meta":{"status":"failure","statuscode":429},"data":{}}}"#;
+        assert!(matches!(parse_response(throttled), Err(BackendCallError::Throttled)));
+    }
+}

@@ -1,0 +1,8 @@
+//! Talking to Nextcloud: checksums, the HTTP client, the allowed backends,
+//! capabilities and hello v2 tokens.
+
+pub mod capabilities;
+pub mod checksum;
+pub mod client;
+pub mod registry;
+pub mod token;

@@ -1,0 +1,418 @@
+//! `server.conf` (the Go server's INI file) turned into a typed, validated
+//! [`Config`]. Everything is checked before any port is bound; errors name
+//! the section and key.
+
+pub mod goconf;
+
+use std::time::Duration;
+
+use goconf::{expand_env, split_list, IniFile};
+
+/// One Nextcloud instance that may use this server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// The id from `[backend] backends`, or a generated one for legacy forms.
+    pub id: String,
+    /// Base URLs of the Nextcloud instance, without trailing slash.
+    pub urls: Vec<String>,
+    /// Shared secret for checksums in both directions.
+    pub secret: String,
+    /// Maximum number of client sessions (0 = unlimited).
+    pub session_limit: u64,
+}
+
+/// Backends section as a whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendsConfig {
+    /// Accept any backend URL with the common secret (insecure, for tests).
+    pub allow_all: bool,
+    /// The common secret (`[backend] secret`).
+    pub common_secret: String,
+    /// Configured backends.
+    pub backends: Vec<BackendConfig>,
+    /// Timeout of each request to Nextcloud.
+    pub timeout: Duration,
+    /// Maximum idle pooled connections per backend host.
+    pub connections_per_host: usize,
+    /// Skip TLS certificate checks of backends.
+    pub skip_verify: bool,
+}
+
+/// Timers and limits of client connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientLimits {
+    /// A client must complete `hello` within this time after connecting.
+    pub hello_timeout: Duration,
+    /// An anonymous (guest) session must join a room within this time.
+    pub room_timeout: Duration,
+    /// A session whose connection dropped lives this long for resume.
+    pub resume_timeout: Duration,
+    /// Interval of WebSocket pings sent by the server.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) this long is closed.
+    pub read_timeout: Duration,
+    /// Largest accepted WebSocket message, in bytes.
+    pub max_message_size: usize,
+    /// Bytes queued for one connection before it is closed with 1013.
+    pub outbox_bytes: usize,
+    /// Messages kept for a disconnected session before it is ended.
+    pub resume_queue_messages: usize,
+    /// Bytes kept for a disconnected session before it is ended.
+    pub resume_queue_bytes: usize,
+    /// Interval of `ping` requests telling Nextcloud which sessions are alive.
+    pub backend_ping_interval: Duration,
+    /// Client messages accepted per second per connection (burst = 2x).
+    pub messages_per_second: u32,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[http] listen` address.
+    pub listen: String,
+    /// `[sessions] hashkey`.
+    pub hash_key: String,
+    /// `[sessions] blockkey` (may be empty).
+    pub block_key: String,
+    /// `[clients] internalsecret`.
+    pub internal_secret: String,
+    /// Backends allowed to use this server.
+    pub backend: BackendsConfig,
+    /// NATS URLs; empty means the in-process bus.
+    pub nats_urls: Vec<String>,
+    /// Client timers and limits.
+    pub limits: ClientLimits,
+    /// Sections present in the file that this server does not implement.
+    pub unsupported_sections: Vec<String>,
+}
+
+/// A configuration error; the message names section and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        ConfigError(s)
+    }
+}
+
+fn normalize_url(url: &str) -> String {
+    url.trim().trim_end_matches('/').to_string()
+}
+
+fn validate_url(section: &str, key: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url.split("://").nth(1).is_some_and(|h| !h.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "[{section}] {key}: `{url}` is not an http(s) URL"
+        )))
+    }
+}
+
+fn secs(ini: &IniFile, section: &str, key: &str, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(ini.get_u64(section, key, default)?))
+}
+
+const SUPPORTED_SECTIONS: &[&str] = &[
+    goconf::DEFAULT_SECTION,
+    "http",
+    "app",
+    "sessions",
+    "clients",
+    "backend",
+    "nats",
+];
+
+const KNOWN_UNSUPPORTED: &[&str] = &[
+    "https",
+    "mcu",
+    "turn",
+    "geoip",
+    "geoip-overrides",
+    "continent-overrides",
+    "stats",
+    "etcd",
+    "grpc",
+    "federation",
+];
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let ini = IniFile::parse(text)?;
+        let listen = ini
+            .get_nonempty("http", "listen")
+            .map(|v| expand_env(&v))
+            .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+        if listen.parse::<std::net::SocketAddr>().is_err() && !listen.contains(':') {
+            return Err(ConfigError(format!(
+                "[http] listen: `{listen}` is not a host:port address"
+            )));
+        }
+
+        let hash_key = ini
+            .get("sessions", "hashkey")
+            .map(|v| expand_env(&v))
+            .unwrap_or_default();
+        if hash_key.is_empty() {
+            return Err(ConfigError(
+                "[sessions] hashkey: is required (a random string of 32 or 64 bytes)".into(),
+            ));
+        }
+        let block_key = ini
+            .get("sessions", "blockkey")
+            .map(|v| expand_env(&v))
+            .unwrap_or_default();
+        if !block_key.is_empty() && ![16, 24, 32].contains(&block_key.len()) {
+            return Err(ConfigError(format!(
+                "[sessions] blockkey: must be 16, 24 or 32 bytes, is {}",
+                block_key.len()
+            )));
+        }
+        let internal_secret = ini
+            .get("clients", "internalsecret")
+            .map(|v| expand_env(&v))
+            .unwrap_or_default();
+
+        let backend = Self::parse_backends(&ini)?;
+
+        let nats_urls = ini
+            .get_nonempty("nats", "url")
+            .map(|v| split_list(&expand_env(&v)))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|u| u != "nats://loopback" && u != ":loopback:")
+            .collect::<Vec<_>>();
+        for u in &nats_urls {
+            if !u.starts_with("nats://") && !u.starts_with("tls://") {
+                return Err(ConfigError(format!(
+                    "[nats] url: `{u}` is not a nats:// URL"
+                )));
+            }
+        }
+
+        let limits = ClientLimits {
+            hello_timeout: secs(&ini, "clients", "hellotimeout", 2)?,
+            room_timeout: secs(&ini, "clients", "roomtimeout", 10)?,
+            resume_timeout: secs(&ini, "sessions", "resumetimeout", 30)?,
+            ping_interval: secs(&ini, "clients", "pinginterval", 54)?,
+            read_timeout: secs(&ini, "clients", "readtimeout", 60)?,
+            max_message_size: ini.get_u64("clients", "maxmessagesize", 65536)? as usize,
+            outbox_bytes: ini.get_u64("clients", "outboxbytes", 1 << 20)? as usize,
+            resume_queue_messages: ini.get_u64("sessions", "resumequeuemessages", 1000)? as usize,
+            resume_queue_bytes: ini.get_u64("sessions", "resumequeuebytes", 1 << 20)? as usize,
+            backend_ping_interval: secs(&ini, "backend", "pinginterval", 10)?,
+            messages_per_second: ini.get_u64("clients", "messagespersecond", 200)? as u32,
+        };
+        if limits.hello_timeout.is_zero() {
+            return Err(ConfigError("[clients] hellotimeout: must be > 0".into()));
+        }
+        if limits.ping_interval.is_zero() || limits.read_timeout <= limits.ping_interval {
+            return Err(ConfigError(
+                "[clients] readtimeout: must be greater than pinginterval (> 0)".into(),
+            ));
+        }
+        if limits.max_message_size < 1024 {
+            return Err(ConfigError(
+                "[clients] maxmessagesize: must be at least 1024".into(),
+            ));
+        }
+        if limits.backend_ping_interval.is_zero() {
+            return Err(ConfigError("[backend] pinginterval: must be > 0".into()));
+        }
+        if limits.messages_per_second == 0 {
+            return Err(ConfigError(
+                "[clients] messagespersecond: must be > 0".into(),
+            ));
+        }
+
+        // Validate values of sections we accept but do not implement, so a
+        // typo does not go unnoticed, and remember them for a start-up log.
+        let mut unsupported_sections = Vec::new();
+        for s in ini.sections() {
+            if SUPPORTED_SECTIONS.contains(&s) {
+                continue;
+            }
+            let is_backend_section = backend.backends.iter().any(|b| b.id == s);
+            if is_backend_section {
+                continue;
+            }
+            if KNOWN_UNSUPPORTED.contains(&s) {
+                unsupported_sections.push(s.to_string());
+            }
+        }
+        unsupported_sections.sort();
+        let _ = ini.get_bool("app", "debug", false)?;
+
+        Ok(Config {
+            listen,
+            hash_key,
+            block_key,
+            internal_secret,
+            backend,
+            nats_urls,
+            limits,
+            unsupported_sections,
+        })
+    }
+
+    fn parse_backends(ini: &IniFile) -> Result<BackendsConfig, ConfigError> {
+        let allow_all = ini.get_bool("backend", "allowall", false)?;
+        let common_secret = ini
+            .get("backend", "secret")
+            .map(|v| expand_env(&v))
+            .unwrap_or_default();
+        let timeout = secs(ini, "backend", "timeout", 10)?;
+        if timeout.is_zero() {
+            return Err(ConfigError("[backend] timeout: must be > 0".into()));
+        }
+        let connections_per_host = ini.get_u64("backend", "connectionsperhost", 8)? as usize;
+        let skip_verify = ini.get_bool("backend", "skipverify", false)?;
+
+        let mut backends = Vec::new();
+        if let Some(ids) = ini.get_nonempty("backend", "backends") {
+            for id in split_list(&ids) {
+                let section = id.to_ascii_lowercase();
+                let mut urls: Vec<String> = Vec::new();
+                if let Some(list) = ini.get_nonempty(&section, "urls") {
+                    urls.extend(split_list(&expand_env(&list)).iter().map(|u| normalize_url(u)));
+                } else if let Some(u) = ini.get_nonempty(&section, "url") {
+                    urls.push(normalize_url(&expand_env(&u)));
+                }
+                if urls.is_empty() {
+                    return Err(ConfigError(format!(
+                        "[{section}] urls: backend `{id}` has no url"
+                    )));
+                }
+                for u in &urls {
+                    validate_url(&section, "urls", u)?;
+                }
+                let secret = ini
+                    .get_nonempty(&section, "secret")
+                    .map(|v| expand_env(&v))
+                    .unwrap_or_else(|| common_secret.clone());
+                if secret.is_empty() {
+                    return Err(ConfigError(format!(
+                        "[{section}] secret: backend `{id}` has no secret"
+                    )));
+                }
+                let session_limit = ini.get_u64(&section, "sessionlimit", 0)?;
+                backends.push(BackendConfig {
+                    id: section,
+                    urls,
+                    secret,
+                    session_limit,
+                });
+            }
+        } else if let Some(allowed) = ini.get_nonempty("backend", "allowed") {
+            // Legacy form: `allowed = host1, host2` with the common secret.
+            if common_secret.is_empty() {
+                return Err(ConfigError(
+                    "[backend] secret: required with `allowed`".into(),
+                ));
+            }
+            for host in split_list(&allowed) {
+                backends.push(BackendConfig {
+                    id: host.clone(),
+                    urls: vec![format!("http://{host}"), format!("https://{host}")],
+                    secret: common_secret.clone(),
+                    session_limit: 0,
+                });
+            }
+        }
+        if allow_all && common_secret.is_empty() {
+            return Err(ConfigError(
+                "[backend] secret: required when allowall is enabled".into(),
+            ));
+        }
+        Ok(BackendsConfig {
+            allow_all,
+            common_secret,
+            backends,
+            timeout,
+            connections_per_host,
+            skip_verify,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "
+[http]
+listen = 127.0.0.1:9090
+[sessions]
+hashkey = 0123456789abcdef0123456789abcdef
+blockkey = 0123456789abcdef
+[clients]
+internalsecret = internal
+[backend]
+backends = one, two
+timeout = 5
+[one]
+url = https://cloud.one.example/
+secret = s1
+sessionlimit = 3
+[two]
+urls = https://a.example, https://b.example/nc
+secret = s2
+[nats]
+url = nats://loopback
+[mcu]
+type = janus
+";
+
+    #[test]
+    fn parses_go_sample() {
+        let c = Config::parse(SAMPLE).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9090");
+        assert_eq!(c.backend.backends.len(), 2);
+        assert_eq!(c.backend.backends[0].urls, vec!["https://cloud.one.example"]);
+        assert_eq!(c.backend.backends[0].session_limit, 3);
+        assert_eq!(
+            c.backend.backends[1].urls,
+            vec!["https://a.example", "https://b.example/nc"]
+        );
+        assert_eq!(c.backend.timeout, Duration::from_secs(5));
+        assert!(c.nats_urls.is_empty());
+        assert_eq!(c.unsupported_sections, vec!["mcu"]);
+    }
+
+    #[test]
+    fn errors_name_section_and_key() {
+        let bad = SAMPLE.replace("timeout = 5", "timeout = soon");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("[backend] timeout"), "{e}");
+        let bad = SAMPLE.replace("blockkey = 0123456789abcdef", "blockkey = short");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("[sessions] blockkey"), "{e}");
+        let bad = SAMPLE.replace("url = https://cloud.one.example/", "");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("[one] urls"), "{e}");
+    }
+
+    #[test]
+    fn nats_list_and_legacy_loopback() {
+        let c = Config::parse(&SAMPLE.replace("nats://loopback", ":loopback:")).unwrap();
+        assert!(c.nats_urls.is_empty());
+        let c = Config::parse(&SAMPLE.replace(
+            "nats://loopback",
+            "nats://a:4222, nats://b:4222",
+        ))
+        .unwrap();
+        assert_eq!(c.nats_urls, vec!["nats://a:4222", "nats://b:4222"]);
+    }
+}

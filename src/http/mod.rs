@@ -1,0 +1,148 @@
+//! axum routes: `/spreed` (WebSocket), `/api/v1/room/{id}` (backend API),
+//! `/api/v1/welcome` and `/metrics`. Handlers are thin: they check the
+//! transport-level things and hand typed requests to the hub.
+
+pub mod ws;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::api::backend::BackendRoomRequest;
+use crate::backend::checksum::{self, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RANDOM};
+use crate::backend::client::HEADER_FEATURES;
+use crate::hub::{all_features, Hub, VERSION};
+
+/// Largest accepted backend API body (large rooms send big participant lists).
+pub const MAX_BACKEND_BODY: usize = 256 * 1024;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Tracks WebSocket connection tasks for graceful shutdown.
+    pub tracker: tokio_util::task::TaskTracker,
+    /// Cancelled on shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The value of `X-Spreed-Signaling-Features`: sorted ids joined with ", ".
+pub fn features_header() -> HeaderValue {
+    HeaderValue::from_str(&all_features().join(", ")).expect("feature ids are ASCII")
+}
+
+async fn add_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static(VERSION));
+    h.insert(HEADER_FEATURES, features_header());
+    resp
+}
+
+/// All routes of the server.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/spreed", get(ws::upgrade))
+        .route("/spreed/", get(ws::upgrade))
+        .route(
+            "/api/v1/room/{roomid}",
+            post(room_api).layer(DefaultBodyLimit::max(MAX_BACKEND_BODY)),
+        )
+        .route("/api/v1/welcome", get(welcome))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(add_headers))
+        .with_state(state)
+}
+
+async fn welcome() -> impl IntoResponse {
+    Json(json!({
+        "nextcloud-spreed-signaling": "Welcome",
+        "version": VERSION,
+        "features": all_features(),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let hub = &state.hub;
+    hub.metrics.sessions_current.set(hub.session_count() as i64);
+    hub.metrics.rooms_current.set(hub.room_count() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        hub.metrics.render(),
+    )
+}
+
+fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn room_api(
+    State(state): State<AppState>,
+    Path(roomid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let hub = &state.hub;
+    let Some(len) = headers.get(header::CONTENT_LENGTH) else {
+        return api_error(StatusCode::LENGTH_REQUIRED, "length_required", "Length required");
+    };
+    if len
+        .to_str()
+        .ok()
+        .and_then(|l| l.parse::<usize>().ok())
+        .is_none_or(|l| l > MAX_BACKEND_BODY)
+    {
+        return api_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "Request entity too large");
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_content_type",
+            "Unsupported Content-Type",
+        );
+    }
+    let random = headers.get(HEADER_RANDOM).and_then(|v| v.to_str().ok());
+    let sum = headers.get(HEADER_CHECKSUM).and_then(|v| v.to_str().ok());
+    let (Some(random), Some(sum)) = (random, sum) else {
+        return api_error(StatusCode::FORBIDDEN, "authentication_failed", "Authentication check failed");
+    };
+    let backend_header = headers
+        .get(HEADER_BACKEND)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let found = match backend_header {
+        Some(url) => hub.registry.for_url(url),
+        None => hub.registry.single(),
+    };
+    let Some((backend, base)) = found else {
+        return api_error(StatusCode::FORBIDDEN, "authentication_failed", "Authentication check failed");
+    };
+    if !checksum::verify(&backend.secret, random.as_bytes(), &body, sum) {
+        tracing::warn!(backend = %backend.id, "backend request with invalid checksum");
+        return api_error(StatusCode::FORBIDDEN, "authentication_failed", "Authentication check failed");
+    }
+    let req: BackendRoomRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(StatusCode::BAD_REQUEST, "invalid_request", &format!("Could not read body: {e}"))
+        }
+    };
+    let url = backend_header.map(str::to_string).unwrap_or(base);
+    let reply = hub.backend_request(&backend, &url, &roomid, req).await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(reply.body)).into_response()
+}

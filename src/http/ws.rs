@@ -1,0 +1,295 @@
+//! One WebSocket connection: a reader that parses client messages and hands
+//! them to the hub, and a writer that drains the outbox (feed all, flush
+//! once) and sends keep-alive pings. Both run in one task.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{features_header, AppState};
+use crate::api::client::{ClientMessage, IdOnly};
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{error_frame, frame, Bye};
+use crate::backend::client::HEADER_FEATURES;
+use crate::hub::outbox::Outbox;
+use crate::hub::{invalid_format, Hub};
+
+/// Close code for frames over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+
+/// `GET /spreed`: upgrades and hands the socket to [`serve`].
+pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let limits = &state.hub.config.limits;
+    let max = limits.max_message_size;
+    let hub = state.hub.clone();
+    let tracker = state.tracker.clone();
+    let shutdown = state.shutdown.child_token();
+    let mut resp = ws
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(limits.outbox_bytes.max(max) * 2)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(serve(hub, socket, shutdown)));
+    resp.headers_mut().insert(HEADER_FEATURES, features_header());
+    resp
+}
+
+/// Runs one connection until it closes or the server shuts down.
+pub async fn serve(hub: Arc<Hub>, socket: WebSocket, cancel: CancellationToken) {
+    let outbox = hub.new_outbox();
+    outbox.push(hub.welcome_frame());
+    let (sink, stream) = socket.split();
+    let reader = read_loop(&hub, stream, &outbox, &cancel);
+    let writer = write_loop(sink, &outbox, &cancel, hub.config.limits.ping_interval);
+    tokio::join!(reader, writer);
+}
+
+/// Token bucket for client messages.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let rate = per_second as f64;
+        RateLimit {
+            tokens: rate * 2.0,
+            rate,
+            burst: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn read_loop(
+    hub: &Arc<Hub>,
+    mut stream: SplitStream<WebSocket>,
+    outbox: &Arc<Outbox>,
+    cancel: &CancellationToken,
+) {
+    let limits = hub.config.limits.clone();
+    let mut session: Option<Arc<str>> = None;
+    let mut is_guest = false;
+    let mut hello_deadline = Some(Instant::now() + limits.hello_timeout);
+    let mut room_deadline: Option<Instant> = None;
+    let mut last_read = Instant::now();
+    let mut rate = RateLimit::new(limits.messages_per_second);
+    let mut warned_rate = false;
+    loop {
+        let mut deadline = last_read + limits.read_timeout;
+        for d in [hello_deadline, room_deadline].into_iter().flatten() {
+            deadline = deadline.min(d);
+        }
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline.into()) => None,
+            m = stream.next() => Some(m),
+        };
+        let now = Instant::now();
+        let Some(next) = next else {
+            if hello_deadline.is_some_and(|d| d <= now) {
+                let f = frame(None, "bye", &Bye {
+                    reason: Some("hello_timeout"),
+                });
+                outbox.push(f);
+                outbox.close(1000, "hello timeout");
+                break;
+            }
+            if let (Some(d), Some(sid)) = (room_deadline, &session) {
+                if d <= now {
+                    if hub.in_room(sid) {
+                        room_deadline = None;
+                    } else {
+                        hub.close_session(sid, "room_join_timeout");
+                        session = None;
+                        break;
+                    }
+                }
+            }
+            if last_read + limits.read_timeout <= now {
+                outbox.close(1000, "read timeout");
+                break;
+            }
+            continue;
+        };
+        last_read = now;
+        let msg = match next {
+            None => break,
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("Frame too big") || text.contains("capacity") {
+                    outbox.close(CLOSE_TOO_BIG, "message too big");
+                } else {
+                    tracing::debug!("websocket read error: {text}");
+                }
+                break;
+            }
+            Some(Ok(m)) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                outbox.push(error_frame(None, &invalid_format("binary messages are not supported")));
+                continue;
+            }
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if !rate.allow(now) {
+            if !warned_rate {
+                outbox.push(error_frame(
+                    None,
+                    &ProtocolError::new(error::TOO_MANY_REQUESTS, "Too many messages, slow down."),
+                ));
+                warned_rate = true;
+            }
+            continue;
+        }
+        warned_rate = false;
+        let parsed: ClientMessage = match serde_json::from_str(text.as_str()) {
+            Ok(m) => m,
+            Err(e) => {
+                let id = serde_json::from_str::<IdOnly>(text.as_str()).ok().and_then(|i| i.id);
+                outbox.push(error_frame(id.as_deref(), &invalid_format(format!("invalid message: {e}"))));
+                continue;
+            }
+        };
+        hub.metrics.client_messages.with_label_values(&[parsed.kind.as_str()]).inc();
+        match &session {
+            None => {
+                if parsed.kind != "hello" {
+                    outbox.push(error_frame(
+                        parsed.id.as_deref(),
+                        &ProtocolError::new(error::HELLO_EXPECTED, "Expected Hello request."),
+                    ));
+                    continue;
+                }
+                let Some(hello) = parsed.hello else {
+                    outbox.push(error_frame(parsed.id.as_deref(), &invalid_format("hello missing")));
+                    continue;
+                };
+                match hub.hello(outbox, parsed.id.as_deref(), hello).await {
+                    Ok(ok) => {
+                        hello_deadline = None;
+                        is_guest = ok.must_join_room;
+                        if ok.must_join_room {
+                            room_deadline = Some(Instant::now() + limits.room_timeout);
+                        }
+                        session = Some(ok.sid);
+                    }
+                    Err(e) => {
+                        outbox.push(error_frame(parsed.id.as_deref(), &e));
+                    }
+                }
+            }
+            Some(sid) => {
+                if outbox.is_closing() {
+                    break;
+                }
+                let sid = sid.clone();
+                let kind = parsed.kind.clone();
+                hub.handle(&sid, parsed).await;
+                match kind.as_str() {
+                    "bye" => {
+                        session = None;
+                        break;
+                    }
+                    "room" if is_guest => {
+                        room_deadline = if hub.in_room(&sid) {
+                            None
+                        } else {
+                            Some(Instant::now() + limits.room_timeout)
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(sid) = session {
+        hub.connection_closed(&sid, outbox.conn_id);
+    }
+    // Let the writer send what is queued (bye, errors), then close.
+    outbox.close(1000, "");
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    outbox: &Arc<Outbox>,
+    cancel: &CancellationToken,
+    ping_interval: std::time::Duration,
+) {
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + ping_interval,
+        ping_interval,
+    );
+    let mut batch = Vec::new();
+    loop {
+        let close = outbox.drain(&mut batch);
+        if !batch.is_empty() {
+            let mut failed = false;
+            for f in batch.drain(..) {
+                if sink.feed(Message::Text(f)).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || sink.flush().await.is_err() {
+                batch.clear();
+                cancel.cancel();
+                return;
+            }
+        }
+        if let Some(c) = close {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: c.code,
+                    reason: c.reason.into(),
+                })))
+                .await;
+            cancel.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = outbox.wait() => {}
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    cancel.cancel();
+                    return;
+                }
+            }
+            _ = cancel.cancelled() => {
+                // Server shutdown (or the reader ended): close politely.
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: "server shutting down".into(),
+                    })))
+                    .await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! Backend API requests (`POST /api/v1/room/{id}` from Nextcloud) turned
+//! into room state changes and client events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::room::RoomKey;
+use super::session::SessionKind;
+use super::{Hub, State};
+use crate::api::backend::{BackendError, BackendRoomRequest, RoomUsersChange};
+use crate::api::server::{event_frame, frame, RoomReply};
+use crate::backend::registry::Backend;
+
+/// How long a dialout request waits for the internal client's answer.
+pub const DIALOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Outcome of a backend API request: HTTP status and JSON body.
+pub struct ApiReply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl ApiReply {
+    fn ok() -> Self {
+        ApiReply {
+            status: 200,
+            body: json!({}),
+        }
+    }
+
+    fn dialout_error(status: u16, code: &str, message: &str) -> Self {
+        ApiReply {
+            status,
+            body: json!({"type": "dialout", "dialout": {"error": {"code": code, "message": message}}}),
+        }
+    }
+}
+
+fn entry_session_id(entry: &Map<String, Value>) -> Option<&str> {
+    entry
+        .get("sessionId")
+        .or_else(|| entry.get("sessionid"))
+        .and_then(Value::as_str)
+}
+
+impl State {
+    /// Copies participant entries for clients: Nextcloud session ids become
+    /// signaling session ids (dropped when unknown), permissions removed.
+    fn client_entries(&self, key: &RoomKey, entries: &[Map<String, Value>]) -> Vec<Value> {
+        let room = self.rooms.get(key);
+        entries
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.remove("permissions");
+                let nc = e
+                    .remove("sessionId")
+                    .or_else(|| e.remove("sessionid"))
+                    .and_then(|v| v.as_str().map(str::to_string));
+                if let Some(nc) = nc {
+                    if let Some(sid) = room.and_then(|r| r.nc_sessions.get(nc.as_str())) {
+                        e.insert("sessionId".into(), Value::String(sid.to_string()));
+                    }
+                }
+                Value::Object(e)
+            })
+            .collect()
+    }
+
+    /// Applies `permissions` carried in changed participant entries.
+    fn apply_permissions(&mut self, key: &RoomKey, changed: &[Map<String, Value>]) {
+        for e in changed {
+            let (Some(nc), Some(perms)) = (entry_session_id(e), e.get("permissions")) else {
+                continue;
+            };
+            let Some(list) = perms.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
+            }) else {
+                continue;
+            };
+            let Some(sid) = self
+                .rooms
+                .get(key)
+                .and_then(|r| r.nc_sessions.get(nc))
+                .cloned()
+            else {
+                continue;
+            };
+            if let Some(s) = self.sessions.map.get_mut(&sid) {
+                s.permissions = Some(list);
+            }
+        }
+    }
+
+    /// Keeps the room's participant state: a full `users` list replaces it,
+    /// `changed` entries are merged. Returns the changed entries whose
+    /// `inCall` differs from the stored state (all, when `in_call_only` is off).
+    fn update_participants(
+        &mut self,
+        key: &RoomKey,
+        changed: &[Map<String, Value>],
+        users: Option<&[Map<String, Value>]>,
+        in_call_only: bool,
+    ) -> Vec<Map<String, Value>> {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return changed.to_vec();
+        };
+        let previous = std::mem::take(&mut room.participants);
+        if let Some(users) = users {
+            for u in users {
+                if let Some(nc) = entry_session_id(u) {
+                    room.participants.insert(nc.to_string(), u.clone());
+                }
+            }
+        } else {
+            room.participants = previous.clone();
+        }
+        let mut effective = Vec::new();
+        for c in changed {
+            let Some(nc) = entry_session_id(c) else {
+                effective.push(c.clone());
+                continue;
+            };
+            let before = previous.get(nc);
+            let same_incall = before.is_some_and(|b| b.get("inCall") == c.get("inCall"));
+            let merged = match room.participants.get(nc) {
+                Some(existing) if users.is_none() => {
+                    let mut m = existing.clone();
+                    for (k, v) in c {
+                        m.insert(k.clone(), v.clone());
+                    }
+                    m
+                }
+                _ => c.clone(),
+            };
+            room.participants.insert(nc.to_string(), merged);
+            if !(in_call_only && same_incall && users.is_none()) {
+                effective.push(c.clone());
+            }
+        }
+        effective
+    }
+
+    fn room_users(&self, key: &RoomKey) -> Vec<Map<String, Value>> {
+        self.rooms
+            .get(key)
+            .map(|r| r.participants.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes sessions from a room on the backend's behalf: they get a
+    /// `room` message with an empty id, the others a leave event.
+    fn remove_from_room(&mut self, key: &RoomKey, sids: &[Arc<str>]) {
+        let f = frame(
+            None,
+            "room",
+            &RoomReply {
+                roomid: "",
+                properties: None,
+            },
+        );
+        for sid in sids {
+            if self.sessions.map.get(sid).and_then(|s| s.room.as_ref()) == Some(key) {
+                self.leave_room(sid, false);
+                self.sessions.deliver(sid, &f);
+            }
+        }
+    }
+
+    fn roomlist_to_users(&mut self, backend: &Arc<str>, users: &[String], f: &crate::api::server::Frame) {
+        for u in users {
+            self.send_to_user(backend, u, f, None);
+        }
+    }
+
+    /// `update` to all users not already notified.
+    fn roomlist_update_others(
+        &mut self,
+        key: &RoomKey,
+        notified: &[String],
+        all: Option<&[String]>,
+        properties: Option<&serde_json::value::RawValue>,
+    ) {
+        let Some(all) = all else {
+            return;
+        };
+        let f = event_frame(
+            "roomlist",
+            "update",
+            &json!({"roomid": &*key.room, "properties": properties}),
+        );
+        let notified: HashSet<&str> = notified.iter().map(String::as_str).collect();
+        let others: Vec<String> = all
+            .iter()
+            .filter(|u| !notified.contains(u.as_str()))
+            .cloned()
+            .collect();
+        self.roomlist_to_users(&key.backend, &others, &f);
+    }
+
+    fn members_of_users(&self, key: &RoomKey, users: &[String]) -> Vec<Arc<str>> {
+        let users: HashSet<&str> = users.iter().map(String::as_str).collect();
+        self.rooms
+            .get(key)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter(|m| {
+                        self.sessions.map.get(*m).is_some_and(|s| {
+                            s.kind == SessionKind::Client
+                                && s.user_id.as_deref().is_some_and(|u| users.contains(u))
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn props_value(p: &Option<Box<serde_json::value::RawValue>>) -> Option<&serde_json::value::RawValue> {
+    p.as_deref()
+}
+
+impl Hub {
+    /// Applies a backend API request for `room_id` of `backend`.
+    pub async fn backend_request(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        backend_url: &str,
+        room_id: &str,
+        req: BackendRoomRequest,
+    ) -> ApiReply {
+        let key = RoomKey {
+            backend: backend.id.clone(),
+            room: room_id.into(),
+        };
+        self.metrics.backend_requests.with_label_values(&[&req.kind]).inc();
+        let empty = RoomUsersChange::default();
+        match req.kind.as_str() {
+            "invite" => {
+                let b = req.invite.as_ref().unwrap_or(&empty);
+                let f = event_frame(
+                    "roomlist",
+                    "invite",
+                    &json!({"roomid": room_id, "properties": props_value(&b.properties)}),
+                );
+                let mut st = self.lock();
+                st.roomlist_to_users(&key.backend, &b.userids, &f);
+                st.roomlist_update_others(&key, &b.userids, b.alluserids.as_deref(), b.properties.as_deref());
+                st.reap();
+            }
+            "disinvite" => {
+                let b = req.disinvite.as_ref().unwrap_or(&empty);
+                let f = event_frame(
+                    "roomlist",
+                    "disinvite",
+                    &json!({"roomid": room_id, "reason": "disinvited"}),
+                );
+                let mut st = self.lock();
+                st.roomlist_to_users(&key.backend, &b.userids, &f);
+                let mut sids = st.members_of_users(&key, &b.userids);
+                let nc: HashSet<String> = b.sessionids.iter().cloned().collect();
+                for sid in st.sessions_by_nc_ids(&key, &nc) {
+                    if !sids.contains(&sid) {
+                        // Guests have no user id: tell the session itself.
+                        st.sessions.deliver(&sid, &f);
+                        sids.push(sid);
+                    }
+                }
+                st.remove_from_room(&key, &sids);
+                st.roomlist_update_others(&key, &b.userids, b.alluserids.as_deref(), b.properties.as_deref());
+                st.reap();
+            }
+            "update" => {
+                let b = req.update.as_ref().unwrap_or(&empty);
+                let mut st = self.lock();
+                if let Some(room) = st.rooms.get_mut(&key) {
+                    if let Some(p) = &b.properties {
+                        room.properties = Some(Arc::from(p.clone()));
+                    }
+                }
+                let f = frame(
+                    None,
+                    "room",
+                    &RoomReply {
+                        roomid: room_id,
+                        properties: b.properties.as_deref(),
+                    },
+                );
+                st.broadcast(&key, &f, None);
+                let f = event_frame(
+                    "roomlist",
+                    "update",
+                    &json!({"roomid": room_id, "properties": props_value(&b.properties)}),
+                );
+                st.roomlist_to_users(&key.backend, &b.userids, &f);
+                st.reap();
+            }
+            "delete" => {
+                let b = req.delete.as_ref().unwrap_or(&empty);
+                let mut st = self.lock();
+                let f = event_frame(
+                    "roomlist",
+                    "disinvite",
+                    &json!({"roomid": room_id, "reason": "deleted"}),
+                );
+                st.roomlist_to_users(&key.backend, &b.userids, &f);
+                let members: Vec<Arc<str>> = st
+                    .rooms
+                    .get(&key)
+                    .map(|r| r.members.clone())
+                    .unwrap_or_default();
+                st.remove_from_room(&key, &members);
+                st.rooms.remove(&key);
+                st.reap();
+            }
+            "participants" => {
+                let Some(p) = req.participants.as_ref() else {
+                    return bad_request("participants missing");
+                };
+                let mut st = self.lock();
+                st.apply_permissions(&key, &p.changed);
+                let changed = st.update_participants(&key, &p.changed, p.users.as_deref(), false);
+                let users = match &p.users {
+                    Some(u) => u.clone(),
+                    None => st.room_users(&key),
+                };
+                let changed = st.client_entries(&key, &changed);
+                let mut users = st.client_entries(&key, &users);
+                users.extend(st.internal_incall_entries(&key));
+                let f = event_frame(
+                    "participants",
+                    "update",
+                    &json!({"roomid": room_id, "changed": changed, "users": users}),
+                );
+                st.broadcast(&key, &f, None);
+                st.reap();
+            }
+            "incall" => {
+                let Some(ic) = req.incall.as_ref() else {
+                    return bad_request("incall missing");
+                };
+                let mut st = self.lock();
+                if ic.all {
+                    if let Some(room) = st.rooms.get_mut(&key) {
+                        for p in room.participants.values_mut() {
+                            p.insert("inCall".into(), ic.incall.clone());
+                        }
+                    }
+                    let f = event_frame(
+                        "participants",
+                        "update",
+                        &json!({"roomid": room_id, "incall": ic.incall, "all": true}),
+                    );
+                    st.broadcast(&key, &f, None);
+                } else {
+                    let changed = st.update_participants(&key, &ic.changed, ic.users.as_deref(), true);
+                    if !changed.is_empty() || ic.users.is_some() {
+                        let users = match &ic.users {
+                            Some(u) => u.clone(),
+                            None => st.room_users(&key),
+                        };
+                        let changed = st.client_entries(&key, &changed);
+                        let mut users = st.client_entries(&key, &users);
+                        users.extend(st.internal_incall_entries(&key));
+                        let f = event_frame(
+                            "participants",
+                            "update",
+                            &json!({"roomid": room_id, "incall": ic.incall, "changed": changed, "users": users}),
+                        );
+                        st.broadcast(&key, &f, None);
+                    }
+                }
+                st.reap();
+            }
+            "message" => {
+                let Some(m) = req.message.as_ref() else {
+                    return bad_request("message missing");
+                };
+                let f = event_frame(
+                    "room",
+                    "message",
+                    &json!({"roomid": room_id, "data": &m.data}),
+                );
+                let mut st = self.lock();
+                st.broadcast(&key, &f, None);
+                st.reap();
+            }
+            "switchto" => {
+                let Some(sw) = req.switchto.as_ref() else {
+                    return bad_request("switchto missing");
+                };
+                let targets: Vec<(String, Option<Value>)> = match &sw.sessions {
+                    Value::Array(list) => list
+                        .iter()
+                        .filter_map(|v| v.as_str().map(|s| (s.to_string(), None)))
+                        .collect(),
+                    Value::Object(map) => map
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Some(v.clone()).filter(|v| !v.is_null())))
+                        .collect(),
+                    Value::Null => Vec::new(),
+                    _ => return bad_request("sessions must be a list or a map"),
+                };
+                let mut st = self.lock();
+                for (nc, details) in targets {
+                    let sid = st
+                        .rooms
+                        .get(&key)
+                        .and_then(|r| r.nc_sessions.get(nc.as_str()))
+                        .cloned();
+                    let Some(sid) = sid else {
+                        continue;
+                    };
+                    let body = match details {
+                        Some(d) => json!({"roomid": &sw.roomid, "details": d}),
+                        None => json!({"roomid": &sw.roomid}),
+                    };
+                    let f = event_frame("room", "switchto", &body);
+                    st.sessions.deliver(&sid, &f);
+                }
+                st.reap();
+            }
+            "dialout" => {
+                let Some(d) = req.dialout.as_ref() else {
+                    return bad_request("dialout missing");
+                };
+                return self.dialout(&key, backend_url, d).await;
+            }
+            other => return bad_request(&format!("unsupported request type `{other}`")),
+        }
+        ApiReply::ok()
+    }
+
+    async fn dialout(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        backend_url: &str,
+        d: &crate::api::backend::Dialout,
+    ) -> ApiReply {
+        let valid_number = d.number.len() > 1
+            && d.number.starts_with('+')
+            && d.number[1..].bytes().all(|b| b.is_ascii_digit());
+        if !valid_number {
+            return ApiReply::dialout_error(400, "invalid_number", "The number must be in E.164 format.");
+        }
+        let candidates: Vec<(Arc<str>, Arc<super::outbox::Outbox>)> = {
+            let st = self.lock();
+            st.sessions
+                .map
+                .values()
+                .filter(|s| {
+                    s.kind == SessionKind::Internal
+                        && s.backend.id == key.backend
+                        && s.has_feature("start-dialout")
+                })
+                .filter_map(|s| s.conn.clone().map(|c| (s.id.clone(), c)))
+                .collect()
+        };
+        let mut first_error: Option<BackendError> = None;
+        for (sid, conn) in candidates {
+            let id = crate::backend::checksum::new_random();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.dialouts
+                .lock()
+                .expect("dialout lock")
+                .insert(id.clone(), (sid.clone(), tx));
+            let msg = json!({
+                "type": "dialout",
+                "dialout": {
+                    "roomid": &*key.room,
+                    "backend": backend_url,
+                    "request": {"number": &d.number, "options": &d.options},
+                }
+            });
+            conn.push(frame(Some(&id), "internal", &msg));
+            let answer = tokio::time::timeout(DIALOUT_TIMEOUT, rx).await;
+            self.dialouts.lock().expect("dialout lock").remove(&id);
+            let err = match answer {
+                Ok(Ok(a)) => match a.kind.as_str() {
+                    "status" => match a.status {
+                        Some(s) if s.status == "accepted" => {
+                            return ApiReply {
+                                status: 200,
+                                body: json!({"type": "dialout", "dialout": {"callid": s.callid}}),
+                            }
+                        }
+                        _ => BackendError {
+                            code: "unsupported_status".into(),
+                            message: "Unsupported dialout status received.".into(),
+                            details: None,
+                        },
+                    },
+                    "error" => a
+                        .error
+                        .and_then(|e| serde_json::from_str::<BackendError>(e.get()).ok())
+                        .unwrap_or(BackendError {
+                            code: "dialout_failed".into(),
+                            message: "The dialout failed.".into(),
+                            details: None,
+                        }),
+                    _ => BackendError {
+                        code: "unsupported_type".into(),
+                        message: "Unsupported dialout type received.".into(),
+                        details: None,
+                    },
+                },
+                Ok(Err(_)) => BackendError {
+                    code: "error_notify".into(),
+                    message: "No dialout response received.".into(),
+                    details: None,
+                },
+                Err(_) => BackendError {
+                    code: "timeout".into(),
+                    message: "Timeout while waiting for dialout to start.".into(),
+                    details: None,
+                },
+            };
+            tracing::warn!(session = %sid, code = %err.code, "dialout failed");
+            first_error.get_or_insert(err);
+        }
+        match first_error {
+            Some(e) => ApiReply {
+                status: 502,
+                body: json!({"type": "dialout", "dialout": {"error": e}}),
+            },
+            None => ApiReply::dialout_error(
+                404,
+                "no_client_available",
+                "No available client found to trigger dialout.",
+            ),
+        }
+    }
+
+    /// An internal client answered a dialout request.
+    pub(crate) fn dialout_answer(
+        &self,
+        sid: &Arc<str>,
+        id: &str,
+        answer: crate::api::client::DialoutInternal,
+    ) {
+        let mut pending = self.dialouts.lock().expect("dialout lock");
+        let matches = pending.get(id).is_some_and(|(owner, _)| owner == sid);
+        if matches {
+            if let Some((_, tx)) = pending.remove(id) {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
+
+fn bad_request(message: &str) -> ApiReply {
+    ApiReply {
+        status: 400,
+        body: json!({"error": {"code": "invalid_request", "message": message}}),
+    }
+}

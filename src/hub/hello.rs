@@ -1,0 +1,405 @@
+//! `hello`: authentication (v1 through the backend, v2 by JWT, internal
+//! clients by shared secret) and resume.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use super::outbox::Outbox;
+use super::session::{flags, new_id, Session, SessionKind};
+use super::{invalid_format, Hub, CLIENT_FEATURES, INTERNAL_FEATURES, VERSION};
+use crate::api::backend::AuthRequest;
+use crate::api::client::{HelloClientMessage, HelloV2Params, InternalAuthParams};
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{frame, HelloReply, ServerInfo};
+use crate::backend::checksum;
+use crate::backend::client::BackendCallError;
+use crate::backend::registry::Backend;
+use crate::backend::token::{self, TokenError};
+
+/// Who a successful authentication says the client is.
+struct Identity {
+    kind: SessionKind,
+    backend: Arc<Backend>,
+    backend_base: String,
+    backend_url: String,
+    user_id: Option<String>,
+    user: Option<Box<RawValue>>,
+}
+
+/// Result of a successful hello.
+pub struct HelloOk {
+    /// Public session id.
+    pub sid: Arc<str>,
+    /// True for guests that must join a room within the room timeout.
+    pub must_join_room: bool,
+}
+
+fn backend_error(e: BackendCallError, code_on_failure: &str) -> ProtocolError {
+    match e {
+        BackendCallError::Throttled => {
+            ProtocolError::new(error::TOO_MANY_REQUESTS, "Nextcloud throttled the request")
+        }
+        other => ProtocolError::new(code_on_failure, other.to_string()),
+    }
+}
+
+impl Hub {
+    /// Processes a `hello` on an unauthenticated connection. On success the
+    /// hello reply (and, for a resume, the queued messages) is already in
+    /// the connection's outbox.
+    pub async fn hello(
+        self: &Arc<Self>,
+        conn: &Arc<Outbox>,
+        id: Option<&str>,
+        hello: HelloClientMessage,
+    ) -> Result<HelloOk, ProtocolError> {
+        if hello.version != "1.0" && hello.version != "2.0" {
+            return Err(ProtocolError::new(
+                error::INVALID_HELLO_VERSION,
+                "The hello version is not supported.",
+            ));
+        }
+        if let Some(resume_id) = hello.resumeid.as_deref().filter(|r| !r.is_empty()) {
+            return self.resume(conn, id, &hello.version, resume_id);
+        }
+        let Some(auth) = hello.auth else {
+            return Err(invalid_format("auth missing"));
+        };
+        let Some(params) = auth.params.filter(|p| p.get() != "null") else {
+            return Err(invalid_format("params missing"));
+        };
+        let identity = match auth.kind.as_str() {
+            "" | "client" => {
+                if auth.url.is_empty() {
+                    return Err(invalid_format("url missing"));
+                }
+                let Some((backend, base)) = self.registry.for_url(&auth.url) else {
+                    return Err(ProtocolError::new(
+                        error::INVALID_BACKEND,
+                        "The backend URL is not supported.",
+                    ));
+                };
+                if hello.version == "1.0" {
+                    self.auth_v1(backend, base, &auth.url, &params).await?
+                } else {
+                    self.auth_v2(backend, base, &auth.url, &params).await?
+                }
+            }
+            "internal" => self.auth_internal(&params)?,
+            _ => {
+                return Err(ProtocolError::new(
+                    error::INVALID_CLIENT_TYPE,
+                    "The client type is not supported.",
+                ))
+            }
+        };
+        self.register(conn, id, &hello.version, hello.features, identity)
+    }
+
+    async fn auth_v1(
+        &self,
+        backend: Arc<Backend>,
+        base: String,
+        url: &str,
+        params: &RawValue,
+    ) -> Result<Identity, ProtocolError> {
+        let req = AuthRequest {
+            version: "1.0",
+            params,
+        };
+        let resp = self
+            .client
+            .post(url, &base, &backend.secret, "auth", &req)
+            .await
+            .map_err(|e| {
+                tracing::warn!(url, "auth request failed: {e}");
+                backend_error(e, error::AUTH_FAILED)
+            })?;
+        if resp.kind == "error" {
+            return Err(match resp.error {
+                Some(e) if !e.code.is_empty() => ProtocolError {
+                    code: e.code,
+                    message: e.message,
+                    details: e.details,
+                },
+                _ => ProtocolError::new(error::AUTH_FAILED, "The user could not be authenticated."),
+            });
+        }
+        let Some(auth) = resp.auth.filter(|_| resp.kind == "auth") else {
+            return Err(ProtocolError::new(
+                error::AUTH_FAILED,
+                "The user could not be authenticated.",
+            ));
+        };
+        Ok(Identity {
+            kind: SessionKind::Client,
+            backend,
+            backend_base: base,
+            backend_url: url.to_string(),
+            user_id: auth.userid.filter(|u| !u.is_empty()),
+            user: auth.user,
+        })
+    }
+
+    async fn auth_v2(
+        &self,
+        backend: Arc<Backend>,
+        base: String,
+        url: &str,
+        params: &RawValue,
+    ) -> Result<Identity, ProtocolError> {
+        let p: HelloV2Params = serde_json::from_str(params.get())
+            .map_err(|_| invalid_format("invalid hello v2 params"))?;
+        if p.token.is_empty() {
+            return Err(invalid_format("token missing"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut refreshed = false;
+        let claims = loop {
+            let caps = self
+                .caps
+                .get(&self.client, url, refreshed)
+                .await
+                .map_err(|e| backend_error(e, error::PROCESSING_FAILED))?;
+            let Some(key) = caps.token_key else {
+                if !refreshed {
+                    refreshed = true;
+                    continue;
+                }
+                return Err(ProtocolError::new(
+                    error::INVALID_TOKEN,
+                    "No key found for issuer.",
+                ));
+            };
+            match token::verify(&p.token, &key, now) {
+                Ok(c) => break c,
+                Err(TokenError::BadSignature) if !refreshed => {
+                    // The key may have rotated since it was cached.
+                    refreshed = true;
+                }
+                Err(TokenError::Expired) => {
+                    return Err(ProtocolError::new(
+                        error::TOKEN_EXPIRED,
+                        "The token is expired.",
+                    ))
+                }
+                Err(TokenError::NotValidYet) => {
+                    return Err(ProtocolError::new(
+                        error::TOKEN_NOT_VALID_YET,
+                        "The token is not valid yet.",
+                    ))
+                }
+                Err(e) => return Err(ProtocolError::new(error::INVALID_TOKEN, e.to_string())),
+            }
+        };
+        let user = match claims.userdata {
+            Some(v) if !v.is_null() => serde_json::value::to_raw_value(&v).ok(),
+            _ => None,
+        };
+        Ok(Identity {
+            kind: SessionKind::Client,
+            backend,
+            backend_base: base,
+            backend_url: url.to_string(),
+            user_id: claims.sub.filter(|s| !s.is_empty()),
+            user,
+        })
+    }
+
+    fn auth_internal(&self, params: &RawValue) -> Result<Identity, ProtocolError> {
+        let p: InternalAuthParams = serde_json::from_str(params.get())
+            .map_err(|_| invalid_format("invalid internal params"))?;
+        if p.random.len() < 32 {
+            return Err(invalid_format("random too short"));
+        }
+        if p.token.is_empty() {
+            return Err(invalid_format("token missing"));
+        }
+        let secret = self.config.internal_secret.as_bytes();
+        if secret.is_empty() || !checksum::verify(secret, p.random.as_bytes(), b"", &p.token) {
+            return Err(ProtocolError::new(
+                error::INVALID_TOKEN,
+                "The token could not be authenticated.",
+            ));
+        }
+        let found = if p.backend.is_empty() {
+            self.registry.single()
+        } else {
+            self.registry.for_url(&p.backend)
+        };
+        let Some((backend, base)) = found else {
+            return Err(ProtocolError::new(
+                error::INVALID_BACKEND,
+                "The backend URL is not supported.",
+            ));
+        };
+        let url = format!(
+            "{}/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+            base.trim_end_matches('/')
+        );
+        Ok(Identity {
+            kind: SessionKind::Internal,
+            backend,
+            backend_base: base,
+            backend_url: url,
+            user_id: None,
+            user: None,
+        })
+    }
+
+    fn register(
+        &self,
+        conn: &Arc<Outbox>,
+        id: Option<&str>,
+        version: &str,
+        features: Vec<String>,
+        ident: Identity,
+    ) -> Result<HelloOk, ProtocolError> {
+        let sid = new_id();
+        let resume_id = new_id();
+        let is_client = ident.kind == SessionKind::Client;
+        let server_features = if is_client {
+            CLIENT_FEATURES
+        } else {
+            INTERNAL_FEATURES
+        };
+        let reply = frame(
+            id,
+            "hello",
+            &HelloReply {
+                sessionid: &sid,
+                resumeid: &resume_id,
+                userid: ident.user_id.as_deref(),
+                version,
+                server: ServerInfo {
+                    version: VERSION,
+                    features: server_features,
+                },
+            },
+        );
+        let must_join_room = is_client && ident.user_id.is_none();
+        let mut st = self.lock();
+        if is_client && ident.backend.session_limit > 0 {
+            let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0);
+            if count >= ident.backend.session_limit {
+                return Err(ProtocolError::new(
+                    error::SESSION_LIMIT_EXCEEDED,
+                    "Too many sessions connected for this backend.",
+                ));
+            }
+        }
+        if is_client {
+            *st.counts.entry(ident.backend.id.clone()).or_default() += 1;
+        }
+        let user_id: Option<Arc<str>> = ident.user_id.map(Arc::from);
+        if let Some(u) = &user_id {
+            st.users
+                .entry((ident.backend.id.clone(), u.clone()))
+                .or_default()
+                .push(sid.clone());
+        }
+        let in_call = if ident.kind == SessionKind::Internal
+            && !features.iter().any(|f| f == "internal-incall")
+        {
+            flags::IN_CALL | flags::WITH_AUDIO
+        } else {
+            0
+        };
+        st.resume_ids.insert(resume_id.clone(), sid.clone());
+        st.sessions.map.insert(
+            sid.clone(),
+            Session {
+                id: sid.clone(),
+                resume_id: Some(resume_id),
+                kind: ident.kind,
+                backend: ident.backend,
+                backend_base: ident.backend_base.into(),
+                backend_url: ident.backend_url.into(),
+                user_id,
+                user: ident.user.map(Arc::from),
+                features,
+                room: None,
+                room_session_id: None,
+                permissions: None,
+                conn: Some(conn.clone()),
+                queue: VecDeque::new(),
+                queue_bytes: 0,
+                in_call,
+                flags: 0,
+                virtuals: HashMap::new(),
+            },
+        );
+        conn.push(reply);
+        drop(st);
+        self.metrics.sessions_total.inc();
+        Ok(HelloOk {
+            sid,
+            must_join_room,
+        })
+    }
+
+    fn resume(
+        &self,
+        conn: &Arc<Outbox>,
+        id: Option<&str>,
+        version: &str,
+        resume_id: &str,
+    ) -> Result<HelloOk, ProtocolError> {
+        let no_such_session =
+            || ProtocolError::new(error::NO_SUCH_SESSION, "The session id is no longer valid.");
+        let mut st = self.lock();
+        let sid = st.resume_ids.get(resume_id).cloned().ok_or_else(no_such_session)?;
+        let Some(s) = st.sessions.map.get_mut(&sid) else {
+            return Err(no_such_session());
+        };
+        let server_features = if s.kind == SessionKind::Client {
+            CLIENT_FEATURES
+        } else {
+            INTERNAL_FEATURES
+        };
+        let reply = frame(
+            id,
+            "hello",
+            &HelloReply {
+                sessionid: &sid,
+                resumeid: resume_id,
+                userid: s.user_id.as_deref(),
+                version,
+                server: ServerInfo {
+                    version: VERSION,
+                    features: server_features,
+                },
+            },
+        );
+        if let Some(old) = s.conn.take() {
+            // The session moves to the new connection; the old one is told.
+            let bye = frame(None, "bye", &crate::api::server::Bye {
+                reason: Some("session_resumed"),
+            });
+            old.push(bye);
+            old.close(1000, "session resumed");
+        }
+        conn.push(reply);
+        // Attach and flush as one step under the lock: queued messages go out
+        // before anything newer.
+        for f in s.queue.drain(..) {
+            conn.push_force(f);
+        }
+        s.queue_bytes = 0;
+        s.conn = Some(conn.clone());
+        let must_join_room =
+            s.kind == SessionKind::Client && s.user_id.is_none() && s.room.is_none();
+        st.sessions.disconnected.remove(&sid);
+        tracing::debug!(session = %sid, "session resumed");
+        Ok(HelloOk {
+            sid,
+            must_join_room,
+        })
+    }
+}
+

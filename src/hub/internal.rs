@@ -1,0 +1,306 @@
+//! `internal` messages of internal clients: virtual sessions, in-call flags
+//! of the internal client, and answers to dialout requests.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::room::RoomKey;
+use super::session::{flags, new_id, Session, SessionKind};
+use super::{invalid_format, Hub, State};
+use crate::api::backend::{RoomRequest, SessionRequest};
+use crate::api::client::{AddSession, InternalClientMessage};
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::event_frame;
+
+impl State {
+    /// `participants` `update` with the in-call state of the internal and
+    /// virtual sessions of a room (they are not known to Nextcloud).
+    pub(crate) fn publish_internal_incall(&mut self, key: &RoomKey) {
+        let entries = self.internal_incall_entries(key);
+        if entries.is_empty() {
+            return;
+        }
+        let f = event_frame(
+            "participants",
+            "update",
+            &serde_json::json!({"roomid": &*key.room, "users": entries}),
+        );
+        self.broadcast(key, &f, None);
+    }
+
+    /// Participant entries of the internal and virtual sessions of a room.
+    pub(crate) fn internal_incall_entries(&self, key: &RoomKey) -> Vec<serde_json::Value> {
+        let Some(room) = self.rooms.get(key) else {
+            return Vec::new();
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        room.members
+            .iter()
+            .filter_map(|m| self.sessions.map.get(m))
+            .filter_map(|s| {
+                let tag = match s.kind {
+                    SessionKind::Internal => "internal",
+                    SessionKind::Virtual { .. } => "virtual",
+                    SessionKind::Client => return None,
+                };
+                Some(serde_json::json!({
+                    "inCall": s.in_call,
+                    "sessionId": &*s.id,
+                    "lastPing": now,
+                    tag: true,
+                }))
+            })
+            .collect()
+    }
+
+    fn flags_event(&mut self, key: &RoomKey, sid: &str, flags: u32) {
+        let f = event_frame(
+            "participants",
+            "flags",
+            &serde_json::json!({"roomid": &*key.room, "sessionid": sid, "flags": flags}),
+        );
+        self.broadcast(key, &f, None);
+    }
+}
+
+impl Hub {
+    /// Handles an `internal` message.
+    pub(crate) async fn internal(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        msg: InternalClientMessage,
+    ) {
+        let is_internal = self
+            .lock()
+            .sessions
+            .map
+            .get(sid)
+            .is_some_and(|s| s.kind == SessionKind::Internal);
+        if !is_internal {
+            return self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(error::NOT_ALLOWED, "Only internal clients may send this."),
+            );
+        }
+        match msg.kind.as_str() {
+            "addsession" => match msg.addsession {
+                Some(add) => self.add_virtual(sid, id, add),
+                None => self.reply_error(sid, id, invalid_format("addsession missing")),
+            },
+            "updatesession" => match msg.updatesession {
+                Some(u) => {
+                    let mut st = self.lock();
+                    let Some(vsid) = st
+                        .sessions
+                        .map
+                        .get(sid)
+                        .and_then(|s| s.virtuals.get(&u.sessionid))
+                        .cloned()
+                    else {
+                        drop(st);
+                        return self.reply_error(
+                            sid,
+                            id,
+                            ProtocolError::new(error::NO_SUCH_SESSION, "Unknown virtual session."),
+                        );
+                    };
+                    let Some(v) = st.sessions.map.get_mut(&vsid) else {
+                        return;
+                    };
+                    let room = v.room.clone();
+                    let incall_changed = u.incall.is_some_and(|i| i != v.in_call);
+                    let flags_changed = u.flags.is_some_and(|f| f != v.flags);
+                    if let Some(i) = u.incall {
+                        v.in_call = i;
+                    }
+                    if let Some(f) = u.flags {
+                        v.flags = f;
+                    }
+                    let new_flags = v.flags;
+                    if let Some(room) = room {
+                        if incall_changed {
+                            st.publish_internal_incall(&room);
+                        }
+                        if flags_changed {
+                            st.flags_event(&room, &vsid, new_flags);
+                        }
+                    }
+                    st.reap();
+                }
+                None => self.reply_error(sid, id, invalid_format("updatesession missing")),
+            },
+            "removesession" => match msg.removesession {
+                Some(r) => {
+                    let mut st = self.lock();
+                    let vsid = st
+                        .sessions
+                        .map
+                        .get(sid)
+                        .and_then(|s| s.virtuals.get(&r.sessionid))
+                        .cloned();
+                    match vsid {
+                        Some(vsid) => {
+                            st.end_session(&vsid, None);
+                            st.reap();
+                        }
+                        None => {
+                            drop(st);
+                            self.reply_error(
+                                sid,
+                                id,
+                                ProtocolError::new(
+                                    error::NO_SUCH_SESSION,
+                                    "Unknown virtual session.",
+                                ),
+                            );
+                        }
+                    }
+                }
+                None => self.reply_error(sid, id, invalid_format("removesession missing")),
+            },
+            "incall" => match msg.incall {
+                Some(i) => {
+                    let mut st = self.lock();
+                    let Some(s) = st.sessions.map.get_mut(sid) else {
+                        return;
+                    };
+                    let changed = s.in_call != i.incall;
+                    s.in_call = i.incall;
+                    if let (true, Some(room)) = (changed, s.room.clone()) {
+                        st.publish_internal_incall(&room);
+                    }
+                    st.reap();
+                }
+                None => self.reply_error(sid, id, invalid_format("incall missing")),
+            },
+            "dialout" => match (msg.dialout, id) {
+                (Some(d), Some(id)) => self.dialout_answer(sid, id, d),
+                _ => self.reply_error(sid, id, invalid_format("dialout answer without id")),
+            },
+            other => self.reply_error(
+                sid,
+                id,
+                invalid_format(format!("unsupported internal type `{other}`")),
+            ),
+        }
+    }
+
+    fn add_virtual(&self, sid: &Arc<str>, id: Option<&str>, add: AddSession) {
+        if add.sessionid.is_empty() || add.roomid.is_empty() {
+            return self.reply_error(sid, id, invalid_format("sessionid and roomid are required"));
+        }
+        let mut st = self.lock();
+        let Some(owner) = st.sessions.map.get(sid) else {
+            return;
+        };
+        if owner.virtuals.contains_key(&add.sessionid) {
+            drop(st);
+            return self.reply_error(
+                sid,
+                id,
+                invalid_format("a virtual session with this id exists already"),
+            );
+        }
+        let key = RoomKey {
+            backend: owner.backend.id.clone(),
+            room: add.roomid.as_str().into(),
+        };
+        if !st.rooms.contains_key(&key) {
+            drop(st);
+            return self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(error::NO_SUCH_ROOM, "The room does not exist."),
+            );
+        }
+        let in_call = if owner.has_feature("internal-incall") {
+            add.incall.unwrap_or(0)
+        } else {
+            flags::IN_CALL | flags::WITH_PHONE
+        };
+        let vsid = new_id();
+        let v = Session {
+            id: vsid.clone(),
+            resume_id: None,
+            kind: SessionKind::Virtual {
+                owner: sid.clone(),
+                client_sid: add.sessionid.clone(),
+            },
+            backend: owner.backend.clone(),
+            backend_base: owner.backend_base.clone(),
+            backend_url: owner.backend_url.clone(),
+            user_id: add.userid.clone().filter(|u| !u.is_empty()).map(Arc::from),
+            user: add.user.map(Arc::from),
+            features: Vec::new(),
+            room: None,
+            room_session_id: None,
+            permissions: None,
+            conn: None,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            in_call,
+            flags: add.flags.unwrap_or(0),
+            virtuals: HashMap::new(),
+        };
+        let (url, base, secret) = (
+            owner.backend_url.clone(),
+            owner.backend_base.clone(),
+            owner.backend.secret.clone(),
+        );
+        let user = v.user.clone();
+        let user_id = v.user_id.clone();
+        let vflags = v.flags;
+        st.sessions.map.insert(vsid.clone(), v);
+        if let Some(o) = st.sessions.map.get_mut(sid) {
+            o.virtuals.insert(add.sessionid.clone(), vsid.clone());
+        }
+        st.join_room(&vsid, None, key.clone(), None, None, Some(vsid.clone()));
+        st.publish_internal_incall(&key);
+        if vflags != 0 {
+            st.flags_event(&key, &vsid, vflags);
+        }
+        st.reap();
+        drop(st);
+
+        // Tell Nextcloud about the virtual session.
+        let client = self.client.clone();
+        let room = add.roomid.clone();
+        let options = add.options;
+        tokio::spawn(async move {
+            let result = match &options {
+                Some(o) => {
+                    let req = RoomRequest {
+                        version: "1.0",
+                        roomid: &room,
+                        userid: user_id.as_deref().unwrap_or(""),
+                        sessionid: &vsid,
+                        action: "join",
+                        actor_id: o.actor_id.as_deref(),
+                        actor_type: o.actor_type.as_deref(),
+                        in_call: Some(in_call),
+                    };
+                    client.post(&url, &base, &secret, "room", &req).await
+                }
+                None => {
+                    let req = SessionRequest {
+                        version: "1.0",
+                        roomid: &room,
+                        action: "add",
+                        sessionid: &vsid,
+                        userid: user_id.as_deref(),
+                        user: user.as_deref(),
+                    };
+                    client.post(&url, &base, &secret, "session", &req).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(room = %room, "could not tell backend about virtual session: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,119 @@
+//! `message` and `control`: delivery to a session, all sessions of a user,
+//! or the sender's room. `data` is forwarded byte-for-byte and the frame is
+//! built once for all recipients.
+
+use std::sync::Arc;
+
+use super::session::SessionKind;
+use super::{invalid_format, Hub};
+use crate::api::client::MessageClientMessage;
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{error_frame, frame, MessageOut, RecipientOut, Sender};
+
+impl Hub {
+    /// Routes a `message` or `control` (`kind`) from `sid`.
+    pub(crate) fn route_message(
+        &self,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        kind: &str,
+        msg: MessageClientMessage,
+    ) {
+        let mut st = self.lock();
+        let Some(sender) = st.sessions.map.get(sid) else {
+            return;
+        };
+        if kind == "control" && !sender.has_permission("control") {
+            let f = error_frame(
+                id,
+                &ProtocolError::new(error::NOT_ALLOWED, "Not allowed to send control messages."),
+            );
+            st.sessions.deliver(sid, &f);
+            st.reap();
+            return;
+        }
+        let sender_user = sender.user_id.clone();
+        let backend = sender.backend.id.clone();
+        let sender_room = sender.room.clone();
+        let out = |recipient: Option<RecipientOut>| {
+            frame(
+                None,
+                kind,
+                &MessageOut {
+                    sender: Sender {
+                        kind: &msg.recipient.kind,
+                        sessionid: sid,
+                        userid: sender_user.as_deref(),
+                    },
+                    recipient,
+                    data: &msg.data,
+                },
+            )
+        };
+        match msg.recipient.kind.as_str() {
+            "session" => {
+                let Some(target) = msg.recipient.sessionid.as_deref().filter(|s| !s.is_empty())
+                else {
+                    drop(st);
+                    return self.reply_error(sid, id, invalid_format("recipient sessionid missing"));
+                };
+                let Some(t) = st.sessions.map.get(target) else {
+                    drop(st);
+                    return self.reply_error(
+                        sid,
+                        id,
+                        ProtocolError::new(error::NO_SUCH_SESSION, "The recipient session does not exist."),
+                    );
+                };
+                if &*t.id == &**sid {
+                    // Don't loop messages back to the sender.
+                    return;
+                }
+                match &t.kind {
+                    SessionKind::Virtual { owner, client_sid } => {
+                        // Messages for a virtual session go to its internal client.
+                        let f = out(Some(RecipientOut {
+                            kind: "session",
+                            sessionid: client_sid,
+                        }));
+                        let owner = owner.clone();
+                        st.sessions.deliver(&owner, &f);
+                    }
+                    _ => {
+                        let f = out(None);
+                        st.sessions.deliver(target, &f);
+                    }
+                }
+            }
+            "user" => {
+                let Some(user) = msg.recipient.userid.as_deref().filter(|s| !s.is_empty()) else {
+                    drop(st);
+                    return self.reply_error(sid, id, invalid_format("recipient userid missing"));
+                };
+                let f = out(None);
+                st.send_to_user(&backend, user, &f, Some(sid));
+            }
+            "room" => {
+                let Some(key) = sender_room else {
+                    drop(st);
+                    return self.reply_error(
+                        sid,
+                        id,
+                        ProtocolError::new(error::NOT_IN_ROOM, "No room joined yet."),
+                    );
+                };
+                let f = out(None);
+                st.broadcast(&key, &f, Some(sid));
+            }
+            other => {
+                drop(st);
+                return self.reply_error(
+                    sid,
+                    id,
+                    invalid_format(format!("unsupported recipient type `{other}`")),
+                );
+            }
+        }
+        st.reap();
+    }
+}

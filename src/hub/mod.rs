@@ -1,0 +1,517 @@
+//! The in-memory state and routing: sessions, rooms, users, and delivery of
+//! frames to them. One `std::sync::Mutex` guards the state: no critical
+//! section awaits (backend requests happen before or after, never inside),
+//! and every frame is serialized before the lock is taken or once inside it.
+
+pub mod backend_api;
+mod hello;
+mod internal;
+mod messages;
+pub mod outbox;
+pub mod room;
+mod rooms;
+pub mod session;
+mod tasks;
+mod transient;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::api::backend::{RoomRequest, SessionRequest};
+use crate::api::client::ClientMessage;
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{error_frame, frame, Bye, Frame, ServerInfo};
+use crate::backend::capabilities::CapabilitiesCache;
+use crate::backend::client::BackendClient;
+use crate::backend::registry::BackendRegistry;
+use crate::config::{ClientLimits, Config};
+use crate::metrics::Metrics;
+use outbox::{Outbox, Push, CLOSE_OVERFLOW};
+use room::{Room, RoomKey};
+use session::{Session, SessionKind};
+
+/// Server version reported in `welcome`, hello and `/api/v1/welcome`.
+pub const VERSION: &str = concat!("spreed-signaling-rs/", env!("CARGO_PKG_VERSION"));
+
+/// Feature ids announced to regular clients (hello `server.features`).
+pub const CLIENT_FEATURES: &[&str] = &[
+    "dialout",
+    "hello-v2",
+    "incall-all",
+    "join-features",
+    "switchto",
+    "transient-data",
+    "welcome",
+];
+
+/// Feature ids announced to internal clients.
+pub const INTERNAL_FEATURES: &[&str] = &[
+    "dialout",
+    "hello-v2",
+    "incall-all",
+    "join-features",
+    "switchto",
+    "transient-data",
+    "virtual-sessions",
+    "welcome",
+];
+
+/// Union of both lists, for `welcome` and the features header.
+pub fn all_features() -> Vec<&'static str> {
+    let mut all: Vec<&str> = CLIENT_FEATURES
+        .iter()
+        .chain(INTERNAL_FEATURES)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Sessions and what happens to them as frames are delivered.
+pub(crate) struct Sessions {
+    pub map: HashMap<Arc<str>, Session>,
+    /// Disconnected sessions and when they expire.
+    pub disconnected: HashMap<Arc<str>, Instant>,
+    /// Sessions to end once the current operation is done (resume queue full).
+    pub doomed: Vec<Arc<str>>,
+    pub limits: ClientLimits,
+}
+
+impl Sessions {
+    /// Hands a frame to a session: its connection's outbox when connected,
+    /// else its resume queue. Never blocks; a full outbox detaches the
+    /// connection (close 1013), a full resume queue ends the session.
+    pub fn deliver(&mut self, sid: &str, frame: &Frame) {
+        let Some(s) = self.map.get_mut(sid) else {
+            return;
+        };
+        if s.is_virtual() {
+            return;
+        }
+        if let Some(conn) = &s.conn {
+            match conn.push(frame.clone()) {
+                Push::Queued => return,
+                Push::Closed => {}
+                Push::Overflow => {
+                    tracing::info!(session = %s.id, "send queue full, closing connection (1013)");
+                    let left = conn.abort(CLOSE_OVERFLOW, "send queue full");
+                    s.conn = None;
+                    for f in left {
+                        s.queue_bytes += f.len();
+                        s.queue.push_back(f);
+                    }
+                    self.disconnected
+                        .insert(s.id.clone(), Instant::now() + self.limits.resume_timeout);
+                }
+            }
+        }
+        s.queue_bytes += frame.len();
+        s.queue.push_back(frame.clone());
+        if (s.queue.len() > self.limits.resume_queue_messages
+            || s.queue_bytes > self.limits.resume_queue_bytes)
+            && !self.doomed.contains(&s.id)
+        {
+            tracing::info!(session = %s.id, "resume queue full, ending session");
+            self.doomed.push(s.id.clone());
+        }
+    }
+}
+
+/// Everything guarded by the hub lock.
+pub(crate) struct State {
+    pub sessions: Sessions,
+    pub resume_ids: HashMap<Arc<str>, Arc<str>>,
+    pub rooms: HashMap<RoomKey, Room>,
+    /// (backend id, user id) -> sessions of that user.
+    pub users: HashMap<(Arc<str>, Arc<str>), Vec<Arc<str>>>,
+    /// Client sessions per backend id (for `sessionlimit`).
+    pub counts: HashMap<Arc<str>, u64>,
+    /// Transient data expiry: (deadline, seq) -> (room, key).
+    pub ttl: BTreeMap<(Instant, u64), (RoomKey, String)>,
+    pub ttl_seq: u64,
+    pub client: BackendClient,
+}
+
+/// A backend dialout request waiting for an internal client's answer.
+type DialoutWaiter = (Arc<str>, tokio::sync::oneshot::Sender<crate::api::client::DialoutInternal>);
+
+/// The hub: shared by every connection and the backend API.
+pub struct Hub {
+    /// The configuration the server was started with.
+    pub config: Arc<Config>,
+    /// Allowed backends.
+    pub registry: BackendRegistry,
+    /// HTTP client for Nextcloud.
+    pub client: BackendClient,
+    /// Capabilities of Nextcloud instances.
+    pub caps: CapabilitiesCache,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    state: Mutex<State>,
+    /// Wakes the timer task when an earlier deadline was added.
+    timer: Notify,
+    next_conn_id: AtomicU64,
+    welcome: Frame,
+    dialouts: Mutex<HashMap<String, DialoutWaiter>>,
+}
+
+impl Hub {
+    /// Builds the hub from a validated config.
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> anyhow::Result<Arc<Hub>> {
+        let features = all_features().join(", ");
+        let client = BackendClient::new(
+            config.backend.timeout,
+            config.backend.connections_per_host,
+            config.backend.skip_verify,
+            features,
+        )?;
+        let welcome = frame(
+            None,
+            "welcome",
+            &ServerInfo {
+                version: VERSION,
+                features: &all_features(),
+            },
+        );
+        Ok(Arc::new(Hub {
+            registry: BackendRegistry::new(&config.backend),
+            state: Mutex::new(State {
+                sessions: Sessions {
+                    map: HashMap::new(),
+                    disconnected: HashMap::new(),
+                    doomed: Vec::new(),
+                    limits: config.limits.clone(),
+                },
+                resume_ids: HashMap::new(),
+                rooms: HashMap::new(),
+                users: HashMap::new(),
+                counts: HashMap::new(),
+                ttl: BTreeMap::new(),
+                ttl_seq: 0,
+                client: client.clone(),
+            }),
+            client,
+            caps: CapabilitiesCache::default(),
+            metrics,
+            config,
+            timer: Notify::new(),
+            next_conn_id: AtomicU64::new(1),
+            welcome,
+            dialouts: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new outbox for a connection that just upgraded.
+    pub fn new_outbox(&self) -> Arc<Outbox> {
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Outbox::new(id, self.config.limits.outbox_bytes))
+    }
+
+    /// The `welcome` frame sent right after connecting.
+    pub fn welcome_frame(&self) -> Frame {
+        self.welcome.clone()
+    }
+
+    /// Number of sessions (all kinds).
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.map.len()
+    }
+
+    /// Handles a message of an authenticated session.
+    pub async fn handle(self: &Arc<Self>, sid: &Arc<str>, msg: ClientMessage) {
+        let id = msg.id.as_deref();
+        match msg.kind.as_str() {
+            "hello" => {
+                // A stale timer of the Talk client sometimes sends a second
+                // hello on an authenticated connection: ignore it, as the
+                // Go server does (an error would make the client reconnect).
+                tracing::debug!(session = %sid, "ignoring hello on authenticated connection");
+            }
+            "bye" => self.bye(sid, id),
+            "room" => match msg.room {
+                Some(room) => self.room_request(sid, msg.id, room).await,
+                None => self.reply_error(sid, id, invalid_format("room body missing")),
+            },
+            "message" | "control" => {
+                let body = if msg.kind == "message" {
+                    msg.message
+                } else {
+                    msg.control
+                };
+                match body {
+                    Some(body) => self.route_message(sid, id, &msg.kind, body),
+                    None => self.reply_error(sid, id, invalid_format("message body missing")),
+                }
+            }
+            "transient" => match msg.transient {
+                Some(t) => self.transient(sid, id, t),
+                None => self.reply_error(sid, id, invalid_format("transient body missing")),
+            },
+            "internal" => match msg.internal {
+                Some(i) => self.internal(sid, id, i).await,
+                None => self.reply_error(sid, id, invalid_format("internal body missing")),
+            },
+            other => self.reply_error(
+                sid,
+                id,
+                invalid_format(format!("unknown message type `{other}`")),
+            ),
+        }
+    }
+
+    /// Sends an error reply to a session.
+    pub fn reply_error(&self, sid: &str, id: Option<&str>, err: ProtocolError) {
+        let f = error_frame(id, &err);
+        let mut st = self.lock();
+        st.sessions.deliver(sid, &f);
+        st.reap();
+    }
+
+    fn bye(&self, sid: &Arc<str>, id: Option<&str>) {
+        let reply = frame(id, "bye", &serde_json::json!({}));
+        let mut st = self.lock();
+        st.end_session(sid, Some(reply));
+        st.reap();
+    }
+
+    /// The connection of a session went away: keep the session for resume.
+    pub fn connection_closed(&self, sid: &Arc<str>, conn_id: u64) {
+        let mut st = self.lock();
+        let deadline = Instant::now() + st.sessions.limits.resume_timeout;
+        let Some(s) = st.sessions.map.get_mut(sid) else {
+            return;
+        };
+        if s.conn.as_ref().is_none_or(|c| c.conn_id != conn_id) {
+            return;
+        }
+        s.conn = None;
+        st.sessions.disconnected.insert(sid.clone(), deadline);
+        tracing::debug!(session = %sid, "connection closed, session kept for resume");
+    }
+
+    /// Ends sessions that are idle without connection past the resume timeout.
+    pub fn expire_sessions(&self, now: Instant) {
+        let mut st = self.lock();
+        let expired: Vec<Arc<str>> = st
+            .sessions
+            .disconnected
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in expired {
+            tracing::debug!(session = %sid, "resume timeout, ending session");
+            st.end_session(&sid, None);
+        }
+        st.reap();
+    }
+
+    /// Number of rooms.
+    pub fn room_count(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    /// True if the session exists and is in a room.
+    pub fn in_room(&self, sid: &str) -> bool {
+        self.lock()
+            .sessions
+            .map
+            .get(sid)
+            .is_some_and(|s| s.room.is_some())
+    }
+
+    /// Ends a session from the server side with a `bye` carrying `reason`.
+    pub fn close_session(&self, sid: &Arc<str>, reason: &str) {
+        let f = frame(None, "bye", &Bye {
+            reason: Some(reason),
+        });
+        let mut st = self.lock();
+        st.end_session(sid, Some(f));
+        st.reap();
+    }
+}
+
+/// An `invalid_format` error.
+pub fn invalid_format(msg: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(error::INVALID_FORMAT, msg)
+}
+
+impl State {
+    /// Delivers one frame to every member of a room, optionally skipping one.
+    pub fn broadcast(&mut self, key: &RoomKey, f: &Frame, except: Option<&str>) {
+        let Some(room) = self.rooms.get(key) else {
+            return;
+        };
+        for m in &room.members {
+            if Some(&**m) != except {
+                self.sessions.deliver(m, f);
+            }
+        }
+    }
+
+    /// Delivers one frame to every session of a user on a backend.
+    pub fn send_to_user(&mut self, backend: &Arc<str>, user: &str, f: &Frame, except: Option<&str>) {
+        let key = (backend.clone(), Arc::<str>::from(user));
+        if let Some(list) = self.users.get(&key) {
+            for sid in list {
+                if Some(&**sid) != except {
+                    self.sessions.deliver(sid, f);
+                }
+            }
+        }
+    }
+
+    /// Ends sessions whose resume queue overflowed during the last operation.
+    pub fn reap(&mut self) {
+        while let Some(sid) = self.sessions.doomed.pop() {
+            let f = frame(None, "bye", &Bye {
+                reason: Some("send_queue_overflow"),
+            });
+            self.end_session(&sid, Some(f));
+        }
+    }
+
+    /// Removes a session completely: leaves its room (telling the others and
+    /// Nextcloud), drops its virtual sessions and indexes. `last` is sent
+    /// before the connection closes.
+    pub fn end_session(&mut self, sid: &Arc<str>, last: Option<Frame>) {
+        if !self.sessions.map.contains_key(sid) {
+            return;
+        }
+        self.leave_room(sid, true);
+        let Some(s) = self.sessions.map.remove(sid) else {
+            return;
+        };
+        self.sessions.disconnected.remove(sid);
+        if let Some(r) = &s.resume_id {
+            self.resume_ids.remove(r);
+        }
+        if let Some(user) = &s.user_id {
+            let key = (s.backend.id.clone(), user.clone());
+            if let Some(list) = self.users.get_mut(&key) {
+                list.retain(|x| x != sid);
+                if list.is_empty() {
+                    self.users.remove(&key);
+                }
+            }
+        }
+        if s.kind == SessionKind::Client {
+            if let Some(c) = self.counts.get_mut(&s.backend.id) {
+                *c = c.saturating_sub(1);
+            }
+        }
+        if let SessionKind::Virtual { owner, client_sid } = &s.kind {
+            if let Some(o) = self.sessions.map.get_mut(owner) {
+                o.virtuals.remove(client_sid);
+            }
+        }
+        for (_, vsid) in s.virtuals.iter() {
+            self.end_session(vsid, None);
+        }
+        if let Some(conn) = &s.conn {
+            if let Some(f) = last {
+                conn.push(f);
+            }
+            conn.close(1000, "session ended");
+        }
+    }
+
+    /// Takes a session out of its room: leave event to the others, Nextcloud
+    /// told (when `notify_backend`), room dropped when empty.
+    pub fn leave_room(&mut self, sid: &Arc<str>, notify_backend: bool) -> Option<RoomKey> {
+        let s = self.sessions.map.get_mut(sid)?;
+        let key = s.room.take()?;
+        let room_session_id = s.room_session_id.take();
+        s.permissions = None;
+        let is_virtual = s.is_virtual();
+        let notify = notify_backend && s.kind == SessionKind::Client;
+        let user_id = s.user_id.clone();
+        let backend_url = s.backend_url.clone();
+        let backend_base = s.backend_base.clone();
+        let secret = s.backend.secret.clone();
+        let notify_virtual = notify_backend && is_virtual;
+
+        let mut empty = false;
+        if let Some(room) = self.rooms.get_mut(&key) {
+            room.remove_member(sid);
+            if let Some(rs) = &room_session_id {
+                if room.nc_sessions.get(rs).is_some_and(|x| x == sid) {
+                    room.nc_sessions.remove(rs);
+                }
+            }
+            empty = room.members.is_empty();
+        }
+        let leave = crate::api::server::event_frame("room", "leave", &[&**sid]);
+        self.broadcast(&key, &leave, None);
+        if is_virtual {
+            self.publish_internal_incall(&key);
+        }
+        if empty {
+            self.rooms.remove(&key);
+        }
+        if notify_virtual {
+            let client = self.client.clone();
+            let room_id = key.room.clone();
+            let vsid = sid.clone();
+            tokio::spawn(async move {
+                let req = SessionRequest {
+                    version: "1.0",
+                    roomid: &room_id,
+                    action: "remove",
+                    sessionid: &vsid,
+                    userid: user_id.as_deref(),
+                    user: None,
+                };
+                if let Err(e) = client
+                    .post(&backend_url, &backend_base, &secret, "session", &req)
+                    .await
+                {
+                    tracing::warn!(room = %room_id, "could not tell backend about removed virtual session: {e}");
+                }
+            });
+        } else if let (true, Some(rs)) = (notify, room_session_id) {
+            let client = self.client.clone();
+            let room_id = key.room.clone();
+            tokio::spawn(async move {
+                let req = RoomRequest {
+                    version: "1.0",
+                    roomid: &room_id,
+                    userid: user_id.as_deref().unwrap_or(""),
+                    sessionid: &rs,
+                    action: "leave",
+                    actor_id: None,
+                    actor_type: None,
+                    in_call: None,
+                };
+                if let Err(e) = client
+                    .post(&backend_url, &backend_base, &secret, "room", &req)
+                    .await
+                {
+                    tracing::warn!(room = %room_id, "could not tell backend about leave: {e}");
+                }
+            });
+        }
+        Some(key)
+    }
+
+    /// Public ids of the sessions in a room matching a set of Nextcloud session ids.
+    pub fn sessions_by_nc_ids(&self, key: &RoomKey, nc_ids: &HashSet<String>) -> Vec<Arc<str>> {
+        let Some(room) = self.rooms.get(key) else {
+            return Vec::new();
+        };
+        room.nc_sessions
+            .iter()
+            .filter(|(nc, _)| nc_ids.contains(&***nc))
+            .map(|(_, sid)| sid.clone())
+            .collect()
+    }
+}

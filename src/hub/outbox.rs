@@ -1,0 +1,162 @@
+//! Per-connection outbox: frames waiting for the writer, bounded in bytes.
+//! Pushing never blocks; on overflow the connection is closed with 1013 and
+//! whatever was queued moves back to the session for resume.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+use crate::api::server::Frame;
+
+/// Close code for a client that does not read fast enough ("try again later").
+pub const CLOSE_OVERFLOW: u16 = 1013;
+
+/// Why and how the writer should close the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason text.
+    pub reason: &'static str,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    close: Option<CloseRequest>,
+}
+
+/// Frames queued for one WebSocket connection.
+pub struct Outbox {
+    /// Unique id of the connection (to tell a resumed connection from the old one).
+    pub conn_id: u64,
+    state: Mutex<State>,
+    notify: Notify,
+    limit: usize,
+}
+
+/// Result of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    /// Queued.
+    Queued,
+    /// Would exceed the byte limit: nothing queued, caller must detach.
+    Overflow,
+    /// The connection is closing; nothing queued.
+    Closed,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `limit` bytes.
+    pub fn new(conn_id: u64, limit: usize) -> Self {
+        Outbox {
+            conn_id,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Queues a frame for the writer without blocking.
+    pub fn push(&self, frame: Frame) -> Push {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return Push::Closed;
+        }
+        let len = frame.len();
+        if s.bytes + len > self.limit && !s.frames.is_empty() {
+            return Push::Overflow;
+        }
+        s.bytes += len;
+        s.frames.push_back(frame);
+        drop(s);
+        self.notify.notify_one();
+        Push::Queued
+    }
+
+    /// Queues a frame even past the byte limit (used once, to flush a
+    /// resume queue that is bounded on its own).
+    pub fn push_force(&self, frame: Frame) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return;
+        }
+        s.bytes += frame.len();
+        s.frames.push_back(frame);
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Asks the writer to close with `code` after what is queued; returns
+    /// nothing. A later close request does not replace the first.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_none() {
+            s.close = Some(CloseRequest { code, reason });
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Closes at once, handing back the frames not yet written (so they can
+    /// be kept for resume).
+    pub fn abort(&self, code: u16, reason: &'static str) -> VecDeque<Frame> {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_none() {
+            s.close = Some(CloseRequest { code, reason });
+        }
+        s.bytes = 0;
+        let frames = std::mem::take(&mut s.frames);
+        drop(s);
+        self.notify.notify_one();
+        frames
+    }
+
+    /// True once a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().expect("outbox lock").close.is_some()
+    }
+
+    /// Takes everything queued (into `out`) and the close request, if any.
+    pub fn drain(&self, out: &mut Vec<Frame>) -> Option<CloseRequest> {
+        let mut s = self.state.lock().expect("outbox lock");
+        out.extend(s.frames.drain(..));
+        s.bytes = 0;
+        s.close
+    }
+
+    /// Waits until something is pushed or a close is requested.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_in_bytes_and_abort_returns_frames() {
+        let o = Outbox::new(1, 10);
+        assert_eq!(o.push(Frame::from("12345")), Push::Queued);
+        assert_eq!(o.push(Frame::from("12345")), Push::Queued);
+        assert_eq!(o.push(Frame::from("1")), Push::Overflow);
+        let left = o.abort(CLOSE_OVERFLOW, "slow");
+        assert_eq!(left.len(), 2);
+        assert_eq!(o.push(Frame::from("1")), Push::Closed);
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out).unwrap().code, CLOSE_OVERFLOW);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_single_large_frame_is_accepted_when_empty() {
+        let o = Outbox::new(1, 4);
+        assert_eq!(o.push(Frame::from("123456")), Push::Queued);
+        let mut out = Vec::new();
+        assert!(o.drain(&mut out).is_none());
+        assert_eq!(out.len(), 1);
+    }
+}

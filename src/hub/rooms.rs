@@ -1,0 +1,267 @@
+//! `room`: joining (validated by Nextcloud) and leaving rooms, with the
+//! join/leave events and the initial state a joiner receives.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::room::{Room, RoomKey};
+use super::session::SessionKind;
+use super::{Hub, State};
+use crate::api::backend::RoomRequest;
+use crate::api::client::RoomClientMessage;
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{event_frame, frame, RoomReply, TransientOut};
+
+/// A room `join` event entry, with the client features (`join-features`).
+#[derive(Serialize)]
+pub(crate) struct JoinEntry<'a> {
+    pub sessionid: &'a str,
+    pub userid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roomsessionid: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub features: &'a [String],
+}
+
+impl State {
+    /// The `join` entry of a session.
+    pub(crate) fn join_entry<'a>(&'a self, sid: &'a str) -> Option<JoinEntry<'a>> {
+        let s = self.sessions.map.get(sid)?;
+        Some(JoinEntry {
+            sessionid: &s.id,
+            userid: s.user_id.as_deref().unwrap_or(""),
+            user: s.user.as_deref(),
+            roomsessionid: s.room_session_id.as_deref(),
+            features: &s.features,
+        })
+    }
+
+    /// Puts a session into a room: reply to the joiner, the members list to
+    /// the joiner, the join event to everybody, then the transient data.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn join_room(
+        &mut self,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        key: RoomKey,
+        properties: Option<Arc<RawValue>>,
+        permissions: Option<Vec<String>>,
+        room_session_id: Option<Arc<str>>,
+    ) {
+        let Some(s) = self.sessions.map.get_mut(sid) else {
+            return;
+        };
+        s.room = Some(key.clone());
+        s.room_session_id = room_session_id.clone();
+        s.permissions = permissions;
+        let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
+        let room = self
+            .rooms
+            .entry(key.clone())
+            .or_insert_with(|| Room::new(url, base));
+        if properties.is_some() {
+            room.properties = properties;
+        }
+        let reply = frame(
+            id,
+            "room",
+            &RoomReply {
+                roomid: &key.room,
+                properties: room.properties.as_deref(),
+            },
+        );
+        let others: Vec<Arc<str>> = room.members.clone();
+        room.members.push(sid.clone());
+        if let Some(rs) = room_session_id {
+            room.nc_sessions.insert(rs, sid.clone());
+        }
+        self.sessions.deliver(sid, &reply);
+
+        if !others.is_empty() {
+            let entries: Vec<JoinEntry> = others.iter().filter_map(|o| self.join_entry(o)).collect();
+            let f = event_frame("room", "join", &entries);
+            self.sessions.deliver(sid, &f);
+        }
+        if let Some(me) = self.join_entry(sid) {
+            let f = event_frame("room", "join", &[me]);
+            self.broadcast(&key, &f, None);
+        }
+        // Flags of virtual sessions already in the room.
+        let flag_frames: Vec<_> = others
+            .iter()
+            .filter_map(|o| self.sessions.map.get(o))
+            .filter(|o| o.is_virtual() && o.flags != 0)
+            .map(|o| {
+                event_frame(
+                    "participants",
+                    "flags",
+                    &serde_json::json!({"roomid": &*key.room, "sessionid": &*o.id, "flags": o.flags}),
+                )
+            })
+            .collect();
+        for f in &flag_frames {
+            self.sessions.deliver(sid, f);
+        }
+        if let Some(room) = self.rooms.get(&key) {
+            if !room.transient.is_empty() {
+                let data: std::collections::BTreeMap<String, Box<RawValue>> = room
+                    .transient
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.value.clone()))
+                    .collect();
+                let f = frame(
+                    None,
+                    "transient",
+                    &TransientOut {
+                        kind: "initial",
+                        key: None,
+                        value: None,
+                        oldvalue: None,
+                        data: Some(&data),
+                    },
+                );
+                self.sessions.deliver(sid, &f);
+            }
+        }
+        let is_internal = self
+            .sessions
+            .map
+            .get(sid)
+            .is_some_and(|s| s.kind == SessionKind::Internal);
+        if is_internal {
+            self.publish_internal_incall(&key);
+        }
+    }
+}
+
+impl Hub {
+    /// Handles a client's `room` request (join, or leave with an empty id).
+    pub(crate) async fn room_request(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<String>,
+        msg: RoomClientMessage,
+    ) {
+        let id = id.as_deref();
+        if msg.roomid.is_empty() {
+            let reply = frame(
+                id,
+                "room",
+                &RoomReply {
+                    roomid: "",
+                    properties: None,
+                },
+            );
+            let mut st = self.lock();
+            st.leave_room(sid, true);
+            st.sessions.deliver(sid, &reply);
+            st.reap();
+            return;
+        }
+        // Snapshot what the backend request needs; no lock across the await.
+        let snapshot = {
+            let st = self.lock();
+            let Some(s) = st.sessions.map.get(sid) else {
+                return;
+            };
+            let key = RoomKey {
+                backend: s.backend.id.clone(),
+                room: msg.roomid.as_str().into(),
+            };
+            if s.room.as_ref() == Some(&key) {
+                let props = st.rooms.get(&key).and_then(|r| r.properties.clone());
+                let details = serde_json::value::to_raw_value(&RoomReply {
+                    roomid: &key.room,
+                    properties: props.as_deref(),
+                })
+                .expect("serializable");
+                let err = ProtocolError::new(error::ALREADY_JOINED, "Already joined this room.")
+                    .with_details(details);
+                drop(st);
+                self.reply_error(sid, id, err);
+                return;
+            }
+            (
+                key,
+                s.kind.clone(),
+                s.user_id.clone(),
+                s.backend_url.clone(),
+                s.backend_base.clone(),
+                s.backend.secret.clone(),
+            )
+        };
+        let (key, kind, user_id, url, base, secret) = snapshot;
+        let nc_session: Option<Arc<str>> =
+            Some(msg.sessionid.as_str()).filter(|s| !s.is_empty()).map(Arc::from);
+
+        let (properties, permissions) = if kind == SessionKind::Internal {
+            // Internal clients may join any room.
+            (None, None)
+        } else {
+            let req = RoomRequest {
+                version: "1.0",
+                roomid: &msg.roomid,
+                userid: user_id.as_deref().unwrap_or(""),
+                sessionid: &msg.sessionid,
+                action: "join",
+                actor_id: None,
+                actor_type: None,
+                in_call: None,
+            };
+            match self.client.post(&url, &base, &secret, "room", &req).await {
+                Err(e) => {
+                    tracing::warn!(room = %msg.roomid, "room request failed: {e}");
+                    let code = match e {
+                        crate::backend::client::BackendCallError::Throttled => {
+                            error::TOO_MANY_REQUESTS
+                        }
+                        _ => error::ROOM_JOIN_FAILED,
+                    };
+                    self.reply_error(sid, id, ProtocolError::new(code, e.to_string()));
+                    return;
+                }
+                Ok(resp) if resp.kind == "error" => {
+                    let err = match resp.error {
+                        Some(e) if !e.code.is_empty() => ProtocolError {
+                            code: e.code,
+                            message: e.message,
+                            details: e.details,
+                        },
+                        _ => ProtocolError::new(error::NO_SUCH_ROOM, "The room could not be joined."),
+                    };
+                    self.reply_error(sid, id, err);
+                    return;
+                }
+                Ok(resp) => match resp.room {
+                    Some(room) if resp.kind == "room" => (
+                        room.properties.map(Arc::from),
+                        room.permissions,
+                    ),
+                    _ => {
+                        self.reply_error(
+                            sid,
+                            id,
+                            ProtocolError::new(
+                                error::ROOM_JOIN_FAILED,
+                                "Invalid answer of the backend.",
+                            ),
+                        );
+                        return;
+                    }
+                },
+            }
+        };
+
+        let mut st = self.lock();
+        if !st.sessions.map.contains_key(sid) {
+            return;
+        }
+        st.leave_room(sid, true);
+        st.join_room(sid, id, key, properties, permissions, nc_session);
+        st.reap();
+    }
+}

@@ -1,0 +1,112 @@
+//! Client, internal and virtual sessions: identity, room, permissions, the
+//! connection they are attached to and the resume queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use base64::Engine;
+use rand::RngCore;
+use serde_json::value::RawValue;
+
+use crate::api::server::Frame;
+use crate::backend::registry::Backend;
+use crate::hub::outbox::Outbox;
+use crate::hub::room::RoomKey;
+
+/// In-call flag bits as Nextcloud Talk defines them.
+pub mod flags {
+    /// In the call.
+    pub const IN_CALL: u32 = 1;
+    /// With audio.
+    pub const WITH_AUDIO: u32 = 2;
+    /// With phone.
+    pub const WITH_PHONE: u32 = 8;
+}
+
+/// What kind of session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionKind {
+    /// A regular client (Talk web/desktop/mobile).
+    Client,
+    /// An internal service (e.g. the SIP bridge).
+    Internal,
+    /// A virtual session added by an internal client.
+    Virtual {
+        /// Public id of the internal client's session.
+        owner: Arc<str>,
+        /// The id the internal client chose.
+        client_sid: String,
+    },
+}
+
+/// One session of the hub.
+pub struct Session {
+    /// Public session id.
+    pub id: Arc<str>,
+    /// Secret resume id (virtual sessions have none).
+    pub resume_id: Option<Arc<str>>,
+    /// Client, internal or virtual.
+    pub kind: SessionKind,
+    /// Backend the session belongs to.
+    pub backend: Arc<Backend>,
+    /// Base URL of the backend (for `Spreed-Signaling-Backend`).
+    pub backend_base: Arc<str>,
+    /// URL of the Nextcloud signaling endpoint for room/ping requests.
+    pub backend_url: Arc<str>,
+    /// User id; `None` for guests.
+    pub user_id: Option<Arc<str>>,
+    /// User data from the backend.
+    pub user: Option<Arc<RawValue>>,
+    /// Client feature ids from hello.
+    pub features: Vec<String>,
+    /// Room the session is in.
+    pub room: Option<RoomKey>,
+    /// Nextcloud session id of the room join.
+    pub room_session_id: Option<Arc<str>>,
+    /// Permissions from the backend; `None` = everything but `hide-displaynames`.
+    pub permissions: Option<Vec<String>>,
+    /// The connection, when connected.
+    pub conn: Option<Arc<Outbox>>,
+    /// Frames kept while disconnected.
+    pub queue: VecDeque<Frame>,
+    /// Bytes in `queue`.
+    pub queue_bytes: usize,
+    /// In-call flags (internal and virtual sessions).
+    pub in_call: u32,
+    /// Participant flags (virtual sessions).
+    pub flags: u32,
+    /// Virtual sessions of an internal client, by the client's id.
+    pub virtuals: HashMap<String, Arc<str>>,
+}
+
+impl Session {
+    /// True when the session may use `permission`.
+    pub fn has_permission(&self, permission: &str) -> bool {
+        if self.kind == SessionKind::Internal {
+            return true;
+        }
+        match &self.permissions {
+            None => permission != "hide-displaynames",
+            Some(list) => list.iter().any(|p| p == permission),
+        }
+    }
+
+    /// True when the client announced `feature` in its hello.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+
+    /// True for virtual sessions.
+    pub fn is_virtual(&self) -> bool {
+        matches!(self.kind, SessionKind::Virtual { .. })
+    }
+}
+
+/// A new random id (public session id or resume id).
+pub fn new_id() -> Arc<str> {
+    let mut buf = [0u8; 30];
+    rand::rng().fill_bytes(&mut buf);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(buf)
+        .into()
+}

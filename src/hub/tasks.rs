@@ -1,0 +1,146 @@
+//! Background work of the hub: one timer for transient-data TTLs and resume
+//! expiry, and the periodic `ping` telling Nextcloud who is still here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::session::SessionKind;
+use super::Hub;
+use crate::api::backend::{PingEntry, PingRequest};
+
+/// How often disconnected sessions are checked for resume expiry.
+const EXPIRY_TICK: Duration = Duration::from_millis(500);
+
+/// Pings of one backend: (url, base, secret) and entries per room.
+struct BackendPings {
+    url: Arc<str>,
+    base: Arc<str>,
+    secret: Vec<u8>,
+    rooms: BTreeMap<Arc<str>, Vec<PingEntry>>,
+}
+
+impl Hub {
+    /// Starts the background tasks; they stop when `cancel` fires.
+    pub fn spawn_tasks(self: &Arc<Self>, cancel: CancellationToken) {
+        let hub = self.clone();
+        let c = cancel.clone();
+        tokio::spawn(async move { hub.timer_loop(c).await });
+        let hub = self.clone();
+        tokio::spawn(async move { hub.ping_loop(cancel).await });
+    }
+
+    async fn timer_loop(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let next_ttl = {
+                let mut st = self.lock();
+                let next = st.expire_transient(now);
+                st.reap();
+                next
+            };
+            self.expire_sessions(now);
+            let mut wake = now + EXPIRY_TICK;
+            if let Some(t) = next_ttl {
+                wake = wake.min(t);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = self.timer.notified() => {}
+            }
+        }
+    }
+
+    async fn ping_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut interval = tokio::time::interval(self.config.limits.backend_ping_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            self.ping_backends().await;
+        }
+    }
+
+    /// Sends one round of `ping` requests: per room, or batched across the
+    /// rooms of a backend when its capabilities carry `session-ping-limit`.
+    pub async fn ping_backends(&self) {
+        let mut by_backend: BTreeMap<Arc<str>, BackendPings> = BTreeMap::new();
+        {
+            let st = self.lock();
+            for (key, room) in &st.rooms {
+                let entries: Vec<PingEntry> = room
+                    .members
+                    .iter()
+                    .filter_map(|m| st.sessions.map.get(m))
+                    .filter(|s| s.kind == SessionKind::Client)
+                    .filter_map(|s| {
+                        s.room_session_id.as_ref().map(|rs| PingEntry {
+                            sessionid: rs.to_string(),
+                            userid: s.user_id.as_deref().map(str::to_string),
+                        })
+                    })
+                    .collect();
+                if entries.is_empty() {
+                    continue;
+                }
+                let Some(secret) = room
+                    .members
+                    .iter()
+                    .find_map(|m| st.sessions.map.get(m))
+                    .map(|s| s.backend.secret.clone())
+                else {
+                    continue;
+                };
+                by_backend
+                    .entry(key.backend.clone())
+                    .or_insert_with(|| BackendPings {
+                        url: room.backend_url.clone(),
+                        base: room.backend_base.clone(),
+                        secret,
+                        rooms: BTreeMap::new(),
+                    })
+                    .rooms
+                    .insert(key.room.clone(), entries);
+            }
+        }
+        for (_, p) in by_backend {
+            let limit = self
+                .caps
+                .cached(&p.url)
+                .and_then(|c| c.session_ping_limit);
+            let requests: Vec<(String, Vec<PingEntry>)> = match limit {
+                Some(limit) => {
+                    let all: Vec<PingEntry> = p.rooms.into_values().flatten().collect();
+                    all.chunks(limit)
+                        .map(|c| (String::new(), c.to_vec()))
+                        .collect()
+                }
+                None => p
+                    .rooms
+                    .into_iter()
+                    .map(|(room, e)| (room.to_string(), e))
+                    .collect(),
+            };
+            for (room, entries) in requests {
+                let req = PingRequest {
+                    version: "1.0",
+                    roomid: &room,
+                    entries: &entries,
+                };
+                if let Err(e) = self
+                    .client
+                    .post(&p.url, &p.base, &p.secret, "ping", &req)
+                    .await
+                {
+                    tracing::warn!(room = %room, "ping request failed: {e}");
+                }
+            }
+        }
+    }
+}

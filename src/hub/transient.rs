@@ -1,0 +1,219 @@
+//! Transient data: per-room key/value state shared by the sessions in the
+//! room, with optional TTL. Expiry runs on one timer for the whole hub.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use super::room::{RoomKey, TransientEntry};
+use super::{invalid_format, Hub, State};
+use crate::api::client::TransientClientMessage;
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{frame, Frame, TransientOut};
+
+/// Parses a TTL in nanoseconds (number or numeric string); zero = none.
+fn parse_ttl(v: &serde_json::Value) -> Result<Option<Duration>, ()> {
+    let ns = match v {
+        serde_json::Value::Null => return Ok(None),
+        serde_json::Value::Number(n) => n.as_u64().ok_or(())?,
+        serde_json::Value::String(s) if s.is_empty() => return Ok(None),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().map_err(|_| ())?,
+        _ => return Err(()),
+    };
+    Ok((ns > 0).then(|| Duration::from_nanos(ns)))
+}
+
+fn same_json(a: &RawValue, b: &RawValue) -> bool {
+    if a.get() == b.get() {
+        return true;
+    }
+    match (
+        serde_json::from_str::<serde_json::Value>(a.get()),
+        serde_json::from_str::<serde_json::Value>(b.get()),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn transient_frame(kind: &str, key: &str, value: Option<&RawValue>, old: Option<&RawValue>) -> Frame {
+    frame(
+        None,
+        "transient",
+        &TransientOut {
+            kind,
+            key: Some(key),
+            value,
+            oldvalue: old,
+            data: None,
+        },
+    )
+}
+
+impl State {
+    /// Sets (or, with `None`, removes) a transient value, notifying the room.
+    /// Returns true when a new earliest expiry was scheduled.
+    pub(crate) fn set_transient(
+        &mut self,
+        key: &RoomKey,
+        name: &str,
+        value: Option<Box<RawValue>>,
+        ttl: Option<Duration>,
+    ) -> bool {
+        let Some(value) = value else {
+            self.remove_transient(key, name);
+            return false;
+        };
+        let expires = ttl.map(|t| {
+            self.ttl_seq += 1;
+            (Instant::now() + t, self.ttl_seq)
+        });
+        let Some(room) = self.rooms.get_mut(key) else {
+            return false;
+        };
+        let mut earliest = false;
+        if let Some((at, seq)) = expires {
+            earliest = self.ttl.keys().next().is_none_or(|(first, _)| at < *first);
+            self.ttl.insert((at, seq), (key.clone(), name.to_string()));
+        }
+        if let Some(existing) = room.transient.get_mut(name) {
+            if same_json(&existing.value, &value) {
+                // Same value: only the TTL changes.
+                if let Some(old) = existing.expires.take() {
+                    self.ttl.remove(&old);
+                }
+                existing.expires = expires;
+                return earliest;
+            }
+        }
+        let old = room.transient.insert(
+            name.to_string(),
+            TransientEntry {
+                value: value.clone(),
+                expires,
+            },
+        );
+        if let Some(e) = &old {
+            if let Some(x) = e.expires {
+                self.ttl.remove(&x);
+            }
+        }
+        let f = transient_frame("set", name, Some(&value), old.as_ref().map(|o| &*o.value));
+        self.broadcast(key, &f, None);
+        earliest
+    }
+
+    /// Removes a transient value, notifying the room; unknown keys are ignored.
+    pub(crate) fn remove_transient(&mut self, key: &RoomKey, name: &str) {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        let Some(old) = room.transient.remove(name) else {
+            return;
+        };
+        if let Some(x) = old.expires {
+            self.ttl.remove(&x);
+        }
+        let f = transient_frame("remove", name, None, Some(&old.value));
+        self.broadcast(key, &f, None);
+    }
+
+    /// Removes values whose TTL passed; returns the next deadline.
+    pub(crate) fn expire_transient(&mut self, now: Instant) -> Option<Instant> {
+        while let Some((&(at, seq), _)) = self.ttl.iter().next() {
+            if at > now {
+                return Some(at);
+            }
+            let Some((room_key, name)) = self.ttl.remove(&(at, seq)) else {
+                break;
+            };
+            let current = self
+                .rooms
+                .get(&room_key)
+                .and_then(|r| r.transient.get(&name))
+                .is_some_and(|e| e.expires == Some((at, seq)));
+            if current {
+                self.remove_transient(&room_key, &name);
+            }
+        }
+        None
+    }
+}
+
+impl Hub {
+    /// Handles a client's `transient` request.
+    pub(crate) fn transient(&self, sid: &Arc<str>, id: Option<&str>, t: TransientClientMessage) {
+        let ttl = match t.ttl.as_ref().map(parse_ttl) {
+            None => None,
+            Some(Ok(ttl)) => ttl,
+            Some(Err(())) => {
+                return self.reply_error(sid, id, invalid_format("ttl must be nanoseconds"))
+            }
+        };
+        if !matches!(t.kind.as_str(), "set" | "remove") {
+            return self.reply_error(
+                sid,
+                id,
+                invalid_format(format!("unsupported transient type `{}`", t.kind)),
+            );
+        }
+        if t.key.is_empty() {
+            return self.reply_error(sid, id, invalid_format("key missing"));
+        }
+        let mut st = self.lock();
+        let Some(s) = st.sessions.map.get(sid) else {
+            return;
+        };
+        let Some(key) = s.room.clone() else {
+            drop(st);
+            return self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(error::NOT_IN_ROOM, "No room joined yet."),
+            );
+        };
+        if !s.has_permission("transient-data") {
+            drop(st);
+            return self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(error::NOT_ALLOWED, "Not allowed to update transient data."),
+            );
+        }
+        let wake = if t.kind == "set" {
+            st.set_transient(&key, &t.key, t.value, ttl)
+        } else {
+            st.remove_transient(&key, &t.key);
+            false
+        };
+        st.reap();
+        drop(st);
+        if wake {
+            self.timer.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl(&serde_json::json!(1_000_000_000)), Ok(Some(Duration::from_secs(1))));
+        assert_eq!(parse_ttl(&serde_json::json!("2000")), Ok(Some(Duration::from_nanos(2000))));
+        assert_eq!(parse_ttl(&serde_json::json!(0)), Ok(None));
+        assert!(parse_ttl(&serde_json::json!(-1)).is_err());
+        assert!(parse_ttl(&serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn json_equality_ignores_key_order() {
+        let a = RawValue::from_string(r#"{"a":1,"b":2}"#.into()).unwrap();
+        let b = RawValue::from_string(r#"{"b":2, "a":1}"#.into()).unwrap();
+        let c = RawValue::from_string(r#"{"b":3,"a":1}"#.into()).unwrap();
+        assert!(same_json(&a, &b));
+        assert!(!same_json(&a, &c));
+    }
+}

@@ -1,0 +1,13 @@
+//! spreed-signaling: a standalone signaling server for Nextcloud Talk.
+//!
+//! Layout: `config` (server.conf), `api` (wire types), `backend` (talking to
+//! Nextcloud), `hub` (state and routing), `http` (axum routes and the
+//! WebSocket connection), `metrics`.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod server;

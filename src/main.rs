@@ -1,0 +1,74 @@
+//! `spreed-signaling`: run the server, check a config, print the version.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use spreed_signaling::config::Config;
+use spreed_signaling::server::Server;
+
+/// Standalone signaling server for Nextcloud Talk.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Path to server.conf (the Go server's format). `-config` works too.
+    #[arg(long, short = 'c', default_value = "server.conf")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit.
+    Check,
+}
+
+fn main() -> std::process::ExitCode {
+    // Accept the Go server's single-dash `-config` / `-version`.
+    let args = std::env::args().map(|a| match a.as_str() {
+        "-config" => "--config".to_string(),
+        "-version" => "--version".to_string(),
+        _ => a,
+    });
+    let cli = Cli::parse_from(args);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error in {}: {e}", cli.config.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        println!("{}: OK", cli.config.display());
+        return std::process::ExitCode::SUCCESS;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config, None).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

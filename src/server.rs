@@ -1,0 +1,81 @@
+//! Running the server: bind, serve, shut down gracefully.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{router, AppState};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long shutdown waits for connections to close.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running server (used by `main` and by the tests).
+pub struct Server {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Address the listener is bound to.
+    pub addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `config.listen` (or the given listener) and starts serving.
+    pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
+        let config = Arc::new(config);
+        for s in &config.unsupported_sections {
+            tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
+        }
+        if !config.nats_urls.is_empty() {
+            anyhow::bail!(
+                "[nats] url: clustering over NATS is not implemented yet; remove the url (or use nats://loopback) to run the in-process bus"
+            );
+        }
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(&config.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("[http] listen: cannot bind {}: {e}", config.listen))?,
+        };
+        let addr = listener.local_addr()?;
+        let hub = Hub::new(config, Metrics::new())?;
+        let shutdown = CancellationToken::new();
+        hub.spawn_tasks(shutdown.clone());
+        let tracker = TaskTracker::new();
+        let app = router(AppState {
+            hub: hub.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let token = shutdown.clone();
+        let done = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!("server error: {e}");
+            }
+            tracker.close();
+            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+                tracing::warn!("shutdown grace period over, dropping remaining connections");
+            }
+        });
+        tracing::info!(%addr, "listening");
+        Ok(Server {
+            hub,
+            addr,
+            shutdown,
+            done,
+        })
+    }
+
+    /// Stops accepting, closes connections (1001) and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+}
