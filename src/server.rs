@@ -39,9 +39,9 @@ impl Server {
         }
         let listener = match listener {
             Some(l) => l,
-            None => TcpListener::bind(&config.listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("[http] listen: cannot bind {}: {e}", config.listen))?,
+            None => TcpListener::bind(&config.listen).await.map_err(|e| {
+                anyhow::anyhow!("[http] listen: cannot bind {}: {e}", config.listen)
+            })?,
         };
         let addr = listener.local_addr()?;
         let hub = Hub::new(config, Metrics::new())?;
@@ -55,12 +55,16 @@ impl Server {
         });
         let token = shutdown.clone();
         let done = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!("server error: {e}");
             }
             tracker.close();
-            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!("shutdown grace period over, dropping remaining connections");
             }
         });

@@ -114,7 +114,9 @@ mod tests {
     #[test]
     fn url_derivation() {
         assert_eq!(
-            capabilities_url("https://c.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend"),
+            capabilities_url(
+                "https://c.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
+            ),
             "https://c.example/nc/ocs/v2.php/cloud/capabilities"
         );
         assert_eq!(

@@ -163,6 +163,9 @@ mod tests {
         assert_eq!(r.kind, "error");
         assert_eq!(r.error.unwrap().code, "no_such_room");
         let throttled = br#"{"ocs":{"meta":{"status":"failure","statuscode":429},"data":{}}}"#;
-        assert!(matches!(parse_response(throttled), Err(BackendCallError::Throttled)));
+        assert!(matches!(
+            parse_response(throttled),
+            Err(BackendCallError::Throttled)
+        ));
     }
 }

@@ -130,7 +130,9 @@ mod tests {
     fn matching_respects_origin_and_path_boundary() {
         let base = Url::parse("https://cloud.example.com/nextcloud").unwrap();
         let ok = |u: &str| url_matches(&base, &Url::parse(u).unwrap());
-        assert!(ok("https://cloud.example.com/nextcloud/ocs/v2.php/apps/spreed/api/v3/signaling/backend"));
+        assert!(ok(
+            "https://cloud.example.com/nextcloud/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
+        ));
         assert!(ok("https://cloud.example.com:443/nextcloud/"));
         assert!(!ok("https://cloud.example.com/nextcloudx/ocs"));
         assert!(!ok("http://cloud.example.com/nextcloud/ocs"));

@@ -20,7 +20,10 @@ pub enum TokenError {
     /// Signature does not verify with the key (maybe the key rotated).
     #[error("invalid token signature")]
     BadSignature,
-    /// Anything else: malformed, wrong algorithm, missing claims, bad key.
+    /// The key does not fit the token's algorithm or cannot be read.
+    #[error("unusable key: {0}")]
+    BadKey(String),
+    /// Anything else: malformed, wrong algorithm, missing claims.
     #[error("invalid token: {0}")]
     Invalid(String),
 }
@@ -45,7 +48,7 @@ pub struct HelloV2Claims {
 
 fn decoding_key(alg: Algorithm, key: &str) -> Result<DecodingKey, TokenError> {
     let key = key.trim();
-    let invalid = |e: jsonwebtoken::errors::Error| TokenError::Invalid(format!("bad key: {e}"));
+    let invalid = |e: jsonwebtoken::errors::Error| TokenError::BadKey(e.to_string());
     match alg {
         Algorithm::RS256
         | Algorithm::RS384
@@ -62,14 +65,16 @@ fn decoding_key(alg: Algorithm, key: &str) -> Result<DecodingKey, TokenError> {
             } else {
                 let raw = base64::engine::general_purpose::STANDARD
                     .decode(key)
-                    .map_err(|e| TokenError::Invalid(format!("bad key: {e}")))?;
+                    .map_err(|e| TokenError::BadKey(e.to_string()))?;
                 if raw.len() != 32 {
-                    return Err(TokenError::Invalid("bad Ed25519 key length".into()));
+                    return Err(TokenError::BadKey("bad Ed25519 key length".into()));
                 }
                 Ok(DecodingKey::from_ed_der(&raw))
             }
         }
-        other => Err(TokenError::Invalid(format!("unsupported algorithm {other:?}"))),
+        other => Err(TokenError::Invalid(format!(
+            "unsupported algorithm {other:?}"
+        ))),
     }
 }
 
@@ -138,7 +143,8 @@ ONq3tiGTPZo3p2Ogn6wAhhsuSxbFuUQDWMX7Tsu9fDzVdwpRHPT4y3V9cA==
     #[test]
     fn tampered_token_is_a_bad_signature() {
         let mut parts: Vec<&str> = SPEC_TOKEN.split('.').collect();
-        let other = "eyJpc3MiOiJ4IiwiaWF0IjoxNjU0ODQyMDgwLCJleHAiOjE2NTQ4NDIzODAsInN1YiI6ImV2aWwifQ";
+        let other =
+            "eyJpc3MiOiJ4IiwiaWF0IjoxNjU0ODQyMDgwLCJleHAiOjE2NTQ4NDIzODAsInN1YiI6ImV2aWwifQ";
         parts[1] = other;
         let t = parts.join(".");
         assert_eq!(

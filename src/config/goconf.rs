@@ -101,11 +101,7 @@ impl IniFile {
             .sections
             .get(&section)
             .and_then(|s| s.get(&key))
-            .or_else(|| {
-                self.sections
-                    .get(DEFAULT_SECTION)
-                    .and_then(|s| s.get(&key))
-            })?;
+            .or_else(|| self.sections.get(DEFAULT_SECTION).and_then(|s| s.get(&key)))?;
         Some(self.interpolate(&section, value, 0))
     }
 

@@ -286,7 +286,11 @@ impl Config {
                 let section = id.to_ascii_lowercase();
                 let mut urls: Vec<String> = Vec::new();
                 if let Some(list) = ini.get_nonempty(&section, "urls") {
-                    urls.extend(split_list(&expand_env(&list)).iter().map(|u| normalize_url(u)));
+                    urls.extend(
+                        split_list(&expand_env(&list))
+                            .iter()
+                            .map(|u| normalize_url(u)),
+                    );
                 } else if let Some(u) = ini.get_nonempty(&section, "url") {
                     urls.push(normalize_url(&expand_env(&u)));
                 }
@@ -380,7 +384,10 @@ type = janus
         let c = Config::parse(SAMPLE).unwrap();
         assert_eq!(c.listen, "127.0.0.1:9090");
         assert_eq!(c.backend.backends.len(), 2);
-        assert_eq!(c.backend.backends[0].urls, vec!["https://cloud.one.example"]);
+        assert_eq!(
+            c.backend.backends[0].urls,
+            vec!["https://cloud.one.example"]
+        );
         assert_eq!(c.backend.backends[0].session_limit, 3);
         assert_eq!(
             c.backend.backends[1].urls,
@@ -408,11 +415,8 @@ type = janus
     fn nats_list_and_legacy_loopback() {
         let c = Config::parse(&SAMPLE.replace("nats://loopback", ":loopback:")).unwrap();
         assert!(c.nats_urls.is_empty());
-        let c = Config::parse(&SAMPLE.replace(
-            "nats://loopback",
-            "nats://a:4222, nats://b:4222",
-        ))
-        .unwrap();
+        let c = Config::parse(&SAMPLE.replace("nats://loopback", "nats://a:4222, nats://b:4222"))
+            .unwrap();
         assert_eq!(c.nats_urls, vec!["nats://a:4222", "nats://b:4222"]);
     }
 }

@@ -94,7 +94,11 @@ async fn room_api(
 ) -> Response {
     let hub = &state.hub;
     let Some(len) = headers.get(header::CONTENT_LENGTH) else {
-        return api_error(StatusCode::LENGTH_REQUIRED, "length_required", "Length required");
+        return api_error(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "Length required",
+        );
     };
     if len
         .to_str()
@@ -102,7 +106,11 @@ async fn room_api(
         .and_then(|l| l.parse::<usize>().ok())
         .is_none_or(|l| l > MAX_BACKEND_BODY)
     {
-        return api_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "Request entity too large");
+        return api_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "Request entity too large",
+        );
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -118,7 +126,11 @@ async fn room_api(
     let random = headers.get(HEADER_RANDOM).and_then(|v| v.to_str().ok());
     let sum = headers.get(HEADER_CHECKSUM).and_then(|v| v.to_str().ok());
     let (Some(random), Some(sum)) = (random, sum) else {
-        return api_error(StatusCode::FORBIDDEN, "authentication_failed", "Authentication check failed");
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "authentication_failed",
+            "Authentication check failed",
+        );
     };
     let backend_header = headers
         .get(HEADER_BACKEND)
@@ -129,16 +141,28 @@ async fn room_api(
         None => hub.registry.single(),
     };
     let Some((backend, base)) = found else {
-        return api_error(StatusCode::FORBIDDEN, "authentication_failed", "Authentication check failed");
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "authentication_failed",
+            "Authentication check failed",
+        );
     };
     if !checksum::verify(&backend.secret, random.as_bytes(), &body, sum) {
         tracing::warn!(backend = %backend.id, "backend request with invalid checksum");
-        return api_error(StatusCode::FORBIDDEN, "authentication_failed", "Authentication check failed");
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "authentication_failed",
+            "Authentication check failed",
+        );
     }
     let req: BackendRoomRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return api_error(StatusCode::BAD_REQUEST, "invalid_request", &format!("Could not read body: {e}"))
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("Could not read body: {e}"),
+            )
         }
     };
     let url = backend_header.map(str::to_string).unwrap_or(base);

@@ -37,7 +37,8 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(serve(hub, socket, shutdown)));
-    resp.headers_mut().insert(HEADER_FEATURES, features_header());
+    resp.headers_mut()
+        .insert(HEADER_FEATURES, features_header());
     resp
 }
 
@@ -110,9 +111,13 @@ async fn read_loop(
         let now = Instant::now();
         let Some(next) = next else {
             if hello_deadline.is_some_and(|d| d <= now) {
-                let f = frame(None, "bye", &Bye {
-                    reason: Some("hello_timeout"),
-                });
+                let f = frame(
+                    None,
+                    "bye",
+                    &Bye {
+                        reason: Some("hello_timeout"),
+                    },
+                );
                 outbox.push(f);
                 outbox.close(1000, "hello timeout");
                 break;
@@ -139,7 +144,12 @@ async fn read_loop(
             None => break,
             Some(Err(e)) => {
                 let text = e.to_string();
-                if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("Frame too big") || text.contains("capacity") {
+                if text.contains("Space limit exceeded")
+                    || text.contains("too long")
+                    || text.contains("Message too big")
+                    || text.contains("Frame too big")
+                    || text.contains("capacity")
+                {
                     outbox.close(CLOSE_TOO_BIG, "message too big");
                 } else {
                     tracing::debug!("websocket read error: {text}");
@@ -151,7 +161,10 @@ async fn read_loop(
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                outbox.push(error_frame(None, &invalid_format("binary messages are not supported")));
+                outbox.push(error_frame(
+                    None,
+                    &invalid_format("binary messages are not supported"),
+                ));
                 continue;
             }
             Message::Close(_) => break,
@@ -171,12 +184,20 @@ async fn read_loop(
         let parsed: ClientMessage = match serde_json::from_str(text.as_str()) {
             Ok(m) => m,
             Err(e) => {
-                let id = serde_json::from_str::<IdOnly>(text.as_str()).ok().and_then(|i| i.id);
-                outbox.push(error_frame(id.as_deref(), &invalid_format(format!("invalid message: {e}"))));
+                let id = serde_json::from_str::<IdOnly>(text.as_str())
+                    .ok()
+                    .and_then(|i| i.id);
+                outbox.push(error_frame(
+                    id.as_deref(),
+                    &invalid_format(format!("invalid message: {e}")),
+                ));
                 continue;
             }
         };
-        hub.metrics.client_messages.with_label_values(&[parsed.kind.as_str()]).inc();
+        hub.metrics
+            .client_messages
+            .with_label_values(&[parsed.kind.as_str()])
+            .inc();
         match &session {
             None => {
                 if parsed.kind != "hello" {
@@ -187,7 +208,10 @@ async fn read_loop(
                     continue;
                 }
                 let Some(hello) = parsed.hello else {
-                    outbox.push(error_frame(parsed.id.as_deref(), &invalid_format("hello missing")));
+                    outbox.push(error_frame(
+                        parsed.id.as_deref(),
+                        &invalid_format("hello missing"),
+                    ));
                     continue;
                 };
                 match hub.hello(outbox, parsed.id.as_deref(), hello).await {
@@ -241,10 +265,8 @@ async fn write_loop(
     cancel: &CancellationToken,
     ping_interval: std::time::Duration,
 ) {
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + ping_interval,
-        ping_interval,
-    );
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     let mut batch = Vec::new();
     loop {
         let close = outbox.drain(&mut batch);

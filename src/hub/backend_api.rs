@@ -174,7 +174,12 @@ impl State {
         }
     }
 
-    fn roomlist_to_users(&mut self, backend: &Arc<str>, users: &[String], f: &crate::api::server::Frame) {
+    fn roomlist_to_users(
+        &mut self,
+        backend: &Arc<str>,
+        users: &[String],
+        f: &crate::api::server::Frame,
+    ) {
         for u in users {
             self.send_to_user(backend, u, f, None);
         }
@@ -225,7 +230,9 @@ impl State {
     }
 }
 
-fn props_value(p: &Option<Box<serde_json::value::RawValue>>) -> Option<&serde_json::value::RawValue> {
+fn props_value(
+    p: &Option<Box<serde_json::value::RawValue>>,
+) -> Option<&serde_json::value::RawValue> {
     p.as_deref()
 }
 
@@ -242,7 +249,10 @@ impl Hub {
             backend: backend.id.clone(),
             room: room_id.into(),
         };
-        self.metrics.backend_requests.with_label_values(&[&req.kind]).inc();
+        self.metrics
+            .backend_requests
+            .with_label_values(&[&req.kind])
+            .inc();
         let empty = RoomUsersChange::default();
         match req.kind.as_str() {
             "invite" => {
@@ -254,7 +264,12 @@ impl Hub {
                 );
                 let mut st = self.lock();
                 st.roomlist_to_users(&key.backend, &b.userids, &f);
-                st.roomlist_update_others(&key, &b.userids, b.alluserids.as_deref(), b.properties.as_deref());
+                st.roomlist_update_others(
+                    &key,
+                    &b.userids,
+                    b.alluserids.as_deref(),
+                    b.properties.as_deref(),
+                );
                 st.reap();
             }
             "disinvite" => {
@@ -276,7 +291,12 @@ impl Hub {
                     }
                 }
                 st.remove_from_room(&key, &sids);
-                st.roomlist_update_others(&key, &b.userids, b.alluserids.as_deref(), b.properties.as_deref());
+                st.roomlist_update_others(
+                    &key,
+                    &b.userids,
+                    b.alluserids.as_deref(),
+                    b.properties.as_deref(),
+                );
                 st.reap();
             }
             "update" => {
@@ -362,7 +382,8 @@ impl Hub {
                     );
                     st.broadcast(&key, &f, None);
                 } else {
-                    let changed = st.update_participants(&key, &ic.changed, ic.users.as_deref(), true);
+                    let changed =
+                        st.update_participants(&key, &ic.changed, ic.users.as_deref(), true);
                     if !changed.is_empty() || ic.users.is_some() {
                         let users = match &ic.users {
                             Some(u) => u.clone(),
@@ -450,7 +471,11 @@ impl Hub {
             && d.number.starts_with('+')
             && d.number[1..].bytes().all(|b| b.is_ascii_digit());
         if !valid_number {
-            return ApiReply::dialout_error(400, "invalid_number", "The number must be in E.164 format.");
+            return ApiReply::dialout_error(
+                400,
+                "invalid_number",
+                "The number must be in E.164 format.",
+            );
         }
         let candidates: Vec<(Arc<str>, Arc<super::outbox::Outbox>)> = {
             let st = self.lock();

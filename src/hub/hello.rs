@@ -178,10 +178,6 @@ impl Hub {
             };
             match token::verify(&p.token, &key, now) {
                 Ok(c) => break c,
-                Err(TokenError::BadSignature) if !refreshed => {
-                    // The key may have rotated since it was cached.
-                    refreshed = true;
-                }
                 Err(TokenError::Expired) => {
                     return Err(ProtocolError::new(
                         error::TOKEN_EXPIRED,
@@ -193,6 +189,11 @@ impl Hub {
                         error::TOKEN_NOT_VALID_YET,
                         "The token is not valid yet.",
                     ))
+                }
+                Err(TokenError::BadSignature | TokenError::BadKey(_)) if !refreshed => {
+                    // The key may have rotated (or changed type) since it
+                    // was cached: fetch the capabilities again, once.
+                    refreshed = true;
                 }
                 Err(e) => return Err(ProtocolError::new(error::INVALID_TOKEN, e.to_string())),
             }
@@ -353,7 +354,11 @@ impl Hub {
         let no_such_session =
             || ProtocolError::new(error::NO_SUCH_SESSION, "The session id is no longer valid.");
         let mut st = self.lock();
-        let sid = st.resume_ids.get(resume_id).cloned().ok_or_else(no_such_session)?;
+        let sid = st
+            .resume_ids
+            .get(resume_id)
+            .cloned()
+            .ok_or_else(no_such_session)?;
         let Some(s) = st.sessions.map.get_mut(&sid) else {
             return Err(no_such_session());
         };
@@ -378,9 +383,13 @@ impl Hub {
         );
         if let Some(old) = s.conn.take() {
             // The session moves to the new connection; the old one is told.
-            let bye = frame(None, "bye", &crate::api::server::Bye {
-                reason: Some("session_resumed"),
-            });
+            let bye = frame(
+                None,
+                "bye",
+                &crate::api::server::Bye {
+                    reason: Some("session_resumed"),
+                },
+            );
             old.push(bye);
             old.close(1000, "session resumed");
         }
@@ -402,4 +411,3 @@ impl Hub {
         })
     }
 }
-

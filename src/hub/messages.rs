@@ -55,14 +55,21 @@ impl Hub {
                 let Some(target) = msg.recipient.sessionid.as_deref().filter(|s| !s.is_empty())
                 else {
                     drop(st);
-                    return self.reply_error(sid, id, invalid_format("recipient sessionid missing"));
+                    return self.reply_error(
+                        sid,
+                        id,
+                        invalid_format("recipient sessionid missing"),
+                    );
                 };
                 let Some(t) = st.sessions.map.get(target) else {
                     drop(st);
                     return self.reply_error(
                         sid,
                         id,
-                        ProtocolError::new(error::NO_SUCH_SESSION, "The recipient session does not exist."),
+                        ProtocolError::new(
+                            error::NO_SUCH_SESSION,
+                            "The recipient session does not exist.",
+                        ),
                     );
                 };
                 if &*t.id == &**sid {

@@ -138,7 +138,10 @@ pub(crate) struct State {
 }
 
 /// A backend dialout request waiting for an internal client's answer.
-type DialoutWaiter = (Arc<str>, tokio::sync::oneshot::Sender<crate::api::client::DialoutInternal>);
+type DialoutWaiter = (
+    Arc<str>,
+    tokio::sync::oneshot::Sender<crate::api::client::DialoutInternal>,
+);
 
 /// The hub: shared by every connection and the backend API.
 pub struct Hub {
@@ -331,9 +334,13 @@ impl Hub {
 
     /// Ends a session from the server side with a `bye` carrying `reason`.
     pub fn close_session(&self, sid: &Arc<str>, reason: &str) {
-        let f = frame(None, "bye", &Bye {
-            reason: Some(reason),
-        });
+        let f = frame(
+            None,
+            "bye",
+            &Bye {
+                reason: Some(reason),
+            },
+        );
         let mut st = self.lock();
         st.end_session(sid, Some(f));
         st.reap();
@@ -359,7 +366,13 @@ impl State {
     }
 
     /// Delivers one frame to every session of a user on a backend.
-    pub fn send_to_user(&mut self, backend: &Arc<str>, user: &str, f: &Frame, except: Option<&str>) {
+    pub fn send_to_user(
+        &mut self,
+        backend: &Arc<str>,
+        user: &str,
+        f: &Frame,
+        except: Option<&str>,
+    ) {
         let key = (backend.clone(), Arc::<str>::from(user));
         if let Some(list) = self.users.get(&key) {
             for sid in list {
@@ -373,9 +386,13 @@ impl State {
     /// Ends sessions whose resume queue overflowed during the last operation.
     pub fn reap(&mut self) {
         while let Some(sid) = self.sessions.doomed.pop() {
-            let f = frame(None, "bye", &Bye {
-                reason: Some("send_queue_overflow"),
-            });
+            let f = frame(
+                None,
+                "bye",
+                &Bye {
+                    reason: Some("send_queue_overflow"),
+                },
+            );
             self.end_session(&sid, Some(f));
         }
     }

@@ -82,7 +82,8 @@ impl State {
         self.sessions.deliver(sid, &reply);
 
         if !others.is_empty() {
-            let entries: Vec<JoinEntry> = others.iter().filter_map(|o| self.join_entry(o)).collect();
+            let entries: Vec<JoinEntry> =
+                others.iter().filter_map(|o| self.join_entry(o)).collect();
             let f = event_frame("room", "join", &entries);
             self.sessions.deliver(sid, &f);
         }
@@ -195,8 +196,9 @@ impl Hub {
             )
         };
         let (key, kind, user_id, url, base, secret) = snapshot;
-        let nc_session: Option<Arc<str>> =
-            Some(msg.sessionid.as_str()).filter(|s| !s.is_empty()).map(Arc::from);
+        let nc_session: Option<Arc<str>> = Some(msg.sessionid.as_str())
+            .filter(|s| !s.is_empty())
+            .map(Arc::from);
 
         let (properties, permissions) = if kind == SessionKind::Internal {
             // Internal clients may join any room.
@@ -231,16 +233,17 @@ impl Hub {
                             message: e.message,
                             details: e.details,
                         },
-                        _ => ProtocolError::new(error::NO_SUCH_ROOM, "The room could not be joined."),
+                        _ => {
+                            ProtocolError::new(error::NO_SUCH_ROOM, "The room could not be joined.")
+                        }
                     };
                     self.reply_error(sid, id, err);
                     return;
                 }
                 Ok(resp) => match resp.room {
-                    Some(room) if resp.kind == "room" => (
-                        room.properties.map(Arc::from),
-                        room.permissions,
-                    ),
+                    Some(room) if resp.kind == "room" => {
+                        (room.properties.map(Arc::from), room.permissions)
+                    }
                     _ => {
                         self.reply_error(
                             sid,

@@ -110,10 +110,7 @@ impl Hub {
             }
         }
         for (_, p) in by_backend {
-            let limit = self
-                .caps
-                .cached(&p.url)
-                .and_then(|c| c.session_ping_limit);
+            let limit = self.caps.cached(&p.url).and_then(|c| c.session_ping_limit);
             let requests: Vec<(String, Vec<PingEntry>)> = match limit {
                 Some(limit) => {
                     let all: Vec<PingEntry> = p.rooms.into_values().flatten().collect();

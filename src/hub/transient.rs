@@ -37,7 +37,12 @@ fn same_json(a: &RawValue, b: &RawValue) -> bool {
     }
 }
 
-fn transient_frame(kind: &str, key: &str, value: Option<&RawValue>, old: Option<&RawValue>) -> Frame {
+fn transient_frame(
+    kind: &str,
+    key: &str,
+    value: Option<&RawValue>,
+    old: Option<&RawValue>,
+) -> Frame {
     frame(
         None,
         "transient",
@@ -201,8 +206,14 @@ mod tests {
 
     #[test]
     fn ttl_parsing() {
-        assert_eq!(parse_ttl(&serde_json::json!(1_000_000_000)), Ok(Some(Duration::from_secs(1))));
-        assert_eq!(parse_ttl(&serde_json::json!("2000")), Ok(Some(Duration::from_nanos(2000))));
+        assert_eq!(
+            parse_ttl(&serde_json::json!(1_000_000_000)),
+            Ok(Some(Duration::from_secs(1)))
+        );
+        assert_eq!(
+            parse_ttl(&serde_json::json!("2000")),
+            Ok(Some(Duration::from_nanos(2000)))
+        );
         assert_eq!(parse_ttl(&serde_json::json!(0)), Ok(None));
         assert!(parse_ttl(&serde_json::json!(-1)).is_err());
         assert!(parse_ttl(&serde_json::json!({})).is_err());

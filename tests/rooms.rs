@@ -1,0 +1,448 @@
+//! Rooms, messages, control, transient data and virtual sessions.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+fn join_ids(m: &Value) -> Vec<String> {
+    m["event"]["join"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sessionid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn joining_a_room_is_validated_by_the_backend_and_announced() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let r = a.join("room1", "nc-a").await;
+    assert_eq!(r["id"], "join");
+    assert_eq!(r["room"]["properties"]["name"], "Room room1");
+    let req = ts.nc.wait_for("room", |_| true).await;
+    assert_eq!(req.body["room"]["roomid"], "room1");
+    assert_eq!(req.body["room"]["userid"], "alice");
+    assert_eq!(req.body["room"]["sessionid"], "nc-a");
+    assert_eq!(req.body["room"]["action"], "join");
+    // The joiner sees itself join.
+    let me = a.wait_join_of(&a.session_id.clone()).await;
+    assert_eq!(me["event"]["target"], "room");
+    let entry = &me["event"]["join"][0];
+    assert_eq!(entry["userid"], "alice");
+    assert_eq!(entry["user"]["displayname"], "User alice");
+    assert_eq!(entry["roomsessionid"], "nc-a");
+
+    let mut g = ts.client(None).await;
+    g.join("room1", "nc-g").await;
+    // The guest gets the members list (alice) and its own join.
+    let first = g.wait_for(|m| m["event"]["type"] == "join").await;
+    let mut seen = join_ids(&first);
+    if !seen.contains(&a.session_id) || !seen.contains(&g.session_id) {
+        seen.extend(join_ids(
+            &g.wait_for(|m| m["event"]["type"] == "join").await,
+        ));
+    }
+    assert!(
+        seen.contains(&a.session_id) && seen.contains(&g.session_id),
+        "{seen:?}"
+    );
+    // Alice sees the guest, with an empty user id.
+    let j = a.wait_join_of(&g.session_id).await;
+    assert_eq!(j["event"]["join"][0]["userid"], "");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn join_errors_already_joined_and_no_such_room() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.send(json!({"id": "again", "type": "room", "room": {"roomid": "room1", "sessionid": "nc-alice"}})).await;
+    let e = a.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["error"]["code"], "already_joined");
+    assert_eq!(e["id"], "again");
+    assert_eq!(e["error"]["details"]["roomid"], "room1");
+    assert_eq!(e["error"]["details"]["properties"]["name"], "Room room1");
+    a.send(json!({"id": "f", "type": "room", "room": {"roomid": "forbidden1", "sessionid": "nc-alice"}})).await;
+    let e = a.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["error"]["code"], "no_such_room");
+    assert_eq!(e["id"], "f");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn leaving_tells_the_others_and_the_backend_and_one_room_per_session() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    // Joining another room leaves the first one.
+    b.join("room2", "nc-bob-2").await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([b.session_id]));
+    ts.nc
+        .wait_for("room", |r| {
+            r["room"]["action"] == "leave"
+                && r["room"]["roomid"] == "room1"
+                && r["room"]["sessionid"] == "nc-bob"
+        })
+        .await;
+    // Room messages of room1 no longer reach bob.
+    b.join("room1", "nc-bob").await;
+    a.wait_join_of(&b.session_id).await;
+    b.send(json!({"id": "leave", "type": "room", "room": {"roomid": ""}}))
+        .await;
+    let r = b.wait_for(|m| m["type"] == "room").await;
+    assert_eq!(r["room"]["roomid"], "");
+    assert_eq!(r["id"], "leave");
+    a.wait_for(|m| m["event"]["type"] == "leave").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn same_room_id_on_two_backends_is_two_rooms() {
+    let nc2 = FakeNextcloud::start().await;
+    let nc1 = FakeNextcloud::start().await;
+    let text = config_text(&nc1, "").replace("backends = nc1", "backends = nc1, nc2")
+        + &format!("[nc2]\nurl = {}\nsecret = {SECRET}\n", nc2.url);
+    let cfg = spreed_signaling::config::Config::parse(&text).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = spreed_signaling::server::Server::start(cfg, Some(listener))
+        .await
+        .unwrap();
+    let ws = format!("ws://{}/spreed", server.addr);
+    let mut a = Client::connect(&ws).await;
+    a.expect_type("welcome").await;
+    a.hello_v1(&nc1.backend_url(), json!({"userid": "alice"}))
+        .await;
+    a.join("same", "nc-a").await;
+    let mut b = Client::connect(&ws).await;
+    b.expect_type("welcome").await;
+    b.hello_v1(&nc2.backend_url(), json!({"userid": "alice"}))
+        .await;
+    b.join("same", "nc-b").await;
+    b.wait_join_of(&b.session_id.clone()).await;
+    b.message_to(json!({"type": "room"}), json!({"x": 1})).await;
+    // Same user id on another backend is another user.
+    b.message_to(json!({"type": "user", "userid": "alice"}), json!({"x": 2}))
+        .await;
+    // A direct message (session ids are global) proves ordering.
+    b.message_to(
+        json!({"type": "session", "sessionid": a.session_id}),
+        json!({"x": 3}),
+    )
+    .await;
+    let m = a.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(
+        m["message"]["data"]["x"], 3,
+        "room/user messages leaked across backends: {m}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_reach_session_user_and_room_with_the_sender() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let mut b2 = ts.client(Some("bob")).await;
+    let mut g = ts.client(None).await;
+    g.join("room1", "nc-g").await;
+    a.wait_join_of(&g.session_id).await;
+
+    // Byte-for-byte: odd spacing and key order survive.
+    let raw = r#"{"type":"message","message":{"recipient":{"type":"session","sessionid":"SID"},"data":{"z": 1,  "a" :[1, 2.50 ,"\u00e9"]}}}"#
+        .replace("SID", &b.session_id);
+    a.send_raw(tokio_tungstenite::tungstenite::Message::Text(raw.into()))
+        .await;
+    let m = b.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(
+        m["message"]["sender"],
+        json!({"type": "session", "sessionid": a.session_id, "userid": "alice"})
+    );
+    assert_eq!(m["message"]["data"]["a"][1], 2.5);
+
+    // To a user: all sessions of bob, not alice.
+    a.message_to(
+        json!({"type": "user", "userid": "bob"}),
+        json!({"to": "bob"}),
+    )
+    .await;
+    for c in [&mut b, &mut b2] {
+        let m = c.wait_for(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["to"], "bob");
+        assert_eq!(m["message"]["sender"]["type"], "user");
+    }
+
+    // To the room: everyone in it but the sender; from a guest: no userid.
+    g.message_to(json!({"type": "room"}), json!({"to": "room"}))
+        .await;
+    for c in [&mut a, &mut b] {
+        let m = c.wait_for(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["to"], "room");
+        assert_eq!(
+            m["message"]["sender"],
+            json!({"type": "room", "sessionid": g.session_id})
+        );
+    }
+    // b2 is not in the room: a later direct message is the next thing it sees.
+    a.message_to(
+        json!({"type": "session", "sessionid": b2.session_id}),
+        json!({"marker": 1}),
+    )
+    .await;
+    let m = b2.recv().await;
+    assert_eq!(m["message"]["data"]["marker"], 1, "{m}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn message_errors_go_to_the_sender_only() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.send(json!({"id": "m1", "type": "message", "message": {"recipient": {"type": "session", "sessionid": "nope"}, "data": {}}})).await;
+    assert_eq!(a.expect_error("no_such_session").await["id"], "m1");
+    a.send(json!({"id": "m2", "type": "message", "message": {"recipient": {"type": "room"}, "data": {}}})).await;
+    assert_eq!(a.expect_error("not_in_room").await["id"], "m2");
+    a.send(json!({"id": "m3", "type": "message", "message": {"recipient": {"type": "planet"}, "data": {}}})).await;
+    assert_eq!(a.expect_error("invalid_format").await["id"], "m3");
+    a.send(json!({"id": "m4", "type": "message", "message": {"data": {}}}))
+        .await;
+    assert_eq!(a.expect_error("invalid_format").await["id"], "m4");
+    // b got nothing of that: the next thing it sees is this marker.
+    a.message_to(
+        json!({"type": "session", "sessionid": b.session_id}),
+        json!({"marker": true}),
+    )
+    .await;
+    let m = b.wait_for(|m| m["type"] != "event").await;
+    assert_eq!(m["message"]["data"]["marker"], true, "{m}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn control_messages_need_the_control_permission() {
+    let ts = TestServer::start().await;
+    ts.nc
+        .state
+        .lock()
+        .unwrap()
+        .permissions
+        .insert("nc-guest".into(), vec!["publish-audio".into()]);
+    ts.nc
+        .state
+        .lock()
+        .unwrap()
+        .permissions
+        .insert("nc-mod".into(), vec!["control".into()]);
+    let mut m = ts.client(Some("mod")).await;
+    m.join("room1", "nc-mod").await;
+    let mut g = ts.client(Some("guest")).await;
+    g.join("room1", "nc-guest").await;
+    m.wait_join_of(&g.session_id).await;
+    g.send(json!({"id": "c1", "type": "control", "control": {"recipient": {"type": "session", "sessionid": m.session_id}, "data": {"type": "mute", "audio": 1}}})).await;
+    g.wait_for(|x| x["type"] == "error" && x["error"]["code"] == "not_allowed")
+        .await;
+    m.send(json!({"type": "control", "control": {"recipient": {"type": "session", "sessionid": g.session_id}, "data": {"type": "mute", "audio": 1}}})).await;
+    let c = g.wait_for(|x| x["type"] == "control").await;
+    assert_eq!(c["control"]["data"], json!({"type": "mute", "audio": 1}));
+    assert_eq!(c["control"]["sender"]["sessionid"], m.session_id.as_str());
+    // The moderator never received the guest's control message.
+    g.message_to(
+        json!({"type": "session", "sessionid": m.session_id}),
+        json!({"marker": 1}),
+    )
+    .await;
+    let next = m.wait_for(|x| x["type"] != "event").await;
+    assert_eq!(next["type"], "message", "{next}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn transient_data_set_remove_initial_and_cleared_with_the_room() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.send(
+        json!({"type": "transient", "transient": {"type": "set", "key": "k", "value": {"v": 1}}}),
+    )
+    .await;
+    let s = a.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(
+        s["transient"],
+        json!({"type": "set", "key": "k", "value": {"v": 1}})
+    );
+    // Same value again: ignored. New value: oldvalue included.
+    a.send(
+        json!({"type": "transient", "transient": {"type": "set", "key": "k", "value": {"v": 1}}}),
+    )
+    .await;
+    a.send(json!({"type": "transient", "transient": {"type": "set", "key": "k", "value": [2]}}))
+        .await;
+    let s = a.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(
+        s["transient"],
+        json!({"type": "set", "key": "k", "value": [2], "oldvalue": {"v": 1}})
+    );
+    a.send(
+        json!({"type": "transient", "transient": {"type": "set", "key": "other", "value": "x"}}),
+    )
+    .await;
+    a.wait_for(|m| m["type"] == "transient").await;
+
+    let mut b = ts.client(Some("bob")).await;
+    b.join("room1", "nc-bob").await;
+    let init = b.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(
+        init["transient"],
+        json!({"type": "initial", "data": {"k": [2], "other": "x"}})
+    );
+
+    b.send(json!({"type": "transient", "transient": {"type": "remove", "key": "k"}}))
+        .await;
+    for c in [&mut a, &mut b] {
+        let r = c.wait_for(|m| m["type"] == "transient").await;
+        assert_eq!(
+            r["transient"],
+            json!({"type": "remove", "key": "k", "oldvalue": [2]})
+        );
+    }
+    // Everyone leaves: the data is gone for the next joiner.
+    a.send(json!({"type": "room", "room": {"roomid": ""}}))
+        .await;
+    a.wait_for(|m| m["type"] == "room").await;
+    b.send(json!({"type": "room", "room": {"roomid": ""}}))
+        .await;
+    b.wait_for(|m| m["type"] == "room").await;
+    let mut c = ts.client(Some("carol")).await;
+    c.join("room1", "nc-carol").await;
+    c.wait_join_of(&c.session_id.clone()).await;
+    c.send(json!({"type": "transient", "transient": {"type": "set", "key": "fresh", "value": 1}}))
+        .await;
+    let m = c.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(m["transient"]["type"], "set", "old data survived: {m}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn transient_ttl_expires_with_a_remove_event() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.send(json!({"type": "transient", "transient": {"type": "set", "key": "t", "value": 5, "ttl": 200_000_000}})).await;
+    a.wait_for(|m| m["transient"]["type"] == "set").await;
+    let r = a.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(
+        r["transient"],
+        json!({"type": "remove", "key": "t", "oldvalue": 5})
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn transient_errors_not_in_room_and_not_allowed() {
+    let ts = TestServer::start().await;
+    ts.nc
+        .state
+        .lock()
+        .unwrap()
+        .permissions
+        .insert("nc-ro".into(), vec!["publish-audio".into()]);
+    let mut a = ts.client(Some("ro")).await;
+    a.send(json!({"id": "t1", "type": "transient", "transient": {"type": "set", "key": "k", "value": 1}})).await;
+    assert_eq!(a.expect_error("not_in_room").await["id"], "t1");
+    a.join("room1", "nc-ro").await;
+    a.send(json!({"id": "t2", "type": "transient", "transient": {"type": "set", "key": "k", "value": 1}})).await;
+    let e = a.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["error"]["code"], "not_allowed");
+    assert_eq!(e["id"], "t2");
+    a.send(json!({"id": "t3", "type": "transient", "transient": {"type": "set", "value": 1}}))
+        .await;
+    assert_eq!(
+        a.wait_for(|m| m["type"] == "error").await["error"]["code"],
+        "invalid_format"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn virtual_sessions_of_internal_clients() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.wait_join_of(&a.session_id.clone()).await;
+    let mut sip = ts.connect().await;
+    sip.expect_type("welcome").await;
+    sip.send(internal_hello("0123456789012345678901234567890123456789"))
+        .await;
+    let h = sip.expect_type("hello").await;
+    let sip_sid = h["hello"]["sessionid"].as_str().unwrap().to_string();
+    sip.send(json!({"type": "internal", "internal": {"type": "addsession", "addsession": {
+        "sessionid": "phone-1", "roomid": "room1", "userid": "", "user": {"type": "phone", "callid": "c1", "number": "+4912345"}, "flags": 1}}})).await;
+    let j = a.wait_for(|m| m["event"]["type"] == "join").await;
+    let entry = &j["event"]["join"][0];
+    let vsid = entry["sessionid"].as_str().unwrap().to_string();
+    assert_eq!(entry["user"]["type"], "phone");
+    assert_ne!(vsid, sip_sid);
+    let p = a
+        .wait_for(|m| m["event"]["target"] == "participants" && m["event"]["type"] == "update")
+        .await;
+    let users = p["event"]["update"]["users"].as_array().unwrap();
+    let v = users
+        .iter()
+        .find(|u| u["sessionId"] == vsid.as_str())
+        .unwrap();
+    assert_eq!(
+        v["inCall"], 9,
+        "virtual sessions default to in call with phone"
+    );
+    assert_eq!(v["virtual"], true);
+    let f = a.wait_for(|m| m["event"]["type"] == "flags").await;
+    assert_eq!(
+        f["event"]["flags"],
+        json!({"roomid": "room1", "sessionid": vsid, "flags": 1})
+    );
+    ts.nc
+        .wait_for("session", |r| {
+            r["session"]["action"] == "add" && r["session"]["sessionid"] == vsid.as_str()
+        })
+        .await;
+
+    // Control messages to the virtual session go to the internal client.
+    a.send(json!({"type": "control", "control": {"recipient": {"type": "session", "sessionid": vsid}, "data": {"type": "hangup"}}})).await;
+    let c = sip.wait_for(|m| m["type"] == "control").await;
+    assert_eq!(
+        c["control"]["recipient"],
+        json!({"type": "session", "sessionid": "phone-1"})
+    );
+    assert_eq!(c["control"]["data"]["type"], "hangup");
+
+    sip.send(json!({"type": "internal", "internal": {"type": "updatesession", "updatesession": {"sessionid": "phone-1", "roomid": "room1", "flags": 3}}})).await;
+    let f = a.wait_for(|m| m["event"]["type"] == "flags").await;
+    assert_eq!(f["event"]["flags"]["flags"], 3);
+
+    sip.send(json!({"type": "internal", "internal": {"type": "removesession", "removesession": {"sessionid": "phone-1", "roomid": "room1"}}})).await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([vsid]));
+    ts.nc
+        .wait_for("session", |r| r["session"]["action"] == "remove")
+        .await;
+
+    // Virtual sessions vanish with their internal client.
+    sip.send(json!({"type": "internal", "internal": {"type": "addsession", "addsession": {"sessionid": "phone-2", "roomid": "room1"}}})).await;
+    let j = a.wait_for(|m| m["event"]["type"] == "join").await;
+    let v2 = j["event"]["join"][0]["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sip.send(json!({"type": "bye", "bye": {}})).await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([v2]));
+
+    // Regular clients may not send internal messages.
+    a.send(json!({"id": "i", "type": "internal", "internal": {"type": "incall", "incall": {"incall": 1}}})).await;
+    assert_eq!(
+        a.wait_for(|m| m["type"] == "error").await["error"]["code"],
+        "not_allowed"
+    );
+    ts.stop().await;
+}
