@@ -1,0 +1,200 @@
+//! Timers and bad input: nothing panics, each gets its error or a
+//! documented close, and other sessions keep working.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Proves `b` still works: a message from `a` arrives.
+async fn still_works(a: &mut Client, b: &mut Client) {
+    a.message_to(
+        json!({"type": "session", "sessionid": b.session_id}),
+        json!({"alive": true}),
+    )
+    .await;
+    let m = b.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["alive"], true);
+}
+
+#[tokio::test]
+async fn malformed_messages_get_invalid_format_and_the_connection_survives() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let mut b = ts.client(Some("bob")).await;
+    let bad = [
+        "not json",
+        "{\"type\":",
+        "[]",
+        "{\"id\":\"x\"}",
+        "{\"id\":\"x\",\"type\":42}",
+        "{\"id\":\"x\",\"type\":\"message\",\"message\":\"str\"}",
+        "{\"id\":\"x\",\"type\":\"room\",\"room\":{\"roomid\":5}}",
+        "{\"id\":\"x\",\"type\":\"transient\",\"transient\":{\"type\":\"set\",\"key\":\"k\",\"ttl\":\"soon\"}}",
+    ];
+    for text in bad {
+        a.send_raw(Message::Text(text.into())).await;
+        let e = a.expect_type("error").await;
+        assert_eq!(e["error"]["code"], "invalid_format", "{text}: {e}");
+    }
+    a.send(json!({"id": "u", "type": "dance"})).await;
+    let e = a.expect_error("invalid_format").await;
+    assert_eq!(e["id"], "u");
+    a.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    a.expect_error("invalid_format").await;
+    still_works(&mut a, &mut b).await;
+    still_works(&mut b, &mut a).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_frames_close_with_1009_and_others_keep_working() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let mut b = ts.client(Some("bob")).await;
+    let mut c = ts.client(Some("carol")).await;
+    let big = format!("{{\"type\":\"message\",\"message\":{{\"recipient\":{{\"type\":\"user\",\"userid\":\"bob\"}},\"data\":\"{}\"}}}}", "x".repeat(70 * 1024));
+    a.send_raw(Message::Text(big.into())).await;
+    assert_eq!(a.expect_close().await, Some(1009));
+    still_works(&mut c, &mut b).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn floods_are_limited_with_too_many_requests() {
+    let ts = TestServer::start_with("[clients]\nmessagespersecond = 20\n").await;
+    let mut a = ts.client(Some("alice")).await;
+    let mut b = ts.client(Some("bob")).await;
+    for i in 0..200 {
+        a.message_to(
+            json!({"type": "session", "sessionid": b.session_id}),
+            json!({"i": i}),
+        )
+        .await;
+    }
+    a.wait_for(|m| m["type"] == "error" && m["error"]["code"] == "too_many_requests")
+        .await;
+    // b receives the accepted part in order; once the bucket refills, a
+    // later message gets through again.
+    let mut last = -1;
+    let mut flood = 0;
+    'outer: loop {
+        a.message_to(
+            json!({"type": "session", "sessionid": b.session_id}),
+            json!({"marker": true}),
+        )
+        .await;
+        while let Ok(m) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), b.recv()).await
+        {
+            if m["message"]["data"]["marker"] == true {
+                break 'outer;
+            }
+            let i = m["message"]["data"]["i"].as_i64().unwrap();
+            assert!(i > last, "out of order");
+            last = i;
+            flood += 1;
+        }
+    }
+    assert!(
+        (30..200).contains(&flood),
+        "{flood} flood messages delivered"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn hello_must_come_within_the_hello_timeout() {
+    let ts = TestServer::start_with("[clients]\nhellotimeout = 1\n").await;
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    let bye = c.expect_type("bye").await;
+    assert_eq!(bye["bye"]["reason"], "hello_timeout");
+    c.expect_close().await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn guests_must_join_a_room_within_the_room_timeout() {
+    let ts = TestServer::start_with("[clients]\nroomtimeout = 1\n").await;
+    // A guest in a room stays...
+    let mut g2 = ts.client(None).await;
+    g2.join("room1", "nc-g2").await;
+    let mut u = ts.client_in_room("alice", "room1").await;
+    u.wait_join_of(&u.session_id.clone()).await;
+    // ...while one that joins nothing is sent away (after g2's deadline too).
+    let mut g = ts.client(None).await;
+    let bye = g.expect_type("bye").await;
+    assert_eq!(bye["bye"]["reason"], "room_join_timeout");
+    g.expect_close().await;
+    still_works(&mut u, &mut g2).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_session_expires_after_the_resume_timeout() {
+    let ts = TestServer::start_with("[sessions]\nresumetimeout = 1\n").await;
+    let a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    let (sid, rid) = (a.session_id.clone(), a.resume_id.clone());
+    drop(a);
+    let l = b.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([sid]));
+    ts.nc
+        .wait_for("room", |r| {
+            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
+        })
+        .await;
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    c.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
+        .await;
+    c.expect_error("no_such_session").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_with_1013_and_can_resume() {
+    let ts = TestServer::start_with("[clients]\noutboxbytes = 65536\nmessagespersecond = 100000\n[sessions]\nresumequeuebytes = 67108864\nresumequeuemessages = 100000\n").await;
+    let mut a = ts.client(Some("alice")).await;
+    let mut slow = ts.client(Some("slow")).await;
+    let payload = "y".repeat(32 * 1024);
+    // Keep sending until the slow reader's socket and outbox are full.
+    let n = 600;
+    for i in 0..n {
+        a.message_to(
+            json!({"type": "session", "sessionid": slow.session_id}),
+            json!({"i": i, "p": payload}),
+        )
+        .await;
+    }
+    // The sender is never blocked or disconnected: it can still talk.
+    let mut other = ts.client(Some("other")).await;
+    still_works(&mut a, &mut other).await;
+    // The slow client receives in order until the close 1013.
+    let mut next = 0;
+    let code = loop {
+        match slow.recv_or_close().await {
+            Ok(m) => {
+                assert_eq!(m["message"]["data"]["i"], next);
+                next += 1;
+            }
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(1013));
+    // Resume: the rest arrives, in order, nothing lost.
+    let mut r = ts.connect().await;
+    r.expect_type("welcome").await;
+    r.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": slow.resume_id}}))
+        .await;
+    r.expect_type("hello").await;
+    while next < n {
+        let m = r.recv().await;
+        assert_eq!(m["message"]["data"]["i"], next);
+        next += 1;
+    }
+    ts.stop().await;
+}
