@@ -197,6 +197,25 @@ impl FakeNextcloud {
     }
 }
 
+impl FakeNextcloud {
+    /// Waits until the recorded requests of `kind` satisfy `pred`.
+    pub async fn wait_all(&self, kind: &str, pred: impl Fn(&[Recorded]) -> bool) -> Vec<Recorded> {
+        let fut = async {
+            loop {
+                let notified = self.notify.notified();
+                let reqs = self.requests(kind);
+                if pred(&reqs) {
+                    return reqs;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("{kind} requests never matched"))
+    }
+}
+
 pub fn config_text(nc: &FakeNextcloud, extra: &str) -> String {
     format!(
         "[http]\nlisten = 127.0.0.1:0\n[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\nblockkey = 0123456789abcdef\n\
