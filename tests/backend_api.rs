@@ -265,16 +265,13 @@ async fn participants_update_maps_session_ids_and_applies_permissions() {
         assert_eq!(p["event"]["type"], "update");
         let up = &p["event"]["update"];
         assert_eq!(up["roomid"], "room1");
+        // `users` lists the changed participants (as the spec says), with
+        // signaling session ids and without permissions.
         assert_eq!(
-            up["changed"],
+            up["users"],
             json!([{"sessionId": bsid, "inCall": 7, "participantType": 3}])
         );
-        assert_eq!(up["users"][0]["sessionId"], asid.as_str());
-        assert_eq!(up["users"][1]["sessionId"], bsid.as_str());
-        assert!(
-            up["users"][2].get("sessionId").is_none(),
-            "unknown ids are dropped"
-        );
+        assert_ne!(asid, bsid);
     }
     // Bob lost "control" and "transient-data" at once.
     b.send(json!({"id": "t", "type": "transient", "transient": {"type": "set", "key": "k", "value": 1}})).await;
@@ -298,10 +295,9 @@ async fn incall_updates_and_the_all_form() {
     ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 7, "changed": [{"sessionId": "nc-alice", "inCall": 7}], "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 0}]}})).await;
     let p = b.wait_for(|m| m["event"]["target"] == "participants").await;
     assert_eq!(
-        p["event"]["update"]["changed"],
-        json!([{"sessionId": a.session_id, "inCall": 7}])
+        p["event"]["update"],
+        json!({"roomid": "room1", "users": [{"sessionId": a.session_id, "inCall": 7}]})
     );
-    assert_eq!(p["event"]["update"]["users"].as_array().unwrap().len(), 2);
     a.wait_for(|m| m["event"]["target"] == "participants").await;
     ts.backend_request(
         "room1",
@@ -321,19 +317,23 @@ async fn incall_updates_and_the_all_form() {
 #[tokio::test]
 async fn incall_with_changes_only_keeps_state_and_sends_complete_lists() {
     let ts = TestServer::start().await;
-    let (mut a, _b, _c, _d) = setup(&ts).await;
-    // changed-users: Nextcloud sends only what changed, no `users`.
+    let (mut a, b, _c, _d) = setup(&ts).await;
+    ts.backend_request("room1", &json!({"type": "participants", "participants": {"changed": [{"sessionId": "nc-bob", "inCall": 0, "participantType": 3, "actorId": "bob"}]}})).await;
+    let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    assert_eq!(p["event"]["update"]["users"][0]["participantType"], 3);
     ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 7, "changed": [{"sessionId": "nc-alice", "inCall": 7}]}})).await;
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
     assert_eq!(
         p["event"]["update"]["users"],
         json!([{"sessionId": a.session_id, "inCall": 7}])
     );
+    // The server completes changed entries from its own state.
     ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 3, "changed": [{"sessionId": "nc-bob", "inCall": 3}]}})).await;
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
-    let users = p["event"]["update"]["users"].as_array().unwrap();
-    assert_eq!(users.len(), 2, "{p}");
-    assert_eq!(p["event"]["update"]["changed"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        p["event"]["update"]["users"],
+        json!([{"sessionId": b.session_id, "inCall": 3, "participantType": 3, "actorId": "bob"}])
+    );
     // An unchanged in-call state is not repeated.
     let (status, _) = ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 3, "changed": [{"sessionId": "nc-bob", "inCall": 3}]}})).await;
     assert_eq!(status, 200);

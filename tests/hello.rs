@@ -99,8 +99,10 @@ async fn welcome_then_hello_v1_authenticates_through_the_backend() {
 #[tokio::test]
 async fn guests_have_no_userid() {
     let ts = TestServer::start().await;
-    let c = ts.client(None).await;
-    assert!(c.user_id.is_none());
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    let h = c.hello_v1(&ts.nc.backend_url(), json!({})).await;
+    assert_eq!(h["hello"]["userid"], "");
     ts.stop().await;
 }
 

@@ -90,9 +90,8 @@ pub struct HelloReply<'a> {
     pub sessionid: &'a str,
     /// Secret resume id.
     pub resumeid: &'a str,
-    /// User id, omitted for anonymous sessions.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub userid: Option<&'a str>,
+    /// User id, empty for anonymous sessions (as the Go server sends it).
+    pub userid: &'a str,
     /// Protocol version of the hello.
     pub version: &'a str,
     /// Deprecated but read by the Talk client.

@@ -100,8 +100,10 @@ impl State {
     }
 
     /// Keeps the room's participant state: a full `users` list replaces it,
-    /// `changed` entries are merged. Returns the changed entries whose
-    /// `inCall` differs from the stored state (all, when `in_call_only` is off).
+    /// `changed` entries are merged into it (Nextcloud with `changed-users`
+    /// sends only changes). Returns the complete entries of the changed
+    /// participants; with `in_call_only`, in changes-only mode, those whose
+    /// `inCall` did not change are left out.
     fn update_participants(
         &mut self,
         key: &RoomKey,
@@ -140,19 +142,12 @@ impl State {
                 }
                 _ => c.clone(),
             };
-            room.participants.insert(nc.to_string(), merged);
+            room.participants.insert(nc.to_string(), merged.clone());
             if !(in_call_only && same_incall && users.is_none()) {
-                effective.push(c.clone());
+                effective.push(merged);
             }
         }
         effective
-    }
-
-    fn room_users(&self, key: &RoomKey) -> Vec<Map<String, Value>> {
-        self.rooms
-            .get(key)
-            .map(|r| r.participants.values().cloned().collect())
-            .unwrap_or_default()
     }
 
     /// Removes sessions from a room on the backend's behalf: they get a
@@ -349,19 +344,15 @@ impl Hub {
                 let mut st = self.lock();
                 st.apply_permissions(&key, &p.changed);
                 let changed = st.update_participants(&key, &p.changed, p.users.as_deref(), false);
-                let users = match &p.users {
-                    Some(u) => u.clone(),
-                    None => st.room_users(&key),
-                };
-                let changed = st.client_entries(&key, &changed);
-                let mut users = st.client_entries(&key, &users);
-                users.extend(st.internal_incall_entries(&key));
-                let f = event_frame(
-                    "participants",
-                    "update",
-                    &json!({"roomid": room_id, "changed": changed, "users": users}),
-                );
-                st.broadcast(&key, &f, None);
+                let users = st.client_entries(&key, &changed);
+                if !users.is_empty() {
+                    let f = event_frame(
+                        "participants",
+                        "update",
+                        &json!({"roomid": room_id, "users": users}),
+                    );
+                    st.broadcast(&key, &f, None);
+                }
                 st.reap();
             }
             "incall" => {
@@ -384,18 +375,13 @@ impl Hub {
                 } else {
                     let changed =
                         st.update_participants(&key, &ic.changed, ic.users.as_deref(), true);
-                    if !changed.is_empty() || ic.users.is_some() {
-                        let users = match &ic.users {
-                            Some(u) => u.clone(),
-                            None => st.room_users(&key),
-                        };
-                        let changed = st.client_entries(&key, &changed);
-                        let mut users = st.client_entries(&key, &users);
+                    let mut users = st.client_entries(&key, &changed);
+                    if !users.is_empty() {
                         users.extend(st.internal_incall_entries(&key));
                         let f = event_frame(
                             "participants",
                             "update",
-                            &json!({"roomid": room_id, "incall": ic.incall, "changed": changed, "users": users}),
+                            &json!({"roomid": room_id, "users": users}),
                         );
                         st.broadcast(&key, &f, None);
                     }

@@ -275,7 +275,7 @@ impl Hub {
             &HelloReply {
                 sessionid: &sid,
                 resumeid: &resume_id,
-                userid: ident.user_id.as_deref(),
+                userid: ident.user_id.as_deref().unwrap_or(""),
                 version,
                 server: ServerInfo {
                     version: VERSION,
@@ -373,7 +373,7 @@ impl Hub {
             &HelloReply {
                 sessionid: &sid,
                 resumeid: resume_id,
-                userid: s.user_id.as_deref(),
+                userid: s.user_id.as_deref().unwrap_or(""),
                 version,
                 server: ServerInfo {
                     version: VERSION,

@@ -72,7 +72,7 @@ impl Hub {
                         ),
                     );
                 };
-                if &*t.id == &**sid {
+                if t.id == *sid {
                     // Don't loop messages back to the sender.
                     return;
                 }

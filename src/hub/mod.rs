@@ -39,6 +39,7 @@ pub const VERSION: &str = concat!("spreed-signaling-rs/", env!("CARGO_PKG_VERSIO
 
 /// Feature ids announced to regular clients (hello `server.features`).
 pub const CLIENT_FEATURES: &[&str] = &[
+    "changed-users",
     "dialout",
     "hello-v2",
     "incall-all",
@@ -50,6 +51,7 @@ pub const CLIENT_FEATURES: &[&str] = &[
 
 /// Feature ids announced to internal clients.
 pub const INTERNAL_FEATURES: &[&str] = &[
+    "changed-users",
     "dialout",
     "hello-v2",
     "incall-all",
@@ -122,13 +124,16 @@ impl Sessions {
     }
 }
 
+/// A user on a backend: (backend id, user id).
+pub(crate) type UserKey = (Arc<str>, Arc<str>);
+
 /// Everything guarded by the hub lock.
 pub(crate) struct State {
     pub sessions: Sessions,
     pub resume_ids: HashMap<Arc<str>, Arc<str>>,
     pub rooms: HashMap<RoomKey, Room>,
     /// (backend id, user id) -> sessions of that user.
-    pub users: HashMap<(Arc<str>, Arc<str>), Vec<Arc<str>>>,
+    pub users: HashMap<UserKey, Vec<Arc<str>>>,
     /// Client sessions per backend id (for `sessionlimit`).
     pub counts: HashMap<Arc<str>, u64>,
     /// Transient data expiry: (deadline, seq) -> (room, key).

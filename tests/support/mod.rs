@@ -414,7 +414,10 @@ impl Client {
         let m = self.expect_type("hello").await;
         self.session_id = m["hello"]["sessionid"].as_str().unwrap().to_string();
         self.resume_id = m["hello"]["resumeid"].as_str().unwrap().to_string();
-        self.user_id = m["hello"]["userid"].as_str().map(str::to_string);
+        self.user_id = m["hello"]["userid"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(str::to_string);
         m
     }
 
