@@ -185,6 +185,16 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_can_resume() {
         }
     };
     assert_eq!(code, Some(1013));
+    let metrics = reqwest::get(format!("{}/metrics", ts.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("signaling_client_send_queue_overflows_total 1"),
+        "{metrics}"
+    );
     // Resume: the rest arrives, in order, nothing lost.
     let mut r = ts.connect().await;
     r.expect_type("welcome").await;

@@ -446,3 +446,49 @@ async fn virtual_sessions_of_internal_clients() {
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn offers_need_a_publish_permission_once_nextcloud_sends_permissions() {
+    let ts = TestServer::start().await;
+    ts.nc
+        .state
+        .lock()
+        .unwrap()
+        .permissions
+        .insert("nc-viewer".into(), vec![]);
+    ts.nc
+        .state
+        .lock()
+        .unwrap()
+        .permissions
+        .insert("nc-speaker".into(), vec!["publish-audio".into()]);
+    let mut v = ts.client(Some("viewer")).await;
+    v.join("room1", "nc-viewer").await;
+    let mut s = ts.client(Some("speaker")).await;
+    s.join("room1", "nc-speaker").await;
+    let to_s = json!({"type": "session", "sessionid": s.session_id});
+    let to_v = json!({"type": "session", "sessionid": v.session_id});
+    v.send(json!({"id": "o1", "type": "message", "message": {"recipient": to_s, "data": {"type": "offer", "roomType": "video", "payload": {}}}})).await;
+    let e = v.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(
+        (e["id"].as_str(), e["error"]["code"].as_str()),
+        (Some("o1"), Some("not_allowed"))
+    );
+    // Answers and candidates are not publishing: they pass.
+    v.message_to(to_s.clone(), json!({"type": "answer", "roomType": "video"}))
+        .await;
+    let m = s.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["type"], "answer");
+    s.message_to(to_v.clone(), json!({"type": "offer", "roomType": "video"}))
+        .await;
+    assert_eq!(
+        v.wait_for(|m| m["type"] == "message").await["message"]["data"]["type"],
+        "offer"
+    );
+    s.send(json!({"id": "o2", "type": "message", "message": {"recipient": to_v, "data": {"type": "offer", "roomType": "screen"}}})).await;
+    assert_eq!(
+        s.wait_for(|m| m["type"] == "error").await["error"]["code"],
+        "not_allowed"
+    );
+    ts.stop().await;
+}

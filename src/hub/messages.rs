@@ -10,6 +10,35 @@ use crate::api::client::MessageClientMessage;
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, MessageOut, RecipientOut, Sender};
 
+/// The two fields of a message's `data` that decide whether it publishes
+/// media; everything else stays unparsed.
+#[derive(serde::Deserialize)]
+struct OfferPeek<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "roomType", borrow, default)]
+    room_type: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `audio-video-permissions`: an `offer` publishes media (or the screen for
+/// `roomType: screen`) and needs the matching permission once Nextcloud
+/// has sent a permission list.
+fn may_send_offer(sender: &super::session::Session, data: &serde_json::value::RawValue) -> bool {
+    let Ok(peek) = serde_json::from_str::<OfferPeek>(data.get()) else {
+        return true;
+    };
+    if peek.kind.as_deref() != Some("offer") {
+        return true;
+    }
+    if peek.room_type.as_deref() == Some("screen") {
+        sender.has_permission("publish-screen")
+    } else {
+        sender.has_permission("publish-media")
+            || sender.has_permission("publish-audio")
+            || sender.has_permission("publish-video")
+    }
+}
+
 impl Hub {
     /// Routes a `message` or `control` (`kind`) from `sid`.
     pub(crate) fn route_message(
@@ -27,6 +56,15 @@ impl Hub {
             let f = error_frame(
                 id,
                 &ProtocolError::new(error::NOT_ALLOWED, "Not allowed to send control messages."),
+            );
+            st.sessions.deliver(sid, &f);
+            st.reap();
+            return;
+        }
+        if kind == "message" && sender.permissions.is_some() && !may_send_offer(sender, &msg.data) {
+            let f = error_frame(
+                id,
+                &ProtocolError::new(error::NOT_ALLOWED, "Not allowed to publish."),
             );
             st.sessions.deliver(sid, &f);
             st.reap();

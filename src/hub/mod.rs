@@ -39,6 +39,7 @@ pub const VERSION: &str = concat!("spreed-signaling-rs/", env!("CARGO_PKG_VERSIO
 
 /// Feature ids announced to regular clients (hello `server.features`).
 pub const CLIENT_FEATURES: &[&str] = &[
+    "audio-video-permissions",
     "changed-users",
     "dialout",
     "hello-v2",
@@ -82,6 +83,8 @@ pub(crate) struct Sessions {
     /// Sessions to end once the current operation is done (resume queue full).
     pub doomed: Vec<Arc<str>>,
     pub limits: ClientLimits,
+    /// Counts connections closed with 1013.
+    pub overflows: prometheus::IntCounter,
 }
 
 impl Sessions {
@@ -101,6 +104,7 @@ impl Sessions {
                 Push::Closed => {}
                 Push::Overflow => {
                     tracing::info!(session = %s.id, "send queue full, closing connection (1013)");
+                    self.overflows.inc();
                     let left = conn.abort(CLOSE_OVERFLOW, "send queue full");
                     s.conn = None;
                     for f in left {
@@ -194,6 +198,7 @@ impl Hub {
                     disconnected: HashMap::new(),
                     doomed: Vec::new(),
                     limits: config.limits.clone(),
+                    overflows: metrics.slow_clients.clone(),
                 },
                 resume_ids: HashMap::new(),
                 rooms: HashMap::new(),
