@@ -1,0 +1,124 @@
+//! `spreed-loadgen`: load generator for signaling servers speaking the
+//! Nextcloud Talk signaling API (this one and the Go server). It runs its
+//! own fake Nextcloud; point the server's backend at `--backend-listen`.
+//!
+//! Output: one JSON line per result on stdout, a table on stderr.
+
+mod backend;
+mod client;
+mod stats;
+mod workloads;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use client::Target;
+use workloads::{Ctx, Report};
+
+/// Load generator for Talk signaling servers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Server WebSocket URL (ws://IP:PORT/spreed).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/spreed")]
+    url: String,
+    /// Address of the built-in fake Nextcloud.
+    #[arg(long, default_value = "127.0.0.1:18500")]
+    backend_listen: String,
+    /// Workload: connect, p2p, room or idle.
+    #[arg(long, default_value = "p2p")]
+    workload: String,
+    /// Number of clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Seconds of sending (p2p, room).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Messages in flight per sender (closed loop).
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Messages per second per sender; 0 = as fast as the window allows.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Senders in the room workload.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Sessions per room in the idle workload.
+    #[arg(long, default_value_t = 50)]
+    room_size: usize,
+    /// Concurrent handshakes.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Source addresses 127.0.0.1..=127.0.0.N (more than ~28k connections
+    /// need several).
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// Server process id, for CPU and memory readings.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Name of the server in the output.
+    #[arg(long, default_value = "server")]
+    label: String,
+}
+
+fn print_table(r: &Report) {
+    eprintln!(
+        "{:<10} {:<8} clients={:<6} rate={:>10.0}/s sent={:<8} delivered={:<9} lost={:<5} errors={:<4} p50={}us p99={}us max={}us cpu={} per_cpu_s={} rss/session={}",
+        r.server,
+        r.workload,
+        r.clients,
+        r.rate_per_s,
+        r.sent,
+        r.delivered,
+        r.lost,
+        r.errors,
+        r.latency.p50_us,
+        r.latency.p99_us,
+        r.latency.max_us,
+        r.server_cpu_s.map(|c| format!("{c:.2}s")).unwrap_or("-".into()),
+        r.per_cpu_s.map(|c| format!("{c:.0}")).unwrap_or("-".into()),
+        r.rss_per_session_bytes.map(|b| format!("{b}B")).unwrap_or("-".into()),
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    backend::start(&args.backend_listen).await?;
+    let backend_url = format!(
+        "http://{}/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+        args.backend_listen
+    );
+    let ctx = Ctx {
+        target: Target::new(&args.url, &backend_url)?,
+        sources: (1..=args.sources.max(1))
+            .map(|i| IpAddr::from([127, 0, 0, i]))
+            .collect(),
+        pid: args.server_pid,
+        label: args.label.clone(),
+        concurrency: args.concurrency.max(1),
+    };
+    let duration = Duration::from_secs(args.duration);
+    let report = match args.workload.as_str() {
+        "connect" => workloads::run_connect(&ctx, args.clients).await?,
+        "p2p" => workloads::run_p2p(&ctx, args.clients, duration, args.window, args.rate).await?,
+        "room" => {
+            workloads::run_room(
+                &ctx,
+                args.clients,
+                args.senders,
+                duration,
+                args.window,
+                args.rate,
+            )
+            .await?
+        }
+        "idle" => workloads::run_idle(&ctx, args.clients, args.room_size).await?,
+        other => anyhow::bail!("unknown workload {other}"),
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    print_table(&report);
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The workloads: connect, p2p, room and idle.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{connect, Conn, Target};
+use crate::stats::{cpu_seconds, latency, rss_kib, Latency};
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+fn now_ns() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// What every workload reports.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub server: String,
+    pub workload: String,
+    pub clients: usize,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub errors: u64,
+    pub rate_per_s: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
+    pub server_cpu_s: Option<f64>,
+    pub per_cpu_s: Option<f64>,
+    pub rss_per_session_bytes: Option<u64>,
+}
+
+/// Shared settings of a run.
+pub struct Ctx {
+    pub target: Target,
+    pub sources: Vec<IpAddr>,
+    pub pid: Option<u32>,
+    pub label: String,
+    pub concurrency: usize,
+}
+
+/// A realistic ICE candidate message body (about 300 bytes on the wire).
+fn payload(from: usize, seq: u64) -> Value {
+    json!({"t": now_ns(), "from": from, "seq": seq, "type": "candidate", "roomType": "video",
+        "payload": {"candidate": {"candidate": "candidate:842163049 1 udp 1677729535 192.0.2.17 53703 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag sA3x network-cost 999", "sdpMid": "0", "sdpMLineIndex": 0}}})
+}
+
+/// Connects `n` clients (hello), `concurrency` at a time, optionally
+/// joining `room(i)`. Returns the clients and the handshake latencies.
+pub async fn connect_many(
+    ctx: &Ctx,
+    n: usize,
+    room: impl Fn(usize) -> Option<String>,
+) -> anyhow::Result<(Vec<Conn>, Vec<u64>)> {
+    let sem = Arc::new(Semaphore::new(ctx.concurrency));
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let sem = sem.clone();
+        let target = ctx.target.clone();
+        let source = ctx.sources[i % ctx.sources.len()];
+        let room = room(i);
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let t0 = Instant::now();
+            let mut c = connect(&target, source, &format!("user{i}")).await?;
+            let took = t0.elapsed().as_micros() as u64;
+            if let Some(r) = room {
+                c.join(&r).await?;
+            }
+            anyhow::Ok((c, took))
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    let mut lat = Vec::with_capacity(n);
+    for h in handles {
+        let (c, t) = h.await??;
+        conns.push(c);
+        lat.push(t);
+    }
+    Ok((conns, lat))
+}
+
+/// `connect`: hellos per second and handshake latency.
+pub async fn run_connect(ctx: &Ctx, n: usize) -> anyhow::Result<Report> {
+    let cpu0 = ctx.pid.and_then(cpu_seconds);
+    let t0 = Instant::now();
+    let (conns, mut lat) = connect_many(ctx, n, |_| None).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+    drop(conns);
+    Ok(Report {
+        server: ctx.label.clone(),
+        workload: "connect".into(),
+        clients: n,
+        duration_s: secs,
+        sent: n as u64,
+        delivered: n as u64,
+        rate_per_s: n as f64 / secs,
+        latency: latency(&mut lat),
+        server_cpu_s: cpu,
+        per_cpu_s: cpu.map(|c| n as f64 / c.max(1e-9)),
+        ..Default::default()
+    })
+}
+
+struct Counters {
+    delivered: AtomicU64,
+    errors: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+}
+
+/// Reads a client's messages: counts deliveries and errors, records
+/// latencies, and returns window permits to senders (`ack` decides whether
+/// this client acknowledges a message from `from`).
+fn spawn_reader(
+    mut stream: futures_util::stream::SplitStream<crate::client::Ws>,
+    counters: Arc<Counters>,
+    windows: Arc<Vec<Arc<Semaphore>>>,
+    ack: impl Fn(usize) -> bool + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut local = Vec::new();
+        while let Some(Ok(m)) = stream.next().await {
+            let Message::Text(t) = m else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+                continue;
+            };
+            match v["type"].as_str() {
+                Some("message") => {
+                    let d = &v["message"]["data"];
+                    let (Some(sent), Some(from)) = (d["t"].as_u64(), d["from"].as_u64()) else {
+                        continue;
+                    };
+                    local.push(now_ns().saturating_sub(sent) / 1000);
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    if ack(from as usize) {
+                        windows[from as usize].add_permits(1);
+                    }
+                }
+                Some("error") => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            if local.len() >= 4096 {
+                counters.latencies.lock().unwrap().append(&mut local);
+            }
+        }
+        counters.latencies.lock().unwrap().append(&mut local);
+    })
+}
+
+/// Sends from `sinks[i]` until `deadline` with a bounded window; `rate` > 0
+/// paces each sender to that many messages per second.
+async fn send_loop(
+    mut sink: futures_util::stream::SplitSink<crate::client::Ws, Message>,
+    me: usize,
+    recipient: Value,
+    window: Arc<Semaphore>,
+    deadline: Instant,
+    rate: u32,
+    sent: Arc<AtomicU64>,
+) -> futures_util::stream::SplitSink<crate::client::Ws, Message> {
+    let mut seq = 0u64;
+    let mut pace =
+        (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64)));
+    while Instant::now() < deadline {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok(permit)) = tokio::time::timeout(left, window.acquire()).await else {
+            break;
+        };
+        permit.forget();
+        let msg = json!({"type": "message", "message": {"recipient": recipient, "data": payload(me, seq)}});
+        if sink
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        seq += 1;
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    sink
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    ctx: &Ctx,
+    workload: &str,
+    clients: usize,
+    duration: Duration,
+    sent: u64,
+    expected: u64,
+    counters: &Counters,
+    cpu: Option<f64>,
+) -> Report {
+    // Let in-flight messages arrive (bounded wait).
+    let until = Instant::now() + Duration::from_secs(5);
+    while counters.delivered.load(Ordering::Relaxed) < expected && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *counters.latencies.lock().unwrap());
+    let secs = duration.as_secs_f64();
+    Report {
+        server: ctx.label.clone(),
+        workload: workload.into(),
+        clients,
+        duration_s: secs,
+        sent,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        errors: counters.errors.load(Ordering::Relaxed),
+        rate_per_s: delivered as f64 / secs,
+        latency: latency(&mut lat),
+        server_cpu_s: cpu,
+        per_cpu_s: cpu.map(|c| delivered as f64 / c.max(1e-9)),
+        rss_per_session_bytes: None,
+    }
+}
+
+/// `p2p`: pairs exchange session messages.
+pub async fn run_p2p(
+    ctx: &Ctx,
+    n: usize,
+    duration: Duration,
+    window: usize,
+    rate: u32,
+) -> anyhow::Result<Report> {
+    let n = n.max(2) & !1;
+    let (conns, _) = connect_many(ctx, n, |_| None).await?;
+    let ids: Vec<String> = conns.iter().map(|c| c.session_id.clone()).collect();
+    let windows: Arc<Vec<Arc<Semaphore>>> =
+        Arc::new((0..n).map(|_| Arc::new(Semaphore::new(window))).collect());
+    let counters = Arc::new(Counters {
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut sinks = Vec::new();
+    let mut readers = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        readers.push(spawn_reader(
+            c.stream,
+            counters.clone(),
+            windows.clone(),
+            |_| true,
+        ));
+        sinks.push((i, c.sink));
+    }
+    let cpu0 = ctx.pid.and_then(cpu_seconds);
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let mut senders = Vec::new();
+    for (i, sink) in sinks {
+        let peer = i ^ 1;
+        let recipient = json!({"type": "session", "sessionid": ids[peer]});
+        senders.push(tokio::spawn(send_loop(
+            sink,
+            i,
+            recipient,
+            windows[i].clone(),
+            deadline,
+            rate,
+            sent.clone(),
+        )));
+    }
+    let mut sinks = Vec::new();
+    for s in senders {
+        sinks.push(s.await?);
+    }
+    let elapsed = t0.elapsed();
+    let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+    let total = sent.load(Ordering::Relaxed);
+    let r = finish(ctx, "p2p", n, elapsed, total, total, &counters, cpu).await;
+    drop(sinks);
+    for r in readers {
+        r.abort();
+    }
+    Ok(r)
+}
+
+/// `room`: all clients in one room, `senders` of them send room messages.
+pub async fn run_room(
+    ctx: &Ctx,
+    n: usize,
+    senders: usize,
+    duration: Duration,
+    window: usize,
+    rate: u32,
+) -> anyhow::Result<Report> {
+    let n = n.max(2);
+    let senders = senders.clamp(1, n - 1);
+    let (conns, _) = connect_many(ctx, n, |_| Some("bench-room".to_string())).await?;
+    let windows: Arc<Vec<Arc<Semaphore>>> =
+        Arc::new((0..n).map(|_| Arc::new(Semaphore::new(window))).collect());
+    let counters = Arc::new(Counters {
+        delivered: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let sent = Arc::new(AtomicU64::new(0));
+    let acker = n - 1;
+    let mut sinks = Vec::new();
+    let mut readers = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        readers.push(spawn_reader(
+            c.stream,
+            counters.clone(),
+            windows.clone(),
+            move |_| i == acker,
+        ));
+        sinks.push(c.sink);
+    }
+    // Join events are done: give the server a moment to flush them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = ctx.pid.and_then(cpu_seconds);
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let mut tasks = Vec::new();
+    let mut idle = Vec::new();
+    for (i, sink) in sinks.into_iter().enumerate() {
+        if i < senders {
+            tasks.push(tokio::spawn(send_loop(
+                sink,
+                i,
+                json!({"type": "room"}),
+                windows[i].clone(),
+                deadline,
+                rate,
+                sent.clone(),
+            )));
+        } else {
+            idle.push(sink);
+        }
+    }
+    for t in tasks {
+        idle.push(t.await?);
+    }
+    let elapsed = t0.elapsed();
+    let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+    let total = sent.load(Ordering::Relaxed);
+    let r = finish(
+        ctx,
+        "room",
+        n,
+        elapsed,
+        total,
+        total * (n as u64 - 1),
+        &counters,
+        cpu,
+    )
+    .await;
+    drop(idle);
+    for r in readers {
+        r.abort();
+    }
+    Ok(r)
+}
+
+/// `idle`: sessions sitting in rooms; resident memory per session.
+pub async fn run_idle(ctx: &Ctx, n: usize, room_size: usize) -> anyhow::Result<Report> {
+    let Some(pid) = ctx.pid else {
+        anyhow::bail!("idle needs --server-pid");
+    };
+    let before = rss_kib(pid).unwrap_or(0);
+    let t0 = Instant::now();
+    let (conns, mut lat) =
+        connect_many(ctx, n, |i| Some(format!("idle-{}", i / room_size.max(1)))).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid).unwrap_or(0);
+    let per = (after.saturating_sub(before) * 1024) / n.max(1) as u64;
+    let r = Report {
+        server: ctx.label.clone(),
+        workload: "idle".into(),
+        clients: n,
+        duration_s: secs,
+        sent: n as u64,
+        delivered: conns.len() as u64,
+        rate_per_s: n as f64 / secs,
+        latency: latency(&mut lat),
+        rss_per_session_bytes: Some(per),
+        ..Default::default()
+    };
+    drop(conns);
+    Ok(r)
+}
