@@ -47,10 +47,19 @@ fn main() -> std::process::ExitCode {
         println!("{}: OK", cli.config.display());
         return std::process::ExitCode::SUCCESS;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // One thread by default: it relays more messages per CPU-second than a
+    // multi-threaded runtime (no cross-thread wake-ups; docs/benchmarks.md).
+    let rt = if config.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
     match rt.block_on(run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -19,7 +19,20 @@ pub struct Metrics {
     pub client_messages: IntCounterVec,
     /// Connections closed because their send queue overflowed.
     pub slow_clients: IntCounter,
+    /// `client_messages` resolved once per known type (no label lookup per message).
+    known_types: Vec<(&'static str, IntCounter)>,
 }
+
+/// Client message types counted under their own label; others count as "other".
+const CLIENT_TYPES: &[&str] = &[
+    "hello",
+    "bye",
+    "room",
+    "message",
+    "control",
+    "transient",
+    "internal",
+];
 
 impl Metrics {
     /// Creates and registers the metrics.
@@ -82,7 +95,12 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        let known_types = CLIENT_TYPES
+            .iter()
+            .map(|t| (*t, client_messages.with_label_values(&[*t])))
+            .collect();
         Metrics {
+            known_types,
             registry,
             sessions_total,
             sessions_current,
@@ -90,6 +108,14 @@ impl Metrics {
             backend_requests,
             client_messages,
             slow_clients,
+        }
+    }
+
+    /// Counts one client message of type `kind`.
+    pub fn client_message(&self, kind: &str) {
+        match self.known_types.iter().find(|(t, _)| *t == kind) {
+            Some((_, c)) => c.inc(),
+            None => self.client_messages.with_label_values(&["other"]).inc(),
         }
     }
 

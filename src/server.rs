@@ -1,9 +1,11 @@
 //! Running the server: bind, serve, shut down gracefully.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use axum::Router;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,13 +22,35 @@ pub struct Server {
     /// The hub.
     pub hub: Arc<Hub>,
     /// Address the listener is bound to.
-    pub addr: std::net::SocketAddr,
+    pub addr: SocketAddr,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
     done: tokio::task::JoinHandle<()>,
 }
 
+/// Binds `addr` (with `SO_REUSEADDR`, so a restart does not wait for
+/// sockets in TIME_WAIT) with a listen backlog sized for reconnect storms.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+    if let Err(e) = serve.await {
+        tracing::error!("server error: {e}");
+    }
+}
+
 impl Server {
-    /// Binds `config.listen` (or the given listener) and starts serving.
+    /// Binds `config.listen` (or uses the given listener) and starts serving
+    /// on the current runtime.
     pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
         let config = Arc::new(config);
         for s in &config.unsupported_sections {
@@ -39,9 +63,18 @@ impl Server {
         }
         let listener = match listener {
             Some(l) => l,
-            None => TcpListener::bind(&config.listen).await.map_err(|e| {
-                anyhow::anyhow!("[http] listen: cannot bind {}: {e}", config.listen)
-            })?,
+            None => {
+                let addr: SocketAddr = tokio::net::lookup_host(&config.listen)
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("[http] listen: cannot resolve {}", config.listen)
+                    })?;
+                bind(addr).map_err(|e| {
+                    anyhow::anyhow!("[http] listen: cannot bind {}: {e}", config.listen)
+                })?
+            }
         };
         let addr = listener.local_addr()?;
         let hub = Hub::new(config, Metrics::new())?;
@@ -53,26 +86,13 @@ impl Server {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         });
-        let token = shutdown.clone();
-        let done = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!("server error: {e}");
-            }
-            tracker.close();
-            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!("shutdown grace period over, dropping remaining connections");
-            }
-        });
+        let done = tokio::spawn(serve(listener, app, shutdown.clone()));
         tracing::info!(%addr, "listening");
         Ok(Server {
             hub,
             addr,
             shutdown,
+            tracker,
             done,
         })
     }
@@ -81,5 +101,12 @@ impl Server {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.done.await;
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over, dropping remaining connections");
+        }
     }
 }

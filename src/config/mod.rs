@@ -70,6 +70,8 @@ pub struct ClientLimits {
 pub struct Config {
     /// `[http] listen` address.
     pub listen: String,
+    /// `[http] threads`: runtime worker threads (1 = single-threaded).
+    pub threads: usize,
     /// `[sessions] hashkey`.
     pub hash_key: String,
     /// `[sessions] blockkey` (may be empty).
@@ -161,6 +163,12 @@ impl Config {
             )));
         }
 
+        let threads = ini.get_u64("http", "threads", 1)? as usize;
+        if threads == 0 || threads > 1024 {
+            return Err(ConfigError(
+                "[http] threads: must be between 1 and 1024".into(),
+            ));
+        }
         let hash_key = ini
             .get("sessions", "hashkey")
             .map(|v| expand_env(&v))
@@ -257,6 +265,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            threads,
             hash_key,
             block_key,
             internal_secret,

@@ -2,13 +2,15 @@
 //! them to the hub, and a writer that drains the outbox (feed all, flush
 //! once) and sends keep-alive pings. Both run in one task.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +20,7 @@ use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, Bye};
 use crate::backend::client::HEADER_FEATURES;
 use crate::hub::outbox::Outbox;
-use crate::hub::{invalid_format, Hub};
+use crate::hub::{invalid_format, HelloOk, Hub};
 
 /// Close code for frames over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -31,8 +33,10 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
     let tracker = state.tracker.clone();
     let shutdown = state.shutdown.child_token();
     let mut resp = ws
-        .read_buffer_size(4096)
-        .write_buffer_size(16 * 1024)
+        // Small buffers: an idle connection keeps their capacity. Larger
+        // messages grow the read buffer only while they are read.
+        .read_buffer_size(1024)
+        .write_buffer_size(1024)
         .max_write_buffer_size(limits.outbox_bytes.max(max) * 2)
         .max_message_size(max)
         .max_frame_size(max)
@@ -84,12 +88,14 @@ impl RateLimit {
     }
 }
 
-async fn read_loop(
+async fn read_loop<S>(
     hub: &Arc<Hub>,
-    mut stream: SplitStream<WebSocket>,
+    mut stream: S,
     outbox: &Arc<Outbox>,
     cancel: &CancellationToken,
-) {
+) where
+    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
     let limits = hub.config.limits.clone();
     let mut session: Option<Arc<str>> = None;
     let mut is_guest = false;
@@ -98,14 +104,26 @@ async fn read_loop(
     let mut last_read = Instant::now();
     let mut rate = RateLimit::new(limits.messages_per_second);
     let mut warned_rate = false;
+    // One timer for the connection, re-armed lazily: reads only move
+    // `last_read`; when the timer fires early it is set to the real deadline.
+    let timer = tokio::time::sleep(limits.read_timeout);
+    tokio::pin!(timer);
+    let mut armed_for = last_read + limits.read_timeout;
+    for d in [hello_deadline, room_deadline].into_iter().flatten() {
+        armed_for = armed_for.min(d);
+    }
+    timer.as_mut().reset(armed_for.into());
     loop {
-        let mut deadline = last_read + limits.read_timeout;
-        for d in [hello_deadline, room_deadline].into_iter().flatten() {
-            deadline = deadline.min(d);
+        // Hello and room deadlines may be earlier than what the timer is set to.
+        if let Some(d) = [hello_deadline, room_deadline].into_iter().flatten().min() {
+            if d < armed_for {
+                armed_for = d;
+                timer.as_mut().reset(d.into());
+            }
         }
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(deadline.into()) => None,
+            _ = &mut timer => None,
             m = stream.next() => Some(m),
         };
         let now = Instant::now();
@@ -137,6 +155,11 @@ async fn read_loop(
                 outbox.close(1000, "read timeout");
                 break;
             }
+            armed_for = last_read + limits.read_timeout;
+            for d in [hello_deadline, room_deadline].into_iter().flatten() {
+                armed_for = armed_for.min(d);
+            }
+            timer.as_mut().reset(armed_for.into());
             continue;
         };
         last_read = now;
@@ -181,75 +204,38 @@ async fn read_loop(
             continue;
         }
         warned_rate = false;
-        let parsed: ClientMessage = match serde_json::from_str(text.as_str()) {
-            Ok(m) => m,
-            Err(e) => {
-                let id = serde_json::from_str::<IdOnly>(text.as_str())
-                    .ok()
-                    .and_then(|i| i.id);
-                outbox.push(error_frame(
-                    id.as_deref(),
-                    &invalid_format(format!("invalid message: {e}")),
-                ));
-                continue;
-            }
-        };
-        hub.metrics
-            .client_messages
-            .with_label_values(&[parsed.kind.as_str()])
-            .inc();
-        match &session {
-            None => {
-                if parsed.kind != "hello" {
-                    outbox.push(error_frame(
-                        parsed.id.as_deref(),
-                        &ProtocolError::new(error::HELLO_EXPECTED, "Expected Hello request."),
-                    ));
-                    continue;
+        match on_text(hub, outbox, session.as_ref(), text.as_str()) {
+            Step::Done => {}
+            Step::Hello(pending) => match pending.await {
+                Ok(ok) => {
+                    hello_deadline = None;
+                    is_guest = ok.must_join_room;
+                    if ok.must_join_room {
+                        room_deadline = Some(Instant::now() + limits.room_timeout);
+                    }
+                    session = Some(ok.sid);
                 }
-                let Some(hello) = parsed.hello else {
-                    outbox.push(error_frame(
-                        parsed.id.as_deref(),
-                        &invalid_format("hello missing"),
-                    ));
-                    continue;
-                };
-                match hub.hello(outbox, parsed.id.as_deref(), hello).await {
-                    Ok(ok) => {
-                        hello_deadline = None;
-                        is_guest = ok.must_join_room;
-                        if ok.must_join_room {
-                            room_deadline = Some(Instant::now() + limits.room_timeout);
-                        }
-                        session = Some(ok.sid);
-                    }
-                    Err(e) => {
-                        outbox.push(error_frame(parsed.id.as_deref(), &e));
-                    }
+                Err((id, e)) => {
+                    outbox.push(error_frame(id.as_deref(), &e));
+                }
+            },
+            Step::Room(join) => {
+                if let Some(join) = join {
+                    join.await;
+                }
+                if let (true, Some(sid)) = (is_guest, &session) {
+                    room_deadline = if hub.in_room(sid) {
+                        None
+                    } else {
+                        Some(Instant::now() + limits.room_timeout)
+                    };
                 }
             }
-            Some(sid) => {
-                if outbox.is_closing() {
-                    break;
-                }
-                let sid = sid.clone();
-                let kind = parsed.kind.clone();
-                hub.handle(&sid, parsed).await;
-                match kind.as_str() {
-                    "bye" => {
-                        session = None;
-                        break;
-                    }
-                    "room" if is_guest => {
-                        room_deadline = if hub.in_room(&sid) {
-                            None
-                        } else {
-                            Some(Instant::now() + limits.room_timeout)
-                        };
-                    }
-                    _ => {}
-                }
+            Step::Bye => {
+                session = None;
+                break;
             }
+            Step::Closing => break,
         }
     }
     if let Some(sid) = session {
@@ -257,6 +243,71 @@ async fn read_loop(
     }
     // Let the writer send what is queued (bye, errors), then close.
     outbox.close(1000, "");
+}
+
+/// A hello waiting for Nextcloud; on failure carries the request id.
+type PendingHello =
+    Pin<Box<dyn Future<Output = Result<HelloOk, (Option<String>, ProtocolError)>> + Send>>;
+
+/// What the reader does after a text message was handled synchronously.
+/// The futures are boxed: they are rare and large, and would otherwise be
+/// part of every idle connection's task.
+enum Step {
+    Done,
+    Hello(PendingHello),
+    Room(Option<Pin<Box<dyn Future<Output = ()> + Send>>>),
+    Bye,
+    Closing,
+}
+
+/// Parses and handles one text message (no await: nothing here is held by
+/// an idle connection).
+fn on_text(hub: &Arc<Hub>, outbox: &Arc<Outbox>, session: Option<&Arc<str>>, text: &str) -> Step {
+    let parsed: ClientMessage = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
+            outbox.push(error_frame(
+                id.as_deref(),
+                &invalid_format(format!("invalid message: {e}")),
+            ));
+            return Step::Done;
+        }
+    };
+    hub.metrics.client_message(&parsed.kind);
+    let Some(sid) = session else {
+        if parsed.kind != "hello" {
+            outbox.push(error_frame(
+                parsed.id.as_deref(),
+                &ProtocolError::new(error::HELLO_EXPECTED, "Expected Hello request."),
+            ));
+            return Step::Done;
+        }
+        let ClientMessage { id, hello, .. } = parsed;
+        let Some(hello) = hello else {
+            outbox.push(error_frame(id.as_deref(), &invalid_format("hello missing")));
+            return Step::Done;
+        };
+        let (hub, outbox) = (hub.clone(), outbox.clone());
+        return Step::Hello(Box::pin(async move {
+            hub.hello(&outbox, id.as_deref(), hello)
+                .await
+                .map_err(|e| (id, e))
+        }));
+    };
+    if outbox.is_closing() {
+        return Step::Closing;
+    }
+    let kind_room = parsed.kind == "room";
+    let kind_bye = parsed.kind == "bye";
+    let join = hub.handle(sid, parsed);
+    if kind_bye {
+        Step::Bye
+    } else if kind_room {
+        Step::Room(join)
+    } else {
+        Step::Done
+    }
 }
 
 async fn write_loop(
@@ -313,5 +364,34 @@ async fn write_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every connection's task embeds the reader's future; keep it small
+    /// (idle memory per session is a budget).
+    #[test]
+    fn the_connection_reader_future_stays_small() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let cfg = crate::config::Config::parse("[sessions]\nhashkey=x\n").unwrap();
+            let hub =
+                crate::hub::Hub::new(std::sync::Arc::new(cfg), crate::metrics::Metrics::new())
+                    .unwrap();
+            let outbox = hub.new_outbox();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let stream =
+                futures_util::stream::empty::<Result<axum::extract::ws::Message, axum::Error>>();
+            let n = size(&super::read_loop(&hub, stream, &outbox, &cancel));
+            eprintln!("reader future: {n} bytes");
+            assert!(n <= 1024, "reader future is {n} bytes");
+        });
     }
 }

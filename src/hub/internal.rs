@@ -68,7 +68,7 @@ impl State {
 
 impl Hub {
     /// Handles an `internal` message.
-    pub(crate) async fn internal(
+    pub(crate) fn internal(
         self: &Arc<Self>,
         sid: &Arc<str>,
         id: Option<&str>,

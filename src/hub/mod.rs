@@ -5,6 +5,7 @@
 
 pub mod backend_api;
 mod hello;
+pub use hello::HelloOk;
 mod internal;
 mod messages;
 pub mod outbox;
@@ -239,8 +240,15 @@ impl Hub {
         self.lock().sessions.map.len()
     }
 
-    /// Handles a message of an authenticated session.
-    pub async fn handle(self: &Arc<Self>, sid: &Arc<str>, msg: ClientMessage) {
+    /// Handles a message of an authenticated session. Everything is done at
+    /// once except a room join, which needs Nextcloud: its work is returned
+    /// as a boxed future, so the (large) backend request is not part of
+    /// every idle connection's task.
+    pub fn handle(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        msg: ClientMessage,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let id = msg.id.as_deref();
         match msg.kind.as_str() {
             "hello" => {
@@ -251,7 +259,12 @@ impl Hub {
             }
             "bye" => self.bye(sid, id),
             "room" => match msg.room {
-                Some(room) => self.room_request(sid, msg.id, room).await,
+                Some(room) => {
+                    let (hub, sid) = (self.clone(), sid.clone());
+                    return Some(Box::pin(async move {
+                        hub.room_request(&sid, msg.id, room).await
+                    }));
+                }
                 None => self.reply_error(sid, id, invalid_format("room body missing")),
             },
             "message" | "control" => {
@@ -270,7 +283,7 @@ impl Hub {
                 None => self.reply_error(sid, id, invalid_format("transient body missing")),
             },
             "internal" => match msg.internal {
-                Some(i) => self.internal(sid, id, i).await,
+                Some(i) => self.internal(sid, id, i),
                 None => self.reply_error(sid, id, invalid_format("internal body missing")),
             },
             other => self.reply_error(
@@ -279,6 +292,7 @@ impl Hub {
                 invalid_format(format!("unknown message type `{other}`")),
             ),
         }
+        None
     }
 
     /// Sends an error reply to a session.

@@ -14,6 +14,9 @@ use crate::api::client::RoomClientMessage;
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{event_frame, frame, RoomReply, TransientOut};
 
+/// Members per `join` event in the list a joiner receives.
+pub(crate) const JOIN_BATCH: usize = 8;
+
 /// A room `join` event entry, with the client features (`join-features`).
 #[derive(Serialize)]
 pub(crate) struct JoinEntry<'a> {
@@ -84,8 +87,16 @@ impl State {
         if !others.is_empty() {
             let entries: Vec<JoinEntry> =
                 others.iter().filter_map(|o| self.join_entry(o)).collect();
-            let f = event_frame("room", "join", &entries);
-            self.sessions.deliver(sid, &f);
+            // Batched in events of moderate size: a connection's write
+            // buffer keeps the capacity of the largest frame it wrote.
+            let frames: Vec<_> = entries
+                .chunks(JOIN_BATCH)
+                .map(|chunk| event_frame("room", "join", chunk))
+                .collect();
+            drop(entries);
+            for f in &frames {
+                self.sessions.deliver(sid, f);
+            }
         }
         if let Some(me) = self.join_entry(sid) {
             let f = event_frame("room", "join", &[me]);

@@ -205,6 +205,8 @@ async fn finish(
     sent: u64,
     expected: u64,
     counters: &Counters,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    sinks: Vec<futures_util::stream::SplitSink<crate::client::Ws, Message>>,
     cpu: Option<f64>,
 ) -> Report {
     // Let in-flight messages arrive (bounded wait).
@@ -213,6 +215,18 @@ async fn finish(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = counters.delivered.load(Ordering::Relaxed);
+    // Close the connections; the readers then end and hand in their samples.
+    for mut s in sinks {
+        let _ = s.close().await;
+    }
+    for r in readers {
+        if tokio::time::timeout(Duration::from_secs(5), r)
+            .await
+            .is_err()
+        {
+            eprintln!("a reader did not finish; its latency samples are missing");
+        }
+    }
     let mut lat = std::mem::take(&mut *counters.latencies.lock().unwrap());
     let secs = duration.as_secs_f64();
     Report {
@@ -286,11 +300,10 @@ pub async fn run_p2p(
     let elapsed = t0.elapsed();
     let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
-    let r = finish(ctx, "p2p", n, elapsed, total, total, &counters, cpu).await;
-    drop(sinks);
-    for r in readers {
-        r.abort();
-    }
+    let r = finish(
+        ctx, "p2p", n, elapsed, total, total, &counters, readers, sinks, cpu,
+    )
+    .await;
     Ok(r)
 }
 
@@ -362,13 +375,11 @@ pub async fn run_room(
         total,
         total * (n as u64 - 1),
         &counters,
+        readers,
+        idle,
         cpu,
     )
     .await;
-    drop(idle);
-    for r in readers {
-        r.abort();
-    }
     Ok(r)
 }
 
