@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bus;
 pub mod config;
 pub mod http;
 pub mod hub;

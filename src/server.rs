@@ -9,6 +9,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bus::nats::NatsBus;
+use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
@@ -56,11 +58,6 @@ impl Server {
         for s in &config.unsupported_sections {
             tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
         }
-        if !config.nats_urls.is_empty() {
-            anyhow::bail!(
-                "[nats] url: clustering over NATS is not implemented yet; remove the url (or use nats://loopback) to run the in-process bus"
-            );
-        }
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -77,9 +74,21 @@ impl Server {
             }
         };
         let addr = listener.local_addr()?;
-        let hub = Hub::new(config, Metrics::new())?;
         let shutdown = CancellationToken::new();
+        let pid = crate::bus::new_process_id();
+        let (bus, inbound): (Arc<dyn Bus>, _) = if config.nats_urls.is_empty() {
+            (Arc::new(LocalBus::new()), None)
+        } else {
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::bus::nats::INBOUND_QUEUE);
+            let bus = NatsBus::connect(&config.nats_urls, pid, tx).await?;
+            tracing::info!(urls = ?config.nats_urls, process = bus.pid(), "clustering over NATS");
+            (bus as Arc<dyn Bus>, Some(rx))
+        };
+        let hub = Hub::new(config, Metrics::new(), bus)?;
         hub.spawn_tasks(shutdown.clone());
+        if let Some(rx) = inbound {
+            hub.spawn_cluster(rx, shutdown.clone());
+        }
         let tracker = TaskTracker::new();
         let app = router(AppState {
             hub: hub.clone(),

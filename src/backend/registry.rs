@@ -112,6 +112,14 @@ impl BackendRegistry {
         None
     }
 
+    /// A backend by id (configured, or created for `allowall`).
+    pub fn by_id(&self, id: &str) -> Option<Arc<Backend>> {
+        if let Some(b) = self.backends.iter().find(|b| &*b.id == id) {
+            return Some(b.clone());
+        }
+        self.dynamic.lock().expect("registry lock").get(id).cloned()
+    }
+
     /// The only backend, when exactly one is configured (used when a
     /// request does not name its backend).
     pub fn single(&self) -> Option<(Arc<Backend>, String)> {

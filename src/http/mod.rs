@@ -166,7 +166,7 @@ async fn room_api(
         }
     };
     let url = backend_header.map(str::to_string).unwrap_or(base);
-    let reply = hub.backend_request(&backend, &url, &roomid, req).await;
+    let reply = hub.backend_api(&backend, &url, &roomid, req, &body).await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(reply.body)).into_response()
 }

@@ -382,9 +382,12 @@ mod size_tests {
             .unwrap();
         rt.block_on(async {
             let cfg = crate::config::Config::parse("[sessions]\nhashkey=x\n").unwrap();
-            let hub =
-                crate::hub::Hub::new(std::sync::Arc::new(cfg), crate::metrics::Metrics::new())
-                    .unwrap();
+            let hub = crate::hub::Hub::new(
+                std::sync::Arc::new(cfg),
+                crate::metrics::Metrics::new(),
+                std::sync::Arc::new(crate::bus::LocalBus::new()),
+            )
+            .unwrap();
             let outbox = hub.new_outbox();
             let cancel = tokio_util::sync::CancellationToken::new();
             let stream =

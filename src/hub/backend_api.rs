@@ -231,8 +231,55 @@ fn props_value(
     p.as_deref()
 }
 
+/// Checks that a request has the body its type needs.
+fn validate(req: &BackendRoomRequest) -> Option<ApiReply> {
+    let ok = match req.kind.as_str() {
+        "invite" | "disinvite" | "update" | "delete" => true,
+        "participants" => req.participants.is_some(),
+        "incall" => req.incall.is_some(),
+        "message" => req.message.is_some(),
+        "switchto" => req.switchto.is_some(),
+        "dialout" => req.dialout.is_some(),
+        other => return Some(bad_request(&format!("unsupported request type `{other}`"))),
+    };
+    (!ok).then(|| bad_request(&format!("{} missing", req.kind)))
+}
+
 impl Hub {
-    /// Applies a backend API request for `room_id` of `backend`.
+    /// Entry point of `POST /api/v1/room/{id}`. With other processes the
+    /// request is published and every process (this one included) applies
+    /// it to its own sessions in bus order; `dialout` is answered here.
+    pub async fn backend_api(
+        self: &Arc<Self>,
+        backend: &Arc<Backend>,
+        backend_url: &str,
+        room_id: &str,
+        req: BackendRoomRequest,
+        raw: &[u8],
+    ) -> ApiReply {
+        if let Some(err) = validate(&req) {
+            return err;
+        }
+        let bus = self.lock().bus.clone();
+        if bus.clustered() && req.kind != "dialout" {
+            let h = crate::bus::Header::Backend {
+                backend: backend.id.to_string(),
+                url: backend_url.to_string(),
+                room: room_id.to_string(),
+            };
+            bus.publish(
+                crate::bus::SUBJECT_ALL.to_string(),
+                crate::bus::encode(&h, Some(raw)),
+            );
+            bus.flush().await;
+            return ApiReply::ok();
+        }
+        self.backend_request(backend, backend_url, room_id, req)
+            .await
+    }
+
+    /// Applies a backend API request for `room_id` of `backend` to the
+    /// sessions of this process.
     pub async fn backend_request(
         self: &Arc<Self>,
         backend: &Arc<Backend>,

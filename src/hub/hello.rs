@@ -62,6 +62,27 @@ impl Hub {
             ));
         }
         if let Some(resume_id) = hello.resumeid.as_deref().filter(|r| !r.is_empty()) {
+            let known = self.lock().resume_ids.contains_key(resume_id);
+            if !known {
+                // The session may live on another process: take it over.
+                if let Some(h) = self.fetch_session(resume_id).await {
+                    if let Some(r) = &h.room {
+                        let key = super::room::RoomKey {
+                            backend: h.backend.as_str().into(),
+                            room: r.as_str().into(),
+                        };
+                        self.prepare_room(&key).await;
+                    }
+                    let mut st = self.lock();
+                    if let Some(sid) = self.adopt_session(&mut st, h, conn.clone()) {
+                        // Detached again: `resume` attaches and flushes in order.
+                        if let Some(s) = st.sessions.map.get_mut(&sid) {
+                            s.conn = None;
+                            s.queue_bytes = s.queue.iter().map(|f| f.len()).sum();
+                        }
+                    }
+                }
+            }
             return self.resume(conn, id, &hello.version, resume_id);
         }
         let Some(auth) = hello.auth else {
@@ -261,8 +282,9 @@ impl Hub {
         features: Vec<String>,
         ident: Identity,
     ) -> Result<HelloOk, ProtocolError> {
-        let sid = new_id();
-        let resume_id = new_id();
+        let pid = self.lock().bus.pid().to_string();
+        let sid: Arc<str> = format!("{pid}{}", new_id()).into();
+        let resume_id: Arc<str> = format!("{pid}{}", new_id()).into();
         let is_client = ident.kind == SessionKind::Client;
         let server_features = if is_client {
             CLIENT_FEATURES
@@ -286,7 +308,8 @@ impl Hub {
         let must_join_room = is_client && ident.user_id.is_none();
         let mut st = self.lock();
         if is_client && ident.backend.session_limit > 0 {
-            let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0);
+            let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0)
+                + st.remote_session_count(&ident.backend.id);
             if count >= ident.backend.session_limit {
                 return Err(ProtocolError::new(
                     error::SESSION_LIMIT_EXCEEDED,

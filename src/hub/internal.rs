@@ -39,18 +39,30 @@ impl State {
             .unwrap_or(0);
         room.members
             .iter()
-            .filter_map(|m| self.sessions.map.get(m))
-            .filter_map(|s| {
-                let tag = match s.kind {
-                    SessionKind::Internal => "internal",
-                    SessionKind::Virtual { .. } => "virtual",
-                    SessionKind::Client => return None,
+            .filter_map(|m| {
+                let (kind, in_call, id) = match self.sessions.map.get(m) {
+                    Some(s) => (
+                        match s.kind {
+                            SessionKind::Internal => "internal",
+                            SessionKind::Virtual { .. } => "virtual",
+                            SessionKind::Client => return None,
+                        },
+                        s.in_call,
+                        &*s.id,
+                    ),
+                    None => {
+                        let r = &self.remote.get(m)?.info;
+                        (r.kind.as_str(), r.in_call, r.sid.as_str())
+                    }
                 };
+                if kind == "client" {
+                    return None;
+                }
                 Some(serde_json::json!({
-                    "inCall": s.in_call,
-                    "sessionId": &*s.id,
+                    "inCall": in_call,
+                    "sessionId": id,
                     "lastPing": now,
-                    tag: true,
+                    kind: true,
                 }))
             })
             .collect()
@@ -122,6 +134,9 @@ impl Hub {
                         v.flags = f;
                     }
                     let new_flags = v.flags;
+                    if let Some(room) = &room {
+                        st.publish_member(room, &vsid, false);
+                    }
                     if let Some(room) = room {
                         if incall_changed {
                             st.publish_internal_incall(&room);
@@ -172,6 +187,7 @@ impl Hub {
                     let changed = s.in_call != i.incall;
                     s.in_call = i.incall;
                     if let (true, Some(room)) = (changed, s.room.clone()) {
+                        st.publish_member(&room, sid, false);
                         st.publish_internal_incall(&room);
                     }
                     st.reap();
@@ -223,7 +239,7 @@ impl Hub {
         } else {
             flags::IN_CALL | flags::WITH_PHONE
         };
-        let vsid = new_id();
+        let vsid: Arc<str> = format!("{}{}", st.bus.pid(), new_id()).into();
         let v = Session {
             id: vsid.clone(),
             resume_id: None,
@@ -259,7 +275,15 @@ impl Hub {
         if let Some(o) = st.sessions.map.get_mut(sid) {
             o.virtuals.insert(add.sessionid.clone(), vsid.clone());
         }
-        st.join_room(&vsid, None, key.clone(), None, None, Some(vsid.clone()));
+        st.join_room(
+            &vsid,
+            None,
+            key.clone(),
+            None,
+            None,
+            Some(vsid.clone()),
+            false,
+        );
         st.publish_internal_incall(&key);
         if vflags != 0 {
             st.flags_event(&key, &vsid, vflags);

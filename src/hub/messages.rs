@@ -99,7 +99,32 @@ impl Hub {
                         invalid_format("recipient sessionid missing"),
                     );
                 };
+                if target == &**sid {
+                    // Don't loop messages back to the sender.
+                    return;
+                }
                 let Some(t) = st.sessions.map.get(target) else {
+                    // On another process?
+                    if let Some(r) = st.remote.get(target).map(|r| r.info.clone()) {
+                        if let (Some(owner), Some(client_sid)) = (&r.virtual_owner, &r.client_sid) {
+                            let f = out(Some(RecipientOut {
+                                kind: "session",
+                                sessionid: client_sid,
+                            }));
+                            if st.sessions.map.contains_key(owner.as_str()) {
+                                st.sessions.deliver(owner, &f);
+                            } else {
+                                st.send_to_remote_session(owner, &f);
+                            }
+                        } else {
+                            st.send_to_remote_session(target, &out(None));
+                        }
+                        st.reap();
+                        return;
+                    }
+                    if st.send_to_remote_session(target, &out(None)) {
+                        return;
+                    }
                     drop(st);
                     return self.reply_error(
                         sid,
@@ -137,6 +162,7 @@ impl Hub {
                 };
                 let f = out(None);
                 st.send_to_user(&backend, user, &f, Some(sid));
+                st.publish_user_frame(&backend, user, &f, Some(sid));
             }
             "room" => {
                 let Some(key) = sender_room else {
@@ -149,6 +175,7 @@ impl Hub {
                 };
                 let f = out(None);
                 st.broadcast(&key, &f, Some(sid));
+                st.publish_room_frame(&key, &f, Some(sid));
             }
             other => {
                 drop(st);

@@ -4,6 +4,7 @@
 //! and every frame is serialized before the lock is taken or once inside it.
 
 pub mod backend_api;
+mod cluster;
 mod hello;
 pub use hello::HelloOk;
 mod internal;
@@ -29,6 +30,7 @@ use crate::api::server::{error_frame, frame, Bye, Frame, ServerInfo};
 use crate::backend::capabilities::CapabilitiesCache;
 use crate::backend::client::BackendClient;
 use crate::backend::registry::BackendRegistry;
+use crate::bus::Bus;
 use crate::config::{ClientLimits, Config};
 use crate::metrics::Metrics;
 use outbox::{Outbox, Push, CLOSE_OVERFLOW};
@@ -145,6 +147,14 @@ pub(crate) struct State {
     pub ttl: BTreeMap<(Instant, u64), (RoomKey, String)>,
     pub ttl_seq: u64,
     pub client: BackendClient,
+    /// The bus to other processes (a no-op in a single process).
+    pub bus: Arc<dyn Bus>,
+    /// Members of local rooms connected to other processes.
+    pub remote: HashMap<Arc<str>, cluster::RemoteMember>,
+    /// Other processes, from their heartbeats.
+    pub processes: HashMap<String, cluster::ProcessInfo>,
+    /// Sessions handed over to another process on resume: sid -> process.
+    pub moved: HashMap<Arc<str>, (String, Instant)>,
 }
 
 /// A backend dialout request waiting for an internal client's answer.
@@ -175,7 +185,11 @@ pub struct Hub {
 
 impl Hub {
     /// Builds the hub from a validated config.
-    pub fn new(config: Arc<Config>, metrics: Metrics) -> anyhow::Result<Arc<Hub>> {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Metrics,
+        bus: Arc<dyn Bus>,
+    ) -> anyhow::Result<Arc<Hub>> {
         let features = all_features().join(", ");
         let client = BackendClient::new(
             config.backend.timeout,
@@ -208,6 +222,10 @@ impl Hub {
                 ttl: BTreeMap::new(),
                 ttl_seq: 0,
                 client: client.clone(),
+                bus,
+                remote: HashMap::new(),
+                processes: HashMap::new(),
+                moved: HashMap::new(),
             }),
             client,
             caps: CapabilitiesCache::default(),
@@ -371,6 +389,34 @@ impl Hub {
     }
 }
 
+/// Tells Nextcloud (in the background) that a session left a room.
+pub(crate) fn notify_backend_leave(
+    client: &BackendClient,
+    url: Arc<str>,
+    base: Arc<str>,
+    secret: Vec<u8>,
+    room: Arc<str>,
+    user_id: Option<Arc<str>>,
+    room_session_id: Arc<str>,
+) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let req = RoomRequest {
+            version: "1.0",
+            roomid: &room,
+            userid: user_id.as_deref().unwrap_or(""),
+            sessionid: &room_session_id,
+            action: "leave",
+            actor_id: None,
+            actor_type: None,
+            in_call: None,
+        };
+        if let Err(e) = client.post(&url, &base, &secret, "room", &req).await {
+            tracing::warn!(room = %room, "could not tell backend about leave: {e}");
+        }
+    });
+}
+
 /// An `invalid_format` error.
 pub fn invalid_format(msg: impl Into<String>) -> ProtocolError {
     ProtocolError::new(error::INVALID_FORMAT, msg)
@@ -481,7 +527,6 @@ impl State {
         let secret = s.backend.secret.clone();
         let notify_virtual = notify_backend && is_virtual;
 
-        let mut empty = false;
         if let Some(room) = self.rooms.get_mut(&key) {
             room.remove_member(sid);
             if let Some(rs) = &room_session_id {
@@ -489,16 +534,25 @@ impl State {
                     room.nc_sessions.remove(rs);
                 }
             }
-            empty = room.members.is_empty();
+        }
+        if self.bus.clustered() {
+            let h = crate::bus::Header::Left {
+                from: self.bus.pid().to_string(),
+                backend: key.backend.to_string(),
+                room: key.room.to_string(),
+                sid: sid.to_string(),
+            };
+            self.bus.publish(
+                crate::bus::room_subject(&key.backend, &key.room),
+                crate::bus::encode(&h, None),
+            );
         }
         let leave = crate::api::server::event_frame("room", "leave", &[&**sid]);
         self.broadcast(&key, &leave, None);
         if is_virtual {
             self.publish_internal_incall(&key);
         }
-        if empty {
-            self.rooms.remove(&key);
-        }
+        self.drop_room_if_unserved(&key);
         if notify_virtual {
             let client = self.client.clone();
             let room_id = key.room.clone();
@@ -520,28 +574,37 @@ impl State {
                 }
             });
         } else if let (true, Some(rs)) = (notify, room_session_id) {
-            let client = self.client.clone();
-            let room_id = key.room.clone();
-            tokio::spawn(async move {
-                let req = RoomRequest {
-                    version: "1.0",
-                    roomid: &room_id,
-                    userid: user_id.as_deref().unwrap_or(""),
-                    sessionid: &rs,
-                    action: "leave",
-                    actor_id: None,
-                    actor_type: None,
-                    in_call: None,
-                };
-                if let Err(e) = client
-                    .post(&backend_url, &backend_base, &secret, "room", &req)
-                    .await
-                {
-                    tracing::warn!(room = %room_id, "could not tell backend about leave: {e}");
-                }
-            });
+            notify_backend_leave(
+                &self.client,
+                backend_url,
+                backend_base,
+                secret,
+                key.room.clone(),
+                user_id,
+                rs,
+            );
         }
         Some(key)
+    }
+
+    /// Forgets a room once no local session is in it (members on other
+    /// processes no longer matter here).
+    pub fn drop_room_if_unserved(&mut self, key: &RoomKey) {
+        let Some(room) = self.rooms.get(key) else {
+            return;
+        };
+        if room
+            .members
+            .iter()
+            .any(|m| self.sessions.map.contains_key(m))
+        {
+            return;
+        }
+        if let Some(room) = self.rooms.remove(key) {
+            for m in room.members {
+                self.remote.remove(&m);
+            }
+        }
     }
 
     /// Public ids of the sessions in a room matching a set of Nextcloud session ids.

@@ -22,6 +22,8 @@ pub struct TransientEntry {
     pub value: Box<RawValue>,
     /// Expiry and its sequence number in the hub's timer.
     pub expires: Option<(Instant, u64)>,
+    /// Order of application (the same on every process).
+    pub version: u64,
 }
 
 /// A room with at least one session.
@@ -41,6 +43,11 @@ pub struct Room {
     /// Participants as last reported by Nextcloud (by Nextcloud session id),
     /// for `changed-users` where Nextcloud sends only changes.
     pub participants: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// Version counter of the transient data.
+    pub transient_version: u64,
+    /// Members of other processes that left before their join was known
+    /// (while a snapshot was on its way): not to be added by the snapshot.
+    pub departed: std::collections::HashSet<Arc<str>>,
 }
 
 impl Room {
@@ -54,6 +61,8 @@ impl Room {
             backend_url,
             backend_base,
             participants: BTreeMap::new(),
+            transient_version: 0,
+            departed: Default::default(),
         }
     }
 

@@ -12,7 +12,7 @@ use super::{Hub, State};
 use crate::api::backend::RoomRequest;
 use crate::api::client::RoomClientMessage;
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::{event_frame, frame, RoomReply, TransientOut};
+use crate::api::server::{event_frame, frame, Frame, RoomReply, TransientOut};
 
 /// Members per `join` event in the list a joiner receives.
 pub(crate) const JOIN_BATCH: usize = 8;
@@ -31,20 +31,40 @@ pub(crate) struct JoinEntry<'a> {
 }
 
 impl State {
-    /// The `join` entry of a session.
+    /// The `join` entry of a session, local or on another process.
     pub(crate) fn join_entry<'a>(&'a self, sid: &'a str) -> Option<JoinEntry<'a>> {
-        let s = self.sessions.map.get(sid)?;
+        if let Some(s) = self.sessions.map.get(sid) {
+            return Some(JoinEntry {
+                sessionid: &s.id,
+                userid: s.user_id.as_deref().unwrap_or(""),
+                user: s.user.as_deref(),
+                roomsessionid: s.room_session_id.as_deref(),
+                features: &s.features,
+            });
+        }
+        let r = &self.remote.get(sid)?.info;
         Some(JoinEntry {
-            sessionid: &s.id,
-            userid: s.user_id.as_deref().unwrap_or(""),
-            user: s.user.as_deref(),
-            roomsessionid: s.room_session_id.as_deref(),
-            features: &s.features,
+            sessionid: &r.sid,
+            userid: r.userid.as_deref().unwrap_or(""),
+            user: r.user.as_deref(),
+            roomsessionid: r.roomsessionid.as_deref(),
+            features: &r.features,
         })
+    }
+
+    /// Flags of a virtual session (local or remote), if it is one.
+    fn virtual_flags(&self, sid: &str) -> Option<u32> {
+        if let Some(s) = self.sessions.map.get(sid) {
+            return s.is_virtual().then_some(s.flags);
+        }
+        let r = &self.remote.get(sid)?.info;
+        (r.kind == "virtual").then_some(r.flags)
     }
 
     /// Puts a session into a room: reply to the joiner, the members list to
     /// the joiner, the join event to everybody, then the transient data.
+    /// With `hold`, the joiner's frames are returned instead of delivered
+    /// (the caller first makes sure other processes saw the join).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn join_room(
         &mut self,
@@ -54,9 +74,10 @@ impl State {
         properties: Option<Arc<RawValue>>,
         permissions: Option<Vec<String>>,
         room_session_id: Option<Arc<str>>,
-    ) {
+        hold: bool,
+    ) -> Vec<Frame> {
         let Some(s) = self.sessions.map.get_mut(sid) else {
-            return;
+            return Vec::new();
         };
         s.room = Some(key.clone());
         s.room_session_id = room_session_id.clone();
@@ -69,54 +90,44 @@ impl State {
         if properties.is_some() {
             room.properties = properties;
         }
-        let reply = frame(
+        let mut mine = vec![frame(
             id,
             "room",
             &RoomReply {
                 roomid: &key.room,
                 properties: room.properties.as_deref(),
             },
-        );
+        )];
         let others: Vec<Arc<str>> = room.members.clone();
         room.members.push(sid.clone());
         if let Some(rs) = room_session_id {
             room.nc_sessions.insert(rs, sid.clone());
         }
-        self.sessions.deliver(sid, &reply);
-
         if !others.is_empty() {
             let entries: Vec<JoinEntry> =
                 others.iter().filter_map(|o| self.join_entry(o)).collect();
             // Batched in events of moderate size: a connection's write
             // buffer keeps the capacity of the largest frame it wrote.
-            let frames: Vec<_> = entries
-                .chunks(JOIN_BATCH)
-                .map(|chunk| event_frame("room", "join", chunk))
-                .collect();
-            drop(entries);
-            for f in &frames {
-                self.sessions.deliver(sid, f);
-            }
+            mine.extend(
+                entries
+                    .chunks(JOIN_BATCH)
+                    .map(|chunk| event_frame("room", "join", chunk)),
+            );
         }
         if let Some(me) = self.join_entry(sid) {
             let f = event_frame("room", "join", &[me]);
-            self.broadcast(&key, &f, None);
+            self.broadcast(&key, &f, Some(sid));
+            mine.push(f);
         }
         // Flags of virtual sessions already in the room.
-        let flag_frames: Vec<_> = others
-            .iter()
-            .filter_map(|o| self.sessions.map.get(o))
-            .filter(|o| o.is_virtual() && o.flags != 0)
-            .map(|o| {
-                event_frame(
+        for o in &others {
+            if let Some(flags) = self.virtual_flags(o).filter(|f| *f != 0) {
+                mine.push(event_frame(
                     "participants",
                     "flags",
-                    &serde_json::json!({"roomid": &*key.room, "sessionid": &*o.id, "flags": o.flags}),
-                )
-            })
-            .collect();
-        for f in &flag_frames {
-            self.sessions.deliver(sid, f);
+                    &serde_json::json!({"roomid": &*key.room, "sessionid": &**o, "flags": flags}),
+                ));
+            }
         }
         if let Some(room) = self.rooms.get(&key) {
             if !room.transient.is_empty() {
@@ -125,7 +136,7 @@ impl State {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.value.clone()))
                     .collect();
-                let f = frame(
+                mine.push(frame(
                     None,
                     "transient",
                     &TransientOut {
@@ -135,7 +146,12 @@ impl State {
                         oldvalue: None,
                         data: Some(&data),
                     },
-                );
+                ));
+            }
+        }
+        self.publish_member(&key, sid, true);
+        if !hold {
+            for f in mine.drain(..) {
                 self.sessions.deliver(sid, &f);
             }
         }
@@ -147,6 +163,7 @@ impl State {
         if is_internal {
             self.publish_internal_incall(&key);
         }
+        mine
     }
 }
 
@@ -270,12 +287,29 @@ impl Hub {
             }
         };
 
-        let mut st = self.lock();
-        if !st.sessions.map.contains_key(sid) {
-            return;
+        // With other processes: learn who is in the room there first.
+        self.prepare_room(&key).await;
+        let hold = self.lock().bus.clustered();
+        let held = {
+            let mut st = self.lock();
+            if !st.sessions.map.contains_key(sid) {
+                return;
+            }
+            st.leave_room(sid, true);
+            let held = st.join_room(sid, id, key, properties, permissions, nc_session, hold);
+            st.reap();
+            held
+        };
+        if hold {
+            // The other processes have the join before the client hears
+            // about it (and could make Nextcloud send events about it).
+            let bus = self.lock().bus.clone();
+            bus.flush().await;
+            let mut st = self.lock();
+            for f in &held {
+                st.sessions.deliver(sid, f);
+            }
+            st.reap();
         }
-        st.leave_room(sid, true);
-        st.join_room(sid, id, key, properties, permissions, nc_session);
-        st.reap();
     }
 }

@@ -92,11 +92,13 @@ impl State {
                 return earliest;
             }
         }
+        room.transient_version += 1;
         let old = room.transient.insert(
             name.to_string(),
             TransientEntry {
                 value: value.clone(),
                 expires,
+                version: room.transient_version,
             },
         );
         if let Some(e) = &old {
@@ -137,9 +139,27 @@ impl State {
                 .rooms
                 .get(&room_key)
                 .and_then(|r| r.transient.get(&name))
-                .is_some_and(|e| e.expires == Some((at, seq)));
-            if current {
-                self.remove_transient(&room_key, &name);
+                .filter(|e| e.expires == Some((at, seq)))
+                .map(|e| e.version);
+            if let Some(version) = current {
+                if self.bus.clustered() {
+                    // Every process publishes the removal; the first one
+                    // applies, the others no longer match the version.
+                    let h = crate::bus::Header::Transient {
+                        backend: room_key.backend.to_string(),
+                        room: room_key.room.to_string(),
+                        key: name.clone(),
+                        value: None,
+                        ttl_ns: None,
+                        if_version: Some(version),
+                    };
+                    self.bus.publish(
+                        crate::bus::room_subject(&room_key.backend, &room_key.room),
+                        crate::bus::encode(&h, None),
+                    );
+                } else {
+                    self.remove_transient(&room_key, &name);
+                }
             }
         }
         None
@@ -186,7 +206,23 @@ impl Hub {
                 ProtocolError::new(error::NOT_ALLOWED, "Not allowed to update transient data."),
             );
         }
-        let wake = if t.kind == "set" {
+        let wake = if st.bus.clustered() {
+            // Applied by every process (this one too) in bus order.
+            let value = if t.kind == "set" { t.value } else { None };
+            let h = crate::bus::Header::Transient {
+                backend: key.backend.to_string(),
+                room: key.room.to_string(),
+                key: t.key.clone(),
+                value,
+                ttl_ns: ttl.map(|d| d.as_nanos() as u64),
+                if_version: None,
+            };
+            st.bus.publish(
+                crate::bus::room_subject(&key.backend, &key.room),
+                crate::bus::encode(&h, None),
+            );
+            false
+        } else if t.kind == "set" {
             st.set_transient(&key, &t.key, t.value, ttl)
         } else {
             st.remove_transient(&key, &t.key);

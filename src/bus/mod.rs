@@ -1,0 +1,360 @@
+//! Cross-process events behind one trait. The in-process bus (the default,
+//! also what `nats://loopback` means) has no other processes to talk to;
+//! the NATS bus connects several server processes.
+//!
+//! Wire format of a bus message: one line of JSON ([`Header`]), `\n`, then
+//! an optional body (a serialized client frame, forwarded as is).
+
+pub mod nats;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Subject every process listens to: user frames, backend requests, heartbeats.
+pub const SUBJECT_ALL: &str = "signaling.all";
+
+/// Subject of one process (session frames, resume hand-over).
+pub fn process_subject(pid: &str) -> String {
+    format!("signaling.process.{pid}")
+}
+
+/// Subject of one room of one backend.
+pub fn room_subject(backend: &str, room: &str) -> String {
+    use base64::Engine;
+    let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("signaling.room.{}.{}", e(backend), e(room))
+}
+
+/// A member of a room as every process knows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Public session id.
+    pub sid: String,
+    /// Process the session is connected to.
+    pub owner: String,
+    /// User id, if any.
+    #[serde(default)]
+    pub userid: Option<String>,
+    /// User data.
+    #[serde(default)]
+    pub user: Option<Box<RawValue>>,
+    /// Nextcloud session id of the room join.
+    #[serde(default)]
+    pub roomsessionid: Option<String>,
+    /// Client features.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// client, internal or virtual.
+    pub kind: String,
+    /// For virtual sessions: the internal client's session id.
+    #[serde(default)]
+    pub virtual_owner: Option<String>,
+    /// For virtual sessions: the id the internal client chose.
+    #[serde(default)]
+    pub client_sid: Option<String>,
+    /// In-call flags (internal / virtual).
+    #[serde(default)]
+    pub in_call: u32,
+    /// Participant flags (virtual).
+    #[serde(default)]
+    pub flags: u32,
+}
+
+/// A transient value in a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransientSnapshot {
+    /// Key.
+    pub key: String,
+    /// Value.
+    pub value: Box<RawValue>,
+    /// Version (order of application).
+    pub version: u64,
+    /// Remaining time to live, nanoseconds.
+    #[serde(default)]
+    pub ttl_ns: Option<u64>,
+}
+
+/// What a process knows about a room, sent to a process that starts serving it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RoomSnapshot {
+    /// The replying process's local members.
+    pub members: Vec<MemberInfo>,
+    /// Transient data.
+    pub transient: Vec<TransientSnapshot>,
+    /// Version counter of the transient data.
+    pub transient_version: u64,
+    /// Room properties.
+    #[serde(default)]
+    pub properties: Option<Box<RawValue>>,
+}
+
+/// A session handed over to another process on resume.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionHandover {
+    /// The session as a member (identity, room data).
+    pub member: MemberInfo,
+    /// Room the session is in.
+    pub room: Option<String>,
+    /// Resume id.
+    pub resume_id: String,
+    /// Backend id.
+    pub backend: String,
+    /// Backend base URL.
+    pub backend_base: String,
+    /// Nextcloud signaling URL.
+    pub backend_url: String,
+    /// Permissions.
+    pub permissions: Option<Vec<String>>,
+    /// Frames queued while disconnected.
+    pub queue: Vec<String>,
+}
+
+/// The header line of every bus message.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Header {
+    /// Liveness and session counts of a process.
+    Heartbeat {
+        /// Process id.
+        from: String,
+        /// Client sessions per backend id.
+        counts: std::collections::HashMap<String, u64>,
+    },
+    /// A process stops (clean shutdown).
+    Goodbye {
+        /// Process id.
+        from: String,
+    },
+    /// A session joined a room (published on the room subject).
+    Joined {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+        /// The member.
+        member: MemberInfo,
+    },
+    /// A member's data changed (flags, in-call, owner after resume).
+    Changed {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+        /// The member.
+        member: MemberInfo,
+    },
+    /// A session left a room.
+    Left {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+        /// Session id.
+        sid: String,
+    },
+    /// Deliver the body to every local member of the room but `except`.
+    RoomFrame {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+        /// Session not to deliver to.
+        #[serde(default)]
+        except: Option<String>,
+    },
+    /// Deliver the body to a session of the receiving process.
+    SessionFrame {
+        /// Session id.
+        sid: String,
+    },
+    /// Deliver the body to every local session of a user.
+    UserFrame {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// User id.
+        user: String,
+        /// Session not to deliver to.
+        #[serde(default)]
+        except: Option<String>,
+    },
+    /// A backend API request; the body is the request JSON. Every process
+    /// applies it to its local sessions, in bus order.
+    Backend {
+        /// Backend id.
+        backend: String,
+        /// Backend URL as the request named it.
+        url: String,
+        /// Room id.
+        room: String,
+    },
+    /// A transient data operation, applied by every process in bus order.
+    Transient {
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+        /// Key.
+        key: String,
+        /// New value (None = remove).
+        #[serde(default)]
+        value: Option<Box<RawValue>>,
+        /// TTL in nanoseconds.
+        #[serde(default)]
+        ttl_ns: Option<u64>,
+        /// For removals by TTL: only if the value still has this version.
+        #[serde(default)]
+        if_version: Option<u64>,
+    },
+    /// Asks the processes serving a room for a [`RoomSnapshot`].
+    SnapshotRequest {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+    },
+    /// Asks the owner of a resume id to hand the session over.
+    ResumeRequest {
+        /// Resume id.
+        resume_id: String,
+        /// Process taking the session.
+        to: String,
+    },
+}
+
+/// Encodes a header and an optional body into one bus message.
+pub fn encode(header: &Header, body: Option<&[u8]>) -> Bytes {
+    let mut out = serde_json::to_vec(header).expect("headers serialize");
+    out.push(b'\n');
+    if let Some(b) = body {
+        out.extend_from_slice(b);
+    }
+    Bytes::from(out)
+}
+
+/// Splits a bus message into header and body.
+pub fn decode(payload: &Bytes) -> Option<(Header, Bytes)> {
+    let nl = payload.iter().position(|b| *b == b'\n')?;
+    let header = serde_json::from_slice(&payload[..nl]).ok()?;
+    Some((header, payload.slice(nl + 1..)))
+}
+
+/// A message received from the bus.
+pub struct Inbound {
+    /// The subject it was published on.
+    pub subject: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Reply subject, for requests.
+    pub reply: Option<String>,
+}
+
+/// Boxed future of a request's replies.
+pub type Replies = Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>;
+
+/// The bus seen by the hub.
+pub trait Bus: Send + Sync {
+    /// This process's id (prefix of its session and resume ids).
+    fn pid(&self) -> &str;
+    /// True when other processes may exist (events must be published and
+    /// replicated state applied in bus order).
+    fn clustered(&self) -> bool;
+    /// Publishes without blocking; failures are logged.
+    fn publish(&self, subject: String, payload: Bytes);
+    /// Publishes a reply to a request.
+    fn reply(&self, subject: String, payload: Bytes) {
+        self.publish(subject, payload)
+    }
+    /// Sends a request and collects replies until `expected` arrived or
+    /// `timeout` passed.
+    fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        expected: usize,
+        timeout: Duration,
+    ) -> Replies;
+    /// Waits until everything published so far reached the server.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// The in-process bus: a single process, nothing to replicate.
+pub struct LocalBus {
+    pid: String,
+}
+
+impl LocalBus {
+    /// A local bus with a random process id.
+    pub fn new() -> Self {
+        LocalBus {
+            pid: new_process_id(),
+        }
+    }
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A random process id (8 URL-safe characters).
+pub fn new_process_id() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut b = [0u8; 6];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Bus for LocalBus {
+    fn pid(&self) -> &str {
+        &self.pid
+    }
+    fn clustered(&self) -> bool {
+        false
+    }
+    fn publish(&self, _subject: String, _payload: Bytes) {}
+    fn request(&self, _s: String, _p: Bytes, _e: usize, _t: Duration) -> Replies {
+        Box::pin(async { Vec::new() })
+    }
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_body_round_trip() {
+        let h = Header::SessionFrame { sid: "abc".into() };
+        let p = encode(&h, Some(b"{\"type\":\"x\"}\n"));
+        let (h2, body) = decode(&p).unwrap();
+        assert!(matches!(h2, Header::SessionFrame { sid } if sid == "abc"));
+        assert_eq!(&body[..], b"{\"type\":\"x\"}\n");
+        assert!(
+            room_subject("https://a.example", "room.1 x")
+                .split('.')
+                .count()
+                == 4
+        );
+    }
+}

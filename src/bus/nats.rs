@@ -1,0 +1,165 @@
+//! The NATS bus (async-nats). One wildcard subscription receives everything
+//! under `signaling.>` in the order the server sent it: room events, backend
+//! requests and session frames of different subjects stay causally ordered
+//! (async-nats would reorder across separate subscriptions). Each process
+//! therefore sees all bus traffic and drops what concerns rooms it does not
+//! serve; fine for a handful of processes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Bus, Inbound, Replies};
+
+/// Messages waiting to be published, bounded: while NATS is unreachable the
+/// oldest traffic is not kept forever.
+const PUBLISH_QUEUE: usize = 65_536;
+/// Messages received and not yet applied by the hub.
+pub const INBOUND_QUEUE: usize = 65_536;
+
+enum Out {
+    Msg(String, Bytes),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A connection to NATS shared by the whole process.
+pub struct NatsBus {
+    pid: String,
+    client: async_nats::Client,
+    out: mpsc::Sender<Out>,
+}
+
+impl NatsBus {
+    /// Connects (retrying in the background if the server is not up yet),
+    /// subscribes to `signaling.>` and forwards what arrives to `inbound`.
+    pub async fn connect(
+        urls: &[String],
+        pid: String,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> anyhow::Result<Arc<NatsBus>> {
+        let addrs: Vec<async_nats::ServerAddr> = urls
+            .iter()
+            .map(|u| u.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("[nats] url: {e}"))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("spreed-signaling {pid}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS, reconnecting")
+                    }
+                    async_nats::Event::SlowConsumer(_) => {
+                        tracing::warn!("NATS reports this process as a slow consumer")
+                    }
+                    other => tracing::info!("NATS: {other}"),
+                }
+            })
+            .connect(addrs)
+            .await?;
+        let mut sub = client.subscribe("signaling.>").await?;
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let item = Inbound {
+                    subject: m.subject.to_string(),
+                    payload: m.payload,
+                    reply: m.reply.map(|r| r.to_string()),
+                };
+                if inbound.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, mut rx) = mpsc::channel::<Out>(PUBLISH_QUEUE);
+        let publisher = client.clone();
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Out::Msg(subject, payload) => {
+                        if let Err(e) = publisher.publish(subject, payload).await {
+                            tracing::warn!("NATS publish failed: {e}");
+                        }
+                    }
+                    Out::Flush(done) => {
+                        if let Err(e) = publisher.flush().await {
+                            tracing::warn!("NATS flush failed: {e}");
+                        }
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Ok(Arc::new(NatsBus {
+            pid,
+            client,
+            out: tx,
+        }))
+    }
+}
+
+impl Bus for NatsBus {
+    fn pid(&self) -> &str {
+        &self.pid
+    }
+
+    fn clustered(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, subject: String, payload: Bytes) {
+        if let Err(e) = self.out.try_send(Out::Msg(subject, payload)) {
+            tracing::warn!("NATS publish queue full, dropping a bus message: {e}");
+        }
+    }
+
+    fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        expected: usize,
+        timeout: Duration,
+    ) -> Replies {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let inbox = client.new_inbox();
+            let Ok(mut sub) = client.subscribe(inbox.clone()).await else {
+                return Vec::new();
+            };
+            if client
+                .publish_with_reply(subject, inbox, payload)
+                .await
+                .is_err()
+            {
+                return Vec::new();
+            }
+            let _ = client.flush().await;
+            let mut replies = Vec::new();
+            let deadline = tokio::time::Instant::now() + timeout;
+            while replies.len() < expected {
+                match tokio::time::timeout_at(deadline, sub.next()).await {
+                    Ok(Some(m)) => replies.push(m.payload),
+                    _ => break,
+                }
+            }
+            replies
+        })
+    }
+
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.out.send(Out::Flush(tx)).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+            }
+        })
+    }
+}
