@@ -116,7 +116,7 @@ pub struct SessionHandover {
 
 /// The header line of every bus message.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Header {
     /// Liveness and session counts of a process.
     Heartbeat {

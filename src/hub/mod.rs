@@ -360,6 +360,16 @@ impl Hub {
         st.reap();
     }
 
+    /// Number of other processes this one currently hears from.
+    pub fn known_processes(&self) -> usize {
+        self.lock().processes.len()
+    }
+
+    /// Client sessions of a backend on other processes, as last announced.
+    pub fn remote_sessions(&self, backend: &str) -> u64 {
+        self.lock().remote_session_count(backend)
+    }
+
     /// Number of rooms.
     pub fn room_count(&self) -> usize {
         self.lock().rooms.len()

@@ -239,6 +239,11 @@ impl TestServer {
     /// Starts the server; `extra` is appended to the config.
     pub async fn start_with(extra: &str) -> TestServer {
         let nc = FakeNextcloud::start().await;
+        Self::start_on(nc, extra).await
+    }
+
+    /// Starts a server using an existing fake Nextcloud.
+    pub async fn start_on(nc: FakeNextcloud, extra: &str) -> TestServer {
         let cfg = Config::parse(&config_text(&nc, extra)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = Server::start(cfg, Some(listener)).await.unwrap();
@@ -455,4 +460,78 @@ impl Client {
 pub fn internal_hello(random: &str) -> Value {
     let token = checksum::calculate(INTERNAL_SECRET.as_bytes(), random.as_bytes(), b"");
     json!({"type": "hello", "id": "ih", "hello": {"version": "1.0", "auth": {"type": "internal", "params": {"random": random, "token": token}}}})
+}
+
+/// A `nats-server` of the test's own, on a free port.
+pub struct NatsServer {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = NatsServer { child: None, port };
+        n.spawn().await;
+        n
+    }
+
+    async fn spawn(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits (polling, bounded) until `cond` holds.
+pub async fn eventually(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,0 +1,309 @@
+//! Several server instances sharing a real nats-server started by the test:
+//! they behave like one server to clients and to Nextcloud.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+/// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
+async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
+    let nats = NatsServer::start().await;
+    let nc = FakeNextcloud::start().await;
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let conf = format!("{extra}\n[nats]\nurl = {}\n", nats.url());
+        servers.push(TestServer::start_on(nc.clone(), &conf).await);
+    }
+    for s in &servers {
+        let hub = s.server.as_ref().unwrap().hub.clone();
+        eventually(
+            "the processes see each other",
+            Duration::from_secs(5),
+            || hub.known_processes() == n - 1,
+        )
+        .await;
+    }
+    (nats, servers)
+}
+
+async fn stop_all(servers: Vec<TestServer>) {
+    for s in servers {
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn messages_and_room_events_cross_processes() {
+    let (_nats, s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    a.wait_join_of(&a.session_id.clone()).await;
+    let mut b = s[1].client_in_room("bob", "room1").await;
+    // Bob's initial list includes alice from the other process.
+    b.wait_join_of(&a.session_id).await;
+    let j = a.wait_join_of(&b.session_id).await;
+    assert_eq!(j["event"]["join"][0]["userid"], "bob");
+    assert_eq!(j["event"]["join"][0]["roomsessionid"], "nc-bob");
+
+    a.message_to(
+        json!({"type": "session", "sessionid": b.session_id}),
+        json!({"n": 1}),
+    )
+    .await;
+    let m = b.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["n"], 1);
+    assert_eq!(m["message"]["sender"]["sessionid"], a.session_id.as_str());
+
+    b.message_to(json!({"type": "room"}), json!({"n": 2})).await;
+    assert_eq!(
+        a.wait_for(|m| m["type"] == "message").await["message"]["data"]["n"],
+        2
+    );
+
+    let mut a2 = s[1].client(Some("alice")).await;
+    b.message_to(json!({"type": "user", "userid": "alice"}), json!({"n": 3}))
+        .await;
+    assert_eq!(
+        a.wait_for(|m| m["type"] == "message").await["message"]["data"]["n"],
+        3
+    );
+    assert_eq!(
+        a2.wait_for(|m| m["type"] == "message").await["message"]["data"]["n"],
+        3
+    );
+
+    // Leaving on one process is seen on the other.
+    b.send(json!({"type": "room", "room": {"roomid": ""}}))
+        .await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([b.session_id]));
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn a_backend_request_reaches_every_process_exactly_once() {
+    let (_nats, s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    let mut b = s[1].client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    b.wait_join_of(&a.session_id).await;
+    let (status, _) = s[1]
+        .backend_request(
+            "room1",
+            &json!({"type": "message", "message": {"data": {"n": 1}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    s[0].backend_request(
+        "room1",
+        &json!({"type": "message", "message": {"data": {"n": 2}}}),
+    )
+    .await;
+    for c in [&mut a, &mut b] {
+        let first = c
+            .wait_for(|m| m["type"] == "event" && m["event"]["type"] == "message")
+            .await;
+        assert_eq!(first["event"]["message"]["data"]["n"], 1);
+        let second = c.wait_for(|m| m["type"] == "event").await;
+        assert_eq!(
+            second["event"]["message"]["data"]["n"], 2,
+            "duplicate or lost: {second}"
+        );
+    }
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn participants_right_after_a_join_on_another_process_map_session_ids() {
+    let (_nats, s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    a.wait_join_of(&a.session_id.clone()).await;
+    let b = s[1].client_in_room("bob", "room1").await;
+    // No waiting: the update goes to the other process right away.
+    s[0].backend_request("room1", &json!({"type": "incall", "incall": {"incall": 7, "changed": [{"sessionId": "nc-bob", "inCall": 7}], "users": [{"sessionId": "nc-bob", "inCall": 7}]}})).await;
+    let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    assert_eq!(
+        p["event"]["update"]["users"][0]["sessionId"],
+        b.session_id.as_str()
+    );
+    // Room state changed on one process is the same on the other: an
+    // `all` update followed by an update of one user keeps both in sync.
+    s[1].backend_request(
+        "room1",
+        &json!({"type": "incall", "incall": {"incall": 0, "all": true}}),
+    )
+    .await;
+    let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    assert_eq!(p["event"]["update"]["all"], true);
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn transient_data_is_one_state_across_processes() {
+    let (_nats, s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    let mut b = s[1].client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    a.send(json!({"type": "transient", "transient": {"type": "set", "key": "k", "value": 1}}))
+        .await;
+    for c in [&mut a, &mut b] {
+        let t = c.wait_for(|m| m["type"] == "transient").await;
+        assert_eq!(
+            t["transient"],
+            json!({"type": "set", "key": "k", "value": 1})
+        );
+    }
+    b.send(json!({"type": "transient", "transient": {"type": "remove", "key": "k"}}))
+        .await;
+    for c in [&mut a, &mut b] {
+        let t = c.wait_for(|m| m["type"] == "transient").await;
+        assert_eq!(
+            t["transient"],
+            json!({"type": "remove", "key": "k", "oldvalue": 1})
+        );
+    }
+    // TTL honoured once: one remove event per session, then the marker.
+    b.send(json!({"type": "transient", "transient": {"type": "set", "key": "t", "value": 2, "ttl": 300_000_000}})).await;
+    for c in [&mut a, &mut b] {
+        assert_eq!(
+            c.wait_for(|m| m["type"] == "transient").await["transient"]["type"],
+            "set"
+        );
+        let r = c.wait_for(|m| m["type"] == "transient").await;
+        assert_eq!(
+            r["transient"],
+            json!({"type": "remove", "key": "t", "oldvalue": 2})
+        );
+    }
+    a.send(json!({"type": "transient", "transient": {"type": "set", "key": "marker", "value": 3}}))
+        .await;
+    for c in [&mut a, &mut b] {
+        let t = c.wait_for(|m| m["type"] == "transient").await;
+        assert_eq!(
+            t["transient"]["key"], "marker",
+            "a second remove arrived: {t}"
+        );
+    }
+    // A process that starts serving the room gets the state.
+    let mut c3 = s[1].client_in_room("carol", "room1").await;
+    let init = c3.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(
+        init["transient"],
+        json!({"type": "initial", "data": {"marker": 3}})
+    );
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn session_limits_count_sessions_on_all_processes() {
+    let (_nats, s) = cluster(2, "sessionlimit = 2\n").await;
+    let _a = s[0].client(Some("a")).await;
+    let _b = s[1].client(Some("b")).await;
+    let hub = s[1].server.as_ref().unwrap().hub.clone();
+    eventually("counts are exchanged", Duration::from_secs(5), || {
+        hub.remote_sessions("nc1") == 1
+    })
+    .await;
+    let mut c = s[1].connect().await;
+    c.expect_type("welcome").await;
+    c.send(json!({"type": "hello", "hello": {"version": "1.0", "auth": {"url": s[1].nc.backend_url(), "params": {"userid": "c"}}}})).await;
+    c.expect_error("session_limit_exceeded").await;
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn resume_works_on_another_process() {
+    let (_nats, s) = cluster(2, "").await;
+    let a = s[0].client_in_room("alice", "room1").await;
+    let mut b = s[1].client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    let (sid, rid) = (a.session_id.clone(), a.resume_id.clone());
+    drop(a);
+    b.message_to(
+        json!({"type": "session", "sessionid": sid}),
+        json!({"n": 1}),
+    )
+    .await;
+    // Proves the message was routed before the resume.
+    b.message_to(json!({"type": "user", "userid": "bob"}), json!({}))
+        .await;
+    let mut a2 = s[1].connect().await;
+    a2.expect_type("welcome").await;
+    a2.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
+        .await;
+    let h = a2.expect_type("hello").await;
+    assert_eq!(h["hello"]["sessionid"], sid.as_str());
+    let m = a2.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["n"], 1);
+    // Still in the room, now on the second process.
+    b.message_to(json!({"type": "room"}), json!({"n": 2})).await;
+    assert_eq!(
+        a2.wait_for(|m| m["type"] == "message").await["message"]["data"]["n"],
+        2
+    );
+    a2.message_to(json!({"type": "room"}), json!({"n": 3}))
+        .await;
+    assert_eq!(
+        b.wait_for(|m| m["type"] == "message").await["message"]["data"]["n"],
+        3
+    );
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn sessions_of_a_dead_process_leave_and_nextcloud_is_told() {
+    let (_nats, mut s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    let b = s[1].client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let dead = s.pop().unwrap();
+    let nc = dead.nc.clone();
+    dead.stop().await;
+    // Within the process timeout (5 s) plus a heartbeat.
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([b.session_id]));
+    nc.wait_for("room", |r| {
+        r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
+    })
+    .await;
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn processes_carry_on_after_nats_restarts() {
+    let (mut nats, s) = cluster(2, "").await;
+    let mut a = s[0].client(Some("alice")).await;
+    let mut b = s[1].client(Some("bob")).await;
+    nats.restart().await;
+    // Local delivery works meanwhile; cross-process delivery resumes once
+    // the processes reconnected (async-nats retries by itself).
+    let mut a_local = s[0].client(Some("carol")).await;
+    a.message_to(
+        json!({"type": "session", "sessionid": a_local.session_id}),
+        json!({"local": 1}),
+    )
+    .await;
+    assert_eq!(
+        a_local.wait_for(|m| m["type"] == "message").await["message"]["data"]["local"],
+        1
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        a.message_to(
+            json!({"type": "session", "sessionid": b.session_id}),
+            json!({"x": 1}),
+        )
+        .await;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), b.recv()).await {
+            assert_eq!(m["message"]["data"]["x"], 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery after the NATS restart"
+        );
+    }
+    stop_all(s).await;
+}
