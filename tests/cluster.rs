@@ -261,8 +261,10 @@ async fn sessions_of_a_dead_process_leave_and_nextcloud_is_told() {
     let dead = s.pop().unwrap();
     let nc = dead.nc.clone();
     dead.stop().await;
-    // Within the process timeout (5 s) plus a heartbeat.
-    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    // Within the process timeout (5 s) plus a heartbeat interval.
+    let l = a
+        .wait_for_within(Duration::from_secs(15), |m| m["event"]["type"] == "leave")
+        .await;
     assert_eq!(l["event"]["leave"], json!([b.session_id]));
     nc.wait_for("room", |r| {
         r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"

@@ -344,8 +344,29 @@ impl Client {
 
     /// Next text message as JSON (pings skipped).
     pub async fn recv(&mut self) -> Value {
+        self.recv_within(TIMEOUT).await
+    }
+
+    /// Skips messages until one matches, waiting up to `limit` in all.
+    pub async fn wait_for_within(
+        &mut self,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let m = tokio::time::timeout(TIMEOUT, self.ws.next())
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.recv_within(left).await;
+            if pred(&m) {
+                return m;
+            }
+        }
+    }
+
+    /// Next text message, waiting up to `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Value {
+        loop {
+            let m = tokio::time::timeout(limit, self.ws.next())
                 .await
                 .expect("timed out waiting for a message")
                 .expect("connection closed")
