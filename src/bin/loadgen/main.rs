@@ -21,7 +21,8 @@ use workloads::{Ctx, Report};
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// Server WebSocket URL (ws://IP:PORT/spreed).
+    /// Server WebSocket URL (ws://IP:PORT/spreed); several, comma-separated,
+    /// for the processes of one cluster.
     #[arg(long, default_value = "ws://127.0.0.1:8080/spreed")]
     url: String,
     /// Address of the built-in fake Nextcloud.
@@ -55,9 +56,9 @@ struct Args {
     /// need several).
     #[arg(long, default_value_t = 1)]
     sources: u8,
-    /// Server process id, for CPU and memory readings.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Server process ids (comma-separated), for CPU and memory readings.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Name of the server in the output.
     #[arg(long, default_value = "server")]
     label: String,
@@ -92,11 +93,15 @@ async fn main() -> anyhow::Result<()> {
         args.backend_listen
     );
     let ctx = Ctx {
-        target: Target::new(&args.url, &backend_url)?,
+        targets: args
+            .url
+            .split(',')
+            .map(|u| Target::new(u.trim(), &backend_url))
+            .collect::<anyhow::Result<_>>()?,
         sources: (1..=args.sources.max(1))
             .map(|i| IpAddr::from([127, 0, 0, i]))
             .collect(),
-        pid: args.server_pid,
+        pids: args.server_pid.clone(),
         label: args.label.clone(),
         concurrency: args.concurrency.max(1),
     };

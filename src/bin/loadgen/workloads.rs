@@ -41,11 +41,24 @@ pub struct Report {
 
 /// Shared settings of a run.
 pub struct Ctx {
-    pub target: Target,
+    /// Servers; client i connects to `targets[i % len]` (several servers of
+    /// one cluster: pairs and rooms then span processes).
+    pub targets: Vec<Target>,
     pub sources: Vec<IpAddr>,
-    pub pid: Option<u32>,
+    /// Server processes whose CPU time and memory are measured.
+    pub pids: Vec<u32>,
     pub label: String,
     pub concurrency: usize,
+}
+
+impl Ctx {
+    /// CPU seconds used so far by all measured server processes.
+    fn cpu(&self) -> Option<f64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        Some(self.pids.iter().filter_map(|p| cpu_seconds(*p)).sum())
+    }
 }
 
 /// A realistic ICE candidate message body (about 300 bytes on the wire).
@@ -65,7 +78,7 @@ pub async fn connect_many(
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         let sem = sem.clone();
-        let target = ctx.target.clone();
+        let target = ctx.targets[i % ctx.targets.len()].clone();
         let source = ctx.sources[i % ctx.sources.len()];
         let room = room(i);
         handles.push(tokio::spawn(async move {
@@ -91,11 +104,11 @@ pub async fn connect_many(
 
 /// `connect`: hellos per second and handshake latency.
 pub async fn run_connect(ctx: &Ctx, n: usize) -> anyhow::Result<Report> {
-    let cpu0 = ctx.pid.and_then(cpu_seconds);
+    let cpu0 = ctx.cpu();
     let t0 = Instant::now();
     let (conns, mut lat) = connect_many(ctx, n, |_| None).await?;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+    let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
     drop(conns);
     Ok(Report {
         server: ctx.label.clone(),
@@ -276,7 +289,7 @@ pub async fn run_p2p(
         ));
         sinks.push((i, c.sink));
     }
-    let cpu0 = ctx.pid.and_then(cpu_seconds);
+    let cpu0 = ctx.cpu();
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let mut senders = Vec::new();
@@ -298,7 +311,7 @@ pub async fn run_p2p(
         sinks.push(s.await?);
     }
     let elapsed = t0.elapsed();
-    let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+    let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
     let r = finish(
         ctx, "p2p", n, elapsed, total, total, &counters, readers, sinks, cpu,
@@ -341,7 +354,7 @@ pub async fn run_room(
     }
     // Join events are done: give the server a moment to flush them.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu0 = ctx.pid.and_then(cpu_seconds);
+    let cpu0 = ctx.cpu();
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let mut tasks = Vec::new();
@@ -365,7 +378,7 @@ pub async fn run_room(
         idle.push(t.await?);
     }
     let elapsed = t0.elapsed();
-    let cpu = ctx.pid.and_then(cpu_seconds).zip(cpu0).map(|(b, a)| b - a);
+    let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
     let r = finish(
         ctx,
@@ -385,16 +398,17 @@ pub async fn run_room(
 
 /// `idle`: sessions sitting in rooms; resident memory per session.
 pub async fn run_idle(ctx: &Ctx, n: usize, room_size: usize) -> anyhow::Result<Report> {
-    let Some(pid) = ctx.pid else {
+    if ctx.pids.is_empty() {
         anyhow::bail!("idle needs --server-pid");
-    };
-    let before = rss_kib(pid).unwrap_or(0);
+    }
+    let rss = || ctx.pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>();
+    let before = rss();
     let t0 = Instant::now();
     let (conns, mut lat) =
         connect_many(ctx, n, |i| Some(format!("idle-{}", i / room_size.max(1)))).await?;
     let secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid).unwrap_or(0);
+    let after = rss();
     let per = (after.saturating_sub(before) * 1024) / n.max(1) as u64;
     let r = Report {
         server: ctx.label.clone(),
