@@ -108,6 +108,7 @@ impl Server {
 
     /// Stops accepting, closes connections (1001) and waits for them.
     pub async fn shutdown(self) {
+        self.hub.goodbye().await;
         self.shutdown.cancel();
         let _ = self.done.await;
         self.tracker.close();

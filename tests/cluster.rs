@@ -253,14 +253,46 @@ async fn resume_works_on_another_process() {
 }
 
 #[tokio::test]
-async fn sessions_of_a_dead_process_leave_and_nextcloud_is_told() {
-    let (_nats, mut s) = cluster(2, "").await;
+async fn sessions_of_a_killed_process_leave_and_nextcloud_is_told() {
+    let (nats, s) = cluster(1, "").await;
+    let nc = s[0].nc.clone();
+    // A real second process, killed with SIGKILL (no goodbye).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = config_text(&nc, &format!("[nats]\nurl = {}\n", nats.url())).replace(
+        "listen = 127.0.0.1:0",
+        &format!("listen = 127.0.0.1:{port}"),
+    );
+    let dir = std::env::temp_dir().join(format!("spreed-kill-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let hub = s[0].server.as_ref().unwrap().hub.clone();
+    eventually(
+        "the processes see each other",
+        Duration::from_secs(10),
+        || hub.known_processes() == 1,
+    )
+    .await;
     let mut a = s[0].client_in_room("alice", "room1").await;
-    let b = s[1].client_in_room("bob", "room1").await;
+    let mut b = Client::connect(&format!("ws://127.0.0.1:{port}/spreed")).await;
+    b.expect_type("welcome").await;
+    b.hello_v1(&nc.backend_url(), json!({"userid": "bob"}))
+        .await;
+    b.join("room1", "nc-bob").await;
     a.wait_join_of(&b.session_id).await;
-    let dead = s.pop().unwrap();
-    let nc = dead.nc.clone();
-    dead.stop().await;
+    child.kill().unwrap();
+    child.wait().unwrap();
     // Within the process timeout (5 s) plus a heartbeat interval.
     let l = a
         .wait_for_within(Duration::from_secs(15), |m| m["event"]["type"] == "leave")
@@ -270,6 +302,22 @@ async fn sessions_of_a_dead_process_leave_and_nextcloud_is_told() {
         r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
     })
     .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    stop_all(s).await;
+}
+
+#[tokio::test]
+async fn a_process_that_stops_cleanly_is_gone_at_once() {
+    let (_nats, mut s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    let b = s[1].client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    s.pop().unwrap().stop().await;
+    // Well within the 5 s process timeout (the default wait is 5 s).
+    let l = a
+        .wait_for_within(Duration::from_secs(3), |m| m["event"]["type"] == "leave")
+        .await;
+    assert_eq!(l["event"]["leave"], json!([b.session_id]));
     stop_all(s).await;
 }
 

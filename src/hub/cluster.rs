@@ -601,6 +601,23 @@ impl Hub {
         });
     }
 
+    /// Tells the other processes this one stops: they treat its sessions as
+    /// gone at once instead of after the process timeout.
+    pub async fn goodbye(&self) {
+        let bus = {
+            let st = self.lock();
+            if !st.bus.clustered() {
+                return;
+            }
+            let h = Header::Goodbye {
+                from: st.bus.pid().to_string(),
+            };
+            st.bus.publish(SUBJECT_ALL.to_string(), encode(&h, None));
+            st.bus.clone()
+        };
+        bus.flush().await;
+    }
+
     fn heartbeat(&self) {
         let mut st = self.lock();
         let counts = st.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
@@ -680,6 +697,9 @@ impl Hub {
                 }
             }
             Header::Goodbye { from } => {
+                if from == me {
+                    return;
+                }
                 let mut st = self.lock();
                 st.processes.remove(&from);
                 self.process_gone(&mut st, &from);
