@@ -60,7 +60,7 @@ fn main() -> std::process::ExitCode {
             .build()
     }
     .expect("tokio runtime");
-    match rt.block_on(run(config)) {
+    match rt.block_on(run(config, cli.config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -69,12 +69,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let server = Server::start(config, None).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match Config::load(&path) {
+                // SIGHUP: backends are reloaded, sessions stay.
+                Ok(c) => server.hub.reload(&c),
+                Err(e) => tracing::error!("reload of {} failed, keeping the running configuration: {e}", path.display()),
+            },
+        }
     }
     tracing::info!("shutting down");
     server.shutdown().await;

@@ -399,3 +399,93 @@ async fn welcome_endpoint_and_headers() {
     assert!(resp.headers().contains_key("X-Spreed-Signaling-Features"));
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn reloading_backends_keeps_sessions_and_admits_new_backends() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let nc2 = FakeNextcloud::start().await;
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    c.send(json!({"id": "x", "type": "hello", "hello": {"version": "1.0", "auth": {"url": nc2.backend_url(), "params": {"userid": "bob"}}}})).await;
+    c.expect_error("invalid_backend").await;
+    let text = config_text(&ts.nc, "").replace("backends = nc1", "backends = nc1, nc2")
+        + &format!("[nc2]\nurl = {}\nsecret = {SECRET}\n", nc2.url);
+    let cfg = spreed_signaling::config::Config::parse(&text).unwrap();
+    ts.server.as_ref().unwrap().hub.reload(&cfg);
+    let mut b = ts.connect().await;
+    b.expect_type("welcome").await;
+    b.hello_v1(&nc2.backend_url(), json!({"userid": "bob"}))
+        .await;
+    // Alice's session survived the reload.
+    b.message_to(
+        json!({"type": "session", "sessionid": a.session_id}),
+        json!({"after": "reload"}),
+    )
+    .await;
+    let m = a.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["after"], "reload");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let nc1 = FakeNextcloud::start().await;
+    let nc2 = FakeNextcloud::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(&nc1, "").replace(
+        "listen = 127.0.0.1:0",
+        &format!("listen = 127.0.0.1:{port}"),
+    );
+    let dir = std::env::temp_dir().join(format!("spreed-hup-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.conf");
+    std::fs::write(&path, &text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}/spreed");
+    let hello = |u: String| json!({"id": "x", "type": "hello", "hello": {"version": "1.0", "auth": {"url": u, "params": {"userid": "bob"}}}});
+    eventually("the server listens", TIMEOUT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    let mut c = Client::connect(&url).await;
+    c.expect_type("welcome").await;
+    c.send(hello(nc2.backend_url())).await;
+    c.expect_error("invalid_backend").await;
+    let new = text.replace("backends = nc1", "backends = nc1, nc2")
+        + &format!("[nc2]\nurl = {}\nsecret = {SECRET}\n", nc2.url);
+    std::fs::write(&path, new).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The same connection can now authenticate against the new backend.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        c.send(hello(nc2.backend_url())).await;
+        let m = c.recv().await;
+        if m["type"] == "hello" {
+            break;
+        }
+        assert_eq!(m["error"]["code"], "invalid_backend");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reload did not happen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

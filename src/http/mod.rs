@@ -137,8 +137,8 @@ async fn room_api(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let found = match backend_header {
-        Some(url) => hub.registry.for_url(url),
-        None => hub.registry.single(),
+        Some(url) => hub.registry().for_url(url),
+        None => hub.registry().single(),
     };
     let Some((backend, base)) = found else {
         return api_error(

@@ -54,6 +54,11 @@ fn kind_name(kind: &SessionKind) -> &'static str {
     }
 }
 
+/// A frame received from the bus, shared without copying (UTF-8 checked).
+fn body_frame(body: &Bytes) -> Option<Frame> {
+    Frame::try_from(body.clone()).ok()
+}
+
 /// The process id a session or resume id was created by.
 pub fn owner_of(id: &str) -> Option<&str> {
     id.get(..8)
@@ -454,7 +459,7 @@ impl Hub {
     /// Backend URLs for pings and leave notices of a room's backend.
     fn room_urls(&self, key: &RoomKey) -> (Arc<str>, Arc<str>) {
         let base = self
-            .registry
+            .registry()
             .by_id(&key.backend)
             .and_then(|b| b.urls.first().cloned())
             .unwrap_or_default();
@@ -501,7 +506,7 @@ impl Hub {
         h: SessionHandover,
         conn: Arc<super::outbox::Outbox>,
     ) -> Option<Arc<str>> {
-        let backend = self.registry.by_id(&h.backend)?;
+        let backend = self.registry().by_id(&h.backend)?;
         let sid: Arc<str> = h.member.sid.as_str().into();
         let resume_id: Arc<str> = h.resume_id.as_str().into();
         let room = h.room.as_ref().map(|r| RoomKey {
@@ -657,7 +662,8 @@ impl Hub {
         for (sid, key, info) in gone {
             st.remove_remote(&key, &sid);
             if leader && info.kind == "client" {
-                if let (Some(rs), Some(b)) = (info.roomsessionid, self.registry.by_id(&key.backend))
+                if let (Some(rs), Some(b)) =
+                    (info.roomsessionid, self.registry().by_id(&key.backend))
                 {
                     let (url, base) = self.room_urls(&key);
                     super::notify_backend_leave(
@@ -770,21 +776,16 @@ impl Hub {
                 if from == me {
                     return;
                 }
-                let Ok(text) = std::str::from_utf8(&body) else {
-                    return;
-                };
-                let f = Frame::from(text);
+                let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
                 st.broadcast(&key_of(&backend, &room), &f, except.as_deref());
                 st.reap();
             }
             Header::SessionFrame { sid } => {
-                let Ok(text) = std::str::from_utf8(&body) else {
-                    return;
-                };
+                let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
                 if st.sessions.map.contains_key(sid.as_str()) {
-                    st.sessions.deliver(&sid, &Frame::from(text));
+                    st.sessions.deliver(&sid, &f);
                     st.reap();
                 } else if let Some((pid, _)) = st.moved.get(sid.as_str()) {
                     // Resumed elsewhere: forward.
@@ -802,20 +803,13 @@ impl Hub {
                 if from == me {
                     return;
                 }
-                let Ok(text) = std::str::from_utf8(&body) else {
-                    return;
-                };
+                let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
-                st.send_to_user(
-                    &backend.as_str().into(),
-                    &user,
-                    &Frame::from(text),
-                    except.as_deref(),
-                );
+                st.send_to_user(&backend.as_str().into(), &user, &f, except.as_deref());
                 st.reap();
             }
             Header::Backend { backend, url, room } => {
-                let Some(b) = self.registry.by_id(&backend) else {
+                let Some(b) = self.registry().by_id(&backend) else {
                     return;
                 };
                 let Ok(req) = serde_json::from_slice(&body) else {

@@ -96,7 +96,7 @@ impl Hub {
                 if auth.url.is_empty() {
                     return Err(invalid_format("url missing"));
                 }
-                let Some((backend, base)) = self.registry.for_url(&auth.url) else {
+                let Some((backend, base)) = self.registry().for_url(&auth.url) else {
                     return Err(ProtocolError::new(
                         error::INVALID_BACKEND,
                         "The backend URL is not supported.",
@@ -250,9 +250,9 @@ impl Hub {
             ));
         }
         let found = if p.backend.is_empty() {
-            self.registry.single()
+            self.registry().single()
         } else {
-            self.registry.for_url(&p.backend)
+            self.registry().for_url(&p.backend)
         };
         let Some((backend, base)) = found else {
             return Err(ProtocolError::new(

@@ -167,8 +167,8 @@ type DialoutWaiter = (
 pub struct Hub {
     /// The configuration the server was started with.
     pub config: Arc<Config>,
-    /// Allowed backends.
-    pub registry: BackendRegistry,
+    /// Allowed backends (replaced on reload).
+    registry: std::sync::RwLock<Arc<BackendRegistry>>,
     /// HTTP client for Nextcloud.
     pub client: BackendClient,
     /// Capabilities of Nextcloud instances.
@@ -206,7 +206,7 @@ impl Hub {
             },
         );
         Ok(Arc::new(Hub {
-            registry: BackendRegistry::new(&config.backend),
+            registry: std::sync::RwLock::new(Arc::new(BackendRegistry::new(&config.backend))),
             state: Mutex::new(State {
                 sessions: Sessions {
                     map: HashMap::new(),
@@ -240,6 +240,26 @@ impl Hub {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The allowed backends as currently configured.
+    pub fn registry(&self) -> Arc<BackendRegistry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded configuration's backends (URLs, secrets, session
+    /// limits) without dropping sessions; existing sessions keep the
+    /// backend they authenticated with. Other settings need a restart.
+    pub fn reload(&self, config: &Config) {
+        let new = Arc::new(BackendRegistry::new(&config.backend));
+        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = new;
+        tracing::info!(
+            backends = config.backend.backends.len(),
+            "backends reloaded"
+        );
     }
 
     /// A new outbox for a connection that just upgraded.

@@ -125,6 +125,12 @@ pub async fn run_connect(ctx: &Ctx, n: usize) -> anyhow::Result<Report> {
     })
 }
 
+/// One window (semaphore of `size` permits) per client.
+fn windows(n: usize, size: usize) -> Arc<Vec<Arc<Semaphore>>> {
+    Arc::new((0..n).map(|_| Arc::new(Semaphore::new(size))).collect())
+}
+
+#[derive(Default)]
 struct Counters {
     delivered: AtomicU64,
     errors: AtomicU64,
@@ -270,13 +276,8 @@ pub async fn run_p2p(
     let n = n.max(2) & !1;
     let (conns, _) = connect_many(ctx, n, |_| None).await?;
     let ids: Vec<String> = conns.iter().map(|c| c.session_id.clone()).collect();
-    let windows: Arc<Vec<Arc<Semaphore>>> =
-        Arc::new((0..n).map(|_| Arc::new(Semaphore::new(window))).collect());
-    let counters = Arc::new(Counters {
-        delivered: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        latencies: Mutex::new(Vec::new()),
-    });
+    let windows = windows(n, window);
+    let counters = Arc::new(Counters::default());
     let sent = Arc::new(AtomicU64::new(0));
     let mut sinks = Vec::new();
     let mut readers = Vec::new();
@@ -332,13 +333,8 @@ pub async fn run_room(
     let n = n.max(2);
     let senders = senders.clamp(1, n - 1);
     let (conns, _) = connect_many(ctx, n, |_| Some("bench-room".to_string())).await?;
-    let windows: Arc<Vec<Arc<Semaphore>>> =
-        Arc::new((0..n).map(|_| Arc::new(Semaphore::new(window))).collect());
-    let counters = Arc::new(Counters {
-        delivered: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        latencies: Mutex::new(Vec::new()),
-    });
+    let windows = windows(n, window);
+    let counters = Arc::new(Counters::default());
     let sent = Arc::new(AtomicU64::new(0));
     let acker = n - 1;
     let mut sinks = Vec::new();
