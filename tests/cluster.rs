@@ -357,3 +357,49 @@ async fn processes_carry_on_after_nats_restarts() {
     }
     stop_all(s).await;
 }
+
+#[tokio::test]
+async fn dialout_reaches_an_internal_client_on_another_process() {
+    let (_nats, s) = cluster(2, "").await;
+    let mut sip = s[1].connect().await;
+    sip.expect_type("welcome").await;
+    let mut hello = internal_hello("0123456789012345678901234567890123456789");
+    hello["hello"]["features"] = json!(["start-dialout"]);
+    sip.send(hello).await;
+    sip.expect_type("hello").await;
+    let url = s[0].url.clone();
+    let nc = s[0].nc.url.clone();
+    let request = tokio::spawn(async move {
+        let body =
+            serde_json::to_vec(&json!({"type": "dialout", "dialout": {"number": "+4930123"}}))
+                .unwrap();
+        let random = spreed_signaling::backend::checksum::new_random();
+        let sum = spreed_signaling::backend::checksum::calculate(
+            SECRET.as_bytes(),
+            random.as_bytes(),
+            &body,
+        );
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/api/v1/room/123"))
+            .header("Content-Type", "application/json")
+            .header("Spreed-Signaling-Random", random)
+            .header("Spreed-Signaling-Checksum", sum)
+            .header("Spreed-Signaling-Backend", nc)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    let m = sip.wait_for(|m| m["type"] == "internal").await;
+    assert_eq!(m["internal"]["dialout"]["request"]["number"], "+4930123");
+    let id = m["id"].as_str().unwrap().to_string();
+    sip.send(json!({"id": id, "type": "internal", "internal": {"type": "dialout", "dialout": {"type": "status", "status": {"callid": "c-9", "status": "accepted"}}}})).await;
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["dialout"]["callid"], "c-9");
+    stop_all(s).await;
+}

@@ -229,6 +229,19 @@ pub enum Header {
         /// Room id.
         room: String,
     },
+    /// Asks the processes for an internal client that can start a dialout;
+    /// the body is `{"number", "options"}`. Only a process that has one
+    /// answers (with the backend API reply).
+    Dialout {
+        /// Origin process.
+        from: String,
+        /// Backend id.
+        backend: String,
+        /// Room id.
+        room: String,
+        /// Backend URL as the request named it.
+        url: String,
+    },
     /// Asks the owner of a resume id to hand the session over.
     ResumeRequest {
         /// Resume id.

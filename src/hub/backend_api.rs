@@ -18,6 +18,7 @@ use crate::backend::registry::Backend;
 pub const DIALOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Outcome of a backend API request: HTTP status and JSON body.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct ApiReply {
     /// HTTP status.
     pub status: u16,
@@ -510,6 +511,50 @@ impl Hub {
                 "The number must be in E.164 format.",
             );
         }
+        if let Some(reply) = self.dialout_local(key, backend_url, d).await {
+            return reply;
+        }
+        // No capable internal client here: maybe on another process.
+        let bus = self.lock().bus.clone();
+        if bus.clustered() {
+            let h = crate::bus::Header::Dialout {
+                from: bus.pid().to_string(),
+                backend: key.backend.to_string(),
+                room: key.room.to_string(),
+                url: backend_url.to_string(),
+            };
+            let body = serde_json::to_vec(&json!({"number": &d.number, "options": &d.options}))
+                .unwrap_or_default();
+            let replies = bus
+                .request(
+                    crate::bus::SUBJECT_ALL.to_string(),
+                    crate::bus::encode(&h, Some(&body)),
+                    1,
+                    DIALOUT_TIMEOUT + Duration::from_secs(2),
+                )
+                .await;
+            if let Some(r) = replies
+                .first()
+                .and_then(|r| serde_json::from_slice::<ApiReply>(r).ok())
+            {
+                return r;
+            }
+        }
+        ApiReply::dialout_error(
+            404,
+            "no_client_available",
+            "No available client found to trigger dialout.",
+        )
+    }
+
+    /// Starts a dialout through an internal client of this process; `None`
+    /// when there is none that supports dialout.
+    pub(crate) async fn dialout_local(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        backend_url: &str,
+        d: &crate::api::backend::Dialout,
+    ) -> Option<ApiReply> {
         let candidates: Vec<(Arc<str>, Arc<super::outbox::Outbox>)> = {
             let st = self.lock();
             st.sessions
@@ -546,10 +591,10 @@ impl Hub {
                 Ok(Ok(a)) => match a.kind.as_str() {
                     "status" => match a.status {
                         Some(s) if s.status == "accepted" => {
-                            return ApiReply {
+                            return Some(ApiReply {
                                 status: 200,
                                 body: json!({"type": "dialout", "dialout": {"callid": s.callid}}),
-                            }
+                            })
                         }
                         _ => BackendError {
                             code: "unsupported_status".into(),
@@ -585,17 +630,10 @@ impl Hub {
             tracing::warn!(session = %sid, code = %err.code, "dialout failed");
             first_error.get_or_insert(err);
         }
-        match first_error {
-            Some(e) => ApiReply {
-                status: 502,
-                body: json!({"type": "dialout", "dialout": {"error": e}}),
-            },
-            None => ApiReply::dialout_error(
-                404,
-                "no_client_available",
-                "No available client found to trigger dialout.",
-            ),
-        }
+        first_error.map(|e| ApiReply {
+            status: 502,
+            body: json!({"type": "dialout", "dialout": {"error": e}}),
+        })
     }
 
     /// An internal client answered a dialout request.

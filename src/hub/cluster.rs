@@ -855,6 +855,30 @@ impl Hub {
                     st.bus.reply(reply, payload);
                 }
             }
+            Header::Dialout {
+                from,
+                backend,
+                room,
+                url,
+            } => {
+                if from == me {
+                    return;
+                }
+                let Some(reply) = msg.reply else { return };
+                let Ok(d) = serde_json::from_slice::<crate::api::backend::Dialout>(&body) else {
+                    return;
+                };
+                // Waiting for the internal client must not hold up the bus.
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    let key = key_of(&backend, &room);
+                    if let Some(r) = hub.dialout_local(&key, &url, &d).await {
+                        let payload = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
+                        let bus = hub.lock().bus.clone();
+                        bus.reply(reply, payload);
+                    }
+                });
+            }
             Header::ResumeRequest { resume_id, to } => {
                 let Some(reply) = msg.reply else { return };
                 let mut st = self.lock();
