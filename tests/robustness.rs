@@ -14,8 +14,10 @@ async fn still_works(a: &mut Client, b: &mut Client) {
         json!({"alive": true}),
     )
     .await;
-    let m = b.wait_for(|m| m["type"] == "message").await;
-    assert_eq!(m["message"]["data"]["alive"], true);
+    let m = b
+        .wait_for(|m| m["type"] == "message" && m["message"]["data"]["alive"] == true)
+        .await;
+    assert_eq!(m["message"]["sender"]["sessionid"], a.session_id.as_str());
 }
 
 #[tokio::test]
@@ -206,5 +208,101 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_can_resume() {
         assert_eq!(m["message"]["data"]["i"], next);
         next += 1;
     }
+    ts.stop().await;
+}
+
+/// A small deterministic generator (xorshift), so the test is repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[(self.next() % v.len() as u64) as usize]
+    }
+}
+
+/// Replaces random parts of a valid message with values of other types.
+fn mutate(rng: &mut Rng, v: &serde_json::Value, depth: usize) -> serde_json::Value {
+    use serde_json::Value;
+    let odd = [
+        Value::Null,
+        json!(true),
+        json!(-1),
+        json!(1.5e300),
+        json!(""),
+        json!("x".repeat(300)),
+        json!([]),
+        json!({}),
+        json!([1, {"a": null}]),
+        json!("\u{0000}\u{ffff}"),
+    ];
+    if depth > 0 && rng.next() % 5 == 0 {
+        return rng.pick(&odd).clone();
+    }
+    match v {
+        Value::Object(m) => {
+            let mut out = serde_json::Map::new();
+            for (k, x) in m {
+                match rng.next() % 10 {
+                    0 => {}
+                    1 => {
+                        out.insert(format!("{k}x"), x.clone());
+                    }
+                    _ => {
+                        out.insert(k.clone(), mutate(rng, x, depth + 1));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| mutate(rng, x, depth + 1)).collect()),
+        other => other.clone(),
+    }
+}
+
+#[tokio::test]
+async fn thousands_of_mutated_messages_break_nothing() {
+    let ts = TestServer::start_with("[clients]\nmessagespersecond = 100000\n").await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let templates = [
+        json!({"id": "1", "type": "hello", "hello": {"version": "1.0", "resumeid": "x", "auth": {"url": "http://x", "params": {"a": 1}}}}),
+        json!({"id": "2", "type": "room", "room": {"roomid": "room2", "sessionid": "s"}}),
+        json!({"id": "3", "type": "message", "message": {"recipient": {"type": "session", "sessionid": b.session_id}, "data": {"type": "offer", "roomType": "video"}}}),
+        json!({"id": "4", "type": "control", "control": {"recipient": {"type": "user", "userid": "bob"}, "data": {"type": "mute"}}}),
+        json!({"id": "5", "type": "transient", "transient": {"type": "set", "key": "k", "value": {"v": [1]}, "ttl": 1000}}),
+        json!({"id": "6", "type": "internal", "internal": {"type": "addsession", "addsession": {"sessionid": "v", "roomid": "room1"}}}),
+        json!({"id": "7", "type": "message", "message": {"recipient": {"type": "room"}, "data": "plain"}}),
+    ];
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut mangled = ts.client(Some("mallory")).await;
+    for i in 0..3000 {
+        let t = rng.pick(&templates).clone();
+        let m = mutate(&mut rng, &t, 0);
+        let text = if i % 7 == 0 {
+            // Truncated JSON now and then.
+            let s = m.to_string();
+            let mut cut = s.len() / 2;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s[..cut].to_string()
+        } else {
+            m.to_string()
+        };
+        mangled
+            .send_raw(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await;
+    }
+    // The server survived and everyone else is unaffected.
+    still_works(&mut a, &mut b).await;
+    still_works(&mut b, &mut a).await;
+    mangled.send(json!({"id": "last", "type": "message", "message": {"recipient": {"type": "session", "sessionid": "nope"}, "data": {}}})).await;
+    mangled.wait_for(|m| m["id"] == "last").await;
     ts.stop().await;
 }
