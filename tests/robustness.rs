@@ -241,7 +241,7 @@ fn mutate(rng: &mut Rng, v: &serde_json::Value, depth: usize) -> serde_json::Val
         json!([1, {"a": null}]),
         json!("\u{0000}\u{ffff}"),
     ];
-    if depth > 0 && rng.next() % 5 == 0 {
+    if depth > 0 && rng.next().is_multiple_of(5) {
         return rng.pick(&odd).clone();
     }
     match v {

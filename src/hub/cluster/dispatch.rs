@@ -1,0 +1,334 @@
+//! The cluster side of a process: applies what arrives from the bus,
+//! announces the process, notices processes that went away.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{body_frame, ProcessInfo, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
+use crate::api::server::event_frame;
+use crate::bus::{decode, encode, process_subject, Header, Inbound, MemberInfo, SUBJECT_ALL};
+use crate::hub::room::RoomKey;
+use crate::hub::{Hub, State};
+
+impl Hub {
+    /// Runs the cluster side of the hub: applies what arrives from the bus,
+    /// announces this process, and notices processes that went away.
+    pub fn spawn_cluster(
+        self: &Arc<Self>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        cancel: CancellationToken,
+    ) {
+        let hub = self.clone();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = c.cancelled() => return,
+                    m = inbound.recv() => m,
+                };
+                let Some(msg) = msg else { return };
+                hub.apply_inbound(msg).await;
+            }
+        });
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                hub.heartbeat();
+            }
+        });
+    }
+
+    /// Tells the other processes this one stops: they treat its sessions as
+    /// gone at once instead of after the process timeout.
+    pub async fn goodbye(&self) {
+        let bus = {
+            let st = self.lock();
+            if !st.bus.clustered() {
+                return;
+            }
+            let h = Header::Goodbye {
+                from: st.bus.pid().to_string(),
+            };
+            st.bus.publish(SUBJECT_ALL.to_string(), encode(&h, None));
+            st.bus.clone()
+        };
+        bus.flush().await;
+    }
+
+    fn heartbeat(&self) {
+        let mut st = self.lock();
+        let counts = st.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let h = Header::Heartbeat {
+            from: st.bus.pid().to_string(),
+            counts,
+        };
+        st.bus.publish(SUBJECT_ALL.to_string(), encode(&h, None));
+        // Processes that went silent: their sessions are gone.
+        let now = Instant::now();
+        let dead: Vec<String> = st
+            .processes
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.last_seen) > PROCESS_TIMEOUT)
+            .map(|(pid, _)| pid.clone())
+            .collect();
+        for pid in dead {
+            tracing::warn!(process = %pid, "process went silent, its sessions leave");
+            st.processes.remove(&pid);
+            self.process_gone(&mut st, &pid);
+        }
+        let keep = st.sessions.limits.resume_timeout * 2;
+        st.moved.retain(|_, (_, at)| now.duration_since(*at) < keep);
+        st.reap();
+    }
+
+    fn process_gone(&self, st: &mut State, pid: &str) {
+        let gone: Vec<(Arc<str>, RoomKey, MemberInfo)> = st
+            .remote
+            .iter()
+            .filter(|(_, r)| r.info.owner == pid)
+            .map(|(sid, r)| (sid.clone(), r.room.clone(), r.info.clone()))
+            .collect();
+        // The process with the smallest id among the survivors tells
+        // Nextcloud, so it is told once.
+        let leader = st.processes.keys().all(|p| p.as_str() > st.bus.pid());
+        for (sid, key, info) in gone {
+            st.remove_remote(&key, &sid);
+            if leader && info.kind == "client" {
+                if let (Some(rs), Some(b)) =
+                    (info.roomsessionid, self.registry().by_id(&key.backend))
+                {
+                    let (url, base) = self.room_urls(&key);
+                    crate::hub::notify_backend_leave(
+                        &st.client,
+                        url,
+                        base,
+                        b.secret.clone(),
+                        key.room.clone(),
+                        info.userid.as_deref().map(Arc::from),
+                        rs.as_str().into(),
+                    );
+                }
+            }
+            st.drop_room_if_unserved(&key);
+        }
+    }
+
+    async fn apply_inbound(self: &Arc<Self>, msg: Inbound) {
+        let Some((header, body)) = decode(&msg.payload) else {
+            return;
+        };
+        let me = self.lock().bus.pid().to_string();
+        let key_of = |backend: &str, room: &str| RoomKey {
+            backend: backend.into(),
+            room: room.into(),
+        };
+        match header {
+            Header::Heartbeat { from, counts } => {
+                if from != me {
+                    self.lock().processes.insert(
+                        from,
+                        ProcessInfo {
+                            last_seen: Instant::now(),
+                            counts,
+                        },
+                    );
+                }
+            }
+            Header::Goodbye { from } => {
+                if from == me {
+                    return;
+                }
+                let mut st = self.lock();
+                st.processes.remove(&from);
+                self.process_gone(&mut st, &from);
+                st.reap();
+            }
+            Header::Joined {
+                from,
+                backend,
+                room,
+                member,
+            }
+            | Header::Changed {
+                from,
+                backend,
+                room,
+                member,
+            } => {
+                if from == me {
+                    return;
+                }
+                let key = key_of(&backend, &room);
+                let mut st = self.lock();
+                let sid = member.sid.clone();
+                let special = member.kind != "client";
+                let flags = (member.kind == "virtual").then_some(member.flags);
+                let old_flags = st.remote.get(sid.as_str()).map(|r| r.info.flags);
+                let new = st.upsert_remote(&key, member);
+                if new {
+                    if let Some(e) = st.join_entry(&sid) {
+                        let f = event_frame("room", "join", &[e]);
+                        st.broadcast(&key, &f, None);
+                    }
+                }
+                if special {
+                    st.publish_internal_incall(&key);
+                }
+                if let Some(fl) =
+                    flags.filter(|f| (new && *f != 0) || old_flags.is_some_and(|o| o != *f))
+                {
+                    let f = event_frame(
+                        "participants",
+                        "flags",
+                        &serde_json::json!({"roomid": &room, "sessionid": &sid, "flags": fl}),
+                    );
+                    st.broadcast(&key, &f, None);
+                }
+                st.reap();
+            }
+            Header::Left {
+                from,
+                backend,
+                room,
+                sid,
+            } => {
+                if from == me {
+                    return;
+                }
+                let mut st = self.lock();
+                st.remove_remote(&key_of(&backend, &room), &sid);
+                st.reap();
+            }
+            Header::RoomFrame {
+                from,
+                backend,
+                room,
+                except,
+            } => {
+                if from == me {
+                    return;
+                }
+                let Some(f) = body_frame(&body) else { return };
+                let mut st = self.lock();
+                st.broadcast(&key_of(&backend, &room), &f, except.as_deref());
+                st.reap();
+            }
+            Header::SessionFrame { sid } => {
+                let Some(f) = body_frame(&body) else { return };
+                let mut st = self.lock();
+                if st.sessions.map.contains_key(sid.as_str()) {
+                    st.sessions.deliver(&sid, &f);
+                    st.reap();
+                } else if let Some((pid, _)) = st.moved.get(sid.as_str()) {
+                    // Resumed elsewhere: forward.
+                    let h = Header::SessionFrame { sid: sid.clone() };
+                    st.bus
+                        .publish(process_subject(pid), encode(&h, Some(&body)));
+                }
+            }
+            Header::UserFrame {
+                from,
+                backend,
+                user,
+                except,
+            } => {
+                if from == me {
+                    return;
+                }
+                let Some(f) = body_frame(&body) else { return };
+                let mut st = self.lock();
+                st.send_to_user(&backend.as_str().into(), &user, &f, except.as_deref());
+                st.reap();
+            }
+            Header::Backend { backend, url, room } => {
+                let Some(b) = self.registry().by_id(&backend) else {
+                    return;
+                };
+                let Ok(req) = serde_json::from_slice(&body) else {
+                    return;
+                };
+                let _ = self.backend_request(&b, &url, &room, req).await;
+            }
+            Header::Transient {
+                backend,
+                room,
+                key,
+                value,
+                ttl_ns,
+                if_version,
+            } => {
+                let rk = key_of(&backend, &room);
+                let mut st = self.lock();
+                let wake = st.apply_transient(
+                    &rk,
+                    &key,
+                    value,
+                    ttl_ns.map(Duration::from_nanos),
+                    if_version,
+                );
+                st.reap();
+                drop(st);
+                if wake {
+                    self.timer.notify_one();
+                }
+            }
+            Header::SnapshotRequest {
+                from,
+                backend,
+                room,
+            } => {
+                if from == me {
+                    return;
+                }
+                let Some(reply) = msg.reply else { return };
+                let st = self.lock();
+                if let Some(snap) = st.local_snapshot(&key_of(&backend, &room)) {
+                    let payload = Bytes::from(serde_json::to_vec(&snap).unwrap_or_default());
+                    st.bus.reply(reply, payload);
+                }
+            }
+            Header::Dialout {
+                from,
+                backend,
+                room,
+                url,
+            } => {
+                if from == me {
+                    return;
+                }
+                let Some(reply) = msg.reply else { return };
+                let Ok(d) = serde_json::from_slice::<crate::api::backend::Dialout>(&body) else {
+                    return;
+                };
+                // Waiting for the internal client must not hold up the bus.
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    let key = key_of(&backend, &room);
+                    if let Some(r) = hub.dialout_local(&key, &url, &d).await {
+                        let payload = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
+                        let bus = hub.lock().bus.clone();
+                        bus.reply(reply, payload);
+                    }
+                });
+            }
+            Header::ResumeRequest { resume_id, to } => {
+                let Some(reply) = msg.reply else { return };
+                let mut st = self.lock();
+                if let Some(h) = st.hand_over(&resume_id, &to) {
+                    let payload = Bytes::from(serde_json::to_vec(&h).unwrap_or_default());
+                    st.bus.reply(reply, payload);
+                }
+                st.reap();
+            }
+        }
+    }
+}

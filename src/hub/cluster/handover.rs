@@ -1,0 +1,179 @@
+//! Resume on another process: the owner hands the session over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{RemoteMember, HANDOVER_TIMEOUT};
+use crate::api::server::{frame, Bye, Frame};
+use crate::bus::{encode, process_subject, Header, SessionHandover};
+use crate::hub::room::{Room, RoomKey};
+use crate::hub::session::{Session, SessionKind};
+use crate::hub::{Hub, State};
+
+impl State {
+    /// Takes a local session out for another process (resume there): no
+    /// leave event, it stays a member, now remote.
+    pub(super) fn hand_over(&mut self, resume_id: &str, to: &str) -> Option<SessionHandover> {
+        let sid = self.resume_ids.get(resume_id).cloned()?;
+        let s = self.sessions.map.get(&sid)?;
+        if s.kind != SessionKind::Client {
+            return None;
+        }
+        let mut member = self.member_info(&sid)?;
+        member.owner = to.to_string();
+        let s = self.sessions.map.remove(&sid)?;
+        self.resume_ids.remove(resume_id);
+        self.sessions.disconnected.remove(&sid);
+        if let Some(user) = &s.user_id {
+            let key = (s.backend.id.clone(), user.clone());
+            if let Some(list) = self.users.get_mut(&key) {
+                list.retain(|x| *x != sid);
+                if list.is_empty() {
+                    self.users.remove(&key);
+                }
+            }
+        }
+        if let Some(c) = self.counts.get_mut(&s.backend.id) {
+            *c = c.saturating_sub(1);
+        }
+        if let Some(conn) = &s.conn {
+            conn.push(frame(
+                None,
+                "bye",
+                &Bye {
+                    reason: Some("session_resumed"),
+                },
+            ));
+            conn.close(1000, "session resumed");
+        }
+        if let Some(key) = &s.room {
+            self.remote.insert(
+                sid.clone(),
+                RemoteMember {
+                    info: member.clone(),
+                    room: key.clone(),
+                },
+            );
+            self.drop_room_if_unserved(key);
+        }
+        self.moved
+            .insert(sid.clone(), (to.to_string(), Instant::now()));
+        Some(SessionHandover {
+            member,
+            room: s.room.as_ref().map(|k| k.room.to_string()),
+            resume_id: resume_id.to_string(),
+            backend: s.backend.id.to_string(),
+            backend_base: s.backend_base.to_string(),
+            backend_url: s.backend_url.to_string(),
+            permissions: s.permissions.clone(),
+            queue: s.queue.iter().map(|f| f.as_str().to_string()).collect(),
+        })
+    }
+}
+
+impl Hub {
+    /// Asks the process that owns `resume_id` to hand the session over.
+    pub(crate) async fn fetch_session(
+        self: &Arc<Self>,
+        resume_id: &str,
+    ) -> Option<SessionHandover> {
+        let (bus, owner) = {
+            let st = self.lock();
+            let owner = super::owner_of(resume_id)?.to_string();
+            if !st.bus.clustered() || owner == st.bus.pid() || !st.processes.contains_key(&owner) {
+                return None;
+            }
+            (st.bus.clone(), owner)
+        };
+        let h = Header::ResumeRequest {
+            resume_id: resume_id.to_string(),
+            to: bus.pid().to_string(),
+        };
+        let replies = bus
+            .request(
+                process_subject(&owner),
+                encode(&h, None),
+                1,
+                HANDOVER_TIMEOUT,
+            )
+            .await;
+        let reply = replies.into_iter().next()?;
+        serde_json::from_slice(&reply).ok()
+    }
+
+    /// Installs a session handed over by another process (resume here).
+    pub(crate) fn adopt_session(
+        &self,
+        st: &mut State,
+        h: SessionHandover,
+        conn: Arc<crate::hub::outbox::Outbox>,
+    ) -> Option<Arc<str>> {
+        let backend = self.registry().by_id(&h.backend)?;
+        let sid: Arc<str> = h.member.sid.as_str().into();
+        let resume_id: Arc<str> = h.resume_id.as_str().into();
+        let room = h.room.as_ref().map(|r| RoomKey {
+            backend: backend.id.clone(),
+            room: r.as_str().into(),
+        });
+        let user_id: Option<Arc<str>> = h.member.userid.as_deref().map(Arc::from);
+        if let Some(u) = &user_id {
+            st.users
+                .entry((backend.id.clone(), u.clone()))
+                .or_default()
+                .push(sid.clone());
+        }
+        *st.counts.entry(backend.id.clone()).or_default() += 1;
+        st.resume_ids.insert(resume_id.clone(), sid.clone());
+        st.remote.remove(&sid);
+        st.moved.remove(&sid);
+        st.sessions.map.insert(
+            sid.clone(),
+            Session {
+                id: sid.clone(),
+                resume_id: Some(resume_id),
+                kind: SessionKind::Client,
+                backend: backend.clone(),
+                backend_base: h.backend_base.as_str().into(),
+                backend_url: h.backend_url.as_str().into(),
+                user_id,
+                user: h.member.user.map(Arc::from),
+                features: h.member.features,
+                room: room.clone(),
+                room_session_id: h.member.roomsessionid.as_deref().map(Arc::from),
+                permissions: h.permissions,
+                conn: Some(conn),
+                queue: h.queue.into_iter().map(Frame::from).collect(),
+                queue_bytes: 0,
+                in_call: h.member.in_call,
+                flags: h.member.flags,
+                virtuals: HashMap::new(),
+            },
+        );
+        if let Some(key) = &room {
+            let (url, base) = (
+                h.backend_url.as_str().into(),
+                h.backend_base.as_str().into(),
+            );
+            let r = st
+                .rooms
+                .entry(key.clone())
+                .or_insert_with(|| Room::new(url, base));
+            if !r.members.contains(&sid) {
+                r.members.push(sid.clone());
+            }
+            if let Some(rs) = &st
+                .sessions
+                .map
+                .get(&sid)
+                .and_then(|s| s.room_session_id.clone())
+            {
+                if let Some(r) = st.rooms.get_mut(key) {
+                    r.nc_sessions.insert(rs.clone(), sid.clone());
+                }
+            }
+            st.publish_member(key, &sid, false);
+        }
+        Some(sid)
+    }
+}

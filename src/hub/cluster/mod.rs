@@ -1,0 +1,275 @@
+//! Several processes behind one NATS server: every process keeps the full
+//! member list of the rooms it serves (members of other processes included,
+//! from the join/leave events themselves), delivers only to its own
+//! sessions, and applies replicated state (backend requests, transient
+//! data) in bus order. No lookup crosses processes on the hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::room::RoomKey;
+use super::session::SessionKind;
+use super::State;
+use crate::api::server::{event_frame, Frame};
+use crate::bus::{encode, process_subject, room_subject, Header, MemberInfo, SUBJECT_ALL};
+
+/// How often a process announces itself.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A process silent this long is treated as gone: its sessions leave.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a joining process waits for room snapshots.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a resume waits for the owning process.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A member of a local room that is connected to another process.
+pub struct RemoteMember {
+    /// What the owner announced.
+    pub info: MemberInfo,
+    /// The room.
+    pub room: RoomKey,
+}
+
+/// Another process, as its heartbeats describe it.
+pub struct ProcessInfo {
+    /// Last heartbeat.
+    pub last_seen: Instant,
+    /// Client sessions per backend id.
+    pub counts: HashMap<String, u64>,
+}
+
+fn kind_name(kind: &SessionKind) -> &'static str {
+    match kind {
+        SessionKind::Client => "client",
+        SessionKind::Internal => "internal",
+        SessionKind::Virtual { .. } => "virtual",
+    }
+}
+
+/// A frame received from the bus, shared without copying (UTF-8 checked).
+fn body_frame(body: &Bytes) -> Option<Frame> {
+    Frame::try_from(body.clone()).ok()
+}
+
+/// The process id a session or resume id was created by.
+pub fn owner_of(id: &str) -> Option<&str> {
+    id.get(..8)
+}
+
+impl State {
+    /// A local session as other processes should know it.
+    pub(crate) fn member_info(&self, sid: &str) -> Option<MemberInfo> {
+        let s = self.sessions.map.get(sid)?;
+        let (virtual_owner, client_sid) = match &s.kind {
+            SessionKind::Virtual { owner, client_sid } => {
+                (Some(owner.to_string()), Some(client_sid.clone()))
+            }
+            _ => (None, None),
+        };
+        Some(MemberInfo {
+            sid: s.id.to_string(),
+            owner: self.bus.pid().to_string(),
+            userid: s.user_id.as_deref().map(str::to_string),
+            user: s
+                .user
+                .as_deref()
+                .map(|u| serde_json::value::RawValue::from_string(u.get().to_string()))
+                .transpose()
+                .ok()
+                .flatten(),
+            roomsessionid: s.room_session_id.as_deref().map(str::to_string),
+            features: s.features.clone(),
+            kind: kind_name(&s.kind).to_string(),
+            virtual_owner,
+            client_sid,
+            in_call: s.in_call,
+            flags: s.flags,
+        })
+    }
+
+    /// Announces a local member of a room (joined, or changed) to the
+    /// other processes.
+    pub(crate) fn publish_member(&self, key: &RoomKey, sid: &str, joined: bool) {
+        if !self.bus.clustered() {
+            return;
+        }
+        let Some(member) = self.member_info(sid) else {
+            return;
+        };
+        let (from, backend, room) = (
+            self.bus.pid().to_string(),
+            key.backend.to_string(),
+            key.room.to_string(),
+        );
+        let h = if joined {
+            Header::Joined {
+                from,
+                backend,
+                room,
+                member,
+            }
+        } else {
+            Header::Changed {
+                from,
+                backend,
+                room,
+                member,
+            }
+        };
+        self.bus
+            .publish(room_subject(&key.backend, &key.room), encode(&h, None));
+    }
+
+    /// Sends a frame to the members of a room on other processes.
+    pub(crate) fn publish_room_frame(&self, key: &RoomKey, f: &Frame, except: Option<&str>) {
+        if !self.bus.clustered() {
+            return;
+        }
+        let has_remote = self
+            .rooms
+            .get(key)
+            .is_some_and(|r| r.members.iter().any(|m| self.remote.contains_key(m)));
+        if !has_remote {
+            return;
+        }
+        let h = Header::RoomFrame {
+            from: self.bus.pid().to_string(),
+            backend: key.backend.to_string(),
+            room: key.room.to_string(),
+            except: except.map(str::to_string),
+        };
+        self.bus.publish(
+            room_subject(&key.backend, &key.room),
+            encode(&h, Some(f.as_bytes())),
+        );
+    }
+
+    /// Sends a frame to a session of another process; false if no live
+    /// process can own it.
+    pub(crate) fn send_to_remote_session(&self, sid: &str, f: &Frame) -> bool {
+        if !self.bus.clustered() {
+            return false;
+        }
+        let pid = match self.remote.get(sid) {
+            Some(r) => r.info.owner.clone(),
+            None => match owner_of(sid) {
+                Some(p) if self.processes.contains_key(p) => p.to_string(),
+                _ => return false,
+            },
+        };
+        let h = Header::SessionFrame {
+            sid: sid.to_string(),
+        };
+        self.bus
+            .publish(process_subject(&pid), encode(&h, Some(f.as_bytes())));
+        true
+    }
+
+    /// Sends a frame to the sessions of a user on other processes.
+    pub(crate) fn publish_user_frame(
+        &self,
+        backend: &str,
+        user: &str,
+        f: &Frame,
+        except: Option<&str>,
+    ) {
+        if !self.bus.clustered() {
+            return;
+        }
+        let h = Header::UserFrame {
+            from: self.bus.pid().to_string(),
+            backend: backend.to_string(),
+            user: user.to_string(),
+            except: except.map(str::to_string),
+        };
+        self.bus
+            .publish(SUBJECT_ALL.to_string(), encode(&h, Some(f.as_bytes())));
+    }
+
+    /// Client sessions of a backend on the other processes.
+    pub(crate) fn remote_session_count(&self, backend: &str) -> u64 {
+        self.processes
+            .values()
+            .filter_map(|p| p.counts.get(backend))
+            .sum()
+    }
+
+    /// Adds or updates a member of another process; returns true if new.
+    fn upsert_remote(&mut self, key: &RoomKey, member: MemberInfo) -> bool {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return false;
+        };
+        let sid: Arc<str> = member.sid.as_str().into();
+        if self.sessions.map.contains_key(&sid) {
+            return false;
+        }
+        let new = !room.members.contains(&sid);
+        if new {
+            if room.departed.remove(&sid) {
+                return false;
+            }
+            room.members.push(sid.clone());
+        }
+        if let Some(rs) = &member.roomsessionid {
+            room.nc_sessions.insert(rs.as_str().into(), sid.clone());
+        }
+        self.remote.insert(
+            sid,
+            RemoteMember {
+                info: member,
+                room: key.clone(),
+            },
+        );
+        new
+    }
+
+    /// A member of another process left: leave event to the local members.
+    fn remove_remote(&mut self, key: &RoomKey, sid: &str) {
+        let Some(room) = self.rooms.get_mut(key) else {
+            return;
+        };
+        if !room.remove_member(sid) {
+            room.departed.insert(sid.into());
+            return;
+        }
+        room.nc_sessions.retain(|_, v| &**v != sid);
+        let was_internal = self
+            .remote
+            .remove(sid)
+            .is_some_and(|r| r.info.kind != "client");
+        let leave = event_frame("room", "leave", &[sid]);
+        self.broadcast(key, &leave, None);
+        if was_internal {
+            self.publish_internal_incall(key);
+        }
+    }
+
+    /// Applies a transient operation received from the bus.
+    fn apply_transient(
+        &mut self,
+        key: &RoomKey,
+        name: &str,
+        value: Option<Box<serde_json::value::RawValue>>,
+        ttl: Option<Duration>,
+        if_version: Option<u64>,
+    ) -> bool {
+        if let Some(v) = if_version {
+            let current = self
+                .rooms
+                .get(key)
+                .and_then(|r| r.transient.get(name))
+                .map(|e| e.version);
+            if current != Some(v) {
+                return false;
+            }
+        }
+        self.set_transient(key, name, value, ttl)
+    }
+}
+
+mod dispatch;
+mod handover;
+mod snapshot;
