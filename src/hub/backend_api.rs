@@ -3,19 +3,15 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{Hub, State};
-use crate::api::backend::{BackendError, BackendRoomRequest, RoomUsersChange};
+use crate::api::backend::{BackendRoomRequest, RoomUsersChange};
 use crate::api::server::{event_frame, frame, RoomReply};
 use crate::backend::registry::Backend;
-
-/// How long a dialout request waits for the internal client's answer.
-pub const DIALOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Outcome of a backend API request: HTTP status and JSON body.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -34,7 +30,7 @@ impl ApiReply {
         }
     }
 
-    fn dialout_error(status: u16, code: &str, message: &str) -> Self {
+    pub(crate) fn dialout_error(status: u16, code: &str, message: &str) -> Self {
         ApiReply {
             status,
             body: json!({"type": "dialout", "dialout": {"error": {"code": code, "message": message}}}),
@@ -493,163 +489,6 @@ impl Hub {
             other => return bad_request(&format!("unsupported request type `{other}`")),
         }
         ApiReply::ok()
-    }
-
-    async fn dialout(
-        self: &Arc<Self>,
-        key: &RoomKey,
-        backend_url: &str,
-        d: &crate::api::backend::Dialout,
-    ) -> ApiReply {
-        let valid_number = d.number.len() > 1
-            && d.number.starts_with('+')
-            && d.number[1..].bytes().all(|b| b.is_ascii_digit());
-        if !valid_number {
-            return ApiReply::dialout_error(
-                400,
-                "invalid_number",
-                "The number must be in E.164 format.",
-            );
-        }
-        if let Some(reply) = self.dialout_local(key, backend_url, d).await {
-            return reply;
-        }
-        // No capable internal client here: maybe on another process.
-        let bus = self.lock().bus.clone();
-        if bus.clustered() {
-            let h = crate::bus::Header::Dialout {
-                from: bus.pid().to_string(),
-                backend: key.backend.to_string(),
-                room: key.room.to_string(),
-                url: backend_url.to_string(),
-            };
-            let body = serde_json::to_vec(&json!({"number": &d.number, "options": &d.options}))
-                .unwrap_or_default();
-            let replies = bus
-                .request(
-                    crate::bus::SUBJECT_ALL.to_string(),
-                    crate::bus::encode(&h, Some(&body)),
-                    1,
-                    DIALOUT_TIMEOUT + Duration::from_secs(2),
-                )
-                .await;
-            if let Some(r) = replies
-                .first()
-                .and_then(|r| serde_json::from_slice::<ApiReply>(r).ok())
-            {
-                return r;
-            }
-        }
-        ApiReply::dialout_error(
-            404,
-            "no_client_available",
-            "No available client found to trigger dialout.",
-        )
-    }
-
-    /// Starts a dialout through an internal client of this process; `None`
-    /// when there is none that supports dialout.
-    pub(crate) async fn dialout_local(
-        self: &Arc<Self>,
-        key: &RoomKey,
-        backend_url: &str,
-        d: &crate::api::backend::Dialout,
-    ) -> Option<ApiReply> {
-        let candidates: Vec<(Arc<str>, Arc<super::outbox::Outbox>)> = {
-            let st = self.lock();
-            st.sessions
-                .map
-                .values()
-                .filter(|s| {
-                    s.kind == SessionKind::Internal
-                        && s.backend.id == key.backend
-                        && s.has_feature("start-dialout")
-                })
-                .filter_map(|s| s.conn.clone().map(|c| (s.id.clone(), c)))
-                .collect()
-        };
-        let mut first_error: Option<BackendError> = None;
-        for (sid, conn) in candidates {
-            let id = crate::backend::checksum::new_random();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.dialouts
-                .lock()
-                .expect("dialout lock")
-                .insert(id.clone(), (sid.clone(), tx));
-            let msg = json!({
-                "type": "dialout",
-                "dialout": {
-                    "roomid": &*key.room,
-                    "backend": backend_url,
-                    "request": {"number": &d.number, "options": &d.options},
-                }
-            });
-            conn.push(frame(Some(&id), "internal", &msg));
-            let answer = tokio::time::timeout(DIALOUT_TIMEOUT, rx).await;
-            self.dialouts.lock().expect("dialout lock").remove(&id);
-            let err = match answer {
-                Ok(Ok(a)) => match a.kind.as_str() {
-                    "status" => match a.status {
-                        Some(s) if s.status == "accepted" => {
-                            return Some(ApiReply {
-                                status: 200,
-                                body: json!({"type": "dialout", "dialout": {"callid": s.callid}}),
-                            })
-                        }
-                        _ => BackendError {
-                            code: "unsupported_status".into(),
-                            message: "Unsupported dialout status received.".into(),
-                            details: None,
-                        },
-                    },
-                    "error" => a
-                        .error
-                        .and_then(|e| serde_json::from_str::<BackendError>(e.get()).ok())
-                        .unwrap_or(BackendError {
-                            code: "dialout_failed".into(),
-                            message: "The dialout failed.".into(),
-                            details: None,
-                        }),
-                    _ => BackendError {
-                        code: "unsupported_type".into(),
-                        message: "Unsupported dialout type received.".into(),
-                        details: None,
-                    },
-                },
-                Ok(Err(_)) => BackendError {
-                    code: "error_notify".into(),
-                    message: "No dialout response received.".into(),
-                    details: None,
-                },
-                Err(_) => BackendError {
-                    code: "timeout".into(),
-                    message: "Timeout while waiting for dialout to start.".into(),
-                    details: None,
-                },
-            };
-            tracing::warn!(session = %sid, code = %err.code, "dialout failed");
-            first_error.get_or_insert(err);
-        }
-        first_error.map(|e| ApiReply {
-            status: 502,
-            body: json!({"type": "dialout", "dialout": {"error": e}}),
-        })
-    }
-
-    /// An internal client answered a dialout request.
-    pub(crate) fn dialout_answer(
-        &self,
-        sid: &Arc<str>,
-        id: &str,
-        answer: crate::api::client::DialoutInternal,
-    ) {
-        let mut pending = self.dialouts.lock().expect("dialout lock");
-        let matches = pending.get(id).is_some_and(|(owner, _)| owner == sid);
-        if matches {
-            if let Some((_, tx)) = pending.remove(id) {
-                let _ = tx.send(answer);
-            }
-        }
     }
 }
 

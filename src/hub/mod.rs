@@ -5,6 +5,7 @@
 
 pub mod backend_api;
 mod cluster;
+mod dialout;
 mod hello;
 pub use hello::HelloOk;
 mod internal;
