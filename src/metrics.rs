@@ -1,18 +1,26 @@
 //! Prometheus metrics. Names follow the Go server where it has an
 //! equivalent (`signaling_hub_*`), so existing dashboards keep working.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// All metrics of one server process.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Sessions created since start.
-    pub sessions_total: IntCounter,
-    /// Sessions right now (updated at scrape time).
-    pub sessions_current: IntGauge,
-    /// Rooms right now (updated at scrape time).
-    pub rooms_current: IntGauge,
+    /// `signaling_backend_current`: configured backends.
+    pub backend_current: IntGauge,
+    /// `signaling_hub_sessions{backend,clienttype}` (set at scrape time).
+    pub hub_sessions: IntGaugeVec,
+    /// `signaling_hub_sessions_total{backend,clienttype}`.
+    pub hub_sessions_total: IntCounterVec,
+    /// `signaling_hub_sessions_resume_failed_total`.
+    pub resume_failed: IntCounter,
+    /// `signaling_hub_rooms{backend}` (set at scrape time).
+    pub hub_rooms: IntGaugeVec,
+    /// `signaling_room_sessions{backend,clienttype,room}` (set at scrape time).
+    pub room_sessions: IntGaugeVec,
     /// Backend API requests by type.
     pub backend_requests: IntCounterVec,
     /// Client messages by type.
@@ -38,22 +46,56 @@ impl Metrics {
     /// Creates and registers the metrics.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let sessions_total = IntCounter::with_opts(
-            Opts::new("sessions_total", "The total number of sessions")
-                .namespace("signaling")
-                .subsystem("hub"),
+        let opts = |name: &str, help: &str, subsystem: &str| {
+            let o = Opts::new(name, help).namespace("signaling");
+            if subsystem.is_empty() {
+                o
+            } else {
+                o.subsystem(subsystem.to_string())
+            }
+        };
+        let backend_current = IntGauge::with_opts(opts(
+            "current",
+            "The current number of configured backends",
+            "backend",
+        ))
+        .expect("valid metric");
+        let hub_sessions = IntGaugeVec::new(
+            opts(
+                "sessions",
+                "The current number of sessions per backend",
+                "hub",
+            ),
+            &["backend", "clienttype"],
         )
         .expect("valid metric");
-        let sessions_current = IntGauge::with_opts(
-            Opts::new("sessions_current", "The current number of sessions")
-                .namespace("signaling")
-                .subsystem("hub"),
+        let hub_sessions_total = IntCounterVec::new(
+            opts(
+                "sessions_total",
+                "The total number of sessions per backend",
+                "hub",
+            ),
+            &["backend", "clienttype"],
         )
         .expect("valid metric");
-        let rooms_current = IntGauge::with_opts(
-            Opts::new("rooms_current", "The current number of rooms")
-                .namespace("signaling")
-                .subsystem("hub"),
+        let resume_failed = IntCounter::with_opts(opts(
+            "sessions_resume_failed_total",
+            "The total number of failed session resume requests",
+            "hub",
+        ))
+        .expect("valid metric");
+        let hub_rooms = IntGaugeVec::new(
+            opts("rooms", "The current number of rooms per backend", "hub"),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let room_sessions = IntGaugeVec::new(
+            opts(
+                "sessions",
+                "The current number of sessions in a room",
+                "room",
+            ),
+            &["backend", "clienttype", "room"],
         )
         .expect("valid metric");
         let backend_requests = IntCounterVec::new(
@@ -80,9 +122,12 @@ impl Metrics {
         )
         .expect("valid metric");
         for c in [
-            Box::new(sessions_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(sessions_current.clone()),
-            Box::new(rooms_current.clone()),
+            Box::new(backend_current.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(hub_sessions.clone()),
+            Box::new(hub_sessions_total.clone()),
+            Box::new(resume_failed.clone()),
+            Box::new(hub_rooms.clone()),
+            Box::new(room_sessions.clone()),
             Box::new(backend_requests.clone()),
             Box::new(client_messages.clone()),
             Box::new(slow_clients.clone()),
@@ -102,9 +147,12 @@ impl Metrics {
         Metrics {
             known_types,
             registry,
-            sessions_total,
-            sessions_current,
-            rooms_current,
+            backend_current,
+            hub_sessions,
+            hub_sessions_total,
+            resume_failed,
+            hub_rooms,
+            room_sessions,
             backend_requests,
             client_messages,
             slow_clients,

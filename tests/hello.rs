@@ -489,3 +489,31 @@ async fn sighup_reloads_the_config_file() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn metrics_use_the_go_servers_names_and_labels() {
+    let ts = TestServer::start().await;
+    let _a = ts.client_in_room("alice", "room1").await;
+    let mut r = ts.connect().await;
+    r.expect_type("welcome").await;
+    r.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": "gone"}}))
+        .await;
+    r.expect_error("no_such_session").await;
+    let text = reqwest::get(format!("{}/metrics", ts.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "signaling_backend_current 1",
+        "signaling_hub_sessions{backend=\"nc1\",clienttype=\"client\"} 1",
+        "signaling_hub_sessions_total{backend=\"nc1\",clienttype=\"client\"} 1",
+        "signaling_hub_rooms{backend=\"nc1\"} 1",
+        "signaling_room_sessions{backend=\"nc1\",clienttype=\"client\",room=\"room1\"} 1",
+        "signaling_hub_sessions_resume_failed_total 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    ts.stop().await;
+}

@@ -112,6 +112,16 @@ impl BackendRegistry {
         None
     }
 
+    /// Number of configured backends.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// True without configured backends.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
     /// A backend by id (configured, or created for `allowall`).
     pub fn by_id(&self, id: &str) -> Option<Arc<Backend>> {
         if let Some(b) = self.backends.iter().find(|b| &*b.id == id) {

@@ -70,8 +70,7 @@ async fn welcome() -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let hub = &state.hub;
-    hub.metrics.sessions_current.set(hub.session_count() as i64);
-    hub.metrics.rooms_current.set(hub.room_count() as i64);
+    hub.update_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         hub.metrics.render(),

@@ -306,6 +306,8 @@ impl Hub {
             },
         );
         let must_join_room = is_client && ident.user_id.is_none();
+        let backend_id = ident.backend.id.clone();
+        let kind_label = if is_client { "client" } else { "internal" };
         let mut st = self.lock();
         if is_client && ident.backend.session_limit > 0 {
             let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0)
@@ -360,7 +362,10 @@ impl Hub {
         );
         conn.push(reply);
         drop(st);
-        self.metrics.sessions_total.inc();
+        self.metrics
+            .hub_sessions_total
+            .with_label_values(&[backend_id.as_ref(), kind_label])
+            .inc();
         Ok(HelloOk {
             sid,
             must_join_room,
@@ -377,12 +382,12 @@ impl Hub {
         let no_such_session =
             || ProtocolError::new(error::NO_SUCH_SESSION, "The session id is no longer valid.");
         let mut st = self.lock();
-        let sid = st
-            .resume_ids
-            .get(resume_id)
-            .cloned()
-            .ok_or_else(no_such_session)?;
+        let Some(sid) = st.resume_ids.get(resume_id).cloned() else {
+            self.metrics.resume_failed.inc();
+            return Err(no_such_session());
+        };
         let Some(s) = st.sessions.map.get_mut(&sid) else {
+            self.metrics.resume_failed.inc();
             return Err(no_such_session());
         };
         let server_features = if s.kind == SessionKind::Client {

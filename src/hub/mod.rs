@@ -391,6 +391,35 @@ impl Hub {
         self.lock().remote_session_count(backend)
     }
 
+    /// Sets the gauges that describe the current state (at scrape time):
+    /// the Go server's names and labels, so its dashboards keep working.
+    pub fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.backend_current.set(self.registry().len() as i64);
+        m.hub_sessions.reset();
+        m.hub_rooms.reset();
+        m.room_sessions.reset();
+        let st = self.lock();
+        for s in st.sessions.map.values() {
+            let kind = match s.kind {
+                SessionKind::Client => "client",
+                SessionKind::Internal => "internal",
+                SessionKind::Virtual { .. } => "virtual",
+            };
+            m.hub_sessions
+                .with_label_values(&[&*s.backend.id, kind])
+                .inc();
+            if let Some(room) = &s.room {
+                m.room_sessions
+                    .with_label_values(&[&*room.backend, kind, &*room.room])
+                    .inc();
+            }
+        }
+        for key in st.rooms.keys() {
+            m.hub_rooms.with_label_values(&[&*key.backend]).inc();
+        }
+    }
+
     /// Number of rooms.
     pub fn room_count(&self) -> usize {
         self.lock().rooms.len()
