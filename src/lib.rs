@@ -4,6 +4,8 @@
 //! Nextcloud), `hub` (state and routing), `http` (axum routes and the
 //! WebSocket connection), `metrics`.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod backend;
 pub mod bus;
