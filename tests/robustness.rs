@@ -306,3 +306,33 @@ async fn thousands_of_mutated_messages_break_nothing() {
     mangled.wait_for(|m| m["id"] == "last").await;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn keepalive_pings_keep_readers_and_drop_silent_connections() {
+    let ts = TestServer::start_with("[clients]\npinginterval = 1\nreadtimeout = 2\n").await;
+    let mut live = ts.client(Some("alice")).await;
+    let mut silent = ts.client(Some("bob")).await;
+    // The live client reads (and so answers pings) for three seconds,
+    // longer than the read timeout.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(Ok(m))) = tokio::time::timeout(
+            until - tokio::time::Instant::now(),
+            futures_util::StreamExt::next(&mut live.ws),
+        )
+        .await
+        {
+            if m.is_ping() {
+                pings += 1;
+            }
+        }
+    }
+    assert!(pings >= 2, "{pings} pings");
+    // The silent one never read, so never answered a ping: the server
+    // closed it after the read timeout.
+    assert_eq!(silent.expect_close().await, Some(1000));
+    let mut other = ts.client(Some("carol")).await;
+    still_works(&mut other, &mut live).await;
+    ts.stop().await;
+}
