@@ -187,8 +187,6 @@ async fn internal_clients_authenticate_with_the_shared_secret() {
 
 #[tokio::test]
 async fn hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens() {
-    let ts = TestServer::start().await;
-    let claims = json!({"iss": ts.nc.url, "iat": now(), "exp": now() + 300, "sub": "bob", "userdata": {"displayname": "Bob"}});
     let cases = [
         (jsonwebtoken::Algorithm::RS256, "rsa.key", data("rsa.pub")),
         (
@@ -201,16 +199,44 @@ async fn hello_v2_accepts_rsa_ecdsa_and_ed25519_tokens() {
         (jsonwebtoken::Algorithm::EdDSA, "ed.key", data("ed.raw")),
     ];
     for (alg, key, public) in cases {
+        let ts = TestServer::start().await;
+        let claims = json!({"iss": ts.nc.url, "iat": now(), "exp": now() + 300, "sub": "bob", "userdata": {"displayname": "Bob"}});
         ts.nc.state.lock().unwrap().token_key = Some(public.trim().to_string());
-        let token = sign(alg, key, claims.clone());
-        // A changed key is picked up: the cached one fails, the server refetches.
+        let token = sign(alg, key, claims);
         let h = hello_v2(&ts, &token).await;
         assert_eq!(h["type"], "hello", "{alg:?} {key}: {h}");
         assert_eq!(h["hello"]["userid"], "bob");
         assert_eq!(h["hello"]["version"], "2.0");
+        // No auth request went to the backend for v2.
+        assert!(ts.nc.requests("auth").is_empty());
+        ts.stop().await;
     }
-    // No auth request went to the backend for v2.
-    assert!(ts.nc.requests("auth").is_empty());
+}
+
+#[tokio::test]
+async fn a_rotated_token_key_is_fetched_again_but_not_for_every_bad_token() {
+    let ts = TestServer::start().await;
+    let claims = json!({"iat": now(), "exp": now() + 300, "sub": "bob"});
+    ts.nc.state.lock().unwrap().token_key = Some(data("ec.pub"));
+    let es = jsonwebtoken::Algorithm::ES256;
+    assert_eq!(
+        hello_v2(&ts, &sign(es, "ec.key", claims.clone())).await["type"],
+        "hello"
+    );
+    assert_eq!(ts.nc.state.lock().unwrap().capability_fetches, 1);
+    // Nextcloud rotates its key: the cached key fails, the server refetches once.
+    ts.nc.state.lock().unwrap().token_key = Some(data("ec2.pub"));
+    assert_eq!(
+        hello_v2(&ts, &sign(es, "ec2.key", claims.clone())).await["type"],
+        "hello"
+    );
+    assert_eq!(ts.nc.state.lock().unwrap().capability_fetches, 2);
+    // Tokens signed with some other key do not make it fetch again and again.
+    for _ in 0..5 {
+        let h = hello_v2(&ts, &sign(es, "ec.key", claims.clone())).await;
+        assert_eq!(h["error"]["code"], "invalid_token");
+    }
+    assert_eq!(ts.nc.state.lock().unwrap().capability_fetches, 2);
     ts.stop().await;
 }
 

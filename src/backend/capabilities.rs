@@ -9,6 +9,9 @@ use crate::backend::client::{BackendCallError, BackendClient};
 
 /// How long fetched capabilities are used before fetching again.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// A forced refetch (a token failed with the cached key) happens at most
+/// this often per Nextcloud: bad tokens must not make the server hammer it.
+pub const MIN_REFRESH: Duration = Duration::from_secs(10);
 
 /// The parts of Talk's capabilities the server uses.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -63,15 +66,24 @@ pub fn capabilities_url(url: &str) -> String {
     u.to_string()
 }
 
+struct CacheEntry {
+    fetched: Instant,
+    /// Last fetch forced by a failing token.
+    forced: Option<Instant>,
+    caps: Capabilities,
+}
+
 /// Cache of capabilities by capabilities URL.
 #[derive(Default)]
 pub struct CapabilitiesCache {
-    entries: Mutex<HashMap<String, (Instant, Capabilities)>>,
+    entries: Mutex<HashMap<String, CacheEntry>>,
 }
 
 impl CapabilitiesCache {
     /// Cached capabilities for `url` (any Nextcloud URL), fetched when
-    /// missing, older than [`CACHE_TTL`], or when `refresh` is set.
+    /// missing or older than [`CACHE_TTL`]; with `refresh` (a token failed
+    /// with the cached key) fetched again unless that was already done in
+    /// the last [`MIN_REFRESH`].
     pub async fn get(
         &self,
         client: &BackendClient,
@@ -79,20 +91,33 @@ impl CapabilitiesCache {
         refresh: bool,
     ) -> Result<Capabilities, BackendCallError> {
         let key = capabilities_url(url);
-        if !refresh {
+        let mut forced = None;
+        {
             let entries = self.entries.lock().expect("capabilities lock");
-            if let Some((at, caps)) = entries.get(&key) {
-                if at.elapsed() < CACHE_TTL {
-                    return Ok(caps.clone());
+            if let Some(e) = entries.get(&key) {
+                let use_cached = if refresh {
+                    // One forced refetch, then at most one per MIN_REFRESH.
+                    e.forced.is_some_and(|f| f.elapsed() < MIN_REFRESH)
+                } else {
+                    e.fetched.elapsed() < CACHE_TTL
+                };
+                if use_cached {
+                    return Ok(e.caps.clone());
                 }
+                forced = e.forced;
             }
         }
         let data = client.get_json(&key).await?;
         let caps = Capabilities::from_data(&data);
-        self.entries
-            .lock()
-            .expect("capabilities lock")
-            .insert(key, (Instant::now(), caps.clone()));
+        let now = Instant::now();
+        self.entries.lock().expect("capabilities lock").insert(
+            key,
+            CacheEntry {
+                fetched: now,
+                forced: if refresh { Some(now) } else { forced },
+                caps: caps.clone(),
+            },
+        );
         Ok(caps)
     }
 
@@ -103,7 +128,7 @@ impl CapabilitiesCache {
             .lock()
             .expect("capabilities lock")
             .get(&key)
-            .map(|(_, c)| c.clone())
+            .map(|e| e.caps.clone())
     }
 }
 
