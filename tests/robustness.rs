@@ -330,8 +330,10 @@ async fn keepalive_pings_keep_readers_and_drop_silent_connections() {
     }
     assert!(pings >= 2, "{pings} pings");
     // The silent one never read, so never answered a ping: the server
-    // closed it after the read timeout.
-    assert_eq!(silent.expect_close().await, Some(1000));
+    // closed it after the read timeout (expect_close panics if it stays
+    // open; under load the close frame may be cut off by the reset).
+    let code = silent.expect_close().await;
+    assert!(matches!(code, Some(1000) | None), "{code:?}");
     let mut other = ts.client(Some("carol")).await;
     still_works(&mut other, &mut live).await;
     ts.stop().await;
