@@ -290,11 +290,15 @@ impl Hub {
                     return;
                 }
                 let Some(reply) = msg.reply else { return };
+                // Every process answers (an empty snapshot when it does not
+                // serve the room), so the asking process need not wait for
+                // the timeout.
                 let st = self.lock();
-                if let Some(snap) = st.local_snapshot(&key_of(&backend, &room)) {
-                    let payload = Bytes::from(serde_json::to_vec(&snap).unwrap_or_default());
-                    st.bus.reply(reply, payload);
-                }
+                let snap = st
+                    .local_snapshot(&key_of(&backend, &room))
+                    .unwrap_or_default();
+                let payload = Bytes::from(serde_json::to_vec(&snap).unwrap_or_default());
+                st.bus.reply(reply, payload);
             }
             Header::Dialout {
                 from,

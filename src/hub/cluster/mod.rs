@@ -20,8 +20,9 @@ use crate::bus::{encode, process_subject, room_subject, Header, MemberInfo, SUBJ
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A process silent this long is treated as gone: its sessions leave.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a joining process waits for room snapshots.
-pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a joining process waits for room snapshots (every live process
+/// answers at once; the timeout only matters for one that just died).
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a resume waits for the owning process.
 pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
