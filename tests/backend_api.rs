@@ -269,7 +269,7 @@ async fn participants_update_maps_session_ids_and_applies_permissions() {
         // signaling session ids and without permissions.
         assert_eq!(
             up["users"],
-            json!([{"sessionId": bsid, "inCall": 7, "participantType": 3}])
+            json!([{"sessionId": bsid, "nextcloudSessionId": "nc-bob", "inCall": 7, "participantType": 3}])
         );
         assert_ne!(asid, bsid);
     }
@@ -296,7 +296,7 @@ async fn incall_updates_and_the_all_form() {
     let p = b.wait_for(|m| m["event"]["target"] == "participants").await;
     assert_eq!(
         p["event"]["update"],
-        json!({"roomid": "room1", "users": [{"sessionId": a.session_id, "inCall": 7}]})
+        json!({"roomid": "room1", "users": [{"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7}]})
     );
     a.wait_for(|m| m["event"]["target"] == "participants").await;
     ts.backend_request(
@@ -325,14 +325,14 @@ async fn incall_with_changes_only_keeps_state_and_sends_complete_lists() {
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
     assert_eq!(
         p["event"]["update"]["users"],
-        json!([{"sessionId": a.session_id, "inCall": 7}])
+        json!([{"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7}])
     );
     // The server completes changed entries from its own state.
     ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 3, "changed": [{"sessionId": "nc-bob", "inCall": 3}]}})).await;
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
     assert_eq!(
         p["event"]["update"]["users"],
-        json!([{"sessionId": b.session_id, "inCall": 3, "participantType": 3, "actorId": "bob"}])
+        json!([{"sessionId": b.session_id, "nextcloudSessionId": "nc-bob", "inCall": 3, "participantType": 3, "actorId": "bob"}])
     );
     // An unchanged in-call state is not repeated.
     let (status, _) = ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 3, "changed": [{"sessionId": "nc-bob", "inCall": 3}]}})).await;

@@ -46,8 +46,9 @@ fn entry_session_id(entry: &Map<String, Value>) -> Option<&str> {
 }
 
 impl State {
-    /// Copies participant entries for clients: Nextcloud session ids become
-    /// signaling session ids (dropped when unknown), permissions removed.
+    /// Copies participant entries for clients: the Nextcloud session id moves
+    /// to `nextcloudSessionId` and `sessionId` becomes the signaling session
+    /// id (dropped when unknown); permissions are removed.
     fn client_entries(&self, key: &RoomKey, entries: &[Map<String, Value>]) -> Vec<Value> {
         let room = self.rooms.get(key);
         entries
@@ -63,6 +64,9 @@ impl State {
                     if let Some(sid) = room.and_then(|r| r.nc_sessions.get(nc.as_str())) {
                         e.insert("sessionId".into(), Value::String(sid.to_string()));
                     }
+                    // Both ids, as the spec describes participant entries.
+                    e.entry("nextcloudSessionId")
+                        .or_insert_with(|| Value::String(nc));
                 }
                 Value::Object(e)
             })
