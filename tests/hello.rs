@@ -543,3 +543,31 @@ async fn metrics_use_the_go_servers_names_and_labels() {
     }
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn resuming_a_connected_session_moves_it_to_the_new_connection() {
+    let ts = TestServer::start().await;
+    let mut old = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    b.wait_join_of(&old.session_id).await;
+    let mut new = ts.connect().await;
+    new.expect_type("welcome").await;
+    new.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": old.resume_id}}))
+        .await;
+    assert_eq!(
+        new.expect_type("hello").await["hello"]["sessionid"],
+        old.session_id.as_str()
+    );
+    let bye = old.wait_for(|m| m["type"] == "bye").await;
+    assert_eq!(bye["bye"]["reason"], "session_resumed");
+    b.message_to(
+        json!({"type": "session", "sessionid": old.session_id}),
+        json!({"to": "new"}),
+    )
+    .await;
+    assert_eq!(
+        new.wait_for(|m| m["type"] == "message").await["message"]["data"]["to"],
+        "new"
+    );
+    ts.stop().await;
+}

@@ -492,3 +492,41 @@ async fn offers_need_a_publish_permission_once_nextcloud_sends_permissions() {
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn internal_clients_in_call_flags() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.wait_join_of(&a.session_id.clone()).await;
+    let mut rec = ts.connect().await;
+    rec.expect_type("welcome").await;
+    let mut hello = internal_hello("0123456789012345678901234567890123456789");
+    hello["hello"]["features"] = json!(["internal-incall"]);
+    rec.send(hello).await;
+    let sid = rec.expect_type("hello").await["hello"]["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    rec.send(json!({"type": "room", "room": {"roomid": "room1", "sessionid": ""}}))
+        .await;
+    rec.wait_for(|m| m["type"] == "room").await;
+    // With internal-incall the client starts outside the call...
+    let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    let me = |p: &serde_json::Value| {
+        p["event"]["update"]["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["sessionId"] == sid.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(me(&p)["inCall"], 0);
+    assert_eq!(me(&p)["internal"], true);
+    // ...and sets its flags itself.
+    rec.send(json!({"type": "internal", "internal": {"type": "incall", "incall": {"incall": 3}}}))
+        .await;
+    let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    assert_eq!(me(&p)["inCall"], 3);
+    ts.stop().await;
+}
