@@ -338,3 +338,40 @@ async fn keepalive_pings_keep_readers_and_drop_silent_connections() {
     still_works(&mut other, &mut live).await;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn an_overflowing_resume_queue_ends_the_session_and_tells_nextcloud() {
+    let ts = TestServer::start_with("[sessions]\nresumequeuemessages = 5\n").await;
+    let a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    let (sid, rid) = (a.session_id.clone(), a.resume_id.clone());
+    drop(a);
+    // Wait until the server noticed the dropped connection: messages are
+    // then queued for resume, not written to the dead socket.
+    let hub = ts.server.as_ref().unwrap().hub.clone();
+    eventually("the connection is gone", TIMEOUT, || {
+        hub.disconnected_sessions() == 1
+    })
+    .await;
+    for i in 0..10 {
+        b.message_to(
+            json!({"type": "session", "sessionid": sid}),
+            json!({"i": i}),
+        )
+        .await;
+    }
+    let l = b.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([sid]));
+    ts.nc
+        .wait_for("room", |r| {
+            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
+        })
+        .await;
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    c.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
+        .await;
+    c.expect_error("no_such_session").await;
+    ts.stop().await;
+}

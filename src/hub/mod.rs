@@ -420,6 +420,11 @@ impl Hub {
         }
     }
 
+    /// Sessions waiting for a resume (their connection is gone).
+    pub fn disconnected_sessions(&self) -> usize {
+        self.lock().sessions.disconnected.len()
+    }
+
     /// Number of rooms.
     pub fn room_count(&self) -> usize {
         self.lock().rooms.len()
