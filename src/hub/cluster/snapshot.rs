@@ -48,7 +48,7 @@ impl Hub {
     /// Makes sure a room about to get its first local member knows the
     /// members (and transient data) the other processes have.
     pub(crate) async fn prepare_room(self: &Arc<Self>, key: &RoomKey) {
-        let (bus, expected, url, base) = {
+        let (bus, expected) = {
             let mut st = self.lock();
             if !st.bus.clustered() || st.rooms.contains_key(key) {
                 return;
@@ -56,11 +56,9 @@ impl Hub {
             let (url, base) = self.room_urls(key);
             // Exists from now on, so that events for it are applied while
             // the snapshot is on its way.
-            st.rooms
-                .insert(key.clone(), Room::new(url.clone(), base.clone()));
-            (st.bus.clone(), st.processes.len(), url, base)
+            st.rooms.insert(key.clone(), Room::new(url, base));
+            (st.bus.clone(), st.processes.len())
         };
-        let _ = (url, base);
         if expected == 0 {
             return;
         }
