@@ -571,3 +571,14 @@ async fn resuming_a_connected_session_moves_it_to_the_new_connection() {
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_says_bye_and_closes_with_1001() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let stopping = tokio::spawn(ts.stop());
+    let bye = a.expect_type("bye").await;
+    assert_eq!(bye["bye"]["reason"], "shutdown");
+    assert_eq!(a.expect_close().await, Some(1001));
+    stopping.await.unwrap();
+}

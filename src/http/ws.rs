@@ -354,7 +354,9 @@ async fn write_loop(
                 }
             }
             _ = cancel.cancelled() => {
-                // Server shutdown (or the reader ended): close politely.
+                // Server shutdown: say so, then close with "going away".
+                let bye = frame(None, "bye", &Bye { reason: Some("shutdown") });
+                let _ = sink.send(Message::Text(bye)).await;
                 let _ = sink
                     .send(Message::Close(Some(CloseFrame {
                         code: 1001,
