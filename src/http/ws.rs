@@ -241,8 +241,11 @@ async fn read_loop<S>(
     if let Some(sid) = session {
         hub.connection_closed(&sid, outbox.conn_id);
     }
-    // Let the writer send what is queued (bye, errors), then close.
-    outbox.close(1000, "");
+    // Let the writer send what is queued (bye, errors), then close; on
+    // server shutdown the writer says goodbye itself.
+    if !cancel.is_cancelled() {
+        outbox.close(1000, "");
+    }
 }
 
 /// A hello waiting for Nextcloud; on failure carries the request id.
@@ -346,13 +349,7 @@ async fn write_loop(
             return;
         }
         tokio::select! {
-            _ = outbox.wait() => {}
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    cancel.cancel();
-                    return;
-                }
-            }
+            biased;
             _ = cancel.cancelled() => {
                 // Server shutdown: say so, then close with "going away".
                 let bye = frame(None, "bye", &Bye { reason: Some("shutdown") });
@@ -364,6 +361,13 @@ async fn write_loop(
                     })))
                     .await;
                 return;
+            }
+            _ = outbox.wait() => {}
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    cancel.cancel();
+                    return;
+                }
             }
         }
     }
