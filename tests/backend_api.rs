@@ -408,12 +408,7 @@ async fn dialout_is_forwarded_to_an_internal_client() {
     assert_eq!(status, 400);
     assert_eq!(body["dialout"]["error"]["code"], "invalid_number");
 
-    let mut sip = ts.connect().await;
-    sip.expect_type("welcome").await;
-    let mut hello = internal_hello("0123456789012345678901234567890123456789");
-    hello["hello"]["features"] = json!(["start-dialout"]);
-    sip.send(hello).await;
-    sip.expect_type("hello").await;
+    let (mut sip, _) = internal_client(&ts.ws_url(), &["start-dialout"]).await;
     let url = ts.url.clone();
     let nc = ts.nc.url.clone();
     let request = tokio::spawn(async move {

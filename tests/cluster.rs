@@ -257,26 +257,11 @@ async fn sessions_of_a_killed_process_leave_and_nextcloud_is_told() {
     let (nats, s) = cluster(1, "").await;
     let nc = s[0].nc.clone();
     // A real second process, killed with SIGKILL (no goodbye).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = config_text(&nc, &format!("[nats]\nurl = {}\n", nats.url())).replace(
-        "listen = 127.0.0.1:0",
-        &format!("listen = 127.0.0.1:{port}"),
-    );
-    let dir = std::env::temp_dir().join(format!("spreed-kill-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("server.conf");
-    std::fs::write(&path, conf).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ServerProcess::start(&config_text(
+        &nc,
+        &format!("[nats]\nurl = {}\n", nats.url()),
+    ))
+    .await;
     let hub = s[0].server.as_ref().unwrap().hub.clone();
     eventually(
         "the processes see each other",
@@ -285,14 +270,13 @@ async fn sessions_of_a_killed_process_leave_and_nextcloud_is_told() {
     )
     .await;
     let mut a = s[0].client_in_room("alice", "room1").await;
-    let mut b = Client::connect(&format!("ws://127.0.0.1:{port}/spreed")).await;
+    let mut b = Client::connect(&child.ws_url()).await;
     b.expect_type("welcome").await;
     b.hello_v1(&nc.backend_url(), json!({"userid": "bob"}))
         .await;
     b.join("room1", "nc-bob").await;
     a.wait_join_of(&b.session_id).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     // Within the process timeout (5 s) plus a heartbeat interval.
     let l = a
         .wait_for_within(Duration::from_secs(15), |m| m["event"]["type"] == "leave")
@@ -302,7 +286,6 @@ async fn sessions_of_a_killed_process_leave_and_nextcloud_is_told() {
         r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
     })
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
     stop_all(s).await;
 }
 
@@ -361,12 +344,7 @@ async fn processes_carry_on_after_nats_restarts() {
 #[tokio::test]
 async fn dialout_reaches_an_internal_client_on_another_process() {
     let (_nats, s) = cluster(2, "").await;
-    let mut sip = s[1].connect().await;
-    sip.expect_type("welcome").await;
-    let mut hello = internal_hello("0123456789012345678901234567890123456789");
-    hello["hello"]["features"] = json!(["start-dialout"]);
-    sip.send(hello).await;
-    sip.expect_type("hello").await;
+    let (mut sip, _) = internal_client(&s[1].ws_url(), &["start-dialout"]).await;
     let url = s[0].url.clone();
     let nc = s[0].nc.url.clone();
     let request = tokio::spawn(async move {

@@ -362,16 +362,8 @@ async fn bye_releases_the_session_at_once() {
     assert_eq!(m["id"], "b1");
     let left = b.wait_for(|m| m["event"]["type"] == "leave").await;
     assert_eq!(left["event"]["leave"][0], a.session_id.as_str());
-    ts.nc
-        .wait_for("room", |r| {
-            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
-        })
-        .await;
-    let mut c = ts.connect().await;
-    c.expect_type("welcome").await;
-    c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
-        .await;
-    c.expect_error("no_such_session").await;
+    ts.assert_backend_told_leave("nc-alice").await;
+    ts.assert_resume_refused(&rid).await;
     ts.stop().await;
 }
 
@@ -458,41 +450,19 @@ async fn reloading_backends_keeps_sessions_and_admits_new_backends() {
 async fn sighup_reloads_the_config_file() {
     let nc1 = FakeNextcloud::start().await;
     let nc2 = FakeNextcloud::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = config_text(&nc1, "").replace(
-        "listen = 127.0.0.1:0",
-        &format!("listen = 127.0.0.1:{port}"),
-    );
-    let dir = std::env::temp_dir().join(format!("spreed-hup-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("server.conf");
-    std::fs::write(&path, &text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("ws://127.0.0.1:{port}/spreed");
+    let text = config_text(&nc1, "");
+    let mut server = ServerProcess::start(&text).await;
+    let url = server.ws_url();
     let hello = |u: String| json!({"id": "x", "type": "hello", "hello": {"version": "1.0", "auth": {"url": u, "params": {"userid": "bob"}}}});
-    eventually("the server listens", TIMEOUT, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
     let mut c = Client::connect(&url).await;
     c.expect_type("welcome").await;
     c.send(hello(nc2.backend_url())).await;
     c.expect_error("invalid_backend").await;
     let new = text.replace("backends = nc1", "backends = nc1, nc2")
         + &format!("[nc2]\nurl = {}\nsecret = {SECRET}\n", nc2.url);
-    std::fs::write(&path, new).unwrap();
+    std::fs::write(&server.config_path, new).unwrap();
     let status = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -511,9 +481,7 @@ async fn sighup_reloads_the_config_file() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    server.kill();
 }
 
 #[tokio::test]

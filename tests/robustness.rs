@@ -144,16 +144,8 @@ async fn a_dropped_session_expires_after_the_resume_timeout() {
     drop(a);
     let l = b.wait_for(|m| m["event"]["type"] == "leave").await;
     assert_eq!(l["event"]["leave"], json!([sid]));
-    ts.nc
-        .wait_for("room", |r| {
-            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
-        })
-        .await;
-    let mut c = ts.connect().await;
-    c.expect_type("welcome").await;
-    c.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
-        .await;
-    c.expect_error("no_such_session").await;
+    ts.assert_backend_told_leave("nc-alice").await;
+    ts.assert_resume_refused(&rid).await;
     ts.stop().await;
 }
 
@@ -363,15 +355,7 @@ async fn an_overflowing_resume_queue_ends_the_session_and_tells_nextcloud() {
     }
     let l = b.wait_for(|m| m["event"]["type"] == "leave").await;
     assert_eq!(l["event"]["leave"], json!([sid]));
-    ts.nc
-        .wait_for("room", |r| {
-            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
-        })
-        .await;
-    let mut c = ts.connect().await;
-    c.expect_type("welcome").await;
-    c.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
-        .await;
-    c.expect_error("no_such_session").await;
+    ts.assert_backend_told_leave("nc-alice").await;
+    ts.assert_resume_refused(&rid).await;
     ts.stop().await;
 }

@@ -498,15 +498,7 @@ async fn internal_clients_in_call_flags() {
     let ts = TestServer::start().await;
     let mut a = ts.client_in_room("alice", "room1").await;
     a.wait_join_of(&a.session_id.clone()).await;
-    let mut rec = ts.connect().await;
-    rec.expect_type("welcome").await;
-    let mut hello = internal_hello("0123456789012345678901234567890123456789");
-    hello["hello"]["features"] = json!(["internal-incall"]);
-    rec.send(hello).await;
-    let sid = rec.expect_type("hello").await["hello"]["sessionid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (mut rec, sid) = internal_client(&ts.ws_url(), &["internal-incall"]).await;
     rec.send(json!({"type": "room", "room": {"roomid": "room1", "sessionid": ""}}))
         .await;
     rec.wait_for(|m| m["type"] == "room").await;

@@ -303,6 +303,27 @@ impl TestServer {
         (status, v)
     }
 
+    /// Asserts that `resume_id` can no longer be resumed.
+    pub async fn assert_resume_refused(&self, resume_id: &str) {
+        let mut c = self.connect().await;
+        c.expect_type("welcome").await;
+        c.send(
+            json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}),
+        )
+        .await;
+        c.expect_error("no_such_session").await;
+    }
+
+    /// Waits until Nextcloud was told that the session with Nextcloud
+    /// session id `nc_session` left.
+    pub async fn assert_backend_told_leave(&self, nc_session: &str) {
+        self.nc
+            .wait_for("room", |r| {
+                r["room"]["action"] == "leave" && r["room"]["sessionid"] == nc_session
+            })
+            .await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
@@ -555,4 +576,80 @@ pub async fn eventually(what: &str, limit: Duration, cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The server binary running as a child process, with its config in a
+/// temporary directory (killed and cleaned up on drop).
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub config_path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `config` (its `listen` is replaced by a free
+    /// port) and waits until it accepts connections.
+    pub async fn start(config: &str) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = config.replace(
+            "listen = 127.0.0.1:0",
+            &format!("listen = 127.0.0.1:{port}"),
+        );
+        let dir = std::env::temp_dir().join(format!("spreed-test-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("server.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the server process listens", TIMEOUT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        ServerProcess {
+            child,
+            port,
+            config_path,
+            dir,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/spreed", self.port)
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Connects an internal client (hello done) announcing `features`.
+pub async fn internal_client(ws_url: &str, features: &[&str]) -> (Client, String) {
+    let mut c = Client::connect(ws_url).await;
+    c.expect_type("welcome").await;
+    let mut hello = internal_hello("0123456789012345678901234567890123456789");
+    hello["hello"]["features"] = json!(features);
+    c.send(hello).await;
+    let h = c.expect_type("hello").await;
+    let sid = h["hello"]["sessionid"].as_str().unwrap().to_string();
+    c.session_id = sid.clone();
+    (c, sid)
 }
