@@ -409,12 +409,10 @@ async fn dialout_is_forwarded_to_an_internal_client() {
     assert_eq!(body["dialout"]["error"]["code"], "invalid_number");
 
     let (mut sip, _) = internal_client(&ts.ws_url(), &["start-dialout"]).await;
-    let url = ts.url.clone();
-    let nc = ts.nc.url.clone();
-    let request = tokio::spawn(async move {
-        let ts2 = TestServerRef { url, nc };
-        ts2.backend_request("123", &json!({"type": "dialout", "dialout": {"number": "+491234567", "options": {"actorId": "x"}}})).await
-    });
+    let request = ts.spawn_backend_request(
+        "123",
+        json!({"type": "dialout", "dialout": {"number": "+491234567", "options": {"actorId": "x"}}}),
+    );
     let m = sip.wait_for(|m| m["type"] == "internal").await;
     assert_eq!(m["internal"]["type"], "dialout");
     assert_eq!(m["internal"]["dialout"]["roomid"], "123");
@@ -433,16 +431,10 @@ async fn dialout_is_forwarded_to_an_internal_client() {
     );
 
     // An error answer is passed on with an HTTP error status.
-    let url = ts.url.clone();
-    let nc = ts.nc.url.clone();
-    let request = tokio::spawn(async move {
-        TestServerRef { url, nc }
-            .backend_request(
-                "123",
-                &json!({"type": "dialout", "dialout": {"number": "+491234567"}}),
-            )
-            .await
-    });
+    let request = ts.spawn_backend_request(
+        "123",
+        json!({"type": "dialout", "dialout": {"number": "+491234567"}}),
+    );
     let m = sip.wait_for(|m| m["type"] == "internal").await;
     let id = m["id"].as_str().unwrap().to_string();
     sip.send(json!({"id": id, "type": "internal", "internal": {"type": "dialout", "dialout": {"type": "error", "error": {"code": "busy", "message": "Line busy"}}}})).await;
@@ -502,36 +494,4 @@ async fn pings_are_batched_across_rooms_with_a_session_ping_limit() {
         assert!(r.body["ping"]["entries"].as_array().unwrap().len() <= 2);
     }
     ts.stop().await;
-}
-
-/// Enough of a `TestServer` to send backend requests from a spawned task.
-struct TestServerRef {
-    url: String,
-    nc: String,
-}
-
-impl TestServerRef {
-    async fn backend_request(&self, room: &str, body: &Value) -> (u16, Value) {
-        let body = serde_json::to_vec(body).unwrap();
-        let random = spreed_signaling::backend::checksum::new_random();
-        let sum = spreed_signaling::backend::checksum::calculate(
-            SECRET.as_bytes(),
-            random.as_bytes(),
-            &body,
-        );
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/room/{room}", self.url))
-            .header("Content-Type", "application/json")
-            .header("Spreed-Signaling-Random", random)
-            .header("Spreed-Signaling-Checksum", sum)
-            .header("Spreed-Signaling-Backend", &self.nc)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
-    }
 }

@@ -345,33 +345,11 @@ async fn processes_carry_on_after_nats_restarts() {
 async fn dialout_reaches_an_internal_client_on_another_process() {
     let (_nats, s) = cluster(2, "").await;
     let (mut sip, _) = internal_client(&s[1].ws_url(), &["start-dialout"]).await;
-    let url = s[0].url.clone();
-    let nc = s[0].nc.url.clone();
-    let request = tokio::spawn(async move {
-        let body =
-            serde_json::to_vec(&json!({"type": "dialout", "dialout": {"number": "+4930123"}}))
-                .unwrap();
-        let random = spreed_signaling::backend::checksum::new_random();
-        let sum = spreed_signaling::backend::checksum::calculate(
-            SECRET.as_bytes(),
-            random.as_bytes(),
-            &body,
-        );
-        let resp = reqwest::Client::new()
-            .post(format!("{url}/api/v1/room/123"))
-            .header("Content-Type", "application/json")
-            .header("Spreed-Signaling-Random", random)
-            .header("Spreed-Signaling-Checksum", sum)
-            .header("Spreed-Signaling-Backend", nc)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json::<serde_json::Value>().await.unwrap(),
-        )
-    });
+    // The request arrives at the process without the internal client.
+    let request = s[0].spawn_backend_request(
+        "123",
+        json!({"type": "dialout", "dialout": {"number": "+4930123"}}),
+    );
     let m = sip.wait_for(|m| m["type"] == "internal").await;
     assert_eq!(m["internal"]["dialout"]["request"]["number"], "+4930123");
     let id = m["id"].as_str().unwrap().to_string();

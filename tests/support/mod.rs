@@ -285,22 +285,18 @@ impl TestServer {
 
     /// Sends a backend API request with a valid checksum.
     pub async fn backend_request(&self, room: &str, body: &Value) -> (u16, Value) {
-        let body = serde_json::to_vec(body).unwrap();
-        let random = checksum::new_random();
-        let sum = checksum::calculate(SECRET.as_bytes(), random.as_bytes(), &body);
-        let resp = reqwest::Client::new()
-            .post(format!("{}/api/v1/room/{room}", self.url))
-            .header("Content-Type", "application/json")
-            .header("Spreed-Signaling-Random", random)
-            .header("Spreed-Signaling-Checksum", sum)
-            .header("Spreed-Signaling-Backend", &self.nc.url)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let v = resp.json::<Value>().await.unwrap_or(Value::Null);
-        (status, v)
+        signed_backend_request(&self.url, &self.nc.url, room, body).await
+    }
+
+    /// The same request in a task of its own (for requests that wait for a
+    /// client, such as dialout).
+    pub fn spawn_backend_request(
+        &self,
+        room: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<(u16, Value)> {
+        let (url, nc, room) = (self.url.clone(), self.nc.url.clone(), room.to_string());
+        tokio::spawn(async move { signed_backend_request(&url, &nc, &room, &body).await })
     }
 
     /// Asserts that `resume_id` can no longer be resumed.
@@ -576,6 +572,32 @@ pub async fn eventually(what: &str, limit: Duration, cond: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Sends a backend API request with a valid checksum to the server at
+/// `server_url`, naming the Nextcloud at `nc_url`.
+pub async fn signed_backend_request(
+    server_url: &str,
+    nc_url: &str,
+    room: &str,
+    body: &Value,
+) -> (u16, Value) {
+    let body = serde_json::to_vec(body).unwrap();
+    let random = checksum::new_random();
+    let sum = checksum::calculate(SECRET.as_bytes(), random.as_bytes(), &body);
+    let resp = reqwest::Client::new()
+        .post(format!("{server_url}/api/v1/room/{room}"))
+        .header("Content-Type", "application/json")
+        .header("Spreed-Signaling-Random", random)
+        .header("Spreed-Signaling-Checksum", sum)
+        .header("Spreed-Signaling-Backend", nc_url)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, v)
 }
 
 /// The server binary running as a child process, with its config in a
