@@ -27,6 +27,8 @@ pub struct Metrics {
     pub client_messages: IntCounterVec,
     /// Connections closed because their send queue overflowed.
     pub slow_clients: IntCounter,
+    /// Pauses in reading a connection that went over its message budget.
+    pub client_throttled: IntCounter,
     /// `client_messages` resolved once per known type (no label lookup per message).
     known_types: Vec<(&'static str, IntCounter)>,
 }
@@ -121,8 +123,18 @@ impl Metrics {
             .subsystem("client"),
         )
         .expect("valid metric");
+        let client_throttled = IntCounter::with_opts(
+            Opts::new(
+                "read_pauses_total",
+                "Times a connection was not read for a while because it sent more than its budget",
+            )
+            .namespace("signaling")
+            .subsystem("client"),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(backend_current.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_throttled.clone()),
             Box::new(hub_sessions.clone()),
             Box::new(hub_sessions_total.clone()),
             Box::new(resume_failed.clone()),
@@ -156,6 +168,7 @@ impl Metrics {
             backend_requests,
             client_messages,
             slow_clients,
+            client_throttled,
         }
     }
 

@@ -88,6 +88,9 @@ impl Server {
         hub.spawn_tasks(shutdown.clone());
         if let Some(rx) = inbound {
             hub.spawn_cluster(rx, shutdown.clone());
+            // Know the peers before the first client: joins get the members
+            // of the other processes, resumes find their owner.
+            hub.discover_peers().await;
         }
         let tracker = TaskTracker::new();
         let app = router(AppState {

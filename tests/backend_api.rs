@@ -265,11 +265,20 @@ async fn participants_update_maps_session_ids_and_applies_permissions() {
         assert_eq!(p["event"]["type"], "update");
         let up = &p["event"]["update"];
         assert_eq!(up["roomid"], "room1");
-        // `users` lists the changed participants (as the spec says), with
-        // signaling session ids and without permissions.
+        // `changed` lists the changed participants, `users` everybody (as
+        // the Go server sends them), with signaling session ids (dropped
+        // when unknown) and without permissions.
+        assert_eq!(
+            up["changed"],
+            json!([{"sessionId": bsid, "nextcloudSessionId": "nc-bob", "inCall": 7, "participantType": 3}])
+        );
         assert_eq!(
             up["users"],
-            json!([{"sessionId": bsid, "nextcloudSessionId": "nc-bob", "inCall": 7, "participantType": 3}])
+            json!([
+                {"sessionId": asid, "nextcloudSessionId": "nc-alice", "inCall": 0},
+                {"sessionId": bsid, "nextcloudSessionId": "nc-bob", "inCall": 7},
+                {"nextcloudSessionId": "nc-unknown", "inCall": 0}
+            ])
         );
         assert_ne!(asid, bsid);
     }
@@ -296,7 +305,12 @@ async fn incall_updates_and_the_all_form() {
     let p = b.wait_for(|m| m["event"]["target"] == "participants").await;
     assert_eq!(
         p["event"]["update"],
-        json!({"roomid": "room1", "users": [{"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7}]})
+        json!({"roomid": "room1",
+        "changed": [{"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7}],
+        "users": [
+            {"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7},
+            {"sessionId": b.session_id, "nextcloudSessionId": "nc-bob", "inCall": 0}
+        ]})
     );
     a.wait_for(|m| m["event"]["target"] == "participants").await;
     ts.backend_request(
@@ -320,20 +334,23 @@ async fn incall_with_changes_only_keeps_state_and_sends_complete_lists() {
     let (mut a, b, _c, _d) = setup(&ts).await;
     ts.backend_request("room1", &json!({"type": "participants", "participants": {"changed": [{"sessionId": "nc-bob", "inCall": 0, "participantType": 3, "actorId": "bob"}]}})).await;
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    assert_eq!(p["event"]["update"]["changed"][0]["participantType"], 3);
     assert_eq!(p["event"]["update"]["users"][0]["participantType"], 3);
     ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 7, "changed": [{"sessionId": "nc-alice", "inCall": 7}]}})).await;
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
+    let alice7 = json!({"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7});
+    assert_eq!(p["event"]["update"]["changed"], json!([alice7]));
+    // `users` is complete: the server keeps what Nextcloud sent before.
     assert_eq!(
         p["event"]["update"]["users"],
-        json!([{"sessionId": a.session_id, "nextcloudSessionId": "nc-alice", "inCall": 7}])
+        json!([alice7, {"sessionId": b.session_id, "nextcloudSessionId": "nc-bob", "inCall": 0, "participantType": 3, "actorId": "bob"}])
     );
     // The server completes changed entries from its own state.
     ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 3, "changed": [{"sessionId": "nc-bob", "inCall": 3}]}})).await;
     let p = a.wait_for(|m| m["event"]["target"] == "participants").await;
-    assert_eq!(
-        p["event"]["update"]["users"],
-        json!([{"sessionId": b.session_id, "nextcloudSessionId": "nc-bob", "inCall": 3, "participantType": 3, "actorId": "bob"}])
-    );
+    let bob3 = json!({"sessionId": b.session_id, "nextcloudSessionId": "nc-bob", "inCall": 3, "participantType": 3, "actorId": "bob"});
+    assert_eq!(p["event"]["update"]["changed"], json!([bob3]));
+    assert_eq!(p["event"]["update"]["users"], json!([alice7, bob3]));
     // An unchanged in-call state is not repeated.
     let (status, _) = ts.backend_request("room1", &json!({"type": "incall", "incall": {"incall": 3, "changed": [{"sessionId": "nc-bob", "inCall": 3}]}})).await;
     assert_eq!(status, 200);
@@ -470,12 +487,8 @@ async fn the_server_pings_the_backend_for_sessions_in_rooms() {
 #[tokio::test]
 async fn pings_are_batched_across_rooms_with_a_session_ping_limit() {
     let ts = TestServer::start_with("[backend]\npinginterval = 1\n").await;
+    // The server fetches the capabilities itself (no hello v2 needed).
     ts.nc.state.lock().unwrap().ping_limit = Some(2);
-    // A hello v2 attempt makes the server fetch (and cache) the capabilities.
-    let mut x = ts.connect().await;
-    x.expect_type("welcome").await;
-    x.send(json!({"type": "hello", "hello": {"version": "2.0", "auth": {"url": ts.nc.backend_url(), "params": {"token": "a.b.c"}}}})).await;
-    x.expect_type("error").await;
     let _a = ts.client_in_room("alice", "r1").await;
     let _b = ts.client_in_room("bob", "r2").await;
     let _c = ts.client_in_room("carol", "r3").await;

@@ -359,3 +359,140 @@ async fn dialout_reaches_an_internal_client_on_another_process() {
     assert_eq!(body["dialout"]["callid"], "c-9");
     stop_all(s).await;
 }
+
+/// A session that vanished while Nextcloud was asked about its join (its
+/// resumed connection said bye) leaves no room behind, and Nextcloud hears
+/// that it left.
+#[tokio::test]
+async fn no_room_stays_behind_a_session_that_vanished_during_its_join() {
+    let (_nats, s) = cluster(1, "").await;
+    let ts = &s[0];
+    ts.nc.state.lock().unwrap().room_delay = Some(Duration::from_millis(500));
+    let mut a = ts.client(Some("alice")).await;
+    a.send(
+        json!({"id": "j", "type": "room", "room": {"roomid": "room1", "sessionid": "nc-alice"}}),
+    )
+    .await;
+    ts.nc
+        .wait_for("room", |r| r["room"]["sessionid"] == "nc-alice")
+        .await;
+    // While Nextcloud thinks, the session moves to a new connection, which
+    // says bye.
+    let mut a2 = ts.connect().await;
+    a2.expect_type("welcome").await;
+    a2.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": a.resume_id}}))
+        .await;
+    a2.expect_type("hello").await;
+    a2.send(json!({"id": "b", "type": "bye", "bye": {}})).await;
+    a2.expect_type("bye").await;
+    ts.nc
+        .wait_for("room", |r| {
+            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
+        })
+        .await;
+    assert_eq!(ts.server.as_ref().unwrap().hub.room_count(), 0);
+    stop_all(s).await;
+}
+
+/// `n` servers on one fake Nextcloud and one NATS, started one after the
+/// other without waiting for heartbeats.
+async fn fresh_cluster(n: usize) -> (NatsServer, Vec<TestServer>) {
+    let nats = NatsServer::start().await;
+    let nc = FakeNextcloud::start().await;
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let conf = format!("[nats]\nurl = {}\n", nats.url());
+        servers.push(TestServer::start_on(nc.clone(), &conf).await);
+    }
+    (nats, servers)
+}
+
+/// Right after start, a joiner's initial list has the members that joined
+/// on the other process just before, in both directions.
+#[tokio::test]
+async fn a_fresh_cluster_shares_room_members_at_once() {
+    let (_nats, s) = fresh_cluster(2).await;
+    let a = s[0].client_in_room("alice", "room1").await;
+    let mut b = s[1].client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    let c = s[1].client_in_room("carol", "room2").await;
+    let mut d = s[0].client_in_room("dave", "room2").await;
+    d.wait_join_of(&c.session_id).await;
+    stop_all(s).await;
+}
+
+/// Right after start, a session resumes on the other process.
+#[tokio::test]
+async fn a_fresh_cluster_resumes_on_the_other_process() {
+    let (_nats, s) = fresh_cluster(2).await;
+    let a = s[0].client(Some("alice")).await;
+    let (sid, rid) = (a.session_id.clone(), a.resume_id.clone());
+    drop(a);
+    let mut a2 = s[1].connect().await;
+    a2.expect_type("welcome").await;
+    a2.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": rid}}))
+        .await;
+    let h = a2.expect_type("hello").await;
+    assert_eq!(h["hello"]["sessionid"], sid.as_str(), "{h}");
+    stop_all(s).await;
+}
+
+/// A process killed right after start: its members leave everywhere and
+/// Nextcloud is told.
+#[tokio::test]
+async fn a_process_killed_right_after_start_is_noticed() {
+    let (nats, s) = fresh_cluster(1).await;
+    let nc = s[0].nc.clone();
+    let mut child = ServerProcess::start(&config_text(
+        &nc,
+        &format!("[nats]\nurl = {}\n", nats.url()),
+    ))
+    .await;
+    let mut b = Client::connect(&child.ws_url()).await;
+    b.expect_type("welcome").await;
+    b.hello_v1(&nc.backend_url(), json!({"userid": "bob"}))
+        .await;
+    b.join("room1", "nc-bob").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    child.kill();
+    let l = a
+        .wait_for_within(Duration::from_secs(15), |m| m["event"]["type"] == "leave")
+        .await;
+    assert_eq!(l["event"]["leave"], json!([b.session_id]));
+    nc.wait_for("room", |r| {
+        r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
+    })
+    .await;
+    stop_all(s).await;
+}
+
+/// A Talk client reconnecting to another process with the same Nextcloud
+/// session replaces its old connection there.
+#[tokio::test]
+async fn a_reconnect_on_another_process_replaces_the_old_connection() {
+    let (_nats, s) = cluster(2, "").await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    let mut b = s[0].client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    let old = a.session_id.clone();
+    let mut a2 = s[1].client(Some("alice")).await;
+    a2.join("room1", "nc-alice").await;
+    let bye = a.wait_for(|m| m["type"] == "bye").await;
+    assert_eq!(bye["bye"]["reason"], "room_session_reconnected");
+    let l = b.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([old]));
+    b.send(json!({"type": "room", "room": {"roomid": ""}}))
+        .await;
+    s[0].nc
+        .wait_for("room", |r| {
+            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
+        })
+        .await;
+    let told =
+        s[0].nc.requests("room").into_iter().any(|r| {
+            r.body["room"]["action"] == "leave" && r.body["room"]["sessionid"] == "nc-alice"
+        });
+    assert!(!told, "Nextcloud was told nc-alice left");
+    stop_all(s).await;
+}

@@ -435,8 +435,10 @@ async fn reloading_backends_keeps_sessions_and_admits_new_backends() {
     b.expect_type("welcome").await;
     b.hello_v1(&nc2.backend_url(), json!({"userid": "bob"}))
         .await;
-    // Alice's session survived the reload.
-    b.message_to(
+    // Alice's session survived the reload (and is reachable from her own
+    // backend only).
+    let mut c = ts.client(Some("carol")).await;
+    c.message_to(
         json!({"type": "session", "sessionid": a.session_id}),
         json!({"after": "reload"}),
     )

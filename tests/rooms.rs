@@ -127,8 +127,17 @@ async fn same_room_id_on_two_backends_is_two_rooms() {
     // Same user id on another backend is another user.
     b.message_to(json!({"type": "user", "userid": "alice"}), json!({"x": 2}))
         .await;
-    // A direct message (session ids are global) proves ordering.
-    b.message_to(
+    // Sessions of another backend are unreachable; the error also proves
+    // that b's earlier messages were handled.
+    b.send(json!({"id": "direct", "type": "message", "message": {"recipient": {"type": "session", "sessionid": a.session_id}, "data": {"x": 4}}})).await;
+    let e = b.expect_error("no_such_session").await;
+    assert_eq!(e["id"], "direct");
+    // A direct message from a's own backend is a's first message.
+    let mut c = Client::connect(&ws).await;
+    c.expect_type("welcome").await;
+    c.hello_v1(&nc1.backend_url(), json!({"userid": "carol"}))
+        .await;
+    c.message_to(
         json!({"type": "session", "sessionid": a.session_id}),
         json!({"x": 3}),
     )

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::backend::client::{BackendCallError, BackendClient};
+use crate::backend::registry::capabilities_url;
 
 /// How long fetched capabilities are used before fetching again.
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
@@ -47,108 +48,83 @@ impl Capabilities {
     }
 }
 
-/// The capabilities URL for a Nextcloud URL: everything before `ocs/v` in
-/// the path, then `ocs/v2.php/cloud/capabilities`.
-pub fn capabilities_url(url: &str) -> String {
-    let Ok(mut u) = reqwest::Url::parse(url) else {
-        return url.to_string();
-    };
-    let path = u.path().to_string();
-    let new_path = match path.find("ocs/v") {
-        Some(pos) => format!("{}ocs/v2.php/cloud/capabilities", &path[..pos]),
-        None => format!(
-            "{}/ocs/v2.php/cloud/capabilities",
-            path.trim_end_matches('/')
-        ),
-    };
-    u.set_path(&new_path);
-    u.set_query(None);
-    u.to_string()
-}
+/// How long a failed fetch is remembered: hellos that fail (or forge
+/// tokens) must not make the server ask Nextcloud again and again.
+pub const FAILURE_TTL: Duration = Duration::from_secs(5);
 
 struct CacheEntry {
     fetched: Instant,
     /// Last fetch forced by a failing token.
     forced: Option<Instant>,
-    caps: Capabilities,
+    result: Result<Capabilities, BackendCallError>,
 }
 
-/// Cache of capabilities by capabilities URL.
+/// Cache of capabilities per configured base URL. The URL fetched is always
+/// the configured base plus Nextcloud's fixed capabilities path (see
+/// [`crate::backend::registry::capabilities_url`]), never one a client named.
 #[derive(Default)]
 pub struct CapabilitiesCache {
     entries: Mutex<HashMap<String, CacheEntry>>,
 }
 
 impl CapabilitiesCache {
-    /// Cached capabilities for `url` (any Nextcloud URL), fetched when
-    /// missing or older than [`CACHE_TTL`]; with `refresh` (a token failed
-    /// with the cached key) fetched again unless that was already done in
-    /// the last [`MIN_REFRESH`].
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CacheEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cached capabilities of the Nextcloud at `base` (a configured base
+    /// URL), fetched when missing or older than [`CACHE_TTL`] (a failure is
+    /// kept for [`FAILURE_TTL`]); with `refresh` (a token failed with the
+    /// cached key) fetched again unless that was already done in the last
+    /// [`MIN_REFRESH`].
     pub async fn get(
         &self,
         client: &BackendClient,
-        url: &str,
+        base: &str,
         refresh: bool,
     ) -> Result<Capabilities, BackendCallError> {
-        let key = capabilities_url(url);
+        let key = capabilities_url(base);
         let mut forced = None;
         {
-            let entries = self.entries.lock().expect("capabilities lock");
+            let entries = self.entries();
             if let Some(e) = entries.get(&key) {
-                let use_cached = if refresh {
+                let use_cached = if e.result.is_err() {
+                    e.fetched.elapsed() < FAILURE_TTL
+                } else if refresh {
                     // One forced refetch, then at most one per MIN_REFRESH.
                     e.forced.is_some_and(|f| f.elapsed() < MIN_REFRESH)
                 } else {
                     e.fetched.elapsed() < CACHE_TTL
                 };
                 if use_cached {
-                    return Ok(e.caps.clone());
+                    return e.result.clone();
                 }
                 forced = e.forced;
             }
         }
-        let data = client.get_json(&key).await?;
-        let caps = Capabilities::from_data(&data);
+        let result = client
+            .get_json(&key)
+            .await
+            .map(|data| Capabilities::from_data(&data));
+        if let Err(e) = &result {
+            tracing::warn!(url = %key, "capabilities request failed: {e}");
+        }
         let now = Instant::now();
-        self.entries.lock().expect("capabilities lock").insert(
+        self.entries().insert(
             key,
             CacheEntry {
                 fetched: now,
                 forced: if refresh { Some(now) } else { forced },
-                caps: caps.clone(),
+                result: result.clone(),
             },
         );
-        Ok(caps)
-    }
-
-    /// Cached capabilities without fetching.
-    pub fn cached(&self, url: &str) -> Option<Capabilities> {
-        let key = capabilities_url(url);
-        self.entries
-            .lock()
-            .expect("capabilities lock")
-            .get(&key)
-            .map(|e| e.caps.clone())
+        result
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_derivation() {
-        assert_eq!(
-            capabilities_url(
-                "https://c.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
-            ),
-            "https://c.example/nc/ocs/v2.php/cloud/capabilities"
-        );
-        assert_eq!(
-            capabilities_url("https://c.example/nc/"),
-            "https://c.example/nc/ocs/v2.php/cloud/capabilities"
-        );
-    }
 
     #[test]
     fn parses_capabilities() {

@@ -26,8 +26,16 @@ pub fn calculate(secret: &[u8], random: &[u8], body: &[u8]) -> String {
     hex::encode(mac(secret, random, body).finalize().into_bytes())
 }
 
-/// Constant-time check of a hex checksum.
+/// Shortest accepted `Spreed-Signaling-Random`: a short random would let a
+/// recorded checksum be replayed with little guessing (Nextcloud sends 64).
+pub const MIN_RANDOM_LEN: usize = 32;
+
+/// Constant-time check of a hex checksum; a random shorter than
+/// [`MIN_RANDOM_LEN`] never verifies.
 pub fn verify(secret: &[u8], random: &[u8], body: &[u8], checksum_hex: &str) -> bool {
+    if random.len() < MIN_RANDOM_LEN {
+        return false;
+    }
     let Ok(expected) = hex::decode(checksum_hex.trim()) else {
         return false;
     };
@@ -55,5 +63,9 @@ mod tests {
         assert!(!verify(b"OtherSecret", random, body, sum));
         assert!(!verify(b"MySecretValue", random, b"{}", sum));
         assert!(!verify(b"MySecretValue", random, body, "zz"));
+        // A short random never verifies, even with the right checksum.
+        let short = &random[..31];
+        let sum = calculate(b"MySecretValue", short, body);
+        assert!(!verify(b"MySecretValue", short, body, &sum));
     }
 }

@@ -13,7 +13,7 @@ use crate::backend::checksum::{self, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RAN
 pub const HEADER_FEATURES: &str = "X-Spreed-Signaling-Features";
 
 /// Why a request to Nextcloud failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendCallError {
     /// No answer within the configured timeout.
     #[error("backend request timed out")]
@@ -53,6 +53,9 @@ impl BackendClient {
             .connect_timeout(timeout)
             .pool_max_idle_per_host(connections_per_host)
             .tls_danger_accept_invalid_certs(skip_verify)
+            // Answers come from the configured URL only: a redirect could
+            // point the server (and a hello v2 key lookup) elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("spreed-signaling/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(BackendClient {

@@ -55,6 +55,56 @@ pub fn url_matches(base: &Url, url: &Url) -> bool {
     up.starts_with(bp) && matches!(up.as_bytes().get(bp.len()), None | Some(b'/'))
 }
 
+/// Talk's signaling endpoint under a Nextcloud base URL (auth, room,
+/// ping and session requests).
+pub const SIGNALING_PATH: &str = "/ocs/v2.php/apps/spreed/api/v3/signaling/backend";
+/// Nextcloud's capabilities endpoint under a base URL.
+pub const CAPABILITIES_PATH: &str = "/ocs/v2.php/cloud/capabilities";
+
+/// True for the path of Talk's signaling endpoint in any API version:
+/// `[/index.php]/ocs/v{1,2}.php/apps/spreed/api/v<N>/signaling/backend[/]`.
+fn is_signaling_path(path: &str) -> bool {
+    let path = path.strip_prefix("/index.php").unwrap_or(path);
+    let Some(rest) = path
+        .strip_prefix("/ocs/v2.php/apps/spreed/api/v")
+        .or_else(|| path.strip_prefix("/ocs/v1.php/apps/spreed/api/v"))
+    else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0
+        && digits <= 2
+        && matches!(
+            &rest[digits..],
+            "/signaling/backend" | "/signaling/backend/"
+        )
+}
+
+/// The URL this server sends requests for a client to: the configured base
+/// URL plus Talk's fixed signaling path. The client's `auth.url` only
+/// selects the backend (and the Talk API version when it names Talk's
+/// endpoint); its user info, query and any other path are never used, so a
+/// client cannot make the server ask a URL of its choosing.
+pub fn signaling_url(base: &str, client_url: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let suffix = match (Url::parse(base), Url::parse(client_url)) {
+        (Ok(b), Ok(c)) => {
+            let bp = b.path().trim_end_matches('/');
+            c.path()
+                .strip_prefix(bp)
+                .filter(|rest| is_signaling_path(rest))
+                .map(|rest| rest.trim_end_matches('/').to_string())
+        }
+        _ => None,
+    };
+    format!("{base}{}", suffix.as_deref().unwrap_or(SIGNALING_PATH))
+}
+
+/// The capabilities URL of a configured base URL.
+pub fn capabilities_url(base: &str) -> String {
+    format!("{}{CAPABILITIES_PATH}", base.trim_end_matches('/'))
+}
+
 impl BackendRegistry {
     /// Builds the registry from the validated config.
     pub fn new(cfg: &BackendsConfig) -> Self {
@@ -156,5 +206,42 @@ mod tests {
         assert!(!ok("http://cloud.example.com/nextcloud/ocs"));
         assert!(!ok("https://cloud.example.com:8443/nextcloud/ocs"));
         assert!(!ok("https://evil.example.com/nextcloud/ocs"));
+    }
+
+    #[test]
+    fn request_urls_come_from_the_configured_base() {
+        let base = "https://cloud.example.com/nc";
+        // Talk's endpoint, in the API version the client named.
+        assert_eq!(
+            signaling_url(
+                base,
+                "https://cloud.example.com/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
+            ),
+            "https://cloud.example.com/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend"
+        );
+        assert_eq!(
+            signaling_url(
+                base,
+                "https://cloud.example.com/nc/index.php/ocs/v2.php/apps/spreed/api/v1/signaling/backend/"
+            ),
+            "https://cloud.example.com/nc/index.php/ocs/v2.php/apps/spreed/api/v1/signaling/backend"
+        );
+        // Any other path, user info or query: the fixed path under the base.
+        for client in [
+            "https://cloud.example.com/nc/remote.php/dav/files/me/ocs/v2.php/cloud/capabilities",
+            "https://me:pw@cloud.example.com/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend?x=1",
+            "https://cloud.example.com/nc/remote.php/dav/files/me/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+            "https://cloud.example.com/nc/",
+        ] {
+            assert_eq!(
+                signaling_url(base, client),
+                "https://cloud.example.com/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+                "{client}"
+            );
+        }
+        assert_eq!(
+            capabilities_url("https://cloud.example.com/nc/"),
+            "https://cloud.example.com/nc/ocs/v2.php/cloud/capabilities"
+        );
     }
 }

@@ -125,6 +125,13 @@ pub enum Header {
         /// Client sessions per backend id.
         counts: std::collections::HashMap<String, u64>,
     },
+    /// A process starts: every other process answers (request/reply) with
+    /// its heartbeat, so a new process knows its peers before it serves
+    /// clients, and the peers know it.
+    Discover {
+        /// Process id.
+        from: String,
+    },
     /// A process stops (clean shutdown).
     Goodbye {
         /// Process id.
@@ -179,6 +186,25 @@ pub enum Header {
     SessionFrame {
         /// Session id.
         sid: String,
+        /// The sender's backend: the frame is delivered only to a session
+        /// of this backend (sessions of other backends are unreachable).
+        #[serde(default)]
+        backend: Option<String>,
+        /// Sender to tell `no_such_session` when the target does not exist
+        /// (or is on another backend), with the request id.
+        #[serde(default)]
+        reply_to: Option<String>,
+        /// Request id of the message, for the error to `reply_to`.
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// End a session of the receiving process with `bye` `reason`, without
+    /// telling Nextcloud that it left (it was replaced by a reconnect).
+    EndSession {
+        /// Session id.
+        sid: String,
+        /// `bye` reason.
+        reason: String,
     },
     /// Deliver the body to every local session of a user.
     UserFrame {
@@ -249,6 +275,24 @@ pub enum Header {
         /// Process taking the session.
         to: String,
     },
+}
+
+impl Header {
+    /// The process that sent the message, for messages that name it.
+    pub fn origin(&self) -> Option<&str> {
+        match self {
+            Header::Heartbeat { from, .. }
+            | Header::Discover { from }
+            | Header::Joined { from, .. }
+            | Header::Changed { from, .. }
+            | Header::Left { from, .. }
+            | Header::RoomFrame { from, .. }
+            | Header::UserFrame { from, .. }
+            | Header::SnapshotRequest { from, .. }
+            | Header::Dialout { from, .. } => Some(from),
+            _ => None,
+        }
+    }
 }
 
 /// Encodes a header and an optional body into one bus message.
@@ -358,10 +402,17 @@ mod tests {
 
     #[test]
     fn header_and_body_round_trip() {
-        let h = Header::SessionFrame { sid: "abc".into() };
+        let h = Header::SessionFrame {
+            sid: "abc".into(),
+            backend: Some("b".into()),
+            reply_to: None,
+            id: None,
+        };
         let p = encode(&h, Some(b"{\"type\":\"x\"}\n"));
         let (h2, body) = decode(&p).unwrap();
-        assert!(matches!(h2, Header::SessionFrame { sid } if sid == "abc"));
+        assert!(
+            matches!(h2, Header::SessionFrame { sid, backend, .. } if sid == "abc" && backend.as_deref() == Some("b"))
+        );
         assert_eq!(&body[..], b"{\"type\":\"x\"}\n");
         assert!(
             room_subject("https://a.example", "room.1 x")

@@ -61,8 +61,15 @@ pub struct ClientLimits {
     pub resume_queue_bytes: usize,
     /// Interval of `ping` requests telling Nextcloud which sessions are alive.
     pub backend_ping_interval: Duration,
-    /// Client messages accepted per second per connection (burst = 2x).
+    /// Client messages read per second per connection, on average; a
+    /// connection over its budget is not read until it refilled.
     pub messages_per_second: u32,
+    /// Messages a connection may send at once before the rate applies.
+    pub message_burst: u32,
+    /// Client bytes read per second per connection, on average.
+    pub bytes_per_second: u64,
+    /// Bytes a connection may send at once before the rate applies.
+    pub byte_burst: u64,
 }
 
 /// The whole validated configuration.
@@ -221,7 +228,10 @@ impl Config {
             resume_queue_messages: ini.get_u64("sessions", "resumequeuemessages", 1000)? as usize,
             resume_queue_bytes: ini.get_u64("sessions", "resumequeuebytes", 1 << 20)? as usize,
             backend_ping_interval: secs(&ini, "backend", "pinginterval", 10)?,
-            messages_per_second: ini.get_u64("clients", "messagespersecond", 200)? as u32,
+            messages_per_second: ini.get_u64("clients", "messagespersecond", 500)? as u32,
+            message_burst: ini.get_u64("clients", "messageburst", 5000)? as u32,
+            bytes_per_second: ini.get_u64("clients", "bytespersecond", 1 << 20)?,
+            byte_burst: ini.get_u64("clients", "byteburst", 8 << 20)?,
         };
         if limits.hello_timeout.is_zero() {
             return Err(ConfigError("[clients] hellotimeout: must be > 0".into()));
@@ -242,6 +252,17 @@ impl Config {
         if limits.messages_per_second == 0 {
             return Err(ConfigError(
                 "[clients] messagespersecond: must be > 0".into(),
+            ));
+        }
+        if limits.bytes_per_second == 0 {
+            return Err(ConfigError("[clients] bytespersecond: must be > 0".into()));
+        }
+        if limits.message_burst == 0 {
+            return Err(ConfigError("[clients] messageburst: must be > 0".into()));
+        }
+        if limits.byte_burst < limits.max_message_size as u64 {
+            return Err(ConfigError(
+                "[clients] byteburst: must be at least maxmessagesize".into(),
             ));
         }
 

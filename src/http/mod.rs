@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::api::backend::BackendRoomRequest;
 use crate::backend::checksum::{self, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RANDOM};
 use crate::backend::client::HEADER_FEATURES;
-use crate::hub::{all_features, Hub, VERSION};
+use crate::hub::{all_features, header_features, Hub, VERSION};
 
 /// Largest accepted backend API body (large rooms send big participant lists).
 pub const MAX_BACKEND_BODY: usize = 256 * 1024;
@@ -35,7 +35,7 @@ pub struct AppState {
 
 /// The value of `X-Spreed-Signaling-Features`: sorted ids joined with ", ".
 pub fn features_header() -> HeaderValue {
-    HeaderValue::from_str(&all_features().join(", ")).expect("feature ids are ASCII")
+    HeaderValue::from_str(&header_features()).expect("feature ids are ASCII")
 }
 
 async fn add_headers(mut resp: Response) -> Response {

@@ -57,34 +57,42 @@ pub async fn serve(hub: Arc<Hub>, socket: WebSocket, cancel: CancellationToken) 
 }
 
 /// Token bucket for client messages.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
+/// What a connection may send: token buckets for messages and bytes. A
+/// message is always accepted (never dropped); a connection that went over
+/// its budget is simply not read until the budget refilled, so TCP holds
+/// the client back and a flood cannot take more than its share.
+struct Budget {
+    messages: f64,
+    bytes: f64,
+    message_rate: f64,
+    byte_rate: f64,
+    message_burst: f64,
+    byte_burst: f64,
     last: Instant,
 }
 
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        let rate = per_second as f64;
-        RateLimit {
-            tokens: rate * 2.0,
-            rate,
-            burst: rate * 2.0,
+impl Budget {
+    fn new(limits: &crate::config::ClientLimits) -> Self {
+        Budget {
+            messages: limits.message_burst as f64,
+            bytes: limits.byte_burst as f64,
+            message_rate: limits.messages_per_second as f64,
+            byte_rate: limits.bytes_per_second as f64,
+            message_burst: limits.message_burst as f64,
+            byte_burst: limits.byte_burst as f64,
             last: Instant::now(),
         }
     }
 
-    fn allow(&mut self, now: Instant) -> bool {
+    /// Takes one message of `len` bytes; returns how long to stop reading
+    /// until the budget is back to zero (None when it is not in debt).
+    fn take(&mut self, now: Instant, len: usize) -> Option<std::time::Duration> {
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.messages = (self.messages + elapsed * self.message_rate).min(self.message_burst) - 1.0;
+        self.bytes = (self.bytes + elapsed * self.byte_rate).min(self.byte_burst) - len as f64;
+        let wait = (-self.messages / self.message_rate).max(-self.bytes / self.byte_rate);
+        (wait > 0.0).then(|| std::time::Duration::from_secs_f64(wait))
     }
 }
 
@@ -102,8 +110,7 @@ async fn read_loop<S>(
     let mut hello_deadline = Some(Instant::now() + limits.hello_timeout);
     let mut room_deadline: Option<Instant> = None;
     let mut last_read = Instant::now();
-    let mut rate = RateLimit::new(limits.messages_per_second);
-    let mut warned_rate = false;
+    let mut budget = Budget::new(&limits);
     // One timer for the connection, re-armed lazily: reads only move
     // `last_read`; when the timer fires early it is set to the real deadline.
     let timer = tokio::time::sleep(limits.read_timeout);
@@ -193,17 +200,9 @@ async fn read_loop<S>(
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) => continue,
         };
-        if !rate.allow(now) {
-            if !warned_rate {
-                outbox.push(error_frame(
-                    None,
-                    &ProtocolError::new(error::TOO_MANY_REQUESTS, "Too many messages, slow down."),
-                ));
-                warned_rate = true;
-            }
-            continue;
-        }
-        warned_rate = false;
+        // Over its budget, the connection is not read for a while after
+        // this message (backpressure: nothing is dropped).
+        let pause = budget.take(now, text.len());
         match on_text(hub, outbox, session.as_ref(), text.as_str()) {
             Step::Done => {}
             Step::Hello(pending) => match pending.await {
@@ -236,6 +235,13 @@ async fn read_loop<S>(
                 break;
             }
             Step::Closing => break,
+        }
+        if let Some(wait) = pause {
+            hub.metrics.client_throttled.inc();
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
     }
     if let Some(sid) = session {

@@ -73,6 +73,91 @@ impl State {
             .collect()
     }
 
+    /// The `participants` `update` event: `changed` holds the changed
+    /// entries, `users` everybody (from `users` when Nextcloud sent the
+    /// list, else from the participant state kept for `changed-users`),
+    /// with internal and virtual sessions added, as the Go server sends it.
+    /// The Talk client merges `users` into its own list, so a session that
+    /// joins a call late learns who is already in it only from a complete
+    /// list. None when there is nothing to tell.
+    fn participants_frame(
+        &self,
+        key: &RoomKey,
+        changed: &[Map<String, Value>],
+        users: Option<&[Map<String, Value>]>,
+    ) -> Option<crate::api::server::Frame> {
+        let all: Vec<Map<String, Value>> = match users {
+            Some(u) => u.to_vec(),
+            None => self
+                .rooms
+                .get(key)
+                .map(|r| r.participants.values().cloned().collect())
+                .unwrap_or_default(),
+        };
+        if changed.is_empty() && all.is_empty() {
+            return None;
+        }
+        let changed = self.client_entries(key, changed);
+        let mut users = self.client_entries(key, &all);
+        let listed: HashSet<String> = users
+            .iter()
+            .filter_map(|u| u.get("sessionId").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        users.extend(self.internal_incall_entries(key).into_iter().filter(|e| {
+            e.get("sessionId")
+                .and_then(Value::as_str)
+                .is_none_or(|sid| !listed.contains(sid))
+        }));
+        Some(event_frame(
+            "participants",
+            "update",
+            &json!({"roomid": &*key.room, "changed": changed, "users": users}),
+        ))
+    }
+
+    /// Local client sessions in a room (the recipients of room events that
+    /// Nextcloud sent without user lists).
+    fn local_client_members(&self, key: &RoomKey) -> Vec<Arc<str>> {
+        self.rooms
+            .get(key)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter(|m| {
+                        self.sessions
+                            .map
+                            .get(*m)
+                            .is_some_and(|s| s.kind == SessionKind::Client)
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Delivers `f` to the local client members of a room whose user is not
+    /// in `skip_users` (those were told through their user already).
+    fn members_except_users(
+        &mut self,
+        key: &RoomKey,
+        skip_users: &[String],
+        f: &crate::api::server::Frame,
+    ) {
+        let skip: HashSet<&str> = skip_users.iter().map(String::as_str).collect();
+        for sid in self.local_client_members(key) {
+            let told = self
+                .sessions
+                .map
+                .get(&sid)
+                .and_then(|s| s.user_id.as_deref())
+                .is_some_and(|u| skip.contains(u));
+            if !told {
+                self.sessions.deliver(&sid, f);
+            }
+        }
+    }
+
     /// Applies `permissions` carried in changed participant entries.
     fn apply_permissions(&mut self, key: &RoomKey, changed: &[Map<String, Value>]) {
         for e in changed {
@@ -162,10 +247,20 @@ impl State {
                 properties: None,
             },
         );
+        let deadline = std::time::Instant::now() + self.sessions.limits.room_timeout;
         for sid in sids {
-            if self.sessions.map.get(sid).and_then(|s| s.room.as_ref()) == Some(key) {
-                self.leave_room(sid, false);
-                self.sessions.deliver(sid, &f);
+            let Some(s) = self.sessions.map.get(sid) else {
+                continue;
+            };
+            if s.room.as_ref() != Some(key) {
+                continue;
+            }
+            // A guest must join a room again in time, as after its hello.
+            let guest = s.kind == SessionKind::Client && s.user_id.is_none();
+            self.leave_room(sid, false);
+            self.sessions.deliver(sid, &f);
+            if guest {
+                self.sessions.room_deadlines.insert(sid.clone(), deadline);
             }
         }
     }
@@ -181,7 +276,8 @@ impl State {
         }
     }
 
-    /// `update` to all users not already notified.
+    /// `update` to all users not already notified; without the list of all
+    /// users (`changed-users`), to the room's members not already notified.
     fn roomlist_update_others(
         &mut self,
         key: &RoomKey,
@@ -189,14 +285,15 @@ impl State {
         all: Option<&[String]>,
         properties: Option<&serde_json::value::RawValue>,
     ) {
-        let Some(all) = all else {
-            return;
-        };
         let f = event_frame(
             "roomlist",
             "update",
             &json!({"roomid": &*key.room, "properties": properties}),
         );
+        let Some(all) = all else {
+            self.members_except_users(key, notified, &f);
+            return;
+        };
         let notified: HashSet<&str> = notified.iter().map(String::as_str).collect();
         let others: Vec<String> = all
             .iter()
@@ -364,7 +461,12 @@ impl Hub {
                     "update",
                     &json!({"roomid": room_id, "properties": props_value(&b.properties)}),
                 );
-                st.roomlist_to_users(&key.backend, &b.userids, &f);
+                if b.userids.is_empty() {
+                    // `changed-users`: no list, the members are told.
+                    st.members_except_users(&key, &[], &f);
+                } else {
+                    st.roomlist_to_users(&key.backend, &b.userids, &f);
+                }
                 st.reap();
             }
             "delete" => {
@@ -376,6 +478,9 @@ impl Hub {
                     &json!({"roomid": room_id, "reason": "deleted"}),
                 );
                 st.roomlist_to_users(&key.backend, &b.userids, &f);
+                // Members not told through their user (guests, or no list
+                // with `changed-users`) are told directly.
+                st.members_except_users(&key, &b.userids, &f);
                 let members: Vec<Arc<str>> = st
                     .rooms
                     .get(&key)
@@ -392,13 +497,7 @@ impl Hub {
                 let mut st = self.lock();
                 st.apply_permissions(&key, &p.changed);
                 let changed = st.update_participants(&key, &p.changed, p.users.as_deref(), false);
-                let users = st.client_entries(&key, &changed);
-                if !users.is_empty() {
-                    let f = event_frame(
-                        "participants",
-                        "update",
-                        &json!({"roomid": room_id, "users": users}),
-                    );
+                if let Some(f) = st.participants_frame(&key, &changed, p.users.as_deref()) {
                     st.broadcast(&key, &f, None);
                 }
                 st.reap();
@@ -423,15 +522,14 @@ impl Hub {
                 } else {
                     let changed =
                         st.update_participants(&key, &ic.changed, ic.users.as_deref(), true);
-                    let mut users = st.client_entries(&key, &changed);
-                    if !users.is_empty() {
-                        users.extend(st.internal_incall_entries(&key));
-                        let f = event_frame(
-                            "participants",
-                            "update",
-                            &json!({"roomid": room_id, "users": users}),
-                        );
-                        st.broadcast(&key, &f, None);
+                    // In changes-only mode a request that changed no in-call
+                    // state is not repeated to the clients.
+                    let repeat = changed.is_empty() && ic.users.is_none();
+                    if !repeat {
+                        if let Some(f) = st.participants_frame(&key, &changed, ic.users.as_deref())
+                        {
+                            st.broadcast(&key, &f, None);
+                        }
                     }
                 }
                 st.reap();

@@ -15,7 +15,7 @@ use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, HelloReply, ServerInfo};
 use crate::backend::checksum;
 use crate::backend::client::BackendCallError;
-use crate::backend::registry::Backend;
+use crate::backend::registry::{signaling_url, Backend};
 use crate::backend::token::{self, TokenError};
 
 /// Who a successful authentication says the client is.
@@ -102,10 +102,13 @@ impl Hub {
                         "The backend URL is not supported.",
                     ));
                 };
+                // Requests go to the configured base URL, never to the
+                // client's URL (which only selects the backend).
+                let url = signaling_url(&base, &auth.url);
                 if hello.version == "1.0" {
-                    self.auth_v1(backend, base, &auth.url, &params).await?
+                    self.auth_v1(backend, base, &url, &params).await?
                 } else {
-                    self.auth_v2(backend, base, &auth.url, &params).await?
+                    self.auth_v2(backend, base, &url, &params).await?
                 }
             }
             "internal" => self.auth_internal(&params)?,
@@ -184,7 +187,7 @@ impl Hub {
         let claims = loop {
             let caps = self
                 .caps
-                .get(&self.client, url, refreshed)
+                .get(&self.client, &base, refreshed)
                 .await
                 .map_err(|e| backend_error(e, error::PROCESSING_FAILED))?;
             let Some(key) = caps.token_key else {
@@ -260,10 +263,7 @@ impl Hub {
                 "The backend URL is not supported.",
             ));
         };
-        let url = format!(
-            "{}/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
-            base.trim_end_matches('/')
-        );
+        let url = signaling_url(&base, "");
         Ok(Identity {
             kind: SessionKind::Internal,
             backend,

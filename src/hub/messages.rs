@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::cluster::RemoteRoute;
 use super::session::SessionKind;
 use super::{invalid_format, Hub};
 use crate::api::client::MessageClientMessage;
@@ -103,10 +104,28 @@ impl Hub {
                     // Don't loop messages back to the sender.
                     return;
                 }
+                let no_such_session = || {
+                    ProtocolError::new(
+                        error::NO_SUCH_SESSION,
+                        "The recipient session does not exist.",
+                    )
+                };
                 let Some(t) = st.sessions.map.get(target) else {
                     // On another process?
-                    if let Some(r) = st.remote.get(target).map(|r| r.info.clone()) {
-                        if let (Some(owner), Some(client_sid)) = (&r.virtual_owner, &r.client_sid) {
+                    if let Some(r) = st
+                        .remote
+                        .get(target)
+                        .map(|r| (r.info.clone(), r.room.clone()))
+                    {
+                        let (info, room) = r;
+                        if room.backend != backend {
+                            // Sessions of other backends are unreachable.
+                            drop(st);
+                            return self.reply_error(sid, id, no_such_session());
+                        }
+                        if let (Some(owner), Some(client_sid)) =
+                            (&info.virtual_owner, &info.client_sid)
+                        {
                             let f = out(Some(RecipientOut {
                                 kind: "session",
                                 sessionid: client_sid,
@@ -114,27 +133,30 @@ impl Hub {
                             if st.sessions.map.contains_key(owner.as_str()) {
                                 st.sessions.deliver(owner, &f);
                             } else {
-                                st.send_to_remote_session(owner, &f);
+                                st.send_to_remote_session(owner, &f, None);
                             }
                         } else {
-                            st.send_to_remote_session(target, &out(None));
+                            st.send_to_remote_session(target, &out(None), None);
                         }
                         st.reap();
                         return;
                     }
-                    if st.send_to_remote_session(target, &out(None)) {
+                    let route = RemoteRoute {
+                        backend: &backend,
+                        sender: sid,
+                        id,
+                    };
+                    if st.send_to_remote_session(target, &out(None), Some(&route)) {
                         return;
                     }
                     drop(st);
-                    return self.reply_error(
-                        sid,
-                        id,
-                        ProtocolError::new(
-                            error::NO_SUCH_SESSION,
-                            "The recipient session does not exist.",
-                        ),
-                    );
+                    return self.reply_error(sid, id, no_such_session());
                 };
+                if t.backend.id != backend {
+                    // Sessions of other backends are unreachable.
+                    drop(st);
+                    return self.reply_error(sid, id, no_such_session());
+                }
                 if t.id == *sid {
                     // Don't loop messages back to the sender.
                     return;

@@ -67,7 +67,16 @@ pub const INTERNAL_FEATURES: &[&str] = &[
     "welcome",
 ];
 
-/// Union of both lists, for `welcome` and the features header.
+/// The `X-Spreed-Signaling-Features` value (HTTP replies, the `/spreed`
+/// upgrade, requests to Nextcloud): the features of a normal client, sorted,
+/// as the Go server sends it (`virtual-sessions` is for internal clients).
+pub fn header_features() -> String {
+    let mut v = CLIENT_FEATURES.to_vec();
+    v.sort_unstable();
+    v.join(", ")
+}
+
+/// Union of both lists, for `welcome`.
 pub fn all_features() -> Vec<&'static str> {
     let mut all: Vec<&str> = CLIENT_FEATURES
         .iter()
@@ -84,6 +93,9 @@ pub(crate) struct Sessions {
     pub map: HashMap<Arc<str>, Session>,
     /// Disconnected sessions and when they expire.
     pub disconnected: HashMap<Arc<str>, Instant>,
+    /// Guests that Nextcloud removed from their room, and by when they must
+    /// join one again (as after their hello).
+    pub room_deadlines: HashMap<Arc<str>, Instant>,
     /// Sessions to end once the current operation is done (resume queue full).
     pub doomed: Vec<Arc<str>>,
     pub limits: ClientLimits,
@@ -191,7 +203,7 @@ impl Hub {
         metrics: Metrics,
         bus: Arc<dyn Bus>,
     ) -> anyhow::Result<Arc<Hub>> {
-        let features = all_features().join(", ");
+        let features = header_features();
         let client = BackendClient::new(
             config.backend.timeout,
             config.backend.connections_per_host,
@@ -212,6 +224,7 @@ impl Hub {
                 sessions: Sessions {
                     map: HashMap::new(),
                     disconnected: HashMap::new(),
+                    room_deadlines: HashMap::new(),
                     doomed: Vec::new(),
                     limits: config.limits.clone(),
                     overflows: metrics.slow_clients.clone(),
@@ -377,6 +390,28 @@ impl Hub {
         for sid in expired {
             tracing::debug!(session = %sid, "resume timeout, ending session");
             st.end_session(&sid, None);
+        }
+        let late: Vec<Arc<str>> = st
+            .sessions
+            .room_deadlines
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        for sid in late {
+            st.sessions.room_deadlines.remove(&sid);
+            let in_room = st.sessions.map.get(&sid).is_none_or(|s| s.room.is_some());
+            if !in_room {
+                tracing::debug!(session = %sid, "guest did not join a room again, ending session");
+                let bye = frame(
+                    None,
+                    "bye",
+                    &Bye {
+                        reason: Some("room_join_timeout"),
+                    },
+                );
+                st.end_session(&sid, Some(bye));
+            }
         }
         st.reap();
     }
@@ -544,6 +579,7 @@ impl State {
             return;
         };
         self.sessions.disconnected.remove(sid);
+        self.sessions.room_deadlines.remove(sid);
         if let Some(r) = &s.resume_id {
             self.resume_ids.remove(r);
         }
@@ -583,7 +619,7 @@ impl State {
         let s = self.sessions.map.get_mut(sid)?;
         let key = s.room.take()?;
         let room_session_id = s.room_session_id.take();
-        s.permissions = None;
+        // Permissions stay: leaving a room never grants any.
         let is_virtual = s.is_virtual();
         let notify = notify_backend && s.kind == SessionKind::Client;
         let user_id = s.user_id.clone();
@@ -600,18 +636,7 @@ impl State {
                 }
             }
         }
-        if self.bus.clustered() {
-            let h = crate::bus::Header::Left {
-                from: self.bus.pid().to_string(),
-                backend: key.backend.to_string(),
-                room: key.room.to_string(),
-                sid: sid.to_string(),
-            };
-            self.bus.publish(
-                crate::bus::room_subject(&key.backend, &key.room),
-                crate::bus::encode(&h, None),
-            );
-        }
+        self.publish_left(&key, sid);
         let leave = crate::api::server::event_frame("room", "leave", &[&**sid]);
         self.broadcast(&key, &leave, None);
         if is_virtual {

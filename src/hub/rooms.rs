@@ -12,7 +12,7 @@ use super::{Hub, State};
 use crate::api::backend::RoomRequest;
 use crate::api::client::RoomClientMessage;
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::{event_frame, frame, Frame, RoomReply, TransientOut};
+use crate::api::server::{event_frame, frame, Bye, Frame, RoomReply, TransientOut};
 
 /// Members per `join` event in the list a joiner receives.
 pub(crate) const JOIN_BATCH: usize = 8;
@@ -81,8 +81,16 @@ impl State {
         };
         s.room = Some(key.clone());
         s.room_session_id = room_session_id.clone();
-        s.permissions = permissions;
+        // Permissions only ever come from Nextcloud: a join without a list
+        // keeps the ones the session has (as the Go server does).
+        if permissions.is_some() {
+            s.permissions = permissions;
+        }
         let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
+        self.sessions.room_deadlines.remove(sid);
+        if let Some(rs) = &room_session_id {
+            self.replace_room_session(&key, rs, sid);
+        }
         let room = self
             .rooms
             .entry(key.clone())
@@ -166,6 +174,52 @@ impl State {
         mine
     }
 }
+
+impl State {
+    /// A Talk client that reconnected (e.g. after a network change) joins
+    /// with the Nextcloud session id its old connection still uses in the
+    /// room: the old session gets `bye` `room_session_reconnected` and ends,
+    /// and Nextcloud is not told that it left (it is the same participant).
+    fn replace_room_session(&mut self, key: &RoomKey, rs: &str, sid: &Arc<str>) {
+        let Some(old) = self
+            .rooms
+            .get(key)
+            .and_then(|r| r.nc_sessions.get(rs))
+            .filter(|o| ***o != **sid)
+            .cloned()
+        else {
+            return;
+        };
+        let bye = frame(
+            None,
+            "bye",
+            &Bye {
+                reason: Some(REASON_RECONNECTED),
+            },
+        );
+        if let Some(s) = self.sessions.map.get_mut(&old) {
+            tracing::info!(session = %old, room = ?key.room, "room session reconnected on another connection, closing the old one");
+            // Out of the room without telling Nextcloud; the room itself
+            // stays (the new session joins it right away).
+            s.room = None;
+            s.room_session_id = None;
+            if let Some(room) = self.rooms.get_mut(key) {
+                room.remove_member(&old);
+                room.nc_sessions.remove(rs);
+            }
+            self.publish_left(key, &old);
+            let leave = event_frame("room", "leave", &[&*old]);
+            self.broadcast(key, &leave, None);
+            self.end_session(&old, Some(bye));
+        } else if let Some(owner) = self.remote.get(&old).map(|r| r.info.owner.clone()) {
+            // Its process ends it; the leave event comes from there.
+            self.end_remote_session(&owner, &old, REASON_RECONNECTED);
+        }
+    }
+}
+
+/// `bye` reason of a session replaced by a reconnected Talk client.
+pub(crate) const REASON_RECONNECTED: &str = "room_session_reconnected";
 
 impl Hub {
     /// Handles a client's `room` request (join, or leave with an empty id).
@@ -293,6 +347,21 @@ impl Hub {
         let held = {
             let mut st = self.lock();
             if !st.sessions.map.contains_key(sid) {
+                // The session vanished while Nextcloud was asked: the room
+                // prepared for it must not stay behind, and Nextcloud, which
+                // let it join, is told that it left.
+                st.drop_room_if_unserved(&key);
+                if let (SessionKind::Client, Some(rs)) = (&kind, nc_session) {
+                    super::notify_backend_leave(
+                        &st.client,
+                        url,
+                        base,
+                        secret,
+                        key.room.clone(),
+                        user_id,
+                        rs,
+                    );
+                }
                 return;
             }
             st.leave_room(sid, true);

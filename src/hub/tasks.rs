@@ -110,7 +110,13 @@ impl Hub {
             }
         }
         for (_, p) in by_backend {
-            let limit = self.caps.cached(&p.url).and_then(|c| c.session_ping_limit);
+            // Fetched (and cached) when needed, not only after a hello v2.
+            let limit = self
+                .caps
+                .get(&self.client, &p.base, false)
+                .await
+                .ok()
+                .and_then(|c| c.session_ping_limit);
             let requests: Vec<(String, Vec<PingEntry>)> = match limit {
                 Some(limit) => {
                     let all: Vec<PingEntry> = p.rooms.into_values().flatten().collect();

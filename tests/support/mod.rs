@@ -47,6 +47,14 @@ pub struct NcState {
     pub capability_fetches: usize,
     /// Delay for room answers (to test that slow backends stall nobody).
     pub room_delay: Option<Duration>,
+    /// A key an attacker uploaded as a file under `/remote.php/dav/`.
+    pub dav_key: Option<String>,
+    /// Requests that reached `/remote.php/dav/`.
+    pub dav_fetches: usize,
+    /// `Authorization` headers of capabilities requests.
+    pub capability_auth: Vec<String>,
+    /// The capabilities endpoint answers with a redirect to this path.
+    pub capabilities_redirect: Option<String>,
 }
 
 #[derive(Clone)]
@@ -131,9 +139,35 @@ async fn backend_handler(
     }
 }
 
-async fn capabilities(State(nc): State<FakeNextcloud>) -> axum::Json<Value> {
+/// Files of users (WebDAV): an attacker with an account can put any
+/// document here, e.g. capabilities with a key of their own.
+async fn dav_file(State(nc): State<FakeNextcloud>) -> axum::Json<Value> {
+    let mut st = nc.state.lock().unwrap();
+    st.dav_fetches += 1;
+    let key = st.dav_key.clone().unwrap_or_default();
+    ocs(
+        json!({"capabilities": {"spreed": {"features": [], "config": {"signaling": {"hello-v2-token-key": key}}}}}),
+    )
+}
+
+async fn capabilities(
+    State(nc): State<FakeNextcloud>,
+    headers: HeaderMap,
+) -> axum::response::Response {
     let mut st = nc.state.lock().unwrap();
     st.capability_fetches += 1;
+    if let Some(auth) = headers.get("authorization") {
+        st.capability_auth
+            .push(auth.to_str().unwrap_or_default().to_string());
+    }
+    if let Some(to) = &st.capabilities_redirect {
+        return (
+            StatusCode::FOUND,
+            [("Location", format!("{}{to}", nc.url))],
+            "moved",
+        )
+            .into_response();
+    }
     let mut signaling = json!({});
     if let Some(k) = &st.token_key {
         signaling["hello-v2-token-key"] = json!(k);
@@ -144,6 +178,7 @@ async fn capabilities(State(nc): State<FakeNextcloud>) -> axum::Json<Value> {
     ocs(
         json!({"capabilities": {"spreed": {"features": ["audio", "video"], "config": {"signaling": signaling}}}}),
     )
+    .into_response()
 }
 
 impl FakeNextcloud {
@@ -158,6 +193,10 @@ impl FakeNextcloud {
         let app = Router::new()
             .route(BACKEND_PATH, post(backend_handler))
             .route("/ocs/v2.php/cloud/capabilities", get(capabilities))
+            .route(
+                "/remote.php/dav/files/{*rest}",
+                get(dav_file).post(dav_file),
+            )
             .with_state(nc.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();

@@ -8,11 +8,27 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{body_frame, ProcessInfo, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
+use super::{body_frame, ProcessInfo, DISCOVERY_WINDOW, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
 use crate::api::server::event_frame;
 use crate::bus::{decode, encode, process_subject, Header, Inbound, MemberInfo, SUBJECT_ALL};
 use crate::hub::room::RoomKey;
 use crate::hub::{Hub, State};
+
+impl State {
+    /// This process's heartbeat: its id and client sessions per backend.
+    pub(crate) fn heartbeat_message(&self) -> Bytes {
+        let counts = self
+            .counts
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let h = Header::Heartbeat {
+            from: self.bus.pid().to_string(),
+            counts,
+        };
+        encode(&h, None)
+    }
+}
 
 impl Hub {
     /// Runs the cluster side of the hub: applies what arrives from the bus,
@@ -64,14 +80,50 @@ impl Hub {
         bus.flush().await;
     }
 
+    /// Learns the other processes before serving clients: every process
+    /// answers a `Discover` request with its heartbeat. Of two processes
+    /// starting at once, at least one subscribed before the other asked, so
+    /// both know each other afterwards (the answer tells the asker).
+    pub async fn discover_peers(&self) {
+        let bus = {
+            let st = self.lock();
+            if !st.bus.clustered() {
+                return;
+            }
+            st.bus.clone()
+        };
+        let h = Header::Discover {
+            from: bus.pid().to_string(),
+        };
+        let replies = bus
+            .request(
+                SUBJECT_ALL.to_string(),
+                encode(&h, None),
+                usize::MAX,
+                DISCOVERY_WINDOW,
+            )
+            .await;
+        let mut st = self.lock();
+        for r in replies {
+            if let Some((Header::Heartbeat { from, counts }, _)) = decode(&r) {
+                if from != bus.pid() {
+                    st.processes.insert(
+                        from,
+                        ProcessInfo {
+                            last_seen: Instant::now(),
+                            counts,
+                        },
+                    );
+                }
+            }
+        }
+        tracing::info!(peers = st.processes.len(), "cluster peers discovered");
+    }
+
     fn heartbeat(&self) {
         let mut st = self.lock();
-        let counts = st.counts.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let h = Header::Heartbeat {
-            from: st.bus.pid().to_string(),
-            counts,
-        };
-        st.bus.publish(SUBJECT_ALL.to_string(), encode(&h, None));
+        st.bus
+            .publish(SUBJECT_ALL.to_string(), st.heartbeat_message());
         // Processes that went silent: their sessions are gone.
         let now = Instant::now();
         let dead: Vec<String> = st
@@ -127,6 +179,21 @@ impl Hub {
             return;
         };
         let me = self.lock().bus.pid().to_string();
+        // Any message of a process not yet known makes it known (and thus
+        // watched for death): no rule waits for a heartbeat.
+        if let Some(from) = header.origin().filter(|f| *f != me) {
+            let mut st = self.lock();
+            if !st.processes.contains_key(from) {
+                tracing::info!(process = %from, "new process in the cluster");
+                st.processes.insert(
+                    from.to_string(),
+                    ProcessInfo {
+                        last_seen: Instant::now(),
+                        counts: Default::default(),
+                    },
+                );
+            }
+        }
         let key_of = |backend: &str, room: &str| RoomKey {
             backend: backend.into(),
             room: room.into(),
@@ -142,6 +209,38 @@ impl Hub {
                         },
                     );
                 }
+            }
+            Header::Discover { from } => {
+                if from == me {
+                    return;
+                }
+                if let Some(reply) = msg.reply {
+                    let st = self.lock();
+                    st.bus.reply(reply, st.heartbeat_message());
+                }
+            }
+            Header::EndSession { sid, reason } => {
+                let mut st = self.lock();
+                if let Some(s) = st.sessions.map.get_mut(sid.as_str()) {
+                    // Same participant: Nextcloud is not told it left.
+                    let rs = s.room_session_id.take();
+                    let key = s.room.clone();
+                    let sid = s.id.clone();
+                    if let (Some(rs), Some(room)) = (rs, key.and_then(|k| st.rooms.get_mut(&k))) {
+                        if room.nc_sessions.get(&rs) == Some(&sid) {
+                            room.nc_sessions.remove(&rs);
+                        }
+                    }
+                    let bye = crate::api::server::frame(
+                        None,
+                        "bye",
+                        &crate::api::server::Bye {
+                            reason: Some(reason.as_str()),
+                        },
+                    );
+                    st.end_session(&sid, Some(bye));
+                }
+                st.reap();
             }
             Header::Goodbye { from } => {
                 if from == me {
@@ -222,18 +321,39 @@ impl Hub {
                 st.broadcast(&key_of(&backend, &room), &f, except.as_deref());
                 st.reap();
             }
-            Header::SessionFrame { sid } => {
+            Header::SessionFrame {
+                sid,
+                backend,
+                reply_to,
+                id,
+            } => {
                 let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
-                if st.sessions.map.contains_key(sid.as_str()) {
-                    st.sessions.deliver(&sid, &f);
-                    st.reap();
-                } else if let Some((pid, _)) = st.moved.get(sid.as_str()) {
-                    // Resumed elsewhere: forward.
-                    let h = Header::SessionFrame { sid: sid.clone() };
-                    st.bus
-                        .publish(process_subject(pid), encode(&h, Some(&body)));
+                let found = st.sessions.map.get(sid.as_str()).map(|s| {
+                    backend
+                        .as_deref()
+                        .is_none_or(|b| b == s.backend.id.as_ref())
+                });
+                match found {
+                    Some(true) => st.sessions.deliver(&sid, &f),
+                    Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
+                    None => {
+                        if let Some((pid, _)) = st.moved.get(sid.as_str()) {
+                            // Resumed elsewhere: forward.
+                            let h = Header::SessionFrame {
+                                sid: sid.clone(),
+                                backend,
+                                reply_to,
+                                id,
+                            };
+                            st.bus
+                                .publish(process_subject(pid), encode(&h, Some(&body)));
+                        } else {
+                            st.tell_no_such_session(reply_to.as_deref(), id.as_deref());
+                        }
+                    }
                 }
+                st.reap();
             }
             Header::UserFrame {
                 from,

@@ -81,7 +81,9 @@ impl Hub {
         let (bus, owner) = {
             let st = self.lock();
             let owner = super::owner_of(resume_id)?.to_string();
-            if !st.bus.clustered() || owner == st.bus.pid() || !st.processes.contains_key(&owner) {
+            // The owner is asked even when no message of it arrived yet
+            // (a process that just started); the timeout bounds the wait.
+            if !st.bus.clustered() || owner == st.bus.pid() {
                 return None;
             }
             (st.bus.clone(), owner)

@@ -20,6 +20,8 @@ use crate::bus::{encode, process_subject, room_subject, Header, MemberInfo, SUBJ
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// A process silent this long is treated as gone: its sessions leave.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a starting process collects the answers of its peers.
+pub const DISCOVERY_WINDOW: Duration = Duration::from_millis(300);
 /// How long a joining process waits for room snapshots (every live process
 /// answers at once; the timeout only matters for one that just died).
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,6 +34,17 @@ pub struct RemoteMember {
     pub info: MemberInfo,
     /// The room.
     pub room: RoomKey,
+}
+
+/// Who sends a frame to a session of another process, so that the owner
+/// can check the backend and answer `no_such_session`.
+pub(crate) struct RemoteRoute<'a> {
+    /// The sender's backend id.
+    pub backend: &'a str,
+    /// The sender's session id.
+    pub sender: &'a str,
+    /// The message's request id.
+    pub id: Option<&'a str>,
 }
 
 /// Another process, as its heartbeats describe it.
@@ -148,9 +161,59 @@ impl State {
         );
     }
 
+    /// Tells the other processes that a local session left a room.
+    pub(crate) fn publish_left(&self, key: &RoomKey, sid: &str) {
+        if !self.bus.clustered() {
+            return;
+        }
+        let h = Header::Left {
+            from: self.bus.pid().to_string(),
+            backend: key.backend.to_string(),
+            room: key.room.to_string(),
+            sid: sid.to_string(),
+        };
+        self.bus
+            .publish(room_subject(&key.backend, &key.room), encode(&h, None));
+    }
+
+    /// Asks the process owning `sid` to end it with `bye` `reason`, without
+    /// telling Nextcloud that it left its room.
+    pub(crate) fn end_remote_session(&self, owner: &str, sid: &str, reason: &str) {
+        let h = Header::EndSession {
+            sid: sid.to_string(),
+            reason: reason.to_string(),
+        };
+        self.bus.publish(process_subject(owner), encode(&h, None));
+    }
+
+    /// Tells a sender (of this or another process) that the recipient
+    /// session of its message does not exist.
+    pub(crate) fn tell_no_such_session(&mut self, sender: Option<&str>, id: Option<&str>) {
+        let Some(sender) = sender else { return };
+        let f = crate::api::server::error_frame(
+            id,
+            &crate::api::error::ProtocolError::new(
+                crate::api::error::NO_SUCH_SESSION,
+                "The recipient session does not exist.",
+            ),
+        );
+        if self.sessions.map.contains_key(sender) {
+            self.sessions.deliver(sender, &f);
+        } else {
+            self.send_to_remote_session(sender, &f, None);
+        }
+    }
+
     /// Sends a frame to a session of another process; false if no live
-    /// process can own it.
-    pub(crate) fn send_to_remote_session(&self, sid: &str, f: &Frame) -> bool {
+    /// process can own it. With `route`, the owner delivers only to a
+    /// session of that backend and tells the sender `no_such_session`
+    /// otherwise.
+    pub(crate) fn send_to_remote_session(
+        &self,
+        sid: &str,
+        f: &Frame,
+        route: Option<&RemoteRoute<'_>>,
+    ) -> bool {
         if !self.bus.clustered() {
             return false;
         }
@@ -163,6 +226,9 @@ impl State {
         };
         let h = Header::SessionFrame {
             sid: sid.to_string(),
+            backend: route.map(|r| r.backend.to_string()),
+            reply_to: route.map(|r| r.sender.to_string()),
+            id: route.and_then(|r| r.id.map(str::to_string)),
         };
         self.bus
             .publish(process_subject(&pid), encode(&h, Some(f.as_bytes())));
