@@ -29,6 +29,13 @@ pub struct Metrics {
     pub slow_clients: IntCounter,
     /// Pauses in reading a connection that went over its message budget.
     pub client_throttled: IntCounter,
+    /// `signaling_limits_refused_total{limit}`: what a configured limit refused.
+    pub refused: IntCounterVec,
+    /// `signaling_throttle_delayed_total{action}`: failed hellos answered late.
+    pub throttle_delayed: IntCounterVec,
+    /// `signaling_throttle_bruteforce_total{action}`: hellos refused with
+    /// `too_many_requests` after too many failures.
+    pub throttle_bruteforce: IntCounterVec,
     /// `client_messages` resolved once per known type (no label lookup per message).
     known_types: Vec<(&'static str, IntCounter)>,
 }
@@ -132,6 +139,33 @@ impl Metrics {
             .subsystem("client"),
         )
         .expect("valid metric");
+        let refused = IntCounterVec::new(
+            opts(
+                "refused_total",
+                "Requests, connections and messages refused by a configured limit",
+                "limits",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
+        let throttle_delayed = IntCounterVec::new(
+            opts(
+                "delayed_total",
+                "Failed hellos and resumes answered with a delay",
+                "throttle",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
+        let throttle_bruteforce = IntCounterVec::new(
+            opts(
+                "bruteforce_total",
+                "Hellos and resumes refused after too many failures from one address",
+                "throttle",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(backend_current.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(client_throttled.clone()),
@@ -143,6 +177,9 @@ impl Metrics {
             Box::new(backend_requests.clone()),
             Box::new(client_messages.clone()),
             Box::new(slow_clients.clone()),
+            Box::new(refused.clone()),
+            Box::new(throttle_delayed.clone()),
+            Box::new(throttle_bruteforce.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -169,7 +206,15 @@ impl Metrics {
             client_messages,
             slow_clients,
             client_throttled,
+            refused,
+            throttle_delayed,
+            throttle_bruteforce,
         }
+    }
+
+    /// Counts one refusal by the limit named `limit`.
+    pub fn refuse(&self, limit: &str) {
+        self.refused.with_label_values(&[limit]).inc();
     }
 
     /// Counts one client message of type `kind`.

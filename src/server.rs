@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,13 +40,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
-    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
-    if let Err(e) = serve.await {
-        tracing::error!("server error: {e}");
-    }
 }
 
 impl Server {
@@ -98,7 +90,13 @@ impl Server {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         });
-        let done = tokio::spawn(serve(listener, app, shutdown.clone()));
+        let done = tokio::spawn(crate::http::listener::serve(
+            listener,
+            app,
+            shutdown.clone(),
+            hub.config.http.clone(),
+            hub.metrics.clone(),
+        ));
         tracing::info!(%addr, "listening");
         Ok(Server {
             hub,

@@ -144,22 +144,44 @@ impl BackendRegistry {
             }
         }
         if self.allow_all {
+            // Not remembered here: only once the request proved it knows the
+            // secret (checksum, or Nextcloud accepted the hello), so requests
+            // from nobody cannot grow the map.
             let origin = parsed.origin().ascii_serialization();
-            let mut dynamic = self.dynamic.lock().expect("registry lock");
-            let b = dynamic
-                .entry(origin.clone())
-                .or_insert_with(|| {
-                    Arc::new(Backend {
-                        id: origin.as_str().into(),
-                        urls: vec![origin.clone()],
-                        secret: self.common_secret.clone(),
-                        session_limit: 0,
-                    })
+            let known = self
+                .dynamic
+                .lock()
+                .expect("registry lock")
+                .get(&origin)
+                .cloned();
+            let b = known.unwrap_or_else(|| {
+                Arc::new(Backend {
+                    id: origin.as_str().into(),
+                    urls: vec![origin.clone()],
+                    secret: self.common_secret.clone(),
+                    session_limit: 0,
                 })
-                .clone();
+            });
             return Some((b, origin));
         }
         None
+    }
+
+    /// Remembers a backend created for `allowall` after a request of it was
+    /// authenticated (so other lookups by id find it).
+    pub fn remember(&self, backend: &Arc<Backend>) {
+        if !self.allow_all || self.backends.iter().any(|b| b.id == backend.id) {
+            return;
+        }
+        let mut dynamic = self.dynamic.lock().expect("registry lock");
+        dynamic
+            .entry(backend.id.to_string())
+            .or_insert_with(|| backend.clone());
+    }
+
+    /// Number of backends created for `allowall`.
+    pub fn dynamic_count(&self) -> usize {
+        self.dynamic.lock().expect("registry lock").len()
     }
 
     /// Number of configured backends.

@@ -3,10 +3,59 @@
 //! the section and key.
 
 pub mod goconf;
+pub mod iplist;
 
 use std::time::Duration;
 
 use goconf::{expand_env, split_list, IniFile};
+pub use iplist::IpList;
+
+/// Limits of the HTTP server (before any WebSocket or API handler runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpLimits {
+    /// Request headers (also the wait for the next request on a kept-alive
+    /// connection) and a backend-API body must arrive within this time.
+    pub read_timeout: Duration,
+    /// Open connections (HTTP and WebSocket) of all clients; more are closed
+    /// right after accept (0 = unlimited).
+    pub max_connections: usize,
+    /// Open connections of one client address (0 = unlimited).
+    pub max_connections_per_ip: usize,
+    /// Addresses exempt from the per-address cap (reverse proxies).
+    pub proxy_ips: IpList,
+}
+
+/// `[stats]`: who may read `/metrics` and `/api/v1/stats`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsConfig {
+    /// Allowed client addresses (default loopback).
+    pub allowed_ips: IpList,
+}
+
+/// Limits of transient data, per room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransientLimits {
+    /// Keys per room.
+    pub max_keys: usize,
+    /// Bytes of one key.
+    pub max_key_length: usize,
+    /// Bytes of one value (as JSON).
+    pub max_value_size: usize,
+    /// Bytes of all keys and values of a room (what a joiner's `initial` holds).
+    pub max_room_bytes: usize,
+    /// Longest TTL.
+    pub max_ttl: Duration,
+}
+
+/// Throttling of failed hellos and resumes per client address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BruteForceLimits {
+    /// Failures per address within `window` before `too_many_requests`
+    /// (0 = no throttling).
+    pub max_failures: u32,
+    /// How long failures are remembered.
+    pub window: Duration,
+}
 
 /// One Nextcloud instance that may use this server.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +85,10 @@ pub struct BackendsConfig {
     pub connections_per_host: usize,
     /// Skip TLS certificate checks of backends.
     pub skip_verify: bool,
+    /// Requests to Nextcloud in flight at once (all backends); more wait.
+    pub max_concurrent_requests: usize,
+    /// Largest accepted answer of Nextcloud, in bytes.
+    pub max_response_size: usize,
 }
 
 /// Timers and limits of client connections.
@@ -91,6 +144,14 @@ pub struct Config {
     pub nats_urls: Vec<String>,
     /// Client timers and limits.
     pub limits: ClientLimits,
+    /// HTTP server limits.
+    pub http: HttpLimits,
+    /// Access to statistics.
+    pub stats: StatsConfig,
+    /// Transient data limits.
+    pub transient: TransientLimits,
+    /// Throttling of failed hellos and resumes.
+    pub brute_force: BruteForceLimits,
     /// Sections present in the file that this server does not implement.
     pub unsupported_sections: Vec<String>,
 }
@@ -134,6 +195,8 @@ const SUPPORTED_SECTIONS: &[&str] = &[
     "clients",
     "backend",
     "nats",
+    "stats",
+    "transient",
 ];
 
 const KNOWN_UNSUPPORTED: &[&str] = &[
@@ -143,7 +206,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "geoip",
     "geoip-overrides",
     "continent-overrides",
-    "stats",
     "etcd",
     "grpc",
     "federation",
@@ -266,6 +328,47 @@ impl Config {
             ));
         }
 
+        let http = HttpLimits {
+            read_timeout: secs(&ini, "http", "readtimeout", 15)?,
+            max_connections: ini.get_u64("http", "maxconnections", 65536)? as usize,
+            max_connections_per_ip: ini.get_u64("http", "maxconnectionsperip", 500)? as usize,
+            proxy_ips: match ini.get("http", "proxyips") {
+                Some(v) => {
+                    IpList::parse(&v).map_err(|e| ConfigError(format!("[http] proxyips: {e}")))?
+                }
+                None => IpList::loopback(),
+            },
+        };
+        if http.read_timeout.is_zero() {
+            return Err(ConfigError("[http] readtimeout: must be > 0".into()));
+        }
+        let stats = StatsConfig {
+            allowed_ips: match ini.get_nonempty("stats", "allowed_ips") {
+                Some(v) => IpList::parse(&v)
+                    .map_err(|e| ConfigError(format!("[stats] allowed_ips: {e}")))?,
+                None => IpList::loopback(),
+            },
+        };
+        let transient = TransientLimits {
+            max_keys: ini.get_u64("transient", "maxkeys", 100)? as usize,
+            max_key_length: ini.get_u64("transient", "maxkeylength", 256)? as usize,
+            max_value_size: ini.get_u64("transient", "maxvaluesize", 16384)? as usize,
+            max_room_bytes: ini.get_u64("transient", "maxroombytes", 262144)? as usize,
+            max_ttl: secs(&ini, "transient", "maxttl", 86400)?,
+        };
+        // A joiner receives all of a room's transient data at once: it must
+        // fit in its send queue next to the room reply and join events.
+        if transient.max_room_bytes > limits.outbox_bytes / 2 {
+            return Err(ConfigError(format!(
+                "[transient] maxroombytes: must be at most half of [clients] outboxbytes ({})",
+                limits.outbox_bytes / 2
+            )));
+        }
+        let brute_force = BruteForceLimits {
+            max_failures: ini.get_u64("clients", "maxfailedhellos", 10)? as u32,
+            window: secs(&ini, "clients", "failedhellowindow", 30)?,
+        };
+
         // Validate values of sections we accept but do not implement, so a
         // typo does not go unnoticed, and remember them for a start-up log.
         let mut unsupported_sections = Vec::new();
@@ -293,6 +396,10 @@ impl Config {
             backend,
             nats_urls,
             limits,
+            http,
+            stats,
+            transient,
+            brute_force,
             unsupported_sections,
         })
     }
@@ -309,6 +416,14 @@ impl Config {
         }
         let connections_per_host = ini.get_u64("backend", "connectionsperhost", 8)? as usize;
         let skip_verify = ini.get_bool("backend", "skipverify", false)?;
+        let max_concurrent_requests =
+            ini.get_u64("backend", "maxconcurrentrequests", 256)? as usize;
+        if max_concurrent_requests == 0 {
+            return Err(ConfigError(
+                "[backend] maxconcurrentrequests: must be > 0".into(),
+            ));
+        }
+        let max_response_size = ini.get_u64("backend", "maxresponsesize", 1 << 20)? as usize;
 
         let mut backends = Vec::new();
         if let Some(ids) = ini.get_nonempty("backend", "backends") {
@@ -377,6 +492,8 @@ impl Config {
             timeout,
             connections_per_host,
             skip_verify,
+            max_concurrent_requests,
+            max_response_size,
         })
     }
 }

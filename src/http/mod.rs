@@ -2,6 +2,7 @@
 //! `/api/v1/welcome` and `/metrics`. Handlers are thin: they check the
 //! transport-level things and hand typed requests to the hub.
 
+pub mod listener;
 pub mod ws;
 
 use std::sync::Arc;
@@ -89,7 +90,7 @@ async fn room_api(
     State(state): State<AppState>,
     Path(roomid): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let hub = &state.hub;
     let Some(len) = headers.get(header::CONTENT_LENGTH) else {
@@ -105,6 +106,8 @@ async fn room_api(
         .and_then(|l| l.parse::<usize>().ok())
         .is_none_or(|l| l > MAX_BACKEND_BODY)
     {
+        // Refused from the header alone: the body is never read.
+        hub.metrics.refuse("backend_body_size");
         return api_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -146,6 +149,27 @@ async fn room_api(
             "Authentication check failed",
         );
     };
+    // The body must arrive within the read timeout (a slow sender does not
+    // keep the request open), and no longer than it announced.
+    let read = axum::body::to_bytes(body, MAX_BACKEND_BODY);
+    let body: Bytes = match tokio::time::timeout(hub.config.http.read_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "Could not read body",
+            )
+        }
+        Err(_) => {
+            hub.metrics.refuse("backend_body_timeout");
+            return api_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Body not received in time",
+            );
+        }
+    };
     if !checksum::verify(&backend.secret, random.as_bytes(), &body, sum) {
         tracing::warn!(backend = %backend.id, "backend request with invalid checksum");
         return api_error(
@@ -154,6 +178,8 @@ async fn room_api(
             "Authentication check failed",
         );
     }
+    // Only now, with the secret proven, may an `allowall` origin be kept.
+    hub.registry().remember(&backend);
     let req: BackendRoomRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

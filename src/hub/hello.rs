@@ -307,6 +307,7 @@ impl Hub {
         );
         let must_join_room = is_client && ident.user_id.is_none();
         let backend_id = ident.backend.id.clone();
+        let backend = ident.backend.clone();
         let kind_label = if is_client { "client" } else { "internal" };
         let mut st = self.lock();
         if is_client && ident.backend.session_limit > 0 {
@@ -362,6 +363,7 @@ impl Hub {
         );
         conn.push(reply);
         drop(st);
+        self.registry().remember(&backend);
         self.metrics
             .hub_sessions_total
             .with_label_values(&[backend_id.as_ref(), kind_label])

@@ -1,0 +1,202 @@
+//! The accept loop: hyper's HTTP/1 connection with a header read timeout
+//! (which also ends idle kept-alive connections), caps on open connections
+//! in all and per client address, and the client address as
+//! [`ConnectInfo`] for the handlers. A connection over a cap is closed right
+//! after accept, before anything is read.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HttpLimits;
+use crate::metrics::Metrics;
+
+/// Open connections, in all and per address.
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Releases a connection's place in [`Counts`] when the socket is dropped
+/// (for a WebSocket: when the upgraded connection ends).
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// A TCP stream that holds its connection slot.
+struct Counted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Takes a slot for a new connection from `ip`, or says which cap refused it.
+fn admit(
+    counts: &Arc<Mutex<Counts>>,
+    limits: &HttpLimits,
+    ip: IpAddr,
+) -> Result<Slot, &'static str> {
+    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+    if limits.max_connections > 0 && c.total >= limits.max_connections {
+        return Err("connections");
+    }
+    let per_ip = limits.max_connections_per_ip > 0 && !limits.proxy_ips.contains(ip);
+    if per_ip {
+        let n = c.per_ip.entry(ip).or_default();
+        if *n >= limits.max_connections_per_ip {
+            return Err("connections_per_ip");
+        }
+        *n += 1;
+    }
+    c.total += 1;
+    Ok(Slot {
+        counts: counts.clone(),
+        ip: per_ip.then_some(ip),
+    })
+}
+
+/// Serves `app` on `listener` until `shutdown`; then lets the connections
+/// finish their requests and waits for them (upgraded WebSockets are
+/// tracked elsewhere).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    limits: HttpLimits,
+    metrics: Metrics,
+) {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let conns = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little
+                    // rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match admit(&counts, &limits, peer.ip()) {
+            Ok(s) => s,
+            Err(limit) => {
+                metrics.refuse(limit);
+                tracing::debug!(%peer, limit, "connection refused");
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(Counted {
+            stream,
+            _slot: slot,
+        });
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, req).await }
+        });
+        let shutdown = shutdown.clone();
+        let read_timeout = limits.read_timeout;
+        conns.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(read_timeout)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, "http connection ended: {e}");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    conns.close();
+    conns.wait().await;
+}
+
+/// The client address of a request (from the accept loop).
+pub fn client_ip(ci: Option<&ConnectInfo<SocketAddr>>) -> Option<IpAddr> {
+    ci.map(|c| c.0.ip())
+}

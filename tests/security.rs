@@ -1,0 +1,300 @@
+//! Attacks on the server's resources and exposure, each performed over real
+//! sockets and shown to fail.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use spreed_signaling::backend::checksum;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+fn addr_of(ts: &TestServer) -> SocketAddr {
+    ts.server.as_ref().unwrap().addr
+}
+
+/// A TCP connection to the server from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Reads until the server closes the connection; returns what was read.
+/// Panics if the server keeps it open longer than `limit`.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> String {
+    let mut all = Vec::new();
+    let fut = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, fut)
+        .await
+        .expect("the server did not close the connection");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Reads one HTTP response head (up to the blank line).
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let fut = async {
+        let mut b = [0u8; 1];
+        while !all.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await.unwrap() == 0 {
+                break;
+            }
+            all.push(b[0]);
+        }
+    };
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .expect("no response");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// A WebSocket client whose connection comes from `from`, hello done.
+async fn client_from(ts: &TestServer, from: &str, user: &str) -> Client {
+    let tcp = connect_from(from, addr_of(ts)).await;
+    let (ws, _) =
+        tokio_tungstenite::client_async(ts.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let mut c = Client {
+        ws,
+        session_id: String::new(),
+        resume_id: String::new(),
+        user_id: None,
+    };
+    c.expect_type("welcome").await;
+    c.hello_v1(&ts.nc.backend_url(), json!({"userid": user}))
+        .await;
+    c
+}
+
+async fn metrics_text(ts: &TestServer) -> String {
+    reqwest::get(format!("{}/metrics", ts.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, line_start: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn stalled_and_partial_requests_are_closed_while_new_clients_connect() {
+    let ts = TestServer::start_with("[http]\nreadtimeout = 1\nmaxconnectionsperip = 0\n").await;
+    let addr = addr_of(&ts);
+    let mut stalled = Vec::new();
+    for i in 0..40 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            // Half a request head, then nothing.
+            s.write_all(b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        stalled.push(s);
+    }
+    // A real client is served while they stall.
+    let mut c = ts.client(Some("alice")).await;
+    c.join("room1", "nc-alice").await;
+    // Every stalled connection is closed by the server (timeout 1 s).
+    for s in &mut stalled {
+        let got = read_until_closed(s, Duration::from_secs(5)).await;
+        assert!(!got.contains("200 OK"), "{got}");
+    }
+    // The WebSocket outlives the HTTP header timeout: it still hears of
+    // the next member.
+    let d = ts.client_in_room("dave", "room1").await;
+    c.wait_join_of(&d.session_id).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    let ts = TestServer::start_with("[http]\nreadtimeout = 1\n").await;
+    let mut s = TcpStream::connect(addr_of(&ts)).await.unwrap();
+    s.write_all(b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Kept alive, then idle: closed after the read timeout.
+    read_until_closed(&mut s, Duration::from_secs(5)).await;
+    ts.stop().await;
+}
+
+fn signed_headers(body: &[u8], backend: &str, len: usize) -> String {
+    let random = checksum::new_random();
+    let sum = checksum::calculate(SECRET.as_bytes(), random.as_bytes(), body);
+    format!(
+        "POST /api/v1/room/room1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nSpreed-Signaling-Random: {random}\r\n\
+         Spreed-Signaling-Checksum: {sum}\r\nSpreed-Signaling-Backend: {backend}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_backend_body_that_trickles_is_cut_off() {
+    let ts = TestServer::start_with("[http]\nreadtimeout = 1\n").await;
+    let body = br#"{"type":"message","message":{"data":{}}}"#;
+    let mut s = TcpStream::connect(addr_of(&ts)).await.unwrap();
+    s.write_all(signed_headers(body, &ts.nc.url, body.len()).as_bytes())
+        .await
+        .unwrap();
+    s.write_all(&body[..10]).await.unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_backend_body_is_refused_before_it_is_sent() {
+    let ts = TestServer::start().await;
+    let mut s = TcpStream::connect(addr_of(&ts)).await.unwrap();
+    // Only the head is sent: the answer must not wait for 100 MB of body.
+    s.write_all(signed_headers(b"", &ts.nc.url, 100_000_000).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let m = metrics_text(&ts).await;
+    assert_eq!(
+        metric(
+            &m,
+            "signaling_limits_refused_total{limit=\"backend_body_size\"}"
+        ),
+        1
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_in_all() {
+    let ts =
+        TestServer::start_with("[http]\nmaxconnectionsperip = 3\nproxyips =\nmaxconnections = 6\n")
+            .await;
+    let addr = addr_of(&ts);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from("127.0.0.2", addr).await);
+    }
+    // The fourth from the same address is closed at once, unread.
+    let mut extra = connect_from("127.0.0.2", addr).await;
+    let _ = extra
+        .write_all(b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let got = read_until_closed(&mut extra, TIMEOUT).await;
+    assert!(got.is_empty(), "{got}");
+    // Another address still gets in, WebSocket and all.
+    let mut c = client_from(&ts, "127.0.0.3", "bob").await;
+    c.join("room1", "nc-bob").await;
+    // Once one of the held connections closes, its address may connect again.
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut s = connect_from("127.0.0.2", addr).await;
+        s.write_all(b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        if read_until_closed(&mut s, TIMEOUT)
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the address never got a connection again");
+    // The global cap: 2 held + 1 WebSocket + 3 from other addresses = 6.
+    for a in ["127.0.0.4", "127.0.0.5", "127.0.0.6"] {
+        held.push(connect_from(a, addr).await);
+    }
+    let mut over = connect_from("127.0.0.7", addr).await;
+    let _ = over
+        .write_all(b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(read_until_closed(&mut over, TIMEOUT).await.is_empty());
+    drop(held);
+    let m = loop {
+        // /metrics from loopback (allowed); retried until a slot is free.
+        if let Ok(r) = reqwest::get(format!("{}/metrics", ts.url)).await {
+            break r.text().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        metric(
+            &m,
+            "signaling_limits_refused_total{limit=\"connections_per_ip\"}"
+        ) >= 1
+    );
+    assert!(metric(&m, "signaling_limits_refused_total{limit=\"connections\"}") >= 1);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn allowall_creates_no_backend_before_the_checksum_is_verified() {
+    let ts = TestServer::start_with("[backend]\nallowall = true\nsecret = common-secret\n").await;
+    let hub = ts.server.as_ref().unwrap().hub.clone();
+    let body = serde_json::to_vec(&json!({"type": "message", "message": {"data": {}}})).unwrap();
+    for i in 0..20 {
+        let random = checksum::new_random();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/room/room1", ts.url))
+            .header("Content-Type", "application/json")
+            .header("Spreed-Signaling-Random", random)
+            .header("Spreed-Signaling-Checksum", "0".repeat(64))
+            .header(
+                "Spreed-Signaling-Backend",
+                format!("https://attacker-{i}.example"),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 403);
+    }
+    assert_eq!(hub.registry().dynamic_count(), 0);
+    // Hellos for unknown origins that Nextcloud does not accept leave nothing either.
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    c.send(json!({"id": "h", "type": "hello", "hello": {"version": "1.0", "auth": {"url": "http://127.0.0.1:1/ocs", "params": {}}}}))
+        .await;
+    c.expect_type("error").await;
+    assert_eq!(hub.registry().dynamic_count(), 0);
+    // A request signed with the common secret is accepted and remembered.
+    let random = checksum::new_random();
+    let sum = checksum::calculate(b"common-secret", random.as_bytes(), &body);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/room/room1", ts.url))
+        .header("Content-Type", "application/json")
+        .header("Spreed-Signaling-Random", random)
+        .header("Spreed-Signaling-Checksum", sum)
+        .header("Spreed-Signaling-Backend", "https://known.example")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(hub.registry().dynamic_count(), 1);
+    ts.stop().await;
+}
