@@ -353,7 +353,11 @@ impl Config {
             max_keys: ini.get_u64("transient", "maxkeys", 100)? as usize,
             max_key_length: ini.get_u64("transient", "maxkeylength", 256)? as usize,
             max_value_size: ini.get_u64("transient", "maxvaluesize", 16384)? as usize,
-            max_room_bytes: ini.get_u64("transient", "maxroombytes", 262144)? as usize,
+            max_room_bytes: ini.get_u64(
+                "transient",
+                "maxroombytes",
+                (limits.outbox_bytes as u64 / 2).min(262144),
+            )? as usize,
             max_ttl: secs(&ini, "transient", "maxttl", 86400)?,
         };
         // A joiner receives all of a room's transient data at once: it must
