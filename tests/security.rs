@@ -298,3 +298,140 @@ async fn allowall_creates_no_backend_before_the_checksum_is_verified() {
     assert_eq!(hub.registry().dynamic_count(), 1);
     ts.stop().await;
 }
+
+async fn transient_set(
+    c: &mut Client,
+    id: &str,
+    key: &str,
+    value: serde_json::Value,
+    ttl: Option<u64>,
+) {
+    let mut t = json!({"type": "set", "key": key, "value": value});
+    if let Some(ttl) = ttl {
+        t["ttl"] = json!(ttl);
+    }
+    c.send(json!({"id": id, "type": "transient", "transient": t}))
+        .await;
+}
+
+/// Waits for the answer to request `id`: the `set` event or an error.
+async fn transient_answer(c: &mut Client, id: &str, key: &str) -> serde_json::Value {
+    let (id, key) = (id.to_string(), key.to_string());
+    c.wait_for(move |m| {
+        (m["type"] == "error" && m["id"] == id.as_str())
+            || (m["type"] == "transient" && m["transient"]["key"] == key.as_str())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn transient_data_limits_are_refused_with_the_request_id() {
+    let ts = TestServer::start_with(
+        "[transient]\nmaxkeys = 3\nmaxkeylength = 16\nmaxvaluesize = 100\nmaxroombytes = 250\nmaxttl = 60\n",
+    )
+    .await;
+    let mut c = ts.client_in_room("alice", "room1").await;
+    let refused = |m: &serde_json::Value, id: &str| {
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(m["id"], id, "{m}");
+        assert_eq!(m["error"]["code"], "transient_limit_exceeded", "{m}");
+    };
+    transient_set(&mut c, "long-key", &"k".repeat(17), json!(1), None).await;
+    refused(&transient_answer(&mut c, "long-key", "-").await, "long-key");
+    transient_set(&mut c, "big", "a", json!("v".repeat(101)), None).await;
+    refused(&transient_answer(&mut c, "big", "-").await, "big");
+    transient_set(&mut c, "ttl", "a", json!(1), Some(61_000_000_000)).await;
+    refused(&transient_answer(&mut c, "ttl", "-").await, "ttl");
+    // 90 characters: 101 bytes per entry in the room's snapshot.
+    let v = json!("v".repeat(90));
+    for (id, key) in [("s1", "a"), ("s2", "b")] {
+        transient_set(&mut c, id, key, v.clone(), Some(1_000_000_000)).await;
+        assert_eq!(transient_answer(&mut c, id, key).await["type"], "transient");
+    }
+    transient_set(&mut c, "s3", "c", v.clone(), None).await;
+    refused(&transient_answer(&mut c, "s3", "c").await, "s3");
+    transient_set(&mut c, "s4", "c", json!(1), None).await;
+    assert_eq!(
+        transient_answer(&mut c, "s4", "c").await["type"],
+        "transient"
+    );
+    transient_set(&mut c, "s5", "d", json!(1), None).await;
+    refused(&transient_answer(&mut c, "s5", "d").await, "s5");
+    // Replacing a value counts only the difference.
+    transient_set(&mut c, "s6", "a", json!("w".repeat(90)), None).await;
+    assert_eq!(
+        transient_answer(&mut c, "s6", "a").await["type"],
+        "transient"
+    );
+    let m = metrics_text(&ts).await;
+    for (limit, n) in [
+        ("transient_key_length", 1),
+        ("transient_value_size", 1),
+        ("transient_ttl", 1),
+        ("transient_room_bytes", 1),
+        ("transient_keys", 1),
+    ] {
+        let line = format!("signaling_limits_refused_total{{limit=\"{limit}\"}}");
+        assert_eq!(metric(&m, &line), n, "{limit}");
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_full_of_transient_data_does_not_evict_joiners() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    // Try to store 1.5 MB: more than a joiner's send queue (1 MiB).
+    let chunk = "x".repeat(15_000);
+    let mut stored = 0;
+    for i in 0..100 {
+        let (id, key) = (format!("s{i}"), format!("k{i}"));
+        transient_set(&mut a, &id, &key, json!(chunk), None).await;
+        if transient_answer(&mut a, &id, &key).await["type"] == "transient" {
+            stored += 1;
+        }
+    }
+    assert!(stored > 0 && stored < 100, "{stored}");
+    // Joiners get all that was stored, and stay connected.
+    for user in ["bob", "carol", "dave"] {
+        let mut j = ts.client(Some(user)).await;
+        j.send(json!({"id": "join", "type": "room", "room": {"roomid": "room1", "sessionid": format!("nc-{user}")}}))
+            .await;
+        let initial = j
+            .wait_for(|m| m["type"] == "transient" && m["transient"]["type"] == "initial")
+            .await;
+        assert_eq!(
+            initial["transient"]["data"].as_object().unwrap().len(),
+            stored
+        );
+        a.wait_join_of(&j.session_id).await;
+        a.send(json!({"type": "message", "message": {"recipient": {"type": "session", "sessionid": j.session_id}, "data": "hi"}}))
+            .await;
+        j.wait_for(|m| m["type"] == "message").await;
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn transient_data_and_its_timers_go_with_the_room() {
+    let ts = TestServer::start().await;
+    let hub = ts.server.as_ref().unwrap().hub.clone();
+    let mut a = ts.client_in_room("alice", "room1").await;
+    transient_set(&mut a, "s", "k", json!(1), Some(3_600_000_000_000)).await;
+    transient_answer(&mut a, "s", "k").await;
+    assert_eq!(hub.transient_timer_count(), 1);
+    // The last member leaves: room, data and timer are gone.
+    a.send(json!({"id": "leave", "type": "room", "room": {"roomid": ""}}))
+        .await;
+    a.wait_for(|m| m["type"] == "room" && m["id"] == "leave")
+        .await;
+    assert_eq!(hub.room_count(), 0);
+    assert_eq!(hub.transient_timer_count(), 0);
+    // Joining again starts empty.
+    a.join("room1", "nc-alice").await;
+    a.send(json!({"id": "s2", "type": "transient", "transient": {"type": "set", "key": "k2", "value": 2}}))
+        .await;
+    let m = a.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(m["transient"]["type"], "set", "no initial data: {m}");
+    ts.stop().await;
+}

@@ -487,7 +487,7 @@ impl Hub {
                     .map(|r| r.members.clone())
                     .unwrap_or_default();
                 st.remove_from_room(&key, &members);
-                st.rooms.remove(&key);
+                st.remove_room(&key);
                 st.reap();
             }
             "participants" => {

@@ -159,6 +159,10 @@ pub(crate) struct State {
     /// Transient data expiry: (deadline, seq) -> (room, key).
     pub ttl: BTreeMap<(Instant, u64), (RoomKey, String)>,
     pub ttl_seq: u64,
+    /// `[transient]` limits (checked again when a value is applied).
+    pub transient_limits: crate::config::TransientLimits,
+    /// Refusals by a configured limit (`signaling_limits_refused_total`).
+    pub refused: prometheus::IntCounterVec,
     pub client: BackendClient,
     /// The bus to other processes (a no-op in a single process).
     pub bus: Arc<dyn Bus>,
@@ -235,6 +239,8 @@ impl Hub {
                 counts: HashMap::new(),
                 ttl: BTreeMap::new(),
                 ttl_seq: 0,
+                transient_limits: config.transient.clone(),
+                refused: metrics.refused.clone(),
                 client: client.clone(),
                 bus,
                 remote: HashMap::new(),
@@ -458,6 +464,11 @@ impl Hub {
     /// Sessions waiting for a resume (their connection is gone).
     pub fn disconnected_sessions(&self) -> usize {
         self.lock().sessions.disconnected.len()
+    }
+
+    /// Transient values waiting for their TTL (all rooms).
+    pub fn transient_timer_count(&self) -> usize {
+        self.lock().ttl.len()
     }
 
     /// Number of rooms.
@@ -690,11 +701,22 @@ impl State {
         {
             return;
         }
-        if let Some(room) = self.rooms.remove(key) {
+        if let Some(room) = self.remove_room(key) {
             for m in room.members {
                 self.remote.remove(&m);
             }
         }
+    }
+
+    /// Removes a room with its transient data and their expiry timers.
+    pub fn remove_room(&mut self, key: &RoomKey) -> Option<Room> {
+        let room = self.rooms.remove(key)?;
+        for e in room.transient.values() {
+            if let Some(x) = e.expires {
+                self.ttl.remove(&x);
+            }
+        }
+        Some(room)
     }
 
     /// Public ids of the sessions in a room matching a set of Nextcloud session ids.

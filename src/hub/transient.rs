@@ -24,6 +24,62 @@ fn parse_ttl(v: &serde_json::Value) -> Result<Option<Duration>, ()> {
     Ok((ns > 0).then(|| Duration::from_nanos(ns)))
 }
 
+/// Bytes a key and value take in a room's `initial` snapshot.
+fn entry_size(key: &str, value: &RawValue) -> usize {
+    // `"key":value,` plus escaping slack.
+    key.len() + value.get().len() + 8
+}
+
+/// Why a `set` is refused, if it is: (metric label, message).
+fn check_set(
+    room: Option<&super::room::Room>,
+    name: &str,
+    value: &RawValue,
+    limits: &crate::config::TransientLimits,
+) -> Result<(), (&'static str, String)> {
+    if value.get().len() > limits.max_value_size {
+        return Err((
+            "transient_value_size",
+            format!("Value is larger than {} bytes.", limits.max_value_size),
+        ));
+    }
+    let Some(room) = room else {
+        return Ok(());
+    };
+    let old = room.transient.get(name);
+    if old.is_none() && room.transient.len() >= limits.max_keys {
+        return Err((
+            "transient_keys",
+            format!("The room already has {} keys.", limits.max_keys),
+        ));
+    }
+    let total: usize = room
+        .transient
+        .iter()
+        .map(|(k, e)| entry_size(k, &e.value))
+        .sum();
+    let after =
+        total - old.map(|e| entry_size(name, &e.value)).unwrap_or(0) + entry_size(name, value);
+    if after > limits.max_room_bytes {
+        return Err((
+            "transient_room_bytes",
+            format!(
+                "The room's transient data would exceed {} bytes.",
+                limits.max_room_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The error for a refused transient request.
+fn limit_error(msg: String) -> ProtocolError {
+    ProtocolError::new(TRANSIENT_LIMIT, msg)
+}
+
+/// Error code of a transient request over a `[transient]` limit.
+pub const TRANSIENT_LIMIT: &str = "transient_limit_exceeded";
+
 fn same_json(a: &RawValue, b: &RawValue) -> bool {
     if a.get() == b.get() {
         return true;
@@ -77,6 +133,13 @@ impl State {
         let Some(room) = self.rooms.get_mut(key) else {
             return false;
         };
+        // The origin checked the limits; in a cluster two processes may
+        // race, and every process refuses the same (later) one here.
+        if let Err((limit, msg)) = check_set(Some(room), name, &value, &self.transient_limits) {
+            tracing::info!(room = ?key.room, limit, "transient value refused: {msg}");
+            self.refused.with_label_values(&[limit]).inc();
+            return false;
+        }
         let mut earliest = false;
         if let Some((at, seq)) = expires {
             earliest = self.ttl.keys().next().is_none_or(|(first, _)| at < *first);
@@ -186,6 +249,29 @@ impl Hub {
         if t.key.is_empty() {
             return self.reply_error(sid, id, invalid_format("key missing"));
         }
+        let limits = &self.config.transient;
+        if t.key.len() > limits.max_key_length {
+            self.metrics.refuse("transient_key_length");
+            return self.reply_error(
+                sid,
+                id,
+                limit_error(format!(
+                    "Key is longer than {} bytes.",
+                    limits.max_key_length
+                )),
+            );
+        }
+        if ttl.is_some_and(|d| d > limits.max_ttl) {
+            self.metrics.refuse("transient_ttl");
+            return self.reply_error(
+                sid,
+                id,
+                limit_error(format!(
+                    "TTL is longer than {} seconds.",
+                    limits.max_ttl.as_secs()
+                )),
+            );
+        }
         let mut st = self.lock();
         let Some(s) = st.sessions.map.get(sid) else {
             return;
@@ -205,6 +291,13 @@ impl Hub {
                 id,
                 ProtocolError::new(error::NOT_ALLOWED, "Not allowed to update transient data."),
             );
+        }
+        if let (true, Some(v)) = (t.kind == "set", t.value.as_deref()) {
+            if let Err((limit, msg)) = check_set(st.rooms.get(&key), &t.key, v, limits) {
+                drop(st);
+                self.metrics.refuse(limit);
+                return self.reply_error(sid, id, limit_error(msg));
+            }
         }
         let wake = if st.bus.clustered() {
             // Applied by every process (this one too) in bus order.
