@@ -137,7 +137,9 @@ fn map_err(e: reqwest::Error) -> BackendCallError {
     }
 }
 
-fn unwrap_ocs(bytes: &[u8]) -> Result<Box<serde_json::value::RawValue>, BackendCallError> {
+/// The `data` of an OCS envelope, or the whole body when it is not one;
+/// OCS status 429 is [`BackendCallError::Throttled`].
+pub fn unwrap_ocs(bytes: &[u8]) -> Result<Box<serde_json::value::RawValue>, BackendCallError> {
     if let Ok(ocs) = serde_json::from_slice::<Ocs>(bytes) {
         if ocs.ocs.meta.as_ref().is_some_and(|m| m.statuscode == 429) {
             return Err(BackendCallError::Throttled);
@@ -147,7 +149,8 @@ fn unwrap_ocs(bytes: &[u8]) -> Result<Box<serde_json::value::RawValue>, BackendC
     serde_json::from_slice(bytes).map_err(|e| BackendCallError::Invalid(e.to_string()))
 }
 
-fn parse_response(bytes: &[u8]) -> Result<BackendResponse, BackendCallError> {
+/// Parses Nextcloud's answer to a backend request (OCS-wrapped or bare).
+pub fn parse_response(bytes: &[u8]) -> Result<BackendResponse, BackendCallError> {
     let data = unwrap_ocs(bytes)?;
     serde_json::from_str(data.get()).map_err(|e| BackendCallError::Invalid(e.to_string()))
 }

@@ -98,10 +98,12 @@ pub fn verify(token: &str, key: &str, now: i64) -> Result<HelloV2Claims, TokenEr
     })?;
     let claims = data.claims;
     let leeway = LEEWAY_SECS as i64;
-    if claims.iat > now + leeway {
+    // Saturating: the claims may hold any i64 (an `exp` near i64::MAX
+    // overflowed here: a panic in debug builds, "expired" in release).
+    if claims.iat > now.saturating_add(leeway) {
         return Err(TokenError::NotValidYet);
     }
-    if claims.exp + leeway < now {
+    if claims.exp.saturating_add(leeway) < now {
         return Err(TokenError::Expired);
     }
     Ok(claims)

@@ -14,6 +14,10 @@ pub struct IniFile {
 /// The section that holds options written before any `[section]` header.
 pub const DEFAULT_SECTION: &str = "default";
 
+/// Most work (references expanded plus bytes produced) one [`IniFile::get`]
+/// spends on `%(name)s` interpolation.
+pub const MAX_INTERPOLATION_WORK: usize = 64 * 1024;
+
 fn is_comment(line: &str) -> bool {
     if line.starts_with('#') || line.starts_with(';') {
         return true;
@@ -92,6 +96,15 @@ impl IniFile {
         self.sections.keys().map(String::as_str)
     }
 
+    /// The value as written in `section` (after comment stripping and
+    /// continuation lines), without interpolation or `[default]` fallback.
+    pub fn get_raw(&self, section: &str, key: &str) -> Option<&str> {
+        self.sections
+            .get(&section.to_ascii_lowercase())?
+            .get(&key.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
     /// The raw value, with `%(name)s` references expanded from the same
     /// section or `[default]`.
     pub fn get(&self, section: &str, key: &str) -> Option<String> {
@@ -102,16 +115,26 @@ impl IniFile {
             .get(&section)
             .and_then(|s| s.get(&key))
             .or_else(|| self.sections.get(DEFAULT_SECTION).and_then(|s| s.get(&key)))?;
-        Some(self.interpolate(&section, value, 0))
+        let mut budget = MAX_INTERPOLATION_WORK;
+        Some(self.interpolate(&section, value, 0, &mut budget))
     }
 
-    fn interpolate(&self, section: &str, value: &str, depth: usize) -> String {
-        if depth > 16 || !value.contains("%(") {
+    /// Expands references in `value`. `budget` bounds the work of one
+    /// `get`: references multiply (`a = %(b)s%(b)s`, `b = %(c)s%(c)s`, ...),
+    /// so depth alone would allow exponential time and memory. Each expanded
+    /// reference costs 1 plus the bytes it adds; once spent, the remaining
+    /// references stay as written, as do references nested too deeply.
+    fn interpolate(&self, section: &str, value: &str, depth: usize, budget: &mut usize) -> String {
+        if depth > 16 || *budget == 0 || !value.contains("%(") {
             return value.to_string();
         }
         let mut out = String::with_capacity(value.len());
         let mut rest = value;
         while let Some(start) = rest.find("%(") {
+            if *budget == 0 {
+                break;
+            }
+            *budget -= 1;
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
             match after.find(")s") {
@@ -127,7 +150,11 @@ impl IniFile {
                                 .and_then(|s| s.get(&name))
                         });
                     match found {
-                        Some(v) => out.push_str(&self.interpolate(section, v, depth + 1)),
+                        Some(v) => {
+                            let expanded = self.interpolate(section, v, depth + 1, budget);
+                            *budget = budget.saturating_sub(expanded.len());
+                            out.push_str(&expanded);
+                        }
                         None => out.push_str(&rest[start..start + 2 + end + 2]),
                     }
                     rest = &after[end + 2..];
@@ -247,6 +274,16 @@ remote = kept
         assert!(f.get("backend", "rem").is_none());
         assert!(f.get_bool("other", "remote", false).is_err());
         assert!(f.get_bool("backend", "colon", false).unwrap());
+    }
+
+    #[test]
+    fn interpolation_of_a_cycle_stays_literal() {
+        let f = IniFile::parse("a = x%(b)s\nb = %(a)s\n").unwrap();
+        let v = f.get("default", "a").unwrap();
+        assert!(v.starts_with("xxxx") && v.ends_with("%(b)s"), "{v}");
+        let f = IniFile::parse("a = %(a)s%(a)s%(a)s%(a)s\n").unwrap();
+        let v = f.get("default", "a").unwrap();
+        assert!(v.len() <= 2 * MAX_INTERPOLATION_WORK);
     }
 
     #[test]

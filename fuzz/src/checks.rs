@@ -1,0 +1,486 @@
+//! Properties of every parser that takes outside input, shared by the
+//! cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and the short proptest run
+//! of the normal test command (`tests/fuzz_parsers.rs`, which includes this
+//! file with `#[path]`). Each function must never panic for any input; where
+//! a parser has invariants, they are asserted here.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use spreed_signaling::api::backend::BackendRoomRequest;
+use spreed_signaling::api::client::{
+    ClientMessage, HelloClientMessage, HelloV2Params, IdOnly, InternalAuthParams,
+};
+use spreed_signaling::backend::capabilities::{capabilities_url, Capabilities};
+use spreed_signaling::backend::checksum;
+use spreed_signaling::backend::client::{parse_response, unwrap_ocs};
+use spreed_signaling::backend::token;
+use spreed_signaling::config::goconf::{expand_env, split_list, IniFile};
+use spreed_signaling::config::Config;
+use spreed_signaling::hub::Hub;
+
+/// Secret of the fuzzed hub's backend.
+pub const BACKEND_SECRET: &str = "fuzz-backend-secret";
+/// Internal secret of the fuzzed hub.
+pub const INTERNAL_SECRET: &str = "fuzz-internal-secret";
+/// The fuzzed hub's only backend; nothing listens there, so the requests the
+/// hub makes to Nextcloud fail at once.
+pub const BACKEND_URL: &str = "http://127.0.0.1:9";
+
+// ---------------------------------------------------------------------------
+// Client messages (a WebSocket text frame, as `http::ws::on_text` parses it)
+
+/// Parses one text frame the way the connection reader does, then the
+/// nested `params` the hello handler parses later.
+pub fn client_message(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(msg) => {
+            if let Some(hello) = &msg.hello {
+                hello_params(hello);
+            }
+        }
+        Err(_) => {
+            let _ = serde_json::from_str::<IdOnly>(text);
+        }
+    }
+}
+
+fn hello_params(hello: &HelloClientMessage) {
+    if let Some(params) = hello.auth.as_ref().and_then(|a| a.params.as_ref()) {
+        let _ = serde_json::from_str::<HelloV2Params>(params.get());
+        let _ = serde_json::from_str::<InternalAuthParams>(params.get());
+    }
+}
+
+struct FuzzHub {
+    rt: tokio::runtime::Runtime,
+    hub: Arc<Hub>,
+}
+
+fn hub_config() -> Config {
+    Config::parse(&format!(
+        "[http]\nlisten = 127.0.0.1:0\n[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n\
+         [clients]\ninternalsecret = {INTERNAL_SECRET}\n[backend]\nbackends = nc1\ntimeout = 1\n\
+         [nc1]\nurl = {BACKEND_URL}\nsecret = {BACKEND_SECRET}\n"
+    ))
+    .expect("fuzz config is valid")
+}
+
+fn fuzz_hub() -> &'static FuzzHub {
+    static HUB: OnceLock<FuzzHub> = OnceLock::new();
+    HUB.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let hub = rt.block_on(async {
+            Hub::new(
+                Arc::new(hub_config()),
+                spreed_signaling::metrics::Metrics::new(),
+                Arc::new(spreed_signaling::bus::LocalBus::new()),
+            )
+            .expect("hub")
+        });
+        FuzzHub { rt, hub }
+    })
+}
+
+fn internal_hello() -> HelloClientMessage {
+    let random = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    let token = checksum::calculate(INTERNAL_SECRET.as_bytes(), random.as_bytes(), b"");
+    let text = format!(
+        r#"{{"version":"1.0","auth":{{"type":"internal","params":{{"random":"{random}","token":"{token}"}}}}}}"#
+    );
+    serde_json::from_str(&text).expect("internal hello parses")
+}
+
+/// A WebSocket conversation with the hub: an internal client (the only kind
+/// that needs no Nextcloud to log in) sends each line of `data` as a text
+/// frame. Lines are handled as the connection reader handles them; a `hello`
+/// line goes to the hello handler on a fresh connection. Afterwards the
+/// session says `bye`, so the hub is empty again for the next input.
+pub fn hub_messages(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let fh = fuzz_hub();
+    let hub = &fh.hub;
+    fh.rt.block_on(async {
+        let outbox = hub.new_outbox();
+        let ok = hub
+            .hello(&outbox, Some("h"), internal_hello())
+            .await
+            .expect("internal hello succeeds");
+        let sid = ok.sid.clone();
+        for line in text.lines().take(64) {
+            let msg = match serde_json::from_str::<ClientMessage>(line) {
+                Ok(m) => m,
+                Err(_) => continue,
+            };
+            if msg.kind == "hello" {
+                if let Some(hello) = msg.hello {
+                    // Only hellos that need no Nextcloud: internal and
+                    // resumes; client hellos would wait for the timeout.
+                    let local = hello.resumeid.is_some()
+                        || hello.auth.as_ref().is_some_and(|a| a.kind == "internal");
+                    if local {
+                        let conn = hub.new_outbox();
+                        if let Ok(other) = hub.hello(&conn, msg.id.as_deref(), hello).await {
+                            hub.close_session(&other.sid, "fuzz");
+                        }
+                    }
+                }
+                continue;
+            }
+            // A room join waits for Nextcloud; its future is dropped, as
+            // when the connection closes while it is pending.
+            let _ = hub.handle(&sid, msg);
+        }
+        let bye: ClientMessage = serde_json::from_str(r#"{"type":"bye"}"#).expect("bye parses");
+        let _ = hub.handle(&sid, bye);
+        hub.close_session(&sid, "fuzz");
+        // Let the hub's spawned requests to the (absent) backend finish.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Backend API (`POST /api/v1/room/{id}`): headers, checksum, body
+
+/// How the fuzzed backend request signs its body.
+#[derive(Debug, Clone)]
+pub enum ChecksumMode {
+    /// The correct checksum over random + body.
+    Valid,
+    /// The correct checksum with one hex digit changed.
+    Mutated(usize),
+    /// An arbitrary header value.
+    Raw(String),
+    /// No checksum header.
+    Missing,
+}
+
+/// One fuzzed backend API request.
+#[derive(Debug, Clone)]
+pub struct BackendApiInput {
+    /// Path segment after `/api/v1/room/`.
+    pub room: String,
+    /// `Content-Length`: `None` = the body's length, `Some(v)` = `v` verbatim.
+    pub content_length: Option<String>,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// `Spreed-Signaling-Random`.
+    pub random: String,
+    /// `Spreed-Signaling-Checksum`.
+    pub checksum: ChecksumMode,
+    /// `Spreed-Signaling-Backend`.
+    pub backend: Option<String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// Sends one request through the real router (header checks, checksum,
+/// body parsing, hub) and checks the status: a request whose checksum does
+/// not verify is refused with 403 and never reaches the hub.
+pub fn backend_api(input: &BackendApiInput) {
+    use axum::http::{Request, StatusCode};
+
+    use tower::ServiceExt;
+
+    let fh = fuzz_hub();
+    let app = spreed_signaling::http::router(spreed_signaling::http::AppState {
+        hub: fh.hub.clone(),
+        tracker: tokio_util::task::TaskTracker::new(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    });
+    let room: String = input
+        .room
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut req = Request::post(format!("/api/v1/room/{room}"));
+    let length = input
+        .content_length
+        .clone()
+        .unwrap_or_else(|| input.body.len().to_string());
+    req = req.header("Content-Length", length.clone());
+    req = req.header("Content-Type", input.content_type.clone());
+    req = req.header(checksum::HEADER_RANDOM, input.random.clone());
+    let valid = checksum::calculate(
+        BACKEND_SECRET.as_bytes(),
+        input.random.as_bytes(),
+        &input.body,
+    );
+    let sum = match &input.checksum {
+        ChecksumMode::Valid => Some(valid.clone()),
+        ChecksumMode::Mutated(i) => {
+            let mut b = valid.clone().into_bytes();
+            let i = i % b.len();
+            b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+            Some(String::from_utf8(b).expect("hex is ASCII"))
+        }
+        ChecksumMode::Raw(s) => Some(s.clone()),
+        ChecksumMode::Missing => None,
+    };
+    if let Some(s) = &sum {
+        req = req.header(checksum::HEADER_CHECKSUM, s.clone());
+    }
+    if let Some(b) = &input.backend {
+        req = req.header(checksum::HEADER_BACKEND, b.clone());
+    }
+    // Header values the http crate refuses cannot arrive over the wire.
+    let Ok(req) = req.body(axum::body::Body::from(input.body.clone())) else {
+        return;
+    };
+    let status = fh.rt.block_on(async {
+        let resp = app.oneshot(req).await.expect("router is infallible");
+        let status = resp.status();
+        let _ = axum::body::to_bytes(resp.into_body(), usize::MAX).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        status
+    });
+    let verifies = sum.as_deref().is_some_and(|s| {
+        checksum::verify(
+            BACKEND_SECRET.as_bytes(),
+            input.random.as_bytes(),
+            &input.body,
+            s,
+        )
+    });
+    if !verifies {
+        assert!(
+            status.is_client_error(),
+            "request without a valid checksum got {status}"
+        );
+    }
+    if matches!(input.checksum, ChecksumMode::Mutated(_)) {
+        assert_ne!(status, StatusCode::OK, "mutated checksum accepted");
+    }
+}
+
+/// The backend API body alone.
+pub fn backend_body(data: &[u8]) {
+    let _ = serde_json::from_slice::<BackendRoomRequest>(data);
+}
+
+// ---------------------------------------------------------------------------
+// Checksums
+
+/// A checksum verifies for what it was computed over, and not after any
+/// change of the secret, the random string, the body or the checksum bytes.
+pub fn checksum_roundtrip(secret: &[u8], random: &[u8], body: &[u8], flip: usize, what: u8) {
+    let sum = checksum::calculate(secret, random, body);
+    assert_eq!(sum.len(), 64);
+    assert!(checksum::verify(secret, random, body, &sum));
+    assert!(checksum::verify(
+        secret,
+        random,
+        body,
+        &sum.to_ascii_uppercase()
+    ));
+    let mutate = |v: &[u8]| -> Vec<u8> {
+        let mut v = v.to_vec();
+        if v.is_empty() {
+            v.push(0);
+        } else {
+            let i = flip % v.len();
+            v[i] ^= 1 << (flip % 8);
+        }
+        v
+    };
+    match what % 4 {
+        0 => {
+            // HMAC pads short keys with zeros: "" and "\0" are the same
+            // key, so only flip bits of non-empty keys.
+            if !secret.is_empty() {
+                let m = mutate(secret);
+                assert!(!checksum::verify(&m, random, body, &sum));
+            }
+        }
+        1 => {
+            let m = mutate(random);
+            // The MAC is over random || body: only a changed concatenation
+            // must fail (moving a byte between the two cannot be detected).
+            assert!(!checksum::verify(secret, &m, body, &sum));
+        }
+        2 => {
+            let m = mutate(body);
+            assert!(!checksum::verify(secret, random, &m, &sum));
+        }
+        _ => {
+            let mut b = sum.clone().into_bytes();
+            let i = flip % b.len();
+            b[i] = if b[i] == b'0' { b'f' } else { b'0' };
+            let m = String::from_utf8(b).expect("hex is ASCII");
+            assert!(!checksum::verify(secret, random, body, &m));
+        }
+    }
+}
+
+/// Verifying an arbitrary checksum string never panics.
+pub fn checksum_verify_any(random: &[u8], body: &[u8], sum: &str) {
+    let _ = checksum::verify(BACKEND_SECRET.as_bytes(), random, body, sum);
+}
+
+// ---------------------------------------------------------------------------
+// Nextcloud answers
+
+/// An answer to `auth` / `room` / `ping` / `session`, and the capabilities
+/// document, as the backend client reads them.
+pub fn nextcloud_response(data: &[u8]) {
+    let _ = parse_response(data);
+    if let Ok(raw) = unwrap_ocs(data) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(raw.get()) {
+            let caps = Capabilities::from_data(&v);
+            if let Some(limit) = caps.session_ping_limit {
+                assert!(limit > 0);
+            }
+        }
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = Capabilities::from_data(&v);
+    }
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = capabilities_url(s);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JWTs (hello v2)
+
+const ED_PUB: &str = include_str!("../../tests/data/ed.pub");
+const ED_RAW: &str = include_str!("../../tests/data/ed.raw");
+const ED_KEY: &str = include_str!("../../tests/data/ed.key");
+const EC_PUB: &str = include_str!("../../tests/data/ec.pub");
+const EC_KEY: &str = include_str!("../../tests/data/ec.key");
+const RSA_PUB: &str = include_str!("../../tests/data/rsa.pub");
+const RSA_PKCS1_PUB: &str = include_str!("../../tests/data/rsa_pkcs1.pub");
+const RSA_KEY: &str = include_str!("../../tests/data/rsa.key");
+
+/// An arbitrary token checked with the test keys of every supported kind,
+/// and with an arbitrary key; `now` is arbitrary too.
+pub fn jwt_verify(token_text: &str, key: &str, now: i64) {
+    for k in [ED_PUB, ED_RAW, EC_PUB, RSA_PUB, RSA_PKCS1_PUB, key] {
+        if let Ok(c) = token::verify(token_text, k, now) {
+            check_claims(&c, now);
+        }
+    }
+}
+
+fn check_claims(c: &token::HelloV2Claims, now: i64) {
+    let leeway = token::LEEWAY_SECS as i64;
+    assert!(c.iat <= now.saturating_add(leeway), "accepted before iat");
+    assert!(c.exp.saturating_add(leeway) >= now, "accepted after exp");
+}
+
+/// Arbitrary claims, correctly signed with a test key of the kind `alg`
+/// picks, verified at an arbitrary time: a correctly signed token with any
+/// claims must never panic the verifier, and it is only accepted within
+/// its lifetime.
+pub fn jwt_claims(claims: &[u8], alg: u8, now: i64) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(claims) else {
+        return;
+    };
+    let (alg, key, public) = match alg % 4 {
+        0 => (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(ED_KEY.as_bytes()),
+            ED_PUB,
+        ),
+        1 => (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(ED_KEY.as_bytes()),
+            ED_RAW,
+        ),
+        2 => (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(EC_KEY.as_bytes()),
+            EC_PUB,
+        ),
+        _ => (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()),
+            RSA_PUB,
+        ),
+    };
+    let key = key.expect("test key loads");
+    let Ok(t) = jsonwebtoken::encode(&Header::new(alg), &claims, &key) else {
+        return;
+    };
+    let r = token::verify(&t, public, now);
+    if let Ok(c) = &r {
+        check_claims(c, now);
+    }
+    let has_times = claims.get("iat").is_some_and(|v| v.is_i64() || v.is_u64())
+        && claims.get("exp").is_some_and(|v| v.is_i64() || v.is_u64());
+    if !has_times {
+        assert!(r.is_err(), "token without iat/exp accepted");
+    }
+    // A token signed with one key never verifies with another.
+    let other = if public == EC_PUB { ED_PUB } else { EC_PUB };
+    assert!(token::verify(&t, other, now).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// server.conf
+
+/// Parses a goconf file and reads back every key it mentions: never panics,
+/// never hangs on `%(name)s` references, and values follow goconf's rules
+/// (trimmed, no inline comment: no `#` or `;` after a space or tab, no line
+/// break except between continuation lines).
+pub fn goconf(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(ini) = IniFile::parse(text) else {
+        return;
+    };
+    let sections: Vec<String> = ini.sections().map(str::to_string).collect();
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        if let Some(pos) = line.find(['=', ':']) {
+            keys.push(line[..pos].trim().to_ascii_lowercase());
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    for s in &sections {
+        for k in &keys {
+            if let Some(raw) = ini.get_raw(s, k) {
+                for part in raw.split('\n') {
+                    assert_eq!(part, part.trim(), "untrimmed value {raw:?}");
+                    let b = part.as_bytes();
+                    for i in 1..b.len() {
+                        assert!(
+                            !((b[i] == b'#' || b[i] == b';')
+                                && (b[i - 1] == b' ' || b[i - 1] == b'\t')),
+                            "inline comment left in {raw:?}"
+                        );
+                    }
+                }
+            }
+            if let Some(v) = ini.get(s, k) {
+                let _ = expand_env(&v);
+                let _ = split_list(&v);
+            }
+            let _ = ini.get_bool(s, k, false);
+            let _ = ini.get_u64(s, k, 0);
+        }
+    }
+    let _ = Config::parse(text);
+}

@@ -1,0 +1,3 @@
+//! Shared property checks of the fuzz targets; see `checks.rs`.
+
+pub mod checks;
