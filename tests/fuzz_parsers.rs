@@ -240,6 +240,16 @@ const NC_SEEDS: &[&str] = &[
     "https://cloud.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
 ];
 
+const URL_SEEDS: &[&str] = &[
+    "https://cloud.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+    "https://cloud.example/nc/index.php/ocs/v1.php/apps/spreed/api/v1/signaling/backend/",
+    "https://user:pw@cloud.example/nc/remote.php/dav/files/me/ocs/v2.php/cloud/capabilities?x=1#f",
+    "https://CLOUD.example:443/nc/../nc2/ocs/v2.php/apps/spreed/api/v99/signaling/backend",
+    "http://127.0.0.1:9/ocs/v2.php/apps/spreed/api/v4/signaling/backend",
+    "http://127.0.0.1:09/%2e%2e/x",
+    "https://evil.example/",
+];
+
 const SPEC_TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJodHRwczovL25leHRjbG91ZC1tYXN0ZXIubG9jYWwvIiwiaWF0IjoxNjU0ODQyMDgwLCJleHAiOjE2NTQ4NDIzODAsInN1YiI6ImFkbWluIiwidXNlcmRhdGEiOnsiZGlzcGxheW5hbWUiOiJBZG1pbmlzdHJhdG9yIn19.5rV0jh89_0fG2L-BUPtciu1q49PoYkLboj33EOdD0qQeYcvE7_di2r5WXM1WmKUCOGeX3hzn6qldDMrJBNuxvQ";
 const TOKEN_SEEDS: &[&str] = &[
     SPEC_TOKEN,
@@ -355,6 +365,15 @@ proptest! {
         json_value().prop_map(|v| json!({"ocs": {"meta": {"statuscode": 200}, "data": v}}).to_string().into_bytes()),
     ]) {
         checks::nextcloud_response(&data);
+    }
+
+    #[test]
+    fn backend_url(url in prop_oneof![
+        mutated(URL_SEEDS),
+        "(https?://)?[a-z0-9.:@/%?#]{0,40}".prop_map(String::into_bytes),
+        (prop::sample::select(URL_SEEDS), "[a-z0-9./%?#@:]{0,20}").prop_map(|(a, b)| format!("{a}{b}").into_bytes()),
+    ]) {
+        checks::backend_url(&url);
     }
 
     #[test]

@@ -85,7 +85,17 @@ nc = [
     ocs({"capabilities": {"spreed": {"features": ["audio", "video", "chat-v2"], "config": {"signaling": {"hello-v2-token-key": SPEC_KEY, "session-ping-limit": 200}}}}}),
     {"capabilities": {"spreed": {"features": "x", "config": {"signaling": {"session-ping-limit": -1}}}}},
 ]
-write("nextcloud_response", [j(n) for n in nc] + [b"https://cloud.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend"])
+write("nextcloud_response", [j(n) for n in nc])
+
+write("backend_url", [u.encode() for u in [
+    "https://cloud.example/nc/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+    "https://cloud.example/nc/index.php/ocs/v1.php/apps/spreed/api/v1/signaling/backend/",
+    "https://user:pw@cloud.example/nc/remote.php/dav/files/me/ocs/v2.php/cloud/capabilities?x=1#f",
+    "https://CLOUD.example:443/nc/../nc2/ocs/v2.php/apps/spreed/api/v99/signaling/backend",
+    "http://127.0.0.1:9/ocs/v2.php/apps/spreed/api/v4/signaling/backend",
+    "http://127.0.0.1:09/%2e%2e/x",
+    "https://evil.example/",
+]])
 
 # arbitrary-encoded targets: seed with plausible byte strings.
 def arb_str(s):

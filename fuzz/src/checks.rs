@@ -12,7 +12,7 @@ use spreed_signaling::api::backend::BackendRoomRequest;
 use spreed_signaling::api::client::{
     ClientMessage, HelloClientMessage, HelloV2Params, IdOnly, InternalAuthParams,
 };
-use spreed_signaling::backend::capabilities::{capabilities_url, Capabilities};
+use spreed_signaling::backend::capabilities::Capabilities;
 use spreed_signaling::backend::checksum;
 use spreed_signaling::backend::client::{parse_response, unwrap_ocs};
 use spreed_signaling::backend::token;
@@ -280,11 +280,16 @@ pub fn backend_body(data: &[u8]) {
 // ---------------------------------------------------------------------------
 // Checksums
 
-/// A checksum verifies for what it was computed over, and not after any
-/// change of the secret, the random string, the body or the checksum bytes.
+/// A checksum verifies for what it was computed over (if the random string
+/// is long enough), and not after any change of the secret, the random
+/// string, the body or the checksum bytes.
 pub fn checksum_roundtrip(secret: &[u8], random: &[u8], body: &[u8], flip: usize, what: u8) {
     let sum = checksum::calculate(secret, random, body);
     assert_eq!(sum.len(), 64);
+    if random.len() < checksum::MIN_RANDOM_LEN {
+        assert!(!checksum::verify(secret, random, body, &sum));
+        return;
+    }
     assert!(checksum::verify(secret, random, body, &sum));
     assert!(checksum::verify(
         secret,
@@ -354,8 +359,78 @@ pub fn nextcloud_response(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = Capabilities::from_data(&v);
     }
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = capabilities_url(s);
+}
+
+// ---------------------------------------------------------------------------
+// Backend URLs named by clients (hello `auth.url`) and Nextcloud
+// (`Spreed-Signaling-Backend`)
+
+/// Configured base URLs of the registry the URL target checks against.
+pub const REGISTRY_BASES: &[&str] = &["https://cloud.example/nc", "http://127.0.0.1:9"];
+
+fn registry(allow_all: bool) -> &'static spreed_signaling::backend::registry::BackendRegistry {
+    use spreed_signaling::backend::registry::BackendRegistry;
+    static REG: OnceLock<[BackendRegistry; 2]> = OnceLock::new();
+    let regs = REG.get_or_init(|| {
+        let mk = |allow_all: bool| {
+            let mut cfg = hub_config();
+            cfg.backend.allow_all = allow_all;
+            cfg.backend.common_secret = "common".into();
+            cfg.backend.backends[0].urls = REGISTRY_BASES.iter().map(|s| s.to_string()).collect();
+            BackendRegistry::new(&cfg.backend)
+        };
+        [mk(false), mk(true)]
+    });
+    &regs[usize::from(allow_all)]
+}
+
+/// True for `[/index.php]/ocs/v{1,2}.php/apps/spreed/api/v<1-2 digits>/signaling/backend`.
+fn is_talk_signaling_path(p: &str) -> bool {
+    let p = p.strip_prefix("/index.php").unwrap_or(p);
+    let Some(rest) = p
+        .strip_prefix("/ocs/v2.php/apps/spreed/api/v")
+        .or_else(|| p.strip_prefix("/ocs/v1.php/apps/spreed/api/v"))
+    else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    (1..=2).contains(&digits) && &rest[digits..] == "/signaling/backend"
+}
+
+/// A client-chosen URL only selects a configured backend: the backend found
+/// is one whose base URL the URL lies under, and the URL the server then
+/// asks is that base plus Talk's signaling path, never anything else the
+/// client wrote (user info, query, fragment, other paths).
+pub fn backend_url(data: &[u8]) {
+    use spreed_signaling::backend::registry::{capabilities_url, signaling_url, url_matches};
+    let Ok(url) = std::str::from_utf8(data) else {
+        return;
+    };
+    for base in REGISTRY_BASES {
+        let out = signaling_url(base, url);
+        let suffix = out
+            .strip_prefix(base)
+            .unwrap_or_else(|| panic!("{out:?} is not under {base:?}"));
+        assert!(
+            is_talk_signaling_path(suffix),
+            "{url:?} made the server ask {out:?}"
+        );
+        assert!(capabilities_url(base).starts_with(base));
+    }
+    if let Some((backend, base)) = registry(false).for_url(url) {
+        assert!(REGISTRY_BASES.contains(&base.as_str()), "{base:?}");
+        assert_eq!(&*backend.id, "nc1");
+        let parsed = reqwest::Url::parse(url).expect("a matched URL parses");
+        let base_url = reqwest::Url::parse(&base).expect("bases parse");
+        assert!(url_matches(&base_url, &parsed));
+    }
+    if let Some((backend, origin)) = registry(true).for_url(url) {
+        if &*backend.id != "nc1" {
+            // allowall: the backend is the URL's origin, nothing more.
+            let parsed = reqwest::Url::parse(url).expect("a matched URL parses");
+            assert_eq!(origin, parsed.origin().ascii_serialization());
+            assert!(!origin.contains('@') && !origin.contains('?'));
+        }
     }
 }
 
