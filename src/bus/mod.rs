@@ -181,6 +181,9 @@ pub enum Header {
         /// Session not to deliver to.
         #[serde(default)]
         except: Option<String>,
+        /// Only to the members in the call (recipient type `call`).
+        #[serde(default)]
+        call_only: bool,
     },
     /// Deliver the body to a session of the receiving process.
     SessionFrame {

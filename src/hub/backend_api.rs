@@ -10,7 +10,7 @@ use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{Hub, State};
 use crate::api::backend::{BackendRoomRequest, RoomUsersChange};
-use crate::api::server::{event_frame, frame, RoomReply};
+use crate::api::server::{event_frame, frame, Frame, RoomReply};
 use crate::backend::registry::Backend;
 
 /// Outcome of a backend API request: HTTP status and JSON body.
@@ -323,6 +323,86 @@ impl State {
     }
 }
 
+/// A chat message Nextcloud sent with its comment(s): clients with
+/// `chat-relay` get each comment as an event of its own, the others the
+/// plain refresh event. Each variant is serialized once.
+struct ChatFrames {
+    plain: Frame,
+    comments: Vec<Frame>,
+    /// The comments without display names (`hide-displaynames`).
+    hidden: Vec<Frame>,
+}
+
+impl ChatFrames {
+    fn new(room_id: &str, data: &serde_json::value::RawValue) -> Option<ChatFrames> {
+        let v: Value = serde_json::from_str(data.get()).ok()?;
+        if v.get("type").and_then(Value::as_str) != Some("chat") {
+            return None;
+        }
+        let chat = v.get("chat")?.as_object()?;
+        let mut comments: Vec<&Value> = Vec::new();
+        comments.extend(chat.get("comment").filter(|c| !c.is_null()));
+        if let Some(list) = chat.get("comments").and_then(Value::as_array) {
+            comments.extend(list.iter().filter(|c| !c.is_null()));
+        }
+        if comments.is_empty() {
+            return None;
+        }
+        let event = |chat: Value| {
+            event_frame(
+                "room",
+                "message",
+                &json!({"roomid": room_id, "data": {"type": "chat", "chat": chat}}),
+            )
+        };
+        let hide = |c: &Value| {
+            let mut c = c.clone();
+            if let Some(name) = c.get_mut("actorDisplayName").filter(|n| !n.is_null()) {
+                *name = json!("");
+            }
+            c
+        };
+        Some(ChatFrames {
+            plain: event(json!({"refresh": true})),
+            comments: comments
+                .iter()
+                .map(|c| event(json!({"comment": c})))
+                .collect(),
+            hidden: comments
+                .iter()
+                .map(|c| event(json!({"comment": hide(c)})))
+                .collect(),
+        })
+    }
+}
+
+impl State {
+    /// Delivers a chat message to the local members of a room, each in the
+    /// form it understands.
+    fn deliver_chat(&mut self, key: &RoomKey, chat: &ChatFrames) {
+        let members: Vec<Arc<str>> = self
+            .rooms
+            .get(key)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        for m in members {
+            let Some(s) = self.sessions.map.get(&m) else {
+                continue;
+            };
+            let frames: &[Frame] = if !s.has_feature("chat-relay") {
+                std::slice::from_ref(&chat.plain)
+            } else if s.permissions.is_some() && s.has_permission("hide-displaynames") {
+                &chat.hidden
+            } else {
+                &chat.comments
+            };
+            for f in frames {
+                self.sessions.deliver(&m, f);
+            }
+        }
+    }
+}
+
 fn props_value(
     p: &Option<Box<serde_json::value::RawValue>>,
 ) -> Option<&serde_json::value::RawValue> {
@@ -508,9 +588,39 @@ impl Hub {
                 };
                 let mut st = self.lock();
                 if ic.all {
+                    // Every client member is now in that call state, also
+                    // those Nextcloud never listed (for `recipient-call`).
+                    let room_sessions: Vec<String> = st
+                        .rooms
+                        .get(&key)
+                        .map(|r| {
+                            r.members
+                                .iter()
+                                .filter_map(|m| match st.sessions.map.get(m) {
+                                    Some(s) if s.kind == SessionKind::Client => {
+                                        s.room_session_id.as_deref().map(str::to_string)
+                                    }
+                                    Some(_) => None,
+                                    None => st
+                                        .remote
+                                        .get(m)
+                                        .filter(|r| r.info.kind == "client")
+                                        .and_then(|r| r.info.roomsessionid.clone()),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     if let Some(room) = st.rooms.get_mut(&key) {
                         for p in room.participants.values_mut() {
                             p.insert("inCall".into(), ic.incall.clone());
+                        }
+                        for rs in room_sessions {
+                            room.participants.entry(rs.clone()).or_insert_with(|| {
+                                let mut e = Map::new();
+                                e.insert("sessionId".into(), Value::String(rs));
+                                e.insert("inCall".into(), ic.incall.clone());
+                                e
+                            });
                         }
                     }
                     let f = event_frame(
@@ -538,13 +648,18 @@ impl Hub {
                 let Some(m) = req.message.as_ref() else {
                     return bad_request("message missing");
                 };
-                let f = event_frame(
-                    "room",
-                    "message",
-                    &json!({"roomid": room_id, "data": &m.data}),
-                );
                 let mut st = self.lock();
-                st.broadcast(&key, &f, None);
+                match ChatFrames::new(room_id, &m.data) {
+                    Some(chat) => st.deliver_chat(&key, &chat),
+                    None => {
+                        let f = event_frame(
+                            "room",
+                            "message",
+                            &json!({"roomid": room_id, "data": &m.data}),
+                        );
+                        st.broadcast(&key, &f, None);
+                    }
+                }
                 st.reap();
             }
             "switchto" => {

@@ -186,7 +186,7 @@ impl Hub {
                 st.send_to_user(&backend, user, &f, Some(sid));
                 st.publish_user_frame(&backend, user, &f, Some(sid));
             }
-            "room" => {
+            "room" | "call" => {
                 let Some(key) = sender_room else {
                     drop(st);
                     return self.reply_error(
@@ -196,8 +196,14 @@ impl Hub {
                     );
                 };
                 let f = out(None);
-                st.broadcast(&key, &f, Some(sid));
-                st.publish_room_frame(&key, &f, Some(sid));
+                // `call` (`recipient-call`): only the members in the call.
+                let call_only = msg.recipient.kind == "call";
+                if call_only {
+                    st.broadcast_call(&key, &f, Some(sid));
+                } else {
+                    st.broadcast(&key, &f, Some(sid));
+                }
+                st.publish_room_frame(&key, &f, Some(sid), call_only);
             }
             other => {
                 drop(st);

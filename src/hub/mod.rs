@@ -45,24 +45,34 @@ pub const VERSION: &str = concat!("spreed-signaling-rs/", env!("CARGO_PKG_VERSIO
 pub const CLIENT_FEATURES: &[&str] = &[
     "audio-video-permissions",
     "changed-users",
+    "chat-relay",
     "dialout",
+    "federation",
     "hello-v2",
     "incall-all",
     "join-features",
+    "recipient-call",
+    "serverinfo",
     "switchto",
     "transient-data",
+    "transient-sessiondata",
     "welcome",
 ];
 
 /// Feature ids announced to internal clients.
 pub const INTERNAL_FEATURES: &[&str] = &[
     "changed-users",
+    "chat-relay",
     "dialout",
+    "federation",
     "hello-v2",
     "incall-all",
     "join-features",
+    "recipient-call",
+    "serverinfo",
     "switchto",
     "transient-data",
+    "transient-sessiondata",
     "virtual-sessions",
     "welcome",
 ];
@@ -500,6 +510,22 @@ impl Hub {
     }
 }
 
+/// True for an `inCall` value with the in-call bit (a number) or `true`.
+pub(crate) fn in_call_flag(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .is_some_and(|f| f & u64::from(session::flags::IN_CALL) != 0),
+        _ => false,
+    }
+}
+
+/// Transient data key holding a session's own data (`transient-sessiondata`).
+pub(crate) fn session_data_key(sid: &str) -> String {
+    format!("sd:{sid}")
+}
+
 /// Tells Nextcloud (in the background) that a session left a room.
 pub(crate) fn notify_backend_leave(
     client: &BackendClient,
@@ -543,6 +569,41 @@ impl State {
             if Some(&**m) != except {
                 self.sessions.deliver(m, f);
             }
+        }
+    }
+
+    /// Delivers one frame to the local members of a room that are in the
+    /// call (recipient type `call`), but `except`.
+    pub fn broadcast_call(&mut self, key: &RoomKey, f: &Frame, except: Option<&str>) {
+        let Some(room) = self.rooms.get(key) else {
+            return;
+        };
+        let targets: Vec<Arc<str>> = room
+            .members
+            .iter()
+            .filter(|m| Some(&***m) != except && self.is_in_call(key, m))
+            .cloned()
+            .collect();
+        for m in targets {
+            self.sessions.deliver(&m, f);
+        }
+    }
+
+    /// True when a local session of the room is in its call: for clients
+    /// from the participant state Nextcloud sent, for internal and virtual
+    /// sessions from their own in-call flags.
+    pub fn is_in_call(&self, key: &RoomKey, sid: &str) -> bool {
+        let Some(s) = self.sessions.map.get(sid) else {
+            return false;
+        };
+        match s.kind {
+            SessionKind::Client => s
+                .room_session_id
+                .as_deref()
+                .and_then(|rs| self.rooms.get(key)?.participants.get(rs))
+                .and_then(|p| p.get("inCall"))
+                .is_some_and(in_call_flag),
+            _ => s.in_call & session::flags::IN_CALL != 0,
         }
     }
 
@@ -648,6 +709,9 @@ impl State {
             }
         }
         self.publish_left(&key, sid);
+        // Its session data goes with it (every process does the same when
+        // it learns of the leave).
+        self.remove_transient(&key, &session_data_key(sid));
         let leave = crate::api::server::event_frame("room", "leave", &[&**sid]);
         self.broadcast(&key, &leave, None);
         if is_virtual {

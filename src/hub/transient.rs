@@ -292,6 +292,18 @@ impl Hub {
                 ProtocolError::new(error::NOT_ALLOWED, "Not allowed to update transient data."),
             );
         }
+        // `transient-sessiondata`: `sd:<session id>` belongs to that session.
+        if t.key.starts_with("sd:") && t.key != super::session_data_key(sid) {
+            drop(st);
+            return self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(
+                    error::NOT_ALLOWED,
+                    "Not allowed to update this transient data entry.",
+                ),
+            );
+        }
         if let (true, Some(v)) = (t.kind == "set", t.value.as_deref()) {
             if let Err((limit, msg)) = check_set(st.rooms.get(&key), &t.key, v, limits) {
                 drop(st);

@@ -312,13 +312,19 @@ impl Hub {
                 backend,
                 room,
                 except,
+                call_only,
             } => {
                 if from == me {
                     return;
                 }
                 let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
-                st.broadcast(&key_of(&backend, &room), &f, except.as_deref());
+                let key = key_of(&backend, &room);
+                if call_only {
+                    st.broadcast_call(&key, &f, except.as_deref());
+                } else {
+                    st.broadcast(&key, &f, except.as_deref());
+                }
                 st.reap();
             }
             Header::SessionFrame {

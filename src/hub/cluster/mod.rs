@@ -138,7 +138,13 @@ impl State {
     }
 
     /// Sends a frame to the members of a room on other processes.
-    pub(crate) fn publish_room_frame(&self, key: &RoomKey, f: &Frame, except: Option<&str>) {
+    pub(crate) fn publish_room_frame(
+        &self,
+        key: &RoomKey,
+        f: &Frame,
+        except: Option<&str>,
+        call_only: bool,
+    ) {
         if !self.bus.clustered() {
             return;
         }
@@ -154,6 +160,7 @@ impl State {
             backend: key.backend.to_string(),
             room: key.room.to_string(),
             except: except.map(str::to_string),
+            call_only,
         };
         self.bus.publish(
             room_subject(&key.backend, &key.room),
@@ -303,6 +310,7 @@ impl State {
             return;
         }
         room.nc_sessions.retain(|_, v| &**v != sid);
+        self.remove_transient(key, &crate::hub::session_data_key(sid));
         let was_internal = self
             .remote
             .remove(sid)
