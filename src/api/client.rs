@@ -101,6 +101,26 @@ pub struct RoomClientMessage {
     /// Nextcloud session id.
     #[serde(default)]
     pub sessionid: String,
+    /// A conversation hosted by another Nextcloud (federation).
+    #[serde(default)]
+    pub federation: Option<RoomFederation>,
+}
+
+/// `room.federation`: where the conversation is hosted.
+#[derive(Debug, Deserialize, Default, Clone)]
+pub struct RoomFederation {
+    /// The remote signaling server's URL.
+    #[serde(default)]
+    pub signaling: String,
+    /// The remote Nextcloud's signaling backend URL.
+    #[serde(default)]
+    pub url: String,
+    /// The room id on the remote server (default: the local one).
+    #[serde(default)]
+    pub roomid: String,
+    /// A hello v2 token of the remote Nextcloud.
+    #[serde(default)]
+    pub token: String,
 }
 
 /// `message` and `control` request.

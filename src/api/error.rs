@@ -33,6 +33,10 @@ impl ProtocolError {
     }
 }
 
+/// The remote server (or its Nextcloud) does not support federation.
+pub const FEDERATION_UNSUPPORTED: &str = "federation_unsupported";
+/// The remote signaling server could not be reached or failed.
+pub const FEDERATION_ERROR: &str = "federation_error";
 /// The hello version is neither 1.0 nor 2.0 (older text: `unsupported-version`).
 pub const INVALID_HELLO_VERSION: &str = "invalid_hello_version";
 /// The backend refused the session (older text: `auth-failed`).

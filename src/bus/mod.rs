@@ -63,6 +63,9 @@ pub struct MemberInfo {
     /// Participant flags (virtual).
     #[serde(default)]
     pub flags: u32,
+    /// A federated session (another Nextcloud's user).
+    #[serde(default)]
+    pub federated: bool,
 }
 
 /// A transient value in a snapshot.

@@ -152,8 +152,20 @@ pub struct Config {
     pub transient: TransientLimits,
     /// Throttling of failed hellos and resumes.
     pub brute_force: BruteForceLimits,
+    /// Connections to other signaling servers (federation).
+    pub federation: FederationConfig,
     /// Sections present in the file that this server does not implement.
     pub unsupported_sections: Vec<String>,
+}
+
+/// `[federation]`: how this server dials the signaling servers of other
+/// Nextclouds for federated conversations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FederationConfig {
+    /// Skip TLS certificate checks (development only).
+    pub skip_verify: bool,
+    /// Timeout of dialing and of each handshake step.
+    pub timeout: Duration,
 }
 
 /// A configuration error; the message names section and key.
@@ -197,6 +209,7 @@ const SUPPORTED_SECTIONS: &[&str] = &[
     "nats",
     "stats",
     "transient",
+    "federation",
 ];
 
 const KNOWN_UNSUPPORTED: &[&str] = &[
@@ -208,7 +221,6 @@ const KNOWN_UNSUPPORTED: &[&str] = &[
     "continent-overrides",
     "etcd",
     "grpc",
-    "federation",
 ];
 
 impl Config {
@@ -373,6 +385,23 @@ impl Config {
             window: secs(&ini, "clients", "failedhellowindow", 30)?,
         };
 
+        let federation = FederationConfig {
+            skip_verify: ini.get_bool("federation", "skipverify", false)?,
+            // As the Go server: missing, 0 or negative means 10 seconds.
+            timeout: match ini.get_nonempty("federation", "timeout") {
+                None => Duration::from_secs(10),
+                Some(v) => match v.trim().parse::<i64>() {
+                    Ok(n) if n > 0 => Duration::from_secs(n as u64),
+                    Ok(_) => Duration::from_secs(10),
+                    Err(_) => {
+                        return Err(ConfigError(format!(
+                            "[federation] timeout: `{v}` is not an integer"
+                        )))
+                    }
+                },
+            },
+        };
+
         // Validate values of sections we accept but do not implement, so a
         // typo does not go unnoticed, and remember them for a start-up log.
         let mut unsupported_sections = Vec::new();
@@ -404,6 +433,7 @@ impl Config {
             stats,
             transient,
             brute_force,
+            federation,
             unsupported_sections,
         })
     }

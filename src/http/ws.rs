@@ -309,7 +309,7 @@ fn on_text(hub: &Arc<Hub>, outbox: &Arc<Outbox>, session: Option<&Arc<str>>, tex
     }
     let kind_room = parsed.kind == "room";
     let kind_bye = parsed.kind == "bye";
-    let join = hub.handle(sid, parsed);
+    let join = hub.handle(sid, parsed, text);
     if kind_bye {
         Step::Bye
     } else if kind_room {

@@ -597,14 +597,18 @@ impl Hub {
                             r.members
                                 .iter()
                                 .filter_map(|m| match st.sessions.map.get(m) {
-                                    Some(s) if s.kind == SessionKind::Client => {
+                                    // Federated sessions join calls themselves.
+                                    Some(s)
+                                        if s.kind == SessionKind::Client
+                                            && s.federated.is_none() =>
+                                    {
                                         s.room_session_id.as_deref().map(str::to_string)
                                     }
                                     Some(_) => None,
                                     None => st
                                         .remote
                                         .get(m)
-                                        .filter(|r| r.info.kind == "client")
+                                        .filter(|r| r.info.kind == "client" && !r.info.federated)
                                         .and_then(|r| r.info.roomsessionid.clone()),
                                 })
                                 .collect()

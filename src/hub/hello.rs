@@ -26,6 +26,7 @@ struct Identity {
     backend_url: String,
     user_id: Option<String>,
     user: Option<Box<RawValue>>,
+    federated: Option<super::session::Federated>,
 }
 
 /// Result of a successful hello.
@@ -108,8 +109,27 @@ impl Hub {
                 if hello.version == "1.0" {
                     self.auth_v1(backend, base, &url, &params).await?
                 } else {
-                    self.auth_v2(backend, base, &url, &params).await?
+                    self.auth_v2(backend, base, &url, &params, false).await?
                 }
+            }
+            "federation" => {
+                // Another signaling server, for a user of its Nextcloud:
+                // verified with the key of the Nextcloud the URL names,
+                // which must be one of ours.
+                if hello.version != "2.0" {
+                    return Err(invalid_format("federation needs hello 2.0"));
+                }
+                if auth.url.is_empty() {
+                    return Err(invalid_format("url missing"));
+                }
+                let Some((backend, base)) = self.registry().for_url(&auth.url) else {
+                    return Err(ProtocolError::new(
+                        error::INVALID_BACKEND,
+                        "The backend URL is not supported.",
+                    ));
+                };
+                let url = signaling_url(&base, &auth.url);
+                self.auth_v2(backend, base, &url, &params, true).await?
             }
             "internal" => self.auth_internal(&params)?,
             _ => {
@@ -164,6 +184,7 @@ impl Hub {
             backend_url: url.to_string(),
             user_id: auth.userid.filter(|u| !u.is_empty()),
             user: auth.user,
+            federated: None,
         })
     }
 
@@ -173,6 +194,7 @@ impl Hub {
         base: String,
         url: &str,
         params: &RawValue,
+        federation: bool,
     ) -> Result<Identity, ProtocolError> {
         let p: HelloV2Params = serde_json::from_str(params.get())
             .map_err(|_| invalid_format("invalid hello v2 params"))?;
@@ -183,6 +205,20 @@ impl Hub {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        if federation {
+            // The hosting Nextcloud must support federation.
+            let caps = self
+                .caps
+                .get(&self.client, &base, false)
+                .await
+                .map_err(|e| backend_error(e, error::PROCESSING_FAILED))?;
+            if !caps.features.iter().any(|f| f == "federation-v2") {
+                return Err(ProtocolError::new(
+                    error::FEDERATION_UNSUPPORTED,
+                    "The target server does not support federation.",
+                ));
+            }
+        }
         let mut refreshed = false;
         let claims = loop {
             let caps = self
@@ -222,6 +258,14 @@ impl Hub {
                 Err(e) => return Err(ProtocolError::new(error::INVALID_TOKEN, e.to_string())),
             }
         };
+        let actor = claims.userdata.as_ref().and_then(|u| {
+            match (u.get("actorType")?.as_str(), u.get("actorId")?.as_str()) {
+                (Some(t), Some(i)) if !t.is_empty() && !i.is_empty() => {
+                    Some((t.to_string(), i.to_string()))
+                }
+                _ => None,
+            }
+        });
         let user = match claims.userdata {
             Some(v) if !v.is_null() => serde_json::value::to_raw_value(&v).ok(),
             _ => None,
@@ -233,6 +277,7 @@ impl Hub {
             backend_url: url.to_string(),
             user_id: claims.sub.filter(|s| !s.is_empty()),
             user,
+            federated: federation.then(|| super::session::Federated { actor }),
         })
     }
 
@@ -271,6 +316,7 @@ impl Hub {
             backend_url: url,
             user_id: None,
             user: None,
+            federated: None,
         })
     }
 
@@ -308,7 +354,13 @@ impl Hub {
         let must_join_room = is_client && ident.user_id.is_none();
         let backend_id = ident.backend.id.clone();
         let backend = ident.backend.clone();
-        let kind_label = if is_client { "client" } else { "internal" };
+        let kind_label = if ident.federated.is_some() {
+            "federation"
+        } else if is_client {
+            "client"
+        } else {
+            "internal"
+        };
         let mut st = self.lock();
         if is_client && ident.backend.session_limit > 0 {
             let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0)
@@ -359,6 +411,8 @@ impl Hub {
                 in_call,
                 flags: 0,
                 virtuals: HashMap::new(),
+                fed_link: None,
+                federated: ident.federated.map(Box::new),
             },
         );
         conn.push(reply);

@@ -262,6 +262,8 @@ impl Hub {
             in_call,
             flags: add.flags.unwrap_or(0),
             virtuals: HashMap::new(),
+            fed_link: None,
+            federated: None,
         };
         let (url, base, secret) = (
             owner.backend_url.clone(),

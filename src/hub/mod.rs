@@ -6,6 +6,7 @@
 pub mod backend_api;
 mod cluster;
 mod dialout;
+mod federation;
 mod hello;
 pub use hello::HelloOk;
 mod internal;
@@ -208,6 +209,8 @@ pub struct Hub {
     next_conn_id: AtomicU64,
     welcome: Frame,
     dialouts: Mutex<HashMap<String, DialoutWaiter>>,
+    /// TLS of connections to remote signaling servers (federation).
+    federation_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Hub {
@@ -232,6 +235,7 @@ impl Hub {
                 features: &all_features(),
             },
         );
+        let federation_tls = federation::tls_config(config.federation.skip_verify)?;
         Ok(Arc::new(Hub {
             registry: std::sync::RwLock::new(Arc::new(BackendRegistry::new(&config.backend))),
             state: Mutex::new(State {
@@ -265,6 +269,7 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             welcome,
             dialouts: Mutex::new(HashMap::new()),
+            federation_tls,
         }))
     }
 
@@ -303,6 +308,32 @@ impl Hub {
         self.welcome.clone()
     }
 
+    /// A message of a session in a federated room goes to the remote
+    /// server; false when the session is not federated.
+    fn forward_federated(&self, sid: &Arc<str>, id: Option<&str>, raw: &str) -> bool {
+        let tx = {
+            let st = self.lock();
+            match st.sessions.map.get(sid).and_then(|s| s.fed_link.as_ref()) {
+                Some(l) => l.tx.clone(),
+                None => return false,
+            }
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
+            return false;
+        };
+        if tx.try_send(federation::FedCmd::Forward(v)).is_err() {
+            self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(
+                    error::TOO_MANY_REQUESTS,
+                    "Too many messages for the federated conversation, slow down.",
+                ),
+            );
+        }
+        true
+    }
+
     /// Number of sessions (all kinds).
     pub fn session_count(&self) -> usize {
         self.lock().sessions.map.len()
@@ -316,8 +347,14 @@ impl Hub {
         self: &Arc<Self>,
         sid: &Arc<str>,
         msg: ClientMessage,
+        raw: &str,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let id = msg.id.as_deref();
+        if !matches!(msg.kind.as_str(), "hello" | "bye" | "room")
+            && self.forward_federated(sid, id, raw)
+        {
+            return None;
+        }
         match msg.kind.as_str() {
             "hello" => {
                 // A stale timer of the Talk client sometimes sends a second
@@ -492,7 +529,7 @@ impl Hub {
             .sessions
             .map
             .get(sid)
-            .is_some_and(|s| s.room.is_some())
+            .is_some_and(|s| s.room.is_some() || s.fed_link.is_some())
     }
 
     /// Ends a session from the server side with a `bye` carrying `reason`.
@@ -652,6 +689,10 @@ impl State {
         };
         self.sessions.disconnected.remove(sid);
         self.sessions.room_deadlines.remove(sid);
+        if let Some(link) = &s.fed_link {
+            // B's members see the session leave at once.
+            let _ = link.tx.try_send(federation::FedCmd::Close);
+        }
         if let Some(r) = &s.resume_id {
             self.resume_ids.remove(r);
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::federation::{FedCmd, Target};
 use super::room::{Room, RoomKey};
 use super::session::SessionKind;
 use super::{Hub, State};
@@ -28,6 +29,9 @@ pub(crate) struct JoinEntry<'a> {
     pub roomsessionid: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub features: &'a [String],
+    /// A session of another Nextcloud's user (federation).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub federated: bool,
 }
 
 impl State {
@@ -40,6 +44,7 @@ impl State {
                 user: s.user.as_deref(),
                 roomsessionid: s.room_session_id.as_deref(),
                 features: &s.features,
+                federated: s.federated.is_some(),
             });
         }
         let r = &self.remote.get(sid)?.info;
@@ -49,6 +54,7 @@ impl State {
             user: r.user.as_deref(),
             roomsessionid: r.roomsessionid.as_deref(),
             features: &r.features,
+            federated: r.federated,
         })
     }
 
@@ -175,6 +181,97 @@ impl State {
     }
 }
 
+impl Hub {
+    /// A join of a conversation hosted by another Nextcloud: this server
+    /// dials that Nextcloud's signaling server and joins there on the
+    /// client's behalf (its own Nextcloud is not asked).
+    fn federated_join(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<String>,
+        msg: &RoomClientMessage,
+        fed: &crate::api::client::RoomFederation,
+    ) {
+        let target = Target::parse(fed, &msg.roomid).filter(|_| !msg.roomid.is_empty());
+        let Some(target) = target else {
+            return self.reply_error(
+                sid,
+                id.as_deref(),
+                super::invalid_format("Invalid data format."),
+            );
+        };
+        let mut st = self.lock();
+        let Some(s) = st.sessions.map.get_mut(sid) else {
+            return;
+        };
+        if let Some(link) = s.fed_link.as_mut() {
+            if link.signaling == fed.signaling && link.url == fed.url {
+                // Same remote server: the connection is reused.
+                link.local_room = msg.roomid.as_str().into();
+                link.nc_session = msg.sessionid.as_str().into();
+                let cmd = FedCmd::Join {
+                    id: id.clone(),
+                    local_room: msg.roomid.clone(),
+                    remote_room: target.remote_room,
+                    nc_session: msg.sessionid.clone(),
+                };
+                if link.tx.try_send(cmd).is_err() {
+                    drop(st);
+                    self.reply_error(
+                        sid,
+                        id.as_deref(),
+                        ProtocolError::new(error::TOO_MANY_REQUESTS, "Too many requests."),
+                    );
+                }
+                return;
+            }
+            let _ = link.tx.try_send(FedCmd::Close);
+            s.fed_link = None;
+        }
+        let features = s.features.clone();
+        let local_url = s.backend_url.to_string();
+        // Out of a local room first (telling its Nextcloud).
+        st.leave_room(sid, true);
+        let link = self.start_federation(
+            sid,
+            id,
+            target,
+            msg.roomid.clone(),
+            msg.sessionid.clone(),
+            features,
+            &local_url,
+        );
+        if let Some(s) = st.sessions.map.get_mut(sid) {
+            s.fed_link = Some(Box::new(link));
+        }
+        st.reap();
+    }
+
+    /// A `room` request of a session in a federated room: a leave goes to
+    /// the remote server (true: handled); a local join closes the link
+    /// first.
+    fn leave_federation(&self, sid: &Arc<str>, id: Option<&str>, leave: bool) -> bool {
+        let mut st = self.lock();
+        let Some(s) = st.sessions.map.get_mut(sid) else {
+            return false;
+        };
+        let Some(link) = s.fed_link.as_ref() else {
+            return false;
+        };
+        if leave {
+            let cmd = FedCmd::Leave {
+                id: id.map(str::to_string),
+            };
+            if link.tx.try_send(cmd).is_ok() {
+                return true;
+            }
+        }
+        let _ = link.tx.try_send(FedCmd::Close);
+        s.fed_link = None;
+        false
+    }
+}
+
 impl State {
     /// A Talk client that reconnected (e.g. after a network change) joins
     /// with the Nextcloud session id its old connection still uses in the
@@ -229,6 +326,12 @@ impl Hub {
         id: Option<String>,
         msg: RoomClientMessage,
     ) {
+        if let Some(fed) = msg.federation.clone() {
+            return self.federated_join(sid, id, &msg, &fed);
+        }
+        if self.leave_federation(sid, id.as_deref(), msg.roomid.is_empty()) {
+            return;
+        }
         let id = id.as_deref();
         if msg.roomid.is_empty() {
             let reply = frame(
@@ -275,9 +378,10 @@ impl Hub {
                 s.backend_url.clone(),
                 s.backend_base.clone(),
                 s.backend.secret.clone(),
+                s.federated.as_ref().and_then(|f| f.actor.clone()),
             )
         };
-        let (key, kind, user_id, url, base, secret) = snapshot;
+        let (key, kind, user_id, url, base, secret, actor) = snapshot;
         let nc_session: Option<Arc<str>> = Some(msg.sessionid.as_str())
             .filter(|s| !s.is_empty())
             .map(Arc::from);
@@ -292,8 +396,8 @@ impl Hub {
                 userid: user_id.as_deref().unwrap_or(""),
                 sessionid: &msg.sessionid,
                 action: "join",
-                actor_id: None,
-                actor_type: None,
+                actor_id: actor.as_ref().map(|a| a.1.as_str()),
+                actor_type: actor.as_ref().map(|a| a.0.as_str()),
                 in_call: None,
             };
             match self.client.post(&url, &base, &secret, "room", &req).await {

@@ -77,6 +77,19 @@ pub struct Session {
     pub flags: u32,
     /// Virtual sessions of an internal client, by the client's id.
     pub virtuals: HashMap<String, Arc<str>>,
+    /// On this server: the link to the remote server of a federated room.
+    pub(crate) fed_link: Option<Box<crate::hub::federation::FedLink>>,
+    /// On the hosting server: this is a federated session (`auth.type`
+    /// `federation`), with the actor its token named.
+    pub federated: Option<Box<Federated>>,
+}
+
+/// A session of a user of another Nextcloud, joined through that
+/// Nextcloud's signaling server.
+#[derive(Debug, Clone, Default)]
+pub struct Federated {
+    /// `userdata.actorType` and `actorId` of the token, when both are set.
+    pub actor: Option<(String, String)>,
 }
 
 impl Session {

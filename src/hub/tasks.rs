@@ -108,6 +108,26 @@ impl Hub {
                     .rooms
                     .insert(key.room.clone(), entries);
             }
+            // Sessions in federated rooms: their own Nextcloud still wants
+            // to hear that they are alive (under the local room id).
+            for s in st.sessions.map.values() {
+                let Some(link) = &s.fed_link else { continue };
+                by_backend
+                    .entry(s.backend.id.clone())
+                    .or_insert_with(|| BackendPings {
+                        url: s.backend_url.clone(),
+                        base: s.backend_base.clone(),
+                        secret: s.backend.secret.clone(),
+                        rooms: BTreeMap::new(),
+                    })
+                    .rooms
+                    .entry(link.local_room.clone())
+                    .or_default()
+                    .push(PingEntry {
+                        sessionid: link.nc_session.to_string(),
+                        userid: s.user_id.as_deref().map(str::to_string),
+                    });
+            }
         }
         for (_, p) in by_backend {
             // Fetched (and cached) when needed, not only after a hello v2.

@@ -55,6 +55,8 @@ pub struct NcState {
     pub capability_auth: Vec<String>,
     /// The capabilities endpoint answers with a redirect to this path.
     pub capabilities_redirect: Option<String>,
+    /// Talk features listed besides audio and video (e.g. federation-v2).
+    pub extra_features: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -175,8 +177,10 @@ async fn capabilities(
     if let Some(l) = st.ping_limit {
         signaling["session-ping-limit"] = json!(l);
     }
+    let mut features = vec!["audio".to_string(), "video".to_string()];
+    features.extend(st.extra_features.iter().cloned());
     ocs(
-        json!({"capabilities": {"spreed": {"features": ["audio", "video"], "config": {"signaling": signaling}}}}),
+        json!({"capabilities": {"spreed": {"features": features, "config": {"signaling": signaling}}}}),
     )
     .into_response()
 }

@@ -150,6 +150,8 @@ impl Hub {
                 in_call: h.member.in_call,
                 flags: h.member.flags,
                 virtuals: HashMap::new(),
+                fed_link: None,
+                federated: None,
             },
         );
         if let Some(key) = &room {

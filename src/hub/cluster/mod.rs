@@ -101,6 +101,7 @@ impl State {
             client_sid,
             in_call: s.in_call,
             flags: s.flags,
+            federated: s.federated.is_some(),
         })
     }
 
