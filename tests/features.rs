@@ -186,3 +186,42 @@ async fn session_data_belongs_to_its_session() {
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn serverinfo_answers_allowed_addresses_only() {
+    let ts = TestServer::start().await;
+    let mut sip = ts.connect().await;
+    sip.expect_type("welcome").await;
+    sip.send(internal_hello_with_features(
+        &spreed_signaling::backend::checksum::new_random(),
+        &["start-dialout"],
+    ))
+    .await;
+    let h = sip.expect_type("hello").await;
+    let resp = reqwest::get(format!("{}/api/v1/serverinfo", ts.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let info: Value = resp.json().await.unwrap();
+    assert!(info["version"].as_str().is_some());
+    assert!(info["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "serverinfo"));
+    assert_eq!(info["dialout"][0]["sessionid"], h["hello"]["sessionid"]);
+    assert_eq!(info["dialout"][0]["connected"], true);
+    ts.stop().await;
+    let ts = TestServer::start_with("[stats]\nallowed_ips = 10.1.2.3\n").await;
+    let resp = reqwest::get(format!("{}/api/v1/serverinfo", ts.url))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    ts.stop().await;
+}
+
+fn internal_hello_with_features(random: &str, features: &[&str]) -> Value {
+    let mut h = internal_hello(random);
+    h["hello"]["features"] = json!(features);
+    h
+}

@@ -138,10 +138,11 @@ pub fn hub_messages(data: &[u8]) {
             }
             // A room join waits for Nextcloud; its future is dropped, as
             // when the connection closes while it is pending.
-            let _ = hub.handle(&sid, msg);
+            let _ = hub.handle(&sid, msg, line);
         }
-        let bye: ClientMessage = serde_json::from_str(r#"{"type":"bye"}"#).expect("bye parses");
-        let _ = hub.handle(&sid, bye);
+        let bye_text = r#"{"type":"bye"}"#;
+        let bye: ClientMessage = serde_json::from_str(bye_text).expect("bye parses");
+        let _ = hub.handle(&sid, bye, bye_text);
         hub.close_session(&sid, "fuzz");
         // Let the hub's spawned requests to the (absent) backend finish.
         for _ in 0..4 {

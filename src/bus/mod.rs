@@ -355,6 +355,10 @@ pub trait Bus: Send + Sync {
     ) -> Replies;
     /// Waits until everything published so far reached the server.
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// True while connected to the bus server (always for the local bus).
+    fn connected(&self) -> bool {
+        true
+    }
 }
 
 /// The in-process bus: a single process, nothing to replicate.

@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
             post(room_api).layer(DefaultBodyLimit::max(MAX_BACKEND_BODY)),
         )
         .route("/api/v1/welcome", get(welcome))
+        .route("/api/v1/serverinfo", get(serverinfo))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(add_headers))
         .with_state(state)
@@ -67,6 +68,22 @@ async fn welcome() -> impl IntoResponse {
         "version": VERSION,
         "features": all_features(),
     }))
+}
+
+/// `GET /api/v1/serverinfo`: only for addresses in `[stats] allowed_ips`.
+async fn serverinfo(
+    State(state): State<AppState>,
+    ci: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
+    let ip = listener::client_ip(ci.as_ref().map(|e| &e.0));
+    if !ip.is_some_and(|ip| state.hub.config.stats.allowed_ips.contains(ip)) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Authentication check failed",
+        );
+    }
+    Json(state.hub.server_info()).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -287,6 +287,9 @@ impl Link {
                         break;
                     }
                     if let Some(cmd) = cmd { self.offline(cmd); }
+                    if self.leaving {
+                        break;
+                    }
                     continue;
                 }
             };
@@ -307,6 +310,7 @@ impl Link {
                         cmd = rx.recv() => {
                             if matches!(cmd, None | Some(FedCmd::Close)) { break; }
                             if let Some(cmd) = cmd { self.offline(cmd); }
+                            if self.leaving { break; }
                         }
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -361,7 +365,7 @@ impl Link {
         match cmd {
             FedCmd::Forward(v) => {
                 if self.resume_id.is_some() && self.queue.len() < QUEUE_LIMIT {
-                    self.queue.push(self.to_remote(v));
+                    self.queue.push(self.rewrite_to_remote(v));
                 } else {
                     let id = v.get("id").and_then(Value::as_str).map(str::to_string);
                     self.hub.federation_deliver(
@@ -541,7 +545,7 @@ impl Link {
                     let Some(cmd) = cmd else { return Pump::Closed };
                     let out = match cmd {
                         FedCmd::Close => return Pump::Closed,
-                        FedCmd::Forward(v) => self.to_remote(v),
+                        FedCmd::Forward(v) => self.rewrite_to_remote(v),
                         FedCmd::Leave { id } => {
                             self.leaving = true;
                             self.pending = id.clone();
@@ -575,7 +579,7 @@ impl Link {
                         return Pump::Broken;
                     }
                     let close = self.leaving && v["type"] == "room" && v["room"]["roomid"] == "";
-                    if let Some(out) = self.from_remote(v) {
+                    if let Some(out) = self.rewrite_from_remote(v) {
                         self.hub.federation_deliver(&self.sid, Frame::from(out.to_string()));
                     }
                     if close {
@@ -596,7 +600,7 @@ impl Link {
     }
 
     /// Client -> B rewrites.
-    fn to_remote(&self, mut v: Value) -> Value {
+    fn rewrite_to_remote(&self, mut v: Value) -> Value {
         let Some(remote) = self.remote_sid.clone() else {
             return v;
         };
@@ -612,7 +616,7 @@ impl Link {
     }
 
     /// B -> client rewrites; None drops the message (B's own hello/welcome).
-    fn from_remote(&mut self, mut v: Value) -> Option<Value> {
+    fn rewrite_from_remote(&mut self, mut v: Value) -> Option<Value> {
         let remote = self.remote_sid.clone().unwrap_or_default();
         let me = self.local_sid().to_string();
         let swap = |x: &mut Value| {
@@ -661,10 +665,8 @@ impl Link {
                     swap(&mut data["peerId"]);
                 }
             }
-            "transient" => {
-                if v["transient"]["key"] == format!("sd:{remote}").as_str() {
-                    v["transient"]["key"] = json!(format!("sd:{me}"));
-                }
+            "transient" if v["transient"]["key"] == format!("sd:{remote}").as_str() => {
+                v["transient"]["key"] = json!(format!("sd:{me}"));
             }
             "event" => self.event_from_remote(&mut v["event"], &remote, &me),
             _ => {}
@@ -698,9 +700,7 @@ impl Link {
             ("room", "message") => {
                 room_rewrite(&mut ev["message"]["roomid"]);
                 let chat = &mut ev["message"]["data"]["chat"];
-                for key in ["comment"] {
-                    self.chat_rewrite(&mut chat[key]);
-                }
+                self.chat_rewrite(&mut chat["comment"]);
                 if let Some(list) = chat["comments"].as_array_mut() {
                     for c in list {
                         self.chat_rewrite(c);

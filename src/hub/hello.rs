@@ -277,7 +277,7 @@ impl Hub {
             backend_url: url.to_string(),
             user_id: claims.sub.filter(|s| !s.is_empty()),
             user,
-            federated: federation.then(|| super::session::Federated { actor }),
+            federated: federation.then_some(super::session::Federated { actor }),
         })
     }
 

@@ -334,6 +334,51 @@ impl Hub {
         true
     }
 
+    /// `GET /api/v1/serverinfo` (as the Go server): version, features, the
+    /// internal clients that can dial out, and the bus.
+    pub fn server_info(&self) -> serde_json::Value {
+        let st = self.lock();
+        let dialout: Vec<serde_json::Value> = st
+            .sessions
+            .map
+            .values()
+            .filter(|s| s.kind == SessionKind::Internal && s.has_feature("start-dialout"))
+            .map(|s| {
+                serde_json::json!({
+                    "sessionid": &*s.id,
+                    "connected": s.conn.is_some(),
+                    "features": &s.features,
+                })
+            })
+            .collect();
+        let mut info = serde_json::json!({
+            "version": VERSION,
+            "features": CLIENT_FEATURES,
+        });
+        if !dialout.is_empty() {
+            info["dialout"] = serde_json::json!(dialout);
+        }
+        if st.bus.clustered() {
+            // Only scheme, host and port: credentials never leave.
+            let urls: Vec<String> = self
+                .config
+                .nats_urls
+                .iter()
+                .map(|u| match reqwest::Url::parse(u) {
+                    Ok(p) => format!(
+                        "{}://{}:{}",
+                        p.scheme(),
+                        p.host_str().unwrap_or(""),
+                        p.port().unwrap_or(4222)
+                    ),
+                    Err(_) => "(invalid)".to_string(),
+                })
+                .collect();
+            info["nats"] = serde_json::json!({"urls": urls, "connected": st.bus.connected()});
+        }
+        info
+    }
+
     /// Number of sessions (all kinds).
     pub fn session_count(&self) -> usize {
         self.lock().sessions.map.len()
