@@ -429,3 +429,29 @@ async fn a_restarted_remote_gets_a_new_session() {
     s.b.stop().await;
     b2.stop().await;
 }
+
+/// Another federated room on the same remote server reuses the connection
+/// (and the session there): the old room sees the session leave.
+#[tokio::test]
+async fn another_room_on_the_same_server_reuses_the_link() {
+    let s = setup("").await;
+    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
+    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut carol = s.b.client_in_room("carol", "remote2").await;
+    carol.wait_join_of(&carol.session_id.clone()).await;
+    let mut alice = s.alice(&s.signaling(), &[]).await;
+    let r = remote_id_of_alice(&mut bob).await;
+    let fed = json!({"signaling": s.signaling(), "url": s.b.nc.backend_url(), "roomid": "remote2", "token": s.token()});
+    alice.send(json!({"id": "8", "type": "room", "room": {"roomid": "local2", "sessionid": "nc-alice", "federation": fed}})).await;
+    let m = alice
+        .wait_for(|m| m["type"] == "room" && m["id"] == "8")
+        .await;
+    assert_eq!(m["room"]["roomid"], "local2");
+    // Same session on B: it left the first room and joined the second.
+    let l = bob.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([r]));
+    carol.wait_join_of(&r).await;
+    alice.wait_join_of(&carol.session_id).await;
+    s.a.stop().await;
+    s.b.stop().await;
+}
