@@ -9,6 +9,7 @@
 pub mod api;
 pub mod backend;
 pub mod bus;
+pub mod check;
 pub mod config;
 pub mod http;
 pub mod hub;

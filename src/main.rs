@@ -19,7 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the configuration and exit.
+    /// Validate the configuration, probe the backends (capabilities, hello
+    /// v2 key, shared secret) and NATS, print one line per check and exit
+    /// non-zero on any failure.
     Check,
 }
 
@@ -44,8 +46,21 @@ fn main() -> std::process::ExitCode {
         }
     };
     if let Some(Command::Check) = cli.command {
-        println!("{}: OK", cli.config.display());
-        return std::process::ExitCode::SUCCESS;
+        println!("OK   {}: configuration valid", cli.config.display());
+        // Then everything it points at, as the server would use it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let lines = rt.block_on(spreed_signaling::check::probe(&config));
+        for l in &lines {
+            println!("{l}");
+        }
+        return if lines.iter().all(|l| l.ok) {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
     }
     // One thread by default: it relays more messages per CPU-second than a
     // multi-threaded runtime (no cross-thread wake-ups; docs/benchmarks.md).

@@ -1,0 +1,197 @@
+//! `spreed-signaling check`: beyond parsing the file, try every backend as
+//! the server would use it (capabilities, hello v2 key, shared secret) and
+//! the NATS server, and say which config key to fix when something fails.
+
+use std::time::Duration;
+
+use crate::api::backend::PingRequest;
+use crate::backend::capabilities::Capabilities;
+use crate::backend::client::{BackendCallError, BackendClient};
+use crate::backend::registry::{capabilities_url, signaling_url};
+use crate::config::Config;
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckLine {
+    /// False for a failure (the exit code is then non-zero).
+    pub ok: bool,
+    /// True for a problem that does not stop the server.
+    pub warning: bool,
+    /// What was checked and what came out, naming the key to fix.
+    pub text: String,
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tag = match (self.ok, self.warning) {
+            (false, _) => "FAIL",
+            (true, true) => "WARN",
+            (true, false) => "OK  ",
+        };
+        write!(f, "{tag} {}", self.text)
+    }
+}
+
+fn ok(text: String) -> CheckLine {
+    CheckLine {
+        ok: true,
+        warning: false,
+        text,
+    }
+}
+
+fn warn(text: String) -> CheckLine {
+    CheckLine {
+        ok: true,
+        warning: true,
+        text,
+    }
+}
+
+fn fail(text: String) -> CheckLine {
+    CheckLine {
+        ok: false,
+        warning: false,
+        text,
+    }
+}
+
+/// True when Nextcloud's answer to a signed request says the checksum was
+/// wrong (Talk: `invalid_request` "The request could not be authenticated").
+fn refused_checksum(r: &Result<crate::api::backend::BackendResponse, BackendCallError>) -> bool {
+    match r {
+        Err(BackendCallError::Status(403)) => true,
+        Ok(resp) => resp
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == "invalid_request" || e.message.contains("authenticated")),
+        Err(_) => false,
+    }
+}
+
+/// Probes everything the configuration points at.
+pub async fn probe(config: &Config) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    let client = match BackendClient::new(
+        config.backend.timeout,
+        1,
+        config.backend.skip_verify,
+        crate::hub::header_features(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            lines.push(fail(format!("HTTP client: {e}")));
+            return lines;
+        }
+    };
+    if config.backend.backends.is_empty() {
+        lines.push(if config.backend.allow_all {
+            warn("[backend] allowall: any Nextcloud with the common secret is accepted; nothing to probe".into())
+        } else {
+            fail("[backend] backends: no backend configured, no Nextcloud can use this server".into())
+        });
+    }
+    for b in &config.backend.backends {
+        for base in &b.urls {
+            probe_backend(&client, &b.id, base, b.secret.as_bytes(), &mut lines).await;
+        }
+    }
+    if !config.nats_urls.is_empty() {
+        lines.push(probe_nats(&config.nats_urls).await);
+    }
+    lines
+}
+
+async fn probe_backend(
+    client: &BackendClient,
+    id: &str,
+    base: &str,
+    secret: &[u8],
+    lines: &mut Vec<CheckLine>,
+) {
+    let caps_url = capabilities_url(base);
+    match client.get_json(&caps_url).await {
+        Err(e) => lines.push(fail(format!(
+            "[{id}] url: {base}: capabilities not reachable ({e}); check the URL (and [backend] skipverify for self-signed certificates)"
+        ))),
+        Ok(data) => {
+            let caps = Capabilities::from_data(&data);
+            if caps.features.is_empty() {
+                lines.push(fail(format!(
+                    "[{id}] url: {base}: answers, but lists no Talk capabilities (is Talk installed and the URL the Nextcloud root?)"
+                )));
+            } else {
+                lines.push(ok(format!("[{id}] url: {base}: Talk capabilities reachable")));
+                match &caps.token_key {
+                    Some(_) => lines.push(ok(format!("[{id}] hello v2 key present"))),
+                    None => lines.push(warn(format!(
+                        "[{id}] url: {base}: no hello-v2-token-key in the capabilities: clients fall back to hello 1.0 (update Talk)"
+                    ))),
+                }
+                if caps.features.iter().any(|f| f == "federation-v2") {
+                    lines.push(ok(format!("[{id}] federation-v2 supported")));
+                }
+            }
+        }
+    }
+    // The shared secret: a signed ping that Nextcloud must accept, and the
+    // same ping with a wrong secret that it must refuse (else the answer
+    // says nothing about the secret).
+    let url = signaling_url(base, "");
+    let req = PingRequest {
+        version: "1.0",
+        roomid: "",
+        entries: &[],
+    };
+    let right = client.post(&url, base, secret, "ping", &req).await;
+    let wrong = client
+        .post(
+            &url,
+            base,
+            b"spreed-signaling-check-wrong-secret",
+            "ping",
+            &req,
+        )
+        .await;
+    match (&right, refused_checksum(&right), refused_checksum(&wrong)) {
+        (_, false, true) => lines.push(ok(format!("[{id}] secret accepted by Nextcloud"))),
+        (_, true, _) => lines.push(fail(format!(
+            "[{id}] secret: Nextcloud refused the checksum: the secret differs from Talk's \"Shared secret\" (Administration settings > Talk > High-performance backend)"
+        ))),
+        (Err(e), false, false) => lines.push(fail(format!(
+            "[{id}] url: {url}: signaling endpoint not usable ({e})"
+        ))),
+        (Ok(_), false, false) => lines.push(warn(format!(
+            "[{id}] secret: Nextcloud answered a wrong secret like the right one; could not verify the secret"
+        ))),
+    }
+}
+
+async fn probe_nats(urls: &[String]) -> CheckLine {
+    let shown: Vec<String> = urls
+        .iter()
+        .map(|u| match reqwest::Url::parse(u) {
+            Ok(p) => format!("{}://{}", p.scheme(), p.host_str().unwrap_or("")),
+            Err(_) => "(invalid)".into(),
+        })
+        .collect();
+    let addrs: Result<Vec<async_nats::ServerAddr>, _> = urls.iter().map(|u| u.parse()).collect();
+    let addrs = match addrs {
+        Ok(a) => a,
+        Err(e) => return fail(format!("[nats] url: {e}")),
+    };
+    let connect = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs);
+    match tokio::time::timeout(Duration::from_secs(6), connect).await {
+        Ok(Ok(_client)) => ok(format!("[nats] url: connected ({})", shown.join(", "))),
+        Ok(Err(e)) => fail(format!(
+            "[nats] url: cannot connect to {}: {e}",
+            shown.join(", ")
+        )),
+        Err(_) => fail(format!(
+            "[nats] url: cannot connect to {}: timeout",
+            shown.join(", ")
+        )),
+    }
+}

@@ -1,0 +1,74 @@
+//! `spreed-signaling check`: the binary probes what the configuration points
+//! at and names the key to fix.
+
+mod support;
+
+use support::*;
+
+/// Runs `spreed-signaling --config <file> check`; (exit ok, output).
+async fn check(config: String) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "spreed-check-{}-{}",
+        std::process::id(),
+        spreed_signaling::backend::checksum::new_random()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.conf");
+    std::fs::write(&path, config).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .arg("--config")
+            .arg(&path)
+            .arg("check")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    (out.status.success(), text)
+}
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_configuration_passes_every_probe() {
+    let nc = FakeNextcloud::start().await;
+    let nats = NatsServer::start().await;
+    let (ok, out) = check(config_text(&nc, &format!("[nats]\nurl = {}\n", nats.url()))).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("OK   [nc1] url:"), "{out}");
+    assert!(out.contains("OK   [nc1] secret accepted"), "{out}");
+    assert!(out.contains("OK   [nats] url: connected"), "{out}");
+    // No hello v2 key in this Nextcloud's capabilities: a warning only.
+    assert!(out.contains("WARN [nc1] url:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_named() {
+    let nc = FakeNextcloud::start().await;
+    let text =
+        config_text(&nc, "").replace(&format!("secret = {SECRET}"), "secret = not-the-secret");
+    let (ok, out) = check(text).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL [nc1] secret:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_url_and_a_stopped_nats_are_named() {
+    let nc = FakeNextcloud::start().await;
+    let bad = format!("http://127.0.0.1:{}", closed_port());
+    let text = config_text(
+        &nc,
+        &format!("[nats]\nurl = nats://127.0.0.1:{}\n", closed_port()),
+    )
+    .replace(&format!("url = {}", nc.url), &format!("url = {bad}"));
+    let (ok, out) = check(text).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL [nc1] url:"), "{out}");
+    assert!(out.contains("FAIL [nats] url:"), "{out}");
+}
