@@ -14,4 +14,5 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod sdnotify;
 pub mod server;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use spreed_signaling::config::Config;
+use spreed_signaling::sdnotify;
 use spreed_signaling::server::Server;
 
 /// Standalone signaling server for Nextcloud Talk.
@@ -89,18 +90,37 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let server = Server::start(config, None).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // systemd (Type=notify): ready once the port is bound; the watchdog is
+    // fed only while the hub answers (a stuck hub lock stops it).
+    sdnotify::notify(&format!("READY=1\nSTATUS=listening on {}", server.addr));
+    if let Some(every) = sdnotify::watchdog_interval() {
+        let hub = server.hub.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let _ = hub.session_count();
+                sdnotify::notify("WATCHDOG=1");
+            }
+        });
+    }
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => match Config::load(&path) {
-                // SIGHUP: backends are reloaded, sessions stay.
-                Ok(c) => server.hub.reload(&c),
-                Err(e) => tracing::error!("reload of {} failed, keeping the running configuration: {e}", path.display()),
-            },
+            _ = hup.recv() => {
+                sdnotify::reloading();
+                match Config::load(&path) {
+                    // SIGHUP: backends are reloaded, sessions stay.
+                    Ok(c) => server.hub.reload(&c),
+                    Err(e) => tracing::error!("reload of {} failed, keeping the running configuration: {e}", path.display()),
+                }
+                sdnotify::notify("READY=1");
+            }
         }
     }
     tracing::info!("shutting down");
+    sdnotify::notify("STOPPING=1");
     server.shutdown().await;
     Ok(())
 }
