@@ -14,8 +14,37 @@ struct Cli {
     /// Path to server.conf (the Go server's format). `-config` works too.
     #[arg(long, short = 'c', default_value = "server.conf")]
     config: PathBuf,
+    /// Log format: `text` or `json` (overrides `[logging] format`).
+    #[arg(long)]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Changes the log filter of the running server (SIGHUP).
+type LogHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Logs as `[logging]` says (`RUST_LOG` wins over `[logging] level` at
+/// start); returns the handle that SIGHUP uses to change the level.
+fn init_logging(config: &Config, format: Option<&str>) -> LogHandle {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let json = match format {
+        Some(f) => f == "json",
+        None => config.log_json,
+    };
+    let fmt = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
+    } else {
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).init();
+    handle
 }
 
 #[derive(Subcommand)]
@@ -34,11 +63,6 @@ fn main() -> std::process::ExitCode {
         _ => a,
     });
     let cli = Cli::parse_from(args);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -46,6 +70,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let log = init_logging(&config, cli.log_format.as_deref());
     if let Some(Command::Check) = cli.command {
         println!("OK   {}: configuration valid", cli.config.display());
         // Then everything it points at, as the server would use it.
@@ -76,7 +101,7 @@ fn main() -> std::process::ExitCode {
             .build()
     }
     .expect("tokio runtime");
-    match rt.block_on(run(config, cli.config)) {
+    match rt.block_on(run(config, cli.config, log)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -85,7 +110,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let server = Server::start(config, None).await?;
     let mut term = signal(SignalKind::terminate())?;
@@ -111,8 +136,18 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 sdnotify::reloading();
                 match Config::load(&path) {
-                    // SIGHUP: backends are reloaded, sessions stay.
-                    Ok(c) => server.hub.reload(&c),
+                    // SIGHUP: backends and the log level are reloaded,
+                    // sessions stay; other settings need a restart.
+                    Ok(c) => {
+                        server.hub.reload(&c);
+                        match tracing_subscriber::EnvFilter::try_new(&c.log_level) {
+                            Ok(f) => {
+                                let _ = log.reload(f);
+                                tracing::info!(level = %c.log_level, "log level reloaded");
+                            }
+                            Err(e) => tracing::error!("[logging] level: {e}"),
+                        }
+                    }
                     Err(e) => tracing::error!("reload of {} failed, keeping the running configuration: {e}", path.display()),
                 }
                 sdnotify::notify("READY=1");

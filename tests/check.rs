@@ -72,3 +72,53 @@ async fn a_wrong_url_and_a_stopped_nats_are_named() {
     assert!(out.contains("FAIL [nc1] url:"), "{out}");
     assert!(out.contains("FAIL [nats] url:"), "{out}");
 }
+
+/// `[logging] format = json`: every log line is a JSON object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines() {
+    let nc = FakeNextcloud::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "spreed-log-{}-{}",
+        std::process::id(),
+        spreed_signaling::backend::checksum::new_random()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.conf");
+    std::fs::write(
+        &path,
+        config_text(&nc, "[logging]\nformat = json\nlevel = info\n"),
+    )
+    .unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let done = line.contains("listening");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        lines
+    })
+    .await
+    .unwrap();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+}

@@ -154,6 +154,10 @@ pub struct Config {
     pub brute_force: BruteForceLimits,
     /// Connections to other signaling servers (federation).
     pub federation: FederationConfig,
+    /// `[logging] level`: a tracing filter (`info`, `debug`, `warn,spreed_signaling=debug`).
+    pub log_level: String,
+    /// `[logging] format`: JSON lines instead of plain text.
+    pub log_json: bool,
     /// Sections present in the file that this server does not implement.
     pub unsupported_sections: Vec<String>,
 }
@@ -210,6 +214,7 @@ const SUPPORTED_SECTIONS: &[&str] = &[
     "stats",
     "transient",
     "federation",
+    "logging",
 ];
 
 const KNOWN_UNSUPPORTED: &[&str] = &[
@@ -402,6 +407,24 @@ impl Config {
             },
         };
 
+        let log_level = ini
+            .get_nonempty("logging", "level")
+            .unwrap_or_else(|| "info".to_string());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError(format!(
+                "[logging] level: `{log_level}` is not a log filter (e.g. info, debug)"
+            )));
+        }
+        let log_json = match ini.get_nonempty("logging", "format").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "[logging] format: `{other}` is neither text nor json"
+                )))
+            }
+        };
+
         // Validate values of sections we accept but do not implement, so a
         // typo does not go unnoticed, and remember them for a start-up log.
         let mut unsupported_sections = Vec::new();
@@ -434,6 +457,8 @@ impl Config {
             transient,
             brute_force,
             federation,
+            log_level,
+            log_json,
             unsupported_sections,
         })
     }
