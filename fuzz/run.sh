@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs fuzz targets one after another, each for SECONDS (default 3600),
 # niced, with the seed corpus in fuzz/corpus/<target> and new inputs in
-# $FUZZ_WORK/<target> (default /tmp/fuzz-work). Logs to $FUZZ_WORK/<target>.log;
-# crashes land in fuzz/artifacts/<target>/.
+# $FUZZ_WORK/<target> (default /tmp/fuzz-work), which starts from where the
+# recorded runs ended (corpus-runs/<target>.tar.xz) when it is empty. Logs to
+# $FUZZ_WORK/<target>.log; crashes land in fuzz/artifacts/<target>/.
 #
 #   fuzz/run.sh 600 client_message goconf     # two targets, 10 minutes each
 #   fuzz/run.sh                               # every target, an hour each
@@ -18,6 +19,9 @@ work="${FUZZ_WORK:-/tmp/fuzz-work}"
 tdir="${FUZZ_TARGET_DIR:-target}"
 for t in "${targets[@]}"; do
     mkdir -p "$work/$t"
+    if [ -z "$(ls -A "$work/$t")" ] && [ -f "corpus-runs/$t.tar.xz" ]; then
+        tar -xJf "corpus-runs/$t.tar.xz" -C "$work"
+    fi
     echo "== $t for ${secs}s (log: $work/$t.log)"
     # -s none: the server forbids unsafe code, so AddressSanitizer finds
     # nothing there and halves the speed. Debug assertions and overflow
