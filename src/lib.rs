@@ -13,6 +13,7 @@ pub mod check;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod logsafe;
 pub mod metrics;
 pub mod sdnotify;
 pub mod server;

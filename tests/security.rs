@@ -435,3 +435,173 @@ async fn transient_data_and_its_timers_go_with_the_room() {
     assert_eq!(m["transient"]["type"], "set", "no initial data: {m}");
     ts.stop().await;
 }
+
+/// GET `path` over a connection from `from`; returns (status line, body).
+async fn get_from(ts: &TestServer, from: &str, path: &str) -> (String, String) {
+    let mut s = connect_from(from, addr_of(ts)).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let all = read_until_closed(&mut s, TIMEOUT).await;
+    let status = all.lines().next().unwrap_or("").to_string();
+    let body = all.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn metrics_and_stats_answer_only_allowed_addresses() {
+    let ts = TestServer::start_with("[stats]\nallowed_ips = 127.0.0.8/29, 127.0.0.2\n").await;
+    let _c = ts.client_in_room("alice", "room1").await;
+    for path in ["/metrics", "/api/v1/stats"] {
+        for from in ["127.0.0.1", "127.0.0.3", "127.0.0.16"] {
+            let (status, body) = get_from(&ts, from, path).await;
+            assert!(
+                status.starts_with("HTTP/1.1 403"),
+                "{from} {path}: {status}"
+            );
+            // Room tokens appear in metric labels: nothing leaks.
+            assert!(!body.contains("room1"), "{body}");
+        }
+        for from in ["127.0.0.2", "127.0.0.9"] {
+            let (status, _) = get_from(&ts, from, path).await;
+            assert!(
+                status.starts_with("HTTP/1.1 200"),
+                "{from} {path}: {status}"
+            );
+        }
+    }
+    let (_, body) = get_from(&ts, "127.0.0.2", "/api/v1/stats").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["hub"]["sessions"], 1, "{v}");
+    assert_eq!(v["hub"]["rooms"], 1, "{v}");
+    let (_, m) = get_from(&ts, "127.0.0.2", "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "signaling_limits_refused_total{limit=\"stats_address\"}"
+        ),
+        6
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn stats_default_to_loopback_only() {
+    let ts = TestServer::start().await;
+    let (status, body) = get_from(&ts, "127.0.0.1", "/api/v1/stats").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(body.contains("\"hub\""), "{body}");
+    ts.stop().await;
+}
+
+/// A Nextcloud stand-in whose auth answers are slow or huge; records the
+/// most requests it had in flight at once.
+#[derive(Clone, Default)]
+struct OddBackend {
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    huge: bool,
+}
+
+async fn odd_auth(axum::extract::State(b): axum::extract::State<OddBackend>) -> String {
+    use std::sync::atomic::Ordering::SeqCst;
+    let n = b.in_flight.fetch_add(1, SeqCst) + 1;
+    b.max_in_flight.fetch_max(n, SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.in_flight.fetch_sub(1, SeqCst);
+    let pad = if b.huge {
+        "x".repeat(2_000_000)
+    } else {
+        String::new()
+    };
+    json!({"type": "auth", "auth": {"version": "1.0", "userid": "u", "user": {"pad": pad}}})
+        .to_string()
+}
+
+/// Starts an [`OddBackend`] and a server using it as backend `nc1`.
+async fn server_with_odd_backend(b: OddBackend, extra: &str) -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(BACKEND_PATH, axum::routing::post(odd_auth))
+        .with_state(b);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut nc = FakeNextcloud::start().await;
+    nc.url = url;
+    TestServer::start_on(nc, extra).await
+}
+
+async fn hello_result(ts: &TestServer, url: &str) -> serde_json::Value {
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    c.send(json!({"id": "h", "type": "hello", "hello": {"version": "1.0", "auth": {"url": url, "params": {"userid": "u"}}}}))
+        .await;
+    c.recv().await
+}
+
+#[tokio::test]
+async fn requests_to_nextcloud_are_bounded_in_number() {
+    let b = OddBackend::default();
+    let ts = server_with_odd_backend(b.clone(), "[backend]\nmaxconcurrentrequests = 2\n").await;
+    let url = ts.nc.backend_url();
+    let hellos = (0..8).map(|_| hello_result(&ts, &url));
+    for r in futures_util::future::join_all(hellos).await {
+        assert_eq!(r["type"], "hello", "{r}");
+    }
+    let max = b.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&max), "{max} requests in flight");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_nextcloud_answers_are_refused() {
+    let b = OddBackend {
+        huge: true,
+        ..Default::default()
+    };
+    let ts = server_with_odd_backend(b, "[backend]\nmaxresponsesize = 65536\n").await;
+    let r = hello_result(&ts, &ts.nc.backend_url()).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    assert_eq!(r["id"], "h");
+    let m = metrics_text(&ts).await;
+    assert_eq!(
+        metric(
+            &m,
+            "signaling_limits_refused_total{limit=\"backend_response_size\"}"
+        ),
+        1
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn hellos_with_allowall_cannot_probe_hosts_and_ports() {
+    let ts = TestServer::start_with("[backend]\nallowall = true\nsecret = common-secret\n").await;
+    // A closed port.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // A port with a web server that is not Nextcloud (404).
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_port = web.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(web, axum::Router::new()).await.unwrap() });
+    // A port that accepts and answers garbage.
+    let junk = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let junk_port = junk.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = junk.accept().await.unwrap();
+            let _ = s.write_all(b"SSH-2.0-OpenSSH\r\n").await;
+        }
+    });
+    let mut answers = Vec::new();
+    for port in [closed, web_port, junk_port] {
+        let r = hello_result(&ts, &format!("http://127.0.0.1:{port}{BACKEND_PATH}")).await;
+        assert_eq!(r["type"], "error", "{r}");
+        answers.push(r["error"].clone());
+    }
+    assert_eq!(answers[0]["code"], "auth_failed");
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    ts.stop().await;
+}

@@ -1,7 +1,10 @@
 //! HTTP client for requests to Nextcloud: pooled, with timeouts, checksums
 //! and the headers Nextcloud expects; unwraps OCS envelopes.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use serde::Serialize;
 
@@ -27,6 +30,9 @@ pub enum BackendCallError {
     /// Nextcloud throttled the request (OCS status 429).
     #[error("backend throttled the request")]
     Throttled,
+    /// The answer was larger than `[backend] maxresponsesize`.
+    #[error("backend answer too large")]
+    TooLarge,
     /// The answer was not the expected JSON.
     #[error("invalid backend answer: {0}")]
     Invalid(String),
@@ -38,6 +44,10 @@ pub struct BackendClient {
     http: reqwest::Client,
     timeout: Duration,
     features: String,
+    /// Requests in flight at once (`[backend] maxconcurrentrequests`).
+    slots: Arc<Semaphore>,
+    max_response: usize,
+    refused: Option<prometheus::IntCounterVec>,
 }
 
 impl BackendClient {
@@ -62,7 +72,30 @@ impl BackendClient {
             http,
             timeout,
             features,
+            slots: Arc::new(Semaphore::new(1)),
+            max_response: usize::MAX,
+            refused: None,
         })
+    }
+
+    /// Bounds the requests in flight (more wait, within the request
+    /// timeout) and the size of answers; refusals are counted in `refused`.
+    pub fn with_limits(
+        mut self,
+        max_concurrent: usize,
+        max_response: usize,
+        refused: prometheus::IntCounterVec,
+    ) -> Self {
+        self.slots = Arc::new(Semaphore::new(max_concurrent.max(1)));
+        self.max_response = max_response;
+        self.refused = Some(refused);
+        self
+    }
+
+    fn refuse(&self, limit: &str) {
+        if let Some(r) = &self.refused {
+            r.with_label_values(&[limit]).inc();
+        }
     }
 
     /// POSTs `{"type": kind, kind: body}` to `url`, signed with `secret`, and
@@ -113,15 +146,35 @@ impl BackendClient {
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, BackendCallError> {
         let fut = async {
-            let resp = req.send().await.map_err(map_err)?;
+            // Waiting for a slot counts into the timeout: a flood of hellos
+            // cannot open unbounded connections to Nextcloud.
+            let Ok(_permit) = self.slots.acquire().await else {
+                return Err(BackendCallError::Timeout);
+            };
+            let mut resp = req.send().await.map_err(map_err)?;
             let status = resp.status().as_u16();
             if status != 200 {
                 return Err(BackendCallError::Status(status));
             }
-            resp.bytes().await.map_err(map_err)
+            if resp
+                .content_length()
+                .is_some_and(|l| l > self.max_response as u64)
+            {
+                self.refuse("backend_response_size");
+                return Err(BackendCallError::TooLarge);
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(map_err)? {
+                if body.len() + chunk.len() > self.max_response {
+                    self.refuse("backend_response_size");
+                    return Err(BackendCallError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(bytes::Bytes::from(body))
         };
         // reqwest's own timeout covers the request; this one also bounds a
-        // body that trickles in.
+        // body that trickles in and the wait for a slot.
         match tokio::time::timeout(self.timeout + Duration::from_millis(100), fut).await {
             Ok(r) => r,
             Err(_) => Err(BackendCallError::Timeout),

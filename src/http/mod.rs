@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/welcome", get(welcome))
         .route("/api/v1/serverinfo", get(serverinfo))
         .route("/metrics", get(metrics))
+        .route("/api/v1/stats", get(stats))
         .layer(axum::middleware::map_response(add_headers))
         .with_state(state)
 }
@@ -71,28 +72,54 @@ async fn welcome() -> impl IntoResponse {
 }
 
 /// `GET /api/v1/serverinfo`: only for addresses in `[stats] allowed_ips`.
-async fn serverinfo(
-    State(state): State<AppState>,
-    ci: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-) -> Response {
-    let ip = listener::client_ip(ci.as_ref().map(|e| &e.0));
-    if !ip.is_some_and(|ip| state.hub.config.stats.allowed_ips.contains(ip)) {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Authentication check failed",
-        );
+async fn serverinfo(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    if !stats_allowed(&state, &req) {
+        return forbidden();
     }
     Json(state.hub.server_info()).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// True when the request comes from an address in `[stats] allowed_ips`.
+fn stats_allowed(state: &AppState, req: &axum::extract::Request) -> bool {
+    let ip = listener::client_ip(
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>(),
+    );
+    let allowed = ip.is_some_and(|ip| state.hub.config.stats.allowed_ips.contains(ip));
+    if !allowed {
+        state.hub.metrics.refuse("stats_address");
+    }
+    allowed
+}
+
+fn forbidden() -> Response {
+    api_error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "Authentication check failed",
+    )
+}
+
+async fn metrics(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    if !stats_allowed(&state, &req) {
+        return forbidden();
+    }
     let hub = &state.hub;
-    hub.update_gauges();
+    // The gauges walk the sessions under the hub lock: at most once a
+    // second, however often (and by how many) the endpoint is scraped.
+    hub.update_gauges_throttled();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         hub.metrics.render(),
     )
+        .into_response()
+}
+
+async fn stats(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    if !stats_allowed(&state, &req) {
+        return forbidden();
+    }
+    Json(state.hub.stats()).into_response()
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {

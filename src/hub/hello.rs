@@ -37,12 +37,16 @@ pub struct HelloOk {
     pub must_join_room: bool,
 }
 
+/// The error a client sees when Nextcloud could not be asked. One message
+/// for every failure: whether the host did not answer, refused, timed out or
+/// answered HTTP 404 stays in the log, so that (with `allowall`) a hello
+/// cannot probe which hosts and ports exist.
 fn backend_error(e: BackendCallError, code_on_failure: &str) -> ProtocolError {
     match e {
         BackendCallError::Throttled => {
             ProtocolError::new(error::TOO_MANY_REQUESTS, "Nextcloud throttled the request")
         }
-        other => ProtocolError::new(code_on_failure, other.to_string()),
+        _ => ProtocolError::new(code_on_failure, "The user could not be authenticated."),
     }
 }
 
@@ -158,7 +162,7 @@ impl Hub {
             .post(url, &base, &backend.secret, "auth", &req)
             .await
             .map_err(|e| {
-                tracing::warn!(url, "auth request failed: {e}");
+                tracing::warn!(url = %crate::logsafe::Url(url), "auth request failed: {e}");
                 backend_error(e, error::AUTH_FAILED)
             })?;
         if resp.kind == "error" {
@@ -225,7 +229,10 @@ impl Hub {
                 .caps
                 .get(&self.client, &base, refreshed)
                 .await
-                .map_err(|e| backend_error(e, error::PROCESSING_FAILED))?;
+                .map_err(|e| {
+                    tracing::warn!(backend = %backend.id, "capabilities request failed: {e}");
+                    backend_error(e, error::AUTH_FAILED)
+                })?;
             let Some(key) = caps.token_key else {
                 if !refreshed {
                     refreshed = true;

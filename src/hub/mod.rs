@@ -207,6 +207,8 @@ pub struct Hub {
     /// Wakes the timer task when an earlier deadline was added.
     timer: Notify,
     next_conn_id: AtomicU64,
+    /// When the gauges were last computed.
+    gauges_at: Mutex<Option<Instant>>,
     welcome: Frame,
     dialouts: Mutex<HashMap<String, DialoutWaiter>>,
     /// TLS of connections to remote signaling servers (federation).
@@ -226,7 +228,12 @@ impl Hub {
             config.backend.connections_per_host,
             config.backend.skip_verify,
             features,
-        )?;
+        )?
+        .with_limits(
+            config.backend.max_concurrent_requests,
+            config.backend.max_response_size,
+            metrics.refused.clone(),
+        );
         let welcome = frame(
             None,
             "welcome",
@@ -267,6 +274,7 @@ impl Hub {
             config,
             timer: Notify::new(),
             next_conn_id: AtomicU64::new(1),
+            gauges_at: Mutex::new(None),
             welcome,
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
@@ -522,6 +530,35 @@ impl Hub {
     /// Client sessions of a backend on other processes, as last announced.
     pub fn remote_sessions(&self, backend: &str) -> u64 {
         self.lock().remote_session_count(backend)
+    }
+
+    /// [`Hub::update_gauges`], unless it ran less than a second ago.
+    pub fn update_gauges_throttled(&self) {
+        let now = Instant::now();
+        {
+            let mut last = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.update_gauges();
+    }
+
+    /// Counts for `/api/v1/stats` (like the Go server's): constant time,
+    /// no walk over sessions or rooms.
+    pub fn stats(&self) -> serde_json::Value {
+        let st = self.lock();
+        let sessions = st.sessions.map.len();
+        let disconnected = st.sessions.disconnected.len();
+        serde_json::json!({
+            "hub": {
+                "sessions": sessions,
+                "disconnected": disconnected,
+                "rooms": st.rooms.len(),
+                "processes": st.processes.len() + 1,
+            }
+        })
     }
 
     /// Sets the gauges that describe the current state (at scrape time):
