@@ -605,3 +605,96 @@ async fn hellos_with_allowall_cannot_probe_hosts_and_ports() {
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
     ts.stop().await;
 }
+
+/// A WebSocket connection from `from` (welcome consumed), optionally
+/// claiming a client address in `X-Real-IP` as a reverse proxy would.
+async fn ws_from(ts: &TestServer, from: &str, real_ip: Option<&str>) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = connect_from(from, addr_of(ts)).await;
+    let mut req = ts.ws_url().into_client_request().unwrap();
+    if let Some(ip) = real_ip {
+        req.headers_mut().insert("X-Real-IP", ip.parse().unwrap());
+    }
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let mut c = Client {
+        ws,
+        session_id: String::new(),
+        resume_id: String::new(),
+        user_id: None,
+    };
+    c.expect_type("welcome").await;
+    c
+}
+
+/// Tries to resume a made-up session; returns the error code and how long
+/// the answer took.
+async fn guess_resume(c: &mut Client) -> (String, Duration) {
+    let start = std::time::Instant::now();
+    c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": "guessed-resume-id"}}))
+        .await;
+    let m = c.expect_type("error").await;
+    assert_eq!(m["id"], "r");
+    (
+        m["error"]["code"].as_str().unwrap().to_string(),
+        start.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn failed_hellos_and_resumes_are_throttled_per_address() {
+    let ts =
+        TestServer::start_with("[clients]\nmaxfailedhellos = 3\nfailedhellowindow = 60\n").await;
+    let mut c = ws_from(&ts, "127.0.0.2", None).await;
+    // Each failure is answered later than the one before...
+    let mut last = Duration::ZERO;
+    for expected in [100, 200, 400] {
+        let (code, took) = guess_resume(&mut c).await;
+        assert_eq!(code, "no_such_session");
+        assert!(took >= Duration::from_millis(expected), "{took:?}");
+        assert!(took > last);
+        last = took;
+    }
+    // ...then the address is refused without a try, on any connection.
+    let (code, took) = guess_resume(&mut c).await;
+    assert_eq!(code, "too_many_requests");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    let mut again = ws_from(&ts, "127.0.0.2", None).await;
+    again
+        .send(json!({"id": "h", "type": "hello", "hello": {"version": "1.0", "auth": {"url": ts.nc.backend_url(), "params": {"userid": "bob"}}}}))
+        .await;
+    assert_eq!(
+        again.expect_type("error").await["error"]["code"],
+        "too_many_requests"
+    );
+    // Other addresses are not affected.
+    let mut other = ws_from(&ts, "127.0.0.3", None).await;
+    other
+        .hello_v1(&ts.nc.backend_url(), json!({"userid": "carol"}))
+        .await;
+    // Behind a reverse proxy (loopback), the address it passes counts.
+    for _ in 0..3 {
+        let mut p = ws_from(&ts, "127.0.0.1", Some("203.0.113.5")).await;
+        assert_eq!(guess_resume(&mut p).await.0, "no_such_session");
+    }
+    let mut p = ws_from(&ts, "127.0.0.1", Some("203.0.113.5")).await;
+    assert_eq!(guess_resume(&mut p).await.0, "too_many_requests");
+    let mut q = ws_from(&ts, "127.0.0.1", Some("203.0.113.6")).await;
+    assert_eq!(guess_resume(&mut q).await.0, "no_such_session");
+    let m = metrics_text(&ts).await;
+    assert_eq!(
+        metric(&m, "signaling_throttle_bruteforce_total{action=\"resume\"}"),
+        2
+    );
+    assert_eq!(
+        metric(&m, "signaling_throttle_bruteforce_total{action=\"hello\"}"),
+        1
+    );
+    assert_eq!(
+        metric(&m, "signaling_throttle_delayed_total{action=\"resume\"}"),
+        7
+    );
+    ts.stop().await;
+}

@@ -196,6 +196,30 @@ pub async fn serve(
     conns.wait().await;
 }
 
+/// The address of the client behind a request: the peer, or when the peer
+/// is a trusted proxy (`[http] proxyips`) the address it passes in
+/// `X-Real-IP` or as the last `X-Forwarded-For` entry.
+pub fn real_client_ip(
+    peer: Option<SocketAddr>,
+    headers: &axum::http::HeaderMap,
+    proxies: &crate::config::IpList,
+) -> Option<IpAddr> {
+    let ip = peer?.ip();
+    if !proxies.contains(ip) {
+        return Some(ip);
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    };
+    header("x-real-ip")
+        .or_else(|| header("x-forwarded-for"))
+        .or(Some(ip))
+}
+
 /// The client address of a request (from the accept loop).
 pub fn client_ip(ci: Option<&ConnectInfo<SocketAddr>>) -> Option<IpAddr> {
     ci.map(|c| c.0.ip())

@@ -26,7 +26,19 @@ use crate::hub::{invalid_format, HelloOk, Hub};
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// `GET /spreed`: upgrades and hands the socket to [`serve`].
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    extensions: axum::http::Extensions,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let peer = super::listener::real_client_ip(
+        extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0),
+        &headers,
+        &state.hub.config.http.proxy_ips,
+    );
     let limits = &state.hub.config.limits;
     let max = limits.max_message_size;
     let hub = state.hub.clone();
@@ -40,18 +52,23 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
         .max_write_buffer_size(limits.outbox_bytes.max(max) * 2)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(serve(hub, socket, shutdown)));
+        .on_upgrade(move |socket| tracker.track_future(serve(hub, socket, shutdown, peer)));
     resp.headers_mut()
         .insert(HEADER_FEATURES, features_header());
     resp
 }
 
 /// Runs one connection until it closes or the server shuts down.
-pub async fn serve(hub: Arc<Hub>, socket: WebSocket, cancel: CancellationToken) {
+pub async fn serve(
+    hub: Arc<Hub>,
+    socket: WebSocket,
+    cancel: CancellationToken,
+    peer: Option<std::net::IpAddr>,
+) {
     let outbox = hub.new_outbox();
     outbox.push(hub.welcome_frame());
     let (sink, stream) = socket.split();
-    let reader = read_loop(&hub, stream, &outbox, &cancel);
+    let reader = read_loop(&hub, stream, &outbox, &cancel, peer);
     let writer = write_loop(sink, &outbox, &cancel, hub.config.limits.ping_interval);
     tokio::join!(reader, writer);
 }
@@ -101,6 +118,7 @@ async fn read_loop<S>(
     mut stream: S,
     outbox: &Arc<Outbox>,
     cancel: &CancellationToken,
+    peer: Option<std::net::IpAddr>,
 ) where
     S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
@@ -203,7 +221,7 @@ async fn read_loop<S>(
         // Over its budget, the connection is not read for a while after
         // this message (backpressure: nothing is dropped).
         let pause = budget.take(now, text.len());
-        match on_text(hub, outbox, session.as_ref(), text.as_str()) {
+        match on_text(hub, outbox, session.as_ref(), text.as_str(), peer) {
             Step::Done => {}
             Step::Hello(pending) => match pending.await {
                 Ok(ok) => {
@@ -271,7 +289,13 @@ enum Step {
 
 /// Parses and handles one text message (no await: nothing here is held by
 /// an idle connection).
-fn on_text(hub: &Arc<Hub>, outbox: &Arc<Outbox>, session: Option<&Arc<str>>, text: &str) -> Step {
+fn on_text(
+    hub: &Arc<Hub>,
+    outbox: &Arc<Outbox>,
+    session: Option<&Arc<str>>,
+    text: &str,
+    peer: Option<std::net::IpAddr>,
+) -> Step {
     let parsed: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -299,7 +323,7 @@ fn on_text(hub: &Arc<Hub>, outbox: &Arc<Outbox>, session: Option<&Arc<str>>, tex
         };
         let (hub, outbox) = (hub.clone(), outbox.clone());
         return Step::Hello(Box::pin(async move {
-            hub.hello(&outbox, id.as_deref(), hello)
+            hub.hello_from(peer, &outbox, id.as_deref(), hello)
                 .await
                 .map_err(|e| (id, e))
         }));
@@ -404,7 +428,7 @@ mod size_tests {
             let cancel = tokio_util::sync::CancellationToken::new();
             let stream =
                 futures_util::stream::empty::<Result<axum::extract::ws::Message, axum::Error>>();
-            let n = size(&super::read_loop(&hub, stream, &outbox, &cancel));
+            let n = size(&super::read_loop(&hub, stream, &outbox, &cancel, None));
             eprintln!("reader future: {n} bytes");
             assert!(n <= 1024, "reader future is {n} bytes");
         });

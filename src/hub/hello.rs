@@ -50,7 +50,63 @@ fn backend_error(e: BackendCallError, code_on_failure: &str) -> ProtocolError {
     }
 }
 
+/// Failures that count towards the brute-force throttle: guesses of
+/// credentials, tokens and resume ids.
+fn counts_as_guess(code: &str) -> bool {
+    matches!(
+        code,
+        error::AUTH_FAILED
+            | error::INVALID_TOKEN
+            | error::TOKEN_EXPIRED
+            | error::TOKEN_NOT_VALID_YET
+            | error::NO_SUCH_SESSION
+            | error::INVALID_BACKEND
+    )
+}
+
 impl Hub {
+    /// [`Hub::hello`] throttled per client address: an address with too
+    /// many recent failures gets `too_many_requests` without any work, and
+    /// each failure is answered later than the one before.
+    pub async fn hello_from(
+        self: &Arc<Self>,
+        peer: Option<std::net::IpAddr>,
+        conn: &Arc<Outbox>,
+        id: Option<&str>,
+        hello: HelloClientMessage,
+    ) -> Result<HelloOk, ProtocolError> {
+        let action = if hello.resumeid.as_deref().is_some_and(|r| !r.is_empty()) {
+            "resume"
+        } else {
+            "hello"
+        };
+        if let Some(ip) = peer {
+            if self.throttle.blocked(ip) {
+                self.metrics
+                    .throttle_bruteforce
+                    .with_label_values(&[action])
+                    .inc();
+                return Err(ProtocolError::new(
+                    error::TOO_MANY_REQUESTS,
+                    "Too many failed attempts, try again later.",
+                ));
+            }
+        }
+        let r = self.hello(conn, id, hello).await;
+        if let (Err(e), Some(ip)) = (&r, peer) {
+            if counts_as_guess(&e.code) {
+                let delay = self.throttle.failed(ip);
+                self.metrics
+                    .throttle_delayed
+                    .with_label_values(&[action])
+                    .inc();
+                tracing::debug!(%ip, action, ?delay, "failed hello, answer delayed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        r
+    }
+
     /// Processes a `hello` on an unauthenticated connection. On success the
     /// hello reply (and, for a resume, the queued messages) is already in
     /// the connection's outbox.

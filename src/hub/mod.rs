@@ -16,6 +16,7 @@ pub mod room;
 mod rooms;
 pub mod session;
 mod tasks;
+pub mod throttle;
 mod transient;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -209,6 +210,8 @@ pub struct Hub {
     next_conn_id: AtomicU64,
     /// When the gauges were last computed.
     gauges_at: Mutex<Option<Instant>>,
+    /// Failed hellos and resumes per client address.
+    throttle: throttle::Throttle,
     welcome: Frame,
     dialouts: Mutex<HashMap<String, DialoutWaiter>>,
     /// TLS of connections to remote signaling servers (federation).
@@ -243,6 +246,7 @@ impl Hub {
             },
         );
         let federation_tls = federation::tls_config(config.federation.skip_verify)?;
+        let throttle = throttle::Throttle::new(config.brute_force.clone());
         Ok(Arc::new(Hub {
             registry: std::sync::RwLock::new(Arc::new(BackendRegistry::new(&config.backend))),
             state: Mutex::new(State {
@@ -275,6 +279,7 @@ impl Hub {
             timer: Notify::new(),
             next_conn_id: AtomicU64::new(1),
             gauges_at: Mutex::new(None),
+            throttle,
             welcome,
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
