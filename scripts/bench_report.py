@@ -1,42 +1,67 @@
 #!/usr/bin/env python3
-"""Renders bench-results.jsonl as a markdown table with ours/Go ratios."""
-import json, sys
+"""Renders bench-results.jsonl as a markdown table: one column per server
+(median over rounds; the range when there were several), and the first
+`rust*` server against the Go server."""
+import json, statistics, sys
 from collections import defaultdict
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-by = defaultdict(dict)
+by = defaultdict(lambda: defaultdict(list))
+servers = []
 for r in rows:
-    by[r["variant"]][r["server"]] = r
+    by[r["variant"]][r["server"]].append(r)
+    if r["server"] not in servers:
+        servers.append(r["server"])
 
-def fmt(v, unit=""):
+def get(r, key):
+    if key.startswith("pair_done."):
+        return (r.get("pair_done") or {}).get(key.split(".", 1)[1])
+    return r.get(key)
+
+def fmt(v):
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:,.1f}{unit}" if v < 100 else f"{v:,.0f}{unit}"
-    return f"{v:,}{unit}"
+    if isinstance(v, float) and v < 100:
+        return f"{v:,.1f}"
+    return f"{round(v):,}"
 
-def ratio(a, b, higher_better=True):
-    if a is None or b is None or a == 0 or b == 0:
-        return "-"
-    return f"{(a / b) if higher_better else (b / a):.2f}x"
+def cell(runs, key):
+    vals = [v for v in (get(r, key) for r in runs) if v is not None]
+    if not vals:
+        return None, "-"
+    med = statistics.median(vals)
+    if len(vals) == 1 or min(vals) == max(vals):
+        return med, fmt(med)
+    return med, f"{fmt(med)} ({fmt(min(vals))}-{fmt(max(vals))})"
 
-print("| workload | metric | rust | go 0.4.1 | rust vs go |")
-print("|---|---|---|---|---|")
-for variant, servers in by.items():
-    rs, go = servers.get("rust"), servers.get("go-0.4.1")
-    if not rs or not go:
-        continue
-    metrics = [
-        ("rate /s", "rate_per_s", True),
-        ("per server-CPU-s", "per_cpu_s", True),
-        ("p50 µs", "p50_us", False),
-        ("p99 µs", "p99_us", False),
-        ("max µs", "max_us", False),
-        ("server CPU s", "server_cpu_s", False),
-        ("lost", "lost", False),
-        ("errors", "errors", False),
-    ]
-    if variant == "idle":
-        metrics = [("RSS per session B", "rss_per_session_bytes", False), ("errors", "errors", False), ("clients", "clients", True)]
+METRICS = [
+    ("rate /s", "rate_per_s", True),
+    ("per server-CPU-s", "per_cpu_s", True),
+    ("p50 µs", "p50_us", False),
+    ("p99 µs", "p99_us", False),
+    ("max µs", "max_us", False),
+    ("server CPU s", "server_cpu_s", False),
+    ("lost", "lost", False),
+    ("errors", "errors", False),
+]
+CALL = [
+    ("all pairs done µs", "pair_done.max_us", False),
+    ("pair done p50 µs", "pair_done.p50_us", False),
+    ("pairs done", "pairs_done", True),
+]
+IDLE = [("RSS per session B", "rss_per_session_bytes", False), ("errors", "errors", False), ("clients", "clients", True)]
+
+rust = next((s for s in servers if s.startswith("rust")), None)
+go = next((s for s in servers if s.startswith("go")), None)
+print("| workload | metric | " + " | ".join(servers) + f" | {rust} vs {go} |")
+print("|---|---|" + "---|" * len(servers) + "---|")
+for variant, per in by.items():
+    metrics = IDLE if variant == "idle" else (CALL + METRICS if variant == "call-setup" else METRICS)
     for name, key, hb in metrics:
-        print(f"| {variant} | {name} | {fmt(rs.get(key))} | {fmt(go.get(key))} | {ratio(rs.get(key), go.get(key), hb)} |")
+        vals = {s: cell(per.get(s, []), key) for s in servers}
+        a, b = vals.get(rust, (None,))[0], vals.get(go, (None,))[0]
+        if a and b:
+            ratio = f"{(a / b) if hb else (b / a):.2f}x"
+        else:
+            ratio = "-"
+        print(f"| {variant} | {name} | " + " | ".join(vals[s][1] for s in servers) + f" | {ratio} |")

@@ -62,6 +62,9 @@ impl BackendClient {
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_max_idle_per_host(connections_per_host)
+            // Requests and answers are small: no Nagle delay (reqwest's
+            // default too, stated here so it stays).
+            .tcp_nodelay(true)
             .tls_danger_accept_invalid_certs(skip_verify)
             // Answers come from the configured URL only: a redirect could
             // point the server (and a hello v2 key lookup) elsewhere.

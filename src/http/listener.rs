@@ -158,7 +158,12 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        // Signaling frames are small and latency-bound: without
+        // TCP_NODELAY a small write waits for the ACK of the previous one
+        // (Nagle's algorithm), which the peer may delay by 40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+        }
         let io = TokioIo::new(Counted {
             stream,
             _slot: slot,

@@ -3,6 +3,7 @@
 
 use axum::body::Bytes;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -26,7 +27,9 @@ async fn handle(body: Bytes) -> Json<Value> {
 
 /// Serves the fake backend on `addr` until the process ends.
 pub async fn start(addr: &str) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let app = Router::new().fallback(post(handle));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

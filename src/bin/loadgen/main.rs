@@ -5,6 +5,7 @@
 //! Output: one JSON line per result on stdout, a table on stderr.
 
 mod backend;
+mod call;
 mod client;
 mod stats;
 mod workloads;
@@ -28,13 +29,13 @@ struct Args {
     /// Address of the built-in fake Nextcloud.
     #[arg(long, default_value = "127.0.0.1:18500")]
     backend_listen: String,
-    /// Workload: connect, p2p, room or idle.
+    /// Workload: connect, p2p, room, call-setup or idle.
     #[arg(long, default_value = "p2p")]
     workload: String,
     /// Number of clients.
     #[arg(long, default_value_t = 100)]
     clients: usize,
-    /// Seconds of sending (p2p, room).
+    /// Seconds of sending (p2p, room); call-setup: seconds to wait for all pairs.
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Messages in flight per sender (closed loop).
@@ -120,10 +121,18 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
         }
+        "call-setup" => call::run_call_setup(&ctx, args.clients, duration).await?,
         "idle" => workloads::run_idle(&ctx, args.clients, args.room_size).await?,
         other => anyhow::bail!("unknown workload {other}"),
     };
     println!("{}", serde_json::to_string(&report)?);
     print_table(&report);
+    if let (Some(p), Some(d)) = (report.pairs, report.pairs_done) {
+        let l = report.pair_done.unwrap_or_default();
+        eprintln!(
+            "{:<10} call-setup pairs={p} done={d} pair done after p50={}us p99={}us all={}us",
+            report.server, l.p50_us, l.p99_us, l.max_us
+        );
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::stats::{cpu_seconds, latency, rss_kib, Latency};
 
 static START: OnceLock<Instant> = OnceLock::new();
 
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
@@ -37,6 +37,15 @@ pub struct Report {
     pub server_cpu_s: Option<f64>,
     pub per_cpu_s: Option<f64>,
     pub rss_per_session_bytes: Option<u64>,
+    /// call-setup: pairs of clients that negotiate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<u64>,
+    /// call-setup: pairs that got all their messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pairs_done: Option<u64>,
+    /// call-setup: when each pair was done, from the start (µs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair_done: Option<Latency>,
 }
 
 /// Shared settings of a run.
@@ -53,7 +62,7 @@ pub struct Ctx {
 
 impl Ctx {
     /// CPU seconds used so far by all measured server processes.
-    fn cpu(&self) -> Option<f64> {
+    pub fn cpu(&self) -> Option<f64> {
         if self.pids.is_empty() {
             return None;
         }
@@ -261,7 +270,7 @@ async fn finish(
         latency: latency(&mut lat),
         server_cpu_s: cpu,
         per_cpu_s: cpu.map(|c| delivered as f64 / c.max(1e-9)),
-        rss_per_session_bytes: None,
+        ..Default::default()
     }
 }
 
