@@ -88,8 +88,9 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         };
     }
-    // One thread by default: it relays more messages per CPU-second than a
-    // multi-threaded runtime (no cross-thread wake-ups; docs/benchmarks.md).
+    // As many workers as cores by default (`[http] threads`); one thread
+    // runs a current-thread runtime: no cross-thread wake-ups, the most
+    // messages per CPU-second (docs/benchmarks.md).
     let rt = if config.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

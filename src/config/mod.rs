@@ -130,7 +130,8 @@ pub struct ClientLimits {
 pub struct Config {
     /// `[http] listen` address.
     pub listen: String,
-    /// `[http] threads`: runtime worker threads (1 = single-threaded).
+    /// `[http] threads`: runtime worker threads (1 = single-threaded);
+    /// default: the number of cores.
     pub threads: usize,
     /// `[sessions] hashkey`.
     pub hash_key: String,
@@ -249,7 +250,8 @@ impl Config {
             )));
         }
 
-        let threads = ini.get_u64("http", "threads", 1)? as usize;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let threads = ini.get_u64("http", "threads", cores)? as usize;
         if threads == 0 || threads > 1024 {
             return Err(ConfigError(
                 "[http] threads: must be between 1 and 1024".into(),
@@ -615,6 +617,17 @@ type = janus
         let bad = SAMPLE.replace("url = https://cloud.one.example/", "");
         let e = Config::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("[one] urls"), "{e}");
+    }
+
+    #[test]
+    fn threads_default_to_the_cores_and_can_be_set() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::parse(SAMPLE).unwrap().threads, cores);
+        let one = SAMPLE.replace("[http]\n", "[http]\nthreads = 1\n");
+        assert_eq!(Config::parse(&one).unwrap().threads, 1);
+        let zero = SAMPLE.replace("[http]\n", "[http]\nthreads = 0\n");
+        let e = Config::parse(&zero).unwrap_err().to_string();
+        assert!(e.contains("[http] threads"), "{e}");
     }
 
     #[test]
