@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::Ws;
+use crate::client::{Incoming, Ws};
 use crate::stats::{latency, Latency};
 use crate::workloads::{connect_many, now_ns, Ctx, Report};
 
@@ -27,6 +27,8 @@ enum Kind {
     Offer,
     Answer,
     Candidate(u8),
+    /// The run is over: the writer hands its sink back.
+    Stop,
 }
 
 /// An SDP of realistic size (~2.5 KB): a browser's audio + video offer.
@@ -45,18 +47,28 @@ fn sdp(kind: &str) -> String {
     s
 }
 
-fn body(kind: Kind, from: usize, sdp_offer: &str, sdp_answer: &str) -> Value {
+/// The text of one message from `from` to the session `to_id`, stamped now.
+/// `sdp` holds the offer's and the answer's SDP, already as JSON strings.
+fn text(kind: Kind, from: usize, to_id: &str, sdp: &(String, String)) -> String {
     let t = now_ns();
-    match kind {
-        Kind::Offer => json!({"t": t, "from": from, "type": "offer", "roomType": "video",
-            "payload": {"type": "offer", "sdp": sdp_offer, "nick": "bench"}}),
-        Kind::Answer => json!({"t": t, "from": from, "type": "answer", "roomType": "video",
-            "payload": {"type": "answer", "sdp": sdp_answer, "nick": "bench"}}),
-        Kind::Candidate(c) => {
-            json!({"t": t, "from": from, "type": "candidate", "roomType": "video",
-            "payload": {"candidate": {"candidate": format!("candidate:842163049 {c} udp 1677729535 192.0.2.17 5370{c} typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag sA3x network-cost 999"), "sdpMid": "0", "sdpMLineIndex": 0}}})
-        }
-    }
+    let head = format!(
+        r#"{{"type":"message","message":{{"recipient":{{"type":"session","sessionid":"{to_id}"}},"data":{{"t":{t},"from":{from},"roomType":"video","#
+    );
+    let data = match kind {
+        Kind::Offer => format!(
+            r#""type":"offer","payload":{{"type":"offer","sdp":{},"nick":"bench"}}"#,
+            sdp.0
+        ),
+        Kind::Answer => format!(
+            r#""type":"answer","payload":{{"type":"answer","sdp":{},"nick":"bench"}}"#,
+            sdp.1
+        ),
+        Kind::Candidate(c) => format!(
+            r#""type":"candidate","payload":{{"candidate":{{"candidate":"candidate:842163049 {c} udp 1677729535 192.0.2.17 5370{c} typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag sA3x network-cost 999","sdpMid":"0","sdpMLineIndex":0}}}}"#
+        ),
+        Kind::Stop => String::new(),
+    };
+    format!("{head}{data}}}}}}}")
 }
 
 /// Per-run shared state.
@@ -90,18 +102,18 @@ async fn writer(
     ids: Arc<Vec<String>>,
     mut rx: mpsc::UnboundedReceiver<(usize, Kind)>,
 ) -> futures_util::stream::SplitSink<Ws, Message> {
-    let (offer, answer) = (sdp("offer"), sdp("answer"));
+    let sdps = (
+        Value::from(sdp("offer")).to_string(),
+        Value::from(sdp("answer")).to_string(),
+    );
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some((to, kind)) = next {
-            let msg = json!({"type": "message", "message": {
-                "recipient": {"type": "session", "sessionid": ids[to]},
-                "data": body(kind, me, &offer, &answer)}});
-            if sink
-                .feed(Message::Text(msg.to_string().into()))
-                .await
-                .is_err()
-            {
+            if kind == Kind::Stop {
+                return sink;
+            }
+            let msg = text(kind, me, &ids[to], &sdps);
+            if sink.feed(Message::Text(msg.into())).await.is_err() {
                 return sink;
             }
             next = rx.try_recv().ok();
@@ -123,19 +135,17 @@ fn reader(
         let mut local = Vec::new();
         while let Some(Ok(m)) = stream.next().await {
             let Message::Text(t) = m else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+            let Ok(v) = serde_json::from_str::<Incoming>(t.as_str()) else {
                 continue;
             };
-            match v["type"].as_str() {
-                Some("message") => {
-                    let d = &v["message"]["data"];
-                    let (Some(sent), Some(from)) = (d["t"].as_u64(), d["from"].as_u64()) else {
+            match v.kind {
+                "message" => {
+                    let Some((sent, from, kind)) = v.stamp() else {
                         continue;
                     };
-                    let from = from as usize;
                     local.push(now_ns().saturating_sub(sent) / 1000);
                     shared.delivered.fetch_add(1, Ordering::Relaxed);
-                    if d["type"] == "offer" {
+                    if kind == "offer" {
                         let _ = out.send((from, Kind::Answer));
                         for c in 0..CANDIDATES {
                             let _ = out.send((from, Kind::Candidate(c as u8)));
@@ -149,8 +159,8 @@ fn reader(
                         shared.pairs_done.fetch_add(1, Ordering::Release);
                     }
                 }
-                Some("error") => {
-                    eprintln!("client {me}: server error: {v}");
+                "error" => {
+                    eprintln!("client {me}: server error: {t}");
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
@@ -209,7 +219,9 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
     let elapsed = t0.elapsed();
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
     let delivered = shared.delivered.load(Ordering::Relaxed);
-    drop(senders);
+    for tx in &senders {
+        let _ = tx.send((0, Kind::Stop));
+    }
     for w in writers {
         if let Ok(mut sink) = w.await {
             let _ = sink.close().await;
@@ -245,4 +257,32 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
         pair_done: Some(latency(&mut done)).filter(|_: &Latency| done_pairs > 0),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_valid_json_with_stamp() {
+        let sdps = (
+            Value::from(sdp("offer")).to_string(),
+            Value::from(sdp("answer")).to_string(),
+        );
+        for kind in [Kind::Offer, Kind::Answer, Kind::Candidate(3)] {
+            let v: Value = serde_json::from_str(&text(kind, 7, "sid", &sdps)).unwrap();
+            assert_eq!(v["message"]["recipient"]["sessionid"], "sid");
+            assert_eq!(v["message"]["data"]["from"], 7);
+            assert!(v["message"]["data"]["t"].is_u64());
+        }
+        let v: Value = serde_json::from_str(&text(Kind::Offer, 7, "sid", &sdps)).unwrap();
+        assert_eq!(v["message"]["data"]["type"], "offer");
+        assert!(
+            v["message"]["data"]["payload"]["sdp"]
+                .as_str()
+                .unwrap()
+                .len()
+                > 2000
+        );
+    }
 }

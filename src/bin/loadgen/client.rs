@@ -102,3 +102,52 @@ impl Conn {
         Ok(())
     }
 }
+
+/// What the readers need of a server message; everything else (SDPs,
+/// candidates) is skipped without being copied.
+#[derive(serde::Deserialize)]
+pub struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: &'a str,
+    pub message: Option<IncomingMessage<'a>>,
+}
+
+/// The `message` part of a server message.
+#[derive(serde::Deserialize)]
+pub struct IncomingMessage<'a> {
+    #[serde(borrow)]
+    pub data: Option<IncomingData<'a>>,
+}
+
+/// The load generator's own fields in a message's `data`.
+#[derive(serde::Deserialize)]
+pub struct IncomingData<'a> {
+    /// Send time (ns since the load generator started).
+    pub t: Option<u64>,
+    /// Index of the sending client.
+    pub from: Option<u64>,
+    #[serde(rename = "type", borrow, default)]
+    pub kind: Option<&'a str>,
+}
+
+impl Incoming<'_> {
+    /// `(t, from, kind)` of a `message` sent by the load generator.
+    pub fn stamp(&self) -> Option<(u64, usize, &str)> {
+        let d = self.message.as_ref()?.data.as_ref()?;
+        Some((d.t?, d.from? as usize, d.kind.unwrap_or("")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_stamp_and_skips_the_rest() {
+        let text = r#"{"type":"message","message":{"sender":{"type":"session","sessionid":"x"},"data":{"t":12,"from":3,"type":"offer","payload":{"sdp":"v=0\r\n"}}}}"#;
+        let m: super::Incoming = serde_json::from_str(text).unwrap();
+        assert_eq!(m.kind, "message");
+        assert_eq!(m.stamp(), Some((12, 3, "offer")));
+        let m: super::Incoming =
+            serde_json::from_str(r#"{"type":"error","error":{"code":"x"}}"#).unwrap();
+        assert_eq!((m.kind, m.stamp()), ("error", None));
+    }
+}

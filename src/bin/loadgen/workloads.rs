@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{connect, Conn, Target};
+use crate::client::{connect, Conn, Incoming, Target};
 use crate::stats::{cpu_seconds, latency, rss_kib, Latency};
 
 static START: OnceLock<Instant> = OnceLock::new();
@@ -159,22 +159,21 @@ fn spawn_reader(
         let mut local = Vec::new();
         while let Some(Ok(m)) = stream.next().await {
             let Message::Text(t) = m else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
+            let Ok(v) = serde_json::from_str::<Incoming>(t.as_str()) else {
                 continue;
             };
-            match v["type"].as_str() {
-                Some("message") => {
-                    let d = &v["message"]["data"];
-                    let (Some(sent), Some(from)) = (d["t"].as_u64(), d["from"].as_u64()) else {
+            match v.kind {
+                "message" => {
+                    let Some((sent, from, _)) = v.stamp() else {
                         continue;
                     };
                     local.push(now_ns().saturating_sub(sent) / 1000);
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    if ack(from as usize) {
-                        windows[from as usize].add_permits(1);
+                    if ack(from) {
+                        windows[from].add_permits(1);
                     }
                 }
-                Some("error") => {
+                "error" => {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
