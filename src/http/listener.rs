@@ -52,10 +52,51 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that holds its connection slot.
+/// Bytes a connection collects before it writes them without a flush.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// A TCP stream that holds its connection slot and coalesces the writes
+/// between two flushes into one system call (with `TCP_NODELAY`, each
+/// write would otherwise be a TCP segment of its own: tungstenite writes a
+/// batch of frames in pieces of its small write buffer). The buffer is
+/// released after each flush, so an idle connection holds none.
 struct Counted {
     stream: TcpStream,
+    pending: Vec<u8>,
     _slot: Slot,
+}
+
+impl Counted {
+    fn new(stream: TcpStream, slot: Slot) -> Self {
+        Counted {
+            stream,
+            pending: Vec::new(),
+            _slot: slot,
+        }
+    }
+
+    /// Writes out what was collected; frees the buffer when done.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        self.pending = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // Best effort for bytes written without a flush (tungstenite's
+        // answer to a client's close frame).
+        if !self.pending.is_empty() {
+            let _ = self.stream.try_write(&self.pending);
+        }
+    }
 }
 
 impl AsyncRead for Counted {
@@ -74,15 +115,15 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.pending.len() + buf.len() > COALESCE_MAX {
+            std::task::ready!(this.poll_drain(cx))?;
+            if buf.len() > COALESCE_MAX {
+                return Pin::new(&mut this.stream).poll_write(cx, buf);
+            }
+        }
+        this.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_write_vectored(
@@ -90,11 +131,32 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.pending.len() + len > COALESCE_MAX {
+            std::task::ready!(this.poll_drain(cx))?;
+            if len > COALESCE_MAX {
+                return Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.pending.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -164,10 +226,7 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
         }
-        let io = TokioIo::new(Counted {
-            stream,
-            _slot: slot,
-        });
+        let io = TokioIo::new(Counted::new(stream, slot));
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -228,4 +287,45 @@ pub fn real_client_ip(
 /// The client address of a request (from the accept loop).
 pub fn client_ip(ci: Option<&ConnectInfo<SocketAddr>>) -> Option<IpAddr> {
     ci.map(|c| c.0.ip())
+}
+
+#[cfg(test)]
+mod coalesce_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn writes_go_out_together_at_the_flush_and_the_buffer_is_freed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, client) = tokio::join!(listener.accept(), TcpStream::connect(addr));
+        let (server, _) = accepted.unwrap();
+        let mut client = client.unwrap();
+        let slot = Slot {
+            counts: Arc::new(Mutex::new(Counts::default())),
+            ip: None,
+        };
+        let mut io = Counted::new(server, slot);
+        io.write_all(b"one ").await.unwrap();
+        io.write_all(b"two").await.unwrap();
+        // Nothing was written to the socket before the flush.
+        assert_eq!(io.pending, b"one two");
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            client.try_read(&mut buf).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
+        io.flush().await.unwrap();
+        assert_eq!(io.pending.capacity(), 0);
+        let mut got = vec![0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"one two");
+        // A write larger than the limit goes out without being copied.
+        let big = vec![7u8; COALESCE_MAX + 1];
+        io.write_all(&big).await.unwrap();
+        assert!(io.pending.is_empty());
+        let mut got = vec![0u8; big.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+    }
 }
