@@ -50,6 +50,10 @@ struct Args {
     /// Sessions per room in the idle workload.
     #[arg(long, default_value_t = 50)]
     room_size: usize,
+    /// idle: seconds to keep the sessions connected after measuring (prints
+    /// `ready:` on stderr first).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
     /// Concurrent handshakes.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -122,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
             .await?
         }
         "call-setup" => call::run_call_setup(&ctx, args.clients, duration).await?,
-        "idle" => workloads::run_idle(&ctx, args.clients, args.room_size).await?,
+        "idle" => {
+            let hold = Duration::from_secs(args.hold);
+            workloads::run_idle(&ctx, args.clients, args.room_size, hold).await?
+        }
         other => anyhow::bail!("unknown workload {other}"),
     };
     println!("{}", serde_json::to_string(&report)?);

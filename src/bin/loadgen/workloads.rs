@@ -174,7 +174,9 @@ fn spawn_reader(
                     }
                 }
                 "error" => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("first server error: {t}");
+                    }
                 }
                 _ => {}
             }
@@ -401,7 +403,12 @@ pub async fn run_room(
 }
 
 /// `idle`: sessions sitting in rooms; resident memory per session.
-pub async fn run_idle(ctx: &Ctx, n: usize, room_size: usize) -> anyhow::Result<Report> {
+pub async fn run_idle(
+    ctx: &Ctx,
+    n: usize,
+    room_size: usize,
+    hold: Duration,
+) -> anyhow::Result<Report> {
     if ctx.pids.is_empty() {
         anyhow::bail!("idle needs --server-pid");
     }
@@ -426,6 +433,11 @@ pub async fn run_idle(ctx: &Ctx, n: usize, room_size: usize) -> anyhow::Result<R
         rss_per_session_bytes: Some(per),
         ..Default::default()
     };
+    if !hold.is_zero() {
+        // Other load generators (scripts/bench-50k) wait for this line.
+        eprintln!("ready: {} sessions connected", conns.len());
+        tokio::time::sleep(hold).await;
+    }
     drop(conns);
     Ok(r)
 }
