@@ -174,7 +174,8 @@ fn spawn_reader(
                     }
                 }
                 "error" => {
-                    if counters.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    let first = counters.errors.fetch_add(1, Ordering::Relaxed) == 0;
+                    if first {
                         eprintln!("first server error: {t}");
                     }
                 }
