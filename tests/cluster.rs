@@ -496,3 +496,31 @@ async fn a_reconnect_on_another_process_replaces_the_old_connection() {
     assert!(!told, "Nextcloud was told nc-alice left");
     stop_all(s).await;
 }
+
+/// Every process sees all bus traffic: only the recipient's process may
+/// answer a session message, so the sender gets no false no_such_session.
+#[tokio::test]
+async fn cross_process_messages_cause_no_errors() {
+    let (_nats, s) = cluster(3, "").await;
+    let mut a = s[0].client(Some("alice")).await;
+    let mut b = s[1].client(Some("bob")).await;
+    for i in 0..3 {
+        a.send(json!({"id": format!("m{i}"), "type": "message", "message": {"recipient": {"type": "session", "sessionid": b.session_id}, "data": {"i": i}}})).await;
+        let m = b.wait_for(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["i"], i);
+    }
+    b.message_to(
+        json!({"type": "session", "sessionid": a.session_id}),
+        json!({"reply": true}),
+    )
+    .await;
+    let next = a.recv().await;
+    assert_eq!(next["type"], "message", "unexpected: {next}");
+    assert_eq!(next["message"]["data"]["reply"], true);
+    // A session that does not exist is still refused, with the id.
+    let gone = format!("{}xxxxxxxxxxxxxxxx", &b.session_id[..8]);
+    a.send(json!({"id": "g", "type": "message", "message": {"recipient": {"type": "session", "sessionid": gone}, "data": {}}})).await;
+    let e = a.expect_error("no_such_session").await;
+    assert_eq!(e["id"], "g");
+    stop_all(s).await;
+}

@@ -333,6 +333,11 @@ impl Hub {
                 reply_to,
                 id,
             } => {
+                // Every process sees all bus traffic: only the one the frame
+                // is addressed to delivers it (or answers no_such_session).
+                if msg.subject != process_subject(&me) {
+                    return;
+                }
                 let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
                 let found = st.sessions.map.get(sid.as_str()).map(|s| {
