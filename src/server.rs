@@ -73,7 +73,7 @@ impl Server {
         } else {
             let (tx, rx) = tokio::sync::mpsc::channel(crate::bus::nats::INBOUND_QUEUE);
             let bus = NatsBus::connect(&config.nats_urls, pid, tx).await?;
-            tracing::info!(urls = ?config.nats_urls, process = bus.pid(), "clustering over NATS");
+            tracing::info!(urls = %crate::logsafe::Urls(&config.nats_urls), process = bus.pid(), "clustering over NATS");
             (bus as Arc<dyn Bus>, Some(rx))
         };
         let hub = Hub::new(config, Metrics::new(), bus)?;

@@ -524,3 +524,32 @@ async fn cross_process_messages_cause_no_errors() {
     assert_eq!(e["id"], "g");
     stop_all(s).await;
 }
+
+/// Two servers on a NATS that requires credentials, given in `[nats] url`.
+async fn cluster_over(nats_url: &str) {
+    let extra = format!("[nats]\nurl = {nats_url}\n");
+    let a = TestServer::start_with(&extra).await;
+    let b = TestServer::start_on(a.nc.clone(), &extra).await;
+    let (ha, hb) = (
+        a.server.as_ref().unwrap().hub.clone(),
+        b.server.as_ref().unwrap().hub.clone(),
+    );
+    eventually("the processes hear each other", TIMEOUT * 2, || {
+        ha.known_processes() == 1 && hb.known_processes() == 1
+    })
+    .await;
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn nats_user_and_password_in_the_url_are_used() {
+    let nats = NatsServer::start_with_args(&["--user", "sig", "--pass", "p@ss word"]).await;
+    cluster_over(&format!("nats://sig:p%40ss%20word@127.0.0.1:{}", nats.port)).await;
+}
+
+#[tokio::test]
+async fn a_nats_token_in_the_url_is_used() {
+    let nats = NatsServer::start_with_args(&["--auth", "s3cret-token"]).await;
+    cluster_over(&format!("nats://s3cret-token@127.0.0.1:{}", nats.port)).await;
+}

@@ -107,7 +107,7 @@ impl CapabilitiesCache {
             .await
             .map(|data| Capabilities::from_data(&data));
         if let Err(e) = &result {
-            tracing::warn!(url = %key, "capabilities request failed: {e}");
+            tracing::warn!(url = %crate::logsafe::Url(&key), "capabilities request failed: {e}");
         }
         let now = Instant::now();
         self.entries().insert(

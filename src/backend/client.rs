@@ -189,7 +189,8 @@ fn map_err(e: reqwest::Error) -> BackendCallError {
     if e.is_timeout() {
         BackendCallError::Timeout
     } else {
-        BackendCallError::Transport(e.to_string())
+        // The URL may hold credentials or tokens: not in messages and logs.
+        BackendCallError::Transport(e.without_url().to_string())
     }
 }
 

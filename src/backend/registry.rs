@@ -9,7 +9,6 @@ use reqwest::Url;
 use crate::config::BackendsConfig;
 
 /// One allowed Nextcloud instance.
-#[derive(Debug)]
 pub struct Backend {
     /// Id from the config (or the origin for `allowall`).
     pub id: Arc<str>,
@@ -21,8 +20,17 @@ pub struct Backend {
     pub session_limit: u64,
 }
 
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("id", &self.id)
+            .field("urls", &self.urls.len())
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
 /// All allowed backends.
-#[derive(Debug)]
 pub struct BackendRegistry {
     allow_all: bool,
     common_secret: Vec<u8>,
@@ -103,6 +111,15 @@ pub fn signaling_url(base: &str, client_url: &str) -> String {
 /// The capabilities URL of a configured base URL.
 pub fn capabilities_url(base: &str) -> String {
     format!("{}{CAPABILITIES_PATH}", base.trim_end_matches('/'))
+}
+
+impl std::fmt::Debug for BackendRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendRegistry")
+            .field("allow_all", &self.allow_all)
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BackendRegistry {

@@ -27,6 +27,26 @@ enum Out {
     Flush(oneshot::Sender<()>),
 }
 
+/// Decodes `%XX` escapes of a URL's user or password.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A connection to NATS shared by the whole process.
 pub struct NatsBus {
     pid: String,
@@ -47,7 +67,20 @@ impl NatsBus {
             .map(|u| u.parse())
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("[nats] url: {e}"))?;
-        let client = async_nats::ConnectOptions::new()
+        // async-nats ignores credentials in the URL: take them from there
+        // (`user:password@` or `token@`, as the Go server reads them).
+        let creds = addrs.iter().find_map(|a| {
+            a.username()
+                .map(|u| (percent_decode(u), a.password().map(percent_decode)))
+        });
+        let options = match creds {
+            Some((user, Some(pass))) => {
+                async_nats::ConnectOptions::with_user_and_password(user, pass)
+            }
+            Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client = options
             .name(format!("spreed-signaling {pid}"))
             .retry_on_initial_connect()
             .max_reconnects(None)

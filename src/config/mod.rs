@@ -58,7 +58,7 @@ pub struct BruteForceLimits {
 }
 
 /// One Nextcloud instance that may use this server.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct BackendConfig {
     /// The id from `[backend] backends`, or a generated one for legacy forms.
     pub id: String,
@@ -71,7 +71,7 @@ pub struct BackendConfig {
 }
 
 /// Backends section as a whole.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct BackendsConfig {
     /// Accept any backend URL with the common secret (insecure, for tests).
     pub allow_all: bool,
@@ -126,7 +126,7 @@ pub struct ClientLimits {
 }
 
 /// The whole validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// `[http] listen` address.
     pub listen: String,
@@ -171,6 +171,70 @@ pub struct FederationConfig {
     pub skip_verify: bool,
     /// Timeout of dialing and of each handshake step.
     pub timeout: Duration,
+}
+
+/// How secrets appear in `Debug` output.
+const REDACTED: &str = "<redacted>";
+
+fn redact(s: &str) -> &'static str {
+    if s.is_empty() {
+        ""
+    } else {
+        REDACTED
+    }
+}
+
+/// URLs as `Debug` shows them: without credentials or query.
+fn safe_urls(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|u| crate::logsafe::Url(u).to_string())
+        .collect()
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendConfig")
+            .field("id", &self.id)
+            .field("urls", &safe_urls(&self.urls))
+            .field("secret", &redact(&self.secret))
+            .field("session_limit", &self.session_limit)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BackendsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendsConfig")
+            .field("allow_all", &self.allow_all)
+            .field("common_secret", &redact(&self.common_secret))
+            .field("backends", &self.backends)
+            .field("timeout", &self.timeout)
+            .field("connections_per_host", &self.connections_per_host)
+            .field("skip_verify", &self.skip_verify)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_response_size", &self.max_response_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("threads", &self.threads)
+            .field("hash_key", &redact(&self.hash_key))
+            .field("block_key", &redact(&self.block_key))
+            .field("internal_secret", &redact(&self.internal_secret))
+            .field("backend", &self.backend)
+            .field("nats_urls", &safe_urls(&self.nats_urls))
+            .field("limits", &self.limits)
+            .field("http", &self.http)
+            .field("stats", &self.stats)
+            .field("transient", &self.transient)
+            .field("brute_force", &self.brute_force)
+            .field("unsupported_sections", &self.unsupported_sections)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configuration error; the message names section and key.
@@ -586,6 +650,30 @@ url = nats://loopback
 [mcu]
 type = janus
 ";
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let text = SAMPLE
+            .replace("nats://loopback", "nats://user:natspass@nats.example:4222")
+            .replace(
+                "url = https://cloud.one.example/",
+                "url = https://u:urlpass@cloud.one.example/",
+            );
+        let c = Config::parse(&text).unwrap();
+        let d = format!("{c:?}");
+        for secret in [
+            "0123456789abcdef0123456789abcdef",
+            "internal",
+            "s1",
+            "s2",
+            "natspass",
+            "urlpass",
+        ] {
+            assert!(!d.contains(&format!("\"{secret}")), "{secret} in {d}");
+            assert!(!d.contains(&format!(":{secret}@")), "{secret} in {d}");
+        }
+        assert!(d.contains("nats.example"), "{d}");
+    }
 
     #[test]
     fn parses_go_sample() {

@@ -200,7 +200,7 @@ async fn read_loop<S>(
                 {
                     outbox.close(CLOSE_TOO_BIG, "message too big");
                 } else {
-                    tracing::debug!("websocket read error: {text}");
+                    tracing::debug!(error = ?text, "websocket read error");
                 }
                 break;
             }

@@ -325,7 +325,7 @@ impl Hub {
                 }
             };
             if let Err(e) = result {
-                tracing::warn!(room = %room, "could not tell backend about virtual session: {e}");
+                tracing::warn!(room = ?room, "could not tell backend about virtual session: {e}");
             }
         });
     }

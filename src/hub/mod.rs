@@ -673,7 +673,7 @@ pub(crate) fn notify_backend_leave(
             in_call: None,
         };
         if let Err(e) = client.post(&url, &base, &secret, "room", &req).await {
-            tracing::warn!(room = %room, "could not tell backend about leave: {e}");
+            tracing::warn!(room = ?room, "could not tell backend about leave: {e}");
         }
     });
 }
@@ -863,7 +863,7 @@ impl State {
                     .post(&backend_url, &backend_base, &secret, "session", &req)
                     .await
                 {
-                    tracing::warn!(room = %room_id, "could not tell backend about removed virtual session: {e}");
+                    tracing::warn!(room = ?room_id, "could not tell backend about removed virtual session: {e}");
                 }
             });
         } else if let (true, Some(rs)) = (notify, room_session_id) {

@@ -402,7 +402,7 @@ impl Hub {
             };
             match self.client.post(&url, &base, &secret, "room", &req).await {
                 Err(e) => {
-                    tracing::warn!(room = %msg.roomid, "room request failed: {e}");
+                    tracing::warn!(room = ?msg.roomid, "room request failed: {e}");
                     let code = match e {
                         crate::backend::client::BackendCallError::Throttled => {
                             error::TOO_MANY_REQUESTS

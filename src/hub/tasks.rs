@@ -161,7 +161,7 @@ impl Hub {
                     .post(&p.url, &p.base, &p.secret, "ping", &req)
                     .await
                 {
-                    tracing::warn!(room = %room, "ping request failed: {e}");
+                    tracing::warn!(room = ?room, "ping request failed: {e}");
                 }
             }
         }

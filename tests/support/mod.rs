@@ -547,6 +547,7 @@ pub fn internal_hello(random: &str) -> Value {
 pub struct NatsServer {
     child: Option<std::process::Child>,
     pub port: u16,
+    args: Vec<String>,
 }
 
 impl NatsServer {
@@ -556,7 +557,27 @@ impl NatsServer {
             .local_addr()
             .unwrap()
             .port();
-        let mut n = NatsServer { child: None, port };
+        let mut n = NatsServer {
+            child: None,
+            port,
+            args: Vec::new(),
+        };
+        n.spawn().await;
+        n
+    }
+
+    /// A `nats-server` with extra arguments (e.g. `--user`, `--pass`).
+    pub async fn start_with_args(args: &[&str]) -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut n = NatsServer {
+            child: None,
+            port,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
         n.spawn().await;
         n
     }
@@ -564,6 +585,7 @@ impl NatsServer {
     async fn spawn(&mut self) {
         let child = std::process::Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

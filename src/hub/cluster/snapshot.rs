@@ -75,7 +75,7 @@ impl Hub {
                 SNAPSHOT_TIMEOUT,
             )
             .await;
-        tracing::debug!(room = %key.room, replies = replies.len(), expected, "room snapshot");
+        tracing::debug!(room = ?key.room, replies = replies.len(), expected, "room snapshot");
         let mut st = self.lock();
         let mut wake = false;
         for r in replies {
