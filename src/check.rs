@@ -175,12 +175,12 @@ async fn probe_nats(urls: &[String]) -> CheckLine {
             Err(_) => "(invalid)".into(),
         })
         .collect();
-    let addrs: Result<Vec<async_nats::ServerAddr>, _> = urls.iter().map(|u| u.parse()).collect();
-    let addrs = match addrs {
-        Ok(a) => a,
-        Err(e) => return fail(format!("[nats] url: {e}")),
+    // With the credentials of the URLs, as the server connects.
+    let (addrs, options) = match crate::bus::nats::connect_options(urls) {
+        Ok(x) => x,
+        Err(e) => return fail(e.to_string()),
     };
-    let connect = async_nats::ConnectOptions::new()
+    let connect = options
         .connection_timeout(Duration::from_secs(5))
         .connect(addrs);
     match tokio::time::timeout(Duration::from_secs(6), connect).await {

@@ -122,3 +122,22 @@ async fn logs_can_be_json_lines() {
         assert!(v["level"].is_string(), "{l}");
     }
 }
+
+/// The NATS probe uses the credentials of `[nats] url`, as the server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_probe_uses_the_url_credentials() {
+    let nc = FakeNextcloud::start().await;
+    let nats = NatsServer::start_with_args(&["--auth", "s3cret-token"]).await;
+    let good = format!(
+        "[nats]\nurl = nats://s3cret-token@127.0.0.1:{}\n",
+        nats.port
+    );
+    let (ok, out) = check(config_text(&nc, &good)).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("OK   [nats] url: connected"), "{out}");
+    let bad = format!("[nats]\nurl = nats://wrong@127.0.0.1:{}\n", nats.port);
+    let (ok, out) = check(config_text(&nc, &bad)).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL [nats] url:"), "{out}");
+    assert!(!out.contains("wrong"), "credentials printed: {out}");
+}

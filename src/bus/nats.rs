@@ -47,6 +47,29 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The server addresses and connect options of `[nats] url`, with the
+/// credentials the URLs carry (async-nats ignores credentials in URLs):
+/// `user:password@` or `token@`, as the Go server reads them.
+pub fn connect_options(
+    urls: &[String],
+) -> anyhow::Result<(Vec<async_nats::ServerAddr>, async_nats::ConnectOptions)> {
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("[nats] url: {e}"))?;
+    let creds = addrs.iter().find_map(|a| {
+        a.username()
+            .map(|u| (percent_decode(u), a.password().map(percent_decode)))
+    });
+    let options = match creds {
+        Some((user, Some(pass))) => async_nats::ConnectOptions::with_user_and_password(user, pass),
+        Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
+    };
+    Ok((addrs, options))
+}
+
 /// A connection to NATS shared by the whole process.
 pub struct NatsBus {
     pid: String,
@@ -62,24 +85,7 @@ impl NatsBus {
         pid: String,
         inbound: mpsc::Sender<Inbound>,
     ) -> anyhow::Result<Arc<NatsBus>> {
-        let addrs: Vec<async_nats::ServerAddr> = urls
-            .iter()
-            .map(|u| u.parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("[nats] url: {e}"))?;
-        // async-nats ignores credentials in the URL: take them from there
-        // (`user:password@` or `token@`, as the Go server reads them).
-        let creds = addrs.iter().find_map(|a| {
-            a.username()
-                .map(|u| (percent_decode(u), a.password().map(percent_decode)))
-        });
-        let options = match creds {
-            Some((user, Some(pass))) => {
-                async_nats::ConnectOptions::with_user_and_password(user, pass)
-            }
-            Some((token, None)) => async_nats::ConnectOptions::with_token(token),
-            None => async_nats::ConnectOptions::new(),
-        };
+        let (addrs, options) = connect_options(urls)?;
         let client = options
             .name(format!("spreed-signaling {pid}"))
             .retry_on_initial_connect()
