@@ -7,12 +7,7 @@ use support::*;
 
 /// Runs `spreed-signaling --config <file> check`; (exit ok, output).
 async fn check(config: String) -> (bool, String) {
-    let dir = std::env::temp_dir().join(format!(
-        "spreed-check-{}-{}",
-        std::process::id(),
-        spreed_signaling::backend::checksum::new_random()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("spreed-check");
     let path = dir.join("server.conf");
     std::fs::write(&path, config).unwrap();
     let out = tokio::task::spawn_blocking(move || {
@@ -77,12 +72,7 @@ async fn a_wrong_url_and_a_stopped_nats_are_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_can_be_json_lines() {
     let nc = FakeNextcloud::start().await;
-    let dir = std::env::temp_dir().join(format!(
-        "spreed-log-{}-{}",
-        std::process::id(),
-        spreed_signaling::backend::checksum::new_random()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("spreed-log");
     let path = dir.join("server.conf");
     std::fs::write(
         &path,

@@ -276,17 +276,28 @@ async fn sessions_of_a_killed_process_leave_and_nextcloud_is_told() {
         .await;
     b.join("room1", "nc-bob").await;
     a.wait_join_of(&b.session_id).await;
+    assert_killed_member_leaves(&mut child, &mut a, &b.session_id, &nc).await;
+    stop_all(s).await;
+}
+
+/// Kills `child` (SIGKILL, no goodbye): within the process timeout (5 s)
+/// plus a heartbeat interval its member leaves for `a`, and Nextcloud is
+/// told that `nc-bob` left.
+async fn assert_killed_member_leaves(
+    child: &mut ServerProcess,
+    a: &mut Client,
+    sid: &str,
+    nc: &FakeNextcloud,
+) {
     child.kill();
-    // Within the process timeout (5 s) plus a heartbeat interval.
     let l = a
         .wait_for_within(Duration::from_secs(15), |m| m["event"]["type"] == "leave")
         .await;
-    assert_eq!(l["event"]["leave"], json!([b.session_id]));
+    assert_eq!(l["event"]["leave"], json!([sid]));
     nc.wait_for("room", |r| {
         r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
     })
     .await;
-    stop_all(s).await;
 }
 
 #[tokio::test]
@@ -455,15 +466,7 @@ async fn a_process_killed_right_after_start_is_noticed() {
     b.join("room1", "nc-bob").await;
     let mut a = s[0].client_in_room("alice", "room1").await;
     a.wait_join_of(&b.session_id).await;
-    child.kill();
-    let l = a
-        .wait_for_within(Duration::from_secs(15), |m| m["event"]["type"] == "leave")
-        .await;
-    assert_eq!(l["event"]["leave"], json!([b.session_id]));
-    nc.wait_for("room", |r| {
-        r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
-    })
-    .await;
+    assert_killed_member_leaves(&mut child, &mut a, &b.session_id, &nc).await;
     stop_all(s).await;
 }
 

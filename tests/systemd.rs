@@ -10,12 +10,7 @@ use support::*;
 #[tokio::test]
 async fn the_binary_speaks_the_systemd_notify_protocol() {
     let nc = FakeNextcloud::start().await;
-    let dir = std::env::temp_dir().join(format!(
-        "spreed-notify-{}-{}",
-        std::process::id(),
-        spreed_signaling::backend::checksum::new_random()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("spreed-notify");
     let sock_path = dir.join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -154,18 +154,7 @@ impl Hub {
         };
         let identity = match auth.kind.as_str() {
             "" | "client" => {
-                if auth.url.is_empty() {
-                    return Err(invalid_format("url missing"));
-                }
-                let Some((backend, base)) = self.registry().for_url(&auth.url) else {
-                    return Err(ProtocolError::new(
-                        error::INVALID_BACKEND,
-                        "The backend URL is not supported.",
-                    ));
-                };
-                // Requests go to the configured base URL, never to the
-                // client's URL (which only selects the backend).
-                let url = signaling_url(&base, &auth.url);
+                let (backend, base, url) = self.backend_of(&auth.url)?;
                 if hello.version == "1.0" {
                     self.auth_v1(backend, base, &url, &params).await?
                 } else {
@@ -179,16 +168,7 @@ impl Hub {
                 if hello.version != "2.0" {
                     return Err(invalid_format("federation needs hello 2.0"));
                 }
-                if auth.url.is_empty() {
-                    return Err(invalid_format("url missing"));
-                }
-                let Some((backend, base)) = self.registry().for_url(&auth.url) else {
-                    return Err(ProtocolError::new(
-                        error::INVALID_BACKEND,
-                        "The backend URL is not supported.",
-                    ));
-                };
-                let url = signaling_url(&base, &auth.url);
+                let (backend, base, url) = self.backend_of(&auth.url)?;
                 self.auth_v2(backend, base, &url, &params, true).await?
             }
             "internal" => self.auth_internal(&params)?,
@@ -200,6 +180,23 @@ impl Hub {
             }
         };
         self.register(conn, id, &hello.version, hello.features, identity)
+    }
+
+    /// The configured backend a hello's `auth.url` selects, its base URL,
+    /// and the URL requests for the client go to: the configured base plus
+    /// Talk's fixed path, never the client's URL itself.
+    fn backend_of(&self, auth_url: &str) -> Result<(Arc<Backend>, String, String), ProtocolError> {
+        if auth_url.is_empty() {
+            return Err(invalid_format("url missing"));
+        }
+        let Some((backend, base)) = self.registry().for_url(auth_url) else {
+            return Err(ProtocolError::new(
+                error::INVALID_BACKEND,
+                "The backend URL is not supported.",
+            ));
+        };
+        let url = signaling_url(&base, auth_url);
+        Ok((backend, base, url))
     }
 
     async fn auth_v1(

@@ -543,6 +543,17 @@ pub fn internal_hello(random: &str) -> Value {
     json!({"type": "hello", "id": "ih", "hello": {"version": "1.0", "auth": {"type": "internal", "params": {"random": random, "token": token}}}})
 }
 
+/// A new empty directory under the system's temp dir, unique to this call.
+pub fn fresh_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        checksum::new_random()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A `nats-server` of the test's own, on a free port.
 pub struct NatsServer {
     child: Option<std::process::Child>,
@@ -552,18 +563,7 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub async fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut n = NatsServer {
-            child: None,
-            port,
-            args: Vec::new(),
-        };
-        n.spawn().await;
-        n
+        Self::start_with_args(&[]).await
     }
 
     /// A `nats-server` with extra arguments (e.g. `--user`, `--pass`).
