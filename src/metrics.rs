@@ -29,6 +29,8 @@ pub struct Metrics {
     pub slow_clients: IntCounter,
     /// Pauses in reading a connection that went over its message budget.
     pub client_throttled: IntCounter,
+    /// Senders held back for a congested recipient.
+    pub client_sender_waits: IntCounter,
     /// `signaling_limits_refused_total{limit}`: what a configured limit refused.
     pub refused: IntCounterVec,
     /// `signaling_throttle_delayed_total{action}`: failed hellos answered late.
@@ -139,6 +141,15 @@ impl Metrics {
             .subsystem("client"),
         )
         .expect("valid metric");
+        let client_sender_waits = IntCounter::with_opts(
+            Opts::new(
+                "sender_waits_total",
+                "Times a connection was not read until a recipient its message left more than half full drained",
+            )
+            .namespace("signaling")
+            .subsystem("client"),
+        )
+        .expect("valid metric");
         let refused = IntCounterVec::new(
             opts(
                 "refused_total",
@@ -169,6 +180,7 @@ impl Metrics {
         for c in [
             Box::new(backend_current.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(client_throttled.clone()),
+            Box::new(client_sender_waits.clone()),
             Box::new(hub_sessions.clone()),
             Box::new(hub_sessions_total.clone()),
             Box::new(resume_failed.clone()),
@@ -206,6 +218,7 @@ impl Metrics {
             client_messages,
             slow_clients,
             client_throttled,
+            client_sender_waits,
             refused,
             throttle_delayed,
             throttle_bruteforce,

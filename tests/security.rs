@@ -698,3 +698,124 @@ async fn failed_hellos_and_resumes_are_throttled_per_address() {
     );
     ts.stop().await;
 }
+
+/// A room member whose socket reads slowly: a tiny kernel receive buffer,
+/// so the server's send queue for it fills as soon as it stops reading.
+async fn slow_member(ts: &TestServer, user: &str, room: &str) -> Client {
+    let s = TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    let tcp = s.connect(addr_of(ts)).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(ts.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let mut c = Client {
+        ws,
+        session_id: String::new(),
+        resume_id: String::new(),
+        user_id: None,
+    };
+    c.expect_type("welcome").await;
+    c.hello_v1(&ts.nc.backend_url(), json!({"userid": user}))
+        .await;
+    c.join(room, &format!("nc-{user}")).await;
+    c
+}
+
+/// Room messages of ~60 KiB from `sender`, numbered 0..n, sent from a task
+/// (the server may stop reading the sender for a while).
+fn flood_room(mut sender: Client, n: usize) -> tokio::task::JoinHandle<Client> {
+    let pad = "x".repeat(60_000);
+    tokio::spawn(async move {
+        for seq in 0..n {
+            sender
+                .message_to(json!({"type": "room"}), json!({"seq": seq, "pad": pad}))
+                .await;
+        }
+        sender
+    })
+}
+
+/// Reads the room messages numbered 0..n in order (other frames skipped).
+async fn read_flood(c: &mut Client, n: usize) {
+    for seq in 0..n {
+        let m = c
+            .wait_for_within(Duration::from_secs(60), |m| m["type"] == "message")
+            .await;
+        assert_eq!(m["message"]["data"]["seq"], seq, "out of order or lost");
+    }
+}
+
+const FLOOD_LIMITS: &str = "[clients]\noutboxbytes = 262144\nmessagespersecond = 100000\n\
+     messageburst = 100000\nbytespersecond = 1073741824\nbyteburst = 1073741824\n";
+
+#[tokio::test]
+async fn one_broadcaster_cannot_get_a_slow_member_evicted() {
+    let ts = TestServer::start_with(FLOOD_LIMITS).await;
+    let mut slow = slow_member(&ts, "slow", "r").await;
+    let mut other = ts.client_in_room("other", "r").await;
+    let sender = ts.client_in_room("sender", "r").await;
+    slow.wait_join_of(&sender.session_id).await;
+    other.wait_join_of(&sender.session_id).await;
+    // 12 MB, far more than the slow member's kernel buffers and its 256 KiB
+    // send queue: without backpressure on the sender it is closed (1013).
+    const N: usize = 200;
+    let flood = flood_room(sender, N);
+    // The fast member gets everything while the slow one does not read...
+    let reader = tokio::spawn(async move {
+        read_flood(&mut other, N).await;
+        other
+    });
+    // ...for a second (the slow client under test), then reads it all, in
+    // order, on the same connection.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    read_flood(&mut slow, N).await;
+    let _other = reader.await.unwrap();
+    let _sender = flood.await.unwrap();
+    let text = metrics_text(&ts).await;
+    assert!(metric(&text, "signaling_client_sender_waits_total ") > 0);
+    assert_eq!(
+        metric(&text, "signaling_client_send_queue_overflows_total "),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_member_that_never_reads_holds_a_broadcaster_back_only_briefly() {
+    let ts = TestServer::start_with(&format!(
+        "{FLOOD_LIMITS}slowreceiverwait = 1\n[sessions]\nresumequeuebytes = 67108864\n"
+    ))
+    .await;
+    let mut stuck = slow_member(&ts, "stuck", "r").await;
+    let mut other = ts.client_in_room("other", "r").await;
+    let sender = ts.client_in_room("sender", "r").await;
+    stuck.wait_join_of(&sender.session_id).await;
+    other.wait_join_of(&sender.session_id).await;
+    const N: usize = 200;
+    let flood = flood_room(sender, N);
+    // The member that never reads is closed with 1013 in the end (it may
+    // resume and lose nothing); everyone else gets every message.
+    read_flood(&mut other, N).await;
+    flood.await.unwrap();
+    let text = metrics_text(&ts).await;
+    assert_eq!(
+        metric(&text, "signaling_client_send_queue_overflows_total "),
+        1
+    );
+    let resume_id = stuck.resume_id.clone();
+    drop(stuck);
+    let mut again = ts.connect().await;
+    again.expect_type("welcome").await;
+    again
+        .send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}))
+        .await;
+    again.expect_type("hello").await;
+    // Whatever the old connection did not read is still there, in order,
+    // up to the last message.
+    let first = again.wait_for(|m| m["type"] == "message").await;
+    let start = first["message"]["data"]["seq"].as_u64().unwrap() as usize;
+    for seq in start + 1..N {
+        let m = again.wait_for(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["seq"], seq);
+    }
+}

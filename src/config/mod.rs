@@ -123,6 +123,9 @@ pub struct ClientLimits {
     pub bytes_per_second: u64,
     /// Bytes a connection may send at once before the rate applies.
     pub byte_burst: u64,
+    /// How long a sender is not read while a recipient its message left
+    /// more than half full drains its send queue.
+    pub slow_receiver_wait: Duration,
 }
 
 /// The whole validated configuration.
@@ -377,6 +380,7 @@ impl Config {
             message_burst: ini.get_u64("clients", "messageburst", 5000)? as u32,
             bytes_per_second: ini.get_u64("clients", "bytespersecond", 1 << 20)?,
             byte_burst: ini.get_u64("clients", "byteburst", 8 << 20)?,
+            slow_receiver_wait: secs(&ini, "clients", "slowreceiverwait", 5)?,
         };
         if limits.hello_timeout.is_zero() {
             return Err(ConfigError("[clients] hellotimeout: must be > 0".into()));

@@ -248,6 +248,12 @@ async fn read_loop<S>(
                     };
                 }
             }
+            Step::Wait(drained) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = drained => {}
+                }
+            }
             Step::Bye => {
                 session = None;
                 break;
@@ -283,6 +289,8 @@ enum Step {
     Done,
     Hello(PendingHello),
     Room(Option<Pin<Box<dyn Future<Output = ()> + Send>>>),
+    /// Recipients of the message are congested: read on once they drained.
+    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
     Bye,
     Closing,
 }
@@ -338,6 +346,8 @@ fn on_text(
         Step::Bye
     } else if kind_room {
         Step::Room(join)
+    } else if let Some(wait) = join {
+        Step::Wait(wait)
     } else {
         Step::Done
     }

@@ -113,6 +113,9 @@ pub(crate) struct Sessions {
     pub limits: ClientLimits,
     /// Counts connections closed with 1013.
     pub overflows: prometheus::IntCounter,
+    /// While a client's message is routed: the recipients' outboxes it left
+    /// more than half full (its reader waits for them to drain).
+    pub congested: Option<Vec<Arc<Outbox>>>,
 }
 
 impl Sessions {
@@ -129,6 +132,12 @@ impl Sessions {
         if let Some(conn) = &s.conn {
             match conn.push(frame.clone()) {
                 Push::Queued => return,
+                Push::Congested => {
+                    if let Some(c) = &mut self.congested {
+                        c.push(conn.clone());
+                    }
+                    return;
+                }
                 Push::Closed => {}
                 Push::Overflow => {
                     tracing::info!(session = %s.id, "send queue full, closing connection (1013)");
@@ -257,6 +266,7 @@ impl Hub {
                     doomed: Vec::new(),
                     limits: config.limits.clone(),
                     overflows: metrics.slow_clients.clone(),
+                    congested: None,
                 },
                 resume_ids: HashMap::new(),
                 rooms: HashMap::new(),
@@ -437,7 +447,12 @@ impl Hub {
                     msg.control
                 };
                 match body {
-                    Some(body) => self.route_message(sid, id, &msg.kind, body),
+                    Some(body) => {
+                        let congested = self.route_message(sid, id, &msg.kind, body);
+                        if !congested.is_empty() {
+                            return Some(self.wait_for_recipients(congested));
+                        }
+                    }
                     None => self.reply_error(sid, id, invalid_format("message body missing")),
                 }
             }
@@ -456,6 +471,25 @@ impl Hub {
             ),
         }
         None
+    }
+
+    /// What the reader of a sender awaits before reading on: the
+    /// recipients its message left more than half full drain, for at most
+    /// `[clients] slowreceiverwait` (a recipient that cannot drain by then
+    /// is really slow and is closed with 1013 when its queue is full).
+    fn wait_for_recipients(
+        &self,
+        outboxes: Vec<Arc<Outbox>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        self.metrics.client_sender_waits.inc();
+        let wait = self.config.limits.slow_receiver_wait;
+        Box::pin(async move {
+            let drained =
+                futures_util::future::join_all(outboxes.iter().map(|o| o.drained_below_half()));
+            if tokio::time::timeout(wait, drained).await.is_err() {
+                tracing::debug!("recipients still congested, reading the sender again");
+            }
+        })
     }
 
     /// Sends an error reply to a session.

@@ -1,6 +1,11 @@
 //! Per-connection outbox: frames waiting for the writer, bounded in bytes.
 //! Pushing never blocks; on overflow the connection is closed with 1013 and
 //! whatever was queued moves back to the session for resume.
+//!
+//! An outbox more than half full is *congested*: a client whose message
+//! left a recipient congested is not read until that recipient drained
+//! (see [`Outbox::drained_below_half`]), so one sender cannot push the
+//! others over their limit.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -34,6 +39,8 @@ pub struct Outbox {
     pub conn_id: u64,
     state: Mutex<State>,
     notify: Notify,
+    /// Woken whenever the writer takes the queue (or the outbox closes).
+    drained: Notify,
     limit: usize,
 }
 
@@ -42,6 +49,8 @@ pub struct Outbox {
 pub enum Push {
     /// Queued.
     Queued,
+    /// Queued, and the outbox is now more than half full.
+    Congested,
     /// Would exceed the byte limit: nothing queued, caller must detach.
     Overflow,
     /// The connection is closing; nothing queued.
@@ -55,6 +64,7 @@ impl Outbox {
             conn_id,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            drained: Notify::new(),
             limit,
         }
     }
@@ -71,9 +81,32 @@ impl Outbox {
         }
         s.bytes += len;
         s.frames.push_back(frame);
+        let congested = s.bytes > self.limit / 2;
         drop(s);
         self.notify.notify_one();
-        Push::Queued
+        if congested {
+            Push::Congested
+        } else {
+            Push::Queued
+        }
+    }
+
+    /// Resolves once at most half of the byte limit is queued, or the
+    /// outbox closes.
+    pub async fn drained_below_half(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            // Registered before the check: a drain in between still wakes us.
+            notified.as_mut().enable();
+            {
+                let s = self.state.lock().expect("outbox lock");
+                if s.close.is_some() || s.bytes <= self.limit / 2 {
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// Queues a frame even past the byte limit (used once, to flush a
@@ -98,6 +131,7 @@ impl Outbox {
         }
         drop(s);
         self.notify.notify_one();
+        self.drained.notify_waiters();
     }
 
     /// Closes at once, handing back the frames not yet written (so they can
@@ -111,6 +145,7 @@ impl Outbox {
         let frames = std::mem::take(&mut s.frames);
         drop(s);
         self.notify.notify_one();
+        self.drained.notify_waiters();
         frames
     }
 
@@ -123,8 +158,14 @@ impl Outbox {
     pub fn drain(&self, out: &mut Vec<Frame>) -> Option<CloseRequest> {
         let mut s = self.state.lock().expect("outbox lock");
         out.extend(s.frames.drain(..));
+        let was_congested = s.bytes > self.limit / 2;
         s.bytes = 0;
-        s.close
+        let close = s.close;
+        drop(s);
+        if was_congested {
+            self.drained.notify_waiters();
+        }
+        close
     }
 
     /// Waits until something is pushed or a close is requested.
@@ -149,6 +190,27 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out).unwrap().code, CLOSE_OVERFLOW);
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn congestion_is_reported_and_clears_on_drain() {
+        let o = std::sync::Arc::new(Outbox::new(1, 10));
+        assert_eq!(o.push(Frame::from("12345")), Push::Queued);
+        assert_eq!(o.push(Frame::from("1")), Push::Congested);
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.drained_below_half().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let mut out = Vec::new();
+        o.drain(&mut out);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the drain")
+            .unwrap();
+        // Not congested: resolves at once.
+        o.drained_below_half().await;
     }
 
     #[test]
