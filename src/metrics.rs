@@ -31,6 +31,8 @@ pub struct Metrics {
     pub client_throttled: IntCounter,
     /// Senders held back for a congested recipient.
     pub client_sender_waits: IntCounter,
+    /// Connections held back while the NATS publish queue is long.
+    pub client_bus_waits: IntCounter,
     /// `signaling_limits_refused_total{limit}`: what a configured limit refused.
     pub refused: IntCounterVec,
     /// `signaling_throttle_delayed_total{action}`: failed hellos answered late.
@@ -150,6 +152,15 @@ impl Metrics {
             .subsystem("client"),
         )
         .expect("valid metric");
+        let client_bus_waits = IntCounter::with_opts(
+            Opts::new(
+                "bus_waits_total",
+                "Times a connection was not read while more messages waited for NATS than [nats] publishqueue",
+            )
+            .namespace("signaling")
+            .subsystem("client"),
+        )
+        .expect("valid metric");
         let refused = IntCounterVec::new(
             opts(
                 "refused_total",
@@ -181,6 +192,7 @@ impl Metrics {
             Box::new(backend_current.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(client_throttled.clone()),
             Box::new(client_sender_waits.clone()),
+            Box::new(client_bus_waits.clone()),
             Box::new(hub_sessions.clone()),
             Box::new(hub_sessions_total.clone()),
             Box::new(resume_failed.clone()),
@@ -219,6 +231,7 @@ impl Metrics {
             slow_clients,
             client_throttled,
             client_sender_waits,
+            client_bus_waits,
             refused,
             throttle_delayed,
             throttle_bruteforce,

@@ -72,7 +72,8 @@ impl Server {
             (Arc::new(LocalBus::new()), None)
         } else {
             let (tx, rx) = tokio::sync::mpsc::channel(crate::bus::nats::INBOUND_QUEUE);
-            let bus = NatsBus::connect(&config.nats_urls, pid, tx).await?;
+            let bus =
+                NatsBus::connect(&config.nats_urls, pid, tx, config.nats_publish_queue).await?;
             tracing::info!(urls = %crate::logsafe::Urls(&config.nats_urls), process = bus.pid(), "clustering over NATS");
             (bus as Arc<dyn Bus>, Some(rx))
         };

@@ -556,3 +556,44 @@ async fn a_nats_token_in_the_url_is_used() {
     let nats = NatsServer::start_with_args(&["--auth", "s3cret-token"]).await;
     cluster_over(&format!("nats://s3cret-token@127.0.0.1:{}", nats.port)).await;
 }
+
+#[tokio::test]
+async fn a_stalled_nats_holds_senders_back_and_loses_nothing() {
+    let (nats, s) = cluster(
+        2,
+        "[clients]\nmessagespersecond = 100000\nmessageburst = 100000\n\
+         bytespersecond = 1073741824\nbyteburst = 1073741824\n[nats]\npublishqueue = 50\n",
+    )
+    .await;
+    let mut a = s[0].client_in_room("alice", "room1").await;
+    let mut b = s[1].client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    a.wait_join_of(&b.session_id).await;
+    // NATS reads nothing: the kernel's buffers, the NATS client's few
+    // commands and then the 50-message publish queue fill up; past that the
+    // sender is not read any more (before, the queue dropped messages).
+    nats.signal("STOP");
+    const N: usize = 1000;
+    let pad = "x".repeat(60_000);
+    let sender = tokio::spawn(async move {
+        for seq in 0..N {
+            a.message_to(json!({"type": "room"}), json!({"seq": seq, "pad": pad}))
+                .await;
+        }
+        a
+    });
+    let hub = s[0].server.as_ref().unwrap().hub.clone();
+    eventually("the sender is held back", Duration::from_secs(20), || {
+        hub.metrics.client_bus_waits.get() > 0
+    })
+    .await;
+    nats.signal("CONT");
+    for seq in 0..N {
+        let m = b
+            .wait_for_within(Duration::from_secs(60), |m| m["type"] == "message")
+            .await;
+        assert_eq!(m["message"]["data"]["seq"], seq, "lost or out of order");
+    }
+    sender.await.unwrap();
+    stop_all(s).await;
+}

@@ -359,6 +359,16 @@ pub trait Bus: Send + Sync {
     fn connected(&self) -> bool {
         true
     }
+    /// True while more messages wait to be published than the bus queues
+    /// comfortably: client connections are not read until it drained.
+    fn congested(&self) -> bool {
+        false
+    }
+    /// Resolves once the publish queue drained to half (at once when not
+    /// congested).
+    fn drained(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }
 
 /// The in-process bus: a single process, nothing to replicate.

@@ -7,18 +7,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{Bus, Inbound, Replies};
 
-/// Messages waiting to be published, bounded: while NATS is unreachable the
-/// oldest traffic is not kept forever.
-const PUBLISH_QUEUE: usize = 65_536;
 /// Messages received and not yet applied by the hub.
 pub const INBOUND_QUEUE: usize = 65_536;
 
@@ -29,22 +27,9 @@ enum Out {
 
 /// Decodes `%XX` escapes of a URL's user or password.
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The server addresses and connect options of `[nats] url`, with the
@@ -70,11 +55,48 @@ pub fn connect_options(
     Ok((addrs, options))
 }
 
+/// Messages waiting for the publisher task. Publishing never blocks the
+/// hub and never drops: above `high` the bus reports itself congested and
+/// connections stop reading clients (the source of nearly every publish)
+/// until the queue is back at half, so it stays near `high`.
+struct Backlog {
+    queued: AtomicUsize,
+    high: usize,
+    drained: Notify,
+}
+
+impl Backlog {
+    fn congested(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > self.high
+    }
+
+    /// One message was handed to the NATS client.
+    fn sent(&self) {
+        let before = self.queued.fetch_sub(1, Ordering::Relaxed);
+        if before == self.high / 2 + 1 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.queued.load(Ordering::Relaxed) <= self.high / 2 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A connection to NATS shared by the whole process.
 pub struct NatsBus {
     pid: String,
     client: async_nats::Client,
-    out: mpsc::Sender<Out>,
+    out: mpsc::UnboundedSender<Out>,
+    backlog: Arc<Backlog>,
 }
 
 impl NatsBus {
@@ -84,6 +106,7 @@ impl NatsBus {
         urls: &[String],
         pid: String,
         inbound: mpsc::Sender<Inbound>,
+        publish_queue: usize,
     ) -> anyhow::Result<Arc<NatsBus>> {
         let (addrs, options) = connect_options(urls)?;
         let client = options
@@ -91,6 +114,9 @@ impl NatsBus {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
+            // Few commands inside async-nats: what waits for a slow NATS
+            // waits in our backlog, which holds clients back when long.
+            .client_capacity(256)
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to NATS"),
@@ -98,7 +124,9 @@ impl NatsBus {
                         tracing::warn!("disconnected from NATS, reconnecting")
                     }
                     async_nats::Event::SlowConsumer(_) => {
-                        tracing::warn!("NATS reports this process as a slow consumer")
+                        tracing::error!(
+                            "this process did not keep up with NATS: messages from other processes were lost"
+                        )
                     }
                     other => tracing::info!("NATS: {other}"),
                 }
@@ -118,15 +146,24 @@ impl NatsBus {
                 }
             }
         });
-        let (tx, mut rx) = mpsc::channel::<Out>(PUBLISH_QUEUE);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+        let backlog = Arc::new(Backlog {
+            queued: AtomicUsize::new(0),
+            high: publish_queue,
+            drained: Notify::new(),
+        });
         let publisher = client.clone();
+        let sent = backlog.clone();
         tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
                 match item {
                     Out::Msg(subject, payload) => {
+                        // Waits while the client's own buffer is full (NATS
+                        // slow or reconnecting): the backlog grows meanwhile.
                         if let Err(e) = publisher.publish(subject, payload).await {
                             tracing::warn!("NATS publish failed: {e}");
                         }
+                        sent.sent();
                     }
                     Out::Flush(done) => {
                         if let Err(e) = publisher.flush().await {
@@ -141,6 +178,7 @@ impl NatsBus {
             pid,
             client,
             out: tx,
+            backlog,
         }))
     }
 }
@@ -155,9 +193,20 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, subject: String, payload: Bytes) {
-        if let Err(e) = self.out.try_send(Out::Msg(subject, payload)) {
-            tracing::warn!("NATS publish queue full, dropping a bus message: {e}");
+        self.backlog.queued.fetch_add(1, Ordering::Relaxed);
+        if self.out.send(Out::Msg(subject, payload)).is_err() {
+            // Only after the runtime shut the publisher task down.
+            self.backlog.queued.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("NATS publisher stopped, a bus message was not sent");
         }
+    }
+
+    fn congested(&self) -> bool {
+        self.backlog.congested()
+    }
+
+    fn drained(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.backlog.drained())
     }
 
     fn request(
@@ -200,7 +249,7 @@ impl Bus for NatsBus {
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            if self.out.send(Out::Flush(tx)).await.is_ok() {
+            if self.out.send(Out::Flush(tx)).is_ok() {
                 let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
             }
         })

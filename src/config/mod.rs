@@ -146,6 +146,9 @@ pub struct Config {
     pub backend: BackendsConfig,
     /// NATS URLs; empty means the in-process bus.
     pub nats_urls: Vec<String>,
+    /// `[nats] publishqueue`: bus messages waiting for NATS before client
+    /// connections stop being read until the queue drained to half.
+    pub nats_publish_queue: usize,
     /// Client timers and limits.
     pub limits: ClientLimits,
     /// HTTP server limits.
@@ -365,6 +368,8 @@ impl Config {
             }
         }
 
+        let nats_publish_queue = ini.get_u64("nats", "publishqueue", 65536)?.max(2) as usize;
+
         let limits = ClientLimits {
             hello_timeout: secs(&ini, "clients", "hellotimeout", 2)?,
             room_timeout: secs(&ini, "clients", "roomtimeout", 10)?,
@@ -521,6 +526,7 @@ impl Config {
             internal_secret,
             backend,
             nats_urls,
+            nats_publish_queue,
             limits,
             http,
             stats,

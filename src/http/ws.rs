@@ -260,6 +260,12 @@ async fn read_loop<S>(
             }
             Step::Closing => break,
         }
+        if let Some(drained) = hub.bus_backpressure() {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = drained => {}
+            }
+        }
         if let Some(wait) = pause {
             hub.metrics.client_throttled.inc();
             tokio::select! {

@@ -53,9 +53,7 @@ impl Hub {
         msg: MessageClientMessage,
     ) -> Vec<Arc<Outbox>> {
         let mut st = self.lock();
-        st.sessions.congested = Some(Vec::new());
-        let result = route(&mut st, sid, id, kind, &msg);
-        let congested = st.sessions.congested.take().unwrap_or_default();
+        let (result, congested) = st.collecting_congestion(|st| route(st, sid, id, kind, &msg));
         st.reap();
         drop(st);
         if let Err(e) = result {

@@ -225,6 +225,10 @@ pub struct Hub {
     dialouts: Mutex<HashMap<String, DialoutWaiter>>,
     /// TLS of connections to remote signaling servers (federation).
     federation_tls: Arc<rustls::ClientConfig>,
+    /// The bus (also in the state; here for checks without the lock).
+    bus: Arc<dyn Bus>,
+    /// Recipients the last bus message left congested (inbound task only).
+    inbound_congested: Mutex<Vec<Arc<Outbox>>>,
 }
 
 impl Hub {
@@ -277,7 +281,7 @@ impl Hub {
                 transient_limits: config.transient.clone(),
                 refused: metrics.refused.clone(),
                 client: client.clone(),
-                bus,
+                bus: bus.clone(),
                 remote: HashMap::new(),
                 processes: HashMap::new(),
                 moved: HashMap::new(),
@@ -293,6 +297,8 @@ impl Hub {
             welcome,
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
+            bus,
+            inbound_congested: Mutex::new(Vec::new()),
         }))
     }
 
@@ -473,23 +479,32 @@ impl Hub {
         None
     }
 
+    /// While more bus messages wait for NATS than `[nats] publishqueue`:
+    /// what a connection awaits before reading its client's next message
+    /// (nearly every publish comes from a client message, so the queue
+    /// stays bounded without dropping anything).
+    pub fn bus_backpressure(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        if !self.bus.congested() {
+            return None;
+        }
+        self.metrics.client_bus_waits.inc();
+        Some(self.bus.drained())
+    }
+
     /// What the reader of a sender awaits before reading on: the
     /// recipients its message left more than half full drain, for at most
-    /// `[clients] slowreceiverwait` (a recipient that cannot drain by then
-    /// is really slow and is closed with 1013 when its queue is full).
+    /// `[clients] slowreceiverwait`. A recipient that cannot drain by then
+    /// is really slow: nobody waits for it again until it drained, and it is
+    /// closed with 1013 when its queue is full.
     fn wait_for_recipients(
         &self,
         outboxes: Vec<Arc<Outbox>>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         self.metrics.client_sender_waits.inc();
         let wait = self.config.limits.slow_receiver_wait;
-        Box::pin(async move {
-            let drained =
-                futures_util::future::join_all(outboxes.iter().map(|o| o.drained_below_half()));
-            if tokio::time::timeout(wait, drained).await.is_err() {
-                tracing::debug!("recipients still congested, reading the sender again");
-            }
-        })
+        Box::pin(recipients_drained(outboxes, wait))
     }
 
     /// Sends an error reply to a session.
@@ -710,6 +725,18 @@ pub(crate) fn notify_backend_leave(
             tracing::warn!(room = ?room, "could not tell backend about leave: {e}");
         }
     });
+}
+
+/// Waits (at most `wait`) until every outbox drained to half; gives up on
+/// those that did not.
+pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::time::Duration) {
+    let drained = futures_util::future::join_all(outboxes.iter().map(|o| o.drained_below_half()));
+    if tokio::time::timeout(wait, drained).await.is_err() {
+        tracing::debug!("recipients still congested, reading the sender again");
+        for o in &outboxes {
+            o.give_up();
+        }
+    }
 }
 
 /// An `invalid_format` error.

@@ -31,6 +31,9 @@ struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
     close: Option<CloseRequest>,
+    /// A sender waited for this outbox in vain: until it drains, nobody
+    /// waits for it again (it is closed with 1013 once full).
+    given_up: bool,
 }
 
 /// Frames queued for one WebSocket connection.
@@ -81,13 +84,22 @@ impl Outbox {
         }
         s.bytes += len;
         s.frames.push_back(frame);
-        let congested = s.bytes > self.limit / 2;
+        let congested = s.bytes > self.limit / 2 && !s.given_up;
         drop(s);
         self.notify.notify_one();
         if congested {
             Push::Congested
         } else {
             Push::Queued
+        }
+    }
+
+    /// After waiting for it in vain: this outbox is not reported congested
+    /// again until the writer took its queue.
+    pub fn give_up(&self) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.bytes > self.limit / 2 {
+            s.given_up = true;
         }
     }
 
@@ -160,6 +172,7 @@ impl Outbox {
         out.extend(s.frames.drain(..));
         let was_congested = s.bytes > self.limit / 2;
         s.bytes = 0;
+        s.given_up = false;
         let close = s.close;
         drop(s);
         if was_congested {
@@ -211,6 +224,12 @@ mod tests {
             .unwrap();
         // Not congested: resolves at once.
         o.drained_below_half().await;
+        // Given up on: not reported again until drained.
+        assert_eq!(o.push(Frame::from("123456")), Push::Congested);
+        o.give_up();
+        assert_eq!(o.push(Frame::from("1")), Push::Queued);
+        o.drain(&mut out);
+        assert_eq!(o.push(Frame::from("123456")), Push::Congested);
     }
 
     #[test]

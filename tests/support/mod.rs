@@ -619,6 +619,18 @@ impl NatsServer {
         self.stop();
         self.spawn().await;
     }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) the nats-server process: its
+    /// connections stay open but nothing is read or forwarded meanwhile.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
 }
 
 impl Drop for NatsServer {

@@ -14,7 +14,23 @@ use crate::bus::{decode, encode, process_subject, Header, Inbound, MemberInfo, S
 use crate::hub::room::RoomKey;
 use crate::hub::{Hub, State};
 
+/// Longest wait of the bus inbound for a congested local recipient: far
+/// below [`PROCESS_TIMEOUT`], so heartbeats behind it are never late.
+const INBOUND_WAIT: Duration = Duration::from_secs(1);
+
 impl State {
+    /// Runs `f` and returns, with its result, the outboxes its deliveries
+    /// left more than half full.
+    pub(crate) fn collecting_congestion<R>(
+        &mut self,
+        f: impl FnOnce(&mut State) -> R,
+    ) -> (R, Vec<Arc<crate::hub::outbox::Outbox>>) {
+        self.sessions.congested = Some(Vec::new());
+        let r = f(self);
+        let c = self.sessions.congested.take().unwrap_or_default();
+        (r, c)
+    }
+
     /// This process's heartbeat: its id and client sessions per backend.
     pub(crate) fn heartbeat_message(&self) -> Bytes {
         let counts = self
@@ -48,6 +64,15 @@ impl Hub {
                 };
                 let Some(msg) = msg else { return };
                 hub.apply_inbound(msg).await;
+                // A client of another process flooding a room: its frames
+                // wait here while local recipients drain (briefly: the bus
+                // also carries heartbeats), as a local sender would.
+                let congested = std::mem::take(&mut *hub.inbound_congested.lock().expect("lock"));
+                if !congested.is_empty() {
+                    hub.metrics.client_sender_waits.inc();
+                    let wait = hub.config.limits.slow_receiver_wait.min(INBOUND_WAIT);
+                    crate::hub::recipients_drained(congested, wait).await;
+                }
             }
         });
         let hub = self.clone();
@@ -171,6 +196,16 @@ impl Hub {
                 }
             }
             st.drop_room_if_unserved(&key);
+        }
+    }
+
+    /// Remembers recipients a bus frame left congested (see `spawn_cluster`).
+    fn note_congested(&self, congested: Vec<Arc<crate::hub::outbox::Outbox>>) {
+        if !congested.is_empty() {
+            self.inbound_congested
+                .lock()
+                .expect("lock")
+                .extend(congested);
         }
     }
 
@@ -320,12 +355,16 @@ impl Hub {
                 let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
                 let key = key_of(&backend, &room);
-                if call_only {
-                    st.broadcast_call(&key, &f, except.as_deref());
-                } else {
-                    st.broadcast(&key, &f, except.as_deref());
-                }
+                let ((), congested) = st.collecting_congestion(|st| {
+                    if call_only {
+                        st.broadcast_call(&key, &f, except.as_deref());
+                    } else {
+                        st.broadcast(&key, &f, except.as_deref());
+                    }
+                });
                 st.reap();
+                drop(st);
+                self.note_congested(congested);
             }
             Header::SessionFrame {
                 sid,
@@ -346,7 +385,11 @@ impl Hub {
                         .is_none_or(|b| b == s.backend.id.as_ref())
                 });
                 match found {
-                    Some(true) => st.sessions.deliver(&sid, &f),
+                    Some(true) => {
+                        let ((), congested) =
+                            st.collecting_congestion(|st| st.sessions.deliver(&sid, &f));
+                        self.note_congested(congested);
+                    }
                     Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
                     None => {
                         if let Some((pid, _)) = st.moved.get(sid.as_str()) {
@@ -377,8 +420,12 @@ impl Hub {
                 }
                 let Some(f) = body_frame(&body) else { return };
                 let mut st = self.lock();
-                st.send_to_user(&backend.as_str().into(), &user, &f, except.as_deref());
+                let ((), congested) = st.collecting_congestion(|st| {
+                    st.send_to_user(&backend.as_str().into(), &user, &f, except.as_deref())
+                });
                 st.reap();
+                drop(st);
+                self.note_congested(congested);
             }
             Header::Backend { backend, url, room } => {
                 let Some(b) = self.registry().by_id(&backend) else {
