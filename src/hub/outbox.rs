@@ -195,7 +195,7 @@ mod tests {
     fn bounded_in_bytes_and_abort_returns_frames() {
         let o = Outbox::new(1, 10);
         assert_eq!(o.push(Frame::from("12345")), Push::Queued);
-        assert_eq!(o.push(Frame::from("12345")), Push::Queued);
+        assert_eq!(o.push(Frame::from("12345")), Push::Congested);
         assert_eq!(o.push(Frame::from("1")), Push::Overflow);
         let left = o.abort(CLOSE_OVERFLOW, "slow");
         assert_eq!(left.len(), 2);
@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn a_single_large_frame_is_accepted_when_empty() {
         let o = Outbox::new(1, 4);
-        assert_eq!(o.push(Frame::from("123456")), Push::Queued);
+        assert_eq!(o.push(Frame::from("123456")), Push::Congested);
         let mut out = Vec::new();
         assert!(o.drain(&mut out).is_none());
         assert_eq!(out.len(), 1);
