@@ -76,7 +76,7 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
         config.backend.timeout,
         1,
         config.backend.skip_verify,
-        crate::hub::header_features(),
+        crate::hub::header_features(false),
     ) {
         Ok(c) => c,
         Err(e) => {

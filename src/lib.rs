@@ -14,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod logsafe;
+pub mod mcu;
 pub mod metrics;
 pub mod sdnotify;
 pub mod server;

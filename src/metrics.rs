@@ -40,6 +40,8 @@ pub struct Metrics {
     /// `signaling_throttle_bruteforce_total{action}`: hellos refused with
     /// `too_many_requests` after too many failures.
     pub throttle_bruteforce: IntCounterVec,
+    /// Publishers, subscribers and Janus requests (`signaling_mcu_*`).
+    pub mcu: McuMetrics,
     /// `client_messages` resolved once per known type (no label lookup per message).
     known_types: Vec<(&'static str, IntCounter)>,
 }
@@ -207,6 +209,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
+        let mcu = McuMetrics::new(&registry);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -218,6 +221,7 @@ impl Metrics {
             .map(|t| (*t, client_messages.with_label_values(&[*t])))
             .collect();
         Metrics {
+            mcu,
             known_types,
             registry,
             backend_current,
@@ -258,6 +262,81 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The Go server's `signaling_mcu_*` metrics (labels `type`: `video` or
+/// `screen` for streams, the client message type for `messages_total`),
+/// plus the Janus requests this server sent.
+#[derive(Clone)]
+pub struct McuMetrics {
+    /// `signaling_mcu_publishers{type}`.
+    pub publishers: IntGaugeVec,
+    /// `signaling_mcu_publishers_total{type}`.
+    pub publishers_total: IntCounterVec,
+    /// `signaling_mcu_subscribers{type}`.
+    pub subscribers: IntGaugeVec,
+    /// `signaling_mcu_subscribers_total{type}`.
+    pub subscribers_total: IntCounterVec,
+    /// `signaling_mcu_nopublisher_total{type}`.
+    pub nopublisher_total: IntCounterVec,
+    /// `signaling_mcu_messages_total{type}`: client MCU messages by `data.type`.
+    pub messages_total: IntCounterVec,
+    /// `signaling_mcu_janus_requests_total{type}`: requests sent to Janus by
+    /// their `janus` type (no Go equivalent).
+    pub janus_requests_total: IntCounterVec,
+}
+
+impl McuMetrics {
+    fn new(registry: &Registry) -> Self {
+        let vec = |name: &str, help: &str| {
+            IntCounterVec::new(
+                Opts::new(name, help)
+                    .namespace("signaling")
+                    .subsystem("mcu"),
+                &["type"],
+            )
+            .expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(
+                Opts::new(name, help)
+                    .namespace("signaling")
+                    .subsystem("mcu"),
+                &["type"],
+            )
+            .expect("valid metric")
+        };
+        let m = McuMetrics {
+            publishers: gauge("publishers", "The current number of publishers"),
+            publishers_total: vec("publishers_total", "The total number of created publishers"),
+            subscribers: gauge("subscribers", "The current number of subscribers"),
+            subscribers_total: vec(
+                "subscribers_total",
+                "The total number of created subscribers",
+            ),
+            nopublisher_total: vec(
+                "nopublisher_total",
+                "The total number of subscribe requests where no publisher exists",
+            ),
+            messages_total: vec("messages_total", "The total number of MCU messages"),
+            janus_requests_total: vec(
+                "janus_requests_total",
+                "The total number of requests sent to Janus",
+            ),
+        };
+        for c in [
+            Box::new(m.publishers.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.publishers_total.clone()),
+            Box::new(m.subscribers.clone()),
+            Box::new(m.subscribers_total.clone()),
+            Box::new(m.nopublisher_total.clone()),
+            Box::new(m.messages_total.clone()),
+            Box::new(m.janus_requests_total.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        m
     }
 }
 

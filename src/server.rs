@@ -79,6 +79,7 @@ impl Server {
         };
         let hub = Hub::new(config, Metrics::new(), bus)?;
         hub.spawn_tasks(shutdown.clone());
+        hub.start_mcu(shutdown.clone());
         if let Some(rx) = inbound {
             hub.spawn_cluster(rx, shutdown.clone());
             // Know the peers before the first client: joins get the members

@@ -73,3 +73,11 @@ pub const HELLO_EXPECTED: &str = "hello_expected";
 pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
 /// An internal failure while processing the request.
 pub const PROCESSING_FAILED: &str = "processing_failed";
+/// An offer or answer without a parsable SDP.
+pub const INVALID_SDP: &str = "invalid_sdp";
+/// A `candidate` message without `payload.candidate`.
+pub const NO_CANDIDATE: &str = "no_candidate";
+/// A candidate that is not an object with a parsable `candidate` string.
+pub const INVALID_CANDIDATE: &str = "invalid_candidate";
+/// No MCU publisher or subscriber for the message, and none could be made.
+pub const CLIENT_NOT_FOUND: &str = "client_not_found";

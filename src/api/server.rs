@@ -114,6 +114,18 @@ pub struct RoomReply<'a> {
     /// Room properties from Nextcloud.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub properties: Option<&'a RawValue>,
+    /// Bitrate limits of the MCU, on joins with `[mcu]` configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// `bandwidth` of a room join reply (bits/s).
+#[derive(serde::Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// Highest bitrate of a `video` stream.
+    pub maxstreambitrate: u64,
+    /// Highest bitrate of a `screen` stream.
+    pub maxscreenbitrate: u64,
 }
 
 /// One session in a room `join` event.

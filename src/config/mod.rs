@@ -4,6 +4,7 @@
 
 pub mod goconf;
 pub mod iplist;
+pub mod mcu;
 
 use std::time::Duration;
 
@@ -167,6 +168,11 @@ pub struct Config {
     pub log_json: bool,
     /// Sections present in the file that this server does not implement.
     pub unsupported_sections: Vec<String>,
+    /// `[mcu]` with `type = janus`: the media server.
+    pub mcu: Option<mcu::McuConfig>,
+    /// `[app] allowsubscribeany`: subscribe to any publisher, not only to
+    /// those in the same call.
+    pub allow_subscribe_any: bool,
 }
 
 /// `[federation]`: how this server dials the signaling servers of other
@@ -239,6 +245,7 @@ impl std::fmt::Debug for Config {
             .field("transient", &self.transient)
             .field("brute_force", &self.brute_force)
             .field("unsupported_sections", &self.unsupported_sections)
+            .field("mcu", &self.mcu)
             .finish_non_exhaustive()
     }
 }
@@ -278,6 +285,7 @@ const SUPPORTED_SECTIONS: &[&str] = &[
     goconf::DEFAULT_SECTION,
     "http",
     "app",
+    "mcu",
     "sessions",
     "clients",
     "backend",
@@ -290,7 +298,6 @@ const SUPPORTED_SECTIONS: &[&str] = &[
 
 const KNOWN_UNSUPPORTED: &[&str] = &[
     "https",
-    "mcu",
     "turn",
     "geoip",
     "geoip-overrides",
@@ -515,8 +522,17 @@ impl Config {
                 unsupported_sections.push(s.to_string());
             }
         }
+        let mcu = match mcu::parse(&ini)? {
+            mcu::McuSection::None => None,
+            mcu::McuSection::Janus(c) => Some(c),
+            mcu::McuSection::Unsupported => {
+                unsupported_sections.push("mcu (type proxy)".to_string());
+                None
+            }
+        };
         unsupported_sections.sort();
         let _ = ini.get_bool("app", "debug", false)?;
+        let allow_subscribe_any = ini.get_bool("app", "allowsubscribeany", false)?;
 
         Ok(Config {
             listen,
@@ -536,6 +552,8 @@ impl Config {
             log_level,
             log_json,
             unsupported_sections,
+            mcu,
+            allow_subscribe_any,
         })
     }
 
@@ -659,6 +677,7 @@ secret = s2
 url = nats://loopback
 [mcu]
 type = janus
+url = ws://127.0.0.1:8188
 ";
 
     #[test]
@@ -701,7 +720,11 @@ type = janus
         );
         assert_eq!(c.backend.timeout, Duration::from_secs(5));
         assert!(c.nats_urls.is_empty());
-        assert_eq!(c.unsupported_sections, vec!["mcu"]);
+        assert!(c.unsupported_sections.is_empty());
+        assert_eq!(
+            c.mcu.as_ref().map(|m| m.url.as_str()),
+            Some("ws://127.0.0.1:8188")
+        );
     }
 
     #[test]

@@ -35,14 +35,14 @@ pub struct AppState {
 }
 
 /// The value of `X-Spreed-Signaling-Features`: sorted ids joined with ", ".
-pub fn features_header() -> HeaderValue {
-    HeaderValue::from_str(&header_features()).expect("feature ids are ASCII")
+pub fn features_header(hub: &Hub) -> HeaderValue {
+    HeaderValue::from_str(&header_features(hub.mcu_connected())).expect("feature ids are ASCII")
 }
 
-async fn add_headers(mut resp: Response) -> Response {
+async fn add_headers(State(state): State<AppState>, mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static(VERSION));
-    h.insert(HEADER_FEATURES, features_header());
+    h.insert(HEADER_FEATURES, features_header(&state.hub));
     resp
 }
 
@@ -59,15 +59,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/serverinfo", get(serverinfo))
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
-        .layer(axum::middleware::map_response(add_headers))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            add_headers,
+        ))
         .with_state(state)
 }
 
-async fn welcome() -> impl IntoResponse {
+async fn welcome(State(state): State<AppState>) -> impl IntoResponse {
     Json(json!({
         "nextcloud-spreed-signaling": "Welcome",
         "version": VERSION,
-        "features": all_features(),
+        "features": all_features(state.hub.mcu_connected()),
     }))
 }
 

@@ -54,7 +54,7 @@ pub async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(serve(hub, socket, shutdown, peer)));
     resp.headers_mut()
-        .insert(HEADER_FEATURES, features_header());
+        .insert(HEADER_FEATURES, features_header(&state.hub));
     resp
 }
 
@@ -295,7 +295,8 @@ enum Step {
     Done,
     Hello(PendingHello),
     Room(Option<Pin<Box<dyn Future<Output = ()> + Send>>>),
-    /// Recipients of the message are congested: read on once they drained.
+    /// Read on once this is done: congested recipients drained, or an
+    /// MCU offer was answered (so a client's candidates stay behind it).
     Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
     Bye,
     Closing,

@@ -180,6 +180,9 @@ impl State {
                 continue;
             };
             if let Some(s) = self.sessions.map.get_mut(&sid) {
+                if let (Some(m), SessionKind::Client) = (&self.mcu, &s.kind) {
+                    m.command(crate::mcu::Command::Permissions(sid.clone(), list.clone()));
+                }
                 s.permissions = Some(list);
             }
         }
@@ -228,6 +231,16 @@ impl State {
                 }
                 _ => c.clone(),
             };
+            // Leaving the call ends the session's publishers and subscribers.
+            if let (Some(m), Some(sid)) = (&self.mcu, room.nc_sessions.get(nc)) {
+                let was = before
+                    .and_then(|b| b.get("inCall"))
+                    .is_some_and(super::in_call_flag);
+                let now = merged.get("inCall").is_some_and(super::in_call_flag);
+                if was && !now {
+                    m.command(crate::mcu::Command::CloseSession(sid.clone()));
+                }
+            }
             room.participants.insert(nc.to_string(), merged.clone());
             if !(in_call_only && same_incall && users.is_none()) {
                 effective.push(merged);
@@ -245,6 +258,7 @@ impl State {
             &RoomReply {
                 roomid: "",
                 properties: None,
+                bandwidth: None,
             },
         );
         let deadline = std::time::Instant::now() + self.sessions.limits.room_timeout;
@@ -533,6 +547,7 @@ impl Hub {
                     &RoomReply {
                         roomid: room_id,
                         properties: b.properties.as_deref(),
+                        bandwidth: None,
                     },
                 );
                 st.broadcast(&key, &f, None);

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::outbox::Outbox;
 use super::session::{flags, new_id, Session, SessionKind};
-use super::{invalid_format, Hub, CLIENT_FEATURES, INTERNAL_FEATURES, VERSION};
+use super::{invalid_format, Hub, VERSION};
 use crate::api::backend::AuthRequest;
 use crate::api::client::{HelloClientMessage, HelloV2Params, InternalAuthParams};
 use crate::api::error::{self, ProtocolError};
@@ -392,11 +392,7 @@ impl Hub {
         let sid: Arc<str> = format!("{pid}{}", new_id()).into();
         let resume_id: Arc<str> = format!("{pid}{}", new_id()).into();
         let is_client = ident.kind == SessionKind::Client;
-        let server_features = if is_client {
-            CLIENT_FEATURES
-        } else {
-            INTERNAL_FEATURES
-        };
+        let server_features = super::features(!is_client, self.mcu_connected());
         let reply = frame(
             id,
             "hello",
@@ -506,11 +502,7 @@ impl Hub {
             self.metrics.resume_failed.inc();
             return Err(no_such_session());
         };
-        let server_features = if s.kind == SessionKind::Client {
-            CLIENT_FEATURES
-        } else {
-            INTERNAL_FEATURES
-        };
+        let server_features = super::features(s.kind != SessionKind::Client, self.mcu_connected());
         let reply = frame(
             id,
             "hello",

@@ -10,6 +10,7 @@ mod federation;
 mod hello;
 pub use hello::HelloOk;
 mod internal;
+mod mcu;
 mod messages;
 pub mod outbox;
 pub mod room;
@@ -53,6 +54,7 @@ pub const CLIENT_FEATURES: &[&str] = &[
     "hello-v2",
     "incall-all",
     "join-features",
+    "offer-codecs",
     "recipient-call",
     "serverinfo",
     "switchto",
@@ -60,6 +62,9 @@ pub const CLIENT_FEATURES: &[&str] = &[
     "transient-sessiondata",
     "welcome",
 ];
+
+/// Feature ids added while Janus is connected.
+pub const MCU_FEATURES: &[&str] = &["mcu", "simulcast", "update-sdp"];
 
 /// Feature ids announced to internal clients.
 pub const INTERNAL_FEATURES: &[&str] = &[
@@ -70,6 +75,7 @@ pub const INTERNAL_FEATURES: &[&str] = &[
     "hello-v2",
     "incall-all",
     "join-features",
+    "offer-codecs",
     "recipient-call",
     "serverinfo",
     "switchto",
@@ -79,20 +85,43 @@ pub const INTERNAL_FEATURES: &[&str] = &[
     "welcome",
 ];
 
+/// A feature list with the MCU features, sorted.
+fn with_mcu(list: &[&'static str]) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = list.iter().chain(MCU_FEATURES).copied().collect();
+    v.sort_unstable();
+    v
+}
+
+static CLIENT_FEATURES_MCU: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| with_mcu(CLIENT_FEATURES));
+static INTERNAL_FEATURES_MCU: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| with_mcu(INTERNAL_FEATURES));
+
+/// The features of a client (`internal` or not), with the MCU ones while
+/// Janus is connected.
+pub fn features(internal: bool, mcu: bool) -> &'static [&'static str] {
+    match (internal, mcu) {
+        (false, false) => CLIENT_FEATURES,
+        (true, false) => INTERNAL_FEATURES,
+        (false, true) => &CLIENT_FEATURES_MCU,
+        (true, true) => &INTERNAL_FEATURES_MCU,
+    }
+}
+
 /// The `X-Spreed-Signaling-Features` value (HTTP replies, the `/spreed`
 /// upgrade, requests to Nextcloud): the features of a normal client, sorted,
 /// as the Go server sends it (`virtual-sessions` is for internal clients).
-pub fn header_features() -> String {
-    let mut v = CLIENT_FEATURES.to_vec();
+pub fn header_features(mcu: bool) -> String {
+    let mut v = features(false, mcu).to_vec();
     v.sort_unstable();
     v.join(", ")
 }
 
 /// Union of both lists, for `welcome`.
-pub fn all_features() -> Vec<&'static str> {
-    let mut all: Vec<&str> = CLIENT_FEATURES
+pub fn all_features(mcu: bool) -> Vec<&'static str> {
+    let mut all: Vec<&str> = features(false, mcu)
         .iter()
-        .chain(INTERNAL_FEATURES)
+        .chain(features(true, mcu))
         .copied()
         .collect();
     all.sort_unstable();
@@ -193,6 +222,8 @@ pub(crate) struct State {
     pub processes: HashMap<String, cluster::ProcessInfo>,
     /// Sessions handed over to another process on resume: sid -> process.
     pub moved: HashMap<Arc<str>, (String, Instant)>,
+    /// The MCU, told when sessions leave or lose permissions.
+    pub mcu: Option<Arc<crate::mcu::Mcu>>,
 }
 
 /// A backend dialout request waiting for an internal client's answer.
@@ -229,6 +260,8 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     /// Recipients the last bus message left congested (inbound task only).
     inbound_congested: Mutex<Vec<Arc<Outbox>>>,
+    /// The MCU (Janus), when `[mcu]` is configured; set at start.
+    mcu: std::sync::OnceLock<Arc<crate::mcu::Mcu>>,
 }
 
 impl Hub {
@@ -238,7 +271,7 @@ impl Hub {
         metrics: Metrics,
         bus: Arc<dyn Bus>,
     ) -> anyhow::Result<Arc<Hub>> {
-        let features = header_features();
+        let features = header_features(false);
         let client = BackendClient::new(
             config.backend.timeout,
             config.backend.connections_per_host,
@@ -255,7 +288,7 @@ impl Hub {
             "welcome",
             &ServerInfo {
                 version: VERSION,
-                features: &all_features(),
+                features: &all_features(false),
             },
         );
         let federation_tls = federation::tls_config(config.federation.skip_verify)?;
@@ -285,6 +318,7 @@ impl Hub {
                 remote: HashMap::new(),
                 processes: HashMap::new(),
                 moved: HashMap::new(),
+                mcu: None,
             }),
             client,
             caps: CapabilitiesCache::default(),
@@ -299,6 +333,7 @@ impl Hub {
             federation_tls,
             bus,
             inbound_congested: Mutex::new(Vec::new()),
+            mcu: std::sync::OnceLock::new(),
         }))
     }
 
@@ -334,7 +369,22 @@ impl Hub {
 
     /// The `welcome` frame sent right after connecting.
     pub fn welcome_frame(&self) -> Frame {
+        if self.mcu_connected() {
+            return frame(
+                None,
+                "welcome",
+                &ServerInfo {
+                    version: VERSION,
+                    features: &all_features(true),
+                },
+            );
+        }
         self.welcome.clone()
+    }
+
+    /// True while the MCU (Janus) is connected: its features are announced.
+    pub fn mcu_connected(&self) -> bool {
+        self.mcu.get().is_some_and(|m| m.connected())
     }
 
     /// A message of a session in a federated room goes to the remote
@@ -382,7 +432,7 @@ impl Hub {
             .collect();
         let mut info = serde_json::json!({
             "version": VERSION,
-            "features": CLIENT_FEATURES,
+            "features": features(false, self.mcu_connected()),
         });
         if !dialout.is_empty() {
             info["dialout"] = serde_json::json!(dialout);
@@ -453,6 +503,16 @@ impl Hub {
                     msg.control
                 };
                 match body {
+                    Some(body) if msg.kind == "message" => match self.mcu_message(sid, id, body) {
+                        mcu::McuRoute::Done => {}
+                        mcu::McuRoute::Wait(f) => return Some(f),
+                        mcu::McuRoute::Deliver(body) => {
+                            let congested = self.route_message(sid, id, &msg.kind, body);
+                            if !congested.is_empty() {
+                                return Some(self.wait_for_recipients(congested));
+                            }
+                        }
+                    },
                     Some(body) => {
                         let congested = self.route_message(sid, id, &msg.kind, body);
                         if !congested.is_empty() {
@@ -835,6 +895,9 @@ impl State {
         let Some(s) = self.sessions.map.remove(sid) else {
             return;
         };
+        if let Some(m) = &self.mcu {
+            m.command(crate::mcu::Command::CloseSession(sid.clone()));
+        }
         self.sessions.disconnected.remove(sid);
         self.sessions.room_deadlines.remove(sid);
         if let Some(link) = &s.fed_link {
@@ -879,6 +942,9 @@ impl State {
     pub fn leave_room(&mut self, sid: &Arc<str>, notify_backend: bool) -> Option<RoomKey> {
         let s = self.sessions.map.get_mut(sid)?;
         let key = s.room.take()?;
+        if let Some(m) = &self.mcu {
+            m.command(crate::mcu::Command::CloseSession(sid.clone()));
+        }
         let room_session_id = s.room_session_id.take();
         // Permissions stay: leaving a room never grants any.
         let is_virtual = s.is_virtual();

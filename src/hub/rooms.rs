@@ -110,6 +110,10 @@ impl State {
             &RoomReply {
                 roomid: &key.room,
                 properties: room.properties.as_deref(),
+                bandwidth: self.mcu.as_ref().map(|m| crate::api::server::Bandwidth {
+                    maxstreambitrate: m.config().max_stream_bitrate,
+                    maxscreenbitrate: m.config().max_screen_bitrate,
+                }),
             },
         )];
         let others: Vec<Arc<str>> = room.members.clone();
@@ -340,6 +344,7 @@ impl Hub {
                 &RoomReply {
                     roomid: "",
                     properties: None,
+                    bandwidth: None,
                 },
             );
             let mut st = self.lock();
@@ -363,6 +368,7 @@ impl Hub {
                 let details = serde_json::value::to_raw_value(&RoomReply {
                     roomid: &key.room,
                     properties: props.as_deref(),
+                    bandwidth: None,
                 })
                 .expect("serializable");
                 let err = ProtocolError::new(error::ALREADY_JOINED, "Already joined this room.")

@@ -1,0 +1,562 @@
+//! Client messages for the MCU: with `[mcu]` configured, a `message` whose
+//! `data` is a JSON object is read as MCU data (`type`, `sid`, `roomType`,
+//! `payload`, ...), checked, and `offer`, `answer`, `candidate`,
+//! `endOfCandidates`, `selectStream`, `requestoffer`, `sendoffer` and
+//! `unshareScreen` to sessions go to Janus instead of the recipient. Janus
+//! calls happen outside the hub lock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::session::SessionKind;
+use super::{invalid_format, Hub};
+use crate::api::client::MessageClientMessage;
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{frame, MessageOut, Sender};
+use crate::mcu::sdp::{self, SdpError};
+use crate::mcu::{Command, Mcu, McuError, Offer, Signal, StreamType};
+
+/// What the hub does with a `message` after the MCU looked at it.
+pub(crate) enum McuRoute {
+    /// Handled (or refused with an error reply).
+    Done,
+    /// Handled once the future ran (the reader awaits it, so a client's
+    /// candidates stay behind its offer).
+    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Not for the MCU: deliver as a normal message.
+    Deliver(MessageClientMessage),
+}
+
+/// The fields of MCU data the server reads; everything else is ignored.
+#[derive(Deserialize)]
+struct McuData {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    sid: String,
+    #[serde(rename = "roomType", default)]
+    room_type: String,
+    #[serde(default)]
+    payload: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    bitrate: Option<f64>,
+    #[serde(default)]
+    audiocodec: Option<String>,
+    #[serde(default)]
+    videocodec: Option<String>,
+    #[serde(default)]
+    vp9profile: Option<String>,
+    #[serde(default)]
+    h264profile: Option<String>,
+}
+
+/// MCU data after validation.
+struct Checked {
+    data: McuData,
+    /// Media of an offer's or answer's SDP.
+    media: sdp::Media,
+    /// The SDP of an offer or answer.
+    sdp: String,
+    /// A candidate: `Some(None)` for the empty end-of-candidates string,
+    /// `None` when the candidate is filtered (never reaches Janus).
+    candidate: Option<Option<Value>>,
+}
+
+fn err(code: &str, msg: &str) -> ProtocolError {
+    ProtocolError::new(code, msg)
+}
+
+fn details(v: Value) -> Box<RawValue> {
+    RawValue::from_string(v.to_string()).expect("JSON value serializes")
+}
+
+/// Checks MCU data as the Go server does (`CheckValid`).
+fn check(data: McuData, mcu: &Mcu) -> Result<Checked, ProtocolError> {
+    if !data.room_type.is_empty()
+        && !matches!(data.room_type.as_str(), "audio" | "video" | "screen")
+    {
+        return Err(invalid_format(format!(
+            "invalid room type: {}",
+            data.room_type
+        )));
+    }
+    let mut out = Checked {
+        media: sdp::Media::default(),
+        sdp: String::new(),
+        candidate: Some(None),
+        data,
+    };
+    match out.data.kind.as_str() {
+        "" => return Err(invalid_format("type missing")),
+        "offer" | "answer" => {
+            let Some(text) = out
+                .data
+                .payload
+                .as_ref()
+                .and_then(|p| p.get("sdp"))
+                .and_then(Value::as_str)
+            else {
+                return Err(err(
+                    error::INVALID_SDP,
+                    "Payload does not contain a valid SDP.",
+                ));
+            };
+            out.media = sdp::parse(text).map_err(|e| match e {
+                SdpError::Sdp(e) => err(error::INVALID_SDP, "Error parsing SDP from payload.")
+                    .with_details(details(serde_json::json!({"error": e}))),
+                SdpError::Candidate { media, idx, error } => err(
+                    error::INVALID_SDP,
+                    "Error parsing candidate from media description.",
+                )
+                .with_details(details(
+                    serde_json::json!({"media": media, "idx": idx, "error": error}),
+                )),
+            })?;
+            out.sdp = text.to_string();
+        }
+        "candidate" => {
+            let Some(c) = out.data.payload.as_ref().and_then(|p| p.get("candidate")) else {
+                return Err(err(
+                    error::NO_CANDIDATE,
+                    "Payload does not contain a candidate.",
+                ));
+            };
+            let Some(text) = c.get("candidate").and_then(Value::as_str) else {
+                return Err(err(
+                    error::INVALID_CANDIDATE,
+                    "Payload does not contain a valid candidate.",
+                ));
+            };
+            if text.is_empty() {
+                out.candidate = Some(Some(c.clone()));
+            } else {
+                let parsed = sdp::parse_candidate(text).map_err(|e| {
+                    err(
+                        error::INVALID_CANDIDATE,
+                        "Error parsing candidate from payload.",
+                    )
+                    .with_details(details(serde_json::json!({"error": e})))
+                })?;
+                let cfg = mcu.config();
+                out.candidate = if sdp::is_filtered(
+                    &parsed,
+                    &cfg.allowed_candidates,
+                    &cfg.blocked_candidates,
+                ) {
+                    None
+                } else {
+                    Some(Some(c.clone()))
+                };
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// `data` of an MCU reply, in the Go server's key order.
+#[derive(Serialize)]
+struct ReplyData<'a> {
+    to: &'a str,
+    from: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "roomType")]
+    room_type: &'a str,
+    payload: &'a Value,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    sid: &'a str,
+}
+
+/// A `message` from `from` to `to` carrying MCU data.
+fn reply_frame(
+    from: &str,
+    from_user: Option<&str>,
+    to: &str,
+    kind: &str,
+    stream: StreamType,
+    payload: &Value,
+    sid: &str,
+) -> crate::api::server::Frame {
+    let data = ReplyData {
+        to,
+        from,
+        kind,
+        room_type: stream.as_str(),
+        payload,
+        sid,
+    };
+    let data = RawValue::from_string(serde_json::to_string(&data).expect("reply serializes"))
+        .expect("reply is JSON");
+    frame(
+        None,
+        "message",
+        &MessageOut {
+            sender: Sender {
+                kind: "session",
+                sessionid: from,
+                userid: from_user,
+            },
+            recipient: None,
+            data: &data,
+        },
+    )
+}
+
+fn mcu_error(e: &McuError) -> ProtocolError {
+    match e {
+        McuError::NotFound(_) => err(
+            error::CLIENT_NOT_FOUND,
+            "No MCU client found to send message to.",
+        ),
+        McuError::Failed(_) => err(
+            error::PROCESSING_FAILED,
+            "Processing of the message failed, please check server logs.",
+        ),
+    }
+}
+
+/// True when `sdp` only carries media the session may publish.
+fn may_publish(s: &super::session::Session, stream: StreamType, media: sdp::Media) -> bool {
+    if stream == StreamType::Screen {
+        return s.has_permission("publish-screen");
+    }
+    let all = s.has_permission("publish-media");
+    (!media.audio || all || s.has_permission("publish-audio"))
+        && (!media.video || all || s.has_permission("publish-video"))
+}
+
+/// True when the session may send candidates for its own `room_type` stream.
+fn may_send(s: &super::session::Session, room_type: &str) -> bool {
+    if room_type == "screen" {
+        s.has_permission("publish-screen")
+    } else {
+        s.has_permission("publish-media")
+            || s.has_permission("publish-audio")
+            || s.has_permission("publish-video")
+    }
+}
+
+impl Hub {
+    /// The MCU, when configured and started.
+    pub fn mcu(&self) -> Option<&Arc<Mcu>> {
+        self.mcu.get()
+    }
+
+    /// Starts the Janus client and the task that hands its signals to
+    /// clients (when `[mcu]` is configured).
+    pub fn start_mcu(self: &Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let Some(cfg) = self.config.mcu.clone() else {
+            return;
+        };
+        let (mcu, mut signals) = Mcu::start(cfg, self.metrics.mcu.clone(), cancel.clone());
+        if self.mcu.set(mcu.clone()).is_err() {
+            return;
+        }
+        self.lock().mcu = Some(mcu);
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let s = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    s = signals.recv() => match s { Some(s) => s, None => return },
+                };
+                hub.deliver_signal(s);
+            }
+        });
+    }
+
+    fn deliver_signal(&self, s: Signal) {
+        let f = reply_frame(&s.from, None, &s.to, s.kind, s.stream, &s.payload, &s.sid);
+        let mut st = self.lock();
+        st.sessions.deliver(&s.to, &f);
+        st.reap();
+    }
+
+    fn deliver_frame(&self, to: &str, f: &crate::api::server::Frame) {
+        let mut st = self.lock();
+        st.sessions.deliver(to, f);
+        st.reap();
+    }
+
+    /// Looks at a client `message` for the MCU (see the module docs).
+    pub(crate) fn mcu_message(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        msg: MessageClientMessage,
+    ) -> McuRoute {
+        let Some(mcu) = self.mcu.get().cloned() else {
+            return McuRoute::Deliver(msg);
+        };
+        if !matches!(msg.recipient.kind.as_str(), "session" | "room" | "call")
+            || !msg.data.get().trim_start().starts_with('{')
+        {
+            return McuRoute::Deliver(msg);
+        }
+        let Ok(data) = serde_json::from_str::<McuData>(msg.data.get()) else {
+            return McuRoute::Deliver(msg);
+        };
+        let checked = match check(data, &mcu) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reply_error(sid, id, e);
+                return McuRoute::Done;
+            }
+        };
+        if msg.recipient.kind != "session" {
+            return McuRoute::Deliver(msg);
+        }
+        let target: Arc<str> = match msg.recipient.sessionid.as_deref() {
+            Some(t) if !t.is_empty() => t.into(),
+            _ => return McuRoute::Deliver(msg),
+        };
+        let kind = checked.data.kind.clone();
+        let to_self = target == *sid;
+        match kind.as_str() {
+            "offer" | "answer" | "candidate" | "endOfCandidates" | "selectStream" => {
+                mcu.count_message(&kind);
+                let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+                McuRoute::Wait(Box::pin(async move {
+                    hub.mcu_client_message(&mcu, &sid, id.as_deref(), &target, checked)
+                        .await
+                }))
+            }
+            "requestoffer" => {
+                mcu.count_message(&kind);
+                if to_self {
+                    return McuRoute::Done;
+                }
+                let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+                tokio::spawn(async move {
+                    hub.request_offer(&mcu, &sid, id.as_deref(), &target, checked)
+                        .await
+                });
+                McuRoute::Done
+            }
+            "sendoffer" if !to_self => {
+                mcu.count_message(&kind);
+                self.send_offer(mcu, sid, id, target, checked);
+                McuRoute::Done
+            }
+            "unshareScreen" if to_self => {
+                mcu.command(Command::UnshareScreen(sid.clone()));
+                McuRoute::Done
+            }
+            _ => McuRoute::Deliver(msg),
+        }
+    }
+
+    /// `offer`, `answer`, `candidate`, `endOfCandidates`, `selectStream`.
+    async fn mcu_client_message(
+        &self,
+        mcu: &Mcu,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        target: &Arc<str>,
+        c: Checked,
+    ) {
+        let kind = c.data.kind.as_str();
+        let stream = StreamType::parse(&c.data.room_type);
+        let to_self = target == sid;
+        // Permission checks and the sender's user id, under the lock.
+        let user = {
+            let st = self.lock();
+            let Some(s) = st.sessions.map.get(sid) else {
+                return;
+            };
+            let refused = match kind {
+                "offer" => stream
+                    .is_some_and(|t| !may_publish(s, t, c.media))
+                    .then_some("Not allowed to publish."),
+                "candidate" | "endOfCandidates" if to_self && c.candidate.is_some() => {
+                    (!may_send(s, &c.data.room_type)).then_some("Not allowed to send candidate.")
+                }
+                _ => None,
+            };
+            if let Some(text) = refused {
+                drop(st);
+                tracing::info!(session = %sid, kind, "not allowed to publish");
+                return self.reply_error(sid, id, err(error::NOT_ALLOWED, text));
+            }
+            s.user_id.clone()
+        };
+        if kind == "candidate" && c.candidate.is_none() {
+            // Filtered candidates are dropped silently.
+            return;
+        }
+        if kind == "selectStream" && to_self {
+            return;
+        }
+        let Some(stream) = stream else {
+            return self.reply_error(sid, id, mcu_error(&McuError::NotFound("no stream".into())));
+        };
+        let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+        let result = match kind {
+            "offer" => {
+                let offer = Offer {
+                    sid: c.data.sid.clone(),
+                    sdp: c.sdp.clone(),
+                    bitrate: c.data.bitrate.filter(|b| *b > 0.0).map_or(0, |b| b as u64),
+                    codecs: [
+                        c.data.audiocodec.clone(),
+                        c.data.videocodec.clone(),
+                        c.data.vp9profile.clone(),
+                        c.data.h264profile.clone(),
+                    ],
+                    media: c.media,
+                };
+                match mcu.publish(sid, stream, offer).await {
+                    Ok((psid, answer)) => {
+                        let f = reply_frame(
+                            sid,
+                            user.as_deref(),
+                            sid,
+                            "answer",
+                            stream,
+                            &answer,
+                            &psid,
+                        );
+                        self.deliver_frame(sid, &f);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            "answer" if !to_self => {
+                mcu.subscriber_answer(sid, target, stream, &c.data.sid, &c.sdp)
+                    .await
+            }
+            "answer" => Err(McuError::NotFound("answer to self".into())),
+            "candidate" | "endOfCandidates" => {
+                let cand = if kind == "candidate" {
+                    c.candidate.clone().flatten()
+                } else {
+                    None
+                };
+                if to_self {
+                    mcu.publisher_candidate(sid, stream, &c.data.sid, cand)
+                        .await
+                } else {
+                    mcu.subscriber_candidate(sid, target, stream, &c.data.sid, cand)
+                        .await
+                }
+            }
+            "selectStream" => mcu.select_stream(sid, target, stream, &payload).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::info!(session = %sid, kind, "MCU message failed: {e}");
+            self.reply_error(sid, id, mcu_error(&e));
+        }
+    }
+
+    /// True when both sessions are local, in the same room and in its call.
+    fn in_same_call(&self, a: &str, b: &str) -> bool {
+        let st = self.lock();
+        let (Some(sa), Some(sb)) = (st.sessions.map.get(a), st.sessions.map.get(b)) else {
+            return false;
+        };
+        match (&sa.room, &sb.room) {
+            (Some(ra), Some(rb)) if ra == rb => st.is_in_call(ra, a) && st.is_in_call(ra, b),
+            _ => false,
+        }
+    }
+
+    /// `requestoffer`: subscribes the sender to the target's stream; the
+    /// offer goes to the sender.
+    async fn request_offer(
+        &self,
+        mcu: &Mcu,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        target: &Arc<str>,
+        c: Checked,
+    ) {
+        let internal = self
+            .lock()
+            .sessions
+            .map
+            .get(sid)
+            .is_some_and(|s| s.kind == SessionKind::Internal);
+        if !internal && !self.config.allow_subscribe_any && !self.in_same_call(sid, target) {
+            return self.reply_error(
+                sid,
+                id,
+                err(error::NOT_ALLOWED, "Not allowed to request offer."),
+            );
+        }
+        let Some(stream) = StreamType::parse(&c.data.room_type) else {
+            return self.reply_error(sid, id, mcu_error(&McuError::NotFound("no stream".into())));
+        };
+        let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+        match mcu
+            .subscribe(sid, target, stream, &c.data.sid, &payload)
+            .await
+        {
+            Ok((ssid, offer)) => {
+                let f = reply_frame(target, None, sid, "offer", stream, &offer, &ssid);
+                self.deliver_frame(sid, &f);
+            }
+            Err(e) => {
+                tracing::info!(session = %sid, publisher = %target, "requestoffer failed: {e}");
+                self.reply_error(sid, id, mcu_error(&e));
+            }
+        }
+    }
+
+    /// `sendoffer`: the sender publishes; the recipient gets a subscriber
+    /// of it and the offer. Errors go to the sender.
+    fn send_offer(
+        self: &Arc<Self>,
+        mcu: Arc<Mcu>,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        target: Arc<str>,
+        c: Checked,
+    ) {
+        let (allowed, local) = {
+            let st = self.lock();
+            let Some(s) = st.sessions.map.get(sid) else {
+                return;
+            };
+            (
+                may_send(s, &c.data.room_type),
+                st.sessions.map.contains_key(&target),
+            )
+        };
+        if !allowed {
+            return self.reply_error(
+                sid,
+                id,
+                err(error::NOT_ALLOWED, "Not allowed to send offer"),
+            );
+        }
+        let Some(stream) = StreamType::parse(&c.data.room_type).filter(|_| local) else {
+            return self.reply_error(
+                sid,
+                id,
+                mcu_error(&McuError::NotFound("no recipient".into())),
+            );
+        };
+        let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+        tokio::spawn(async move {
+            let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+            match mcu.subscribe(&target, &sid, stream, "", &payload).await {
+                Ok((ssid, offer)) => {
+                    let f = reply_frame(&sid, None, &target, "offer", stream, &offer, &ssid);
+                    hub.deliver_frame(&target, &f);
+                }
+                Err(e) => {
+                    tracing::info!(session = %sid, "sendoffer failed: {e}");
+                    hub.reply_error(&sid, id.as_deref(), mcu_error(&e));
+                }
+            }
+        });
+    }
+}

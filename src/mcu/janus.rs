@@ -1,0 +1,543 @@
+//! A client of the Janus WebSocket API (subprotocol `janus-protocol`): one
+//! Janus session per server, transactions, keepalives and reconnects.
+//!
+//! Replies are matched on `transaction`. Asynchronous plugin requests
+//! (`join`, `configure`, `start`) are answered with an `ack` and an `event`
+//! in either order; the caller waits for the event. Plugin errors arrive
+//! inside `event` or `success` (`plugindata.data.error_code`) and become
+//! [`JanusError::Plugin`]. Messages without a known transaction that carry a
+//! `sender` (handle id) go to the owner as [`GatewayEvent::Handle`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// The Janus plugin every room lives in.
+pub const VIDEOROOM: &str = "janus.plugin.videoroom";
+/// Interval of session keepalives and WebSocket pings (Janus ends a session
+/// after 60 s without one).
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// First reconnect delay; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest reconnect delay.
+const MAX_RETRY: Duration = Duration::from_secs(16);
+
+/// Why a Janus request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JanusError {
+    /// There is no connection to Janus right now.
+    #[error("not connected to Janus")]
+    NotConnected,
+    /// No answer within the MCU timeout.
+    #[error("Janus did not answer in time")]
+    Timeout,
+    /// The connection dropped while the request was pending.
+    #[error("connection to Janus lost")]
+    Cancelled,
+    /// `{"janus":"error"}` (e.g. 458 no such session).
+    #[error("Janus error {code}: {reason}")]
+    Janus {
+        /// Janus error code.
+        code: i64,
+        /// Janus's text.
+        reason: String,
+    },
+    /// A videoroom error (`plugindata.data.error_code`).
+    #[error("videoroom error {code}: {reason}")]
+    Plugin {
+        /// Videoroom error code (e.g. 428 no such feed).
+        code: i64,
+        /// The plugin's text.
+        reason: String,
+    },
+    /// An answer that lacks what the request must return.
+    #[error("unexpected answer from Janus: {0}")]
+    Protocol(String),
+}
+
+/// What the gateway tells its owner, in order.
+#[derive(Debug)]
+pub enum GatewayEvent {
+    /// A new Janus session is ready (after start-up or a reconnect).
+    Connected,
+    /// The connection dropped: every handle of the old session is gone.
+    Disconnected,
+    /// A message of a handle that answers no request (`webrtcup`,
+    /// `hangup`, `detached`, `trickle`, `media`, unsolicited `event`s).
+    Handle {
+        /// The handle (`sender`).
+        handle: u64,
+        /// The whole message.
+        msg: Value,
+    },
+}
+
+struct Pending {
+    /// Wait for the `event` and ignore the `ack`.
+    wait_event: bool,
+    tx: oneshot::Sender<Result<Value, JanusError>>,
+}
+
+struct Conn {
+    session: u64,
+    out: mpsc::UnboundedSender<String>,
+}
+
+struct Shared {
+    conn: Mutex<Option<Conn>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    next: AtomicU64,
+    timeout: Duration,
+    /// Janus requests sent, by `janus` type (for metrics).
+    requests: prometheus::IntCounterVec,
+}
+
+/// Handle to the Janus connection; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The videoroom part of a reply or event (`plugindata.data`).
+pub fn plugin_data(v: &Value) -> &Value {
+    &v["plugindata"]["data"]
+}
+
+/// Turns a reply into the request's result: Janus and plugin errors become
+/// [`JanusError`]s.
+fn classify(v: Value) -> Result<Value, JanusError> {
+    match v["janus"].as_str() {
+        Some("error") => Err(JanusError::Janus {
+            code: v["error"]["code"].as_i64().unwrap_or(0),
+            reason: v["error"]["reason"].as_str().unwrap_or("").to_string(),
+        }),
+        _ => {
+            let d = plugin_data(&v);
+            if let Some(code) = d.get("error_code").and_then(Value::as_i64) {
+                return Err(JanusError::Plugin {
+                    code,
+                    reason: d["error"].as_str().unwrap_or("").to_string(),
+                });
+            }
+            Ok(v)
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway that is not connected yet; [`Gateway::run`] connects it.
+    pub fn new(timeout: Duration, requests: prometheus::IntCounterVec) -> Gateway {
+        Gateway {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(None),
+                pending: Mutex::new(HashMap::new()),
+                next: AtomicU64::new(1),
+                timeout,
+                requests,
+            }),
+        }
+    }
+
+    /// True while a Janus session is up.
+    pub fn connected(&self) -> bool {
+        lock(&self.shared.conn).is_some()
+    }
+
+    /// Sends a request on the current session and waits for its answer (at
+    /// most the MCU timeout).
+    async fn request(&self, mut msg: Value, wait_event: bool) -> Result<Value, JanusError> {
+        let (tx, rx) = oneshot::channel();
+        let t = format!("t{}", self.shared.next.fetch_add(1, Ordering::Relaxed));
+        let kind = msg["janus"].as_str().unwrap_or("").to_string();
+        {
+            let conn = lock(&self.shared.conn);
+            let Some(c) = conn.as_ref() else {
+                return Err(JanusError::NotConnected);
+            };
+            msg["transaction"] = Value::String(t.clone());
+            msg["session_id"] = json!(c.session);
+            lock(&self.shared.pending).insert(t.clone(), Pending { wait_event, tx });
+            if c.out.send(msg.to_string()).is_err() {
+                lock(&self.shared.pending).remove(&t);
+                return Err(JanusError::NotConnected);
+            }
+        }
+        self.shared.requests.with_label_values(&[&kind]).inc();
+        match tokio::time::timeout(self.shared.timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(JanusError::Cancelled),
+            Err(_) => {
+                lock(&self.shared.pending).remove(&t);
+                Err(JanusError::Timeout)
+            }
+        }
+    }
+
+    /// Attaches a new videoroom handle.
+    pub async fn attach(&self) -> Result<u64, JanusError> {
+        let v = self
+            .request(json!({"janus": "attach", "plugin": VIDEOROOM}), false)
+            .await?;
+        v["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| JanusError::Protocol("attach without handle id".into()))
+    }
+
+    /// Detaches a handle (Janus answers `success`).
+    pub async fn detach(&self, handle: u64) -> Result<(), JanusError> {
+        self.request(json!({"janus": "detach", "handle_id": handle}), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// A videoroom request on a handle. `wait_event` for the asynchronous
+    /// ones (`join`, `configure`, `start`), which answer with an `event`.
+    pub async fn message(
+        &self,
+        handle: u64,
+        body: Value,
+        jsep: Option<Value>,
+        wait_event: bool,
+    ) -> Result<Value, JanusError> {
+        let mut msg = json!({"janus": "message", "handle_id": handle, "body": body});
+        if let Some(j) = jsep {
+            msg["jsep"] = j;
+        }
+        self.request(msg, wait_event).await
+    }
+
+    /// Trickles one candidate object (or `{"completed": true}`).
+    pub async fn trickle(&self, handle: u64, candidate: Value) -> Result<(), JanusError> {
+        self.request(
+            json!({"janus": "trickle", "handle_id": handle, "candidate": candidate}),
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Routes one message from Janus: the answer to a pending transaction,
+    /// or an event of a handle.
+    fn dispatch(&self, v: Value, events: &mpsc::UnboundedSender<GatewayEvent>) {
+        let kind = v["janus"].as_str().unwrap_or("");
+        if let Some(t) = v.get("transaction").and_then(Value::as_str) {
+            let mut pending = lock(&self.shared.pending);
+            if let Some(p) = pending.get(t) {
+                if kind == "ack" && p.wait_event {
+                    return;
+                }
+                if let Some(p) = pending.remove(t) {
+                    drop(pending);
+                    let _ = p.tx.send(classify(v));
+                }
+                return;
+            }
+            drop(pending);
+            if kind == "ack" {
+                // The ack of a request whose event came first.
+                return;
+            }
+        }
+        match v.get("sender").and_then(Value::as_u64) {
+            Some(handle) => {
+                let _ = events.send(GatewayEvent::Handle { handle, msg: v });
+            }
+            None => tracing::debug!(janus = kind, "Janus message without sender or transaction"),
+        }
+    }
+
+    /// Fails every pending request (the connection dropped).
+    fn fail_pending(&self) {
+        let all: Vec<Pending> = lock(&self.shared.pending).drain().map(|(_, p)| p).collect();
+        for p in all {
+            let _ = p.tx.send(Err(JanusError::Cancelled));
+        }
+    }
+
+    /// Keeps a Janus session up until `cancel`: connects, creates the
+    /// session, reconnects with backoff (1 s doubling to 16 s) when the
+    /// connection drops or Janus forgets the session. Events go to `events`.
+    pub async fn run(
+        self,
+        url: String,
+        events: mpsc::UnboundedSender<GatewayEvent>,
+        cancel: CancellationToken,
+    ) {
+        let mut delay = FIRST_RETRY;
+        loop {
+            match self.connect(&url).await {
+                Ok((ws, session)) => {
+                    delay = FIRST_RETRY;
+                    tracing::info!(session, "connected to Janus");
+                    self.serve(ws, session, &events, &cancel).await;
+                    *lock(&self.shared.conn) = None;
+                    self.fail_pending();
+                    let _ = events.send(GatewayEvent::Disconnected);
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    tracing::warn!("connection to Janus interrupted, reconnecting in {delay:?}");
+                }
+                Err(e) => {
+                    tracing::warn!("cannot connect to Janus ({e}), retrying in {delay:?}");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+    }
+
+    /// Opens the WebSocket, checks `info` and creates the session.
+    async fn connect(&self, url: &str) -> Result<(Ws, u64), String> {
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| format!("bad URL: {e}"))?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("janus-protocol"),
+        );
+        let dial = tokio_tungstenite::connect_async(req);
+        let (mut ws, _) = tokio::time::timeout(self.shared.timeout, dial)
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let info = self
+            .exchange(&mut ws, json!({"janus": "info", "transaction": "info"}))
+            .await?;
+        if info["plugins"].get(VIDEOROOM).is_none() {
+            return Err("Janus has no videoroom plugin".into());
+        }
+        if info["data_channels"] != Value::Bool(true) {
+            tracing::warn!("Janus was built without data channels");
+        }
+        if info["full-trickle"] != Value::Bool(true) {
+            tracing::info!("Janus runs without full-trickle");
+        }
+        tracing::info!(
+            version = info["version_string"].as_str().unwrap_or("?"),
+            "Janus gateway info"
+        );
+        let created = self
+            .exchange(&mut ws, json!({"janus": "create", "transaction": "create"}))
+            .await?;
+        let session = created["data"]["id"]
+            .as_u64()
+            .ok_or("create without session id")?;
+        Ok((ws, session))
+    }
+
+    /// One request/reply before the session exists (nothing else is in
+    /// flight on a new connection).
+    async fn exchange(&self, ws: &mut Ws, msg: Value) -> Result<Value, String> {
+        let t = msg["transaction"].clone();
+        ws.send(Message::Text(msg.to_string().into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + self.shared.timeout;
+        loop {
+            let next = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .map_err(|_| "timeout".to_string())?;
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                    if v["transaction"] == t {
+                        return classify(v).map_err(|e| e.to_string());
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Err("closed".into()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Runs a connected session until it breaks or `cancel`.
+    async fn serve(
+        &self,
+        ws: Ws,
+        session: u64,
+        events: &mpsc::UnboundedSender<GatewayEvent>,
+        cancel: &CancellationToken,
+    ) {
+        let (mut sink, mut stream) = ws.split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+        *lock(&self.shared.conn) = Some(Conn {
+            session,
+            out: out_tx,
+        });
+        let _ = events.send(GatewayEvent::Connected);
+        // Keepalives wait for their answer through this loop, so they run
+        // beside it; a lost session (458) or a dead Janus breaks it.
+        let broken = CancellationToken::new();
+        let keepalive = {
+            let gw = self.clone();
+            let broken = broken.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = broken.cancelled() => return,
+                        _ = tokio::time::sleep(KEEPALIVE) => {}
+                    }
+                    match gw.request(json!({"janus": "keepalive"}), false).await {
+                        Ok(_) => {}
+                        Err(JanusError::Cancelled) | Err(JanusError::NotConnected) => return,
+                        Err(e) => {
+                            tracing::warn!("Janus keepalive failed: {e}");
+                            broken.cancel();
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        let mut ping = tokio::time::interval(KEEPALIVE);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let destroy = json!({"janus": "destroy", "session_id": session, "transaction": "bye"});
+                    let _ = sink.send(Message::Text(destroy.to_string().into())).await;
+                    let _ = sink.close().await;
+                    break;
+                }
+                _ = broken.cancelled() => break,
+                m = out_rx.recv() => {
+                    let Some(m) = m else { break };
+                    if sink.send(Message::Text(m.into())).await.is_err() {
+                        break;
+                    }
+                }
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+                m = stream.next() => match m {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<Value>(&text) {
+                        Ok(v) => self.dispatch(v, events),
+                        Err(e) => tracing::warn!("unparsable message from Janus: {e}"),
+                    },
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!("Janus connection error: {e}");
+                        break;
+                    }
+                },
+            }
+        }
+        broken.cancel();
+        keepalive.abort();
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_errors_inside_events_and_success_are_errors() {
+        let ev = json!({"janus": "event", "plugindata": {"plugin": VIDEOROOM,
+            "data": {"videoroom": "event", "error_code": 428, "error": "No such feed (1)"}}});
+        match classify(ev) {
+            Err(JanusError::Plugin { code: 428, reason }) => assert!(reason.contains("feed")),
+            other => panic!("unexpected {other:?}"),
+        }
+        let ok = json!({"janus": "success", "plugindata": {"plugin": VIDEOROOM,
+            "data": {"videoroom": "created", "room": 5}}});
+        assert_eq!(plugin_data(&classify(ok).unwrap())["room"], 5);
+        let err = json!({"janus": "error", "error": {"code": 458, "reason": "No such session 1"}});
+        assert!(matches!(
+            classify(err),
+            Err(JanusError::Janus { code: 458, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_event_before_its_ack_answers_the_request_and_the_ack_is_dropped() {
+        let gw = Gateway::new(
+            Duration::from_secs(1),
+            prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
+        );
+        let (out, mut sent) = mpsc::unbounded_channel();
+        *lock(&gw.shared.conn) = Some(Conn { session: 7, out });
+        let (events, mut evrx) = mpsc::unbounded_channel();
+        let req = {
+            let gw = gw.clone();
+            tokio::spawn(async move { gw.message(9, json!({"request": "join"}), None, true).await })
+        };
+        let m: Value = serde_json::from_str(&sent.recv().await.unwrap()).unwrap();
+        assert_eq!(m["session_id"], 7);
+        assert_eq!(m["handle_id"], 9);
+        let t = m["transaction"].clone();
+        gw.dispatch(
+            json!({"janus": "event", "transaction": t, "sender": 9,
+                "plugindata": {"plugin": VIDEOROOM, "data": {"videoroom": "joined", "room": 3}}}),
+            &events,
+        );
+        gw.dispatch(json!({"janus": "ack", "transaction": t}), &events);
+        let r = req.await.unwrap().unwrap();
+        assert_eq!(plugin_data(&r)["videoroom"], "joined");
+        // A handle event without transaction goes to the owner.
+        gw.dispatch(
+            json!({"janus": "webrtcup", "session_id": 7, "sender": 9}),
+            &events,
+        );
+        match evrx.try_recv() {
+            Ok(GatewayEvent::Handle { handle: 9, msg }) => assert_eq!(msg["janus"], "webrtcup"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(evrx.try_recv().is_err(), "the stray ack is not an event");
+    }
+
+    #[tokio::test]
+    async fn an_ack_before_the_event_keeps_the_request_waiting() {
+        let gw = Gateway::new(
+            Duration::from_secs(1),
+            prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
+        );
+        let (out, mut sent) = mpsc::unbounded_channel();
+        *lock(&gw.shared.conn) = Some(Conn { session: 7, out });
+        let (events, _evrx) = mpsc::unbounded_channel();
+        let req = {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                gw.message(9, json!({"request": "configure"}), None, true)
+                    .await
+            })
+        };
+        let m: Value = serde_json::from_str(&sent.recv().await.unwrap()).unwrap();
+        let t = m["transaction"].clone();
+        gw.dispatch(json!({"janus": "ack", "transaction": t}), &events);
+        assert!(!req.is_finished());
+        gw.dispatch(
+            json!({"janus": "event", "transaction": t, "sender": 9,
+                "plugindata": {"plugin": VIDEOROOM, "data": {"videoroom": "event", "error_code": 424, "error": "Invalid"}}}),
+            &events,
+        );
+        assert!(matches!(
+            req.await.unwrap(),
+            Err(JanusError::Plugin { code: 424, .. })
+        ));
+    }
+}

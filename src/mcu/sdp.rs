@@ -1,0 +1,196 @@
+//! What the server needs to know of SDPs and ICE candidates: which media an
+//! offer publishes, whether a candidate parses, and which candidates the
+//! `[mcu]` allow/block lists (and the mDNS rule) remove.
+
+use std::net::IpAddr;
+
+use crate::config::IpList;
+
+/// Media sections of an SDP that need a publish permission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Media {
+    /// At least one `m=audio`.
+    pub audio: bool,
+    /// At least one `m=video`.
+    pub video: bool,
+}
+
+/// Why an SDP or candidate was refused (the texts of the Go server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdpError {
+    /// The SDP does not parse.
+    Sdp(String),
+    /// An `a=candidate` line in media section `media` (index `idx` among
+    /// the section's attributes) does not parse.
+    Candidate {
+        /// Index of the media section.
+        media: usize,
+        /// Index of the attribute in that section.
+        idx: usize,
+        /// The parse error.
+        error: String,
+    },
+}
+
+/// The parts of a candidate line the filters look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The connection address (an IP literal or, e.g., an mDNS name).
+    pub address: String,
+}
+
+/// Parses `candidate:<foundation> <component> <transport> <priority>
+/// <address> <port> typ <type> ...` (with or without the `candidate:`
+/// prefix).
+pub fn parse_candidate(s: &str) -> Result<Candidate, String> {
+    let s = s.trim();
+    let s = s.strip_prefix("candidate:").unwrap_or(s);
+    let f: Vec<&str> = s.split_ascii_whitespace().collect();
+    if f.len() < 8 {
+        return Err(format!(
+            "attribute not long enough to be ICE candidate ({})",
+            f.len()
+        ));
+    }
+    if f[1].parse::<u16>().is_err() {
+        return Err(format!("could not parse component: {}", f[1]));
+    }
+    if !matches!(f[2].to_ascii_lowercase().as_str(), "udp" | "tcp") {
+        return Err(format!("unknown transport: {}", f[2]));
+    }
+    if f[3].parse::<u32>().is_err() {
+        return Err(format!("could not parse priority: {}", f[3]));
+    }
+    if f[5].parse::<u16>().is_err() {
+        return Err(format!("could not parse port: {}", f[5]));
+    }
+    if f[6] != "typ" || !matches!(f[7], "host" | "srflx" | "prflx" | "relay") {
+        return Err(format!("unknown candidate type: {}", f[7]));
+    }
+    Ok(Candidate {
+        address: f[4].to_string(),
+    })
+}
+
+/// True when a candidate must not reach Janus: its address is no IP
+/// literal (mDNS `.local`) or unspecified, or it is in `blocked` and not in
+/// `allowed` (the allow list wins).
+pub fn is_filtered(c: &Candidate, allowed: &IpList, blocked: &IpList) -> bool {
+    let Ok(ip) = c.address.parse::<IpAddr>() else {
+        return true;
+    };
+    if ip.is_unspecified() {
+        return true;
+    }
+    if allowed.contains(ip) {
+        return false;
+    }
+    blocked.contains(ip)
+}
+
+/// Checks an SDP and returns which media it carries.
+pub fn parse(sdp: &str) -> Result<Media, SdpError> {
+    let mut media = Media::default();
+    let mut lines = sdp.lines().filter(|l| !l.is_empty());
+    match lines.next() {
+        Some(l) if l.starts_with("v=") => {}
+        _ => return Err(SdpError::Sdp("SDP does not start with v=".into())),
+    }
+    let mut section: Option<usize> = None;
+    let mut idx = 0;
+    for line in lines {
+        let b = line.as_bytes();
+        if b.len() < 2 || b[1] != b'=' || !b[0].is_ascii_lowercase() {
+            return Err(SdpError::Sdp(format!("invalid SDP line: {line:.40}")));
+        }
+        if let Some(m) = line.strip_prefix("m=") {
+            section = Some(section.map_or(0, |s| s + 1));
+            idx = 0;
+            match m.split(' ').next() {
+                Some("audio") => media.audio = true,
+                Some("video") => media.video = true,
+                _ => {}
+            }
+            continue;
+        }
+        if let (Some(s), Some(a)) = (section, line.strip_prefix("a=")) {
+            if let Some(c) = a.strip_prefix("candidate:") {
+                if let Err(error) = parse_candidate(c) {
+                    return Err(SdpError::Candidate {
+                        media: s,
+                        idx,
+                        error,
+                    });
+                }
+            }
+            idx += 1;
+        }
+    }
+    Ok(media)
+}
+
+/// The SDP without the candidates that [`is_filtered`] removes (line
+/// endings kept as they were).
+pub fn filter(sdp: &str, allowed: &IpList, blocked: &IpList) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\r', '\n']);
+        if let Some(c) = content.strip_prefix("a=candidate:") {
+            if parse_candidate(c).map_or(true, |c| is_filtered(&c, allowed, blocked)) {
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+        a=candidate:1 1 udp 2122260223 10.0.0.5 50000 typ host\r\n\
+        a=candidate:2 1 udp 2122260223 4b5c.local 50001 typ host\r\n\
+        a=candidate:3 1 udp 2122260223 1.2.3.4 50002 typ srflx raddr 0.0.0.0 rport 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
+
+    #[test]
+    fn media_of_an_offer() {
+        assert_eq!(
+            parse(OFFER),
+            Ok(Media {
+                audio: true,
+                video: true
+            })
+        );
+        assert!(matches!(parse("hello"), Err(SdpError::Sdp(_))));
+        let bad = "v=0\r\nm=audio 9 UDP 0\r\na=mid:0\r\na=candidate:1 1 udp x\r\n";
+        assert!(matches!(
+            parse(bad),
+            Err(SdpError::Candidate {
+                media: 0,
+                idx: 1,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn mdns_and_blocked_candidates_are_removed_allowed_wins() {
+        let allowed = IpList::parse("1.2.3.4").unwrap();
+        let blocked = IpList::parse("1.2.3.0/24, 10.0.0.0/8").unwrap();
+        let out = filter(OFFER, &allowed, &blocked);
+        assert!(!out.contains("10.0.0.5"));
+        assert!(!out.contains(".local"));
+        assert!(out.contains("1.2.3.4 50002"));
+        assert!(out.contains("m=video"));
+        let none = IpList::default();
+        let out = filter(OFFER, &none, &none);
+        assert!(out.contains("10.0.0.5") && !out.contains(".local"));
+        let c = parse_candidate("candidate:1 1 udp 1 0.0.0.0 9 typ host").unwrap();
+        assert!(is_filtered(&c, &none, &none));
+        assert!(parse_candidate("candidate:1 1 udp 1 1.2.3.4").is_err());
+    }
+}

@@ -1,0 +1,523 @@
+//! The MCU against a real Janus (Debian's `janus` 1.1.2 on loopback), with
+//! hand-made offers: no media flows here (see `mcu_media.rs`), but rooms,
+//! answers, permissions, validation, features and reconnects are real.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::janus::{audio_offer, audio_video_offer, Janus, Observer};
+use support::{Client, TestServer};
+
+/// Janus and a server using it, once the server announced `mcu`.
+async fn setup(extra: &str) -> (Janus, TestServer) {
+    let j = Janus::start().await;
+    let ts = TestServer::start_with(&j.mcu_section(extra)).await;
+    wait_features(&ts, true).await;
+    (j, ts)
+}
+
+async fn welcome_features(ts: &TestServer) -> Vec<String> {
+    let v: Value = reqwest::get(format!("{}/api/v1/welcome", ts.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits until `/api/v1/welcome` does (or does not) list the MCU features.
+async fn wait_features(ts: &TestServer, mcu: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = welcome_features(ts).await;
+        let has = ["mcu", "simulcast", "update-sdp"]
+            .iter()
+            .all(|x| f.iter().any(|y| y == x));
+        let none = !["mcu", "simulcast", "update-sdp"]
+            .iter()
+            .any(|x| f.iter().any(|y| y == x));
+        if (mcu && has) || (!mcu && none) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "features never became mcu={mcu}: {f:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn offer(to: &str, room_type: &str, sdp: &str, sid: &str) -> Value {
+    json!({"to": to, "sid": sid, "roomType": room_type, "type": "offer",
+           "payload": {"type": "offer", "sdp": sdp, "nick": "Alice"}, "bitrate": 0})
+}
+
+async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
+    c.send(json!({"id": id, "type": "message", "message": {
+        "recipient": {"type": "session", "sessionid": to}, "data": data}}))
+        .await;
+}
+
+/// Sends an offer to one's own session and returns the answer message.
+async fn publish(c: &mut Client, room_type: &str, sdp: &str, sid: &str) -> Value {
+    let me = c.session_id.clone();
+    send_to(c, "offer", &me, offer(&me, room_type, sdp, sid)).await;
+    c.wait_for_within(Duration::from_secs(10), |m| {
+        m["type"] == "error" || m["message"]["data"]["type"] == "answer"
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_offer_publishes_one_room_per_stream_and_the_answer_comes_from_janus() {
+    let (j, ts) = setup("").await;
+    let mut a = ts.client(Some("alice")).await;
+    let join = a.join("room1", "nc-alice").await;
+    assert_eq!(
+        join["room"]["bandwidth"],
+        json!({"maxstreambitrate": 1048576, "maxscreenbitrate": 2097152})
+    );
+    let me = a.session_id.clone();
+    let m = publish(&mut a, "video", &audio_offer(), "1700000000000").await;
+    assert_eq!(m["type"], "message", "{m}");
+    assert_eq!(
+        m["message"]["sender"],
+        json!({"type": "session", "sessionid": me, "userid": "alice"})
+    );
+    let d = &m["message"]["data"];
+    assert_eq!(d["to"], me.as_str());
+    assert_eq!(d["from"], me.as_str());
+    assert_eq!(d["roomType"], "video");
+    assert_eq!(d["sid"], "1700000000000");
+    assert_eq!(d["payload"]["type"], "answer");
+    let sdp = d["payload"]["sdp"].as_str().unwrap();
+    assert!(sdp.contains("a=recvonly"), "{sdp}");
+    assert!(
+        sdp.contains("VideoRoom"),
+        "an answer of the videoroom plugin: {sdp}"
+    );
+
+    let mut obs = Observer::connect(&j.url()).await;
+    let room = obs.wait_room(&me, "video", true).await.unwrap();
+    assert_eq!(room["max_publishers"], 1);
+    assert_eq!(room["bitrate"], 1048576);
+
+    // The screen gets a room of its own with the screen cap; the offer's
+    // bitrate lowers it and its codecs reach Janus.
+    let mut screen = offer(&me, "screen", &audio_offer(), "s1");
+    screen["bitrate"] = json!(500000);
+    screen["audiocodec"] = json!("opus");
+    screen["videocodec"] = json!("vp9");
+    screen["vp9profile"] = json!("2");
+    send_to(&mut a, "o2", &me, screen).await;
+    let m = a
+        .wait_for(|m| m["type"] == "error" || m["message"]["data"]["roomType"] == "screen")
+        .await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let room = obs.wait_room(&me, "screen", true).await.unwrap();
+    assert_eq!(room["bitrate"], 500000);
+    assert_eq!(room["audiocodec"], "opus");
+    assert_eq!(room["videocodec"], "vp9");
+    assert_eq!(
+        obs.rooms()
+            .await
+            .iter()
+            .filter(|r| r["description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(me.as_str())))
+            .count(),
+        2
+    );
+
+    // A second offer renegotiates the same publisher: same room, same sid.
+    let first = obs.room_of(&me, "video").await.unwrap();
+    let m = publish(&mut a, "video", &audio_offer(), "other-sid").await;
+    assert_eq!(m["message"]["data"]["sid"], "1700000000000", "{m}");
+    let again = obs.room_of(&me, "video").await.unwrap();
+    assert_eq!(again["room"], first["room"]);
+
+    let metrics = reqwest::get(format!("{}/metrics", ts.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("signaling_mcu_publishers{type=\"video\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("signaling_mcu_publishers_total{type=\"screen\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("signaling_mcu_messages_total{type=\"offer\"} 3"),
+        "{metrics}"
+    );
+
+    // Leaving the room closes the session's publishers: rooms gone.
+    a.send(json!({"id": "leave", "type": "room", "room": {"roomid": ""}}))
+        .await;
+    obs.wait_room(&me, "video", false).await;
+    obs.wait_room(&me, "screen", false).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn mcu_data_is_validated_and_candidates_are_filtered() {
+    let (_j, ts) = setup("blockedcandidates = 10.0.0.0/8\n").await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let me = a.session_id.clone();
+    let bob = b.session_id.clone();
+
+    let cases = [
+        (
+            json!({"type": "offer", "roomType": "foo", "payload": {}}),
+            "invalid_format",
+        ),
+        (json!({"ping": 1}), "invalid_format"),
+        (
+            json!({"type": "offer", "roomType": "video", "payload": {}}),
+            "invalid_sdp",
+        ),
+        (
+            json!({"type": "answer", "roomType": "video", "payload": {"sdp": "nonsense"}}),
+            "invalid_sdp",
+        ),
+        (
+            json!({"type": "candidate", "roomType": "video", "payload": {}}),
+            "no_candidate",
+        ),
+        (
+            json!({"type": "candidate", "roomType": "video", "payload": {"candidate": "x"}}),
+            "invalid_candidate",
+        ),
+        (
+            json!({"type": "candidate", "roomType": "video", "payload": {"candidate": {"candidate": "candidate:1 1 udp"}}}),
+            "invalid_candidate",
+        ),
+    ];
+    for (i, (data, code)) in cases.iter().enumerate() {
+        let id = format!("v{i}");
+        send_to(&mut a, &id, &bob, data.clone()).await;
+        let e = a.expect_error(code).await;
+        assert_eq!(e["id"], id.as_str(), "{data}: {e}");
+    }
+    // String data is no MCU data: delivered.
+    send_to(&mut a, "s", &bob, json!("hello bob")).await;
+    let m = b.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"], "hello bob");
+
+    // Filtered candidates (mDNS, unspecified, blocked) vanish silently even
+    // without a publisher; a kept one finds no publisher.
+    for addr in ["4b5c6d.local", "0.0.0.0", "10.1.2.3"] {
+        let c = format!("candidate:1 1 udp 2122260223 {addr} 50000 typ host");
+        send_to(
+            &mut a,
+            "c",
+            &me,
+            json!({"type": "candidate", "roomType": "video",
+            "payload": {"candidate": {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0}}}),
+        )
+        .await;
+    }
+    let c = "candidate:1 1 udp 2122260223 192.0.2.7 50000 typ host";
+    send_to(
+        &mut a,
+        "kept",
+        &me,
+        json!({"type": "candidate", "roomType": "video",
+        "payload": {"candidate": {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0}}}),
+    )
+    .await;
+    let e = a.recv().await;
+    assert_eq!(e["id"], "kept", "the filtered ones got no answer: {e}");
+    assert_eq!(e["error"]["code"], "client_not_found");
+
+    // With a publisher, the candidate goes to Janus (no answer), and one
+    // with another sid fails.
+    publish(&mut a, "video", &audio_offer(), "42").await;
+    send_to(
+        &mut a,
+        "c1",
+        &me,
+        json!({"type": "candidate", "roomType": "video", "sid": "42",
+        "payload": {"candidate": {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0}}}),
+    )
+    .await;
+    send_to(
+        &mut a,
+        "c2",
+        &me,
+        json!({"type": "candidate", "roomType": "video", "sid": "43",
+        "payload": {"candidate": {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0}}}),
+    )
+    .await;
+    let e = a.recv().await;
+    assert_eq!(e["id"], "c2", "{e}");
+    assert_eq!(e["error"]["code"], "processing_failed");
+    // An answer to a session one does not subscribe to.
+    send_to(
+        &mut a,
+        "ans",
+        &bob,
+        json!({"type": "answer", "roomType": "video",
+        "payload": {"type": "answer", "sdp": audio_offer()}}),
+    )
+    .await;
+    a.expect_error("client_not_found").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn publishing_obeys_media_permissions_and_revoking_closes_the_publisher() {
+    let j = Janus::start().await;
+    let nc = support::FakeNextcloud::start().await;
+    {
+        let mut st = nc.state.lock().unwrap();
+        st.permissions.insert("nc-none".into(), vec![]);
+        st.permissions
+            .insert("nc-audio".into(), vec!["publish-audio".into()]);
+        st.permissions.insert(
+            "nc-all".into(),
+            vec!["publish-media".into(), "publish-screen".into()],
+        );
+    }
+    let ts = TestServer::start_on(nc, &j.mcu_section("")).await;
+    wait_features(&ts, true).await;
+    let mut obs = Observer::connect(&j.url()).await;
+
+    let mut none = ts.client(Some("none")).await;
+    none.join("room1", "nc-none").await;
+    let m = publish(&mut none, "video", &audio_offer(), "1").await;
+    assert_eq!(m["error"]["code"], "not_allowed", "{m}");
+    assert_eq!(m["error"]["message"], "Not allowed to publish.");
+    let me = none.session_id.clone();
+    send_to(
+        &mut none,
+        "c",
+        &me,
+        json!({"type": "candidate", "roomType": "video",
+        "payload": {"candidate": {"candidate": "candidate:1 1 udp 1 192.0.2.1 5 typ host"}}}),
+    )
+    .await;
+    let e = none.expect_error("not_allowed").await;
+    assert_eq!(e["error"]["message"], "Not allowed to send candidate.");
+
+    let mut audio = ts.client(Some("audio")).await;
+    audio.join("room1", "nc-audio").await;
+    let m = publish(&mut audio, "video", &audio_video_offer(), "1").await;
+    assert_eq!(
+        m["error"]["code"], "not_allowed",
+        "video needs publish-video: {m}"
+    );
+    let m = publish(&mut audio, "screen", &audio_offer(), "1").await;
+    assert_eq!(
+        m["error"]["code"], "not_allowed",
+        "screen needs publish-screen: {m}"
+    );
+    let m = publish(&mut audio, "video", &audio_offer(), "1").await;
+    assert_eq!(
+        m["message"]["data"]["type"], "answer",
+        "audio is allowed: {m}"
+    );
+
+    let mut all = ts.client(Some("all")).await;
+    all.join("room1", "nc-all").await;
+    let sid = all.session_id.clone();
+    let m = publish(&mut all, "video", &audio_video_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let m = publish(&mut all, "screen", &audio_offer(), "2").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    obs.wait_room(&sid, "video", true).await;
+
+    // Nextcloud takes publish-media away, leaving audio and the screen:
+    // the publisher carries video, so it closes at once; the screen stays.
+    let perms = json!(["publish-audio", "publish-screen"]);
+    ts.backend_request(
+        "room1",
+        &json!({"type": "participants", "participants": {
+        "changed": [{"sessionId": "nc-all", "inCall": 7, "permissions": perms}],
+        "users": [{"sessionId": "nc-all", "inCall": 7, "permissions": perms}]}}),
+    )
+    .await;
+    obs.wait_room(&sid, "video", false).await;
+    send_to(
+        &mut all,
+        "c",
+        &sid,
+        json!({"type": "candidate", "roomType": "video",
+        "payload": {"candidate": {"candidate": "candidate:1 1 udp 1 192.0.2.1 5 typ host"}}}),
+    )
+    .await;
+    let e = all.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["error"]["code"], "client_not_found", "{e}");
+    assert!(obs.room_of(&sid, "screen").await.is_some());
+    // unshareScreen: the screen room goes about a second later.
+    send_to(
+        &mut all,
+        "u",
+        &sid,
+        json!({"type": "unshareScreen", "roomType": "screen"}),
+    )
+    .await;
+    obs.wait_room(&sid, "screen", false).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn requestoffer_needs_the_same_call_and_a_publisher() {
+    let (_j, ts) = setup("").await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let bob = b.session_id.clone();
+    let req = json!({"type": "requestoffer", "roomType": "video"});
+    send_to(&mut a, "r1", &bob, req.clone()).await;
+    let e = a.expect_error("not_allowed").await;
+    assert_eq!(e["error"]["message"], "Not allowed to request offer.");
+    assert_eq!(e["id"], "r1");
+
+    ts.backend_request(
+        "room1",
+        &json!({"type": "incall", "incall": {"incall": 7,
+        "changed": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}],
+        "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]}}),
+    )
+    .await;
+    a.wait_for(|m| m["event"]["target"] == "participants").await;
+    // In the call, but Bob publishes nothing: after the MCU timeout (3 s).
+    let start = tokio::time::Instant::now();
+    send_to(&mut a, "r2", &bob, req.clone()).await;
+    let e = a
+        .wait_for_within(Duration::from_secs(10), |m| m["type"] == "error")
+        .await;
+    assert_eq!(e["error"]["code"], "client_not_found", "{e}");
+    assert_eq!(e["id"], "r2");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(2900), "waited {waited:?}");
+    // A requestoffer to oneself is ignored; other messages still flow.
+    let me = a.session_id.clone();
+    send_to(&mut a, "self", &me, req).await;
+    send_to(&mut a, "s", &bob, json!("after")).await;
+    b.wait_for(|m| m["message"]["data"] == "after").await;
+    a.expect_nothing(Duration::from_millis(300)).await;
+    // The subscriber of a publisher without WebRTC: Janus answers 428
+    // until the MCU timeout, then processing_failed.
+    publish(&mut b, "video", &audio_offer(), "9").await;
+    send_to(
+        &mut a,
+        "r3",
+        &bob,
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    let e = a
+        .wait_for_within(Duration::from_secs(10), |m| m["type"] == "error")
+        .await;
+    assert_eq!(e["error"]["code"], "processing_failed", "{e}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it() {
+    let (mut j, ts) = setup("").await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let me = a.session_id.clone();
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+
+    j.kill();
+    wait_features(&ts, false).await;
+    // Nothing else stalls meanwhile: hellos, joins and messages work, and
+    // a hello does not announce the MCU.
+    let mut b = ts.client(Some("bob")).await;
+    b.join("room1", "nc-bob").await;
+    a.wait_join_of(&b.session_id).await;
+    send_to(&mut b, "x", &me, json!("still here")).await;
+    a.wait_for(|m| m["message"]["data"] == "still here").await;
+    // A publish while Janus is away fails at once.
+    let m = publish(&mut a, "video", &audio_offer(), "2").await;
+    assert!(
+        m["error"]["code"] == "client_not_found" || m["error"]["code"] == "processing_failed",
+        "{m}"
+    );
+
+    j.restart().await;
+    wait_features(&ts, true).await;
+    let mut c = ts.client(Some("carol")).await;
+    let hello_features = ts_hello_features(&ts).await;
+    assert!(
+        hello_features.iter().any(|f| f == "mcu"),
+        "{hello_features:?}"
+    );
+    c.join("room1", "nc-carol").await;
+    let m = publish(&mut a, "video", &audio_offer(), "3").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    assert_eq!(
+        m["message"]["data"]["sid"], "3",
+        "a new publisher after the restart"
+    );
+    let mut obs = Observer::connect(&j.url()).await;
+    obs.wait_room(&me, "video", true).await;
+    ts.stop().await;
+}
+
+async fn ts_hello_features(ts: &TestServer) -> Vec<String> {
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    let h = c
+        .hello_v1(&ts.nc.backend_url(), json!({"userid": "dave"}))
+        .await;
+    h["hello"]["server"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn without_janus_connected_no_mcu_feature_is_announced_and_messages_flow() {
+    // Janus is configured but not running.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ts = TestServer::start_with(&format!(
+        "[mcu]\nurl = ws://127.0.0.1:{port}\ntimeout = 1\n"
+    ))
+    .await;
+    let f = welcome_features(&ts).await;
+    assert!(!f.iter().any(|x| x == "mcu"), "{f:?}");
+    assert!(f.iter().any(|x| x == "offer-codecs"), "{f:?}");
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let bob = b.session_id.clone();
+    let me = a.session_id.clone();
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["error"]["code"], "client_not_found", "{m}");
+    send_to(
+        &mut a,
+        "x",
+        &bob,
+        json!({"type": "chat", "text": "typed data passes"}),
+    )
+    .await;
+    let m = b.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["text"], "typed data passes");
+    assert_eq!(m["message"]["sender"]["sessionid"], me.as_str());
+    ts.stop().await;
+}
