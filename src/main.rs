@@ -137,10 +137,11 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
             _ = hup.recv() => {
                 sdnotify::reloading();
                 match Config::load(&path) {
-                    // SIGHUP: backends and the log level are reloaded,
-                    // sessions stay; other settings need a restart.
+                    // SIGHUP: backends, [app], [stats], the certificate
+                    // and the log level are reloaded, sessions stay; other
+                    // settings need a restart (logged).
                     Ok(c) => {
-                        server.hub.reload(&c);
+                        server.reload(&c);
                         match tracing_subscriber::EnvFilter::try_new(&c.log_level) {
                             Ok(f) => {
                                 let _ = log.reload(f);

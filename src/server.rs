@@ -11,6 +11,8 @@ use tokio_util::task::TaskTracker;
 use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
+use crate::http::listener::{Listener, Shared};
+use crate::http::tls::Tls;
 use crate::http::{router, AppState};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -22,11 +24,33 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Server {
     /// The hub.
     pub hub: Arc<Hub>,
-    /// Address the listener is bound to.
+    /// Address of the first listener (HTTP, or HTTPS when only that is
+    /// configured).
     pub addr: SocketAddr,
+    /// Addresses of the `[https]` listeners.
+    pub https_addrs: Vec<SocketAddr>,
+    /// The `[https]` certificate (re-read by [`Server::reload`]).
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    done: tokio::task::JoinHandle<()>,
+    done: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds every address of `listen` (`section` names the config section in
+/// errors).
+async fn bind_all(section: &str, listen: &[String]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in listen {
+        let addr: SocketAddr = tokio::net::lookup_host(a)
+            .await
+            .ok()
+            .and_then(|mut it| it.next())
+            .ok_or_else(|| anyhow::anyhow!("[{section}] listen: cannot resolve {a}"))?;
+        out.push(
+            bind(addr).map_err(|e| anyhow::anyhow!("[{section}] listen: cannot bind {a}: {e}"))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Binds `addr` (with `SO_REUSEADDR`, so a restart does not wait for
@@ -43,29 +67,35 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Server {
-    /// Binds `config.listen` (or uses the given listener) and starts serving
-    /// on the current runtime.
+    /// Binds `[http] listen` (or uses the given listener instead) and
+    /// `[https] listen`, and starts serving on the current runtime.
     pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
         let config = Arc::new(config);
         for s in &config.unsupported_sections {
             tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
         }
-        let listener = match listener {
-            Some(l) => l,
-            None => {
-                let addr: SocketAddr = tokio::net::lookup_host(&config.listen)
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("[http] listen: cannot resolve {}", config.listen)
-                    })?;
-                bind(addr).map_err(|e| {
-                    anyhow::anyhow!("[http] listen: cannot bind {}: {e}", config.listen)
-                })?
-            }
+        let tls = match &config.https {
+            Some(h) => Some(Arc::new(Tls::new(h)?)),
+            None => None,
         };
-        let addr = listener.local_addr()?;
+        let http_listeners = match listener {
+            Some(l) => vec![l],
+            None => bind_all("http", &config.listen).await?,
+        };
+        let https_listeners = match &config.https {
+            Some(h) => bind_all("https", &h.listen).await?,
+            None => Vec::new(),
+        };
+        let https_addrs = https_listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<Vec<_>, _>>()?;
+        let addr = match http_listeners.first() {
+            Some(l) => l.local_addr()?,
+            None => *https_addrs
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("[http] listen: no listener configured"))?,
+        };
         let shutdown = CancellationToken::new();
         let pid = crate::bus::new_process_id();
         let (bus, inbound): (Arc<dyn Bus>, _) = if config.nats_urls.is_empty() {
@@ -92,28 +122,83 @@ impl Server {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         });
-        let done = tokio::spawn(crate::http::listener::serve(
-            listener,
-            app,
-            shutdown.clone(),
+        let shared = Shared::new(
             hub.config.http.clone(),
+            hub.live_handle(),
             hub.metrics.clone(),
-        ));
-        tracing::info!(%addr, "listening");
+        );
+        let mut done = Vec::new();
+        for tcp in http_listeners {
+            tracing::info!(addr = %tcp.local_addr()?, "listening (http)");
+            let l = Listener {
+                tcp,
+                tls: None,
+                timeouts: hub.config.http.timeouts,
+            };
+            done.push(tokio::spawn(crate::http::listener::serve(
+                l,
+                app.clone(),
+                shutdown.clone(),
+                shared.clone(),
+            )));
+        }
+        if let Some(h) = &hub.config.https {
+            for tcp in https_listeners {
+                tracing::info!(addr = %tcp.local_addr()?, "listening (https)");
+                let l = Listener {
+                    tcp,
+                    tls: tls.clone(),
+                    timeouts: h.timeouts,
+                };
+                done.push(tokio::spawn(crate::http::listener::serve(
+                    l,
+                    app.clone(),
+                    shutdown.clone(),
+                    shared.clone(),
+                )));
+            }
+        }
         Ok(Server {
             hub,
             addr,
+            https_addrs,
+            tls,
             shutdown,
             tracker,
             done,
         })
     }
 
+    /// SIGHUP: backends, `[app]`, `[stats]` and the `[https]` certificate
+    /// are taken from `new` without dropping sessions; changes to other
+    /// settings are logged as needing a restart.
+    pub fn reload(&self, new: &Config) {
+        self.hub.reload(new);
+        if let (Some(tls), Some(h)) = (&self.tls, &new.https) {
+            match tls.reload(h) {
+                Ok(()) => tracing::info!(
+                    certificate = %h.certificate.display(),
+                    "[https] certificate reloaded"
+                ),
+                Err(e) => tracing::error!("{e}; keeping the running certificate"),
+            }
+        }
+        let changed = self.hub.config.restart_needed(new);
+        if !changed.is_empty() {
+            tracing::warn!(
+                settings = %changed.join(", "),
+                "changed settings need a restart to take effect"
+            );
+        }
+    }
+
     /// Stops accepting, closes connections (1001) and waits for them.
     pub async fn shutdown(self) {
         self.hub.goodbye().await;
         self.shutdown.cancel();
-        let _ = self.done.await;
+        for d in self.done {
+            let _ = d.await;
+        }
         self.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
             .await

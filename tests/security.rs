@@ -188,9 +188,10 @@ async fn an_oversized_backend_body_is_refused_before_it_is_sent() {
 
 #[tokio::test]
 async fn connections_are_capped_per_address_and_in_all() {
-    let ts =
-        TestServer::start_with("[http]\nmaxconnectionsperip = 3\nproxyips =\nmaxconnections = 6\n")
-            .await;
+    let ts = TestServer::start_with(
+        "[http]\nmaxconnectionsperip = 3\nmaxconnections = 6\n[app]\ntrustedproxies = 192.0.2.1\n",
+    )
+    .await;
     let addr = addr_of(&ts);
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -438,10 +439,17 @@ async fn transient_data_and_its_timers_go_with_the_room() {
 
 /// GET `path` over a connection from `from`; returns (status line, body).
 async fn get_from(ts: &TestServer, from: &str, path: &str) -> (String, String) {
+    get_with(ts, from, path, "").await
+}
+
+/// GET `path` from `from` with extra header lines (each ending in CRLF).
+async fn get_with(ts: &TestServer, from: &str, path: &str, headers: &str) -> (String, String) {
     let mut s = connect_from(from, addr_of(ts)).await;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let all = read_until_closed(&mut s, TIMEOUT).await;
     let status = all.lines().next().unwrap_or("").to_string();
     let body = all.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
@@ -818,4 +826,98 @@ async fn a_member_that_never_reads_holds_a_broadcaster_back_only_briefly() {
         let m = again.wait_for(|m| m["type"] == "message").await;
         assert_eq!(m["message"]["data"]["seq"], seq);
     }
+}
+
+#[tokio::test]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let ts = TestServer::start_with(
+        "[app]\ntrustedproxies = 127.0.0.2\n[stats]\nallowed_ips = 198.51.100.7\n\
+         [clients]\nmaxfailedhellos = 1\nfailedhellowindow = 60\n",
+    )
+    .await;
+    let cases = [
+        // (peer, headers, allowed)
+        ("127.0.0.2", "X-Real-IP: 198.51.100.7\r\n", true),
+        ("127.0.0.3", "X-Real-IP: 198.51.100.7\r\n", false),
+        ("127.0.0.2", "X-Forwarded-For: 198.51.100.7\r\n", true),
+        ("127.0.0.3", "X-Forwarded-For: 198.51.100.7\r\n", false),
+        // The right-most untrusted hop is the client, not what it claims.
+        (
+            "127.0.0.2",
+            "X-Forwarded-For: 198.51.100.7, 203.0.113.9\r\n",
+            false,
+        ),
+        (
+            "127.0.0.2",
+            "X-Forwarded-For: 203.0.113.9, 198.51.100.7, 127.0.0.2\r\n",
+            true,
+        ),
+        ("127.0.0.2", "", false),
+    ];
+    for (from, headers, allowed) in cases {
+        let (status, _) = get_with(&ts, from, "/metrics", headers).await;
+        let want = if allowed {
+            "HTTP/1.1 200"
+        } else {
+            "HTTP/1.1 403"
+        };
+        assert!(status.starts_with(want), "{from} {headers:?}: {status}");
+    }
+    // Throttling counts the address a trusted proxy names...
+    let mut p = ws_from(&ts, "127.0.0.2", Some("203.0.113.5")).await;
+    assert_eq!(guess_resume(&mut p).await.0, "no_such_session");
+    let mut p = ws_from(&ts, "127.0.0.2", Some("203.0.113.5")).await;
+    assert_eq!(guess_resume(&mut p).await.0, "too_many_requests");
+    // ...and the peer's own address when it is not trusted: claiming the
+    // throttled address neither blocks nor helps the claimer.
+    let mut u = ws_from(&ts, "127.0.0.3", Some("203.0.113.5")).await;
+    assert_eq!(guess_resume(&mut u).await.0, "no_such_session");
+    let mut u = ws_from(&ts, "127.0.0.3", Some("203.0.113.77")).await;
+    assert_eq!(guess_resume(&mut u).await.0, "too_many_requests");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    let ts = TestServer::start_with("[http]\nwritetimeout = 1\nreadtimeout = 30\n").await;
+    // A small receive window; far more answers than kernel buffers hold.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let s = sock.connect(addr_of(&ts)).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    const REQUESTS: usize = 8000;
+    let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);
+    // The server stops reading requests while its answers wait.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(requests.as_bytes()).await;
+        wr
+    });
+    // Not reading for longer than the write timeout is what is tested.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(TIMEOUT, read_all)
+        .await
+        .expect("the server did not close the connection");
+    let answered = String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answered < REQUESTS, "{answered}");
+    drop(writer.await);
+    // A client that reads gets everything over one connection.
+    let mut r = connect_from("127.0.0.1", addr_of(&ts)).await;
+    let few = "GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3)
+        + "GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    r.write_all(few.as_bytes()).await.unwrap();
+    let got = read_until_closed(&mut r, TIMEOUT).await;
+    assert_eq!(got.matches("HTTP/1.1 200").count(), 4);
+    ts.stop().await;
 }

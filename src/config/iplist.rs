@@ -48,6 +48,24 @@ impl IpNet {
     }
 }
 
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::fmt::Display for IpList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, n) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{n}")?;
+        }
+        Ok(())
+    }
+}
+
 /// A list of networks; empty matches nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct IpList(pub Vec<IpNet>);
@@ -68,6 +86,13 @@ impl IpList {
     /// The loopback networks (`127.0.0.0/8`, `::1`).
     pub fn loopback() -> IpList {
         IpList::parse("127.0.0.0/8, ::1").unwrap_or_default()
+    }
+
+    /// Loopback and private networks: the Go server's default of
+    /// `[app] trustedproxies`.
+    pub fn private() -> IpList {
+        IpList::parse("127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16")
+            .unwrap_or_default()
     }
 
     /// True when some entry contains `ip`.

@@ -11,19 +11,51 @@ use std::time::Duration;
 use goconf::{expand_env, split_list, IniFile};
 pub use iplist::IpList;
 
+/// Timeouts of one listener (`[http]` or `[https]` `readtimeout` /
+/// `writetimeout`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ListenerTimeouts {
+    /// Request headers (also the wait for the next request on a kept-alive
+    /// connection) and a backend-API body must arrive within this time.
+    pub read: Duration,
+    /// A write to the client that makes no progress for this long closes
+    /// the connection.
+    pub write: Duration,
+}
+
 /// Limits of the HTTP server (before any WebSocket or API handler runs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpLimits {
-    /// Request headers (also the wait for the next request on a kept-alive
-    /// connection) and a backend-API body must arrive within this time.
-    pub read_timeout: Duration,
-    /// Open connections (HTTP and WebSocket) of all clients; more are closed
-    /// right after accept (0 = unlimited).
+    /// Timeouts of the `[http]` listener.
+    pub timeouts: ListenerTimeouts,
+    /// Open connections (HTTP and WebSocket, both listeners) of all
+    /// clients; more are closed right after accept (0 = unlimited).
     pub max_connections: usize,
-    /// Open connections of one client address (0 = unlimited).
+    /// Open connections of one client address (0 = unlimited); trusted
+    /// proxies (`[app] trustedproxies`) are exempt.
     pub max_connections_per_ip: usize,
-    /// Addresses exempt from the per-address cap (reverse proxies).
-    pub proxy_ips: IpList,
+}
+
+/// `[https]`: the TLS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpsConfig {
+    /// Addresses to listen on (`listen`, separated by spaces).
+    pub listen: Vec<String>,
+    /// PEM certificate chain (re-read on SIGHUP).
+    pub certificate: std::path::PathBuf,
+    /// PEM private key (re-read on SIGHUP).
+    pub key: std::path::PathBuf,
+    /// Timeouts of the `[https]` listener.
+    pub timeouts: ListenerTimeouts,
+}
+
+/// `[app]`: reloaded on SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` headers are
+    /// believed (`trustedproxies`; default: loopback and private networks,
+    /// as the Go server).
+    pub trusted_proxies: IpList,
 }
 
 /// `[stats]`: who may read `/metrics` and `/api/v1/stats`.
@@ -32,6 +64,29 @@ pub struct StatsConfig {
     /// Allowed client addresses (default loopback).
     pub allowed_ips: IpList,
 }
+
+/// The settings SIGHUP replaces in the running server (`[app]`, `[stats]`);
+/// readers load them per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveSettings {
+    /// `[app]`.
+    pub app: AppConfig,
+    /// `[stats]`.
+    pub stats: StatsConfig,
+}
+
+impl LiveSettings {
+    /// The live part of `config`.
+    pub fn of(config: &Config) -> Self {
+        LiveSettings {
+            app: config.app.clone(),
+            stats: config.stats.clone(),
+        }
+    }
+}
+
+/// The live settings, shared by the hub and the listeners.
+pub type Live = std::sync::Arc<arc_swap::ArcSwap<LiveSettings>>;
 
 /// Limits of transient data, per room.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,8 +187,13 @@ pub struct ClientLimits {
 /// The whole validated configuration.
 #[derive(Clone, PartialEq)]
 pub struct Config {
-    /// `[http] listen` address.
-    pub listen: String,
+    /// `[http] listen` addresses (separated by spaces); empty when only
+    /// `[https]` listens.
+    pub listen: Vec<String>,
+    /// `[https]`: the TLS listener, if configured.
+    pub https: Option<HttpsConfig>,
+    /// `[app]` (reloaded on SIGHUP).
+    pub app: AppConfig,
     /// `[http] threads`: runtime worker threads (1 = single-threaded);
     /// default: the number of cores.
     pub threads: usize,
@@ -233,6 +293,8 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("https", &self.https)
+            .field("app", &self.app)
             .field("threads", &self.threads)
             .field("hash_key", &redact(&self.hash_key))
             .field("block_key", &redact(&self.block_key))
@@ -281,9 +343,53 @@ fn secs(ini: &IniFile, section: &str, key: &str, default: u64) -> Result<Duratio
     Ok(Duration::from_secs(ini.get_u64(section, key, default)?))
 }
 
+/// Seconds as the Go server reads them: missing, 0 or negative means the
+/// default.
+fn go_secs(ini: &IniFile, section: &str, key: &str, default: u64) -> Result<Duration, ConfigError> {
+    match ini.get_nonempty(section, key) {
+        None => Ok(Duration::from_secs(default)),
+        Some(v) => match v.trim().parse::<i64>() {
+            Ok(n) if n > 0 => Ok(Duration::from_secs(n as u64)),
+            Ok(_) => Ok(Duration::from_secs(default)),
+            Err(_) => Err(ConfigError(format!(
+                "[{section}] {key}: `{v}` is not an integer"
+            ))),
+        },
+    }
+}
+
+/// `listen` of `[http]` or `[https]`: addresses separated by spaces.
+fn listen_addrs(ini: &IniFile, section: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(v) = ini.get_nonempty(section, "listen") else {
+        return Ok(Vec::new());
+    };
+    let addrs: Vec<String> = expand_env(&v)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for a in &addrs {
+        let port = a.rsplit_once(':').map(|(_, p)| p);
+        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+            return Err(ConfigError(format!(
+                "[{section}] listen: `{a}` is not a host:port address"
+            )));
+        }
+    }
+    Ok(addrs)
+}
+
+/// The listener timeouts of `[http]` or `[https]` (Go's defaults 15 / 30 s).
+fn listener_timeouts(ini: &IniFile, section: &str) -> Result<ListenerTimeouts, ConfigError> {
+    Ok(ListenerTimeouts {
+        read: go_secs(ini, section, "readtimeout", 15)?,
+        write: go_secs(ini, section, "writetimeout", 30)?,
+    })
+}
+
 const SUPPORTED_SECTIONS: &[&str] = &[
     goconf::DEFAULT_SECTION,
     "http",
+    "https",
     "app",
     "mcu",
     "sessions",
@@ -297,7 +403,6 @@ const SUPPORTED_SECTIONS: &[&str] = &[
 ];
 
 const KNOWN_UNSUPPORTED: &[&str] = &[
-    "https",
     "turn",
     "geoip",
     "geoip-overrides",
@@ -317,15 +422,38 @@ impl Config {
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let ini = IniFile::parse(text)?;
-        let listen = ini
-            .get_nonempty("http", "listen")
-            .map(|v| expand_env(&v))
-            .unwrap_or_else(|| "127.0.0.1:8080".to_string());
-        if listen.parse::<std::net::SocketAddr>().is_err() && !listen.contains(':') {
-            return Err(ConfigError(format!(
-                "[http] listen: `{listen}` is not a host:port address"
-            )));
+        let mut listen = listen_addrs(&ini, "http")?;
+        let https_listen = listen_addrs(&ini, "https")?;
+        let https = if https_listen.is_empty() {
+            None
+        } else {
+            let path = |key: &str| {
+                ini.get_nonempty("https", key)
+                    .map(|v| std::path::PathBuf::from(expand_env(&v)))
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "[https] {key}: required for the HTTPS listener (PEM file)"
+                        ))
+                    })
+            };
+            Some(HttpsConfig {
+                listen: https_listen,
+                certificate: path("certificate")?,
+                key: path("key")?,
+                timeouts: listener_timeouts(&ini, "https")?,
+            })
+        };
+        if listen.is_empty() && https.is_none() {
+            // Without any listener the Go server would serve nothing.
+            listen.push("127.0.0.1:8080".to_string());
         }
+        let app = AppConfig {
+            trusted_proxies: match ini.get_nonempty("app", "trustedproxies") {
+                Some(v) => IpList::parse(&v)
+                    .map_err(|e| ConfigError(format!("[app] trustedproxies: {e}")))?,
+                None => IpList::private(),
+            },
+        };
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let threads = ini.get_u64("http", "threads", cores)? as usize;
@@ -428,19 +556,10 @@ impl Config {
         }
 
         let http = HttpLimits {
-            read_timeout: secs(&ini, "http", "readtimeout", 15)?,
+            timeouts: listener_timeouts(&ini, "http")?,
             max_connections: ini.get_u64("http", "maxconnections", 65536)? as usize,
             max_connections_per_ip: ini.get_u64("http", "maxconnectionsperip", 500)? as usize,
-            proxy_ips: match ini.get("http", "proxyips") {
-                Some(v) => {
-                    IpList::parse(&v).map_err(|e| ConfigError(format!("[http] proxyips: {e}")))?
-                }
-                None => IpList::loopback(),
-            },
         };
-        if http.read_timeout.is_zero() {
-            return Err(ConfigError("[http] readtimeout: must be > 0".into()));
-        }
         let stats = StatsConfig {
             allowed_ips: match ini.get_nonempty("stats", "allowed_ips") {
                 Some(v) => IpList::parse(&v)
@@ -536,6 +655,8 @@ impl Config {
 
         Ok(Config {
             listen,
+            https,
+            app,
             threads,
             hash_key,
             block_key,
@@ -555,6 +676,61 @@ impl Config {
             mcu,
             allow_subscribe_any,
         })
+    }
+
+    /// The settings that differ in `new` but that SIGHUP does not apply
+    /// (the running server keeps its values until a restart). Backends,
+    /// `[app]`, `[stats]`, `[logging] level` and the `[https]` certificate
+    /// are reloaded and never listed.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |changed: bool, what: &'static str| {
+            if changed {
+                out.push(what);
+            }
+        };
+        check(self.listen != new.listen, "[http] listen");
+        check(self.threads != new.threads, "[http] threads");
+        check(
+            self.http != new.http,
+            "[http] readtimeout/writetimeout/maxconnections/maxconnectionsperip",
+        );
+        let https = |c: &Config| c.https.as_ref().map(|h| (h.listen.clone(), h.timeouts));
+        check(
+            https(self) != https(new),
+            "[https] listen/readtimeout/writetimeout",
+        );
+        check(
+            self.hash_key != new.hash_key || self.block_key != new.block_key,
+            "[sessions] hashkey/blockkey",
+        );
+        check(
+            self.internal_secret != new.internal_secret,
+            "[clients] internalsecret",
+        );
+        check(self.nats_urls != new.nats_urls, "[nats] url");
+        check(
+            self.limits != new.limits,
+            "[clients]/[sessions] timers and limits",
+        );
+        check(
+            self.brute_force != new.brute_force,
+            "[clients] maxfailedhellos/failedhellowindow",
+        );
+        check(self.transient != new.transient, "[transient]");
+        check(self.federation != new.federation, "[federation]");
+        check(self.log_json != new.log_json, "[logging] format");
+        check(self.mcu != new.mcu, "[mcu]");
+        let (a, b) = (&self.backend, &new.backend);
+        check(
+            a.timeout != b.timeout
+                || a.connections_per_host != b.connections_per_host
+                || a.skip_verify != b.skip_verify
+                || a.max_concurrent_requests != b.max_concurrent_requests
+                || a.max_response_size != b.max_response_size,
+            "[backend] timeout/connectionsperhost/skipverify/maxconcurrentrequests/maxresponsesize",
+        );
+        out
     }
 
     fn parse_backends(ini: &IniFile) -> Result<BackendsConfig, ConfigError> {
@@ -707,7 +883,8 @@ url = ws://127.0.0.1:8188
     #[test]
     fn parses_go_sample() {
         let c = Config::parse(SAMPLE).unwrap();
-        assert_eq!(c.listen, "127.0.0.1:9090");
+        assert_eq!(c.listen, vec!["127.0.0.1:9090"]);
+        assert!(c.https.is_none());
         assert_eq!(c.backend.backends.len(), 2);
         assert_eq!(
             c.backend.backends[0].urls,
@@ -758,5 +935,64 @@ url = ws://127.0.0.1:8188
         let c = Config::parse(&SAMPLE.replace("nats://loopback", "nats://a:4222, nats://b:4222"))
             .unwrap();
         assert_eq!(c.nats_urls, vec!["nats://a:4222", "nats://b:4222"]);
+    }
+
+    #[test]
+    fn listeners_as_the_go_server_reads_them() {
+        // Only HTTPS: no HTTP listener.
+        let text = SAMPLE.replace(
+            "[http]\nlisten = 127.0.0.1:9090\n",
+            "[https]\nlisten = 127.0.0.1:8443 [::1]:8443\ncertificate = /c.pem\nkey = /k.pem\nreadtimeout = 0\nwritetimeout = 7\n",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert!(c.listen.is_empty());
+        let https = c.https.unwrap();
+        assert_eq!(https.listen, vec!["127.0.0.1:8443", "[::1]:8443"]);
+        assert_eq!(https.certificate, std::path::PathBuf::from("/c.pem"));
+        // 0 means the default, as in Go.
+        assert_eq!(https.timeouts.read, Duration::from_secs(15));
+        assert_eq!(https.timeouts.write, Duration::from_secs(7));
+        let e = Config::parse(&text.replace("key = /k.pem\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[https] key"), "{e}");
+        let e = Config::parse(&SAMPLE.replace("127.0.0.1:9090", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[http] listen"), "{e}");
+        // No listener at all: the default HTTP one.
+        let c = Config::parse(&SAMPLE.replace("listen = 127.0.0.1:9090\n", "")).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:8080"]);
+        assert_eq!(c.http.timeouts.write, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_private_networks() {
+        let c = Config::parse(SAMPLE).unwrap();
+        for ip in ["127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "::1"] {
+            assert!(c.app.trusted_proxies.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!c.app.trusted_proxies.contains("8.8.8.8".parse().unwrap()));
+        let c = Config::parse(&format!("{SAMPLE}[app]\ntrustedproxies = 192.0.2.0/24\n")).unwrap();
+        assert!(c.app.trusted_proxies.contains("192.0.2.9".parse().unwrap()));
+        assert!(!c.app.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
+        let e = Config::parse(&format!("{SAMPLE}[app]\ntrustedproxies = nope\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[app] trustedproxies"), "{e}");
+    }
+
+    #[test]
+    fn what_needs_a_restart_is_named() {
+        let a = Config::parse(SAMPLE).unwrap();
+        let mut text = SAMPLE.replace("secret = s1", "secret = s1-new");
+        text.push_str("[app]\ntrustedproxies = 10.0.0.1\n[stats]\nallowed_ips = 10.0.0.2\n[logging]\nlevel = debug\n");
+        assert!(a.restart_needed(&Config::parse(&text).unwrap()).is_empty());
+        text = text.replace("127.0.0.1:9090", "127.0.0.1:9091");
+        text.push_str("[clients]\nhellotimeout = 5\n");
+        assert_eq!(
+            a.restart_needed(&Config::parse(&text).unwrap()),
+            vec!["[http] listen", "[clients]/[sessions] timers and limits"]
+        );
     }
 }

@@ -1,10 +1,13 @@
-//! The accept loop: hyper's HTTP/1 connection with a header read timeout
-//! (which also ends idle kept-alive connections), caps on open connections
-//! in all and per client address, and the client address as
-//! [`ConnectInfo`] for the handlers. A connection over a cap is closed right
-//! after accept, before anything is read.
+//! The accept loop of each listener (`[http]` and `[https]`): hyper's
+//! HTTP/1 connection with a header read timeout (which also ends idle
+//! kept-alive connections), a write timeout, the TLS handshake for
+//! `[https]`, caps on open connections in all and per client address
+//! (shared by both listeners), and the client address as [`ConnectInfo`]
+//! for the handlers. A connection over a cap is closed right after accept,
+//! before anything is read.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::HttpLimits;
+use super::tls::Tls;
+use crate::config::{HttpLimits, ListenerTimeouts, Live};
 use crate::metrics::Metrics;
 
 /// Open connections, in all and per address.
@@ -60,17 +64,52 @@ const COALESCE_MAX: usize = 64 * 1024;
 /// write would otherwise be a TCP segment of its own: tungstenite writes a
 /// batch of frames in pieces of its small write buffer). The buffer is
 /// released after each flush, so an idle connection holds none.
+///
+/// A write to the socket that makes no progress for the write timeout
+/// fails (and so ends the connection): a client that stops reading does
+/// not hold its connection and buffers forever.
 struct Counted {
     stream: TcpStream,
     pending: Vec<u8>,
+    write_timeout: Duration,
+    /// Running while a write to the socket waits.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: Slot,
 }
 
+/// Passes on the result of a socket write; while it is pending, runs the
+/// write timeout and fails once it expired.
+fn watch<T>(
+    stall: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
+    cx: &mut Context<'_>,
+    r: Poll<std::io::Result<T>>,
+) -> Poll<std::io::Result<T>> {
+    match r {
+        Poll::Ready(r) => {
+            *stall = None;
+            Poll::Ready(r)
+        }
+        Poll::Pending => {
+            let sleep = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}
+
 impl Counted {
-    fn new(stream: TcpStream, slot: Slot) -> Self {
+    fn new(stream: TcpStream, slot: Slot, write_timeout: Duration) -> Self {
         Counted {
             stream,
             pending: Vec::new(),
+            write_timeout,
+            stall: None,
             _slot: slot,
         }
     }
@@ -78,7 +117,8 @@ impl Counted {
     /// Writes out what was collected; frees the buffer when done.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.pending.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.pending))?;
+            let r = Pin::new(&mut self.stream).poll_write(cx, &self.pending);
+            let n = std::task::ready!(watch(&mut self.stall, self.write_timeout, cx, r))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -119,7 +159,8 @@ impl AsyncWrite for Counted {
         if this.pending.len() + buf.len() > COALESCE_MAX {
             std::task::ready!(this.poll_drain(cx))?;
             if buf.len() > COALESCE_MAX {
-                return Pin::new(&mut this.stream).poll_write(cx, buf);
+                let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+                return watch(&mut this.stall, this.write_timeout, cx, r);
             }
         }
         this.pending.extend_from_slice(buf);
@@ -136,7 +177,8 @@ impl AsyncWrite for Counted {
         if this.pending.len() + len > COALESCE_MAX {
             std::task::ready!(this.poll_drain(cx))?;
             if len > COALESCE_MAX {
-                return Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+                let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+                return watch(&mut this.stall, this.write_timeout, cx, r);
             }
         }
         for b in bufs {
@@ -160,17 +202,49 @@ impl AsyncWrite for Counted {
     }
 }
 
+/// What the listeners of one server share: the connection caps and their
+/// counts, the settings SIGHUP replaces, the metrics.
+#[derive(Clone)]
+pub struct Shared {
+    counts: Arc<Mutex<Counts>>,
+    limits: HttpLimits,
+    live: Live,
+    metrics: Metrics,
+}
+
+impl Shared {
+    /// Caps from `limits`; trusted proxies from `live` as they are at
+    /// each accept.
+    pub fn new(limits: HttpLimits, live: Live, metrics: Metrics) -> Self {
+        Shared {
+            counts: Arc::default(),
+            limits,
+            live,
+            metrics,
+        }
+    }
+}
+
+/// One listening socket: plain HTTP, or HTTPS with `tls`.
+pub struct Listener {
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// The TLS configuration for `[https]`.
+    pub tls: Option<Arc<Tls>>,
+    /// `readtimeout` / `writetimeout` of its section.
+    pub timeouts: ListenerTimeouts,
+}
+
 /// Takes a slot for a new connection from `ip`, or says which cap refused it.
-fn admit(
-    counts: &Arc<Mutex<Counts>>,
-    limits: &HttpLimits,
-    ip: IpAddr,
-) -> Result<Slot, &'static str> {
+fn admit(shared: &Shared, ip: IpAddr) -> Result<Slot, &'static str> {
+    let limits = &shared.limits;
+    let trusted = shared.live.load().app.trusted_proxies.contains(ip);
+    let counts = &shared.counts;
     let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
     if limits.max_connections > 0 && c.total >= limits.max_connections {
         return Err("connections");
     }
-    let per_ip = limits.max_connections_per_ip > 0 && !limits.proxy_ips.contains(ip);
+    let per_ip = limits.max_connections_per_ip > 0 && !trusted;
     if per_ip {
         let n = c.per_ip.entry(ip).or_default();
         if *n >= limits.max_connections_per_ip {
@@ -188,19 +262,13 @@ fn admit(
 /// Serves `app` on `listener` until `shutdown`; then lets the connections
 /// finish their requests and waits for them (upgraded WebSockets are
 /// tracked elsewhere).
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: CancellationToken,
-    limits: HttpLimits,
-    metrics: Metrics,
-) {
-    let counts = Arc::new(Mutex::new(Counts::default()));
+pub async fn serve(listener: Listener, app: Router, shutdown: CancellationToken, shared: Shared) {
     let conns = TaskTracker::new();
+    let timeouts = listener.timeouts;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
+            r = listener.tcp.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little
@@ -211,10 +279,10 @@ pub async fn serve(
                 }
             },
         };
-        let slot = match admit(&counts, &limits, peer.ip()) {
+        let slot = match admit(&shared, peer.ip()) {
             Ok(s) => s,
             Err(limit) => {
-                metrics.refuse(limit);
+                shared.metrics.refuse(limit);
                 tracing::debug!(%peer, limit, "connection refused");
                 drop(stream);
                 continue;
@@ -226,67 +294,129 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
         }
-        let io = TokioIo::new(Counted::new(stream, slot));
+        let io = Counted::new(stream, slot, timeouts.write);
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let mut app = app.clone();
-            async move { tower_service::Service::call(&mut app, req).await }
-        });
         let shutdown = shutdown.clone();
-        let read_timeout = limits.read_timeout;
-        conns.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(read_timeout)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, "http connection ended: {e}");
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        match &listener.tls {
+            None => {
+                conns.spawn(serve_connection(io, app, peer, shutdown, timeouts.read));
             }
-        });
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                let metrics = shared.metrics.clone();
+                conns.spawn(async move {
+                    // The handshake is bounded like reading a request.
+                    match tokio::time::timeout(timeouts.read, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, app, peer, shutdown, timeouts.read).await
+                        }
+                        Ok(Err(e)) => {
+                            metrics.refuse("tls_handshake");
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        }
+                        Err(_) => {
+                            metrics.refuse("tls_handshake");
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     conns.close();
     conns.wait().await;
 }
 
-/// The address of the client behind a request: the peer, or when the peer
-/// is a trusted proxy (`[http] proxyips`) the address it passes in
-/// `X-Real-IP` or as the last `X-Forwarded-For` entry.
+/// Serves HTTP/1 requests (and upgrades) on one accepted connection.
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    read_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "http connection ended: {e}");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The address of the client behind a request, as the Go server finds it:
+/// the peer, unless the peer is a trusted proxy (`[app] trustedproxies`);
+/// then a valid `X-Real-IP`, else the right-most `X-Forwarded-For` entry
+/// that is not a trusted proxy (the left-most when all are), else the peer.
 pub fn real_client_ip(
     peer: Option<SocketAddr>,
     headers: &axum::http::HeaderMap,
-    proxies: &crate::config::IpList,
+    trusted: &crate::config::IpList,
 ) -> Option<IpAddr> {
     let ip = peer?.ip();
-    if !proxies.contains(ip) {
+    if !trusted.contains(ip) {
         return Some(ip);
     }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-    };
-    header("x-real-ip")
-        .or_else(|| header("x-forwarded-for"))
-        .or(Some(ip))
+    if let Some(real) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_hop)
+    {
+        return Some(real);
+    }
+    let mut last_trusted = None;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(value) = value.to_str() else { continue };
+        for hop in value.rsplit(',').filter_map(parse_hop) {
+            if trusted.contains(hop) {
+                last_trusted = Some(hop);
+            } else {
+                return Some(hop);
+            }
+        }
+    }
+    Some(last_trusted.unwrap_or(ip))
 }
 
-/// The client address of a request (from the accept loop).
-pub fn client_ip(ci: Option<&ConnectInfo<SocketAddr>>) -> Option<IpAddr> {
-    ci.map(|c| c.0.ip())
+/// An address from a forwarding header, with or without a port
+/// (`1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`).
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    s.parse::<SocketAddr>().ok().map(|a| a.ip())
+}
+
+/// The client address of a request: the peer from the accept loop, or
+/// what a trusted proxy in front of it says.
+pub fn request_client_ip(
+    req: &axum::extract::Request,
+    trusted: &crate::config::IpList,
+) -> Option<IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    real_client_ip(peer, req.headers(), trusted)
 }
 
 #[cfg(test)]
@@ -305,7 +435,7 @@ mod coalesce_tests {
             counts: Arc::new(Mutex::new(Counts::default())),
             ip: None,
         };
-        let mut io = Counted::new(server, slot);
+        let mut io = Counted::new(server, slot, Duration::from_secs(5));
         io.write_all(b"one ").await.unwrap();
         io.write_all(b"two").await.unwrap();
         // Nothing was written to the socket before the flush.
@@ -327,5 +457,55 @@ mod coalesce_tests {
         let mut got = vec![0u8; big.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, big);
+    }
+}
+
+#[cfg(test)]
+mod real_ip_tests {
+    use super::*;
+    use crate::config::IpList;
+
+    fn ip(peer: &str, headers: &[(&'static str, &str)]) -> String {
+        let trusted = IpList::parse("127.0.0.1, 10.0.0.0/8").unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, v.parse().unwrap());
+        }
+        let peer: SocketAddr = format!("{peer}:1000").parse().unwrap();
+        real_client_ip(Some(peer), &h, &trusted)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn headers_count_only_from_trusted_proxies() {
+        let xri = [("x-real-ip", "203.0.113.1")];
+        assert_eq!(ip("127.0.0.1", &xri), "203.0.113.1");
+        assert_eq!(ip("192.0.2.7", &xri), "192.0.2.7");
+        // X-Real-IP first, when valid.
+        let both = [
+            ("x-real-ip", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ];
+        assert_eq!(ip("127.0.0.1", &both), "203.0.113.1");
+        let bad = [
+            ("x-real-ip", "nonsense"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ];
+        assert_eq!(ip("127.0.0.1", &bad), "198.51.100.2");
+        // The right-most hop that is not a trusted proxy; ports removed.
+        let chain = [("x-forwarded-for", "6.6.6.6, 198.51.100.2:4000, 10.1.1.1")];
+        assert_eq!(ip("127.0.0.1", &chain), "198.51.100.2");
+        let split = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ];
+        assert_eq!(ip("127.0.0.1", &split), "6.6.6.6");
+        // All trusted: the left-most.
+        let all = [("x-forwarded-for", "10.0.0.5, 10.0.0.6")];
+        assert_eq!(ip("127.0.0.1", &all), "10.0.0.5");
+        assert_eq!(ip("127.0.0.1", &[]), "127.0.0.1");
+        let v6 = [("x-forwarded-for", "[2001:db8::1]:443")];
+        assert_eq!(ip("127.0.0.1", &v6), "2001:db8::1");
     }
 }

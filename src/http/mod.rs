@@ -3,6 +3,7 @@
 //! transport-level things and hand typed requests to the hub.
 
 pub mod listener;
+pub mod tls;
 pub mod ws;
 
 use std::sync::Arc;
@@ -82,13 +83,12 @@ async fn serverinfo(State(state): State<AppState>, req: axum::extract::Request) 
     Json(state.hub.server_info()).into_response()
 }
 
-/// True when the request comes from an address in `[stats] allowed_ips`.
+/// True when the request comes from an address in `[stats] allowed_ips`
+/// (the client address a trusted proxy names, as the Go server).
 fn stats_allowed(state: &AppState, req: &axum::extract::Request) -> bool {
-    let ip = listener::client_ip(
-        req.extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>(),
-    );
-    let allowed = ip.is_some_and(|ip| state.hub.config.stats.allowed_ips.contains(ip));
+    let live = state.hub.live();
+    let ip = listener::request_client_ip(req, &live.app.trusted_proxies);
+    let allowed = ip.is_some_and(|ip| live.stats.allowed_ips.contains(ip));
     if !allowed {
         state.hub.metrics.refuse("stats_address");
     }
@@ -199,7 +199,7 @@ async fn room_api(
     // The body must arrive within the read timeout (a slow sender does not
     // keep the request open), and no longer than it announced.
     let read = axum::body::to_bytes(body, MAX_BACKEND_BODY);
-    let body: Bytes = match tokio::time::timeout(hub.config.http.read_timeout, read).await {
+    let body: Bytes = match tokio::time::timeout(hub.config.http.timeouts.read, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
             return api_error(

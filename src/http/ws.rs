@@ -37,7 +37,7 @@ pub async fn upgrade(
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0),
         &headers,
-        &state.hub.config.http.proxy_ips,
+        &state.hub.live().app.trusted_proxies,
     );
     let limits = &state.hub.config.limits;
     let max = limits.max_message_size;

@@ -262,6 +262,8 @@ pub struct Hub {
     inbound_congested: Mutex<Vec<Arc<Outbox>>>,
     /// The MCU (Janus), when `[mcu]` is configured; set at start.
     mcu: std::sync::OnceLock<Arc<crate::mcu::Mcu>>,
+    /// `[app]` and `[stats]` as last (re)loaded.
+    live: crate::config::Live,
 }
 
 impl Hub {
@@ -293,6 +295,9 @@ impl Hub {
         );
         let federation_tls = federation::tls_config(config.federation.skip_verify)?;
         let throttle = throttle::Throttle::new(config.brute_force.clone());
+        let live = Arc::new(arc_swap::ArcSwap::from_pointee(
+            crate::config::LiveSettings::of(&config),
+        ));
         Ok(Arc::new(Hub {
             registry: std::sync::RwLock::new(Arc::new(BackendRegistry::new(&config.backend))),
             state: Mutex::new(State {
@@ -334,6 +339,7 @@ impl Hub {
             bus,
             inbound_congested: Mutex::new(Vec::new()),
             mcu: std::sync::OnceLock::new(),
+            live,
         }))
     }
 
@@ -350,8 +356,9 @@ impl Hub {
     }
 
     /// Applies a reloaded configuration's backends (URLs, secrets, session
-    /// limits) without dropping sessions; existing sessions keep the
-    /// backend they authenticated with. Other settings need a restart.
+    /// limits), `[app]` and `[stats]` without dropping sessions; existing
+    /// sessions keep the backend they authenticated with. Other settings
+    /// need a restart (see [`Config::restart_needed`]).
     pub fn reload(&self, config: &Config) {
         let new = Arc::new(BackendRegistry::new(&config.backend));
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = new;
@@ -359,6 +366,23 @@ impl Hub {
             backends = config.backend.backends.len(),
             "backends reloaded"
         );
+        let live = Arc::new(crate::config::LiveSettings::of(config));
+        self.live.store(live.clone());
+        tracing::info!(
+            trustedproxies = %live.app.trusted_proxies,
+            stats_allowed_ips = %live.stats.allowed_ips,
+            "[app] and [stats] reloaded"
+        );
+    }
+
+    /// `[app]` and `[stats]` as currently configured.
+    pub fn live(&self) -> Arc<crate::config::LiveSettings> {
+        self.live.load_full()
+    }
+
+    /// The shared handle of the live settings (for the listeners).
+    pub fn live_handle(&self) -> crate::config::Live {
+        self.live.clone()
     }
 
     /// A new outbox for a connection that just upgraded.

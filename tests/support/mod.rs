@@ -754,3 +754,93 @@ pub async fn internal_client(ws_url: &str, features: &[&str]) -> (Client, String
     c.session_id = sid.clone();
     (c, sid)
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The server binary with its output collected line by line (killed on
+/// drop).
+pub struct LoggedProcess {
+    pub child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoggedProcess {
+    /// Starts the binary with `args`; stdout and stderr are collected.
+    pub fn spawn(args: &[&str]) -> LoggedProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for r in out {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(r).lines() {
+                    let Ok(l) = l else { break };
+                    lines.lock().unwrap().push(l);
+                }
+            });
+        }
+        LoggedProcess { child, lines }
+    }
+
+    /// All lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a line (after the first `skip`) matching `pred`.
+    pub async fn wait_line(&self, skip: usize, pred: impl Fn(&str) -> bool) -> String {
+        let fut = async {
+            loop {
+                if let Some(l) = self.lines().iter().skip(skip).find(|l| pred(l)) {
+                    return l.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), fut).await {
+            Ok(l) => l,
+            Err(_) => panic!("no such log line in:\n{}", self.lines().join("\n")),
+        }
+    }
+
+    /// Sends a signal (`-HUP`, `-TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for LoggedProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub async fn wait_listening(port: u16) {
+    eventually("the server process listens", TIMEOUT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+}
