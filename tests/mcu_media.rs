@@ -1,0 +1,484 @@
+//! Real media through Janus: aiortc peers (`tests/mcu_peer.py`) publish
+//! and subscribe via the server, and the subscribers count the audio and
+//! video frames they decode.
+//!
+//! Janus gathers no ICE candidates on loopback, so each test runs in a
+//! network namespace of its own: the test re-runs itself under `unshare -n`
+//! with a veth pair (10.99.0.1/2) and a default route, and starts Janus,
+//! the fake Nextcloud, the server and the peers in there. Where namespaces
+//! are not available the tests say so and skip.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::janus::{Janus, Observer};
+use support::{Client, TestServer};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+const INSIDE: &str = "SPREED_MCU_NETNS";
+/// Media may take a while on a busy 2-core machine.
+const MEDIA: Duration = Duration::from_secs(40);
+
+/// True when the caller should run the test body here (inside the
+/// namespace); otherwise the test was run in a namespace child (and its
+/// result asserted) or skipped.
+fn run_in_namespace(test: &str) -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        setup_network();
+        return true;
+    }
+    let usable = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("SKIPPED {test}: network namespaces are not available here (`unshare -n` failed; run as root or with CAP_SYS_ADMIN)");
+        return false;
+    }
+    if !support::janus::available()
+        || !std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import aiortc"])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        panic!("janus and python3-aiortc must be installed (scripts/test installs them)");
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
+    false
+}
+
+fn setup_network() {
+    for cmd in [
+        "ip link set lo up",
+        "ip link add v0 type veth peer name v1",
+        "ip addr add 10.99.0.1/24 dev v0",
+        "ip addr add 10.99.0.2/24 dev v1",
+        "ip link set v0 up",
+        "ip link set v1 up",
+        "ip route add default via 10.99.0.2 dev v0",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let s = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap();
+        assert!(s.success(), "`{cmd}` failed");
+    }
+}
+
+/// One aiortc peer.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Peer {
+    async fn start(args: &[&str]) -> Peer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcu_peer.py");
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Peer {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.stdin
+            .write_all(format!("{v}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn recv(&mut self) -> Value {
+        let line = tokio::time::timeout(MEDIA, self.lines.next_line())
+            .await
+            .expect("peer answers")
+            .unwrap()
+            .expect("peer alive");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_ne!(v["type"], "error", "peer failed: {v}");
+        v
+    }
+
+    async fn stats(&mut self) -> Value {
+        self.send(json!({"type": "stats"})).await;
+        self.recv().await
+    }
+
+    /// (audio, video) frames decoded so far.
+    async fn frames(&mut self) -> (u64, u64) {
+        let s = self.stats().await;
+        (
+            s["frames"]["audio"].as_u64().unwrap(),
+            s["frames"]["video"].as_u64().unwrap(),
+        )
+    }
+
+    /// Waits until at least `audio` and `video` more frames than `from`
+    /// arrived; returns the counts.
+    async fn wait_frames(&mut self, from: (u64, u64), audio: u64, video: u64) -> (u64, u64) {
+        let deadline = tokio::time::Instant::now() + MEDIA;
+        loop {
+            let f = self.frames().await;
+            if f.0 >= from.0 + audio && f.1 >= from.1 + video {
+                return f;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "frames stuck at {f:?} (wanted +{audio}/+{video} over {from:?}): {}",
+                self.stats().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts that no video frame arrives while `window` passes.
+    async fn assert_video_stopped(&mut self, window: Duration) {
+        // Frames in flight when forwarding stopped may still come in.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = self.frames().await;
+        tokio::time::sleep(window).await;
+        let after = self.frames().await;
+        assert_eq!(
+            before.1, after.1,
+            "video still arrives: {before:?} -> {after:?}"
+        );
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
+    c.send(json!({"id": id, "type": "message", "message": {
+        "recipient": {"type": "session", "sessionid": to}, "data": data}}))
+        .await;
+}
+
+async fn wait_mcu(ts: &TestServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = reqwest::get(format!("{}/api/v1/welcome", ts.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["features"].as_array().unwrap().iter().any(|f| f == "mcu") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no mcu feature");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The publisher peer offers; the server answers from Janus.
+async fn publish(c: &mut Client, peer: &mut Peer, room_type: &str, sid: &str) {
+    let offer = peer.recv().await;
+    assert_eq!(offer["type"], "offer");
+    let me = c.session_id.clone();
+    send_to(
+        c,
+        "offer",
+        &me,
+        json!({"to": me, "sid": sid, "roomType": room_type, "type": "offer",
+        "payload": {"type": "offer", "sdp": offer["sdp"]}}),
+    )
+    .await;
+    let m = c
+        .wait_for_within(MEDIA, |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "answer"
+        })
+        .await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    assert_eq!(m["message"]["data"]["sid"], sid);
+    peer.send(json!({"type": "answer", "sdp": m["message"]["data"]["payload"]["sdp"]}))
+        .await;
+    assert_eq!(peer.recv().await["type"], "ok");
+}
+
+/// Hands an offer from the server to a subscriber peer and its answer
+/// back; returns the subscriber's sid.
+async fn answer_offer(c: &mut Client, peer: &mut Peer, offer_msg: &Value) -> String {
+    let d = &offer_msg["message"]["data"];
+    assert_eq!(d["type"], "offer", "{offer_msg}");
+    let from = d["from"].as_str().unwrap().to_string();
+    let sid = d["sid"].as_str().unwrap().to_string();
+    assert!(
+        sid.parse::<u64>().is_ok(),
+        "subscriber sid is a handle id: {sid}"
+    );
+    peer.send(json!({"type": "offer", "sdp": d["payload"]["sdp"]}))
+        .await;
+    let answer = peer.recv().await;
+    assert_eq!(answer["type"], "answer");
+    send_to(
+        c,
+        "answer",
+        &from,
+        json!({"to": from, "sid": sid, "roomType": d["roomType"], "type": "answer",
+        "payload": {"type": "answer", "sdp": answer["sdp"]}}),
+    )
+    .await;
+    sid
+}
+
+/// `requestoffer` to `publisher`; the offer is answered by `peer`.
+async fn subscribe(
+    c: &mut Client,
+    peer: &mut Peer,
+    publisher: &str,
+    room_type: &str,
+    sid: &str,
+) -> String {
+    send_to(
+        c,
+        "req",
+        publisher,
+        json!({"type": "requestoffer", "roomType": room_type, "sid": sid}),
+    )
+    .await;
+    let m = c
+        .wait_for_within(MEDIA, |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
+        })
+        .await;
+    assert_eq!(m["message"]["sender"]["sessionid"], publisher, "{m}");
+    assert_eq!(m["message"]["data"]["roomType"], room_type);
+    answer_offer(c, peer, &m).await
+}
+
+async fn all_in_call(ts: &TestServer, nc_ids: &[&str]) {
+    let users: Vec<Value> = nc_ids
+        .iter()
+        .map(|n| json!({"sessionId": n, "inCall": 7}))
+        .collect();
+    let (status, _) = ts
+        .backend_request(
+            "room1",
+            &json!({"type": "incall", "incall": {"incall": 7, "changed": users, "users": users}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_publisher_and_subscribers_exchange_media_with_layer_selection_and_renegotiation() {
+    if !run_in_namespace(
+        "a_publisher_and_subscribers_exchange_media_with_layer_selection_and_renegotiation",
+    ) {
+        return;
+    }
+    let j = Janus::start().await;
+    let ts = TestServer::start_with(&j.mcu_section("timeout = 10\n")).await;
+    wait_mcu(&ts).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let mut c = ts.client_in_room("carol", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let alice = a.session_id.clone();
+
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1000").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    let mut pc = Peer::start(&["subscribe"]).await;
+    let sid_b = subscribe(&mut b, &mut pb, &alice, "video", "").await;
+    subscribe(&mut c, &mut pc, &alice, "video", "").await;
+    // Both subscribers decode Alice's audio and video.
+    let fb = pb.wait_frames((0, 0), 25, 25).await;
+    let fc = pc.wait_frames((0, 0), 25, 25).await;
+    let sent = pa.stats().await["bytes_sent"].as_u64().unwrap();
+    assert!(sent > 1000, "publisher sent {sent} bytes");
+    eprintln!("frames: bob {fb:?}, carol {fc:?}; alice sent {sent} bytes");
+
+    // selectStream video:false stops Bob's video while his audio goes on,
+    // Carol's video is untouched; video:true brings it back.
+    send_to(
+        &mut b,
+        "sel",
+        &alice,
+        json!({"type": "selectStream", "roomType": "video", "sid": sid_b,
+        "payload": {"video": false}}),
+    )
+    .await;
+    let f = pb.frames().await;
+    pb.wait_frames(f, 25, 0).await;
+    pb.assert_video_stopped(Duration::from_millis(1500)).await;
+    let fc = pc.frames().await;
+    pc.wait_frames(fc, 0, 10).await;
+    send_to(
+        &mut b,
+        "sel",
+        &alice,
+        json!({"type": "selectStream", "roomType": "video", "sid": sid_b,
+        "payload": {"video": true, "substream": 0, "temporal": 0}}),
+    )
+    .await;
+    let f = pb.frames().await;
+    pb.wait_frames(f, 10, 10).await;
+
+    // Renegotiation of a subscriber (update-sdp): same sid, new offer, the
+    // same PeerConnection keeps receiving.
+    let sid_again = subscribe(&mut b, &mut pb, &alice, "video", &sid_b).await;
+    assert_eq!(sid_again, sid_b);
+    let f = pb.frames().await;
+    pb.wait_frames(f, 10, 10).await;
+
+    // The publisher renegotiates: same publisher sid, media goes on.
+    pa.send(json!({"type": "reoffer"})).await;
+    publish(&mut a, &mut pa, "video", "1000").await;
+    let f = pc.frames().await;
+    pc.wait_frames(f, 10, 10).await;
+    // No error reached anybody on the way: each sees the next room
+    // message before any error.
+    let room_msg = |text: &str| json!({"type": "message", "message": {"recipient": {"type": "room"}, "data": text}});
+    b.send(room_msg("to alice")).await;
+    a.send(room_msg("to bob and carol")).await;
+    for (name, x, text) in [
+        ("alice", &mut a, "to alice"),
+        ("bob", &mut b, "to bob and carol"),
+        ("carol", &mut c, "to bob and carol"),
+    ] {
+        let m = x
+            .wait_for(|m| m["type"] == "error" || m["message"]["data"] == text)
+            .await;
+        assert_ne!(m["type"], "error", "{name}: {m}");
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn screen_sharing_revocation_and_a_janus_restart_with_real_media() {
+    if !run_in_namespace("screen_sharing_revocation_and_a_janus_restart_with_real_media") {
+        return;
+    }
+    let mut j = Janus::start().await;
+    let nc = support::FakeNextcloud::start().await;
+    nc.state.lock().unwrap().permissions.insert(
+        "nc-alice".into(),
+        vec!["publish-media".into(), "publish-screen".into()],
+    );
+    let ts = TestServer::start_on(nc, &j.mcu_section("timeout = 10\n")).await;
+    wait_mcu(&ts).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    let bob = b.session_id.clone();
+
+    // Screen: Alice publishes and sends Bob the offer (sendoffer).
+    let mut screen = Peer::start(&["publish", "video"]).await;
+    publish(&mut a, &mut screen, "screen", "s1").await;
+    send_to(
+        &mut a,
+        "so",
+        &bob,
+        json!({"type": "sendoffer", "roomType": "screen"}),
+    )
+    .await;
+    let m = b
+        .wait_for_within(MEDIA, |m| m["message"]["data"]["type"] == "offer")
+        .await;
+    assert_eq!(m["message"]["data"]["from"], alice.as_str());
+    assert_eq!(m["message"]["data"]["roomType"], "screen");
+    let mut pb_screen = Peer::start(&["subscribe"]).await;
+    answer_offer(&mut b, &mut pb_screen, &m).await;
+    pb_screen.wait_frames((0, 0), 0, 25).await;
+
+    // Camera and microphone too; Bob subscribes.
+    let mut cam = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut cam, "video", "v1").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    subscribe(&mut b, &mut pb, &alice, "video", "").await;
+    pb.wait_frames((0, 0), 25, 25).await;
+
+    // unshareScreen: the screen room goes, Bob's screen stops, the camera
+    // goes on.
+    let mut obs = Observer::connect(&j.url()).await;
+    send_to(
+        &mut a,
+        "u",
+        &alice,
+        json!({"type": "unshareScreen", "roomType": "screen"}),
+    )
+    .await;
+    obs.wait_room(&alice, "screen", false).await;
+    pb_screen
+        .assert_video_stopped(Duration::from_millis(1500))
+        .await;
+    let f = pb.frames().await;
+    pb.wait_frames(f, 10, 10).await;
+
+    // Nextcloud revokes publish-media: the camera publisher stops at once.
+    let perms = json!(["publish-screen"]);
+    ts.backend_request(
+        "room1",
+        &json!({"type": "participants", "participants": {
+        "changed": [{"sessionId": "nc-alice", "inCall": 7, "permissions": perms}],
+        "users": [{"sessionId": "nc-alice", "inCall": 7, "permissions": perms},
+                  {"sessionId": "nc-bob", "inCall": 7}]}}),
+    )
+    .await;
+    obs.wait_room(&alice, "video", false).await;
+    pb.assert_video_stopped(Duration::from_millis(1500)).await;
+    drop(obs);
+
+    // Janus restarts: features go and come back, the publisher publishes
+    // again with a new PeerConnection and Bob receives it.
+    j.kill();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v: Value = reqwest::get(format!("{}/api/v1/welcome", ts.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !v["features"].as_array().unwrap().iter().any(|f| f == "mcu") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mcu still announced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    j.restart().await;
+    wait_mcu(&ts).await;
+    let mut screen2 = Peer::start(&["publish", "video"]).await;
+    publish(&mut a, &mut screen2, "screen", "s2").await;
+    let mut pb2 = Peer::start(&["subscribe"]).await;
+    subscribe(&mut b, &mut pb2, &alice, "screen", "").await;
+    pb2.wait_frames((0, 0), 0, 25).await;
+    ts.stop().await;
+}

@@ -1,0 +1,116 @@
+#!/usr/bin/python3
+"""A WebRTC peer for the MCU media tests (aiortc, Debian's python3-aiortc).
+
+Usage: mcu_peer.py publish audio,video | mcu_peer.py subscribe
+
+Speaks JSON lines: the test writes commands to stdin, the peer answers on
+stdout. The signaling itself is the test's business; this only does WebRTC.
+
+  publish:   prints {"type":"offer","sdp":...} at start
+  {"type":"answer","sdp":...}   -> {"type":"ok"}
+  {"type":"offer","sdp":...}    -> {"type":"answer","sdp":...}
+  {"type":"reoffer"}            -> {"type":"offer","sdp":...} (renegotiation)
+  {"type":"stats"}              -> {"type":"stats","frames":{"audio":n,"video":n},
+                                    "bytes_sent":n,"packets_received":n,"state":...}
+  {"type":"quit"}
+"""
+
+import asyncio
+import json
+import sys
+
+import av
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+
+class SmallVideo(VideoStreamTrack):
+    """Small frames (160x120) that change every frame, cheap to encode."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    async def recv(self):
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame(width=160, height=120, format="yuv420p")
+        self.n += 1
+        for i, plane in enumerate(frame.planes):
+            plane.update(bytes([(self.n * (i + 1)) % 256]) * plane.buffer_size)
+        frame.pts = pts
+        frame.time_base = time_base
+        return frame
+
+
+def out(msg):
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+async def main():
+    role = sys.argv[1]
+    kinds = sys.argv[2].split(",") if len(sys.argv) > 2 else []
+    pc = RTCPeerConnection()
+    frames = {"audio": 0, "video": 0}
+
+    @pc.on("track")
+    def on_track(track):
+        async def count():
+            while True:
+                try:
+                    await track.recv()
+                except Exception:
+                    return
+                frames[track.kind] += 1
+
+        asyncio.ensure_future(count())
+
+    async def offer():
+        o = await pc.createOffer()
+        await pc.setLocalDescription(o)
+        out({"type": "offer", "sdp": pc.localDescription.sdp})
+
+    if role == "publish":
+        if "audio" in kinds:
+            pc.addTrack(AudioStreamTrack())
+        if "video" in kinds:
+            pc.addTrack(SmallVideo())
+        await offer()
+
+    loop = asyncio.get_event_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            break
+        msg = json.loads(line)
+        kind = msg.get("type")
+        try:
+            if kind == "answer":
+                await pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "answer"))
+                out({"type": "ok"})
+            elif kind == "offer":
+                await pc.setRemoteDescription(RTCSessionDescription(msg["sdp"], "offer"))
+                a = await pc.createAnswer()
+                await pc.setLocalDescription(a)
+                out({"type": "answer", "sdp": pc.localDescription.sdp})
+            elif kind == "reoffer":
+                await offer()
+            elif kind == "stats":
+                sent = received = 0
+                report = await pc.getStats()
+                for s in report.values():
+                    if s.type == "outbound-rtp":
+                        sent += s.bytesSent
+                    elif s.type == "inbound-rtp":
+                        received += s.packetsReceived
+                out({"type": "stats", "frames": frames, "bytes_sent": sent,
+                     "packets_received": received, "state": pc.connectionState})
+            elif kind == "quit":
+                break
+        except Exception as e:  # report, do not die: the test reads the error
+            out({"type": "error", "error": repr(e)})
+    await pc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
