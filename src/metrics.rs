@@ -23,8 +23,8 @@ pub struct Metrics {
     pub room_sessions: IntGaugeVec,
     /// Backend API requests by type.
     pub backend_requests: IntCounterVec,
-    /// Client messages by type.
-    pub client_messages: IntCounterVec,
+    /// `signaling_server_messages_total{type}`: client messages by type.
+    pub server_messages: IntCounterVec,
     /// Connections closed because their send queue overflowed.
     pub slow_clients: IntCounter,
     /// Pauses in reading a connection that went over its message budget.
@@ -35,14 +35,17 @@ pub struct Metrics {
     pub client_bus_waits: IntCounter,
     /// `signaling_limits_refused_total{limit}`: what a configured limit refused.
     pub refused: IntCounterVec,
-    /// `signaling_throttle_delayed_total{action}`: failed hellos answered late.
+    /// `signaling_throttle_delayed_total{action,delay}`: failed hellos
+    /// answered late (delay in milliseconds).
     pub throttle_delayed: IntCounterVec,
     /// `signaling_throttle_bruteforce_total{action}`: hellos refused with
     /// `too_many_requests` after too many failures.
     pub throttle_bruteforce: IntCounterVec,
     /// Publishers, subscribers and Janus requests (`signaling_mcu_*`).
     pub mcu: McuMetrics,
-    /// `client_messages` resolved once per known type (no label lookup per message).
+    /// Traffic, resumes, session limits, requests to Nextcloud and calls.
+    pub go: GoMetrics,
+    /// `server_messages` resolved once per known type (no label lookup per message).
     known_types: Vec<(&'static str, IntCounter)>,
 }
 
@@ -120,10 +123,12 @@ impl Metrics {
             &["type"],
         )
         .expect("valid metric");
-        let client_messages = IntCounterVec::new(
-            Opts::new("messages_total", "Client messages by type")
-                .namespace("signaling")
-                .subsystem("client"),
+        let server_messages = IntCounterVec::new(
+            opts(
+                "messages_total",
+                "The total number of signaling messages",
+                "server",
+            ),
             &["type"],
         )
         .expect("valid metric");
@@ -175,10 +180,10 @@ impl Metrics {
         let throttle_delayed = IntCounterVec::new(
             opts(
                 "delayed_total",
-                "Failed hellos and resumes answered with a delay",
+                "The total number of delayed requests",
                 "throttle",
             ),
-            &["action"],
+            &["action", "delay"],
         )
         .expect("valid metric");
         let throttle_bruteforce = IntCounterVec::new(
@@ -201,7 +206,7 @@ impl Metrics {
             Box::new(hub_rooms.clone()),
             Box::new(room_sessions.clone()),
             Box::new(backend_requests.clone()),
-            Box::new(client_messages.clone()),
+            Box::new(server_messages.clone()),
             Box::new(slow_clients.clone()),
             Box::new(refused.clone()),
             Box::new(throttle_delayed.clone()),
@@ -210,6 +215,7 @@ impl Metrics {
             registry.register(c).expect("unique metric");
         }
         let mcu = McuMetrics::new(&registry);
+        let go = GoMetrics::new(&registry);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -218,10 +224,11 @@ impl Metrics {
             .expect("unique metric");
         let known_types = CLIENT_TYPES
             .iter()
-            .map(|t| (*t, client_messages.with_label_values(&[*t])))
+            .map(|t| (*t, server_messages.with_label_values(&[*t])))
             .collect();
         Metrics {
             mcu,
+            go,
             known_types,
             registry,
             backend_current,
@@ -231,7 +238,7 @@ impl Metrics {
             hub_rooms,
             room_sessions,
             backend_requests,
-            client_messages,
+            server_messages,
             slow_clients,
             client_throttled,
             client_sender_waits,
@@ -251,7 +258,7 @@ impl Metrics {
     pub fn client_message(&self, kind: &str) {
         match self.known_types.iter().find(|(t, _)| *t == kind) {
             Some((_, c)) => c.inc(),
-            None => self.client_messages.with_label_values(&["other"]).inc(),
+            None => self.server_messages.with_label_values(&["other"]).inc(),
         }
     }
 
@@ -343,5 +350,173 @@ impl McuMetrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The rest of the Go server's metrics (its `docs/prometheus-metrics.md`)
+/// for the parts this server has, with its names, labels and buckets.
+#[derive(Clone)]
+pub struct GoMetrics {
+    /// `signaling_client_messages_total{direction="incoming"}`.
+    pub client_messages_in: IntCounter,
+    /// `signaling_client_messages_total{direction="outgoing"}`.
+    pub client_messages_out: IntCounter,
+    /// `signaling_client_bytes_total{direction="incoming"}`.
+    pub client_bytes_in: IntCounter,
+    /// `signaling_client_bytes_total{direction="outgoing"}`.
+    pub client_bytes_out: IntCounter,
+    /// `signaling_hub_sessions_resume_total{backend,clienttype}`.
+    pub resume_total: IntCounterVec,
+    /// `signaling_backend_session_limit{backend}` (set at scrape time).
+    pub session_limit: IntGaugeVec,
+    /// `signaling_backend_session_limit_exceeded_total{backend}`.
+    pub session_limit_exceeded: IntCounterVec,
+    /// `signaling_backend_client_requests_total{backend}`.
+    pub backend_client_requests: IntCounterVec,
+    /// `signaling_backend_client_requests_duration{backend}` (seconds).
+    pub backend_client_duration: prometheus::HistogramVec,
+    /// `signaling_backend_client_requests_errors_total{backend,error}`.
+    pub backend_client_errors: IntCounterVec,
+    /// `signaling_call_sessions{backend,room,clienttype}` (set at scrape time).
+    pub call_sessions: IntGaugeVec,
+    /// `signaling_call_sessions_total{backend,clienttype}`.
+    pub call_sessions_total: IntCounterVec,
+    /// `signaling_call_rooms_total{backend}`.
+    pub call_rooms_total: IntCounterVec,
+}
+
+/// Buckets from `min` to `max` growing by a constant factor (Go's
+/// `prometheus.ExponentialBucketsRange`).
+fn exponential_range(min: f64, max: f64, count: usize) -> Vec<f64> {
+    let factor = (max / min).powf(1.0 / (count as f64 - 1.0));
+    (0..count).map(|i| min * factor.powi(i as i32)).collect()
+}
+
+impl GoMetrics {
+    fn new(registry: &Registry) -> Self {
+        let opts = |subsystem: &str, name: &str, help: &str| {
+            Opts::new(name, help)
+                .namespace("signaling")
+                .subsystem(subsystem.to_string())
+        };
+        let counter_vec = |subsystem: &str, name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(opts(subsystem, name, help), labels).expect("valid metric")
+        };
+        let gauge_vec = |subsystem: &str, name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(opts(subsystem, name, help), labels).expect("valid metric")
+        };
+        let client_messages = counter_vec(
+            "client",
+            "messages_total",
+            "The total number of messages sent to or received by clients",
+            &["direction"],
+        );
+        let client_bytes = counter_vec(
+            "client",
+            "bytes_total",
+            "The total number of bytes sent to or received by clients",
+            &["direction"],
+        );
+        let resume_total = counter_vec(
+            "hub",
+            "sessions_resume_total",
+            "The total number of resumed sessions per backend",
+            &["backend", "clienttype"],
+        );
+        let session_limit = gauge_vec(
+            "backend",
+            "session_limit",
+            "The session limit of a backend (if set)",
+            &["backend"],
+        );
+        let session_limit_exceeded = counter_vec(
+            "backend",
+            "session_limit_exceeded_total",
+            "The number of times the session limit exceeded",
+            &["backend"],
+        );
+        let backend_client_requests = counter_vec(
+            "backend_client",
+            "requests_total",
+            "The total number of backend client requests",
+            &["backend"],
+        );
+        let backend_client_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "requests_duration",
+                "The duration of backend client requests in seconds",
+            )
+            .namespace("signaling")
+            .subsystem("backend_client")
+            .buckets(exponential_range(0.01, 30.0, 30)),
+            &["backend"],
+        )
+        .expect("valid metric");
+        let backend_client_errors = counter_vec(
+            "backend_client",
+            "requests_errors_total",
+            "The total number of backend client requests that had an error",
+            &["backend", "error"],
+        );
+        let call_sessions = gauge_vec(
+            "call",
+            "sessions",
+            "The current number of sessions in a call",
+            &["backend", "room", "clienttype"],
+        );
+        let call_sessions_total = counter_vec(
+            "call",
+            "sessions_total",
+            "The total number of sessions in a call",
+            &["backend", "clienttype"],
+        );
+        let call_rooms_total = counter_vec(
+            "call",
+            "rooms_total",
+            "The total number of rooms with an active call",
+            &["backend"],
+        );
+        for c in [
+            Box::new(client_messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_bytes.clone()),
+            Box::new(resume_total.clone()),
+            Box::new(session_limit.clone()),
+            Box::new(session_limit_exceeded.clone()),
+            Box::new(backend_client_requests.clone()),
+            Box::new(backend_client_duration.clone()),
+            Box::new(backend_client_errors.clone()),
+            Box::new(call_sessions.clone()),
+            Box::new(call_sessions_total.clone()),
+            Box::new(call_rooms_total.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        GoMetrics {
+            client_messages_in: client_messages.with_label_values(&["incoming"]),
+            client_messages_out: client_messages.with_label_values(&["outgoing"]),
+            client_bytes_in: client_bytes.with_label_values(&["incoming"]),
+            client_bytes_out: client_bytes.with_label_values(&["outgoing"]),
+            resume_total,
+            session_limit,
+            session_limit_exceeded,
+            backend_client_requests,
+            backend_client_duration,
+            backend_client_errors,
+            call_sessions,
+            call_sessions_total,
+            call_rooms_total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn buckets_span_go_s_range() {
+        let b = super::exponential_range(0.01, 30.0, 30);
+        assert_eq!(b.len(), 30);
+        assert!((b[0] - 0.01).abs() < 1e-12);
+        assert!((b[29] - 30.0).abs() < 1e-9);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
     }
 }

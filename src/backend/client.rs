@@ -48,6 +48,52 @@ pub struct BackendClient {
     slots: Arc<Semaphore>,
     max_response: usize,
     refused: Option<prometheus::IntCounterVec>,
+    stats: Option<ClientStats>,
+}
+
+/// The backend id of a request URL (the `backend` label).
+pub type BackendOf = Arc<dyn Fn(&str) -> Option<Arc<str>> + Send + Sync>;
+
+/// `signaling_backend_client_*`: requests to Nextcloud by backend, their
+/// duration and errors (the Go server's metrics).
+#[derive(Clone)]
+struct ClientStats {
+    metrics: crate::metrics::GoMetrics,
+    backend_of: BackendOf,
+}
+
+impl ClientStats {
+    fn record<T>(&self, url: &str, took: Duration, r: &Result<T, BackendCallError>) {
+        let backend = (self.backend_of)(url);
+        let backend = backend.as_deref().unwrap_or("unknown");
+        let m = &self.metrics;
+        m.backend_client_requests
+            .with_label_values(&[backend])
+            .inc();
+        m.backend_client_duration
+            .with_label_values(&[backend])
+            .observe(took.as_secs_f64());
+        if let Err(e) = r {
+            m.backend_client_errors
+                .with_label_values(&[backend, e.metric_label()])
+                .inc();
+        }
+    }
+}
+
+impl BackendCallError {
+    /// The `error` label of `signaling_backend_client_requests_errors_total`
+    /// (the Go server's values; `status` for an HTTP status other than 200).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            BackendCallError::Timeout => "timeout",
+            BackendCallError::Transport(_) => "unknown",
+            BackendCallError::Status(_) => "status",
+            BackendCallError::Throttled => "throttled",
+            BackendCallError::TooLarge => "error_reading_body",
+            BackendCallError::Invalid(_) => "error_decoding_body",
+        }
+    }
 }
 
 impl BackendClient {
@@ -78,6 +124,7 @@ impl BackendClient {
             slots: Arc::new(Semaphore::new(1)),
             max_response: usize::MAX,
             refused: None,
+            stats: None,
         })
     }
 
@@ -93,6 +140,35 @@ impl BackendClient {
         self.max_response = max_response;
         self.refused = Some(refused);
         self
+    }
+
+    /// Counts requests, their duration and errors per backend;
+    /// `backend_of` names the backend of a request URL.
+    pub fn with_stats(mut self, metrics: crate::metrics::GoMetrics, backend_of: BackendOf) -> Self {
+        self.stats = Some(ClientStats {
+            metrics,
+            backend_of,
+        });
+        self
+    }
+
+    /// Sends `req` and parses the answer with `parse`, counted in the
+    /// metrics under the backend of `url`.
+    async fn request<T>(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        parse: impl FnOnce(&[u8]) -> Result<T, BackendCallError>,
+    ) -> Result<T, BackendCallError> {
+        let start = std::time::Instant::now();
+        let r = match self.send(req).await {
+            Ok(bytes) => parse(&bytes),
+            Err(e) => Err(e),
+        };
+        if let Some(stats) = &self.stats {
+            stats.record(url, start.elapsed(), &r);
+        }
+        r
     }
 
     fn refuse(&self, limit: &str) {
@@ -130,8 +206,7 @@ impl BackendClient {
             .header(HEADER_CHECKSUM, sum)
             .header(HEADER_BACKEND, backend_base)
             .body(payload);
-        let bytes = self.send(req).await?;
-        parse_response(&bytes)
+        self.request(url, req, parse_response).await
     }
 
     /// GETs a JSON document (capabilities), OCS envelope removed.
@@ -142,9 +217,11 @@ impl BackendClient {
             .header("Accept", "application/json")
             .header("OCS-APIRequest", "true")
             .header(HEADER_FEATURES, &self.features);
-        let bytes = self.send(req).await?;
-        let data = unwrap_ocs(&bytes)?;
-        serde_json::from_str(data.get()).map_err(|e| BackendCallError::Invalid(e.to_string()))
+        self.request(url, req, |bytes| {
+            let data = unwrap_ocs(bytes)?;
+            serde_json::from_str(data.get()).map_err(|e| BackendCallError::Invalid(e.to_string()))
+        })
+        .await
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, BackendCallError> {

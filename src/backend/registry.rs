@@ -144,6 +144,11 @@ impl BackendRegistry {
         }
     }
 
+    /// The configured backends (not those `allowall` admitted).
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
     /// The backend a URL (hello `auth.url`, `Spreed-Signaling-Backend`)
     /// belongs to, with the matching base URL.
     pub fn for_url(&self, url: &str) -> Option<(Arc<Backend>, String)> {

@@ -69,7 +69,13 @@ pub async fn serve(
     outbox.push(hub.welcome_frame());
     let (sink, stream) = socket.split();
     let reader = read_loop(&hub, stream, &outbox, &cancel, peer);
-    let writer = write_loop(sink, &outbox, &cancel, hub.config.limits.ping_interval);
+    let writer = write_loop(
+        sink,
+        &outbox,
+        &cancel,
+        hub.config.limits.ping_interval,
+        &hub.metrics.go,
+    );
     tokio::join!(reader, writer);
 }
 
@@ -207,7 +213,11 @@ async fn read_loop<S>(
             Some(Ok(m)) => m,
         };
         let text = match msg {
-            Message::Text(t) => t,
+            Message::Text(t) => {
+                hub.metrics.go.client_messages_in.inc();
+                hub.metrics.go.client_bytes_in.inc_by(t.len() as u64);
+                t
+            }
             Message::Binary(_) => {
                 outbox.push(error_frame(
                     None,
@@ -365,6 +375,7 @@ async fn write_loop(
     outbox: &Arc<Outbox>,
     cancel: &CancellationToken,
     ping_interval: std::time::Duration,
+    stats: &crate::metrics::GoMetrics,
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -373,6 +384,9 @@ async fn write_loop(
         let close = outbox.drain(&mut batch);
         if !batch.is_empty() {
             let mut failed = false;
+            stats.client_messages_out.inc_by(batch.len() as u64);
+            let bytes: usize = batch.iter().map(|f| f.len()).sum();
+            stats.client_bytes_out.inc_by(bytes as u64);
             for f in batch.drain(..) {
                 if sink.feed(Message::Text(f)).await.is_err() {
                     failed = true;

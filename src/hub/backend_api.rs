@@ -246,7 +246,64 @@ impl State {
                 effective.push(merged);
             }
         }
+        self.count_call_changes(key, &previous);
         effective
+    }
+
+    /// True when `s` is in its room's call: for clients as Nextcloud's
+    /// participant state says, for internal and virtual sessions their flags.
+    pub(crate) fn in_call(&self, s: &super::session::Session) -> bool {
+        match s.kind {
+            SessionKind::Client => {
+                let (Some(key), Some(nc)) = (&s.room, &s.room_session_id) else {
+                    return false;
+                };
+                self.rooms
+                    .get(key)
+                    .and_then(|r| r.participants.get(&**nc))
+                    .and_then(|e| e.get("inCall"))
+                    .is_some_and(super::in_call_flag)
+            }
+            _ => s.in_call & super::session::flags::IN_CALL != 0,
+        }
+    }
+
+    /// Counts sessions that joined the call and a call that started
+    /// (`signaling_call_sessions_total`, `signaling_call_rooms_total`),
+    /// comparing the room's participant state with `previous`.
+    fn count_call_changes(
+        &self,
+        key: &RoomKey,
+        previous: &std::collections::BTreeMap<String, Map<String, Value>>,
+    ) {
+        let Some(room) = self.rooms.get(key) else {
+            return;
+        };
+        let flag = |m: Option<&Map<String, Value>>| {
+            m.and_then(|e| e.get("inCall"))
+                .is_some_and(super::in_call_flag)
+        };
+        let mut any_before = previous.values().any(|e| flag(Some(e)));
+        for (nc, sid) in &room.nc_sessions {
+            let Some(s) = self.sessions.map.get(sid) else {
+                continue;
+            };
+            let now = flag(room.participants.get(&**nc));
+            if now && !flag(previous.get(&**nc)) {
+                let kind = s.kind.label(s.federated.is_some());
+                self.go
+                    .call_sessions_total
+                    .with_label_values(&[&*key.backend, kind])
+                    .inc();
+                if !any_before {
+                    any_before = true;
+                    self.go
+                        .call_rooms_total
+                        .with_label_values(&[&*key.backend])
+                        .inc();
+                }
+            }
+        }
     }
 
     /// Removes sessions from a room on the backend's behalf: they get a
@@ -629,6 +686,11 @@ impl Hub {
                                 .collect()
                         })
                         .unwrap_or_default();
+                    let previous = st
+                        .rooms
+                        .get(&key)
+                        .map(|r| r.participants.clone())
+                        .unwrap_or_default();
                     if let Some(room) = st.rooms.get_mut(&key) {
                         for p in room.participants.values_mut() {
                             p.insert("inCall".into(), ic.incall.clone());
@@ -642,6 +704,7 @@ impl Hub {
                             });
                         }
                     }
+                    st.count_call_changes(&key, &previous);
                     let f = event_frame(
                         "participants",
                         "update",

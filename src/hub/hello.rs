@@ -98,7 +98,7 @@ impl Hub {
                 let delay = self.throttle.failed(ip);
                 self.metrics
                     .throttle_delayed
-                    .with_label_values(&[action])
+                    .with_label_values(&[action, &delay.as_millis().to_string()])
                     .inc();
                 tracing::debug!(%ip, action, ?delay, "failed hello, answer delayed");
                 tokio::time::sleep(delay).await;
@@ -422,6 +422,11 @@ impl Hub {
             let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0)
                 + st.remote_session_count(&ident.backend.id);
             if count >= ident.backend.session_limit {
+                self.metrics
+                    .go
+                    .session_limit_exceeded
+                    .with_label_values(&[&*ident.backend.id])
+                    .inc();
                 return Err(ProtocolError::new(
                     error::SESSION_LIMIT_EXCEEDED,
                     "Too many sessions connected for this backend.",
@@ -539,7 +544,13 @@ impl Hub {
         s.conn = Some(conn.clone());
         let must_join_room =
             s.kind == SessionKind::Client && s.user_id.is_none() && s.room.is_none();
+        let (backend, kind) = (s.backend.id.clone(), s.kind.label(s.federated.is_some()));
         st.sessions.disconnected.remove(&sid);
+        self.metrics
+            .go
+            .resume_total
+            .with_label_values(&[&*backend, kind])
+            .inc();
         tracing::debug!(session = %sid, "session resumed");
         Ok(HelloOk {
             sid,

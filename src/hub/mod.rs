@@ -213,6 +213,8 @@ pub(crate) struct State {
     pub transient_limits: crate::config::TransientLimits,
     /// Refusals by a configured limit (`signaling_limits_refused_total`).
     pub refused: prometheus::IntCounterVec,
+    /// Call counters and the rest of the Go server's metrics.
+    pub go: crate::metrics::GoMetrics,
     pub client: BackendClient,
     /// The bus to other processes (a no-op in a single process).
     pub bus: Arc<dyn Bus>,
@@ -237,7 +239,7 @@ pub struct Hub {
     /// The configuration the server was started with.
     pub config: Arc<Config>,
     /// Allowed backends (replaced on reload).
-    registry: std::sync::RwLock<Arc<BackendRegistry>>,
+    registry: Arc<std::sync::RwLock<Arc<BackendRegistry>>>,
     /// HTTP client for Nextcloud.
     pub client: BackendClient,
     /// Capabilities of Nextcloud instances.
@@ -285,6 +287,17 @@ impl Hub {
             config.backend.max_response_size,
             metrics.refused.clone(),
         );
+        let registry = Arc::new(std::sync::RwLock::new(Arc::new(BackendRegistry::new(
+            &config.backend,
+        ))));
+        let lookup = registry.clone();
+        let client = client.with_stats(
+            metrics.go.clone(),
+            Arc::new(move |url: &str| {
+                let reg = lookup.read().unwrap_or_else(|p| p.into_inner()).clone();
+                reg.for_url(url).map(|(b, _)| b.id.clone())
+            }),
+        );
         let welcome = frame(
             None,
             "welcome",
@@ -299,7 +312,7 @@ impl Hub {
             crate::config::LiveSettings::of(&config),
         ));
         Ok(Arc::new(Hub {
-            registry: std::sync::RwLock::new(Arc::new(BackendRegistry::new(&config.backend))),
+            registry,
             state: Mutex::new(State {
                 sessions: Sessions {
                     map: HashMap::new(),
@@ -318,6 +331,7 @@ impl Hub {
                 ttl_seq: 0,
                 transient_limits: config.transient.clone(),
                 refused: metrics.refused.clone(),
+                go: metrics.go.clone(),
                 client: client.clone(),
                 bus: bus.clone(),
                 remote: HashMap::new(),
@@ -707,13 +721,18 @@ impl Hub {
         m.hub_sessions.reset();
         m.hub_rooms.reset();
         m.room_sessions.reset();
+        m.go.session_limit.reset();
+        m.go.call_sessions.reset();
+        for b in self.registry().backends() {
+            if b.session_limit > 0 {
+                m.go.session_limit
+                    .with_label_values(&[&*b.id])
+                    .set(b.session_limit as i64);
+            }
+        }
         let st = self.lock();
         for s in st.sessions.map.values() {
-            let kind = match s.kind {
-                SessionKind::Client => "client",
-                SessionKind::Internal => "internal",
-                SessionKind::Virtual { .. } => "virtual",
-            };
+            let kind = s.kind.label(s.federated.is_some());
             m.hub_sessions
                 .with_label_values(&[&*s.backend.id, kind])
                 .inc();
@@ -721,6 +740,11 @@ impl Hub {
                 m.room_sessions
                     .with_label_values(&[&*room.backend, kind, &*room.room])
                     .inc();
+                if st.in_call(s) {
+                    m.go.call_sessions
+                        .with_label_values(&[&*room.backend, &*room.room, kind])
+                        .inc();
+                }
             }
         }
         for key in st.rooms.keys() {

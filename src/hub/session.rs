@@ -39,6 +39,18 @@ pub enum SessionKind {
     },
 }
 
+impl SessionKind {
+    /// The `clienttype` label of the Go server's metrics.
+    pub fn label(&self, federated: bool) -> &'static str {
+        match self {
+            SessionKind::Client if federated => "federation",
+            SessionKind::Client => "client",
+            SessionKind::Internal => "internal",
+            SessionKind::Virtual { .. } => "virtual",
+        }
+    }
+}
+
 /// One session of the hub.
 pub struct Session {
     /// Public session id.
