@@ -38,10 +38,14 @@ fn init_logging(config: &Config, format: Option<&str>) -> LogHandle {
         Some(f) => f == "json",
         None => config.log_json,
     };
+    // Every line about a session carries the span of its connection:
+    // client address, session id and backend.
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        // Colours only on a terminal: journald and files get plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt::layer().with_ansi(ansi).boxed()
     };
     tracing_subscriber::registry().with(filter).with(fmt).init();
     handle

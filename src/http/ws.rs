@@ -65,6 +65,14 @@ pub async fn serve(
     cancel: CancellationToken,
     peer: Option<std::net::IpAddr>,
 ) {
+    // Every log line of this connection carries the client address and,
+    // once known, the session id and backend.
+    let span = tracing::info_span!(
+        "conn",
+        client = peer.map(tracing::field::display),
+        session = tracing::field::Empty,
+        backend = tracing::field::Empty,
+    );
     let outbox = hub.new_outbox();
     outbox.push(hub.welcome_frame());
     let (sink, stream) = socket.split();
@@ -76,7 +84,13 @@ pub async fn serve(
         hub.config.limits.ping_interval,
         &hub.metrics.go,
     );
-    tokio::join!(reader, writer);
+    tracing::Instrument::instrument(
+        async move {
+            tokio::join!(reader, writer);
+        },
+        span,
+    )
+    .await;
 }
 
 /// Token bucket for client messages.
@@ -235,6 +249,14 @@ async fn read_loop<S>(
             Step::Done => {}
             Step::Hello(pending) => match pending.await {
                 Ok(ok) => {
+                    let span = tracing::Span::current();
+                    span.record("session", &*ok.sid);
+                    span.record("backend", &*ok.backend);
+                    if ok.resumed {
+                        tracing::info!("session resumed");
+                    } else {
+                        tracing::info!("session started");
+                    }
                     hello_deadline = None;
                     is_guest = ok.must_join_room;
                     if ok.must_join_room {
@@ -285,6 +307,7 @@ async fn read_loop<S>(
         }
     }
     if let Some(sid) = session {
+        tracing::info!("connection closed");
         hub.connection_closed(&sid, outbox.conn_id);
     }
     // Let the writer send what is queued (bye, errors), then close; on

@@ -149,7 +149,7 @@ impl Hub {
                     details: None,
                 },
             };
-            tracing::warn!(session = %sid, code = ?err.code, "dialout failed");
+            tracing::warn!(session = %sid, backend = %key.backend, code = ?err.code, "dialout failed");
             first_error.get_or_insert(err);
         }
         first_error.map(|e| ApiReply {

@@ -33,6 +33,10 @@ struct Identity {
 pub struct HelloOk {
     /// Public session id.
     pub sid: Arc<str>,
+    /// Id of the session's backend (for the connection's log span).
+    pub backend: Arc<str>,
+    /// True when an existing session was resumed.
+    pub resumed: bool,
     /// True for guests that must join a room within the room timeout.
     pub must_join_room: bool,
 }
@@ -485,6 +489,8 @@ impl Hub {
             .inc();
         Ok(HelloOk {
             sid,
+            backend: backend_id,
+            resumed: false,
             must_join_room,
         })
     }
@@ -551,9 +557,10 @@ impl Hub {
             .resume_total
             .with_label_values(&[&*backend, kind])
             .inc();
-        tracing::debug!(session = %sid, "session resumed");
         Ok(HelloOk {
             sid,
+            backend,
+            resumed: true,
             must_join_room,
         })
     }

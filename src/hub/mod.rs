@@ -169,7 +169,7 @@ impl Sessions {
                 }
                 Push::Closed => {}
                 Push::Overflow => {
-                    tracing::info!(session = %s.id, "send queue full, closing connection (1013)");
+                    tracing::info!(session = %s.id, backend = %s.backend.id, "send queue full, closing connection (1013)");
                     self.overflows.inc();
                     let left = conn.abort(CLOSE_OVERFLOW, "send queue full");
                     s.conn = None;
@@ -188,7 +188,7 @@ impl Sessions {
             || s.queue_bytes > self.limits.resume_queue_bytes)
             && !self.doomed.contains(&s.id)
         {
-            tracing::info!(session = %s.id, "resume queue full, ending session");
+            tracing::info!(session = %s.id, backend = %s.backend.id, "resume queue full, ending session");
             self.doomed.push(s.id.clone());
         }
     }
@@ -631,8 +631,9 @@ impl Hub {
             return;
         }
         s.conn = None;
+        let backend = s.backend.id.clone();
         st.sessions.disconnected.insert(sid.clone(), deadline);
-        tracing::debug!(session = %sid, "connection closed, session kept for resume");
+        tracing::debug!(session = %sid, %backend, "connection closed, session kept for resume");
     }
 
     /// Ends sessions that are idle without connection past the resume timeout.
@@ -646,7 +647,8 @@ impl Hub {
             .map(|(sid, _)| sid.clone())
             .collect();
         for sid in expired {
-            tracing::debug!(session = %sid, "resume timeout, ending session");
+            let backend = st.sessions.map.get(&sid).map(|s| s.backend.id.clone());
+            tracing::info!(session = %sid, backend = backend.as_deref(), "resume timeout, ending session");
             st.end_session(&sid, None);
         }
         let late: Vec<Arc<str>> = st
@@ -660,7 +662,8 @@ impl Hub {
             st.sessions.room_deadlines.remove(&sid);
             let in_room = st.sessions.map.get(&sid).is_none_or(|s| s.room.is_some());
             if !in_room {
-                tracing::debug!(session = %sid, "guest did not join a room again, ending session");
+                let backend = st.sessions.map.get(&sid).map(|s| s.backend.id.clone());
+                tracing::info!(session = %sid, backend = backend.as_deref(), "guest did not join a room in time, ending session");
                 let bye = frame(
                     None,
                     "bye",
@@ -943,6 +946,7 @@ impl State {
         let Some(s) = self.sessions.map.remove(sid) else {
             return;
         };
+        tracing::info!(session = %sid, backend = %s.backend.id, "session ended");
         if let Some(m) = &self.mcu {
             m.command(crate::mcu::Command::CloseSession(sid.clone()));
         }
@@ -1002,6 +1006,7 @@ impl State {
         let backend_base = s.backend_base.clone();
         let secret = s.backend.secret.clone();
         let notify_virtual = notify_backend && is_virtual;
+        tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "left room");
 
         if let Some(room) = self.rooms.get_mut(&key) {
             room.remove_member(sid);

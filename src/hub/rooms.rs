@@ -93,6 +93,7 @@ impl State {
             s.permissions = permissions;
         }
         let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
+        tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "joined room");
         self.sessions.room_deadlines.remove(sid);
         if let Some(rs) = &room_session_id {
             self.replace_room_session(&key, rs, sid);
@@ -299,7 +300,7 @@ impl State {
             },
         );
         if let Some(s) = self.sessions.map.get_mut(&old) {
-            tracing::info!(session = %old, room = ?key.room, "room session reconnected on another connection, closing the old one");
+            tracing::info!(session = %old, backend = %key.backend, room = ?key.room, "room session reconnected on another connection, closing the old one");
             // Out of the room without telling Nextcloud; the room itself
             // stays (the new session joins it right away).
             s.room = None;
