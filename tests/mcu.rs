@@ -521,3 +521,20 @@ async fn without_janus_connected_no_mcu_feature_is_announced_and_messages_flow()
     assert_eq!(m["message"]["sender"]["sessionid"], me.as_str());
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn keepalives_hold_the_janus_session_of_an_idle_server() {
+    // Janus ends sessions after 2 s without a request; the server keeps
+    // its session alive (at half of Janus's session-timeout) while idle.
+    let j = Janus::start_with(Some(2)).await;
+    let ts = TestServer::start_with(&j.mcu_section("")).await;
+    wait_features(&ts, true).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    // Idle for three session timeouts (the behaviour under test is time).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let f = welcome_features(&ts).await;
+    assert!(f.iter().any(|x| x == "mcu"), "{f:?}");
+    ts.stop().await;
+}

@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The Janus plugin every room lives in.
 pub const VIDEOROOM: &str = "janus.plugin.videoroom";
-/// Interval of session keepalives and WebSocket pings (Janus ends a session
-/// after 60 s without one).
+/// Longest interval of session keepalives and WebSocket pings (Janus ends a
+/// session after its `session-timeout`, 60 s by default, without one); a
+/// shorter `session-timeout` gets keepalives at half of it.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
 /// First reconnect delay; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -90,6 +91,8 @@ struct Pending {
 struct Conn {
     session: u64,
     out: mpsc::UnboundedSender<String>,
+    /// Cancelled when Janus forgot the session (458): reconnect.
+    broken: CancellationToken,
 }
 
 struct Shared {
@@ -162,7 +165,7 @@ impl Gateway {
         let (tx, rx) = oneshot::channel();
         let t = format!("t{}", self.shared.next.fetch_add(1, Ordering::Relaxed));
         let kind = msg["janus"].as_str().unwrap_or("").to_string();
-        {
+        let broken = {
             let conn = lock(&self.shared.conn);
             let Some(c) = conn.as_ref() else {
                 return Err(JanusError::NotConnected);
@@ -174,9 +177,15 @@ impl Gateway {
                 lock(&self.shared.pending).remove(&t);
                 return Err(JanusError::NotConnected);
             }
-        }
+            c.broken.clone()
+        };
         self.shared.requests.with_label_values(&[&kind]).inc();
         match tokio::time::timeout(self.shared.timeout, rx).await {
+            Ok(Ok(Err(JanusError::Janus { code: 458, reason }))) => {
+                tracing::warn!("Janus lost our session ({reason}), reconnecting");
+                broken.cancel();
+                Err(JanusError::Janus { code: 458, reason })
+            }
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(JanusError::Cancelled),
             Err(_) => {
@@ -279,10 +288,10 @@ impl Gateway {
         let mut delay = FIRST_RETRY;
         loop {
             match self.connect(&url).await {
-                Ok((ws, session)) => {
+                Ok((ws, session, keepalive)) => {
                     delay = FIRST_RETRY;
                     tracing::info!(session, "connected to Janus");
-                    self.serve(ws, session, &events, &cancel).await;
+                    self.serve(ws, session, keepalive, &events, &cancel).await;
                     *lock(&self.shared.conn) = None;
                     self.fail_pending();
                     let _ = events.send(GatewayEvent::Disconnected);
@@ -304,7 +313,7 @@ impl Gateway {
     }
 
     /// Opens the WebSocket, checks `info` and creates the session.
-    async fn connect(&self, url: &str) -> Result<(Ws, u64), String> {
+    async fn connect(&self, url: &str) -> Result<(Ws, u64, Duration), String> {
         let mut req = url
             .into_client_request()
             .map_err(|e| format!("bad URL: {e}"))?;
@@ -339,7 +348,11 @@ impl Gateway {
         let session = created["data"]["id"]
             .as_u64()
             .ok_or("create without session id")?;
-        Ok((ws, session))
+        let keepalive = match info["session-timeout"].as_u64() {
+            Some(t) if t > 0 => KEEPALIVE.min(Duration::from_millis(t * 500)),
+            _ => KEEPALIVE,
+        };
+        Ok((ws, session, keepalive))
     }
 
     /// One request/reply before the session exists (nothing else is in
@@ -373,27 +386,29 @@ impl Gateway {
         &self,
         ws: Ws,
         session: u64,
+        keepalive: Duration,
         events: &mpsc::UnboundedSender<GatewayEvent>,
         cancel: &CancellationToken,
     ) {
         let (mut sink, mut stream) = ws.split();
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
-        *lock(&self.shared.conn) = Some(Conn {
-            session,
-            out: out_tx,
-        });
-        let _ = events.send(GatewayEvent::Connected);
         // Keepalives wait for their answer through this loop, so they run
         // beside it; a lost session (458) or a dead Janus breaks it.
         let broken = CancellationToken::new();
-        let keepalive = {
+        *lock(&self.shared.conn) = Some(Conn {
+            session,
+            out: out_tx,
+            broken: broken.clone(),
+        });
+        let _ = events.send(GatewayEvent::Connected);
+        let keepalive_task = {
             let gw = self.clone();
             let broken = broken.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = broken.cancelled() => return,
-                        _ = tokio::time::sleep(KEEPALIVE) => {}
+                        _ = tokio::time::sleep(keepalive) => {}
                     }
                     match gw.request(json!({"janus": "keepalive"}), false).await {
                         Ok(_) => {}
@@ -407,7 +422,7 @@ impl Gateway {
                 }
             })
         };
-        let mut ping = tokio::time::interval(KEEPALIVE);
+        let mut ping = tokio::time::interval(keepalive);
         ping.tick().await;
         loop {
             tokio::select! {
@@ -444,7 +459,7 @@ impl Gateway {
             }
         }
         broken.cancel();
-        keepalive.abort();
+        keepalive_task.abort();
     }
 }
 
@@ -480,7 +495,11 @@ mod tests {
             prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
         );
         let (out, mut sent) = mpsc::unbounded_channel();
-        *lock(&gw.shared.conn) = Some(Conn { session: 7, out });
+        *lock(&gw.shared.conn) = Some(Conn {
+            session: 7,
+            out,
+            broken: CancellationToken::new(),
+        });
         let (events, mut evrx) = mpsc::unbounded_channel();
         let req = {
             let gw = gw.clone();
@@ -517,7 +536,11 @@ mod tests {
             prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
         );
         let (out, mut sent) = mpsc::unbounded_channel();
-        *lock(&gw.shared.conn) = Some(Conn { session: 7, out });
+        *lock(&gw.shared.conn) = Some(Conn {
+            session: 7,
+            out,
+            broken: CancellationToken::new(),
+        });
         let (events, _evrx) = mpsc::unbounded_channel();
         let req = {
             let gw = gw.clone();

@@ -41,6 +41,11 @@ fn free_port() -> u16 {
 impl Janus {
     /// Starts Janus and waits until its WebSocket port accepts connections.
     pub async fn start() -> Janus {
+        Self::start_with(None).await
+    }
+
+    /// The same with Janus's `session_timeout` (seconds) set.
+    pub async fn start_with(session_timeout: Option<u64>) -> Janus {
         let dir = super::fresh_dir("janus");
         for entry in std::fs::read_dir("/etc/janus").unwrap() {
             let entry = entry.unwrap();
@@ -70,6 +75,10 @@ impl Janus {
                 (
                     "#disable = \"libjanus_jsonlog.so\"",
                     "disable = \"libjanus_jsonlog.so\"".to_string(),
+                ),
+                (
+                    "#session_timeout = 60",
+                    format!("session_timeout = {}", session_timeout.unwrap_or(60)),
                 ),
             ],
         );
