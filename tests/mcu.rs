@@ -538,3 +538,98 @@ async fn keepalives_hold_the_janus_session_of_an_idle_server() {
     assert!(f.iter().any(|x| x == "mcu"), "{f:?}");
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_requestoffer_to_a_session_of_another_process_is_answered_through_its_process() {
+    let j = Janus::start().await;
+    let nats = support::NatsServer::start().await;
+    let nc = support::FakeNextcloud::start().await;
+    let conf = format!("{}[nats]\nurl = {}\n", j.mcu_section(""), nats.url());
+    let s1 = TestServer::start_on(nc.clone(), &conf).await;
+    let s2 = TestServer::start_on(nc, &conf).await;
+    for s in [&s1, &s2] {
+        let hub = s.server.as_ref().unwrap().hub.clone();
+        support::eventually(
+            "the processes see each other",
+            Duration::from_secs(5),
+            || hub.known_processes() == 1,
+        )
+        .await;
+        wait_features(s, true).await;
+    }
+    let mut a = s1.client_in_room("alice", "room1").await;
+    let mut b = s2.client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    let alice = a.session_id.clone();
+    // Not in the call yet: refused by Bob's process.
+    send_to(
+        &mut b,
+        "r1",
+        &alice,
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    let e = b.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["error"]["code"], "not_allowed");
+    assert_eq!(e["id"], "r1");
+
+    s1.backend_request(
+        "room1",
+        &json!({"type": "incall", "incall": {"incall": 7,
+        "changed": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}],
+        "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]}}),
+    )
+    .await;
+    b.wait_for(|m| m["event"]["target"] == "participants").await;
+    // Alice publishes (no media flows with the hand-made offer): Janus
+    // refuses the subscriber join until her PeerConnection is up, so after
+    // the MCU timeout Bob hears processing_failed with his request id, from
+    // Alice's process.
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    send_to(
+        &mut b,
+        "r2",
+        &alice,
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    let e = b
+        .wait_for_within(Duration::from_secs(10), |m| m["type"] == "error")
+        .await;
+    assert_eq!(e["id"], "r2");
+    assert_eq!(e["error"]["code"], "processing_failed", "{e}");
+    let hub1 = s1.server.as_ref().unwrap().hub.clone();
+    assert!(
+        hub1.metrics
+            .mcu
+            .messages_total
+            .with_label_values(&["requestoffer"])
+            .get()
+            == 0,
+        "counted where the client sent it"
+    );
+    let hub2 = s2.server.as_ref().unwrap().hub.clone();
+    assert_eq!(
+        hub2.metrics
+            .mcu
+            .messages_total
+            .with_label_values(&["requestoffer"])
+            .get(),
+        2
+    );
+    // An answer for a subscriber that does not exist: client_not_found.
+    send_to(
+        &mut b,
+        "ans",
+        &alice,
+        json!({"type": "answer", "roomType": "video",
+        "payload": {"type": "answer", "sdp": audio_offer()}}),
+    )
+    .await;
+    let e = b.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["id"], "ans");
+    assert_eq!(e["error"]["code"], "client_not_found");
+    s2.stop().await;
+    s1.stop().await;
+}

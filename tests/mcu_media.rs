@@ -482,3 +482,78 @@ async fn screen_sharing_revocation_and_a_janus_restart_with_real_media() {
     pb2.wait_frames((0, 0), 0, 25).await;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_on_another_process_receives_the_media_of_a_publisher() {
+    if !run_in_namespace("a_subscriber_on_another_process_receives_the_media_of_a_publisher") {
+        return;
+    }
+    let j = Janus::start().await;
+    let nats = support::NatsServer::start().await;
+    let nc = support::FakeNextcloud::start().await;
+    let conf = format!(
+        "{}[nats]\nurl = {}\n",
+        j.mcu_section("timeout = 10\n"),
+        nats.url()
+    );
+    let s1 = TestServer::start_on(nc.clone(), &conf).await;
+    let s2 = TestServer::start_on(nc, &conf).await;
+    for s in [&s1, &s2] {
+        let hub = s.server.as_ref().unwrap().hub.clone();
+        support::eventually(
+            "the processes see each other",
+            Duration::from_secs(5),
+            || hub.known_processes() == 1,
+        )
+        .await;
+        wait_mcu(s).await;
+    }
+    let mut a = s1.client_in_room("alice", "room1").await;
+    let mut b = s2.client_in_room("bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    a.wait_join_of(&b.session_id).await;
+    all_in_call(&s1, &["nc-alice", "nc-bob"]).await;
+    b.wait_for(|m| {
+        m["event"]["target"] == "participants"
+            && m["event"]["update"]["users"]
+                .as_array()
+                .is_some_and(|u| u.len() == 2)
+    })
+    .await;
+    let alice = a.session_id.clone();
+
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "p1").await;
+    // Bob, on the other process, subscribes: process 1 owns the Janus
+    // handles; the offer, his answer and selectStream cross the bus.
+    let mut pb = Peer::start(&["subscribe"]).await;
+    let sid_b = subscribe(&mut b, &mut pb, &alice, "video", "").await;
+    let f = pb.wait_frames((0, 0), 25, 25).await;
+    eprintln!("bob on process 2 decoded {f:?}");
+    send_to(
+        &mut b,
+        "sel",
+        &alice,
+        json!({"type": "selectStream", "roomType": "video", "sid": sid_b,
+        "payload": {"video": false}}),
+    )
+    .await;
+    let f = pb.frames().await;
+    pb.wait_frames(f, 25, 0).await;
+    pb.assert_video_stopped(Duration::from_millis(1500)).await;
+    // Bob leaves: process 1 drops his subscriber.
+    drop(pb);
+    b.send(json!({"id": "bye", "type": "bye", "bye": {}})).await;
+    let hub1 = s1.server.as_ref().unwrap().hub.clone();
+    support::eventually("the subscriber is gone", Duration::from_secs(10), || {
+        hub1.metrics
+            .mcu
+            .subscribers
+            .with_label_values(&["video"])
+            .get()
+            == 0
+    })
+    .await;
+    s2.stop().await;
+    s1.stop().await;
+}

@@ -212,6 +212,24 @@ pub enum Header {
         /// `bye` reason.
         reason: String,
     },
+    /// An MCU message (the body: the client's `data`) of `sender` to the
+    /// receiving process's session `sid`, whose process owns the Janus
+    /// handles of its publishers: subscribing (`requestoffer`), `answer`,
+    /// `candidate`, `endOfCandidates`, `selectStream`. Replies go to
+    /// `sender` as session frames.
+    Mcu {
+        /// Origin process.
+        from: String,
+        /// The publisher's session (on the receiving process).
+        sid: String,
+        /// The subscriber's session (on the origin process).
+        sender: String,
+        /// The sender's backend.
+        backend: String,
+        /// Request id of the message, for errors.
+        #[serde(default)]
+        id: Option<String>,
+    },
     /// Deliver the body to every local session of a user.
     UserFrame {
         /// Origin process.
@@ -294,6 +312,7 @@ impl Header {
             | Header::Left { from, .. }
             | Header::RoomFrame { from, .. }
             | Header::UserFrame { from, .. }
+            | Header::Mcu { from, .. }
             | Header::SnapshotRequest { from, .. }
             | Header::Dialout { from, .. } => Some(from),
             _ => None,

@@ -318,6 +318,47 @@ impl Hub {
         };
         let kind = checked.data.kind.clone();
         let to_self = target == *sid;
+        let subscriber_side = matches!(
+            kind.as_str(),
+            "requestoffer" | "answer" | "candidate" | "endOfCandidates" | "selectStream"
+        );
+        if subscriber_side && !to_self {
+            if let Some(owner) = self.remote_owner(sid, &target) {
+                mcu.count_message(&kind);
+                if kind == "candidate" && checked.candidate.is_none() {
+                    return McuRoute::Done;
+                }
+                if kind == "requestoffer" && !self.may_subscribe(sid, &target) {
+                    self.reply_error(
+                        sid,
+                        id,
+                        err(error::NOT_ALLOWED, "Not allowed to request offer."),
+                    );
+                    return McuRoute::Done;
+                }
+                // The publisher's process owns its Janus handles.
+                let backend = self
+                    .lock()
+                    .sessions
+                    .map
+                    .get(sid)
+                    .map(|s| s.backend.id.to_string())
+                    .unwrap_or_default();
+                let bus = self.lock().bus.clone();
+                let h = crate::bus::Header::Mcu {
+                    from: bus.pid().to_string(),
+                    sid: target.to_string(),
+                    sender: sid.to_string(),
+                    backend,
+                    id: id.map(str::to_string),
+                };
+                bus.publish(
+                    crate::bus::process_subject(&owner),
+                    crate::bus::encode(&h, Some(msg.data.get().as_bytes())),
+                );
+                return McuRoute::Done;
+            }
+        }
         match kind.as_str() {
             "offer" | "answer" | "candidate" | "endOfCandidates" | "selectStream" => {
                 mcu.count_message(&kind);
@@ -456,16 +497,154 @@ impl Hub {
         }
     }
 
-    /// True when both sessions are local, in the same room and in its call.
-    fn in_same_call(&self, a: &str, b: &str) -> bool {
+    /// `requestoffer` from local session `a` to `b` (of any process): both
+    /// in the same room and in its call, unless `a` is internal or
+    /// `[app] allowsubscribeany` is set.
+    fn may_subscribe(&self, a: &str, b: &str) -> bool {
         let st = self.lock();
-        let (Some(sa), Some(sb)) = (st.sessions.map.get(a), st.sessions.map.get(b)) else {
+        let Some(sa) = st.sessions.map.get(a) else {
             return false;
         };
-        match (&sa.room, &sb.room) {
-            (Some(ra), Some(rb)) if ra == rb => st.is_in_call(ra, a) && st.is_in_call(ra, b),
-            _ => false,
+        if sa.kind == SessionKind::Internal || self.config.allow_subscribe_any {
+            return true;
         }
+        let Some(room) = &sa.room else {
+            return false;
+        };
+        if !st.is_in_call(room, a) {
+            return false;
+        }
+        if let Some(sb) = st.sessions.map.get(b) {
+            return sb.room.as_ref() == Some(room) && st.is_in_call(room, b);
+        }
+        let Some(r) = st.remote.get(b) else {
+            return false;
+        };
+        if &r.room != room {
+            return false;
+        }
+        if r.info.kind == "client" {
+            r.info
+                .roomsessionid
+                .as_deref()
+                .and_then(|rs| st.rooms.get(room)?.participants.get(rs))
+                .and_then(|p| p.get("inCall"))
+                .is_some_and(super::in_call_flag)
+        } else {
+            r.info.in_call & super::session::flags::IN_CALL != 0
+        }
+    }
+
+    /// The process of `target` when it is a session of another process
+    /// of the sender's backend (None: local, or unknown).
+    fn remote_owner(&self, sid: &str, target: &str) -> Option<String> {
+        let st = self.lock();
+        if st.sessions.map.contains_key(target) || !st.bus.clustered() {
+            return None;
+        }
+        let backend = st.sessions.map.get(sid)?.backend.id.clone();
+        match st.remote.get(target) {
+            Some(r) if r.room.backend == backend => Some(r.info.owner.clone()),
+            Some(_) => None,
+            None => super::cluster::owner_of(target)
+                .filter(|p| st.processes.contains_key(*p))
+                .map(str::to_string),
+        }
+    }
+
+    /// Delivers a frame to a session of this or another process.
+    fn deliver_anywhere(&self, to: &str, f: &crate::api::server::Frame) {
+        let mut st = self.lock();
+        if st.sessions.map.contains_key(to) {
+            st.sessions.deliver(to, f);
+            st.reap();
+        } else {
+            st.send_to_remote_session(to, f, None);
+        }
+    }
+
+    /// An MCU message of a session of another process to a local
+    /// publisher (see [`crate::bus::Header::Mcu`]); the sender's process
+    /// validated it and checked the permissions.
+    pub(crate) fn remote_mcu_message(
+        self: &Arc<Self>,
+        target: &str,
+        sender: &str,
+        backend: &str,
+        id: Option<String>,
+        body: &[u8],
+    ) {
+        let sender: Arc<str> = sender.into();
+        let target: Arc<str> = target.into();
+        let fail = |e: McuError| {
+            self.deliver_anywhere(
+                &sender,
+                &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
+            )
+        };
+        let Some(mcu) = self.mcu.get().cloned() else {
+            return fail(McuError::NotFound("no MCU".into()));
+        };
+        let local = self
+            .lock()
+            .sessions
+            .map
+            .get(&*target)
+            .is_some_and(|s| &*s.backend.id == backend);
+        if !local {
+            return fail(McuError::NotFound("no such publisher".into()));
+        }
+        let Ok(data) = serde_json::from_slice::<McuData>(body) else {
+            return;
+        };
+        let Ok(c) = check(data, &mcu) else {
+            return;
+        };
+        let Some(stream) = StreamType::parse(&c.data.room_type) else {
+            return fail(McuError::NotFound("no stream".into()));
+        };
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+            let r = match c.data.kind.as_str() {
+                "requestoffer" => {
+                    match mcu
+                        .subscribe(&sender, &target, stream, &c.data.sid, &payload)
+                        .await
+                    {
+                        Ok((ssid, offer)) => {
+                            let f =
+                                reply_frame(&target, None, &sender, "offer", stream, &offer, &ssid);
+                            hub.deliver_anywhere(&sender, &f);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                "answer" => {
+                    mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)
+                        .await
+                }
+                "candidate" | "endOfCandidates" => {
+                    let cand = if c.data.kind == "candidate" {
+                        c.candidate.clone().flatten()
+                    } else {
+                        None
+                    };
+                    mcu.subscriber_candidate(&sender, &target, stream, &c.data.sid, cand)
+                        .await
+                }
+                "selectStream" => mcu.select_stream(&sender, &target, stream, &payload).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::info!(session = %sender, publisher = %target, "MCU message from another process failed: {e}");
+                hub.deliver_anywhere(
+                    &sender,
+                    &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
+                );
+            }
+        });
     }
 
     /// `requestoffer`: subscribes the sender to the target's stream; the
@@ -478,13 +657,7 @@ impl Hub {
         target: &Arc<str>,
         c: Checked,
     ) {
-        let internal = self
-            .lock()
-            .sessions
-            .map
-            .get(sid)
-            .is_some_and(|s| s.kind == SessionKind::Internal);
-        if !internal && !self.config.allow_subscribe_any && !self.in_same_call(sid, target) {
+        if !self.may_subscribe(sid, target) {
             return self.reply_error(
                 sid,
                 id,
@@ -530,6 +703,7 @@ impl Hub {
                 st.sessions.map.contains_key(&target),
             )
         };
+        let local = local || self.remote_owner(sid, &target).is_some();
         if !allowed {
             return self.reply_error(
                 sid,
@@ -550,7 +724,7 @@ impl Hub {
             match mcu.subscribe(&target, &sid, stream, "", &payload).await {
                 Ok((ssid, offer)) => {
                     let f = reply_frame(&sid, None, &target, "offer", stream, &offer, &ssid);
-                    hub.deliver_frame(&target, &f);
+                    hub.deliver_anywhere(&target, &f);
                 }
                 Err(e) => {
                     tracing::info!(session = %sid, "sendoffer failed: {e}");

@@ -409,6 +409,17 @@ impl Hub {
                 }
                 st.reap();
             }
+            Header::Mcu {
+                from: _,
+                sid,
+                sender,
+                backend,
+                id,
+            } => {
+                if msg.subject == process_subject(&me) {
+                    self.remote_mcu_message(&sid, &sender, &backend, id, &body);
+                }
+            }
             Header::UserFrame {
                 from,
                 backend,

@@ -311,6 +311,10 @@ impl State {
             return;
         }
         room.nc_sessions.retain(|_, v| &**v != sid);
+        if let Some(m) = &self.mcu {
+            // Its subscribers of this process's publishers go too.
+            m.command(crate::mcu::Command::CloseSession(sid.into()));
+        }
         self.remove_transient(key, &crate::hub::session_data_key(sid));
         let was_internal = self
             .remote
