@@ -1,6 +1,7 @@
 //! `spreed-signaling check`: beyond parsing the file, try every backend as
-//! the server would use it (capabilities, hello v2 key, shared secret) and
-//! the NATS server, and say which config key to fix when something fails.
+//! the server would use it (capabilities, hello v2 key, shared secret), the
+//! NATS server and Janus, and say which config key to fix when something
+//! fails.
 
 use std::time::Duration;
 
@@ -99,7 +100,97 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
     if !config.nats_urls.is_empty() {
         lines.push(probe_nats(&config.nats_urls).await);
     }
+    if let Some(mcu) = &config.mcu {
+        lines.push(probe_janus(&mcu.url).await);
+    }
+    if let Some(https) = &config.https {
+        lines.push(
+            match crate::http::tls::load(&https.certificate, &https.key) {
+                Ok(_) => ok(format!(
+                    "[https] certificate: {} and its key loaded",
+                    https.certificate.display()
+                )),
+                Err(e) => fail(e.to_string()),
+            },
+        );
+    }
     lines
+}
+
+/// Speaks to Janus as the MCU does: a WebSocket with the `janus-protocol`
+/// subprotocol, `info` answered with `server_info` that lists the
+/// videoroom plugin.
+async fn probe_janus(url: &str) -> CheckLine {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let shown = crate::logsafe::Url(url).to_string();
+    let mut req = match url.into_client_request() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("[mcu] url: `{shown}` is not a WebSocket URL: {e}")),
+    };
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("janus-protocol"),
+    );
+    let tls = match crate::hub::federation::tls_config(false) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("[mcu] url: TLS setup: {e}")),
+    };
+    let dial = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    );
+    let mut ws = match tokio::time::timeout(TIMEOUT, dial).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => {
+            return fail(format!(
+                "[mcu] url: cannot connect to Janus at {shown}: {e} (is its WebSocket transport enabled on that address?)"
+            ))
+        }
+        Err(_) => return fail(format!("[mcu] url: no answer from {shown} (timeout)")),
+    };
+    let info = serde_json::json!({"janus": "info", "transaction": "spreed-signaling-check"});
+    if let Err(e) = ws.send(Message::Text(info.to_string().into())).await {
+        return fail(format!("[mcu] url: {shown}: {e}"));
+    }
+    let answer = async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Text(t)) => return serde_json::from_str::<serde_json::Value>(&t).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        None
+    };
+    let reply = tokio::time::timeout(TIMEOUT, answer).await.ok().flatten();
+    let _ = ws.close(None).await;
+    match reply {
+        Some(v) if v["janus"] == "server_info" => {
+            let version = v["version_string"].as_str().unwrap_or("?");
+            if v["plugins"].get("janus.plugin.videoroom").is_none() {
+                fail(format!(
+                    "[mcu] url: Janus {version} at {shown} has no videoroom plugin (enable janus.plugin.videoroom)"
+                ))
+            } else {
+                ok(format!(
+                    "[mcu] url: Janus {version} at {shown} with the videoroom plugin"
+                ))
+            }
+        }
+        Some(v) => fail(format!(
+            "[mcu] url: {shown} answered `info` with {} instead of server_info: not Janus?",
+            v["janus"]
+        )),
+        None => fail(format!(
+            "[mcu] url: {shown} did not answer `info` like Janus does"
+        )),
+    }
 }
 
 async fn probe_backend(

@@ -131,3 +131,52 @@ async fn the_nats_probe_uses_the_url_credentials() {
     assert!(out.contains("FAIL [nats] url:"), "{out}");
     assert!(!out.contains("wrong"), "credentials printed: {out}");
 }
+
+/// `[mcu]`: Janus is asked `info` over its WebSocket API; a real Janus
+/// passes, a closed port and a server that is not Janus are named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janus_is_probed_at_the_mcu_url() {
+    let nc = FakeNextcloud::start().await;
+    let janus = support::janus::Janus::start().await;
+    let mcu = |url: &str| config_text(&nc, &format!("[mcu]\ntype = janus\nurl = {url}\n"));
+    let (ok, out) = check(mcu(&format!("ws://127.0.0.1:{}", janus.port))).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("OK   [mcu] url: Janus "), "{out}");
+    assert!(out.contains("with the videoroom plugin"), "{out}");
+
+    let (ok, out) = check(mcu(&format!("ws://127.0.0.1:{}", closed_port()))).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL [mcu] url: cannot connect"), "{out}");
+
+    // Something else on that address (here: the fake Nextcloud's HTTP).
+    let other = nc.url.replace("http://", "ws://");
+    let (ok, out) = check(mcu(&other)).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL [mcu] url:"), "{out}");
+    // The backend lines are unaffected.
+    assert!(out.contains("OK   [nc1] secret accepted"), "{out}");
+}
+
+/// `[https]`: the certificate and key are loaded as the server would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_certificate_is_named() {
+    let nc = FakeNextcloud::start().await;
+    let dir = fresh_dir("spreed-check-cert");
+    let cert = dir.join("cert.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let text = config_text(
+        &nc,
+        &format!(
+            "[https]\nlisten = 127.0.0.1:0\ncertificate = {}\nkey = {}\n",
+            cert.display(),
+            dir.join("missing.key").display()
+        ),
+    );
+    let (ok, out) = check(text).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL [https] certificate: no certificate in"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,7 @@
 pub mod backend_api;
 mod cluster;
 mod dialout;
-mod federation;
+pub(crate) mod federation;
 mod hello;
 pub use hello::HelloOk;
 mod internal;
