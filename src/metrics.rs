@@ -383,6 +383,8 @@ pub struct GoMetrics {
     pub call_sessions_total: IntCounterVec,
     /// `signaling_call_rooms_total{backend}`.
     pub call_rooms_total: IntCounterVec,
+    /// `signaling_client_rtt`: round trip of WebSocket pings (milliseconds).
+    pub client_rtt: prometheus::Histogram,
 }
 
 /// Buckets from `min` to `max` growing by a constant factor (Go's
@@ -476,8 +478,19 @@ impl GoMetrics {
             "The total number of rooms with an active call",
             &["backend"],
         );
+        let client_rtt = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "rtt",
+                "The roundtrip time of WebSocket ping messages in milliseconds",
+            )
+            .namespace("signaling")
+            .subsystem("client")
+            .buckets(exponential_range(1.0, 30000.0, 50)),
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(client_messages.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_rtt.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_messages.clone()),
             Box::new(client_bytes.clone()),
             Box::new(resume_total.clone()),
             Box::new(session_limit.clone()),
@@ -505,6 +518,7 @@ impl GoMetrics {
             call_sessions,
             call_sessions_total,
             call_rooms_total,
+            client_rtt,
         }
     }
 }

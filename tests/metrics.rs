@@ -235,3 +235,38 @@ async fn metrics_match_what_happened() {
     );
     ts.stop().await;
 }
+
+/// `signaling_client_rtt`: the server's pings carry their send time; the
+/// client's pongs give the round trip. Pongs nobody asked for do not count.
+#[tokio::test]
+async fn ping_round_trips_are_measured() {
+    let ts = TestServer::start_with("[clients]\npinginterval = 1\n").await;
+    let mut c = ts.client(Some("alice")).await;
+    c.send_raw(Message::Pong(b"made-up".to_vec().into())).await;
+    c.send_raw(Message::Pong(u64::MAX.to_be_bytes().to_vec().into()))
+        .await;
+    // The client answers pings while it reads.
+    let reader = tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_millis(2500);
+        while let Ok(Some(m)) = tokio::time::timeout_at(end, c.ws.next()).await {
+            assert!(matches!(m, Ok(Message::Ping(_))), "{m:?}");
+        }
+        c
+    });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let text = loop {
+        let text = scrape(&ts).await;
+        if value(&text, "signaling_client_rtt_count") >= 1.0 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ping answered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let count = value(&text, "signaling_client_rtt_count");
+    let sum = value(&text, "signaling_client_rtt_sum");
+    // At most two pings in 2.5 s; loopback answers well within a second.
+    assert!(count <= 2.0, "{count}");
+    assert!(sum / count < 1000.0, "{sum} / {count}");
+    reader.await.unwrap();
+    ts.stop().await;
+}

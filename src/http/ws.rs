@@ -240,7 +240,13 @@ async fn read_loop<S>(
                 continue;
             }
             Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Pong(p) => {
+                if let Some(rtt) = ping_rtt(&p) {
+                    hub.metrics.go.client_rtt.observe(rtt);
+                }
+                continue;
+            }
+            Message::Ping(_) => continue,
         };
         // Over its budget, the connection is not read for a while after
         // this message (backpressure: nothing is dropped).
@@ -393,6 +399,22 @@ fn on_text(
     }
 }
 
+/// Milliseconds since the Unix epoch (the payload of the server's pings).
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The round trip in milliseconds of a pong that answers one of our pings
+/// (its payload is the time the ping was sent); None for other pongs.
+fn ping_rtt(payload: &[u8]) -> Option<f64> {
+    let sent = u64::from_be_bytes(payload.try_into().ok()?);
+    let rtt = unix_millis().checked_sub(sent)?;
+    // A pong of a ping from this process's lifetime, not a made-up one.
+    (rtt < 3_600_000).then_some(rtt as f64)
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     outbox: &Arc<Outbox>,
@@ -448,7 +470,8 @@ async fn write_loop(
             }
             _ = outbox.wait() => {}
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                let stamp = unix_millis().to_be_bytes().to_vec();
+                if sink.send(Message::Ping(stamp.into())).await.is_err() {
                     cancel.cancel();
                     return;
                 }
