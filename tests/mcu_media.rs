@@ -320,6 +320,34 @@ async fn a_publisher_and_subscribers_exchange_media_with_layer_selection_and_ren
     let sent = pa.stats().await["bytes_sent"].as_u64().unwrap();
     assert!(sent > 1000, "publisher sent {sent} bytes");
     eprintln!("frames: bob {fb:?}, carol {fc:?}; alice sent {sent} bytes");
+    // An empty candidate (end of candidates, trickled to Janus as is) and
+    // endOfCandidates from the publisher and a subscriber change nothing.
+    let empty = json!({"candidate": {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}});
+    send_to(
+        &mut a,
+        "eoc1",
+        &alice,
+        json!({"type": "candidate", "roomType": "video", "sid": "1000", "payload": empty}),
+    )
+    .await;
+    send_to(
+        &mut a,
+        "eoc2",
+        &alice,
+        json!({"type": "endOfCandidates", "roomType": "video", "sid": "1000", "payload": {}}),
+    )
+    .await;
+    send_to(
+        &mut b,
+        "eoc3",
+        &alice,
+        json!({"type": "candidate", "roomType": "video", "sid": sid_b, "payload": empty}),
+    )
+    .await;
+    let f = pc.frames().await;
+    pc.wait_frames(f, 25, 25).await;
+    let f = pb.frames().await;
+    pb.wait_frames(f, 25, 25).await;
 
     // selectStream video:false stops Bob's video while his audio goes on,
     // Carol's video is untouched; video:true brings it back.

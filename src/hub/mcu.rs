@@ -34,15 +34,15 @@ pub(crate) enum McuRoute {
 
 /// The fields of MCU data the server reads; everything else is ignored.
 #[derive(Deserialize)]
-struct McuData {
+pub(super) struct McuData {
     #[serde(rename = "type", default)]
-    kind: String,
+    pub(super) kind: String,
     #[serde(default)]
-    sid: String,
+    pub(super) sid: String,
     #[serde(rename = "roomType", default)]
-    room_type: String,
+    pub(super) room_type: String,
     #[serde(default)]
-    payload: Option<serde_json::Map<String, Value>>,
+    pub(super) payload: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     bitrate: Option<f64>,
     #[serde(default)]
@@ -56,18 +56,18 @@ struct McuData {
 }
 
 /// MCU data after validation.
-struct Checked {
-    data: McuData,
+pub(super) struct Checked {
+    pub(super) data: McuData,
     /// Media of an offer's or answer's SDP.
-    media: sdp::Media,
+    pub(super) media: sdp::Media,
     /// The SDP of an offer or answer.
-    sdp: String,
+    pub(super) sdp: String,
     /// A candidate: `Some(None)` for the empty end-of-candidates string,
     /// `None` when the candidate is filtered (never reaches Janus).
-    candidate: Option<Option<Value>>,
+    pub(super) candidate: Option<Option<Value>>,
 }
 
-fn err(code: &str, msg: &str) -> ProtocolError {
+pub(super) fn err(code: &str, msg: &str) -> ProtocolError {
     ProtocolError::new(code, msg)
 }
 
@@ -76,7 +76,7 @@ fn details(v: Value) -> Box<RawValue> {
 }
 
 /// Checks MCU data as the Go server does (`CheckValid`).
-fn check(data: McuData, mcu: &Mcu) -> Result<Checked, ProtocolError> {
+pub(super) fn check(data: McuData, mcu: &Mcu) -> Result<Checked, ProtocolError> {
     if !data.room_type.is_empty()
         && !matches!(data.room_type.as_str(), "audio" | "video" | "screen")
     {
@@ -174,7 +174,7 @@ struct ReplyData<'a> {
 }
 
 /// A `message` from `from` to `to` carrying MCU data.
-fn reply_frame(
+pub(super) fn reply_frame(
     from: &str,
     from_user: Option<&str>,
     to: &str,
@@ -208,7 +208,7 @@ fn reply_frame(
     )
 }
 
-fn mcu_error(e: &McuError) -> ProtocolError {
+pub(super) fn mcu_error(e: &McuError) -> ProtocolError {
     match e {
         McuError::NotFound(_) => err(
             error::CLIENT_NOT_FOUND,
@@ -322,42 +322,11 @@ impl Hub {
             kind.as_str(),
             "requestoffer" | "answer" | "candidate" | "endOfCandidates" | "selectStream"
         );
-        if subscriber_side && !to_self {
-            if let Some(owner) = self.remote_owner(sid, &target) {
-                mcu.count_message(&kind);
-                if kind == "candidate" && checked.candidate.is_none() {
-                    return McuRoute::Done;
-                }
-                if kind == "requestoffer" && !self.may_subscribe(sid, &target) {
-                    self.reply_error(
-                        sid,
-                        id,
-                        err(error::NOT_ALLOWED, "Not allowed to request offer."),
-                    );
-                    return McuRoute::Done;
-                }
-                // The publisher's process owns its Janus handles.
-                let backend = self
-                    .lock()
-                    .sessions
-                    .map
-                    .get(sid)
-                    .map(|s| s.backend.id.to_string())
-                    .unwrap_or_default();
-                let bus = self.lock().bus.clone();
-                let h = crate::bus::Header::Mcu {
-                    from: bus.pid().to_string(),
-                    sid: target.to_string(),
-                    sender: sid.to_string(),
-                    backend,
-                    id: id.map(str::to_string),
-                };
-                bus.publish(
-                    crate::bus::process_subject(&owner),
-                    crate::bus::encode(&h, Some(msg.data.get().as_bytes())),
-                );
-                return McuRoute::Done;
-            }
+        if subscriber_side
+            && !to_self
+            && self.forward_to_publisher_process(&mcu, sid, id, &target, &checked, &msg)
+        {
+            return McuRoute::Done;
         }
         match kind.as_str() {
             "offer" | "answer" | "candidate" | "endOfCandidates" | "selectStream" => {
@@ -500,7 +469,7 @@ impl Hub {
     /// `requestoffer` from local session `a` to `b` (of any process): both
     /// in the same room and in its call, unless `a` is internal or
     /// `[app] allowsubscribeany` is set.
-    fn may_subscribe(&self, a: &str, b: &str) -> bool {
+    pub(super) fn may_subscribe(&self, a: &str, b: &str) -> bool {
         let st = self.lock();
         let Some(sa) = st.sessions.map.get(a) else {
             return false;
@@ -533,118 +502,6 @@ impl Hub {
         } else {
             r.info.in_call & super::session::flags::IN_CALL != 0
         }
-    }
-
-    /// The process of `target` when it is a session of another process
-    /// of the sender's backend (None: local, or unknown).
-    fn remote_owner(&self, sid: &str, target: &str) -> Option<String> {
-        let st = self.lock();
-        if st.sessions.map.contains_key(target) || !st.bus.clustered() {
-            return None;
-        }
-        let backend = st.sessions.map.get(sid)?.backend.id.clone();
-        match st.remote.get(target) {
-            Some(r) if r.room.backend == backend => Some(r.info.owner.clone()),
-            Some(_) => None,
-            None => super::cluster::owner_of(target)
-                .filter(|p| st.processes.contains_key(*p))
-                .map(str::to_string),
-        }
-    }
-
-    /// Delivers a frame to a session of this or another process.
-    fn deliver_anywhere(&self, to: &str, f: &crate::api::server::Frame) {
-        let mut st = self.lock();
-        if st.sessions.map.contains_key(to) {
-            st.sessions.deliver(to, f);
-            st.reap();
-        } else {
-            st.send_to_remote_session(to, f, None);
-        }
-    }
-
-    /// An MCU message of a session of another process to a local
-    /// publisher (see [`crate::bus::Header::Mcu`]); the sender's process
-    /// validated it and checked the permissions.
-    pub(crate) fn remote_mcu_message(
-        self: &Arc<Self>,
-        target: &str,
-        sender: &str,
-        backend: &str,
-        id: Option<String>,
-        body: &[u8],
-    ) {
-        let sender: Arc<str> = sender.into();
-        let target: Arc<str> = target.into();
-        let fail = |e: McuError| {
-            self.deliver_anywhere(
-                &sender,
-                &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
-            )
-        };
-        let Some(mcu) = self.mcu.get().cloned() else {
-            return fail(McuError::NotFound("no MCU".into()));
-        };
-        let local = self
-            .lock()
-            .sessions
-            .map
-            .get(&*target)
-            .is_some_and(|s| &*s.backend.id == backend);
-        if !local {
-            return fail(McuError::NotFound("no such publisher".into()));
-        }
-        let Ok(data) = serde_json::from_slice::<McuData>(body) else {
-            return;
-        };
-        let Ok(c) = check(data, &mcu) else {
-            return;
-        };
-        let Some(stream) = StreamType::parse(&c.data.room_type) else {
-            return fail(McuError::NotFound("no stream".into()));
-        };
-        let hub = self.clone();
-        tokio::spawn(async move {
-            let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
-            let r = match c.data.kind.as_str() {
-                "requestoffer" => {
-                    match mcu
-                        .subscribe(&sender, &target, stream, &c.data.sid, &payload)
-                        .await
-                    {
-                        Ok((ssid, offer)) => {
-                            let f =
-                                reply_frame(&target, None, &sender, "offer", stream, &offer, &ssid);
-                            hub.deliver_anywhere(&sender, &f);
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                "answer" => {
-                    mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)
-                        .await
-                }
-                "candidate" | "endOfCandidates" => {
-                    let cand = if c.data.kind == "candidate" {
-                        c.candidate.clone().flatten()
-                    } else {
-                        None
-                    };
-                    mcu.subscriber_candidate(&sender, &target, stream, &c.data.sid, cand)
-                        .await
-                }
-                "selectStream" => mcu.select_stream(&sender, &target, stream, &payload).await,
-                _ => Ok(()),
-            };
-            if let Err(e) = r {
-                tracing::info!(session = %sender, publisher = %target, "MCU message from another process failed: {e}");
-                hub.deliver_anywhere(
-                    &sender,
-                    &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
-                );
-            }
-        });
     }
 
     /// `requestoffer`: subscribes the sender to the target's stream; the

@@ -11,6 +11,7 @@ mod hello;
 pub use hello::HelloOk;
 mod internal;
 mod mcu;
+mod mcu_cluster;
 mod messages;
 pub mod outbox;
 pub mod room;

@@ -1,0 +1,178 @@
+//! MCU messages across processes: the process of a publisher owns its
+//! Janus handles, so subscriber-side messages of sessions on other
+//! processes travel over the bus to it ([`crate::bus::Header::Mcu`]) and
+//! its replies come back as session frames.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::mcu::{check, err, mcu_error, reply_frame, Checked, McuData};
+use super::Hub;
+use crate::api::client::MessageClientMessage;
+use crate::api::error;
+use crate::mcu::{Mcu, McuError, StreamType};
+
+impl Hub {
+    /// Sends a subscriber-side MCU message to a publisher on another
+    /// process; false when `target` is not a session of another process.
+    pub(super) fn forward_to_publisher_process(
+        &self,
+        mcu: &Mcu,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        target: &Arc<str>,
+        checked: &Checked,
+        msg: &MessageClientMessage,
+    ) -> bool {
+        let Some(owner) = self.remote_owner(sid, target) else {
+            return false;
+        };
+        let kind = checked.data.kind.as_str();
+        mcu.count_message(kind);
+        if kind == "candidate" && checked.candidate.is_none() {
+            return true;
+        }
+        if kind == "requestoffer" && !self.may_subscribe(sid, target) {
+            self.reply_error(
+                sid,
+                id,
+                err(error::NOT_ALLOWED, "Not allowed to request offer."),
+            );
+            return true;
+        }
+        // The publisher's process owns its Janus handles.
+        let backend = self
+            .lock()
+            .sessions
+            .map
+            .get(sid)
+            .map(|s| s.backend.id.to_string())
+            .unwrap_or_default();
+        let bus = self.lock().bus.clone();
+        let h = crate::bus::Header::Mcu {
+            from: bus.pid().to_string(),
+            sid: target.to_string(),
+            sender: sid.to_string(),
+            backend,
+            id: id.map(str::to_string),
+        };
+        bus.publish(
+            crate::bus::process_subject(&owner),
+            crate::bus::encode(&h, Some(msg.data.get().as_bytes())),
+        );
+        true
+    }
+
+    /// The process of `target` when it is a session of another process
+    /// of the sender's backend (None: local, or unknown).
+    pub(super) fn remote_owner(&self, sid: &str, target: &str) -> Option<String> {
+        let st = self.lock();
+        if st.sessions.map.contains_key(target) || !st.bus.clustered() {
+            return None;
+        }
+        let backend = st.sessions.map.get(sid)?.backend.id.clone();
+        match st.remote.get(target) {
+            Some(r) if r.room.backend == backend => Some(r.info.owner.clone()),
+            Some(_) => None,
+            None => super::cluster::owner_of(target)
+                .filter(|p| st.processes.contains_key(*p))
+                .map(str::to_string),
+        }
+    }
+
+    /// Delivers a frame to a session of this or another process.
+    pub(super) fn deliver_anywhere(&self, to: &str, f: &crate::api::server::Frame) {
+        let mut st = self.lock();
+        if st.sessions.map.contains_key(to) {
+            st.sessions.deliver(to, f);
+            st.reap();
+        } else {
+            st.send_to_remote_session(to, f, None);
+        }
+    }
+
+    /// An MCU message of a session of another process to a local
+    /// publisher (see [`crate::bus::Header::Mcu`]); the sender's process
+    /// validated it and checked the permissions.
+    pub(crate) fn remote_mcu_message(
+        self: &Arc<Self>,
+        target: &str,
+        sender: &str,
+        backend: &str,
+        id: Option<String>,
+        body: &[u8],
+    ) {
+        let sender: Arc<str> = sender.into();
+        let target: Arc<str> = target.into();
+        let fail = |e: McuError| {
+            self.deliver_anywhere(
+                &sender,
+                &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
+            )
+        };
+        let Some(mcu) = self.mcu.get().cloned() else {
+            return fail(McuError::NotFound("no MCU".into()));
+        };
+        let local = self
+            .lock()
+            .sessions
+            .map
+            .get(&*target)
+            .is_some_and(|s| &*s.backend.id == backend);
+        if !local {
+            return fail(McuError::NotFound("no such publisher".into()));
+        }
+        let Ok(data) = serde_json::from_slice::<McuData>(body) else {
+            return;
+        };
+        let Ok(c) = check(data, &mcu) else {
+            return;
+        };
+        let Some(stream) = StreamType::parse(&c.data.room_type) else {
+            return fail(McuError::NotFound("no stream".into()));
+        };
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+            let r = match c.data.kind.as_str() {
+                "requestoffer" => {
+                    match mcu
+                        .subscribe(&sender, &target, stream, &c.data.sid, &payload)
+                        .await
+                    {
+                        Ok((ssid, offer)) => {
+                            let f =
+                                reply_frame(&target, None, &sender, "offer", stream, &offer, &ssid);
+                            hub.deliver_anywhere(&sender, &f);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                "answer" => {
+                    mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)
+                        .await
+                }
+                "candidate" | "endOfCandidates" => {
+                    let cand = if c.data.kind == "candidate" {
+                        c.candidate.clone().flatten()
+                    } else {
+                        None
+                    };
+                    mcu.subscriber_candidate(&sender, &target, stream, &c.data.sid, cand)
+                        .await
+                }
+                "selectStream" => mcu.select_stream(&sender, &target, stream, &payload).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::info!(session = %sender, publisher = %target, "MCU message from another process failed: {e}");
+                hub.deliver_anywhere(
+                    &sender,
+                    &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
+                );
+            }
+        });
+    }
+}

@@ -1,0 +1,248 @@
+//! Publishers: one videoroom room per published stream, created on the
+//! first offer, configured with every offer, closed on revocation, leave or
+//! `unshareScreen`.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::janus::{plugin_data, JanusError};
+use super::{lock, sdp, Mcu, McuError, Offer, Owner, Publisher, StreamType, SubKey, Subscriber};
+
+impl Mcu {
+    /// Publishes (or re-negotiates) a session's stream; returns the
+    /// publisher's sid and Janus's answer jsep.
+    pub async fn publish(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        offer: Offer,
+    ) -> Result<(String, Value), McuError> {
+        let publisher = match self.publisher(session, stream) {
+            Some(p) => p,
+            None => self
+                .create_publisher(session, stream, &offer)
+                .await
+                .map_err(|e| McuError::NotFound(e.to_string()))?,
+        };
+        let jsep = json!({
+            "type": "offer",
+            "sdp": sdp::filter(&offer.sdp, &self.cfg.allowed_candidates, &self.cfg.blocked_candidates),
+        });
+        let r = self
+            .gw
+            .message(
+                publisher.handle,
+                json!({"request": "configure", "audio": true, "video": true, "data": true}),
+                Some(jsep),
+                true,
+            )
+            .await?;
+        let answer = r
+            .get("jsep")
+            .filter(|j| j["type"] == "answer")
+            .cloned()
+            .ok_or_else(|| McuError::Failed("configure brought no answer".into()))?;
+        *lock(&publisher.media) = offer.media;
+        Ok((publisher.sid.clone(), answer))
+    }
+
+    async fn create_publisher(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        offer: &Offer,
+    ) -> Result<Arc<Publisher>, JanusError> {
+        let handle = self.gw.attach().await?;
+        let cap = match stream {
+            StreamType::Video => self.cfg.max_stream_bitrate,
+            StreamType::Screen => self.cfg.max_screen_bitrate,
+        };
+        let bitrate = if offer.bitrate == 0 {
+            cap
+        } else {
+            offer.bitrate.min(cap)
+        };
+        let mut body = json!({
+            "request": "create",
+            "description": format!("{session}|{}", stream.as_str()),
+            "publishers": 1,
+            "videoorient_ext": false,
+            "bitrate": bitrate,
+        });
+        for (key, value) in ["audiocodec", "videocodec", "vp9_profile", "h264_profile"]
+            .iter()
+            .zip(&offer.codecs)
+        {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                body[*key] = json!(v);
+            }
+        }
+        let room = match self.gw.message(handle, body, None, false).await {
+            Ok(r) => match plugin_data(&r)["room"].as_u64() {
+                Some(room) => room,
+                None => {
+                    let _ = self.gw.detach(handle).await;
+                    return Err(JanusError::Protocol("create without room".into()));
+                }
+            },
+            Err(e) => {
+                let _ = self.gw.detach(handle).await;
+                return Err(e);
+            }
+        };
+        let join =
+            json!({"request": "join", "ptype": "publisher", "room": room, "id": stream.feed()});
+        if let Err(e) = self.gw.message(handle, join, None, true).await {
+            self.destroy_room(handle, room).await;
+            return Err(e);
+        }
+        let publisher = Arc::new(Publisher {
+            session: session.clone(),
+            stream,
+            handle,
+            room,
+            sid: offer.sid.clone(),
+            media: Mutex::new(offer.media),
+            up: watch::Sender::new(false),
+        });
+        let replaced = {
+            let mut reg = lock(&self.reg);
+            reg.handles
+                .insert(handle, Owner::Publisher(publisher.clone()));
+            reg.publishers
+                .insert((session.clone(), stream), publisher.clone())
+        };
+        let label = [stream.as_str()];
+        self.metrics.publishers.with_label_values(&label).inc();
+        self.metrics
+            .publishers_total
+            .with_label_values(&label)
+            .inc();
+        tracing::debug!(session = %session, stream = stream.as_str(), room, handle, "publisher created");
+        if let Some(old) = replaced {
+            self.close_publisher(old).await;
+        }
+        self.published.notify_waiters();
+        Ok(publisher)
+    }
+
+    /// Destroys a publisher's room and detaches its handle.
+    pub(super) async fn destroy_room(&self, handle: u64, room: u64) {
+        if let Err(e) = self
+            .gw
+            .message(
+                handle,
+                json!({"request": "destroy", "room": room}),
+                None,
+                false,
+            )
+            .await
+        {
+            tracing::debug!(room, "could not destroy room: {e}");
+        }
+        if let Err(e) = self.gw.detach(handle).await {
+            tracing::debug!(handle, "could not detach: {e}");
+        }
+    }
+
+    /// Forgets a publisher (and the subscribers of its stream on this
+    /// process) and removes its room from Janus.
+    pub(super) async fn close_publisher(&self, p: Arc<Publisher>) {
+        let subs = self.forget_publisher(&p);
+        self.destroy_room(p.handle, p.room).await;
+        for s in subs {
+            let _ = self.gw.detach(s.handle).await;
+        }
+    }
+
+    /// Drops a publisher and its subscribers from the registry; returns the
+    /// subscribers whose handles must go.
+    pub(super) fn forget_publisher(&self, p: &Arc<Publisher>) -> Vec<Arc<Subscriber>> {
+        let mut reg = lock(&self.reg);
+        let key = (p.session.clone(), p.stream);
+        if reg.publishers.get(&key).is_some_and(|x| Arc::ptr_eq(x, p)) {
+            reg.publishers.remove(&key);
+        }
+        if reg.handles.remove(&p.handle).is_none() {
+            return Vec::new();
+        }
+        self.metrics
+            .publishers
+            .with_label_values(&[p.stream.as_str()])
+            .dec();
+        let keys: Vec<SubKey> = reg
+            .subscribers
+            .keys()
+            .filter(|k| k.1 == p.session && k.2 == p.stream)
+            .cloned()
+            .collect();
+        let mut subs = Vec::new();
+        for k in keys {
+            if let Some(s) = reg.subscribers.remove(&k) {
+                reg.handles.remove(&s.handle);
+                self.metrics
+                    .subscribers
+                    .with_label_values(&[s.key.2.as_str()])
+                    .dec();
+                subs.push(s);
+            }
+        }
+        subs
+    }
+
+    /// A candidate of a publisher (`sid` empty or the publisher's);
+    /// `client_not_found` without publisher.
+    pub async fn publisher_candidate(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        sid: &str,
+        candidate: Option<Value>,
+    ) -> Result<(), McuError> {
+        let p = self
+            .publisher(session, stream)
+            .ok_or_else(|| McuError::NotFound("no publisher".into()))?;
+        if !sid.is_empty() && sid != p.sid {
+            return Err(McuError::Failed(format!(
+                "sid {sid} is not the publisher's"
+            )));
+        }
+        match candidate {
+            Some(c) => Ok(self.gw.trickle(p.handle, c).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes a session's publisher of `stream`, if any.
+    pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
+        if let Some(p) = self.publisher(session, stream) {
+            self.close_publisher(p).await;
+        }
+    }
+
+    /// Closes the publishers a new permission set no longer allows (as the
+    /// Go server: without `publish-media`, a video publisher with audio
+    /// but no `publish-audio` or video but no `publish-video` closes and
+    /// the check stops; else the screen publisher without `publish-screen`).
+    pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
+        let has = |p: &str| perms.iter().any(|x| x == p);
+        if !has("publish-media") {
+            if let Some(p) = self.publisher(session, StreamType::Video) {
+                let m = *lock(&p.media);
+                if (m.audio && !has("publish-audio")) || (m.video && !has("publish-video")) {
+                    tracing::info!(session = %session, "permission revoked, closing video publisher");
+                    self.close_publisher(p).await;
+                    return;
+                }
+            }
+        }
+        if !has("publish-screen") {
+            if let Some(p) = self.publisher(session, StreamType::Screen) {
+                tracing::info!(session = %session, "permission revoked, closing screen publisher");
+                self.close_publisher(p).await;
+            }
+        }
+    }
+}
