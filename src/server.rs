@@ -124,6 +124,7 @@ impl Server {
         });
         let shared = Shared::new(
             hub.config.http.clone(),
+            hub.conn_counts.clone(),
             hub.live_handle(),
             hub.metrics.clone(),
         );

@@ -930,3 +930,64 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
     assert_eq!(got.matches("HTTP/1.1 200").count(), 4);
     ts.stop().await;
 }
+
+/// Status of a WebSocket upgrade from loopback (a trusted proxy) naming
+/// `real_ip`; the connection is returned when it was accepted.
+async fn upgrade_via_proxy(ts: &TestServer, real_ip: &str) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = ts.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-Real-IP", real_ip.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(Client {
+            ws,
+            session_id: String::new(),
+            resume_id: String::new(),
+            user_id: None,
+        }),
+        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_capped_by_their_own_address() {
+    let ts = TestServer::start_with("[http]\nmaxconnectionsperip = 2\n").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(upgrade_via_proxy(&ts, "203.0.113.9").await.unwrap());
+    }
+    assert_eq!(upgrade_via_proxy(&ts, "203.0.113.9").await.err(), Some(429));
+    // The proxy itself is exempt: other clients behind it get in.
+    let mut other = upgrade_via_proxy(&ts, "203.0.113.10").await.unwrap();
+    other.expect_type("welcome").await;
+    // A closed connection frees its place.
+    drop(held.pop());
+    let mut refused = 1;
+    let mut ok = false;
+    for _ in 0..100 {
+        match upgrade_via_proxy(&ts, "203.0.113.9").await {
+            Ok(mut c) => {
+                c.expect_type("welcome").await;
+                ok = true;
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status, 429);
+                refused += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the address never got a connection again");
+    let m = metrics_text(&ts).await;
+    assert_eq!(
+        metric(
+            &m,
+            "signaling_limits_refused_total{limit=\"connections_per_ip\"}"
+        ),
+        refused
+    );
+    ts.stop().await;
+}

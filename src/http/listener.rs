@@ -36,15 +36,20 @@ struct Counts {
 
 /// Releases a connection's place in [`Counts`] when the socket is dropped
 /// (for a WebSocket: when the upgraded connection ends).
-struct Slot {
+pub struct Slot {
     counts: Arc<Mutex<Counts>>,
     ip: Option<IpAddr>,
+    /// False for a client behind a proxy: the proxy's TCP connection holds
+    /// the place in the total.
+    in_total: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        c.total = c.total.saturating_sub(1);
+        if self.in_total {
+            c.total = c.total.saturating_sub(1);
+        }
         if let Some(ip) = self.ip {
             if let Some(n) = c.per_ip.get_mut(&ip) {
                 *n -= 1;
@@ -202,6 +207,33 @@ impl AsyncWrite for Counted {
     }
 }
 
+/// Open connections per client address, shared by the listeners and the
+/// WebSocket upgrade (which counts clients behind a trusted proxy by the
+/// address the proxy names).
+#[derive(Clone, Default)]
+pub struct ConnCounts(Arc<Mutex<Counts>>);
+
+impl ConnCounts {
+    /// A place for one more connection of `ip` that came through a trusted
+    /// proxy, or None when `ip` has `cap` already (0 = no cap).
+    pub fn admit_forwarded(&self, ip: IpAddr, cap: usize) -> Option<Slot> {
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.per_ip.entry(ip).or_default();
+        if cap > 0 && *n >= cap {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: self.0.clone(),
+            ip: Some(ip),
+            in_total: false,
+        })
+    }
+}
+
 /// What the listeners of one server share: the connection caps and their
 /// counts, the settings SIGHUP replaces, the metrics.
 #[derive(Clone)]
@@ -213,11 +245,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Caps from `limits`; trusted proxies from `live` as they are at
-    /// each accept.
-    pub fn new(limits: HttpLimits, live: Live, metrics: Metrics) -> Self {
+    /// Caps from `limits`, counted in `counts`; trusted proxies from
+    /// `live` as they are at each accept.
+    pub fn new(limits: HttpLimits, counts: ConnCounts, live: Live, metrics: Metrics) -> Self {
         Shared {
-            counts: Arc::default(),
+            counts: counts.0,
             limits,
             live,
             metrics,
@@ -256,6 +288,7 @@ fn admit(shared: &Shared, ip: IpAddr) -> Result<Slot, &'static str> {
     Ok(Slot {
         counts: counts.clone(),
         ip: per_ip.then_some(ip),
+        in_total: true,
     })
 }
 
@@ -434,6 +467,7 @@ mod coalesce_tests {
         let slot = Slot {
             counts: Arc::new(Mutex::new(Counts::default())),
             ip: None,
+            in_total: true,
         };
         let mut io = Counted::new(server, slot, Duration::from_secs(5));
         io.write_all(b"one ").await.unwrap();

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -32,13 +32,30 @@ pub async fn upgrade(
     extensions: axum::http::Extensions,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let peer = super::listener::real_client_ip(
-        extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0),
-        &headers,
-        &state.hub.live().app.trusted_proxies,
-    );
+    let socket_peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let trusted = &state.hub.live().app.trusted_proxies;
+    let peer = super::listener::real_client_ip(socket_peer, &headers, trusted);
+    // A client behind a trusted proxy is held to the per-address cap by
+    // the address the proxy names (the proxy itself is exempt).
+    let cap = state.hub.config.http.max_connections_per_ip;
+    let forwarded = match (socket_peer, peer) {
+        (Some(s), Some(real)) if s.ip() != real => {
+            match state.hub.conn_counts.admit_forwarded(real, cap) {
+                Some(slot) => Some(slot),
+                None => {
+                    state.hub.metrics.refuse("connections_per_ip");
+                    return (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from this address",
+                    )
+                        .into_response();
+                }
+            }
+        }
+        _ => None,
+    };
     let limits = &state.hub.config.limits;
     let max = limits.max_message_size;
     let hub = state.hub.clone();
@@ -52,7 +69,12 @@ pub async fn upgrade(
         .max_write_buffer_size(limits.outbox_bytes.max(max) * 2)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(serve(hub, socket, shutdown, peer)));
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let _slot = forwarded;
+                serve(hub, socket, shutdown, peer).await
+            })
+        });
     resp.headers_mut()
         .insert(HEADER_FEATURES, features_header(&state.hub));
     resp

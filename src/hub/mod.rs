@@ -267,6 +267,8 @@ pub struct Hub {
     mcu: std::sync::OnceLock<Arc<crate::mcu::Mcu>>,
     /// `[app]` and `[stats]` as last (re)loaded.
     live: crate::config::Live,
+    /// Open connections per client address (listeners and upgrades).
+    pub conn_counts: crate::http::listener::ConnCounts,
 }
 
 impl Hub {
@@ -355,6 +357,7 @@ impl Hub {
             inbound_congested: Mutex::new(Vec::new()),
             mcu: std::sync::OnceLock::new(),
             live,
+            conn_counts: Default::default(),
         }))
     }
 
