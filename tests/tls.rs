@@ -214,3 +214,69 @@ async fn wss_works_and_sighup_swaps_the_certificate_for_new_connections_only() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn several_http_and_https_addresses_serve_one_hub() {
+    use tokio::io::AsyncReadExt;
+    let dir = fresh_dir("spreed-tls-both");
+    make_cert(&dir, "one");
+    let nc = FakeNextcloud::start().await;
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let config = config_text(&nc, "").replace(
+        "[http]\nlisten = 127.0.0.1:0\n",
+        &format!(
+            "[http]\nlisten = 127.0.0.1:{p1} 127.0.0.1:{p2}\n\
+             [https]\nlisten = 127.0.0.1:{p3}\ncertificate = {}\nkey = {}\nreadtimeout = 1\n",
+            dir.join("one.pem").display(),
+            dir.join("one.key").display()
+        ),
+    );
+    let config_path = dir.join("server.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let server = LoggedProcess::spawn(&["--config", config_path.to_str().unwrap()]);
+    for p in [p1, p2, p3] {
+        wait_listening(p).await;
+    }
+    let hello = |port: u16, user: &'static str| {
+        let nc = nc.clone();
+        async move {
+            let mut c = Client::connect(&format!("ws://127.0.0.1:{port}/spreed")).await;
+            c.expect_type("welcome").await;
+            c.hello_v1(&nc.backend_url(), json!({"userid": user})).await;
+            c
+        }
+    };
+    let mut alice = hello(p1, "alice").await;
+    let mut bob = hello(p2, "bob").await;
+    let (mut carol, _) = wss_client(&connector(&[dir.join("one-ca.pem")]), p3, &nc, "carol").await;
+    alice
+        .message_to(
+            json!({"type": "session", "sessionid": carol.session_id}),
+            json!({"n": 1}),
+        )
+        .await;
+    assert_eq!(
+        carol.expect_type("message").await["message"]["data"]["n"],
+        1
+    );
+    carol
+        .message_to(
+            json!({"type": "session", "sessionid": bob.session_id}),
+            json!({"n": 2}),
+        )
+        .await;
+    assert_eq!(bob.expect_type("message").await["message"]["data"]["n"], 2);
+    // A connection that never starts the TLS handshake is closed after
+    // [https] readtimeout.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", p3))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(TIMEOUT, idle.read(&mut buf))
+        .await
+        .expect("the idle TLS connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
