@@ -72,7 +72,11 @@ fn refused_checksum(r: &Result<crate::api::backend::BackendResponse, BackendCall
 
 /// Probes everything the configuration points at.
 pub async fn probe(config: &Config) -> Vec<CheckLine> {
-    let mut lines = Vec::new();
+    let mut lines: Vec<CheckLine> = config
+        .obsolete_keys
+        .iter()
+        .map(|k| warn(k.clone()))
+        .collect();
     let client = match BackendClient::new(
         config.backend.timeout,
         1,

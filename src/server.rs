@@ -71,6 +71,9 @@ impl Server {
     /// `[https] listen`, and starts serving on the current runtime.
     pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
         let config = Arc::new(config);
+        for k in &config.obsolete_keys {
+            tracing::warn!("{k}");
+        }
         for s in &config.unsupported_sections {
             tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
         }

@@ -180,3 +180,16 @@ async fn an_unreadable_certificate_is_named() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A key of earlier versions that is no longer read is named with its
+/// replacement (a warning: the server still starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_proxyips_key_is_named() {
+    let nc = FakeNextcloud::start().await;
+    let (ok, out) = check(config_text(&nc, "[http]\nproxyips = 10.0.0.1\n")).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("WARN [http] proxyips: no longer read; list your reverse proxies in [app] trustedproxies"),
+        "{out}"
+    );
+}

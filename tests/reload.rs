@@ -70,7 +70,9 @@ async fn sighup_reloads_app_and_stats_and_names_what_needs_a_restart() {
         "{restart}"
     );
     server
-        .wait_line(skip, |l| l.contains("[app] and [stats] reloaded"))
+        .wait_line(skip, |l| {
+            l.contains("[app] trustedproxies and [stats] allowed_ips reloaded")
+        })
         .await;
 
     assert_eq!(

@@ -228,6 +228,9 @@ pub struct Config {
     pub log_json: bool,
     /// Sections present in the file that this server does not implement.
     pub unsupported_sections: Vec<String>,
+    /// Keys that are no longer read, with what to use instead (logged at
+    /// start, shown by `check`).
+    pub obsolete_keys: Vec<String>,
     /// `[mcu]` with `type = janus`: the media server.
     pub mcu: Option<mcu::McuConfig>,
     /// `[app] allowsubscribeany`: subscribe to any publisher, not only to
@@ -307,6 +310,7 @@ impl std::fmt::Debug for Config {
             .field("transient", &self.transient)
             .field("brute_force", &self.brute_force)
             .field("unsupported_sections", &self.unsupported_sections)
+            .field("obsolete_keys", &self.obsolete_keys)
             .field("mcu", &self.mcu)
             .finish_non_exhaustive()
     }
@@ -650,6 +654,13 @@ impl Config {
             }
         };
         unsupported_sections.sort();
+        let mut obsolete_keys = Vec::new();
+        if ini.get("http", "proxyips").is_some() {
+            obsolete_keys.push(
+                "[http] proxyips: no longer read; list your reverse proxies in [app] trustedproxies (the Go server's key)"
+                    .to_string(),
+            );
+        }
         let _ = ini.get_bool("app", "debug", false)?;
         let allow_subscribe_any = ini.get_bool("app", "allowsubscribeany", false)?;
 
@@ -673,6 +684,7 @@ impl Config {
             log_level,
             log_json,
             unsupported_sections,
+            obsolete_keys,
             mcu,
             allow_subscribe_any,
         })
@@ -680,8 +692,8 @@ impl Config {
 
     /// The settings that differ in `new` but that SIGHUP does not apply
     /// (the running server keeps its values until a restart). Backends,
-    /// `[app]`, `[stats]`, `[logging] level` and the `[https]` certificate
-    /// are reloaded and never listed.
+    /// `[app] trustedproxies`, `[stats]`, `[logging] level` and the
+    /// `[https]` certificate are reloaded and never listed.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         let mut check = |changed: bool, what: &'static str| {
@@ -721,6 +733,10 @@ impl Config {
         check(self.federation != new.federation, "[federation]");
         check(self.log_json != new.log_json, "[logging] format");
         check(self.mcu != new.mcu, "[mcu]");
+        check(
+            self.allow_subscribe_any != new.allow_subscribe_any,
+            "[app] allowsubscribeany",
+        );
         let (a, b) = (&self.backend, &new.backend);
         check(
             a.timeout != b.timeout
@@ -994,5 +1010,14 @@ url = ws://127.0.0.1:8188
             a.restart_needed(&Config::parse(&text).unwrap()),
             vec!["[http] listen", "[clients]/[sessions] timers and limits"]
         );
+    }
+
+    #[test]
+    fn the_old_proxyips_key_is_named() {
+        let c =
+            Config::parse(&SAMPLE.replace("[http]\n", "[http]\nproxyips = 10.0.0.1\n")).unwrap();
+        assert_eq!(c.obsolete_keys.len(), 1);
+        assert!(c.obsolete_keys[0].contains("[app] trustedproxies"));
+        assert!(Config::parse(SAMPLE).unwrap().obsolete_keys.is_empty());
     }
 }

@@ -389,7 +389,7 @@ impl Hub {
         tracing::info!(
             trustedproxies = %live.app.trusted_proxies,
             stats_allowed_ips = %live.stats.allowed_ips,
-            "[app] and [stats] reloaded"
+            "[app] trustedproxies and [stats] allowed_ips reloaded"
         );
     }
 
