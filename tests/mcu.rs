@@ -633,3 +633,32 @@ async fn a_requestoffer_to_a_session_of_another_process_is_answered_through_its_
     s2.stop().await;
     s1.stop().await;
 }
+
+#[tokio::test]
+async fn leaving_the_call_or_ending_the_session_closes_its_publishers() {
+    let (j, ts) = setup("").await;
+    let mut obs = Observer::connect(&j.url()).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let (alice, bob) = (a.session_id.clone(), b.session_id.clone());
+    let in_call = |flags: u64| {
+        json!({"type": "incall", "incall": {"incall": flags,
+            "changed": [{"sessionId": "nc-alice", "inCall": flags}],
+            "users": [{"sessionId": "nc-alice", "inCall": flags}, {"sessionId": "nc-bob", "inCall": 7}]}})
+    };
+    ts.backend_request("room1", &in_call(7)).await;
+    a.wait_for(|m| m["event"]["target"] == "participants").await;
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let m = publish(&mut b, "video", &audio_offer(), "2").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    obs.wait_room(&alice, "video", true).await;
+    // Alice leaves the call (still in the room): her room goes, Bob's stays.
+    ts.backend_request("room1", &in_call(0)).await;
+    obs.wait_room(&alice, "video", false).await;
+    assert!(obs.room_of(&bob, "video").await.is_some());
+    // Bob says bye: his room goes.
+    b.send(json!({"id": "bye", "type": "bye", "bye": {}})).await;
+    obs.wait_room(&bob, "video", false).await;
+    ts.stop().await;
+}
