@@ -662,3 +662,45 @@ async fn leaving_the_call_or_ending_the_session_closes_its_publishers() {
     obs.wait_room(&bob, "video", false).await;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn the_backend_bitrate_limits_lower_the_rooms_and_the_join_bandwidth() {
+    // `[nc1] maxstreambitrate` (the section before `[mcu]`) is below the
+    // MCU's; the screen limit comes from `[mcu]` alone.
+    let j = Janus::start().await;
+    let ts = TestServer::start_with(&format!(
+        "maxstreambitrate = 300000\n{}maxstreambitrate = 500000\n",
+        j.mcu_section("")
+    ))
+    .await;
+    wait_features(&ts, true).await;
+    let mut a = ts.client(Some("alice")).await;
+    let join = a.join("room1", "nc-alice").await;
+    assert_eq!(
+        join["room"]["bandwidth"],
+        json!({"maxstreambitrate": 300000, "maxscreenbitrate": 2097152})
+    );
+    let me = a.session_id.clone();
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let mut obs = Observer::connect(&j.url()).await;
+    let room = obs.wait_room(&me, "video", true).await.unwrap();
+    assert_eq!(room["bitrate"], 300000);
+    ts.stop().await;
+
+    // Without an MCU the backend's limit alone is announced; with no limit
+    // at all there is no bandwidth.
+    let ts = TestServer::start_with("maxscreenbitrate = 400000\n").await;
+    let mut a = ts.client(Some("alice")).await;
+    let join = a.join("room1", "nc-alice").await;
+    assert_eq!(
+        join["room"]["bandwidth"],
+        json!({"maxstreambitrate": 0, "maxscreenbitrate": 400000})
+    );
+    ts.stop().await;
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let join = a.join("room1", "nc-alice").await;
+    assert!(join["room"].get("bandwidth").is_none(), "{join}");
+    ts.stop().await;
+}

@@ -18,6 +18,8 @@ pub struct Backend {
     pub secret: Vec<u8>,
     /// Maximum client sessions, 0 = unlimited.
     pub session_limit: u64,
+    /// Highest bitrates (bits/s) of `video` and `screen` streams, 0 = none.
+    pub max_bitrates: (u64, u64),
 }
 
 impl std::fmt::Debug for Backend {
@@ -137,6 +139,7 @@ impl BackendRegistry {
                         urls: b.urls.clone(),
                         secret: b.secret.as_bytes().to_vec(),
                         session_limit: b.session_limit,
+                        max_bitrates: (b.max_stream_bitrate, b.max_screen_bitrate),
                     })
                 })
                 .collect(),
@@ -182,6 +185,7 @@ impl BackendRegistry {
                     urls: vec![origin.clone()],
                     secret: self.common_secret.clone(),
                     session_limit: 0,
+                    max_bitrates: (0, 0),
                 })
             });
             return Some((b, origin));

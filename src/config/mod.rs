@@ -124,6 +124,11 @@ pub struct BackendConfig {
     pub secret: String,
     /// Maximum number of client sessions (0 = unlimited).
     pub session_limit: u64,
+    /// Highest bitrate of this backend's `video` streams (bits/s, 0 = none;
+    /// the smaller of this and `[mcu] maxstreambitrate` applies).
+    pub max_stream_bitrate: u64,
+    /// The same for `screen` streams.
+    pub max_screen_bitrate: u64,
 }
 
 /// Backends section as a whole.
@@ -802,11 +807,15 @@ impl Config {
                     )));
                 }
                 let session_limit = ini.get_u64(&section, "sessionlimit", 0)?;
+                let max_stream_bitrate = ini.get_u64(&section, "maxstreambitrate", 0)?;
+                let max_screen_bitrate = ini.get_u64(&section, "maxscreenbitrate", 0)?;
                 backends.push(BackendConfig {
                     id: section,
                     urls,
                     secret,
                     session_limit,
+                    max_stream_bitrate,
+                    max_screen_bitrate,
                 });
             }
         } else if let Some(allowed) = ini.get_nonempty("backend", "allowed") {
@@ -822,6 +831,8 @@ impl Config {
                     urls: vec![format!("http://{host}"), format!("https://{host}")],
                     secret: common_secret.clone(),
                     session_limit: 0,
+                    max_stream_bitrate: 0,
+                    max_screen_bitrate: 0,
                 });
             }
         }

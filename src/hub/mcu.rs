@@ -375,7 +375,7 @@ impl Hub {
         let stream = StreamType::parse(&c.data.room_type);
         let to_self = target == sid;
         // Permission checks and the sender's user id, under the lock.
-        let user = {
+        let (user, backend_caps) = {
             let st = self.lock();
             let Some(s) = st.sessions.map.get(sid) else {
                 return;
@@ -394,7 +394,7 @@ impl Hub {
                 tracing::info!(session = %sid, kind, "not allowed to publish");
                 return self.reply_error(sid, id, err(error::NOT_ALLOWED, text));
             }
-            s.user_id.clone()
+            (s.user_id.clone(), s.backend.max_bitrates)
         };
         if kind == "candidate" && c.candidate.is_none() {
             // Filtered candidates are dropped silently.
@@ -413,6 +413,10 @@ impl Hub {
                     sid: c.data.sid.clone(),
                     sdp: c.sdp.clone(),
                     bitrate: c.data.bitrate.filter(|b| *b > 0.0).map_or(0, |b| b as u64),
+                    backend_cap: match stream {
+                        StreamType::Video => backend_caps.0,
+                        StreamType::Screen => backend_caps.1,
+                    },
                     codecs: [
                         c.data.audiocodec.clone(),
                         c.data.videocodec.clone(),

@@ -93,6 +93,7 @@ impl State {
             s.permissions = permissions;
         }
         let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
+        let backend_bitrates = s.backend.max_bitrates;
         tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "joined room");
         self.sessions.room_deadlines.remove(sid);
         if let Some(rs) = &room_session_id {
@@ -111,10 +112,19 @@ impl State {
             &RoomReply {
                 roomid: &key.room,
                 properties: room.properties.as_deref(),
-                bandwidth: self.mcu.as_ref().map(|m| crate::api::server::Bandwidth {
-                    maxstreambitrate: m.config().max_stream_bitrate,
-                    maxscreenbitrate: m.config().max_screen_bitrate,
-                }),
+                bandwidth: {
+                    // The smaller of the MCU's and the backend's limits;
+                    // none when neither has one.
+                    let mcu = self.mcu.as_ref().map_or((0, 0), |m| {
+                        (m.config().max_stream_bitrate, m.config().max_screen_bitrate)
+                    });
+                    let stream = crate::mcu::combine_limits(mcu.0, backend_bitrates.0);
+                    let screen = crate::mcu::combine_limits(mcu.1, backend_bitrates.1);
+                    (stream > 0 || screen > 0).then_some(crate::api::server::Bandwidth {
+                        maxstreambitrate: stream,
+                        maxscreenbitrate: screen,
+                    })
+                },
             },
         )];
         let others: Vec<Arc<str>> = room.members.clone();

@@ -61,6 +61,16 @@ impl StreamType {
     }
 }
 
+/// The limit of two (MCU and backend): the smaller when both are set,
+/// else whichever is (0 = none), as the Go server combines them.
+pub fn combine_limits(a: u64, b: u64) -> u64 {
+    if a > 0 && b > 0 {
+        a.min(b)
+    } else {
+        a.max(b)
+    }
+}
+
 /// Why an MCU request failed, as the client hears it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum McuError {
@@ -87,6 +97,8 @@ pub struct Offer {
     pub sdp: String,
     /// `bitrate` (bits/s), capped by the config; 0 = the cap.
     pub bitrate: u64,
+    /// The backend's limit for this stream type (0 = none).
+    pub backend_cap: u64,
     /// `audiocodec`, `videocodec`, `vp9profile`, `h264profile`.
     pub codecs: [Option<String>; 4],
     /// Media of the SDP (for permission revocation).

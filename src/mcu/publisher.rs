@@ -55,10 +55,13 @@ impl Mcu {
         offer: &Offer,
     ) -> Result<Arc<Publisher>, JanusError> {
         let handle = self.gw.attach().await?;
-        let cap = match stream {
-            StreamType::Video => self.cfg.max_stream_bitrate,
-            StreamType::Screen => self.cfg.max_screen_bitrate,
-        };
+        let cap = super::combine_limits(
+            offer.backend_cap,
+            match stream {
+                StreamType::Video => self.cfg.max_stream_bitrate,
+                StreamType::Screen => self.cfg.max_screen_bitrate,
+            },
+        );
         let bitrate = if offer.bitrate == 0 {
             cap
         } else {
