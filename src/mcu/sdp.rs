@@ -193,4 +193,37 @@ mod tests {
         assert!(is_filtered(&c, &none, &none));
         assert!(parse_candidate("candidate:1 1 udp 1 1.2.3.4").is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+
+        /// Client SDPs and candidates never make the parsers panic, and
+        /// filtering only ever removes lines.
+        #[test]
+        fn sdp_and_candidate_parsing_never_panics(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    ".{0,40}",
+                    "a=candidate:[0-9a-z]{0,4} [0-9]{0,3} (udp|tcp|x) [0-9]{0,11} [0-9a-f.:]{0,20}(\\.local)? [0-9]{0,6} typ (host|srflx|x)( raddr [0-9.]{0,15})?",
+                    "m=(audio|video|application) 9 UDP/TLS/RTP/SAVPF 111",
+                    "v=0",
+                ],
+                0..12,
+            ),
+            crlf in proptest::bool::ANY,
+        ) {
+            let sdp = lines.join(if crlf { "\r\n" } else { "\n" });
+            let _ = parse(&sdp);
+            let none = IpList::default();
+            let blocked = IpList::parse("10.0.0.0/8, ::/0").unwrap();
+            for list in [&none, &blocked] {
+                let out = filter(&sdp, &none, list);
+                proptest::prop_assert!(out.len() <= sdp.len());
+                proptest::prop_assert!(out.lines().all(|l| sdp.lines().any(|x| x == l)));
+            }
+            for l in &lines {
+                let _ = parse_candidate(l);
+            }
+        }
+    }
 }
