@@ -11,7 +11,8 @@ stdout. The signaling itself is the test's business; this only does WebRTC.
   {"type":"offer","sdp":...}    -> {"type":"answer","sdp":...}
   {"type":"reoffer"}            -> {"type":"offer","sdp":...} (renegotiation)
   {"type":"stats"}              -> {"type":"stats","frames":{"audio":n,"video":n},
-                                    "bytes_sent":n,"packets_received":n,"state":...}
+                                    "bytes_sent":n,"packets_received":{"audio":n,"video":n},
+                                    "state":...}
   {"type":"quit"}
 """
 
@@ -96,13 +97,14 @@ async def main():
             elif kind == "reoffer":
                 await offer()
             elif kind == "stats":
-                sent = received = 0
+                sent = 0
+                received = {"audio": 0, "video": 0}
                 report = await pc.getStats()
                 for s in report.values():
                     if s.type == "outbound-rtp":
                         sent += s.bytesSent
-                    elif s.type == "inbound-rtp":
-                        received += s.packetsReceived
+                    elif s.type == "inbound-rtp" and s.kind in received:
+                        received[s.kind] += s.packetsReceived
                 out({"type": "stats", "frames": frames, "bytes_sent": sent,
                      "packets_received": received, "state": pc.connectionState})
             elif kind == "quit":
