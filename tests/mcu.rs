@@ -266,6 +266,13 @@ async fn mcu_data_is_validated_and_candidates_are_filtered() {
     let e = a.recv().await;
     assert_eq!(e["id"], "c2", "{e}");
     assert_eq!(e["error"]["code"], "processing_failed");
+    // An SDP that parses but Janus refuses (no ICE credentials, no
+    // fingerprint): the error inside Janus's event is processing_failed,
+    // not silence.
+    let bad = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n";
+    let m = publish(&mut a, "screen", bad, "7").await;
+    assert_eq!(m["error"]["code"], "processing_failed", "{m}");
+    assert_eq!(m["id"], "offer");
     // An answer to a session one does not subscribe to.
     send_to(
         &mut a,
