@@ -453,6 +453,14 @@ async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it(
     a.wait_join_of(&b.session_id).await;
     send_to(&mut b, "x", &me, json!("still here")).await;
     a.wait_for(|m| m["message"]["data"] == "still here").await;
+    let away = ts_hello_features(&ts).await;
+    assert!(
+        !away
+            .iter()
+            .any(|f| f == "mcu" || f == "simulcast" || f == "update-sdp"),
+        "{away:?}"
+    );
+    assert_eq!(header_features(&ts).await, away);
     // A publish while Janus is away fails at once.
     let m = publish(&mut a, "video", &audio_offer(), "2").await;
     assert!(
@@ -468,6 +476,8 @@ async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it(
         hello_features.iter().any(|f| f == "mcu"),
         "{hello_features:?}"
     );
+    // The X-Spreed-Signaling-Features header says the same as the hello.
+    assert_eq!(header_features(&ts).await, hello_features);
     c.join("room1", "nc-carol").await;
     let m = publish(&mut a, "video", &audio_offer(), "3").await;
     assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
@@ -480,18 +490,35 @@ async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it(
     ts.stop().await;
 }
 
+/// `X-Spreed-Signaling-Features` of `/api/v1/welcome`, as a sorted list.
+async fn header_features(ts: &TestServer) -> Vec<String> {
+    let resp = reqwest::get(format!("{}/api/v1/welcome", ts.url))
+        .await
+        .unwrap();
+    let h = resp.headers()["X-Spreed-Signaling-Features"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut v: Vec<String> = h.split(", ").map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// A new client's hello features, sorted.
 async fn ts_hello_features(ts: &TestServer) -> Vec<String> {
     let mut c = ts.connect().await;
     c.expect_type("welcome").await;
     let h = c
         .hello_v1(&ts.nc.backend_url(), json!({"userid": "dave"}))
         .await;
-    h["hello"]["server"]["features"]
+    let mut v: Vec<String> = h["hello"]["server"]["features"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f.as_str().unwrap().to_string())
-        .collect()
+        .collect();
+    v.sort();
+    v
 }
 
 #[tokio::test]
