@@ -588,3 +588,102 @@ async fn a_subscriber_on_another_process_receives_the_media_of_a_publisher() {
     s2.stop().await;
     s1.stop().await;
 }
+
+#[tokio::test]
+async fn candidates_janus_trickles_reach_the_clients_and_media_flows_with_them() {
+    if !run_in_namespace("candidates_janus_trickles_reach_the_clients_and_media_flows_with_them") {
+        return;
+    }
+    // With full_trickle Janus's SDPs carry no candidates; it trickles them
+    // (before or after its SDP), and the server forwards each as a
+    // `candidate` message to the publisher and to the subscriber, which
+    // hand them to their PeerConnections. (Media might also connect through
+    // peer-reflexive candidates; the envelope checks are what this proves.)
+    let j = Janus::start_configured(None, true).await;
+    let ts = TestServer::start_with(&j.mcu_section("timeout = 10\n")).await;
+    wait_mcu(&ts).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    let offer = pa.recv().await;
+    send_to(
+        &mut a,
+        "offer",
+        &alice,
+        json!({"to": alice, "sid": "t1", "roomType": "video", "type": "offer",
+        "payload": {"type": "offer", "sdp": offer["sdp"]}}),
+    )
+    .await;
+    // Janus may trickle before or after its answer.
+    let (mut answer, mut candidates) = (None, Vec::new());
+    while answer.is_none() || candidates.is_empty() {
+        let m = a.recv_within(MEDIA).await;
+        assert_ne!(m["type"], "error", "{m}");
+        let d = &m["message"]["data"];
+        match d["type"].as_str() {
+            Some("answer") => answer = Some(d["payload"]["sdp"].clone()),
+            Some("candidate") => {
+                assert_eq!(d["from"], alice.as_str());
+                assert_eq!(d["to"], alice.as_str());
+                assert_eq!(d["sid"], "t1");
+                assert_eq!(d["roomType"], "video");
+                candidates.push(d["payload"]["candidate"].clone());
+            }
+            _ => {}
+        }
+    }
+    let answer = answer.unwrap();
+    assert!(
+        !answer.as_str().unwrap().contains("a=candidate"),
+        "full_trickle: no candidates in the SDP"
+    );
+    pa.send(json!({"type": "answer", "sdp": answer})).await;
+    assert_eq!(pa.recv().await["type"], "ok");
+    for c in candidates {
+        assert!(
+            c["candidate"].as_str().unwrap().starts_with("candidate:"),
+            "{c}"
+        );
+        pa.send(json!({"type": "candidate", "candidate": c})).await;
+        assert_eq!(pa.recv().await["type"], "ok");
+    }
+
+    let mut pb = Peer::start(&["subscribe"]).await;
+    send_to(
+        &mut b,
+        "req",
+        &alice,
+        json!({"type": "requestoffer", "roomType": "video"}),
+    )
+    .await;
+    let (mut offer, mut candidates) = (None, Vec::new());
+    while offer.is_none() || candidates.is_empty() {
+        let m = b.recv_within(MEDIA).await;
+        assert_ne!(m["type"], "error", "{m}");
+        match m["message"]["data"]["type"].as_str() {
+            Some("offer") => offer = Some(m),
+            Some("candidate") => {
+                let d = &m["message"]["data"];
+                assert_eq!(
+                    d["from"],
+                    alice.as_str(),
+                    "the publisher, on the subscriber side"
+                );
+                candidates.push(d.clone());
+            }
+            _ => {}
+        }
+    }
+    let sid = answer_offer(&mut b, &mut pb, &offer.unwrap()).await;
+    for d in candidates {
+        assert_eq!(d["sid"], sid.as_str());
+        pb.send(json!({"type": "candidate", "candidate": d["payload"]["candidate"]}))
+            .await;
+        assert_eq!(pb.recv().await["type"], "ok");
+    }
+    pb.wait_frames((0, 0), 25, 25).await;
+    ts.stop().await;
+}

@@ -10,6 +10,7 @@ stdout. The signaling itself is the test's business; this only does WebRTC.
   {"type":"answer","sdp":...}   -> {"type":"ok"}
   {"type":"offer","sdp":...}    -> {"type":"answer","sdp":...}
   {"type":"reoffer"}            -> {"type":"offer","sdp":...} (renegotiation)
+  {"type":"candidate","candidate":{...}} -> {"type":"ok"} (a trickled remote candidate)
   {"type":"stats"}              -> {"type":"stats","frames":{"audio":n,"video":n},
                                     "bytes_sent":n,"packets_received":{"audio":n,"video":n},
                                     "state":...}
@@ -22,6 +23,7 @@ import sys
 
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 
@@ -94,6 +96,15 @@ async def main():
                 a = await pc.createAnswer()
                 await pc.setLocalDescription(a)
                 out({"type": "answer", "sdp": pc.localDescription.sdp})
+            elif kind == "candidate":
+                c = msg["candidate"]
+                line = c.get("candidate", "")
+                if line:
+                    cand = candidate_from_sdp(line.split(":", 1)[1])
+                    cand.sdpMid = c.get("sdpMid")
+                    cand.sdpMLineIndex = c.get("sdpMLineIndex")
+                    await pc.addIceCandidate(cand)
+                out({"type": "ok"})
             elif kind == "reoffer":
                 await offer()
             elif kind == "stats":

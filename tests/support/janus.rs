@@ -46,6 +46,12 @@ impl Janus {
 
     /// The same with Janus's `session_timeout` (seconds) set.
     pub async fn start_with(session_timeout: Option<u64>) -> Janus {
+        Self::start_configured(session_timeout, false).await
+    }
+
+    /// The same with `full_trickle` (Janus trickles its own candidates
+    /// instead of putting them into its SDPs).
+    pub async fn start_configured(session_timeout: Option<u64>, full_trickle: bool) -> Janus {
         let dir = super::fresh_dir("janus");
         for entry in std::fs::read_dir("/etc/janus").unwrap() {
             let entry = entry.unwrap();
@@ -79,6 +85,10 @@ impl Janus {
                 (
                     "#session_timeout = 60",
                     format!("session_timeout = {}", session_timeout.unwrap_or(60)),
+                ),
+                (
+                    "#full_trickle = true",
+                    format!("full_trickle = {full_trickle}"),
                 ),
             ],
         );
