@@ -597,3 +597,103 @@ async fn a_stalled_nats_holds_senders_back_and_loses_nothing() {
     sender.await.unwrap();
     stop_all(s).await;
 }
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, made with the
+/// `openssl` command: (CA certificate, leaf certificate, leaf key) paths.
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let steps: [Vec<String>; 3] = [
+        ["req", "-x509"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain(["-keyout", &p("ca.key"), "-out", &p("ca.pem")].map(String::from))
+            .chain(["-days", "2", "-subj", "/CN=spreed-test-ca"].map(String::from))
+            .collect(),
+        ["req"]
+            .iter()
+            .chain(&ec)
+            .map(|s| s.to_string())
+            .chain(["-keyout", &p("leaf.key"), "-out", &p("leaf.csr")].map(String::from))
+            .chain(["-subj", "/CN=127.0.0.1"].map(String::from))
+            .collect(),
+        [
+            "x509",
+            "-req",
+            "-in",
+            &p("leaf.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("leaf.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("leaf.ext"),
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    }
+    (p("ca.pem"), p("leaf.pem"), p("leaf.key"))
+}
+
+#[tokio::test]
+async fn processes_cluster_over_a_tls_nats_server() {
+    let dir = fresh_dir("nats-tls");
+    let (ca, cert, key) = test_certificates(&dir);
+    // The NATS server refuses clients that do not speak TLS.
+    let nats = NatsServer::start_with_args(&["--tls", "--tlscert", &cert, "--tlskey", &key]).await;
+    let nc = FakeNextcloud::start().await;
+    let conf = config_text(
+        &nc,
+        &format!("[nats]\nurl = tls://127.0.0.1:{}\n", nats.port),
+    );
+    // Trust in the CA comes from the system store, here SSL_CERT_FILE (as
+    // for the Go server, whose [nats] section has only the URL).
+    let env = [("SSL_CERT_FILE", ca.as_str())];
+    let p1 = ServerProcess::start_with_env(&conf, &env).await;
+    let p2 = ServerProcess::start_with_env(&conf, &env).await;
+    let mut a = Client::connect(&p1.ws_url()).await;
+    a.expect_type("welcome").await;
+    a.hello_v1(&nc.backend_url(), json!({"userid": "alice"}))
+        .await;
+    a.join("room1", "nc-alice").await;
+    let mut b = Client::connect(&p2.ws_url()).await;
+    b.expect_type("welcome").await;
+    b.hello_v1(&nc.backend_url(), json!({"userid": "bob"}))
+        .await;
+    b.join("room1", "nc-bob").await;
+    // Bob's process learned of alice over the TLS bus, and back.
+    b.wait_join_of(&a.session_id).await;
+    a.wait_join_of(&b.session_id).await;
+    a.message_to(
+        json!({"type": "session", "sessionid": b.session_id}),
+        json!({"over": "tls"}),
+    )
+    .await;
+    let m = b.wait_for(|m| m["type"] == "message").await;
+    assert_eq!(m["message"]["data"]["over"], "tls");
+    let _ = std::fs::remove_dir_all(&dir);
+}

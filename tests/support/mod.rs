@@ -692,6 +692,11 @@ impl ServerProcess {
     /// Starts the binary with `config` (its `listen` is replaced by a free
     /// port) and waits until it accepts connections.
     pub async fn start(config: &str) -> ServerProcess {
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with extra environment variables.
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -708,6 +713,7 @@ impl ServerProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
