@@ -5,6 +5,7 @@
 pub mod listener;
 pub mod tls;
 pub mod ws;
+pub mod wsframe;
 
 use std::sync::Arc;
 

@@ -1,19 +1,22 @@
-//! One WebSocket connection: a reader that parses client messages and hands
-//! them to the hub, and a writer that drains the outbox (feed all, flush
-//! once) and sends keep-alive pings. Both run in one task.
+//! One WebSocket connection: the upgrade handshake, a reader that parses
+//! client messages and hands them to the hub, and a writer that drains the
+//! outbox (one write per batch) and sends keep-alive pings. Both run in one
+//! task. The wire format is in [`super::wsframe`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::wsframe::{self, FrameReader, Incoming, WsError};
 use super::{features_header, AppState};
 use crate::api::client::{ClientMessage, IdOnly};
 use crate::api::error::{self, ProtocolError};
@@ -25,18 +28,48 @@ use crate::hub::{invalid_format, HelloOk, Hub};
 /// Close code for frames over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
-/// `GET /spreed`: upgrades and hands the socket to [`serve`].
-pub async fn upgrade(
-    State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
-    extensions: axum::http::Extensions,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let socket_peer = extensions
+/// True if the comma-separated header `name` holds `token` (any case).
+fn header_has(headers: &axum::http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// `GET /spreed`: checks the WebSocket handshake (RFC 6455 4.2.1), answers
+/// 101 and hands the upgraded socket to [`serve`] in a task of its own.
+pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
+    let headers = req.headers();
+    if !header_has(headers, header::UPGRADE, "websocket")
+        || !header_has(headers, header::CONNECTION, "upgrade")
+    {
+        return (StatusCode::BAD_REQUEST, "WebSocket upgrade expected").into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        let mut r = (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 expected",
+        )
+            .into_response();
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing").into_response();
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let socket_peer = req
+        .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
     let trusted = &state.hub.live().app.trusted_proxies;
-    let peer = super::listener::real_client_ip(socket_peer, &headers, trusted);
+    let peer = super::listener::real_client_ip(socket_peer, headers, trusted);
     // A client behind a trusted proxy is held to the per-address cap by
     // the address the proxy names (the proxy itself is exempt).
     let cap = state.hub.config.http.max_connections_per_ip;
@@ -47,7 +80,7 @@ pub async fn upgrade(
                 None => {
                     state.hub.metrics.refuse("connections_per_ip");
                     return (
-                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        StatusCode::TOO_MANY_REQUESTS,
                         "too many connections from this address",
                     )
                         .into_response();
@@ -56,37 +89,36 @@ pub async fn upgrade(
         }
         _ => None,
     };
-    let limits = &state.hub.config.limits;
-    let max = limits.max_message_size;
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let hub = state.hub.clone();
-    let tracker = state.tracker.clone();
     let shutdown = state.shutdown.child_token();
-    let mut resp = ws
-        // Small buffers: an idle connection keeps their capacity. Larger
-        // messages grow the read buffer only while they are read.
-        .read_buffer_size(1024)
-        .write_buffer_size(1024)
-        .max_write_buffer_size(limits.outbox_bytes.max(max) * 2)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                let _slot = forwarded;
-                serve(hub, socket, shutdown, peer).await
-            })
-        });
-    resp.headers_mut()
-        .insert(HEADER_FEATURES, features_header(&state.hub));
+    state.tracker.spawn(async move {
+        let _slot = forwarded;
+        match on_upgrade.await {
+            Ok(upgraded) => serve(hub, TokioIo::new(upgraded), shutdown, peer).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    h.insert(HEADER_FEATURES, features_header(&state.hub));
     resp
 }
 
 /// Runs one connection until it closes or the server shuts down.
-pub async fn serve(
+pub async fn serve<IO>(
     hub: Arc<Hub>,
-    socket: WebSocket,
+    io: IO,
     cancel: CancellationToken,
     peer: Option<std::net::IpAddr>,
-) {
+) where
+    IO: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
+{
     // Every log line of this connection carries the client address and,
     // once known, the session id and backend.
     let span = tracing::info_span!(
@@ -97,10 +129,11 @@ pub async fn serve(
     );
     let outbox = hub.new_outbox();
     outbox.push(hub.welcome_frame());
-    let (sink, stream) = socket.split();
+    let (rd, wr) = tokio::io::split(io);
+    let stream = FrameReader::new(rd, hub.config.limits.max_message_size);
     let reader = read_loop(&hub, stream, &outbox, &cancel, peer);
     let writer = write_loop(
-        sink,
+        wr,
         &outbox,
         &cancel,
         hub.config.limits.ping_interval,
@@ -162,7 +195,7 @@ async fn read_loop<S>(
     cancel: &CancellationToken,
     peer: Option<std::net::IpAddr>,
 ) where
-    S: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: futures_util::Stream<Item = Result<Incoming, WsError>> + Unpin,
 {
     let limits = hub.config.limits.clone();
     let mut session: Option<Arc<str>> = None;
@@ -230,50 +263,47 @@ async fn read_loop<S>(
             continue;
         };
         last_read = now;
-        let msg = match next {
+        let text = match next {
             None => break,
             Some(Err(e)) => {
-                let text = e.to_string();
-                if text.contains("Space limit exceeded")
-                    || text.contains("too long")
-                    || text.contains("Message too big")
-                    || text.contains("Frame too big")
-                    || text.contains("capacity")
-                {
-                    outbox.close(CLOSE_TOO_BIG, "message too big");
-                } else {
-                    tracing::debug!(error = ?text, "websocket read error");
+                match e {
+                    WsError::TooBig => outbox.close(CLOSE_TOO_BIG, "message too big"),
+                    WsError::Protocol(why) => outbox.close(wsframe::CLOSE_PROTOCOL, why),
+                    WsError::InvalidUtf8 => {
+                        outbox.close(wsframe::CLOSE_INVALID_DATA, "text is not UTF-8")
+                    }
+                    WsError::Io(kind) => tracing::debug!(error = ?kind, "websocket read error"),
                 }
                 break;
             }
-            Some(Ok(m)) => m,
-        };
-        let text = match msg {
-            Message::Text(t) => {
+            Some(Ok(Incoming::Text(t))) => {
                 hub.metrics.go.client_messages_in.inc();
                 hub.metrics.go.client_bytes_in.inc_by(t.len() as u64);
                 t
             }
-            Message::Binary(_) => {
+            Some(Ok(Incoming::Binary)) => {
                 outbox.push(error_frame(
                     None,
                     &invalid_format("binary messages are not supported"),
                 ));
                 continue;
             }
-            Message::Close(_) => break,
-            Message::Pong(p) => {
+            Some(Ok(Incoming::Close)) => break,
+            Some(Ok(Incoming::Ping(payload))) => {
+                outbox.pong(payload);
+                continue;
+            }
+            Some(Ok(Incoming::Pong(p))) => {
                 if let Some(rtt) = ping_rtt(&p) {
                     hub.metrics.go.client_rtt.observe(rtt);
                 }
                 continue;
             }
-            Message::Ping(_) => continue,
         };
         // Over its budget, the connection is not read for a while after
         // this message (backpressure: nothing is dropped).
         let pause = budget.take(now, text.len());
-        match on_text(hub, outbox, session.as_ref(), text.as_str(), peer) {
+        match on_text(hub, outbox, session.as_ref(), &text, peer) {
             Step::Done => {}
             Step::Hello(pending) => match pending.await {
                 Ok(ok) => {
@@ -437,8 +467,8 @@ fn ping_rtt(payload: &[u8]) -> Option<f64> {
     (rtt < 3_600_000).then_some(rtt as f64)
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
     outbox: &Arc<Outbox>,
     cancel: &CancellationToken,
     ping_interval: std::time::Duration,
@@ -446,33 +476,33 @@ async fn write_loop(
 ) {
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    let mut batch = Vec::new();
     loop {
-        let close = outbox.drain(&mut batch);
-        if !batch.is_empty() {
-            let mut failed = false;
-            stats.client_messages_out.inc_by(batch.len() as u64);
-            let bytes: usize = batch.iter().map(|f| f.len()).sum();
+        let batch = outbox.drain();
+        let mut out = Vec::new();
+        if let Some(p) = &batch.pong {
+            wsframe::put_pong(&mut out, p);
+        }
+        if !batch.frames.is_empty() {
+            stats.client_messages_out.inc_by(batch.frames.len() as u64);
+            let bytes: usize = batch.frames.iter().map(|f| f.len()).sum();
             stats.client_bytes_out.inc_by(bytes as u64);
-            for f in batch.drain(..) {
-                if sink.feed(Message::Text(f)).await.is_err() {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed || sink.flush().await.is_err() {
-                batch.clear();
-                cancel.cancel();
-                return;
+            out.reserve(bytes + 10 * batch.frames.len());
+            for f in &batch.frames {
+                wsframe::put_text(&mut out, f.as_str());
             }
         }
-        if let Some(c) = close {
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: c.code,
-                    reason: c.reason.into(),
-                })))
-                .await;
+        drop(batch.frames);
+        if let Some(c) = batch.close {
+            wsframe::put_close(&mut out, c.code, c.reason);
+        }
+        // One write per batch; the buffer is freed right after.
+        if !out.is_empty() && (io.write_all(&out).await.is_err() || io.flush().await.is_err()) {
+            cancel.cancel();
+            return;
+        }
+        drop(out);
+        if batch.close.is_some() {
+            let _ = io.shutdown().await;
             cancel.cancel();
             return;
         }
@@ -481,19 +511,19 @@ async fn write_loop(
             _ = cancel.cancelled() => {
                 // Server shutdown: say so, then close with "going away".
                 let bye = frame(None, "bye", &Bye { reason: Some("shutdown") });
-                let _ = sink.send(Message::Text(bye)).await;
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code: 1001,
-                        reason: "server shutting down".into(),
-                    })))
-                    .await;
+                let mut out = Vec::new();
+                wsframe::put_text(&mut out, bye.as_str());
+                wsframe::put_close(&mut out, 1001, "server shutting down");
+                let _ = io.write_all(&out).await;
+                let _ = io.flush().await;
+                let _ = io.shutdown().await;
                 return;
             }
             _ = outbox.wait() => {}
             _ = ping.tick() => {
-                let stamp = unix_millis().to_be_bytes().to_vec();
-                if sink.send(Message::Ping(stamp.into())).await.is_err() {
+                let mut out = Vec::new();
+                wsframe::put_ping(&mut out, &unix_millis().to_be_bytes());
+                if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
                     cancel.cancel();
                     return;
                 }
@@ -525,8 +555,9 @@ mod size_tests {
             .unwrap();
             let outbox = hub.new_outbox();
             let cancel = tokio_util::sync::CancellationToken::new();
-            let stream =
-                futures_util::stream::empty::<Result<axum::extract::ws::Message, axum::Error>>();
+            let stream = futures_util::stream::empty::<
+                Result<super::wsframe::Incoming, super::wsframe::WsError>,
+            >();
             let n = size(&super::read_loop(&hub, stream, &outbox, &cancel, None));
             eprintln!("reader future: {n} bytes");
             assert!(n <= 1024, "reader future is {n} bytes");

@@ -34,6 +34,18 @@ struct State {
     /// A sender waited for this outbox in vain: until it drains, nobody
     /// waits for it again (it is closed with 1013 once full).
     given_up: bool,
+    /// A pong to send (the payload of the client's last ping).
+    pong: Option<bytes::Bytes>,
+}
+
+/// What the writer takes from the outbox at once.
+pub struct Drained {
+    /// Frames to send, in order.
+    pub frames: VecDeque<Frame>,
+    /// Close after them.
+    pub close: Option<CloseRequest>,
+    /// Answer a ping (before the frames).
+    pub pong: Option<bytes::Bytes>,
 }
 
 /// Frames queued for one WebSocket connection.
@@ -166,10 +178,19 @@ impl Outbox {
         self.state.lock().expect("outbox lock").close.is_some()
     }
 
-    /// Takes everything queued (into `out`) and the close request, if any.
-    pub fn drain(&self, out: &mut Vec<Frame>) -> Option<CloseRequest> {
+    /// Asks the writer to answer a client's ping.
+    pub fn pong(&self, payload: bytes::Bytes) {
+        self.state.lock().expect("outbox lock").pong = Some(payload);
+        self.notify.notify_one();
+    }
+
+    /// Takes everything queued, the close request and a pong, if any. The
+    /// queue's allocation goes with the frames (an idle connection keeps
+    /// none).
+    pub fn drain(&self) -> Drained {
         let mut s = self.state.lock().expect("outbox lock");
-        out.extend(s.frames.drain(..));
+        let frames = std::mem::take(&mut s.frames);
+        let pong = s.pong.take();
         let was_congested = s.bytes > self.limit / 2;
         s.bytes = 0;
         s.given_up = false;
@@ -178,7 +199,11 @@ impl Outbox {
         if was_congested {
             self.drained.notify_waiters();
         }
-        close
+        Drained {
+            frames,
+            close,
+            pong,
+        }
     }
 
     /// Waits until something is pushed or a close is requested.
@@ -200,9 +225,9 @@ mod tests {
         let left = o.abort(CLOSE_OVERFLOW, "slow");
         assert_eq!(left.len(), 2);
         assert_eq!(o.push(Frame::from("1")), Push::Closed);
-        let mut out = Vec::new();
-        assert_eq!(o.drain(&mut out).unwrap().code, CLOSE_OVERFLOW);
-        assert!(out.is_empty());
+        let d = o.drain();
+        assert_eq!(d.close.unwrap().code, CLOSE_OVERFLOW);
+        assert!(d.frames.is_empty());
     }
 
     #[tokio::test]
@@ -216,8 +241,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        let mut out = Vec::new();
-        o.drain(&mut out);
+        o.drain();
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken by the drain")
@@ -228,7 +252,7 @@ mod tests {
         assert_eq!(o.push(Frame::from("123456")), Push::Congested);
         o.give_up();
         assert_eq!(o.push(Frame::from("1")), Push::Queued);
-        o.drain(&mut out);
+        o.drain();
         assert_eq!(o.push(Frame::from("123456")), Push::Congested);
     }
 
@@ -236,8 +260,9 @@ mod tests {
     fn a_single_large_frame_is_accepted_when_empty() {
         let o = Outbox::new(1, 4);
         assert_eq!(o.push(Frame::from("123456")), Push::Congested);
-        let mut out = Vec::new();
-        assert!(o.drain(&mut out).is_none());
+        let d = o.drain();
+        assert!(d.close.is_none());
+        let out = d.frames;
         assert_eq!(out.len(), 1);
     }
 }

@@ -1,0 +1,409 @@
+//! The WebSocket wire format (RFC 6455) of the server side of a connection.
+//!
+//! Frame headers are parsed and written by tungstenite's `FrameHeader`; what
+//! lives here is the buffering, so that an idle connection holds no buffer
+//! at all: bytes are read through a buffer on the stack of each poll and
+//! kept on the heap only while a frame is incomplete, and outgoing frames
+//! are written straight from the frames the hub built (one allocation per
+//! batch, freed after the write). With tokio-tungstenite each connection
+//! kept a read buffer and a write buffer the size of the largest frame it
+//! ever sent (together about 2.6 KB of the 9.3 KB of an idle session).
+
+use std::io::Cursor;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// Close code: protocol error.
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code: a text message that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+
+/// A message from the client.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A complete text message.
+    Text(String),
+    /// A complete binary message (not used by the protocol).
+    Binary,
+    /// A ping: answer with a pong carrying `0`.
+    Ping(Bytes),
+    /// A pong (answers our keep-alive ping) with its payload.
+    Pong(Bytes),
+    /// The client closes the connection.
+    Close,
+}
+
+/// Why reading stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsError {
+    /// A message over the size limit (close 1009).
+    TooBig,
+    /// A frame that breaks RFC 6455 (close 1002).
+    Protocol(&'static str),
+    /// A text message that is not UTF-8 (close 1007).
+    InvalidUtf8,
+    /// The socket failed.
+    Io(std::io::ErrorKind),
+}
+
+/// Bytes read from the socket in one poll (on the stack of that poll).
+const READ_CHUNK: usize = 4096;
+
+/// Reads client frames from `io` and assembles messages.
+pub struct FrameReader<R> {
+    io: R,
+    /// Read and not yet parsed (from `pos`); no allocation when empty.
+    buf: Vec<u8>,
+    pos: usize,
+    /// Fragments of a message in progress and whether it is text.
+    partial: Option<(bool, Vec<u8>)>,
+    max: usize,
+    eof: bool,
+    failed: bool,
+}
+
+impl<R> FrameReader<R> {
+    /// A reader of messages of at most `max` bytes.
+    pub fn new(io: R, max: usize) -> Self {
+        FrameReader {
+            io,
+            buf: Vec::new(),
+            pos: 0,
+            partial: None,
+            max,
+            eof: false,
+            failed: false,
+        }
+    }
+
+    /// Parses one frame from what was read; `None` when it is incomplete.
+    /// Control frames inside a fragmented message are handled in between.
+    fn parse(&mut self) -> Option<Result<Incoming, WsError>> {
+        loop {
+            let avail = &self.buf[self.pos..];
+            let mut cur = Cursor::new(avail);
+            let (header, len) = match FrameHeader::parse(&mut cur) {
+                Ok(Some(h)) => h,
+                Ok(None) => return None,
+                Err(_) => return Some(Err(WsError::Protocol("bad frame header"))),
+            };
+            if len > self.max as u64 {
+                return Some(Err(WsError::TooBig));
+            }
+            let start = cur.position() as usize;
+            let len = len as usize;
+            if avail.len() < start + len {
+                return None;
+            }
+            let begin = self.pos + start;
+            self.pos = begin + len;
+            if header.rsv1 || header.rsv2 || header.rsv3 {
+                return Some(Err(WsError::Protocol("reserved bits set")));
+            }
+            let Some(mask) = header.mask else {
+                return Some(Err(WsError::Protocol("client frames must be masked")));
+            };
+            let payload = &mut self.buf[begin..begin + len];
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i & 3];
+            }
+            let payload = &self.buf[begin..begin + len];
+            let done = match header.opcode {
+                OpCode::Control(c) => {
+                    if !header.is_final || len > 125 {
+                        return Some(Err(WsError::Protocol("bad control frame")));
+                    }
+                    match c {
+                        Control::Ping => Incoming::Ping(Bytes::copy_from_slice(payload)),
+                        Control::Pong => Incoming::Pong(Bytes::copy_from_slice(payload)),
+                        Control::Close => Incoming::Close,
+                        Control::Reserved(_) => {
+                            return Some(Err(WsError::Protocol("reserved opcode")))
+                        }
+                    }
+                }
+                OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => {
+                    return Some(Err(WsError::Protocol("message inside a fragmented one")));
+                }
+                OpCode::Data(d @ (Data::Text | Data::Binary)) => {
+                    let text = d == Data::Text;
+                    if !header.is_final {
+                        self.partial = Some((text, payload.to_vec()));
+                        continue;
+                    }
+                    match message(text, payload.to_vec()) {
+                        Ok(m) => m,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                OpCode::Data(Data::Continue) => {
+                    let Some((text, mut data)) = self.partial.take() else {
+                        return Some(Err(WsError::Protocol("continuation without a message")));
+                    };
+                    if data.len() + len > self.max {
+                        return Some(Err(WsError::TooBig));
+                    }
+                    data.extend_from_slice(payload);
+                    if !header.is_final {
+                        self.partial = Some((text, data));
+                        continue;
+                    }
+                    match message(text, data) {
+                        Ok(m) => m,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                OpCode::Data(Data::Reserved(_)) => {
+                    return Some(Err(WsError::Protocol("reserved opcode")));
+                }
+            };
+            return Some(Ok(done));
+        }
+    }
+
+    /// Drops what was parsed; frees the buffer when nothing is left.
+    fn compact(&mut self) {
+        if self.pos == self.buf.len() {
+            self.buf = Vec::new();
+            self.pos = 0;
+        } else if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
+fn message(text: bool, data: Vec<u8>) -> Result<Incoming, WsError> {
+    if !text {
+        return Ok(Incoming::Binary);
+    }
+    String::from_utf8(data)
+        .map(Incoming::Text)
+        .map_err(|_| WsError::InvalidUtf8)
+}
+
+impl<R: AsyncRead + Unpin> futures_util::Stream for FrameReader<R> {
+    type Item = Result<Incoming, WsError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.failed {
+                return Poll::Ready(None);
+            }
+            if let Some(item) = this.parse() {
+                this.compact();
+                // Nothing is read after an error.
+                this.failed = item.is_err();
+                return Poll::Ready(Some(item));
+            }
+            if this.eof {
+                return Poll::Ready(None);
+            }
+            this.compact();
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut rb = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(WsError::Io(e.kind()))));
+                }
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    this.eof = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(())) => this.buf.extend_from_slice(rb.filled()),
+            }
+        }
+    }
+}
+
+/// Appends one unmasked server frame to `out`.
+fn put_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None,
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a text frame.
+pub fn put_text(out: &mut Vec<u8>, text: &str) {
+    put_frame(out, OpCode::Data(Data::Text), text.as_bytes());
+}
+
+/// Appends a ping frame (payload of at most 125 bytes).
+pub fn put_ping(out: &mut Vec<u8>, payload: &[u8]) {
+    put_frame(out, OpCode::Control(Control::Ping), payload);
+}
+
+/// Appends a pong frame answering a ping's payload.
+pub fn put_pong(out: &mut Vec<u8>, payload: &[u8]) {
+    put_frame(out, OpCode::Control(Control::Pong), payload);
+}
+
+/// Appends a close frame with a code and a reason (cut to fit 125 bytes).
+pub fn put_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut payload = code.to_be_bytes().to_vec();
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    put_frame(out, OpCode::Control(Control::Close), &payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// A client frame as a client library would send it (masked).
+    fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let header = FrameHeader {
+            is_final: fin,
+            rsv1: false,
+            rsv2: false,
+            rsv3: false,
+            opcode,
+            mask: Some(mask),
+        };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<Incoming, WsError>> {
+        FrameReader::new(&bytes[..], max).collect().await
+    }
+
+    #[tokio::test]
+    async fn text_ping_fragments_and_close() {
+        let mut b = client_frame(OpCode::Data(Data::Text), true, b"hello");
+        b.extend(client_frame(OpCode::Control(Control::Ping), true, b"p"));
+        b.extend(client_frame(
+            OpCode::Data(Data::Text),
+            false,
+            "h\u{e9}".as_bytes(),
+        ));
+        // A control frame between fragments is allowed.
+        b.extend(client_frame(OpCode::Control(Control::Pong), true, b""));
+        b.extend(client_frame(OpCode::Data(Data::Continue), true, b"llo"));
+        b.extend(client_frame(
+            OpCode::Control(Control::Close),
+            true,
+            &[3, 232],
+        ));
+        let got = read_all(b, 1024).await;
+        let got: Vec<String> = got.into_iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(
+            got,
+            [
+                "Ok(Text(\"hello\"))",
+                "Ok(Ping(b\"p\"))",
+                "Ok(Pong(b\"\"))",
+                "Ok(Text(\"h\u{e9}llo\"))",
+                "Ok(Close)"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_frames_end_reading_with_their_error() {
+        let unmasked = {
+            let mut out = Vec::new();
+            put_text(&mut out, "x");
+            out
+        };
+        let cases = [
+            (unmasked, WsError::Protocol("client frames must be masked")),
+            (
+                client_frame(OpCode::Data(Data::Text), true, &[0xff, 0xfe]),
+                WsError::InvalidUtf8,
+            ),
+            (
+                client_frame(OpCode::Data(Data::Text), true, &[b'a'; 20]),
+                WsError::TooBig,
+            ),
+            (
+                client_frame(OpCode::Data(Data::Continue), true, b"x"),
+                WsError::Protocol("continuation without a message"),
+            ),
+            (
+                client_frame(OpCode::Control(Control::Ping), false, b"x"),
+                WsError::Protocol("bad control frame"),
+            ),
+        ];
+        for (bytes, want) in cases {
+            let mut extra = bytes.clone();
+            extra.extend(client_frame(OpCode::Data(Data::Text), true, b"after"));
+            let got = read_all(extra, 16).await;
+            assert_eq!(got.len(), 1, "nothing is read after an error: {got:?}");
+            assert_eq!(got[0].as_ref().unwrap_err(), &want);
+        }
+        // Fragments add up to more than the limit.
+        let mut b = client_frame(OpCode::Data(Data::Text), false, &[b'a'; 10]);
+        b.extend(client_frame(
+            OpCode::Data(Data::Continue),
+            true,
+            &[b'a'; 10],
+        ));
+        let got = read_all(b, 16).await;
+        assert_eq!(got[0].as_ref().unwrap_err(), &WsError::TooBig);
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_and_no_buffer_when_idle() {
+        let whole = client_frame(OpCode::Data(Data::Text), true, &[b'z'; 300]);
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(rx, 1024);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for piece in whole.chunks(7) {
+                tx.write_all(piece).await.unwrap();
+            }
+            tx
+        });
+        match r.next().await {
+            Some(Ok(Incoming::Text(t))) => assert_eq!(t.len(), 300),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(r.buf.capacity(), 0, "an idle reader holds no buffer");
+        drop(writer.await.unwrap());
+        assert!(r.next().await.is_none());
+    }
+
+    #[test]
+    fn server_frames_are_unmasked_with_the_right_lengths() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let text = "a".repeat(len);
+            let mut out = Vec::new();
+            put_text(&mut out, &text);
+            let mut cur = Cursor::new(&out[..]);
+            let (h, n) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+            assert_eq!(n as usize, len);
+            assert!(h.mask.is_none() && h.is_final);
+            assert_eq!(out.len() - cur.position() as usize, len);
+        }
+        let mut out = Vec::new();
+        put_close(&mut out, 1009, &"\u{e9}".repeat(100));
+        let mut cur = Cursor::new(&out[..]);
+        let (_, n) = FrameHeader::parse(&mut cur).unwrap().unwrap();
+        assert!(n <= 125);
+        assert!(std::str::from_utf8(&out[cur.position() as usize + 2..]).is_ok());
+    }
+}
