@@ -271,11 +271,11 @@ impl Hub {
         });
     }
 
+    /// A signal of the MCU to a client: local, or a subscriber on another
+    /// process (whose subscription this process's Janus handle serves).
     fn deliver_signal(&self, s: Signal) {
         let f = reply_frame(&s.from, None, &s.to, s.kind, s.stream, &s.payload, &s.sid);
-        let mut st = self.lock();
-        st.sessions.deliver(&s.to, &f);
-        st.reap();
+        self.deliver_anywhere(&s.to, &f);
     }
 
     fn deliver_frame(&self, to: &str, f: &crate::api::server::Frame) {
@@ -425,22 +425,11 @@ impl Hub {
                     ],
                     media: c.media,
                 };
-                match mcu.publish(sid, stream, offer).await {
-                    Ok((psid, answer)) => {
-                        let f = reply_frame(
-                            sid,
-                            user.as_deref(),
-                            sid,
-                            "answer",
-                            stream,
-                            &answer,
-                            &psid,
-                        );
-                        self.deliver_frame(sid, &f);
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                }
+                mcu.publish(sid, stream, offer, |psid, answer| {
+                    let f = reply_frame(sid, user.as_deref(), sid, "answer", stream, answer, psid);
+                    self.deliver_frame(sid, &f);
+                })
+                .await
             }
             "answer" if !to_self => {
                 mcu.subscriber_answer(sid, target, stream, &c.data.sid, &c.sdp)
@@ -529,14 +518,15 @@ impl Hub {
             return self.reply_error(sid, id, mcu_error(&McuError::NotFound("no stream".into())));
         };
         let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+        let deliver = |ssid: &str, offer: &Value| {
+            let f = reply_frame(target, None, sid, "offer", stream, offer, ssid);
+            self.deliver_frame(sid, &f);
+        };
         match mcu
-            .subscribe(sid, target, stream, &c.data.sid, &payload)
+            .subscribe(sid, target, stream, &c.data.sid, &payload, deliver)
             .await
         {
-            Ok((ssid, offer)) => {
-                let f = reply_frame(target, None, sid, "offer", stream, &offer, &ssid);
-                self.deliver_frame(sid, &f);
-            }
+            Ok(()) => {}
             Err(e) => {
                 tracing::info!(session = %sid, publisher = %target, "requestoffer failed: {e}");
                 self.reply_error(sid, id, mcu_error(&e));
@@ -582,11 +572,15 @@ impl Hub {
         let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
         tokio::spawn(async move {
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
-            match mcu.subscribe(&target, &sid, stream, "", &payload).await {
-                Ok((ssid, offer)) => {
-                    let f = reply_frame(&sid, None, &target, "offer", stream, &offer, &ssid);
-                    hub.deliver_anywhere(&target, &f);
-                }
+            let deliver = |ssid: &str, offer: &Value| {
+                let f = reply_frame(&sid, None, &target, "offer", stream, offer, ssid);
+                hub.deliver_anywhere(&target, &f);
+            };
+            match mcu
+                .subscribe(&target, &sid, stream, "", &payload, deliver)
+                .await
+            {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::info!(session = %sid, "sendoffer failed: {e}");
                     hub.reply_error(&sid, id.as_deref(), mcu_error(&e));

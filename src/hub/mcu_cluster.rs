@@ -137,18 +137,12 @@ impl Hub {
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
             let r = match c.data.kind.as_str() {
                 "requestoffer" => {
-                    match mcu
-                        .subscribe(&sender, &target, stream, &c.data.sid, &payload)
+                    let deliver = |ssid: &str, offer: &Value| {
+                        let f = reply_frame(&target, None, &sender, "offer", stream, offer, ssid);
+                        hub.deliver_anywhere(&sender, &f);
+                    };
+                    mcu.subscribe(&sender, &target, stream, &c.data.sid, &payload, deliver)
                         .await
-                    {
-                        Ok((ssid, offer)) => {
-                            let f =
-                                reply_frame(&target, None, &sender, "offer", stream, &offer, &ssid);
-                            hub.deliver_anywhere(&sender, &f);
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    }
                 }
                 "answer" => {
                     mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)

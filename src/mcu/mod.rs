@@ -143,6 +143,8 @@ pub struct Publisher {
     media: Mutex<sdp::Media>,
     /// True once Janus said `webrtcup` (subscribers may join).
     up: watch::Sender<bool>,
+    /// Candidates trickled while a configure's answer is on its way.
+    held: HeldCandidates,
 }
 
 /// Subscriber key: (subscriber session, publisher session, stream).
@@ -152,6 +154,42 @@ type SubKey = (Arc<str>, Arc<str>, StreamType);
 struct Subscriber {
     key: SubKey,
     handle: u64,
+    /// Candidates trickled while Janus's offer is on its way.
+    held: HeldCandidates,
+}
+
+/// Candidates Janus trickles for a handle before the client has the SDP
+/// they belong to wait here and go out right after it: a client cannot
+/// add a candidate before the remote description (and Janus may trickle
+/// before the reply that carries its SDP has been read).
+#[derive(Default)]
+struct HeldCandidates(Mutex<Option<Vec<Value>>>);
+
+impl HeldCandidates {
+    fn holding() -> Self {
+        Self(Mutex::new(Some(Vec::new())))
+    }
+
+    /// Holds candidates from now on until [`Self::release`].
+    fn hold(&self) {
+        lock(&self.0).get_or_insert_with(Vec::new);
+    }
+
+    /// `Some(c)` when `c` may go to the client now; held otherwise.
+    fn pass(&self, c: Value) -> Option<Value> {
+        match lock(&self.0).as_mut() {
+            Some(held) => {
+                held.push(c);
+                None
+            }
+            None => Some(c),
+        }
+    }
+
+    /// Stops holding; returns what was held, in order.
+    fn release(&self) -> Vec<Value> {
+        lock(&self.0).take().unwrap_or_default()
+    }
 }
 
 impl Subscriber {
@@ -163,6 +201,8 @@ impl Subscriber {
 enum Owner {
     Publisher(Arc<Publisher>),
     Subscriber(Arc<Subscriber>),
+    /// A subscriber handle whose join is under way (not counted yet).
+    Joining(Arc<Subscriber>),
 }
 
 #[derive(Default)]
@@ -343,6 +383,7 @@ impl Mcu {
         let owner = match lock(&self.reg).handles.get(&handle) {
             Some(Owner::Publisher(p)) => Owner::Publisher(p.clone()),
             Some(Owner::Subscriber(s)) => Owner::Subscriber(s.clone()),
+            Some(Owner::Joining(s)) => Owner::Joining(s.clone()),
             None => return,
         };
         let kind = msg["janus"].as_str().unwrap_or("");
@@ -367,15 +408,8 @@ impl Mcu {
                 });
             }
             (Owner::Publisher(p), "trickle") => {
-                if let Some(c) = janus_candidate(&msg) {
-                    let _ = self.signals.send(Signal {
-                        to: p.session.clone(),
-                        from: p.session.clone(),
-                        kind: "candidate",
-                        stream: p.stream,
-                        payload: json!({"candidate": c}),
-                        sid: p.sid.clone(),
-                    });
+                if let Some(c) = janus_candidate(&msg).and_then(|c| p.held.pass(c)) {
+                    self.publisher_candidate_out(&p, c);
                 }
             }
             (Owner::Subscriber(s), "hangup" | "detached") => {
@@ -399,20 +433,39 @@ impl Mcu {
                     });
                 }
             }
-            (Owner::Subscriber(s), "trickle") => {
-                if let Some(c) = janus_candidate(&msg) {
-                    let _ = self.signals.send(Signal {
-                        to: s.key.0.clone(),
-                        from: s.key.1.clone(),
-                        kind: "candidate",
-                        stream: s.key.2,
-                        payload: json!({"candidate": c}),
-                        sid: s.sid(),
-                    });
+            (Owner::Subscriber(s) | Owner::Joining(s), "trickle") => {
+                if let Some(c) = janus_candidate(&msg).and_then(|c| s.held.pass(c)) {
+                    self.subscriber_candidate_out(&s, c);
                 }
             }
             (_, other) => tracing::trace!(handle, janus = other, "Janus event"),
         }
+    }
+}
+
+impl Mcu {
+    /// Sends a candidate Janus trickled for a publisher to its client.
+    fn publisher_candidate_out(&self, p: &Publisher, c: Value) {
+        let _ = self.signals.send(Signal {
+            to: p.session.clone(),
+            from: p.session.clone(),
+            kind: "candidate",
+            stream: p.stream,
+            payload: json!({"candidate": c}),
+            sid: p.sid.clone(),
+        });
+    }
+
+    /// Sends a candidate Janus trickled for a subscriber to its client.
+    fn subscriber_candidate_out(&self, s: &Subscriber, c: Value) {
+        let _ = self.signals.send(Signal {
+            to: s.key.0.clone(),
+            from: s.key.1.clone(),
+            kind: "candidate",
+            stream: s.key.2,
+            payload: json!({"candidate": c}),
+            sid: s.sid(),
+        });
     }
 }
 

@@ -18,7 +18,8 @@ impl Mcu {
         session: &Arc<str>,
         stream: StreamType,
         offer: Offer,
-    ) -> Result<(String, Value), McuError> {
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
         let publisher = match self.publisher(session, stream) {
             Some(p) => p,
             None => self
@@ -30,6 +31,8 @@ impl Mcu {
             "type": "offer",
             "sdp": sdp::filter(&offer.sdp, &self.cfg.allowed_candidates, &self.cfg.blocked_candidates),
         });
+        // Janus may trickle before its answer has reached the client.
+        publisher.held.hold();
         let r = self
             .gw
             .message(
@@ -38,14 +41,25 @@ impl Mcu {
                 Some(jsep),
                 true,
             )
-            .await?;
-        let answer = r
-            .get("jsep")
-            .filter(|j| j["type"] == "answer")
-            .cloned()
-            .ok_or_else(|| McuError::Failed("configure brought no answer".into()))?;
-        *lock(&publisher.media) = offer.media;
-        Ok((publisher.sid.clone(), answer))
+            .await;
+        let answer = r.map_err(McuError::from).and_then(|r| {
+            r.get("jsep")
+                .filter(|j| j["type"] == "answer")
+                .cloned()
+                .ok_or_else(|| McuError::Failed("configure brought no answer".into()))
+        });
+        if let Ok(answer) = &answer {
+            *lock(&publisher.media) = offer.media;
+            deliver(&publisher.sid, answer);
+        }
+        // After a failed configure the held candidates belong to no SDP
+        // the client has.
+        for c in publisher.held.release() {
+            if answer.is_ok() {
+                self.publisher_candidate_out(&publisher, c);
+            }
+        }
+        answer.map(|_| ())
     }
 
     async fn create_publisher(
@@ -109,6 +123,7 @@ impl Mcu {
             sid: offer.sid.clone(),
             media: Mutex::new(offer.media),
             up: watch::Sender::new(false),
+            held: Default::default(),
         });
         let replaced = {
             let mut reg = lock(&self.reg);

@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::janus::JanusError;
-use super::{lock, sdp, Mcu, McuError, Owner, Publisher, StreamType, SubKey, Subscriber};
+use super::{
+    lock, sdp, HeldCandidates, Mcu, McuError, Owner, Publisher, StreamType, SubKey, Subscriber,
+};
 
 impl Mcu {
     pub(super) fn forget_subscriber(&self, s: &Arc<Subscriber>) -> bool {
@@ -21,8 +23,9 @@ impl Mcu {
         {
             reg.subscribers.remove(&s.key);
         }
-        if reg.handles.remove(&s.handle).is_none() {
-            return false;
+        match reg.handles.remove(&s.handle) {
+            Some(Owner::Subscriber(_)) => {}
+            Some(_) | None => return false,
         }
         self.metrics
             .subscribers
@@ -67,7 +70,8 @@ impl Mcu {
 
     /// `requestoffer`/`sendoffer`: subscribes `subscriber` to a publisher's
     /// stream, or renegotiates when `sid` is the current subscriber's.
-    /// Returns the subscriber's sid and Janus's offer jsep.
+    /// `deliver` gets the subscriber's sid and Janus's offer jsep; the
+    /// candidates Janus trickled meanwhile go out after it.
     pub async fn subscribe(
         &self,
         subscriber: &Arc<str>,
@@ -75,18 +79,25 @@ impl Mcu {
         stream: StreamType,
         sid: &str,
         selection: &Value,
-    ) -> Result<(String, Value), McuError> {
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
         let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
         if let Some(s) = self.subscriber(&key) {
             if !sid.is_empty() && sid == s.sid() {
                 let mut body = json!({"request": "configure", "update": true});
                 add_selection(&mut body, selection);
-                let r = self.gw.message(s.handle, body, None, true).await?;
-                let offer = r
-                    .get("jsep")
-                    .cloned()
-                    .ok_or_else(|| McuError::Failed("update brought no offer".into()))?;
-                return Ok((s.sid(), offer));
+                s.held.hold();
+                let offer = self
+                    .gw
+                    .message(s.handle, body, None, true)
+                    .await
+                    .map_err(McuError::from)
+                    .and_then(|r| {
+                        r.get("jsep")
+                            .cloned()
+                            .ok_or_else(|| McuError::Failed("update brought no offer".into()))
+                    });
+                return self.deliver_offer(&s, offer, deliver);
             }
             self.close_subscriber(s).await;
         }
@@ -95,9 +106,8 @@ impl Mcu {
             .wait_publisher(publisher, stream, deadline)
             .await
             .ok_or_else(|| McuError::NotFound("publisher did not appear in time".into()))?;
-        let mut handle = self
-            .gw
-            .attach()
+        let mut s = self
+            .attach_subscriber(&key)
             .await
             .map_err(|e| McuError::NotFound(e.to_string()))?;
         let mut up = p.up.subscribe();
@@ -107,16 +117,12 @@ impl Mcu {
                 "streams": [{"feed": stream.feed()}],
             });
             add_selection(&mut body, selection);
-            match self.gw.message(handle, body, None, true).await {
+            match self.gw.message(s.handle, body, None, true).await {
                 Ok(r) => {
                     let Some(offer) = r.get("jsep").cloned() else {
-                        let _ = self.gw.detach(handle).await;
+                        self.abandon(&s).await;
                         return Err(McuError::Failed("join brought no offer".into()));
                     };
-                    let s = Arc::new(Subscriber {
-                        key: key.clone(),
-                        handle,
-                    });
                     let (old, publisher_gone) = {
                         let mut reg = lock(&self.reg);
                         let gone = !reg
@@ -126,12 +132,12 @@ impl Mcu {
                         if gone {
                             (None, true)
                         } else {
-                            reg.handles.insert(handle, Owner::Subscriber(s.clone()));
+                            reg.handles.insert(s.handle, Owner::Subscriber(s.clone()));
                             (reg.subscribers.insert(key.clone(), s.clone()), false)
                         }
                     };
                     if publisher_gone {
-                        let _ = self.gw.detach(handle).await;
+                        self.abandon(&s).await;
                         return Err(McuError::NotFound("publisher closed".into()));
                     }
                     let label = [stream.as_str()];
@@ -143,7 +149,7 @@ impl Mcu {
                     if let Some(old) = old {
                         self.close_subscriber(old).await;
                     }
-                    return Ok((s.sid(), offer));
+                    return self.deliver_offer(&s, Ok(offer), deliver);
                 }
                 Err(JanusError::Plugin { code: 428, .. }) => {
                     // The publisher's PeerConnection is not up yet: wait
@@ -160,20 +166,60 @@ impl Mcu {
                         )
                     };
                     if !waited {
-                        let _ = self.gw.detach(handle).await;
+                        self.abandon(&s).await;
                         return Err(McuError::Failed("publisher is not sending".into()));
                     }
                 }
                 Err(JanusError::Plugin { code: 425, .. }) => {
-                    let _ = self.gw.detach(handle).await;
-                    handle = self.gw.attach().await?;
+                    self.abandon(&s).await;
+                    s = self.attach_subscriber(&key).await?;
                 }
                 Err(e) => {
-                    let _ = self.gw.detach(handle).await;
+                    self.abandon(&s).await;
                     return Err(e.into());
                 }
             }
         }
+    }
+
+    /// A new handle for a subscriber, registered before its join so that
+    /// nothing Janus trickles for it is missed (held until the offer).
+    async fn attach_subscriber(&self, key: &SubKey) -> Result<Arc<Subscriber>, JanusError> {
+        let handle = self.gw.attach().await?;
+        let s = Arc::new(Subscriber {
+            key: key.clone(),
+            handle,
+            held: HeldCandidates::holding(),
+        });
+        lock(&self.reg)
+            .handles
+            .insert(handle, Owner::Joining(s.clone()));
+        Ok(s)
+    }
+
+    /// Detaches a subscriber handle whose join did not succeed.
+    async fn abandon(&self, s: &Subscriber) {
+        lock(&self.reg).handles.remove(&s.handle);
+        let _ = self.gw.detach(s.handle).await;
+    }
+
+    /// Hands the offer to `deliver`, then the candidates held meanwhile
+    /// (dropped when there is no offer: they belong to no SDP).
+    fn deliver_offer(
+        &self,
+        s: &Subscriber,
+        offer: Result<Value, McuError>,
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
+        if let Ok(offer) = &offer {
+            deliver(&s.sid(), offer);
+        }
+        for c in s.held.release() {
+            if offer.is_ok() {
+                self.subscriber_candidate_out(s, c);
+            }
+        }
+        offer.map(|_| ())
     }
 
     pub(super) fn subscriber_checked(
