@@ -249,6 +249,11 @@ impl Metrics {
         }
     }
 
+    /// The counter of refusals by the limit named `limit`.
+    pub fn refusals(&self, limit: &str) -> prometheus::IntCounter {
+        self.refused.with_label_values(&[limit])
+    }
+
     /// Counts one refusal by the limit named `limit`.
     pub fn refuse(&self, limit: &str) {
         self.refused.with_label_values(&[limit]).inc();

@@ -233,7 +233,54 @@ async fn metrics_match_what_happened() {
         value(&last, "signaling_server_messages_total{type=\"hello\"}"),
         5.0
     );
+
+    // The gauges follow sessions and rooms going away (they are kept as
+    // things change, not recounted; a scrape shows them at most 1 s late).
+    again
+        .send(json!({"type": "room", "id": "l", "room": {"roomid": ""}}))
+        .await;
+    again.expect_type("room").await;
+    let text = scrape_until(&ts, |t| {
+        t.contains("signaling_room_sessions{backend=\"nc1\",clienttype=\"client\",room=\"r1\"} 1\n")
+    })
+    .await;
+    assert_eq!(
+        value(
+            &text,
+            "signaling_call_sessions{backend=\"nc1\",clienttype=\"client\",room=\"r1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&text, "signaling_hub_rooms{backend=\"nc1\"}"), 1.0);
+    alice.send(json!({"type": "bye", "bye": {}})).await;
+    let text = scrape_until(&ts, |t| !t.contains("signaling_hub_rooms{")).await;
+    assert_eq!(
+        value(
+            &text,
+            "signaling_hub_sessions{backend=\"nc1\",clienttype=\"client\"}"
+        ),
+        1.0
+    );
+    assert!(!text.contains("signaling_room_sessions{"), "{text}");
+    assert!(!text.contains("signaling_call_sessions{"), "{text}");
+    drop(again);
     ts.stop().await;
+}
+
+/// Scrapes until `done` holds (gauges are refreshed at most once a second).
+async fn scrape_until(ts: &TestServer, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = scrape(ts).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never got there:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// `signaling_client_rtt`: the server's pings carry their send time; the

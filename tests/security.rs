@@ -124,11 +124,21 @@ async fn stalled_and_partial_requests_are_closed_while_new_clients_connect() {
     // A real client is served while they stall.
     let mut c = ts.client(Some("alice")).await;
     c.join("room1", "nc-alice").await;
-    // Every stalled connection is closed by the server (timeout 1 s).
+    // Every stalled connection is closed by the server (timeout 1 s), and
+    // counted.
     for s in &mut stalled {
         let got = read_until_closed(s, Duration::from_secs(5)).await;
         assert!(!got.contains("200 OK"), "{got}");
     }
+    let text = metrics_text(&ts).await;
+    assert_eq!(
+        metric(
+            &text,
+            "signaling_limits_refused_total{limit=\"header_timeout\"}"
+        ),
+        40,
+        "{text}"
+    );
     // The WebSocket outlives the HTTP header timeout: it still hears of
     // the next member.
     let d = ts.client_in_room("dave", "room1").await;

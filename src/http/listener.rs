@@ -298,6 +298,10 @@ fn admit(shared: &Shared, ip: IpAddr) -> Result<Slot, &'static str> {
 pub async fn serve(listener: Listener, app: Router, shutdown: CancellationToken, shared: Shared) {
     let conns = TaskTracker::new();
     let timeouts = listener.timeouts;
+    let counters = TimeoutCounters {
+        header: shared.metrics.refusals("header_timeout"),
+        write: shared.metrics.refusals("write_timeout"),
+    };
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -332,16 +336,19 @@ pub async fn serve(listener: Listener, app: Router, shutdown: CancellationToken,
         let shutdown = shutdown.clone();
         match &listener.tls {
             None => {
-                conns.spawn(serve_connection(io, app, peer, shutdown, timeouts.read));
+                let c = counters.clone();
+                conns.spawn(serve_connection(io, app, peer, shutdown, timeouts.read, c));
             }
             Some(tls) => {
                 let acceptor = tls.acceptor();
                 let metrics = shared.metrics.clone();
+                let counters = counters.clone();
                 conns.spawn(async move {
                     // The handshake is bounded like reading a request.
                     match tokio::time::timeout(timeouts.read, acceptor.accept(io)).await {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, app, peer, shutdown, timeouts.read).await
+                            let read = timeouts.read;
+                            serve_connection(tls, app, peer, shutdown, read, counters).await
                         }
                         Ok(Err(e)) => {
                             metrics.refuse("tls_handshake");
@@ -368,6 +375,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     shutdown: CancellationToken,
     read_timeout: Duration,
+    counters: TimeoutCounters,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -385,6 +393,15 @@ async fn serve_connection<I>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
+                // A request's headers (or the next request on a kept-alive
+                // connection) did not come within `readtimeout`, or a write
+                // made no progress for `writetimeout`: the connection is
+                // closed and counted.
+                if e.is_timeout() {
+                    counters.header.inc();
+                } else if io_timed_out(&e) {
+                    counters.write.inc();
+                }
                 tracing::debug!(%peer, "http connection ended: {e}");
             }
         }
@@ -393,6 +410,28 @@ async fn serve_connection<I>(
             let _ = conn.await;
         }
     }
+}
+
+/// Connections closed by a timeout (`signaling_limits_refused_total`).
+#[derive(Clone)]
+struct TimeoutCounters {
+    header: prometheus::IntCounter,
+    write: prometheus::IntCounter,
+}
+
+/// True when an I/O timeout (the write timeout of [`Counted`]) is among
+/// the causes of `e`.
+fn io_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The address of the client behind a request, as the Go server finds it:

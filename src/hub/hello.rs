@@ -455,31 +455,28 @@ impl Hub {
             0
         };
         st.resume_ids.insert(resume_id.clone(), sid.clone());
-        st.sessions.map.insert(
-            sid.clone(),
-            Session {
-                id: sid.clone(),
-                resume_id: Some(resume_id),
-                kind: ident.kind,
-                backend: ident.backend,
-                backend_base: ident.backend_base.into(),
-                backend_url: ident.backend_url.into(),
-                user_id,
-                user: ident.user.map(Arc::from),
-                features,
-                room: None,
-                room_session_id: None,
-                permissions: None,
-                conn: Some(conn.clone()),
-                queue: VecDeque::new(),
-                queue_bytes: 0,
-                in_call,
-                flags: 0,
-                virtuals: HashMap::new(),
-                fed_link: None,
-                federated: ident.federated.map(Box::new),
-            },
-        );
+        st.sessions.insert(Session {
+            id: sid.clone(),
+            resume_id: Some(resume_id),
+            kind: ident.kind,
+            backend: ident.backend,
+            backend_base: ident.backend_base.into(),
+            backend_url: ident.backend_url.into(),
+            user_id,
+            user: ident.user.map(Arc::from),
+            features,
+            room: None,
+            room_session_id: None,
+            permissions: None,
+            conn: Some(conn.clone()),
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            in_call,
+            flags: 0,
+            virtuals: HashMap::new(),
+            fed_link: None,
+            federated: ident.federated.map(Box::new),
+        });
         conn.push(reply);
         drop(st);
         self.registry().remember(&backend);

@@ -273,7 +273,7 @@ impl Hub {
         let user = v.user.clone();
         let user_id = v.user_id.clone();
         let vflags = v.flags;
-        st.sessions.map.insert(vsid.clone(), v);
+        st.sessions.insert(v);
         if let Some(o) = st.sessions.map.get_mut(sid) {
             o.virtuals.insert(add.sessionid.clone(), vsid.clone());
         }

@@ -146,9 +146,37 @@ pub(crate) struct Sessions {
     /// While a client's message is routed: the recipients' outboxes it left
     /// more than half full (its reader waits for them to drain).
     pub congested: Option<Vec<Arc<Outbox>>>,
+    /// Sessions per (backend id, `clienttype` label), kept as sessions come
+    /// and go so that a scrape needs no walk over them.
+    pub per_label: HashMap<(Arc<str>, &'static str), i64>,
 }
 
 impl Sessions {
+    /// Adds a session (the only way in, so that the counts stay right).
+    pub fn insert(&mut self, s: Session) {
+        *self.per_label.entry(label_of(&s)).or_default() += 1;
+        if let Some(old) = self.map.insert(s.id.clone(), s) {
+            self.uncount(&old);
+        }
+    }
+
+    /// Takes a session out (the only way out).
+    pub fn remove(&mut self, sid: &str) -> Option<Session> {
+        let s = self.map.remove(sid)?;
+        self.uncount(&s);
+        Some(s)
+    }
+
+    fn uncount(&mut self, s: &Session) {
+        let key = label_of(s);
+        if let Some(n) = self.per_label.get_mut(&key) {
+            *n -= 1;
+            if *n <= 0 {
+                self.per_label.remove(&key);
+            }
+        }
+    }
+
     /// Hands a frame to a session: its connection's outbox when connected,
     /// else its resume queue. Never blocks; a full outbox detaches the
     /// connection (close 1013), a full resume queue ends the session.
@@ -195,6 +223,11 @@ impl Sessions {
     }
 }
 
+/// The labels a session is counted under in `signaling_hub_sessions`.
+fn label_of(s: &Session) -> (Arc<str>, &'static str) {
+    (s.backend.id.clone(), s.kind.label(s.federated.is_some()))
+}
+
 /// A user on a backend: (backend id, user id).
 pub(crate) type UserKey = (Arc<str>, Arc<str>);
 
@@ -207,6 +240,8 @@ pub(crate) struct State {
     pub users: HashMap<UserKey, Vec<Arc<str>>>,
     /// Client sessions per backend id (for `sessionlimit`).
     pub counts: HashMap<Arc<str>, u64>,
+    /// Rooms per backend id (`signaling_hub_rooms`), kept as rooms come and go.
+    pub room_counts: HashMap<Arc<str>, i64>,
     /// Transient data expiry: (deadline, seq) -> (room, key).
     pub ttl: BTreeMap<(Instant, u64), (RoomKey, String)>,
     pub ttl_seq: u64,
@@ -325,11 +360,13 @@ impl Hub {
                     limits: config.limits.clone(),
                     overflows: metrics.slow_clients.clone(),
                     congested: None,
+                    per_label: HashMap::new(),
                 },
                 resume_ids: HashMap::new(),
                 rooms: HashMap::new(),
                 users: HashMap::new(),
                 counts: HashMap::new(),
+                room_counts: HashMap::new(),
                 ttl: BTreeMap::new(),
                 ttl_seq: 0,
                 transient_limits: config.transient.clone(),
@@ -694,14 +731,12 @@ impl Hub {
     /// [`Hub::update_gauges`], unless it ran less than a second ago.
     pub fn update_gauges_throttled(&self) {
         let now = Instant::now();
-        {
-            let mut last = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
-                return;
-            }
-            *last = Some(now);
+        let mut last = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            return;
         }
-        self.update_gauges();
+        *last = Some(now);
+        self.set_gauges();
     }
 
     /// Counts for `/api/v1/stats` (like the Go server's): constant time,
@@ -723,6 +758,49 @@ impl Hub {
     /// Sets the gauges that describe the current state (at scrape time):
     /// the Go server's names and labels, so its dashboards keep working.
     pub fn update_gauges(&self) {
+        let _one_at_a_time = self.gauges_at.lock().unwrap_or_else(|p| p.into_inner());
+        self.set_gauges();
+    }
+
+    /// Session and room counts are kept as they change; only the per-room
+    /// gauges need a look at each room, a few rooms per lock so that a
+    /// scrape never holds up message delivery for long.
+    fn set_gauges(&self) {
+        const ROOMS_PER_LOCK: usize = 128;
+        let (per_label, per_backend, keys) = {
+            let st = self.lock();
+            (
+                st.sessions.per_label.clone(),
+                st.room_counts.clone(),
+                st.rooms.keys().cloned().collect::<Vec<_>>(),
+            )
+        };
+        // (room, clienttype) -> (sessions, in the call)
+        let mut per_room: Vec<(RoomKey, &'static str, i64, i64)> = Vec::new();
+        for chunk in keys.chunks(ROOMS_PER_LOCK) {
+            let st = self.lock();
+            for key in chunk {
+                let Some(room) = st.rooms.get(key) else {
+                    continue;
+                };
+                let mut counts: Vec<(&'static str, i64, i64)> = Vec::new();
+                for s in room.members.iter().filter_map(|m| st.sessions.map.get(m)) {
+                    if s.room.as_ref() != Some(key) {
+                        continue;
+                    }
+                    let kind = s.kind.label(s.federated.is_some());
+                    let call = i64::from(st.in_call(s));
+                    match counts.iter_mut().find(|c| c.0 == kind) {
+                        Some(c) => {
+                            c.1 += 1;
+                            c.2 += call;
+                        }
+                        None => counts.push((kind, 1, call)),
+                    }
+                }
+                per_room.extend(counts.into_iter().map(|(k, n, c)| (key.clone(), k, n, c)));
+            }
+        }
         let m = &self.metrics;
         m.backend_current.set(self.registry().len() as i64);
         m.hub_sessions.reset();
@@ -737,25 +815,23 @@ impl Hub {
                     .set(b.session_limit as i64);
             }
         }
-        let st = self.lock();
-        for s in st.sessions.map.values() {
-            let kind = s.kind.label(s.federated.is_some());
+        for ((backend, kind), n) in &per_label {
             m.hub_sessions
-                .with_label_values(&[&*s.backend.id, kind])
-                .inc();
-            if let Some(room) = &s.room {
-                m.room_sessions
-                    .with_label_values(&[&*room.backend, kind, &*room.room])
-                    .inc();
-                if st.in_call(s) {
-                    m.go.call_sessions
-                        .with_label_values(&[&*room.backend, &*room.room, kind])
-                        .inc();
-                }
-            }
+                .with_label_values(&[&**backend, kind])
+                .set(*n);
         }
-        for key in st.rooms.keys() {
-            m.hub_rooms.with_label_values(&[&*key.backend]).inc();
+        for (backend, n) in &per_backend {
+            m.hub_rooms.with_label_values(&[&**backend]).set(*n);
+        }
+        for (key, kind, n, calls) in &per_room {
+            m.room_sessions
+                .with_label_values(&[&*key.backend, kind, &*key.room])
+                .set(*n);
+            if *calls > 0 {
+                m.go.call_sessions
+                    .with_label_values(&[&*key.backend, &*key.room, kind])
+                    .set(*calls);
+            }
         }
     }
 
@@ -947,7 +1023,7 @@ impl State {
             return;
         }
         self.leave_room(sid, true);
-        let Some(s) = self.sessions.map.remove(sid) else {
+        let Some(s) = self.sessions.remove(sid) else {
             return;
         };
         tracing::info!(session = %sid, backend = %s.backend.id, "session ended");
@@ -1087,6 +1163,12 @@ impl State {
     /// Removes a room with its transient data and their expiry timers.
     pub fn remove_room(&mut self, key: &RoomKey) -> Option<Room> {
         let room = self.rooms.remove(key)?;
+        if let Some(n) = self.room_counts.get_mut(&key.backend) {
+            *n -= 1;
+            if *n <= 0 {
+                self.room_counts.remove(&key.backend);
+            }
+        }
         for e in room.transient.values() {
             if let Some(x) = e.expires {
                 self.ttl.remove(&x);

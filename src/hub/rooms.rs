@@ -99,10 +99,13 @@ impl State {
         if let Some(rs) = &room_session_id {
             self.replace_room_session(&key, rs, sid);
         }
-        let room = self
-            .rooms
-            .entry(key.clone())
-            .or_insert_with(|| Room::new(url, base));
+        let room = match self.rooms.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                *self.room_counts.entry(key.backend.clone()).or_default() += 1;
+                e.insert(Room::new(url, base))
+            }
+        };
         if properties.is_some() {
             room.properties = properties;
         }

@@ -22,7 +22,7 @@ impl State {
         }
         let mut member = self.member_info(&sid)?;
         member.owner = to.to_string();
-        let s = self.sessions.map.remove(&sid)?;
+        let s = self.sessions.remove(&sid)?;
         self.resume_ids.remove(resume_id);
         self.sessions.disconnected.remove(&sid);
         if let Some(user) = &s.user_id {
@@ -129,31 +129,28 @@ impl Hub {
         st.resume_ids.insert(resume_id.clone(), sid.clone());
         st.remote.remove(&sid);
         st.moved.remove(&sid);
-        st.sessions.map.insert(
-            sid.clone(),
-            Session {
-                id: sid.clone(),
-                resume_id: Some(resume_id),
-                kind: SessionKind::Client,
-                backend: backend.clone(),
-                backend_base: h.backend_base.as_str().into(),
-                backend_url: h.backend_url.as_str().into(),
-                user_id,
-                user: h.member.user.map(Arc::from),
-                features: h.member.features,
-                room: room.clone(),
-                room_session_id: h.member.roomsessionid.as_deref().map(Arc::from),
-                permissions: h.permissions,
-                conn: Some(conn),
-                queue: h.queue.into_iter().map(Frame::from).collect(),
-                queue_bytes: 0,
-                in_call: h.member.in_call,
-                flags: h.member.flags,
-                virtuals: HashMap::new(),
-                fed_link: None,
-                federated: None,
-            },
-        );
+        st.sessions.insert(Session {
+            id: sid.clone(),
+            resume_id: Some(resume_id),
+            kind: SessionKind::Client,
+            backend: backend.clone(),
+            backend_base: h.backend_base.as_str().into(),
+            backend_url: h.backend_url.as_str().into(),
+            user_id,
+            user: h.member.user.map(Arc::from),
+            features: h.member.features,
+            room: room.clone(),
+            room_session_id: h.member.roomsessionid.as_deref().map(Arc::from),
+            permissions: h.permissions,
+            conn: Some(conn),
+            queue: h.queue.into_iter().map(Frame::from).collect(),
+            queue_bytes: 0,
+            in_call: h.member.in_call,
+            flags: h.member.flags,
+            virtuals: HashMap::new(),
+            fed_link: None,
+            federated: None,
+        });
         if let Some(key) = &room {
             let (url, base) = (
                 h.backend_url.as_str().into(),
