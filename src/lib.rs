@@ -1,10 +1,9 @@
 //! spreed-signaling: a standalone signaling server for Nextcloud Talk.
 //!
 //! Layout: `config` (server.conf), `api` (wire types), `backend` (talking to
-//! Nextcloud), `hub` (state and routing), `http` (axum routes and the
-//! WebSocket connection), `metrics`.
-
-#![forbid(unsafe_code)]
+//! Nextcloud), `hub` (state and routing), `bus` (other processes), `mcu`
+//! (Janus), `http` (axum routes and the WebSocket connection), `metrics`,
+//! `server` (start-up and shutdown). See ARCHITECTURE.md.
 
 pub mod api;
 pub mod backend;
@@ -12,6 +11,8 @@ pub mod bus;
 pub mod check;
 pub mod config;
 pub mod http;
+// The hub's timers run on tokio's clock (clippy.toml bans std's Instant).
+#[deny(clippy::disallowed_types)]
 pub mod hub;
 pub mod logsafe;
 pub mod mcu;

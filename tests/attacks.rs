@@ -1,6 +1,9 @@
 //! Attacks by a client with a Nextcloud account, over real sockets: each
 //! test performs the attack and shows that it fails.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,6 +1,9 @@
 //! `spreed-signaling check`: the binary probes what the configuration points
 //! at and names the key to fix.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use support::*;

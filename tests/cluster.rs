@@ -1,6 +1,9 @@
 //! Several server instances sharing a real nats-server started by the test:
 //! they behave like one server to clients and to Nextcloud.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Features current Talk checks for: `recipient-call`, `chat-relay`,
 //! `transient-sessiondata`, and the feature lists themselves.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::{json, Value};

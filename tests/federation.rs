@@ -2,6 +2,9 @@
 //! Nextcloud. A user of NC-A ("alice") joins a conversation hosted by NC-B
 //! through server A, which dials server B on her behalf.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,6 +1,9 @@
 //! hello 1.0 / 2.0 / internal, welcome, resume, bye and the hello errors,
 //! over real sockets against a fake Nextcloud.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};

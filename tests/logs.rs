@@ -2,6 +2,9 @@
 //! and its backend (span fields of the connection), as JSON lines and as
 //! plain text, with the client address a trusted proxy passed.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::{json, Value};

@@ -2,6 +2,9 @@
 //! hand-made offers: no media flows here (see `mcu_media.rs`), but rooms,
 //! answers, permissions, validation, features and reconnects are real.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

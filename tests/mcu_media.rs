@@ -8,6 +8,9 @@
 //! the fake Nextcloud, the server and the peers in there. Where namespaces
 //! are not available the tests say so and skip.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::process::Stdio;

@@ -1,6 +1,9 @@
 //! `/metrics` during a run: the Go server's metric names and labels, with
 //! values that match what the clients and Nextcloud did.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use futures_util::StreamExt;

@@ -1,6 +1,9 @@
 //! SIGHUP on the real binary: `[app]` and `[stats]` take effect at once,
 //! sessions stay, and settings that need a restart are logged as such.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::json;

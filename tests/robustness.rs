@@ -1,6 +1,9 @@
 //! Timers and bad input: nothing panics, each gets its error or a
 //! documented close, and other sessions keep working.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::json;

@@ -1,5 +1,8 @@
 //! Rooms, messages, control, transient data and virtual sessions.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use serde_json::{json, Value};

@@ -1,6 +1,9 @@
 //! Attacks on the server's resources and exposure, each performed over real
 //! sockets and shown to fail.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::SocketAddr;

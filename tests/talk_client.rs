@@ -2,6 +2,9 @@
 //! complete participant lists, events in `changed-users` mode, reconnects
 //! with the same Nextcloud session, and guests removed from their room.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! `[https]`: the server's own TLS listener, its certificate re-read on
 //! SIGHUP while open sessions stay.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

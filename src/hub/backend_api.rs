@@ -318,7 +318,7 @@ impl State {
                 bandwidth: None,
             },
         );
-        let deadline = std::time::Instant::now() + self.sessions.limits.room_timeout;
+        let deadline = tokio::time::Instant::now() + self.sessions.limits.room_timeout;
         for sid in sids {
             let Some(s) = self.sessions.map.get(sid) else {
                 continue;

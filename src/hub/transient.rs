@@ -2,7 +2,8 @@
 //! room, with optional TTL. Expiry runs on one timer for the whole hub.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use serde_json::value::RawValue;
 

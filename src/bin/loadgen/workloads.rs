@@ -182,10 +182,18 @@ fn spawn_reader(
                 _ => {}
             }
             if local.len() >= 4096 {
-                counters.latencies.lock().unwrap().append(&mut local);
+                counters
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&mut local);
             }
         }
-        counters.latencies.lock().unwrap().append(&mut local);
+        counters
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut local);
     })
 }
 
@@ -257,7 +265,8 @@ async fn finish(
             eprintln!("a reader did not finish; its latency samples are missing");
         }
     }
-    let mut lat = std::mem::take(&mut *counters.latencies.lock().unwrap());
+    let mut lat =
+        std::mem::take(&mut *counters.latencies.lock().unwrap_or_else(|p| p.into_inner()));
     let secs = duration.as_secs_f64();
     Report {
         server: ctx.label.clone(),

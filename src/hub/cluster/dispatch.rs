@@ -2,7 +2,8 @@
 //! announces the process, notices processes that went away.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;

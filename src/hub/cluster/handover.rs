@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::{RemoteMember, HANDOVER_TIMEOUT};
 use crate::api::server::{frame, Bye, Frame};

@@ -2,7 +2,8 @@
 //! and the room's transient data.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use super::SNAPSHOT_TIMEOUT;
 use crate::bus::{encode, room_subject, Header, MemberInfo, RoomSnapshot, TransientSnapshot};
