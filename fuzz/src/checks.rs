@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use spreed_signaling::api::backend::BackendRoomRequest;
 use spreed_signaling::api::client::{
-    ClientMessage, HelloClientMessage, HelloV2Params, IdOnly, InternalAuthParams,
+    ClientKind, ClientMessage, HelloClientMessage, HelloV2Params, IdOnly, InternalAuthParams,
 };
 use spreed_signaling::backend::capabilities::Capabilities;
 use spreed_signaling::backend::checksum;
@@ -121,7 +121,7 @@ pub fn hub_messages(data: &[u8]) {
                 Ok(m) => m,
                 Err(_) => continue,
             };
-            if msg.kind == "hello" {
+            if msg.kind == ClientKind::Hello {
                 if let Some(hello) = msg.hello {
                     // Only hellos that need no Nextcloud: internal and
                     // resumes; client hellos would wait for the timeout.

@@ -165,39 +165,116 @@ pub struct RoomResponse {
     pub permissions: Option<Vec<String>>,
 }
 
-/// A backend API request (`POST /api/v1/room/{id}`).
+/// A backend API request (`POST /api/v1/room/{id}`), one variant per
+/// `type`, each with the body that type needs. Parsed once, at the edge:
+/// the hub matches on the variant and never looks at the `type` string.
 #[derive(Deserialize, Debug)]
-pub struct BackendRoomRequest {
-    /// Request type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Users invited.
-    #[serde(default)]
-    pub invite: Option<RoomUsersChange>,
-    /// Users disinvited.
-    #[serde(default)]
-    pub disinvite: Option<RoomUsersChange>,
-    /// Room updated.
-    #[serde(default)]
-    pub update: Option<RoomUsersChange>,
+#[serde(try_from = "BackendRoomRequestWire")]
+pub enum BackendRoomRequest {
+    /// Users invited to the room.
+    Invite(RoomUsersChange),
+    /// Users (or guest sessions) removed from the room.
+    Disinvite(RoomUsersChange),
+    /// Room properties changed.
+    Update(RoomUsersChange),
     /// Room deleted.
-    #[serde(default)]
-    pub delete: Option<RoomUsersChange>,
-    /// Participants changed.
-    #[serde(default)]
-    pub participants: Option<ParticipantsChange>,
+    Delete(RoomUsersChange),
+    /// Participants changed (permissions, types, in-call state).
+    Participants(ParticipantsChange),
     /// In-call state changed.
+    InCall(InCallChange),
+    /// A message for the room's members (chat refresh or chat comments).
+    Message(RoomMessage),
+    /// Sessions asked to switch to another room.
+    SwitchTo(SwitchTo),
+    /// Dial out through an internal client (the SIP bridge).
+    Dialout(Dialout),
+}
+
+/// Why a backend API body is not a [`BackendRoomRequest`].
+#[derive(Debug, thiserror::Error)]
+pub enum BackendRoomRequestError {
+    /// Not JSON, or a field of the wrong shape.
+    #[error("Could not read body: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Unknown `type`, or its body missing.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BackendRoomRequest {
+    /// Parses a request body; the error's text is the reply's `message`.
+    pub fn parse(body: &[u8]) -> Result<Self, BackendRoomRequestError> {
+        let wire: BackendRoomRequestWire = serde_json::from_slice(body)?;
+        Self::try_from(wire).map_err(BackendRoomRequestError::Invalid)
+    }
+
+    /// The `type` as it came, for logs and the
+    /// `signaling_backend_requests_total` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendRoomRequest::Invite(_) => "invite",
+            BackendRoomRequest::Disinvite(_) => "disinvite",
+            BackendRoomRequest::Update(_) => "update",
+            BackendRoomRequest::Delete(_) => "delete",
+            BackendRoomRequest::Participants(_) => "participants",
+            BackendRoomRequest::InCall(_) => "incall",
+            BackendRoomRequest::Message(_) => "message",
+            BackendRoomRequest::SwitchTo(_) => "switchto",
+            BackendRoomRequest::Dialout(_) => "dialout",
+        }
+    }
+}
+
+impl TryFrom<BackendRoomRequestWire> for BackendRoomRequest {
+    type Error = String;
+
+    fn try_from(w: BackendRoomRequestWire) -> Result<Self, String> {
+        fn body<T>(b: Option<T>, kind: &str) -> Result<T, String> {
+            b.ok_or_else(|| format!("{kind} missing"))
+        }
+        Ok(match w.kind.as_str() {
+            // These four may come without a body.
+            "invite" => BackendRoomRequest::Invite(w.invite.unwrap_or_default()),
+            "disinvite" => BackendRoomRequest::Disinvite(w.disinvite.unwrap_or_default()),
+            "update" => BackendRoomRequest::Update(w.update.unwrap_or_default()),
+            "delete" => BackendRoomRequest::Delete(w.delete.unwrap_or_default()),
+            "participants" => {
+                BackendRoomRequest::Participants(body(w.participants, "participants")?)
+            }
+            "incall" => BackendRoomRequest::InCall(body(w.incall, "incall")?),
+            "message" => BackendRoomRequest::Message(body(w.message, "message")?),
+            "switchto" => BackendRoomRequest::SwitchTo(body(w.switchto, "switchto")?),
+            "dialout" => BackendRoomRequest::Dialout(body(w.dialout, "dialout")?),
+            other => return Err(format!("unsupported request type `{other}`")),
+        })
+    }
+}
+
+/// A backend API request as it arrives: `type` names the field that holds
+/// the body.
+#[derive(Deserialize, Debug)]
+struct BackendRoomRequestWire {
+    #[serde(rename = "type")]
+    kind: String,
     #[serde(default)]
-    pub incall: Option<InCallChange>,
-    /// Arbitrary room message.
+    invite: Option<RoomUsersChange>,
     #[serde(default)]
-    pub message: Option<RoomMessage>,
-    /// Sessions asked to switch rooms.
+    disinvite: Option<RoomUsersChange>,
     #[serde(default)]
-    pub switchto: Option<SwitchTo>,
-    /// Dial out request.
+    update: Option<RoomUsersChange>,
     #[serde(default)]
-    pub dialout: Option<Dialout>,
+    delete: Option<RoomUsersChange>,
+    #[serde(default)]
+    participants: Option<ParticipantsChange>,
+    #[serde(default)]
+    incall: Option<InCallChange>,
+    #[serde(default)]
+    message: Option<RoomMessage>,
+    #[serde(default)]
+    switchto: Option<SwitchTo>,
+    #[serde(default)]
+    dialout: Option<Dialout>,
 }
 
 /// Body of invite / disinvite / update / delete.

@@ -11,7 +11,7 @@ pub struct ClientMessage {
     pub id: Option<String>,
     /// Message type: hello, bye, room, message, control, transient, internal.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ClientKind,
     /// Body of `hello`.
     #[serde(default)]
     pub hello: Option<HelloClientMessage>,
@@ -30,6 +30,60 @@ pub struct ClientMessage {
     /// Body of `internal`.
     #[serde(default)]
     pub internal: Option<InternalClientMessage>,
+}
+
+/// The `type` of a client message. Unknown types are kept by name, for the
+/// error that names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKind {
+    /// `hello`: authenticate or resume.
+    Hello,
+    /// `bye`: end the session.
+    Bye,
+    /// `room`: join or leave a room.
+    Room,
+    /// `message`: to a session, user, room or call.
+    Message,
+    /// `control`: as `message`, for moderators.
+    Control,
+    /// `transient`: set or remove transient room data.
+    Transient,
+    /// `internal`: requests of internal clients.
+    Internal,
+    /// Anything else.
+    Unknown(String),
+}
+
+impl ClientKind {
+    /// The type as the client spelled it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ClientKind::Hello => "hello",
+            ClientKind::Bye => "bye",
+            ClientKind::Room => "room",
+            ClientKind::Message => "message",
+            ClientKind::Control => "control",
+            ClientKind::Transient => "transient",
+            ClientKind::Internal => "internal",
+            ClientKind::Unknown(s) => s,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(match &*s {
+            "hello" => ClientKind::Hello,
+            "bye" => ClientKind::Bye,
+            "room" => ClientKind::Room,
+            "message" => ClientKind::Message,
+            "control" => ClientKind::Control,
+            "transient" => ClientKind::Transient,
+            "internal" => ClientKind::Internal,
+            _ => ClientKind::Unknown(s.into_owned()),
+        })
+    }
 }
 
 /// Just the id of a message that failed to parse, to echo it in the error.
@@ -184,6 +238,49 @@ pub struct InternalClientMessage {
     /// Body of a dialout answer.
     #[serde(default)]
     pub dialout: Option<DialoutInternal>,
+}
+
+/// An `internal` request, one variant per `type`, with the body that type
+/// needs. Built from [`InternalClientMessage`] by the hub, which answers
+/// `invalid_format` when the conversion fails.
+#[derive(Debug)]
+pub enum InternalRequest {
+    /// Add a virtual session.
+    AddSession(AddSession),
+    /// Change a virtual session's flags or in-call state.
+    UpdateSession(UpdateSession),
+    /// Remove a virtual session.
+    RemoveSession(RemoveSession),
+    /// The internal client's own in-call state.
+    InCall(InCallInternal),
+    /// The answer to a dialout request, with that request's id.
+    Dialout(DialoutInternal),
+}
+
+impl TryFrom<InternalClientMessage> for InternalRequest {
+    /// The `invalid_format` message.
+    type Error = String;
+
+    fn try_from(m: InternalClientMessage) -> Result<Self, String> {
+        fn body<T>(b: Option<T>, kind: &str) -> Result<T, String> {
+            b.ok_or_else(|| format!("{kind} missing"))
+        }
+        Ok(match m.kind.as_str() {
+            "addsession" => InternalRequest::AddSession(body(m.addsession, "addsession")?),
+            "updatesession" => {
+                InternalRequest::UpdateSession(body(m.updatesession, "updatesession")?)
+            }
+            "removesession" => {
+                InternalRequest::RemoveSession(body(m.removesession, "removesession")?)
+            }
+            "incall" => InternalRequest::InCall(body(m.incall, "incall")?),
+            "dialout" => InternalRequest::Dialout(
+                m.dialout
+                    .ok_or_else(|| "dialout answer without id".to_string())?,
+            ),
+            other => return Err(format!("unsupported internal type `{other}`")),
+        })
+    }
 }
 
 /// Add a virtual session.

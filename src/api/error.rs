@@ -81,3 +81,39 @@ pub const NO_CANDIDATE: &str = "no_candidate";
 pub const INVALID_CANDIDATE: &str = "invalid_candidate";
 /// No MCU publisher or subscriber for the message, and none could be made.
 pub const CLIENT_NOT_FOUND: &str = "client_not_found";
+
+// Backend API (`POST /api/v1/room/{id}`): the `error.code` of a refused
+// request; `http/` decides the status code.
+
+/// `/api/v1/stats` and `/metrics` from an address not allowed.
+pub const FORBIDDEN: &str = "forbidden";
+/// The request is malformed: unreadable body, unknown `type`, body missing.
+pub const INVALID_REQUEST: &str = "invalid_request";
+/// No `Content-Length` header.
+pub const LENGTH_REQUIRED: &str = "length_required";
+/// The body is larger than allowed.
+pub const TOO_LARGE: &str = "too_large";
+/// Not `application/json`.
+pub const INVALID_CONTENT_TYPE: &str = "invalid_content_type";
+/// Unknown backend, missing or wrong checksum.
+pub const AUTHENTICATION_FAILED: &str = "authentication_failed";
+/// The body did not arrive within the read timeout.
+pub const REQUEST_TIMEOUT: &str = "request_timeout";
+
+// Backend API `dialout`: the `dialout.error.code` of a failed dialout (an
+// internal client may also send codes of its own).
+
+/// The number is not in E.164 format.
+pub const INVALID_NUMBER: &str = "invalid_number";
+/// No internal client with `start-dialout` is connected.
+pub const NO_CLIENT_AVAILABLE: &str = "no_client_available";
+/// The internal client answered with a status other than `accepted`.
+pub const UNSUPPORTED_STATUS: &str = "unsupported_status";
+/// The internal client answered with an error without details.
+pub const DIALOUT_FAILED: &str = "dialout_failed";
+/// The internal client answered with an unknown type.
+pub const UNSUPPORTED_TYPE: &str = "unsupported_type";
+/// The internal client went away without answering.
+pub const ERROR_NOTIFY: &str = "error_notify";
+/// The internal client did not answer in time.
+pub const TIMEOUT: &str = "timeout";

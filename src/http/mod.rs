@@ -18,8 +18,10 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::api::backend::BackendRoomRequest;
+use crate::api::error;
 use crate::backend::checksum::{self, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RANDOM};
 use crate::backend::client::HEADER_FEATURES;
+use crate::hub::backend_api::{BackendApiError, BackendApiOk, BackendApiResult, DialoutError};
 use crate::hub::{all_features, header_features, Hub, VERSION};
 
 /// Largest accepted backend API body (large rooms send big participant lists).
@@ -99,7 +101,7 @@ fn stats_allowed(state: &AppState, req: &axum::extract::Request) -> bool {
 fn forbidden() -> Response {
     api_error(
         StatusCode::FORBIDDEN,
-        "forbidden",
+        error::FORBIDDEN,
         "Authentication check failed",
     )
 }
@@ -144,7 +146,7 @@ async fn room_api(
     let Some(len) = headers.get(header::CONTENT_LENGTH) else {
         return api_error(
             StatusCode::LENGTH_REQUIRED,
-            "length_required",
+            error::LENGTH_REQUIRED,
             "Length required",
         );
     };
@@ -158,7 +160,7 @@ async fn room_api(
         hub.metrics.refuse("backend_body_size");
         return api_error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            error::TOO_LARGE,
             "Request entity too large",
         );
     }
@@ -169,7 +171,7 @@ async fn room_api(
     if !content_type.starts_with("application/json") {
         return api_error(
             StatusCode::BAD_REQUEST,
-            "invalid_content_type",
+            error::INVALID_CONTENT_TYPE,
             "Unsupported Content-Type",
         );
     }
@@ -178,7 +180,7 @@ async fn room_api(
     let (Some(random), Some(sum)) = (random, sum) else {
         return api_error(
             StatusCode::FORBIDDEN,
-            "authentication_failed",
+            error::AUTHENTICATION_FAILED,
             "Authentication check failed",
         );
     };
@@ -193,7 +195,7 @@ async fn room_api(
     let Some((backend, base)) = found else {
         return api_error(
             StatusCode::FORBIDDEN,
-            "authentication_failed",
+            error::AUTHENTICATION_FAILED,
             "Authentication check failed",
         );
     };
@@ -205,7 +207,7 @@ async fn room_api(
         Ok(Err(_)) => {
             return api_error(
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
+                error::INVALID_REQUEST,
                 "Could not read body",
             )
         }
@@ -213,7 +215,7 @@ async fn room_api(
             hub.metrics.refuse("backend_body_timeout");
             return api_error(
                 StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                error::REQUEST_TIMEOUT,
                 "Body not received in time",
             );
         }
@@ -222,24 +224,46 @@ async fn room_api(
         tracing::warn!(backend = %backend.id, "backend request with invalid checksum");
         return api_error(
             StatusCode::FORBIDDEN,
-            "authentication_failed",
+            error::AUTHENTICATION_FAILED,
             "Authentication check failed",
         );
     }
     // Only now, with the secret proven, may an `allowall` origin be kept.
     hub.registry().remember(&backend);
-    let req: BackendRoomRequest = match serde_json::from_slice(&body) {
+    let req = match BackendRoomRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => {
             return api_error(
                 StatusCode::BAD_REQUEST,
-                "invalid_request",
-                &format!("Could not read body: {e}"),
+                error::INVALID_REQUEST,
+                &e.to_string(),
             )
         }
     };
     let url = backend_header.map(str::to_string).unwrap_or(base);
-    let reply = hub.backend_api(&backend, &url, &roomid, req, &body).await;
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(reply.body)).into_response()
+    let result = hub.backend_api(&backend, &url, &roomid, req, &body).await;
+    backend_api_response(result)
+}
+
+/// The answer to Nextcloud for what the hub made of a backend API request:
+/// the HTTP status of each outcome is decided here, not in the hub.
+fn backend_api_response(result: BackendApiResult) -> Response {
+    match result {
+        Ok(BackendApiOk::Done) => Json(json!({})).into_response(),
+        Ok(BackendApiOk::DialoutStarted { callid }) => {
+            Json(json!({"type": "dialout", "dialout": {"callid": callid}})).into_response()
+        }
+        Err(BackendApiError::InvalidRequest(message)) => {
+            api_error(StatusCode::BAD_REQUEST, error::INVALID_REQUEST, &message)
+        }
+        Err(BackendApiError::Dialout(e)) => {
+            let status = match &e {
+                DialoutError::InvalidNumber => StatusCode::BAD_REQUEST,
+                DialoutError::NoClientAvailable => StatusCode::NOT_FOUND,
+                DialoutError::Failed(_) => StatusCode::BAD_GATEWAY,
+            };
+            let body = json!({"type": "dialout", "dialout": {"error": e.into_backend_error()}});
+            (status, Json(body)).into_response()
+        }
+    }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wsframe::{self, FrameReader, Incoming, WsError};
 use super::{features_header, AppState};
-use crate::api::client::{ClientMessage, IdOnly};
+use crate::api::client::{ClientKind, ClientMessage, IdOnly};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, Bye};
 use crate::backend::client::HEADER_FEATURES;
@@ -413,9 +413,9 @@ fn on_text(
             return Step::Done;
         }
     };
-    hub.metrics.client_message(&parsed.kind);
+    hub.metrics.client_message(parsed.kind.as_str());
     let Some(sid) = session else {
-        if parsed.kind != "hello" {
+        if parsed.kind != ClientKind::Hello {
             outbox.push(error_frame(
                 parsed.id.as_deref(),
                 &ProtocolError::new(error::HELLO_EXPECTED, "Expected Hello request."),
@@ -437,8 +437,8 @@ fn on_text(
     if outbox.is_closing() {
         return Step::Closing;
     }
-    let kind_room = parsed.kind == "room";
-    let kind_bye = parsed.kind == "bye";
+    let kind_room = parsed.kind == ClientKind::Room;
+    let kind_bye = parsed.kind == ClientKind::Bye;
     let join = hub.handle(sid, parsed, text);
     if kind_bye {
         Step::Bye

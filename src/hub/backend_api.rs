@@ -6,37 +6,39 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+pub use super::dialout::DialoutError;
 use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{Hub, State};
-use crate::api::backend::{BackendRoomRequest, RoomUsersChange};
+use crate::api::backend::{
+    BackendRoomRequest, InCallChange, ParticipantsChange, RoomMessage, RoomUsersChange, SwitchTo,
+};
 use crate::api::server::{event_frame, frame, Frame, RoomReply};
 use crate::backend::registry::Backend;
 
-/// Outcome of a backend API request: HTTP status and JSON body.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct ApiReply {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body.
-    pub body: Value,
+/// What a backend API request did; `http/` turns it into the answer.
+#[derive(Debug)]
+pub enum BackendApiOk {
+    /// Applied here (or published to every process).
+    Done,
+    /// An internal client started the dialout: its call id.
+    DialoutStarted {
+        /// The call id the SIP bridge reported.
+        callid: String,
+    },
 }
 
-impl ApiReply {
-    fn ok() -> Self {
-        ApiReply {
-            status: 200,
-            body: json!({}),
-        }
-    }
-
-    pub(crate) fn dialout_error(status: u16, code: &str, message: &str) -> Self {
-        ApiReply {
-            status,
-            body: json!({"type": "dialout", "dialout": {"error": {"code": code, "message": message}}}),
-        }
-    }
+/// Why a backend API request failed; `http/` picks the status code.
+#[derive(Debug)]
+pub enum BackendApiError {
+    /// The request is malformed (`invalid_request`).
+    InvalidRequest(String),
+    /// The dialout could not be started.
+    Dialout(DialoutError),
 }
+
+/// The outcome of a backend API request.
+pub type BackendApiResult = Result<BackendApiOk, BackendApiError>;
 
 fn entry_session_id(entry: &Map<String, Value>) -> Option<&str> {
     entry
@@ -474,24 +476,235 @@ impl State {
     }
 }
 
-fn props_value(
-    p: &Option<Box<serde_json::value::RawValue>>,
-) -> Option<&serde_json::value::RawValue> {
-    p.as_deref()
-}
+impl State {
+    /// `invite`: the invited users get `roomlist` `invite`, the others an
+    /// `update`.
+    fn invite(&mut self, key: &RoomKey, b: &RoomUsersChange) {
+        let f = event_frame(
+            "roomlist",
+            "invite",
+            &json!({"roomid": &*key.room, "properties": b.properties.as_deref()}),
+        );
+        self.roomlist_to_users(&key.backend, &b.userids, &f);
+        self.roomlist_update_others(
+            key,
+            &b.userids,
+            b.alluserids.as_deref(),
+            b.properties.as_deref(),
+        );
+    }
 
-/// Checks that a request has the body its type needs.
-fn validate(req: &BackendRoomRequest) -> Option<ApiReply> {
-    let ok = match req.kind.as_str() {
-        "invite" | "disinvite" | "update" | "delete" => true,
-        "participants" => req.participants.is_some(),
-        "incall" => req.incall.is_some(),
-        "message" => req.message.is_some(),
-        "switchto" => req.switchto.is_some(),
-        "dialout" => req.dialout.is_some(),
-        other => return Some(bad_request(&format!("unsupported request type `{other}`"))),
-    };
-    (!ok).then(|| bad_request(&format!("{} missing", req.kind)))
+    /// `disinvite`: the users (and guest sessions) get `roomlist`
+    /// `disinvite` and leave the room; the others get an `update`.
+    fn disinvite(&mut self, key: &RoomKey, b: &RoomUsersChange) {
+        let f = event_frame(
+            "roomlist",
+            "disinvite",
+            &json!({"roomid": &*key.room, "reason": "disinvited"}),
+        );
+        self.roomlist_to_users(&key.backend, &b.userids, &f);
+        let mut sids = self.members_of_users(key, &b.userids);
+        let nc: HashSet<String> = b.sessionids.iter().cloned().collect();
+        for sid in self.sessions_by_nc_ids(key, &nc) {
+            if !sids.contains(&sid) {
+                // Guests have no user id: tell the session itself.
+                self.sessions.deliver(&sid, &f);
+                sids.push(sid);
+            }
+        }
+        self.remove_from_room(key, &sids);
+        self.roomlist_update_others(
+            key,
+            &b.userids,
+            b.alluserids.as_deref(),
+            b.properties.as_deref(),
+        );
+    }
+
+    /// `update`: new properties for the members (`room`) and the users
+    /// (`roomlist` `update`).
+    fn update_room(&mut self, key: &RoomKey, b: &RoomUsersChange) {
+        if let Some(room) = self.rooms.get_mut(key) {
+            if let Some(p) = &b.properties {
+                room.properties = Some(Arc::from(p.clone()));
+            }
+        }
+        let f = frame(
+            None,
+            "room",
+            &RoomReply {
+                roomid: &key.room,
+                properties: b.properties.as_deref(),
+                bandwidth: None,
+            },
+        );
+        self.broadcast(key, &f, None);
+        let f = event_frame(
+            "roomlist",
+            "update",
+            &json!({"roomid": &*key.room, "properties": b.properties.as_deref()}),
+        );
+        if b.userids.is_empty() {
+            // `changed-users`: no list, the members are told.
+            self.members_except_users(key, &[], &f);
+        } else {
+            self.roomlist_to_users(&key.backend, &b.userids, &f);
+        }
+    }
+
+    /// `delete`: everybody concerned gets `roomlist` `disinvite`, the
+    /// members leave and the room is gone.
+    fn delete_room(&mut self, key: &RoomKey, b: &RoomUsersChange) {
+        let f = event_frame(
+            "roomlist",
+            "disinvite",
+            &json!({"roomid": &*key.room, "reason": "deleted"}),
+        );
+        self.roomlist_to_users(&key.backend, &b.userids, &f);
+        // Members not told through their user (guests, or no list with
+        // `changed-users`) are told directly.
+        self.members_except_users(key, &b.userids, &f);
+        let members: Vec<Arc<str>> = self
+            .rooms
+            .get(key)
+            .map(|r| r.members.clone())
+            .unwrap_or_default();
+        self.remove_from_room(key, &members);
+        self.remove_room(key);
+    }
+
+    /// `participants`: permissions applied, participant state kept, the
+    /// members get the `participants` `update` event.
+    fn participants_changed(&mut self, key: &RoomKey, p: &ParticipantsChange) {
+        self.apply_permissions(key, &p.changed);
+        let changed = self.update_participants(key, &p.changed, p.users.as_deref(), false);
+        if let Some(f) = self.participants_frame(key, &changed, p.users.as_deref()) {
+            self.broadcast(key, &f, None);
+        }
+    }
+
+    /// `incall`: the in-call state of all or of some participants.
+    fn incall_changed(&mut self, key: &RoomKey, ic: &InCallChange) {
+        if ic.all {
+            return self.incall_all(key, &ic.incall);
+        }
+        let changed = self.update_participants(key, &ic.changed, ic.users.as_deref(), true);
+        // In changes-only mode a request that changed no in-call state is
+        // not repeated to the clients.
+        let repeat = changed.is_empty() && ic.users.is_none();
+        if !repeat {
+            if let Some(f) = self.participants_frame(key, &changed, ic.users.as_deref()) {
+                self.broadcast(key, &f, None);
+            }
+        }
+    }
+
+    /// `incall` with `all`: every client member is now in that call state,
+    /// also those Nextcloud never listed (for `recipient-call`).
+    fn incall_all(&mut self, key: &RoomKey, incall: &Value) {
+        let room_sessions: Vec<String> = self
+            .rooms
+            .get(key)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter_map(|m| self.client_room_session_id(m))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let previous = self
+            .rooms
+            .get(key)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        if let Some(room) = self.rooms.get_mut(key) {
+            for p in room.participants.values_mut() {
+                p.insert("inCall".into(), incall.clone());
+            }
+            for rs in room_sessions {
+                room.participants.entry(rs.clone()).or_insert_with(|| {
+                    let mut e = Map::new();
+                    e.insert("sessionId".into(), Value::String(rs));
+                    e.insert("inCall".into(), incall.clone());
+                    e
+                });
+            }
+        }
+        self.count_call_changes(key, &previous);
+        let f = event_frame(
+            "participants",
+            "update",
+            &json!({"roomid": &*key.room, "incall": incall, "all": true}),
+        );
+        self.broadcast(key, &f, None);
+    }
+
+    /// The Nextcloud session id of a member that is a (not federated)
+    /// client, local or on another process: federated sessions join calls
+    /// themselves.
+    fn client_room_session_id(&self, member: &str) -> Option<String> {
+        match self.sessions.map.get(member) {
+            Some(s) if s.kind == SessionKind::Client && s.federated.is_none() => {
+                s.room_session_id.as_deref().map(str::to_string)
+            }
+            Some(_) => None,
+            None => self
+                .remote
+                .get(member)
+                .filter(|r| r.info.kind == "client" && !r.info.federated)
+                .and_then(|r| r.info.roomsessionid.clone()),
+        }
+    }
+
+    /// `message`: a chat message in the form each member understands, or
+    /// any other data as a `room` `message` event.
+    fn room_message(&mut self, key: &RoomKey, m: &RoomMessage) {
+        match ChatFrames::new(&key.room, &m.data) {
+            Some(chat) => self.deliver_chat(key, &chat),
+            None => {
+                let f = event_frame(
+                    "room",
+                    "message",
+                    &json!({"roomid": &*key.room, "data": &m.data}),
+                );
+                self.broadcast(key, &f, None);
+            }
+        }
+    }
+
+    /// `switchto`: the listed sessions are asked to switch rooms, with the
+    /// details Nextcloud gave for each.
+    fn switch_to(&mut self, key: &RoomKey, sw: &SwitchTo) -> Result<(), BackendApiError> {
+        let targets: Vec<(String, Option<Value>)> = match &sw.sessions {
+            Value::Array(list) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(|s| (s.to_string(), None)))
+                .collect(),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone()).filter(|v| !v.is_null())))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => return Err(invalid_request("sessions must be a list or a map")),
+        };
+        for (nc, details) in targets {
+            let sid = self
+                .rooms
+                .get(key)
+                .and_then(|r| r.nc_sessions.get(nc.as_str()))
+                .cloned();
+            let Some(sid) = sid else {
+                continue;
+            };
+            let body = match details {
+                Some(d) => json!({"roomid": &sw.roomid, "details": d}),
+                None => json!({"roomid": &sw.roomid}),
+            };
+            let f = event_frame("room", "switchto", &body);
+            self.sessions.deliver(&sid, &f);
+        }
+        Ok(())
+    }
 }
 
 impl Hub {
@@ -505,12 +718,9 @@ impl Hub {
         room_id: &str,
         req: BackendRoomRequest,
         raw: &[u8],
-    ) -> ApiReply {
-        if let Some(err) = validate(&req) {
-            return err;
-        }
+    ) -> BackendApiResult {
         let bus = self.lock().bus.clone();
-        if bus.clustered() && req.kind != "dialout" {
+        if bus.clustered() && !matches!(req, BackendRoomRequest::Dialout(_)) {
             let h = crate::bus::Header::Backend {
                 backend: backend.id.to_string(),
                 url: backend_url.to_string(),
@@ -521,279 +731,57 @@ impl Hub {
                 crate::bus::encode(&h, Some(raw)),
             );
             bus.flush().await;
-            return ApiReply::ok();
+            return Ok(BackendApiOk::Done);
         }
         self.backend_request(backend, backend_url, room_id, req)
             .await
     }
 
     /// Applies a backend API request for `room_id` of `backend` to the
-    /// sessions of this process.
+    /// sessions of this process: one handler per request type.
     pub async fn backend_request(
         self: &Arc<Self>,
         backend: &Arc<Backend>,
         backend_url: &str,
         room_id: &str,
         req: BackendRoomRequest,
-    ) -> ApiReply {
+    ) -> BackendApiResult {
         let key = RoomKey {
             backend: backend.id.clone(),
             room: room_id.into(),
         };
         self.metrics
             .backend_requests
-            .with_label_values(&[&req.kind])
+            .with_label_values(&[req.kind()])
             .inc();
-        let empty = RoomUsersChange::default();
-        match req.kind.as_str() {
-            "invite" => {
-                let b = req.invite.as_ref().unwrap_or(&empty);
-                let f = event_frame(
-                    "roomlist",
-                    "invite",
-                    &json!({"roomid": room_id, "properties": props_value(&b.properties)}),
-                );
-                let mut st = self.lock();
-                st.roomlist_to_users(&key.backend, &b.userids, &f);
-                st.roomlist_update_others(
-                    &key,
-                    &b.userids,
-                    b.alluserids.as_deref(),
-                    b.properties.as_deref(),
-                );
-                st.reap();
+        let key = &key;
+        match req {
+            BackendRoomRequest::Invite(b) => self.mutate(|st| st.invite(key, &b)),
+            BackendRoomRequest::Disinvite(b) => self.mutate(|st| st.disinvite(key, &b)),
+            BackendRoomRequest::Update(b) => self.mutate(|st| st.update_room(key, &b)),
+            BackendRoomRequest::Delete(b) => self.mutate(|st| st.delete_room(key, &b)),
+            BackendRoomRequest::Participants(p) => {
+                self.mutate(|st| st.participants_changed(key, &p))
             }
-            "disinvite" => {
-                let b = req.disinvite.as_ref().unwrap_or(&empty);
-                let f = event_frame(
-                    "roomlist",
-                    "disinvite",
-                    &json!({"roomid": room_id, "reason": "disinvited"}),
-                );
-                let mut st = self.lock();
-                st.roomlist_to_users(&key.backend, &b.userids, &f);
-                let mut sids = st.members_of_users(&key, &b.userids);
-                let nc: HashSet<String> = b.sessionids.iter().cloned().collect();
-                for sid in st.sessions_by_nc_ids(&key, &nc) {
-                    if !sids.contains(&sid) {
-                        // Guests have no user id: tell the session itself.
-                        st.sessions.deliver(&sid, &f);
-                        sids.push(sid);
-                    }
-                }
-                st.remove_from_room(&key, &sids);
-                st.roomlist_update_others(
-                    &key,
-                    &b.userids,
-                    b.alluserids.as_deref(),
-                    b.properties.as_deref(),
-                );
-                st.reap();
+            BackendRoomRequest::InCall(ic) => self.mutate(|st| st.incall_changed(key, &ic)),
+            BackendRoomRequest::Message(m) => self.mutate(|st| st.room_message(key, &m)),
+            BackendRoomRequest::SwitchTo(sw) => {
+                return self
+                    .mutate(|st| st.switch_to(key, &sw))
+                    .map(|()| BackendApiOk::Done)
             }
-            "update" => {
-                let b = req.update.as_ref().unwrap_or(&empty);
-                let mut st = self.lock();
-                if let Some(room) = st.rooms.get_mut(&key) {
-                    if let Some(p) = &b.properties {
-                        room.properties = Some(Arc::from(p.clone()));
-                    }
-                }
-                let f = frame(
-                    None,
-                    "room",
-                    &RoomReply {
-                        roomid: room_id,
-                        properties: b.properties.as_deref(),
-                        bandwidth: None,
-                    },
-                );
-                st.broadcast(&key, &f, None);
-                let f = event_frame(
-                    "roomlist",
-                    "update",
-                    &json!({"roomid": room_id, "properties": props_value(&b.properties)}),
-                );
-                if b.userids.is_empty() {
-                    // `changed-users`: no list, the members are told.
-                    st.members_except_users(&key, &[], &f);
-                } else {
-                    st.roomlist_to_users(&key.backend, &b.userids, &f);
-                }
-                st.reap();
+            BackendRoomRequest::Dialout(d) => {
+                return self
+                    .dialout(key, backend_url, &d)
+                    .await
+                    .map(|callid| BackendApiOk::DialoutStarted { callid })
+                    .map_err(BackendApiError::Dialout);
             }
-            "delete" => {
-                let b = req.delete.as_ref().unwrap_or(&empty);
-                let mut st = self.lock();
-                let f = event_frame(
-                    "roomlist",
-                    "disinvite",
-                    &json!({"roomid": room_id, "reason": "deleted"}),
-                );
-                st.roomlist_to_users(&key.backend, &b.userids, &f);
-                // Members not told through their user (guests, or no list
-                // with `changed-users`) are told directly.
-                st.members_except_users(&key, &b.userids, &f);
-                let members: Vec<Arc<str>> = st
-                    .rooms
-                    .get(&key)
-                    .map(|r| r.members.clone())
-                    .unwrap_or_default();
-                st.remove_from_room(&key, &members);
-                st.remove_room(&key);
-                st.reap();
-            }
-            "participants" => {
-                let Some(p) = req.participants.as_ref() else {
-                    return bad_request("participants missing");
-                };
-                let mut st = self.lock();
-                st.apply_permissions(&key, &p.changed);
-                let changed = st.update_participants(&key, &p.changed, p.users.as_deref(), false);
-                if let Some(f) = st.participants_frame(&key, &changed, p.users.as_deref()) {
-                    st.broadcast(&key, &f, None);
-                }
-                st.reap();
-            }
-            "incall" => {
-                let Some(ic) = req.incall.as_ref() else {
-                    return bad_request("incall missing");
-                };
-                let mut st = self.lock();
-                if ic.all {
-                    // Every client member is now in that call state, also
-                    // those Nextcloud never listed (for `recipient-call`).
-                    let room_sessions: Vec<String> = st
-                        .rooms
-                        .get(&key)
-                        .map(|r| {
-                            r.members
-                                .iter()
-                                .filter_map(|m| match st.sessions.map.get(m) {
-                                    // Federated sessions join calls themselves.
-                                    Some(s)
-                                        if s.kind == SessionKind::Client
-                                            && s.federated.is_none() =>
-                                    {
-                                        s.room_session_id.as_deref().map(str::to_string)
-                                    }
-                                    Some(_) => None,
-                                    None => st
-                                        .remote
-                                        .get(m)
-                                        .filter(|r| r.info.kind == "client" && !r.info.federated)
-                                        .and_then(|r| r.info.roomsessionid.clone()),
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let previous = st
-                        .rooms
-                        .get(&key)
-                        .map(|r| r.participants.clone())
-                        .unwrap_or_default();
-                    if let Some(room) = st.rooms.get_mut(&key) {
-                        for p in room.participants.values_mut() {
-                            p.insert("inCall".into(), ic.incall.clone());
-                        }
-                        for rs in room_sessions {
-                            room.participants.entry(rs.clone()).or_insert_with(|| {
-                                let mut e = Map::new();
-                                e.insert("sessionId".into(), Value::String(rs));
-                                e.insert("inCall".into(), ic.incall.clone());
-                                e
-                            });
-                        }
-                    }
-                    st.count_call_changes(&key, &previous);
-                    let f = event_frame(
-                        "participants",
-                        "update",
-                        &json!({"roomid": room_id, "incall": ic.incall, "all": true}),
-                    );
-                    st.broadcast(&key, &f, None);
-                } else {
-                    let changed =
-                        st.update_participants(&key, &ic.changed, ic.users.as_deref(), true);
-                    // In changes-only mode a request that changed no in-call
-                    // state is not repeated to the clients.
-                    let repeat = changed.is_empty() && ic.users.is_none();
-                    if !repeat {
-                        if let Some(f) = st.participants_frame(&key, &changed, ic.users.as_deref())
-                        {
-                            st.broadcast(&key, &f, None);
-                        }
-                    }
-                }
-                st.reap();
-            }
-            "message" => {
-                let Some(m) = req.message.as_ref() else {
-                    return bad_request("message missing");
-                };
-                let mut st = self.lock();
-                match ChatFrames::new(room_id, &m.data) {
-                    Some(chat) => st.deliver_chat(&key, &chat),
-                    None => {
-                        let f = event_frame(
-                            "room",
-                            "message",
-                            &json!({"roomid": room_id, "data": &m.data}),
-                        );
-                        st.broadcast(&key, &f, None);
-                    }
-                }
-                st.reap();
-            }
-            "switchto" => {
-                let Some(sw) = req.switchto.as_ref() else {
-                    return bad_request("switchto missing");
-                };
-                let targets: Vec<(String, Option<Value>)> = match &sw.sessions {
-                    Value::Array(list) => list
-                        .iter()
-                        .filter_map(|v| v.as_str().map(|s| (s.to_string(), None)))
-                        .collect(),
-                    Value::Object(map) => map
-                        .iter()
-                        .map(|(k, v)| (k.clone(), Some(v.clone()).filter(|v| !v.is_null())))
-                        .collect(),
-                    Value::Null => Vec::new(),
-                    _ => return bad_request("sessions must be a list or a map"),
-                };
-                let mut st = self.lock();
-                for (nc, details) in targets {
-                    let sid = st
-                        .rooms
-                        .get(&key)
-                        .and_then(|r| r.nc_sessions.get(nc.as_str()))
-                        .cloned();
-                    let Some(sid) = sid else {
-                        continue;
-                    };
-                    let body = match details {
-                        Some(d) => json!({"roomid": &sw.roomid, "details": d}),
-                        None => json!({"roomid": &sw.roomid}),
-                    };
-                    let f = event_frame("room", "switchto", &body);
-                    st.sessions.deliver(&sid, &f);
-                }
-                st.reap();
-            }
-            "dialout" => {
-                let Some(d) = req.dialout.as_ref() else {
-                    return bad_request("dialout missing");
-                };
-                return self.dialout(&key, backend_url, d).await;
-            }
-            other => return bad_request(&format!("unsupported request type `{other}`")),
         }
-        ApiReply::ok()
+        Ok(BackendApiOk::Done)
     }
 }
 
-fn bad_request(message: &str) -> ApiReply {
-    ApiReply {
-        status: 400,
-        body: json!({"error": {"code": "invalid_request", "message": message}}),
-    }
+fn invalid_request(message: &str) -> BackendApiError {
+    BackendApiError::InvalidRequest(message.to_string())
 }

@@ -6,32 +6,67 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::backend_api::ApiReply;
 use super::room::RoomKey;
 use super::session::SessionKind;
 use super::Hub;
 use crate::api::backend::BackendError;
+use crate::api::error;
 use crate::api::server::frame;
 
 /// How long a dialout request waits for the internal client's answer.
 pub const DIALOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a dialout could not be started (also the answer of another process
+/// over the bus).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum DialoutError {
+    /// The number is not in E.164 format.
+    InvalidNumber,
+    /// No internal client with `start-dialout` on any process.
+    NoClientAvailable,
+    /// Every capable internal client failed: the first one's error.
+    Failed(BackendError),
+}
+
+impl DialoutError {
+    /// The `dialout.error` object of the answer to Nextcloud.
+    pub fn into_backend_error(self) -> BackendError {
+        let (code, message) = match self {
+            DialoutError::InvalidNumber => {
+                (error::INVALID_NUMBER, "The number must be in E.164 format.")
+            }
+            DialoutError::NoClientAvailable => (
+                error::NO_CLIENT_AVAILABLE,
+                "No available client found to trigger dialout.",
+            ),
+            DialoutError::Failed(e) => return e,
+        };
+        backend_error(code, message)
+    }
+}
+
+fn backend_error(code: &str, message: &str) -> BackendError {
+    BackendError {
+        code: code.into(),
+        message: message.into(),
+        details: None,
+    }
+}
+
 impl Hub {
+    /// Starts a dialout through an internal client of this or another
+    /// process; the call id on success.
     pub(crate) async fn dialout(
         self: &Arc<Self>,
         key: &RoomKey,
         backend_url: &str,
         d: &crate::api::backend::Dialout,
-    ) -> ApiReply {
+    ) -> Result<String, DialoutError> {
         let valid_number = d.number.len() > 1
             && d.number.starts_with('+')
             && d.number[1..].bytes().all(|b| b.is_ascii_digit());
         if !valid_number {
-            return ApiReply::dialout_error(
-                400,
-                "invalid_number",
-                "The number must be in E.164 format.",
-            );
+            return Err(DialoutError::InvalidNumber);
         }
         if let Some(reply) = self.dialout_local(key, backend_url, d).await {
             return reply;
@@ -57,16 +92,12 @@ impl Hub {
                 .await;
             if let Some(r) = replies
                 .first()
-                .and_then(|r| serde_json::from_slice::<ApiReply>(r).ok())
+                .and_then(|r| serde_json::from_slice::<Result<String, DialoutError>>(r).ok())
             {
                 return r;
             }
         }
-        ApiReply::dialout_error(
-            404,
-            "no_client_available",
-            "No available client found to trigger dialout.",
-        )
+        Err(DialoutError::NoClientAvailable)
     }
 
     /// Starts a dialout through an internal client of this process; `None`
@@ -76,7 +107,7 @@ impl Hub {
         key: &RoomKey,
         backend_url: &str,
         d: &crate::api::backend::Dialout,
-    ) -> Option<ApiReply> {
+    ) -> Option<Result<String, DialoutError>> {
         let candidates: Vec<(Arc<str>, Arc<super::outbox::Outbox>)> = {
             let st = self.lock();
             st.sessions
@@ -112,50 +143,33 @@ impl Hub {
             let err = match answer {
                 Ok(Ok(a)) => match a.kind.as_str() {
                     "status" => match a.status {
-                        Some(s) if s.status == "accepted" => {
-                            return Some(ApiReply {
-                                status: 200,
-                                body: json!({"type": "dialout", "dialout": {"callid": s.callid}}),
-                            })
-                        }
-                        _ => BackendError {
-                            code: "unsupported_status".into(),
-                            message: "Unsupported dialout status received.".into(),
-                            details: None,
-                        },
+                        Some(s) if s.status == "accepted" => return Some(Ok(s.callid)),
+                        _ => backend_error(
+                            error::UNSUPPORTED_STATUS,
+                            "Unsupported dialout status received.",
+                        ),
                     },
                     "error" => a
                         .error
                         .and_then(|e| serde_json::from_str::<BackendError>(e.get()).ok())
-                        .unwrap_or(BackendError {
-                            code: "dialout_failed".into(),
-                            message: "The dialout failed.".into(),
-                            details: None,
+                        .unwrap_or_else(|| {
+                            backend_error(error::DIALOUT_FAILED, "The dialout failed.")
                         }),
-                    _ => BackendError {
-                        code: "unsupported_type".into(),
-                        message: "Unsupported dialout type received.".into(),
-                        details: None,
-                    },
+                    _ => backend_error(
+                        error::UNSUPPORTED_TYPE,
+                        "Unsupported dialout type received.",
+                    ),
                 },
-                Ok(Err(_)) => BackendError {
-                    code: "error_notify".into(),
-                    message: "No dialout response received.".into(),
-                    details: None,
-                },
-                Err(_) => BackendError {
-                    code: "timeout".into(),
-                    message: "Timeout while waiting for dialout to start.".into(),
-                    details: None,
-                },
+                Ok(Err(_)) => backend_error(error::ERROR_NOTIFY, "No dialout response received."),
+                Err(_) => backend_error(
+                    error::TIMEOUT,
+                    "Timeout while waiting for dialout to start.",
+                ),
             };
             tracing::warn!(session = %sid, backend = %key.backend, code = ?err.code, "dialout failed");
             first_error.get_or_insert(err);
         }
-        first_error.map(|e| ApiReply {
-            status: 502,
-            body: json!({"type": "dialout", "dialout": {"error": e}}),
-        })
+        first_error.map(|e| Err(DialoutError::Failed(e)))
     }
 
     /// An internal client answered a dialout request.

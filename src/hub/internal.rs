@@ -8,7 +8,9 @@ use super::room::RoomKey;
 use super::session::{flags, new_id, Session, SessionKind};
 use super::{invalid_format, Hub, State};
 use crate::api::backend::{RoomRequest, SessionRequest};
-use crate::api::client::{AddSession, InternalClientMessage};
+use crate::api::client::{
+    AddSession, InternalClientMessage, InternalRequest, RemoveSession, UpdateSession,
+};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::event_frame;
 
@@ -68,6 +70,19 @@ impl State {
             .collect()
     }
 
+    /// The internal client's own in-call state; the room learns of a change.
+    fn internal_incall(&mut self, sid: &Arc<str>, incall: u32) {
+        let Some(s) = self.sessions.map.get_mut(sid) else {
+            return;
+        };
+        let changed = s.in_call != incall;
+        s.in_call = incall;
+        if let (true, Some(room)) = (changed, s.room.clone()) {
+            self.publish_member(&room, sid, false);
+            self.publish_internal_incall(&room);
+        }
+    }
+
     fn flags_event(&mut self, key: &RoomKey, sid: &str, flags: u32) {
         let f = event_frame(
             "participants",
@@ -99,110 +114,81 @@ impl Hub {
                 ProtocolError::new(error::NOT_ALLOWED, "Only internal clients may send this."),
             );
         }
-        match msg.kind.as_str() {
-            "addsession" => match msg.addsession {
-                Some(add) => self.add_virtual(sid, id, add),
-                None => self.reply_error(sid, id, invalid_format("addsession missing")),
+        let req = match InternalRequest::try_from(msg) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(sid, id, invalid_format(e)),
+        };
+        match req {
+            InternalRequest::AddSession(add) => self.add_virtual(sid, id, add),
+            InternalRequest::UpdateSession(u) => self.update_virtual(sid, id, u),
+            InternalRequest::RemoveSession(r) => self.remove_virtual(sid, id, r),
+            InternalRequest::InCall(i) => self.mutate(|st| st.internal_incall(sid, i.incall)),
+            InternalRequest::Dialout(d) => match id {
+                Some(id) => self.dialout_answer(sid, id, d),
+                None => self.reply_error(sid, id, invalid_format("dialout answer without id")),
             },
-            "updatesession" => match msg.updatesession {
-                Some(u) => {
-                    let mut st = self.lock();
-                    let Some(vsid) = st
-                        .sessions
-                        .map
-                        .get(sid)
-                        .and_then(|s| s.virtuals.get(&u.sessionid))
-                        .cloned()
-                    else {
-                        drop(st);
-                        return self.reply_error(
-                            sid,
-                            id,
-                            ProtocolError::new(error::NO_SUCH_SESSION, "Unknown virtual session."),
-                        );
-                    };
-                    let Some(v) = st.sessions.map.get_mut(&vsid) else {
-                        return;
-                    };
-                    let room = v.room.clone();
-                    let incall_changed = u.incall.is_some_and(|i| i != v.in_call);
-                    let flags_changed = u.flags.is_some_and(|f| f != v.flags);
-                    if let Some(i) = u.incall {
-                        v.in_call = i;
-                    }
-                    if let Some(f) = u.flags {
-                        v.flags = f;
-                    }
-                    let new_flags = v.flags;
-                    if let Some(room) = &room {
-                        st.publish_member(room, &vsid, false);
-                    }
-                    if let Some(room) = room {
-                        if incall_changed {
-                            st.publish_internal_incall(&room);
-                        }
-                        if flags_changed {
-                            st.flags_event(&room, &vsid, new_flags);
-                        }
-                    }
-                    st.reap();
-                }
-                None => self.reply_error(sid, id, invalid_format("updatesession missing")),
-            },
-            "removesession" => match msg.removesession {
-                Some(r) => {
-                    let mut st = self.lock();
-                    let vsid = st
-                        .sessions
-                        .map
-                        .get(sid)
-                        .and_then(|s| s.virtuals.get(&r.sessionid))
-                        .cloned();
-                    match vsid {
-                        Some(vsid) => {
-                            st.end_session(&vsid, None);
-                            st.reap();
-                        }
-                        None => {
-                            drop(st);
-                            self.reply_error(
-                                sid,
-                                id,
-                                ProtocolError::new(
-                                    error::NO_SUCH_SESSION,
-                                    "Unknown virtual session.",
-                                ),
-                            );
-                        }
-                    }
-                }
-                None => self.reply_error(sid, id, invalid_format("removesession missing")),
-            },
-            "incall" => match msg.incall {
-                Some(i) => {
-                    let mut st = self.lock();
-                    let Some(s) = st.sessions.map.get_mut(sid) else {
-                        return;
-                    };
-                    let changed = s.in_call != i.incall;
-                    s.in_call = i.incall;
-                    if let (true, Some(room)) = (changed, s.room.clone()) {
-                        st.publish_member(&room, sid, false);
-                        st.publish_internal_incall(&room);
-                    }
-                    st.reap();
-                }
-                None => self.reply_error(sid, id, invalid_format("incall missing")),
-            },
-            "dialout" => match (msg.dialout, id) {
-                (Some(d), Some(id)) => self.dialout_answer(sid, id, d),
-                _ => self.reply_error(sid, id, invalid_format("dialout answer without id")),
-            },
-            other => self.reply_error(
+        }
+    }
+
+    /// `updatesession`: a virtual session's in-call state or flags changed.
+    fn update_virtual(&self, sid: &Arc<str>, id: Option<&str>, u: UpdateSession) {
+        let mut st = self.lock();
+        let Some(vsid) = st
+            .sessions
+            .map
+            .get(sid)
+            .and_then(|s| s.virtuals.get(&u.sessionid))
+            .cloned()
+        else {
+            drop(st);
+            return self.reply_error(
                 sid,
                 id,
-                invalid_format(format!("unsupported internal type `{other}`")),
-            ),
+                ProtocolError::new(error::NO_SUCH_SESSION, "Unknown virtual session."),
+            );
+        };
+        let Some(v) = st.sessions.map.get_mut(&vsid) else {
+            return;
+        };
+        let room = v.room.clone();
+        let incall_changed = u.incall.is_some_and(|i| i != v.in_call);
+        let flags_changed = u.flags.is_some_and(|f| f != v.flags);
+        if let Some(i) = u.incall {
+            v.in_call = i;
+        }
+        if let Some(f) = u.flags {
+            v.flags = f;
+        }
+        let new_flags = v.flags;
+        if let Some(room) = room {
+            st.publish_member(&room, &vsid, false);
+            if incall_changed {
+                st.publish_internal_incall(&room);
+            }
+            if flags_changed {
+                st.flags_event(&room, &vsid, new_flags);
+            }
+        }
+        st.reap();
+    }
+
+    /// `removesession`: a virtual session of this internal client ends.
+    fn remove_virtual(&self, sid: &Arc<str>, id: Option<&str>, r: RemoveSession) {
+        let removed = self.mutate(|st| {
+            let vsid = st
+                .sessions
+                .map
+                .get(sid)
+                .and_then(|s| s.virtuals.get(&r.sessionid))
+                .cloned();
+            vsid.map(|vsid| st.end_session(&vsid, None)).is_some()
+        });
+        if !removed {
+            self.reply_error(
+                sid,
+                id,
+                ProtocolError::new(error::NO_SUCH_SESSION, "Unknown virtual session."),
+            );
         }
     }
 

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio::sync::Notify;
 
 use crate::api::backend::{RoomRequest, SessionRequest};
-use crate::api::client::ClientMessage;
+use crate::api::client::{ClientKind, ClientMessage};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, Bye, Frame, ServerInfo};
 use crate::backend::capabilities::CapabilitiesCache;
@@ -402,6 +402,15 @@ impl Hub {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` on the state under the lock, then ends the sessions whose
+    /// resume queue its deliveries overflowed (so `f` need not remember to).
+    pub(crate) fn mutate<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut st = self.lock();
+        let r = f(&mut st);
+        st.reap();
+        r
+    }
+
     /// The allowed backends as currently configured.
     pub fn registry(&self) -> Arc<BackendRegistry> {
         self.registry
@@ -553,20 +562,22 @@ impl Hub {
         raw: &str,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let id = msg.id.as_deref();
-        if !matches!(msg.kind.as_str(), "hello" | "bye" | "room")
-            && self.forward_federated(sid, id, raw)
-        {
+        let local = matches!(
+            msg.kind,
+            ClientKind::Hello | ClientKind::Bye | ClientKind::Room
+        );
+        if !local && self.forward_federated(sid, id, raw) {
             return None;
         }
-        match msg.kind.as_str() {
-            "hello" => {
+        match msg.kind {
+            ClientKind::Hello => {
                 // A stale timer of the Talk client sometimes sends a second
                 // hello on an authenticated connection: ignore it, as the
                 // Go server does (an error would make the client reconnect).
                 tracing::debug!(session = %sid, "ignoring hello on authenticated connection");
             }
-            "bye" => self.bye(sid, id),
-            "room" => match msg.room {
+            ClientKind::Bye => self.bye(sid, id),
+            ClientKind::Room => match msg.room {
                 Some(room) => {
                     let (hub, sid) = (self.clone(), sid.clone());
                     return Some(Box::pin(async move {
@@ -575,47 +586,46 @@ impl Hub {
                 }
                 None => self.reply_error(sid, id, invalid_format("room body missing")),
             },
-            "message" | "control" => {
-                let body = if msg.kind == "message" {
-                    msg.message
-                } else {
-                    msg.control
-                };
-                match body {
-                    Some(body) if msg.kind == "message" => match self.mcu_message(sid, id, body) {
-                        mcu::McuRoute::Done => {}
-                        mcu::McuRoute::Wait(f) => return Some(f),
-                        mcu::McuRoute::Deliver(body) => {
-                            let congested = self.route_message(sid, id, &msg.kind, body);
-                            if !congested.is_empty() {
-                                return Some(self.wait_for_recipients(congested));
-                            }
-                        }
-                    },
-                    Some(body) => {
-                        let congested = self.route_message(sid, id, &msg.kind, body);
-                        if !congested.is_empty() {
-                            return Some(self.wait_for_recipients(congested));
-                        }
-                    }
-                    None => self.reply_error(sid, id, invalid_format("message body missing")),
-                }
-            }
-            "transient" => match msg.transient {
+            ClientKind::Message => match msg.message {
+                Some(body) => match self.mcu_message(sid, id, body) {
+                    mcu::McuRoute::Done => {}
+                    mcu::McuRoute::Wait(f) => return Some(f),
+                    mcu::McuRoute::Deliver(body) => return self.message(sid, id, "message", body),
+                },
+                None => self.reply_error(sid, id, invalid_format("message body missing")),
+            },
+            ClientKind::Control => match msg.control {
+                Some(body) => return self.message(sid, id, "control", body),
+                None => self.reply_error(sid, id, invalid_format("message body missing")),
+            },
+            ClientKind::Transient => match msg.transient {
                 Some(t) => self.transient(sid, id, t),
                 None => self.reply_error(sid, id, invalid_format("transient body missing")),
             },
-            "internal" => match msg.internal {
+            ClientKind::Internal => match msg.internal {
                 Some(i) => self.internal(sid, id, i),
                 None => self.reply_error(sid, id, invalid_format("internal body missing")),
             },
-            other => self.reply_error(
+            ClientKind::Unknown(other) => self.reply_error(
                 sid,
                 id,
                 invalid_format(format!("unknown message type `{other}`")),
             ),
         }
         None
+    }
+
+    /// Routes a `message` or `control` to its recipients; what the sender's
+    /// reader awaits when that left recipients congested.
+    fn message(
+        &self,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        kind: &str,
+        body: crate::api::client::MessageClientMessage,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let congested = self.route_message(sid, id, kind, body);
+        (!congested.is_empty()).then(|| self.wait_for_recipients(congested))
     }
 
     /// While more bus messages wait for NATS than `[nats] publishqueue`:

@@ -210,6 +210,7 @@ impl Hub {
         }
     }
 
+    /// Applies one bus message: one handler per [`Header`] kind.
     async fn apply_inbound(self: &Arc<Self>, msg: Inbound) {
         let Some((header, body)) = decode(&msg.payload) else {
             return;
@@ -218,235 +219,92 @@ impl Hub {
         // Any message of a process not yet known makes it known (and thus
         // watched for death): no rule waits for a heartbeat.
         if let Some(from) = header.origin().filter(|f| *f != me) {
-            let mut st = self.lock();
-            if !st.processes.contains_key(from) {
-                tracing::info!(process = %from, "new process in the cluster");
-                st.processes.insert(
-                    from.to_string(),
-                    ProcessInfo {
-                        last_seen: Instant::now(),
-                        counts: Default::default(),
-                    },
-                );
-            }
+            self.lock().note_process(from);
         }
-        let key_of = |backend: &str, room: &str| RoomKey {
-            backend: backend.into(),
-            room: room.into(),
+        // Every process sees all bus traffic, its own broadcasts included:
+        // those are not for it (MCU messages are addressed instead).
+        let own = match &header {
+            Header::Goodbye { from } => *from == me,
+            Header::Mcu { .. } => false,
+            h => h.origin() == Some(me.as_str()),
         };
+        if own {
+            return;
+        }
+        let to_me = msg.subject == process_subject(&me);
+        let reply = msg.reply;
         match header {
-            Header::Heartbeat { from, counts } => {
-                if from != me {
-                    self.lock().processes.insert(
-                        from,
-                        ProcessInfo {
-                            last_seen: Instant::now(),
-                            counts,
-                        },
-                    );
-                }
-            }
-            Header::Discover { from } => {
-                if from == me {
-                    return;
-                }
-                if let Some(reply) = msg.reply {
+            Header::Heartbeat { from, counts } => self.lock().heard_from(from, counts),
+            Header::Discover { .. } => {
+                if let Some(reply) = reply {
                     let st = self.lock();
                     st.bus.reply(reply, st.heartbeat_message());
                 }
             }
             Header::EndSession { sid, reason } => {
-                let mut st = self.lock();
-                if let Some(s) = st.sessions.map.get_mut(sid.as_str()) {
-                    // Same participant: Nextcloud is not told it left.
-                    let rs = s.room_session_id.take();
-                    let key = s.room.clone();
-                    let sid = s.id.clone();
-                    if let (Some(rs), Some(room)) = (rs, key.and_then(|k| st.rooms.get_mut(&k))) {
-                        if room.nc_sessions.get(&rs) == Some(&sid) {
-                            room.nc_sessions.remove(&rs);
-                        }
-                    }
-                    let bye = crate::api::server::frame(
-                        None,
-                        "bye",
-                        &crate::api::server::Bye {
-                            reason: Some(reason.as_str()),
-                        },
-                    );
-                    st.end_session(&sid, Some(bye));
-                }
-                st.reap();
+                self.mutate(|st| st.end_moved_session(&sid, &reason))
             }
-            Header::Goodbye { from } => {
-                if from == me {
-                    return;
-                }
-                let mut st = self.lock();
+            Header::Goodbye { from } => self.mutate(|st| {
                 st.processes.remove(&from);
-                self.process_gone(&mut st, &from);
-                st.reap();
-            }
+                self.process_gone(st, &from);
+            }),
             Header::Joined {
-                from,
                 backend,
                 room,
                 member,
+                ..
             }
             | Header::Changed {
-                from,
                 backend,
                 room,
                 member,
-            } => {
-                if from == me {
-                    return;
-                }
-                let key = key_of(&backend, &room);
-                let mut st = self.lock();
-                let sid = member.sid.clone();
-                let special = member.kind != "client";
-                let flags = (member.kind == "virtual").then_some(member.flags);
-                let old_flags = st.remote.get(sid.as_str()).map(|r| r.info.flags);
-                let new = st.upsert_remote(&key, member);
-                if new {
-                    if let Some(e) = st.join_entry(&sid) {
-                        let f = event_frame("room", "join", &[e]);
-                        st.broadcast(&key, &f, None);
-                    }
-                }
-                if special {
-                    st.publish_internal_incall(&key);
-                }
-                if let Some(fl) =
-                    flags.filter(|f| (new && *f != 0) || old_flags.is_some_and(|o| o != *f))
-                {
-                    let f = event_frame(
-                        "participants",
-                        "flags",
-                        &serde_json::json!({"roomid": &room, "sessionid": &sid, "flags": fl}),
-                    );
-                    st.broadcast(&key, &f, None);
-                }
-                st.reap();
-            }
+                ..
+            } => self.mutate(|st| st.remote_member(&key_of(&backend, &room), member)),
             Header::Left {
-                from,
-                backend,
-                room,
-                sid,
-            } => {
-                if from == me {
-                    return;
-                }
-                let mut st = self.lock();
-                st.remove_remote(&key_of(&backend, &room), &sid);
-                st.reap();
-            }
+                backend, room, sid, ..
+            } => self.mutate(|st| st.remove_remote(&key_of(&backend, &room), &sid)),
             Header::RoomFrame {
-                from,
                 backend,
                 room,
                 except,
                 call_only,
-            } => {
-                if from == me {
-                    return;
-                }
-                let Some(f) = body_frame(&body) else { return };
-                let mut st = self.lock();
-                let key = key_of(&backend, &room);
-                let ((), congested) = st.collecting_congestion(|st| {
-                    if call_only {
-                        st.broadcast_call(&key, &f, except.as_deref());
-                    } else {
-                        st.broadcast(&key, &f, except.as_deref());
-                    }
-                });
-                st.reap();
-                drop(st);
-                self.note_congested(congested);
-            }
+                ..
+            } => self.room_frame(
+                &key_of(&backend, &room),
+                &body,
+                except.as_deref(),
+                call_only,
+            ),
             Header::SessionFrame {
                 sid,
                 backend,
                 reply_to,
                 id,
             } => {
-                // Every process sees all bus traffic: only the one the frame
-                // is addressed to delivers it (or answers no_such_session).
-                if msg.subject != process_subject(&me) {
-                    return;
+                if to_me {
+                    self.session_frame(sid, backend, reply_to, id, &body);
                 }
-                let Some(f) = body_frame(&body) else { return };
-                let mut st = self.lock();
-                let found = st.sessions.map.get(sid.as_str()).map(|s| {
-                    backend
-                        .as_deref()
-                        .is_none_or(|b| b == s.backend.id.as_ref())
-                });
-                match found {
-                    Some(true) => {
-                        let ((), congested) =
-                            st.collecting_congestion(|st| st.sessions.deliver(&sid, &f));
-                        self.note_congested(congested);
-                    }
-                    Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
-                    None => {
-                        if let Some((pid, _)) = st.moved.get(sid.as_str()) {
-                            // Resumed elsewhere: forward.
-                            let h = Header::SessionFrame {
-                                sid: sid.clone(),
-                                backend,
-                                reply_to,
-                                id,
-                            };
-                            st.bus
-                                .publish(process_subject(pid), encode(&h, Some(&body)));
-                        } else {
-                            st.tell_no_such_session(reply_to.as_deref(), id.as_deref());
-                        }
-                    }
-                }
-                st.reap();
             }
             Header::Mcu {
-                from: _,
                 sid,
                 sender,
                 backend,
                 id,
+                ..
             } => {
-                if msg.subject == process_subject(&me) {
+                if to_me {
                     self.remote_mcu_message(&sid, &sender, &backend, id, &body);
                 }
             }
             Header::UserFrame {
-                from,
                 backend,
                 user,
                 except,
-            } => {
-                if from == me {
-                    return;
-                }
-                let Some(f) = body_frame(&body) else { return };
-                let mut st = self.lock();
-                let ((), congested) = st.collecting_congestion(|st| {
-                    st.send_to_user(&backend.as_str().into(), &user, &f, except.as_deref())
-                });
-                st.reap();
-                drop(st);
-                self.note_congested(congested);
-            }
+                ..
+            } => self.user_frame(&backend, &user, except.as_deref(), &body),
             Header::Backend { backend, url, room } => {
-                let Some(b) = self.registry().by_id(&backend) else {
-                    return;
-                };
-                let Ok(req) = serde_json::from_slice(&body) else {
-                    return;
-                };
-                let _ = self.backend_request(&b, &url, &room, req).await;
+                self.replicated_backend_request(&backend, &url, &room, &body)
+                    .await
             }
             Header::Transient {
                 backend,
@@ -457,72 +315,232 @@ impl Hub {
                 if_version,
             } => {
                 let rk = key_of(&backend, &room);
-                let mut st = self.lock();
-                let wake = st.apply_transient(
-                    &rk,
-                    &key,
-                    value,
-                    ttl_ns.map(Duration::from_nanos),
-                    if_version,
-                );
-                st.reap();
-                drop(st);
-                if wake {
+                let ttl = ttl_ns.map(Duration::from_nanos);
+                if self.mutate(|st| st.apply_transient(&rk, &key, value, ttl, if_version)) {
                     self.timer.notify_one();
                 }
             }
-            Header::SnapshotRequest {
-                from,
-                backend,
-                room,
-            } => {
-                if from == me {
-                    return;
+            Header::SnapshotRequest { backend, room, .. } => {
+                if let Some(reply) = reply {
+                    self.answer_snapshot(&key_of(&backend, &room), reply);
                 }
-                let Some(reply) = msg.reply else { return };
-                // Every process answers (an empty snapshot when it does not
-                // serve the room), so the asking process need not wait for
-                // the timeout.
-                let st = self.lock();
-                let snap = st
-                    .local_snapshot(&key_of(&backend, &room))
-                    .unwrap_or_default();
-                let payload = Bytes::from(serde_json::to_vec(&snap).unwrap_or_default());
-                st.bus.reply(reply, payload);
             }
             Header::Dialout {
-                from,
-                backend,
-                room,
-                url,
+                backend, room, url, ..
             } => {
-                if from == me {
-                    return;
+                if let Some(reply) = reply {
+                    self.remote_dialout(key_of(&backend, &room), url, &body, reply);
                 }
-                let Some(reply) = msg.reply else { return };
-                let Ok(d) = serde_json::from_slice::<crate::api::backend::Dialout>(&body) else {
-                    return;
-                };
-                // Waiting for the internal client must not hold up the bus.
-                let hub = self.clone();
-                tokio::spawn(async move {
-                    let key = key_of(&backend, &room);
-                    if let Some(r) = hub.dialout_local(&key, &url, &d).await {
-                        let payload = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
-                        let bus = hub.lock().bus.clone();
-                        bus.reply(reply, payload);
-                    }
-                });
             }
             Header::ResumeRequest { resume_id, to } => {
-                let Some(reply) = msg.reply else { return };
-                let mut st = self.lock();
-                if let Some(h) = st.hand_over(&resume_id, &to) {
-                    let payload = Bytes::from(serde_json::to_vec(&h).unwrap_or_default());
-                    st.bus.reply(reply, payload);
+                if let Some(reply) = reply {
+                    self.mutate(|st| st.answer_resume(&resume_id, &to, reply));
                 }
-                st.reap();
             }
+        }
+    }
+
+    /// A frame of another process's client for the members of a local room.
+    fn room_frame(&self, key: &RoomKey, body: &Bytes, except: Option<&str>, call_only: bool) {
+        let Some(f) = body_frame(body) else { return };
+        let ((), congested) = self.mutate(|st| {
+            st.collecting_congestion(|st| {
+                if call_only {
+                    st.broadcast_call(key, &f, except);
+                } else {
+                    st.broadcast(key, &f, except);
+                }
+            })
+        });
+        self.note_congested(congested);
+    }
+
+    /// A frame for a session of this process: delivered, forwarded to the
+    /// process it moved to, or answered with `no_such_session`.
+    fn session_frame(
+        &self,
+        sid: String,
+        backend: Option<String>,
+        reply_to: Option<String>,
+        id: Option<String>,
+        body: &Bytes,
+    ) {
+        let Some(f) = body_frame(body) else { return };
+        self.mutate(|st| {
+            let found = st.sessions.map.get(sid.as_str()).map(|s| {
+                backend
+                    .as_deref()
+                    .is_none_or(|b| b == s.backend.id.as_ref())
+            });
+            match found {
+                Some(true) => {
+                    let ((), congested) =
+                        st.collecting_congestion(|st| st.sessions.deliver(&sid, &f));
+                    self.note_congested(congested);
+                }
+                Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
+                None => match st.moved.get(sid.as_str()) {
+                    Some((pid, _)) => {
+                        // Resumed elsewhere: forward.
+                        let subject = process_subject(pid);
+                        let h = Header::SessionFrame {
+                            sid,
+                            backend,
+                            reply_to,
+                            id,
+                        };
+                        st.bus.publish(subject, encode(&h, Some(body)));
+                    }
+                    None => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
+                },
+            }
+        });
+    }
+
+    /// A frame of another process's client for the sessions of a user.
+    fn user_frame(&self, backend: &str, user: &str, except: Option<&str>, body: &Bytes) {
+        let Some(f) = body_frame(body) else { return };
+        let ((), congested) = self.mutate(|st| {
+            st.collecting_congestion(|st| st.send_to_user(&backend.into(), user, &f, except))
+        });
+        self.note_congested(congested);
+    }
+
+    /// A backend API request that reached another process (or this one),
+    /// applied to this process's sessions.
+    async fn replicated_backend_request(
+        self: &Arc<Self>,
+        backend: &str,
+        url: &str,
+        room: &str,
+        body: &Bytes,
+    ) {
+        let Some(b) = self.registry().by_id(backend) else {
+            return;
+        };
+        let Ok(req) = serde_json::from_slice(body) else {
+            return;
+        };
+        let _ = self.backend_request(&b, url, room, req).await;
+    }
+
+    /// Answers a joining process with this one's members of a room. Every
+    /// process answers (an empty snapshot when it does not serve the room),
+    /// so the asking process need not wait for the timeout.
+    fn answer_snapshot(&self, key: &RoomKey, reply: String) {
+        let st = self.lock();
+        let snap = st.local_snapshot(key).unwrap_or_default();
+        let payload = Bytes::from(serde_json::to_vec(&snap).unwrap_or_default());
+        st.bus.reply(reply, payload);
+    }
+
+    /// A dialout another process has no internal client for: tried here.
+    fn remote_dialout(self: &Arc<Self>, key: RoomKey, url: String, body: &Bytes, reply: String) {
+        let Ok(d) = serde_json::from_slice::<crate::api::backend::Dialout>(body) else {
+            return;
+        };
+        // Waiting for the internal client must not hold up the bus.
+        let hub = self.clone();
+        tokio::spawn(async move {
+            if let Some(r) = hub.dialout_local(&key, &url, &d).await {
+                let payload = Bytes::from(serde_json::to_vec(&r).unwrap_or_default());
+                let bus = hub.lock().bus.clone();
+                bus.reply(reply, payload);
+            }
+        });
+    }
+}
+
+fn key_of(backend: &str, room: &str) -> RoomKey {
+    RoomKey {
+        backend: backend.into(),
+        room: room.into(),
+    }
+}
+
+impl State {
+    /// Another process asks for a session to resume there: handed over,
+    /// when this process owns it.
+    fn answer_resume(&mut self, resume_id: &str, to: &str, reply: String) {
+        if let Some(h) = self.hand_over(resume_id, to) {
+            let payload = Bytes::from(serde_json::to_vec(&h).unwrap_or_default());
+            self.bus.reply(reply, payload);
+        }
+    }
+
+    /// A process heard of for the first time is watched from now on.
+    fn note_process(&mut self, from: &str) {
+        if !self.processes.contains_key(from) {
+            tracing::info!(process = %from, "new process in the cluster");
+            self.processes.insert(
+                from.to_string(),
+                ProcessInfo {
+                    last_seen: Instant::now(),
+                    counts: Default::default(),
+                },
+            );
+        }
+    }
+
+    /// Another process's heartbeat: alive, with these session counts.
+    fn heard_from(&mut self, from: String, counts: std::collections::HashMap<String, u64>) {
+        self.processes.insert(
+            from,
+            ProcessInfo {
+                last_seen: Instant::now(),
+                counts,
+            },
+        );
+    }
+
+    /// A session resumed on another process ends here, without telling
+    /// Nextcloud that it left (it is the same participant).
+    fn end_moved_session(&mut self, sid: &str, reason: &str) {
+        let Some(s) = self.sessions.map.get_mut(sid) else {
+            return;
+        };
+        let rs = s.room_session_id.take();
+        let key = s.room.clone();
+        let sid = s.id.clone();
+        if let (Some(rs), Some(room)) = (rs, key.and_then(|k| self.rooms.get_mut(&k))) {
+            if room.nc_sessions.get(&rs) == Some(&sid) {
+                room.nc_sessions.remove(&rs);
+            }
+        }
+        let bye = crate::api::server::frame(
+            None,
+            "bye",
+            &crate::api::server::Bye {
+                reason: Some(reason),
+            },
+        );
+        self.end_session(&sid, Some(bye));
+    }
+
+    /// A member of another process joined a local room or changed: the
+    /// local members see the join, the in-call list and flags change.
+    fn remote_member(&mut self, key: &RoomKey, member: MemberInfo) {
+        let sid = member.sid.clone();
+        let special = member.kind != "client";
+        let flags = (member.kind == "virtual").then_some(member.flags);
+        let old_flags = self.remote.get(sid.as_str()).map(|r| r.info.flags);
+        let new = self.upsert_remote(key, member);
+        if new {
+            if let Some(e) = self.join_entry(&sid) {
+                let f = event_frame("room", "join", &[e]);
+                self.broadcast(key, &f, None);
+            }
+        }
+        if special {
+            self.publish_internal_incall(key);
+        }
+        if let Some(fl) = flags.filter(|f| (new && *f != 0) || old_flags.is_some_and(|o| o != *f)) {
+            let f = event_frame(
+                "participants",
+                "flags",
+                &serde_json::json!({"roomid": &*key.room, "sessionid": &sid, "flags": fl}),
+            );
+            self.broadcast(key, &f, None);
         }
     }
 }
