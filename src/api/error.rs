@@ -1,5 +1,8 @@
-//! Protocol error codes, in one place. Codes follow the current version of
-//! the API; the README maps them to the older hyphenated names.
+//! Error codes, in one place: the `code` of the spec's `error` message to
+//! clients (codes follow the current version of the API; the README maps
+//! them to the older hyphenated names), and the `error.code` of answers to
+//! the backend API. Which HTTP status goes with a backend-API error is
+//! decided in `http/`.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -81,6 +84,14 @@ pub const NO_CANDIDATE: &str = "no_candidate";
 pub const INVALID_CANDIDATE: &str = "invalid_candidate";
 /// No MCU publisher or subscriber for the message, and none could be made.
 pub const CLIENT_NOT_FOUND: &str = "client_not_found";
+/// A transient `set` over a `[transient]` limit (nothing is stored).
+pub const TRANSIENT_LIMIT_EXCEEDED: &str = "transient_limit_exceeded";
+/// `details.code` of `federation_error`: the remote server's certificate
+/// did not verify.
+pub const CERTIFICATE_VERIFICATION_ERROR: &str = "certificate_verification_error";
+/// `details.code` of `federation_error`: the remote server could not be
+/// reached.
+pub const NETWORK_ERROR: &str = "network_error";
 
 // Backend API (`POST /api/v1/room/{id}`): the `error.code` of a refused
 // request; `http/` decides the status code.

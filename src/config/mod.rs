@@ -202,9 +202,14 @@ pub struct Config {
     /// `[http] threads`: runtime worker threads (1 = single-threaded);
     /// default: the number of cores.
     pub threads: usize,
-    /// `[sessions] hashkey`.
+    /// `[sessions] hashkey`: required and validated as by the Go server, so
+    /// the same file starts either server, but not used: the Go server
+    /// signs its session ids with it because it decodes data from them;
+    /// ours carry none (process id + 240 random bits, only looked up), so
+    /// a forged id finds no session. See the README.
     pub hash_key: String,
-    /// `[sessions] blockkey` (may be empty).
+    /// `[sessions] blockkey` (may be empty): validated, not used (as
+    /// `hash_key`; Go encrypts its session ids with it).
     pub block_key: String,
     /// `[clients] internalsecret`.
     pub internal_secret: String,

@@ -1,6 +1,8 @@
 //! axum routes: `/spreed` (WebSocket), `/api/v1/room/{id}` (backend API),
-//! `/api/v1/welcome` and `/metrics`. Handlers are thin: they check the
-//! transport-level things and hand typed requests to the hub.
+//! `/api/v1/welcome`, `/api/v1/serverinfo`, `/api/v1/stats` and `/metrics`.
+//! Handlers are thin: they check the transport-level things, hand typed
+//! requests to the hub, and turn its typed results into status codes and
+//! bodies (the hub decides none).
 
 pub mod listener;
 pub mod tls;

@@ -22,11 +22,24 @@ use crate::api::client::{ClientKind, ClientMessage, IdOnly};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, Bye};
 use crate::backend::client::HEADER_FEATURES;
-use crate::hub::outbox::Outbox;
+use crate::hub::outbox::{CloseReason, Outbox};
 use crate::hub::{invalid_format, HelloOk, Hub};
 
 /// Close code for frames over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for a client that does not read fast enough ("try again later").
+pub const CLOSE_OVERFLOW: u16 = 1013;
+
+/// The WebSocket close code and text for why a connection closes: the
+/// hub's reasons are given their codes here, the transport's carry theirs.
+fn close_code(reason: CloseReason) -> (u16, &'static str) {
+    match reason {
+        CloseReason::SessionEnded => (1000, "session ended"),
+        CloseReason::SessionResumed => (1000, "session resumed"),
+        CloseReason::Overflow => (CLOSE_OVERFLOW, "send queue full"),
+        CloseReason::Transport(code, text) => (code, text),
+    }
+}
 
 /// True if the comma-separated header `name` holds `token` (any case).
 fn header_has(headers: &axum::http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -237,7 +250,7 @@ async fn read_loop<S>(
                     },
                 );
                 outbox.push(f);
-                outbox.close(1000, "hello timeout");
+                outbox.close(CloseReason::Transport(1000, "hello timeout"));
                 break;
             }
             if let (Some(d), Some(sid)) = (room_deadline, &session) {
@@ -252,7 +265,7 @@ async fn read_loop<S>(
                 }
             }
             if last_read + limits.read_timeout <= now {
-                outbox.close(1000, "read timeout");
+                outbox.close(CloseReason::Transport(1000, "read timeout"));
                 break;
             }
             armed_for = last_read + limits.read_timeout;
@@ -267,11 +280,16 @@ async fn read_loop<S>(
             None => break,
             Some(Err(e)) => {
                 match e {
-                    WsError::TooBig => outbox.close(CLOSE_TOO_BIG, "message too big"),
-                    WsError::Protocol(why) => outbox.close(wsframe::CLOSE_PROTOCOL, why),
-                    WsError::InvalidUtf8 => {
-                        outbox.close(wsframe::CLOSE_INVALID_DATA, "text is not UTF-8")
+                    WsError::TooBig => {
+                        outbox.close(CloseReason::Transport(CLOSE_TOO_BIG, "message too big"))
                     }
+                    WsError::Protocol(why) => {
+                        outbox.close(CloseReason::Transport(wsframe::CLOSE_PROTOCOL, why))
+                    }
+                    WsError::InvalidUtf8 => outbox.close(CloseReason::Transport(
+                        wsframe::CLOSE_INVALID_DATA,
+                        "text is not UTF-8",
+                    )),
                     WsError::Io(kind) => tracing::debug!(error = ?kind, "websocket read error"),
                 }
                 break;
@@ -371,7 +389,7 @@ async fn read_loop<S>(
     // Let the writer send what is queued (bye, errors), then close; on
     // server shutdown the writer says goodbye itself.
     if !cancel.is_cancelled() {
-        outbox.close(1000, "");
+        outbox.close(CloseReason::Transport(1000, ""));
     }
 }
 
@@ -493,7 +511,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         drop(batch.frames);
         if let Some(c) = batch.close {
-            wsframe::put_close(&mut out, c.code, c.reason);
+            let (code, text) = close_code(c);
+            wsframe::put_close(&mut out, code, text);
         }
         // One write per batch; the buffer is freed right after.
         if !out.is_empty() && (io.write_all(&out).await.is_err() || io.flush().await.is_err()) {

@@ -155,9 +155,9 @@ impl ConnectError {
             ),
             ConnectError::Network { tls, message } => {
                 let code = if *tls {
-                    "certificate_verification_error"
+                    error::CERTIFICATE_VERIFICATION_ERROR
                 } else {
-                    "network_error"
+                    error::NETWORK_ERROR
                 };
                 let details =
                     serde_json::value::to_raw_value(&json!({"code": code, "message": message}))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::outbox::Outbox;
+use super::outbox::{CloseReason, Outbox};
 use super::session::{flags, new_id, Session, SessionKind};
 use super::{invalid_format, Hub, VERSION};
 use crate::api::backend::AuthRequest;
@@ -535,7 +535,7 @@ impl Hub {
                 },
             );
             old.push(bye);
-            old.close(1000, "session resumed");
+            old.close(CloseReason::SessionResumed);
         }
         conn.push(reply);
         // Attach and flush as one step under the lock: queued messages go out

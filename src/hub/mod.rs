@@ -1,7 +1,9 @@
 //! The in-memory state and routing: sessions, rooms, users, and delivery of
 //! frames to them. One `std::sync::Mutex` guards the state: no critical
-//! section awaits (backend requests happen before or after, never inside),
-//! and every frame is serialized before the lock is taken or once inside it.
+//! section awaits (requests to Nextcloud are awaited before or after it;
+//! those sent in the background are spawned from inside it), and every
+//! frame is serialized before the lock is taken or once inside it. See
+//! ARCHITECTURE.md for the parts and how a message flows.
 
 pub mod backend_api;
 mod cluster;
@@ -38,7 +40,7 @@ use crate::backend::registry::BackendRegistry;
 use crate::bus::Bus;
 use crate::config::{ClientLimits, Config};
 use crate::metrics::Metrics;
-use outbox::{Outbox, Push, CLOSE_OVERFLOW};
+use outbox::{CloseReason, Outbox, Push};
 use room::{Room, RoomKey};
 use session::{Session, SessionKind};
 
@@ -200,7 +202,7 @@ impl Sessions {
                 Push::Overflow => {
                     tracing::info!(session = %s.id, backend = %s.backend.id, "send queue full, closing connection (1013)");
                     self.overflows.inc();
-                    let left = conn.abort(CLOSE_OVERFLOW, "send queue full");
+                    let left = conn.abort(CloseReason::Overflow);
                     s.conn = None;
                     for f in left {
                         s.queue_bytes += f.len();
@@ -1075,7 +1077,7 @@ impl State {
             if let Some(f) = last {
                 conn.push(f);
             }
-            conn.close(1000, "session ended");
+            conn.close(CloseReason::SessionEnded);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Per-connection outbox: frames waiting for the writer, bounded in bytes.
-//! Pushing never blocks; on overflow the connection is closed with 1013 and
-//! whatever was queued moves back to the session for resume.
+//! Pushing never blocks; on overflow the connection is closed
+//! ([`CloseReason::Overflow`], 1013 on the wire) and whatever was queued
+//! moves back to the session for resume.
 //!
 //! An outbox more than half full is *congested*: a client whose message
 //! left a recipient congested is not read until that recipient drained
@@ -14,23 +15,26 @@ use tokio::sync::Notify;
 
 use crate::api::server::Frame;
 
-/// Close code for a client that does not read fast enough ("try again later").
-pub const CLOSE_OVERFLOW: u16 = 1013;
-
-/// Why and how the writer should close the socket.
+/// Why the writer should close the connection; `http/ws.rs` turns it into
+/// the WebSocket close code and text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseRequest {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason text.
-    pub reason: &'static str,
+pub enum CloseReason {
+    /// The session ended (bye, expiry, ended by the server).
+    SessionEnded,
+    /// The session was resumed by another connection.
+    SessionResumed,
+    /// The client did not read fast enough: its outbox overflowed.
+    Overflow,
+    /// Decided by the transport itself (timeouts, protocol errors): the
+    /// close code and text.
+    Transport(u16, &'static str),
 }
 
 #[derive(Default)]
 struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
-    close: Option<CloseRequest>,
+    close: Option<CloseReason>,
     /// A sender waited for this outbox in vain: until it drains, nobody
     /// waits for it again (it is closed with 1013 once full).
     given_up: bool,
@@ -43,7 +47,7 @@ pub struct Drained {
     /// Frames to send, in order.
     pub frames: VecDeque<Frame>,
     /// Close after them.
-    pub close: Option<CloseRequest>,
+    pub close: Option<CloseReason>,
     /// Answer a ping (before the frames).
     pub pong: Option<bytes::Bytes>,
 }
@@ -146,12 +150,12 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Asks the writer to close with `code` after what is queued; returns
-    /// nothing. A later close request does not replace the first.
-    pub fn close(&self, code: u16, reason: &'static str) {
+    /// Asks the writer to close after what is queued. A later close
+    /// request does not replace the first.
+    pub fn close(&self, reason: CloseReason) {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_none() {
-            s.close = Some(CloseRequest { code, reason });
+            s.close = Some(reason);
         }
         drop(s);
         self.notify.notify_one();
@@ -160,10 +164,10 @@ impl Outbox {
 
     /// Closes at once, handing back the frames not yet written (so they can
     /// be kept for resume).
-    pub fn abort(&self, code: u16, reason: &'static str) -> VecDeque<Frame> {
+    pub fn abort(&self, reason: CloseReason) -> VecDeque<Frame> {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_none() {
-            s.close = Some(CloseRequest { code, reason });
+            s.close = Some(reason);
         }
         s.bytes = 0;
         let frames = std::mem::take(&mut s.frames);
@@ -222,11 +226,11 @@ mod tests {
         assert_eq!(o.push(Frame::from("12345")), Push::Queued);
         assert_eq!(o.push(Frame::from("12345")), Push::Congested);
         assert_eq!(o.push(Frame::from("1")), Push::Overflow);
-        let left = o.abort(CLOSE_OVERFLOW, "slow");
+        let left = o.abort(CloseReason::Overflow);
         assert_eq!(left.len(), 2);
         assert_eq!(o.push(Frame::from("1")), Push::Closed);
         let d = o.drain();
-        assert_eq!(d.close.unwrap().code, CLOSE_OVERFLOW);
+        assert_eq!(d.close, Some(CloseReason::Overflow));
         assert!(d.frames.is_empty());
     }
 

@@ -75,11 +75,8 @@ fn check_set(
 
 /// The error for a refused transient request.
 fn limit_error(msg: String) -> ProtocolError {
-    ProtocolError::new(TRANSIENT_LIMIT, msg)
+    ProtocolError::new(crate::api::error::TRANSIENT_LIMIT_EXCEEDED, msg)
 }
-
-/// Error code of a transient request over a `[transient]` limit.
-pub const TRANSIENT_LIMIT: &str = "transient_limit_exceeded";
 
 fn same_json(a: &RawValue, b: &RawValue) -> bool {
     if a.get() == b.get() {

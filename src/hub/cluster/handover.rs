@@ -45,7 +45,7 @@ impl State {
                     reason: Some("session_resumed"),
                 },
             ));
-            conn.close(1000, "session resumed");
+            conn.close(crate::hub::outbox::CloseReason::SessionResumed);
         }
         if let Some(key) = &s.room {
             self.remote.insert(
