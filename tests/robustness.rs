@@ -409,3 +409,123 @@ async fn an_overflowing_resume_queue_ends_the_session_and_tells_nextcloud() {
     ts.assert_resume_refused(&rid).await;
     ts.stop().await;
 }
+
+/// A WebSocket spoken byte by byte, for frames a client library refuses
+/// to send.
+struct RawWs(tokio::net::TcpStream);
+
+impl RawWs {
+    /// Connects to `/spreed`, completes the handshake and reads the welcome.
+    async fn connect(ts: &TestServer) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = ts.url.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /spreed HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(
+                s.read(&mut b).await.unwrap(),
+                1,
+                "closed during the handshake"
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // RFC 6455's example key and its accept value.
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        let mut ws = RawWs(s);
+        let (op, payload) = ws.frame().await.expect("welcome");
+        assert_eq!(op, 1);
+        assert!(String::from_utf8_lossy(&payload).contains("welcome"));
+        ws
+    }
+
+    /// Next frame from the server (opcode, payload); None when closed.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let mut h = [0u8; 2];
+        tokio::time::timeout(TIMEOUT, self.0.read_exact(&mut h))
+            .await
+            .expect("timed out reading a frame")
+            .ok()?;
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                self.0.read_exact(&mut l).await.ok()?;
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                self.0.read_exact(&mut l).await.ok()?;
+                u64::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        self.0.read_exact(&mut payload).await.ok()?;
+        Some((h[0] & 0x0f, payload))
+    }
+
+    /// Sends one frame with `fin`, `opcode` and `payload`, masked or not.
+    async fn send(&mut self, first: u8, payload: &[u8], masked: bool) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126);
+        let mut f = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        let key = [0x12u8, 0x34, 0x56, 0x78];
+        if masked {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        self.0.write_all(&f).await.unwrap();
+    }
+
+    /// Reads until the server's close frame; returns its code.
+    async fn close_code(&mut self) -> u16 {
+        loop {
+            let (op, payload) = self.frame().await.expect("closed without a close frame");
+            if op == 8 {
+                assert!(payload.len() >= 2, "close frame without a code");
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_protocol_errors_close_with_their_rfc_codes() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client(Some("alice")).await;
+    let mut b = ts.client(Some("bob")).await;
+    // (frame: first byte, payload, masked) -> close code
+    let cases: [(u8, &[u8], bool, u16); 5] = [
+        (0x81, b"{}", false, 1002),                    // unmasked client frame
+        (0xC1, b"{}", true, 1002),                     // reserved bit RSV1
+        (0x83, b"{}", true, 1002),                     // reserved opcode 3
+        (0x80, b"{}", true, 1002),                     // continuation without a start
+        (0x81, &[0x7b, 0xff, 0xfe, 0x7d], true, 1007), // text that is not UTF-8
+    ];
+    for (first, payload, masked, code) in cases {
+        let mut raw = RawWs::connect(&ts).await;
+        raw.send(first, payload, masked).await;
+        assert_eq!(
+            raw.close_code().await,
+            code,
+            "frame {first:#x} {payload:?} masked={masked}"
+        );
+    }
+    // A valid masked ping is answered with its payload, on the raw socket too.
+    let mut raw = RawWs::connect(&ts).await;
+    raw.send(0x89, b"hi", true).await;
+    assert_eq!(raw.frame().await, Some((0x0A, b"hi".to_vec())));
+    still_works(&mut a, &mut b).await;
+    ts.stop().await;
+}
