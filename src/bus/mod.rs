@@ -315,6 +315,7 @@ impl Header {
             | Header::Mcu { from, .. }
             | Header::SnapshotRequest { from, .. }
             | Header::Dialout { from, .. } => Some(from),
+            Header::ResumeRequest { to, .. } => Some(to),
             _ => None,
         }
     }

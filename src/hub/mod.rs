@@ -1172,6 +1172,17 @@ impl State {
         }
     }
 
+    /// The room `key`, made (and counted) when it does not exist yet.
+    pub fn room_or_new(&mut self, key: &RoomKey, url: Arc<str>, base: Arc<str>) -> &mut Room {
+        match self.rooms.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                *self.room_counts.entry(key.backend.clone()).or_default() += 1;
+                e.insert(Room::new(url, base))
+            }
+        }
+    }
+
     /// Removes a room with its transient data and their expiry timers.
     pub fn remove_room(&mut self, key: &RoomKey) -> Option<Room> {
         let room = self.rooms.remove(key)?;

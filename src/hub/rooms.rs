@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::federation::{FedCmd, Target};
-use super::room::{Room, RoomKey};
+use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{Hub, State};
 use crate::api::backend::RoomRequest;
@@ -99,13 +99,12 @@ impl State {
         if let Some(rs) = &room_session_id {
             self.replace_room_session(&key, rs, sid);
         }
-        let room = match self.rooms.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                *self.room_counts.entry(key.backend.clone()).or_default() += 1;
-                e.insert(Room::new(url, base))
-            }
-        };
+        // The smaller of the MCU's and the backend's limits; none when
+        // neither has one.
+        let mcu = self.mcu.as_ref().map_or((0, 0), |m| {
+            (m.config().max_stream_bitrate, m.config().max_screen_bitrate)
+        });
+        let room = self.room_or_new(&key, url, base);
         if properties.is_some() {
             room.properties = properties;
         }
@@ -116,11 +115,6 @@ impl State {
                 roomid: &key.room,
                 properties: room.properties.as_deref(),
                 bandwidth: {
-                    // The smaller of the MCU's and the backend's limits;
-                    // none when neither has one.
-                    let mcu = self.mcu.as_ref().map_or((0, 0), |m| {
-                        (m.config().max_stream_bitrate, m.config().max_screen_bitrate)
-                    });
                     let stream = crate::mcu::combine_limits(mcu.0, backend_bitrates.0);
                     let screen = crate::mcu::combine_limits(mcu.1, backend_bitrates.1);
                     (stream > 0 || screen > 0).then_some(crate::api::server::Bandwidth {

@@ -333,7 +333,11 @@ impl Hub {
                 }
             }
             Header::ResumeRequest { resume_id, to } => {
-                if let Some(reply) = reply {
+                // Every process sees every request (`signaling.>`); only the
+                // addressed one answers. The requester itself would
+                // otherwise find the session it just adopted and hand it
+                // to itself, closing the resumed connection.
+                if let (true, Some(reply)) = (to_me, reply) {
                     self.mutate(|st| st.answer_resume(&resume_id, &to, reply));
                 }
             }

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::{RemoteMember, HANDOVER_TIMEOUT};
 use crate::api::server::{frame, Bye, Frame};
 use crate::bus::{encode, process_subject, Header, SessionHandover};
-use crate::hub::room::{Room, RoomKey};
+use crate::hub::room::RoomKey;
 use crate::hub::session::{Session, SessionKind};
 use crate::hub::{Hub, State};
 
@@ -156,10 +156,7 @@ impl Hub {
                 h.backend_url.as_str().into(),
                 h.backend_base.as_str().into(),
             );
-            let r = st
-                .rooms
-                .entry(key.clone())
-                .or_insert_with(|| Room::new(url, base));
+            let r = st.room_or_new(key, url, base);
             if !r.members.contains(&sid) {
                 r.members.push(sid.clone());
             }
