@@ -10,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use spreed_signaling::api::backend::BackendRoomRequest;
 use spreed_signaling::api::client::{
-    ClientKind, ClientMessage, HelloClientMessage, HelloV2Params, IdOnly, InternalAuthParams,
+    AuthKind, ClientKind, ClientMessage, HelloClientMessage, HelloV2Params, IdOnly,
+    InternalAuthParams,
 };
 use spreed_signaling::backend::capabilities::Capabilities;
 use spreed_signaling::backend::checksum;
@@ -126,7 +127,10 @@ pub fn hub_messages(data: &[u8]) {
                     // Only hellos that need no Nextcloud: internal and
                     // resumes; client hellos would wait for the timeout.
                     let local = hello.resumeid.is_some()
-                        || hello.auth.as_ref().is_some_and(|a| a.kind == "internal");
+                        || hello
+                            .auth
+                            .as_ref()
+                            .is_some_and(|a| a.kind == AuthKind::Internal);
                     if local {
                         let conn = hub.new_outbox();
                         if let Ok(other) = hub.hello(&conn, msg.id.as_deref(), hello).await {

@@ -348,3 +348,29 @@ pub struct Dialout {
     #[serde(default)]
     pub options: Option<Box<RawValue>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_request_is_parsed_into_the_variant_of_its_type() {
+        let r = BackendRoomRequest::parse(br#"{"type":"delete"}"#).unwrap();
+        assert!(matches!(r, BackendRoomRequest::Delete(_)));
+        assert_eq!(r.kind(), "delete");
+        let r = BackendRoomRequest::parse(br#"{"type":"incall","incall":{"incall":7,"all":true}}"#)
+            .unwrap();
+        assert!(matches!(
+            r,
+            BackendRoomRequest::InCall(InCallChange { all: true, .. })
+        ));
+        let e = BackendRoomRequest::parse(br#"{"type":"participants"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "participants missing");
+        let e = BackendRoomRequest::parse(br#"{"type":"transient"}"#).unwrap_err();
+        assert_eq!(e.to_string(), "unsupported request type `transient`");
+        let e = BackendRoomRequest::parse(b"{").unwrap_err();
+        assert!(e.to_string().starts_with("Could not read body: "), "{e}");
+        // Through serde (the bus path) the same rules apply.
+        assert!(serde_json::from_slice::<BackendRoomRequest>(br#"{"type":"switchto"}"#).is_err());
+    }
+}

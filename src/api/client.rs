@@ -32,57 +32,23 @@ pub struct ClientMessage {
     pub internal: Option<InternalClientMessage>,
 }
 
-/// The `type` of a client message. Unknown types are kept by name, for the
-/// error that names them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientKind {
-    /// `hello`: authenticate or resume.
-    Hello,
-    /// `bye`: end the session.
-    Bye,
-    /// `room`: join or leave a room.
-    Room,
-    /// `message`: to a session, user, room or call.
-    Message,
-    /// `control`: as `message`, for moderators.
-    Control,
-    /// `transient`: set or remove transient room data.
-    Transient,
-    /// `internal`: requests of internal clients.
-    Internal,
-    /// Anything else.
-    Unknown(String),
-}
-
-impl ClientKind {
-    /// The type as the client spelled it.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ClientKind::Hello => "hello",
-            ClientKind::Bye => "bye",
-            ClientKind::Room => "room",
-            ClientKind::Message => "message",
-            ClientKind::Control => "control",
-            ClientKind::Transient => "transient",
-            ClientKind::Internal => "internal",
-            ClientKind::Unknown(s) => s,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for ClientKind {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        Ok(match &*s {
-            "hello" => ClientKind::Hello,
-            "bye" => ClientKind::Bye,
-            "room" => ClientKind::Room,
-            "message" => ClientKind::Message,
-            "control" => ClientKind::Control,
-            "transient" => ClientKind::Transient,
-            "internal" => ClientKind::Internal,
-            _ => ClientKind::Unknown(s.into_owned()),
-        })
+wire_kind! {
+    /// The `type` of a client message.
+    pub enum ClientKind {
+        /// `hello`: authenticate or resume.
+        Hello = "hello",
+        /// `bye`: end the session.
+        Bye = "bye",
+        /// `room`: join or leave a room.
+        Room = "room",
+        /// `message`: to a session, user, room or call.
+        Message = "message",
+        /// `control`: as `message`, for moderators.
+        Control = "control",
+        /// `transient`: set or remove transient room data.
+        Transient = "transient",
+        /// `internal`: requests of internal clients.
+        Internal = "internal",
     }
 }
 
@@ -113,15 +79,29 @@ pub struct HelloClientMessage {
 /// `hello.auth`.
 #[derive(Debug, Deserialize)]
 pub struct HelloAuth {
-    /// Client type: "" / "client" / "internal".
+    /// Client type (absent: a client).
     #[serde(rename = "type", default)]
-    pub kind: String,
+    pub kind: AuthKind,
     /// Backend URL (client type).
     #[serde(default)]
     pub url: String,
     /// Parameters forwarded to the backend (v1) or holding the token (v2).
     #[serde(default)]
     pub params: Option<Box<RawValue>>,
+}
+
+wire_kind! {
+    /// `hello.auth.type`: who authenticates.
+    #[derive(Default)]
+    pub enum AuthKind {
+        /// A Talk client, authenticated by Nextcloud (v1) or a token (v2).
+        #[default]
+        Client = "client" | "",
+        /// Another signaling server, for a user of its Nextcloud.
+        Federation = "federation",
+        /// An internal client (SIP bridge, recording), by shared secret.
+        Internal = "internal",
+    }
 }
 
 /// `params` of an internal client.
@@ -189,9 +169,9 @@ pub struct MessageClientMessage {
 /// Recipient of a message.
 #[derive(Debug, Deserialize)]
 pub struct Recipient {
-    /// session, user or room.
+    /// session, user, room or call.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: RecipientKind,
     /// For `session`.
     #[serde(default)]
     pub sessionid: Option<String>,
@@ -200,12 +180,26 @@ pub struct Recipient {
     pub userid: Option<String>,
 }
 
+wire_kind! {
+    /// The recipient `type` of a message.
+    pub enum RecipientKind {
+        /// One session (`sessionid`).
+        Session = "session",
+        /// Every session of a user (`userid`).
+        User = "user",
+        /// The other members of the sender's room.
+        Room = "room",
+        /// The other members of the sender's room that are in its call.
+        Call = "call",
+    }
+}
+
 /// `transient` request.
 #[derive(Debug, Deserialize)]
 pub struct TransientClientMessage {
     /// set or remove.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: TransientKind,
     /// The key.
     #[serde(default)]
     pub key: String,
@@ -215,6 +209,16 @@ pub struct TransientClientMessage {
     /// Time to live in nanoseconds (number or numeric string).
     #[serde(default)]
     pub ttl: Option<serde_json::Value>,
+}
+
+wire_kind! {
+    /// The `type` of a `transient` request.
+    pub enum TransientKind {
+        /// Set a value (`null` removes it).
+        Set = "set",
+        /// Remove a value.
+        Remove = "remove",
+    }
 }
 
 /// `internal` request (internal clients only).
@@ -354,12 +358,28 @@ pub struct InCallInternal {
     pub incall: u32,
 }
 
+wire_kind! {
+    /// The `type` of an internal client's answer to a dialout request.
+    pub enum DialoutAnswerKind {
+        /// How the call goes (`accepted`, ...).
+        Status = "status",
+        /// The dialout failed.
+        Error = "error",
+    }
+}
+
+impl Default for DialoutAnswerKind {
+    fn default() -> Self {
+        DialoutAnswerKind::Unknown(String::new())
+    }
+}
+
 /// An internal client's answer to a dialout request.
 #[derive(Debug, Deserialize)]
 pub struct DialoutInternal {
     /// "status" or "error".
     #[serde(rename = "type", default)]
-    pub kind: String,
+    pub kind: DialoutAnswerKind,
     /// Room the call belongs to.
     #[serde(default)]
     pub roomid: Option<String>,
@@ -380,4 +400,49 @@ pub struct DialoutStatus {
     /// accepted, ringing, ...
     #[serde(default)]
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_read_into_variants_and_unknown_ones_keep_their_name() {
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"control"}"#).unwrap();
+        assert_eq!(m.kind, ClientKind::Control);
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"\u0062ye"}"#).unwrap();
+        assert_eq!(m.kind, ClientKind::Bye);
+        let m: ClientMessage = serde_json::from_str(r#"{"type":"Hello"}"#).unwrap();
+        assert_eq!(m.kind, ClientKind::Unknown("Hello".into()));
+        assert_eq!(m.kind.as_str(), "Hello");
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{}"#).is_err());
+        // An absent or empty auth type is a client.
+        let a: HelloAuth = serde_json::from_str(r#"{}"#).unwrap();
+        assert_eq!(a.kind, AuthKind::Client);
+        let a: HelloAuth = serde_json::from_str(r#"{"type":""}"#).unwrap();
+        assert_eq!(a.kind, AuthKind::Client);
+        let a: HelloAuth = serde_json::from_str(r#"{"type":"internal"}"#).unwrap();
+        assert_eq!(a.kind, AuthKind::Internal);
+    }
+
+    #[test]
+    fn internal_requests_need_the_body_of_their_type() {
+        let m: InternalClientMessage =
+            serde_json::from_str(r#"{"type":"incall","incall":{"incall":3}}"#).unwrap();
+        assert!(matches!(
+            InternalRequest::try_from(m),
+            Ok(InternalRequest::InCall(InCallInternal { incall: 3 }))
+        ));
+        let m: InternalClientMessage = serde_json::from_str(r#"{"type":"addsession"}"#).unwrap();
+        assert_eq!(
+            InternalRequest::try_from(m).unwrap_err(),
+            "addsession missing"
+        );
+        let m: InternalClientMessage = serde_json::from_str(r#"{"type":"nope"}"#).unwrap();
+        assert_eq!(
+            InternalRequest::try_from(m).unwrap_err(),
+            "unsupported internal type `nope`"
+        );
+    }
 }

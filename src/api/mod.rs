@@ -1,5 +1,46 @@
 //! Wire types only (serde), no logic.
 
+/// Declares the enum of a `type` field that arrives: one variant per known
+/// value, and `Unknown(String)` for any other (kept for the error that
+/// names it), so that the code matches on variants, never on strings.
+macro_rules! wire_kind {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $first:literal $(| $alt:literal)*, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+            /// Any other value.
+            Unknown(String),
+        }
+
+        impl $name {
+            /// The value as sent (for a known value with several spellings,
+            /// the first).
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( $name::$variant => $first, )*
+                    $name::Unknown(s) => s,
+                }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                Ok(match &*s {
+                    $( $first $(| $alt)* => $name::$variant, )*
+                    _ => $name::Unknown(s.into_owned()),
+                })
+            }
+        }
+    };
+}
+
 pub mod backend;
 pub mod client;
 pub mod error;

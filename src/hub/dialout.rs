@@ -10,6 +10,7 @@ use super::room::RoomKey;
 use super::session::SessionKind;
 use super::Hub;
 use crate::api::backend::BackendError;
+use crate::api::client::DialoutAnswerKind;
 use crate::api::error;
 use crate::api::server::frame;
 
@@ -141,21 +142,21 @@ impl Hub {
             let answer = tokio::time::timeout(DIALOUT_TIMEOUT, rx).await;
             self.dialouts.lock().expect("dialout lock").remove(&id);
             let err = match answer {
-                Ok(Ok(a)) => match a.kind.as_str() {
-                    "status" => match a.status {
+                Ok(Ok(a)) => match a.kind {
+                    DialoutAnswerKind::Status => match a.status {
                         Some(s) if s.status == "accepted" => return Some(Ok(s.callid)),
                         _ => backend_error(
                             error::UNSUPPORTED_STATUS,
                             "Unsupported dialout status received.",
                         ),
                     },
-                    "error" => a
+                    DialoutAnswerKind::Error => a
                         .error
                         .and_then(|e| serde_json::from_str::<BackendError>(e.get()).ok())
                         .unwrap_or_else(|| {
                             backend_error(error::DIALOUT_FAILED, "The dialout failed.")
                         }),
-                    _ => backend_error(
+                    DialoutAnswerKind::Unknown(_) => backend_error(
                         error::UNSUPPORTED_TYPE,
                         "Unsupported dialout type received.",
                     ),

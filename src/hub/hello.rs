@@ -10,7 +10,7 @@ use super::outbox::{CloseReason, Outbox};
 use super::session::{flags, new_id, Session, SessionKind};
 use super::{invalid_format, Hub, VERSION};
 use crate::api::backend::AuthRequest;
-use crate::api::client::{HelloClientMessage, HelloV2Params, InternalAuthParams};
+use crate::api::client::{AuthKind, HelloClientMessage, HelloV2Params, InternalAuthParams};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, HelloReply, ServerInfo};
 use crate::backend::checksum;
@@ -156,8 +156,8 @@ impl Hub {
         let Some(params) = auth.params.filter(|p| p.get() != "null") else {
             return Err(invalid_format("params missing"));
         };
-        let identity = match auth.kind.as_str() {
-            "" | "client" => {
+        let identity = match auth.kind {
+            AuthKind::Client => {
                 let (backend, base, url) = self.backend_of(&auth.url)?;
                 if hello.version == "1.0" {
                     self.auth_v1(backend, base, &url, &params).await?
@@ -165,7 +165,7 @@ impl Hub {
                     self.auth_v2(backend, base, &url, &params, false).await?
                 }
             }
-            "federation" => {
+            AuthKind::Federation => {
                 // Another signaling server, for a user of its Nextcloud:
                 // verified with the key of the Nextcloud the URL names,
                 // which must be one of ours.
@@ -175,8 +175,8 @@ impl Hub {
                 let (backend, base, url) = self.backend_of(&auth.url)?;
                 self.auth_v2(backend, base, &url, &params, true).await?
             }
-            "internal" => self.auth_internal(&params)?,
-            _ => {
+            AuthKind::Internal => self.auth_internal(&params)?,
+            AuthKind::Unknown(_) => {
                 return Err(ProtocolError::new(
                     error::INVALID_CLIENT_TYPE,
                     "The client type is not supported.",

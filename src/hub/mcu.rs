@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::session::SessionKind;
 use super::{invalid_format, Hub};
-use crate::api::client::MessageClientMessage;
+use crate::api::client::{MessageClientMessage, RecipientKind};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, MessageOut, Sender};
 use crate::mcu::sdp::{self, SdpError};
@@ -294,8 +294,10 @@ impl Hub {
         let Some(mcu) = self.mcu.get().cloned() else {
             return McuRoute::Deliver(msg);
         };
-        if !matches!(msg.recipient.kind.as_str(), "session" | "room" | "call")
-            || !msg.data.get().trim_start().starts_with('{')
+        if !matches!(
+            msg.recipient.kind,
+            RecipientKind::Session | RecipientKind::Room | RecipientKind::Call
+        ) || !msg.data.get().trim_start().starts_with('{')
         {
             return McuRoute::Deliver(msg);
         }
@@ -309,7 +311,7 @@ impl Hub {
                 return McuRoute::Done;
             }
         };
-        if msg.recipient.kind != "session" {
+        if msg.recipient.kind != RecipientKind::Session {
             return McuRoute::Deliver(msg);
         }
         let target: Arc<str> = match msg.recipient.sessionid.as_deref() {

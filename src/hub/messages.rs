@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use super::cluster::RemoteRoute;
 use super::outbox::Outbox;
+use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{invalid_format, Hub, State};
-use crate::api::client::MessageClientMessage;
+use crate::api::client::{ClientKind, MessageClientMessage, RecipientKind};
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::{frame, MessageOut, RecipientOut, Sender};
+use crate::api::server::{frame, Frame, MessageOut, RecipientOut, Sender};
 
 /// The two fields of a message's `data` that decide whether it publishes
 /// media; everything else stays unparsed.
@@ -49,13 +50,11 @@ impl Hub {
         &self,
         sid: &Arc<str>,
         id: Option<&str>,
-        kind: &str,
+        kind: &ClientKind,
         msg: MessageClientMessage,
     ) -> Vec<Arc<Outbox>> {
-        let mut st = self.lock();
-        let (result, congested) = st.collecting_congestion(|st| route(st, sid, id, kind, &msg));
-        st.reap();
-        drop(st);
+        let (result, congested) =
+            self.mutate(|st| st.collecting_congestion(|st| route(st, sid, id, kind, &msg)));
         if let Err(e) = result {
             self.reply_error(sid, id, e);
         }
@@ -63,154 +62,212 @@ impl Hub {
     }
 }
 
-/// Delivers one `message` or `control` under the hub lock; an error is
-/// replied to the sender by the caller.
+/// A `message` or `control` on its way: who sent it, and the frame the
+/// recipients get (built by [`Outgoing::frame`], once per recipient form).
+struct Outgoing<'a> {
+    sid: &'a Arc<str>,
+    id: Option<&'a str>,
+    kind: &'a ClientKind,
+    msg: &'a MessageClientMessage,
+    user: Option<Arc<str>>,
+    backend: Arc<str>,
+}
+
+impl Outgoing<'_> {
+    fn frame(&self, recipient: Option<RecipientOut>) -> Frame {
+        frame(
+            None,
+            self.kind.as_str(),
+            &MessageOut {
+                sender: Sender {
+                    kind: self.msg.recipient.kind.as_str(),
+                    sessionid: self.sid,
+                    userid: self.user.as_deref(),
+                },
+                recipient,
+                data: &self.msg.data,
+            },
+        )
+    }
+}
+
+fn no_such_session() -> ProtocolError {
+    ProtocolError::new(
+        error::NO_SUCH_SESSION,
+        "The recipient session does not exist.",
+    )
+}
+
+/// Delivers one `message` or `control` under the hub lock, by recipient
+/// type; an error is replied to the sender by the caller.
 fn route(
     st: &mut State,
     sid: &Arc<str>,
     id: Option<&str>,
-    kind: &str,
+    kind: &ClientKind,
     msg: &MessageClientMessage,
 ) -> Result<(), ProtocolError> {
     let Some(sender) = st.sessions.map.get(sid) else {
         return Ok(());
     };
-    if kind == "control" && !sender.has_permission("control") {
+    if *kind == ClientKind::Control && !sender.has_permission("control") {
         return Err(ProtocolError::new(
             error::NOT_ALLOWED,
             "Not allowed to send control messages.",
         ));
     }
-    if kind == "message" && sender.permissions.is_some() && !may_send_offer(sender, &msg.data) {
+    if *kind == ClientKind::Message
+        && sender.permissions.is_some()
+        && !may_send_offer(sender, &msg.data)
+    {
         return Err(ProtocolError::new(
             error::NOT_ALLOWED,
             "Not allowed to publish.",
         ));
     }
-    let sender_user = sender.user_id.clone();
-    let backend = sender.backend.id.clone();
     let sender_room = sender.room.clone();
-    let out = |recipient: Option<RecipientOut>| {
-        frame(
-            None,
-            kind,
-            &MessageOut {
-                sender: Sender {
-                    kind: &msg.recipient.kind,
-                    sessionid: sid,
-                    userid: sender_user.as_deref(),
-                },
-                recipient,
-                data: &msg.data,
-            },
-        )
+    let out = Outgoing {
+        sid,
+        id,
+        kind,
+        msg,
+        user: sender.user_id.clone(),
+        backend: sender.backend.id.clone(),
     };
-    let no_such_session = || {
-        ProtocolError::new(
-            error::NO_SUCH_SESSION,
-            "The recipient session does not exist.",
-        )
+    match &msg.recipient.kind {
+        RecipientKind::Session => to_session(st, &out),
+        RecipientKind::User => to_user(st, &out),
+        RecipientKind::Room => to_room(st, &out, sender_room, false),
+        // `call` (`recipient-call`): only the members in the call.
+        RecipientKind::Call => to_room(st, &out, sender_room, true),
+        RecipientKind::Unknown(other) => Err(invalid_format(format!(
+            "unsupported recipient type `{other}`"
+        ))),
+    }
+}
+
+/// Recipient `session`: a local session (a virtual one's internal client),
+/// or one on another process.
+fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
+    let sid = out.sid;
+    let Some(target) = out
+        .msg
+        .recipient
+        .sessionid
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    else {
+        return Err(invalid_format("recipient sessionid missing"));
     };
-    match msg.recipient.kind.as_str() {
-        "session" => {
-            let Some(target) = msg.recipient.sessionid.as_deref().filter(|s| !s.is_empty()) else {
-                return Err(invalid_format("recipient sessionid missing"));
-            };
-            if target == &**sid {
-                // Don't loop messages back to the sender.
-                return Ok(());
-            }
-            let Some(t) = st.sessions.map.get(target) else {
-                // On another process?
-                if let Some((info, room)) = st
-                    .remote
-                    .get(target)
-                    .map(|r| (r.info.clone(), r.room.clone()))
-                {
-                    if room.backend != backend {
-                        // Sessions of other backends are unreachable.
-                        return Err(no_such_session());
-                    }
-                    if let (Some(owner), Some(client_sid)) = (&info.virtual_owner, &info.client_sid)
-                    {
-                        let f = out(Some(RecipientOut {
-                            kind: "session",
-                            sessionid: client_sid,
-                        }));
-                        if st.sessions.map.contains_key(owner.as_str()) {
-                            st.sessions.deliver(owner, &f);
-                        } else {
-                            st.send_to_remote_session(owner, &f, None);
-                        }
-                    } else {
-                        st.send_to_remote_session(target, &out(None), None);
-                    }
-                    return Ok(());
-                }
-                let route = RemoteRoute {
-                    backend: &backend,
-                    sender: sid,
-                    id,
-                };
-                if st.send_to_remote_session(target, &out(None), Some(&route)) {
-                    return Ok(());
-                }
-                return Err(no_such_session());
-            };
-            if t.backend.id != backend {
-                // Sessions of other backends are unreachable.
-                return Err(no_such_session());
-            }
-            if t.id == *sid {
-                // Don't loop messages back to the sender.
-                return Ok(());
-            }
-            match &t.kind {
-                SessionKind::Virtual { owner, client_sid } => {
-                    // Messages for a virtual session go to its internal client.
-                    let f = out(Some(RecipientOut {
-                        kind: "session",
-                        sessionid: client_sid,
-                    }));
-                    let owner = owner.clone();
-                    st.sessions.deliver(&owner, &f);
-                }
-                _ => {
-                    let f = out(None);
-                    st.sessions.deliver(target, &f);
-                }
-            }
+    if target == &**sid {
+        // Don't loop messages back to the sender.
+        return Ok(());
+    }
+    let Some(t) = st.sessions.map.get(target) else {
+        return to_remote_session(st, out, target);
+    };
+    if t.backend.id != out.backend {
+        // Sessions of other backends are unreachable.
+        return Err(no_such_session());
+    }
+    if t.id == *sid {
+        // Don't loop messages back to the sender.
+        return Ok(());
+    }
+    match &t.kind {
+        SessionKind::Virtual { owner, client_sid } => {
+            // Messages for a virtual session go to its internal client.
+            let f = out.frame(Some(RecipientOut {
+                kind: "session",
+                sessionid: client_sid,
+            }));
+            let owner = owner.clone();
+            st.sessions.deliver(&owner, &f);
         }
-        "user" => {
-            let Some(user) = msg.recipient.userid.as_deref().filter(|s| !s.is_empty()) else {
-                return Err(invalid_format("recipient userid missing"));
-            };
-            let f = out(None);
-            st.send_to_user(&backend, user, &f, Some(sid));
-            st.publish_user_frame(&backend, user, &f, Some(sid));
-        }
-        "room" | "call" => {
-            let Some(key) = sender_room else {
-                return Err(ProtocolError::new(
-                    error::NOT_IN_ROOM,
-                    "No room joined yet.",
-                ));
-            };
-            let f = out(None);
-            // `call` (`recipient-call`): only the members in the call.
-            let call_only = msg.recipient.kind == "call";
-            if call_only {
-                st.broadcast_call(&key, &f, Some(sid));
-            } else {
-                st.broadcast(&key, &f, Some(sid));
-            }
-            st.publish_room_frame(&key, &f, Some(sid), call_only);
-        }
-        other => {
-            return Err(invalid_format(format!(
-                "unsupported recipient type `{other}`"
-            )));
+        _ => {
+            let f = out.frame(None);
+            st.sessions.deliver(target, &f);
         }
     }
+    Ok(())
+}
+
+/// Recipient `session` not connected here: a member of a local room on
+/// another process, or a session its owner process must look up.
+fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(), ProtocolError> {
+    if let Some((info, room)) = st
+        .remote
+        .get(target)
+        .map(|r| (r.info.clone(), r.room.clone()))
+    {
+        if room.backend != out.backend {
+            // Sessions of other backends are unreachable.
+            return Err(no_such_session());
+        }
+        if let (Some(owner), Some(client_sid)) = (&info.virtual_owner, &info.client_sid) {
+            let f = out.frame(Some(RecipientOut {
+                kind: "session",
+                sessionid: client_sid,
+            }));
+            if st.sessions.map.contains_key(owner.as_str()) {
+                st.sessions.deliver(owner, &f);
+            } else {
+                st.send_to_remote_session(owner, &f, None);
+            }
+        } else {
+            st.send_to_remote_session(target, &out.frame(None), None);
+        }
+        return Ok(());
+    }
+    let route = RemoteRoute {
+        backend: &out.backend,
+        sender: out.sid,
+        id: out.id,
+    };
+    if st.send_to_remote_session(target, &out.frame(None), Some(&route)) {
+        return Ok(());
+    }
+    Err(no_such_session())
+}
+
+/// Recipient `user`: every session of the user on the sender's backend,
+/// here and on other processes, but the sender.
+fn to_user(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
+    let Some(user) = out
+        .msg
+        .recipient
+        .userid
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    else {
+        return Err(invalid_format("recipient userid missing"));
+    };
+    let f = out.frame(None);
+    st.send_to_user(&out.backend, user, &f, Some(out.sid));
+    st.publish_user_frame(&out.backend, user, &f, Some(out.sid));
+    Ok(())
+}
+
+/// Recipient `room` (or `call`: only the members in the call): the other
+/// members of the sender's room, here and on other processes.
+fn to_room(
+    st: &mut State,
+    out: &Outgoing,
+    room: Option<RoomKey>,
+    call_only: bool,
+) -> Result<(), ProtocolError> {
+    let Some(key) = room else {
+        return Err(ProtocolError::new(
+            error::NOT_IN_ROOM,
+            "No room joined yet.",
+        ));
+    };
+    let f = out.frame(None);
+    if call_only {
+        st.broadcast_call(&key, &f, Some(out.sid));
+    } else {
+        st.broadcast(&key, &f, Some(out.sid));
+    }
+    st.publish_room_frame(&key, &f, Some(out.sid), call_only);
     Ok(())
 }

@@ -592,12 +592,14 @@ impl Hub {
                 Some(body) => match self.mcu_message(sid, id, body) {
                     mcu::McuRoute::Done => {}
                     mcu::McuRoute::Wait(f) => return Some(f),
-                    mcu::McuRoute::Deliver(body) => return self.message(sid, id, "message", body),
+                    mcu::McuRoute::Deliver(body) => {
+                        return self.message(sid, id, &ClientKind::Message, body)
+                    }
                 },
                 None => self.reply_error(sid, id, invalid_format("message body missing")),
             },
             ClientKind::Control => match msg.control {
-                Some(body) => return self.message(sid, id, "control", body),
+                Some(body) => return self.message(sid, id, &ClientKind::Control, body),
                 None => self.reply_error(sid, id, invalid_format("message body missing")),
             },
             ClientKind::Transient => match msg.transient {
@@ -623,7 +625,7 @@ impl Hub {
         &self,
         sid: &Arc<str>,
         id: Option<&str>,
-        kind: &str,
+        kind: &ClientKind,
         body: crate::api::client::MessageClientMessage,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let congested = self.route_message(sid, id, kind, body);

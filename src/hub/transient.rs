@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::room::{RoomKey, TransientEntry};
 use super::{invalid_format, Hub, State};
-use crate::api::client::TransientClientMessage;
+use crate::api::client::{TransientClientMessage, TransientKind};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, Frame, TransientOut};
 
@@ -230,93 +230,107 @@ impl State {
 impl Hub {
     /// Handles a client's `transient` request.
     pub(crate) fn transient(&self, sid: &Arc<str>, id: Option<&str>, t: TransientClientMessage) {
+        let (set, ttl) = match self.check_transient(&t) {
+            Ok(checked) => checked,
+            Err(e) => return self.reply_error(sid, id, e),
+        };
+        match self.mutate(|st| self.apply_client_transient(st, sid, t, set, ttl)) {
+            Ok(true) => self.timer.notify_one(),
+            Ok(false) => {}
+            Err(e) => self.reply_error(sid, id, e),
+        }
+    }
+
+    /// What can be checked of a `transient` request without the state:
+    /// its type (true for `set`), key, TTL and the `[transient]` limits on
+    /// them.
+    fn check_transient(
+        &self,
+        t: &TransientClientMessage,
+    ) -> Result<(bool, Option<Duration>), ProtocolError> {
         let ttl = match t.ttl.as_ref().map(parse_ttl) {
             None => None,
             Some(Ok(ttl)) => ttl,
-            Some(Err(())) => {
-                return self.reply_error(sid, id, invalid_format("ttl must be nanoseconds"))
+            Some(Err(())) => return Err(invalid_format("ttl must be nanoseconds")),
+        };
+        let set = match &t.kind {
+            TransientKind::Set => true,
+            TransientKind::Remove => false,
+            TransientKind::Unknown(other) => {
+                return Err(invalid_format(format!(
+                    "unsupported transient type `{other}`"
+                )))
             }
         };
-        if !matches!(t.kind.as_str(), "set" | "remove") {
-            return self.reply_error(
-                sid,
-                id,
-                invalid_format(format!("unsupported transient type `{}`", t.kind)),
-            );
-        }
         if t.key.is_empty() {
-            return self.reply_error(sid, id, invalid_format("key missing"));
+            return Err(invalid_format("key missing"));
         }
         let limits = &self.config.transient;
         if t.key.len() > limits.max_key_length {
             self.metrics.refuse("transient_key_length");
-            return self.reply_error(
-                sid,
-                id,
-                limit_error(format!(
-                    "Key is longer than {} bytes.",
-                    limits.max_key_length
-                )),
-            );
+            return Err(limit_error(format!(
+                "Key is longer than {} bytes.",
+                limits.max_key_length
+            )));
         }
         if ttl.is_some_and(|d| d > limits.max_ttl) {
             self.metrics.refuse("transient_ttl");
-            return self.reply_error(
-                sid,
-                id,
-                limit_error(format!(
-                    "TTL is longer than {} seconds.",
-                    limits.max_ttl.as_secs()
-                )),
-            );
+            return Err(limit_error(format!(
+                "TTL is longer than {} seconds.",
+                limits.max_ttl.as_secs()
+            )));
         }
-        let mut st = self.lock();
+        Ok((set, ttl))
+    }
+
+    /// Sets or removes a client's transient value in its room (through the
+    /// bus when clustered); true when the timer must wake for a new
+    /// earliest expiry.
+    fn apply_client_transient(
+        &self,
+        st: &mut State,
+        sid: &Arc<str>,
+        t: TransientClientMessage,
+        set: bool,
+        ttl: Option<Duration>,
+    ) -> Result<bool, ProtocolError> {
         let Some(s) = st.sessions.map.get(sid) else {
-            return;
+            return Ok(false);
         };
         let Some(key) = s.room.clone() else {
-            drop(st);
-            return self.reply_error(
-                sid,
-                id,
-                ProtocolError::new(error::NOT_IN_ROOM, "No room joined yet."),
-            );
+            return Err(ProtocolError::new(
+                error::NOT_IN_ROOM,
+                "No room joined yet.",
+            ));
         };
         if !s.has_permission("transient-data") {
-            drop(st);
-            return self.reply_error(
-                sid,
-                id,
-                ProtocolError::new(error::NOT_ALLOWED, "Not allowed to update transient data."),
-            );
+            return Err(ProtocolError::new(
+                error::NOT_ALLOWED,
+                "Not allowed to update transient data.",
+            ));
         }
         // `transient-sessiondata`: `sd:<session id>` belongs to that session.
         if t.key.starts_with("sd:") && t.key != super::session_data_key(sid) {
-            drop(st);
-            return self.reply_error(
-                sid,
-                id,
-                ProtocolError::new(
-                    error::NOT_ALLOWED,
-                    "Not allowed to update this transient data entry.",
-                ),
-            );
+            return Err(ProtocolError::new(
+                error::NOT_ALLOWED,
+                "Not allowed to update this transient data entry.",
+            ));
         }
-        if let (true, Some(v)) = (t.kind == "set", t.value.as_deref()) {
-            if let Err((limit, msg)) = check_set(st.rooms.get(&key), &t.key, v, limits) {
-                drop(st);
+        if let (true, Some(v)) = (set, t.value.as_deref()) {
+            if let Err((limit, msg)) =
+                check_set(st.rooms.get(&key), &t.key, v, &self.config.transient)
+            {
                 self.metrics.refuse(limit);
-                return self.reply_error(sid, id, limit_error(msg));
+                return Err(limit_error(msg));
             }
         }
-        let wake = if st.bus.clustered() {
+        if st.bus.clustered() {
             // Applied by every process (this one too) in bus order.
-            let value = if t.kind == "set" { t.value } else { None };
             let h = crate::bus::Header::Transient {
                 backend: key.backend.to_string(),
                 room: key.room.to_string(),
-                key: t.key.clone(),
-                value,
+                key: t.key,
+                value: if set { t.value } else { None },
                 ttl_ns: ttl.map(|d| d.as_nanos() as u64),
                 if_version: None,
             };
@@ -324,17 +338,12 @@ impl Hub {
                 crate::bus::room_subject(&key.backend, &key.room),
                 crate::bus::encode(&h, None),
             );
-            false
-        } else if t.kind == "set" {
-            st.set_transient(&key, &t.key, t.value, ttl)
+            Ok(false)
+        } else if set {
+            Ok(st.set_transient(&key, &t.key, t.value, ttl))
         } else {
             st.remove_transient(&key, &t.key);
-            false
-        };
-        st.reap();
-        drop(st);
-        if wake {
-            self.timer.notify_one();
+            Ok(false)
         }
     }
 }
