@@ -259,7 +259,6 @@ impl Hub {
     fn federation_deliver(&self, sid: &str, f: Frame) {
         let mut st = self.lock();
         st.sessions.deliver(sid, &f);
-        st.reap();
     }
 
     /// The link ended: the session is no longer federated.

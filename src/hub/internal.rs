@@ -169,7 +169,6 @@ impl Hub {
                 st.flags_event(&room, &vsid, new_flags);
             }
         }
-        st.reap();
     }
 
     /// `removesession`: a virtual session of this internal client ends.
@@ -276,7 +275,6 @@ impl Hub {
         if vflags != 0 {
             st.flags_event(&key, &vsid, vflags);
         }
-        st.reap();
         drop(st);
 
         // Tell Nextcloud about the virtual session.

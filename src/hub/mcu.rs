@@ -281,7 +281,6 @@ impl Hub {
     fn deliver_frame(&self, to: &str, f: &crate::api::server::Frame) {
         let mut st = self.lock();
         st.sessions.deliver(to, f);
-        st.reap();
     }
 
     /// Looks at a client `message` for the MCU (see the module docs).

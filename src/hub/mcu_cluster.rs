@@ -86,7 +86,6 @@ impl Hub {
         let mut st = self.lock();
         if st.sessions.map.contains_key(to) {
             st.sessions.deliver(to, f);
-            st.reap();
         } else {
             st.send_to_remote_session(to, f, None);
         }

@@ -20,6 +20,8 @@ pub mod room;
 mod rooms;
 pub mod session;
 mod tasks;
+#[cfg(test)]
+mod tests;
 pub mod throttle;
 mod transient;
 
@@ -266,6 +268,32 @@ pub(crate) struct State {
     pub mcu: Option<Arc<crate::mcu::Mcu>>,
 }
 
+/// The hub lock, held. When it is released, the sessions whose resume
+/// queue overflowed during the critical section are ended (with a `bye`,
+/// leaving their room): no mutation has to remember to, and none can
+/// forget.
+pub(crate) struct StateGuard<'a>(MutexGuard<'a, State>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.0.reap();
+    }
+}
+
 /// A backend dialout request waiting for an internal client's answer.
 type DialoutWaiter = (
     Arc<str>,
@@ -400,17 +428,15 @@ impl Hub {
         }))
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the hub lock. Releasing it ends the sessions whose resume
+    /// queue overflowed meanwhile (see [`StateGuard`]).
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        StateGuard(self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Runs `f` on the state under the lock, then ends the sessions whose
-    /// resume queue its deliveries overflowed (so `f` need not remember to).
+    /// Runs `f` on the state under the lock.
     pub(crate) fn mutate<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
-        let mut st = self.lock();
-        let r = f(&mut st);
-        st.reap();
-        r
+        f(&mut self.lock())
     }
 
     /// The allowed backends as currently configured.
@@ -665,14 +691,12 @@ impl Hub {
         let f = error_frame(id, &err);
         let mut st = self.lock();
         st.sessions.deliver(sid, &f);
-        st.reap();
     }
 
     fn bye(&self, sid: &Arc<str>, id: Option<&str>) {
         let reply = frame(id, "bye", &serde_json::json!({}));
         let mut st = self.lock();
         st.end_session(sid, Some(reply));
-        st.reap();
     }
 
     /// The connection of a session went away: keep the session for resume.
@@ -729,7 +753,6 @@ impl Hub {
                 st.end_session(&sid, Some(bye));
             }
         }
-        st.reap();
     }
 
     /// Number of other processes this one currently hears from.
@@ -884,7 +907,6 @@ impl Hub {
         );
         let mut st = self.lock();
         st.end_session(sid, Some(f));
-        st.reap();
     }
 }
 
@@ -1015,8 +1037,9 @@ impl State {
         }
     }
 
-    /// Ends sessions whose resume queue overflowed during the last operation.
-    pub fn reap(&mut self) {
+    /// Ends sessions whose resume queue overflowed during the last
+    /// operation; called when the lock is released ([`StateGuard`]).
+    fn reap(&mut self) {
         while let Some(sid) = self.sessions.doomed.pop() {
             let f = frame(
                 None,

@@ -256,7 +256,6 @@ impl Hub {
         if let Some(s) = st.sessions.map.get_mut(sid) {
             s.fed_link = Some(Box::new(link));
         }
-        st.reap();
     }
 
     /// A `room` request of a session in a federated room: a leave goes to
@@ -330,6 +329,19 @@ impl State {
 /// `bye` reason of a session replaced by a reconnected Talk client.
 pub(crate) const REASON_RECONNECTED: &str = "room_session_reconnected";
 
+/// What a join needs of the session, taken under the lock before
+/// Nextcloud is asked (no lock across the await).
+struct Joiner {
+    key: RoomKey,
+    kind: SessionKind,
+    user_id: Option<Arc<str>>,
+    url: Arc<str>,
+    base: Arc<str>,
+    secret: Vec<u8>,
+    /// (actor type, actor id) of a federated session.
+    actor: Option<(String, String)>,
+}
+
 impl Hub {
     /// Handles a client's `room` request (join, or leave with an empty id).
     pub(crate) async fn room_request(
@@ -358,109 +370,27 @@ impl Hub {
             let mut st = self.lock();
             st.leave_room(sid, true);
             st.sessions.deliver(sid, &reply);
-            st.reap();
             return;
         }
-        // Snapshot what the backend request needs; no lock across the await.
-        let snapshot = {
-            let st = self.lock();
-            let Some(s) = st.sessions.map.get(sid) else {
-                return;
-            };
-            let key = RoomKey {
-                backend: s.backend.id.clone(),
-                room: msg.roomid.as_str().into(),
-            };
-            if s.room.as_ref() == Some(&key) {
-                let props = st.rooms.get(&key).and_then(|r| r.properties.clone());
-                let details = serde_json::value::to_raw_value(&RoomReply {
-                    roomid: &key.room,
-                    properties: props.as_deref(),
-                    bandwidth: None,
-                })
-                .expect("serializable");
-                let err = ProtocolError::new(error::ALREADY_JOINED, "Already joined this room.")
-                    .with_details(details);
-                drop(st);
-                self.reply_error(sid, id, err);
-                return;
-            }
-            (
-                key,
-                s.kind.clone(),
-                s.user_id.clone(),
-                s.backend_url.clone(),
-                s.backend_base.clone(),
-                s.backend.secret.clone(),
-                s.federated.as_ref().and_then(|f| f.actor.clone()),
-            )
+        let joiner = match self.joiner(sid, &msg.roomid) {
+            Ok(Some(j)) => j,
+            Ok(None) => return,
+            Err(e) => return self.reply_error(sid, id, e),
         };
-        let (key, kind, user_id, url, base, secret, actor) = snapshot;
         let nc_session: Option<Arc<str>> = Some(msg.sessionid.as_str())
             .filter(|s| !s.is_empty())
             .map(Arc::from);
-
-        let (properties, permissions) = if kind == SessionKind::Internal {
+        let (properties, permissions) = if joiner.kind == SessionKind::Internal {
             // Internal clients may join any room.
             (None, None)
         } else {
-            let req = RoomRequest {
-                version: "1.0",
-                roomid: &msg.roomid,
-                userid: user_id.as_deref().unwrap_or(""),
-                sessionid: &msg.sessionid,
-                action: "join",
-                actor_id: actor.as_ref().map(|a| a.1.as_str()),
-                actor_type: actor.as_ref().map(|a| a.0.as_str()),
-                in_call: None,
-            };
-            match self.client.post(&url, &base, &secret, "room", &req).await {
-                Err(e) => {
-                    tracing::warn!(room = ?msg.roomid, "room request failed: {e}");
-                    let code = match e {
-                        crate::backend::client::BackendCallError::Throttled => {
-                            error::TOO_MANY_REQUESTS
-                        }
-                        _ => error::ROOM_JOIN_FAILED,
-                    };
-                    self.reply_error(sid, id, ProtocolError::new(code, e.to_string()));
-                    return;
-                }
-                Ok(resp) if resp.kind == "error" => {
-                    let err = match resp.error {
-                        Some(e) if !e.code.is_empty() => ProtocolError {
-                            code: e.code,
-                            message: e.message,
-                            details: e.details,
-                        },
-                        _ => {
-                            ProtocolError::new(error::NO_SUCH_ROOM, "The room could not be joined.")
-                        }
-                    };
-                    self.reply_error(sid, id, err);
-                    return;
-                }
-                Ok(resp) => match resp.room {
-                    Some(room) if resp.kind == "room" => {
-                        (room.properties.map(Arc::from), room.permissions)
-                    }
-                    _ => {
-                        self.reply_error(
-                            sid,
-                            id,
-                            ProtocolError::new(
-                                error::ROOM_JOIN_FAILED,
-                                "Invalid answer of the backend.",
-                            ),
-                        );
-                        return;
-                    }
-                },
+            match self.ask_to_join(&joiner, &msg).await {
+                Ok(answer) => answer,
+                Err(e) => return self.reply_error(sid, id, e),
             }
         };
-
         // With other processes: learn who is in the room there first.
-        self.prepare_room(&key).await;
+        self.prepare_room(&joiner.key).await;
         let hold = self.lock().bus.clustered();
         let held = {
             let mut st = self.lock();
@@ -468,24 +398,19 @@ impl Hub {
                 // The session vanished while Nextcloud was asked: the room
                 // prepared for it must not stay behind, and Nextcloud, which
                 // let it join, is told that it left.
-                st.drop_room_if_unserved(&key);
-                if let (SessionKind::Client, Some(rs)) = (&kind, nc_session) {
+                st.drop_room_if_unserved(&joiner.key);
+                if let (SessionKind::Client, Some(rs)) = (&joiner.kind, nc_session) {
+                    let j = joiner;
+                    let room = j.key.room.clone();
                     super::notify_backend_leave(
-                        &st.client,
-                        url,
-                        base,
-                        secret,
-                        key.room.clone(),
-                        user_id,
-                        rs,
+                        &st.client, j.url, j.base, j.secret, room, j.user_id, rs,
                     );
                 }
                 return;
             }
             st.leave_room(sid, true);
-            let held = st.join_room(sid, id, key, properties, permissions, nc_session, hold);
-            st.reap();
-            held
+            let key = joiner.key;
+            st.join_room(sid, id, key, properties, permissions, nc_session, hold)
         };
         if hold {
             // The other processes have the join before the client hears
@@ -496,7 +421,94 @@ impl Hub {
             for f in &held {
                 st.sessions.deliver(sid, f);
             }
-            st.reap();
+        }
+    }
+
+    /// The session about to join `roomid`; `already_joined` when it is in
+    /// that room, None when it is gone.
+    fn joiner(&self, sid: &Arc<str>, roomid: &str) -> Result<Option<Joiner>, ProtocolError> {
+        let st = self.lock();
+        let Some(s) = st.sessions.map.get(sid) else {
+            return Ok(None);
+        };
+        let key = RoomKey {
+            backend: s.backend.id.clone(),
+            room: roomid.into(),
+        };
+        if s.room.as_ref() == Some(&key) {
+            let props = st.rooms.get(&key).and_then(|r| r.properties.clone());
+            let details = serde_json::value::to_raw_value(&RoomReply {
+                roomid: &key.room,
+                properties: props.as_deref(),
+                bandwidth: None,
+            })
+            .expect("serializable");
+            return Err(
+                ProtocolError::new(error::ALREADY_JOINED, "Already joined this room.")
+                    .with_details(details),
+            );
+        }
+        Ok(Some(Joiner {
+            key,
+            kind: s.kind.clone(),
+            user_id: s.user_id.clone(),
+            url: s.backend_url.clone(),
+            base: s.backend_base.clone(),
+            secret: s.backend.secret.clone(),
+            actor: s.federated.as_ref().and_then(|f| f.actor.clone()),
+        }))
+    }
+
+    /// Asks Nextcloud whether the session may join: the room's properties
+    /// and the session's permissions, or the error for the client.
+    async fn ask_to_join(
+        &self,
+        j: &Joiner,
+        msg: &RoomClientMessage,
+    ) -> Result<(Option<Arc<RawValue>>, Option<Vec<String>>), ProtocolError> {
+        let req = RoomRequest {
+            version: "1.0",
+            roomid: &msg.roomid,
+            userid: j.user_id.as_deref().unwrap_or(""),
+            sessionid: &msg.sessionid,
+            action: "join",
+            actor_id: j.actor.as_ref().map(|a| a.1.as_str()),
+            actor_type: j.actor.as_ref().map(|a| a.0.as_str()),
+            in_call: None,
+        };
+        let resp = match self
+            .client
+            .post(&j.url, &j.base, &j.secret, "room", &req)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(room = ?msg.roomid, "room request failed: {e}");
+                let code = match e {
+                    crate::backend::client::BackendCallError::Throttled => error::TOO_MANY_REQUESTS,
+                    _ => error::ROOM_JOIN_FAILED,
+                };
+                return Err(ProtocolError::new(code, e.to_string()));
+            }
+        };
+        if resp.kind == "error" {
+            return Err(match resp.error {
+                Some(e) if !e.code.is_empty() => ProtocolError {
+                    code: e.code,
+                    message: e.message,
+                    details: e.details,
+                },
+                _ => ProtocolError::new(error::NO_SUCH_ROOM, "The room could not be joined."),
+            });
+        }
+        match resp.room {
+            Some(room) if resp.kind == "room" => {
+                Ok((room.properties.map(Arc::from), room.permissions))
+            }
+            _ => Err(ProtocolError::new(
+                error::ROOM_JOIN_FAILED,
+                "Invalid answer of the backend.",
+            )),
         }
     }
 }

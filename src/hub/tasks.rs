@@ -36,12 +36,7 @@ impl Hub {
     async fn timer_loop(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             let now = Instant::now();
-            let next_ttl = {
-                let mut st = self.lock();
-                let next = st.expire_transient(now);
-                st.reap();
-                next
-            };
+            let next_ttl = self.lock().expire_transient(now);
             self.expire_sessions(now);
             let mut wake = now + EXPIRY_TICK;
             if let Some(t) = next_ttl {

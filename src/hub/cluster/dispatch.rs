@@ -165,7 +165,6 @@ impl Hub {
         }
         let keep = st.sessions.limits.resume_timeout * 2;
         st.moved.retain(|_, (_, at)| now.duration_since(*at) < keep);
-        st.reap();
     }
 
     fn process_gone(&self, st: &mut State, pid: &str) {

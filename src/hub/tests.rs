@@ -1,0 +1,152 @@
+//! Unit tests of the hub's timer rules on paused tokio time: the clock
+//! only moves when a test says so, so deadlines are checked to the
+//! millisecond without sleeping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::room::RoomKey;
+use super::Hub;
+use crate::api::client::HelloClientMessage;
+use crate::backend::checksum;
+use crate::config::Config;
+
+const INTERNAL_SECRET: &str = "hub-test-internal-secret";
+
+/// A hub whose only backend is never reached: internal clients need none.
+fn hub() -> Arc<Hub> {
+    let config = Config::parse(&format!(
+        "[http]\nlisten = 127.0.0.1:0\n[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n\
+         [clients]\ninternalsecret = {INTERNAL_SECRET}\n[backend]\nbackends = nc1\n\
+         [nc1]\nurl = http://127.0.0.1:9\nsecret = backend-secret\n"
+    ))
+    .expect("config");
+    Hub::new(
+        Arc::new(config),
+        crate::metrics::Metrics::new(),
+        Arc::new(crate::bus::LocalBus::new()),
+    )
+    .expect("hub")
+}
+
+fn internal_hello(resume_id: Option<&str>) -> HelloClientMessage {
+    let random = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    let token = checksum::calculate(INTERNAL_SECRET.as_bytes(), random.as_bytes(), b"");
+    let text = match resume_id {
+        Some(r) => format!(r#"{{"version":"1.0","resumeid":"{r}"}}"#),
+        None => format!(
+            r#"{{"version":"1.0","auth":{{"type":"internal","params":{{"random":"{random}","token":"{token}"}}}}}}"#
+        ),
+    };
+    serde_json::from_str(&text).expect("hello")
+}
+
+/// Lets the hub's background tasks run what is due at the current instant.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disconnected_session_ends_exactly_when_its_resume_timeout_passes() {
+    let hub = hub();
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    hub.connection_closed(&ok.sid, conn.conn_id);
+    assert_eq!(hub.disconnected_sessions(), 1);
+    let timeout = hub.config.limits.resume_timeout;
+    tokio::time::advance(timeout - Duration::from_millis(1)).await;
+    hub.expire_sessions(Instant::now());
+    assert_eq!(hub.session_count(), 1, "kept until the timeout");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    hub.expire_sessions(Instant::now());
+    assert_eq!(hub.session_count(), 0, "ended at the timeout");
+    assert_eq!(hub.disconnected_sessions(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_resumed_in_time_is_not_expired_later() {
+    let hub = hub();
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    let resume_id = hub.lock().sessions.map[&ok.sid]
+        .resume_id
+        .clone()
+        .expect("resume id");
+    hub.connection_closed(&ok.sid, conn.conn_id);
+    let timeout = hub.config.limits.resume_timeout;
+    tokio::time::advance(timeout / 2).await;
+    let again = hub.new_outbox();
+    let resumed = hub
+        .hello(&again, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert!(resumed.resumed);
+    assert_eq!(resumed.sid, ok.sid);
+    assert_eq!(hub.disconnected_sessions(), 0);
+    tokio::time::advance(timeout).await;
+    hub.expire_sessions(Instant::now());
+    assert_eq!(hub.session_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_value_expires_at_its_ttl_and_the_room_is_told() {
+    let hub = hub();
+    let cancel = CancellationToken::new();
+    hub.spawn_tasks(cancel.clone());
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    let join = serde_json::from_str(r#"{"roomid":"r1"}"#).unwrap();
+    hub.room_request(&ok.sid, None, join).await;
+    let key = RoomKey {
+        backend: ok.backend.clone(),
+        room: "r1".into(),
+    };
+    assert!(hub.lock().rooms.contains_key(&key), "joined");
+    let set = r#"{"type":"set","key":"k","value":1,"ttl":2000000000}"#;
+    hub.transient(&ok.sid, None, serde_json::from_str(set).unwrap());
+    let has = |hub: &Hub| {
+        hub.lock()
+            .rooms
+            .get(&key)
+            .is_some_and(|r| r.transient.contains_key("k"))
+    };
+    assert!(has(&hub));
+    conn.drain();
+    tokio::time::sleep(Duration::from_millis(1999)).await;
+    settle().await;
+    assert!(has(&hub), "kept until the TTL");
+    assert_eq!(hub.transient_timer_count(), 1);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    settle().await;
+    assert!(!has(&hub), "gone at the TTL");
+    assert_eq!(hub.transient_timer_count(), 0);
+    let told = conn.drain().frames;
+    assert_eq!(told.len(), 1, "{told:?}");
+    let v: serde_json::Value = serde_json::from_str(told[0].as_str()).unwrap();
+    assert_eq!(v["transient"]["type"], "remove");
+    assert_eq!(v["transient"]["key"], "k");
+    cancel.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_whose_resume_queue_overflows_ends_when_the_lock_is_released() {
+    let hub = hub();
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    hub.connection_closed(&ok.sid, conn.conn_id);
+    let limit = hub.config.limits.resume_queue_messages;
+    {
+        let mut st = hub.lock();
+        for _ in 0..=limit {
+            st.sessions
+                .deliver(&ok.sid, &crate::api::server::Frame::from("{}"));
+        }
+        assert!(st.sessions.map.contains_key(&ok.sid), "not under the lock");
+    }
+    assert_eq!(hub.session_count(), 0, "ended when the lock was released");
+}
