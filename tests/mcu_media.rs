@@ -93,8 +93,14 @@ struct Peer {
 }
 
 impl Peer {
+    /// An aiortc peer (`tests/mcu_peer.py`).
     async fn start(args: &[&str]) -> Peer {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcu_peer.py");
+        Self::start_script("mcu_peer.py", args).await
+    }
+
+    /// A peer of another helper in `tests/` with the same protocol.
+    async fn start_script(script: &str, args: &[&str]) -> Peer {
+        let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
             .args(args)
@@ -688,5 +694,116 @@ async fn candidates_janus_trickles_reach_the_clients_and_media_flows_with_them()
         assert_eq!(pb.recv().await["type"], "ok");
     }
     pb.wait_frames((0, 0), 25, 25).await;
+    ts.stop().await;
+}
+
+/// True when a chromium (the simulcast publisher) is installed.
+fn chromium_available() -> bool {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|name| {
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {name}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+impl Peer {
+    /// Size of the last video frame the subscriber decoded.
+    async fn video_size(&mut self) -> (u64, u64, Value) {
+        let s = self.stats().await;
+        let w = s["video_size"][0].as_u64().unwrap();
+        let h = s["video_size"][1].as_u64().unwrap();
+        (w, h, s)
+    }
+
+    /// Waits until the decoded video is `width` wide and `frames` more
+    /// frames of that width came in (the switch happened and holds).
+    async fn wait_video_width(&mut self, width: u64, frames: u64, publisher: &mut Peer) {
+        let deadline = tokio::time::Instant::now() + MEDIA;
+        let mut since: Option<u64> = None;
+        loop {
+            let (w, _, s) = self.video_size().await;
+            let n = s["frames"]["video"].as_u64().unwrap();
+            if w == width {
+                let first = *since.get_or_insert(n);
+                if n >= first + frames {
+                    return;
+                }
+            } else {
+                since = None;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let p = publisher.stats().await;
+                panic!("video never {width} wide: subscriber {s}, publisher {p}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
+    const TEST: &str = "simulcast_select_stream_switches_the_layer_a_subscriber_receives";
+    if !chromium_available() {
+        eprintln!("SKIPPED {TEST}: no chromium (the simulcast publisher; scripts/test installs Debian's chromium)");
+        return;
+    }
+    if !run_in_namespace(TEST) {
+        return;
+    }
+    let j = Janus::start().await;
+    // Room bitrate high enough for all three layers (Janus caps the
+    // publisher with REMB at the room's bitrate).
+    let ts =
+        TestServer::start_with(&j.mcu_section("timeout = 10\nmaxstreambitrate = 4000000\n")).await;
+    wait_mcu(&ts).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+
+    // Alice: chromium, 1280x720 camera, rid simulcast h/m/l (1280, 640,
+    // 320 wide).
+    let started = tokio::time::Instant::now();
+    let mut pa = Peer::start_script("mcu_chrome_peer.py", &["publish", "1280x720"]).await;
+    publish(&mut a, &mut pa, "video", "sc1").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    let sid = subscribe(&mut b, &mut pb, &alice, "video", "").await;
+    pb.wait_frames((0, 0), 0, 10).await;
+    eprintln!(
+        "media after {:?}: subscriber {}, publisher {}",
+        started.elapsed(),
+        pb.stats().await,
+        pa.stats().await
+    );
+    for (substream, width) in [(0, 320), (2, 1280), (1, 640), (0, 320)] {
+        send_to(
+            &mut b,
+            "sel",
+            &alice,
+            json!({"type": "selectStream", "roomType": "video", "sid": sid,
+            "payload": {"substream": substream}}),
+        )
+        .await;
+        pb.wait_video_width(width, 15, &mut pa).await;
+        eprintln!(
+            "substream {substream}: {width} wide after {:?}",
+            started.elapsed()
+        );
+    }
+    // No error reached either on the way: each sees the other's room
+    // message before any error.
+    let room_msg = |text: &str| json!({"type": "message", "message": {"recipient": {"type": "room"}, "data": text}});
+    b.send(room_msg("to alice")).await;
+    a.send(room_msg("to bob")).await;
+    for (x, text) in [(&mut a, "to alice"), (&mut b, "to bob")] {
+        let m = x
+            .wait_for(|m| m["type"] == "error" || m["message"]["data"] == text)
+            .await;
+        assert_ne!(m["type"], "error", "{m}");
+    }
     ts.stop().await;
 }

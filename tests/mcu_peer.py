@@ -13,7 +13,8 @@ stdout. The signaling itself is the test's business; this only does WebRTC.
   {"type":"candidate","candidate":{...}} -> {"type":"ok"} (a trickled remote candidate)
   {"type":"stats"}              -> {"type":"stats","frames":{"audio":n,"video":n},
                                     "bytes_sent":n,"packets_received":{"audio":n,"video":n},
-                                    "state":...}
+                                    "state":...,"video_size":[w,h]}
+                                   (video_size: of the last decoded frame)
   {"type":"quit"}
 """
 
@@ -55,16 +56,19 @@ async def main():
     kinds = sys.argv[2].split(",") if len(sys.argv) > 2 else []
     pc = RTCPeerConnection()
     frames = {"audio": 0, "video": 0}
+    size = {"width": 0, "height": 0}  # of the last decoded video frame
 
     @pc.on("track")
     def on_track(track):
         async def count():
             while True:
                 try:
-                    await track.recv()
+                    frame = await track.recv()
                 except Exception:
                     return
                 frames[track.kind] += 1
+                if track.kind == "video":
+                    size["width"], size["height"] = frame.width, frame.height
 
         asyncio.ensure_future(count())
 
@@ -117,7 +121,8 @@ async def main():
                     elif s.type == "inbound-rtp" and s.kind in received:
                         received[s.kind] += s.packetsReceived
                 out({"type": "stats", "frames": frames, "bytes_sent": sent,
-                     "packets_received": received, "state": pc.connectionState})
+                     "packets_received": received, "state": pc.connectionState,
+                     "video_size": [size["width"], size["height"]]})
             elif kind == "quit":
                 break
         except Exception as e:  # report, do not die: the test reads the error
