@@ -744,6 +744,35 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Video frames decoded per second over `window`.
+    async fn video_fps(&mut self, window: Duration) -> f64 {
+        let f0 = self.frames().await.1;
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(window).await;
+        let f1 = self.frames().await.1;
+        (f1 - f0) as f64 / t0.elapsed().as_secs_f64()
+    }
+
+    /// Measures the video frame rate over one-second windows until `ok`
+    /// holds for one; returns it.
+    async fn wait_video_fps(&mut self, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = tokio::time::Instant::now() + MEDIA;
+        let mut seen = Vec::new();
+        loop {
+            let fps = self.video_fps(Duration::from_secs(1)).await;
+            if ok(fps) {
+                return fps;
+            }
+            seen.push(format!("{fps:.1}"));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "video frame rate never {what}: {seen:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
     const TEST: &str = "simulcast_select_stream_switches_the_layer_a_subscriber_receives";
@@ -762,7 +791,8 @@ async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
     wait_mcu(&ts).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let mut c = ts.client_in_room("carol", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
     let alice = a.session_id.clone();
 
     // Alice: chromium, 1280x720 camera, rid simulcast h/m/l (1280, 640,
@@ -794,12 +824,70 @@ async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
             started.elapsed()
         );
     }
+    // Temporal layers (L1T3: layer 0 is every 4th frame, 0+1 every 2nd):
+    // on the lowest substream, temporal 0/1/2 give 1/4, 1/2, all of the
+    // full frame rate.
+    let select_temporal = |temporal: u64| {
+        json!({"type": "selectStream", "roomType": "video", "sid": sid,
+        "payload": {"temporal": temporal}})
+    };
+    send_to(&mut b, "sel", &alice, select_temporal(2)).await;
+    let full = pb.wait_video_fps("8 fps or more", |f| f >= 8.0).await;
+    eprintln!("temporal 2: {full:.1} fps");
+    let bands: [(u64, &str, f64, f64); 3] = [
+        (0, "about a quarter", 0.0, 0.375),
+        (1, "about a half", 0.375, 0.75),
+        (2, "full", 0.75, f64::MAX),
+    ];
+    for i in [0, 1, 2, 0] {
+        let (temporal, what, lo, hi) = bands[i];
+        send_to(&mut b, "sel", &alice, select_temporal(temporal)).await;
+        let fps = pb
+            .wait_video_fps(&format!("{what} of {full:.1}"), |f| {
+                f > lo * full && f <= hi * full && f > 0.0
+            })
+            .await;
+        eprintln!("temporal {temporal}: {fps:.1} fps");
+    }
+
+    // Carol asks for the lowest layers right in her requestoffer: her
+    // first frames are already 320 wide, at a quarter of the rate.
+    let mut pc = Peer::start(&["subscribe"]).await;
+    send_to(
+        &mut c,
+        "req",
+        &alice,
+        json!({"type": "requestoffer", "roomType": "video",
+        "payload": {"substream": 0, "temporal": 0}}),
+    )
+    .await;
+    let m = c
+        .wait_for_within(MEDIA, |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
+        })
+        .await;
+    answer_offer(&mut c, &mut pc, &m).await;
+    pc.wait_frames((0, 0), 0, 3).await;
+    let (w, h, s) = pc.video_size().await;
+    assert_eq!((w, h), (320, 180), "carol's first frames: {s}");
+    let fps = pc
+        .wait_video_fps(&format!("about a quarter of {full:.1}"), |f| {
+            f > 0.0 && f <= 0.375 * full
+        })
+        .await;
+    pc.wait_video_width(320, 10, &mut pa).await;
+    eprintln!("carol: 320x180 at {fps:.1} fps");
+
     // No error reached either on the way: each sees the other's room
     // message before any error.
     let room_msg = |text: &str| json!({"type": "message", "message": {"recipient": {"type": "room"}, "data": text}});
     b.send(room_msg("to alice")).await;
-    a.send(room_msg("to bob")).await;
-    for (x, text) in [(&mut a, "to alice"), (&mut b, "to bob")] {
+    a.send(room_msg("to bob and carol")).await;
+    for (x, text) in [
+        (&mut a, "to alice"),
+        (&mut b, "to bob and carol"),
+        (&mut c, "to bob and carol"),
+    ] {
         let m = x
             .wait_for(|m| m["type"] == "error" || m["message"]["data"] == text)
             .await;

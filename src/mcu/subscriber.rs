@@ -112,11 +112,25 @@ impl Mcu {
             .map_err(|e| McuError::NotFound(e.to_string()))?;
         let mut up = p.up.subscribe();
         loop {
+            // Janus 1.x reads the simulcast layers of a join only inside
+            // the `streams` items (top-level ones only in `configure`).
+            let mut feed = json!({"feed": stream.feed()});
+            let mut layers = json!({});
+            add_selection(&mut layers, selection);
+            for key in ["substream", "temporal"] {
+                if let Some(v) = layers.get(key) {
+                    feed[key] = v.clone();
+                }
+            }
             let mut body = json!({
                 "request": "join", "ptype": "subscriber", "room": p.room,
-                "streams": [{"feed": stream.feed()}],
+                "streams": [feed],
             });
-            add_selection(&mut body, selection);
+            for key in ["audio", "video"] {
+                if let Some(v) = layers.get(key) {
+                    body[key] = v.clone();
+                }
+            }
             match self.gw.message(s.handle, body, None, true).await {
                 Ok(r) => {
                     let Some(offer) = r.get("jsep").cloned() else {
