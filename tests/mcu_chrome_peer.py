@@ -3,7 +3,11 @@
 `chromium` with its fake camera, driven over the DevTools protocol
 (`--remote-debugging-pipe`, so no port and no WebSocket client needed).
 
-Usage: mcu_chrome_peer.py publish WIDTHxHEIGHT
+Usage: mcu_chrome_peer.py publish WIDTHxHEIGHT [PROFILE_DIR]
+
+PROFILE_DIR (chromium's profile, the page, chromium.log) should be made and
+removed by the caller: the test kills this helper with SIGKILL (chromium
+follows, PR_SET_PDEATHSIG). Without it a temporary directory is used.
 
 Speaks the JSON-lines protocol of mcu_peer.py (stdin commands, stdout
 answers):
@@ -225,7 +229,8 @@ def main():
     if not find_chromium():
         out({"type": "error", "error": "chromium is not installed"})
         return
-    profile = tempfile.mkdtemp(prefix="mcu-chrome-")
+    own_profile = len(sys.argv) <= 3
+    profile = tempfile.mkdtemp(prefix="mcu-chrome-") if own_profile else sys.argv[3]
     page = os.path.join(profile, "publisher.html")
     with open(page, "w") as f:
         f.write(PAGE)
@@ -262,7 +267,8 @@ def main():
         out({"type": "error", "error": repr(e), "chromium_log": log})
     finally:
         chrome.close()
-        shutil.rmtree(profile, ignore_errors=True)
+        if own_profile:
+            shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":
