@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use super::chat::ChatFrames;
 pub use super::dialout::DialoutError;
 use super::room::RoomKey;
 use super::session::SessionKind;
@@ -13,7 +14,7 @@ use super::{Hub, State};
 use crate::api::backend::{
     BackendRoomRequest, InCallChange, ParticipantsChange, RoomMessage, RoomUsersChange, SwitchTo,
 };
-use crate::api::server::{event_frame, frame, Frame, RoomReply};
+use crate::api::server::{event_frame, frame, RoomReply};
 use crate::backend::registry::Backend;
 
 /// What a backend API request did; `http/` turns it into the answer.
@@ -40,84 +41,7 @@ pub enum BackendApiError {
 /// The outcome of a backend API request.
 pub type BackendApiResult = Result<BackendApiOk, BackendApiError>;
 
-fn entry_session_id(entry: &Map<String, Value>) -> Option<&str> {
-    entry
-        .get("sessionId")
-        .or_else(|| entry.get("sessionid"))
-        .and_then(Value::as_str)
-}
-
 impl State {
-    /// Copies participant entries for clients: the Nextcloud session id moves
-    /// to `nextcloudSessionId` and `sessionId` becomes the signaling session
-    /// id (dropped when unknown); permissions are removed.
-    fn client_entries(&self, key: &RoomKey, entries: &[Map<String, Value>]) -> Vec<Value> {
-        let room = self.rooms.get(key);
-        entries
-            .iter()
-            .map(|e| {
-                let mut e = e.clone();
-                e.remove("permissions");
-                let nc = e
-                    .remove("sessionId")
-                    .or_else(|| e.remove("sessionid"))
-                    .and_then(|v| v.as_str().map(str::to_string));
-                if let Some(nc) = nc {
-                    if let Some(sid) = room.and_then(|r| r.nc_sessions.get(nc.as_str())) {
-                        e.insert("sessionId".into(), Value::String(sid.to_string()));
-                    }
-                    // Both ids, as the spec describes participant entries.
-                    e.entry("nextcloudSessionId")
-                        .or_insert_with(|| Value::String(nc));
-                }
-                Value::Object(e)
-            })
-            .collect()
-    }
-
-    /// The `participants` `update` event: `changed` holds the changed
-    /// entries, `users` everybody (from `users` when Nextcloud sent the
-    /// list, else from the participant state kept for `changed-users`),
-    /// with internal and virtual sessions added, as the Go server sends it.
-    /// The Talk client merges `users` into its own list, so a session that
-    /// joins a call late learns who is already in it only from a complete
-    /// list. None when there is nothing to tell.
-    fn participants_frame(
-        &self,
-        key: &RoomKey,
-        changed: &[Map<String, Value>],
-        users: Option<&[Map<String, Value>]>,
-    ) -> Option<crate::api::server::Frame> {
-        let all: Vec<Map<String, Value>> = match users {
-            Some(u) => u.to_vec(),
-            None => self
-                .rooms
-                .get(key)
-                .map(|r| r.participants.values().cloned().collect())
-                .unwrap_or_default(),
-        };
-        if changed.is_empty() && all.is_empty() {
-            return None;
-        }
-        let changed = self.client_entries(key, changed);
-        let mut users = self.client_entries(key, &all);
-        let listed: HashSet<String> = users
-            .iter()
-            .filter_map(|u| u.get("sessionId").and_then(Value::as_str))
-            .map(str::to_string)
-            .collect();
-        users.extend(self.internal_incall_entries(key).into_iter().filter(|e| {
-            e.get("sessionId")
-                .and_then(Value::as_str)
-                .is_none_or(|sid| !listed.contains(sid))
-        }));
-        Some(event_frame(
-            "participants",
-            "update",
-            &json!({"roomid": &*key.room, "changed": changed, "users": users}),
-        ))
-    }
-
     /// Local client sessions in a room (the recipients of room events that
     /// Nextcloud sent without user lists).
     fn local_client_members(&self, key: &RoomKey) -> Vec<Arc<str>> {
@@ -156,154 +80,6 @@ impl State {
                 .is_some_and(|u| skip.contains(u));
             if !told {
                 self.sessions.deliver(&sid, f);
-            }
-        }
-    }
-
-    /// Applies `permissions` carried in changed participant entries.
-    fn apply_permissions(&mut self, key: &RoomKey, changed: &[Map<String, Value>]) {
-        for e in changed {
-            let (Some(nc), Some(perms)) = (entry_session_id(e), e.get("permissions")) else {
-                continue;
-            };
-            let Some(list) = perms.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|p| p.as_str().map(str::to_string))
-                    .collect::<Vec<_>>()
-            }) else {
-                continue;
-            };
-            let Some(sid) = self
-                .rooms
-                .get(key)
-                .and_then(|r| r.nc_sessions.get(nc))
-                .cloned()
-            else {
-                continue;
-            };
-            if let Some(s) = self.sessions.map.get_mut(&sid) {
-                if let (Some(m), SessionKind::Client) = (&self.mcu, &s.kind) {
-                    m.command(crate::mcu::Command::Permissions(sid.clone(), list.clone()));
-                }
-                s.permissions = Some(list);
-            }
-        }
-    }
-
-    /// Keeps the room's participant state: a full `users` list replaces it,
-    /// `changed` entries are merged into it (Nextcloud with `changed-users`
-    /// sends only changes). Returns the complete entries of the changed
-    /// participants; with `in_call_only`, in changes-only mode, those whose
-    /// `inCall` did not change are left out.
-    fn update_participants(
-        &mut self,
-        key: &RoomKey,
-        changed: &[Map<String, Value>],
-        users: Option<&[Map<String, Value>]>,
-        in_call_only: bool,
-    ) -> Vec<Map<String, Value>> {
-        let Some(room) = self.rooms.get_mut(key) else {
-            return changed.to_vec();
-        };
-        let previous = std::mem::take(&mut room.participants);
-        if let Some(users) = users {
-            for u in users {
-                if let Some(nc) = entry_session_id(u) {
-                    room.participants.insert(nc.to_string(), u.clone());
-                }
-            }
-        } else {
-            room.participants = previous.clone();
-        }
-        let mut effective = Vec::new();
-        for c in changed {
-            let Some(nc) = entry_session_id(c) else {
-                effective.push(c.clone());
-                continue;
-            };
-            let before = previous.get(nc);
-            let same_incall = before.is_some_and(|b| b.get("inCall") == c.get("inCall"));
-            let merged = match room.participants.get(nc) {
-                Some(existing) if users.is_none() => {
-                    let mut m = existing.clone();
-                    for (k, v) in c {
-                        m.insert(k.clone(), v.clone());
-                    }
-                    m
-                }
-                _ => c.clone(),
-            };
-            // Leaving the call ends the session's publishers and subscribers.
-            if let (Some(m), Some(sid)) = (&self.mcu, room.nc_sessions.get(nc)) {
-                let was = before
-                    .and_then(|b| b.get("inCall"))
-                    .is_some_and(super::in_call_flag);
-                let now = merged.get("inCall").is_some_and(super::in_call_flag);
-                if was && !now {
-                    m.command(crate::mcu::Command::CloseSession(sid.clone()));
-                }
-            }
-            room.participants.insert(nc.to_string(), merged.clone());
-            if !(in_call_only && same_incall && users.is_none()) {
-                effective.push(merged);
-            }
-        }
-        self.count_call_changes(key, &previous);
-        effective
-    }
-
-    /// True when `s` is in its room's call: for clients as Nextcloud's
-    /// participant state says, for internal and virtual sessions their flags.
-    pub(crate) fn in_call(&self, s: &super::session::Session) -> bool {
-        match s.kind {
-            SessionKind::Client => {
-                let (Some(key), Some(nc)) = (&s.room, &s.room_session_id) else {
-                    return false;
-                };
-                self.rooms
-                    .get(key)
-                    .and_then(|r| r.participants.get(&**nc))
-                    .and_then(|e| e.get("inCall"))
-                    .is_some_and(super::in_call_flag)
-            }
-            _ => s.in_call & super::session::flags::IN_CALL != 0,
-        }
-    }
-
-    /// Counts sessions that joined the call and a call that started
-    /// (`signaling_call_sessions_total`, `signaling_call_rooms_total`),
-    /// comparing the room's participant state with `previous`.
-    fn count_call_changes(
-        &self,
-        key: &RoomKey,
-        previous: &std::collections::BTreeMap<String, Map<String, Value>>,
-    ) {
-        let Some(room) = self.rooms.get(key) else {
-            return;
-        };
-        let flag = |m: Option<&Map<String, Value>>| {
-            m.and_then(|e| e.get("inCall"))
-                .is_some_and(super::in_call_flag)
-        };
-        let mut any_before = previous.values().any(|e| flag(Some(e)));
-        for (nc, sid) in &room.nc_sessions {
-            let Some(s) = self.sessions.map.get(sid) else {
-                continue;
-            };
-            let now = flag(room.participants.get(&**nc));
-            if now && !flag(previous.get(&**nc)) {
-                let kind = s.kind.label(s.federated.is_some());
-                self.go
-                    .call_sessions_total
-                    .with_label_values(&[&*key.backend, kind])
-                    .inc();
-                if !any_before {
-                    any_before = true;
-                    self.go
-                        .call_rooms_total
-                        .with_label_values(&[&*key.backend])
-                        .inc();
-                }
             }
         }
     }
@@ -393,86 +169,6 @@ impl State {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-/// A chat message Nextcloud sent with its comment(s): clients with
-/// `chat-relay` get each comment as an event of its own, the others the
-/// plain refresh event. Each variant is serialized once.
-struct ChatFrames {
-    plain: Frame,
-    comments: Vec<Frame>,
-    /// The comments without display names (`hide-displaynames`).
-    hidden: Vec<Frame>,
-}
-
-impl ChatFrames {
-    fn new(room_id: &str, data: &serde_json::value::RawValue) -> Option<ChatFrames> {
-        let v: Value = serde_json::from_str(data.get()).ok()?;
-        if v.get("type").and_then(Value::as_str) != Some("chat") {
-            return None;
-        }
-        let chat = v.get("chat")?.as_object()?;
-        let mut comments: Vec<&Value> = Vec::new();
-        comments.extend(chat.get("comment").filter(|c| !c.is_null()));
-        if let Some(list) = chat.get("comments").and_then(Value::as_array) {
-            comments.extend(list.iter().filter(|c| !c.is_null()));
-        }
-        if comments.is_empty() {
-            return None;
-        }
-        let event = |chat: Value| {
-            event_frame(
-                "room",
-                "message",
-                &json!({"roomid": room_id, "data": {"type": "chat", "chat": chat}}),
-            )
-        };
-        let hide = |c: &Value| {
-            let mut c = c.clone();
-            if let Some(name) = c.get_mut("actorDisplayName").filter(|n| !n.is_null()) {
-                *name = json!("");
-            }
-            c
-        };
-        Some(ChatFrames {
-            plain: event(json!({"refresh": true})),
-            comments: comments
-                .iter()
-                .map(|c| event(json!({"comment": c})))
-                .collect(),
-            hidden: comments
-                .iter()
-                .map(|c| event(json!({"comment": hide(c)})))
-                .collect(),
-        })
-    }
-}
-
-impl State {
-    /// Delivers a chat message to the local members of a room, each in the
-    /// form it understands.
-    fn deliver_chat(&mut self, key: &RoomKey, chat: &ChatFrames) {
-        let members: Vec<Arc<str>> = self
-            .rooms
-            .get(key)
-            .map(|r| r.members.clone())
-            .unwrap_or_default();
-        for m in members {
-            let Some(s) = self.sessions.map.get(&m) else {
-                continue;
-            };
-            let frames: &[Frame] = if !s.has_feature("chat-relay") {
-                std::slice::from_ref(&chat.plain)
-            } else if s.permissions.is_some() && s.has_permission("hide-displaynames") {
-                &chat.hidden
-            } else {
-                &chat.comments
-            };
-            for f in frames {
-                self.sessions.deliver(&m, f);
-            }
-        }
     }
 }
 

@@ -67,6 +67,42 @@ impl State {
         (r.kind == "virtual").then_some(r.flags)
     }
 
+    /// The bandwidth limits a joiner is told: the smaller of the MCU's and
+    /// the backend's; none when neither has one.
+    fn bandwidth(&self, backend: (u64, u64)) -> Option<crate::api::server::Bandwidth> {
+        let mcu = self.mcu.as_ref().map_or((0, 0), |m| {
+            (m.config().max_stream_bitrate, m.config().max_screen_bitrate)
+        });
+        let stream = crate::mcu::combine_limits(mcu.0, backend.0);
+        let screen = crate::mcu::combine_limits(mcu.1, backend.1);
+        (stream > 0 || screen > 0).then_some(crate::api::server::Bandwidth {
+            maxstreambitrate: stream,
+            maxscreenbitrate: screen,
+        })
+    }
+
+    /// The room's transient data for a joiner (`transient` `initial`), if
+    /// there is any.
+    fn initial_transient(&self, key: &RoomKey) -> Option<Frame> {
+        let room = self.rooms.get(key).filter(|r| !r.transient.is_empty())?;
+        let data: std::collections::BTreeMap<String, Box<RawValue>> = room
+            .transient
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect();
+        Some(frame(
+            None,
+            "transient",
+            &TransientOut {
+                kind: "initial",
+                key: None,
+                value: None,
+                oldvalue: None,
+                data: Some(&data),
+            },
+        ))
+    }
+
     /// Puts a session into a room: reply to the joiner, the members list to
     /// the joiner, the join event to everybody, then the transient data.
     /// With `hold`, the joiner's frames are returned instead of delivered
@@ -99,11 +135,7 @@ impl State {
         if let Some(rs) = &room_session_id {
             self.replace_room_session(&key, rs, sid);
         }
-        // The smaller of the MCU's and the backend's limits; none when
-        // neither has one.
-        let mcu = self.mcu.as_ref().map_or((0, 0), |m| {
-            (m.config().max_stream_bitrate, m.config().max_screen_bitrate)
-        });
+        let bandwidth = self.bandwidth(backend_bitrates);
         let room = self.room_or_new(&key, url, base);
         if properties.is_some() {
             room.properties = properties;
@@ -114,14 +146,7 @@ impl State {
             &RoomReply {
                 roomid: &key.room,
                 properties: room.properties.as_deref(),
-                bandwidth: {
-                    let stream = crate::mcu::combine_limits(mcu.0, backend_bitrates.0);
-                    let screen = crate::mcu::combine_limits(mcu.1, backend_bitrates.1);
-                    (stream > 0 || screen > 0).then_some(crate::api::server::Bandwidth {
-                        maxstreambitrate: stream,
-                        maxscreenbitrate: screen,
-                    })
-                },
+                bandwidth,
             },
         )];
         let others: Vec<Arc<str>> = room.members.clone();
@@ -155,26 +180,7 @@ impl State {
                 ));
             }
         }
-        if let Some(room) = self.rooms.get(&key) {
-            if !room.transient.is_empty() {
-                let data: std::collections::BTreeMap<String, Box<RawValue>> = room
-                    .transient
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.value.clone()))
-                    .collect();
-                mine.push(frame(
-                    None,
-                    "transient",
-                    &TransientOut {
-                        kind: "initial",
-                        key: None,
-                        value: None,
-                        oldvalue: None,
-                        data: Some(&data),
-                    },
-                ));
-            }
-        }
+        mine.extend(self.initial_transient(&key));
         self.publish_member(&key, sid, true);
         if !hold {
             for f in mine.drain(..) {
