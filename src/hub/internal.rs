@@ -4,12 +4,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use super::room::RoomKey;
 use super::session::{flags, new_id, Session, SessionKind};
 use super::{invalid_format, Hub, State};
 use crate::api::backend::{RoomRequest, SessionRequest};
 use crate::api::client::{
-    AddSession, InternalClientMessage, InternalRequest, RemoveSession, UpdateSession,
+    AddSession, AddSessionOptions, InternalClientMessage, InternalRequest, RemoveSession,
+    UpdateSession,
 };
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::event_frame;
@@ -195,93 +198,30 @@ impl Hub {
         if add.sessionid.is_empty() || add.roomid.is_empty() {
             return self.reply_error(sid, id, invalid_format("sessionid and roomid are required"));
         }
-        let mut st = self.lock();
-        let Some(owner) = st.sessions.map.get(sid) else {
-            return;
-        };
-        if owner.virtuals.contains_key(&add.sessionid) {
-            drop(st);
-            return self.reply_error(
-                sid,
-                id,
-                invalid_format("a virtual session with this id exists already"),
-            );
+        match self.mutate(|st| st.add_virtual(sid, add)) {
+            Ok(Some(added)) => self.tell_virtual_added(added),
+            Ok(None) => {}
+            Err(e) => self.reply_error(sid, id, e),
         }
-        let key = RoomKey {
-            backend: owner.backend.id.clone(),
-            room: add.roomid.as_str().into(),
-        };
-        if !st.rooms.contains_key(&key) {
-            drop(st);
-            return self.reply_error(
-                sid,
-                id,
-                ProtocolError::new(error::NO_SUCH_ROOM, "The room does not exist."),
-            );
-        }
-        let in_call = if owner.has_feature("internal-incall") {
-            add.incall.unwrap_or(0)
-        } else {
-            flags::IN_CALL | flags::WITH_PHONE
-        };
-        let vsid: Arc<str> = format!("{}{}", st.bus.pid(), new_id()).into();
-        let v = Session {
-            id: vsid.clone(),
-            resume_id: None,
-            kind: SessionKind::Virtual {
-                owner: sid.clone(),
-                client_sid: add.sessionid.clone(),
-            },
-            backend: owner.backend.clone(),
-            backend_base: owner.backend_base.clone(),
-            backend_url: owner.backend_url.clone(),
-            user_id: add.userid.clone().filter(|u| !u.is_empty()).map(Arc::from),
-            user: add.user.map(Arc::from),
-            features: Vec::new(),
-            room: None,
-            room_session_id: None,
-            permissions: None,
-            conn: None,
-            queue: VecDeque::new(),
-            queue_bytes: 0,
-            in_call,
-            flags: add.flags.unwrap_or(0),
-            virtuals: HashMap::new(),
-            fed_link: None,
-            federated: None,
-        };
-        let (url, base, secret) = (
-            owner.backend_url.clone(),
-            owner.backend_base.clone(),
-            owner.backend.secret.clone(),
-        );
-        let user = v.user.clone();
-        let user_id = v.user_id.clone();
-        let vflags = v.flags;
-        st.sessions.insert(v);
-        if let Some(o) = st.sessions.map.get_mut(sid) {
-            o.virtuals.insert(add.sessionid.clone(), vsid.clone());
-        }
-        st.join_room(
-            &vsid,
-            None,
-            key.clone(),
-            None,
-            None,
-            Some(vsid.clone()),
-            false,
-        );
-        st.publish_internal_incall(&key);
-        if vflags != 0 {
-            st.flags_event(&key, &vsid, vflags);
-        }
-        drop(st);
+    }
 
-        // Tell Nextcloud about the virtual session.
+    /// Tells Nextcloud (in the background) about a new virtual session: as
+    /// a room join with the actor when the internal client gave options,
+    /// else as an added session.
+    fn tell_virtual_added(&self, added: VirtualAdded) {
         let client = self.client.clone();
-        let room = add.roomid.clone();
-        let options = add.options;
         tokio::spawn(async move {
+            let VirtualAdded {
+                vsid,
+                room,
+                options,
+                user_id,
+                user,
+                in_call,
+                url,
+                base,
+                secret,
+            } = added;
             let result = match &options {
                 Some(o) => {
                     let req = RoomRequest {
@@ -312,5 +252,101 @@ impl Hub {
                 tracing::warn!(room = ?room, "could not tell backend about virtual session: {e}");
             }
         });
+    }
+}
+
+/// A virtual session just added, as Nextcloud must be told about it.
+struct VirtualAdded {
+    vsid: Arc<str>,
+    room: String,
+    options: Option<AddSessionOptions>,
+    user_id: Option<Arc<str>>,
+    user: Option<Arc<RawValue>>,
+    in_call: u32,
+    url: Arc<str>,
+    base: Arc<str>,
+    secret: Vec<u8>,
+}
+
+impl State {
+    /// Adds a virtual session of the internal client `sid` to a room it
+    /// names; None when the internal client is gone.
+    fn add_virtual(
+        &mut self,
+        sid: &Arc<str>,
+        add: AddSession,
+    ) -> Result<Option<VirtualAdded>, ProtocolError> {
+        let Some(owner) = self.sessions.map.get(sid) else {
+            return Ok(None);
+        };
+        if owner.virtuals.contains_key(&add.sessionid) {
+            return Err(invalid_format(
+                "a virtual session with this id exists already",
+            ));
+        }
+        let key = RoomKey {
+            backend: owner.backend.id.clone(),
+            room: add.roomid.as_str().into(),
+        };
+        if !self.rooms.contains_key(&key) {
+            return Err(ProtocolError::new(
+                error::NO_SUCH_ROOM,
+                "The room does not exist.",
+            ));
+        }
+        let in_call = if owner.has_feature("internal-incall") {
+            add.incall.unwrap_or(0)
+        } else {
+            flags::IN_CALL | flags::WITH_PHONE
+        };
+        let vsid: Arc<str> = format!("{}{}", self.bus.pid(), new_id()).into();
+        let v = Session {
+            id: vsid.clone(),
+            resume_id: None,
+            kind: SessionKind::Virtual {
+                owner: sid.clone(),
+                client_sid: add.sessionid.clone(),
+            },
+            backend: owner.backend.clone(),
+            backend_base: owner.backend_base.clone(),
+            backend_url: owner.backend_url.clone(),
+            user_id: add.userid.clone().filter(|u| !u.is_empty()).map(Arc::from),
+            user: add.user.map(Arc::from),
+            features: Vec::new(),
+            room: None,
+            room_session_id: None,
+            permissions: None,
+            conn: None,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            in_call,
+            flags: add.flags.unwrap_or(0),
+            virtuals: HashMap::new(),
+            fed_link: None,
+            federated: None,
+        };
+        let added = VirtualAdded {
+            vsid: vsid.clone(),
+            room: add.roomid,
+            options: add.options,
+            user_id: v.user_id.clone(),
+            user: v.user.clone(),
+            in_call,
+            url: owner.backend_url.clone(),
+            base: owner.backend_base.clone(),
+            secret: owner.backend.secret.clone(),
+        };
+        let vflags = v.flags;
+        self.sessions.insert(v);
+        if let Some(o) = self.sessions.map.get_mut(sid) {
+            o.virtuals.insert(add.sessionid, vsid.clone());
+        }
+        let rs = Some(vsid.clone());
+        self.join_room(&vsid, None, key.clone(), None, None, rs, false);
+        self.publish_internal_incall(&key);
+        if vflags != 0 {
+            self.flags_event(&key, &vsid, vflags);
+        }
+        Ok(Some(added))
     }
 }
