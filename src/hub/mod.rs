@@ -9,6 +9,7 @@ pub mod backend_api;
 mod chat;
 mod cluster;
 mod dialout;
+mod effects;
 mod features;
 pub use features::{
     all_features, features, header_features, CLIENT_FEATURES, INTERNAL_FEATURES, MCU_FEATURES,
@@ -38,7 +39,6 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::api::backend::{RoomRequest, SessionRequest};
 use crate::api::client::{ClientKind, ClientMessage};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, Bye, Frame, ServerInfo};
@@ -48,6 +48,7 @@ use crate::backend::registry::BackendRegistry;
 use crate::bus::Bus;
 use crate::config::{ClientLimits, Config};
 use crate::metrics::Metrics;
+use effects::{Effect, Nextcloud};
 use outbox::{CloseReason, Outbox, Push};
 use room::{Room, RoomKey};
 use session::{Session, SessionKind};
@@ -187,31 +188,51 @@ pub(crate) struct State {
     pub moved: HashMap<Arc<str>, (String, Instant)>,
     /// The MCU, told when sessions leave or lose permissions.
     pub mcu: Option<Arc<crate::mcu::Mcu>>,
+    /// Requests to Nextcloud decided in the current critical section, sent
+    /// when the lock is released ([`StateGuard`]).
+    pub effects: Vec<Effect>,
 }
 
 /// The hub lock, held. When it is released, the sessions whose resume
 /// queue overflowed during the critical section are ended (with a `bye`,
-/// leaving their room): no mutation has to remember to, and none can
-/// forget.
-pub(crate) struct StateGuard<'a>(MutexGuard<'a, State>);
+/// leaving their room), and then, with the lock released, the effects the
+/// critical section recorded are carried out: no mutation has to remember
+/// either, and none can forget.
+pub(crate) struct StateGuard<'a>(Option<MutexGuard<'a, State>>);
 
 impl std::ops::Deref for StateGuard<'_> {
     type Target = State;
 
     fn deref(&self) -> &State {
-        &self.0
+        self.0
+            .as_ref()
+            .expect("the guard holds the lock until dropped")
     }
 }
 
 impl std::ops::DerefMut for StateGuard<'_> {
     fn deref_mut(&mut self) -> &mut State {
-        &mut self.0
+        self.0
+            .as_mut()
+            .expect("the guard holds the lock until dropped")
     }
 }
 
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
-        self.0.reap();
+        let Some(mut st) = self.0.take() else {
+            return;
+        };
+        st.reap();
+        if st.effects.is_empty() {
+            return;
+        }
+        let effects = std::mem::take(&mut st.effects);
+        let client = st.client.clone();
+        drop(st);
+        for e in effects {
+            e.run(&client);
+        }
     }
 }
 
@@ -329,6 +350,7 @@ impl Hub {
                 processes: HashMap::new(),
                 moved: HashMap::new(),
                 mcu: None,
+                effects: Vec::new(),
             }),
             client,
             caps: CapabilitiesCache::default(),
@@ -352,7 +374,7 @@ impl Hub {
     /// Takes the hub lock. Releasing it ends the sessions whose resume
     /// queue overflowed meanwhile (see [`StateGuard`]).
     pub(crate) fn lock(&self) -> StateGuard<'_> {
-        StateGuard(self.state.lock().unwrap_or_else(|p| p.into_inner()))
+        StateGuard(Some(self.state.lock().unwrap_or_else(|p| p.into_inner())))
     }
 
     /// Runs `f` on the state under the lock.
@@ -847,34 +869,6 @@ pub(crate) fn session_data_key(sid: &str) -> String {
     format!("sd:{sid}")
 }
 
-/// Tells Nextcloud (in the background) that a session left a room.
-pub(crate) fn notify_backend_leave(
-    client: &BackendClient,
-    url: Arc<str>,
-    base: Arc<str>,
-    secret: Vec<u8>,
-    room: Arc<str>,
-    user_id: Option<Arc<str>>,
-    room_session_id: Arc<str>,
-) {
-    let client = client.clone();
-    tokio::spawn(async move {
-        let req = RoomRequest {
-            version: "1.0",
-            roomid: &room,
-            userid: user_id.as_deref().unwrap_or(""),
-            sessionid: &room_session_id,
-            action: "leave",
-            actor_id: None,
-            actor_type: None,
-            in_call: None,
-        };
-        if let Err(e) = client.post(&url, &base, &secret, "room", &req).await {
-            tracing::warn!(room = ?room, "could not tell backend about leave: {e}");
-        }
-    });
-}
-
 /// Waits (at most `wait`) until every outbox drained to half; gives up on
 /// those that did not.
 pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::time::Duration) {
@@ -1064,36 +1058,25 @@ impl State {
             self.publish_internal_incall(&key);
         }
         self.drop_room_if_unserved(&key);
+        let to = Nextcloud {
+            url: backend_url,
+            base: backend_base,
+            secret,
+        };
         if notify_virtual {
-            let client = self.client.clone();
-            let room_id = key.room.clone();
-            let vsid = sid.clone();
-            tokio::spawn(async move {
-                let req = SessionRequest {
-                    version: "1.0",
-                    roomid: &room_id,
-                    action: "remove",
-                    sessionid: &vsid,
-                    userid: user_id.as_deref(),
-                    user: None,
-                };
-                if let Err(e) = client
-                    .post(&backend_url, &backend_base, &secret, "session", &req)
-                    .await
-                {
-                    tracing::warn!(room = ?room_id, "could not tell backend about removed virtual session: {e}");
-                }
+            self.effects.push(Effect::VirtualRemoved {
+                to,
+                room: key.room.clone(),
+                sid: sid.clone(),
+                user_id,
             });
         } else if let (true, Some(rs)) = (notify, room_session_id) {
-            notify_backend_leave(
-                &self.client,
-                backend_url,
-                backend_base,
-                secret,
-                key.room.clone(),
+            self.effects.push(Effect::Left {
+                to,
+                room: key.room.clone(),
                 user_id,
-                rs,
-            );
+                room_session_id: rs,
+            });
         }
         Some(key)
     }

@@ -407,10 +407,16 @@ impl Hub {
                 st.drop_room_if_unserved(&joiner.key);
                 if let (SessionKind::Client, Some(rs)) = (&joiner.kind, nc_session) {
                     let j = joiner;
-                    let room = j.key.room.clone();
-                    super::notify_backend_leave(
-                        &st.client, j.url, j.base, j.secret, room, j.user_id, rs,
-                    );
+                    st.effects.push(super::Effect::Left {
+                        to: super::Nextcloud {
+                            url: j.url,
+                            base: j.base,
+                            secret: j.secret,
+                        },
+                        room: j.key.room.clone(),
+                        user_id: j.user_id,
+                        room_session_id: rs,
+                    });
                 }
                 return;
             }

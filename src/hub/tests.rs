@@ -150,3 +150,27 @@ async fn a_session_whose_resume_queue_overflows_ends_when_the_lock_is_released()
     }
     assert_eq!(hub.session_count(), 0, "ended when the lock was released");
 }
+
+#[tokio::test(start_paused = true)]
+async fn nextcloud_is_told_of_a_removed_virtual_session_only_after_the_lock_is_released() {
+    let hub = hub();
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    let join = serde_json::from_str(r#"{"roomid":"r1"}"#).unwrap();
+    hub.room_request(&ok.sid, None, join).await;
+    let add = r#"{"type":"addsession","addsession":{"sessionid":"v1","roomid":"r1"}}"#;
+    hub.internal(&ok.sid, None, serde_json::from_str(add).unwrap());
+    let vsid = hub.lock().sessions.map[&ok.sid].virtuals["v1"].clone();
+    {
+        let mut st = hub.lock();
+        st.end_session(&vsid, None);
+        assert!(
+            matches!(&st.effects[..], [super::Effect::VirtualRemoved { sid, .. }] if *sid == vsid),
+            "recorded under the lock, not sent"
+        );
+    }
+    assert!(
+        hub.lock().effects.is_empty(),
+        "sent once the lock was released"
+    );
+}

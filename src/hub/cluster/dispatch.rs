@@ -184,15 +184,16 @@ impl Hub {
                     (info.roomsessionid, self.registry().by_id(&key.backend))
                 {
                     let (url, base) = self.room_urls(&key);
-                    crate::hub::notify_backend_leave(
-                        &st.client,
-                        url,
-                        base,
-                        b.secret.clone(),
-                        key.room.clone(),
-                        info.userid.as_deref().map(Arc::from),
-                        rs.as_str().into(),
-                    );
+                    st.effects.push(crate::hub::Effect::Left {
+                        to: crate::hub::Nextcloud {
+                            url,
+                            base,
+                            secret: b.secret.clone(),
+                        },
+                        room: key.room.clone(),
+                        user_id: info.userid.as_deref().map(Arc::from),
+                        room_session_id: rs.as_str().into(),
+                    });
                 }
             }
             st.drop_room_if_unserved(&key);
