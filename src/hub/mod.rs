@@ -1,13 +1,14 @@
 //! The in-memory state and routing: sessions, rooms, users, and delivery of
 //! frames to them. One `std::sync::Mutex` guards the state: no critical
-//! section awaits (requests to Nextcloud are awaited before or after it;
-//! those sent in the background are spawned from inside it), and every
-//! frame is serialized before the lock is taken or once inside it. See
+//! section awaits (requests to Nextcloud are awaited before or after it, or
+//! recorded as effects and sent when it is released), and every frame is
+//! serialized before the lock is taken or once inside it. See
 //! ARCHITECTURE.md for the parts and how a message flows.
 
 pub mod backend_api;
 mod chat;
 mod cluster;
+mod delivery;
 mod dialout;
 mod effects;
 mod features;
@@ -15,9 +16,11 @@ pub use features::{
     all_features, features, header_features, CLIENT_FEATURES, INTERNAL_FEATURES, MCU_FEATURES,
 };
 pub(crate) mod federation;
+mod handle;
 mod hello;
 pub use hello::HelloOk;
 mod internal;
+mod lifecycle;
 mod mcu;
 mod mcu_cluster;
 mod messages;
@@ -39,9 +42,8 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-use crate::api::client::{ClientKind, ClientMessage};
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::{error_frame, frame, Bye, Frame, ServerInfo};
+use crate::api::server::{frame, Frame, ServerInfo};
 use crate::backend::capabilities::CapabilitiesCache;
 use crate::backend::client::BackendClient;
 use crate::backend::registry::BackendRegistry;
@@ -446,32 +448,6 @@ impl Hub {
         self.mcu.get().is_some_and(|m| m.connected())
     }
 
-    /// A message of a session in a federated room goes to the remote
-    /// server; false when the session is not federated.
-    fn forward_federated(&self, sid: &Arc<str>, id: Option<&str>, raw: &str) -> bool {
-        let tx = {
-            let st = self.lock();
-            match st.sessions.map.get(sid).and_then(|s| s.fed_link.as_ref()) {
-                Some(l) => l.tx.clone(),
-                None => return false,
-            }
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
-            return false;
-        };
-        if tx.try_send(federation::FedCmd::Forward(v)).is_err() {
-            self.reply_error(
-                sid,
-                id,
-                ProtocolError::new(
-                    error::TOO_MANY_REQUESTS,
-                    "Too many messages for the federated conversation, slow down.",
-                ),
-            );
-        }
-        true
-    }
-
     /// `GET /api/v1/serverinfo` (as the Go server): version, features, the
     /// internal clients that can dial out, and the bus.
     pub fn server_info(&self) -> serde_json::Value {
@@ -520,182 +496,6 @@ impl Hub {
     /// Number of sessions (all kinds).
     pub fn session_count(&self) -> usize {
         self.lock().sessions.map.len()
-    }
-
-    /// Handles a message of an authenticated session. Everything is done at
-    /// once except a room join, which needs Nextcloud: its work is returned
-    /// as a boxed future, so the (large) backend request is not part of
-    /// every idle connection's task.
-    pub fn handle(
-        self: &Arc<Self>,
-        sid: &Arc<str>,
-        msg: ClientMessage,
-        raw: &str,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
-        let id = msg.id.as_deref();
-        let local = matches!(
-            msg.kind,
-            ClientKind::Hello | ClientKind::Bye | ClientKind::Room
-        );
-        if !local && self.forward_federated(sid, id, raw) {
-            return None;
-        }
-        match msg.kind {
-            ClientKind::Hello => {
-                // A stale timer of the Talk client sometimes sends a second
-                // hello on an authenticated connection: ignore it, as the
-                // Go server does (an error would make the client reconnect).
-                tracing::debug!(session = %sid, "ignoring hello on authenticated connection");
-            }
-            ClientKind::Bye => self.bye(sid, id),
-            ClientKind::Room => match msg.room {
-                Some(room) => {
-                    let (hub, sid) = (self.clone(), sid.clone());
-                    return Some(Box::pin(async move {
-                        hub.room_request(&sid, msg.id, room).await
-                    }));
-                }
-                None => self.reply_error(sid, id, invalid_format("room body missing")),
-            },
-            ClientKind::Message => match msg.message {
-                Some(body) => match self.mcu_message(sid, id, body) {
-                    mcu::McuRoute::Done => {}
-                    mcu::McuRoute::Wait(f) => return Some(f),
-                    mcu::McuRoute::Deliver(body) => {
-                        return self.message(sid, id, &ClientKind::Message, body)
-                    }
-                },
-                None => self.reply_error(sid, id, invalid_format("message body missing")),
-            },
-            ClientKind::Control => match msg.control {
-                Some(body) => return self.message(sid, id, &ClientKind::Control, body),
-                None => self.reply_error(sid, id, invalid_format("message body missing")),
-            },
-            ClientKind::Transient => match msg.transient {
-                Some(t) => self.transient(sid, id, t),
-                None => self.reply_error(sid, id, invalid_format("transient body missing")),
-            },
-            ClientKind::Internal => match msg.internal {
-                Some(i) => self.internal(sid, id, i),
-                None => self.reply_error(sid, id, invalid_format("internal body missing")),
-            },
-            ClientKind::Unknown(other) => self.reply_error(
-                sid,
-                id,
-                invalid_format(format!("unknown message type `{other}`")),
-            ),
-        }
-        None
-    }
-
-    /// Routes a `message` or `control` to its recipients; what the sender's
-    /// reader awaits when that left recipients congested.
-    fn message(
-        &self,
-        sid: &Arc<str>,
-        id: Option<&str>,
-        kind: &ClientKind,
-        body: crate::api::client::MessageClientMessage,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
-        let congested = self.route_message(sid, id, kind, body);
-        (!congested.is_empty()).then(|| self.wait_for_recipients(congested))
-    }
-
-    /// While more bus messages wait for NATS than `[nats] publishqueue`:
-    /// what a connection awaits before reading its client's next message
-    /// (nearly every publish comes from a client message, so the queue
-    /// stays bounded without dropping anything).
-    pub fn bus_backpressure(
-        &self,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
-        if !self.bus.congested() {
-            return None;
-        }
-        self.metrics.client_bus_waits.inc();
-        Some(self.bus.drained())
-    }
-
-    /// What the reader of a sender awaits before reading on: the
-    /// recipients its message left more than half full drain, for at most
-    /// `[clients] slowreceiverwait`. A recipient that cannot drain by then
-    /// is really slow: nobody waits for it again until it drained, and it is
-    /// closed with 1013 when its queue is full.
-    fn wait_for_recipients(
-        &self,
-        outboxes: Vec<Arc<Outbox>>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        self.metrics.client_sender_waits.inc();
-        let wait = self.config.limits.slow_receiver_wait;
-        Box::pin(recipients_drained(outboxes, wait))
-    }
-
-    /// Sends an error reply to a session.
-    pub fn reply_error(&self, sid: &str, id: Option<&str>, err: ProtocolError) {
-        let f = error_frame(id, &err);
-        let mut st = self.lock();
-        st.sessions.deliver(sid, &f);
-    }
-
-    fn bye(&self, sid: &Arc<str>, id: Option<&str>) {
-        let reply = frame(id, "bye", &serde_json::json!({}));
-        let mut st = self.lock();
-        st.end_session(sid, Some(reply));
-    }
-
-    /// The connection of a session went away: keep the session for resume.
-    pub fn connection_closed(&self, sid: &Arc<str>, conn_id: u64) {
-        let mut st = self.lock();
-        let deadline = Instant::now() + st.sessions.limits.resume_timeout;
-        let Some(s) = st.sessions.map.get_mut(sid) else {
-            return;
-        };
-        if s.conn.as_ref().is_none_or(|c| c.conn_id != conn_id) {
-            return;
-        }
-        s.conn = None;
-        let backend = s.backend.id.clone();
-        st.sessions.disconnected.insert(sid.clone(), deadline);
-        tracing::debug!(session = %sid, %backend, "connection closed, session kept for resume");
-    }
-
-    /// Ends sessions that are idle without connection past the resume timeout.
-    pub fn expire_sessions(&self, now: Instant) {
-        let mut st = self.lock();
-        let expired: Vec<Arc<str>> = st
-            .sessions
-            .disconnected
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(sid, _)| sid.clone())
-            .collect();
-        for sid in expired {
-            let backend = st.sessions.map.get(&sid).map(|s| s.backend.id.clone());
-            tracing::info!(session = %sid, backend = backend.as_deref(), "resume timeout, ending session");
-            st.end_session(&sid, None);
-        }
-        let late: Vec<Arc<str>> = st
-            .sessions
-            .room_deadlines
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(sid, _)| sid.clone())
-            .collect();
-        for sid in late {
-            st.sessions.room_deadlines.remove(&sid);
-            let in_room = st.sessions.map.get(&sid).is_none_or(|s| s.room.is_some());
-            if !in_room {
-                let backend = st.sessions.map.get(&sid).map(|s| s.backend.id.clone());
-                tracing::info!(session = %sid, backend = backend.as_deref(), "guest did not join a room in time, ending session");
-                let bye = frame(
-                    None,
-                    "bye",
-                    &Bye {
-                        reason: Some("room_join_timeout"),
-                    },
-                );
-                st.end_session(&sid, Some(bye));
-            }
-        }
     }
 
     /// Number of other processes this one currently hears from.
@@ -838,19 +638,6 @@ impl Hub {
             .get(sid)
             .is_some_and(|s| s.room.is_some() || s.fed_link.is_some())
     }
-
-    /// Ends a session from the server side with a `bye` carrying `reason`.
-    pub fn close_session(&self, sid: &Arc<str>, reason: &str) {
-        let f = frame(
-            None,
-            "bye",
-            &Bye {
-                reason: Some(reason),
-            },
-        );
-        let mut st = self.lock();
-        st.end_session(sid, Some(f));
-    }
 }
 
 /// True for an `inCall` value with the in-call bit (a number) or `true`.
@@ -887,220 +674,6 @@ pub fn invalid_format(msg: impl Into<String>) -> ProtocolError {
 }
 
 impl State {
-    /// Delivers one frame to every member of a room, optionally skipping one.
-    pub fn broadcast(&mut self, key: &RoomKey, f: &Frame, except: Option<&str>) {
-        let Some(room) = self.rooms.get(key) else {
-            return;
-        };
-        for m in &room.members {
-            if Some(&**m) != except {
-                self.sessions.deliver(m, f);
-            }
-        }
-    }
-
-    /// Delivers one frame to the local members of a room that are in the
-    /// call (recipient type `call`), but `except`.
-    pub fn broadcast_call(&mut self, key: &RoomKey, f: &Frame, except: Option<&str>) {
-        let Some(room) = self.rooms.get(key) else {
-            return;
-        };
-        let targets: Vec<Arc<str>> = room
-            .members
-            .iter()
-            .filter(|m| Some(&***m) != except && self.is_in_call(key, m))
-            .cloned()
-            .collect();
-        for m in targets {
-            self.sessions.deliver(&m, f);
-        }
-    }
-
-    /// True when a local session of the room is in its call: for clients
-    /// from the participant state Nextcloud sent, for internal and virtual
-    /// sessions from their own in-call flags.
-    pub fn is_in_call(&self, key: &RoomKey, sid: &str) -> bool {
-        let Some(s) = self.sessions.map.get(sid) else {
-            return false;
-        };
-        match s.kind {
-            SessionKind::Client => s
-                .room_session_id
-                .as_deref()
-                .and_then(|rs| self.rooms.get(key)?.participants.get(rs))
-                .and_then(|p| p.get("inCall"))
-                .is_some_and(in_call_flag),
-            _ => s.in_call & session::flags::IN_CALL != 0,
-        }
-    }
-
-    /// Delivers one frame to every session of a user on a backend.
-    pub fn send_to_user(
-        &mut self,
-        backend: &Arc<str>,
-        user: &str,
-        f: &Frame,
-        except: Option<&str>,
-    ) {
-        let key = (backend.clone(), Arc::<str>::from(user));
-        if let Some(list) = self.users.get(&key) {
-            for sid in list {
-                if Some(&**sid) != except {
-                    self.sessions.deliver(sid, f);
-                }
-            }
-        }
-    }
-
-    /// Ends sessions whose resume queue overflowed during the last
-    /// operation; called when the lock is released ([`StateGuard`]).
-    fn reap(&mut self) {
-        while let Some(sid) = self.sessions.doomed.pop() {
-            let f = frame(
-                None,
-                "bye",
-                &Bye {
-                    reason: Some("send_queue_overflow"),
-                },
-            );
-            self.end_session(&sid, Some(f));
-        }
-    }
-
-    /// Removes a session completely: leaves its room (telling the others and
-    /// Nextcloud), drops its virtual sessions and indexes. `last` is sent
-    /// before the connection closes.
-    pub fn end_session(&mut self, sid: &Arc<str>, last: Option<Frame>) {
-        if !self.sessions.map.contains_key(sid) {
-            return;
-        }
-        self.leave_room(sid, true);
-        let Some(s) = self.sessions.remove(sid) else {
-            return;
-        };
-        tracing::info!(session = %sid, backend = %s.backend.id, "session ended");
-        if let Some(m) = &self.mcu {
-            m.command(crate::mcu::Command::CloseSession(sid.clone()));
-        }
-        self.sessions.disconnected.remove(sid);
-        self.sessions.room_deadlines.remove(sid);
-        if let Some(link) = &s.fed_link {
-            // B's members see the session leave at once.
-            let _ = link.tx.try_send(federation::FedCmd::Close);
-        }
-        if let Some(r) = &s.resume_id {
-            self.resume_ids.remove(r);
-        }
-        if let Some(user) = &s.user_id {
-            let key = (s.backend.id.clone(), user.clone());
-            if let Some(list) = self.users.get_mut(&key) {
-                list.retain(|x| x != sid);
-                if list.is_empty() {
-                    self.users.remove(&key);
-                }
-            }
-        }
-        if s.kind == SessionKind::Client {
-            if let Some(c) = self.counts.get_mut(&s.backend.id) {
-                *c = c.saturating_sub(1);
-            }
-        }
-        if let SessionKind::Virtual { owner, client_sid } = &s.kind {
-            if let Some(o) = self.sessions.map.get_mut(owner) {
-                o.virtuals.remove(client_sid);
-            }
-        }
-        for (_, vsid) in s.virtuals.iter() {
-            self.end_session(vsid, None);
-        }
-        if let Some(conn) = &s.conn {
-            if let Some(f) = last {
-                conn.push(f);
-            }
-            conn.close(CloseReason::SessionEnded);
-        }
-    }
-
-    /// Takes a session out of its room: leave event to the others, Nextcloud
-    /// told (when `notify_backend`), room dropped when empty.
-    pub fn leave_room(&mut self, sid: &Arc<str>, notify_backend: bool) -> Option<RoomKey> {
-        let s = self.sessions.map.get_mut(sid)?;
-        let key = s.room.take()?;
-        if let Some(m) = &self.mcu {
-            m.command(crate::mcu::Command::CloseSession(sid.clone()));
-        }
-        let room_session_id = s.room_session_id.take();
-        // Permissions stay: leaving a room never grants any.
-        let is_virtual = s.is_virtual();
-        let notify = notify_backend && s.kind == SessionKind::Client;
-        let user_id = s.user_id.clone();
-        let backend_url = s.backend_url.clone();
-        let backend_base = s.backend_base.clone();
-        let secret = s.backend.secret.clone();
-        let notify_virtual = notify_backend && is_virtual;
-        tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "left room");
-
-        if let Some(room) = self.rooms.get_mut(&key) {
-            room.remove_member(sid);
-            if let Some(rs) = &room_session_id {
-                if room.nc_sessions.get(rs).is_some_and(|x| x == sid) {
-                    room.nc_sessions.remove(rs);
-                }
-            }
-        }
-        self.publish_left(&key, sid);
-        // Its session data goes with it (every process does the same when
-        // it learns of the leave).
-        self.remove_transient(&key, &session_data_key(sid));
-        let leave = crate::api::server::event_frame("room", "leave", &[&**sid]);
-        self.broadcast(&key, &leave, None);
-        if is_virtual {
-            self.publish_internal_incall(&key);
-        }
-        self.drop_room_if_unserved(&key);
-        let to = Nextcloud {
-            url: backend_url,
-            base: backend_base,
-            secret,
-        };
-        if notify_virtual {
-            self.effects.push(Effect::VirtualRemoved {
-                to,
-                room: key.room.clone(),
-                sid: sid.clone(),
-                user_id,
-            });
-        } else if let (true, Some(rs)) = (notify, room_session_id) {
-            self.effects.push(Effect::Left {
-                to,
-                room: key.room.clone(),
-                user_id,
-                room_session_id: rs,
-            });
-        }
-        Some(key)
-    }
-
-    /// Forgets a room once no local session is in it (members on other
-    /// processes no longer matter here).
-    pub fn drop_room_if_unserved(&mut self, key: &RoomKey) {
-        let Some(room) = self.rooms.get(key) else {
-            return;
-        };
-        if room
-            .members
-            .iter()
-            .any(|m| self.sessions.map.contains_key(m))
-        {
-            return;
-        }
-        if let Some(room) = self.remove_room(key) {
-            for m in room.members {
-                self.remote.remove(&m);
-            }
-        }
-    }
-
     /// The room `key`, made (and counted) when it does not exist yet.
     pub fn room_or_new(&mut self, key: &RoomKey, url: Arc<str>, base: Arc<str>) -> &mut Room {
         match self.rooms.entry(key.clone()) {
@@ -1110,23 +683,6 @@ impl State {
                 e.insert(Room::new(url, base))
             }
         }
-    }
-
-    /// Removes a room with its transient data and their expiry timers.
-    pub fn remove_room(&mut self, key: &RoomKey) -> Option<Room> {
-        let room = self.rooms.remove(key)?;
-        if let Some(n) = self.room_counts.get_mut(&key.backend) {
-            *n -= 1;
-            if *n <= 0 {
-                self.room_counts.remove(&key.backend);
-            }
-        }
-        for e in room.transient.values() {
-            if let Some(x) = e.expires {
-                self.ttl.remove(&x);
-            }
-        }
-        Some(room)
     }
 
     /// Public ids of the sessions in a room matching a set of Nextcloud session ids.
