@@ -1,0 +1,378 @@
+//! The task of one federated session: owns the WebSocket to the remote
+//! signaling server, joins there, pumps messages both ways, and reconnects
+//! with backoff (resuming its session there) when the link breaks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{
+    ConnectError, FedCmd, Target, MAX_BACKOFF, MAX_REMOTE_MESSAGE, MIN_BACKOFF, QUEUE_LIMIT,
+};
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::{error_frame, Frame};
+use crate::hub::Hub;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The task of one federated session.
+pub(super) struct Link {
+    pub(super) link_id: u64,
+    pub(super) hub: Arc<Hub>,
+    /// The client's session id here (L).
+    pub(super) sid: Arc<str>,
+    pub(super) target: Target,
+    pub(super) features: Vec<String>,
+    pub(super) local_room: String,
+    pub(super) nc_session: String,
+    /// Request id of the join or leave B has not answered yet.
+    pub(super) pending: Option<String>,
+    /// The session id B gave us (R) and its resume id.
+    pub(super) remote_sid: Option<String>,
+    pub(super) resume_id: Option<String>,
+    pub(super) leaving: bool,
+    pub(super) local_cloud: String,
+    pub(super) remote_cloud: String,
+    pub(super) local_base: String,
+    pub(super) remote_base: String,
+    /// Client messages while the link is down.
+    pub(super) queue: Vec<Value>,
+}
+
+impl Link {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<FedCmd>) {
+        let mut first = true;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let had_session = self.remote_sid.is_some();
+            let connected = tokio::select! {
+                r = self.connect() => r,
+                cmd = rx.recv() => {
+                    // Closing while dialing.
+                    if matches!(cmd, None | Some(FedCmd::Close)) {
+                        break;
+                    }
+                    if let Some(cmd) = cmd { self.offline(cmd); }
+                    if self.leaving {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let (mut ws, resumed) = match connected {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let fatal = first || matches!(e, ConnectError::Hello(_));
+                    if fatal {
+                        let id = self.pending.take();
+                        self.hub.federation_deliver(
+                            &self.sid,
+                            error_frame(id.as_deref(), &e.to_protocol()),
+                        );
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        cmd = rx.recv() => {
+                            if matches!(cmd, None | Some(FedCmd::Close)) { break; }
+                            if let Some(cmd) = cmd { self.offline(cmd); }
+                            if self.leaving { break; }
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = MIN_BACKOFF;
+            if first {
+                first = false;
+                let id = self.pending.clone();
+                if self.send_join(&mut ws, id).await.is_err() {
+                    continue;
+                }
+            } else if resumed {
+                self.event("federation_resumed", json!(true));
+                for m in std::mem::take(&mut self.queue) {
+                    if ws.send(Message::Text(m.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+            } else if had_session {
+                // A new session on B: join again, without an id.
+                self.queue.clear();
+                self.event("federation_resumed", json!(false));
+                if self.send_join(&mut ws, None).await.is_err() {
+                    continue;
+                }
+            }
+            match self.pump(&mut ws, &mut rx).await {
+                Pump::Closed => {
+                    let _ = ws
+                        .send(Message::Text(
+                            json!({"type": "bye", "bye": {}}).to_string().into(),
+                        ))
+                        .await;
+                    let _ = ws.close(None).await;
+                    break;
+                }
+                Pump::Broken => {
+                    if self.leaving {
+                        break;
+                    }
+                    self.event_plain("federation_interrupted");
+                }
+            }
+        }
+        self.hub.federation_ended(&self.sid, self.link_id);
+    }
+
+    /// A command while B is unreachable.
+    pub(super) fn offline(&mut self, cmd: FedCmd) {
+        match cmd {
+            FedCmd::Forward(v) => {
+                if self.resume_id.is_some() && self.queue.len() < QUEUE_LIMIT {
+                    self.queue.push(self.rewrite_to_remote(v));
+                } else {
+                    let id = v.get("id").and_then(Value::as_str).map(str::to_string);
+                    self.hub.federation_deliver(
+                        &self.sid,
+                        error_frame(
+                            id.as_deref(),
+                            &ProtocolError::new(
+                                error::FEDERATION_ERROR,
+                                "The federated conversation is not reachable right now.",
+                            ),
+                        ),
+                    );
+                }
+            }
+            FedCmd::Join {
+                id,
+                local_room,
+                remote_room,
+                nc_session,
+            } => {
+                self.local_room = local_room;
+                self.target.remote_room = remote_room;
+                self.nc_session = nc_session;
+                self.pending = id;
+            }
+            FedCmd::Leave { id } => {
+                // Nothing to leave on B while it is away: confirm and end.
+                self.leaving = true;
+                let f = crate::api::server::frame(id.as_deref(), "room", &json!({"roomid": ""}));
+                self.hub.federation_deliver(&self.sid, f);
+            }
+            FedCmd::Close => {}
+        }
+    }
+
+    pub(super) fn event(&self, kind: &str, resumed: Value) {
+        let f = Frame::from(
+            json!({"type": "event", "event": {"target": "room", "type": kind, "resumed": resumed}})
+                .to_string(),
+        );
+        self.hub.federation_deliver(&self.sid, f);
+    }
+
+    pub(super) fn event_plain(&self, kind: &str) {
+        let f = Frame::from(
+            json!({"type": "event", "event": {"target": "room", "type": kind}}).to_string(),
+        );
+        self.hub.federation_deliver(&self.sid, f);
+    }
+
+    pub(super) async fn send_join(&mut self, ws: &mut Ws, id: Option<String>) -> Result<(), ()> {
+        self.pending = id.clone();
+        let mut m = json!({"type": "room", "room": {"roomid": self.target.remote_room, "sessionid": self.nc_session}});
+        if let Some(id) = id {
+            m["id"] = json!(id);
+        }
+        ws.send(Message::Text(m.to_string().into()))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Dials B, checks that it speaks federation, and says hello (resuming
+    /// the session on B when there is one). True when resumed.
+    pub(super) async fn connect(&mut self) -> Result<(Ws, bool), ConnectError> {
+        let timeout = self.hub.config.federation.timeout;
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(MAX_REMOTE_MESSAGE);
+        config.max_frame_size = Some(MAX_REMOTE_MESSAGE);
+        let connector = Some(tokio_tungstenite::Connector::Rustls(
+            self.hub.federation_tls.clone(),
+        ));
+        let dial = tokio_tungstenite::connect_async_tls_with_config(
+            self.target.ws_url.as_str(),
+            Some(config),
+            true,
+            connector,
+        );
+        let (mut ws, resp) = match tokio::time::timeout(timeout, dial).await {
+            Err(_) => {
+                return Err(ConnectError::Network {
+                    tls: false,
+                    message: "timeout".into(),
+                })
+            }
+            Ok(Err(e)) => {
+                let message = e.to_string();
+                let tls = message.contains("certificate") || message.contains("Tls");
+                return Err(ConnectError::Network { tls, message });
+            }
+            Ok(Ok(ok)) => ok,
+        };
+        let has_federation = |list: &str| list.split(',').any(|f| f.trim() == "federation");
+        let header = resp
+            .headers()
+            .get(crate::backend::client::HEADER_FEATURES)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !has_federation(header) {
+            let _ = ws.close(None).await;
+            return Err(ConnectError::Unsupported);
+        }
+        let welcome = self.read(&mut ws, timeout).await?;
+        let features = welcome["welcome"]["features"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        if welcome["type"] != "welcome" || !has_federation(&features) {
+            let _ = ws.close(None).await;
+            return Err(ConnectError::Unsupported);
+        }
+        let mut resumed = false;
+        if let Some(resume_id) = self.resume_id.clone() {
+            self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "resumeid": resume_id, "features": self.features}})).await?;
+            let reply = self.read(&mut ws, timeout).await?;
+            if reply["type"] == "hello" {
+                resumed = true;
+            } else if reply["error"]["code"] != error::NO_SUCH_SESSION {
+                return Err(ConnectError::Hello(reply["error"].clone()));
+            }
+        }
+        if !resumed {
+            self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "features": self.features,
+                "auth": {"type": "federation", "url": self.target.url, "params": {"token": self.target.token}}}})).await?;
+            let reply = self.read(&mut ws, timeout).await?;
+            if reply["type"] != "hello" {
+                let _ = ws.close(None).await;
+                return Err(ConnectError::Hello(reply["error"].clone()));
+            }
+            self.remote_sid = reply["hello"]["sessionid"].as_str().map(str::to_string);
+            self.resume_id = reply["hello"]["resumeid"].as_str().map(str::to_string);
+        }
+        Ok((ws, resumed))
+    }
+
+    pub(super) async fn send(&self, ws: &mut Ws, v: Value) -> Result<(), ConnectError> {
+        ws.send(Message::Text(v.to_string().into()))
+            .await
+            .map_err(|e| ConnectError::Network {
+                tls: false,
+                message: e.to_string(),
+            })
+    }
+
+    /// The next JSON message from B during the handshake.
+    pub(super) async fn read(&self, ws: &mut Ws, timeout: Duration) -> Result<Value, ConnectError> {
+        let broken = |message: String| ConnectError::Network {
+            tls: false,
+            message,
+        };
+        loop {
+            let next = tokio::time::timeout(timeout, ws.next())
+                .await
+                .map_err(|_| broken("timeout".into()))?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str()).map_err(|e| broken(e.to_string()))
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(broken("closed".into())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(broken(e.to_string())),
+            }
+        }
+    }
+
+    /// Relays both ways until the session ends (Closed) or the link breaks.
+    pub(super) async fn pump(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<FedCmd>) -> Pump {
+        let mut ping = tokio::time::interval(Duration::from_secs(54));
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return Pump::Closed };
+                    let out = match cmd {
+                        FedCmd::Close => return Pump::Closed,
+                        FedCmd::Forward(v) => self.rewrite_to_remote(v),
+                        FedCmd::Leave { id } => {
+                            self.leaving = true;
+                            self.pending = id.clone();
+                            let mut m = json!({"type": "room", "room": {"roomid": ""}});
+                            if let Some(id) = id { m["id"] = json!(id); }
+                            m
+                        }
+                        FedCmd::Join { id, local_room, remote_room, nc_session } => {
+                            self.local_room = local_room;
+                            self.target.remote_room = remote_room;
+                            self.nc_session = nc_session;
+                            self.leaving = false;
+                            self.pending = id.clone();
+                            let mut m = json!({"type": "room", "room": {"roomid": self.target.remote_room, "sessionid": self.nc_session}});
+                            if let Some(id) = id { m["id"] = json!(id); }
+                            m
+                        }
+                    };
+                    if ws.send(Message::Text(out.to_string().into())).await.is_err() {
+                        return Pump::Broken;
+                    }
+                }
+                m = tokio::time::timeout(Duration::from_secs(60), ws.next()) => {
+                    let text = match m {
+                        Ok(Some(Ok(Message::Text(t)))) => t,
+                        Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return Pump::Broken,
+                        Ok(Some(Ok(_))) => continue,
+                    };
+                    let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                    if v["type"] == "bye" {
+                        return Pump::Broken;
+                    }
+                    let close = self.leaving && v["type"] == "room" && v["room"]["roomid"] == "";
+                    if let Some(out) = self.rewrite_from_remote(v) {
+                        self.hub.federation_deliver(&self.sid, Frame::from(out.to_string()));
+                    }
+                    if close {
+                        return Pump::Closed;
+                    }
+                }
+                _ = ping.tick() => {
+                    if ws.send(Message::Ping(Default::default())).await.is_err() {
+                        return Pump::Broken;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) enum Pump {
+    Closed,
+    Broken,
+}
+
+pub(super) fn hello_id() -> String {
+    crate::hub::session::new_id().chars().take(8).collect()
+}

@@ -1,0 +1,278 @@
+//! Federation, the client's side: a session of this server joins a
+//! conversation hosted by another Nextcloud, whose signaling server ("B")
+//! this server dials on the client's behalf. Every message of the session
+//! then goes through that link, with the session ids, room ids and actors
+//! rewritten both ways (see `spec/federation-notes.md`, 2.3 - 2.8).
+//!
+//! One task per federated session owns the WebSocket to B. The hub talks to
+//! it through a bounded channel; the task delivers B's messages to the
+//! session through the hub like any other frame. When the link breaks the
+//! task reconnects with backoff and resumes its session on B, telling the
+//! client `federation_interrupted` and `federation_resumed`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+mod link;
+mod rewrite;
+mod tls;
+
+use link::Link;
+pub(crate) use tls::tls_config;
+
+use super::Hub;
+use crate::api::client::RoomFederation;
+use crate::api::error::{self, ProtocolError};
+use crate::api::server::Frame;
+
+/// Largest message accepted from B (as the Go server).
+const MAX_REMOTE_MESSAGE: usize = 64 * 1024;
+/// Client messages kept for B while the link is down (then refused).
+const QUEUE_LIMIT: usize = 256;
+/// Commands waiting for the link task (then refused).
+pub(crate) const CHANNEL_SIZE: usize = 256;
+/// First reconnect delay, doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// What the hub keeps of a session's link to B.
+pub(crate) struct FedLink {
+    /// Identifies the link (a session may replace its link).
+    pub link_id: u64,
+    /// Commands to the link task.
+    pub tx: mpsc::Sender<FedCmd>,
+    /// `federation.signaling` as the client sent it.
+    pub signaling: String,
+    /// `federation.url` as the client sent it.
+    pub url: String,
+    /// The local room id the client knows the conversation by.
+    pub local_room: Arc<str>,
+    /// The client's Nextcloud session id (pinged to its own Nextcloud).
+    pub nc_session: Arc<str>,
+}
+
+/// What the hub asks of a link.
+pub(crate) enum FedCmd {
+    /// Join (another) room on B over the same connection.
+    Join {
+        id: Option<String>,
+        local_room: String,
+        remote_room: String,
+        nc_session: String,
+    },
+    /// Leave the room; the connection closes after B confirmed.
+    Leave { id: Option<String> },
+    /// A client message for B.
+    Forward(Value),
+    /// The session ended: say bye to B and close.
+    Close,
+}
+
+/// A checked `federation` object of a room request.
+pub(crate) struct Target {
+    /// `ws(s)://.../spreed`.
+    pub ws_url: String,
+    pub signaling: String,
+    pub url: String,
+    pub remote_room: String,
+    pub token: String,
+}
+
+impl Target {
+    /// Checks the `federation` object as the Go server does; None means
+    /// `invalid_format`.
+    pub fn parse(f: &RoomFederation, local_room: &str) -> Option<Target> {
+        let mut signaling = f.signaling.trim().to_string();
+        if !signaling.ends_with('/') {
+            signaling.push('/');
+        }
+        let mut ws = reqwest::Url::parse(&signaling).ok()?;
+        let scheme = match ws.scheme() {
+            "http" | "ws" => "ws",
+            "https" | "wss" => "wss",
+            _ => return None,
+        };
+        ws.set_scheme(scheme).ok()?;
+        ws.host_str()?;
+        let ws_url = ws.join("spreed").ok()?.to_string();
+        let url = reqwest::Url::parse(&f.url).ok()?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return None;
+        }
+        if f.token.is_empty() {
+            return None;
+        }
+        Some(Target {
+            ws_url,
+            signaling: f.signaling.clone(),
+            url: f.url.clone(),
+            remote_room: if f.roomid.is_empty() {
+                local_room.to_string()
+            } else {
+                f.roomid.clone()
+            },
+            token: f.token.clone(),
+        })
+    }
+}
+
+/// `@host[:port][/path]` of a Nextcloud URL, without scheme and OCS suffix:
+/// how federated actor ids name their cloud.
+pub(crate) fn cloud_of(url: &str) -> String {
+    let no_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let base = match no_scheme.find("/ocs/v") {
+        Some(pos) => &no_scheme[..pos],
+        None => no_scheme,
+    };
+    format!("@{}", base.trim_end_matches('/'))
+}
+
+/// Base URL (with scheme) of a Nextcloud URL, for chat mentions.
+fn base_of(url: &str) -> String {
+    match url.find("/ocs/v") {
+        Some(pos) => url[..pos].to_string(),
+        None => url.trim_end_matches('/').to_string(),
+    }
+    .trim_end_matches('/')
+    .to_string()
+}
+
+/// Why connecting to B failed.
+enum ConnectError {
+    /// B does not speak federation.
+    Unsupported,
+    /// Dial, TLS or handshake failure.
+    Network { tls: bool, message: String },
+    /// B refused the hello (forwarded to the client).
+    Hello(Value),
+}
+
+impl ConnectError {
+    fn to_protocol(&self) -> ProtocolError {
+        match self {
+            ConnectError::Unsupported => ProtocolError::new(
+                error::FEDERATION_UNSUPPORTED,
+                "The target server does not support federation.",
+            ),
+            ConnectError::Network { tls, message } => {
+                let code = if *tls {
+                    error::CERTIFICATE_VERIFICATION_ERROR
+                } else {
+                    error::NETWORK_ERROR
+                };
+                let details =
+                    serde_json::value::to_raw_value(&json!({"code": code, "message": message}))
+                        .ok();
+                let mut e = ProtocolError::new(
+                    error::FEDERATION_ERROR,
+                    "Failed to create federation client.",
+                );
+                e.details = details;
+                e
+            }
+            ConnectError::Hello(err) => ProtocolError {
+                code: err["code"]
+                    .as_str()
+                    .unwrap_or(error::FEDERATION_ERROR)
+                    .into(),
+                message: err["message"].as_str().unwrap_or_default().into(),
+                details: err
+                    .get("details")
+                    .and_then(|d| serde_json::value::to_raw_value(d).ok()),
+            },
+        }
+    }
+}
+
+impl Hub {
+    /// Starts the link of a session to B; the first join carries `id`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start_federation(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<String>,
+        target: Target,
+        local_room: String,
+        nc_session: String,
+        features: Vec<String>,
+        local_url: &str,
+    ) -> FedLink {
+        static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let link_id = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(CHANNEL_SIZE);
+        let link = FedLink {
+            link_id,
+            tx,
+            signaling: target.signaling.clone(),
+            url: target.url.clone(),
+            local_room: local_room.as_str().into(),
+            nc_session: nc_session.as_str().into(),
+        };
+        let task = Link {
+            link_id,
+            hub: self.clone(),
+            sid: sid.clone(),
+            local_cloud: cloud_of(local_url),
+            remote_cloud: cloud_of(&target.url),
+            local_base: base_of(local_url),
+            remote_base: base_of(&target.url),
+            target,
+            features,
+            local_room,
+            nc_session,
+            pending: id,
+            remote_sid: None,
+            resume_id: None,
+            leaving: false,
+            queue: Vec::new(),
+        };
+        tokio::spawn(task.run(rx));
+        link
+    }
+
+    fn federation_deliver(&self, sid: &str, f: Frame) {
+        let mut st = self.lock();
+        st.sessions.deliver(sid, &f);
+    }
+
+    /// The link ended: the session is no longer federated.
+    fn federation_ended(&self, sid: &str, link_id: u64) {
+        let mut st = self.lock();
+        if let Some(s) = st.sessions.map.get_mut(sid) {
+            if s.fed_link.as_ref().is_some_and(|l| l.link_id == link_id) {
+                s.fed_link = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clouds_and_targets() {
+        assert_eq!(
+            cloud_of("https://remote.example/ocs/v2.php/apps/spreed/api/v3/signaling/backend"),
+            "@remote.example"
+        );
+        assert_eq!(cloud_of("http://127.0.0.1:8080/nc/"), "@127.0.0.1:8080/nc");
+        let f = RoomFederation {
+            signaling: "https://sig.remote".into(),
+            url: "https://remote.example/ocs/v2.php/apps/spreed/api/v3/signaling/backend".into(),
+            roomid: String::new(),
+            token: "t".into(),
+        };
+        let t = Target::parse(&f, "local").unwrap();
+        assert_eq!(t.ws_url, "wss://sig.remote/spreed");
+        assert_eq!(t.remote_room, "local");
+        let bad = RoomFederation {
+            token: String::new(),
+            ..f
+        };
+        assert!(Target::parse(&bad, "local").is_none());
+    }
+}
