@@ -8,11 +8,11 @@ use serde_json::value::RawValue;
 
 use super::outbox::{CloseReason, Outbox};
 use super::session::{flags, new_id, Session, SessionKind};
-use super::{invalid_format, Hub, VERSION};
+use super::{invalid_format, Hub, State, VERSION};
 use crate::api::backend::AuthRequest;
 use crate::api::client::{AuthKind, HelloClientMessage, HelloV2Params, InternalAuthParams};
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::{frame, HelloReply, ServerInfo};
+use crate::api::server::{frame, Frame, HelloReply, ServerInfo};
 use crate::backend::checksum;
 use crate::backend::client::BackendCallError;
 use crate::backend::registry::{signaling_url, Backend};
@@ -384,6 +384,53 @@ impl Hub {
         })
     }
 
+    /// The `hello` answer of a new session.
+    fn hello_reply(
+        &self,
+        id: Option<&str>,
+        version: &str,
+        sid: &str,
+        resume_id: &str,
+        ident: &Identity,
+    ) -> Frame {
+        let internal = ident.kind != SessionKind::Client;
+        frame(
+            id,
+            "hello",
+            &HelloReply {
+                sessionid: sid,
+                resumeid: resume_id,
+                userid: ident.user_id.as_deref().unwrap_or(""),
+                version,
+                server: ServerInfo {
+                    version: VERSION,
+                    features: super::features(internal, self.mcu_connected()),
+                },
+            },
+        )
+    }
+
+    /// A backend's `sessionlimit` (client sessions on all processes).
+    fn within_session_limit(&self, st: &State, backend: &Backend) -> Result<(), ProtocolError> {
+        if backend.session_limit == 0 {
+            return Ok(());
+        }
+        let count =
+            st.counts.get(&backend.id).copied().unwrap_or(0) + st.remote_session_count(&backend.id);
+        if count < backend.session_limit {
+            return Ok(());
+        }
+        self.metrics
+            .go
+            .session_limit_exceeded
+            .with_label_values(&[&*backend.id])
+            .inc();
+        Err(ProtocolError::new(
+            error::SESSION_LIMIT_EXCEEDED,
+            "Too many sessions connected for this backend.",
+        ))
+    }
+
     fn register(
         &self,
         conn: &Arc<Outbox>,
@@ -396,21 +443,7 @@ impl Hub {
         let sid: Arc<str> = format!("{pid}{}", new_id()).into();
         let resume_id: Arc<str> = format!("{pid}{}", new_id()).into();
         let is_client = ident.kind == SessionKind::Client;
-        let server_features = super::features(!is_client, self.mcu_connected());
-        let reply = frame(
-            id,
-            "hello",
-            &HelloReply {
-                sessionid: &sid,
-                resumeid: &resume_id,
-                userid: ident.user_id.as_deref().unwrap_or(""),
-                version,
-                server: ServerInfo {
-                    version: VERSION,
-                    features: server_features,
-                },
-            },
-        );
+        let reply = self.hello_reply(id, version, &sid, &resume_id, &ident);
         let must_join_room = is_client && ident.user_id.is_none();
         let backend_id = ident.backend.id.clone();
         let backend = ident.backend.clone();
@@ -422,22 +455,8 @@ impl Hub {
             "internal"
         };
         let mut st = self.lock();
-        if is_client && ident.backend.session_limit > 0 {
-            let count = st.counts.get(&ident.backend.id).copied().unwrap_or(0)
-                + st.remote_session_count(&ident.backend.id);
-            if count >= ident.backend.session_limit {
-                self.metrics
-                    .go
-                    .session_limit_exceeded
-                    .with_label_values(&[&*ident.backend.id])
-                    .inc();
-                return Err(ProtocolError::new(
-                    error::SESSION_LIMIT_EXCEEDED,
-                    "Too many sessions connected for this backend.",
-                ));
-            }
-        }
         if is_client {
+            self.within_session_limit(&st, &ident.backend)?;
             *st.counts.entry(ident.backend.id.clone()).or_default() += 1;
         }
         let user_id: Option<Arc<str>> = ident.user_id.map(Arc::from);

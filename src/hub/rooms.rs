@@ -335,6 +335,27 @@ impl State {
 /// `bye` reason of a session replaced by a reconnected Talk client.
 pub(crate) const REASON_RECONNECTED: &str = "room_session_reconnected";
 
+impl State {
+    /// The session vanished while Nextcloud was asked whether it may join:
+    /// the room prepared for it must not stay behind, and Nextcloud, which
+    /// let it join, is told that it left.
+    fn joiner_vanished(&mut self, j: Joiner, nc_session: Option<Arc<str>>) {
+        self.drop_room_if_unserved(&j.key);
+        if let (SessionKind::Client, Some(rs)) = (&j.kind, nc_session) {
+            self.effects.push(super::Effect::Left {
+                to: super::Nextcloud {
+                    url: j.url,
+                    base: j.base,
+                    secret: j.secret,
+                },
+                room: j.key.room.clone(),
+                user_id: j.user_id,
+                room_session_id: rs,
+            });
+        }
+    }
+}
+
 /// What a join needs of the session, taken under the lock before
 /// Nextcloud is asked (no lock across the await).
 struct Joiner {
@@ -401,24 +422,7 @@ impl Hub {
         let held = {
             let mut st = self.lock();
             if !st.sessions.map.contains_key(sid) {
-                // The session vanished while Nextcloud was asked: the room
-                // prepared for it must not stay behind, and Nextcloud, which
-                // let it join, is told that it left.
-                st.drop_room_if_unserved(&joiner.key);
-                if let (SessionKind::Client, Some(rs)) = (&joiner.kind, nc_session) {
-                    let j = joiner;
-                    st.effects.push(super::Effect::Left {
-                        to: super::Nextcloud {
-                            url: j.url,
-                            base: j.base,
-                            secret: j.secret,
-                        },
-                        room: j.key.room.clone(),
-                        user_id: j.user_id,
-                        room_session_id: rs,
-                    });
-                }
-                return;
+                return st.joiner_vanished(joiner, nc_session);
             }
             st.leave_room(sid, true);
             let key = joiner.key;

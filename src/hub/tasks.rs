@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::session::SessionKind;
-use super::Hub;
+use super::{Hub, State};
 use crate::api::backend::{PingEntry, PingRequest};
 
 /// How often disconnected sessions are checked for resume expiry.
@@ -66,65 +66,7 @@ impl Hub {
     /// Sends one round of `ping` requests: per room, or batched across the
     /// rooms of a backend when its capabilities carry `session-ping-limit`.
     pub async fn ping_backends(&self) {
-        let mut by_backend: BTreeMap<Arc<str>, BackendPings> = BTreeMap::new();
-        {
-            let st = self.lock();
-            for (key, room) in &st.rooms {
-                let entries: Vec<PingEntry> = room
-                    .members
-                    .iter()
-                    .filter_map(|m| st.sessions.map.get(m))
-                    .filter(|s| s.kind == SessionKind::Client)
-                    .filter_map(|s| {
-                        s.room_session_id.as_ref().map(|rs| PingEntry {
-                            sessionid: rs.to_string(),
-                            userid: s.user_id.as_deref().map(str::to_string),
-                        })
-                    })
-                    .collect();
-                if entries.is_empty() {
-                    continue;
-                }
-                let Some(secret) = room
-                    .members
-                    .iter()
-                    .find_map(|m| st.sessions.map.get(m))
-                    .map(|s| s.backend.secret.clone())
-                else {
-                    continue;
-                };
-                by_backend
-                    .entry(key.backend.clone())
-                    .or_insert_with(|| BackendPings {
-                        url: room.backend_url.clone(),
-                        base: room.backend_base.clone(),
-                        secret,
-                        rooms: BTreeMap::new(),
-                    })
-                    .rooms
-                    .insert(key.room.clone(), entries);
-            }
-            // Sessions in federated rooms: their own Nextcloud still wants
-            // to hear that they are alive (under the local room id).
-            for s in st.sessions.map.values() {
-                let Some(link) = &s.fed_link else { continue };
-                by_backend
-                    .entry(s.backend.id.clone())
-                    .or_insert_with(|| BackendPings {
-                        url: s.backend_url.clone(),
-                        base: s.backend_base.clone(),
-                        secret: s.backend.secret.clone(),
-                        rooms: BTreeMap::new(),
-                    })
-                    .rooms
-                    .entry(link.local_room.clone())
-                    .or_default()
-                    .push(PingEntry {
-                        sessionid: link.nc_session.to_string(),
-                        userid: s.user_id.as_deref().map(str::to_string),
-                    });
-            }
-        }
+        let by_backend = self.lock().pings();
         for (_, p) in by_backend {
             // Fetched (and cached) when needed, not only after a hello v2.
             let limit = self
@@ -161,5 +103,70 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+impl State {
+    /// Who to report alive to Nextcloud, per backend and room: the client
+    /// sessions of each local room, and the sessions in federated rooms
+    /// (their own Nextcloud still wants to hear that they are alive).
+    fn pings(&self) -> BTreeMap<Arc<str>, BackendPings> {
+        let mut by_backend: BTreeMap<Arc<str>, BackendPings> = BTreeMap::new();
+        for (key, room) in &self.rooms {
+            let entries: Vec<PingEntry> = room
+                .members
+                .iter()
+                .filter_map(|m| self.sessions.map.get(m))
+                .filter(|s| s.kind == SessionKind::Client)
+                .filter_map(|s| {
+                    s.room_session_id.as_ref().map(|rs| PingEntry {
+                        sessionid: rs.to_string(),
+                        userid: s.user_id.as_deref().map(str::to_string),
+                    })
+                })
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let Some(secret) = room
+                .members
+                .iter()
+                .find_map(|m| self.sessions.map.get(m))
+                .map(|s| s.backend.secret.clone())
+            else {
+                continue;
+            };
+            by_backend
+                .entry(key.backend.clone())
+                .or_insert_with(|| BackendPings {
+                    url: room.backend_url.clone(),
+                    base: room.backend_base.clone(),
+                    secret,
+                    rooms: BTreeMap::new(),
+                })
+                .rooms
+                .insert(key.room.clone(), entries);
+        }
+        // Sessions in federated rooms: their own Nextcloud still wants
+        // to hear that they are alive (under the local room id).
+        for s in self.sessions.map.values() {
+            let Some(link) = &s.fed_link else { continue };
+            by_backend
+                .entry(s.backend.id.clone())
+                .or_insert_with(|| BackendPings {
+                    url: s.backend_url.clone(),
+                    base: s.backend_base.clone(),
+                    secret: s.backend.secret.clone(),
+                    rooms: BTreeMap::new(),
+                })
+                .rooms
+                .entry(link.local_room.clone())
+                .or_default()
+                .push(PingEntry {
+                    sessionid: link.nc_session.to_string(),
+                    userid: s.user_id.as_deref().map(str::to_string),
+                });
+        }
+        by_backend
     }
 }
