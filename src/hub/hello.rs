@@ -249,42 +249,37 @@ impl Hub {
         })
     }
 
-    async fn auth_v2(
+    /// A federated hello: the hosting Nextcloud must support federation.
+    async fn check_federation_supported(&self, base: &str) -> Result<(), ProtocolError> {
+        let caps = self
+            .caps
+            .get(&self.client, base, false)
+            .await
+            .map_err(|e| backend_error(e, error::PROCESSING_FAILED))?;
+        if !caps.features.iter().any(|f| f == "federation-v2") {
+            return Err(ProtocolError::new(
+                error::FEDERATION_UNSUPPORTED,
+                "The target server does not support federation.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The claims of a hello v2 token, verified with the key from the
+    /// capabilities of `base`; they are fetched again, once, when the key
+    /// is missing or seems to have rotated.
+    async fn verify_token(
         &self,
-        backend: Arc<Backend>,
-        base: String,
-        url: &str,
-        params: &RawValue,
-        federation: bool,
-    ) -> Result<Identity, ProtocolError> {
-        let p: HelloV2Params = serde_json::from_str(params.get())
-            .map_err(|_| invalid_format("invalid hello v2 params"))?;
-        if p.token.is_empty() {
-            return Err(invalid_format("token missing"));
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if federation {
-            // The hosting Nextcloud must support federation.
-            let caps = self
-                .caps
-                .get(&self.client, &base, false)
-                .await
-                .map_err(|e| backend_error(e, error::PROCESSING_FAILED))?;
-            if !caps.features.iter().any(|f| f == "federation-v2") {
-                return Err(ProtocolError::new(
-                    error::FEDERATION_UNSUPPORTED,
-                    "The target server does not support federation.",
-                ));
-            }
-        }
+        backend: &Backend,
+        base: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<token::HelloV2Claims, ProtocolError> {
         let mut refreshed = false;
-        let claims = loop {
+        loop {
             let caps = self
                 .caps
-                .get(&self.client, &base, refreshed)
+                .get(&self.client, base, refreshed)
                 .await
                 .map_err(|e| {
                     tracing::warn!(backend = %backend.id, "capabilities request failed: {e}");
@@ -300,8 +295,8 @@ impl Hub {
                     "No key found for issuer.",
                 ));
             };
-            match token::verify(&p.token, &key, now) {
-                Ok(c) => break c,
+            match token::verify(token, &key, now) {
+                Ok(c) => return Ok(c),
                 Err(TokenError::Expired) => {
                     return Err(ProtocolError::new(
                         error::TOKEN_EXPIRED,
@@ -321,7 +316,30 @@ impl Hub {
                 }
                 Err(e) => return Err(ProtocolError::new(error::INVALID_TOKEN, e.to_string())),
             }
-        };
+        }
+    }
+
+    async fn auth_v2(
+        &self,
+        backend: Arc<Backend>,
+        base: String,
+        url: &str,
+        params: &RawValue,
+        federation: bool,
+    ) -> Result<Identity, ProtocolError> {
+        let p: HelloV2Params = serde_json::from_str(params.get())
+            .map_err(|_| invalid_format("invalid hello v2 params"))?;
+        if p.token.is_empty() {
+            return Err(invalid_format("token missing"));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if federation {
+            self.check_federation_supported(&base).await?;
+        }
+        let claims = self.verify_token(&backend, &base, &p.token, now).await?;
         let actor = claims.userdata.as_ref().and_then(|u| {
             match (u.get("actorType")?.as_str(), u.get("actorId")?.as_str()) {
                 (Some(t), Some(i)) if !t.is_empty() && !i.is_empty() => {
