@@ -456,6 +456,20 @@ fn jwt_exp_near_i64_max_does_not_overflow() {
     }
 }
 
+/// Claims that are a JSON array were read as the struct's fields in
+/// order (serde accepts a sequence for a derived struct): a correctly
+/// signed `["", iat, exp, "admin"]` was accepted as a token for admin.
+/// Found by the hour-long `jwt_claims` fuzz run.
+#[test]
+fn jwt_claims_that_are_an_array_are_refused() {
+    let now = 1_654_842_100i64;
+    let claims = json!(["", now - 10, now + 300, "admin"]);
+    for alg in 0..4 {
+        checks::jwt_claims(claims.to_string().as_bytes(), alg, now);
+    }
+    checks::jwt_claims(br#"["",5,55,"5",555555555555555555]"#, 0, 20);
+}
+
 /// References that multiply (`a = %(a)s%(a)s%(a)s%(a)s`) made
 /// `IniFile::get` expand 4^17 copies: minutes of CPU and gigabytes of
 /// memory for a five-line `server.conf`.

@@ -89,14 +89,20 @@ pub fn verify(token: &str, key: &str, now: i64) -> Result<HelloV2Claims, TokenEr
     v.validate_nbf = false;
     v.validate_aud = false;
     v.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<HelloV2Claims>(token, &dkey, &v).map_err(|e| {
-        use jsonwebtoken::errors::ErrorKind;
-        match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            _ => TokenError::Invalid(e.to_string()),
-        }
-    })?;
-    let claims = data.claims;
+    // Decoded as a JSON object first: serde's derived struct reader also
+    // takes an array of the fields in order, so `["", 5, 55, "admin"]`
+    // would pass as claims (the Go server, like the JWT spec, wants an
+    // object).
+    let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &dkey, &v)
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                _ => TokenError::Invalid(e.to_string()),
+            }
+        })?;
+    let claims: HelloV2Claims = serde_json::from_value(serde_json::Value::Object(data.claims))
+        .map_err(|e| TokenError::Invalid(e.to_string()))?;
     let leeway = LEEWAY_SECS as i64;
     // Saturating: the claims may hold any i64 (an `exp` near i64::MAX
     // overflowed here: a panic in debug builds, "expired" in release).
