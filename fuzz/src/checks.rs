@@ -1,6 +1,6 @@
 //! Properties of every parser that takes outside input, shared by the
 //! cargo-fuzz targets (`fuzz/fuzz_targets/*.rs`) and the short proptest run
-//! of the normal test command (`tests/fuzz_parsers.rs`, which includes this
+//! of the normal test command (`tests/it/fuzz_parsers.rs`, which includes this
 //! file with `#[path]`). Each function must never panic for any input; where
 //! a parser has invariants, they are asserted here.
 

@@ -1,14 +1,9 @@
 //! `Type=notify`: the binary tells systemd (through `NOTIFY_SOCKET`) when it
 //! is ready, feeds the watchdog, and reports reloads and stopping.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn the_binary_speaks_the_systemd_notify_protocol() {

@@ -1,13 +1,8 @@
 //! The backend API (`POST /api/v1/room/{id}`): authentication, limits and
 //! every request type, with the events each kind of session receives.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Sends `body` to the room API with the given headers.
 async fn raw_request(

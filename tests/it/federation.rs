@@ -2,15 +2,10 @@
 //! Nextcloud. A user of NC-A ("alice") joins a conversation hosted by NC-B
 //! through server A, which dials server B on her behalf.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 fn now() -> i64 {
     SystemTime::now()

@@ -10,17 +10,14 @@
 //! the fake Nextcloud, the server and the peers in there. Where namespaces
 //! are not available the tests say so and skip.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::janus::{Janus, Observer};
+use crate::support::{Client, TestServer};
 use serde_json::{json, Value};
-use support::janus::{Janus, Observer};
-use support::{Client, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -54,10 +51,16 @@ fn run_in_namespace(test: &str) -> bool {
         panic!("janus and python3-aiortc must be installed (scripts/test installs them)");
     }
     let exe = std::env::current_exe().unwrap();
+    // The test's full name in this binary: its module path without the
+    // crate ("mcu_media::name").
+    let full = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::{test}"),
+        None => test.to_string(),
+    };
     let status = std::process::Command::new("unshare")
         .arg("-n")
         .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args(["--exact", &full, "--nocapture", "--test-threads=1"])
         .env(INSIDE, "1")
         .status()
         .unwrap();

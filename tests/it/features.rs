@@ -1,13 +1,8 @@
 //! Features current Talk checks for: `recipient-call`, `chat-relay`,
 //! `transient-sessiondata`, and the feature lists themselves.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// The ids current Nextcloud requires in `X-Spreed-Signaling-Features`.
 const REQUIRED: &[&str] = &[

@@ -2,16 +2,13 @@
 //! hand-made offers: no media flows here (see `mcu_media.rs`), but rooms,
 //! answers, permissions, validation, features and reconnects are real.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::janus::{audio_offer, audio_video_offer, Janus, Observer};
+use crate::support::{Client, TestServer};
 use serde_json::{json, Value};
-use support::janus::{audio_offer, audio_video_offer, Janus, Observer};
-use support::{Client, TestServer};
 
 /// Janus and a server using it, once the server announced `mcu`.
 async fn setup(extra: &str) -> (Janus, TestServer) {

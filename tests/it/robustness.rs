@@ -1,13 +1,8 @@
 //! Timers and bad input: nothing panics, each gets its error or a
 //! documented close, and other sessions keep working.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use serde_json::json;
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Proves `b` still works: a message from `a` arrives.

@@ -2,15 +2,10 @@
 //! complete participant lists, events in `changed-users` mode, reconnects
 //! with the same Nextcloud session, and guests removed from their room.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// Alice and bob in `room1` (joined with `nc-alice` / `nc-bob`), all join
 /// events consumed.

@@ -4,10 +4,7 @@
 //! cargo-fuzz, see `fuzz/README.md`. Crashes found by fuzzing are kept
 //! below as regression tests.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-#[path = "../fuzz/src/checks.rs"]
+#[path = "../../fuzz/src/checks.rs"]
 mod checks;
 
 use checks::{BackendApiInput, ChecksumMode};

@@ -1,15 +1,10 @@
 //! Several server instances sharing a real nats-server started by the test:
 //! they behave like one server to clients and to Nextcloud.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 /// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
 async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {

@@ -1,13 +1,8 @@
 //! SIGHUP on the real binary: `[app]` and `[stats]` take effect at once,
 //! sessions stay, and settings that need a restart are logged as such.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 /// Status of `GET /metrics` sent from the loopback address `from`, with an
 /// optional `X-Real-IP`.

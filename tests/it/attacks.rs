@@ -1,16 +1,11 @@
 //! Attacks by a client with a Nextcloud account, over real sockets: each
 //! test performs the attack and shows that it fails.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use serde_json::{json, Value};
 use spreed_signaling::backend::checksum;
-use support::*;
 
 fn now() -> i64 {
     SystemTime::now()

@@ -1,16 +1,11 @@
 //! `/metrics` during a run: the Go server's metric names and labels, with
 //! values that match what the clients and Nextcloud did.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use futures_util::StreamExt;
 use serde_json::json;
 use spreed_signaling::config::Config;
 use spreed_signaling::server::Server;
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The value of one series (`name{labels}`); panics when it is missing.

@@ -1,15 +1,10 @@
 //! hello 1.0 / 2.0 / internal, welcome, resume, bye and the hello errors,
 //! over real sockets against a fake Nextcloud.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 fn now() -> i64 {
     SystemTime::now()

@@ -1,12 +1,7 @@
 //! Rooms, messages, control, transient data and virtual sessions.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 fn join_ids(m: &Value) -> Vec<String> {
     m["event"]["join"]

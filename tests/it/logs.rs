@@ -2,13 +2,8 @@
 //! and its backend (span fields of the connection), as JSON lines and as
 //! plain text, with the client address a trusted proxy passed.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// A client whose connection comes through a reverse proxy on loopback
 /// (trusted by default) that names `real_ip`; welcome consumed.

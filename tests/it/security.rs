@@ -1,17 +1,12 @@
 //! Attacks on the server's resources and exposure, each performed over real
 //! sockets and shown to fail.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
-
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
 use spreed_signaling::backend::checksum;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -1,12 +1,9 @@
 //! `spreed-signaling check`: the binary probes what the configuration points
 //! at and names the key to fix.
 
-// Test code: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
+use crate::support;
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// Runs `spreed-signaling --config <file> check`; (exit ok, output).
 async fn check(config: String) -> (bool, String) {

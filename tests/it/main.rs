@@ -1,0 +1,30 @@
+//! The integration tests: one binary (one link, one build of the shared
+//! support), one module per area. Every test talks to the server over real
+//! sockets: in-process servers (`support::TestServer`) or the server binary
+//! as a child process (`support::ServerProcess`), with a fake Nextcloud,
+//! and a `nats-server` or Janus of the test's own where needed.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod attacks;
+mod backend_api;
+mod check;
+mod cluster;
+mod features;
+mod federation;
+mod fuzz_parsers;
+mod hello;
+mod logs;
+mod mcu;
+mod mcu_media;
+mod metrics;
+mod reload;
+mod robustness;
+mod rooms;
+mod security;
+mod systemd;
+mod talk_client;
+mod tls;
