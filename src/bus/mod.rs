@@ -5,6 +5,8 @@
 //! Wire format of a bus message: one line of JSON ([`Header`]), `\n`, then
 //! an optional body (a serialized client frame, forwarded as is).
 
+#[cfg(test)]
+pub mod mesh;
 pub mod nats;
 
 use std::future::Future;

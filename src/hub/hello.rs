@@ -19,14 +19,14 @@ use crate::backend::registry::{signaling_url, Backend};
 use crate::backend::token::{self, TokenError};
 
 /// Who a successful authentication says the client is.
-struct Identity {
-    kind: SessionKind,
-    backend: Arc<Backend>,
-    backend_base: String,
-    backend_url: String,
-    user_id: Option<String>,
-    user: Option<Box<RawValue>>,
-    federated: Option<super::session::Federated>,
+pub(super) struct Identity {
+    pub kind: SessionKind,
+    pub backend: Arc<Backend>,
+    pub backend_base: String,
+    pub backend_url: String,
+    pub user_id: Option<String>,
+    pub user: Option<Box<RawValue>>,
+    pub federated: Option<super::session::Federated>,
 }
 
 /// Result of a successful hello.
@@ -449,7 +449,7 @@ impl Hub {
         ))
     }
 
-    fn register(
+    pub(super) fn register(
         &self,
         conn: &Arc<Outbox>,
         id: Option<&str>,

@@ -18,21 +18,21 @@ const INTERNAL_SECRET: &str = "hub-test-internal-secret";
 
 /// A hub whose only backend is never reached: internal clients need none.
 fn hub() -> Arc<Hub> {
+    hub_on(Arc::new(crate::bus::LocalBus::new()))
+}
+
+/// [`hub`] on a given bus.
+pub(super) fn hub_on(bus: Arc<dyn crate::bus::Bus>) -> Arc<Hub> {
     let config = Config::parse(&format!(
         "[http]\nlisten = 127.0.0.1:0\n[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n\
          [clients]\ninternalsecret = {INTERNAL_SECRET}\n[backend]\nbackends = nc1\n\
          [nc1]\nurl = http://127.0.0.1:9\nsecret = backend-secret\n"
     ))
     .expect("config");
-    Hub::new(
-        Arc::new(config),
-        crate::metrics::Metrics::new(),
-        Arc::new(crate::bus::LocalBus::new()),
-    )
-    .expect("hub")
+    Hub::new(Arc::new(config), crate::metrics::Metrics::new(), bus).expect("hub")
 }
 
-fn internal_hello(resume_id: Option<&str>) -> HelloClientMessage {
+pub(super) fn internal_hello(resume_id: Option<&str>) -> HelloClientMessage {
     let random = "0123456789abcdef0123456789abcdef0123456789abcdef";
     let token = checksum::calculate(INTERNAL_SECRET.as_bytes(), random.as_bytes(), b"");
     let text = match resume_id {

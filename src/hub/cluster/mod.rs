@@ -354,3 +354,5 @@ impl State {
 mod dispatch;
 mod handover;
 mod snapshot;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,278 @@
+//! Cluster rules on an in-memory bus mesh ([`crate::bus::mesh`]): two or
+//! three hubs in one test, each a "process" of its own, on paused tokio
+//! time. What `tests/cluster.rs` checks over a real NATS server, here in
+//! milliseconds and without one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::mesh::Mesh;
+use crate::hub::hello::Identity;
+use crate::hub::outbox::Outbox;
+use crate::hub::room::RoomKey;
+use crate::hub::session::SessionKind;
+use crate::hub::tests::{hub_on, internal_hello};
+use crate::hub::Hub;
+
+/// `n` hubs on one mesh, each knowing the others (as after start-up).
+async fn mesh_of(n: usize) -> Vec<Arc<Hub>> {
+    let mesh = Mesh::new();
+    let cancel = CancellationToken::new();
+    let mut hubs = Vec::new();
+    for _ in 0..n {
+        let (bus, inbound) = mesh.join();
+        let hub = hub_on(bus);
+        hub.spawn_cluster(inbound, cancel.clone());
+        hub.discover_peers().await;
+        hubs.push(hub);
+    }
+    quiet().await;
+    for h in &hubs {
+        assert_eq!(h.known_processes(), n - 1, "every hub knows the others");
+    }
+    hubs
+}
+
+/// Returns once every hub applied everything that was published: with
+/// tokio's clock paused, a sleep ends only after every task went idle
+/// (nothing here waits for real I/O), so no bus message is still on its way.
+async fn quiet() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// A session and its connection's outbox.
+struct Conn {
+    sid: Arc<str>,
+    conn: Arc<Outbox>,
+}
+
+impl Conn {
+    /// The frames that reached the connection since the last call.
+    fn frames(&self) -> Vec<Value> {
+        self.conn
+            .drain()
+            .frames
+            .iter()
+            .map(|f| serde_json::from_str(f.as_str()).expect("frames are JSON"))
+            .collect()
+    }
+
+    /// The `data` of the `message` frames since the last call; fails on
+    /// any `error` frame.
+    fn messages(&self) -> Vec<Value> {
+        let frames = self.frames();
+        assert!(
+            frames.iter().all(|f| f["type"] != "error"),
+            "no error expected: {frames:?}"
+        );
+        frames
+            .into_iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["message"]["data"].clone())
+            .collect()
+    }
+}
+
+async fn internal(hub: &Arc<Hub>) -> Conn {
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    Conn { sid: ok.sid, conn }
+}
+
+async fn internal_in_room(hub: &Arc<Hub>, room: &str) -> Conn {
+    let c = internal(hub).await;
+    let join = serde_json::from_value(json!({ "roomid": room })).unwrap();
+    hub.room_request(&c.sid, None, join).await;
+    c
+}
+
+/// A client session of `user` that joined `room`, as if Nextcloud had
+/// accepted its hello and its join.
+async fn client_in_room(hub: &Arc<Hub>, user: &str, room: &str) -> Conn {
+    let backend = hub.registry().by_id("nc1").unwrap();
+    let base = backend.urls[0].clone();
+    let ident = Identity {
+        kind: SessionKind::Client,
+        backend: backend.clone(),
+        backend_url: crate::backend::registry::signaling_url(&base, ""),
+        backend_base: base,
+        user_id: Some(user.to_string()),
+        user: None,
+        federated: None,
+    };
+    let conn = hub.new_outbox();
+    let ok = hub.register(&conn, None, "1.0", Vec::new(), ident).unwrap();
+    let key = RoomKey {
+        backend: backend.id.clone(),
+        room: room.into(),
+    };
+    hub.prepare_room(&key).await;
+    let nc = Arc::from(format!("nc-{user}"));
+    hub.lock()
+        .join_room(&ok.sid, None, key, None, None, Some(nc), false);
+    Conn { sid: ok.sid, conn }
+}
+
+/// `from` sends a `message` with `data` to `recipient`.
+async fn send(hub: &Arc<Hub>, from: &Conn, recipient: Value, data: Value) {
+    let msg = json!({"type": "message", "message": {"recipient": recipient, "data": data}});
+    let parsed = serde_json::from_value(msg.clone()).unwrap();
+    if let Some(wait) = hub.handle(&from.sid, parsed, &msg.to_string()) {
+        wait.await;
+    }
+}
+
+fn pid(hub: &Hub) -> String {
+    hub.lock().bus.pid().to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_message_to_another_hub_is_delivered_once_and_only_its_hub_answers() {
+    let hubs = mesh_of(3).await;
+    let (a, b) = (&hubs[0], &hubs[1]);
+    let x = internal(a).await;
+    let y = internal(b).await;
+    let z = internal(&hubs[2]).await;
+    quiet().await;
+    for c in [&x, &y, &z] {
+        c.frames();
+    }
+    send(
+        a,
+        &x,
+        json!({"type": "session", "sessionid": &*y.sid}),
+        json!({"n": 1}),
+    )
+    .await;
+    quiet().await;
+    assert_eq!(y.messages(), [json!({"n": 1})], "delivered once");
+    assert!(x.messages().is_empty(), "nobody says no_such_session");
+    assert!(z.frames().is_empty());
+
+    // A session that hub b does not have (any more): b alone answers.
+    let gone = format!("{}{}", pid(b), "-vanished-session");
+    send(
+        a,
+        &x,
+        json!({"type": "session", "sessionid": gone}),
+        json!({"n": 2}),
+    )
+    .await;
+    quiet().await;
+    let errors = x.frames();
+    assert_eq!(errors.len(), 1, "one answer: {errors:?}");
+    assert_eq!(errors[0]["error"]["code"], "no_such_session");
+    assert!(y.frames().is_empty() && z.frames().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_message_reaches_the_members_on_every_hub_once() {
+    let hubs = mesh_of(3).await;
+    let x = internal_in_room(&hubs[0], "r1").await;
+    let y = internal_in_room(&hubs[1], "r1").await;
+    let z = internal_in_room(&hubs[2], "r1").await;
+    quiet().await;
+    let key = RoomKey {
+        backend: "nc1".into(),
+        room: "r1".into(),
+    };
+    for h in &hubs {
+        let members = h.lock().rooms[&key].members.len();
+        assert_eq!(members, 3, "every hub holds the full member list");
+    }
+    let joined: Vec<Value> = x
+        .frames()
+        .into_iter()
+        .filter(|f| f["event"]["type"] == "join")
+        .flat_map(|f| f["event"]["join"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["sessionid"].clone())
+        .collect();
+    for other in [&y, &z] {
+        assert!(joined.contains(&json!(&*other.sid)), "{joined:?}");
+    }
+    y.frames();
+    z.frames();
+    send(&hubs[0], &x, json!({"type": "room"}), json!({"n": 1})).await;
+    quiet().await;
+    assert_eq!(y.messages(), [json!({"n": 1})]);
+    assert_eq!(z.messages(), [json!({"n": 1})]);
+    assert!(x.messages().is_empty(), "not back to the sender");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_resumes_on_another_hub_with_its_queue_and_stays_reachable() {
+    let hubs = mesh_of(3).await;
+    let (a, b, c) = (&hubs[0], &hubs[1], &hubs[2]);
+    let w = internal_in_room(c, "r1").await;
+    let alice = client_in_room(a, "alice", "r1").await;
+    quiet().await;
+    let resume_id = a.lock().sessions.map[&alice.sid].resume_id.clone().unwrap();
+    a.connection_closed(&alice.sid, alice.conn.conn_id);
+    w.frames();
+    // Queued on hub a while alice is away.
+    send(c, &w, json!({"type": "room"}), json!({"n": 1})).await;
+    quiet().await;
+
+    let again = b.new_outbox();
+    let ok = b
+        .hello(&again, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert!(ok.resumed);
+    assert_eq!(ok.sid, alice.sid);
+    let alice = Conn {
+        sid: ok.sid,
+        conn: again,
+    };
+    let frames = alice.frames();
+    assert_eq!(frames[0]["type"], "hello", "{frames:?}");
+    assert_eq!(frames[1]["message"]["data"], json!({"n": 1}), "{frames:?}");
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(a.session_count(), 0, "handed over, not copied");
+    assert_eq!(b.session_count(), 1);
+    quiet().await;
+    let owner = c.lock().remote[&alice.sid].info.owner.clone();
+    assert_eq!(owner, pid(b), "the others learn the new owner");
+
+    send(
+        c,
+        &w,
+        json!({"type": "session", "sessionid": &*alice.sid}),
+        json!({"n": 2}),
+    )
+    .await;
+    send(c, &w, json!({"type": "room"}), json!({"n": 3})).await;
+    quiet().await;
+    assert_eq!(alice.messages(), [json!({"n": 2}), json!({"n": 3})]);
+    assert!(w.messages().is_empty(), "nobody says no_such_session");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_request_is_applied_once_by_every_hub() {
+    let hubs = mesh_of(2).await;
+    let (a, b) = (&hubs[0], &hubs[1]);
+    let x = internal_in_room(a, "r1").await;
+    let y = internal_in_room(b, "r1").await;
+    quiet().await;
+    x.frames();
+    y.frames();
+    let raw = br#"{"type":"message","message":{"data":{"n":1}}}"#;
+    let req = serde_json::from_slice(raw).unwrap();
+    let backend = a.registry().by_id("nc1").unwrap();
+    let url = backend.urls[0].clone();
+    let r = a.backend_api(&backend, &url, "r1", req, raw).await;
+    assert!(matches!(r, Ok(crate::hub::backend_api::BackendApiOk::Done)));
+    quiet().await;
+    for c in [&x, &y] {
+        let events: Vec<Value> = c
+            .frames()
+            .into_iter()
+            .filter(|f| f["type"] == "event")
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["event"]["message"]["data"], json!({"n": 1}));
+    }
+}
