@@ -1,0 +1,176 @@
+//! The smaller sections: `[sessions]` keys, `[clients] internalsecret`,
+//! `[nats]`, `[federation]`, `[logging]`, `[mcu]`'s type, and the sections
+//! and keys this server does not implement or no longer reads.
+
+use std::time::Duration;
+
+use super::backends::BackendsConfig;
+use super::goconf::{self, expand_env, split_list, IniFile};
+use super::{go_secs, mcu, ConfigError};
+
+/// `[federation]`: how this server dials the signaling servers of other
+/// Nextclouds for federated conversations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FederationConfig {
+    /// Skip TLS certificate checks (development only).
+    pub skip_verify: bool,
+    /// Timeout of dialing and of each handshake step.
+    pub timeout: Duration,
+}
+
+/// `[sessions] hashkey` (required) and `blockkey` (16, 24 or 32 bytes, or
+/// empty), validated as by the Go server.
+pub(super) fn parse_session_keys(ini: &IniFile) -> Result<(String, String), ConfigError> {
+    let hash_key = ini
+        .get("sessions", "hashkey")
+        .map(|v| expand_env(&v))
+        .unwrap_or_default();
+    if hash_key.is_empty() {
+        return Err(ConfigError(
+            "[sessions] hashkey: is required (a random string of 32 or 64 bytes)".into(),
+        ));
+    }
+    let block_key = ini
+        .get("sessions", "blockkey")
+        .map(|v| expand_env(&v))
+        .unwrap_or_default();
+    if !block_key.is_empty() && ![16, 24, 32].contains(&block_key.len()) {
+        return Err(ConfigError(format!(
+            "[sessions] blockkey: must be 16, 24 or 32 bytes, is {}",
+            block_key.len()
+        )));
+    }
+    Ok((hash_key, block_key))
+}
+
+/// `[clients] internalsecret` (may be empty).
+pub(super) fn parse_internal_secret(ini: &IniFile) -> String {
+    ini.get("clients", "internalsecret")
+        .map(|v| expand_env(&v))
+        .unwrap_or_default()
+}
+
+/// `[nats] url` (the loopback forms mean the in-process bus: no URL) and
+/// `publishqueue`.
+pub(super) fn parse_nats(ini: &IniFile) -> Result<(Vec<String>, usize), ConfigError> {
+    let nats_urls = ini
+        .get_nonempty("nats", "url")
+        .map(|v| split_list(&expand_env(&v)))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| u != "nats://loopback" && u != ":loopback:")
+        .collect::<Vec<_>>();
+    for u in &nats_urls {
+        if !u.starts_with("nats://") && !u.starts_with("tls://") {
+            return Err(ConfigError(format!(
+                "[nats] url: `{u}` is not a nats:// URL"
+            )));
+        }
+    }
+    let nats_publish_queue = ini.get_u64("nats", "publishqueue", 65536)?.max(2) as usize;
+    Ok((nats_urls, nats_publish_queue))
+}
+
+/// `[federation]`.
+pub(super) fn parse_federation(ini: &IniFile) -> Result<FederationConfig, ConfigError> {
+    Ok(FederationConfig {
+        skip_verify: ini.get_bool("federation", "skipverify", false)?,
+        // As the Go server: missing, 0 or negative means 10 seconds.
+        timeout: go_secs(ini, "federation", "timeout", 10)?,
+    })
+}
+
+/// `[logging] level` (a tracing filter, default `info`) and `format`
+/// (JSON lines or text).
+pub(super) fn parse_logging(ini: &IniFile) -> Result<(String, bool), ConfigError> {
+    let log_level = ini
+        .get_nonempty("logging", "level")
+        .unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        return Err(ConfigError(format!(
+            "[logging] level: `{log_level}` is not a log filter (e.g. info, debug)"
+        )));
+    }
+    let log_json = match ini.get_nonempty("logging", "format").as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "[logging] format: `{other}` is neither text nor json"
+            )))
+        }
+    };
+    Ok((log_level, log_json))
+}
+
+const SUPPORTED_SECTIONS: &[&str] = &[
+    goconf::DEFAULT_SECTION,
+    "http",
+    "https",
+    "app",
+    "mcu",
+    "sessions",
+    "clients",
+    "backend",
+    "nats",
+    "stats",
+    "transient",
+    "federation",
+    "logging",
+];
+
+const KNOWN_UNSUPPORTED: &[&str] = &[
+    "turn",
+    "geoip",
+    "geoip-overrides",
+    "continent-overrides",
+    "etcd",
+    "grpc",
+];
+
+/// The sections present that this server knows but does not implement
+/// (remembered for a start-up log). Values of sections it accepts were
+/// validated, so a typo does not go unnoticed.
+pub(super) fn unsupported_sections(ini: &IniFile, backend: &BackendsConfig) -> Vec<String> {
+    let mut unsupported_sections = Vec::new();
+    for s in ini.sections() {
+        if SUPPORTED_SECTIONS.contains(&s) {
+            continue;
+        }
+        let is_backend_section = backend.backends.iter().any(|b| b.id == s);
+        if is_backend_section {
+            continue;
+        }
+        if KNOWN_UNSUPPORTED.contains(&s) {
+            unsupported_sections.push(s.to_string());
+        }
+    }
+    unsupported_sections
+}
+
+/// `[mcu]` with `type = janus`; another type is added to `unsupported`.
+pub(super) fn parse_mcu(
+    ini: &IniFile,
+    unsupported: &mut Vec<String>,
+) -> Result<Option<mcu::McuConfig>, ConfigError> {
+    Ok(match mcu::parse(ini)? {
+        mcu::McuSection::None => None,
+        mcu::McuSection::Janus(c) => Some(c),
+        mcu::McuSection::Unsupported => {
+            unsupported.push("mcu (type proxy)".to_string());
+            None
+        }
+    })
+}
+
+/// Keys that are no longer read, with what to use instead.
+pub(super) fn obsolete_keys(ini: &IniFile) -> Vec<String> {
+    let mut obsolete_keys = Vec::new();
+    if ini.get("http", "proxyips").is_some() {
+        obsolete_keys.push(
+            "[http] proxyips: no longer read; list your reverse proxies in [app] trustedproxies (the Go server's key)"
+                .to_string(),
+        );
+    }
+    obsolete_keys
+}
