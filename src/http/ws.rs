@@ -3,43 +3,29 @@
 //! outbox (one write per batch) and sends keep-alive pings. Both run in one
 //! task. The wire format is in [`super::wsframe`].
 
-use std::future::Future;
-use std::pin::Pin;
+mod read;
+mod write;
+
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
-use super::wsframe::{self, FrameReader, Incoming, WsError};
+use super::wsframe::FrameReader;
 use super::{features_header, AppState};
-use crate::api::client::{ClientKind, ClientMessage, IdOnly};
-use crate::api::error::{self, ProtocolError};
-use crate::api::server::{error_frame, frame, Bye};
 use crate::backend::client::HEADER_FEATURES;
-use crate::hub::outbox::{CloseReason, Outbox};
-use crate::hub::{invalid_format, HelloOk, Hub};
+use crate::hub::Hub;
+use read::read_loop;
+use write::write_loop;
 
 /// Close code for frames over the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a client that does not read fast enough ("try again later").
 pub const CLOSE_OVERFLOW: u16 = 1013;
-
-/// The WebSocket close code and text for why a connection closes: the
-/// hub's reasons are given their codes here, the transport's carry theirs.
-fn close_code(reason: CloseReason) -> (u16, &'static str) {
-    match reason {
-        CloseReason::SessionEnded => (1000, "session ended"),
-        CloseReason::SessionResumed => (1000, "session resumed"),
-        CloseReason::Overflow => (CLOSE_OVERFLOW, "send queue full"),
-        CloseReason::Transport(code, text) => (code, text),
-    }
-}
 
 /// True if the comma-separated header `name` holds `token` (any case).
 fn header_has(headers: &axum::http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -163,316 +149,6 @@ pub async fn serve<IO>(
     .await;
 }
 
-/// Token bucket for client messages.
-/// What a connection may send: token buckets for messages and bytes. A
-/// message is always accepted (never dropped); a connection that went over
-/// its budget is simply not read until the budget refilled, so TCP holds
-/// the client back and a flood cannot take more than its share.
-struct Budget {
-    messages: f64,
-    bytes: f64,
-    message_rate: f64,
-    byte_rate: f64,
-    message_burst: f64,
-    byte_burst: f64,
-    last: Instant,
-}
-
-impl Budget {
-    fn new(limits: &crate::config::ClientLimits) -> Self {
-        Budget {
-            messages: limits.message_burst as f64,
-            bytes: limits.byte_burst as f64,
-            message_rate: limits.messages_per_second as f64,
-            byte_rate: limits.bytes_per_second as f64,
-            message_burst: limits.message_burst as f64,
-            byte_burst: limits.byte_burst as f64,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one message of `len` bytes; returns how long to stop reading
-    /// until the budget is back to zero (None when it is not in debt).
-    fn take(&mut self, now: Instant, len: usize) -> Option<std::time::Duration> {
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.messages = (self.messages + elapsed * self.message_rate).min(self.message_burst) - 1.0;
-        self.bytes = (self.bytes + elapsed * self.byte_rate).min(self.byte_burst) - len as f64;
-        let wait = (-self.messages / self.message_rate).max(-self.bytes / self.byte_rate);
-        (wait > 0.0).then(|| std::time::Duration::from_secs_f64(wait))
-    }
-}
-
-async fn read_loop<S>(
-    hub: &Arc<Hub>,
-    mut stream: S,
-    outbox: &Arc<Outbox>,
-    cancel: &CancellationToken,
-    peer: Option<std::net::IpAddr>,
-) where
-    S: futures_util::Stream<Item = Result<Incoming, WsError>> + Unpin,
-{
-    let limits = &hub.config.limits;
-    let mut session: Option<Arc<str>> = None;
-    let mut is_guest = false;
-    let mut hello_deadline = Some(Instant::now() + limits.hello_timeout);
-    let mut room_deadline: Option<Instant> = None;
-    let mut last_read = Instant::now();
-    let mut budget = Budget::new(limits);
-    // One timer for the connection, re-armed lazily: reads only move
-    // `last_read`; when the timer fires early it is set to the real deadline.
-    let timer = tokio::time::sleep(limits.read_timeout);
-    tokio::pin!(timer);
-    let mut armed_for = last_read + limits.read_timeout;
-    for d in [hello_deadline, room_deadline].into_iter().flatten() {
-        armed_for = armed_for.min(d);
-    }
-    timer.as_mut().reset(armed_for.into());
-    loop {
-        // Hello and room deadlines may be earlier than what the timer is set to.
-        if let Some(d) = [hello_deadline, room_deadline].into_iter().flatten().min() {
-            if d < armed_for {
-                armed_for = d;
-                timer.as_mut().reset(d.into());
-            }
-        }
-        let next = tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = &mut timer => None,
-            m = stream.next() => Some(m),
-        };
-        let now = Instant::now();
-        let Some(next) = next else {
-            if hello_deadline.is_some_and(|d| d <= now) {
-                let f = frame(
-                    None,
-                    "bye",
-                    &Bye {
-                        reason: Some("hello_timeout"),
-                    },
-                );
-                outbox.push(f);
-                outbox.close(CloseReason::Transport(1000, "hello timeout"));
-                break;
-            }
-            if let (Some(d), Some(sid)) = (room_deadline, &session) {
-                if d <= now {
-                    if hub.in_room(sid) {
-                        room_deadline = None;
-                    } else {
-                        hub.close_session(sid, "room_join_timeout");
-                        session = None;
-                        break;
-                    }
-                }
-            }
-            if last_read + limits.read_timeout <= now {
-                outbox.close(CloseReason::Transport(1000, "read timeout"));
-                break;
-            }
-            armed_for = last_read + limits.read_timeout;
-            for d in [hello_deadline, room_deadline].into_iter().flatten() {
-                armed_for = armed_for.min(d);
-            }
-            timer.as_mut().reset(armed_for.into());
-            continue;
-        };
-        last_read = now;
-        let text = match next {
-            None => break,
-            Some(Err(e)) => {
-                match e {
-                    WsError::TooBig => {
-                        outbox.close(CloseReason::Transport(CLOSE_TOO_BIG, "message too big"))
-                    }
-                    WsError::Protocol(why) => {
-                        outbox.close(CloseReason::Transport(wsframe::CLOSE_PROTOCOL, why))
-                    }
-                    WsError::InvalidUtf8 => outbox.close(CloseReason::Transport(
-                        wsframe::CLOSE_INVALID_DATA,
-                        "text is not UTF-8",
-                    )),
-                    WsError::Io(kind) => tracing::debug!(error = ?kind, "websocket read error"),
-                }
-                break;
-            }
-            Some(Ok(Incoming::Text(t))) => {
-                hub.metrics.go.client_messages_in.inc();
-                hub.metrics.go.client_bytes_in.inc_by(t.len() as u64);
-                t
-            }
-            Some(Ok(Incoming::Binary)) => {
-                outbox.push(error_frame(
-                    None,
-                    &invalid_format("binary messages are not supported"),
-                ));
-                continue;
-            }
-            Some(Ok(Incoming::Close)) => break,
-            Some(Ok(Incoming::Ping(payload))) => {
-                outbox.pong(payload);
-                continue;
-            }
-            Some(Ok(Incoming::Pong(p))) => {
-                if let Some(rtt) = ping_rtt(&p) {
-                    hub.metrics.go.client_rtt.observe(rtt);
-                }
-                continue;
-            }
-        };
-        // Over its budget, the connection is not read for a while after
-        // this message (backpressure: nothing is dropped).
-        let pause = budget.take(now, text.len());
-        match on_text(hub, outbox, session.as_ref(), &text, peer) {
-            Step::Done => {}
-            Step::Hello(pending) => match pending.await {
-                Ok(ok) => {
-                    let span = tracing::Span::current();
-                    span.record("session", &*ok.sid);
-                    span.record("backend", &*ok.backend);
-                    if ok.resumed {
-                        tracing::info!("session resumed");
-                    } else {
-                        tracing::info!("session started");
-                    }
-                    hello_deadline = None;
-                    is_guest = ok.must_join_room;
-                    if ok.must_join_room {
-                        room_deadline = Some(Instant::now() + limits.room_timeout);
-                    }
-                    session = Some(ok.sid);
-                }
-                Err((id, e)) => {
-                    outbox.push(error_frame(id.as_deref(), &e));
-                }
-            },
-            Step::Room(join) => {
-                if let Some(join) = join {
-                    join.await;
-                }
-                if let (true, Some(sid)) = (is_guest, &session) {
-                    room_deadline = if hub.in_room(sid) {
-                        None
-                    } else {
-                        Some(Instant::now() + limits.room_timeout)
-                    };
-                }
-            }
-            Step::Wait(drained) => {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = drained => {}
-                }
-            }
-            Step::Bye => {
-                session = None;
-                break;
-            }
-            Step::Closing => break,
-        }
-        if let Some(drained) = hub.bus_backpressure() {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = drained => {}
-            }
-        }
-        if let Some(wait) = pause {
-            hub.metrics.client_throttled.inc();
-            // Boxed: rare, and the connection's task would otherwise hold
-            // a second timer all its life.
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = Box::pin(tokio::time::sleep(wait)) => {}
-            }
-        }
-    }
-    if let Some(sid) = session {
-        tracing::info!("connection closed");
-        hub.connection_closed(&sid, outbox.conn_id);
-    }
-    // Let the writer send what is queued (bye, errors), then close; on
-    // server shutdown the writer says goodbye itself.
-    if !cancel.is_cancelled() {
-        outbox.close(CloseReason::Transport(1000, ""));
-    }
-}
-
-/// A hello waiting for Nextcloud; on failure carries the request id.
-type PendingHello =
-    Pin<Box<dyn Future<Output = Result<HelloOk, (Option<String>, ProtocolError)>> + Send>>;
-
-/// What the reader does after a text message was handled synchronously.
-/// The futures are boxed: they are rare and large, and would otherwise be
-/// part of every idle connection's task.
-enum Step {
-    Done,
-    Hello(PendingHello),
-    Room(Option<Pin<Box<dyn Future<Output = ()> + Send>>>),
-    /// Read on once this is done: congested recipients drained, or an
-    /// MCU offer was answered (so a client's candidates stay behind it).
-    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
-    Bye,
-    Closing,
-}
-
-/// Parses and handles one text message (no await: nothing here is held by
-/// an idle connection).
-fn on_text(
-    hub: &Arc<Hub>,
-    outbox: &Arc<Outbox>,
-    session: Option<&Arc<str>>,
-    text: &str,
-    peer: Option<std::net::IpAddr>,
-) -> Step {
-    let parsed: ClientMessage = match serde_json::from_str(text) {
-        Ok(m) => m,
-        Err(e) => {
-            let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
-            outbox.push(error_frame(
-                id.as_deref(),
-                &invalid_format(format!("invalid message: {e}")),
-            ));
-            return Step::Done;
-        }
-    };
-    hub.metrics.client_message(parsed.kind.as_str());
-    let Some(sid) = session else {
-        if parsed.kind != ClientKind::Hello {
-            outbox.push(error_frame(
-                parsed.id.as_deref(),
-                &ProtocolError::new(error::HELLO_EXPECTED, "Expected Hello request."),
-            ));
-            return Step::Done;
-        }
-        let ClientMessage { id, hello, .. } = parsed;
-        let Some(hello) = hello else {
-            outbox.push(error_frame(id.as_deref(), &invalid_format("hello missing")));
-            return Step::Done;
-        };
-        let (hub, outbox) = (hub.clone(), outbox.clone());
-        return Step::Hello(Box::pin(async move {
-            hub.hello_from(peer, &outbox, id.as_deref(), hello)
-                .await
-                .map_err(|e| (id, e))
-        }));
-    };
-    if outbox.is_closing() {
-        return Step::Closing;
-    }
-    let kind_room = parsed.kind == ClientKind::Room;
-    let kind_bye = parsed.kind == ClientKind::Bye;
-    let join = hub.handle(sid, parsed, text);
-    if kind_bye {
-        Step::Bye
-    } else if kind_room {
-        Step::Room(join)
-    } else if let Some(wait) = join {
-        Step::Wait(wait)
-    } else {
-        Step::Done
-    }
-}
-
 /// Milliseconds since the Unix epoch (the payload of the server's pings).
 fn unix_millis() -> u64 {
     std::time::SystemTime::now()
@@ -487,72 +163,6 @@ fn ping_rtt(payload: &[u8]) -> Option<f64> {
     let rtt = unix_millis().checked_sub(sent)?;
     // A pong of a ping from this process's lifetime, not a made-up one.
     (rtt < 3_600_000).then_some(rtt as f64)
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut io: W,
-    outbox: &Arc<Outbox>,
-    cancel: &CancellationToken,
-    ping_interval: std::time::Duration,
-    stats: &crate::metrics::GoMetrics,
-) {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    loop {
-        let batch = outbox.drain();
-        let mut out = Vec::new();
-        if let Some(p) = &batch.pong {
-            wsframe::put_pong(&mut out, p);
-        }
-        if !batch.frames.is_empty() {
-            stats.client_messages_out.inc_by(batch.frames.len() as u64);
-            let bytes: usize = batch.frames.iter().map(|f| f.len()).sum();
-            stats.client_bytes_out.inc_by(bytes as u64);
-            out.reserve(bytes + 10 * batch.frames.len());
-            for f in &batch.frames {
-                wsframe::put_text(&mut out, f.as_str());
-            }
-        }
-        drop(batch.frames);
-        if let Some(c) = batch.close {
-            let (code, text) = close_code(c);
-            wsframe::put_close(&mut out, code, text);
-        }
-        // One write per batch; the buffer is freed right after.
-        if !out.is_empty() && (io.write_all(&out).await.is_err() || io.flush().await.is_err()) {
-            cancel.cancel();
-            return;
-        }
-        drop(out);
-        if batch.close.is_some() {
-            let _ = io.shutdown().await;
-            cancel.cancel();
-            return;
-        }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => {
-                // Server shutdown: say so, then close with "going away".
-                let bye = frame(None, "bye", &Bye { reason: Some("shutdown") });
-                let mut out = Vec::new();
-                wsframe::put_text(&mut out, bye.as_str());
-                wsframe::put_close(&mut out, 1001, "server shutting down");
-                let _ = io.write_all(&out).await;
-                let _ = io.flush().await;
-                let _ = io.shutdown().await;
-                return;
-            }
-            _ = outbox.wait() => {}
-            _ = ping.tick() => {
-                let mut out = Vec::new();
-                wsframe::put_ping(&mut out, &unix_millis().to_be_bytes());
-                if io.write_all(&out).await.is_err() || io.flush().await.is_err() {
-                    cancel.cancel();
-                    return;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -579,7 +189,7 @@ mod size_tests {
             let outbox = hub.new_outbox();
             let cancel = tokio_util::sync::CancellationToken::new();
             let stream = futures_util::stream::empty::<
-                Result<super::wsframe::Incoming, super::wsframe::WsError>,
+                Result<crate::http::wsframe::Incoming, crate::http::wsframe::WsError>,
             >();
             let n = size(&super::read_loop(&hub, stream, &outbox, &cancel, None));
             eprintln!("reader future: {n} bytes");

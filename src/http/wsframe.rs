@@ -10,6 +10,7 @@
 //! ever sent (together about 2.6 KB of the 9.3 KB of an idle session).
 
 use std::io::Cursor;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -85,85 +86,55 @@ impl<R> FrameReader<R> {
     /// Control frames inside a fragmented message are handled in between.
     fn parse(&mut self) -> Option<Result<Incoming, WsError>> {
         loop {
-            let avail = &self.buf[self.pos..];
-            let mut cur = Cursor::new(avail);
-            let (header, len) = match FrameHeader::parse(&mut cur) {
-                Ok(Some(h)) => h,
-                Ok(None) => return None,
-                Err(_) => return Some(Err(WsError::Protocol("bad frame header"))),
+            let (header, payload) = match self.next_frame()? {
+                Ok(frame) => frame,
+                Err(e) => return Some(Err(e)),
             };
-            if len > self.max as u64 {
-                return Some(Err(WsError::TooBig));
-            }
-            let start = cur.position() as usize;
-            let len = len as usize;
-            if avail.len() < start + len {
-                return None;
-            }
-            let begin = self.pos + start;
-            self.pos = begin + len;
-            if header.rsv1 || header.rsv2 || header.rsv3 {
-                return Some(Err(WsError::Protocol("reserved bits set")));
-            }
-            let Some(mask) = header.mask else {
-                return Some(Err(WsError::Protocol("client frames must be masked")));
-            };
-            let payload = &mut self.buf[begin..begin + len];
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i & 3];
-            }
-            let payload = &self.buf[begin..begin + len];
+            let payload = &self.buf[payload];
             let done = match header.opcode {
-                OpCode::Control(c) => {
-                    if !header.is_final || len > 125 {
-                        return Some(Err(WsError::Protocol("bad control frame")));
-                    }
-                    match c {
-                        Control::Ping => Incoming::Ping(Bytes::copy_from_slice(payload)),
-                        Control::Pong => Incoming::Pong(Bytes::copy_from_slice(payload)),
-                        Control::Close => Incoming::Close,
-                        Control::Reserved(_) => {
-                            return Some(Err(WsError::Protocol("reserved opcode")))
-                        }
-                    }
-                }
-                OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => {
-                    return Some(Err(WsError::Protocol("message inside a fragmented one")));
-                }
-                OpCode::Data(d @ (Data::Text | Data::Binary)) => {
-                    let text = d == Data::Text;
-                    if !header.is_final {
-                        self.partial = Some((text, payload.to_vec()));
-                        continue;
-                    }
-                    match message(text, payload.to_vec()) {
-                        Ok(m) => m,
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                OpCode::Data(Data::Continue) => {
-                    let Some((text, mut data)) = self.partial.take() else {
-                        return Some(Err(WsError::Protocol("continuation without a message")));
-                    };
-                    if data.len() + len > self.max {
-                        return Some(Err(WsError::TooBig));
-                    }
-                    data.extend_from_slice(payload);
-                    if !header.is_final {
-                        self.partial = Some((text, data));
-                        continue;
-                    }
-                    match message(text, data) {
-                        Ok(m) => m,
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                OpCode::Data(Data::Reserved(_)) => {
-                    return Some(Err(WsError::Protocol("reserved opcode")));
-                }
+                OpCode::Control(c) => control(&header, c, payload),
+                OpCode::Data(d) => match data(&mut self.partial, self.max, &header, d, payload) {
+                    Some(done) => done,
+                    // A fragment of a message in progress: read on.
+                    None => continue,
+                },
             };
-            return Some(Ok(done));
+            return Some(done);
         }
+    }
+
+    /// The next complete frame from what was read: its header and where
+    /// its payload (unmasked in place) is in `buf`; `None` when it is
+    /// incomplete.
+    fn next_frame(&mut self) -> Option<Result<(FrameHeader, Range<usize>), WsError>> {
+        let avail = &self.buf[self.pos..];
+        let mut cur = Cursor::new(avail);
+        let (header, len) = match FrameHeader::parse(&mut cur) {
+            Ok(Some(h)) => h,
+            Ok(None) => return None,
+            Err(_) => return Some(Err(WsError::Protocol("bad frame header"))),
+        };
+        if len > self.max as u64 {
+            return Some(Err(WsError::TooBig));
+        }
+        let start = cur.position() as usize;
+        let len = len as usize;
+        if avail.len() < start + len {
+            return None;
+        }
+        let begin = self.pos + start;
+        self.pos = begin + len;
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Some(Err(WsError::Protocol("reserved bits set")));
+        }
+        let Some(mask) = header.mask else {
+            return Some(Err(WsError::Protocol("client frames must be masked")));
+        };
+        let payload = &mut self.buf[begin..begin + len];
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i & 3];
+        }
+        Some(Ok((header, begin..begin + len)))
     }
 
     /// Drops what was parsed; frees the buffer when nothing is left.
@@ -175,6 +146,59 @@ impl<R> FrameReader<R> {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+    }
+}
+
+/// A control frame: ping, pong or close (final, at most 125 bytes).
+fn control(header: &FrameHeader, c: Control, payload: &[u8]) -> Result<Incoming, WsError> {
+    if !header.is_final || payload.len() > 125 {
+        return Err(WsError::Protocol("bad control frame"));
+    }
+    match c {
+        Control::Ping => Ok(Incoming::Ping(Bytes::copy_from_slice(payload))),
+        Control::Pong => Ok(Incoming::Pong(Bytes::copy_from_slice(payload))),
+        Control::Close => Ok(Incoming::Close),
+        Control::Reserved(_) => Err(WsError::Protocol("reserved opcode")),
+    }
+}
+
+/// A data frame: a whole message, its first fragment or a continuation
+/// (`partial` holds the message in progress, at most `max` bytes). `None`
+/// when the message is not complete yet.
+fn data(
+    partial: &mut Option<(bool, Vec<u8>)>,
+    max: usize,
+    header: &FrameHeader,
+    d: Data,
+    payload: &[u8],
+) -> Option<Result<Incoming, WsError>> {
+    match d {
+        Data::Text | Data::Binary if partial.is_some() => {
+            Some(Err(WsError::Protocol("message inside a fragmented one")))
+        }
+        Data::Text | Data::Binary => {
+            let text = d == Data::Text;
+            if !header.is_final {
+                *partial = Some((text, payload.to_vec()));
+                return None;
+            }
+            Some(message(text, payload.to_vec()))
+        }
+        Data::Continue => {
+            let Some((text, mut data)) = partial.take() else {
+                return Some(Err(WsError::Protocol("continuation without a message")));
+            };
+            if data.len() + payload.len() > max {
+                return Some(Err(WsError::TooBig));
+            }
+            data.extend_from_slice(payload);
+            if !header.is_final {
+                *partial = Some((text, data));
+                return None;
+            }
+            Some(message(text, data))
+        }
+        Data::Reserved(_) => Some(Err(WsError::Protocol("reserved opcode"))),
     }
 }
 
