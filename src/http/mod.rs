@@ -138,6 +138,9 @@ fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// `POST /api/v1/room/{id}`: a request of Nextcloud about a room. What the
+/// headers can refuse is refused before the body is read; the body must
+/// carry the backend's checksum before it is parsed and handed to the hub.
 async fn room_api(
     State(state): State<AppState>,
     Path(roomid): Path<String>,
@@ -145,46 +148,9 @@ async fn room_api(
     body: axum::body::Body,
 ) -> Response {
     let hub = &state.hub;
-    let Some(len) = headers.get(header::CONTENT_LENGTH) else {
-        return api_error(
-            StatusCode::LENGTH_REQUIRED,
-            error::LENGTH_REQUIRED,
-            "Length required",
-        );
-    };
-    if len
-        .to_str()
-        .ok()
-        .and_then(|l| l.parse::<usize>().ok())
-        .is_none_or(|l| l > MAX_BACKEND_BODY)
-    {
-        // Refused from the header alone: the body is never read.
-        hub.metrics.refuse("backend_body_size");
-        return api_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            error::TOO_LARGE,
-            "Request entity too large",
-        );
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type.starts_with("application/json") {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            error::INVALID_CONTENT_TYPE,
-            "Unsupported Content-Type",
-        );
-    }
-    let random = headers.get(HEADER_RANDOM).and_then(|v| v.to_str().ok());
-    let sum = headers.get(HEADER_CHECKSUM).and_then(|v| v.to_str().ok());
-    let (Some(random), Some(sum)) = (random, sum) else {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            error::AUTHENTICATION_FAILED,
-            "Authentication check failed",
-        );
+    let (random, sum) = match check_room_api_headers(hub, &headers) {
+        Ok(checksum) => checksum,
+        Err(refused) => return refused.into_response(),
     };
     let backend_header = headers
         .get(HEADER_BACKEND)
@@ -195,40 +161,15 @@ async fn room_api(
         None => hub.registry().single(),
     };
     let Some((backend, base)) = found else {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            error::AUTHENTICATION_FAILED,
-            "Authentication check failed",
-        );
+        return AUTHENTICATION_FAILED.into_response();
     };
-    // The body must arrive within the read timeout (a slow sender does not
-    // keep the request open), and no longer than it announced.
-    let read = axum::body::to_bytes(body, MAX_BACKEND_BODY);
-    let body: Bytes = match tokio::time::timeout(hub.config.http.timeouts.read, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                error::INVALID_REQUEST,
-                "Could not read body",
-            )
-        }
-        Err(_) => {
-            hub.metrics.refuse("backend_body_timeout");
-            return api_error(
-                StatusCode::REQUEST_TIMEOUT,
-                error::REQUEST_TIMEOUT,
-                "Body not received in time",
-            );
-        }
+    let body = match read_backend_body(hub, body).await {
+        Ok(b) => b,
+        Err(refused) => return refused.into_response(),
     };
     if !checksum::verify(&backend.secret, random.as_bytes(), &body, sum) {
         tracing::warn!(backend = %backend.id, "backend request with invalid checksum");
-        return api_error(
-            StatusCode::FORBIDDEN,
-            error::AUTHENTICATION_FAILED,
-            "Authentication check failed",
-        );
+        return AUTHENTICATION_FAILED.into_response();
     }
     // Only now, with the secret proven, may an `allowall` origin be kept.
     hub.registry().remember(&backend);
@@ -246,6 +187,94 @@ async fn room_api(
     let result = hub.backend_api(&backend, &url, &roomid, req, &body).await;
     backend_api_response(result)
 }
+
+/// The headers of a backend API request: a length within
+/// [`MAX_BACKEND_BODY`], a JSON content type, and the checksum's random
+/// and sum, which are returned.
+fn check_room_api_headers<'h>(
+    hub: &Hub,
+    headers: &'h HeaderMap,
+) -> Result<(&'h str, &'h str), Refusal> {
+    let Some(len) = headers.get(header::CONTENT_LENGTH) else {
+        return Err(Refusal(
+            StatusCode::LENGTH_REQUIRED,
+            error::LENGTH_REQUIRED,
+            "Length required",
+        ));
+    };
+    if len
+        .to_str()
+        .ok()
+        .and_then(|l| l.parse::<usize>().ok())
+        .is_none_or(|l| l > MAX_BACKEND_BODY)
+    {
+        // Refused from the header alone: the body is never read.
+        hub.metrics.refuse("backend_body_size");
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            error::TOO_LARGE,
+            "Request entity too large",
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            error::INVALID_CONTENT_TYPE,
+            "Unsupported Content-Type",
+        ));
+    }
+    let random = headers.get(HEADER_RANDOM).and_then(|v| v.to_str().ok());
+    let sum = headers.get(HEADER_CHECKSUM).and_then(|v| v.to_str().ok());
+    match (random, sum) {
+        (Some(random), Some(sum)) => Ok((random, sum)),
+        _ => Err(AUTHENTICATION_FAILED),
+    }
+}
+
+/// The body of a backend API request. It must arrive within the read
+/// timeout (a slow sender does not keep the request open), and be no
+/// longer than it announced.
+async fn read_backend_body(hub: &Hub, body: axum::body::Body) -> Result<Bytes, Refusal> {
+    let read = axum::body::to_bytes(body, MAX_BACKEND_BODY);
+    match tokio::time::timeout(hub.config.http.timeouts.read, read).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            error::INVALID_REQUEST,
+            "Could not read body",
+        )),
+        Err(_) => {
+            hub.metrics.refuse("backend_body_timeout");
+            Err(Refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                error::REQUEST_TIMEOUT,
+                "Body not received in time",
+            ))
+        }
+    }
+}
+
+/// A backend API request refused before it reached the hub: the HTTP
+/// status, the error code and the message of its answer.
+struct Refusal(StatusCode, &'static str, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        api_error(self.0, self.1, self.2)
+    }
+}
+
+/// A backend API request without a valid checksum, or from no allowed
+/// backend.
+const AUTHENTICATION_FAILED: Refusal = Refusal(
+    StatusCode::FORBIDDEN,
+    error::AUTHENTICATION_FAILED,
+    "Authentication check failed",
+);
 
 /// The answer to Nextcloud for what the hub made of a backend API request:
 /// the HTTP status of each outcome is decided here, not in the hub.
