@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bus::nats::NatsBus;
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, Inbound, LocalBus};
 use crate::config::Config;
 use crate::http::listener::{Listener, Shared};
 use crate::http::tls::Tls;
@@ -66,50 +69,131 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-impl Server {
-    /// Binds `[http] listen` (or uses the given listener instead) and
-    /// `[https] listen`, and starts serving on the current runtime.
-    pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
-        let config = Arc::new(config);
-        for k in &config.obsolete_keys {
-            tracing::warn!("{k}");
-        }
-        for s in &config.unsupported_sections {
-            tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
-        }
-        let tls = match &config.https {
-            Some(h) => Some(Arc::new(Tls::new(h)?)),
-            None => None,
-        };
-        let http_listeners = match listener {
+/// The sockets of `[http]` and `[https]`, bound before anything starts,
+/// and the addresses the server reports.
+struct Bound {
+    http: Vec<TcpListener>,
+    https: Vec<TcpListener>,
+    /// The first HTTP listener's address, or the first HTTPS one's.
+    addr: SocketAddr,
+    https_addrs: Vec<SocketAddr>,
+}
+
+impl Bound {
+    /// Binds `[http] listen` (or takes `listener` instead) and `[https]
+    /// listen`.
+    async fn new(config: &Config, listener: Option<TcpListener>) -> anyhow::Result<Bound> {
+        let http = match listener {
             Some(l) => vec![l],
             None => bind_all("http", &config.listen).await?,
         };
-        let https_listeners = match &config.https {
+        let https = match &config.https {
             Some(h) => bind_all("https", &h.listen).await?,
             None => Vec::new(),
         };
-        let https_addrs = https_listeners
+        let https_addrs = https
             .iter()
             .map(|l| l.local_addr())
             .collect::<Result<Vec<_>, _>>()?;
-        let addr = match http_listeners.first() {
+        let addr = match http.first() {
             Some(l) => l.local_addr()?,
             None => *https_addrs
                 .first()
                 .ok_or_else(|| anyhow::anyhow!("[http] listen: no listener configured"))?,
         };
-        let shutdown = CancellationToken::new();
-        let pid = crate::bus::new_process_id();
-        let (bus, inbound): (Arc<dyn Bus>, _) = if config.nats_urls.is_empty() {
-            (Arc::new(LocalBus::new()), None)
-        } else {
-            let (tx, rx) = tokio::sync::mpsc::channel(crate::bus::nats::INBOUND_QUEUE);
-            let bus =
-                NatsBus::connect(&config.nats_urls, pid, tx, config.nats_publish_queue).await?;
-            tracing::info!(urls = %crate::logsafe::Urls(&config.nats_urls), process = bus.pid(), "clustering over NATS");
-            (bus as Arc<dyn Bus>, Some(rx))
+        Ok(Bound {
+            http,
+            https,
+            addr,
+            https_addrs,
+        })
+    }
+}
+
+/// The bus: in-process, or NATS with the queue of what the other
+/// processes publish.
+async fn connect_bus(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Bus>, Option<mpsc::Receiver<Inbound>>)> {
+    let pid = crate::bus::new_process_id();
+    if config.nats_urls.is_empty() {
+        return Ok((Arc::new(LocalBus::new()), None));
+    }
+    let (tx, rx) = mpsc::channel(crate::bus::nats::INBOUND_QUEUE);
+    let bus = NatsBus::connect(&config.nats_urls, pid, tx, config.nats_publish_queue).await?;
+    tracing::info!(urls = %crate::logsafe::Urls(&config.nats_urls), process = bus.pid(), "clustering over NATS");
+    Ok((bus as Arc<dyn Bus>, Some(rx)))
+}
+
+/// Logs what the configuration holds that is not read.
+fn warn_ignored(config: &Config) {
+    for k in &config.obsolete_keys {
+        tracing::warn!("{k}");
+    }
+    for s in &config.unsupported_sections {
+        tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
+    }
+}
+
+/// Serves `app` on every bound listener until `shutdown`; returns the
+/// listeners' tasks.
+fn serve_all(
+    hub: &Arc<Hub>,
+    app: Router,
+    bound: Bound,
+    tls: Option<&Arc<Tls>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let shared = Shared::new(
+        hub.config.http.clone(),
+        hub.conn_counts.clone(),
+        hub.live_handle(),
+        hub.metrics.clone(),
+    );
+    let serve = |l: Listener| {
+        tokio::spawn(crate::http::listener::serve(
+            l,
+            app.clone(),
+            shutdown.clone(),
+            shared.clone(),
+        ))
+    };
+    let mut done = Vec::new();
+    for tcp in bound.http {
+        tracing::info!(addr = %tcp.local_addr()?, "listening (http)");
+        done.push(serve(Listener {
+            tcp,
+            tls: None,
+            timeouts: hub.config.http.timeouts,
+        }));
+    }
+    if let Some(h) = &hub.config.https {
+        for tcp in bound.https {
+            tracing::info!(addr = %tcp.local_addr()?, "listening (https)");
+            done.push(serve(Listener {
+                tcp,
+                tls: tls.cloned(),
+                timeouts: h.timeouts,
+            }));
+        }
+    }
+    Ok(done)
+}
+
+impl Server {
+    /// Binds `[http] listen` (or uses the given listener instead) and
+    /// `[https] listen`, and starts serving on the current runtime.
+    pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
+        let config = Arc::new(config);
+        warn_ignored(&config);
+        let tls = match &config.https {
+            Some(h) => Some(Arc::new(Tls::new(h)?)),
+            None => None,
         };
+        let bound = Bound::new(&config, listener).await?;
+        let (addr, https_addrs) = (bound.addr, bound.https_addrs.clone());
+        let shutdown = CancellationToken::new();
+        let (bus, inbound) = connect_bus(&config).await?;
         let hub = Hub::new(config, Metrics::new(), bus)?;
         hub.spawn_tasks(shutdown.clone());
         hub.start_mcu(shutdown.clone());
@@ -125,43 +209,7 @@ impl Server {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         });
-        let shared = Shared::new(
-            hub.config.http.clone(),
-            hub.conn_counts.clone(),
-            hub.live_handle(),
-            hub.metrics.clone(),
-        );
-        let mut done = Vec::new();
-        for tcp in http_listeners {
-            tracing::info!(addr = %tcp.local_addr()?, "listening (http)");
-            let l = Listener {
-                tcp,
-                tls: None,
-                timeouts: hub.config.http.timeouts,
-            };
-            done.push(tokio::spawn(crate::http::listener::serve(
-                l,
-                app.clone(),
-                shutdown.clone(),
-                shared.clone(),
-            )));
-        }
-        if let Some(h) = &hub.config.https {
-            for tcp in https_listeners {
-                tracing::info!(addr = %tcp.local_addr()?, "listening (https)");
-                let l = Listener {
-                    tcp,
-                    tls: tls.clone(),
-                    timeouts: h.timeouts,
-                };
-                done.push(tokio::spawn(crate::http::listener::serve(
-                    l,
-                    app.clone(),
-                    shutdown.clone(),
-                    shared.clone(),
-                )));
-            }
-        }
+        let done = serve_all(&hub, app, bound, tls.as_ref(), &shutdown)?;
         Ok(Server {
             hub,
             addr,
