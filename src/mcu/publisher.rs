@@ -69,6 +69,35 @@ impl Mcu {
         offer: &Offer,
     ) -> Result<Arc<Publisher>, JanusError> {
         let handle = self.gw.attach().await?;
+        let room = self
+            .create_room(handle, self.create_request(session, stream, offer))
+            .await?;
+        let join =
+            json!({"request": "join", "ptype": "publisher", "room": room, "id": stream.feed()});
+        if let Err(e) = self.gw.message(handle, join, None, true).await {
+            self.destroy_room(handle, room).await;
+            return Err(e);
+        }
+        let publisher = Arc::new(Publisher {
+            session: session.clone(),
+            stream,
+            handle,
+            room,
+            sid: offer.sid.clone(),
+            media: Mutex::new(offer.media),
+            up: watch::Sender::new(false),
+            held: Default::default(),
+        });
+        if let Some(old) = self.register_publisher(&publisher) {
+            self.close_publisher(old).await;
+        }
+        self.published.notify_waiters();
+        Ok(publisher)
+    }
+
+    /// The `create` of a publisher's room: its bitrate (the offer's, within
+    /// the backend's and `[mcu]`'s caps) and the codecs the offer asks for.
+    fn create_request(&self, session: &Arc<str>, stream: StreamType, offer: &Offer) -> Value {
         let cap = super::combine_limits(
             offer.backend_cap,
             match stream {
@@ -96,39 +125,35 @@ impl Mcu {
                 body[*key] = json!(v);
             }
         }
-        let room = match self.gw.message(handle, body, None, false).await {
+        body
+    }
+
+    /// Creates the room of `handle`'s publisher; detaches the handle when
+    /// that fails.
+    async fn create_room(&self, handle: u64, body: Value) -> Result<u64, JanusError> {
+        match self.gw.message(handle, body, None, false).await {
             Ok(r) => match plugin_data(&r)["room"].as_u64() {
-                Some(room) => room,
+                Some(room) => Ok(room),
                 None => {
                     let _ = self.gw.detach(handle).await;
-                    return Err(JanusError::Protocol("create without room".into()));
+                    Err(JanusError::Protocol("create without room".into()))
                 }
             },
             Err(e) => {
                 let _ = self.gw.detach(handle).await;
-                return Err(e);
+                Err(e)
             }
-        };
-        let join =
-            json!({"request": "join", "ptype": "publisher", "room": room, "id": stream.feed()});
-        if let Err(e) = self.gw.message(handle, join, None, true).await {
-            self.destroy_room(handle, room).await;
-            return Err(e);
         }
-        let publisher = Arc::new(Publisher {
-            session: session.clone(),
-            stream,
-            handle,
-            room,
-            sid: offer.sid.clone(),
-            media: Mutex::new(offer.media),
-            up: watch::Sender::new(false),
-            held: Default::default(),
-        });
+    }
+
+    /// Registers a publisher that joined its room; returns the one of the
+    /// same session and stream it replaces.
+    fn register_publisher(&self, publisher: &Arc<Publisher>) -> Option<Arc<Publisher>> {
+        let (session, stream) = (&publisher.session, publisher.stream);
         let replaced = {
             let mut reg = lock(&self.reg);
             reg.handles
-                .insert(handle, Owner::Publisher(publisher.clone()));
+                .insert(publisher.handle, Owner::Publisher(publisher.clone()));
             reg.publishers
                 .insert((session.clone(), stream), publisher.clone())
         };
@@ -138,12 +163,9 @@ impl Mcu {
             .publishers_total
             .with_label_values(&label)
             .inc();
+        let (room, handle) = (publisher.room, publisher.handle);
         tracing::debug!(session = %session, stream = stream.as_str(), room, handle, "publisher created");
-        if let Some(old) = replaced {
-            self.close_publisher(old).await;
-        }
-        self.published.notify_waiters();
-        Ok(publisher)
+        replaced
     }
 
     /// Destroys a publisher's room and detaches its handle.

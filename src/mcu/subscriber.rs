@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::janus::JanusError;
@@ -84,20 +85,7 @@ impl Mcu {
         let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
         if let Some(s) = self.subscriber(&key) {
             if !sid.is_empty() && sid == s.sid() {
-                let mut body = json!({"request": "configure", "update": true});
-                add_selection(&mut body, selection);
-                s.held.hold();
-                let offer = self
-                    .gw
-                    .message(s.handle, body, None, true)
-                    .await
-                    .map_err(McuError::from)
-                    .and_then(|r| {
-                        r.get("jsep")
-                            .cloned()
-                            .ok_or_else(|| McuError::Failed("update brought no offer".into()))
-                    });
-                return self.deliver_offer(&s, offer, deliver);
+                return self.renegotiate(&s, selection, deliver).await;
             }
             self.close_subscriber(s).await;
         }
@@ -106,87 +94,83 @@ impl Mcu {
             .wait_publisher(publisher, stream, deadline)
             .await
             .ok_or_else(|| McuError::NotFound("publisher did not appear in time".into()))?;
-        let mut s = self
+        let s = self
             .attach_subscriber(&key)
             .await
             .map_err(|e| McuError::NotFound(e.to_string()))?;
+        let (s, offer) = self
+            .join_publisher(&key, &p, s, selection, deadline)
+            .await?;
+        let old = match self.register_subscriber(&key, &p, &s) {
+            Ok(old) => old,
+            Err(e) => {
+                self.abandon(&s).await;
+                return Err(e);
+            }
+        };
+        if let Some(old) = old {
+            self.close_subscriber(old).await;
+        }
+        self.deliver_offer(&s, Ok(offer), deliver)
+    }
+
+    /// A new offer for the current subscriber (`configure` with `update`).
+    async fn renegotiate(
+        &self,
+        s: &Subscriber,
+        selection: &Value,
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
+        let mut body = json!({"request": "configure", "update": true});
+        add_selection(&mut body, selection);
+        s.held.hold();
+        let offer = self
+            .gw
+            .message(s.handle, body, None, true)
+            .await
+            .map_err(McuError::from)
+            .and_then(|r| {
+                r.get("jsep")
+                    .cloned()
+                    .ok_or_else(|| McuError::Failed("update brought no offer".into()))
+            });
+        self.deliver_offer(s, offer, deliver)
+    }
+
+    /// Joins subscriber `s` to publisher `p`'s room and returns the handle
+    /// that joined with Janus's offer. Waits (until `deadline`) while the
+    /// publisher is not sending yet; attaches a new handle when Janus
+    /// says this one already joined. On failure the handle is detached.
+    async fn join_publisher(
+        &self,
+        key: &SubKey,
+        p: &Publisher,
+        mut s: Arc<Subscriber>,
+        selection: &Value,
+        deadline: Instant,
+    ) -> Result<(Arc<Subscriber>, Value), McuError> {
         let mut up = p.up.subscribe();
         loop {
-            // Janus 1.x reads the simulcast layers of a join only inside
-            // the `streams` items (top-level ones only in `configure`).
-            let mut feed = json!({"feed": stream.feed()});
-            let mut layers = json!({});
-            add_selection(&mut layers, selection);
-            for key in ["substream", "temporal"] {
-                if let Some(v) = layers.get(key) {
-                    feed[key] = v.clone();
-                }
-            }
-            let mut body = json!({
-                "request": "join", "ptype": "subscriber", "room": p.room,
-                "streams": [feed],
-            });
-            for key in ["audio", "video"] {
-                if let Some(v) = layers.get(key) {
-                    body[key] = v.clone();
-                }
-            }
+            let body = join_request(p.room, key.2, selection);
             match self.gw.message(s.handle, body, None, true).await {
                 Ok(r) => {
                     let Some(offer) = r.get("jsep").cloned() else {
                         self.abandon(&s).await;
                         return Err(McuError::Failed("join brought no offer".into()));
                     };
-                    let (old, publisher_gone) = {
-                        let mut reg = lock(&self.reg);
-                        let gone = !reg
-                            .publishers
-                            .get(&(publisher.clone(), stream))
-                            .is_some_and(|x| Arc::ptr_eq(x, &p));
-                        if gone {
-                            (None, true)
-                        } else {
-                            reg.handles.insert(s.handle, Owner::Subscriber(s.clone()));
-                            (reg.subscribers.insert(key.clone(), s.clone()), false)
-                        }
-                    };
-                    if publisher_gone {
-                        self.abandon(&s).await;
-                        return Err(McuError::NotFound("publisher closed".into()));
-                    }
-                    let label = [stream.as_str()];
-                    self.metrics.subscribers.with_label_values(&label).inc();
-                    self.metrics
-                        .subscribers_total
-                        .with_label_values(&label)
-                        .inc();
-                    if let Some(old) = old {
-                        self.close_subscriber(old).await;
-                    }
-                    return self.deliver_offer(&s, Ok(offer), deliver);
+                    return Ok((s, offer));
                 }
                 Err(JanusError::Plugin { code: 428, .. }) => {
                     // The publisher's PeerConnection is not up yet: wait
                     // for its `webrtcup` (or a moment when it already was).
-                    let is_up = *up.borrow();
-                    let waited = if is_up {
-                        let until = deadline.min(Instant::now() + Duration::from_millis(200));
-                        tokio::time::sleep_until(until).await;
-                        Instant::now() < deadline
-                    } else {
-                        matches!(
-                            tokio::time::timeout_at(deadline, up.wait_for(|u| *u)).await,
-                            Ok(Ok(_))
-                        )
-                    };
-                    if !waited {
+                    if !wait_until_up(&mut up, deadline).await {
                         self.abandon(&s).await;
                         return Err(McuError::Failed("publisher is not sending".into()));
                     }
                 }
                 Err(JanusError::Plugin { code: 425, .. }) => {
                     self.abandon(&s).await;
-                    s = self.attach_subscriber(&key).await?;
+                    s = self.attach_subscriber(key).await?;
                 }
                 Err(e) => {
                     self.abandon(&s).await;
@@ -194,6 +178,35 @@ impl Mcu {
                 }
             }
         }
+    }
+
+    /// Registers a subscriber that joined, unless its publisher closed
+    /// meanwhile; returns the subscriber it replaces.
+    fn register_subscriber(
+        &self,
+        key: &SubKey,
+        p: &Arc<Publisher>,
+        s: &Arc<Subscriber>,
+    ) -> Result<Option<Arc<Subscriber>>, McuError> {
+        let old = {
+            let mut reg = lock(&self.reg);
+            let gone = !reg
+                .publishers
+                .get(&(key.1.clone(), key.2))
+                .is_some_and(|x| Arc::ptr_eq(x, p));
+            if gone {
+                return Err(McuError::NotFound("publisher closed".into()));
+            }
+            reg.handles.insert(s.handle, Owner::Subscriber(s.clone()));
+            reg.subscribers.insert(key.clone(), s.clone())
+        };
+        let label = [key.2.as_str()];
+        self.metrics.subscribers.with_label_values(&label).inc();
+        self.metrics
+            .subscribers_total
+            .with_label_values(&label)
+            .inc();
+        Ok(old)
     }
 
     /// A new handle for a subscriber, registered before its join so that
@@ -303,6 +316,46 @@ impl Mcu {
         }
         self.gw.message(s.handle, body, None, true).await?;
         Ok(())
+    }
+}
+
+/// The `join` of a subscriber to a publisher's `room`. Janus 1.x reads the
+/// simulcast layers of a join only inside the `streams` items (top-level
+/// ones only in `configure`).
+fn join_request(room: u64, stream: StreamType, selection: &Value) -> Value {
+    let mut feed = json!({"feed": stream.feed()});
+    let mut layers = json!({});
+    add_selection(&mut layers, selection);
+    for key in ["substream", "temporal"] {
+        if let Some(v) = layers.get(key) {
+            feed[key] = v.clone();
+        }
+    }
+    let mut body = json!({
+        "request": "join", "ptype": "subscriber", "room": room,
+        "streams": [feed],
+    });
+    for key in ["audio", "video"] {
+        if let Some(v) = layers.get(key) {
+            body[key] = v.clone();
+        }
+    }
+    body
+}
+
+/// Waits (until `deadline`) for the publisher's PeerConnection to be up,
+/// or a moment when it already is; false when the deadline passed.
+async fn wait_until_up(up: &mut watch::Receiver<bool>, deadline: Instant) -> bool {
+    let is_up = *up.borrow();
+    if is_up {
+        let until = deadline.min(Instant::now() + Duration::from_millis(200));
+        tokio::time::sleep_until(until).await;
+        Instant::now() < deadline
+    } else {
+        matches!(
+            tokio::time::timeout_at(deadline, up.wait_for(|u| *u)).await,
+            Ok(Ok(_))
+        )
     }
 }
 
