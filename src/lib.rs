@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bus;
 pub mod check;
 pub mod config;
+pub mod conn_counts;
 pub mod http;
 // The hub's timers run on tokio's clock (clippy.toml bans std's Instant).
 #[deny(clippy::disallowed_types)]

@@ -6,11 +6,10 @@
 //! for the handlers. A connection over a cap is closed right after accept,
 //! before anything is read.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,41 +24,8 @@ use tokio_util::task::TaskTracker;
 
 use super::tls::Tls;
 use crate::config::{HttpLimits, ListenerTimeouts, Live};
+use crate::conn_counts::{ConnCounts, Slot};
 use crate::metrics::Metrics;
-
-/// Open connections, in all and per address.
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// Releases a connection's place in [`Counts`] when the socket is dropped
-/// (for a WebSocket: when the upgraded connection ends).
-pub struct Slot {
-    counts: Arc<Mutex<Counts>>,
-    ip: Option<IpAddr>,
-    /// False for a client behind a proxy: the proxy's TCP connection holds
-    /// the place in the total.
-    in_total: bool,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if self.in_total {
-            c.total = c.total.saturating_sub(1);
-        }
-        if let Some(ip) = self.ip {
-            if let Some(n) = c.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    c.per_ip.remove(&ip);
-                }
-            }
-        }
-    }
-}
 
 /// Bytes a connection collects before it writes them without a flush.
 const COALESCE_MAX: usize = 64 * 1024;
@@ -207,38 +173,11 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// Open connections per client address, shared by the listeners and the
-/// WebSocket upgrade (which counts clients behind a trusted proxy by the
-/// address the proxy names).
-#[derive(Clone, Default)]
-pub struct ConnCounts(Arc<Mutex<Counts>>);
-
-impl ConnCounts {
-    /// A place for one more connection of `ip` that came through a trusted
-    /// proxy, or None when `ip` has `cap` already (0 = no cap).
-    pub fn admit_forwarded(&self, ip: IpAddr, cap: usize) -> Option<Slot> {
-        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = c.per_ip.entry(ip).or_default();
-        if cap > 0 && *n >= cap {
-            if *n == 0 {
-                c.per_ip.remove(&ip);
-            }
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            counts: self.0.clone(),
-            ip: Some(ip),
-            in_total: false,
-        })
-    }
-}
-
 /// What the listeners of one server share: the connection caps and their
 /// counts, the settings SIGHUP replaces, the metrics.
 #[derive(Clone)]
 pub struct Shared {
-    counts: Arc<Mutex<Counts>>,
+    counts: ConnCounts,
     limits: HttpLimits,
     live: Live,
     metrics: Metrics,
@@ -249,7 +188,7 @@ impl Shared {
     /// `live` as they are at each accept.
     pub fn new(limits: HttpLimits, counts: ConnCounts, live: Live, metrics: Metrics) -> Self {
         Shared {
-            counts: counts.0,
+            counts,
             limits,
             live,
             metrics,
@@ -269,27 +208,8 @@ pub struct Listener {
 
 /// Takes a slot for a new connection from `ip`, or says which cap refused it.
 fn admit(shared: &Shared, ip: IpAddr) -> Result<Slot, &'static str> {
-    let limits = &shared.limits;
     let trusted = shared.live.load().app.trusted_proxies.contains(ip);
-    let counts = &shared.counts;
-    let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
-    if limits.max_connections > 0 && c.total >= limits.max_connections {
-        return Err("connections");
-    }
-    let per_ip = limits.max_connections_per_ip > 0 && !trusted;
-    if per_ip {
-        let n = c.per_ip.entry(ip).or_default();
-        if *n >= limits.max_connections_per_ip {
-            return Err("connections_per_ip");
-        }
-        *n += 1;
-    }
-    c.total += 1;
-    Ok(Slot {
-        counts: counts.clone(),
-        ip: per_ip.then_some(ip),
-        in_total: true,
-    })
+    shared.counts.admit(ip, &shared.limits, trusted)
 }
 
 /// Serves `app` on `listener` until `shutdown`; then lets the connections
@@ -503,11 +423,9 @@ mod coalesce_tests {
         let (accepted, client) = tokio::join!(listener.accept(), TcpStream::connect(addr));
         let (server, _) = accepted.unwrap();
         let mut client = client.unwrap();
-        let slot = Slot {
-            counts: Arc::new(Mutex::new(Counts::default())),
-            ip: None,
-            in_total: true,
-        };
+        let slot = ConnCounts::default()
+            .admit_forwarded(IpAddr::from([127, 0, 0, 1]), 0)
+            .unwrap();
         let mut io = Counted::new(server, slot, Duration::from_secs(5));
         io.write_all(b"one ").await.unwrap();
         io.write_all(b"two").await.unwrap();

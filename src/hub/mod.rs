@@ -277,7 +277,7 @@ pub struct Hub {
     /// `[app]` and `[stats]` as last (re)loaded.
     live: crate::config::Live,
     /// Open connections per client address (listeners and upgrades).
-    pub conn_counts: crate::http::listener::ConnCounts,
+    pub conn_counts: crate::conn_counts::ConnCounts,
 }
 
 impl Hub {
