@@ -2,8 +2,9 @@
 //!
 //! Layout: `config` (server.conf), `api` (wire types), `backend` (talking to
 //! Nextcloud), `hub` (state and routing), `bus` (other processes), `mcu`
-//! (Janus), `http` (axum routes and the WebSocket connection), `metrics`,
-//! `server` (start-up and shutdown). See ARCHITECTURE.md.
+//! (Janus), `http` (axum routes and the WebSocket connection),
+//! `conn_counts` (open connections per address), `metrics`, `server`
+//! (start-up and shutdown). See ARCHITECTURE.md.
 
 pub mod api;
 pub mod backend;
