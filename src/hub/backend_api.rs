@@ -201,7 +201,7 @@ impl State {
         self.roomlist_to_users(&key.backend, &b.userids, &f);
         let mut sids = self.members_of_users(key, &b.userids);
         let nc: HashSet<String> = b.sessionids.iter().cloned().collect();
-        for sid in self.sessions_by_nc_ids(key, &nc) {
+        for sid in self.rooms.sessions_by_nc_ids(key, &nc) {
             if !sids.contains(&sid) {
                 // Guests have no user id: tell the session itself.
                 self.sessions.deliver(&sid, &f);
@@ -266,7 +266,7 @@ impl State {
             .map(|r| r.members.clone())
             .unwrap_or_default();
         self.remove_from_room(key, &members);
-        self.remove_room(key);
+        self.rooms.remove(key);
     }
 
     /// `participants`: permissions applied, participant state kept, the
@@ -345,6 +345,7 @@ impl State {
             }
             Some(_) => None,
             None => self
+                .cluster
                 .remote
                 .get(member)
                 .filter(|r| r.info.kind == "client" && !r.info.federated)

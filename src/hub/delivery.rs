@@ -65,13 +65,6 @@ impl State {
         f: &Frame,
         except: Option<&str>,
     ) {
-        let key = (backend.clone(), Arc::<str>::from(user));
-        if let Some(list) = self.users.get(&key) {
-            for sid in list {
-                if Some(&**sid) != except {
-                    self.sessions.deliver(sid, f);
-                }
-            }
-        }
+        self.sessions.deliver_to_user(backend, user, f, except);
     }
 }

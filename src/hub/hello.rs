@@ -127,7 +127,7 @@ impl Hub {
             ));
         }
         if let Some(resume_id) = hello.resumeid.as_deref().filter(|r| !r.is_empty()) {
-            let known = self.lock().resume_ids.contains_key(resume_id);
+            let known = self.lock().sessions.resume_ids.contains_key(resume_id);
             if !known {
                 // The session may live on another process: take it over.
                 if let Some(h) = self.fetch_session(resume_id).await {
@@ -433,8 +433,8 @@ impl Hub {
         if backend.session_limit == 0 {
             return Ok(());
         }
-        let count =
-            st.counts.get(&backend.id).copied().unwrap_or(0) + st.remote_session_count(&backend.id);
+        let count = st.sessions.counts.get(&backend.id).copied().unwrap_or(0)
+            + st.cluster.remote_session_count(&backend.id);
         if count < backend.session_limit {
             return Ok(());
         }
@@ -475,14 +475,6 @@ impl Hub {
         let mut st = self.lock();
         if is_client {
             self.within_session_limit(&st, &ident.backend)?;
-            *st.counts.entry(ident.backend.id.clone()).or_default() += 1;
-        }
-        let user_id: Option<Arc<str>> = ident.user_id.map(Arc::from);
-        if let Some(u) = &user_id {
-            st.users
-                .entry((ident.backend.id.clone(), u.clone()))
-                .or_default()
-                .push(sid.clone());
         }
         let in_call = if ident.kind == SessionKind::Internal
             && !features.iter().any(|f| f == "internal-incall")
@@ -491,7 +483,6 @@ impl Hub {
         } else {
             0
         };
-        st.resume_ids.insert(resume_id.clone(), sid.clone());
         st.sessions.insert(Session {
             id: sid.clone(),
             resume_id: Some(resume_id),
@@ -499,7 +490,7 @@ impl Hub {
             backend: ident.backend,
             backend_base: ident.backend_base.into(),
             backend_url: ident.backend_url.into(),
-            user_id,
+            user_id: ident.user_id.map(Arc::from),
             user: ident.user.map(Arc::from),
             features,
             room: None,
@@ -539,7 +530,7 @@ impl Hub {
         let no_such_session =
             || ProtocolError::new(error::NO_SUCH_SESSION, "The session id is no longer valid.");
         let mut st = self.lock();
-        let Some(sid) = st.resume_ids.get(resume_id).cloned() else {
+        let Some(sid) = st.sessions.resume_ids.get(resume_id).cloned() else {
             self.metrics.resume_failed.inc();
             return Err(no_such_session());
         };

@@ -56,7 +56,7 @@ impl State {
                         &*s.id,
                     ),
                     None => {
-                        let r = &self.remote.get(m)?.info;
+                        let r = &self.cluster.remote.get(m)?.info;
                         (r.kind.as_str(), r.in_call, r.sid.as_str())
                     }
                 };

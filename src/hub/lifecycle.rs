@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::effects::{Effect, Nextcloud};
 use super::outbox::CloseReason;
-use super::room::{Room, RoomKey};
+use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{federation, session_data_key, Hub, State};
 use crate::api::server::{frame, Bye, Frame};
@@ -123,23 +123,6 @@ impl State {
             // B's members see the session leave at once.
             let _ = link.tx.try_send(federation::FedCmd::Close);
         }
-        if let Some(r) = &s.resume_id {
-            self.resume_ids.remove(r);
-        }
-        if let Some(user) = &s.user_id {
-            let key = (s.backend.id.clone(), user.clone());
-            if let Some(list) = self.users.get_mut(&key) {
-                list.retain(|x| x != sid);
-                if list.is_empty() {
-                    self.users.remove(&key);
-                }
-            }
-        }
-        if s.kind == SessionKind::Client {
-            if let Some(c) = self.counts.get_mut(&s.backend.id) {
-                *c = c.saturating_sub(1);
-            }
-        }
         if let SessionKind::Virtual { owner, client_sid } = &s.kind {
             if let Some(o) = self.sessions.map.get_mut(owner) {
                 o.virtuals.remove(client_sid);
@@ -229,27 +212,10 @@ impl State {
         {
             return;
         }
-        if let Some(room) = self.remove_room(key) {
+        if let Some(room) = self.rooms.remove(key) {
             for m in room.members {
-                self.remote.remove(&m);
+                self.cluster.remote.remove(&m);
             }
         }
-    }
-
-    /// Removes a room with its transient data and their expiry timers.
-    pub fn remove_room(&mut self, key: &RoomKey) -> Option<Room> {
-        let room = self.rooms.remove(key)?;
-        if let Some(n) = self.room_counts.get_mut(&key.backend) {
-            *n -= 1;
-            if *n <= 0 {
-                self.room_counts.remove(&key.backend);
-            }
-        }
-        for e in room.transient.values() {
-            if let Some(x) = e.expires {
-                self.ttl.remove(&x);
-            }
-        }
-        Some(room)
     }
 }

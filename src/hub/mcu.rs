@@ -480,7 +480,7 @@ impl Hub {
         if let Some(sb) = st.sessions.map.get(b) {
             return sb.room.as_ref() == Some(room) && st.is_in_call(room, b);
         }
-        let Some(r) = st.remote.get(b) else {
+        let Some(r) = st.cluster.remote.get(b) else {
             return false;
         };
         if &r.room != room {

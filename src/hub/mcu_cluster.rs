@@ -72,11 +72,11 @@ impl Hub {
             return None;
         }
         let backend = st.sessions.map.get(sid)?.backend.id.clone();
-        match st.remote.get(target) {
+        match st.cluster.remote.get(target) {
             Some(r) if r.room.backend == backend => Some(r.info.owner.clone()),
             Some(_) => None,
             None => super::cluster::owner_of(target)
-                .filter(|p| st.processes.contains_key(*p))
+                .filter(|p| st.cluster.processes.contains_key(*p))
                 .map(str::to_string),
         }
     }

@@ -196,6 +196,7 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
 /// another process, or a session its owner process must look up.
 fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(), ProtocolError> {
     if let Some((info, room)) = st
+        .cluster
         .remote
         .get(target)
         .map(|r| (r.info.clone(), r.room.clone()))

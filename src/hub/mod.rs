@@ -29,13 +29,14 @@ mod participants;
 pub mod room;
 mod rooms;
 pub mod session;
+mod sessions;
 mod tasks;
 #[cfg(test)]
 mod tests;
 pub mod throttle;
 mod transient;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::Instant;
@@ -48,131 +49,25 @@ use crate::backend::capabilities::CapabilitiesCache;
 use crate::backend::client::BackendClient;
 use crate::backend::registry::BackendRegistry;
 use crate::bus::Bus;
-use crate::config::{ClientLimits, Config};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use effects::{Effect, Nextcloud};
-use outbox::{CloseReason, Outbox, Push};
-use room::{Room, RoomKey};
-use session::{Session, SessionKind};
+use outbox::Outbox;
+use room::{RoomKey, Rooms};
+use session::SessionKind;
+use sessions::Sessions;
 
 /// Server version reported in `welcome`, hello and `/api/v1/welcome`.
 pub const VERSION: &str = concat!("spreed-signaling-rs/", env!("CARGO_PKG_VERSION"));
 
-/// Sessions and what happens to them as frames are delivered.
-pub(crate) struct Sessions {
-    pub map: HashMap<Arc<str>, Session>,
-    /// Disconnected sessions and when they expire.
-    pub disconnected: HashMap<Arc<str>, Instant>,
-    /// Guests that Nextcloud removed from their room, and by when they must
-    /// join one again (as after their hello).
-    pub room_deadlines: HashMap<Arc<str>, Instant>,
-    /// Sessions to end once the current operation is done (resume queue full).
-    pub doomed: Vec<Arc<str>>,
-    pub limits: ClientLimits,
-    /// Counts connections closed with 1013.
-    pub overflows: prometheus::IntCounter,
-    /// While a client's message is routed: the recipients' outboxes it left
-    /// more than half full (its reader waits for them to drain).
-    pub congested: Option<Vec<Arc<Outbox>>>,
-    /// Sessions per (backend id, `clienttype` label), kept as sessions come
-    /// and go so that a scrape needs no walk over them.
-    pub per_label: HashMap<(Arc<str>, &'static str), i64>,
-}
-
-impl Sessions {
-    /// Adds a session (the only way in, so that the counts stay right).
-    pub fn insert(&mut self, s: Session) {
-        *self.per_label.entry(label_of(&s)).or_default() += 1;
-        if let Some(old) = self.map.insert(s.id.clone(), s) {
-            self.uncount(&old);
-        }
-    }
-
-    /// Takes a session out (the only way out).
-    pub fn remove(&mut self, sid: &str) -> Option<Session> {
-        let s = self.map.remove(sid)?;
-        self.uncount(&s);
-        Some(s)
-    }
-
-    fn uncount(&mut self, s: &Session) {
-        let key = label_of(s);
-        if let Some(n) = self.per_label.get_mut(&key) {
-            *n -= 1;
-            if *n <= 0 {
-                self.per_label.remove(&key);
-            }
-        }
-    }
-
-    /// Hands a frame to a session: its connection's outbox when connected,
-    /// else its resume queue. Never blocks; a full outbox detaches the
-    /// connection (close 1013), a full resume queue ends the session.
-    pub fn deliver(&mut self, sid: &str, frame: &Frame) {
-        let Some(s) = self.map.get_mut(sid) else {
-            return;
-        };
-        if s.is_virtual() {
-            return;
-        }
-        if let Some(conn) = &s.conn {
-            match conn.push(frame.clone()) {
-                Push::Queued => return,
-                Push::Congested => {
-                    if let Some(c) = &mut self.congested {
-                        c.push(conn.clone());
-                    }
-                    return;
-                }
-                Push::Closed => {}
-                Push::Overflow => {
-                    tracing::info!(session = %s.id, backend = %s.backend.id, "send queue full, closing connection (1013)");
-                    self.overflows.inc();
-                    let left = conn.abort(CloseReason::Overflow);
-                    s.conn = None;
-                    for f in left {
-                        s.queue_bytes += f.len();
-                        s.queue.push_back(f);
-                    }
-                    self.disconnected
-                        .insert(s.id.clone(), Instant::now() + self.limits.resume_timeout);
-                }
-            }
-        }
-        s.queue_bytes += frame.len();
-        s.queue.push_back(frame.clone());
-        if (s.queue.len() > self.limits.resume_queue_messages
-            || s.queue_bytes > self.limits.resume_queue_bytes)
-            && !self.doomed.contains(&s.id)
-        {
-            tracing::info!(session = %s.id, backend = %s.backend.id, "resume queue full, ending session");
-            self.doomed.push(s.id.clone());
-        }
-    }
-}
-
-/// The labels a session is counted under in `signaling_hub_sessions`.
-fn label_of(s: &Session) -> (Arc<str>, &'static str) {
-    (s.backend.id.clone(), s.kind.label(s.federated.is_some()))
-}
-
-/// A user on a backend: (backend id, user id).
-pub(crate) type UserKey = (Arc<str>, Arc<str>);
-
-/// Everything guarded by the hub lock.
+/// Everything guarded by the hub lock: the owned parts, each keeping its
+/// own invariants ([`Sessions`], [`Rooms`], [`cluster::Cluster`]), and the
+/// handles the rules need while they hold it.
 pub(crate) struct State {
     pub sessions: Sessions,
-    pub resume_ids: HashMap<Arc<str>, Arc<str>>,
-    pub rooms: HashMap<RoomKey, Room>,
-    /// (backend id, user id) -> sessions of that user.
-    pub users: HashMap<UserKey, Vec<Arc<str>>>,
-    /// Client sessions per backend id (for `sessionlimit`).
-    pub counts: HashMap<Arc<str>, u64>,
-    /// Rooms per backend id (`signaling_hub_rooms`), kept as rooms come and go.
-    pub room_counts: HashMap<Arc<str>, i64>,
-    /// Transient data expiry: (deadline, seq) -> (room, key).
-    pub ttl: BTreeMap<(Instant, u64), (RoomKey, String)>,
-    pub ttl_seq: u64,
+    pub rooms: Rooms,
+    /// What this process knows of the others.
+    pub cluster: cluster::Cluster,
     /// `[transient]` limits (checked again when a value is applied).
     pub transient_limits: crate::config::TransientLimits,
     /// Refusals by a configured limit (`signaling_limits_refused_total`).
@@ -182,12 +77,6 @@ pub(crate) struct State {
     pub client: BackendClient,
     /// The bus to other processes (a no-op in a single process).
     pub bus: Arc<dyn Bus>,
-    /// Members of local rooms connected to other processes.
-    pub remote: HashMap<Arc<str>, cluster::RemoteMember>,
-    /// Other processes, from their heartbeats.
-    pub processes: HashMap<String, cluster::ProcessInfo>,
-    /// Sessions handed over to another process on resume: sid -> process.
-    pub moved: HashMap<Arc<str>, (String, Instant)>,
     /// The MCU, told when sessions leave or lose permissions.
     pub mcu: Option<Arc<crate::mcu::Mcu>>,
     /// Requests to Nextcloud decided in the current critical section, sent
@@ -326,31 +215,14 @@ impl Hub {
         Ok(Arc::new(Hub {
             registry,
             state: Mutex::new(State {
-                sessions: Sessions {
-                    map: HashMap::new(),
-                    disconnected: HashMap::new(),
-                    room_deadlines: HashMap::new(),
-                    doomed: Vec::new(),
-                    limits: config.limits.clone(),
-                    overflows: metrics.slow_clients.clone(),
-                    congested: None,
-                    per_label: HashMap::new(),
-                },
-                resume_ids: HashMap::new(),
-                rooms: HashMap::new(),
-                users: HashMap::new(),
-                counts: HashMap::new(),
-                room_counts: HashMap::new(),
-                ttl: BTreeMap::new(),
-                ttl_seq: 0,
+                sessions: Sessions::new(config.limits.clone(), metrics.slow_clients.clone()),
+                rooms: Rooms::default(),
+                cluster: cluster::Cluster::default(),
                 transient_limits: config.transient.clone(),
                 refused: metrics.refused.clone(),
                 go: metrics.go.clone(),
                 client: client.clone(),
                 bus: bus.clone(),
-                remote: HashMap::new(),
-                processes: HashMap::new(),
-                moved: HashMap::new(),
                 mcu: None,
                 effects: Vec::new(),
             }),
@@ -500,12 +372,12 @@ impl Hub {
 
     /// Number of other processes this one currently hears from.
     pub fn known_processes(&self) -> usize {
-        self.lock().processes.len()
+        self.lock().cluster.processes.len()
     }
 
     /// Client sessions of a backend on other processes, as last announced.
     pub fn remote_sessions(&self, backend: &str) -> u64 {
-        self.lock().remote_session_count(backend)
+        self.lock().cluster.remote_session_count(backend)
     }
 
     /// [`Hub::update_gauges`], unless it ran less than a second ago.
@@ -530,7 +402,7 @@ impl Hub {
                 "sessions": sessions,
                 "disconnected": disconnected,
                 "rooms": st.rooms.len(),
-                "processes": st.processes.len() + 1,
+                "processes": st.cluster.processes.len() + 1,
             }
         })
     }
@@ -551,7 +423,7 @@ impl Hub {
             let st = self.lock();
             (
                 st.sessions.per_label.clone(),
-                st.room_counts.clone(),
+                st.rooms.per_backend().clone(),
                 st.rooms.keys().cloned().collect::<Vec<_>>(),
             )
         };
@@ -622,7 +494,7 @@ impl Hub {
 
     /// Transient values waiting for their TTL (all rooms).
     pub fn transient_timer_count(&self) -> usize {
-        self.lock().ttl.len()
+        self.lock().rooms.timers.len()
     }
 
     /// Number of rooms.
@@ -671,29 +543,4 @@ pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::ti
 /// An `invalid_format` error.
 pub fn invalid_format(msg: impl Into<String>) -> ProtocolError {
     ProtocolError::new(error::INVALID_FORMAT, msg)
-}
-
-impl State {
-    /// The room `key`, made (and counted) when it does not exist yet.
-    pub fn room_or_new(&mut self, key: &RoomKey, url: Arc<str>, base: Arc<str>) -> &mut Room {
-        match self.rooms.entry(key.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                *self.room_counts.entry(key.backend.clone()).or_default() += 1;
-                e.insert(Room::new(url, base))
-            }
-        }
-    }
-
-    /// Public ids of the sessions in a room matching a set of Nextcloud session ids.
-    pub fn sessions_by_nc_ids(&self, key: &RoomKey, nc_ids: &HashSet<String>) -> Vec<Arc<str>> {
-        let Some(room) = self.rooms.get(key) else {
-            return Vec::new();
-        };
-        room.nc_sessions
-            .iter()
-            .filter(|(nc, _)| nc_ids.contains(&***nc))
-            .map(|(_, sid)| sid.clone())
-            .collect()
-    }
 }

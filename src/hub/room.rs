@@ -77,3 +77,163 @@ impl Room {
         }
     }
 }
+
+/// When a transient value expires: its deadline and a sequence number
+/// that makes it unique in the queue.
+pub type Expiry = (Instant, u64);
+
+/// The rooms this process serves, counted per backend as they come and go
+/// (`signaling_hub_rooms` needs no walk over them), with the expiry queue
+/// of their transient data. A room enters only through
+/// [`Rooms::get_or_insert`] and leaves only through [`Rooms::remove`],
+/// which also drops its values' timers.
+#[derive(Default)]
+pub struct Rooms {
+    map: HashMap<RoomKey, Room>,
+    per_backend: HashMap<Arc<str>, i64>,
+    /// Expiry of transient values: one queue for all rooms.
+    pub timers: TransientTimers,
+}
+
+impl Rooms {
+    /// The room `key`, made (and counted) when it does not exist yet.
+    pub fn get_or_insert(&mut self, key: &RoomKey, url: Arc<str>, base: Arc<str>) -> &mut Room {
+        match self.map.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                *self.per_backend.entry(key.backend.clone()).or_default() += 1;
+                e.insert(Room::new(url, base))
+            }
+        }
+    }
+
+    /// Removes a room with the expiry timers of its transient data.
+    pub fn remove(&mut self, key: &RoomKey) -> Option<Room> {
+        let room = self.map.remove(key)?;
+        if let Some(n) = self.per_backend.get_mut(&key.backend) {
+            *n -= 1;
+            if *n <= 0 {
+                self.per_backend.remove(&key.backend);
+            }
+        }
+        for e in room.transient.values() {
+            if let Some(x) = e.expires {
+                self.timers.cancel(&x);
+            }
+        }
+        Some(room)
+    }
+
+    /// A room.
+    pub fn get(&self, key: &RoomKey) -> Option<&Room> {
+        self.map.get(key)
+    }
+
+    /// A room, to change it.
+    pub fn get_mut(&mut self, key: &RoomKey) -> Option<&mut Room> {
+        self.map.get_mut(key)
+    }
+
+    /// A room to change and the expiry queue, borrowed together.
+    pub fn with_timers(&mut self, key: &RoomKey) -> (Option<&mut Room>, &mut TransientTimers) {
+        (self.map.get_mut(key), &mut self.timers)
+    }
+
+    /// True if this process serves the room.
+    pub fn contains_key(&self, key: &RoomKey) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// Number of rooms.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no room is served.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every room.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoomKey, &Room)> {
+        self.map.iter()
+    }
+
+    /// Every room's key.
+    pub fn keys(&self) -> impl Iterator<Item = &RoomKey> {
+        self.map.keys()
+    }
+
+    /// Rooms per backend id.
+    pub fn per_backend(&self) -> &HashMap<Arc<str>, i64> {
+        &self.per_backend
+    }
+
+    /// Public ids of the sessions in a room matching a set of Nextcloud
+    /// session ids.
+    pub fn sessions_by_nc_ids(
+        &self,
+        key: &RoomKey,
+        nc_ids: &std::collections::HashSet<String>,
+    ) -> Vec<Arc<str>> {
+        let Some(room) = self.map.get(key) else {
+            return Vec::new();
+        };
+        room.nc_sessions
+            .iter()
+            .filter(|(nc, _)| nc_ids.contains(&***nc))
+            .map(|(_, sid)| sid.clone())
+            .collect()
+    }
+}
+
+/// Transient values waiting for their TTL, earliest first.
+#[derive(Default)]
+pub struct TransientTimers {
+    queue: BTreeMap<Expiry, (RoomKey, String)>,
+    seq: u64,
+}
+
+impl TransientTimers {
+    /// A new expiry at `at` (not scheduled yet).
+    pub fn expiry(&mut self, at: Instant) -> Expiry {
+        self.seq += 1;
+        (at, self.seq)
+    }
+
+    /// Schedules the expiry of `name` in `key`; true if it is the earliest.
+    pub fn schedule(&mut self, at: Expiry, key: &RoomKey, name: &str) -> bool {
+        let earliest = self.queue.keys().next().is_none_or(|first| at.0 < first.0);
+        self.queue.insert(at, (key.clone(), name.to_string()));
+        earliest
+    }
+
+    /// Forgets a scheduled expiry.
+    pub fn cancel(&mut self, at: &Expiry) {
+        self.queue.remove(at);
+    }
+
+    /// Takes the earliest expiry due at `now`, or tells when the next one is.
+    pub fn pop_due(&mut self, now: Instant) -> Result<(Expiry, RoomKey, String), Option<Instant>> {
+        let Some((&at, _)) = self.queue.iter().next() else {
+            return Err(None);
+        };
+        if at.0 > now {
+            return Err(Some(at.0));
+        }
+        match self.queue.remove(&at) {
+            Some((key, name)) => Ok((at, key, name)),
+            None => Err(None),
+        }
+    }
+
+    /// Number of values waiting for their TTL.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when no value waits for its TTL.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}

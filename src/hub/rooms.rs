@@ -47,7 +47,7 @@ impl State {
                 federated: s.federated.is_some(),
             });
         }
-        let r = &self.remote.get(sid)?.info;
+        let r = &self.cluster.remote.get(sid)?.info;
         Some(JoinEntry {
             sessionid: &r.sid,
             userid: r.userid.as_deref().unwrap_or(""),
@@ -63,7 +63,7 @@ impl State {
         if let Some(s) = self.sessions.map.get(sid) {
             return s.is_virtual().then_some(s.flags);
         }
-        let r = &self.remote.get(sid)?.info;
+        let r = &self.cluster.remote.get(sid)?.info;
         (r.kind == "virtual").then_some(r.flags)
     }
 
@@ -136,7 +136,7 @@ impl State {
             self.replace_room_session(&key, rs, sid);
         }
         let bandwidth = self.bandwidth(backend_bitrates);
-        let room = self.room_or_new(&key, url, base);
+        let room = self.rooms.get_or_insert(&key, url, base);
         if properties.is_some() {
             room.properties = properties;
         }
@@ -325,7 +325,7 @@ impl State {
             let leave = event_frame("room", "leave", &[&*old]);
             self.broadcast(key, &leave, None);
             self.end_session(&old, Some(bye));
-        } else if let Some(owner) = self.remote.get(&old).map(|r| r.info.owner.clone()) {
+        } else if let Some(owner) = self.cluster.remote.get(&old).map(|r| r.info.owner.clone()) {
             // Its process ends it; the leave event comes from there.
             self.end_remote_session(&owner, &old, REASON_RECONNECTED);
         }

@@ -112,7 +112,7 @@ impl State {
     /// (their own Nextcloud still wants to hear that they are alive).
     fn pings(&self) -> BTreeMap<Arc<str>, BackendPings> {
         let mut by_backend: BTreeMap<Arc<str>, BackendPings> = BTreeMap::new();
-        for (key, room) in &self.rooms {
+        for (key, room) in self.rooms.iter() {
             let entries: Vec<PingEntry> = room
                 .members
                 .iter()

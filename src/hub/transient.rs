@@ -124,11 +124,8 @@ impl State {
             self.remove_transient(key, name);
             return false;
         };
-        let expires = ttl.map(|t| {
-            self.ttl_seq += 1;
-            (Instant::now() + t, self.ttl_seq)
-        });
-        let Some(room) = self.rooms.get_mut(key) else {
+        let expires = ttl.map(|t| self.rooms.timers.expiry(Instant::now() + t));
+        let (Some(room), timers) = self.rooms.with_timers(key) else {
             return false;
         };
         // The origin checked the limits; in a cluster two processes may
@@ -138,16 +135,12 @@ impl State {
             self.refused.with_label_values(&[limit]).inc();
             return false;
         }
-        let mut earliest = false;
-        if let Some((at, seq)) = expires {
-            earliest = self.ttl.keys().next().is_none_or(|(first, _)| at < *first);
-            self.ttl.insert((at, seq), (key.clone(), name.to_string()));
-        }
+        let earliest = expires.is_some_and(|at| timers.schedule(at, key, name));
         if let Some(existing) = room.transient.get_mut(name) {
             if same_json(&existing.value, &value) {
                 // Same value: only the TTL changes.
                 if let Some(old) = existing.expires.take() {
-                    self.ttl.remove(&old);
+                    timers.cancel(&old);
                 }
                 existing.expires = expires;
                 return earliest;
@@ -162,10 +155,8 @@ impl State {
                 version: room.transient_version,
             },
         );
-        if let Some(e) = &old {
-            if let Some(x) = e.expires {
-                self.ttl.remove(&x);
-            }
+        if let Some(x) = old.as_ref().and_then(|e| e.expires) {
+            timers.cancel(&x);
         }
         let f = transient_frame("set", name, Some(&value), old.as_ref().map(|o| &*o.value));
         self.broadcast(key, &f, None);
@@ -181,7 +172,7 @@ impl State {
             return;
         };
         if let Some(x) = old.expires {
-            self.ttl.remove(&x);
+            self.rooms.timers.cancel(&x);
         }
         let f = transient_frame("remove", name, None, Some(&old.value));
         self.broadcast(key, &f, None);
@@ -189,18 +180,16 @@ impl State {
 
     /// Removes values whose TTL passed; returns the next deadline.
     pub(crate) fn expire_transient(&mut self, now: Instant) -> Option<Instant> {
-        while let Some((&(at, seq), _)) = self.ttl.iter().next() {
-            if at > now {
-                return Some(at);
-            }
-            let Some((room_key, name)) = self.ttl.remove(&(at, seq)) else {
-                break;
+        loop {
+            let (at, room_key, name) = match self.rooms.timers.pop_due(now) {
+                Ok(due) => due,
+                Err(next) => return next,
             };
             let current = self
                 .rooms
                 .get(&room_key)
                 .and_then(|r| r.transient.get(&name))
-                .filter(|e| e.expires == Some((at, seq)))
+                .filter(|e| e.expires == Some(at))
                 .map(|e| e.version);
             if let Some(version) = current {
                 if self.bus.clustered() {
@@ -223,7 +212,6 @@ impl State {
                 }
             }
         }
-        None
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{body_frame, ProcessInfo, DISCOVERY_WINDOW, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
+use super::{body_frame, DISCOVERY_WINDOW, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
 use crate::api::server::event_frame;
 use crate::bus::{decode, encode, process_subject, Header, Inbound, MemberInfo, SUBJECT_ALL};
 use crate::hub::room::RoomKey;
@@ -35,6 +35,7 @@ impl State {
     /// This process's heartbeat: its id and client sessions per backend.
     pub(crate) fn heartbeat_message(&self) -> Bytes {
         let counts = self
+            .sessions
             .counts
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
@@ -133,17 +134,14 @@ impl Hub {
         for r in replies {
             if let Some((Header::Heartbeat { from, counts }, _)) = decode(&r) {
                 if from != bus.pid() {
-                    st.processes.insert(
-                        from,
-                        ProcessInfo {
-                            last_seen: Instant::now(),
-                            counts,
-                        },
-                    );
+                    st.cluster.heard_from(from, counts);
                 }
             }
         }
-        tracing::info!(peers = st.processes.len(), "cluster peers discovered");
+        tracing::info!(
+            peers = st.cluster.processes.len(),
+            "cluster peers discovered"
+        );
     }
 
     fn heartbeat(&self) {
@@ -153,6 +151,7 @@ impl Hub {
         // Processes that went silent: their sessions are gone.
         let now = Instant::now();
         let dead: Vec<String> = st
+            .cluster
             .processes
             .iter()
             .filter(|(_, p)| now.duration_since(p.last_seen) > PROCESS_TIMEOUT)
@@ -160,15 +159,18 @@ impl Hub {
             .collect();
         for pid in dead {
             tracing::warn!(process = %pid, "process went silent, its sessions leave");
-            st.processes.remove(&pid);
+            st.cluster.processes.remove(&pid);
             self.process_gone(&mut st, &pid);
         }
         let keep = st.sessions.limits.resume_timeout * 2;
-        st.moved.retain(|_, (_, at)| now.duration_since(*at) < keep);
+        st.cluster
+            .moved
+            .retain(|_, (_, at)| now.duration_since(*at) < keep);
     }
 
     fn process_gone(&self, st: &mut State, pid: &str) {
         let gone: Vec<(Arc<str>, RoomKey, MemberInfo)> = st
+            .cluster
             .remote
             .iter()
             .filter(|(_, r)| r.info.owner == pid)
@@ -176,7 +178,11 @@ impl Hub {
             .collect();
         // The process with the smallest id among the survivors tells
         // Nextcloud, so it is told once.
-        let leader = st.processes.keys().all(|p| p.as_str() > st.bus.pid());
+        let leader = st
+            .cluster
+            .processes
+            .keys()
+            .all(|p| p.as_str() > st.bus.pid());
         for (sid, key, info) in gone {
             st.remove_remote(&key, &sid);
             if leader && info.kind == "client" {
@@ -219,7 +225,7 @@ impl Hub {
         // Any message of a process not yet known makes it known (and thus
         // watched for death): no rule waits for a heartbeat.
         if let Some(from) = header.origin().filter(|f| *f != me) {
-            self.lock().note_process(from);
+            self.lock().cluster.note_process(from);
         }
         // Every process sees all bus traffic, its own broadcasts included:
         // those are not for it (MCU messages are addressed instead).
@@ -234,7 +240,7 @@ impl Hub {
         let to_me = msg.subject == process_subject(&me);
         let reply = msg.reply;
         match header {
-            Header::Heartbeat { from, counts } => self.lock().heard_from(from, counts),
+            Header::Heartbeat { from, counts } => self.lock().cluster.heard_from(from, counts),
             Header::Discover { .. } => {
                 if let Some(reply) = reply {
                     let st = self.lock();
@@ -245,7 +251,7 @@ impl Hub {
                 self.mutate(|st| st.end_moved_session(&sid, &reason))
             }
             Header::Goodbye { from } => self.mutate(|st| {
-                st.processes.remove(&from);
+                st.cluster.processes.remove(&from);
                 self.process_gone(st, &from);
             }),
             Header::Joined {
@@ -383,7 +389,7 @@ impl Hub {
                     self.note_congested(congested);
                 }
                 Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
-                None => match st.moved.get(sid.as_str()) {
+                None => match st.cluster.moved.get(sid.as_str()) {
                     Some((pid, _)) => {
                         // Resumed elsewhere: forward.
                         let subject = process_subject(pid);
@@ -472,31 +478,6 @@ impl State {
         }
     }
 
-    /// A process heard of for the first time is watched from now on.
-    fn note_process(&mut self, from: &str) {
-        if !self.processes.contains_key(from) {
-            tracing::info!(process = %from, "new process in the cluster");
-            self.processes.insert(
-                from.to_string(),
-                ProcessInfo {
-                    last_seen: Instant::now(),
-                    counts: Default::default(),
-                },
-            );
-        }
-    }
-
-    /// Another process's heartbeat: alive, with these session counts.
-    fn heard_from(&mut self, from: String, counts: std::collections::HashMap<String, u64>) {
-        self.processes.insert(
-            from,
-            ProcessInfo {
-                last_seen: Instant::now(),
-                counts,
-            },
-        );
-    }
-
     /// A session resumed on another process ends here, without telling
     /// Nextcloud that it left (it is the same participant).
     fn end_moved_session(&mut self, sid: &str, reason: &str) {
@@ -527,7 +508,7 @@ impl State {
         let sid = member.sid.clone();
         let special = member.kind != "client";
         let flags = (member.kind == "virtual").then_some(member.flags);
-        let old_flags = self.remote.get(sid.as_str()).map(|r| r.info.flags);
+        let old_flags = self.cluster.remote.get(sid.as_str()).map(|r| r.info.flags);
         let new = self.upsert_remote(key, member);
         if new {
             if let Some(e) = self.join_entry(&sid) {

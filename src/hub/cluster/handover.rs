@@ -15,7 +15,7 @@ impl State {
     /// Takes a local session out for another process (resume there): no
     /// leave event, it stays a member, now remote.
     pub(super) fn hand_over(&mut self, resume_id: &str, to: &str) -> Option<SessionHandover> {
-        let sid = self.resume_ids.get(resume_id).cloned()?;
+        let sid = self.sessions.resume_ids.get(resume_id).cloned()?;
         let s = self.sessions.map.get(&sid)?;
         if s.kind != SessionKind::Client {
             return None;
@@ -23,20 +23,7 @@ impl State {
         let mut member = self.member_info(&sid)?;
         member.owner = to.to_string();
         let s = self.sessions.remove(&sid)?;
-        self.resume_ids.remove(resume_id);
         self.sessions.disconnected.remove(&sid);
-        if let Some(user) = &s.user_id {
-            let key = (s.backend.id.clone(), user.clone());
-            if let Some(list) = self.users.get_mut(&key) {
-                list.retain(|x| *x != sid);
-                if list.is_empty() {
-                    self.users.remove(&key);
-                }
-            }
-        }
-        if let Some(c) = self.counts.get_mut(&s.backend.id) {
-            *c = c.saturating_sub(1);
-        }
         if let Some(conn) = &s.conn {
             conn.push(frame(
                 None,
@@ -48,7 +35,7 @@ impl State {
             conn.close(crate::hub::outbox::CloseReason::SessionResumed);
         }
         if let Some(key) = &s.room {
-            self.remote.insert(
+            self.cluster.remote.insert(
                 sid.clone(),
                 RemoteMember {
                     info: member.clone(),
@@ -57,7 +44,8 @@ impl State {
             );
             self.drop_room_if_unserved(key);
         }
-        self.moved
+        self.cluster
+            .moved
             .insert(sid.clone(), (to.to_string(), Instant::now()));
         Some(SessionHandover {
             member,
@@ -119,16 +107,8 @@ impl Hub {
             room: r.as_str().into(),
         });
         let user_id: Option<Arc<str>> = h.member.userid.as_deref().map(Arc::from);
-        if let Some(u) = &user_id {
-            st.users
-                .entry((backend.id.clone(), u.clone()))
-                .or_default()
-                .push(sid.clone());
-        }
-        *st.counts.entry(backend.id.clone()).or_default() += 1;
-        st.resume_ids.insert(resume_id.clone(), sid.clone());
-        st.remote.remove(&sid);
-        st.moved.remove(&sid);
+        st.cluster.remote.remove(&sid);
+        st.cluster.moved.remove(&sid);
         st.sessions.insert(Session {
             id: sid.clone(),
             resume_id: Some(resume_id),
@@ -156,7 +136,7 @@ impl Hub {
                 h.backend_url.as_str().into(),
                 h.backend_base.as_str().into(),
             );
-            let r = st.room_or_new(key, url, base);
+            let r = st.rooms.get_or_insert(key, url, base);
             if !r.members.contains(&sid) {
                 r.members.push(sid.clone());
             }

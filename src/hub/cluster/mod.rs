@@ -56,6 +56,57 @@ pub struct ProcessInfo {
     pub counts: HashMap<String, u64>,
 }
 
+/// What this process knows of the others: their members in local rooms,
+/// the processes themselves (from their heartbeats) and the sessions that
+/// resumed on one of them. Everything here came over the bus.
+#[derive(Default)]
+pub(crate) struct Cluster {
+    /// Members of local rooms connected to other processes.
+    pub remote: HashMap<Arc<str>, RemoteMember>,
+    /// Other processes, from their heartbeats.
+    pub processes: HashMap<String, ProcessInfo>,
+    /// Sessions handed over to another process on resume: sid -> process.
+    pub moved: HashMap<Arc<str>, (String, Instant)>,
+}
+
+impl Cluster {
+    /// Client sessions of a backend on the other processes.
+    pub fn remote_session_count(&self, backend: &str) -> u64 {
+        self.processes
+            .values()
+            .filter_map(|p| p.counts.get(backend))
+            .sum()
+    }
+
+    /// A process heard of for the first time is watched from now on.
+    pub fn note_process(&mut self, from: &str) {
+        if !self.processes.contains_key(from) {
+            tracing::info!(process = %from, "new process in the cluster");
+            self.heard_from(from.to_string(), HashMap::new());
+        }
+    }
+
+    /// Another process's heartbeat: alive, with these session counts.
+    pub fn heard_from(&mut self, from: String, counts: HashMap<String, u64>) {
+        self.processes.insert(
+            from,
+            ProcessInfo {
+                last_seen: Instant::now(),
+                counts,
+            },
+        );
+    }
+
+    /// The process a session of another process is connected to: the one
+    /// its room announced, else the one that created it, if alive.
+    pub fn owner_of_session<'a>(&'a self, sid: &'a str) -> Option<&'a str> {
+        match self.remote.get(sid) {
+            Some(r) => Some(&r.info.owner),
+            None => owner_of(sid).filter(|p| self.processes.contains_key(*p)),
+        }
+    }
+}
+
 fn kind_name(kind: &SessionKind) -> &'static str {
     match kind {
         SessionKind::Client => "client",
@@ -150,10 +201,11 @@ impl State {
         if !self.bus.clustered() {
             return;
         }
-        let has_remote = self
-            .rooms
-            .get(key)
-            .is_some_and(|r| r.members.iter().any(|m| self.remote.contains_key(m)));
+        let has_remote = self.rooms.get(key).is_some_and(|r| {
+            r.members
+                .iter()
+                .any(|m| self.cluster.remote.contains_key(m))
+        });
         if !has_remote {
             return;
         }
@@ -226,12 +278,8 @@ impl State {
         if !self.bus.clustered() {
             return false;
         }
-        let pid = match self.remote.get(sid) {
-            Some(r) => r.info.owner.clone(),
-            None => match owner_of(sid) {
-                Some(p) if self.processes.contains_key(p) => p.to_string(),
-                _ => return false,
-            },
+        let Some(pid) = self.cluster.owner_of_session(sid) else {
+            return false;
         };
         let h = Header::SessionFrame {
             sid: sid.to_string(),
@@ -240,7 +288,7 @@ impl State {
             id: route.and_then(|r| r.id.map(str::to_string)),
         };
         self.bus
-            .publish(process_subject(&pid), encode(&h, Some(f.as_bytes())));
+            .publish(process_subject(pid), encode(&h, Some(f.as_bytes())));
         true
     }
 
@@ -265,14 +313,6 @@ impl State {
             .publish(SUBJECT_ALL.to_string(), encode(&h, Some(f.as_bytes())));
     }
 
-    /// Client sessions of a backend on the other processes.
-    pub(crate) fn remote_session_count(&self, backend: &str) -> u64 {
-        self.processes
-            .values()
-            .filter_map(|p| p.counts.get(backend))
-            .sum()
-    }
-
     /// Adds or updates a member of another process; returns true if new.
     fn upsert_remote(&mut self, key: &RoomKey, member: MemberInfo) -> bool {
         let Some(room) = self.rooms.get_mut(key) else {
@@ -292,7 +332,7 @@ impl State {
         if let Some(rs) = &member.roomsessionid {
             room.nc_sessions.insert(rs.as_str().into(), sid.clone());
         }
-        self.remote.insert(
+        self.cluster.remote.insert(
             sid,
             RemoteMember {
                 info: member,
@@ -318,6 +358,7 @@ impl State {
         }
         self.remove_transient(key, &crate::hub::session_data_key(sid));
         let was_internal = self
+            .cluster
             .remote
             .remove(sid)
             .is_some_and(|r| r.info.kind != "client");

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::SNAPSHOT_TIMEOUT;
 use crate::bus::{encode, room_subject, Header, MemberInfo, RoomSnapshot, TransientSnapshot};
-use crate::hub::room::{Room, RoomKey, TransientEntry};
+use crate::hub::room::{RoomKey, TransientEntry};
 use crate::hub::{Hub, State};
 
 impl State {
@@ -57,8 +57,8 @@ impl Hub {
             let (url, base) = self.room_urls(key);
             // Exists from now on, so that events for it are applied while
             // the snapshot is on its way.
-            st.rooms.insert(key.clone(), Room::new(url, base));
-            (st.bus.clone(), st.processes.len())
+            st.rooms.get_or_insert(key, url, base);
+            (st.bus.clone(), st.cluster.processes.len())
         };
         if expected == 0 {
             return;
@@ -87,7 +87,7 @@ impl Hub {
                 st.upsert_remote(key, m);
             }
             let now = Instant::now();
-            let Some(room) = st.rooms.get_mut(key) else {
+            let (Some(room), timers) = st.rooms.with_timers(key) else {
                 continue;
             };
             if room.properties.is_none() {
@@ -96,18 +96,14 @@ impl Hub {
             if snap.transient_version > room.transient_version {
                 room.transient_version = snap.transient_version;
                 room.transient.clear();
-                let mut timers = Vec::new();
                 for t in snap.transient {
-                    let expires = t.ttl_ns.map(|ns| {
-                        st.ttl_seq += 1;
-                        (now + Duration::from_nanos(ns), st.ttl_seq)
-                    });
+                    let expires = t
+                        .ttl_ns
+                        .map(|ns| timers.expiry(now + Duration::from_nanos(ns)));
                     if let Some(e) = expires {
-                        timers.push((e, t.key.clone()));
+                        timers.schedule(e, key, &t.key);
+                        wake = true;
                     }
-                    let Some(room) = st.rooms.get_mut(key) else {
-                        break;
-                    };
                     room.transient.insert(
                         t.key,
                         TransientEntry {
@@ -116,10 +112,6 @@ impl Hub {
                             version: t.version,
                         },
                     );
-                }
-                for (e, name) in timers {
-                    st.ttl.insert(e, (key.clone(), name));
-                    wake = true;
                 }
             }
         }

@@ -180,8 +180,11 @@ async fn a_room_message_reaches_the_members_on_every_hub_once() {
         room: "r1".into(),
     };
     for h in &hubs {
-        let members = h.lock().rooms[&key].members.len();
+        let st = h.lock();
+        let members = st.rooms.get(&key).unwrap().members.len();
         assert_eq!(members, 3, "every hub holds the full member list");
+        let counted = st.rooms.per_backend().get("nc1").copied();
+        assert_eq!(counted, Some(1), "counted once (`signaling_hub_rooms`)");
     }
     let joined: Vec<Value> = x
         .frames()
@@ -234,7 +237,7 @@ async fn a_session_resumes_on_another_hub_with_its_queue_and_stays_reachable() {
     assert_eq!(a.session_count(), 0, "handed over, not copied");
     assert_eq!(b.session_count(), 1);
     quiet().await;
-    let owner = c.lock().remote[&alice.sid].info.owner.clone();
+    let owner = c.lock().cluster.remote[&alice.sid].info.owner.clone();
     assert_eq!(owner, pid(b), "the others learn the new owner");
 
     send(

@@ -1,0 +1,199 @@
+//! The sessions of this process and their indexes: resume ids, the
+//! sessions of each user, client sessions per backend and per metrics
+//! label. A session enters only through [`Sessions::insert`] and leaves
+//! only through [`Sessions::remove`], which keep every index right; what
+//! it is (room, connection, queue) changes in place through `map`.
+//! Delivery to a session never blocks ([`Sessions::deliver`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::outbox::{CloseReason, Outbox, Push};
+use super::session::{Session, SessionKind};
+use crate::api::server::Frame;
+use crate::config::ClientLimits;
+
+/// A user on a backend: (backend id, user id).
+pub(crate) type UserKey = (Arc<str>, Arc<str>);
+
+/// Sessions and what happens to them as frames are delivered.
+pub(crate) struct Sessions {
+    /// Every session by public id (entered with `insert`, left with `remove`).
+    pub map: HashMap<Arc<str>, Session>,
+    /// Resume id -> session.
+    pub resume_ids: HashMap<Arc<str>, Arc<str>>,
+    /// (backend id, user id) -> sessions of that user (virtual sessions
+    /// are reached through their internal client, not listed here).
+    pub users: HashMap<UserKey, Vec<Arc<str>>>,
+    /// Client sessions per backend id (for `sessionlimit`).
+    pub counts: HashMap<Arc<str>, u64>,
+    /// Disconnected sessions and when they expire.
+    pub disconnected: HashMap<Arc<str>, Instant>,
+    /// Guests that Nextcloud removed from their room, and by when they must
+    /// join one again (as after their hello).
+    pub room_deadlines: HashMap<Arc<str>, Instant>,
+    /// Sessions to end once the current operation is done (resume queue full).
+    pub doomed: Vec<Arc<str>>,
+    pub limits: ClientLimits,
+    /// Counts connections closed with 1013.
+    pub overflows: prometheus::IntCounter,
+    /// While a client's message is routed: the recipients' outboxes it left
+    /// more than half full (its reader waits for them to drain).
+    pub congested: Option<Vec<Arc<Outbox>>>,
+    /// Sessions per (backend id, `clienttype` label), kept as sessions come
+    /// and go so that a scrape needs no walk over them.
+    pub per_label: HashMap<(Arc<str>, &'static str), i64>,
+}
+
+impl Sessions {
+    /// No sessions yet.
+    pub fn new(limits: ClientLimits, overflows: prometheus::IntCounter) -> Sessions {
+        Sessions {
+            map: HashMap::new(),
+            resume_ids: HashMap::new(),
+            users: HashMap::new(),
+            counts: HashMap::new(),
+            disconnected: HashMap::new(),
+            room_deadlines: HashMap::new(),
+            doomed: Vec::new(),
+            limits,
+            overflows,
+            congested: None,
+            per_label: HashMap::new(),
+        }
+    }
+
+    /// Adds a session with its resume id, user and counts (the only way
+    /// in, so that the indexes stay right).
+    pub fn insert(&mut self, s: Session) {
+        self.index(&s);
+        if let Some(old) = self.map.insert(s.id.clone(), s) {
+            self.unindex(&old);
+        }
+    }
+
+    /// Takes a session out of the map and every index (the only way out).
+    pub fn remove(&mut self, sid: &str) -> Option<Session> {
+        let s = self.map.remove(sid)?;
+        self.unindex(&s);
+        Some(s)
+    }
+
+    fn index(&mut self, s: &Session) {
+        *self.per_label.entry(label_of(s)).or_default() += 1;
+        if let Some(r) = &s.resume_id {
+            self.resume_ids.insert(r.clone(), s.id.clone());
+        }
+        if let (Some(user), false) = (&s.user_id, s.is_virtual()) {
+            self.users
+                .entry((s.backend.id.clone(), user.clone()))
+                .or_default()
+                .push(s.id.clone());
+        }
+        if s.kind == SessionKind::Client {
+            *self.counts.entry(s.backend.id.clone()).or_default() += 1;
+        }
+    }
+
+    fn unindex(&mut self, s: &Session) {
+        let key = label_of(s);
+        if let Some(n) = self.per_label.get_mut(&key) {
+            *n -= 1;
+            if *n <= 0 {
+                self.per_label.remove(&key);
+            }
+        }
+        if let Some(r) = &s.resume_id {
+            self.resume_ids.remove(r);
+        }
+        if let Some(user) = &s.user_id {
+            let key = (s.backend.id.clone(), user.clone());
+            if let Some(list) = self.users.get_mut(&key) {
+                list.retain(|x| *x != s.id);
+                if list.is_empty() {
+                    self.users.remove(&key);
+                }
+            }
+        }
+        if s.kind == SessionKind::Client {
+            if let Some(c) = self.counts.get_mut(&s.backend.id) {
+                *c = c.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Hands a frame to a session: its connection's outbox when connected,
+    /// else its resume queue. Never blocks; a full outbox detaches the
+    /// connection (close 1013), a full resume queue ends the session.
+    pub fn deliver(&mut self, sid: &str, frame: &Frame) {
+        let Some(s) = self.map.get_mut(sid) else {
+            return;
+        };
+        if s.is_virtual() {
+            return;
+        }
+        if let Some(conn) = &s.conn {
+            match conn.push(frame.clone()) {
+                Push::Queued => return,
+                Push::Congested => {
+                    if let Some(c) = &mut self.congested {
+                        c.push(conn.clone());
+                    }
+                    return;
+                }
+                Push::Closed => {}
+                Push::Overflow => {
+                    tracing::info!(session = %s.id, backend = %s.backend.id, "send queue full, closing connection (1013)");
+                    self.overflows.inc();
+                    let left = conn.abort(CloseReason::Overflow);
+                    s.conn = None;
+                    for f in left {
+                        s.queue_bytes += f.len();
+                        s.queue.push_back(f);
+                    }
+                    self.disconnected
+                        .insert(s.id.clone(), Instant::now() + self.limits.resume_timeout);
+                }
+            }
+        }
+        s.queue_bytes += frame.len();
+        s.queue.push_back(frame.clone());
+        if (s.queue.len() > self.limits.resume_queue_messages
+            || s.queue_bytes > self.limits.resume_queue_bytes)
+            && !self.doomed.contains(&s.id)
+        {
+            tracing::info!(session = %s.id, backend = %s.backend.id, "resume queue full, ending session");
+            self.doomed.push(s.id.clone());
+        }
+    }
+}
+
+impl Sessions {
+    /// Delivers one frame to every session of a user on a backend.
+    pub fn deliver_to_user(
+        &mut self,
+        backend: &Arc<str>,
+        user: &str,
+        f: &Frame,
+        except: Option<&str>,
+    ) {
+        let key = (backend.clone(), Arc::<str>::from(user));
+        // Delivery never changes the user index: lent out meanwhile (no copy).
+        let users = std::mem::take(&mut self.users);
+        if let Some(list) = users.get(&key) {
+            for sid in list {
+                if Some(&**sid) != except {
+                    self.deliver(sid, f);
+                }
+            }
+        }
+        self.users = users;
+    }
+}
+
+/// The labels a session is counted under in `signaling_hub_sessions`.
+fn label_of(s: &Session) -> (Arc<str>, &'static str) {
+    (s.backend.id.clone(), s.kind.label(s.federated.is_some()))
+}
