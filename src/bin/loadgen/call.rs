@@ -173,6 +173,44 @@ fn reader(
     })
 }
 
+/// Every offerer (the lower index of each pair of the `n` clients) sends
+/// its offer and trickles its candidates at once.
+fn send_offers(senders: &[mpsc::UnboundedSender<(usize, Kind)>], n: usize) {
+    for (i, tx) in senders.iter().enumerate() {
+        for peer in i + 1..n {
+            let _ = tx.send((peer, Kind::Offer));
+            for c in 0..CANDIDATES {
+                let _ = tx.send((peer, Kind::Candidate(c as u8)));
+            }
+        }
+    }
+}
+
+/// Ends the run: the writers close their sockets, the readers get a
+/// moment to hand in their latency samples.
+async fn stop(
+    senders: &[mpsc::UnboundedSender<(usize, Kind)>],
+    writers: Vec<tokio::task::JoinHandle<futures_util::stream::SplitSink<Ws, Message>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+) {
+    for tx in senders {
+        let _ = tx.send((0, Kind::Stop));
+    }
+    for w in writers {
+        if let Ok(mut sink) = w.await {
+            let _ = sink.close().await;
+        }
+    }
+    for r in readers {
+        if tokio::time::timeout(Duration::from_secs(5), r)
+            .await
+            .is_err()
+        {
+            eprintln!("a reader did not finish; its latency samples are missing");
+        }
+    }
+}
+
 /// Runs `call-setup` with `n` clients in one room.
 pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::Result<Report> {
     let n = n.max(2);
@@ -204,14 +242,7 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
     let cpu0 = ctx.cpu();
     let t0 = Instant::now();
     *shared.t0.lock().expect("t0") = Some(t0);
-    for (i, tx) in senders.iter().enumerate() {
-        for peer in i + 1..n {
-            let _ = tx.send((peer, Kind::Offer));
-            for c in 0..CANDIDATES {
-                let _ = tx.send((peer, Kind::Candidate(c as u8)));
-            }
-        }
-    }
+    send_offers(&senders, n);
     let until = t0 + timeout;
     while shared.pairs_done.load(Ordering::Acquire) < pairs && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -219,22 +250,7 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
     let elapsed = t0.elapsed();
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
     let delivered = shared.delivered.load(Ordering::Relaxed);
-    for tx in &senders {
-        let _ = tx.send((0, Kind::Stop));
-    }
-    for w in writers {
-        if let Ok(mut sink) = w.await {
-            let _ = sink.close().await;
-        }
-    }
-    for r in readers {
-        if tokio::time::timeout(Duration::from_secs(5), r)
-            .await
-            .is_err()
-        {
-            eprintln!("a reader did not finish; its latency samples are missing");
-        }
-    }
+    stop(&senders, writers, readers).await;
     let mut lat = std::mem::take(&mut *shared.latencies.lock().expect("lat"));
     let mut done = std::mem::take(&mut *shared.pair_done_us.lock().expect("pairs"));
     let done_pairs = done.len() as u64;
