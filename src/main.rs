@@ -7,6 +7,9 @@ use spreed_signaling::config::Config;
 use spreed_signaling::sdnotify;
 use spreed_signaling::server::Server;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Standalone signaling server for Nextcloud Talk.
 #[derive(Parser)]
 #[command(version, about)]
