@@ -34,6 +34,9 @@ pub(crate) struct JoinEntry<'a> {
     pub federated: bool,
 }
 
+/// A joiner's backend URLs (signaling, base) and its bitrate caps.
+type RoomUrls = (Arc<str>, Arc<str>, (u64, u64));
+
 impl State {
     /// The `join` entry of a session, local or on another process.
     pub(crate) fn join_entry<'a>(&'a self, sid: &'a str) -> Option<JoinEntry<'a>> {
@@ -118,68 +121,34 @@ impl State {
         room_session_id: Option<Arc<str>>,
         hold: bool,
     ) -> Vec<Frame> {
-        let Some(s) = self.sessions.map.get_mut(sid) else {
+        let Some((url, base, bitrates)) =
+            self.enter_room(sid, &key, permissions, room_session_id.as_ref())
+        else {
             return Vec::new();
         };
-        s.room = Some(key.clone());
-        s.room_session_id = room_session_id.clone();
-        // Permissions only ever come from Nextcloud: a join without a list
-        // keeps the ones the session has (as the Go server does).
-        if permissions.is_some() {
-            s.permissions = permissions;
-        }
-        let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
-        let backend_bitrates = s.backend.max_bitrates;
-        tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "joined room");
-        self.sessions.room_deadlines.remove(sid);
-        if let Some(rs) = &room_session_id {
-            self.replace_room_session(&key, rs, sid);
-        }
-        let bandwidth = self.bandwidth(backend_bitrates);
+        let bandwidth = self.bandwidth(bitrates);
         let room = self.rooms.get_or_insert(&key, url, base);
         if properties.is_some() {
             room.properties = properties;
         }
-        let mut mine = vec![frame(
-            id,
-            "room",
-            &RoomReply {
-                roomid: &key.room,
-                properties: room.properties.as_deref(),
-                bandwidth,
-            },
-        )];
+        let reply = RoomReply {
+            roomid: &key.room,
+            properties: room.properties.as_deref(),
+            bandwidth,
+        };
+        let mut mine = vec![frame(id, "room", &reply)];
         let others: Vec<Arc<str>> = room.members.clone();
         room.members.push(sid.clone());
         if let Some(rs) = room_session_id {
             room.nc_sessions.insert(rs, sid.clone());
         }
-        if !others.is_empty() {
-            let entries: Vec<JoinEntry> =
-                others.iter().filter_map(|o| self.join_entry(o)).collect();
-            // Batched in events of moderate size: a connection's write
-            // buffer keeps the capacity of the largest frame it wrote.
-            mine.extend(
-                entries
-                    .chunks(JOIN_BATCH)
-                    .map(|chunk| event_frame("room", "join", chunk)),
-            );
-        }
+        mine.extend(self.join_events(&others));
         if let Some(me) = self.join_entry(sid) {
             let f = event_frame("room", "join", &[me]);
             self.broadcast(&key, &f, Some(sid));
             mine.push(f);
         }
-        // Flags of virtual sessions already in the room.
-        for o in &others {
-            if let Some(flags) = self.virtual_flags(o).filter(|f| *f != 0) {
-                mine.push(event_frame(
-                    "participants",
-                    "flags",
-                    &serde_json::json!({"roomid": &*key.room, "sessionid": &**o, "flags": flags}),
-                ));
-            }
-        }
+        mine.extend(self.virtual_flags_events(&key, &others));
         mine.extend(self.initial_transient(&key));
         self.publish_member(&key, sid, true);
         if !hold {
@@ -196,6 +165,60 @@ impl State {
             self.publish_internal_incall(&key);
         }
         mine
+    }
+
+    /// The session's side of a join: its room, Nextcloud session id and
+    /// permissions; the room's URLs and the backend's bitrates, or None
+    /// when the session is gone.
+    fn enter_room(
+        &mut self,
+        sid: &Arc<str>,
+        key: &RoomKey,
+        permissions: Option<Vec<String>>,
+        room_session_id: Option<&Arc<str>>,
+    ) -> Option<RoomUrls> {
+        let s = self.sessions.map.get_mut(sid)?;
+        s.room = Some(key.clone());
+        s.room_session_id = room_session_id.cloned();
+        // Permissions only ever come from Nextcloud: a join without a list
+        // keeps the ones the session has (as the Go server does).
+        if permissions.is_some() {
+            s.permissions = permissions;
+        }
+        let urls = (s.backend_url.clone(), s.backend_base.clone());
+        let bitrates = s.backend.max_bitrates;
+        tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "joined room");
+        self.sessions.room_deadlines.remove(sid);
+        if let Some(rs) = room_session_id {
+            self.replace_room_session(key, rs, sid);
+        }
+        Some((urls.0, urls.1, bitrates))
+    }
+
+    /// The members already in the room, for the joiner: join events batched
+    /// in events of moderate size (a connection's write buffer keeps the
+    /// capacity of the largest frame it wrote).
+    fn join_events(&self, others: &[Arc<str>]) -> Vec<Frame> {
+        let entries: Vec<JoinEntry> = others.iter().filter_map(|o| self.join_entry(o)).collect();
+        entries
+            .chunks(JOIN_BATCH)
+            .map(|chunk| event_frame("room", "join", chunk))
+            .collect()
+    }
+
+    /// Flags of the virtual sessions already in the room, for the joiner.
+    fn virtual_flags_events(&self, key: &RoomKey, others: &[Arc<str>]) -> Vec<Frame> {
+        others
+            .iter()
+            .filter_map(|o| {
+                let flags = self.virtual_flags(o).filter(|f| *f != 0)?;
+                Some(event_frame(
+                    "participants",
+                    "flags",
+                    &serde_json::json!({"roomid": &*key.room, "sessionid": &**o, "flags": flags}),
+                ))
+            })
+            .collect()
     }
 }
 

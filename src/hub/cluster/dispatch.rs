@@ -216,44 +216,69 @@ impl Hub {
         }
     }
 
-    /// Applies one bus message: one handler per [`Header`] kind.
+    /// Applies one bus message: one handler per kind of [`Header`].
     async fn apply_inbound(self: &Arc<Self>, msg: Inbound) {
         let Some((header, body)) = decode(&msg.payload) else {
             return;
         };
-        let me = self.lock().bus.pid().to_string();
-        // Any message of a process not yet known makes it known (and thus
-        // watched for death): no rule waits for a heartbeat.
-        if let Some(from) = header.origin().filter(|f| *f != me) {
-            self.lock().cluster.note_process(from);
-        }
-        // Every process sees all bus traffic, its own broadcasts included:
-        // those are not for it (MCU messages are addressed instead).
-        let own = match &header {
-            Header::Goodbye { from } => *from == me,
-            Header::Mcu { .. } => false,
-            h => h.origin() == Some(me.as_str()),
-        };
-        if own {
+        if self.is_own(&header) {
             return;
         }
-        let to_me = msg.subject == process_subject(&me);
-        let reply = msg.reply;
+        let to_me = msg.subject == process_subject(self.bus.pid());
         match header {
             Header::Heartbeat { from, counts } => self.lock().cluster.heard_from(from, counts),
-            Header::Discover { .. } => {
-                if let Some(reply) = reply {
-                    let st = self.lock();
-                    st.bus.reply(reply, st.heartbeat_message());
-                }
-            }
-            Header::EndSession { sid, reason } => {
-                self.mutate(|st| st.end_moved_session(&sid, &reason))
-            }
             Header::Goodbye { from } => self.mutate(|st| {
                 st.cluster.processes.remove(&from);
                 self.process_gone(st, &from);
             }),
+            Header::EndSession { sid, reason } => {
+                self.mutate(|st| st.end_moved_session(&sid, &reason))
+            }
+            h @ (Header::Joined { .. } | Header::Changed { .. } | Header::Left { .. }) => {
+                self.membership(h)
+            }
+            Header::Backend { backend, url, room } => {
+                self.replicated_backend_request(&backend, &url, &room, &body)
+                    .await
+            }
+            Header::Transient { .. } => self.replicated_transient(header),
+            h @ (Header::RoomFrame { .. } | Header::UserFrame { .. }) => self.fan_out(h, &body),
+            h @ (Header::SessionFrame { .. } | Header::Mcu { .. }) => {
+                // Every process sees every message; only the addressee acts.
+                if to_me {
+                    self.addressed(h, &body);
+                }
+            }
+            h @ (Header::Discover { .. }
+            | Header::SnapshotRequest { .. }
+            | Header::Dialout { .. }
+            | Header::ResumeRequest { .. }) => {
+                if let Some(reply) = msg.reply {
+                    self.answer(h, to_me, &body, reply);
+                }
+            }
+        }
+    }
+
+    /// True for this process's own broadcasts (every process sees all bus
+    /// traffic; MCU messages are addressed instead). A message of a process
+    /// not yet known makes it known, and thus watched for death: no rule
+    /// waits for a heartbeat.
+    fn is_own(&self, header: &Header) -> bool {
+        let me = self.bus.pid();
+        if let Some(from) = header.origin().filter(|f| *f != me) {
+            self.lock().cluster.note_process(from);
+        }
+        match header {
+            Header::Goodbye { from } => from == me,
+            Header::Mcu { .. } => false,
+            h => h.origin() == Some(me),
+        }
+    }
+
+    /// A member of another process joined, changed or left a room.
+    fn membership(&self, h: Header) {
+        self.mutate(|st| match h {
             Header::Joined {
                 backend,
                 room,
@@ -265,88 +290,95 @@ impl Hub {
                 room,
                 member,
                 ..
-            } => self.mutate(|st| st.remote_member(&key_of(&backend, &room), member)),
+            } => st.remote_member(&key_of(&backend, &room), member),
             Header::Left {
                 backend, room, sid, ..
-            } => self.mutate(|st| st.remove_remote(&key_of(&backend, &room), &sid)),
+            } => st.remove_remote(&key_of(&backend, &room), &sid),
+            _ => {}
+        })
+    }
+
+    /// A transient data operation, applied in bus order.
+    fn replicated_transient(&self, h: Header) {
+        let Header::Transient {
+            backend,
+            room,
+            key,
+            value,
+            ttl_ns,
+            if_version,
+        } = h
+        else {
+            return;
+        };
+        let rk = key_of(&backend, &room);
+        let ttl = ttl_ns.map(Duration::from_nanos);
+        if self.mutate(|st| st.apply_transient(&rk, &key, value, ttl, if_version)) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// A frame for the local members of a room or the sessions of a user.
+    fn fan_out(&self, h: Header, body: &Bytes) {
+        match h {
             Header::RoomFrame {
                 backend,
                 room,
                 except,
                 call_only,
                 ..
-            } => self.room_frame(
-                &key_of(&backend, &room),
-                &body,
-                except.as_deref(),
-                call_only,
-            ),
+            } => self.room_frame(&key_of(&backend, &room), body, except.as_deref(), call_only),
+            Header::UserFrame {
+                backend,
+                user,
+                except,
+                ..
+            } => self.user_frame(&backend, &user, except.as_deref(), body),
+            _ => {}
+        }
+    }
+
+    /// A frame or an MCU message for one session of this process.
+    fn addressed(self: &Arc<Self>, h: Header, body: &Bytes) {
+        match h {
             Header::SessionFrame {
                 sid,
                 backend,
                 reply_to,
                 id,
-            } => {
-                if to_me {
-                    self.session_frame(sid, backend, reply_to, id, &body);
-                }
-            }
+            } => self.session_frame(sid, backend, reply_to, id, body),
             Header::Mcu {
                 sid,
                 sender,
                 backend,
                 id,
                 ..
-            } => {
-                if to_me {
-                    self.remote_mcu_message(&sid, &sender, &backend, id, &body);
-                }
-            }
-            Header::UserFrame {
-                backend,
-                user,
-                except,
-                ..
-            } => self.user_frame(&backend, &user, except.as_deref(), &body),
-            Header::Backend { backend, url, room } => {
-                self.replicated_backend_request(&backend, &url, &room, &body)
-                    .await
-            }
-            Header::Transient {
-                backend,
-                room,
-                key,
-                value,
-                ttl_ns,
-                if_version,
-            } => {
-                let rk = key_of(&backend, &room);
-                let ttl = ttl_ns.map(Duration::from_nanos);
-                if self.mutate(|st| st.apply_transient(&rk, &key, value, ttl, if_version)) {
-                    self.timer.notify_one();
-                }
+            } => self.remote_mcu_message(&sid, &sender, &backend, id, body),
+            _ => {}
+        }
+    }
+
+    /// A request that wants a reply: discovery, a room snapshot, a dialout
+    /// or a resume.
+    fn answer(self: &Arc<Self>, h: Header, to_me: bool, body: &Bytes, reply: String) {
+        match h {
+            Header::Discover { .. } => {
+                let st = self.lock();
+                st.bus.reply(reply, st.heartbeat_message());
             }
             Header::SnapshotRequest { backend, room, .. } => {
-                if let Some(reply) = reply {
-                    self.answer_snapshot(&key_of(&backend, &room), reply);
-                }
+                self.answer_snapshot(&key_of(&backend, &room), reply)
             }
             Header::Dialout {
                 backend, room, url, ..
-            } => {
-                if let Some(reply) = reply {
-                    self.remote_dialout(key_of(&backend, &room), url, &body, reply);
-                }
+            } => self.remote_dialout(key_of(&backend, &room), url, body, reply),
+            // Only the addressed process answers. The requester itself would
+            // otherwise find the session it just adopted and hand it to
+            // itself, closing the resumed connection.
+            Header::ResumeRequest { resume_id, to } if to_me => {
+                self.mutate(|st| st.answer_resume(&resume_id, &to, reply))
             }
-            Header::ResumeRequest { resume_id, to } => {
-                // Every process sees every request (`signaling.>`); only the
-                // addressed one answers. The requester itself would
-                // otherwise find the session it just adopted and hand it
-                // to itself, closing the resumed connection.
-                if let (true, Some(reply)) = (to_me, reply) {
-                    self.mutate(|st| st.answer_resume(&resume_id, &to, reply));
-                }
-            }
+            _ => {}
         }
     }
 
