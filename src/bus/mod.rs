@@ -52,7 +52,7 @@ pub struct MemberInfo {
     #[serde(default)]
     pub features: Vec<String>,
     /// client, internal or virtual.
-    pub kind: String,
+    pub kind: MemberKind,
     /// For virtual sessions: the internal client's session id.
     #[serde(default)]
     pub virtual_owner: Option<String>,
@@ -68,6 +68,30 @@ pub struct MemberInfo {
     /// A federated session (another Nextcloud's user).
     #[serde(default)]
     pub federated: bool,
+}
+
+/// What kind of session a room member is (`"client"`, `"internal"` or
+/// `"virtual"` on the bus, as before it was typed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberKind {
+    /// A client (a browser or app of a Nextcloud user or guest).
+    Client,
+    /// An internal client (SIP bridge, recording, ...).
+    Internal,
+    /// A virtual session of an internal client.
+    Virtual,
+}
+
+impl MemberKind {
+    /// The name on the bus (and in Nextcloud's in-call list).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberKind::Client => "client",
+            MemberKind::Internal => "internal",
+            MemberKind::Virtual => "virtual",
+        }
+    }
 }
 
 /// A transient value in a snapshot.
@@ -441,6 +465,19 @@ impl Bus for LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_kinds_are_the_strings_of_before() {
+        for (k, s) in [
+            (MemberKind::Client, "\"client\""),
+            (MemberKind::Internal, "\"internal\""),
+            (MemberKind::Virtual, "\"virtual\""),
+        ] {
+            assert_eq!(serde_json::to_string(&k).unwrap(), s);
+            assert_eq!(format!("\"{}\"", k.as_str()), s);
+            assert_eq!(serde_json::from_str::<MemberKind>(s).unwrap(), k);
+        }
+    }
 
     #[test]
     fn header_and_body_round_trip() {

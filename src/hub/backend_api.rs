@@ -348,7 +348,7 @@ impl State {
                 .cluster
                 .remote
                 .get(member)
-                .filter(|r| r.info.kind == "client" && !r.info.federated)
+                .filter(|r| r.info.kind == crate::bus::MemberKind::Client && !r.info.federated)
                 .and_then(|r| r.info.roomsessionid.clone()),
         }
     }

@@ -16,6 +16,7 @@ use crate::api::client::{
 };
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::event_frame;
+use crate::bus::MemberKind;
 
 impl State {
     /// `participants` `update` with the in-call state of the internal and
@@ -46,28 +47,20 @@ impl State {
             .iter()
             .filter_map(|m| {
                 let (kind, in_call, id) = match self.sessions.map.get(m) {
-                    Some(s) => (
-                        match s.kind {
-                            SessionKind::Internal => "internal",
-                            SessionKind::Virtual { .. } => "virtual",
-                            SessionKind::Client => return None,
-                        },
-                        s.in_call,
-                        &*s.id,
-                    ),
+                    Some(s) => (super::cluster::member_kind(&s.kind), s.in_call, &*s.id),
                     None => {
                         let r = &self.cluster.remote.get(m)?.info;
-                        (r.kind.as_str(), r.in_call, r.sid.as_str())
+                        (r.kind, r.in_call, r.sid.as_str())
                     }
                 };
-                if kind == "client" {
+                if kind == MemberKind::Client {
                     return None;
                 }
                 Some(serde_json::json!({
                     "inCall": in_call,
                     "sessionId": id,
                     "lastPing": now,
-                    kind: true,
+                    kind.as_str(): true,
                 }))
             })
             .collect()

@@ -32,11 +32,78 @@ pub(crate) enum McuRoute {
     Deliver(MessageClientMessage),
 }
 
+/// The `type` of MCU data: what the client asks of the MCU.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(super) enum McuKind {
+    /// Publish a stream (SDP offer).
+    #[serde(rename = "offer")]
+    Offer,
+    /// A subscriber's SDP answer.
+    #[serde(rename = "answer")]
+    Answer,
+    /// An ICE candidate.
+    #[serde(rename = "candidate")]
+    Candidate,
+    /// No more ICE candidates.
+    #[serde(rename = "endOfCandidates")]
+    EndOfCandidates,
+    /// A subscriber picks a simulcast layer.
+    #[serde(rename = "selectStream")]
+    SelectStream,
+    /// Subscribe to the recipient's stream.
+    #[serde(rename = "requestoffer")]
+    RequestOffer,
+    /// Make the recipient subscribe to the sender's stream.
+    #[serde(rename = "sendoffer")]
+    SendOffer,
+    /// Stop the sender's screen share.
+    #[serde(rename = "unshareScreen")]
+    UnshareScreen,
+    /// No `type` (or an empty one).
+    #[default]
+    #[serde(rename = "")]
+    Missing,
+    /// Any other `type`: not for the MCU, delivered as a message.
+    #[serde(other)]
+    Other,
+}
+
+impl McuKind {
+    /// The wire name (the `type` label of the MCU message counter).
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            McuKind::Offer => "offer",
+            McuKind::Answer => "answer",
+            McuKind::Candidate => "candidate",
+            McuKind::EndOfCandidates => "endOfCandidates",
+            McuKind::SelectStream => "selectStream",
+            McuKind::RequestOffer => "requestoffer",
+            McuKind::SendOffer => "sendoffer",
+            McuKind::UnshareScreen => "unshareScreen",
+            McuKind::Missing => "",
+            McuKind::Other => "other",
+        }
+    }
+
+    /// Messages a subscriber sends about a publisher's stream: handled by
+    /// the process of the publisher.
+    fn subscriber_side(self) -> bool {
+        matches!(
+            self,
+            McuKind::RequestOffer
+                | McuKind::Answer
+                | McuKind::Candidate
+                | McuKind::EndOfCandidates
+                | McuKind::SelectStream
+        )
+    }
+}
+
 /// The fields of MCU data the server reads; everything else is ignored.
 #[derive(Deserialize)]
 pub(super) struct McuData {
     #[serde(rename = "type", default)]
-    pub(super) kind: String,
+    pub(super) kind: McuKind,
     #[serde(default)]
     pub(super) sid: String,
     #[serde(rename = "roomType", default)]
@@ -75,6 +142,29 @@ fn details(v: Value) -> Box<RawValue> {
     RawValue::from_string(v.to_string()).expect("JSON value serializes")
 }
 
+/// The sender of an MCU message: its user id and its backend's bitrate caps.
+type SenderInfo = (Option<Arc<str>>, (u64, u64));
+
+/// What Janus needs of a client's offer.
+fn offer_of(c: &Checked, stream: StreamType, backend_caps: (u64, u64)) -> Offer {
+    Offer {
+        sid: c.data.sid.clone(),
+        sdp: c.sdp.clone(),
+        bitrate: c.data.bitrate.filter(|b| *b > 0.0).map_or(0, |b| b as u64),
+        backend_cap: match stream {
+            StreamType::Video => backend_caps.0,
+            StreamType::Screen => backend_caps.1,
+        },
+        codecs: [
+            c.data.audiocodec.clone(),
+            c.data.videocodec.clone(),
+            c.data.vp9profile.clone(),
+            c.data.h264profile.clone(),
+        ],
+        media: c.media,
+    }
+}
+
 /// Checks MCU data as the Go server does (`CheckValid`).
 pub(super) fn check(data: McuData, mcu: &Mcu) -> Result<Checked, ProtocolError> {
     if !data.room_type.is_empty()
@@ -91,72 +181,76 @@ pub(super) fn check(data: McuData, mcu: &Mcu) -> Result<Checked, ProtocolError> 
         candidate: Some(None),
         data,
     };
-    match out.data.kind.as_str() {
-        "" => return Err(invalid_format("type missing")),
-        "offer" | "answer" => {
-            let Some(text) = out
-                .data
-                .payload
-                .as_ref()
-                .and_then(|p| p.get("sdp"))
-                .and_then(Value::as_str)
-            else {
-                return Err(err(
-                    error::INVALID_SDP,
-                    "Payload does not contain a valid SDP.",
-                ));
-            };
-            out.media = sdp::parse(text).map_err(|e| match e {
-                SdpError::Sdp(e) => err(error::INVALID_SDP, "Error parsing SDP from payload.")
-                    .with_details(details(serde_json::json!({"error": e}))),
-                SdpError::Candidate { media, idx, error } => err(
-                    error::INVALID_SDP,
-                    "Error parsing candidate from media description.",
-                )
-                .with_details(details(
-                    serde_json::json!({"media": media, "idx": idx, "error": error}),
-                )),
-            })?;
-            out.sdp = text.to_string();
-        }
-        "candidate" => {
-            let Some(c) = out.data.payload.as_ref().and_then(|p| p.get("candidate")) else {
-                return Err(err(
-                    error::NO_CANDIDATE,
-                    "Payload does not contain a candidate.",
-                ));
-            };
-            let Some(text) = c.get("candidate").and_then(Value::as_str) else {
-                return Err(err(
-                    error::INVALID_CANDIDATE,
-                    "Payload does not contain a valid candidate.",
-                ));
-            };
-            if text.is_empty() {
-                out.candidate = Some(Some(c.clone()));
-            } else {
-                let parsed = sdp::parse_candidate(text).map_err(|e| {
-                    err(
-                        error::INVALID_CANDIDATE,
-                        "Error parsing candidate from payload.",
-                    )
-                    .with_details(details(serde_json::json!({"error": e})))
-                })?;
-                let cfg = mcu.config();
-                out.candidate = if sdp::is_filtered(
-                    &parsed,
-                    &cfg.allowed_candidates,
-                    &cfg.blocked_candidates,
-                ) {
-                    None
-                } else {
-                    Some(Some(c.clone()))
-                };
-            }
-        }
+    match out.data.kind {
+        McuKind::Missing => return Err(invalid_format("type missing")),
+        McuKind::Offer | McuKind::Answer => check_sdp(&mut out)?,
+        McuKind::Candidate => check_candidate(&mut out, mcu)?,
         _ => {}
     }
     Ok(out)
+}
+
+/// An offer's or answer's SDP: parsed for its media.
+fn check_sdp(out: &mut Checked) -> Result<(), ProtocolError> {
+    let Some(text) = out
+        .data
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("sdp"))
+        .and_then(Value::as_str)
+    else {
+        return Err(err(
+            error::INVALID_SDP,
+            "Payload does not contain a valid SDP.",
+        ));
+    };
+    out.media = sdp::parse(text).map_err(|e| match e {
+        SdpError::Sdp(e) => err(error::INVALID_SDP, "Error parsing SDP from payload.")
+            .with_details(details(serde_json::json!({"error": e}))),
+        SdpError::Candidate { media, idx, error } => err(
+            error::INVALID_SDP,
+            "Error parsing candidate from media description.",
+        )
+        .with_details(details(
+            serde_json::json!({"media": media, "idx": idx, "error": error}),
+        )),
+    })?;
+    out.sdp = text.to_string();
+    Ok(())
+}
+
+/// A candidate: parsed, and dropped (`None`) when `[mcu]` filters it.
+fn check_candidate(out: &mut Checked, mcu: &Mcu) -> Result<(), ProtocolError> {
+    let Some(c) = out.data.payload.as_ref().and_then(|p| p.get("candidate")) else {
+        return Err(err(
+            error::NO_CANDIDATE,
+            "Payload does not contain a candidate.",
+        ));
+    };
+    let Some(text) = c.get("candidate").and_then(Value::as_str) else {
+        return Err(err(
+            error::INVALID_CANDIDATE,
+            "Payload does not contain a valid candidate.",
+        ));
+    };
+    if text.is_empty() {
+        out.candidate = Some(Some(c.clone()));
+        return Ok(());
+    }
+    let parsed = sdp::parse_candidate(text).map_err(|e| {
+        err(
+            error::INVALID_CANDIDATE,
+            "Error parsing candidate from payload.",
+        )
+        .with_details(details(serde_json::json!({"error": e})))
+    })?;
+    let cfg = mcu.config();
+    out.candidate = if sdp::is_filtered(&parsed, &cfg.allowed_candidates, &cfg.blocked_candidates) {
+        None
+    } else {
+        Some(Some(c.clone()))
+    };
+    Ok(())
 }
 
 /// `data` of an MCU reply, in the Go server's key order.
@@ -317,29 +411,29 @@ impl Hub {
             Some(t) if !t.is_empty() => t.into(),
             _ => return McuRoute::Deliver(msg),
         };
-        let kind = checked.data.kind.clone();
+        let kind = checked.data.kind;
         let to_self = target == *sid;
-        let subscriber_side = matches!(
-            kind.as_str(),
-            "requestoffer" | "answer" | "candidate" | "endOfCandidates" | "selectStream"
-        );
-        if subscriber_side
+        if kind.subscriber_side()
             && !to_self
             && self.forward_to_publisher_process(&mcu, sid, id, &target, &checked, &msg)
         {
             return McuRoute::Done;
         }
-        match kind.as_str() {
-            "offer" | "answer" | "candidate" | "endOfCandidates" | "selectStream" => {
-                mcu.count_message(&kind);
+        match kind {
+            McuKind::Offer
+            | McuKind::Answer
+            | McuKind::Candidate
+            | McuKind::EndOfCandidates
+            | McuKind::SelectStream => {
+                mcu.count_message(kind.as_str());
                 let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
                 McuRoute::Wait(Box::pin(async move {
                     hub.mcu_client_message(&mcu, &sid, id.as_deref(), &target, checked)
                         .await
                 }))
             }
-            "requestoffer" => {
-                mcu.count_message(&kind);
+            McuKind::RequestOffer => {
+                mcu.count_message(kind.as_str());
                 if to_self {
                     return McuRoute::Done;
                 }
@@ -350,12 +444,12 @@ impl Hub {
                 });
                 McuRoute::Done
             }
-            "sendoffer" if !to_self => {
-                mcu.count_message(&kind);
+            McuKind::SendOffer if !to_self => {
+                mcu.count_message(kind.as_str());
                 self.send_offer(mcu, sid, id, target, checked);
                 McuRoute::Done
             }
-            "unshareScreen" if to_self => {
+            McuKind::UnshareScreen if to_self => {
                 mcu.command(Command::UnshareScreen(sid.clone()));
                 McuRoute::Done
             }
@@ -372,73 +466,88 @@ impl Hub {
         target: &Arc<str>,
         c: Checked,
     ) {
-        let kind = c.data.kind.as_str();
+        let kind = c.data.kind;
         let stream = StreamType::parse(&c.data.room_type);
         let to_self = target == sid;
-        // Permission checks and the sender's user id, under the lock.
-        let (user, backend_caps) = {
-            let st = self.lock();
-            let Some(s) = st.sessions.map.get(sid) else {
-                return;
-            };
-            let refused = match kind {
-                "offer" => stream
-                    .is_some_and(|t| !may_publish(s, t, c.media))
-                    .then_some("Not allowed to publish."),
-                "candidate" | "endOfCandidates" if to_self && c.candidate.is_some() => {
-                    (!may_send(s, &c.data.room_type)).then_some("Not allowed to send candidate.")
-                }
-                _ => None,
-            };
-            if let Some(text) = refused {
-                drop(st);
-                tracing::info!(session = %sid, kind, "not allowed to publish");
-                return self.reply_error(sid, id, err(error::NOT_ALLOWED, text));
-            }
-            (s.user_id.clone(), s.backend.max_bitrates)
+        let Some((user, backend_caps)) = self.mcu_sender(sid, id, &c, stream, to_self) else {
+            return;
         };
-        if kind == "candidate" && c.candidate.is_none() {
+        if kind == McuKind::Candidate && c.candidate.is_none() {
             // Filtered candidates are dropped silently.
             return;
         }
-        if kind == "selectStream" && to_self {
+        if kind == McuKind::SelectStream && to_self {
             return;
         }
         let Some(stream) = stream else {
             return self.reply_error(sid, id, mcu_error(&McuError::NotFound("no stream".into())));
         };
-        let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
         let result = match kind {
-            "offer" => {
-                let offer = Offer {
-                    sid: c.data.sid.clone(),
-                    sdp: c.sdp.clone(),
-                    bitrate: c.data.bitrate.filter(|b| *b > 0.0).map_or(0, |b| b as u64),
-                    backend_cap: match stream {
-                        StreamType::Video => backend_caps.0,
-                        StreamType::Screen => backend_caps.1,
-                    },
-                    codecs: [
-                        c.data.audiocodec.clone(),
-                        c.data.videocodec.clone(),
-                        c.data.vp9profile.clone(),
-                        c.data.h264profile.clone(),
-                    ],
-                    media: c.media,
-                };
+            McuKind::Offer => {
+                let offer = offer_of(&c, stream, backend_caps);
                 mcu.publish(sid, stream, offer, |psid, answer| {
                     let f = reply_frame(sid, user.as_deref(), sid, "answer", stream, answer, psid);
                     self.deliver_frame(sid, &f);
                 })
                 .await
             }
-            "answer" if !to_self => {
+            _ => self.subscriber_call(mcu, sid, target, stream, &c).await,
+        };
+        if let Err(e) = result {
+            tracing::info!(session = %sid, kind = kind.as_str(), "MCU message failed: {e}");
+            self.reply_error(sid, id, mcu_error(&e));
+        }
+    }
+
+    /// The sender of an MCU message, if it may send it: its user id and its
+    /// backend's bitrate caps. Refusals are answered here.
+    fn mcu_sender(
+        &self,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        c: &Checked,
+        stream: Option<StreamType>,
+        to_self: bool,
+    ) -> Option<SenderInfo> {
+        let st = self.lock();
+        let s = st.sessions.map.get(sid)?;
+        let refused = match c.data.kind {
+            McuKind::Offer => stream
+                .is_some_and(|t| !may_publish(s, t, c.media))
+                .then_some("Not allowed to publish."),
+            McuKind::Candidate | McuKind::EndOfCandidates if to_self && c.candidate.is_some() => {
+                (!may_send(s, &c.data.room_type)).then_some("Not allowed to send candidate.")
+            }
+            _ => None,
+        };
+        let Some(text) = refused else {
+            return Some((s.user_id.clone(), s.backend.max_bitrates));
+        };
+        drop(st);
+        tracing::info!(session = %sid, kind = c.data.kind.as_str(), "not allowed to publish");
+        self.reply_error(sid, id, err(error::NOT_ALLOWED, text));
+        None
+    }
+
+    /// `answer`, `candidate`, `endOfCandidates` and `selectStream`: to the
+    /// session's own publisher (candidates) or its subscriber of `target`.
+    async fn subscriber_call(
+        &self,
+        mcu: &Mcu,
+        sid: &Arc<str>,
+        target: &Arc<str>,
+        stream: StreamType,
+        c: &Checked,
+    ) -> Result<(), McuError> {
+        let to_self = target == sid;
+        match c.data.kind {
+            McuKind::Answer if !to_self => {
                 mcu.subscriber_answer(sid, target, stream, &c.data.sid, &c.sdp)
                     .await
             }
-            "answer" => Err(McuError::NotFound("answer to self".into())),
-            "candidate" | "endOfCandidates" => {
-                let cand = if kind == "candidate" {
+            McuKind::Answer => Err(McuError::NotFound("answer to self".into())),
+            McuKind::Candidate | McuKind::EndOfCandidates => {
+                let cand = if c.data.kind == McuKind::Candidate {
                     c.candidate.clone().flatten()
                 } else {
                     None
@@ -451,12 +560,11 @@ impl Hub {
                         .await
                 }
             }
-            "selectStream" => mcu.select_stream(sid, target, stream, &payload).await,
+            McuKind::SelectStream => {
+                let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+                mcu.select_stream(sid, target, stream, &payload).await
+            }
             _ => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::info!(session = %sid, kind, "MCU message failed: {e}");
-            self.reply_error(sid, id, mcu_error(&e));
         }
     }
 
@@ -486,7 +594,7 @@ impl Hub {
         if &r.room != room {
             return false;
         }
-        if r.info.kind == "client" {
+        if r.info.kind == crate::bus::MemberKind::Client {
             r.info
                 .roomsessionid
                 .as_deref()
@@ -588,5 +696,36 @@ impl Hub {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{McuData, McuKind};
+
+    #[test]
+    fn mcu_types_are_read_from_the_strings_clients_send() {
+        let kind = |json: &str| serde_json::from_str::<McuData>(json).map(|d| d.kind).ok();
+        assert_eq!(kind(r#"{"type":"offer"}"#), Some(McuKind::Offer));
+        assert_eq!(
+            kind(r#"{"type":"endOfCandidates"}"#),
+            Some(McuKind::EndOfCandidates)
+        );
+        assert_eq!(
+            kind(r#"{"type":"requestoffer"}"#),
+            Some(McuKind::RequestOffer)
+        );
+        assert_eq!(
+            kind(r#"{"type":"unshareScreen"}"#),
+            Some(McuKind::UnshareScreen)
+        );
+        assert_eq!(kind(r#"{"type":""}"#), Some(McuKind::Missing));
+        assert_eq!(kind(r#"{}"#), Some(McuKind::Missing));
+        assert_eq!(kind(r#"{"type":"chat"}"#), Some(McuKind::Other));
+        assert_eq!(kind(r#"{"type":null}"#), None, "not MCU data, as before");
+        for k in [McuKind::Offer, McuKind::SelectStream, McuKind::SendOffer] {
+            let json = format!(r#"{{"type":"{}"}}"#, k.as_str());
+            assert_eq!(kind(&json), Some(k));
+        }
     }
 }

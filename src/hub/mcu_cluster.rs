@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::mcu::{check, err, mcu_error, reply_frame, Checked, McuData};
+use super::mcu::{check, err, mcu_error, reply_frame, Checked, McuData, McuKind};
 use super::Hub;
 use crate::api::client::MessageClientMessage;
 use crate::api::error;
@@ -28,12 +28,12 @@ impl Hub {
         let Some(owner) = self.remote_owner(sid, target) else {
             return false;
         };
-        let kind = checked.data.kind.as_str();
-        mcu.count_message(kind);
-        if kind == "candidate" && checked.candidate.is_none() {
+        let kind = checked.data.kind;
+        mcu.count_message(kind.as_str());
+        if kind == McuKind::Candidate && checked.candidate.is_none() {
             return true;
         }
-        if kind == "requestoffer" && !self.may_subscribe(sid, target) {
+        if kind == McuKind::RequestOffer && !self.may_subscribe(sid, target) {
             self.reply_error(
                 sid,
                 id,
@@ -134,8 +134,8 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
-            let r = match c.data.kind.as_str() {
-                "requestoffer" => {
+            let r = match c.data.kind {
+                McuKind::RequestOffer => {
                     let deliver = |ssid: &str, offer: &Value| {
                         let f = reply_frame(&target, None, &sender, "offer", stream, offer, ssid);
                         hub.deliver_anywhere(&sender, &f);
@@ -143,12 +143,12 @@ impl Hub {
                     mcu.subscribe(&sender, &target, stream, &c.data.sid, &payload, deliver)
                         .await
                 }
-                "answer" => {
+                McuKind::Answer => {
                     mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)
                         .await
                 }
-                "candidate" | "endOfCandidates" => {
-                    let cand = if c.data.kind == "candidate" {
+                McuKind::Candidate | McuKind::EndOfCandidates => {
+                    let cand = if c.data.kind == McuKind::Candidate {
                         c.candidate.clone().flatten()
                     } else {
                         None
@@ -156,7 +156,9 @@ impl Hub {
                     mcu.subscriber_candidate(&sender, &target, stream, &c.data.sid, cand)
                         .await
                 }
-                "selectStream" => mcu.select_stream(&sender, &target, stream, &payload).await,
+                McuKind::SelectStream => {
+                    mcu.select_stream(&sender, &target, stream, &payload).await
+                }
                 _ => Ok(()),
             };
             if let Err(e) = r {

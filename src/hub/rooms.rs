@@ -14,6 +14,7 @@ use crate::api::backend::RoomRequest;
 use crate::api::client::RoomClientMessage;
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{event_frame, frame, Bye, Frame, RoomReply, TransientOut};
+use crate::bus::MemberKind;
 
 /// Members per `join` event in the list a joiner receives.
 pub(crate) const JOIN_BATCH: usize = 8;
@@ -67,7 +68,7 @@ impl State {
             return s.is_virtual().then_some(s.flags);
         }
         let r = &self.cluster.remote.get(sid)?.info;
-        (r.kind == "virtual").then_some(r.flags)
+        (r.kind == MemberKind::Virtual).then_some(r.flags)
     }
 
     /// The bandwidth limits a joiner is told: the smaller of the MCU's and

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{body_frame, DISCOVERY_WINDOW, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
 use crate::api::server::event_frame;
-use crate::bus::{decode, encode, process_subject, Header, Inbound, MemberInfo, SUBJECT_ALL};
+use crate::bus::{
+    decode, encode, process_subject, Header, Inbound, MemberInfo, MemberKind, SUBJECT_ALL,
+};
 use crate::hub::room::RoomKey;
 use crate::hub::{Hub, State};
 
@@ -185,7 +187,7 @@ impl Hub {
             .all(|p| p.as_str() > st.bus.pid());
         for (sid, key, info) in gone {
             st.remove_remote(&key, &sid);
-            if leader && info.kind == "client" {
+            if leader && info.kind == MemberKind::Client {
                 if let (Some(rs), Some(b)) =
                     (info.roomsessionid, self.registry().by_id(&key.backend))
                 {
@@ -538,8 +540,8 @@ impl State {
     /// local members see the join, the in-call list and flags change.
     fn remote_member(&mut self, key: &RoomKey, member: MemberInfo) {
         let sid = member.sid.clone();
-        let special = member.kind != "client";
-        let flags = (member.kind == "virtual").then_some(member.flags);
+        let special = member.kind != MemberKind::Client;
+        let flags = (member.kind == MemberKind::Virtual).then_some(member.flags);
         let old_flags = self.cluster.remote.get(sid.as_str()).map(|r| r.info.flags);
         let new = self.upsert_remote(key, member);
         if new {

@@ -15,7 +15,9 @@ use super::room::RoomKey;
 use super::session::SessionKind;
 use super::State;
 use crate::api::server::{event_frame, Frame};
-use crate::bus::{encode, process_subject, room_subject, Header, MemberInfo, SUBJECT_ALL};
+use crate::bus::{
+    encode, process_subject, room_subject, Header, MemberInfo, MemberKind, SUBJECT_ALL,
+};
 
 /// How often a process announces itself.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -107,11 +109,12 @@ impl Cluster {
     }
 }
 
-fn kind_name(kind: &SessionKind) -> &'static str {
+/// How a session is known on the bus.
+pub(crate) fn member_kind(kind: &SessionKind) -> MemberKind {
     match kind {
-        SessionKind::Client => "client",
-        SessionKind::Internal => "internal",
-        SessionKind::Virtual { .. } => "virtual",
+        SessionKind::Client => MemberKind::Client,
+        SessionKind::Internal => MemberKind::Internal,
+        SessionKind::Virtual { .. } => MemberKind::Virtual,
     }
 }
 
@@ -148,7 +151,7 @@ impl State {
                 .flatten(),
             roomsessionid: s.room_session_id.as_deref().map(str::to_string),
             features: s.features.clone(),
-            kind: kind_name(&s.kind).to_string(),
+            kind: member_kind(&s.kind),
             virtual_owner,
             client_sid,
             in_call: s.in_call,
@@ -361,7 +364,7 @@ impl State {
             .cluster
             .remote
             .remove(sid)
-            .is_some_and(|r| r.info.kind != "client");
+            .is_some_and(|r| r.info.kind != MemberKind::Client);
         let leave = event_frame("room", "leave", &[sid]);
         self.broadcast(key, &leave, None);
         if was_internal {
