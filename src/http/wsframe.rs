@@ -130,10 +130,7 @@ impl<R> FrameReader<R> {
         let Some(mask) = header.mask else {
             return Some(Err(WsError::Protocol("client frames must be masked")));
         };
-        let payload = &mut self.buf[begin..begin + len];
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i & 3];
-        }
+        unmask(&mut self.buf[begin..begin + len], mask);
         Some(Ok((header, begin..begin + len)))
     }
 
@@ -199,6 +196,23 @@ fn data(
             Some(message(text, data))
         }
         Data::Reserved(_) => Some(Err(WsError::Protocol("reserved opcode"))),
+    }
+}
+
+/// XORs a client payload with its mask, eight bytes at a time (a byte at
+/// a time was 5% of the server's CPU relaying session messages).
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let [a, b, c, d] = mask;
+    let wide = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The rest starts at a multiple of 8, so the mask starts over.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
     }
 }
 
@@ -313,6 +327,22 @@ mod tests {
 
     async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<Incoming, WsError>> {
         FrameReader::new(&bytes[..], max).collect().await
+    }
+
+    #[test]
+    fn unmask_matches_the_bytewise_definition() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..41 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, mask);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i & 3])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+        }
     }
 
     #[tokio::test]
