@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::mcu::{check, err, mcu_error, reply_frame, Checked, McuData, McuKind};
+use super::mcu::{mcu_error, reply_frame};
+use super::mcu_data::{check, err, Checked, McuData, McuKind};
 use super::Hub;
 use crate::api::client::MessageClientMessage;
 use crate::api::error;

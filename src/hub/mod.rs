@@ -23,6 +23,7 @@ mod internal;
 mod lifecycle;
 mod mcu;
 mod mcu_cluster;
+mod mcu_data;
 mod messages;
 pub mod outbox;
 mod participants;
