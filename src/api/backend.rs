@@ -123,12 +123,32 @@ pub struct BackendError {
     pub details: Option<Box<RawValue>>,
 }
 
+/// The `type` of Nextcloud's answer.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendResponseKind {
+    /// Answer to `auth`.
+    Auth,
+    /// Answer to `room`.
+    Room,
+    /// Answer to `ping`.
+    Ping,
+    /// Answer to `session`.
+    Session,
+    /// The request failed (`error` says why).
+    Error,
+    /// Missing, or a type this server does not know.
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
 /// Any answer of Nextcloud to `auth`, `room`, `ping`, `session`.
 #[derive(Deserialize)]
 pub struct BackendResponse {
     /// auth, room, ping, session or error.
     #[serde(rename = "type", default)]
-    pub kind: String,
+    pub kind: BackendResponseKind,
     /// Set for errors.
     #[serde(default)]
     pub error: Option<BackendError>,

@@ -294,13 +294,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn answer_types_are_read_from_nextclouds_strings() {
+        use crate::api::backend::BackendResponseKind as K;
+        for (t, k) in [
+            ("auth", K::Auth),
+            ("room", K::Room),
+            ("ping", K::Ping),
+            ("session", K::Session),
+            ("error", K::Error),
+            ("", K::Other),
+            ("something-new", K::Other),
+        ] {
+            let r = parse_response(format!(r#"{{"type":"{t}"}}"#).as_bytes()).unwrap();
+            assert_eq!(r.kind, k, "{t}");
+        }
+        assert_eq!(parse_response(b"{}").unwrap().kind, K::Other);
+    }
+
+    #[test]
     fn parses_bare_and_ocs_wrapped_answers() {
         let bare = br#"{"type":"auth","auth":{"version":"1.0","userid":"u"}}"#;
         let r = parse_response(bare).unwrap();
         assert_eq!(r.auth.unwrap().userid.as_deref(), Some("u"));
         let wrapped = br#"{"ocs":{"meta":{"status":"ok","statuscode":200,"message":"OK"},"data":{"type":"error","error":{"code":"no_such_room","message":"x"}}}}"#;
         let r = parse_response(wrapped).unwrap();
-        assert_eq!(r.kind, "error");
+        assert_eq!(r.kind, crate::api::backend::BackendResponseKind::Error);
         assert_eq!(r.error.unwrap().code, "no_such_room");
         let throttled = br#"{"ocs":{"meta":{"status":"failure","statuscode":429},"data":{}}}"#;
         assert!(matches!(

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::outbox::{CloseReason, Outbox};
 use super::session::{flags, new_id, Session, SessionKind};
 use super::{invalid_format, Hub, State, VERSION};
-use crate::api::backend::AuthRequest;
+use crate::api::backend::{AuthRequest, BackendResponseKind};
 use crate::api::client::{AuthKind, HelloClientMessage, HelloV2Params, InternalAuthParams};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, Frame, HelloReply, ServerInfo};
@@ -222,7 +222,7 @@ impl Hub {
                 tracing::warn!(url = %crate::logsafe::Url(url), "auth request failed: {e}");
                 backend_error(e, error::AUTH_FAILED)
             })?;
-        if resp.kind == "error" {
+        if resp.kind == BackendResponseKind::Error {
             return Err(match resp.error {
                 Some(e) if !e.code.is_empty() => ProtocolError {
                     code: e.code,
@@ -232,7 +232,7 @@ impl Hub {
                 _ => ProtocolError::new(error::AUTH_FAILED, "The user could not be authenticated."),
             });
         }
-        let Some(auth) = resp.auth.filter(|_| resp.kind == "auth") else {
+        let Some(auth) = resp.auth.filter(|_| resp.kind == BackendResponseKind::Auth) else {
             return Err(ProtocolError::new(
                 error::AUTH_FAILED,
                 "The user could not be authenticated.",

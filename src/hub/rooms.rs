@@ -10,7 +10,7 @@ use super::federation::{FedCmd, Target};
 use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{Hub, State};
-use crate::api::backend::RoomRequest;
+use crate::api::backend::{BackendResponseKind, RoomRequest};
 use crate::api::client::RoomClientMessage;
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{event_frame, frame, Bye, Frame, RoomReply, TransientOut};
@@ -531,7 +531,7 @@ impl Hub {
                 return Err(ProtocolError::new(code, e.to_string()));
             }
         };
-        if resp.kind == "error" {
+        if resp.kind == BackendResponseKind::Error {
             return Err(match resp.error {
                 Some(e) if !e.code.is_empty() => ProtocolError {
                     code: e.code,
@@ -542,7 +542,7 @@ impl Hub {
             });
         }
         match resp.room {
-            Some(room) if resp.kind == "room" => {
+            Some(room) if resp.kind == BackendResponseKind::Room => {
                 Ok((room.properties.map(Arc::from), room.permissions))
             }
             _ => Err(ProtocolError::new(
