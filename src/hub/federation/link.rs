@@ -54,12 +54,8 @@ impl Link {
             let connected = tokio::select! {
                 r = self.connect() => r,
                 cmd = rx.recv() => {
-                    // Closing while dialing.
-                    if matches!(cmd, None | Some(FedCmd::Close)) {
-                        break;
-                    }
-                    if let Some(cmd) = cmd { self.offline(cmd); }
-                    if self.leaving {
+                    // A command (or the close) while dialing.
+                    if self.command_while_down(cmd) {
                         break;
                     }
                     continue;
@@ -80,9 +76,7 @@ impl Link {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         cmd = rx.recv() => {
-                            if matches!(cmd, None | Some(FedCmd::Close)) { break; }
-                            if let Some(cmd) = cmd { self.offline(cmd); }
-                            if self.leaving { break; }
+                            if self.command_while_down(cmd) { break; }
                         }
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -90,35 +84,13 @@ impl Link {
                 }
             };
             backoff = MIN_BACKOFF;
-            if first {
-                first = false;
-                let id = self.pending.clone();
-                if self.send_join(&mut ws, id).await.is_err() {
-                    continue;
-                }
-            } else if resumed {
-                self.event("federation_resumed", json!(true));
-                for m in std::mem::take(&mut self.queue) {
-                    if ws.send(Message::Text(m.to_string().into())).await.is_err() {
-                        break;
-                    }
-                }
-            } else if had_session {
-                // A new session on B: join again, without an id.
-                self.queue.clear();
-                self.event("federation_resumed", json!(false));
-                if self.send_join(&mut ws, None).await.is_err() {
-                    continue;
-                }
+            let was_first = std::mem::replace(&mut first, false);
+            if !self.restore(&mut ws, was_first, resumed, had_session).await {
+                continue;
             }
             match self.pump(&mut ws, &mut rx).await {
                 Pump::Closed => {
-                    let _ = ws
-                        .send(Message::Text(
-                            json!({"type": "bye", "bye": {}}).to_string().into(),
-                        ))
-                        .await;
-                    let _ = ws.close(None).await;
+                    say_bye(&mut ws).await;
                     break;
                 }
                 Pump::Broken => {
@@ -130,6 +102,48 @@ impl Link {
             }
         }
         self.hub.federation_ended(&self.sid, self.link_id);
+    }
+
+    /// A command (or the end of the channel) while B is not connected;
+    /// true when the link should end (closed, or the session left).
+    fn command_while_down(&mut self, cmd: Option<FedCmd>) -> bool {
+        match cmd {
+            None | Some(FedCmd::Close) => true,
+            Some(cmd) => {
+                self.offline(cmd);
+                self.leaving
+            }
+        }
+    }
+
+    /// What a new connection to B needs first: the join on the first
+    /// connection, the messages queued meanwhile after a resume, a new
+    /// join (without an id) when B gave a new session. False when the
+    /// connection broke while sending the join.
+    async fn restore(
+        &mut self,
+        ws: &mut Ws,
+        first: bool,
+        resumed: bool,
+        had_session: bool,
+    ) -> bool {
+        if first {
+            let id = self.pending.clone();
+            return self.send_join(ws, id).await.is_ok();
+        }
+        if resumed {
+            self.event("federation_resumed", json!(true));
+            for m in std::mem::take(&mut self.queue) {
+                if ws.send(Message::Text(m.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+        } else if had_session {
+            self.queue.clear();
+            self.event("federation_resumed", json!(false));
+            return self.send_join(ws, None).await.is_ok();
+        }
+        true
     }
 
     /// A command while B is unreachable.
@@ -375,4 +389,12 @@ pub(super) enum Pump {
 
 pub(super) fn hello_id() -> String {
     crate::hub::session::new_id().chars().take(8).collect()
+}
+
+/// Says goodbye to B and closes the connection (errors do not matter: the
+/// link ends either way).
+async fn say_bye(ws: &mut Ws) {
+    let bye = json!({"type": "bye", "bye": {}}).to_string();
+    let _ = ws.send(Message::Text(bye.into())).await;
+    let _ = ws.close(None).await;
 }
