@@ -119,11 +119,61 @@ pub fn plugin_data(v: &Value) -> &Value {
     &v["plugindata"]["data"]
 }
 
+/// What a message from Janus is (its `janus` field): read once, matched
+/// as an enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JanusKind {
+    /// A request was received; its answer follows as an event.
+    Ack,
+    /// A request succeeded.
+    Success,
+    /// A request failed.
+    Error,
+    /// A plugin event (or the event answering a request).
+    Event,
+    /// The PeerConnection of a handle is up.
+    WebrtcUp,
+    /// Media started or stopped flowing.
+    Media,
+    /// Janus sees packet loss.
+    SlowLink,
+    /// The PeerConnection of a handle went down.
+    Hangup,
+    /// The handle is gone.
+    Detached,
+    /// A candidate Janus gathered.
+    Trickle,
+    /// The Janus session timed out.
+    Timeout,
+    /// Anything else (logged, not acted on).
+    Other,
+}
+
+impl JanusKind {
+    /// The kind of a message from Janus.
+    pub fn of(v: &Value) -> JanusKind {
+        match v["janus"].as_str() {
+            Some("ack") => JanusKind::Ack,
+            Some("success") => JanusKind::Success,
+            Some("error") => JanusKind::Error,
+            Some("event") => JanusKind::Event,
+            Some("webrtcup") => JanusKind::WebrtcUp,
+            Some("media") => JanusKind::Media,
+            Some("slowlink") => JanusKind::SlowLink,
+            Some("hangup") => JanusKind::Hangup,
+            Some("detached") => JanusKind::Detached,
+            Some("trickle") => JanusKind::Trickle,
+            Some("timeout") => JanusKind::Timeout,
+            _ => JanusKind::Other,
+        }
+    }
+}
+
 /// Turns a reply into the request's result: Janus and plugin errors become
 /// [`JanusError`]s.
 fn classify(v: Value) -> Result<Value, JanusError> {
-    match v["janus"].as_str() {
-        Some("error") => Err(JanusError::Janus {
+    match JanusKind::of(&v) {
+        JanusKind::Error => Err(JanusError::Janus {
             code: v["error"]["code"].as_i64().unwrap_or(0),
             reason: v["error"]["reason"].as_str().unwrap_or("").to_string(),
         }),
@@ -241,11 +291,11 @@ impl Gateway {
     /// Routes one message from Janus: the answer to a pending transaction,
     /// or an event of a handle.
     fn dispatch(&self, v: Value, events: &mpsc::UnboundedSender<GatewayEvent>) {
-        let kind = v["janus"].as_str().unwrap_or("");
+        let kind = JanusKind::of(&v);
         if let Some(t) = v.get("transaction").and_then(Value::as_str) {
             let mut pending = lock(&self.shared.pending);
             if let Some(p) = pending.get(t) {
-                if kind == "ack" && p.wait_event {
+                if kind == JanusKind::Ack && p.wait_event {
                     return;
                 }
                 if let Some(p) = pending.remove(t) {
@@ -255,7 +305,7 @@ impl Gateway {
                 return;
             }
             drop(pending);
-            if kind == "ack" {
+            if kind == JanusKind::Ack {
                 // The ack of a request whose event came first.
                 return;
             }
@@ -264,7 +314,7 @@ impl Gateway {
             Some(handle) => {
                 let _ = events.send(GatewayEvent::Handle { handle, msg: v });
             }
-            None => tracing::debug!(janus = kind, "Janus message without sender or transaction"),
+            None => tracing::debug!(janus = ?kind, "Janus message without sender or transaction"),
         }
     }
 
@@ -469,6 +519,28 @@ type Ws =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn janus_kinds_are_read_from_the_janus_field() {
+        for (text, kind) in [
+            ("ack", JanusKind::Ack),
+            ("success", JanusKind::Success),
+            ("error", JanusKind::Error),
+            ("event", JanusKind::Event),
+            ("webrtcup", JanusKind::WebrtcUp),
+            ("media", JanusKind::Media),
+            ("slowlink", JanusKind::SlowLink),
+            ("hangup", JanusKind::Hangup),
+            ("detached", JanusKind::Detached),
+            ("trickle", JanusKind::Trickle),
+            ("timeout", JanusKind::Timeout),
+            ("keepalive", JanusKind::Other),
+        ] {
+            assert_eq!(JanusKind::of(&json!({"janus": text})), kind, "{text}");
+        }
+        assert_eq!(JanusKind::of(&json!({"janus": 5})), JanusKind::Other);
+        assert_eq!(JanusKind::of(&json!({})), JanusKind::Other);
+    }
 
     #[test]
     fn plugin_errors_inside_events_and_success_are_errors() {

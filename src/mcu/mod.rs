@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::mcu::McuConfig;
 use crate::metrics::McuMetrics;
-use janus::{plugin_data, Gateway, GatewayEvent, JanusError};
+use janus::{plugin_data, Gateway, GatewayEvent, JanusError, JanusKind};
 
 /// The stream a publisher sends: the camera/microphone or the screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -386,18 +386,18 @@ impl Mcu {
             Some(Owner::Joining(s)) => Owner::Joining(s.clone()),
             None => return,
         };
-        let kind = msg["janus"].as_str().unwrap_or("");
+        let kind = JanusKind::of(&msg);
         let videoroom = plugin_data(&msg)["videoroom"].as_str().unwrap_or("");
         match (owner, kind) {
-            (Owner::Publisher(p), "webrtcup") => {
+            (Owner::Publisher(p), JanusKind::WebrtcUp) => {
                 p.up.send_replace(true);
             }
-            (Owner::Publisher(p), "hangup" | "detached") => {
-                tracing::debug!(session = %p.session, janus = kind, "publisher closed by Janus");
+            (Owner::Publisher(p), JanusKind::Hangup | JanusKind::Detached) => {
+                tracing::debug!(session = %p.session, janus = ?kind, "publisher closed by Janus");
                 let m = self.clone();
                 tokio::spawn(async move { m.close_publisher(p).await });
             }
-            (Owner::Publisher(p), "event") if videoroom == "destroyed" => {
+            (Owner::Publisher(p), JanusKind::Event) if videoroom == "destroyed" => {
                 let subs = self.forget_publisher(&p);
                 let m = self.clone();
                 tokio::spawn(async move {
@@ -407,21 +407,21 @@ impl Mcu {
                     }
                 });
             }
-            (Owner::Publisher(p), "trickle") => {
+            (Owner::Publisher(p), JanusKind::Trickle) => {
                 if let Some(c) = janus_candidate(&msg).and_then(|c| p.held.pass(c)) {
                     self.publisher_candidate_out(&p, c);
                 }
             }
-            (Owner::Subscriber(s), "hangup" | "detached") => {
-                tracing::debug!(subscriber = %s.key.0, janus = kind, "subscriber closed by Janus");
+            (Owner::Subscriber(s), JanusKind::Hangup | JanusKind::Detached) => {
+                tracing::debug!(subscriber = %s.key.0, janus = ?kind, "subscriber closed by Janus");
                 let m = self.clone();
                 tokio::spawn(async move { m.close_subscriber(s).await });
             }
-            (Owner::Subscriber(s), "event") if videoroom == "destroyed" => {
+            (Owner::Subscriber(s), JanusKind::Event) if videoroom == "destroyed" => {
                 let m = self.clone();
                 tokio::spawn(async move { m.close_subscriber(s).await });
             }
-            (Owner::Subscriber(s), "event") => {
+            (Owner::Subscriber(s), JanusKind::Event) => {
                 if let Some(jsep) = msg.get("jsep").filter(|j| j["type"] == "offer") {
                     let _ = self.signals.send(Signal {
                         to: s.key.0.clone(),
@@ -433,12 +433,12 @@ impl Mcu {
                     });
                 }
             }
-            (Owner::Subscriber(s) | Owner::Joining(s), "trickle") => {
+            (Owner::Subscriber(s) | Owner::Joining(s), JanusKind::Trickle) => {
                 if let Some(c) = janus_candidate(&msg).and_then(|c| s.held.pass(c)) {
                     self.subscriber_candidate_out(&s, c);
                 }
             }
-            (_, other) => tracing::trace!(handle, janus = other, "Janus event"),
+            (_, other) => tracing::trace!(handle, janus = ?other, "Janus event"),
         }
     }
 }
