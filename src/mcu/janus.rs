@@ -19,6 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+
+pub use super::janus_kind::JanusKind;
 use tokio_util::sync::CancellationToken;
 
 /// The Janus plugin every room lives in.
@@ -117,56 +119,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The videoroom part of a reply or event (`plugindata.data`).
 pub fn plugin_data(v: &Value) -> &Value {
     &v["plugindata"]["data"]
-}
-
-/// What a message from Janus is (its `janus` field): read once, matched
-/// as an enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JanusKind {
-    /// A request was received; its answer follows as an event.
-    Ack,
-    /// A request succeeded.
-    Success,
-    /// A request failed.
-    Error,
-    /// A plugin event (or the event answering a request).
-    Event,
-    /// The PeerConnection of a handle is up.
-    WebrtcUp,
-    /// Media started or stopped flowing.
-    Media,
-    /// Janus sees packet loss.
-    SlowLink,
-    /// The PeerConnection of a handle went down.
-    Hangup,
-    /// The handle is gone.
-    Detached,
-    /// A candidate Janus gathered.
-    Trickle,
-    /// The Janus session timed out.
-    Timeout,
-    /// Anything else (logged, not acted on).
-    Other,
-}
-
-impl JanusKind {
-    /// The kind of a message from Janus.
-    pub fn of(v: &Value) -> JanusKind {
-        match v["janus"].as_str() {
-            Some("ack") => JanusKind::Ack,
-            Some("success") => JanusKind::Success,
-            Some("error") => JanusKind::Error,
-            Some("event") => JanusKind::Event,
-            Some("webrtcup") => JanusKind::WebrtcUp,
-            Some("media") => JanusKind::Media,
-            Some("slowlink") => JanusKind::SlowLink,
-            Some("hangup") => JanusKind::Hangup,
-            Some("detached") => JanusKind::Detached,
-            Some("trickle") => JanusKind::Trickle,
-            Some("timeout") => JanusKind::Timeout,
-            _ => JanusKind::Other,
-        }
-    }
 }
 
 /// Turns a reply into the request's result: Janus and plugin errors become
@@ -519,28 +471,6 @@ type Ws =
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn janus_kinds_are_read_from_the_janus_field() {
-        for (text, kind) in [
-            ("ack", JanusKind::Ack),
-            ("success", JanusKind::Success),
-            ("error", JanusKind::Error),
-            ("event", JanusKind::Event),
-            ("webrtcup", JanusKind::WebrtcUp),
-            ("media", JanusKind::Media),
-            ("slowlink", JanusKind::SlowLink),
-            ("hangup", JanusKind::Hangup),
-            ("detached", JanusKind::Detached),
-            ("trickle", JanusKind::Trickle),
-            ("timeout", JanusKind::Timeout),
-            ("keepalive", JanusKind::Other),
-        ] {
-            assert_eq!(JanusKind::of(&json!({"janus": text})), kind, "{text}");
-        }
-        assert_eq!(JanusKind::of(&json!({"janus": 5})), JanusKind::Other);
-        assert_eq!(JanusKind::of(&json!({})), JanusKind::Other);
-    }
 
     #[test]
     fn plugin_errors_inside_events_and_success_are_errors() {

@@ -8,6 +8,7 @@
 //! offers) goes back to the hub as [`Signal`]s.
 
 pub mod janus;
+pub mod janus_kind;
 mod publisher;
 pub mod sdp;
 mod subscriber;
