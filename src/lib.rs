@@ -6,6 +6,7 @@
 //! `conn_counts` (open connections per address), `metrics`, `server`
 //! (start-up and shutdown). See ARCHITECTURE.md.
 
+#[macro_use]
 pub mod api;
 pub mod backend;
 pub mod bus;

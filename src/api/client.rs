@@ -1,6 +1,6 @@
 //! Client -> server messages. Payloads the server only forwards stay raw.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Any message a client sends.
@@ -194,6 +194,31 @@ wire_kind! {
     }
 }
 
+wire_kind! {
+    /// The `type` of a signaling message's `data` (offer/answer carry SDP).
+    pub enum SignalType {
+        /// An SDP offer.
+        Offer = "offer",
+        /// An SDP answer.
+        Answer = "answer",
+        /// An ICE candidate.
+        Candidate = "candidate",
+    }
+}
+
+wire_kind! {
+    /// The `roomType` of a signaling message's `data`: which stream of the
+    /// sender it is about (empty is `video`).
+    pub enum RoomType {
+        /// The camera and microphone (also an empty `roomType`).
+        Video = "video" | "",
+        /// Audio only.
+        Audio = "audio",
+        /// The screen.
+        Screen = "screen",
+    }
+}
+
 /// `transient` request.
 #[derive(Debug, Deserialize)]
 pub struct TransientClientMessage {
@@ -221,12 +246,28 @@ wire_kind! {
     }
 }
 
+wire_kind! {
+    /// The `type` of an `internal` request.
+    pub enum InternalKind {
+        /// Add a virtual session.
+        AddSession = "addsession",
+        /// Change a virtual session.
+        UpdateSession = "updatesession",
+        /// Remove a virtual session.
+        RemoveSession = "removesession",
+        /// The internal client's own in-call state.
+        InCall = "incall",
+        /// A dialout answer or status.
+        Dialout = "dialout",
+    }
+}
+
 /// `internal` request (internal clients only).
 #[derive(Debug, Deserialize)]
 pub struct InternalClientMessage {
     /// addsession, updatesession, removesession, incall, dialout.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: InternalKind,
     /// Body of addsession.
     #[serde(default)]
     pub addsession: Option<AddSession>,
@@ -257,7 +298,8 @@ pub enum InternalRequest {
     RemoveSession(RemoveSession),
     /// The internal client's own in-call state.
     InCall(InCallInternal),
-    /// The answer to a dialout request, with that request's id.
+    /// The answer to a dialout request (with that request's id) or a later
+    /// status of the call.
     Dialout(DialoutInternal),
 }
 
@@ -269,20 +311,21 @@ impl TryFrom<InternalClientMessage> for InternalRequest {
         fn body<T>(b: Option<T>, kind: &str) -> Result<T, String> {
             b.ok_or_else(|| format!("{kind} missing"))
         }
-        Ok(match m.kind.as_str() {
-            "addsession" => InternalRequest::AddSession(body(m.addsession, "addsession")?),
-            "updatesession" => {
+        Ok(match m.kind {
+            InternalKind::AddSession => {
+                InternalRequest::AddSession(body(m.addsession, "addsession")?)
+            }
+            InternalKind::UpdateSession => {
                 InternalRequest::UpdateSession(body(m.updatesession, "updatesession")?)
             }
-            "removesession" => {
+            InternalKind::RemoveSession => {
                 InternalRequest::RemoveSession(body(m.removesession, "removesession")?)
             }
-            "incall" => InternalRequest::InCall(body(m.incall, "incall")?),
-            "dialout" => InternalRequest::Dialout(
-                m.dialout
-                    .ok_or_else(|| "dialout answer without id".to_string())?,
-            ),
-            other => return Err(format!("unsupported internal type `{other}`")),
+            InternalKind::InCall => InternalRequest::InCall(body(m.incall, "incall")?),
+            InternalKind::Dialout => InternalRequest::Dialout(body(m.dialout, "dialout")?),
+            InternalKind::Unknown(other) => {
+                return Err(format!("unsupported internal type `{other}`"))
+            }
         })
     }
 }
@@ -391,15 +434,51 @@ pub struct DialoutInternal {
     pub status: Option<DialoutStatus>,
 }
 
-/// Status of a dialout call.
-#[derive(Debug, Deserialize)]
+wire_kind! {
+    /// How a dialout call goes.
+    pub enum DialoutStatusKind {
+        /// The call was started (the answer to the dialout request).
+        Accepted = "accepted",
+        /// The phone rings.
+        Ringing = "ringing",
+        /// The callee answered.
+        Connected = "connected",
+        /// The callee refused.
+        Rejected = "rejected",
+        /// The call ended.
+        Cleared = "cleared",
+    }
+}
+
+impl Default for DialoutStatusKind {
+    fn default() -> Self {
+        DialoutStatusKind::Unknown(String::new())
+    }
+}
+
+/// Status of a dialout call; also the value of the room's
+/// `callstatus_<callid>` transient data (as the Go server sets it).
+#[derive(Debug, Deserialize, Serialize)]
 pub struct DialoutStatus {
     /// Call id.
     #[serde(default)]
     pub callid: String,
-    /// accepted, ringing, ...
+    /// accepted, ringing, connected, rejected, cleared.
     #[serde(default)]
-    pub status: String,
+    pub status: DialoutStatusKind,
+    /// Why a call was rejected or cleared.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
+    /// SIP code of a rejected or cleared call.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub code: i64,
+    /// Message of a rejected or cleared call.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -29,6 +29,28 @@ macro_rules! wire_kind {
             }
         }
 
+        impl $name {
+            /// The variant of a value.
+            pub fn parse(s: &str) -> Self {
+                match s {
+                    $( $first $(| $alt)* => $name::$variant, )*
+                    _ => $name::Unknown(s.to_string()),
+                }
+            }
+
+            /// The variant of a JSON field (a missing or non-string field
+            /// is `Unknown("")`).
+            pub fn of(v: &serde_json::Value) -> Self {
+                Self::parse(v.as_str().unwrap_or(""))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
@@ -44,4 +66,5 @@ macro_rules! wire_kind {
 pub mod backend;
 pub mod client;
 pub mod error;
+pub mod remote;
 pub mod server;

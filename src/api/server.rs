@@ -4,8 +4,55 @@
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 
-/// A serialized text frame, cheap to clone (reference counted).
-pub type Frame = axum::extract::ws::Utf8Bytes;
+/// A serialized text frame: UTF-8 JSON, cheap to clone (reference
+/// counted), shared by every recipient and written by `http::wsframe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Frame(bytes::Bytes);
+
+impl Frame {
+    /// The frame's bytes (UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for an empty frame.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl From<String> for Frame {
+    fn from(s: String) -> Frame {
+        Frame(bytes::Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for Frame {
+    fn from(s: &'static str) -> Frame {
+        Frame(bytes::Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl TryFrom<bytes::Bytes> for Frame {
+    type Error = std::str::Utf8Error;
+
+    /// Checks that the bytes are UTF-8 (a frame from another process).
+    fn try_from(b: bytes::Bytes) -> Result<Frame, Self::Error> {
+        std::str::from_utf8(&b)?;
+        Ok(Frame(b))
+    }
+}
 
 /// `{"id": ..., "type": kind, kind: body}` — the spec's message envelope.
 pub struct Envelope<'a, B: ?Sized> {

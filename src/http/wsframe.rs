@@ -16,6 +16,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::api::server::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
@@ -277,8 +279,8 @@ fn put_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-/// Appends a text frame.
-pub fn put_text(out: &mut Vec<u8>, text: &str) {
+/// Appends a text frame (a [`Frame`] is UTF-8 by construction).
+pub fn put_text(out: &mut Vec<u8>, text: &Frame) {
     put_frame(out, OpCode::Data(Data::Text), text.as_bytes());
 }
 
@@ -380,7 +382,7 @@ mod tests {
     async fn bad_frames_end_reading_with_their_error() {
         let unmasked = {
             let mut out = Vec::new();
-            put_text(&mut out, "x");
+            put_text(&mut out, &Frame::from("x"));
             out
         };
         let cases = [
@@ -446,7 +448,7 @@ mod tests {
         for len in [0usize, 125, 126, 65535, 65536] {
             let text = "a".repeat(len);
             let mut out = Vec::new();
-            put_text(&mut out, &text);
+            put_text(&mut out, &Frame::from(text.clone()));
             let mut cur = Cursor::new(&out[..]);
             let (h, n) = FrameHeader::parse(&mut cur).unwrap().unwrap();
             assert_eq!(n as usize, len);

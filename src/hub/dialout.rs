@@ -10,12 +10,16 @@ use super::room::RoomKey;
 use super::session::SessionKind;
 use super::Hub;
 use crate::api::backend::BackendError;
-use crate::api::client::DialoutAnswerKind;
+use crate::api::client::{DialoutAnswerKind, DialoutInternal, DialoutStatusKind};
 use crate::api::error;
 use crate::api::server::frame;
 
 /// How long a dialout request waits for the internal client's answer.
 pub const DIALOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a rejected or cleared call's `callstatus_<callid>` stays in
+/// the room's transient data (the Go server's `removeCallStatusTTL`).
+pub const CALL_STATUS_TTL: Duration = Duration::from_secs(5);
 
 /// Why a dialout could not be started (also the answer of another process
 /// over the bus).
@@ -52,6 +56,23 @@ fn backend_error(code: &str, message: &str) -> BackendError {
         message: message.into(),
         details: None,
     }
+}
+
+/// What an internal client's dialout message tells the call's room.
+enum CallNews {
+    /// Set `callstatus_<callid>` to the status (with a TTL when the call
+    /// ended).
+    Status {
+        key: RoomKey,
+        name: String,
+        value: Box<serde_json::value::RawValue>,
+        ttl: Option<Duration>,
+    },
+    /// Send the error to the room's sessions.
+    Error {
+        key: RoomKey,
+        frame: crate::api::server::Frame,
+    },
 }
 
 impl Hub {
@@ -144,7 +165,9 @@ impl Hub {
             let err = match answer {
                 Ok(Ok(a)) => match a.kind {
                     DialoutAnswerKind::Status => match a.status {
-                        Some(s) if s.status == "accepted" => return Some(Ok(s.callid)),
+                        Some(s) if s.status == DialoutStatusKind::Accepted => {
+                            return Some(Ok(s.callid))
+                        }
                         _ => backend_error(
                             error::UNSUPPORTED_STATUS,
                             "Unsupported dialout status received.",
@@ -173,13 +196,72 @@ impl Hub {
         first_error.map(|e| Err(DialoutError::Failed(e)))
     }
 
+    /// An internal client's `dialout` message: the answer to a pending
+    /// request (by its id) and, with a `roomid`, news for the room, as the
+    /// Go server gives it: a status is set as the room's transient
+    /// `callstatus_<callid>` (removed 5 s after `rejected`/`cleared`), an
+    /// error is sent to the room's sessions as a `dialout` message.
+    pub(crate) fn dialout_message(&self, sid: &Arc<str>, id: Option<&str>, d: DialoutInternal) {
+        let room = d.roomid.as_deref().filter(|r| !r.is_empty());
+        let news = room.and_then(|room| self.dialout_news(sid, room, &d));
+        if let Some(id) = id {
+            self.dialout_answer(sid, id, d);
+        }
+        match news {
+            Some(CallNews::Status {
+                key,
+                name,
+                value,
+                ttl,
+            }) => {
+                let earlier = self.mutate(|st| st.change_transient(&key, name, Some(value), ttl));
+                if earlier {
+                    self.timer.notify_one();
+                }
+            }
+            Some(CallNews::Error { key, frame }) => self.mutate(|st| {
+                st.broadcast(&key, &frame, None);
+                st.publish_room_frame(&key, &frame, None, false);
+            }),
+            None => {}
+        }
+    }
+
+    /// What a dialout message tells its room, if anything.
+    fn dialout_news(&self, sid: &Arc<str>, room: &str, d: &DialoutInternal) -> Option<CallNews> {
+        let backend = self.lock().sessions.map.get(sid)?.backend.id.clone();
+        let key = RoomKey {
+            backend,
+            room: room.into(),
+        };
+        match d.kind {
+            DialoutAnswerKind::Status => {
+                let status = d.status.as_ref()?;
+                let value = serde_json::value::to_raw_value(status).ok()?;
+                let ttl = matches!(
+                    status.status,
+                    DialoutStatusKind::Rejected | DialoutStatusKind::Cleared
+                )
+                .then_some(CALL_STATUS_TTL);
+                let name = format!("callstatus_{}", status.callid);
+                Some(CallNews::Status {
+                    key,
+                    name,
+                    value,
+                    ttl,
+                })
+            }
+            DialoutAnswerKind::Error => {
+                let error = d.error.as_ref()?;
+                let frame = frame(None, "dialout", &json!({"type": "error", "error": error}));
+                Some(CallNews::Error { key, frame })
+            }
+            DialoutAnswerKind::Unknown(_) => None,
+        }
+    }
+
     /// An internal client answered a dialout request.
-    pub(crate) fn dialout_answer(
-        &self,
-        sid: &Arc<str>,
-        id: &str,
-        answer: crate::api::client::DialoutInternal,
-    ) {
+    fn dialout_answer(&self, sid: &Arc<str>, id: &str, answer: DialoutInternal) {
         let mut pending = self.dialouts.lock().expect("dialout lock");
         let matches = pending.get(id).is_some_and(|(owner, _)| owner == sid);
         if matches {

@@ -119,10 +119,7 @@ impl Hub {
             InternalRequest::UpdateSession(u) => self.update_virtual(sid, id, u),
             InternalRequest::RemoveSession(r) => self.remove_virtual(sid, id, r),
             InternalRequest::InCall(i) => self.mutate(|st| st.internal_incall(sid, i.incall)),
-            InternalRequest::Dialout(d) => match id {
-                Some(id) => self.dialout_answer(sid, id, d),
-                None => self.reply_error(sid, id, invalid_format("dialout answer without id")),
-            },
+            InternalRequest::Dialout(d) => self.dialout_message(sid, id, d),
         }
     }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::mcu_data::{check, err, offer_of, Checked, McuData, McuKind};
 use super::session::SessionKind;
 use super::Hub;
-use crate::api::client::{MessageClientMessage, RecipientKind};
+use crate::api::client::{MessageClientMessage, RecipientKind, RoomType};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, MessageOut, Sender};
 use crate::mcu::sdp;
@@ -110,7 +110,7 @@ fn may_publish(s: &super::session::Session, stream: StreamType, media: sdp::Medi
 
 /// True when the session may send candidates for its own `room_type` stream.
 fn may_send(s: &super::session::Session, room_type: &str) -> bool {
-    if room_type == "screen" {
+    if RoomType::parse(room_type) == RoomType::Screen {
         s.has_permission("publish-screen")
     } else {
         s.has_permission("publish-media")

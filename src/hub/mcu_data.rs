@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::invalid_format;
+use crate::api::client::RoomType;
 use crate::api::error::{self, ProtocolError};
 use crate::mcu::sdp::{self, SdpError};
 use crate::mcu::{Mcu, Offer, StreamType};
@@ -143,9 +144,7 @@ pub(super) fn offer_of(c: &Checked, stream: StreamType, backend_caps: (u64, u64)
 
 /// Checks MCU data as the Go server does (`CheckValid`).
 pub(super) fn check(data: McuData, mcu: &Mcu) -> Result<Checked, ProtocolError> {
-    if !data.room_type.is_empty()
-        && !matches!(data.room_type.as_str(), "audio" | "video" | "screen")
-    {
+    if let RoomType::Unknown(_) = RoomType::parse(&data.room_type) {
         return Err(invalid_format(format!(
             "invalid room type: {}",
             data.room_type

@@ -9,7 +9,7 @@ use super::outbox::Outbox;
 use super::room::RoomKey;
 use super::session::SessionKind;
 use super::{invalid_format, Hub, State};
-use crate::api::client::{ClientKind, MessageClientMessage, RecipientKind};
+use crate::api::client::{ClientKind, MessageClientMessage, RecipientKind, RoomType, SignalType};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{frame, Frame, MessageOut, RecipientOut, Sender};
 
@@ -30,10 +30,10 @@ fn may_send_offer(sender: &super::session::Session, data: &serde_json::value::Ra
     let Ok(peek) = serde_json::from_str::<OfferPeek>(data.get()) else {
         return true;
     };
-    if peek.kind.as_deref() != Some("offer") {
+    if peek.kind.as_deref().map(SignalType::parse) != Some(SignalType::Offer) {
         return true;
     }
-    if peek.room_type.as_deref() == Some("screen") {
+    if peek.room_type.as_deref().map(RoomType::parse) == Some(RoomType::Screen) {
         sender.has_permission("publish-screen")
     } else {
         sender.has_permission("publish-media")

@@ -127,7 +127,7 @@ async fn a_transient_value_expires_at_its_ttl_and_the_room_is_told() {
     assert_eq!(hub.transient_timer_count(), 0);
     let told = conn.drain().frames;
     assert_eq!(told.len(), 1, "{told:?}");
-    let v: serde_json::Value = serde_json::from_str(told[0].as_str()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(told[0].as_bytes()).unwrap();
     assert_eq!(v["transient"]["type"], "remove");
     assert_eq!(v["transient"]["key"], "k");
     cancel.cancel();

@@ -312,26 +312,41 @@ impl Hub {
                 return Err(limit_error(msg));
             }
         }
-        if st.bus.clustered() {
-            // Applied by every process (this one too) in bus order.
+        Ok(st.change_transient(&key, t.key, if set { t.value } else { None }, ttl))
+    }
+}
+
+impl State {
+    /// Sets (or, with `None`, removes) a transient value in a room of this
+    /// process and, when clustered, of every process (all of them, this
+    /// one too, apply it in bus order). True when the timer must wake for
+    /// a new earliest expiry.
+    pub(crate) fn change_transient(
+        &mut self,
+        key: &RoomKey,
+        name: String,
+        value: Option<Box<RawValue>>,
+        ttl: Option<Duration>,
+    ) -> bool {
+        if self.bus.clustered() {
             let h = crate::bus::Header::Transient {
                 backend: key.backend.to_string(),
                 room: key.room.to_string(),
-                key: t.key,
-                value: if set { t.value } else { None },
+                key: name,
+                value,
                 ttl_ns: ttl.map(|d| d.as_nanos() as u64),
                 if_version: None,
             };
-            st.bus.publish(
+            self.bus.publish(
                 crate::bus::room_subject(&key.backend, &key.room),
                 crate::bus::encode(&h, None),
             );
-            Ok(false)
-        } else if set {
-            Ok(st.set_transient(&key, &t.key, t.value, ttl))
+            false
+        } else if value.is_some() {
+            self.set_transient(key, &name, value, ttl)
         } else {
-            st.remove_transient(&key, &t.key);
-            Ok(false)
+            self.remove_transient(key, &name);
+            false
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-pub use super::janus_kind::JanusKind;
+pub use super::janus_kind::{JanusKind, VideoroomKind};
 use tokio_util::sync::CancellationToken;
 
 /// The Janus plugin every room lives in.

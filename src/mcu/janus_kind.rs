@@ -53,6 +53,22 @@ impl JanusKind {
     }
 }
 
+wire_kind! {
+    /// The `videoroom` field of a videoroom plugin event.
+    pub enum VideoroomKind {
+        /// A handle joined a room.
+        Joined = "joined",
+        /// The room was destroyed: every handle in it is gone.
+        Destroyed = "destroyed",
+        /// Something happened in the room (or the answer to a request).
+        Event = "event",
+        /// A subscriber handle is attached to a feed.
+        Attached = "attached",
+        /// A subscriber handle was updated.
+        Updated = "updated",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +94,13 @@ mod tests {
         }
         assert_eq!(JanusKind::of(&json!({"janus": 5})), JanusKind::Other);
         assert_eq!(JanusKind::of(&json!({})), JanusKind::Other);
+        assert_eq!(
+            VideoroomKind::of(&json!("destroyed")),
+            VideoroomKind::Destroyed
+        );
+        assert_eq!(
+            VideoroomKind::of(&json!(1)),
+            VideoroomKind::Unknown(String::new())
+        );
     }
 }

@@ -21,9 +21,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::client::SignalType;
 use crate::config::mcu::McuConfig;
 use crate::metrics::McuMetrics;
-use janus::{plugin_data, Gateway, GatewayEvent, JanusError, JanusKind};
+use janus::{plugin_data, Gateway, GatewayEvent, JanusError, JanusKind, VideoroomKind};
 
 /// The stream a publisher sends: the camera/microphone or the screen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -388,7 +389,7 @@ impl Mcu {
             None => return,
         };
         let kind = JanusKind::of(&msg);
-        let videoroom = plugin_data(&msg)["videoroom"].as_str().unwrap_or("");
+        let videoroom = VideoroomKind::of(&plugin_data(&msg)["videoroom"]);
         match (owner, kind) {
             (Owner::Publisher(p), JanusKind::WebrtcUp) => {
                 p.up.send_replace(true);
@@ -398,7 +399,7 @@ impl Mcu {
                 let m = self.clone();
                 tokio::spawn(async move { m.close_publisher(p).await });
             }
-            (Owner::Publisher(p), JanusKind::Event) if videoroom == "destroyed" => {
+            (Owner::Publisher(p), JanusKind::Event) if videoroom == VideoroomKind::Destroyed => {
                 let subs = self.forget_publisher(&p);
                 let m = self.clone();
                 tokio::spawn(async move {
@@ -418,12 +419,15 @@ impl Mcu {
                 let m = self.clone();
                 tokio::spawn(async move { m.close_subscriber(s).await });
             }
-            (Owner::Subscriber(s), JanusKind::Event) if videoroom == "destroyed" => {
+            (Owner::Subscriber(s), JanusKind::Event) if videoroom == VideoroomKind::Destroyed => {
                 let m = self.clone();
                 tokio::spawn(async move { m.close_subscriber(s).await });
             }
             (Owner::Subscriber(s), JanusKind::Event) => {
-                if let Some(jsep) = msg.get("jsep").filter(|j| j["type"] == "offer") {
+                if let Some(jsep) = msg
+                    .get("jsep")
+                    .filter(|j| SignalType::of(&j["type"]) == SignalType::Offer)
+                {
                     let _ = self.signals.send(Signal {
                         to: s.key.0.clone(),
                         from: s.key.1.clone(),

@@ -5,6 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
+
+use crate::api::client::SignalType;
 use tokio::sync::watch;
 
 use super::janus::{plugin_data, JanusError};
@@ -44,7 +46,7 @@ impl Mcu {
             .await;
         let answer = r.map_err(McuError::from).and_then(|r| {
             r.get("jsep")
-                .filter(|j| j["type"] == "answer")
+                .filter(|j| SignalType::of(&j["type"]) == SignalType::Answer)
                 .cloned()
                 .ok_or_else(|| McuError::Failed("configure brought no answer".into()))
         });

@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Sends `body` to the room API with the given headers.
 async fn raw_request(
@@ -456,6 +457,72 @@ async fn dialout_is_forwarded_to_an_internal_client() {
     let (status, body) = request.await.unwrap();
     assert_eq!(status, 502);
     assert_eq!(body["dialout"]["error"]["code"], "busy");
+    ts.stop().await;
+}
+
+/// The SIP bridge's later news of a dialout call reach the call's room as
+/// the Go server gives them: statuses as transient `callstatus_<callid>`
+/// (removed 5 s after the call ended), errors as a `dialout` message.
+#[tokio::test]
+async fn dialout_status_and_errors_reach_the_room() {
+    let ts = TestServer::start().await;
+    let mut alice = ts.client_in_room("alice", "123").await;
+    let mut bob = ts.client_in_room("bob", "other").await;
+    bob.wait_join_of(&bob.session_id.clone()).await;
+    let (mut sip, _) = internal_client(&ts.ws_url(), &["start-dialout"]).await;
+    let request = ts.spawn_backend_request(
+        "123",
+        json!({"type": "dialout", "dialout": {"number": "+491234567"}}),
+    );
+    let m = sip.wait_for(|m| m["type"] == "internal").await;
+    let id = m["id"].as_str().unwrap().to_string();
+    let status = |s: Value| json!({"type": "internal", "internal": {"type": "dialout", "dialout": {"type": "status", "roomid": "123", "status": s}}});
+    let mut answer = status(json!({"callid": "call-1", "status": "accepted"}));
+    answer["id"] = json!(id);
+    sip.send(answer).await;
+    let (code, body) = request.await.unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body["dialout"]["callid"], "call-1");
+    let key = "callstatus_call-1";
+    let m = alice.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(
+        m["transient"],
+        json!({"type": "set", "key": key, "value": {"callid": "call-1", "status": "accepted"}})
+    );
+
+    // Later statuses come without a request id.
+    sip.send(status(json!({"callid": "call-1", "status": "ringing"})))
+        .await;
+    let m = alice.expect_type("transient").await;
+    assert_eq!(m["transient"]["value"]["status"], "ringing");
+    assert_eq!(m["transient"]["oldvalue"]["status"], "accepted");
+    sip.send(status(
+        json!({"callid": "call-1", "status": "cleared", "cause": "hangup", "code": 16}),
+    ))
+    .await;
+    let m = alice.expect_type("transient").await;
+    let cleared = json!({"callid": "call-1", "status": "cleared", "cause": "hangup", "code": 16});
+    assert_eq!(m["transient"]["value"], cleared);
+    let started = std::time::Instant::now();
+    let m = alice
+        .wait_for_within(Duration::from_secs(10), |m| m["type"] == "transient")
+        .await;
+    assert_eq!(
+        m["transient"],
+        json!({"type": "remove", "key": key, "oldvalue": cleared})
+    );
+    assert!(started.elapsed() >= Duration::from_secs(4), "removed early");
+
+    sip.send(json!({"type": "internal", "internal": {"type": "dialout", "dialout": {"type": "error", "roomid": "123", "error": {"code": "busy", "message": "Line busy"}}}})).await;
+    let m = alice.expect_type("dialout").await;
+    assert_eq!(
+        m["dialout"],
+        json!({"type": "error", "error": {"code": "busy", "message": "Line busy"}})
+    );
+    // Neither the bridge (no error for a message without id) nor another
+    // room heard anything.
+    nothing_before_marker(&mut alice, &mut sip).await;
+    nothing_before_marker(&mut alice, &mut bob).await;
     ts.stop().await;
 }
 

@@ -45,7 +45,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             stats.client_bytes_out.inc_by(bytes as u64);
             out.reserve(bytes + 10 * batch.frames.len());
             for f in &batch.frames {
-                wsframe::put_text(&mut out, f.as_str());
+                wsframe::put_text(&mut out, f);
             }
         }
         drop(batch.frames);
@@ -70,7 +70,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 // Server shutdown: say so, then close with "going away".
                 let bye = frame(None, "bye", &Bye { reason: Some("shutdown") });
                 let mut out = Vec::new();
-                wsframe::put_text(&mut out, bye.as_str());
+                wsframe::put_text(&mut out, &bye);
                 wsframe::put_close(&mut out, 1001, "server shutting down");
                 let _ = io.write_all(&out).await;
                 let _ = io.flush().await;

@@ -55,7 +55,7 @@ impl State {
             backend_base: s.backend_base.to_string(),
             backend_url: s.backend_url.to_string(),
             permissions: s.permissions.clone(),
-            queue: s.queue.iter().map(|f| f.as_str().to_string()).collect(),
+            queue: s.queue.iter().map(|f| f.to_string()).collect(),
         })
     }
 }

@@ -56,7 +56,7 @@ impl Conn {
             .drain()
             .frames
             .iter()
-            .map(|f| serde_json::from_str(f.as_str()).expect("frames are JSON"))
+            .map(|f| serde_json::from_slice(f.as_bytes()).expect("frames are JSON"))
             .collect()
     }
 

@@ -15,6 +15,7 @@ use super::{
     ConnectError, FedCmd, Target, MAX_BACKOFF, MAX_REMOTE_MESSAGE, MIN_BACKOFF, QUEUE_LIMIT,
 };
 use crate::api::error::{self, ProtocolError};
+use crate::api::remote::ServerKind;
 use crate::api::server::{error_frame, Frame};
 use crate::hub::Hub;
 
@@ -263,7 +264,7 @@ impl Link {
                     .join(",")
             })
             .unwrap_or_default();
-        if welcome["type"] != "welcome" || !has_federation(&features) {
+        if ServerKind::of(&welcome["type"]) != ServerKind::Welcome || !has_federation(&features) {
             let _ = ws.close(None).await;
             return Err(ConnectError::Unsupported);
         }
@@ -271,7 +272,7 @@ impl Link {
         if let Some(resume_id) = self.resume_id.clone() {
             self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "resumeid": resume_id, "features": self.features}})).await?;
             let reply = self.read(&mut ws, timeout).await?;
-            if reply["type"] == "hello" {
+            if ServerKind::of(&reply["type"]) == ServerKind::Hello {
                 resumed = true;
             } else if reply["error"]["code"] != error::NO_SUCH_SESSION {
                 return Err(ConnectError::Hello(reply["error"].clone()));
@@ -281,7 +282,7 @@ impl Link {
             self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "features": self.features,
                 "auth": {"type": "federation", "url": self.target.url, "params": {"token": self.target.token}}}})).await?;
             let reply = self.read(&mut ws, timeout).await?;
-            if reply["type"] != "hello" {
+            if ServerKind::of(&reply["type"]) != ServerKind::Hello {
                 let _ = ws.close(None).await;
                 return Err(ConnectError::Hello(reply["error"].clone()));
             }
@@ -361,10 +362,11 @@ impl Link {
                         Ok(Some(Ok(_))) => continue,
                     };
                     let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-                    if v["type"] == "bye" {
+                    let kind = ServerKind::of(&v["type"]);
+                    if kind == ServerKind::Bye {
                         return Pump::Broken;
                     }
-                    let close = self.leaving && v["type"] == "room" && v["room"]["roomid"] == "";
+                    let close = self.leaving && kind == ServerKind::Room && v["room"]["roomid"] == "";
                     if let Some(out) = self.rewrite_from_remote(v) {
                         self.hub.federation_deliver(&self.sid, Frame::from(out.to_string()));
                     }

@@ -5,6 +5,10 @@
 use serde_json::{json, Map, Value};
 
 use super::link::Link;
+use crate::api::client::{RecipientKind, SignalType};
+use crate::api::remote::{
+    ActorType, ControlAction, EventTarget, EventType, MentionType, ServerKind,
+};
 
 impl Link {
     pub(super) fn local_sid(&self) -> &str {
@@ -17,12 +21,20 @@ impl Link {
             return v;
         };
         let me = self.local_sid().to_string();
-        if v["type"] == "message" && v["message"]["recipient"]["type"] == "session" {
-            if v["message"]["recipient"]["sessionid"] == me.as_str() {
-                v["message"]["recipient"]["sessionid"] = json!(remote);
+        match ServerKind::of(&v["type"]) {
+            ServerKind::Message
+                if RecipientKind::of(&v["message"]["recipient"]["type"])
+                    == RecipientKind::Session =>
+            {
+                let to = &mut v["message"]["recipient"]["sessionid"];
+                if *to == me.as_str() {
+                    *to = json!(remote);
+                }
             }
-        } else if v["type"] == "transient" && v["transient"]["key"] == format!("sd:{me}").as_str() {
-            v["transient"]["key"] = json!(format!("sd:{remote}"));
+            ServerKind::Transient if v["transient"]["key"] == format!("sd:{me}").as_str() => {
+                v["transient"]["key"] = json!(format!("sd:{remote}"));
+            }
+            _ => {}
         }
         v
     }
@@ -36,10 +48,10 @@ impl Link {
                 *x = json!(me);
             }
         };
-        let kind = v["type"].as_str().unwrap_or("").to_string();
-        match kind.as_str() {
-            "welcome" | "hello" => return None,
-            "room" => {
+        let kind = ServerKind::of(&v["type"]);
+        match kind {
+            ServerKind::Welcome | ServerKind::Hello => return None,
+            ServerKind::Room => {
                 if let Some(id) = self.pending.take() {
                     v["id"] = json!(id);
                 }
@@ -47,7 +59,7 @@ impl Link {
                     v["room"]["roomid"] = json!(self.local_room);
                 }
             }
-            "error" => {
+            ServerKind::Error => {
                 if let Some(id) = self.pending.take() {
                     v["id"] = json!(id);
                 }
@@ -56,14 +68,18 @@ impl Link {
                     *room = json!(self.local_room);
                 }
             }
-            "message" | "control" => {
+            ServerKind::Message | ServerKind::Control => {
                 let body = &mut v[kind.as_str()];
                 swap(&mut body["sender"]["sessionid"]);
-                if body["recipient"]["type"] == "session" {
+                if RecipientKind::of(&body["recipient"]["type"]) == RecipientKind::Session {
                     swap(&mut body["recipient"]["sessionid"]);
                 }
                 let data = &mut body["data"];
-                if kind == "message" && matches!(data["type"].as_str(), Some("offer" | "answer")) {
+                let sdp = matches!(
+                    SignalType::of(&data["type"]),
+                    SignalType::Offer | SignalType::Answer
+                );
+                if kind == ServerKind::Message && sdp {
                     swap(&mut data["from"]);
                     swap(&mut data["to"]);
                     let mut kept = Map::new();
@@ -73,43 +89,45 @@ impl Link {
                         }
                     }
                     *data = Value::Object(kept);
-                } else if kind == "control" && data["action"] == "forceMute" {
+                } else if kind == ServerKind::Control
+                    && ControlAction::of(&data["action"]) == ControlAction::ForceMute
+                {
                     swap(&mut data["peerId"]);
                 }
             }
-            "transient" if v["transient"]["key"] == format!("sd:{remote}").as_str() => {
+            ServerKind::Transient if v["transient"]["key"] == format!("sd:{remote}").as_str() => {
                 v["transient"]["key"] = json!(format!("sd:{me}"));
             }
-            "event" => self.event_from_remote(&mut v["event"], &remote, &me),
+            ServerKind::Event => self.event_from_remote(&mut v["event"], &remote, &me),
             _ => {}
         }
         Some(v)
     }
 
     pub(super) fn event_from_remote(&self, ev: &mut Value, remote: &str, me: &str) {
-        let target = ev["target"].as_str().unwrap_or("").to_string();
-        let kind = ev["type"].as_str().unwrap_or("").to_string();
+        let target = EventTarget::of(&ev["target"]);
+        let kind = EventType::of(&ev["type"]);
         let room_rewrite = |x: &mut Value| {
             if x.as_str() == Some(self.target.remote_room.as_str()) {
                 *x = json!(self.local_room);
             }
         };
-        match (target.as_str(), kind.as_str()) {
-            ("room", "join") => {
+        match (target, kind) {
+            (EventTarget::Room, EventType::Join) => {
                 if let Some(list) = ev["join"].as_array_mut() {
                     if let Some(e) = list.iter_mut().find(|e| e["sessionid"] == remote) {
                         e["sessionid"] = json!(me);
                     }
                 }
             }
-            ("room", "leave") => {
+            (EventTarget::Room, EventType::Leave) => {
                 if let Some(list) = ev["leave"].as_array_mut() {
                     for e in list.iter_mut().filter(|e| e.as_str() == Some(remote)) {
                         *e = json!(me);
                     }
                 }
             }
-            ("room", "message") => {
+            (EventTarget::Room, EventType::Message) => {
                 room_rewrite(&mut ev["message"]["roomid"]);
                 let chat = &mut ev["message"]["data"]["chat"];
                 self.chat_rewrite(&mut chat["comment"]);
@@ -119,7 +137,7 @@ impl Link {
                     }
                 }
             }
-            ("participants", "update") => {
+            (EventTarget::Participants, EventType::Update) => {
                 room_rewrite(&mut ev["update"]["roomid"]);
                 for list in ["changed", "users"] {
                     if let Some(entries) = ev["update"][list].as_array_mut() {
@@ -136,13 +154,13 @@ impl Link {
                     }
                 }
             }
-            ("participants", "flags") => {
+            (EventTarget::Participants, EventType::Flags) => {
                 room_rewrite(&mut ev["flags"]["roomid"]);
                 if ev["flags"]["sessionid"] == remote {
                     ev["flags"]["sessionid"] = json!(me);
                 }
             }
-            ("roomlist", k) => room_rewrite(&mut ev[k]["roomid"]),
+            (EventTarget::Roomlist, k) => room_rewrite(&mut ev[k.as_str()]["roomid"]),
             _ => {}
         }
     }
@@ -150,21 +168,21 @@ impl Link {
     /// Actor of B's view -> the client's view: B's users become federated
     /// users of B's cloud, federated users of our cloud become our users.
     pub(super) fn actor_rewrite(&self, e: &mut Value, id_key: &str, type_key: &str) {
-        let (Some(kind), Some(id)) = (e[type_key].as_str(), e[id_key].as_str()) else {
+        let Some(id) = e[id_key].as_str() else {
             return;
         };
-        let (kind, id) = match kind {
-            "users" => (
-                "federated_users".to_string(),
+        let (kind, id) = match ActorType::of(&e[type_key]) {
+            ActorType::Users => (
+                ActorType::FederatedUsers,
                 format!("{id}{}", self.remote_cloud),
             ),
-            "federated_users" => match id.strip_suffix(self.local_cloud.as_str()) {
-                Some(local) => ("users".to_string(), local.to_string()),
+            ActorType::FederatedUsers => match id.strip_suffix(self.local_cloud.as_str()) {
+                Some(local) => (ActorType::Users, local.to_string()),
                 None => return,
             },
-            _ => return,
+            ActorType::Unknown(_) => return,
         };
-        e[type_key] = json!(kind);
+        e[type_key] = json!(kind.as_str());
         e[id_key] = json!(id);
     }
 
@@ -182,8 +200,8 @@ impl Link {
                 if !k.starts_with("mention-") {
                     continue;
                 }
-                match p["type"].as_str() {
-                    Some("user") => {
+                match MentionType::of(&p["type"]) {
+                    MentionType::User => {
                         if p["server"] == self.local_base.as_str() {
                             if let Some(o) = p.as_object_mut() {
                                 o.remove("server");
@@ -193,7 +211,7 @@ impl Link {
                             p["server"] = json!(self.remote_base);
                         }
                     }
-                    Some("call") if p["id"] == self.target.remote_room.as_str() => {
+                    MentionType::Call if p["id"] == self.target.remote_room.as_str() => {
                         p["id"] = json!(self.local_room);
                     }
                     _ => {}
