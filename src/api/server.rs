@@ -85,7 +85,38 @@ pub fn frame<B: Serialize + ?Sized>(id: Option<&str>, kind: &str, body: &B) -> F
         kind,
         body: Some(body),
     };
-    Frame::from(serde_json::to_string(&env).expect("server messages always serialize"))
+    serialize(&env)
+}
+
+/// A buffer kept per thread to serialize frames into: each frame is then
+/// one allocation of its exact size (no regrowth while writing it, and no
+/// separate reference-count block, as `Bytes` needs for a `Vec` with spare
+/// capacity).
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn serialize<T: Serialize + ?Sized>(v: &T) -> Frame {
+    let write = |buf: &mut Vec<u8>| {
+        // Writing JSON into a Vec fails only for a map with non-string
+        // keys, which no server message has.
+        serde_json::to_writer(&mut *buf, v).expect("server messages always serialize");
+        Frame(bytes::Bytes::copy_from_slice(buf))
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let f = write(&mut buf);
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            f
+        }
+        // A frame built while serializing another (not done today).
+        Err(_) => write(&mut Vec::new()),
+    })
 }
 
 /// `{"target": t, "type": kind, kind: payload}` inside an `event` message.

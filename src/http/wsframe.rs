@@ -237,7 +237,11 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for FrameReader<R> {
                 return Poll::Ready(None);
             }
             if let Some(item) = this.parse() {
-                this.compact();
+                // The rest stays where it is until more must be read (one
+                // move per read, not one per message).
+                if this.pos == this.buf.len() {
+                    this.compact();
+                }
                 // Nothing is read after an error.
                 this.failed = item.is_err();
                 return Poll::Ready(Some(item));
@@ -246,8 +250,9 @@ impl<R: AsyncRead + Unpin> futures_util::Stream for FrameReader<R> {
                 return Poll::Ready(None);
             }
             this.compact();
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut rb = ReadBuf::new(&mut chunk);
+            // Not zeroed: `ReadBuf` tracks what the read filled.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut rb = ReadBuf::uninit(&mut chunk);
             match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {

@@ -15,6 +15,11 @@ impl Hub {
     /// A message of a session in a federated room goes to the remote
     /// server; false when the session is not federated.
     fn forward_federated(&self, sid: &Arc<str>, id: Option<&str>, raw: &str) -> bool {
+        // The common case, no federated session on this process, without
+        // taking the lock once more per message.
+        if self.fed_links.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return false;
+        }
         let tx = {
             let st = self.lock();
             match st.sessions.map.get(sid).and_then(|s| s.fed_link.as_ref()) {

@@ -158,6 +158,10 @@ pub struct Hub {
     dialouts: Mutex<HashMap<String, DialoutWaiter>>,
     /// TLS of connections to remote signaling servers (federation).
     federation_tls: Arc<rustls::ClientConfig>,
+    /// Live federation links (counted by the links themselves): while
+    /// none exist, a client message needs no look-up to know that it is
+    /// not for a remote server.
+    fed_links: Arc<std::sync::atomic::AtomicUsize>,
     /// The bus (also in the state; here for checks without the lock).
     bus: Arc<dyn Bus>,
     /// Recipients the last bus message left congested (inbound task only).
@@ -238,6 +242,7 @@ impl Hub {
             welcome,
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
+            fed_links: Arc::default(),
             bus,
             inbound_congested: Mutex::new(Vec::new()),
             mcu: std::sync::OnceLock::new(),

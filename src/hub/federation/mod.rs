@@ -10,6 +10,7 @@
 //! task reconnects with backoff and resumes its session on B, telling the
 //! client `federation_interrupted` and `federation_resumed`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,26 @@ pub(crate) struct FedLink {
     pub local_room: Arc<str>,
     /// The client's Nextcloud session id (pinged to its own Nextcloud).
     pub nc_session: Arc<str>,
+    /// Counts this link in the hub's `fed_links` while it exists.
+    _live: LiveLink,
+}
+
+/// One live link in the hub's count, for as long as the value exists: the
+/// count is right however a link ends (cleared, replaced, or dropped with
+/// its session).
+struct LiveLink(Arc<AtomicUsize>);
+
+impl LiveLink {
+    fn new(count: &Arc<AtomicUsize>) -> LiveLink {
+        count.fetch_add(1, Ordering::AcqRel);
+        LiveLink(count.clone())
+    }
+}
+
+impl Drop for LiveLink {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the hub asks of a link.
@@ -210,6 +231,7 @@ impl Hub {
             url: target.url.clone(),
             local_room: local_room.as_str().into(),
             nc_session: nc_session.as_str().into(),
+            _live: LiveLink::new(&self.fed_links),
         };
         let task = Link {
             link_id,
