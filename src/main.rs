@@ -95,7 +95,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         };
     }
-    // As many workers as cores by default (`[http] threads`); one thread
+    // `[http] threads` workers (default: the cores but one); one thread
     // runs a current-thread runtime: no cross-thread wake-ups, the most
     // messages per CPU-second (docs/benchmarks.md).
     let rt = if config.threads <= 1 {

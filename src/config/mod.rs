@@ -33,7 +33,7 @@ pub struct Config {
     /// `[app]` (reloaded on SIGHUP).
     pub app: AppConfig,
     /// `[http] threads`: runtime worker threads (1 = single-threaded);
-    /// default: the number of cores.
+    /// default: the number of cores but one, at least one.
     pub threads: usize,
     /// `[sessions] hashkey`: required and validated as by the Go server, so
     /// the same file starts either server, but not used: the Go server
@@ -304,9 +304,15 @@ url = ws://127.0.0.1:8188
     }
 
     #[test]
-    fn threads_default_to_the_cores_and_can_be_set() {
+    fn threads_default_to_the_cores_but_one_and_can_be_set() {
         let cores = std::thread::available_parallelism().unwrap().get();
-        assert_eq!(Config::parse(SAMPLE).unwrap().threads, cores);
+        assert_eq!(
+            Config::parse(SAMPLE).unwrap().threads,
+            listeners::default_threads(cores)
+        );
+        assert_eq!(listeners::default_threads(1), 1);
+        assert_eq!(listeners::default_threads(2), 1);
+        assert_eq!(listeners::default_threads(16), 15);
         let one = SAMPLE.replace("[http]\n", "[http]\nthreads = 1\n");
         assert_eq!(Config::parse(&one).unwrap().threads, 1);
         let zero = SAMPLE.replace("[http]\n", "[http]\nthreads = 0\n");

@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use super::link::Link;
-use crate::api::client::{RecipientKind, SignalType};
+use crate::api::client::{ClientKind, RecipientKind, SignalType};
 use crate::api::remote::{
     ActorType, ControlAction, EventTarget, EventType, MentionType, ServerKind,
 };
@@ -21,8 +21,8 @@ impl Link {
             return v;
         };
         let me = self.local_sid().to_string();
-        match ServerKind::of(&v["type"]) {
-            ServerKind::Message
+        match ClientKind::of(&v["type"]) {
+            ClientKind::Message
                 if RecipientKind::of(&v["message"]["recipient"]["type"])
                     == RecipientKind::Session =>
             {
@@ -31,7 +31,7 @@ impl Link {
                     *to = json!(remote);
                 }
             }
-            ServerKind::Transient if v["transient"]["key"] == format!("sd:{me}").as_str() => {
+            ClientKind::Transient if v["transient"]["key"] == format!("sd:{me}").as_str() => {
                 v["transient"]["key"] = json!(format!("sd:{remote}"));
             }
             _ => {}
