@@ -33,7 +33,7 @@ impl Hub {
         tokio::spawn(async move { hub.ping_loop(cancel).await });
     }
 
-    async fn timer_loop(self: Arc<Self>, cancel: CancellationToken) {
+    pub(crate) async fn timer_loop(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             let now = Instant::now();
             let next_ttl = self.lock().expire_transient(now);

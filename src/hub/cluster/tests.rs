@@ -26,6 +26,9 @@ async fn mesh_of(n: usize) -> Vec<Arc<Hub>> {
         let (bus, inbound) = mesh.join();
         let hub = hub_on(bus);
         hub.spawn_cluster(inbound, cancel.clone());
+        // The timers (transient TTLs, resume windows), not the pings to
+        // Nextcloud.
+        tokio::spawn(hub.clone().timer_loop(cancel.clone()));
         hub.discover_peers().await;
         hubs.push(hub);
     }
@@ -278,4 +281,131 @@ async fn a_backend_request_is_applied_once_by_every_hub() {
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0]["event"]["message"]["data"], json!({"n": 1}));
     }
+}
+
+/// `from` sends a client message of any type.
+async fn send_raw(hub: &Arc<Hub>, from: &Conn, msg: Value) {
+    let parsed = serde_json::from_value(msg.clone()).unwrap();
+    if let Some(wait) = hub.handle(&from.sid, parsed, &msg.to_string()) {
+        wait.await;
+    }
+}
+
+/// The `transient` frames since the last call, without their type field
+/// order mattering.
+fn transients(c: &Conn) -> Vec<Value> {
+    c.frames()
+        .into_iter()
+        .filter(|f| f["type"] == "transient")
+        .map(|f| f["transient"].clone())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_data_is_replicated_to_every_hub_and_expires_once() {
+    let hubs = mesh_of(3).await;
+    let x = client_in_room(&hubs[0], "alice", "r1").await;
+    let y = client_in_room(&hubs[1], "bob", "r1").await;
+    quiet().await;
+    x.frames();
+    y.frames();
+    // Set with a TTL of 5 s (nanoseconds) on hub 0.
+    send_raw(
+        &hubs[0],
+        &x,
+        json!({"type": "transient", "transient": {"type": "set", "key": "k", "value": {"v": 1}, "ttl": 5_000_000_000u64}}),
+    )
+    .await;
+    quiet().await;
+    let set = json!({"type": "set", "key": "k", "value": {"v": 1}});
+    assert_eq!(
+        transients(&x),
+        [set.clone()],
+        "the sender hears its set once"
+    );
+    assert_eq!(transients(&y), [set], "the other hub's member once");
+    let key = RoomKey {
+        backend: "nc1".into(),
+        room: "r1".into(),
+    };
+    for h in &hubs[..2] {
+        let st = h.lock();
+        assert!(st.rooms.get(&key).unwrap().transient.contains_key("k"));
+    }
+
+    // A member joining on the third hub gets the value in its initial data.
+    let z = client_in_room(&hubs[2], "carol", "r1").await;
+    quiet().await;
+    let initial: Vec<Value> = z
+        .frames()
+        .into_iter()
+        .filter(|f| f["type"] == "transient")
+        .collect();
+    assert_eq!(initial.len(), 1, "{initial:?}");
+    assert_eq!(initial[0]["transient"]["type"], "initial");
+    assert_eq!(initial[0]["transient"]["data"]["k"], json!({"v": 1}));
+
+    // Every hub's timer fires; the removal is applied once everywhere.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    quiet().await;
+    let removed = json!({"type": "remove", "key": "k", "oldvalue": {"v": 1}});
+    for c in [&x, &y, &z] {
+        assert_eq!(transients(c), [removed.clone()]);
+    }
+    for h in &hubs {
+        let st = h.lock();
+        assert!(!st.rooms.get(&key).unwrap().transient.contains_key("k"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dialout_status_and_errors_reach_the_room_on_every_hub_once() {
+    let hubs = mesh_of(2).await;
+    let x = client_in_room(&hubs[0], "alice", "r1").await;
+    let y = client_in_room(&hubs[1], "bob", "r1").await;
+    let sip = internal(&hubs[0]).await;
+    quiet().await;
+    for c in [&x, &y, &sip] {
+        c.frames();
+    }
+    let status = |s: &str| {
+        json!({"type": "internal", "internal": {"type": "dialout", "dialout": {
+            "type": "status", "roomid": "r1", "status": {"callid": "c1", "status": s, "cause": "", "code": 0}}}})
+    };
+    send_raw(&hubs[0], &sip, status("ringing")).await;
+    quiet().await;
+    let ringing = json!({"type": "set", "key": "callstatus_c1", "value": {"callid": "c1", "status": "ringing"}});
+    assert_eq!(transients(&x), [ringing.clone()]);
+    assert_eq!(transients(&y), [ringing]);
+
+    // A rejected call's status goes away after 5 s, once on every hub.
+    send_raw(&hubs[0], &sip, status("rejected")).await;
+    quiet().await;
+    assert_eq!(transients(&x).len(), 1);
+    assert_eq!(transients(&y).len(), 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    quiet().await;
+    assert!(transients(&x).is_empty(), "kept for 5 s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    quiet().await;
+    let gone = transients(&y);
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0]["type"], "remove");
+    assert_eq!(transients(&x).len(), 1);
+
+    let error = json!({"type": "internal", "internal": {"type": "dialout", "dialout": {
+        "type": "error", "roomid": "r1", "error": {"code": "busy", "message": "Busy"}}}});
+    send_raw(&hubs[0], &sip, error).await;
+    quiet().await;
+    let expected = json!({"type": "error", "error": {"code": "busy", "message": "Busy"}});
+    for c in [&x, &y] {
+        let d: Vec<Value> = c
+            .frames()
+            .into_iter()
+            .filter(|f| f["type"] == "dialout")
+            .map(|f| f["dialout"].clone())
+            .collect();
+        assert_eq!(d, [expected.clone()]);
+    }
+    assert!(sip.frames().is_empty(), "the bridge gets no error");
 }
