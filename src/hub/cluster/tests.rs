@@ -320,7 +320,7 @@ async fn transient_data_is_replicated_to_every_hub_and_expires_once() {
     let set = json!({"type": "set", "key": "k", "value": {"v": 1}});
     assert_eq!(
         transients(&x),
-        [set.clone()],
+        vec![set.clone()],
         "the sender hears its set once"
     );
     assert_eq!(transients(&y), [set], "the other hub's member once");
@@ -350,7 +350,7 @@ async fn transient_data_is_replicated_to_every_hub_and_expires_once() {
     quiet().await;
     let removed = json!({"type": "remove", "key": "k", "oldvalue": {"v": 1}});
     for c in [&x, &y, &z] {
-        assert_eq!(transients(c), [removed.clone()]);
+        assert_eq!(transients(c), vec![removed.clone()]);
     }
     for h in &hubs {
         let st = h.lock();
@@ -375,7 +375,7 @@ async fn dialout_status_and_errors_reach_the_room_on_every_hub_once() {
     send_raw(&hubs[0], &sip, status("ringing")).await;
     quiet().await;
     let ringing = json!({"type": "set", "key": "callstatus_c1", "value": {"callid": "c1", "status": "ringing"}});
-    assert_eq!(transients(&x), [ringing.clone()]);
+    assert_eq!(transients(&x), vec![ringing.clone()]);
     assert_eq!(transients(&y), [ringing]);
 
     // A rejected call's status goes away after 5 s, once on every hub.
@@ -405,7 +405,7 @@ async fn dialout_status_and_errors_reach_the_room_on_every_hub_once() {
             .filter(|f| f["type"] == "dialout")
             .map(|f| f["dialout"].clone())
             .collect();
-        assert_eq!(d, [expected.clone()]);
+        assert_eq!(d, vec![expected.clone()]);
     }
     assert!(sip.frames().is_empty(), "the bridge gets no error");
 }
