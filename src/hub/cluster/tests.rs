@@ -19,12 +19,20 @@ use crate::hub::Hub;
 
 /// `n` hubs on one mesh, each knowing the others (as after start-up).
 async fn mesh_of(n: usize) -> Vec<Arc<Hub>> {
+    mesh_with_stops(n).await.0
+}
+
+/// [`mesh_of`], with a token per hub that stops its tasks (the process
+/// dies without a goodbye).
+async fn mesh_with_stops(n: usize) -> (Vec<Arc<Hub>>, Vec<CancellationToken>) {
     let mesh = Mesh::new();
-    let cancel = CancellationToken::new();
     let mut hubs = Vec::new();
+    let mut stops = Vec::new();
     for _ in 0..n {
         let (bus, inbound) = mesh.join();
         let hub = hub_on(bus);
+        let cancel = CancellationToken::new();
+        stops.push(cancel.clone());
         hub.spawn_cluster(inbound, cancel.clone());
         // The timers (transient TTLs, resume windows), not the pings to
         // Nextcloud.
@@ -36,7 +44,7 @@ async fn mesh_of(n: usize) -> Vec<Arc<Hub>> {
     for h in &hubs {
         assert_eq!(h.known_processes(), n - 1, "every hub knows the others");
     }
-    hubs
+    (hubs, stops)
 }
 
 /// Returns once every hub applied everything that was published: with
@@ -408,4 +416,40 @@ async fn dialout_status_and_errors_reach_the_room_on_every_hub_once() {
         assert_eq!(d, vec![expected.clone()]);
     }
     assert!(sip.frames().is_empty(), "the bridge gets no error");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sessions_of_a_silent_hub_leave_the_rooms_of_the_others() {
+    let (hubs, stops) = mesh_with_stops(3).await;
+    let x = client_in_room(&hubs[0], "alice", "r1").await;
+    let y = client_in_room(&hubs[1], "bob", "r1").await;
+    let z = client_in_room(&hubs[2], "carol", "r1").await;
+    quiet().await;
+    x.frames();
+    y.frames();
+    let key = RoomKey {
+        backend: "nc1".into(),
+        room: "r1".into(),
+    };
+    // Hub 2 dies without a goodbye: no more heartbeats.
+    stops[2].cancel();
+    tokio::time::sleep(super::HEARTBEAT_INTERVAL).await;
+    quiet().await;
+    assert!(x.frames().is_empty(), "not gone before the process timeout");
+    tokio::time::sleep(super::PROCESS_TIMEOUT + 2 * super::HEARTBEAT_INTERVAL).await;
+    quiet().await;
+    for (h, c) in [(&hubs[0], &x), (&hubs[1], &y)] {
+        let leaves: Vec<Value> = c
+            .frames()
+            .into_iter()
+            .filter(|f| f["event"]["type"] == "leave")
+            .flat_map(|f| f["event"]["leave"].as_array().cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(leaves, vec![json!(&*z.sid)], "z leaves once");
+        assert_eq!(h.known_processes(), 1, "the silent hub is forgotten");
+        let st = h.lock();
+        let members = &st.rooms.get(&key).unwrap().members;
+        assert_eq!(members.len(), 2);
+        assert!(!members.contains(&z.sid));
+    }
 }
