@@ -461,24 +461,45 @@ impl Default for DialoutStatusKind {
 #[derive(Debug, Deserialize, Serialize)]
 pub struct DialoutStatus {
     /// Call id.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub callid: String,
     /// accepted, ringing, connected, rejected, cleared.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: DialoutStatusKind,
     /// Why a call was rejected or cleared.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub cause: String,
     /// SIP code of a rejected or cleared call.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub code: i64,
     /// Message of a rejected or cleared call.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub message: String,
 }
 
 fn is_zero(n: &i64) -> bool {
     *n == 0
+}
+
+/// A `null` field reads as the type's default (as Go's JSON reader does).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 #[cfg(test)]

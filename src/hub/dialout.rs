@@ -68,8 +68,8 @@ enum CallNews {
         value: Box<serde_json::value::RawValue>,
         ttl: Option<Duration>,
     },
-    /// Send the error to the room's sessions.
-    Error {
+    /// Send the message (an error or another type) to the room's sessions.
+    Message {
         key: RoomKey,
         frame: crate::api::server::Frame,
     },
@@ -199,14 +199,23 @@ impl Hub {
     /// An internal client's `dialout` message: the answer to a pending
     /// request (by its id) and, with a `roomid`, news for the room, as the
     /// Go server gives it: a status is set as the room's transient
-    /// `callstatus_<callid>` (removed 5 s after `rejected`/`cleared`), an
-    /// error is sent to the room's sessions as a `dialout` message.
+    /// `callstatus_<callid>` (removed 5 s after `rejected`/`cleared`); an
+    /// error (unless it answered a request: Nextcloud has it) or another
+    /// type is sent to the room's sessions as a `dialout` message.
     pub(crate) fn dialout_message(&self, sid: &Arc<str>, id: Option<&str>, d: DialoutInternal) {
+        let missing = match (&d.kind, &d.status, &d.error) {
+            (DialoutAnswerKind::Unknown(t), _, _) if t.is_empty() => Some("type missing"),
+            (DialoutAnswerKind::Status, None, _) => Some("status missing"),
+            (DialoutAnswerKind::Error, _, None) => Some("error missing"),
+            _ => None,
+        };
+        if let Some(missing) = missing {
+            return self.reply_error(sid, id, super::invalid_format(missing));
+        }
         let room = d.roomid.as_deref().filter(|r| !r.is_empty());
         let news = room.and_then(|room| self.dialout_news(sid, room, &d));
-        if let Some(id) = id {
-            self.dialout_answer(sid, id, d);
-        }
+        let is_error = d.error.is_some();
+        let answered = id.is_some_and(|id| self.dialout_answer(sid, id, d));
         match news {
             Some(CallNews::Status {
                 key,
@@ -219,9 +228,12 @@ impl Hub {
                     self.timer.notify_one();
                 }
             }
-            Some(CallNews::Error { key, frame }) => self.mutate(|st| {
+            Some(CallNews::Message { .. }) if answered && is_error => {}
+            Some(CallNews::Message { key, frame }) => self.mutate(|st| {
                 st.broadcast(&key, &frame, None);
-                st.publish_room_frame(&key, &frame, None, false);
+                // The internal client's process may have no member of the
+                // room: it does not know who else has.
+                st.publish_room_frame_to_all(&key, &frame, None, false);
             }),
             None => {}
         }
@@ -251,17 +263,25 @@ impl Hub {
                     ttl,
                 })
             }
-            DialoutAnswerKind::Error => {
-                let error = d.error.as_ref()?;
-                let frame = frame(None, "dialout", &json!({"type": "error", "error": error}));
-                Some(CallNews::Error { key, frame })
+            DialoutAnswerKind::Error | DialoutAnswerKind::Unknown(_) => {
+                // As the internal client sent it, without the room id.
+                let mut body = serde_json::Map::new();
+                body.insert("type".into(), json!(d.kind.as_str()));
+                if let Some(e) = &d.error {
+                    body.insert("error".into(), json!(e));
+                }
+                if let Some(s) = &d.status {
+                    body.insert("status".into(), json!(s));
+                }
+                let frame = frame(None, "dialout", &body);
+                Some(CallNews::Message { key, frame })
             }
-            DialoutAnswerKind::Unknown(_) => None,
         }
     }
 
-    /// An internal client answered a dialout request.
-    fn dialout_answer(&self, sid: &Arc<str>, id: &str, answer: DialoutInternal) {
+    /// An internal client answered a dialout request; false when no
+    /// request of this client has that id.
+    fn dialout_answer(&self, sid: &Arc<str>, id: &str, answer: DialoutInternal) -> bool {
         let mut pending = self.dialouts.lock().expect("dialout lock");
         let matches = pending.get(id).is_some_and(|(owner, _)| owner == sid);
         if matches {
@@ -269,5 +289,6 @@ impl Hub {
                 let _ = tx.send(answer);
             }
         }
+        matches
     }
 }

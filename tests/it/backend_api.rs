@@ -513,6 +513,34 @@ async fn dialout_status_and_errors_reach_the_room() {
     );
     assert!(started.elapsed() >= Duration::from_secs(4), "removed early");
 
+    // An error that answers a request goes to Nextcloud only.
+    let request = ts.spawn_backend_request(
+        "123",
+        json!({"type": "dialout", "dialout": {"number": "+491234567"}}),
+    );
+    let m = sip.wait_for(|m| m["type"] == "internal").await;
+    let id = m["id"].as_str().unwrap().to_string();
+    sip.send(json!({"id": id, "type": "internal", "internal": {"type": "dialout", "dialout": {"type": "error", "roomid": "123", "error": {"code": "busy", "message": "Line busy"}}}})).await;
+    let (code, body) = request.await.unwrap();
+    assert_eq!(code, 502);
+    assert_eq!(body["dialout"]["error"]["code"], "busy");
+    nothing_before_marker(&mut bob, &mut alice).await;
+
+    // A status without its body is refused; null fields read as absent.
+    sip.send(json!({"id": "s1", "type": "internal", "internal": {"type": "dialout", "dialout": {"type": "status", "roomid": "123"}}})).await;
+    let e = sip.expect_error("invalid_format").await;
+    assert_eq!(e["id"], "s1");
+    sip.send(status(
+        json!({"callid": "call-2", "status": "ringing", "cause": null, "code": null}),
+    ))
+    .await;
+    let m = alice.expect_type("transient").await;
+    assert_eq!(
+        m["transient"]["value"],
+        json!({"callid": "call-2", "status": "ringing"})
+    );
+
+    // Without a request, an error goes to the room.
     sip.send(json!({"type": "internal", "internal": {"type": "dialout", "dialout": {"type": "error", "roomid": "123", "error": {"code": "busy", "message": "Line busy"}}}})).await;
     let m = alice.expect_type("dialout").await;
     assert_eq!(

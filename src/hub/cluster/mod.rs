@@ -209,7 +209,21 @@ impl State {
                 .iter()
                 .any(|m| self.cluster.remote.contains_key(m))
         });
-        if !has_remote {
+        if has_remote {
+            self.publish_room_frame_to_all(key, f, except, call_only);
+        }
+    }
+
+    /// Sends a frame to the members of a room on every other process, also
+    /// when this one does not know of any (it may have no member there).
+    pub(crate) fn publish_room_frame_to_all(
+        &self,
+        key: &RoomKey,
+        f: &Frame,
+        except: Option<&str>,
+        call_only: bool,
+    ) {
+        if !self.bus.clustered() {
             return;
         }
         let h = Header::RoomFrame {

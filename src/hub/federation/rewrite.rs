@@ -26,13 +26,15 @@ impl Link {
                 if RecipientKind::of(&v["message"]["recipient"]["type"])
                     == RecipientKind::Session =>
             {
-                let to = &mut v["message"]["recipient"]["sessionid"];
-                if *to == me.as_str() {
-                    *to = json!(remote);
-                }
+                replace_at(&mut v, &["message", "recipient", "sessionid"], &me, &remote);
             }
-            ClientKind::Transient if v["transient"]["key"] == format!("sd:{me}").as_str() => {
-                v["transient"]["key"] = json!(format!("sd:{remote}"));
+            ClientKind::Transient => {
+                replace_at(
+                    &mut v,
+                    &["transient", "key"],
+                    &format!("sd:{me}"),
+                    &format!("sd:{remote}"),
+                );
             }
             _ => {}
         }
@@ -40,65 +42,44 @@ impl Link {
     }
 
     /// B -> client rewrites; None drops the message (B's own hello/welcome).
+    /// Whatever B sends, nothing here panics: fields are only changed
+    /// where every step of their path is an object.
     pub(super) fn rewrite_from_remote(&mut self, mut v: Value) -> Option<Value> {
         let remote = self.remote_sid.clone().unwrap_or_default();
         let me = self.local_sid().to_string();
-        let swap = |x: &mut Value| {
-            if x.as_str() == Some(remote.as_str()) {
-                *x = json!(me);
-            }
-        };
+        let (theirs, ours) = (self.target.remote_room.clone(), self.local_room.clone());
         let kind = ServerKind::of(&v["type"]);
         match kind {
             ServerKind::Welcome | ServerKind::Hello => return None,
-            ServerKind::Room => {
-                if let Some(id) = self.pending.take() {
-                    v["id"] = json!(id);
+            ServerKind::Room | ServerKind::Error => {
+                if let (Some(id), Some(o)) = (self.pending.take(), v.as_object_mut()) {
+                    o.insert("id".into(), json!(id));
                 }
-                if v["room"]["roomid"] == self.target.remote_room.as_str() {
-                    v["room"]["roomid"] = json!(self.local_room);
-                }
-            }
-            ServerKind::Error => {
-                if let Some(id) = self.pending.take() {
-                    v["id"] = json!(id);
-                }
-                let room = &mut v["error"]["details"]["room"]["roomid"];
-                if room.as_str() == Some(self.target.remote_room.as_str()) {
-                    *room = json!(self.local_room);
-                }
+                let path: &[&str] = if kind == ServerKind::Room {
+                    &["room", "roomid"]
+                } else {
+                    &["error", "details", "room", "roomid"]
+                };
+                replace_at(&mut v, path, &theirs, &ours);
             }
             ServerKind::Message | ServerKind::Control => {
-                let body = &mut v[kind.as_str()];
-                swap(&mut body["sender"]["sessionid"]);
-                if RecipientKind::of(&body["recipient"]["type"]) == RecipientKind::Session {
-                    swap(&mut body["recipient"]["sessionid"]);
+                if let Some(body) = at(&mut v, &[kind.as_str()]) {
+                    message_from_remote(body, kind == ServerKind::Message, &remote, &me);
                 }
-                let data = &mut body["data"];
-                let sdp = matches!(
-                    SignalType::of(&data["type"]),
-                    SignalType::Offer | SignalType::Answer
+            }
+            ServerKind::Transient => {
+                replace_at(
+                    &mut v,
+                    &["transient", "key"],
+                    &format!("sd:{remote}"),
+                    &format!("sd:{me}"),
                 );
-                if kind == ServerKind::Message && sdp {
-                    swap(&mut data["from"]);
-                    swap(&mut data["to"]);
-                    let mut kept = Map::new();
-                    for k in ["to", "from", "type", "roomType", "payload", "sid"] {
-                        if let Some(x) = data.get(k) {
-                            kept.insert(k.to_string(), x.clone());
-                        }
-                    }
-                    *data = Value::Object(kept);
-                } else if kind == ServerKind::Control
-                    && ControlAction::of(&data["action"]) == ControlAction::ForceMute
-                {
-                    swap(&mut data["peerId"]);
+            }
+            ServerKind::Event => {
+                if let Some(ev) = at(&mut v, &["event"]) {
+                    self.event_from_remote(ev, &remote, &me);
                 }
             }
-            ServerKind::Transient if v["transient"]["key"] == format!("sd:{remote}").as_str() => {
-                v["transient"]["key"] = json!(format!("sd:{me}"));
-            }
-            ServerKind::Event => self.event_from_remote(&mut v["event"], &remote, &me),
             _ => {}
         }
         Some(v)
@@ -107,60 +88,59 @@ impl Link {
     pub(super) fn event_from_remote(&self, ev: &mut Value, remote: &str, me: &str) {
         let target = EventTarget::of(&ev["target"]);
         let kind = EventType::of(&ev["type"]);
-        let room_rewrite = |x: &mut Value| {
-            if x.as_str() == Some(self.target.remote_room.as_str()) {
-                *x = json!(self.local_room);
-            }
-        };
+        let (theirs, ours) = (self.target.remote_room.as_str(), &*self.local_room);
         match (target, kind) {
             (EventTarget::Room, EventType::Join) => {
-                if let Some(list) = ev["join"].as_array_mut() {
+                if let Some(list) = at(ev, &["join"]).and_then(Value::as_array_mut) {
                     if let Some(e) = list.iter_mut().find(|e| e["sessionid"] == remote) {
-                        e["sessionid"] = json!(me);
+                        replace_at(e, &["sessionid"], remote, me);
                     }
                 }
             }
             (EventTarget::Room, EventType::Leave) => {
-                if let Some(list) = ev["leave"].as_array_mut() {
+                if let Some(list) = at(ev, &["leave"]).and_then(Value::as_array_mut) {
                     for e in list.iter_mut().filter(|e| e.as_str() == Some(remote)) {
                         *e = json!(me);
                     }
                 }
             }
             (EventTarget::Room, EventType::Message) => {
-                room_rewrite(&mut ev["message"]["roomid"]);
-                let chat = &mut ev["message"]["data"]["chat"];
-                self.chat_rewrite(&mut chat["comment"]);
-                if let Some(list) = chat["comments"].as_array_mut() {
-                    for c in list {
+                replace_at(ev, &["message", "roomid"], theirs, ours);
+                if let Some(chat) = at(ev, &["message", "data", "chat"]) {
+                    if let Some(c) = at(chat, &["comment"]) {
                         self.chat_rewrite(c);
+                    }
+                    if let Some(list) = at(chat, &["comments"]).and_then(Value::as_array_mut) {
+                        for c in list {
+                            self.chat_rewrite(c);
+                        }
                     }
                 }
             }
             (EventTarget::Participants, EventType::Update) => {
-                room_rewrite(&mut ev["update"]["roomid"]);
+                replace_at(ev, &["update", "roomid"], theirs, ours);
                 for list in ["changed", "users"] {
-                    if let Some(entries) = ev["update"][list].as_array_mut() {
-                        let mut swapped = false;
-                        for e in entries {
-                            self.actor_rewrite(e, "actorId", "actorType");
-                            for key in ["sessionId", "sessionid"] {
-                                if !swapped && e[key] == remote {
-                                    e[key] = json!(me);
-                                    swapped = true;
-                                }
+                    let Some(entries) = at(ev, &["update", list]).and_then(Value::as_array_mut)
+                    else {
+                        continue;
+                    };
+                    let mut swapped = false;
+                    for e in entries {
+                        self.actor_rewrite(e, "actorId", "actorType");
+                        for key in ["sessionId", "sessionid"] {
+                            if !swapped && e[key] == remote {
+                                replace_at(e, &[key], remote, me);
+                                swapped = true;
                             }
                         }
                     }
                 }
             }
             (EventTarget::Participants, EventType::Flags) => {
-                room_rewrite(&mut ev["flags"]["roomid"]);
-                if ev["flags"]["sessionid"] == remote {
-                    ev["flags"]["sessionid"] = json!(me);
-                }
+                replace_at(ev, &["flags", "roomid"], theirs, ours);
+                replace_at(ev, &["flags", "sessionid"], remote, me);
             }
-            (EventTarget::Roomlist, k) => room_rewrite(&mut ev[k.as_str()]["roomid"]),
+            (EventTarget::Roomlist, k) => replace_at(ev, &[k.as_str(), "roomid"], theirs, ours),
             _ => {}
         }
     }
@@ -195,7 +175,7 @@ impl Link {
         if c["token"] == self.target.remote_room.as_str() {
             c["token"] = json!(self.local_room);
         }
-        if let Some(params) = c["messageParameters"].as_object_mut() {
+        if let Some(params) = at(c, &["messageParameters"]).and_then(Value::as_object_mut) {
             for (k, p) in params.iter_mut() {
                 if !k.starts_with("mention-") {
                     continue;
@@ -223,5 +203,144 @@ impl Link {
             self.chat_rewrite(&mut parent);
             c["parent"] = parent;
         }
+    }
+}
+
+/// The value at `path`, when every step is an object that has the key.
+fn at<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, k| v.get_mut(*k))
+}
+
+/// Replaces the string at `path` by `to` when it is `from`.
+fn replace_at(v: &mut Value, path: &[&str], from: &str, to: &str) {
+    if let Some(x) = at(v, path) {
+        if x.as_str() == Some(from) {
+            *x = json!(to);
+        }
+    }
+}
+
+/// A `message` or `control` body from B: B's id of the session becomes
+/// ours; the SDP of an offer or answer keeps only the fields a client
+/// needs.
+fn message_from_remote(body: &mut Value, is_message: bool, remote: &str, me: &str) {
+    replace_at(body, &["sender", "sessionid"], remote, me);
+    if RecipientKind::of(&body["recipient"]["type"]) == RecipientKind::Session {
+        replace_at(body, &["recipient", "sessionid"], remote, me);
+    }
+    let Some(data) = at(body, &["data"]) else {
+        return;
+    };
+    let sdp = matches!(
+        SignalType::of(&data["type"]),
+        SignalType::Offer | SignalType::Answer
+    );
+    if is_message && sdp {
+        replace_at(data, &["from"], remote, me);
+        replace_at(data, &["to"], remote, me);
+        let mut kept = Map::new();
+        for k in ["to", "from", "type", "roomType", "payload", "sid"] {
+            if let Some(x) = data.get(k) {
+                kept.insert(k.to_string(), x.clone());
+            }
+        }
+        *data = Value::Object(kept);
+    } else if !is_message && ControlAction::of(&data["action"]) == ControlAction::ForceMute {
+        replace_at(data, &["peerId"], remote, me);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Target;
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            link_id: 1,
+            hub: crate::hub::tests::hub_on(std::sync::Arc::new(crate::bus::LocalBus::new())),
+            sid: "L".into(),
+            target: Target {
+                ws_url: "wss://b.example/spreed".into(),
+                signaling: "https://b.example".into(),
+                url: "https://b.example/ocs".into(),
+                remote_room: "rroom".into(),
+                token: "t".into(),
+            },
+            features: Vec::new(),
+            local_room: "lroom".into(),
+            nc_session: "nc".into(),
+            pending: None,
+            remote_sid: Some("R".into()),
+            resume_id: None,
+            leaving: false,
+            local_cloud: "@a.example".into(),
+            remote_cloud: "@b.example".into(),
+            local_base: "https://a.example".into(),
+            remote_base: "https://b.example".into(),
+            queue: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_of_any_shape_from_the_remote_server_pass_without_panic() {
+        let mut l = link();
+        for v in [
+            json!({"type": "message", "message": "x"}),
+            json!({"type": "control", "control": {"sender": "s", "recipient": 1, "data": 5}}),
+            json!({"type": "message", "message": {"sender": {"sessionid": 5}, "data": {"type": "offer", "from": []}}}),
+            json!({"type": "error", "error": "e"}),
+            json!({"type": "room", "room": 7}),
+            json!({"type": "transient", "transient": [1]}),
+            json!({"type": "event", "event": "e"}),
+            json!({"type": "event", "event": {"target": "roomlist", "type": "invite", "invite": "s"}}),
+            json!({"type": "event", "event": {"target": "room", "type": "join", "join": [1, "R", {"sessionid": 2}]}}),
+            json!({"type": "event", "event": {"target": "room", "type": "message", "message": {"roomid": [], "data": {"chat": {"comment": "c", "comments": [1, "x", {"parent": 3}]}}}}}),
+            json!({"type": "event", "event": {"target": "room", "type": "message", "message": {"data": "d"}}}),
+            json!({"type": "event", "event": {"target": "participants", "type": "update", "update": {"changed": [1, "x"], "users": "u"}}}),
+            json!({"type": "event", "event": {"target": "participants", "type": "flags", "flags": 1}}),
+            json!([1, 2]),
+            json!("text"),
+        ] {
+            let out = l.rewrite_from_remote(v.clone());
+            assert_eq!(out, Some(v), "nothing to rewrite, nothing added");
+        }
+        // A client message of any shape too.
+        for v in [
+            json!({"type": "message", "message": "x"}),
+            json!({"type": "message", "message": {"recipient": {"type": "session"}}}),
+            json!({"type": "transient", "transient": 1}),
+        ] {
+            assert_eq!(l.rewrite_to_remote(v.clone()), v);
+        }
+    }
+
+    #[tokio::test]
+    async fn ids_and_rooms_are_rewritten_where_they_are() {
+        let mut l = link();
+        l.pending = Some("req-1".into());
+        let out = l.rewrite_from_remote(json!({"type": "error", "error": {"code": "x"}}));
+        assert_eq!(
+            out,
+            Some(json!({"id": "req-1", "type": "error", "error": {"code": "x"}})),
+            "no details added to an error without them"
+        );
+        let out = l.rewrite_from_remote(json!({"type": "message", "message": {
+            "sender": {"type": "session", "sessionid": "R"},
+            "recipient": {"type": "session", "sessionid": "R"},
+            "data": {"type": "offer", "from": "R", "to": "X", "payload": {"sdp": "s"}, "extra": 1}}}));
+        assert_eq!(
+            out,
+            Some(json!({"type": "message", "message": {
+                "sender": {"type": "session", "sessionid": "L"},
+                "recipient": {"type": "session", "sessionid": "L"},
+                "data": {"type": "offer", "from": "L", "to": "X", "payload": {"sdp": "s"}}}}))
+        );
+        let out = l.rewrite_from_remote(json!({"type": "event", "event": {
+            "target": "roomlist", "type": "disinvite", "disinvite": {"roomid": "rroom"}}}));
+        assert_eq!(out.unwrap()["event"]["disinvite"]["roomid"], "lroom");
+        let out = l.rewrite_to_remote(json!({"type": "message", "message": {
+            "recipient": {"type": "session", "sessionid": "L"}, "data": {}}}));
+        assert_eq!(out["message"]["recipient"]["sessionid"], "R");
     }
 }
