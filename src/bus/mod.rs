@@ -21,6 +21,17 @@ use serde_json::value::RawValue;
 pub const SUBJECT_ALL: &str = "signaling.all";
 
 /// Subject of one process (session frames, resume hand-over).
+/// True for a subject NATS accepts to publish on: dot-separated non-empty
+/// tokens of printable ASCII other than the wildcards. A subject with a
+/// space would break the publishing connection's protocol (the server
+/// closes it), so the NATS bus refuses others before they are sent.
+pub fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|t| {
+            !t.is_empty() && t != "*" && t != ">" && t.bytes().all(|b| b.is_ascii_graphic())
+        })
+}
+
 pub fn process_subject(pid: &str) -> String {
     format!("signaling.process.{pid}")
 }
@@ -465,6 +476,20 @@ impl Bus for LocalBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_with_spaces_wildcards_or_empty_tokens_are_not_valid() {
+        assert!(valid_subject(&process_subject("aB3-_x9Z")));
+        assert!(valid_subject(&room_subject(
+            "nc 1",
+            "room with spaces.and dots"
+        )));
+        for bad in [
+            "", "a b", "a..b", "a.", ".a", "a.*", "a.>", "a\tb", "a\u{e9}",
+        ] {
+            assert!(!valid_subject(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn member_kinds_are_the_strings_of_before() {

@@ -193,6 +193,10 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, subject: String, payload: Bytes) {
+        if !super::valid_subject(&subject) {
+            tracing::error!(subject = ?subject, "not a valid NATS subject, not published");
+            return;
+        }
         self.backlog.queued.fetch_add(1, Ordering::Relaxed);
         if self.out.send(Out::Msg(subject, payload)).is_err() {
             // Only after the runtime shut the publisher task down.
@@ -218,6 +222,10 @@ impl Bus for NatsBus {
     ) -> Replies {
         let client = self.client.clone();
         Box::pin(async move {
+            if !super::valid_subject(&subject) {
+                tracing::error!(subject = ?subject, "not a valid NATS subject, no request sent");
+                return Vec::new();
+            }
             let inbox = client.new_inbox();
             let Ok(mut sub) = client.subscribe(inbox.clone()).await else {
                 return Vec::new();

@@ -93,7 +93,7 @@ pub fn parse(ini: &IniFile) -> Result<McuSection, ConfigError> {
         )));
     }
     let positive = |v: u64, default: u64| if v == 0 { default } else { v };
-    let timeout = Duration::from_secs(ini.get_u64("mcu", "timeout", 10)?);
+    let timeout = super::at_most_a_year("mcu", "timeout", ini.get_u64("mcu", "timeout", 10)?)?;
     if timeout.is_zero() {
         return Err(ConfigError("[mcu] timeout: must be > 0".into()));
     }

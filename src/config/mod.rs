@@ -134,8 +134,22 @@ impl From<String> for ConfigError {
     }
 }
 
+/// The longest duration a setting may have: a year. Larger values are
+/// refused, not clamped (added to a clock they would overflow it).
+pub const MAX_SECS: u64 = 365 * 24 * 3600;
+
 fn secs(ini: &IniFile, section: &str, key: &str, default: u64) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_secs(ini.get_u64(section, key, default)?))
+    at_most_a_year(section, key, ini.get_u64(section, key, default)?)
+}
+
+/// `n` seconds, refused above [`MAX_SECS`].
+pub(crate) fn at_most_a_year(section: &str, key: &str, n: u64) -> Result<Duration, ConfigError> {
+    if n > MAX_SECS {
+        return Err(ConfigError(format!(
+            "[{section}] {key}: {n} seconds is more than a year ({MAX_SECS})"
+        )));
+    }
+    Ok(Duration::from_secs(n))
 }
 
 /// Seconds as the Go server reads them: missing, 0 or negative means the
@@ -144,7 +158,7 @@ fn go_secs(ini: &IniFile, section: &str, key: &str, default: u64) -> Result<Dura
     match ini.get_nonempty(section, key) {
         None => Ok(Duration::from_secs(default)),
         Some(v) => match v.trim().parse::<i64>() {
-            Ok(n) if n > 0 => Ok(Duration::from_secs(n as u64)),
+            Ok(n) if n > 0 => at_most_a_year(section, key, n as u64),
             Ok(_) => Ok(Duration::from_secs(default)),
             Err(_) => Err(ConfigError(format!(
                 "[{section}] {key}: `{v}` is not an integer"
@@ -301,6 +315,28 @@ url = ws://127.0.0.1:8188
         let bad = SAMPLE.replace("url = https://cloud.one.example/", "");
         let e = Config::parse(&bad).unwrap_err().to_string();
         assert!(e.contains("[one] urls"), "{e}");
+    }
+
+    #[test]
+    fn durations_over_a_year_are_refused() {
+        for (section, key) in [
+            ("clients", "hellotimeout"),
+            ("sessions", "resumetimeout"),
+            ("mcu", "timeout"),
+            ("http", "readtimeout"),
+        ] {
+            let text = SAMPLE.replace(
+                &format!("[{section}]\n"),
+                &format!("[{section}]\n{key} = 18446744073709551615\n"),
+            );
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{section} {key}: {e}");
+        }
+        let ok = SAMPLE.replace(
+            "[clients]\n",
+            &format!("[clients]\nhellotimeout = {MAX_SECS}\n"),
+        );
+        assert!(Config::parse(&ok).is_ok());
     }
 
     #[test]

@@ -2,6 +2,26 @@
 //! internal clients, in `welcome`, and in the `X-Spreed-Signaling-Features`
 //! header; the MCU's only while Janus is connected.
 
+/// The most features a client may announce in its hello (Talk sends a
+/// handful), and the longest one.
+pub const MAX_CLIENT_FEATURES: usize = 64;
+/// See [`MAX_CLIENT_FEATURES`].
+pub const MAX_CLIENT_FEATURE_LEN: usize = 64;
+
+/// Refuses a hello's feature list that is too long: the features are
+/// copied into every join event and bus member entry of the session, and a
+/// client does not get to make those large.
+pub fn check_client_features(features: &[String]) -> Result<(), crate::api::error::ProtocolError> {
+    let too_many = features.len() > MAX_CLIENT_FEATURES
+        || features.iter().any(|f| f.len() > MAX_CLIENT_FEATURE_LEN);
+    if too_many {
+        return Err(super::invalid_format(format!(
+            "at most {MAX_CLIENT_FEATURES} features of at most {MAX_CLIENT_FEATURE_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// Feature ids announced to regular clients (hello `server.features`).
 pub const CLIENT_FEATURES: &[&str] = &[
     "audio-video-permissions",

@@ -126,6 +126,7 @@ impl Hub {
                 "The hello version is not supported.",
             ));
         }
+        super::features::check_client_features(&hello.features)?;
         if let Some(resume_id) = hello.resumeid.as_deref().filter(|r| !r.is_empty()) {
             let known = self.lock().sessions.resume_ids.contains_key(resume_id);
             if !known {
@@ -503,6 +504,7 @@ impl Hub {
             flags: 0,
             virtuals: HashMap::new(),
             fed_link: None,
+            mcu_tasks: None,
             federated: ident.federated.map(Box::new),
         });
         conn.push(reply);

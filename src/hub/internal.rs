@@ -313,6 +313,7 @@ impl State {
             flags: add.flags.unwrap_or(0),
             virtuals: HashMap::new(),
             fed_link: None,
+            mcu_tasks: None,
             federated: None,
         };
         let added = VirtualAdded {

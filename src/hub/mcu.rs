@@ -9,6 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -32,6 +34,11 @@ pub(crate) enum McuRoute {
     /// Not for the MCU: deliver as a normal message.
     Deliver(MessageClientMessage),
 }
+
+/// MCU requests of one session that run at once at most (`requestoffer`,
+/// `sendoffer`: each waits for Janus, up to `[mcu] timeout`). Beyond, the
+/// session's reader waits for one to end before it reads on.
+const MCU_TASKS_PER_SESSION: usize = 16;
 
 /// The sender of an MCU message: its user id and its backend's bitrate caps.
 type SenderInfo = (Option<Arc<str>>, (u64, u64));
@@ -220,17 +227,15 @@ impl Hub {
                 if to_self {
                     return McuRoute::Done;
                 }
-                let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
-                tokio::spawn(async move {
-                    hub.request_offer(&mcu, &sid, id.as_deref(), &target, checked)
+                let (hub, task_sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+                self.mcu_task(sid, async move {
+                    hub.request_offer(&mcu, &task_sid, id.as_deref(), &target, checked)
                         .await
-                });
-                McuRoute::Done
+                })
             }
             McuKind::SendOffer if !to_self => {
                 mcu.count_message(kind.as_str());
-                self.send_offer(mcu, sid, id, target, checked);
-                McuRoute::Done
+                self.send_offer(mcu, sid, id, target, checked)
             }
             McuKind::UnshareScreen if to_self => {
                 mcu.command(Command::UnshareScreen(sid.clone()));
@@ -426,6 +431,42 @@ impl Hub {
         }
     }
 
+    /// Runs an MCU request of `sid` in the background, at most
+    /// [`MCU_TASKS_PER_SESSION`] at once: beyond, the session's reader
+    /// waits for a slot (nothing is refused or dropped).
+    pub(super) fn mcu_task(
+        &self,
+        sid: &Arc<str>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> McuRoute {
+        let slots = {
+            let mut st = self.lock();
+            let Some(s) = st.sessions.map.get_mut(sid) else {
+                return McuRoute::Done;
+            };
+            s.mcu_tasks
+                .get_or_insert_with(|| Arc::new(Semaphore::new(MCU_TASKS_PER_SESSION)))
+                .clone()
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(async move {
+                    task.await;
+                    drop(slot);
+                });
+                McuRoute::Done
+            }
+            Err(_) => McuRoute::Wait(Box::pin(async move {
+                if let Ok(slot) = slots.acquire_owned().await {
+                    tokio::spawn(async move {
+                        task.await;
+                        drop(slot);
+                    });
+                }
+            })),
+        }
+    }
+
     /// `sendoffer`: the sender publishes; the recipient gets a subscriber
     /// of it and the offer. Errors go to the sender.
     fn send_offer(
@@ -435,49 +476,58 @@ impl Hub {
         id: Option<&str>,
         target: Arc<str>,
         c: Checked,
-    ) {
+    ) -> McuRoute {
         let (allowed, local) = {
             let st = self.lock();
             let Some(s) = st.sessions.map.get(sid) else {
-                return;
+                return McuRoute::Done;
             };
-            (
-                may_send(s, &c.data.room_type),
-                st.sessions.map.contains_key(&target),
-            )
+            // A recipient of another backend is unreachable, as for a
+            // message to a session.
+            let same_backend = st
+                .sessions
+                .map
+                .get(&target)
+                .map(|t| t.backend.id == s.backend.id);
+            (may_send(s, &c.data.room_type), same_backend)
         };
-        let local = local || self.remote_owner(sid, &target).is_some();
+        let local = match local {
+            Some(same) => same,
+            None => self.remote_owner(sid, &target).is_some(),
+        };
         if !allowed {
-            return self.reply_error(
+            self.reply_error(
                 sid,
                 id,
                 err(error::NOT_ALLOWED, "Not allowed to send offer"),
             );
+            return McuRoute::Done;
         }
         let Some(stream) = StreamType::parse(&c.data.room_type).filter(|_| local) else {
-            return self.reply_error(
+            self.reply_error(
                 sid,
                 id,
                 mcu_error(&McuError::NotFound("no recipient".into())),
             );
+            return McuRoute::Done;
         };
-        let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
-        tokio::spawn(async move {
+        let (hub, task_sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+        self.mcu_task(sid, async move {
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
             let deliver = |ssid: &str, offer: &Value| {
-                let f = reply_frame(&sid, None, &target, "offer", stream, offer, ssid);
+                let f = reply_frame(&task_sid, None, &target, "offer", stream, offer, ssid);
                 hub.deliver_anywhere(&target, &f);
             };
             match mcu
-                .subscribe(&target, &sid, stream, "", &payload, deliver)
+                .subscribe(&target, &task_sid, stream, "", &payload, deliver)
                 .await
             {
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::info!(session = %sid, "sendoffer failed: {e}");
-                    hub.reply_error(&sid, id.as_deref(), mcu_error(&e));
+                    tracing::info!(session = %task_sid, "sendoffer failed: {e}");
+                    hub.reply_error(&task_sid, id.as_deref(), mcu_error(&e));
                 }
             }
-        });
+        })
     }
 }

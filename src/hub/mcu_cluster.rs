@@ -132,8 +132,20 @@ impl Hub {
         let Some(stream) = StreamType::parse(&c.data.room_type) else {
             return fail(McuError::NotFound("no stream".into()));
         };
+        // Sessions of other processes are not limited per session here:
+        // all of them together get REMOTE_MCU_TASKS at once, beyond that a
+        // request is refused with an error its sender gets.
+        let Ok(slot) = self.remote_mcu_slots.clone().try_acquire_owned() else {
+            let e = err(
+                error::TOO_MANY_REQUESTS,
+                "Too many MCU requests from other processes, try again.",
+            );
+            return self
+                .deliver_anywhere(&sender, &crate::api::server::error_frame(id.as_deref(), &e));
+        };
         let hub = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
             let r = match c.data.kind {
                 McuKind::RequestOffer => {

@@ -134,6 +134,10 @@ type DialoutWaiter = (
     tokio::sync::oneshot::Sender<crate::api::client::DialoutInternal>,
 );
 
+/// MCU requests of sessions of other processes that run here at once at
+/// most (each waits for Janus, up to `[mcu] timeout`).
+const REMOTE_MCU_TASKS: usize = 1024;
+
 /// The hub: shared by every connection and the backend API.
 pub struct Hub {
     /// The configuration the server was started with.
@@ -162,6 +166,8 @@ pub struct Hub {
     /// none exist, a client message needs no look-up to know that it is
     /// not for a remote server.
     fed_links: Arc<std::sync::atomic::AtomicUsize>,
+    /// Slots for MCU requests of other processes' sessions running here.
+    remote_mcu_slots: Arc<tokio::sync::Semaphore>,
     /// The bus (also in the state; here for checks without the lock).
     bus: Arc<dyn Bus>,
     /// Recipients the last bus message left congested (inbound task only).
@@ -243,6 +249,7 @@ impl Hub {
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
             fed_links: Arc::default(),
+            remote_mcu_slots: Arc::new(tokio::sync::Semaphore::new(REMOTE_MCU_TASKS)),
             bus,
             inbound_congested: Mutex::new(Vec::new()),
             mcu: std::sync::OnceLock::new(),

@@ -91,6 +91,8 @@ pub struct Session {
     pub virtuals: HashMap<String, Arc<str>>,
     /// On this server: the link to the remote server of a federated room.
     pub(crate) fed_link: Option<Box<crate::hub::federation::FedLink>>,
+    /// Slots for MCU requests running at once (made on the first).
+    pub(crate) mcu_tasks: Option<Arc<tokio::sync::Semaphore>>,
     /// On the hosting server: this is a federated session (`auth.type`
     /// `federation`), with the actor its token named.
     pub federated: Option<Box<Federated>>,

@@ -174,3 +174,36 @@ async fn nextcloud_is_told_of_a_removed_virtual_session_only_after_the_lock_is_r
         "sent once the lock was released"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_runs_at_most_sixteen_mcu_requests_at_once_and_waits_for_more() {
+    use super::mcu::McuRoute;
+    let hub = hub();
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = || {
+        let mut released = released.clone();
+        let done = done.clone();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    for _ in 0..16 {
+        assert!(matches!(hub.mcu_task(&ok.sid, task()), McuRoute::Done));
+    }
+    // The seventeenth waits (the reader awaits this before reading on)...
+    let McuRoute::Wait(wait) = hub.mcu_task(&ok.sid, task()) else {
+        panic!("the seventeenth request must wait");
+    };
+    let waiting = tokio::spawn(wait);
+    settle().await;
+    assert!(!waiting.is_finished(), "no slot while sixteen run");
+    // ...until one ends; then it runs too: nothing is dropped.
+    release.send_replace(true);
+    waiting.await.unwrap();
+    settle().await;
+    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 17);
+}

@@ -350,11 +350,7 @@ impl Gateway {
         let session = created["data"]["id"]
             .as_u64()
             .ok_or("create without session id")?;
-        let keepalive = match info["session-timeout"].as_u64() {
-            Some(t) if t > 0 => KEEPALIVE.min(Duration::from_millis(t * 500)),
-            _ => KEEPALIVE,
-        };
-        Ok((ws, session, keepalive))
+        Ok((ws, session, keepalive_for(&info)))
     }
 
     /// One request/reply before the session exists (nothing else is in
@@ -468,9 +464,37 @@ impl Gateway {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// How often to keep the Janus session alive: half of its session timeout
+/// (seconds, from `info`), at most [`KEEPALIVE`], whatever Janus says.
+fn keepalive_for(info: &Value) -> Duration {
+    match info["session-timeout"].as_u64() {
+        Some(t) if t > 0 => KEEPALIVE.min(Duration::from_millis(t.saturating_mul(500))),
+        _ => KEEPALIVE,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalive_is_half_the_session_timeout_and_never_zero_or_overflowing() {
+        assert_eq!(
+            keepalive_for(&json!({"session-timeout": 10})),
+            Duration::from_secs(5)
+        );
+        assert_eq!(keepalive_for(&json!({"session-timeout": 0})), KEEPALIVE);
+        assert_eq!(keepalive_for(&json!({"session-timeout": -1})), KEEPALIVE);
+        assert_eq!(
+            keepalive_for(&json!({"session-timeout": 1u64 << 62})),
+            KEEPALIVE
+        );
+        assert_eq!(
+            keepalive_for(&json!({"session-timeout": u64::MAX})),
+            KEEPALIVE
+        );
+        assert_eq!(keepalive_for(&json!({})), KEEPALIVE);
+    }
 
     #[test]
     fn plugin_errors_inside_events_and_success_are_errors() {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
 async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
@@ -694,4 +694,65 @@ async fn processes_cluster_over_a_tls_nats_server() {
     let m = b.wait_for(|m| m["type"] == "message").await;
     assert_eq!(m["message"]["data"]["over"], "tls");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client's resume id becomes part of a NATS subject only when it starts
+/// with a process id: one with a space (not a subject) broke the process's
+/// NATS connection (the server closes it for a protocol violation, and what
+/// was queued behind was lost).
+#[tokio::test]
+async fn a_resume_id_that_is_no_subject_leaves_nats_alone() {
+    let monitor = free_port();
+    let nats = NatsServer::start_with_args(&["-m", &monitor.to_string()]).await;
+    let extra = format!("[nats]\nurl = {}\n", nats.url());
+    let a = TestServer::start_with(&extra).await;
+    let b = TestServer::start_on(a.nc.clone(), &extra).await;
+    let (ha, hb) = (
+        a.server.as_ref().unwrap().hub.clone(),
+        b.server.as_ref().unwrap().hub.clone(),
+    );
+    eventually("the processes hear each other", TIMEOUT * 2, || {
+        ha.known_processes() == 1 && hb.known_processes() == 1
+    })
+    .await;
+    for bad in ["ab cdefgh0123", "ab.cdefgh0123", "ab\tcdefgh0123"] {
+        let mut c = Client::connect(&a.ws_url()).await;
+        c.expect_type("welcome").await;
+        c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": bad}}))
+            .await;
+        c.expect_error("no_such_session").await;
+    }
+    // Everything sent before has been through NATS once a message went
+    // from one process to the other and back.
+    let mut x = a.client_in_room("alice", "room1").await;
+    let mut y = b.client_in_room("bob", "room1").await;
+    x.wait_join_of(&y.session_id.clone()).await;
+    x.message_to(
+        json!({"type": "session", "sessionid": y.session_id}),
+        json!({"n": 1}),
+    )
+    .await;
+    assert_eq!(
+        y.wait_for(|m| m["type"] == "message").await["message"]["data"]["n"],
+        1
+    );
+    let closed: Value = reqwest::get(format!("http://127.0.0.1:{monitor}/connz?state=closed"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // (The test's own port probe at start closes too, having sent nothing.)
+    let servers_closed = closed["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["in_msgs"] != 0 || c["out_msgs"] != 0)
+        .count();
+    assert_eq!(
+        servers_closed, 0,
+        "no server's NATS connection was closed: {closed}"
+    );
+    b.stop().await;
+    a.stop().await;
 }

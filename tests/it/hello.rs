@@ -550,3 +550,34 @@ async fn shutdown_says_bye_and_closes_with_1001() {
     assert_eq!(a.expect_close().await, Some(1001));
     stopping.await.unwrap();
 }
+
+/// A hello's features are copied into every join event of the session:
+/// more than 64, or one longer than 64 bytes, are refused.
+#[tokio::test]
+async fn a_hello_with_too_many_or_too_long_features_is_refused() {
+    let ts = TestServer::start().await;
+    let url = ts.nc.backend_url();
+    let many: Vec<String> = (0..65).map(|i| format!("f{i}")).collect();
+    for features in [json!(many), json!(["x".repeat(65)])] {
+        let mut c = ts.connect().await;
+        c.expect_type("welcome").await;
+        c.send(
+            json!({"id": "h", "type": "hello", "hello": {"version": "1.0", "features": features,
+            "auth": {"url": url, "params": {"userid": "alice"}}}}),
+        )
+        .await;
+        let e = c.expect_error("invalid_format").await;
+        assert_eq!(e["id"], "h");
+    }
+    // 64 features of 64 bytes are fine.
+    let ok: Vec<String> = (0..64).map(|i| format!("{i:064}")).collect();
+    let mut c = ts.connect().await;
+    c.expect_type("welcome").await;
+    c.send(
+        json!({"id": "h", "type": "hello", "hello": {"version": "1.0", "features": ok,
+        "auth": {"url": url, "params": {"userid": "alice"}}}}),
+    )
+    .await;
+    c.expect_type("hello").await;
+    ts.stop().await;
+}

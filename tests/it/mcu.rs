@@ -436,6 +436,54 @@ async fn requestoffer_needs_the_same_call_and_a_publisher() {
     ts.stop().await;
 }
 
+/// A flood of `requestoffer`s for a session that publishes nothing: at
+/// most 16 of one session wait for Janus at once; the rest wait their turn
+/// (the client's next messages are read once one ended), none is lost.
+#[tokio::test]
+async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
+    let (_j, ts) = setup("[mcu]\ntimeout = 2\n").await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    ts.backend_request(
+        "room1",
+        &json!({"type": "incall", "incall": {"incall": 7,
+        "changed": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}],
+        "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]}}),
+    )
+    .await;
+    a.wait_for(|m| m["event"]["target"] == "participants").await;
+    let bob = b.session_id.clone();
+    let start = tokio::time::Instant::now();
+    for i in 0..20 {
+        let req = json!({"type": "requestoffer", "roomType": "video"});
+        send_to(&mut a, &format!("r{i}"), &bob, req).await;
+    }
+    send_to(&mut a, "after", &bob, json!("after")).await;
+    // The message after the flood is read only once a slot was free.
+    b.wait_for_within(Duration::from_secs(10), |m| m["message"]["data"] == "after")
+        .await;
+    let read_after = start.elapsed();
+    assert!(
+        read_after >= Duration::from_millis(1900),
+        "read after {read_after:?}"
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < 20 {
+        let e = a
+            .wait_for_within(Duration::from_secs(10), |m| m["type"] == "error")
+            .await;
+        assert_eq!(e["error"]["code"], "client_not_found", "{e}");
+        ids.insert(e["id"].as_str().unwrap().to_string());
+    }
+    let all = start.elapsed();
+    assert!(
+        all >= Duration::from_millis(3900),
+        "two rounds of the timeout: {all:?}"
+    );
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it() {
     let (mut j, ts) = setup("").await;

@@ -129,6 +129,7 @@ impl Hub {
             flags: h.member.flags,
             virtuals: HashMap::new(),
             fed_link: None,
+            mcu_tasks: None,
             federated: None,
         });
         if let Some(key) = &room {

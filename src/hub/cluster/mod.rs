@@ -125,7 +125,12 @@ fn body_frame(body: &Bytes) -> Option<Frame> {
 
 /// The process id a session or resume id was created by.
 pub fn owner_of(id: &str) -> Option<&str> {
-    id.get(..8)
+    // Process ids are 8 characters of base64url; anything else in a
+    // client's resume id is not a process (and must not reach a subject).
+    id.get(..8).filter(|p| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 impl State {

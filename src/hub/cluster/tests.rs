@@ -454,3 +454,13 @@ async fn the_sessions_of_a_silent_hub_leave_the_rooms_of_the_others() {
         assert!(!members.contains(&z.sid));
     }
 }
+
+#[test]
+fn only_process_ids_are_taken_from_a_resume_id() {
+    use super::owner_of;
+    assert_eq!(owner_of("aB3-_x9Zrest"), Some("aB3-_x9Z"));
+    // A client's resume id with a space must not reach a NATS subject.
+    assert_eq!(owner_of("ab cdefgh0123"), None);
+    assert_eq!(owner_of("ab.cdefgh0123"), None);
+    assert_eq!(owner_of("short"), None);
+}
