@@ -20,7 +20,6 @@ use serde_json::value::RawValue;
 /// Subject every process listens to: user frames, backend requests, heartbeats.
 pub const SUBJECT_ALL: &str = "signaling.all";
 
-/// Subject of one process (session frames, resume hand-over).
 /// True for a subject NATS accepts to publish on: dot-separated non-empty
 /// tokens of printable ASCII other than the wildcards. A subject with a
 /// space would break the publishing connection's protocol (the server
@@ -32,6 +31,7 @@ pub fn valid_subject(s: &str) -> bool {
         })
 }
 
+/// Subject of one process (session frames, resume hand-over).
 pub fn process_subject(pid: &str) -> String {
     format!("signaling.process.{pid}")
 }

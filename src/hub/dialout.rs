@@ -216,6 +216,10 @@ impl Hub {
         let news = room.and_then(|room| self.dialout_news(sid, room, &d));
         let is_error = d.error.is_some();
         let answered = id.is_some_and(|id| self.dialout_answer(sid, id, d));
+        if answered && is_error {
+            // Nextcloud has the error; the room hears nothing (as in Go).
+            return;
+        }
         match news {
             Some(CallNews::Status {
                 key,
@@ -228,7 +232,6 @@ impl Hub {
                     self.timer.notify_one();
                 }
             }
-            Some(CallNews::Message { .. }) if answered && is_error => {}
             Some(CallNews::Message { key, frame }) => self.mutate(|st| {
                 st.broadcast(&key, &frame, None);
                 // The internal client's process may have no member of the

@@ -35,10 +35,72 @@ pub(crate) enum McuRoute {
     Deliver(MessageClientMessage),
 }
 
-/// MCU requests of one session that run at once at most (`requestoffer`,
-/// `sendoffer`: each waits for Janus, up to `[mcu] timeout`). Beyond, the
-/// session's reader waits for one to end before it reads on.
-const MCU_TASKS_PER_SESSION: usize = 16;
+/// MCU requests of one sender (`requestoffer`, `sendoffer`; each may wait
+/// for a publisher and Janus up to `[mcu] timeout`) that run at once.
+const MCU_RUNNING: usize = 16;
+/// MCU requests of one sender that wait for a slot, in order; more are
+/// refused with `too_many_requests`.
+const MCU_QUEUED: usize = 256;
+
+/// The MCU requests of one sender: at most [`MCU_RUNNING`] run, at most
+/// [`MCU_QUEUED`] more wait in order. The sender's connection is never held
+/// back for them: a `sendoffer` waits for the sender's own publisher, which
+/// only its next messages can bring.
+pub(crate) struct McuSlots {
+    running: Arc<Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl McuSlots {
+    pub(crate) fn new() -> Arc<McuSlots> {
+        Arc::new(McuSlots {
+            running: Arc::new(Semaphore::new(MCU_RUNNING)),
+            waiting: Default::default(),
+        })
+    }
+
+    /// Runs `task` now or once a slot is free; `Err` when too many wait.
+    pub(crate) fn run(
+        self: &Arc<Self>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ()> {
+        use std::sync::atomic::Ordering::AcqRel;
+        if let Ok(slot) = self.running.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                task.await;
+                drop(slot);
+            });
+            return Ok(());
+        }
+        if self.waiting.fetch_add(1, AcqRel) >= MCU_QUEUED {
+            self.waiting.fetch_sub(1, AcqRel);
+            return Err(());
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let slot = me.running.clone().acquire_owned().await;
+            me.waiting.fetch_sub(1, AcqRel);
+            if let Ok(slot) = slot {
+                task.await;
+                drop(slot);
+            }
+        });
+        Ok(())
+    }
+
+    /// True when nothing runs or waits.
+    pub(crate) fn idle(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Acquire) == 0
+            && self.running.available_permits() == MCU_RUNNING
+    }
+}
+
+pub(super) fn too_many_mcu_requests() -> ProtocolError {
+    err(
+        error::TOO_MANY_REQUESTS,
+        "Too many MCU requests waiting, try again later.",
+    )
+}
 
 /// The sender of an MCU message: its user id and its backend's bitrate caps.
 type SenderInfo = (Option<Arc<str>>, (u64, u64));
@@ -227,9 +289,9 @@ impl Hub {
                 if to_self {
                     return McuRoute::Done;
                 }
-                let (hub, task_sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
-                self.mcu_task(sid, async move {
-                    hub.request_offer(&mcu, &task_sid, id.as_deref(), &target, checked)
+                let (hub, task_sid, task_id) = (self.clone(), sid.clone(), id.map(str::to_string));
+                self.mcu_task(sid, id, async move {
+                    hub.request_offer(&mcu, &task_sid, task_id.as_deref(), &target, checked)
                         .await
                 })
             }
@@ -431,12 +493,13 @@ impl Hub {
         }
     }
 
-    /// Runs an MCU request of `sid` in the background, at most
-    /// [`MCU_TASKS_PER_SESSION`] at once: beyond, the session's reader
-    /// waits for a slot (nothing is refused or dropped).
+    /// Runs an MCU request of `sid` in the background within the
+    /// session's [`McuSlots`]; refused with `too_many_requests` (and the
+    /// request's id) when too many wait already.
     pub(super) fn mcu_task(
         &self,
         sid: &Arc<str>,
+        id: Option<&str>,
         task: impl Future<Output = ()> + Send + 'static,
     ) -> McuRoute {
         let slots = {
@@ -444,27 +507,12 @@ impl Hub {
             let Some(s) = st.sessions.map.get_mut(sid) else {
                 return McuRoute::Done;
             };
-            s.mcu_tasks
-                .get_or_insert_with(|| Arc::new(Semaphore::new(MCU_TASKS_PER_SESSION)))
-                .clone()
+            s.mcu_tasks.get_or_insert_with(McuSlots::new).clone()
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                tokio::spawn(async move {
-                    task.await;
-                    drop(slot);
-                });
-                McuRoute::Done
-            }
-            Err(_) => McuRoute::Wait(Box::pin(async move {
-                if let Ok(slot) = slots.acquire_owned().await {
-                    tokio::spawn(async move {
-                        task.await;
-                        drop(slot);
-                    });
-                }
-            })),
+        if slots.run(task).is_err() {
+            self.reply_error(sid, id, too_many_mcu_requests());
         }
+        McuRoute::Done
     }
 
     /// `sendoffer`: the sender publishes; the recipient gets a subscriber
@@ -511,8 +559,8 @@ impl Hub {
             );
             return McuRoute::Done;
         };
-        let (hub, task_sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
-        self.mcu_task(sid, async move {
+        let (hub, task_sid, task_id) = (self.clone(), sid.clone(), id.map(str::to_string));
+        self.mcu_task(sid, id, async move {
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
             let deliver = |ssid: &str, offer: &Value| {
                 let f = reply_frame(&task_sid, None, &target, "offer", stream, offer, ssid);
@@ -525,7 +573,7 @@ impl Hub {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::info!(session = %task_sid, "sendoffer failed: {e}");
-                    hub.reply_error(&task_sid, id.as_deref(), mcu_error(&e));
+                    hub.reply_error(&task_sid, task_id.as_deref(), mcu_error(&e));
                 }
             }
         })

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::mcu::{mcu_error, reply_frame};
+use super::mcu::{mcu_error, reply_frame, too_many_mcu_requests};
 use super::mcu_data::{check, err, Checked, McuData, McuKind};
 use super::Hub;
 use crate::api::client::MessageClientMessage;
@@ -132,20 +132,10 @@ impl Hub {
         let Some(stream) = StreamType::parse(&c.data.room_type) else {
             return fail(McuError::NotFound("no stream".into()));
         };
-        // Sessions of other processes are not limited per session here:
-        // all of them together get REMOTE_MCU_TASKS at once, beyond that a
-        // request is refused with an error its sender gets.
-        let Ok(slot) = self.remote_mcu_slots.clone().try_acquire_owned() else {
-            let e = err(
-                error::TOO_MANY_REQUESTS,
-                "Too many MCU requests from other processes, try again.",
-            );
-            return self
-                .deliver_anywhere(&sender, &crate::api::server::error_frame(id.as_deref(), &e));
-        };
-        let hub = self.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
+        let waits = c.data.kind == McuKind::RequestOffer;
+        let (hub, task_sender, task_id) = (self.clone(), sender.clone(), id.clone());
+        let task = async move {
+            let (sender, id) = (task_sender, task_id);
             let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
             let r = match c.data.kind {
                 McuKind::RequestOffer => {
@@ -181,6 +171,33 @@ impl Hub {
                     &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
                 );
             }
-        });
+        };
+        // A `requestoffer` may wait for a publisher up to `[mcu] timeout`:
+        // within its sender's slots, as on the sender's own process.
+        // Answers, candidates and stream selections are quick Janus calls.
+        if !waits {
+            tokio::spawn(task);
+        } else if self.remote_mcu_slots(&sender).run(task).is_err() {
+            self.deliver_anywhere(
+                &sender,
+                &crate::api::server::error_frame(id.as_deref(), &too_many_mcu_requests()),
+            );
+        }
+    }
+
+    /// The MCU slots of a session of another process; idle ones are
+    /// forgotten once there are many.
+    fn remote_mcu_slots(&self, sender: &Arc<str>) -> Arc<super::mcu::McuSlots> {
+        let mut all = self.remote_mcu.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= REMOTE_MCU_SENDERS && !all.contains_key(sender) {
+            all.retain(|_, s| !s.idle());
+        }
+        all.entry(sender.clone())
+            .or_insert_with(super::mcu::McuSlots::new)
+            .clone()
     }
 }
+
+/// Senders of other processes whose MCU slots are kept before idle ones
+/// are dropped.
+const REMOTE_MCU_SENDERS: usize = 1024;

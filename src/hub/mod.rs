@@ -134,10 +134,6 @@ type DialoutWaiter = (
     tokio::sync::oneshot::Sender<crate::api::client::DialoutInternal>,
 );
 
-/// MCU requests of sessions of other processes that run here at once at
-/// most (each waits for Janus, up to `[mcu] timeout`).
-const REMOTE_MCU_TASKS: usize = 1024;
-
 /// The hub: shared by every connection and the backend API.
 pub struct Hub {
     /// The configuration the server was started with.
@@ -166,8 +162,8 @@ pub struct Hub {
     /// none exist, a client message needs no look-up to know that it is
     /// not for a remote server.
     fed_links: Arc<std::sync::atomic::AtomicUsize>,
-    /// Slots for MCU requests of other processes' sessions running here.
-    remote_mcu_slots: Arc<tokio::sync::Semaphore>,
+    /// MCU slots of other processes' sessions (their `requestoffer`s).
+    remote_mcu: Mutex<HashMap<Arc<str>, Arc<mcu::McuSlots>>>,
     /// The bus (also in the state; here for checks without the lock).
     bus: Arc<dyn Bus>,
     /// Recipients the last bus message left congested (inbound task only).
@@ -249,7 +245,7 @@ impl Hub {
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
             fed_links: Arc::default(),
-            remote_mcu_slots: Arc::new(tokio::sync::Semaphore::new(REMOTE_MCU_TASKS)),
+            remote_mcu: Mutex::new(HashMap::new()),
             bus,
             inbound_congested: Mutex::new(Vec::new()),
             mcu: std::sync::OnceLock::new(),

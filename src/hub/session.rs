@@ -92,7 +92,7 @@ pub struct Session {
     /// On this server: the link to the remote server of a federated room.
     pub(crate) fed_link: Option<Box<crate::hub::federation::FedLink>>,
     /// Slots for MCU requests running at once (made on the first).
-    pub(crate) mcu_tasks: Option<Arc<tokio::sync::Semaphore>>,
+    pub(crate) mcu_tasks: Option<Arc<crate::hub::mcu::McuSlots>>,
     /// On the hosting server: this is a federated session (`auth.type`
     /// `federation`), with the actor its token named.
     pub federated: Option<Box<Federated>>,

@@ -176,34 +176,50 @@ async fn nextcloud_is_told_of_a_removed_virtual_session_only_after_the_lock_is_r
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_session_runs_at_most_sixteen_mcu_requests_at_once_and_waits_for_more() {
-    use super::mcu::McuRoute;
+async fn mcu_requests_of_a_session_run_sixteen_at_once_queue_in_order_and_then_are_refused() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     let hub = hub();
     let conn = hub.new_outbox();
     let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    conn.drain();
     let (release, released) = tokio::sync::watch::channel(false);
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let task = || {
+    let (started, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let task = |n: usize| {
         let mut released = released.clone();
-        let done = done.clone();
+        let (started, done, order) = (started.clone(), done.clone(), order.clone());
         async move {
+            started.fetch_add(1, SeqCst);
+            order.lock().unwrap().push(n);
             let _ = released.wait_for(|r| *r).await;
-            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            done.fetch_add(1, SeqCst);
         }
     };
-    for _ in 0..16 {
-        assert!(matches!(hub.mcu_task(&ok.sid, task()), McuRoute::Done));
+    // 16 run and 256 wait; the reader is never held (always Done).
+    for n in 0..16 + 256 {
+        let route = hub.mcu_task(&ok.sid, Some("r"), task(n));
+        assert!(matches!(route, super::mcu::McuRoute::Done));
     }
-    // The seventeenth waits (the reader awaits this before reading on)...
-    let McuRoute::Wait(wait) = hub.mcu_task(&ok.sid, task()) else {
-        panic!("the seventeenth request must wait");
-    };
-    let waiting = tokio::spawn(wait);
     settle().await;
-    assert!(!waiting.is_finished(), "no slot while sixteen run");
-    // ...until one ends; then it runs too: nothing is dropped.
+    assert_eq!(started.load(SeqCst), 16, "sixteen run at once");
+    assert!(conn.drain().frames.is_empty(), "none refused yet");
+    // One more is refused with the request's id.
+    hub.mcu_task(&ok.sid, Some("r-over"), task(999));
+    let frames: Vec<serde_json::Value> = conn
+        .drain()
+        .frames
+        .iter()
+        .map(|f| serde_json::from_slice(f.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["id"], "r-over");
+    assert_eq!(frames[0]["error"]["code"], "too_many_requests");
+    // Released: every queued one runs, in the order they came.
     release.send_replace(true);
-    waiting.await.unwrap();
-    settle().await;
-    assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 17);
+    for _ in 0..50 {
+        settle().await;
+    }
+    assert_eq!(done.load(SeqCst), 16 + 256);
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[16..], (16..16 + 256).collect::<Vec<_>>()[..]);
 }

@@ -437,8 +437,10 @@ async fn requestoffer_needs_the_same_call_and_a_publisher() {
 }
 
 /// A flood of `requestoffer`s for a session that publishes nothing: at
-/// most 16 of one session wait for Janus at once; the rest wait their turn
-/// (the client's next messages are read once one ended), none is lost.
+/// most 16 of one session wait for Janus at once, the rest wait their turn
+/// in the background; none is lost, and the client's next messages are
+/// read at once (a `sendoffer` may wait for the client's own publisher,
+/// which only its next messages bring).
 #[tokio::test]
 async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
     let (_j, ts) = setup("[mcu]\ntimeout = 2\n").await;
@@ -460,12 +462,11 @@ async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
         send_to(&mut a, &format!("r{i}"), &bob, req).await;
     }
     send_to(&mut a, "after", &bob, json!("after")).await;
-    // The message after the flood is read only once a slot was free.
     b.wait_for_within(Duration::from_secs(10), |m| m["message"]["data"] == "after")
         .await;
     let read_after = start.elapsed();
     assert!(
-        read_after >= Duration::from_millis(1900),
+        read_after < Duration::from_millis(1500),
         "read after {read_after:?}"
     );
     let mut ids = std::collections::BTreeSet::new();
@@ -474,13 +475,12 @@ async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
             .wait_for_within(Duration::from_secs(10), |m| m["type"] == "error")
             .await;
         assert_eq!(e["error"]["code"], "client_not_found", "{e}");
+        if ids.len() == 16 {
+            // The first sixteen ran at once; the rest only after them.
+            assert!(start.elapsed() >= Duration::from_millis(3900));
+        }
         ids.insert(e["id"].as_str().unwrap().to_string());
     }
-    let all = start.elapsed();
-    assert!(
-        all >= Duration::from_millis(3900),
-        "two rounds of the timeout: {all:?}"
-    );
     ts.stop().await;
 }
 
