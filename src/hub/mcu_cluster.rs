@@ -133,45 +133,9 @@ impl Hub {
             return fail(McuError::NotFound("no stream".into()));
         };
         let waits = c.data.kind == McuKind::RequestOffer;
-        let (hub, task_sender, task_id) = (self.clone(), sender.clone(), id.clone());
-        let task = async move {
-            let (sender, id) = (task_sender, task_id);
-            let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
-            let r = match c.data.kind {
-                McuKind::RequestOffer => {
-                    let deliver = |ssid: &str, offer: &Value| {
-                        let f = reply_frame(&target, None, &sender, "offer", stream, offer, ssid);
-                        hub.deliver_anywhere(&sender, &f);
-                    };
-                    mcu.subscribe(&sender, &target, stream, &c.data.sid, &payload, deliver)
-                        .await
-                }
-                McuKind::Answer => {
-                    mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)
-                        .await
-                }
-                McuKind::Candidate | McuKind::EndOfCandidates => {
-                    let cand = if c.data.kind == McuKind::Candidate {
-                        c.candidate.clone().flatten()
-                    } else {
-                        None
-                    };
-                    mcu.subscriber_candidate(&sender, &target, stream, &c.data.sid, cand)
-                        .await
-                }
-                McuKind::SelectStream => {
-                    mcu.select_stream(&sender, &target, stream, &payload).await
-                }
-                _ => Ok(()),
-            };
-            if let Err(e) = r {
-                tracing::info!(session = %sender, publisher = %target, "MCU message from another process failed: {e}");
-                hub.deliver_anywhere(
-                    &sender,
-                    &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
-                );
-            }
-        };
+        let task = self
+            .clone()
+            .remote_mcu_task(mcu, sender.clone(), target, id.clone(), stream, c);
         // A `requestoffer` may wait for a publisher up to `[mcu] timeout`:
         // within its sender's slots, as on the sender's own process.
         // Answers, candidates and stream selections are quick Janus calls.
@@ -181,6 +145,52 @@ impl Hub {
             self.deliver_anywhere(
                 &sender,
                 &crate::api::server::error_frame(id.as_deref(), &too_many_mcu_requests()),
+            );
+        }
+    }
+
+    /// Carries out an MCU message of a session of another process; an
+    /// error goes back to that session.
+    async fn remote_mcu_task(
+        self: Arc<Self>,
+        mcu: Arc<Mcu>,
+        sender: Arc<str>,
+        target: Arc<str>,
+        id: Option<String>,
+        stream: StreamType,
+        c: Checked,
+    ) {
+        let payload = Value::Object(c.data.payload.clone().unwrap_or_default());
+        let r = match c.data.kind {
+            McuKind::RequestOffer => {
+                let deliver = |ssid: &str, offer: &Value| {
+                    let f = reply_frame(&target, None, &sender, "offer", stream, offer, ssid);
+                    self.deliver_anywhere(&sender, &f);
+                };
+                mcu.subscribe(&sender, &target, stream, &c.data.sid, &payload, deliver)
+                    .await
+            }
+            McuKind::Answer => {
+                mcu.subscriber_answer(&sender, &target, stream, &c.data.sid, &c.sdp)
+                    .await
+            }
+            McuKind::Candidate | McuKind::EndOfCandidates => {
+                let cand = if c.data.kind == McuKind::Candidate {
+                    c.candidate.clone().flatten()
+                } else {
+                    None
+                };
+                mcu.subscriber_candidate(&sender, &target, stream, &c.data.sid, cand)
+                    .await
+            }
+            McuKind::SelectStream => mcu.select_stream(&sender, &target, stream, &payload).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::info!(session = %sender, publisher = %target, "MCU message from another process failed: {e}");
+            self.deliver_anywhere(
+                &sender,
+                &crate::api::server::error_frame(id.as_deref(), &mcu_error(&e)),
             );
         }
     }
