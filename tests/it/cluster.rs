@@ -526,8 +526,8 @@ async fn cross_process_messages_cause_no_errors() {
     stop_all(s).await;
 }
 
-/// Two servers on a NATS that requires credentials, given in `[nats] url`.
-async fn cluster_over(nats_url: &str) {
+/// Two servers on the NATS at `nats_url`, once they hear each other.
+async fn pair_over(nats_url: &str) -> (TestServer, TestServer) {
     let extra = format!("[nats]\nurl = {nats_url}\n");
     let a = TestServer::start_with(&extra).await;
     let b = TestServer::start_on(a.nc.clone(), &extra).await;
@@ -539,6 +539,12 @@ async fn cluster_over(nats_url: &str) {
         ha.known_processes() == 1 && hb.known_processes() == 1
     })
     .await;
+    (a, b)
+}
+
+/// Two servers on a NATS that requires credentials, given in `[nats] url`.
+async fn cluster_over(nats_url: &str) {
+    let (a, b) = pair_over(nats_url).await;
     b.stop().await;
     a.stop().await;
 }
@@ -704,17 +710,7 @@ async fn processes_cluster_over_a_tls_nats_server() {
 async fn a_resume_id_that_is_no_subject_leaves_nats_alone() {
     let monitor = free_port();
     let nats = NatsServer::start_with_args(&["-m", &monitor.to_string()]).await;
-    let extra = format!("[nats]\nurl = {}\n", nats.url());
-    let a = TestServer::start_with(&extra).await;
-    let b = TestServer::start_on(a.nc.clone(), &extra).await;
-    let (ha, hb) = (
-        a.server.as_ref().unwrap().hub.clone(),
-        b.server.as_ref().unwrap().hub.clone(),
-    );
-    eventually("the processes hear each other", TIMEOUT * 2, || {
-        ha.known_processes() == 1 && hb.known_processes() == 1
-    })
-    .await;
+    let (a, b) = pair_over(&nats.url()).await;
     for bad in ["ab cdefgh0123", "ab.cdefgh0123", "ab\tcdefgh0123"] {
         let mut c = Client::connect(&a.ws_url()).await;
         c.expect_type("welcome").await;

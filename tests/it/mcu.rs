@@ -66,6 +66,19 @@ async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
         .await;
 }
 
+/// Nextcloud says that alice and bob (of room1) are in the call; alice
+/// (`a`) saw the participants update.
+async fn alice_and_bob_join_the_call(ts: &TestServer, a: &mut Client) {
+    ts.backend_request(
+        "room1",
+        &json!({"type": "incall", "incall": {"incall": 7,
+        "changed": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}],
+        "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]}}),
+    )
+    .await;
+    a.wait_for(|m| m["event"]["target"] == "participants").await;
+}
+
 /// Sends an offer to one's own session and returns the answer message.
 async fn publish(c: &mut Client, room_type: &str, sdp: &str, sid: &str) -> Value {
     let me = c.session_id.clone();
@@ -395,14 +408,7 @@ async fn requestoffer_needs_the_same_call_and_a_publisher() {
     assert_eq!(e["error"]["message"], "Not allowed to request offer.");
     assert_eq!(e["id"], "r1");
 
-    ts.backend_request(
-        "room1",
-        &json!({"type": "incall", "incall": {"incall": 7,
-        "changed": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}],
-        "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]}}),
-    )
-    .await;
-    a.wait_for(|m| m["event"]["target"] == "participants").await;
+    alice_and_bob_join_the_call(&ts, &mut a).await;
     // In the call, but Bob publishes nothing: after the MCU timeout (3 s).
     let start = tokio::time::Instant::now();
     send_to(&mut a, "r2", &bob, req.clone()).await;
@@ -447,14 +453,7 @@ async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     a.wait_join_of(&b.session_id).await;
-    ts.backend_request(
-        "room1",
-        &json!({"type": "incall", "incall": {"incall": 7,
-        "changed": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}],
-        "users": [{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]}}),
-    )
-    .await;
-    a.wait_for(|m| m["event"]["target"] == "participants").await;
+    alice_and_bob_join_the_call(&ts, &mut a).await;
     let bob = b.session_id.clone();
     let start = tokio::time::Instant::now();
     for i in 0..20 {
