@@ -59,6 +59,10 @@ struct CacheEntry {
     result: Result<Capabilities, BackendCallError>,
 }
 
+/// Nextclouds whose capabilities are kept at most (more than any
+/// configuration lists; reached only with `[backend] allowall`).
+const MAX_ENTRIES: usize = 1024;
+
 /// Cache of capabilities per configured base URL. The URL fetched is always
 /// the configured base plus Nextcloud's fixed capabilities path (see
 /// [`crate::backend::registry::capabilities_url`]), never one a client named.
@@ -110,7 +114,22 @@ impl CapabilitiesCache {
             tracing::warn!(url = %crate::logsafe::Url(&key), "capabilities request failed: {e}");
         }
         let now = Instant::now();
-        self.entries().insert(
+        let mut entries = self.entries();
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(&key) {
+            // Only with `[backend] allowall` can there be this many
+            // Nextclouds: forget the stale ones, else the oldest.
+            entries.retain(|_, e| e.fetched.elapsed() < CACHE_TTL);
+            if entries.len() >= MAX_ENTRIES {
+                let oldest = entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.fetched)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    entries.remove(&k);
+                }
+            }
+        }
+        entries.insert(
             key,
             CacheEntry {
                 fetched: now,
@@ -125,6 +144,24 @@ impl CapabilitiesCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_cache_keeps_at_most_max_entries() {
+        let client = BackendClient::new(Duration::from_secs(2), 4, false, String::new()).unwrap();
+        let cache = CapabilitiesCache::default();
+        // Nothing listens on port 9: each lookup fails at once and is kept.
+        for i in 0..MAX_ENTRIES + 10 {
+            let base = format!("http://127.0.0.1:9/nc{i}");
+            assert!(cache.get(&client, &base, false).await.is_err());
+        }
+        assert_eq!(cache.entries().len(), MAX_ENTRIES);
+        // The newest is kept, the oldest went.
+        let newest = capabilities_url(&format!("http://127.0.0.1:9/nc{}", MAX_ENTRIES + 9));
+        assert!(cache.entries().contains_key(&newest));
+        assert!(!cache
+            .entries()
+            .contains_key(&capabilities_url("http://127.0.0.1:9/nc0")));
+    }
 
     #[test]
     fn parses_capabilities() {

@@ -203,7 +203,12 @@ impl Hub {
             metrics.go.clone(),
             Arc::new(move |url: &str| {
                 let reg = lookup.read().unwrap_or_else(|p| p.into_inner()).clone();
-                reg.for_url(url).map(|(b, _)| b.id.clone())
+                // With `allowall`, an origin is a label only once it was
+                // remembered (it proved the secret): others are "unknown",
+                // so requests of nobody cannot add metric series.
+                reg.for_url(url)
+                    .map(|(b, _)| b.id.clone())
+                    .filter(|id| reg.by_id(id).is_some())
             }),
         );
         let welcome = frame(

@@ -628,6 +628,18 @@ async fn hellos_with_allowall_cannot_probe_hosts_and_ports() {
     }
     assert_eq!(answers[0]["code"], "auth_failed");
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // Origins that proved nothing are no metric label (series of nobody).
+    let metrics = reqwest::get(format!("{}/metrics", ts.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("signaling_backend_client_requests_total{backend=\"unknown\"}"),
+        "the requests are counted"
+    );
+    assert!(!metrics.contains("backend=\"http://127.0.0.1"), "{metrics}");
     ts.stop().await;
 }
 
