@@ -74,6 +74,8 @@ pub const INVALID_FORMAT: &str = "invalid_format";
 pub const HELLO_EXPECTED: &str = "hello_expected";
 /// Client sends faster than its rate limit.
 pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
+/// Backend API: clustered and NATS is not connected (HTTP 503).
+pub const BUS_UNAVAILABLE: &str = "bus_unavailable";
 /// An internal failure while processing the request.
 pub const PROCESSING_FAILED: &str = "processing_failed";
 /// An offer or answer without a parsable SDP.

@@ -296,5 +296,10 @@ fn backend_api_response(result: BackendApiResult) -> Response {
             let body = json!({"type": "dialout", "dialout": {"error": e.into_backend_error()}});
             (status, Json(body)).into_response()
         }
+        Err(BackendApiError::BusUnavailable) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error::BUS_UNAVAILABLE,
+            "The signaling servers cannot reach each other (NATS), try again.",
+        ),
     }
 }

@@ -36,6 +36,9 @@ pub enum BackendApiError {
     InvalidRequest(String),
     /// The dialout could not be started.
     Dialout(DialoutError),
+    /// Clustered and the bus (NATS) is not connected: the request cannot
+    /// reach the other processes now (Nextcloud may send it again).
+    BusUnavailable,
 }
 
 /// The outcome of a backend API request.
@@ -418,6 +421,11 @@ impl Hub {
     ) -> BackendApiResult {
         let bus = self.lock().bus.clone();
         if bus.clustered() && !matches!(req, BackendRoomRequest::Dialout(_)) {
+            if !bus.connected() {
+                // Not published: a 200 would claim an effect no process
+                // may ever apply.
+                return Err(BackendApiError::BusUnavailable);
+            }
             let h = crate::bus::Header::Backend {
                 backend: backend.id.to_string(),
                 url: backend_url.to_string(),

@@ -145,6 +145,7 @@ impl Hub {
                         if let Some(s) = st.sessions.map.get_mut(&sid) {
                             s.conn = None;
                             s.queue_bytes = s.queue.iter().map(|f| f.len()).sum();
+                            s.carried = (0, 0);
                         }
                     }
                 }
@@ -500,6 +501,7 @@ impl Hub {
             conn: Some(conn.clone()),
             queue: VecDeque::new(),
             queue_bytes: 0,
+            carried: (0, 0),
             in_call,
             flags: 0,
             virtuals: HashMap::new(),
@@ -555,8 +557,11 @@ impl Hub {
                 },
             },
         );
+        let mut pending = std::collections::VecDeque::new();
         if let Some(old) = s.conn.take() {
-            // The session moves to the new connection; the old one is told.
+            // The session moves to the new connection with what the old
+            // one's writer had not taken yet; the old one is told.
+            pending = old.take_pending();
             let bye = frame(
                 None,
                 "bye",
@@ -570,10 +575,11 @@ impl Hub {
         conn.push(reply);
         // Attach and flush as one step under the lock: queued messages go out
         // before anything newer.
-        for f in s.queue.drain(..) {
+        for f in pending.into_iter().chain(s.queue.drain(..)) {
             conn.push_force(f);
         }
         s.queue_bytes = 0;
+        s.carried = (0, 0);
         s.conn = Some(conn.clone());
         let must_join_room =
             s.kind == SessionKind::Client && s.user_id.is_none() && s.room.is_none();

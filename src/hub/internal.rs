@@ -309,6 +309,7 @@ impl State {
             conn: None,
             queue: VecDeque::new(),
             queue_bytes: 0,
+            carried: (0, 0),
             in_call,
             flags: add.flags.unwrap_or(0),
             virtuals: HashMap::new(),

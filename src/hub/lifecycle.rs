@@ -26,7 +26,15 @@ impl Hub {
         if s.conn.as_ref().is_none_or(|c| c.conn_id != conn_id) {
             return;
         }
-        s.conn = None;
+        // What the writer had not taken yet is kept for the resume, in full
+        // (at most `outboxbytes`, as after a 1013 close).
+        if let Some(conn) = s.conn.take() {
+            for f in conn.take_pending() {
+                s.queue_bytes += f.len();
+                s.queue.push_back(f);
+            }
+            s.carried = (s.queue.len(), s.queue_bytes);
+        }
         let backend = s.backend.id.clone();
         st.sessions.disconnected.insert(sid.clone(), deadline);
         tracing::debug!(session = %sid, %backend, "connection closed, session kept for resume");

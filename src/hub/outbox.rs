@@ -177,6 +177,18 @@ impl Outbox {
         frames
     }
 
+    /// Takes the frames not yet handed to the writer, leaving the outbox
+    /// open (they go on with the session: to its resume queue or to the
+    /// connection that replaces this one).
+    pub fn take_pending(&self) -> VecDeque<Frame> {
+        let mut s = self.state.lock().expect("outbox lock");
+        s.bytes = 0;
+        let frames = std::mem::take(&mut s.frames);
+        drop(s);
+        self.drained.notify_waiters();
+        frames
+    }
+
     /// True once a close was requested.
     pub fn is_closing(&self) -> bool {
         self.state.lock().expect("outbox lock").close.is_some()

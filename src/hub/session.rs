@@ -83,6 +83,10 @@ pub struct Session {
     pub queue: VecDeque<Frame>,
     /// Bytes in `queue`.
     pub queue_bytes: usize,
+    /// Frames and bytes at the front of `queue` that were still in the
+    /// connection's outbox when it overflowed (close 1013): kept in full,
+    /// the resume queue's limits count only what arrives after them.
+    pub carried: (usize, usize),
     /// In-call flags (internal and virtual sessions).
     pub in_call: u32,
     /// Participant flags (virtual sessions).

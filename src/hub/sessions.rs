@@ -153,6 +153,9 @@ impl Sessions {
                         s.queue_bytes += f.len();
                         s.queue.push_back(f);
                     }
+                    // The client resumes with all of it (at most
+                    // `outboxbytes`): the limits apply to what comes next.
+                    s.carried = (s.queue.len(), s.queue_bytes);
                     self.disconnected
                         .insert(s.id.clone(), Instant::now() + self.limits.resume_timeout);
                 }
@@ -160,8 +163,9 @@ impl Sessions {
         }
         s.queue_bytes += frame.len();
         s.queue.push_back(frame.clone());
-        if (s.queue.len() > self.limits.resume_queue_messages
-            || s.queue_bytes > self.limits.resume_queue_bytes)
+        let (carried_frames, carried_bytes) = s.carried;
+        if (s.queue.len().saturating_sub(carried_frames) > self.limits.resume_queue_messages
+            || s.queue_bytes.saturating_sub(carried_bytes) > self.limits.resume_queue_bytes)
             && !self.doomed.contains(&s.id)
         {
             tracing::info!(session = %s.id, backend = %s.backend.id, "resume queue full, ending session");

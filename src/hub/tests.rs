@@ -223,3 +223,94 @@ async fn mcu_requests_of_a_session_run_sixteen_at_once_queue_in_order_and_then_a
     let order = order.lock().unwrap().clone();
     assert_eq!(order[16..], (16..16 + 256).collect::<Vec<_>>()[..]);
 }
+
+/// A client that does not read is closed with 1013 once its outbox is full;
+/// with the default limits it resumes with everything: what was in the
+/// outbox (up to `outboxbytes`, as big as the resume queue's byte limit)
+/// is kept in full, the resume queue's limits count what comes after.
+#[tokio::test(start_paused = true)]
+async fn a_1013_close_with_default_limits_resumes_with_every_frame() {
+    let hub = hub();
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    let resume_id = hub.lock().sessions.map[&ok.sid]
+        .resume_id
+        .clone()
+        .expect("resume id");
+    conn.drain();
+    let limit = hub.config.limits.outbox_bytes;
+    assert!(limit >= hub.config.limits.resume_queue_bytes, "defaults");
+    let body = "x".repeat(16 * 1024);
+    let frames = limit / (16 * 1024) + 40;
+    for i in 0..frames {
+        let f = crate::api::server::Frame::from(format!(r#"{{"i":{i},"p":"{body}"}}"#));
+        hub.lock().sessions.deliver(&ok.sid, &f);
+    }
+    assert!(conn.is_closing(), "closed with 1013");
+    // (Sessions whose resume queue overflowed end when the lock is let go.)
+    assert_eq!(hub.session_count(), 1, "not ended");
+    let again = hub.new_outbox();
+    let resumed = hub
+        .hello(&again, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert!(resumed.resumed);
+    let got: Vec<serde_json::Value> = again
+        .drain()
+        .frames
+        .iter()
+        .map(|f| serde_json::from_slice(f.as_bytes()).unwrap())
+        .filter(|v: &serde_json::Value| v.get("i").is_some())
+        .collect();
+    assert_eq!(got.len(), frames, "every frame after the resume");
+    assert!(got.iter().enumerate().all(|(n, v)| v["i"] == n));
+}
+
+/// Frames the writer had not taken yet when the connection went away (or
+/// was replaced by a resume) go on with the session, in order.
+#[tokio::test(start_paused = true)]
+async fn frames_still_in_the_outbox_reach_the_resumed_connection() {
+    let hub = hub();
+    let frame = |i: usize| crate::api::server::Frame::from(format!(r#"{{"i":{i}}}"#));
+    let numbers = |c: &Arc<super::outbox::Outbox>| -> Vec<serde_json::Value> {
+        c.drain()
+            .frames
+            .iter()
+            .map(|f| serde_json::from_slice::<serde_json::Value>(f.as_bytes()).unwrap())
+            .filter(|v| v.get("i").is_some())
+            .map(|v| v["i"].clone())
+            .collect()
+    };
+    let conn = hub.new_outbox();
+    let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
+    let resume_id = hub.lock().sessions.map[&ok.sid]
+        .resume_id
+        .clone()
+        .expect("resume id");
+    conn.drain();
+    // The connection drops with two frames not yet written.
+    hub.lock().sessions.deliver(&ok.sid, &frame(1));
+    hub.lock().sessions.deliver(&ok.sid, &frame(2));
+    hub.connection_closed(&ok.sid, conn.conn_id);
+    hub.lock().sessions.deliver(&ok.sid, &frame(3));
+    let second = hub.new_outbox();
+    hub.hello(&second, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert_eq!(numbers(&second), [1, 2, 3]);
+    // A resume replaces a connection that still has frames waiting.
+    hub.lock().sessions.deliver(&ok.sid, &frame(4));
+    let third = hub.new_outbox();
+    hub.hello(&third, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert_eq!(numbers(&third), [4]);
+    let old: Vec<serde_json::Value> = second
+        .drain()
+        .frames
+        .iter()
+        .map(|f| serde_json::from_slice(f.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(old.len(), 1, "only the bye: {old:?}");
+    assert_eq!(old[0]["bye"]["reason"], "session_resumed");
+}

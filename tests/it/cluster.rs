@@ -752,3 +752,43 @@ async fn a_resume_id_that_is_no_subject_leaves_nats_alone() {
     b.stop().await;
     a.stop().await;
 }
+
+/// `/api/v1/serverinfo`'s `nats.connected` of a server.
+async fn nats_connected(ts: &TestServer) -> bool {
+    let v: Value = reqwest::get(format!("{}/api/v1/serverinfo", ts.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["nats"]["connected"] == true
+}
+
+/// While NATS is down, a backend request that must reach every process is
+/// answered 503 (`bus_unavailable`): a 200 would claim an effect no process
+/// may ever apply; Nextcloud can send it again.
+#[tokio::test]
+async fn backend_requests_get_503_while_nats_is_down() {
+    let (mut nats, s) = cluster(2, "").await;
+    let msg = json!({"type": "message", "message": {"data": {"n": 1}}});
+    let (status, _) = s[0].backend_request("room1", &msg).await;
+    assert_eq!(status, 200);
+    nats.stop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while nats_connected(&s[0]).await {
+        assert!(tokio::time::Instant::now() < deadline, "never disconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = s[0].backend_request("room1", &msg).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "bus_unavailable");
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !nats_connected(&s[0]).await {
+        assert!(tokio::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = s[0].backend_request("room1", &msg).await;
+    assert_eq!(status, 200);
+    stop_all(s).await;
+}

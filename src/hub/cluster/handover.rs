@@ -125,6 +125,7 @@ impl Hub {
             conn: Some(conn),
             queue: h.queue.into_iter().map(Frame::from).collect(),
             queue_bytes: 0,
+            carried: (0, 0),
             in_call: h.member.in_call,
             flags: h.member.flags,
             virtuals: HashMap::new(),
