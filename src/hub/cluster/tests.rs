@@ -224,6 +224,8 @@ async fn a_session_resumes_on_another_hub_with_its_queue_and_stays_reachable() {
     let alice = client_in_room(a, "alice", "r1").await;
     quiet().await;
     let resume_id = a.lock().sessions.map[&alice.sid].resume_id.clone().unwrap();
+    // Everything so far was written to the client before it went away.
+    alice.frames();
     a.connection_closed(&alice.sid, alice.conn.conn_id);
     w.frames();
     // Queued on hub a while alice is away.
