@@ -130,7 +130,7 @@ impl Hub {
         backend_url: &str,
         d: &crate::api::backend::Dialout,
     ) -> Option<Result<String, DialoutError>> {
-        let candidates: Vec<(Arc<str>, Arc<super::outbox::Outbox>)> = {
+        let candidates: Vec<Arc<str>> = {
             let st = self.lock();
             st.sessions
                 .map
@@ -140,11 +140,12 @@ impl Hub {
                         && s.backend.id == key.backend
                         && s.has_feature("start-dialout")
                 })
-                .filter_map(|s| s.conn.clone().map(|c| (s.id.clone(), c)))
+                .filter(|s| s.conn.is_some())
+                .map(|s| s.id.clone())
                 .collect()
         };
         let mut first_error: Option<BackendError> = None;
-        for (sid, conn) in candidates {
+        for sid in candidates {
             let id = crate::backend::checksum::new_random();
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.dialouts
@@ -159,7 +160,12 @@ impl Hub {
                     "request": {"number": &d.number, "options": &d.options},
                 }
             });
-            conn.push(frame(Some(&id), "internal", &msg));
+            // As every frame to a session: a full send queue closes the
+            // bridge's connection (1013) and the request waits in its
+            // resume queue, to be answered after the resume.
+            self.lock()
+                .sessions
+                .deliver(&sid, &frame(Some(&id), "internal", &msg));
             let answer = tokio::time::timeout(DIALOUT_TIMEOUT, rx).await;
             self.dialouts.lock().expect("dialout lock").remove(&id);
             let err = match answer {

@@ -177,6 +177,15 @@ impl Outbox {
         frames
     }
 
+    /// Pushes a reply to a connection without a session (before hello): a
+    /// full outbox closes it with 1013 (the client does not read; there is
+    /// no session to keep the frames for), nothing is dropped silently.
+    pub fn push_reply(&self, frame: Frame) {
+        if self.push(frame) == Push::Overflow {
+            self.abort(CloseReason::Overflow);
+        }
+    }
+
     /// Takes the frames not yet handed to the writer, leaving the outbox
     /// open (they go on with the session: to its resume queue or to the
     /// connection that replaces this one).
@@ -231,6 +240,16 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_that_does_not_fit_closes_with_1013_instead_of_vanishing() {
+        let o = Outbox::new(1, 10);
+        o.push_reply(Frame::from("12345"));
+        o.push_reply(Frame::from("12345"));
+        assert!(!o.is_closing());
+        o.push_reply(Frame::from("1"));
+        assert_eq!(o.drain().close, Some(CloseReason::Overflow));
+    }
 
     #[test]
     fn bounded_in_bytes_and_abort_returns_frames() {

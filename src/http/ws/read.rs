@@ -187,10 +187,11 @@ impl<'a> Reader<'a> {
                 Read::Text(t)
             }
             Some(Ok(Incoming::Binary)) => {
-                outbox.push(error_frame(
-                    None,
-                    &invalid_format("binary messages are not supported"),
-                ));
+                let e = invalid_format("binary messages are not supported");
+                match &self.session {
+                    Some(sid) => hub.reply_error(sid, None, e),
+                    None => outbox.push_reply(error_frame(None, &e)),
+                }
                 Read::Next
             }
             Some(Ok(Incoming::Close)) => Read::Stop,
@@ -213,7 +214,7 @@ impl<'a> Reader<'a> {
         let ok = match result {
             Ok(ok) => ok,
             Err((id, e)) => {
-                self.outbox.push(error_frame(id.as_deref(), &e));
+                self.outbox.push_reply(error_frame(id.as_deref(), &e));
                 return;
             }
         };
@@ -373,17 +374,18 @@ fn on_text(
         Ok(m) => m,
         Err(e) => {
             let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
-            outbox.push(error_frame(
-                id.as_deref(),
-                &invalid_format(format!("invalid message: {e}")),
-            ));
+            let e = invalid_format(format!("invalid message: {e}"));
+            match session {
+                Some(sid) => hub.reply_error(sid, id.as_deref(), e),
+                None => outbox.push_reply(error_frame(id.as_deref(), &e)),
+            }
             return Step::Done;
         }
     };
     hub.metrics.client_message(parsed.kind.as_str());
     let Some(sid) = session else {
         if parsed.kind != ClientKind::Hello {
-            outbox.push(error_frame(
+            outbox.push_reply(error_frame(
                 parsed.id.as_deref(),
                 &ProtocolError::new(error::HELLO_EXPECTED, "Expected Hello request."),
             ));
@@ -391,7 +393,7 @@ fn on_text(
         }
         let ClientMessage { id, hello, .. } = parsed;
         let Some(hello) = hello else {
-            outbox.push(error_frame(id.as_deref(), &invalid_format("hello missing")));
+            outbox.push_reply(error_frame(id.as_deref(), &invalid_format("hello missing")));
             return Step::Done;
         };
         let (hub, outbox) = (hub.clone(), outbox.clone());
