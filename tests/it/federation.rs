@@ -453,3 +453,38 @@ async fn another_room_on_the_same_server_reuses_the_link() {
     s.a.stop().await;
     s.b.stop().await;
 }
+
+/// A join to another room on the same remote server asked while the link
+/// is down is sent once the session there is resumed, and answered with
+/// the request's id.
+#[tokio::test]
+async fn a_join_while_the_link_is_down_is_sent_after_the_resume() {
+    let s = setup("").await;
+    let relay = relay(&s.b.url).await;
+    let mut carol = s.b.client_in_room("carol", "remote2").await;
+    carol.wait_join_of(&carol.session_id.clone()).await;
+    let mut alice = s.alice(&relay.url, &[]).await;
+    // B is unreachable until the relay points at it again.
+    let b_addr = relay.target.lock().unwrap().clone();
+    *relay.target.lock().unwrap() = "127.0.0.1:9".to_string();
+    relay.cut.send(()).unwrap();
+    alice
+        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
+        .await;
+    let fed = json!({"signaling": relay.url, "url": s.b.nc.backend_url(), "roomid": "remote2", "token": s.token()});
+    alice.send(json!({"id": "9", "type": "room", "room": {"roomid": "local2", "sessionid": "nc-alice", "federation": fed}})).await;
+    *relay.target.lock().unwrap() = b_addr;
+    let m = alice
+        .wait_for(|m| m["event"]["type"] == "federation_resumed")
+        .await;
+    assert_eq!(m["event"]["resumed"], true);
+    let m = alice
+        .wait_for(|m| m["type"] == "room" || m["type"] == "error")
+        .await;
+    assert_eq!(m["id"], "9", "{m}");
+    assert_eq!(m["room"]["roomid"], "local2", "{m}");
+    let r = remote_id_of_alice(&mut carol).await;
+    assert!(!r.is_empty());
+    s.a.stop().await;
+    s.b.stop().await;
+}

@@ -38,6 +38,8 @@ pub(super) struct Link {
     pub(super) remote_sid: Option<String>,
     pub(super) resume_id: Option<String>,
     pub(super) leaving: bool,
+    /// A join was asked while B was unreachable: sent after a resume.
+    pub(super) rejoin: bool,
     pub(super) local_cloud: String,
     pub(super) remote_cloud: String,
     pub(super) local_base: String,
@@ -134,15 +136,28 @@ impl Link {
         }
         if resumed {
             self.event("federation_resumed", json!(true));
-            for m in std::mem::take(&mut self.queue) {
+            if std::mem::take(&mut self.rejoin) {
+                let id = self.pending.clone();
+                if self.send_join(ws, id).await.is_err() {
+                    self.rejoin = true;
+                    return false;
+                }
+            }
+            let mut queue = std::mem::take(&mut self.queue).into_iter();
+            while let Some(m) = queue.next() {
                 if ws.send(Message::Text(m.to_string().into())).await.is_err() {
-                    break;
+                    // Kept, in order, for the next connection.
+                    self.queue = std::iter::once(m).chain(queue).collect();
+                    return false;
                 }
             }
         } else if had_session {
             self.queue.clear();
+            self.rejoin = false;
             self.event("federation_resumed", json!(false));
-            return self.send_join(ws, None).await.is_ok();
+            // A join or leave asked meanwhile is answered by this join.
+            let id = self.pending.clone();
+            return self.send_join(ws, id).await.is_ok();
         }
         true
     }
@@ -177,6 +192,7 @@ impl Link {
                 self.target.remote_room = remote_room;
                 self.nc_session = nc_session;
                 self.pending = id;
+                self.rejoin = true;
             }
             FedCmd::Leave { id } => {
                 // Nothing to leave on B while it is away: confirm and end.
@@ -352,6 +368,10 @@ impl Link {
                         }
                     };
                     if ws.send(Message::Text(out.to_string().into())).await.is_err() {
+                        // Not lost: sent after a resume (or refused then).
+                        if self.queue.len() < QUEUE_LIMIT {
+                            self.queue.insert(0, out);
+                        }
                         return Pump::Broken;
                     }
                 }

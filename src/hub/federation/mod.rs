@@ -249,6 +249,7 @@ impl Hub {
             remote_sid: None,
             resume_id: None,
             leaving: false,
+            rejoin: false,
             queue: Vec::new(),
         };
         tokio::spawn(task.run(rx));

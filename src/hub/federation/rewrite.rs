@@ -274,6 +274,7 @@ mod tests {
             remote_sid: Some("R".into()),
             resume_id: None,
             leaving: false,
+            rejoin: false,
             local_cloud: "@a.example".into(),
             remote_cloud: "@b.example".into(),
             local_base: "https://a.example".into(),
