@@ -192,6 +192,15 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// Where the owner of a session on another process answers an error to.
+fn error_route<'a>(out: &'a Outgoing) -> RemoteRoute<'a> {
+    RemoteRoute {
+        backend: &out.backend,
+        sender: out.sid,
+        id: out.id,
+    }
+}
+
 /// Recipient `session` not connected here: a member of a local room on
 /// another process, or a session its owner process must look up.
 fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(), ProtocolError> {
@@ -216,16 +225,13 @@ fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(),
                 st.send_to_remote_session(owner, &f, None);
             }
         } else {
-            st.send_to_remote_session(target, &out.frame(None), None);
+            // With a route: should the member have just left there, its
+            // process answers `no_such_session` (nothing vanishes).
+            st.send_to_remote_session(target, &out.frame(None), Some(&error_route(out)));
         }
         return Ok(());
     }
-    let route = RemoteRoute {
-        backend: &out.backend,
-        sender: out.sid,
-        id: out.id,
-    };
-    if st.send_to_remote_session(target, &out.frame(None), Some(&route)) {
+    if st.send_to_remote_session(target, &out.frame(None), Some(&error_route(out))) {
         return Ok(());
     }
     Err(no_such_session())

@@ -466,3 +466,29 @@ fn only_process_ids_are_taken_from_a_resume_id() {
     assert_eq!(owner_of("ab.cdefgh0123"), None);
     assert_eq!(owner_of("short"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_message_to_a_member_that_just_left_on_its_hub_gets_no_such_session() {
+    let hubs = mesh_of(2).await;
+    let x = client_in_room(&hubs[0], "alice", "r1").await;
+    let y = client_in_room(&hubs[1], "bob", "r1").await;
+    quiet().await;
+    x.frames();
+    // Bob says bye on hub 1; hub 0 has not heard of it when alice sends.
+    send_raw(&hubs[1], &y, json!({"type": "bye", "bye": {}})).await;
+    send(
+        &hubs[0],
+        &x,
+        json!({"type": "session", "sessionid": &*y.sid}),
+        json!({"n": 1}),
+    )
+    .await;
+    quiet().await;
+    let errors: Vec<Value> = x
+        .frames()
+        .into_iter()
+        .filter(|f| f["type"] == "error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["error"]["code"], "no_such_session");
+}
