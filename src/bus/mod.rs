@@ -306,6 +306,14 @@ pub enum Header {
         /// For removals by TTL: only if the value still has this version.
         #[serde(default)]
         if_version: Option<u64>,
+        /// The session that asked, and its request id: told by its process
+        /// when the change is refused in bus order (a limit another
+        /// process's change reached first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
+        /// See `sender`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
     },
     /// Asks the processes serving a room for a [`RoomSnapshot`].
     SnapshotRequest {

@@ -233,9 +233,14 @@ impl Hub {
                 value,
                 ttl,
             }) => {
-                let earlier = self.mutate(|st| st.change_transient(&key, name, Some(value), ttl));
-                if earlier {
-                    self.timer.notify_one();
+                let result = self.mutate(|st| {
+                    st.change_transient(&key, name, Some(value), ttl, Some((sid, id)))
+                });
+                match result {
+                    Ok(true) => self.timer.notify_one(),
+                    Ok(false) => {}
+                    // A full room: the bridge hears why.
+                    Err(e) => self.reply_error(sid, id, e),
                 }
             }
             Some(CallNews::Message { key, frame }) => self.mutate(|st| {

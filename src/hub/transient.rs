@@ -112,28 +112,29 @@ fn transient_frame(
 
 impl State {
     /// Sets (or, with `None`, removes) a transient value, notifying the room.
-    /// Returns true when a new earliest expiry was scheduled.
+    /// Returns true when a new earliest expiry was scheduled; the error when
+    /// a `[transient]` limit refuses the value.
     pub(crate) fn set_transient(
         &mut self,
         key: &RoomKey,
         name: &str,
         value: Option<Box<RawValue>>,
         ttl: Option<Duration>,
-    ) -> bool {
+    ) -> Result<bool, ProtocolError> {
         let Some(value) = value else {
             self.remove_transient(key, name);
-            return false;
+            return Ok(false);
         };
         let expires = ttl.map(|t| self.rooms.timers.expiry(Instant::now() + t));
         let (Some(room), timers) = self.rooms.with_timers(key) else {
-            return false;
+            return Ok(false);
         };
         // The origin checked the limits; in a cluster two processes may
         // race, and every process refuses the same (later) one here.
         if let Err((limit, msg)) = check_set(Some(room), name, &value, &self.transient_limits) {
             tracing::info!(room = ?key.room, limit, "transient value refused: {msg}");
             self.refused.with_label_values(&[limit]).inc();
-            return false;
+            return Err(limit_error(msg));
         }
         let earliest = expires.is_some_and(|at| timers.schedule(at, key, name));
         if let Some(existing) = room.transient.get_mut(name) {
@@ -143,7 +144,7 @@ impl State {
                     timers.cancel(&old);
                 }
                 existing.expires = expires;
-                return earliest;
+                return Ok(earliest);
             }
         }
         room.transient_version += 1;
@@ -160,7 +161,7 @@ impl State {
         }
         let f = transient_frame("set", name, Some(&value), old.as_ref().map(|o| &*o.value));
         self.broadcast(key, &f, None);
-        earliest
+        Ok(earliest)
     }
 
     /// Removes a transient value, notifying the room; unknown keys are ignored.
@@ -202,6 +203,8 @@ impl State {
                         value: None,
                         ttl_ns: None,
                         if_version: Some(version),
+                        sender: None,
+                        id: None,
                     };
                     self.bus.publish(
                         crate::bus::room_subject(&room_key.backend, &room_key.room),
@@ -222,7 +225,7 @@ impl Hub {
             Ok(checked) => checked,
             Err(e) => return self.reply_error(sid, id, e),
         };
-        match self.mutate(|st| self.apply_client_transient(st, sid, t, set, ttl)) {
+        match self.mutate(|st| self.apply_client_transient(st, sid, id, t, set, ttl)) {
             Ok(true) => self.timer.notify_one(),
             Ok(false) => {}
             Err(e) => self.reply_error(sid, id, e),
@@ -278,6 +281,7 @@ impl Hub {
         &self,
         st: &mut State,
         sid: &Arc<str>,
+        id: Option<&str>,
         t: TransientClientMessage,
         set: bool,
         ttl: Option<Duration>,
@@ -312,7 +316,8 @@ impl Hub {
                 return Err(limit_error(msg));
             }
         }
-        Ok(st.change_transient(&key, t.key, if set { t.value } else { None }, ttl))
+        let value = if set { t.value } else { None };
+        st.change_transient(&key, t.key, value, ttl, Some((sid, id)))
     }
 }
 
@@ -327,7 +332,8 @@ impl State {
         name: String,
         value: Option<Box<RawValue>>,
         ttl: Option<Duration>,
-    ) -> bool {
+        sender: Option<(&str, Option<&str>)>,
+    ) -> Result<bool, ProtocolError> {
         if self.bus.clustered() {
             let h = crate::bus::Header::Transient {
                 backend: key.backend.to_string(),
@@ -336,17 +342,19 @@ impl State {
                 value,
                 ttl_ns: ttl.map(|d| d.as_nanos() as u64),
                 if_version: None,
+                sender: sender.map(|(s, _)| s.to_string()),
+                id: sender.and_then(|(_, id)| id.map(str::to_string)),
             };
             self.bus.publish(
                 crate::bus::room_subject(&key.backend, &key.room),
                 crate::bus::encode(&h, None),
             );
-            false
+            Ok(false)
         } else if value.is_some() {
             self.set_transient(key, &name, value, ttl)
         } else {
             self.remove_transient(key, &name);
-            false
+            Ok(false)
         }
     }
 }

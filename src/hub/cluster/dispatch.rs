@@ -309,13 +309,30 @@ impl Hub {
             value,
             ttl_ns,
             if_version,
+            sender,
+            id,
         } = h
         else {
             return;
         };
         let rk = key_of(&backend, &room);
         let ttl = ttl_ns.map(Duration::from_nanos);
-        if self.mutate(|st| st.apply_transient(&rk, &key, value, ttl, if_version)) {
+        let wake = self.mutate(|st| {
+            match st.apply_transient(&rk, &key, value, ttl, if_version) {
+                Ok(wake) => wake,
+                Err(e) => {
+                    // Refused in bus order: the sender's process tells it.
+                    if let Some(sender) =
+                        sender.filter(|s| st.sessions.map.contains_key(s.as_str()))
+                    {
+                        let f = crate::api::server::error_frame(id.as_deref(), &e);
+                        st.sessions.deliver(&sender, &f);
+                    }
+                    false
+                }
+            }
+        });
+        if wake {
             self.timer.notify_one();
         }
     }

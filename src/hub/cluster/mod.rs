@@ -399,7 +399,7 @@ impl State {
         value: Option<Box<serde_json::value::RawValue>>,
         ttl: Option<Duration>,
         if_version: Option<u64>,
-    ) -> bool {
+    ) -> Result<bool, crate::api::error::ProtocolError> {
         if let Some(v) = if_version {
             let current = self
                 .rooms
@@ -407,7 +407,7 @@ impl State {
                 .and_then(|r| r.transient.get(name))
                 .map(|e| e.version);
             if current != Some(v) {
-                return false;
+                return Ok(false);
             }
         }
         self.set_transient(key, name, value, ttl)

@@ -492,3 +492,57 @@ async fn a_message_to_a_member_that_just_left_on_its_hub_gets_no_such_session() 
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["error"]["code"], "no_such_session");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_set_refused_in_bus_order_is_answered_to_its_sender() {
+    let hubs = mesh_of(2).await;
+    let x = client_in_room(&hubs[0], "alice", "r1").await;
+    let y = client_in_room(&hubs[1], "bob", "r1").await;
+    let max = hubs[0].config.transient.max_keys;
+    for i in 0..max - 1 {
+        send_raw(
+            &hubs[0],
+            &x,
+            json!({"type": "transient", "transient": {"type": "set", "key": format!("k{i}"), "value": i}}),
+        )
+        .await;
+    }
+    quiet().await;
+    x.frames();
+    y.frames();
+    // One key is left; each hub lets its own set pass, bus order decides.
+    send_raw(
+        &hubs[0],
+        &x,
+        json!({"id": "x1", "type": "transient", "transient": {"type": "set", "key": "kx", "value": 1}}),
+    )
+    .await;
+    send_raw(
+        &hubs[1],
+        &y,
+        json!({"id": "y1", "type": "transient", "transient": {"type": "set", "key": "ky", "value": 1}}),
+    )
+    .await;
+    quiet().await;
+    let errors = |c: &Conn| -> Vec<Value> {
+        c.frames()
+            .into_iter()
+            .filter(|f| f["type"] == "error")
+            .collect()
+    };
+    assert!(errors(&x).is_empty(), "the first one wins");
+    let e = errors(&y);
+    assert_eq!(e.len(), 1, "the later one is told once: {e:?}");
+    assert_eq!(e[0]["id"], "y1");
+    assert_eq!(e[0]["error"]["code"], "transient_limit_exceeded");
+    let key = RoomKey {
+        backend: "nc1".into(),
+        room: "r1".into(),
+    };
+    for h in &hubs {
+        let st = h.lock();
+        let t = &st.rooms.get(&key).unwrap().transient;
+        assert_eq!(t.len(), max);
+        assert!(t.contains_key("kx") && !t.contains_key("ky"));
+    }
+}
