@@ -29,10 +29,12 @@ impl Hub {
         // What the writer had not taken yet is kept for the resume, in full
         // (at most `outboxbytes`, as after a 1013 close).
         if let Some(conn) = s.conn.take() {
-            for f in conn.take_pending() {
-                s.queue_bytes += f.len();
-                s.queue.push_back(f);
-            }
+            // Older than anything already queued (frames that met the
+            // closing outbox went to the queue): first.
+            let mut pending = conn.take_pending();
+            s.queue_bytes += pending.iter().map(|f| f.len()).sum::<usize>();
+            pending.append(&mut s.queue);
+            s.queue = pending;
             s.carried = (s.queue.len(), s.queue_bytes);
         }
         let backend = s.backend.id.clone();

@@ -298,6 +298,18 @@ async fn frames_still_in_the_outbox_reach_the_resumed_connection() {
         .await
         .unwrap();
     assert_eq!(numbers(&second), [1, 2, 3]);
+    // The reader closes its connection (e.g. a read timeout) before the
+    // writer took a frame; one more meets the closing outbox and is
+    // queued: after the resume they come in the order they were sent.
+    hub.lock().sessions.deliver(&ok.sid, &frame(10));
+    second.close(super::outbox::CloseReason::Transport(1000, "read timeout"));
+    hub.lock().sessions.deliver(&ok.sid, &frame(11));
+    hub.connection_closed(&ok.sid, second.conn_id);
+    let second = hub.new_outbox();
+    hub.hello(&second, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert_eq!(numbers(&second), [10, 11]);
     // A resume replaces a connection that still has frames waiting.
     hub.lock().sessions.deliver(&ok.sid, &frame(4));
     let third = hub.new_outbox();

@@ -132,7 +132,12 @@ impl Link {
     ) -> bool {
         if first {
             let id = self.pending.clone();
-            return self.send_join(ws, id).await.is_ok();
+            if self.send_join(ws, id).await.is_err() {
+                // Sent (with its id) on the next connection.
+                self.rejoin = true;
+                return false;
+            }
+            return true;
         }
         if resumed {
             self.event("federation_resumed", json!(true));
@@ -193,6 +198,8 @@ impl Link {
                 self.nc_session = nc_session;
                 self.pending = id;
                 self.rejoin = true;
+                // This join replaces any room request still queued.
+                self.queue.retain(|m| m["type"] != "room");
             }
             FedCmd::Leave { id } => {
                 // Nothing to leave on B while it is away: confirm and end.
