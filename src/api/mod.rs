@@ -27,9 +27,7 @@ macro_rules! wire_kind {
                     $name::Unknown(s) => s,
                 }
             }
-        }
 
-        impl $name {
             /// The variant of a value.
             pub fn parse(s: &str) -> Self {
                 match s {
@@ -54,10 +52,7 @@ macro_rules! wire_kind {
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-                Ok(match &*s {
-                    $( $first $(| $alt)* => $name::$variant, )*
-                    _ => $name::Unknown(s.into_owned()),
-                })
+                Ok(Self::parse(&s))
             }
         }
     };

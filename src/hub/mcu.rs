@@ -293,11 +293,13 @@ impl Hub {
                 self.mcu_task(sid, id, async move {
                     hub.request_offer(&mcu, &task_sid, task_id.as_deref(), &target, checked)
                         .await
-                })
+                });
+                McuRoute::Done
             }
             McuKind::SendOffer if !to_self => {
                 mcu.count_message(kind.as_str());
-                self.send_offer(mcu, sid, id, target, checked)
+                self.send_offer(mcu, sid, id, target, checked);
+                McuRoute::Done
             }
             McuKind::UnshareScreen if to_self => {
                 mcu.command(Command::UnshareScreen(sid.clone()));
@@ -501,18 +503,17 @@ impl Hub {
         sid: &Arc<str>,
         id: Option<&str>,
         task: impl Future<Output = ()> + Send + 'static,
-    ) -> McuRoute {
+    ) {
         let slots = {
             let mut st = self.lock();
             let Some(s) = st.sessions.map.get_mut(sid) else {
-                return McuRoute::Done;
+                return;
             };
             s.mcu_tasks.get_or_insert_with(McuSlots::new).clone()
         };
         if slots.run(task).is_err() {
             self.reply_error(sid, id, too_many_mcu_requests());
         }
-        McuRoute::Done
     }
 
     /// `sendoffer`: the sender publishes; the recipient gets a subscriber
@@ -524,11 +525,11 @@ impl Hub {
         id: Option<&str>,
         target: Arc<str>,
         c: Checked,
-    ) -> McuRoute {
+    ) {
         let (allowed, local) = {
             let st = self.lock();
             let Some(s) = st.sessions.map.get(sid) else {
-                return McuRoute::Done;
+                return;
             };
             // A recipient of another backend is unreachable, as for a
             // message to a session.
@@ -549,7 +550,7 @@ impl Hub {
                 id,
                 err(error::NOT_ALLOWED, "Not allowed to send offer"),
             );
-            return McuRoute::Done;
+            return;
         }
         let Some(stream) = StreamType::parse(&c.data.room_type).filter(|_| local) else {
             self.reply_error(
@@ -557,7 +558,7 @@ impl Hub {
                 id,
                 mcu_error(&McuError::NotFound("no recipient".into())),
             );
-            return McuRoute::Done;
+            return;
         };
         let (hub, task_sid, task_id) = (self.clone(), sid.clone(), id.map(str::to_string));
         self.mcu_task(sid, id, async move {
@@ -576,6 +577,6 @@ impl Hub {
                     hub.reply_error(&task_sid, task_id.as_deref(), mcu_error(&e));
                 }
             }
-        })
+        });
     }
 }

@@ -493,12 +493,7 @@ async fn metrics_use_the_go_servers_names_and_labels() {
     r.send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": "gone"}}))
         .await;
     r.expect_error("no_such_session").await;
-    let text = reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = ts.metrics_text().await;
     for line in [
         "signaling_backend_current 1",
         "signaling_hub_sessions{backend=\"nc1\",clienttype=\"client\"} 1",

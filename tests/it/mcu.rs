@@ -157,12 +157,7 @@ async fn an_offer_publishes_one_room_per_stream_and_the_answer_comes_from_janus(
     let again = obs.room_of(&me, "video").await.unwrap();
     assert_eq!(again["room"], first["room"]);
 
-    let metrics = reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ts.metrics_text().await;
     assert!(
         metrics.contains("signaling_mcu_publishers{type=\"video\"} 1"),
         "{metrics}"

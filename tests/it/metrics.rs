@@ -16,15 +16,6 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
-async fn scrape(ts: &TestServer) -> String {
-    reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// Reads the next text frame as sent (for its exact length).
 async fn raw_text(c: &mut Client) -> String {
     loop {
@@ -105,7 +96,7 @@ async fn metrics_match_what_happened() {
         }
     }
 
-    let before = scrape(&ts).await;
+    let before = ts.metrics_text().await;
     let g = |s: &str| value(&before, s);
     assert_eq!(g("signaling_backend_current"), 2.0);
     assert_eq!(g("signaling_backend_session_limit{backend=\"nc1\"}"), 2.0);
@@ -183,7 +174,7 @@ async fn metrics_match_what_happened() {
         received.push(raw_text(&mut bob).await);
     }
     assert!(received[3].contains("\"control\""), "{received:?}");
-    let after = scrape(&ts).await;
+    let after = ts.metrics_text().await;
     let delta = |s: &str| value(&after, s) - value(&before, s);
     assert_eq!(
         delta("signaling_server_messages_total{type=\"message\"}"),
@@ -219,7 +210,7 @@ async fn metrics_match_what_happened() {
         .send(json!({"type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}))
         .await;
     again.expect_type("hello").await;
-    let last = scrape(&ts).await;
+    let last = ts.metrics_text().await;
     assert_eq!(
         value(
             &last,
@@ -269,7 +260,7 @@ async fn metrics_match_what_happened() {
 async fn scrape_until(ts: &TestServer, done: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let text = scrape(ts).await;
+        let text = ts.metrics_text().await;
         if done(&text) {
             return text;
         }
@@ -300,7 +291,7 @@ async fn ping_round_trips_are_measured() {
     });
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let text = loop {
-        let text = scrape(&ts).await;
+        let text = ts.metrics_text().await;
         if value(&text, "signaling_client_rtt_count") >= 1.0 {
             break text;
         }

@@ -63,12 +63,7 @@ async fn oversized_frames_close_with_1009_and_others_keep_working() {
 
 /// The value of a counter without labels in `/metrics`.
 async fn counter(ts: &TestServer, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = ts.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
@@ -224,12 +219,7 @@ async fn a_client_that_does_not_read_is_closed_with_1013_and_can_resume() {
         }
     };
     assert_eq!(code, Some(1013));
-    let metrics = reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ts.metrics_text().await;
     assert!(
         metrics.contains("signaling_client_send_queue_overflows_total 1"),
         "{metrics}"

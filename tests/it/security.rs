@@ -77,15 +77,6 @@ async fn client_from(ts: &TestServer, from: &str, user: &str) -> Client {
     c
 }
 
-async fn metrics_text(ts: &TestServer) -> String {
-    reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn metric(text: &str, line_start: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(line_start))
@@ -128,7 +119,7 @@ async fn stalled_and_partial_requests_are_closed_while_new_clients_connect() {
         let got = read_until_closed(s, Duration::from_secs(5)).await;
         assert!(!got.contains("200 OK"), "{got}");
     }
-    let text = metrics_text(&ts).await;
+    let text = ts.metrics_text().await;
     assert_eq!(
         metric(
             &text,
@@ -192,7 +183,7 @@ async fn an_oversized_backend_body_is_refused_before_it_is_sent() {
         .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
-    let m = metrics_text(&ts).await;
+    let m = ts.metrics_text().await;
     assert_eq!(
         metric(
             &m,
@@ -381,7 +372,7 @@ async fn transient_data_limits_are_refused_with_the_request_id() {
         transient_answer(&mut c, "s6", "a").await["type"],
         "transient"
     );
-    let m = metrics_text(&ts).await;
+    let m = ts.metrics_text().await;
     for (limit, n) in [
         ("transient_key_length", 1),
         ("transient_value_size", 1),
@@ -588,7 +579,7 @@ async fn oversized_nextcloud_answers_are_refused() {
     let r = hello_result(&ts, &ts.nc.backend_url()).await;
     assert_eq!(r["error"]["code"], "auth_failed", "{r}");
     assert_eq!(r["id"], "h");
-    let m = metrics_text(&ts).await;
+    let m = ts.metrics_text().await;
     assert_eq!(
         metric(
             &m,
@@ -629,12 +620,7 @@ async fn hellos_with_allowall_cannot_probe_hosts_and_ports() {
     assert_eq!(answers[0]["code"], "auth_failed");
     assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
     // Origins that proved nothing are no metric label (series of nobody).
-    let metrics = reqwest::get(format!("{}/metrics", ts.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ts.metrics_text().await;
     assert!(
         metrics.contains("signaling_backend_client_requests_total{backend=\"unknown\"}"),
         "the requests are counted"
@@ -720,7 +706,7 @@ async fn failed_hellos_and_resumes_are_throttled_per_address() {
     assert_eq!(guess_resume(&mut p).await.0, "too_many_requests");
     let mut q = ws_from(&ts, "127.0.0.1", Some("203.0.113.6")).await;
     assert_eq!(guess_resume(&mut q).await.0, "no_such_session");
-    let m = metrics_text(&ts).await;
+    let m = ts.metrics_text().await;
     assert_eq!(
         metric(&m, "signaling_throttle_bruteforce_total{action=\"resume\"}"),
         2
@@ -809,7 +795,7 @@ async fn one_broadcaster_cannot_get_a_slow_member_evicted() {
     read_flood(&mut slow, N).await;
     let _other = reader.await.unwrap();
     let _sender = flood.await.unwrap();
-    let text = metrics_text(&ts).await;
+    let text = ts.metrics_text().await;
     assert!(metric(&text, "signaling_client_sender_waits_total ") > 0);
     assert_eq!(
         metric(&text, "signaling_client_send_queue_overflows_total "),
@@ -834,7 +820,7 @@ async fn a_member_that_never_reads_holds_a_broadcaster_back_only_briefly() {
     // resume and lose nothing); everyone else gets every message.
     read_flood(&mut other, N).await;
     flood.await.unwrap();
-    let text = metrics_text(&ts).await;
+    let text = ts.metrics_text().await;
     assert_eq!(
         metric(&text, "signaling_client_send_queue_overflows_total "),
         1
@@ -1001,7 +987,7 @@ async fn clients_behind_a_trusted_proxy_are_capped_by_their_own_address() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ok, "the address never got a connection again");
-    let m = metrics_text(&ts).await;
+    let m = ts.metrics_text().await;
     assert_eq!(
         metric(
             &m,

@@ -71,6 +71,14 @@ impl Conn {
             .collect()
     }
 
+    /// The frames of type `kind` since the last call (others are dropped).
+    fn of_type(&self, kind: &str) -> Vec<Value> {
+        self.frames()
+            .into_iter()
+            .filter(|f| f["type"] == kind)
+            .collect()
+    }
+
     /// The `data` of the `message` frames since the last call; fails on
     /// any `error` frame.
     fn messages(&self) -> Vec<Value> {
@@ -130,6 +138,11 @@ async fn client_in_room(hub: &Arc<Hub>, user: &str, room: &str) -> Conn {
 /// `from` sends a `message` with `data` to `recipient`.
 async fn send(hub: &Arc<Hub>, from: &Conn, recipient: Value, data: Value) {
     let msg = json!({"type": "message", "message": {"recipient": recipient, "data": data}});
+    send_raw(hub, from, msg).await;
+}
+
+/// `from` sends a client message of any type.
+async fn send_raw(hub: &Arc<Hub>, from: &Conn, msg: Value) {
     let parsed = serde_json::from_value(msg.clone()).unwrap();
     if let Some(wait) = hub.handle(&from.sid, parsed, &msg.to_string()) {
         wait.await;
@@ -283,30 +296,16 @@ async fn a_backend_request_is_applied_once_by_every_hub() {
     assert!(matches!(r, Ok(crate::hub::backend_api::BackendApiOk::Done)));
     quiet().await;
     for c in [&x, &y] {
-        let events: Vec<Value> = c
-            .frames()
-            .into_iter()
-            .filter(|f| f["type"] == "event")
-            .collect();
+        let events = c.of_type("event");
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0]["event"]["message"]["data"], json!({"n": 1}));
     }
 }
 
-/// `from` sends a client message of any type.
-async fn send_raw(hub: &Arc<Hub>, from: &Conn, msg: Value) {
-    let parsed = serde_json::from_value(msg.clone()).unwrap();
-    if let Some(wait) = hub.handle(&from.sid, parsed, &msg.to_string()) {
-        wait.await;
-    }
-}
-
-/// The `transient` frames since the last call, without their type field
-/// order mattering.
+/// The bodies of the `transient` frames since the last call.
 fn transients(c: &Conn) -> Vec<Value> {
-    c.frames()
+    c.of_type("transient")
         .into_iter()
-        .filter(|f| f["type"] == "transient")
         .map(|f| f["transient"].clone())
         .collect()
 }
@@ -346,11 +345,7 @@ async fn transient_data_is_replicated_to_every_hub_and_expires_once() {
     // A member joining on the third hub gets the value in its initial data.
     let z = client_in_room(&hubs[2], "carol", "r1").await;
     quiet().await;
-    let initial: Vec<Value> = z
-        .frames()
-        .into_iter()
-        .filter(|f| f["type"] == "transient")
-        .collect();
+    let initial = z.of_type("transient");
     assert_eq!(initial.len(), 1, "{initial:?}");
     assert_eq!(initial[0]["transient"]["type"], "initial");
     assert_eq!(initial[0]["transient"]["data"]["k"], json!({"v": 1}));
@@ -411,9 +406,8 @@ async fn dialout_status_and_errors_reach_the_room_on_every_hub_once() {
     let expected = json!({"type": "error", "error": {"code": "busy", "message": "Busy"}});
     for c in [&x, &y] {
         let d: Vec<Value> = c
-            .frames()
+            .of_type("dialout")
             .into_iter()
-            .filter(|f| f["type"] == "dialout")
             .map(|f| f["dialout"].clone())
             .collect();
         assert_eq!(d, vec![expected.clone()]);
@@ -484,11 +478,7 @@ async fn a_message_to_a_member_that_just_left_on_its_hub_gets_no_such_session() 
     )
     .await;
     quiet().await;
-    let errors: Vec<Value> = x
-        .frames()
-        .into_iter()
-        .filter(|f| f["type"] == "error")
-        .collect();
+    let errors = x.of_type("error");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["error"]["code"], "no_such_session");
 }
@@ -524,14 +514,8 @@ async fn a_transient_set_refused_in_bus_order_is_answered_to_its_sender() {
     )
     .await;
     quiet().await;
-    let errors = |c: &Conn| -> Vec<Value> {
-        c.frames()
-            .into_iter()
-            .filter(|f| f["type"] == "error")
-            .collect()
-    };
-    assert!(errors(&x).is_empty(), "the first one wins");
-    let e = errors(&y);
+    assert!(x.of_type("error").is_empty(), "the first one wins");
+    let e = y.of_type("error");
     assert_eq!(e.len(), 1, "the later one is told once: {e:?}");
     assert_eq!(e[0]["id"], "y1");
     assert_eq!(e[0]["error"]["code"], "transient_limit_exceeded");

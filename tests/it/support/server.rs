@@ -55,6 +55,16 @@ impl TestServer {
         format!("{}/spreed", self.url.replace("http://", "ws://"))
     }
 
+    /// The `/metrics` page (allowed from loopback).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn connect(&self) -> Client {
         Client::connect(&self.ws_url()).await
     }
