@@ -123,6 +123,11 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     let server = Server::start(config, None).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // SIGUSR1 drains (as the Go server); it never kills the process.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let hub = server.hub.clone();
+    let drained = async move { hub.drained().await };
+    tokio::pin!(drained);
     // systemd (Type=notify): ready once the port is bound; the watchdog is
     // fed only while the hub answers (a stuck hub lock stops it).
     sdnotify::notify(&format!("READY=1\nSTATUS=listening on {}", server.addr));
@@ -141,6 +146,11 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
+            _ = usr1.recv() => drain(&server),
+            _ = &mut drained => {
+                tracing::info!("drained: the last client session is gone");
+                break;
+            }
             _ = hup.recv() => {
                 sdnotify::reloading();
                 match Config::load(&path) {
@@ -167,4 +177,19 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
     sdnotify::notify("STOPPING=1");
     server.shutdown().await;
     Ok(())
+}
+
+/// SIGUSR1: stop accepting connections, serve the sessions already here,
+/// exit once the last client session is gone (SIGTERM still stops at once).
+fn drain(server: &Server) {
+    if server.drain() {
+        let clients = server.hub.client_sessions();
+        tracing::info!(
+            clients,
+            "SIGUSR1: draining: listeners closed, exiting when the last client session is gone"
+        );
+        sdnotify::notify(&format!("STATUS=draining, {clients} client sessions left"));
+    } else {
+        tracing::info!("SIGUSR1: already draining");
+    }
 }

@@ -35,6 +35,8 @@ pub struct Server {
     /// The `[https]` certificate (re-read by [`Server::reload`]).
     tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
+    /// Cancelled by a drain (and by shutdown): the listeners stop accepting.
+    stop_accepting: CancellationToken,
     tracker: TaskTracker,
     done: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -142,6 +144,7 @@ fn serve_all(
     app: Router,
     bound: Bound,
     tls: Option<&Arc<Tls>>,
+    stop_accepting: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let shared = Shared::new(
@@ -154,6 +157,7 @@ fn serve_all(
         tokio::spawn(crate::http::listener::serve(
             l,
             app.clone(),
+            stop_accepting.clone(),
             shutdown.clone(),
             shared.clone(),
         ))
@@ -209,13 +213,15 @@ impl Server {
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         });
-        let done = serve_all(&hub, app, bound, tls.as_ref(), &shutdown)?;
+        let stop_accepting = shutdown.child_token();
+        let done = serve_all(&hub, app, bound, tls.as_ref(), &stop_accepting, &shutdown)?;
         Ok(Server {
             hub,
             addr,
             https_addrs,
             tls,
             shutdown,
+            stop_accepting,
             tracker,
             done,
         })
@@ -242,6 +248,18 @@ impl Server {
                 "changed settings need a restart to take effect"
             );
         }
+    }
+
+    /// SIGUSR1: closes the listening sockets (new connections are
+    /// refused, `/api/v1/welcome` answers 503 on kept-alive ones) and
+    /// serves the sessions already here; [`Hub::drained`] resolves once
+    /// the last client session is gone. False when already draining.
+    pub fn drain(&self) -> bool {
+        if !self.hub.start_draining() {
+            return false;
+        }
+        self.stop_accepting.cancel();
+        true
     }
 
     /// Stops accepting, closes connections (1001) and waits for them.

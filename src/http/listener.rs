@@ -212,10 +212,18 @@ fn admit(shared: &Shared, ip: IpAddr) -> Result<Slot, &'static str> {
     shared.counts.admit(ip, &shared.limits, trusted)
 }
 
-/// Serves `app` on `listener` until `shutdown`; then lets the connections
-/// finish their requests and waits for them (upgraded WebSockets are
-/// tracked elsewhere).
-pub async fn serve(listener: Listener, app: Router, shutdown: CancellationToken, shared: Shared) {
+/// Serves `app` on `listener` until `stop_accepting` (a drain, or a child
+/// of `shutdown`): then closes the listening socket, so new connections
+/// are refused, and serves the accepted connections on until `shutdown`
+/// (or until they end), waiting for them (upgraded WebSockets are tracked
+/// elsewhere).
+pub async fn serve(
+    listener: Listener,
+    app: Router,
+    stop_accepting: CancellationToken,
+    shutdown: CancellationToken,
+    shared: Shared,
+) {
     let conns = TaskTracker::new();
     let timeouts = listener.timeouts;
     let counters = TimeoutCounters {
@@ -224,7 +232,7 @@ pub async fn serve(listener: Listener, app: Router, shutdown: CancellationToken,
     };
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop_accepting.cancelled() => break,
             r = listener.tcp.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {

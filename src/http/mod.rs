@@ -72,12 +72,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn welcome(State(state): State<AppState>) -> impl IntoResponse {
-    Json(json!({
+/// `GET /api/v1/welcome`; while draining 503 with `"draining": true`, so
+/// that a load balancer's health check takes the process out.
+async fn welcome(State(state): State<AppState>) -> Response {
+    let mut body = json!({
         "nextcloud-spreed-signaling": "Welcome",
         "version": VERSION,
         "features": all_features(state.hub.mcu_connected()),
-    }))
+    });
+    if state.hub.draining() {
+        body["draining"] = json!(true);
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(body).into_response()
 }
 
 /// `GET /api/v1/serverinfo`: only for addresses in `[stats] allowed_ips`.

@@ -38,6 +38,11 @@ fn header_has(headers: &axum::http::HeaderMap, name: header::HeaderName, token: 
 /// `GET /spreed`: checks the WebSocket handshake (RFC 6455 4.2.1), answers
 /// 101 and hands the upgraded socket to [`serve`] in a task of its own.
 pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
+    if state.hub.draining() {
+        // A kept-alive connection of a proxy may still ask: new sessions
+        // go elsewhere.
+        return (StatusCode::SERVICE_UNAVAILABLE, "server is draining").into_response();
+    }
     let headers = req.headers();
     if !header_has(headers, header::UPGRADE, "websocket")
         || !header_has(headers, header::CONNECTION, "upgrade")

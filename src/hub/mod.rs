@@ -10,6 +10,7 @@ mod chat;
 mod cluster;
 mod delivery;
 mod dialout;
+mod drain;
 mod effects;
 mod features;
 pub use features::{
@@ -174,6 +175,8 @@ pub struct Hub {
     live: crate::config::Live,
     /// Open connections per client address (listeners and upgrades).
     pub conn_counts: crate::conn_counts::ConnCounts,
+    /// Set by a drain (SIGUSR1); never cleared.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hub {
@@ -256,6 +259,7 @@ impl Hub {
             mcu: std::sync::OnceLock::new(),
             live,
             conn_counts: Default::default(),
+            draining: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -417,6 +421,7 @@ impl Hub {
                 "disconnected": disconnected,
                 "rooms": st.rooms.len(),
                 "processes": st.cluster.processes.len() + 1,
+                "draining": self.draining(),
             }
         })
     }

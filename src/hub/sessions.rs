@@ -45,6 +45,9 @@ pub(crate) struct Sessions {
     /// Sessions per (backend id, `clienttype` label), kept as sessions come
     /// and go so that a scrape needs no walk over them.
     pub per_label: HashMap<(Arc<str>, &'static str), i64>,
+    /// Client sessions (connected or waiting for a resume, all backends;
+    /// not internal or virtual ones): what a drain waits for.
+    pub clients: tokio::sync::watch::Sender<usize>,
 }
 
 impl Sessions {
@@ -62,6 +65,7 @@ impl Sessions {
             overflows,
             congested: None,
             per_label: HashMap::new(),
+            clients: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -94,6 +98,7 @@ impl Sessions {
         }
         if s.kind == SessionKind::Client {
             *self.counts.entry(s.backend.id.clone()).or_default() += 1;
+            self.clients.send_modify(|n| *n += 1);
         }
     }
 
@@ -121,6 +126,7 @@ impl Sessions {
             if let Some(c) = self.counts.get_mut(&s.backend.id) {
                 *c = c.saturating_sub(1);
             }
+            self.clients.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
 

@@ -13,6 +13,7 @@ mod attacks;
 mod backend_api;
 mod check;
 mod cluster;
+mod drain;
 mod features;
 mod federation;
 mod fuzz_parsers;

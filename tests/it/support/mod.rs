@@ -1,5 +1,5 @@
 //! Test support: a fake Nextcloud (`nextcloud`), the server under test
-//! (`server`), a WebSocket client (`client`), a `nats-server` (`nats`) and
+//! (`server`; `node`: the binary that tests stop and start again), a WebSocket client (`client`), a `nats-server` (`nats`) and
 //! Janus (`janus`).
 
 #![allow(dead_code)]
@@ -8,11 +8,13 @@ pub mod client;
 pub mod janus;
 pub mod nats;
 pub mod nextcloud;
+pub mod node;
 pub mod server;
 
 pub use client::*;
 pub use nats::*;
 pub use nextcloud::*;
+pub use node::*;
 pub use server::*;
 
 use std::time::Duration;

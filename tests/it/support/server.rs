@@ -223,9 +223,15 @@ pub struct LoggedProcess {
 impl LoggedProcess {
     /// Starts the binary with `args`; stdout and stderr are collected.
     pub fn spawn(args: &[&str]) -> LoggedProcess {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// As [`LoggedProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> LoggedProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
             .args(args)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
