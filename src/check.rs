@@ -9,7 +9,7 @@ use crate::api::backend::PingRequest;
 use crate::backend::capabilities::Capabilities;
 use crate::backend::client::{BackendCallError, BackendClient};
 use crate::backend::registry::{capabilities_url, signaling_url};
-use crate::config::Config;
+use crate::config::{Config, Finding, Severity};
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,22 @@ impl std::fmt::Display for CheckLine {
             (true, false) => "OK  ",
         };
         write!(f, "{tag} {}", self.text)
+    }
+}
+
+impl CheckLine {
+    /// A line of its parts.
+    pub fn from_text(ok: bool, warning: bool, text: String) -> CheckLine {
+        CheckLine { ok, warning, text }
+    }
+
+    /// A finding of the configuration: refusals and what must be fixed
+    /// before production fail, the rest warns.
+    pub fn from_finding(f: &Finding) -> CheckLine {
+        match f.severity {
+            Severity::Warn => warn(f.text.clone()),
+            Severity::Unsafe | Severity::Refuse => fail(f.text.clone()),
+        }
     }
 }
 
@@ -72,11 +88,7 @@ fn refused_checksum(r: &Result<crate::api::backend::BackendResponse, BackendCall
 
 /// Probes everything the configuration points at.
 pub async fn probe(config: &Config) -> Vec<CheckLine> {
-    let mut lines: Vec<CheckLine> = config
-        .obsolete_keys
-        .iter()
-        .map(|k| warn(k.clone()))
-        .collect();
+    let mut lines: Vec<CheckLine> = Vec::new();
     let client = match BackendClient::new(
         config.backend.timeout,
         1,
@@ -89,16 +101,14 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
             return lines;
         }
     };
-    if config.backend.backends.is_empty() {
-        lines.push(if config.backend.allow_all {
-            warn("[backend] allowall: any Nextcloud with the common secret is accepted; nothing to probe".into())
-        } else {
-            fail("[backend] backends: no backend configured, no Nextcloud can use this server".into())
-        });
-    }
     for b in &config.backend.backends {
+        if b.legacy {
+            lines.extend(probe_legacy(&client, b).await);
+            continue;
+        }
+        let who = format!("[{}]", b.id);
         for base in &b.urls {
-            probe_backend(&client, &b.id, base, b.secret.as_bytes(), &mut lines).await;
+            probe_backend(&client, &who, base, b.secret.as_bytes(), &mut lines).await;
         }
     }
     if !config.nats_urls.is_empty() {
@@ -197,9 +207,25 @@ async fn probe_janus(url: &str) -> CheckLine {
     }
 }
 
+/// A host of the legacy `[backend] allowed` list: Nextcloud is reached
+/// over https or http, so one of the two passing is enough.
+async fn probe_legacy(client: &BackendClient, b: &crate::config::BackendConfig) -> Vec<CheckLine> {
+    let who = "[backend] allowed";
+    let mut tried = Vec::new();
+    for base in b.urls.iter().rev() {
+        let mut lines = Vec::new();
+        probe_backend(client, who, base, b.secret.as_bytes(), &mut lines).await;
+        if lines.iter().all(|l| l.ok) {
+            return lines;
+        }
+        tried.push(lines);
+    }
+    tried.into_iter().flatten().collect()
+}
+
 async fn probe_backend(
     client: &BackendClient,
-    id: &str,
+    who: &str,
     base: &str,
     secret: &[u8],
     lines: &mut Vec<CheckLine>,
@@ -207,24 +233,24 @@ async fn probe_backend(
     let caps_url = capabilities_url(base);
     match client.get_json(&caps_url).await {
         Err(e) => lines.push(fail(format!(
-            "[{id}] url: {base}: capabilities not reachable ({e}); check the URL (and [backend] skipverify for self-signed certificates)"
+            "{who} url: {base}: capabilities not reachable ({e}); check the URL (and [backend] skipverify for self-signed certificates)"
         ))),
         Ok(data) => {
             let caps = Capabilities::from_data(&data);
             if caps.features.is_empty() {
                 lines.push(fail(format!(
-                    "[{id}] url: {base}: answers, but lists no Talk capabilities (is Talk installed and the URL the Nextcloud root?)"
+                    "{who} url: {base}: answers, but lists no Talk capabilities (is Talk installed and the URL the Nextcloud root?)"
                 )));
             } else {
-                lines.push(ok(format!("[{id}] url: {base}: Talk capabilities reachable")));
+                lines.push(ok(format!("{who} url: {base}: Talk capabilities reachable")));
                 match &caps.token_key {
-                    Some(_) => lines.push(ok(format!("[{id}] hello v2 key present"))),
+                    Some(_) => lines.push(ok(format!("{who} hello v2 key present"))),
                     None => lines.push(warn(format!(
-                        "[{id}] url: {base}: no hello-v2-token-key in the capabilities: clients fall back to hello 1.0 (update Talk)"
+                        "{who} url: {base}: no hello-v2-token-key in the capabilities: clients fall back to hello 1.0 (update Talk)"
                     ))),
                 }
                 if caps.features.iter().any(|f| f == "federation-v2") {
-                    lines.push(ok(format!("[{id}] federation-v2 supported")));
+                    lines.push(ok(format!("{who} federation-v2 supported")));
                 }
             }
         }
@@ -249,15 +275,15 @@ async fn probe_backend(
         )
         .await;
     match (&right, refused_checksum(&right), refused_checksum(&wrong)) {
-        (_, false, true) => lines.push(ok(format!("[{id}] secret accepted by Nextcloud"))),
+        (_, false, true) => lines.push(ok(format!("{who} secret accepted by Nextcloud"))),
         (_, true, _) => lines.push(fail(format!(
-            "[{id}] secret: Nextcloud refused the checksum: the secret differs from Talk's \"Shared secret\" (Administration settings > Talk > High-performance backend)"
+            "{who} secret: Nextcloud refused the checksum: the secret differs from Talk's \"Shared secret\" (Administration settings > Talk > High-performance backend)"
         ))),
         (Err(e), false, false) => lines.push(fail(format!(
-            "[{id}] url: {url}: signaling endpoint not usable ({e})"
+            "{who} url: {url}: signaling endpoint not usable ({e})"
         ))),
         (Ok(_), false, false) => lines.push(warn(format!(
-            "[{id}] secret: Nextcloud answered a wrong secret like the right one; could not verify the secret"
+            "{who} secret: Nextcloud answered a wrong secret like the right one; could not verify the secret"
         ))),
     }
 }

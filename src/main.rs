@@ -77,24 +77,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let log = init_logging(&config, cli.log_format.as_deref());
     if let Some(Command::Check) = cli.command {
-        println!("OK   {}: configuration valid", cli.config.display());
-        // Then everything it points at, as the server would use it.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let lines = rt.block_on(spreed_signaling::check::probe(&config));
-        for l in &lines {
-            println!("{l}");
-        }
-        return if lines.iter().all(|l| l.ok) {
-            std::process::ExitCode::SUCCESS
-        } else {
-            std::process::ExitCode::FAILURE
-        };
+        return check(&config, &cli.config);
     }
+    // What the file asks for that this server does not do stops start-up
+    // before anything is bound.
+    if let Some(refused) = config.refusals() {
+        for line in refused.lines() {
+            eprintln!("configuration error in {}: {line}", cli.config.display());
+        }
+        return std::process::ExitCode::from(2);
+    }
+    let log = init_logging(&config, cli.log_format.as_deref());
     // `[http] threads` workers (default: the cores but one); one thread
     // runs a current-thread runtime: no cross-thread wake-ups, the most
     // messages per CPU-second (docs/benchmarks.md).
@@ -115,6 +109,43 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `check`: the findings of the file, then a probe of everything it
+/// points at, a line each on stdout (a closed stdout, e.g. `check | head
+/// -1`, ends the printing, not the process with a panic). Log lines of the
+/// probes' libraries go to stderr, warnings only.
+fn check(config: &Config, path: &std::path::Path) -> std::process::ExitCode {
+    use spreed_signaling::check::CheckLine;
+    use std::io::Write;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,async_nats=off"))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut lines = vec![CheckLine::from_text(
+        true,
+        false,
+        format!("{}: configuration valid", path.display()),
+    )];
+    lines.extend(config.findings.iter().map(CheckLine::from_finding));
+    // Then everything it points at, as the server would use it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    lines.extend(rt.block_on(spreed_signaling::check::probe(config)));
+    let mut out = std::io::stdout().lock();
+    for l in &lines {
+        if writeln!(out, "{l}").is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    if lines.iter().all(|l| l.ok) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 
@@ -153,7 +184,10 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
             }
             _ = hup.recv() => {
                 sdnotify::reloading();
-                match Config::load(&path) {
+                match Config::load(&path).and_then(|c| match c.refusals() {
+                    Some(r) => Err(spreed_signaling::config::ConfigError(r)),
+                    None => Ok(c),
+                }) {
                     // SIGHUP: backends, [app], [stats], the certificate
                     // and the log level are reloaded, sessions stay; other
                     // settings need a restart (logged).

@@ -127,13 +127,11 @@ async fn connect_bus(
     Ok((bus as Arc<dyn Bus>, Some(rx)))
 }
 
-/// Logs what the configuration holds that is not read.
-fn warn_ignored(config: &Config) {
-    for k in &config.obsolete_keys {
-        tracing::warn!("{k}");
-    }
-    for s in &config.unsupported_sections {
-        tracing::warn!(section = %s, "configuration section is not supported yet and is ignored");
+/// Logs the configuration's findings (unknown keys, keys not honoured,
+/// sample secrets, risky values) as warnings.
+fn warn_findings(config: &Config) {
+    for f in &config.findings {
+        tracing::warn!("{}", f.text);
     }
 }
 
@@ -188,8 +186,11 @@ impl Server {
     /// Binds `[http] listen` (or uses the given listener instead) and
     /// `[https] listen`, and starts serving on the current runtime.
     pub async fn start(config: Config, listener: Option<TcpListener>) -> anyhow::Result<Server> {
+        if let Some(refused) = config.refusals() {
+            anyhow::bail!("{refused}");
+        }
         let config = Arc::new(config);
-        warn_ignored(&config);
+        warn_findings(&config);
         let tls = match &config.https {
             Some(h) => Some(Arc::new(Tls::new(h)?)),
             None => None,

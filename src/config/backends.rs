@@ -22,6 +22,9 @@ pub struct BackendConfig {
     pub max_stream_bitrate: u64,
     /// The same for `screen` streams.
     pub max_screen_bitrate: u64,
+    /// Made from the legacy `[backend] allowed` list (the id is the host;
+    /// the URLs are its http and https forms).
+    pub legacy: bool,
 }
 
 /// Backends section as a whole.
@@ -182,6 +185,7 @@ fn parse_backend(
         session_limit,
         max_stream_bitrate,
         max_screen_bitrate,
+        legacy: false,
     })
 }
 
@@ -202,6 +206,7 @@ fn legacy_backends(allowed: &str, common_secret: &str) -> Result<Vec<BackendConf
             session_limit: 0,
             max_stream_bitrate: 0,
             max_screen_bitrate: 0,
+            legacy: true,
         })
         .collect())
 }

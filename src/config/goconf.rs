@@ -96,6 +96,14 @@ impl IniFile {
         self.sections.keys().map(String::as_str)
     }
 
+    /// The options of `section` as written (key, raw value), in no order.
+    pub fn options<'a>(&'a self, section: &str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.sections
+            .get(&section.to_ascii_lowercase())
+            .into_iter()
+            .flat_map(|s| s.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
     /// The value as written in `section` (after comment stripping and
     /// continuation lines), without interpolation or `[default]` fallback.
     pub fn get_raw(&self, section: &str, key: &str) -> Option<&str> {

@@ -48,7 +48,8 @@ pub enum McuSection {
     None,
     /// Janus.
     Janus(McuConfig),
-    /// A type this server does not implement (`proxy`): warned and ignored.
+    /// A type this server does not implement (`proxy`): refused at start-up
+    /// (`findings`).
     Unsupported,
 }
 

@@ -3,8 +3,10 @@
 //! the section and key.
 
 mod backends;
+pub mod findings;
 pub mod goconf;
 pub mod iplist;
+pub mod known;
 mod limits;
 mod listeners;
 pub mod mcu;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use goconf::IniFile;
 
 pub use backends::{BackendConfig, BackendsConfig};
+pub use findings::{Finding, Severity};
 pub use iplist::IpList;
 pub use limits::{BruteForceLimits, ClientLimits, TransientLimits};
 pub use listeners::{HttpLimits, HttpsConfig, ListenerTimeouts};
@@ -69,11 +72,10 @@ pub struct Config {
     pub log_level: String,
     /// `[logging] format`: JSON lines instead of plain text.
     pub log_json: bool,
-    /// Sections present in the file that this server does not implement.
-    pub unsupported_sections: Vec<String>,
-    /// Keys that are no longer read, with what to use instead (logged at
-    /// start, shown by `check`).
-    pub obsolete_keys: Vec<String>,
+    /// What an admin must hear about: unknown keys, keys this server
+    /// does not honour, unset `$(VAR)`, sample secrets, risky values
+    /// (logged at start, printed by `check`; a refusal stops start-up).
+    pub findings: Vec<Finding>,
     /// `[mcu]` with `type = janus`: the media server.
     pub mcu: Option<mcu::McuConfig>,
     /// `[app] allowsubscribeany`: subscribe to any publisher, not only to
@@ -116,8 +118,7 @@ impl std::fmt::Debug for Config {
             .field("stats", &self.stats)
             .field("transient", &self.transient)
             .field("brute_force", &self.brute_force)
-            .field("unsupported_sections", &self.unsupported_sections)
-            .field("obsolete_keys", &self.obsolete_keys)
+            .field("findings", &self.findings)
             .field("mcu", &self.mcu)
             .finish_non_exhaustive()
     }
@@ -193,14 +194,11 @@ impl Config {
         let brute_force = limits::parse_brute_force(&ini)?;
         let federation = sections::parse_federation(&ini)?;
         let (log_level, log_json) = sections::parse_logging(&ini)?;
-        let mut unsupported_sections = sections::unsupported_sections(&ini, &backend);
-        let mcu = sections::parse_mcu(&ini, &mut unsupported_sections)?;
-        unsupported_sections.sort();
-        let obsolete_keys = sections::obsolete_keys(&ini);
+        let mcu = sections::parse_mcu(&ini)?;
         let _ = ini.get_bool("app", "debug", false)?;
         let allow_subscribe_any = ini.get_bool("app", "allowsubscribeany", false)?;
 
-        Ok(Config {
+        let mut config = Config {
             listen,
             https,
             app,
@@ -219,11 +217,23 @@ impl Config {
             federation,
             log_level,
             log_json,
-            unsupported_sections,
-            obsolete_keys,
+            findings: Vec::new(),
             mcu,
             allow_subscribe_any,
-        })
+        };
+        config.findings = findings::collect(&ini, &config);
+        Ok(config)
+    }
+
+    /// The findings that stop start-up, as one message (a line each).
+    pub fn refusals(&self) -> Option<String> {
+        let lines: Vec<&str> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Refuse)
+            .map(|f| f.text.as_str())
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("\n"))
     }
 }
 
@@ -297,7 +307,7 @@ url = ws://127.0.0.1:8188
         );
         assert_eq!(c.backend.timeout, Duration::from_secs(5));
         assert!(c.nats_urls.is_empty());
-        assert!(c.unsupported_sections.is_empty());
+        assert!(c.findings.is_empty(), "{:?}", c.findings);
         assert_eq!(
             c.mcu.as_ref().map(|m| m.url.as_str()),
             Some("ws://127.0.0.1:8188")
@@ -428,8 +438,8 @@ url = ws://127.0.0.1:8188
     fn the_old_proxyips_key_is_named() {
         let c =
             Config::parse(&SAMPLE.replace("[http]\n", "[http]\nproxyips = 10.0.0.1\n")).unwrap();
-        assert_eq!(c.obsolete_keys.len(), 1);
-        assert!(c.obsolete_keys[0].contains("[app] trustedproxies"));
-        assert!(Config::parse(SAMPLE).unwrap().obsolete_keys.is_empty());
+        assert_eq!(c.findings.len(), 1);
+        assert!(c.findings[0].text.contains("[app] trustedproxies"));
+        assert!(Config::parse(SAMPLE).unwrap().findings.is_empty());
     }
 }

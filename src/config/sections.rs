@@ -1,11 +1,9 @@
 //! The smaller sections: `[sessions]` keys, `[clients] internalsecret`,
-//! `[nats]`, `[federation]`, `[logging]`, `[mcu]`'s type, and the sections
-//! and keys this server does not implement or no longer reads.
+//! `[nats]`, `[federation]`, `[logging]`, `[mcu]`'s type.
 
 use std::time::Duration;
 
-use super::backends::BackendsConfig;
-use super::goconf::{self, expand_env, split_list, IniFile};
+use super::goconf::{expand_env, split_list, IniFile};
 use super::{go_secs, mcu, ConfigError};
 
 /// `[federation]`: how this server dials the signaling servers of other
@@ -103,74 +101,11 @@ pub(super) fn parse_logging(ini: &IniFile) -> Result<(String, bool), ConfigError
     Ok((log_level, log_json))
 }
 
-const SUPPORTED_SECTIONS: &[&str] = &[
-    goconf::DEFAULT_SECTION,
-    "http",
-    "https",
-    "app",
-    "mcu",
-    "sessions",
-    "clients",
-    "backend",
-    "nats",
-    "stats",
-    "transient",
-    "federation",
-    "logging",
-];
-
-const KNOWN_UNSUPPORTED: &[&str] = &[
-    "turn",
-    "geoip",
-    "geoip-overrides",
-    "continent-overrides",
-    "etcd",
-    "grpc",
-];
-
-/// The sections present that this server knows but does not implement
-/// (remembered for a start-up log). Values of sections it accepts were
-/// validated, so a typo does not go unnoticed.
-pub(super) fn unsupported_sections(ini: &IniFile, backend: &BackendsConfig) -> Vec<String> {
-    let mut unsupported_sections = Vec::new();
-    for s in ini.sections() {
-        if SUPPORTED_SECTIONS.contains(&s) {
-            continue;
-        }
-        let is_backend_section = backend.backends.iter().any(|b| b.id == s);
-        if is_backend_section {
-            continue;
-        }
-        if KNOWN_UNSUPPORTED.contains(&s) {
-            unsupported_sections.push(s.to_string());
-        }
-    }
-    unsupported_sections
-}
-
-/// `[mcu]` with `type = janus`; another type is added to `unsupported`.
-pub(super) fn parse_mcu(
-    ini: &IniFile,
-    unsupported: &mut Vec<String>,
-) -> Result<Option<mcu::McuConfig>, ConfigError> {
+/// `[mcu]` with `type = janus` (`type = proxy` is refused by
+/// `findings`).
+pub(super) fn parse_mcu(ini: &IniFile) -> Result<Option<mcu::McuConfig>, ConfigError> {
     Ok(match mcu::parse(ini)? {
-        mcu::McuSection::None => None,
+        mcu::McuSection::None | mcu::McuSection::Unsupported => None,
         mcu::McuSection::Janus(c) => Some(c),
-        mcu::McuSection::Unsupported => {
-            unsupported.push("mcu (type proxy)".to_string());
-            None
-        }
     })
-}
-
-/// Keys that are no longer read, with what to use instead.
-pub(super) fn obsolete_keys(ini: &IniFile) -> Vec<String> {
-    let mut obsolete_keys = Vec::new();
-    if ini.get("http", "proxyips").is_some() {
-        obsolete_keys.push(
-            "[http] proxyips: no longer read; list your reverse proxies in [app] trustedproxies (the Go server's key)"
-                .to_string(),
-        );
-    }
-    obsolete_keys
 }

@@ -193,3 +193,71 @@ async fn the_old_proxyips_key_is_named() {
         "{out}"
     );
 }
+
+/// Runs the server itself on `config`; (exit code, stderr) once it
+/// stopped, which a refused configuration does before binding anything.
+async fn start_refused(config: String) -> (Option<i32>, String) {
+    let dir = fresh_dir("spreed-refused");
+    let path = dir.join("server.conf");
+    std::fs::write(&path, config).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that started would run on: give it 10 s, then stop it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Features of the Go server this server lacks stop start-up (exit 2)
+/// and fail `check`, naming the key: `[mcu] type = proxy`, `[backend]
+/// backendtype = etcd`, `[etcd]` keys, `[grpc]` keys without NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_this_server_lacks_are_refused() {
+    let nc = FakeNextcloud::start().await;
+    for (extra, key) in [
+        (
+            "[mcu]\ntype = proxy\nurl = ws://127.0.0.1:1\ntoken_id = s1\n",
+            "[mcu] type: `proxy`",
+        ),
+        (
+            "[backend]\nbackendtype = etcd\n",
+            "[backend] backendtype: `etcd`",
+        ),
+        ("[etcd]\nendpoints = 127.0.0.1:2379\n", "[etcd] endpoints:"),
+        ("[grpc]\ntargets = 127.0.0.1:9090\n", "[grpc] targets:"),
+    ] {
+        let (code, err) = start_refused(config_text(&nc, extra)).await;
+        assert_eq!(code, Some(2), "{extra}: {err}");
+        assert!(err.contains(key), "{extra}: {err}");
+        let (ok, out) = check(config_text(&nc, extra)).await;
+        assert!(!ok, "{out}");
+        assert!(out.contains(&format!("FAIL {key}")), "{out}");
+        // The backend is probed all the same.
+        assert!(out.contains("OK   [nc1] secret accepted"), "{out}");
+    }
+    // Debian's file has these sections with comments only: nothing said.
+    let empty =
+        "[mcu]\n[turn]\n[geoip]\n[geoip-overrides]\n[continent-overrides]\n[etcd]\n[grpc]\n";
+    let (ok, out) = check(config_text(&nc, empty)).await;
+    assert!(ok, "{out}");
+    for s in ["mcu", "turn", "geoip", "etcd", "grpc", "continent"] {
+        assert!(!out.contains(&format!("[{s}")), "{s}: {out}");
+    }
+}
