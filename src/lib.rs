@@ -3,12 +3,14 @@
 //! Layout: `config` (server.conf), `api` (wire types), `backend` (talking to
 //! Nextcloud), `hub` (state and routing), `bus` (other processes), `mcu`
 //! (Janus), `http` (axum routes and the WebSocket connection),
-//! `conn_counts` (open connections per address), `metrics`, `server`
+//! `conn_counts` (open connections per address), `budget` (what a peer
+//! may send before it is read more slowly), `metrics`, `server`
 //! (start-up and shutdown). See ARCHITECTURE.md.
 
 #[macro_use]
 pub mod api;
 pub mod backend;
+pub mod budget;
 pub mod bus;
 pub mod check;
 pub mod config;

@@ -25,14 +25,22 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code: a text message that is not UTF-8.
 pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code: a binary message (the protocol is text only; RFC 6455's
+/// "unsupported data").
+pub const CLOSE_UNSUPPORTED: u16 = 1003;
 
 /// A message from the client.
 #[derive(Debug)]
 pub enum Incoming {
     /// A complete text message.
     Text(String),
-    /// A complete binary message (not used by the protocol).
+    /// The first frame of a binary message (not used by the protocol:
+    /// the connection is closed, the rest is never read).
     Binary,
+    /// A fragment of a text message that is not its last one, with its
+    /// length: nothing to handle yet, but it costs its share of the
+    /// connection's budget like any frame.
+    Fragment(usize),
     /// A ping: answer with a pong carrying `0`.
     Ping(Bytes),
     /// A pong (answers our keep-alive ping) with its payload.
@@ -63,8 +71,8 @@ pub struct FrameReader<R> {
     /// Read and not yet parsed (from `pos`); no allocation when empty.
     buf: Vec<u8>,
     pos: usize,
-    /// Fragments of a message in progress and whether it is text.
-    partial: Option<(bool, Vec<u8>)>,
+    /// Fragments of a text message in progress.
+    partial: Option<Vec<u8>>,
     max: usize,
     eof: bool,
     failed: bool,
@@ -85,24 +93,18 @@ impl<R> FrameReader<R> {
     }
 
     /// Parses one frame from what was read; `None` when it is incomplete.
-    /// Control frames inside a fragmented message are handled in between.
+    /// Every frame is something for the reader (a fragment too), so that
+    /// each one is charged to the connection's budget.
     fn parse(&mut self) -> Option<Result<Incoming, WsError>> {
-        loop {
-            let (header, payload) = match self.next_frame()? {
-                Ok(frame) => frame,
-                Err(e) => return Some(Err(e)),
-            };
-            let payload = &self.buf[payload];
-            let done = match header.opcode {
-                OpCode::Control(c) => control(&header, c, payload),
-                OpCode::Data(d) => match data(&mut self.partial, self.max, &header, d, payload) {
-                    Some(done) => done,
-                    // A fragment of a message in progress: read on.
-                    None => continue,
-                },
-            };
-            return Some(done);
-        }
+        let (header, payload) = match self.next_frame()? {
+            Ok(frame) => frame,
+            Err(e) => return Some(Err(e)),
+        };
+        let payload = &self.buf[payload];
+        Some(match header.opcode {
+            OpCode::Control(c) => control(&header, c, payload),
+            OpCode::Data(d) => data(&mut self.partial, self.max, &header, d, payload),
+        })
     }
 
     /// The next complete frame from what was read: its header and where
@@ -162,42 +164,42 @@ fn control(header: &FrameHeader, c: Control, payload: &[u8]) -> Result<Incoming,
 }
 
 /// A data frame: a whole message, its first fragment or a continuation
-/// (`partial` holds the message in progress, at most `max` bytes). `None`
-/// when the message is not complete yet.
+/// (`partial` holds the text message in progress, at most `max` bytes).
+/// A binary message is reported at its first frame.
 fn data(
-    partial: &mut Option<(bool, Vec<u8>)>,
+    partial: &mut Option<Vec<u8>>,
     max: usize,
     header: &FrameHeader,
     d: Data,
     payload: &[u8],
-) -> Option<Result<Incoming, WsError>> {
+) -> Result<Incoming, WsError> {
     match d {
         Data::Text | Data::Binary if partial.is_some() => {
-            Some(Err(WsError::Protocol("message inside a fragmented one")))
+            Err(WsError::Protocol("message inside a fragmented one"))
         }
-        Data::Text | Data::Binary => {
-            let text = d == Data::Text;
+        Data::Binary => Ok(Incoming::Binary),
+        Data::Text => {
             if !header.is_final {
-                *partial = Some((text, payload.to_vec()));
-                return None;
+                *partial = Some(payload.to_vec());
+                return Ok(Incoming::Fragment(payload.len()));
             }
-            Some(message(text, payload.to_vec()))
+            text(payload.to_vec())
         }
         Data::Continue => {
-            let Some((text, mut data)) = partial.take() else {
-                return Some(Err(WsError::Protocol("continuation without a message")));
+            let Some(mut data) = partial.take() else {
+                return Err(WsError::Protocol("continuation without a message"));
             };
             if data.len() + payload.len() > max {
-                return Some(Err(WsError::TooBig));
+                return Err(WsError::TooBig);
             }
             data.extend_from_slice(payload);
             if !header.is_final {
-                *partial = Some((text, data));
-                return None;
+                *partial = Some(data);
+                return Ok(Incoming::Fragment(payload.len()));
             }
-            Some(message(text, data))
+            text(data)
         }
-        Data::Reserved(_) => Some(Err(WsError::Protocol("reserved opcode"))),
+        Data::Reserved(_) => Err(WsError::Protocol("reserved opcode")),
     }
 }
 
@@ -218,10 +220,8 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-fn message(text: bool, data: Vec<u8>) -> Result<Incoming, WsError> {
-    if !text {
-        return Ok(Incoming::Binary);
-    }
+/// A complete text message.
+fn text(data: Vec<u8>) -> Result<Incoming, WsError> {
     String::from_utf8(data)
         .map(Incoming::Text)
         .map_err(|_| WsError::InvalidUtf8)
@@ -376,9 +376,33 @@ mod tests {
             [
                 "Ok(Text(\"hello\"))",
                 "Ok(Ping(b\"p\"))",
+                "Ok(Fragment(3))",
                 "Ok(Pong(b\"\"))",
                 "Ok(Text(\"h\u{e9}llo\"))",
                 "Ok(Close)"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn every_fragment_and_the_first_binary_frame_are_reported() {
+        let mut b = client_frame(OpCode::Data(Data::Text), false, b"");
+        for _ in 0..3 {
+            b.extend(client_frame(OpCode::Data(Data::Continue), false, b""));
+        }
+        b.extend(client_frame(OpCode::Data(Data::Continue), true, b"{}"));
+        b.extend(client_frame(OpCode::Data(Data::Binary), false, b"x"));
+        let got = read_all(b, 1024).await;
+        let got: Vec<String> = got.into_iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(
+            got,
+            [
+                "Ok(Fragment(0))",
+                "Ok(Fragment(0))",
+                "Ok(Fragment(0))",
+                "Ok(Fragment(0))",
+                "Ok(Text(\"{}\"))",
+                "Ok(Binary)"
             ]
         );
     }
@@ -424,7 +448,8 @@ mod tests {
             &[b'a'; 10],
         ));
         let got = read_all(b, 16).await;
-        assert_eq!(got[0].as_ref().unwrap_err(), &WsError::TooBig);
+        assert!(matches!(got[0], Ok(Incoming::Fragment(10))), "{got:?}");
+        assert_eq!(got[1].as_ref().unwrap_err(), &WsError::TooBig);
     }
 
     #[tokio::test]

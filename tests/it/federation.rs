@@ -488,3 +488,29 @@ async fn a_join_while_the_link_is_down_is_sent_after_the_resume() {
     s.a.stop().await;
     s.b.stop().await;
 }
+
+/// What the remote server sends a federated session is read within the
+/// link's budget: B floods, A reads it more slowly, and nothing is lost.
+#[tokio::test]
+async fn a_remote_flood_is_read_within_the_budget_and_nothing_is_lost() {
+    let s = setup("[clients]\nmessagespersecond = 200\nmessageburst = 10\n").await;
+    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
+    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut alice = s.alice(&s.signaling(), &[]).await;
+    let r = remote_id_of_alice(&mut bob).await;
+    alice.wait_join_of(&bob.session_id).await;
+    assert_eq!(crate::frames::read_pauses(&s.a).await, 0);
+    for i in 0..100 {
+        bob.send(json!({"type": "message", "message": {"recipient": {"type": "session", "sessionid": r}, "data": {"i": i}}})).await;
+    }
+    for i in 0..100 {
+        let m = alice.wait_for(|m| m["type"] == "message").await;
+        assert_eq!(m["message"]["data"]["i"], i, "lost or reordered: {m}");
+    }
+    assert!(
+        crate::frames::read_pauses(&s.a).await > 0,
+        "the remote's frames were read at any rate"
+    );
+    s.a.stop().await;
+    s.b.stop().await;
+}

@@ -16,6 +16,7 @@ mod cluster;
 mod drain;
 mod features;
 mod federation;
+mod frames;
 mod fuzz_parsers;
 mod hello;
 mod logs;

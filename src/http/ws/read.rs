@@ -15,48 +15,10 @@ use super::{ping_rtt, CLOSE_TOO_BIG};
 use crate::api::client::{ClientKind, ClientMessage, IdOnly};
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::{error_frame, frame, Bye};
+use crate::budget::Budget;
 use crate::http::wsframe::{self, Incoming, WsError};
 use crate::hub::outbox::{CloseReason, Outbox};
 use crate::hub::{invalid_format, HelloOk, Hub};
-
-/// What a connection may send: token buckets for messages and bytes. A
-/// message is always accepted (never dropped); a connection that went over
-/// its budget is simply not read until the budget refilled, so TCP holds
-/// the client back and a flood cannot take more than its share.
-struct Budget {
-    messages: f64,
-    bytes: f64,
-    message_rate: f64,
-    byte_rate: f64,
-    message_burst: f64,
-    byte_burst: f64,
-    last: Instant,
-}
-
-impl Budget {
-    fn new(limits: &crate::config::ClientLimits) -> Self {
-        Budget {
-            messages: limits.message_burst as f64,
-            bytes: limits.byte_burst as f64,
-            message_rate: limits.messages_per_second as f64,
-            byte_rate: limits.bytes_per_second as f64,
-            message_burst: limits.message_burst as f64,
-            byte_burst: limits.byte_burst as f64,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes one message of `len` bytes; returns how long to stop reading
-    /// until the budget is back to zero (None when it is not in debt).
-    fn take(&mut self, now: Instant, len: usize) -> Option<std::time::Duration> {
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.messages = (self.messages + elapsed * self.message_rate).min(self.message_burst) - 1.0;
-        self.bytes = (self.bytes + elapsed * self.byte_rate).min(self.byte_burst) - len as f64;
-        let wait = (-self.messages / self.message_rate).max(-self.bytes / self.byte_rate);
-        (wait > 0.0).then(|| std::time::Duration::from_secs_f64(wait))
-    }
-}
 
 /// What the reader knows of its connection between two messages: the
 /// session once hello succeeded, and the deadlines of its one timer.
@@ -77,8 +39,9 @@ struct Reader<'a> {
 enum Read {
     /// A text message to handle.
     Text(String),
-    /// Nothing more to do for this frame.
-    Next,
+    /// Nothing more to do for this frame of this many bytes (a fragment,
+    /// a ping, a pong), but it is charged to the budget like a message.
+    Next(usize),
     /// The connection ends.
     Stop,
 }
@@ -187,23 +150,26 @@ impl<'a> Reader<'a> {
                 Read::Text(t)
             }
             Some(Ok(Incoming::Binary)) => {
-                let e = invalid_format("binary messages are not supported");
-                match &self.session {
-                    Some(sid) => hub.reply_error(sid, None, e),
-                    None => outbox.push_reply(error_frame(None, &e)),
-                }
-                Read::Next
+                // The protocol is text: a client sending binary frames is
+                // broken or probing, and each one would cost an error reply.
+                outbox.close(CloseReason::Transport(
+                    wsframe::CLOSE_UNSUPPORTED,
+                    "binary messages are not supported",
+                ));
+                Read::Stop
             }
+            Some(Ok(Incoming::Fragment(len))) => Read::Next(len),
             Some(Ok(Incoming::Close)) => Read::Stop,
             Some(Ok(Incoming::Ping(payload))) => {
+                let len = payload.len();
                 outbox.pong(payload);
-                Read::Next
+                Read::Next(len)
             }
             Some(Ok(Incoming::Pong(p))) => {
                 if let Some(rtt) = ping_rtt(&p) {
                     hub.metrics.go.client_rtt.observe(rtt);
                 }
-                Read::Next
+                Read::Next(p.len())
             }
         }
     }
@@ -295,39 +261,43 @@ pub(super) async fn read_loop<S>(
             continue;
         };
         conn.last_read = now;
-        let text = match conn.frame(next) {
-            Read::Text(t) => t,
-            Read::Next => continue,
+        let read = conn.frame(next);
+        let len = match &read {
+            Read::Text(t) => t.len(),
+            Read::Next(len) => *len,
             Read::Stop => break,
         };
-        // Over its budget, the connection is not read for a while after
-        // this message (backpressure: nothing is dropped).
-        let pause = budget.take(now, text.len());
-        match on_text(hub, outbox, conn.session.as_ref(), &text, peer) {
-            Step::Done => {}
-            Step::Hello(pending) => conn.hello_done(pending.await),
-            Step::Room(join) => {
-                if let Some(join) = join {
-                    join.await;
+        // Every frame is charged; over its budget, the connection is not
+        // read for a while after this one (backpressure: nothing is
+        // dropped).
+        let pause = budget.take(now, len);
+        if let Read::Text(text) = read {
+            match on_text(hub, outbox, conn.session.as_ref(), &text, peer) {
+                Step::Done => {}
+                Step::Hello(pending) => conn.hello_done(pending.await),
+                Step::Room(join) => {
+                    if let Some(join) = join {
+                        join.await;
+                    }
+                    conn.room_done();
                 }
-                conn.room_done();
+                Step::Wait(drained) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = drained => {}
+                    }
+                }
+                Step::Bye => {
+                    conn.session = None;
+                    break;
+                }
+                Step::Closing => break,
             }
-            Step::Wait(drained) => {
+            if let Some(drained) = hub.bus_backpressure() {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = drained => {}
                 }
-            }
-            Step::Bye => {
-                conn.session = None;
-                break;
-            }
-            Step::Closing => break,
-        }
-        if let Some(drained) = hub.bus_backpressure() {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = drained => {}
             }
         }
         if let Some(wait) = pause {

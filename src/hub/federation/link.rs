@@ -349,6 +349,7 @@ impl Link {
     pub(super) async fn pump(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<FedCmd>) -> Pump {
         let mut ping = tokio::time::interval(Duration::from_secs(54));
         ping.tick().await;
+        let mut budget = crate::budget::Budget::new(&self.hub.config.limits);
         loop {
             tokio::select! {
                 cmd = rx.recv() => {
@@ -383,6 +384,7 @@ impl Link {
                     }
                 }
                 m = tokio::time::timeout(Duration::from_secs(60), ws.next()) => {
+                    if let Ok(Some(Ok(m))) = &m { budget.pace(&self.hub.metrics, m.len()).await; }
                     let text = match m {
                         Ok(Some(Ok(Message::Text(t)))) => t,
                         Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return Pump::Broken,
