@@ -151,6 +151,12 @@ fn check(config: &Config, path: &std::path::Path) -> std::process::ExitCode {
 
 async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %path.display(),
+        threads = config.threads,
+        "spreed-signaling starting"
+    );
     let server = Server::start(config, None).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;

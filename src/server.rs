@@ -119,12 +119,64 @@ async fn connect_bus(
 ) -> anyhow::Result<(Arc<dyn Bus>, Option<mpsc::Receiver<Inbound>>)> {
     let pid = crate::bus::new_process_id();
     if config.nats_urls.is_empty() {
+        tracing::info!("bus: in-process (a single process; [nats] url clusters several)");
         return Ok((Arc::new(LocalBus::new()), None));
     }
     let (tx, rx) = mpsc::channel(crate::bus::nats::INBOUND_QUEUE);
     let bus = NatsBus::connect(&config.nats_urls, pid, tx, config.nats_publish_queue).await?;
-    tracing::info!(urls = %crate::logsafe::Urls(&config.nats_urls), process = bus.pid(), "clustering over NATS");
-    Ok((bus as Arc<dyn Bus>, Some(rx)))
+    tracing::info!(urls = %crate::logsafe::Urls(&config.nats_urls), process = bus.pid(), "bus: clustering over NATS");
+    let bus = bus as Arc<dyn Bus>;
+    warn_while_unreachable(
+        bus.clone(),
+        crate::logsafe::Urls(&config.nats_urls).to_string(),
+    );
+    Ok((bus, Some(rx)))
+}
+
+/// How long start-up waits for NATS before it says so.
+const NATS_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A NATS server that does not answer holds start-up (the port is bound,
+/// requests wait): say so after [`NATS_PATIENCE`], then every 30 seconds
+/// until it answers.
+fn warn_while_unreachable(bus: Arc<dyn Bus>, urls: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(NATS_PATIENCE).await;
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            if bus.connected() {
+                return;
+            }
+            tracing::warn!(
+                urls = %urls,
+                "[nats] url: NATS does not answer; start-up waits for it and requests to the bound port wait too (is nats-server running? see After= in the systemd unit)"
+            );
+        }
+    });
+}
+
+/// The start-up lines that say what this server is about to do:
+/// backends, MCU, TURN (the bus and the listeners log their own).
+fn log_summary(config: &Config) {
+    let b = &config.backend;
+    for backend in &b.backends {
+        tracing::info!(
+            id = %backend.id,
+            urls = %crate::logsafe::Urls(&backend.urls),
+            sessionlimit = backend.session_limit,
+            "backend"
+        );
+    }
+    if b.allow_all {
+        tracing::info!("backend: allowall (any Nextcloud with the common secret)");
+    }
+    match &config.mcu {
+        Some(m) => tracing::info!(url = %crate::logsafe::Url(&m.url), "MCU: Janus"),
+        None => tracing::info!(
+            "MCU: none, media goes peer to peer ([mcu] type = janus and url for Janus)"
+        ),
+    }
 }
 
 /// Logs the configuration's findings (unknown keys, keys not honoured,
@@ -191,6 +243,7 @@ impl Server {
         }
         let config = Arc::new(config);
         warn_findings(&config);
+        log_summary(&config);
         let tls = match &config.https {
             Some(h) => Some(Arc::new(Tls::new(h)?)),
             None => None,

@@ -41,6 +41,13 @@ async fn a_good_configuration_passes_every_probe() {
     assert!(out.contains("OK   [nats] url: connected"), "{out}");
     // No hello v2 key in this Nextcloud's capabilities: a warning only.
     assert!(out.contains("WARN [nc1] url:"), "{out}");
+    // Only check lines: no log line of the NATS client among them.
+    for l in out.lines() {
+        assert!(
+            l.starts_with("OK   ") || l.starts_with("WARN ") || l.starts_with("FAIL "),
+            "{l}\n{out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,4 +267,98 @@ async fn features_this_server_lacks_are_refused() {
     for s in ["mcu", "turn", "geoip", "etcd", "grpc", "continent"] {
         assert!(!out.contains(&format!("[{s}")), "{s}: {out}");
     }
+}
+
+/// What check names in a file that parses: unknown keys (with a
+/// suggestion), unset `$(VAR)`, sample secrets, risky values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_keys_unset_variables_and_sample_secrets_are_named() {
+    let nc = FakeNextcloud::start().await;
+    let text = config_text(
+        &nc,
+        "[http]\nlisen = 0.0.0.0:80\n[backend]\nskipverify = true\n",
+    )
+    .replace(
+        &format!("internalsecret = {INTERNAL_SECRET}"),
+        "internalsecret = change-me-internal-secret",
+    );
+    let (ok, out) = check(text.clone()).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("WARN [http] lisen: unknown key, not read (did you mean `listen`?)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL [clients] internalsecret: the sample's value"),
+        "{out}"
+    );
+    assert!(out.contains("WARN [backend] skipverify:"), "{out}");
+    // Without the sample secret: warnings only, exit 0.
+    let (ok, out) = check(text.replace("change-me-internal-secret", "x9f3kq0s7d")).await;
+    assert!(ok, "{out}");
+    let with_var = config_text(&nc, "").replace(
+        &format!("secret = {SECRET}"),
+        "secret = $(SPREED_CHECK_UNSET_VARIABLE)",
+    );
+    let (ok, out) = check(with_var).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL [nc1] secret: $(SPREED_CHECK_UNSET_VARIABLE) is not set"),
+        "{out}"
+    );
+    let none = config_text(&nc, "").replace("backends = nc1", "backends =");
+    let (ok, out) = check(none).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL [backend] backends: no backend configured"),
+        "{out}"
+    );
+}
+
+/// The legacy form `[backend] allowed = host:port` (with the common
+/// secret) passes when Nextcloud answers over one of http and https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_allowed_host_passes() {
+    let nc = FakeNextcloud::start().await;
+    let host = nc.url.trim_start_matches("http://").to_string();
+    let text = format!(
+        "[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n[clients]\ninternalsecret = {INTERNAL_SECRET}\n\
+         [backend]\nallowed = {host}\nsecret = {SECRET}\n"
+    );
+    let (ok, out) = check(text).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("OK   [backend] allowed secret accepted"),
+        "{out}"
+    );
+    assert!(!out.contains(&format!("[{host}]")), "{out}");
+}
+
+/// `check | head -1`: a closed stdout ends the printing, not with a
+/// panic (exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_is_no_panic() {
+    let nc = FakeNextcloud::start().await;
+    let dir = fresh_dir("spreed-check-pipe");
+    let path = dir.join("server.conf");
+    std::fs::write(&path, config_text(&nc, "")).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .arg("--config")
+            .arg(&path)
+            .arg("check")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end closes before anything is written.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -27,6 +27,7 @@ mod reload;
 mod robustness;
 mod rooms;
 mod security;
+mod startup;
 mod systemd;
 mod talk_client;
 mod tls;
