@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::wsframe::FrameReader;
 use super::{features_header, AppState};
 use crate::backend::client::HEADER_FEATURES;
+use crate::hub::throttle::Peer;
 use crate::hub::Hub;
 use read::read_loop;
 use write::write_loop;
@@ -99,7 +100,13 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     state.tracker.spawn(async move {
         let _slot = forwarded;
         match on_upgrade.await {
-            Ok(upgraded) => serve(hub, TokioIo::new(upgraded), shutdown, peer).await,
+            Ok(upgraded) => {
+                let peer = Peer {
+                    ip: peer,
+                    socket: socket_peer,
+                };
+                serve(hub, TokioIo::new(upgraded), shutdown, peer).await
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -115,19 +122,15 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
 }
 
 /// Runs one connection until it closes or the server shuts down.
-pub async fn serve<IO>(
-    hub: Arc<Hub>,
-    io: IO,
-    cancel: CancellationToken,
-    peer: Option<std::net::IpAddr>,
-) where
+pub async fn serve<IO>(hub: Arc<Hub>, io: IO, cancel: CancellationToken, peer: Peer)
+where
     IO: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
 {
     // Every log line of this connection carries the client address and,
     // once known, the session id and backend.
     let span = tracing::info_span!(
         "conn",
-        client = peer.map(tracing::field::display),
+        client = peer.ip.map(tracing::field::display),
         session = tracing::field::Empty,
         backend = tracing::field::Empty,
     );
@@ -196,7 +199,13 @@ mod size_tests {
             let stream = futures_util::stream::empty::<
                 Result<crate::http::wsframe::Incoming, crate::http::wsframe::WsError>,
             >();
-            let n = size(&super::read_loop(&hub, stream, &outbox, &cancel, None));
+            let n = size(&super::read_loop(
+                &hub,
+                stream,
+                &outbox,
+                &cancel,
+                Default::default(),
+            ));
             eprintln!("reader future: {n} bytes");
             let (a, _b) = tokio::io::duplex(64);
             let (_r, w) = tokio::io::split(a);
@@ -209,7 +218,12 @@ mod size_tests {
             ));
             eprintln!("writer future: {wn} bytes");
             let (a, _b) = tokio::io::duplex(64);
-            let sn = size(&super::serve(hub.clone(), a, cancel.clone(), None));
+            let sn = size(&super::serve(
+                hub.clone(),
+                a,
+                cancel.clone(),
+                Default::default(),
+            ));
             eprintln!("serve future: {sn} bytes");
             // Reader and writer once each, not twice (see `serve`).
             assert!(sn <= n + wn + 512, "serve future is {sn} bytes");

@@ -72,9 +72,11 @@ impl Hub {
     /// [`Hub::hello`] throttled per client address: an address with too
     /// many recent failures gets `too_many_requests` without any work, and
     /// each failure is answered later than the one before.
+    /// Internal clients with a valid HMAC and this server's own outgoing
+    /// connections are not throttled (see `hub/throttle.rs`).
     pub async fn hello_from(
         self: &Arc<Self>,
-        peer: Option<std::net::IpAddr>,
+        peer: super::throttle::Peer,
         conn: &Arc<Outbox>,
         id: Option<&str>,
         hello: HelloClientMessage,
@@ -84,6 +86,8 @@ impl Hub {
         } else {
             "hello"
         };
+        let exempt = self.throttle.is_own_dial(peer.socket) || self.proves_internal(&hello);
+        let peer = peer.ip.filter(|_| !exempt);
         if let Some(ip) = peer {
             if self.throttle.blocked(ip) {
                 self.metrics
@@ -109,6 +113,33 @@ impl Hub {
             }
         }
         r
+    }
+
+    /// True when `hello` proves an internal client: its token is the HMAC
+    /// of its random with the internal secret, or it resumes an internal
+    /// session (whose resume id only that client knows).
+    fn proves_internal(&self, hello: &HelloClientMessage) -> bool {
+        if let Some(resume_id) = hello.resumeid.as_deref().filter(|r| !r.is_empty()) {
+            let st = self.lock();
+            return st
+                .sessions
+                .resume_ids
+                .get(resume_id)
+                .and_then(|sid| st.sessions.map.get(sid))
+                .is_some_and(|s| s.kind == SessionKind::Internal);
+        }
+        let Some(auth) = hello.auth.as_ref().filter(|a| a.kind == AuthKind::Internal) else {
+            return false;
+        };
+        let Some(params) = auth.params.as_deref() else {
+            return false;
+        };
+        let secret = self.config.internal_secret.as_bytes();
+        serde_json::from_str::<InternalAuthParams>(params.get()).is_ok_and(|p| {
+            p.random.len() >= 32
+                && !secret.is_empty()
+                && checksum::verify(secret, p.random.as_bytes(), b"", &p.token)
+        })
     }
 
     /// Processes a `hello` on an unauthenticated connection. On success the

@@ -30,4 +30,5 @@ mod security;
 mod startup;
 mod systemd;
 mod talk_client;
+mod throttle;
 mod tls;

@@ -233,7 +233,7 @@ pub(super) async fn read_loop<S>(
     mut stream: S,
     outbox: &Arc<Outbox>,
     cancel: &CancellationToken,
-    peer: Option<std::net::IpAddr>,
+    peer: crate::hub::throttle::Peer,
 ) where
     S: futures_util::Stream<Item = Result<Incoming, WsError>> + Unpin,
 {
@@ -338,7 +338,7 @@ fn on_text(
     outbox: &Arc<Outbox>,
     session: Option<&Arc<str>>,
     text: &str,
-    peer: Option<std::net::IpAddr>,
+    peer: crate::hub::throttle::Peer,
 ) -> Step {
     let parsed: ClientMessage = match serde_json::from_str(text) {
         Ok(m) => m,

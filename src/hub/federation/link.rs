@@ -267,6 +267,7 @@ impl Link {
             }
             Ok(Ok(ok)) => ok,
         };
+        let _own = self.hub.own_dial(ws.get_ref());
         let has_federation = |list: &str| list.split(',').any(|f| f.trim() == "federation");
         let header = resp
             .headers()
