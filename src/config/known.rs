@@ -67,7 +67,6 @@ const PROXY_ONLY: &str = "only used with type = proxy";
 const ETCD_ONLY: &str = "only used with the etcd backend type";
 const ETCD: &str =
     "etcd is not supported by this server: backends come from server.conf ([backend] backends)";
-const TURN_WHY: &str = "TURN credentials (/turn/credentials) are not implemented yet";
 const GEOIP: &str = "GeoIP is not supported by this server: no per-country metrics (the Go server uses it for those and to pick a proxy of type = proxy)";
 const GRPC: &str = "the Go server's gRPC clustering is not supported (this server's processes cluster over NATS alone: [nats] url)";
 
@@ -211,11 +210,7 @@ pub const MCU: &[Key] = &[
 ];
 
 /// `[turn]`.
-pub const TURN: &[Key] = &[
-    refuse("apikey", TURN_WHY),
-    refuse("secret", TURN_WHY),
-    refuse("servers", TURN_WHY),
-];
+pub const TURN: &[Key] = &[read("apikey"), read("secret"), read("servers")];
 
 /// `[geoip]`.
 pub const GEOIP_KEYS: &[Key] = &[warn("license", GEOIP), warn("url", GEOIP)];

@@ -12,6 +12,7 @@ mod listeners;
 pub mod mcu;
 mod reload;
 mod sections;
+mod turn;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub use limits::{BruteForceLimits, ClientLimits, TransientLimits};
 pub use listeners::{HttpLimits, HttpsConfig, ListenerTimeouts};
 pub use reload::{AppConfig, Live, LiveSettings, StatsConfig};
 pub use sections::FederationConfig;
+pub use turn::TurnConfig;
 
 /// The whole validated configuration.
 #[derive(Clone, PartialEq)]
@@ -78,6 +80,8 @@ pub struct Config {
     pub findings: Vec<Finding>,
     /// `[mcu]` with `type = janus`: the media server.
     pub mcu: Option<mcu::McuConfig>,
+    /// `[turn]`: the TURN REST API (`/turn/credentials`).
+    pub turn: TurnConfig,
     /// `[app] allowsubscribeany`: subscribe to any publisher, not only to
     /// those in the same call.
     pub allow_subscribe_any: bool,
@@ -120,6 +124,7 @@ impl std::fmt::Debug for Config {
             .field("brute_force", &self.brute_force)
             .field("findings", &self.findings)
             .field("mcu", &self.mcu)
+            .field("turn", &self.turn)
             .finish_non_exhaustive()
     }
 }
@@ -195,6 +200,7 @@ impl Config {
         let federation = sections::parse_federation(&ini)?;
         let (log_level, log_json) = sections::parse_logging(&ini)?;
         let mcu = sections::parse_mcu(&ini)?;
+        let turn = turn::parse(&ini)?;
         let _ = ini.get_bool("app", "debug", false)?;
         let allow_subscribe_any = ini.get_bool("app", "allowsubscribeany", false)?;
 
@@ -219,6 +225,7 @@ impl Config {
             log_json,
             findings: Vec::new(),
             mcu,
+            turn,
             allow_subscribe_any,
         };
         config.findings = findings::collect(&ini, &config);

@@ -111,6 +111,7 @@ impl Config {
         check(self.federation != new.federation, "[federation]");
         check(self.log_json != new.log_json, "[logging] format");
         check(self.mcu != new.mcu, "[mcu]");
+        check(self.turn != new.turn, "[turn]");
         check(
             self.allow_subscribe_any != new.allow_subscribe_any,
             "[app] allowsubscribeany",

@@ -1,11 +1,13 @@
 //! axum routes: `/spreed` (WebSocket), `/api/v1/room/{id}` (backend API),
-//! `/api/v1/welcome`, `/api/v1/serverinfo`, `/api/v1/stats` and `/metrics`.
+//! `/api/v1/welcome`, `/api/v1/serverinfo`, `/api/v1/stats`, `/metrics` and
+//! `/turn/credentials`.
 //! Handlers are thin: they check the transport-level things, hand typed
 //! requests to the hub, and turn its typed results into status codes and
 //! bodies (the hub decides none).
 
 pub mod listener;
 pub mod tls;
+pub mod turn;
 pub mod ws;
 pub mod wsframe;
 
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/serverinfo", get(serverinfo))
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
+        .route("/turn/credentials", get(turn::credentials_handler))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             add_headers,

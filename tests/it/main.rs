@@ -32,3 +32,4 @@ mod systemd;
 mod talk_client;
 mod throttle;
 mod tls;
+mod turn;
