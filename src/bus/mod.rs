@@ -337,6 +337,24 @@ pub enum Header {
         /// Backend URL as the request named it.
         url: String,
     },
+    /// The receiving process's session `sid` sent a frame (room, user or
+    /// session message; `except` or `reply_to` name the sender) that left
+    /// recipients of process `from` more than half full: its next message
+    /// is not read until `from` sends `Release` (or `[clients]
+    /// slowreceiverwait` passed).
+    Hold {
+        /// Process whose recipients are congested.
+        from: String,
+        /// The sender, a session of the receiving process.
+        sid: String,
+    },
+    /// See `Hold`: the recipients drained, or made no progress.
+    Release {
+        /// Process that sent the `Hold`.
+        from: String,
+        /// The sender.
+        sid: String,
+    },
     /// Asks the owner of a resume id to hand the session over.
     ResumeRequest {
         /// Resume id.
@@ -359,6 +377,8 @@ impl Header {
             | Header::UserFrame { from, .. }
             | Header::Mcu { from, .. }
             | Header::SnapshotRequest { from, .. }
+            | Header::Hold { from, .. }
+            | Header::Release { from, .. }
             | Header::Dialout { from, .. } => Some(from),
             Header::ResumeRequest { to, .. } => Some(to),
             _ => None,

@@ -119,7 +119,21 @@ impl Hub {
         body: crate::api::client::MessageClientMessage,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let congested = self.route_message(sid, id, kind, body);
-        (!congested.is_empty()).then(|| self.wait_for_recipients(congested))
+        let held = self.pacing.is_held(sid);
+        if congested.is_empty() && !held {
+            return None;
+        }
+        let recipients = (!congested.is_empty()).then(|| self.wait_for_recipients(congested));
+        // Recipients of other processes it left congested earlier.
+        let released = held.then(|| self.pacing.clone().released(sid.clone()));
+        Some(Box::pin(async move {
+            if let Some(r) = recipients {
+                r.await;
+            }
+            if let Some(r) = released {
+                r.await;
+            }
+        }))
     }
 
     /// While more bus messages wait for NATS than `[nats] publishqueue`:
@@ -138,9 +152,11 @@ impl Hub {
 
     /// What the reader of a sender awaits before reading on: the
     /// recipients its message left more than half full drain, for at most
-    /// `[clients] slowreceiverwait`. A recipient that cannot drain by then
-    /// is really slow: nobody waits for it again until it drained, and it is
-    /// closed with 1013 when its queue is full.
+    /// `[clients] slowreceiverwait`, and only while they make progress (a
+    /// recipient whose socket took nothing for `outbox::STALL_WAIT` is
+    /// stalled). A recipient that cannot drain by then is given up on:
+    /// nobody waits for it again until it drained, and it is closed with
+    /// 1013 when its queue is full.
     fn wait_for_recipients(
         &self,
         outboxes: Vec<Arc<Outbox>>,

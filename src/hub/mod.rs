@@ -167,8 +167,8 @@ pub struct Hub {
     remote_mcu: Mutex<HashMap<Arc<str>, Arc<mcu::McuSlots>>>,
     /// The bus (also in the state; here for checks without the lock).
     bus: Arc<dyn Bus>,
-    /// Recipients the last bus message left congested (inbound task only).
-    inbound_congested: Mutex<Vec<Arc<Outbox>>>,
+    /// Senders held back across processes (`cluster/pacing.rs`).
+    pacing: Arc<cluster::Pacing>,
     /// The MCU (Janus), when `[mcu]` is configured; set at start.
     mcu: std::sync::OnceLock<Arc<crate::mcu::Mcu>>,
     /// `[app]` and `[stats]` as last (re)loaded.
@@ -255,7 +255,7 @@ impl Hub {
             fed_links: Arc::default(),
             remote_mcu: Mutex::new(HashMap::new()),
             bus,
-            inbound_congested: Mutex::new(Vec::new()),
+            pacing: Arc::default(),
             mcu: std::sync::OnceLock::new(),
             live,
             conn_counts: Default::default(),
@@ -547,15 +547,18 @@ pub(crate) fn session_data_key(sid: &str) -> String {
     format!("sd:{sid}")
 }
 
-/// Waits (at most `wait`) until every outbox drained to half; gives up on
-/// those that did not.
+/// Waits until every outbox drained to half, for each only while its
+/// connection makes progress ([`outbox::STALL_WAIT`]) and at most `wait`
+/// in all; gives up on those that did not.
 pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::time::Duration) {
-    let drained = futures_util::future::join_all(outboxes.iter().map(|o| o.drained_below_half()));
-    if tokio::time::timeout(wait, drained).await.is_err() {
+    let deadline = tokio::time::Instant::now() + wait;
+    let drained = futures_util::future::join_all(
+        outboxes
+            .iter()
+            .map(|o| o.drained_while_progressing(outbox::STALL_WAIT, deadline)),
+    );
+    if !drained.await.into_iter().all(|d| d) {
         tracing::debug!("recipients still congested, reading the sender again");
-        for o in &outboxes {
-            o.give_up();
-        }
     }
 }
 

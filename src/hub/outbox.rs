@@ -5,13 +5,24 @@
 //!
 //! An outbox more than half full is *congested*: a client whose message
 //! left a recipient congested is not read until that recipient drained
-//! (see [`Outbox::drained_below_half`]), so one sender cannot push the
-//! others over their limit.
+//! (see [`Outbox::drained_while_progressing`]), so one sender cannot push
+//! the others over their limit. Nobody waits for a recipient that makes no
+//! progress: one whose socket took no byte for [`STALL_WAIT`] is given up
+//! on (and closed with 1013 once its outbox is full).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A congested recipient whose socket took no byte for this long is
+/// stalled: senders stop waiting for it. Healthy members are then held
+/// back by a stalled one for at most this long (once: it is not waited
+/// for again until its writer took its queue).
+pub const STALL_WAIT: Duration = Duration::from_millis(500);
 
 use crate::api::server::Frame;
 
@@ -61,6 +72,9 @@ pub struct Outbox {
     /// Woken whenever the writer takes the queue (or the outbox closes).
     drained: Notify,
     limit: usize,
+    /// Bytes the writer got the socket to take so far (progress of a
+    /// recipient, see [`Outbox::drained_while_progressing`]).
+    written: AtomicU64,
 }
 
 /// Result of a push.
@@ -85,6 +99,33 @@ impl Outbox {
             notify: Notify::new(),
             drained: Notify::new(),
             limit,
+            written: AtomicU64::new(0),
+        }
+    }
+
+    /// The writer got the socket to take `n` more bytes.
+    pub fn wrote(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Waits for a congested outbox to drain below half, as long as its
+    /// connection makes progress: it is given up on (see
+    /// [`Outbox::give_up`]) once its socket took no byte for `stall`, or at
+    /// `deadline`. True when it drained.
+    pub async fn drained_while_progressing(&self, stall: Duration, deadline: Instant) -> bool {
+        loop {
+            let seen = self.written.load(Ordering::Relaxed);
+            let until = (Instant::now() + stall).min(deadline);
+            if tokio::time::timeout_at(until, self.drained_below_half())
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            if Instant::now() >= deadline || self.written.load(Ordering::Relaxed) == seen {
+                self.give_up();
+                return false;
+            }
         }
     }
 

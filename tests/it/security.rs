@@ -789,10 +789,16 @@ async fn one_broadcaster_cannot_get_a_slow_member_evicted() {
         read_flood(&mut other, N).await;
         other
     });
-    // ...for a second (the slow client under test), then reads it all, in
-    // order, on the same connection.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    read_flood(&mut slow, N).await;
+    // ...while the slow one reads slowly (a message every 10 ms through
+    // its tiny buffer: its socket keeps taking bytes, so the broadcaster
+    // waits for it), everything, in order, on the same connection.
+    for seq in 0..N {
+        let m = slow
+            .wait_for_within(Duration::from_secs(60), |m| m["type"] == "message")
+            .await;
+        assert_eq!(m["message"]["data"]["seq"], seq, "out of order or lost");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _other = reader.await.unwrap();
     let _sender = flood.await.unwrap();
     let text = ts.metrics_text().await;

@@ -22,6 +22,24 @@ fn close_code(reason: CloseReason) -> (u16, &'static str) {
     }
 }
 
+/// Writes `buf`, telling the outbox each time the socket took some of it
+/// (senders wait only for recipients that make progress).
+async fn write_counted<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut buf: &[u8],
+    outbox: &Outbox,
+) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = io.write(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        outbox.wrote(n);
+        buf = &buf[n..];
+    }
+    io.flush().await
+}
+
 /// Writes what the outbox holds and the keep-alive pings until the
 /// connection closes or the server shuts down.
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
@@ -54,7 +72,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             wsframe::put_close(&mut out, code, text);
         }
         // One write per batch; the buffer is freed right after.
-        if !out.is_empty() && (io.write_all(&out).await.is_err() || io.flush().await.is_err()) {
+        if !out.is_empty() && write_counted(&mut io, &out, outbox).await.is_err() {
             cancel.cancel();
             return;
         }

@@ -14,12 +14,9 @@ use crate::api::server::event_frame;
 use crate::bus::{
     decode, encode, process_subject, Header, Inbound, MemberInfo, MemberKind, SUBJECT_ALL,
 };
+use crate::hub::outbox::Outbox;
 use crate::hub::room::RoomKey;
 use crate::hub::{Hub, State};
-
-/// Longest wait of the bus inbound for a congested local recipient: far
-/// below [`PROCESS_TIMEOUT`], so heartbeats behind it are never late.
-const INBOUND_WAIT: Duration = Duration::from_secs(1);
 
 impl State {
     /// Runs `f` and returns, with its result, the outboxes its deliveries
@@ -67,16 +64,9 @@ impl Hub {
                     m = inbound.recv() => m,
                 };
                 let Some(msg) = msg else { return };
+                // Never waits for a local recipient: a sender of another
+                // process is held back by its own process (`pacing.rs`).
                 hub.apply_inbound(msg).await;
-                // A client of another process flooding a room: its frames
-                // wait here while local recipients drain (briefly: the bus
-                // also carries heartbeats), as a local sender would.
-                let congested = std::mem::take(&mut *hub.inbound_congested.lock().expect("lock"));
-                if !congested.is_empty() {
-                    hub.metrics.client_sender_waits.inc();
-                    let wait = hub.config.limits.slow_receiver_wait.min(INBOUND_WAIT);
-                    crate::hub::recipients_drained(congested, wait).await;
-                }
             }
         });
         let hub = self.clone();
@@ -208,16 +198,6 @@ impl Hub {
         }
     }
 
-    /// Remembers recipients a bus frame left congested (see `spawn_cluster`).
-    fn note_congested(&self, congested: Vec<Arc<crate::hub::outbox::Outbox>>) {
-        if !congested.is_empty() {
-            self.inbound_congested
-                .lock()
-                .expect("lock")
-                .extend(congested);
-        }
-    }
-
     /// Applies one bus message: one handler per kind of [`Header`].
     async fn apply_inbound(self: &Arc<Self>, msg: Inbound) {
         let Some((header, body)) = decode(&msg.payload) else {
@@ -244,11 +224,29 @@ impl Hub {
                     .await
             }
             Header::Transient { .. } => self.replicated_transient(header),
-            h @ (Header::RoomFrame { .. } | Header::UserFrame { .. }) => self.fan_out(h, &body),
-            h @ (Header::SessionFrame { .. } | Header::Mcu { .. }) => {
+            h @ (Header::RoomFrame { .. } | Header::UserFrame { .. }) => {
+                self.frame_in_order(h, body)
+            }
+            h @ (Header::Hold { .. } | Header::Release { .. }) => {
+                if to_me {
+                    self.held_by(h)
+                }
+            }
+            h @ Header::SessionFrame { .. } => {
                 // Every process sees every message; only the addressee acts.
                 if to_me {
-                    self.addressed(h, &body);
+                    self.frame_in_order(h, body);
+                }
+            }
+            Header::Mcu {
+                sid,
+                sender,
+                backend,
+                id,
+                ..
+            } => {
+                if to_me {
+                    self.remote_mcu_message(&sid, &sender, &backend, id, &body);
                 }
             }
             h @ (Header::Discover { .. }
@@ -337,43 +335,43 @@ impl Hub {
         }
     }
 
-    /// A frame for the local members of a room or the sessions of a user.
-    fn fan_out(&self, h: Header, body: &Bytes) {
-        match h {
+    /// Delivers a frame for the local members of a room, the sessions of a
+    /// user or one session: the recipients it left congested, and the
+    /// sender to hold back (its process, its id), if a client sent it.
+    pub(super) fn deliver_bus_frame(&self, h: Header, body: &Bytes) -> Delivered {
+        let (from, except, congested) = match h {
             Header::RoomFrame {
+                from,
                 backend,
                 room,
                 except,
                 call_only,
-                ..
-            } => self.room_frame(&key_of(&backend, &room), body, except.as_deref(), call_only),
+            } => {
+                let c =
+                    self.room_frame(&key_of(&backend, &room), body, except.as_deref(), call_only);
+                (from, except, c)
+            }
             Header::UserFrame {
+                from,
                 backend,
                 user,
                 except,
-                ..
-            } => self.user_frame(&backend, &user, except.as_deref(), body),
-            _ => {}
-        }
-    }
-
-    /// A frame or an MCU message for one session of this process.
-    fn addressed(self: &Arc<Self>, h: Header, body: &Bytes) {
-        match h {
+            } => {
+                let c = self.user_frame(&backend, &user, except.as_deref(), body);
+                (from, except, c)
+            }
             Header::SessionFrame {
                 sid,
                 backend,
                 reply_to,
                 id,
-            } => self.session_frame(sid, backend, reply_to, id, body),
-            Header::Mcu {
-                sid,
-                sender,
-                backend,
-                id,
-                ..
-            } => self.remote_mcu_message(&sid, &sender, &backend, id, body),
-            _ => {}
+            } => return self.session_frame(sid, backend, reply_to, id, body),
+            _ => return Delivered::default(),
+        };
+        // `except` is the sender of a client's room or user message.
+        Delivered {
+            congested,
+            sender: except.map(|e| (from, e)),
         }
     }
 
@@ -401,9 +399,18 @@ impl Hub {
         }
     }
 
-    /// A frame of another process's client for the members of a local room.
-    fn room_frame(&self, key: &RoomKey, body: &Bytes, except: Option<&str>, call_only: bool) {
-        let Some(f) = body_frame(body) else { return };
+    /// A frame of another process's client for the members of a local
+    /// room; returns the recipients it left congested.
+    fn room_frame(
+        &self,
+        key: &RoomKey,
+        body: &Bytes,
+        except: Option<&str>,
+        call_only: bool,
+    ) -> Vec<Arc<Outbox>> {
+        let Some(f) = body_frame(body) else {
+            return Vec::new();
+        };
         let ((), congested) = self.mutate(|st| {
             st.collecting_congestion(|st| {
                 if call_only {
@@ -413,7 +420,7 @@ impl Hub {
                 }
             })
         });
-        self.note_congested(congested);
+        congested
     }
 
     /// A frame for a session of this process: delivered, forwarded to the
@@ -425,8 +432,10 @@ impl Hub {
         reply_to: Option<String>,
         id: Option<String>,
         body: &Bytes,
-    ) {
-        let Some(f) = body_frame(body) else { return };
+    ) -> Delivered {
+        let Some(f) = body_frame(body) else {
+            return Delivered::default();
+        };
         self.mutate(|st| {
             let found = st.sessions.map.get(sid.as_str()).map(|s| {
                 backend
@@ -437,7 +446,11 @@ impl Hub {
                 Some(true) => {
                     let ((), congested) =
                         st.collecting_congestion(|st| st.sessions.deliver(&sid, &f));
-                    self.note_congested(congested);
+                    let sender = reply_to.and_then(|r| {
+                        let from = st.cluster.owner_of_session(&r)?.to_string();
+                        Some((from, r))
+                    });
+                    return Delivered { congested, sender };
                 }
                 Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
                 None => match st.cluster.moved.get(sid.as_str()) {
@@ -455,16 +468,26 @@ impl Hub {
                     None => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
                 },
             }
-        });
+            Delivered::default()
+        })
     }
 
-    /// A frame of another process's client for the sessions of a user.
-    fn user_frame(&self, backend: &str, user: &str, except: Option<&str>, body: &Bytes) {
-        let Some(f) = body_frame(body) else { return };
+    /// A frame of another process's client for the sessions of a user;
+    /// returns the recipients it left congested.
+    fn user_frame(
+        &self,
+        backend: &str,
+        user: &str,
+        except: Option<&str>,
+        body: &Bytes,
+    ) -> Vec<Arc<Outbox>> {
+        let Some(f) = body_frame(body) else {
+            return Vec::new();
+        };
         let ((), congested) = self.mutate(|st| {
             st.collecting_congestion(|st| st.send_to_user(&backend.into(), user, &f, except))
         });
-        self.note_congested(congested);
+        congested
     }
 
     /// A backend API request that reached another process (or this one),
@@ -512,7 +535,16 @@ impl Hub {
     }
 }
 
-fn key_of(backend: &str, room: &str) -> RoomKey {
+/// What delivering a frame from the bus left behind.
+#[derive(Default)]
+pub(super) struct Delivered {
+    /// Recipients left more than half full.
+    pub congested: Vec<Arc<Outbox>>,
+    /// The client that sent it: its process and session id.
+    pub sender: Option<(String, String)>,
+}
+
+pub(super) fn key_of(backend: &str, room: &str) -> RoomKey {
     RoomKey {
         backend: backend.into(),
         room: room.into(),

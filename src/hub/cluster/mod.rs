@@ -416,6 +416,11 @@ impl State {
 
 mod dispatch;
 mod handover;
+mod pacing;
 mod snapshot;
+
+pub(crate) use pacing::Pacing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pacing;

@@ -18,7 +18,7 @@ use crate::hub::tests::{hub_on, internal_hello};
 use crate::hub::Hub;
 
 /// `n` hubs on one mesh, each knowing the others (as after start-up).
-async fn mesh_of(n: usize) -> Vec<Arc<Hub>> {
+pub(super) async fn mesh_of(n: usize) -> Vec<Arc<Hub>> {
     mesh_with_stops(n).await.0
 }
 
@@ -50,19 +50,19 @@ async fn mesh_with_stops(n: usize) -> (Vec<Arc<Hub>>, Vec<CancellationToken>) {
 /// Returns once every hub applied everything that was published: with
 /// tokio's clock paused, a sleep ends only after every task went idle
 /// (nothing here waits for real I/O), so no bus message is still on its way.
-async fn quiet() {
+pub(super) async fn quiet() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 /// A session and its connection's outbox.
-struct Conn {
-    sid: Arc<str>,
-    conn: Arc<Outbox>,
+pub(super) struct Conn {
+    pub sid: Arc<str>,
+    pub conn: Arc<Outbox>,
 }
 
 impl Conn {
     /// The frames that reached the connection since the last call.
-    fn frames(&self) -> Vec<Value> {
+    pub fn frames(&self) -> Vec<Value> {
         self.conn
             .drain()
             .frames
@@ -81,7 +81,7 @@ impl Conn {
 
     /// The `data` of the `message` frames since the last call; fails on
     /// any `error` frame.
-    fn messages(&self) -> Vec<Value> {
+    pub fn messages(&self) -> Vec<Value> {
         let frames = self.frames();
         assert!(
             frames.iter().all(|f| f["type"] != "error"),
@@ -95,7 +95,7 @@ impl Conn {
     }
 }
 
-async fn internal(hub: &Arc<Hub>) -> Conn {
+pub(super) async fn internal(hub: &Arc<Hub>) -> Conn {
     let conn = hub.new_outbox();
     let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
     Conn { sid: ok.sid, conn }
@@ -110,7 +110,7 @@ async fn internal_in_room(hub: &Arc<Hub>, room: &str) -> Conn {
 
 /// A client session of `user` that joined `room`, as if Nextcloud had
 /// accepted its hello and its join.
-async fn client_in_room(hub: &Arc<Hub>, user: &str, room: &str) -> Conn {
+pub(super) async fn client_in_room(hub: &Arc<Hub>, user: &str, room: &str) -> Conn {
     let backend = hub.registry().by_id("nc1").unwrap();
     let base = backend.urls[0].clone();
     let ident = Identity {
@@ -136,7 +136,7 @@ async fn client_in_room(hub: &Arc<Hub>, user: &str, room: &str) -> Conn {
 }
 
 /// `from` sends a `message` with `data` to `recipient`.
-async fn send(hub: &Arc<Hub>, from: &Conn, recipient: Value, data: Value) {
+pub(super) async fn send(hub: &Arc<Hub>, from: &Conn, recipient: Value, data: Value) {
     let msg = json!({"type": "message", "message": {"recipient": recipient, "data": data}});
     send_raw(hub, from, msg).await;
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::{json, Value};
 
+mod stall;
+
 /// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
-async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
+pub(super) async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
     let nats = NatsServer::start().await;
     let nc = FakeNextcloud::start().await;
     let mut servers = Vec::new();
@@ -27,7 +29,7 @@ async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
     (nats, servers)
 }
 
-async fn stop_all(servers: Vec<TestServer>) {
+pub(super) async fn stop_all(servers: Vec<TestServer>) {
     for s in servers {
         s.stop().await;
     }

@@ -1,0 +1,164 @@
+//! No head-of-line waits (issue 21, item 3): a room member whose TCP
+//! stalled holds the sender back once, briefly, and the bus task of a
+//! process never waits for a local recipient.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio::time::Instant;
+
+use super::{cluster, stop_all};
+use crate::support::*;
+
+const LIMITS: &str = "[clients]\noutboxbytes = 262144\nmessagespersecond = 100000\n\
+     messageburst = 100000\nbytespersecond = 1073741824\nbyteburst = 1073741824\n";
+
+/// Room messages per burst.
+const N: usize = 4000;
+
+/// A member of `room` whose socket has a tiny receive buffer; the test
+/// never reads it again, so its TCP stalls as soon as the buffers are full.
+async fn stalled_member(ts: &TestServer, user: &str, room: &str) -> Client {
+    let s = TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    let tcp = s.connect(ts.server.as_ref().unwrap().addr).await.unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(ts.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let mut c = Client {
+        ws,
+        session_id: String::new(),
+        resume_id: String::new(),
+        user_id: None,
+    };
+    c.expect_type("welcome").await;
+    c.hello_v1(&ts.nc.backend_url(), json!({"userid": user}))
+        .await;
+    c.join(room, &format!("nc-{user}")).await;
+    c
+}
+
+/// `N` room messages of 1 KB from `sender` (sent from a task: the server
+/// may stop reading it for a while), all read in order by `healthy`: how
+/// long that took.
+async fn burst(sender: Client, healthy: &mut Client, tag: &str) -> (Duration, Client) {
+    let pad = "x".repeat(1000);
+    let tag = tag.to_string();
+    let start = Instant::now();
+    let send = tokio::spawn(async move {
+        let mut sender = sender;
+        for seq in 0..N {
+            sender
+                .message_to(
+                    json!({"type": "room"}),
+                    json!({"tag": tag, "seq": seq, "pad": pad}),
+                )
+                .await;
+        }
+        sender
+    });
+    for seq in 0..N {
+        let m = healthy
+            .wait_for_within(Duration::from_secs(60), |m| m["type"] == "message")
+            .await;
+        assert_eq!(m["message"]["data"]["seq"], seq, "lost or out of order");
+    }
+    let took = start.elapsed();
+    (took, send.await.unwrap())
+}
+
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_stalled_member_holds_a_room_back_briefly_on_one_process() {
+    let ts = TestServer::start_with(LIMITS).await;
+    let mut healthy = ts.client_in_room("healthy", "r").await;
+    let sender = ts.client_in_room("sender", "r").await;
+    healthy.wait_join_of(&sender.session_id).await;
+    let (before, sender) = burst(sender, &mut healthy, "warm").await;
+    let stalled = stalled_member(&ts, "stalled", "r").await;
+    healthy.wait_join_of(&stalled.session_id).await;
+    let (with_stall, _sender) = burst(sender, &mut healthy, "stalled").await;
+    let text = ts.metrics_text().await;
+    // The stalled member was in the way (the sender waited for it once)
+    // and was closed with 1013 once its queue was full.
+    assert!(counter(&text, "signaling_client_sender_waits_total") > 0);
+    assert_eq!(
+        counter(&text, "signaling_client_send_queue_overflows_total"),
+        1
+    );
+    eprintln!("{N} room messages: {before:?} without, {with_stall:?} with a stalled member");
+    assert!(
+        with_stall < before + Duration::from_secs(1),
+        "a stalled member added {:?}",
+        with_stall.saturating_sub(before)
+    );
+    drop(stalled);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_member_holds_neither_the_room_nor_the_bus_across_processes() {
+    let (_nats, s) = cluster(2, LIMITS).await;
+    let sender = s[0].client_in_room("sender", "r").await;
+    let mut healthy = s[1].client_in_room("healthy", "r").await;
+    healthy.wait_join_of(&sender.session_id).await;
+    // A conversation between the processes beside the room.
+    let mut prober = s[0].client(Some("prober")).await;
+    let mut probed = s[1].client(Some("probed")).await;
+    let (before, sender) = burst(sender, &mut healthy, "warm").await;
+    let stalled = stalled_member(&s[1], "stalled", "r").await;
+    healthy.wait_join_of(&stalled.session_id).await;
+    let target = probed.session_id.clone();
+    let probes = tokio::spawn(async move {
+        // Session messages every 20 ms while the room is busy: none waits
+        // behind the stalled member in the bus task of the process.
+        let mut worst = Duration::ZERO;
+        for i in 0..60 {
+            let sent = Instant::now();
+            prober
+                .message_to(
+                    json!({"type": "session", "sessionid": target}),
+                    json!({"probe": i}),
+                )
+                .await;
+            let m = probed
+                .wait_for(|m| m["message"]["data"]["probe"] == i)
+                .await;
+            assert_eq!(m["type"], "message");
+            worst = worst.max(sent.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        worst
+    });
+    let (with_stall, _sender) = burst(sender, &mut healthy, "stalled").await;
+    let worst_probe = probes.await.unwrap();
+    let text = s[1].metrics_text().await;
+    assert!(counter(&text, "signaling_client_sender_waits_total") > 0);
+    assert_eq!(
+        counter(&text, "signaling_client_send_queue_overflows_total"),
+        1
+    );
+    eprintln!(
+        "{N} room messages across processes: {before:?} without, {with_stall:?} with a \
+         stalled member; slowest probe {worst_probe:?}"
+    );
+    assert!(
+        with_stall < before + Duration::from_secs(1),
+        "a stalled member added {:?}",
+        with_stall.saturating_sub(before)
+    );
+    assert!(
+        worst_probe < Duration::from_millis(500),
+        "a session message waited {worst_probe:?} behind the stalled member"
+    );
+    drop(stalled);
+    stop_all(s).await;
+}
