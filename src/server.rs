@@ -39,6 +39,9 @@ pub struct Server {
     stop_accepting: CancellationToken,
     tracker: TaskTracker,
     done: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the sessions are kept across a restart (`[sessions]
+    /// statefile` or `$STATE_DIRECTORY`), if anywhere.
+    state_file: Option<std::path::PathBuf>,
 }
 
 /// Binds every address of `listen` (`section` names the config section in
@@ -252,7 +255,17 @@ impl Server {
         let (addr, https_addrs) = (bound.addr, bound.https_addrs.clone());
         let shutdown = CancellationToken::new();
         let (bus, inbound) = connect_bus(&config).await?;
-        let hub = Hub::new(config, Metrics::new(), bus)?;
+        let hub = Hub::new(config.clone(), Metrics::new(), bus)?;
+        let state_file = config.state_file_in(std::env::var_os("STATE_DIRECTORY").as_deref());
+        match &state_file {
+            Some(path) => hub.restore_state(path),
+            None if !config.nats_urls.is_empty() => {
+                tracing::info!("clustered: sessions are not kept in a state file across a restart")
+            }
+            None => tracing::info!(
+                "no [sessions] statefile and no $STATE_DIRECTORY: sessions end with the process"
+            ),
+        }
         hub.spawn_tasks(shutdown.clone());
         hub.start_mcu(shutdown.clone());
         if let Some(rx) = inbound {
@@ -278,6 +291,7 @@ impl Server {
             stop_accepting,
             tracker,
             done,
+            state_file,
         })
     }
 
@@ -317,7 +331,13 @@ impl Server {
     }
 
     /// Stops accepting, closes connections (1001) and waits for them.
+    /// With a state file, clients are closed with 1012 instead (no `bye`)
+    /// and the sessions are written to it for the next start.
     pub async fn shutdown(self) {
+        if self.state_file.is_some() {
+            self.stop_accepting.cancel();
+            self.hub.close_for_restart();
+        }
         self.hub.goodbye().await;
         self.shutdown.cancel();
         for d in self.done {
@@ -329,6 +349,19 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown grace period over, dropping remaining connections");
+        }
+        if let Some(path) = &self.state_file {
+            match self.hub.save_state(path) {
+                Ok(sessions) => tracing::info!(
+                    file = %path.display(),
+                    sessions,
+                    "sessions written for the next start"
+                ),
+                Err(e) => tracing::error!(
+                    file = %path.display(),
+                    "[sessions] statefile: cannot write the sessions, they end with the process: {e}"
+                ),
+            }
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct Config {
     /// `[app] allowsubscribeany`: subscribe to any publisher, not only to
     /// those in the same call.
     pub allow_subscribe_any: bool,
+    /// `[sessions] statefile` as set (see [`Config::state_file_in`]).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// How secrets appear in `Debug` output.
@@ -183,6 +185,23 @@ impl Config {
 
     /// Parses and validates config text, section by section (the first
     /// error found is returned).
+    /// The file the sessions are kept in across a restart: `[sessions]
+    /// statefile`, else `sessions.state` in `state_directory` (systemd's
+    /// `$STATE_DIRECTORY`, its first entry), else none; never with NATS.
+    pub fn state_file_in(
+        &self,
+        state_directory: Option<&std::ffi::OsStr>,
+    ) -> Option<std::path::PathBuf> {
+        if !self.nats_urls.is_empty() {
+            return None;
+        }
+        if let Some(p) = &self.state_file {
+            return Some(p.clone());
+        }
+        let first = state_directory?.to_str()?.split(':').next()?;
+        (!first.is_empty()).then(|| std::path::Path::new(first).join("sessions.state"))
+    }
+
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let ini = IniFile::parse(text)?;
         let (listen, https) = listeners::parse_listeners(&ini)?;
@@ -192,6 +211,7 @@ impl Config {
         let internal_secret = sections::parse_internal_secret(&ini);
         let backend = backends::parse_backends(&ini)?;
         let (nats_urls, nats_publish_queue) = sections::parse_nats(&ini)?;
+        let state_file = sections::parse_state_file(&ini, &nats_urls)?;
         let limits = limits::parse_client_limits(&ini)?;
         let http = listeners::parse_http_limits(&ini)?;
         let stats = reload::parse_stats(&ini)?;
@@ -227,6 +247,7 @@ impl Config {
             mcu,
             turn,
             allow_subscribe_any,
+            state_file,
         };
         config.findings = findings::collect(&ini, &config);
         Ok(config)

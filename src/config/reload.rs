@@ -99,6 +99,7 @@ impl Config {
             "[clients] internalsecret",
         );
         check(self.nats_urls != new.nats_urls, "[nats] url");
+        check(self.state_file != new.state_file, "[sessions] statefile");
         check(
             self.limits != new.limits,
             "[clients]/[sessions] timers and limits",

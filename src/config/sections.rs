@@ -41,6 +41,25 @@ pub(super) fn parse_session_keys(ini: &IniFile) -> Result<(String, String), Conf
     Ok((hash_key, block_key))
 }
 
+/// `[sessions] statefile`: where the sessions are kept across a restart
+/// (None: the default, `sessions.state` in `$STATE_DIRECTORY`, see
+/// [`super::Config::state_file_in`]). Refused with NATS: a cluster's other
+/// processes end a stopping process's sessions.
+pub(super) fn parse_state_file(
+    ini: &IniFile,
+    nats_urls: &[String],
+) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(path) = ini.get_nonempty("sessions", "statefile") else {
+        return Ok(None);
+    };
+    if !nats_urls.is_empty() {
+        return Err(ConfigError(
+            "[sessions] statefile: not supported with [nats] url (the other processes end the sessions of a process that stops)".into(),
+        ));
+    }
+    Ok(Some(path.into()))
+}
+
 /// `[clients] internalsecret` (may be empty).
 pub(super) fn parse_internal_secret(ini: &IniFile) -> String {
     ini.get("clients", "internalsecret")

@@ -27,6 +27,9 @@ use write::write_loop;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a client that does not read fast enough ("try again later").
 pub const CLOSE_OVERFLOW: u16 = 1013;
+/// Close code of a restart that keeps the sessions ("service restart"):
+/// resume on the restarted server.
+pub const CLOSE_RESTART: u16 = 1012;
 
 /// True if the comma-separated header `name` holds `token` (any case).
 fn header_has(headers: &axum::http::HeaderMap, name: header::HeaderName, token: &str) -> bool {

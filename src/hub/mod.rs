@@ -32,6 +32,7 @@ pub mod room;
 mod rooms;
 pub mod session;
 mod sessions;
+mod statefile;
 mod tasks;
 #[cfg(test)]
 mod tests;

@@ -36,6 +36,8 @@ pub enum CloseReason {
     SessionResumed,
     /// The client did not read fast enough: its outbox overflowed.
     Overflow,
+    /// The server restarts and keeps the session: resume it there.
+    Restart,
     /// Decided by the transport itself (timeouts, protocol errors): the
     /// close code and text.
     Transport(u16, &'static str),

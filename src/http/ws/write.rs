@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{unix_millis, CLOSE_OVERFLOW};
+use super::{unix_millis, CLOSE_OVERFLOW, CLOSE_RESTART};
 use crate::api::server::{frame, Bye};
 use crate::http::wsframe;
 use crate::hub::outbox::{CloseReason, Outbox};
@@ -18,6 +18,7 @@ fn close_code(reason: CloseReason) -> (u16, &'static str) {
         CloseReason::SessionEnded => (1000, "session ended"),
         CloseReason::SessionResumed => (1000, "session resumed"),
         CloseReason::Overflow => (CLOSE_OVERFLOW, "send queue full"),
+        CloseReason::Restart => (CLOSE_RESTART, "service restart"),
         CloseReason::Transport(code, text) => (code, text),
     }
 }
@@ -85,6 +86,12 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => {
+                if outbox.is_closing() {
+                    // Closed before the shutdown (a restart that keeps the
+                    // session): what it holds, then its close code.
+                    write_last(&mut io, outbox.drain()).await;
+                    return;
+                }
                 // Server shutdown: say so, then close with "going away".
                 let bye = frame(None, "bye", &Bye { reason: Some("shutdown") });
                 let mut out = Vec::new();
@@ -106,4 +113,19 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Writes the last batch of a closing outbox and its close frame.
+async fn write_last<W: AsyncWrite + Unpin>(io: &mut W, batch: crate::hub::outbox::Drained) {
+    let mut out = Vec::new();
+    for f in &batch.frames {
+        wsframe::put_text(&mut out, f);
+    }
+    if let Some(c) = batch.close {
+        let (code, text) = close_code(c);
+        wsframe::put_close(&mut out, code, text);
+    }
+    let _ = io.write_all(&out).await;
+    let _ = io.flush().await;
+    let _ = io.shutdown().await;
 }
