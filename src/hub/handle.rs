@@ -20,17 +20,17 @@ impl Hub {
         if self.fed_links.load(std::sync::atomic::Ordering::Acquire) == 0 {
             return false;
         }
-        let tx = {
+        let sender = {
             let st = self.lock();
             match st.sessions.map.get(sid).and_then(|s| s.fed_link.as_ref()) {
-                Some(l) => l.tx.clone(),
+                Some(l) => l.sender.clone(),
                 None => return false,
             }
         };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(raw) else {
             return false;
         };
-        if tx.try_send(federation::FedCmd::Forward(v)).is_err() {
+        if !sender.send(federation::FedCmd::Forward(v, raw.len())) {
             self.reply_error(
                 sid,
                 id,

@@ -12,7 +12,7 @@ use super::effects::{Effect, Nextcloud};
 use super::outbox::CloseReason;
 use super::room::RoomKey;
 use super::session::SessionKind;
-use super::{federation, session_data_key, Hub, State};
+use super::{session_data_key, Hub, State};
 use crate::api::server::{frame, Bye, Frame};
 
 impl Hub {
@@ -129,10 +129,8 @@ impl State {
         }
         self.sessions.disconnected.remove(sid);
         self.sessions.room_deadlines.remove(sid);
-        if let Some(link) = &s.fed_link {
-            // B's members see the session leave at once.
-            let _ = link.tx.try_send(federation::FedCmd::Close);
-        }
+        // A federation link ends (saying bye to B, so its members see the
+        // session leave at once) when `s` and its handle of the link go.
         if let SessionKind::Virtual { owner, client_sid } = &s.kind {
             if let Some(o) = self.sessions.map.get_mut(owner) {
                 o.virtuals.remove(client_sid);

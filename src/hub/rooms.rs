@@ -257,7 +257,7 @@ impl Hub {
                     remote_room: target.remote_room,
                     nc_session: msg.sessionid.clone(),
                 };
-                if link.tx.try_send(cmd).is_err() {
+                if !link.send(cmd) {
                     drop(st);
                     self.reply_error(
                         sid,
@@ -267,7 +267,7 @@ impl Hub {
                 }
                 return;
             }
-            let _ = link.tx.try_send(FedCmd::Close);
+            // Another server: the old link ends with its handle.
             s.fed_link = None;
         }
         let features = s.features.clone();
@@ -303,11 +303,11 @@ impl Hub {
             let cmd = FedCmd::Leave {
                 id: id.map(str::to_string),
             };
-            if link.tx.try_send(cmd).is_ok() {
+            if link.send(cmd) {
                 return true;
             }
         }
-        let _ = link.tx.try_send(FedCmd::Close);
+        // The link ends with its handle.
         s.fed_link = None;
         false
     }

@@ -16,6 +16,7 @@ mod cluster;
 mod drain;
 mod features;
 mod federation;
+mod federation_limits;
 mod frames;
 mod fuzz_parsers;
 mod hello;

@@ -5,10 +5,14 @@
 //! rewritten both ways (see `spec/federation-notes.md`, 2.3 - 2.8).
 //!
 //! One task per federated session owns the WebSocket to B. The hub talks to
-//! it through a bounded channel; the task delivers B's messages to the
-//! session through the hub like any other frame. When the link breaks the
-//! task reconnects with backoff and resumes its session on B, telling the
-//! client `federation_interrupted` and `federation_resumed`.
+//! it through a channel bounded in commands and in bytes; the task delivers
+//! B's messages to the session through the hub like any other frame. When
+//! the link breaks the task reconnects with backoff and resumes its session
+//! on B, telling the client `federation_interrupted` and
+//! `federation_resumed`. The task ends when the session's [`FedLink`] goes
+//! (a cancellation, not a message that a full channel could lose); every
+//! write and close towards B has the `[federation] timeout` deadline and
+//! races that end, so a B that stops reading holds nothing for long.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,8 +20,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
+mod handshake;
 mod link;
+mod offline;
 mod rewrite;
 mod tls;
 
@@ -35,16 +42,24 @@ const MAX_REMOTE_MESSAGE: usize = 64 * 1024;
 const QUEUE_LIMIT: usize = 256;
 /// Commands waiting for the link task (then refused).
 pub(crate) const CHANNEL_SIZE: usize = 256;
+/// Bytes of client messages waiting for the link task, and (separately)
+/// kept while the link is down; more are refused with `too_many_requests`
+/// / `federation_error` carrying the request's id.
+pub(crate) const QUEUE_BYTES: usize = 1024 * 1024;
 /// First reconnect delay, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// A connection to B that broke sooner than this after its handshake does
+/// not reset the backoff: a B that accepts and drops at once is not dialled
+/// in a tight loop.
+const STABLE_LINK: Duration = Duration::from_secs(30);
 
 /// What the hub keeps of a session's link to B.
 pub(crate) struct FedLink {
     /// Identifies the link (a session may replace its link).
     pub link_id: u64,
     /// Commands to the link task.
-    pub tx: mpsc::Sender<FedCmd>,
+    pub sender: FedSender,
     /// `federation.signaling` as the client sent it.
     pub signaling: String,
     /// `federation.url` as the client sent it.
@@ -53,14 +68,45 @@ pub(crate) struct FedLink {
     pub local_room: Arc<str>,
     /// The client's Nextcloud session id (pinged to its own Nextcloud).
     pub nc_session: Arc<str>,
-    /// Counts this link in the hub's `fed_links` while it exists.
-    _live: LiveLink,
+    /// Ends the link task when this handle goes (session ended, link
+    /// cleared or replaced), however full the channel is.
+    _gone: DropGuard,
 }
 
-/// One live link in the hub's count, for as long as the value exists: the
-/// count is right however a link ends (cleared, replaced, or dropped with
-/// its session).
-struct LiveLink(Arc<AtomicUsize>);
+impl FedLink {
+    /// See [`FedSender::send`].
+    pub(crate) fn send(&self, cmd: FedCmd) -> bool {
+        self.sender.send(cmd)
+    }
+}
+
+/// The sending end of a link's command channel, bounded in commands and
+/// in bytes (a clone does not keep the link alive).
+#[derive(Clone)]
+pub(crate) struct FedSender {
+    tx: mpsc::Sender<FedCmd>,
+    /// Bytes of the commands in `tx` (shared with the task).
+    queued: Arc<AtomicUsize>,
+}
+
+impl FedSender {
+    /// Queues a command for the link task; false when its channel is full
+    /// (in commands or in bytes): the caller refuses the request with its
+    /// id.
+    pub(crate) fn send(&self, cmd: FedCmd) -> bool {
+        let bytes = cmd.bytes();
+        let before = self.queued.fetch_add(bytes, Ordering::AcqRel);
+        if before + bytes > QUEUE_BYTES || self.tx.try_send(cmd).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+/// One live link task in the hub's count, for as long as the task runs
+/// (its socket to B included): the count is right however a link ends.
+pub(crate) struct LiveLink(Arc<AtomicUsize>);
 
 impl LiveLink {
     fn new(count: &Arc<AtomicUsize>) -> LiveLink {
@@ -75,7 +121,8 @@ impl Drop for LiveLink {
     }
 }
 
-/// What the hub asks of a link.
+/// What the hub asks of a link (the end of the session is the drop of its
+/// [`FedLink`]).
 pub(crate) enum FedCmd {
     /// Join (another) room on B over the same connection.
     Join {
@@ -86,10 +133,18 @@ pub(crate) enum FedCmd {
     },
     /// Leave the room; the connection closes after B confirmed.
     Leave { id: Option<String> },
-    /// A client message for B.
-    Forward(Value),
-    /// The session ended: say bye to B and close.
-    Close,
+    /// A client message for B, and its size as received.
+    Forward(Value, usize),
+}
+
+impl FedCmd {
+    /// What the command counts against [`QUEUE_BYTES`].
+    fn bytes(&self) -> usize {
+        match self {
+            FedCmd::Forward(_, bytes) => *bytes,
+            _ => 0,
+        }
+    }
 }
 
 /// A checked `federation` object of a room request.
@@ -224,17 +279,26 @@ impl Hub {
         static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let link_id = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CHANNEL_SIZE);
+        let gone = CancellationToken::new();
+        let queued = Arc::new(AtomicUsize::new(0));
         let link = FedLink {
             link_id,
-            tx,
+            sender: FedSender {
+                tx,
+                queued: queued.clone(),
+            },
             signaling: target.signaling.clone(),
             url: target.url.clone(),
             local_room: local_room.as_str().into(),
             nc_session: nc_session.as_str().into(),
-            _live: LiveLink::new(&self.fed_links),
+            _gone: gone.clone().drop_guard(),
         };
         let task = Link {
             link_id,
+            _live: LiveLink::new(&self.fed_links),
+            gone,
+            queued,
+            timeout: self.config.federation.timeout,
             hub: self.clone(),
             sid: sid.clone(),
             local_cloud: cloud_of(local_url),
@@ -251,9 +315,16 @@ impl Hub {
             leaving: false,
             rejoin: false,
             queue: Vec::new(),
+            queue_bytes: 0,
         };
         tokio::spawn(task.run(rx));
         link
+    }
+
+    /// Federation links whose task still runs (and may hold a socket to a
+    /// remote server).
+    pub fn federation_links(&self) -> usize {
+        self.fed_links.load(Ordering::Acquire)
     }
 
     fn federation_deliver(&self, sid: &str, f: Frame) {

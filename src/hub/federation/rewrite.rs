@@ -256,9 +256,14 @@ mod tests {
     use super::*;
 
     fn link() -> Link {
+        let hub = crate::hub::tests::hub_on(std::sync::Arc::new(crate::bus::LocalBus::new()));
         Link {
             link_id: 1,
-            hub: crate::hub::tests::hub_on(std::sync::Arc::new(crate::bus::LocalBus::new())),
+            _live: super::super::LiveLink::new(&hub.fed_links),
+            gone: Default::default(),
+            queued: Default::default(),
+            timeout: std::time::Duration::from_secs(1),
+            hub,
             sid: "L".into(),
             target: Target {
                 ws_url: "wss://b.example/spreed".into(),
@@ -280,6 +285,7 @@ mod tests {
             local_base: "https://a.example".into(),
             remote_base: "https://b.example".into(),
             queue: Vec::new(),
+            queue_bytes: 0,
         }
     }
 

@@ -9,12 +9,14 @@ pub mod janus;
 pub mod nats;
 pub mod nextcloud;
 pub mod node;
+pub mod remote;
 pub mod server;
 
 pub use client::*;
 pub use nats::*;
 pub use nextcloud::*;
 pub use node::*;
+pub use remote::*;
 pub use server::*;
 
 use std::time::Duration;

@@ -1,0 +1,134 @@
+//! Dialing B: the WebSocket handshake, the check that B speaks
+//! federation, and the hello (resuming the session on B when there is
+//! one). Every step has the `[federation] timeout` deadline.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::link::{hello_id, Link, Ws};
+use super::{ConnectError, MAX_REMOTE_MESSAGE};
+use crate::api::error;
+use crate::api::remote::ServerKind;
+
+impl Link {
+    pub(super) async fn connect(&mut self) -> Result<(Ws, bool), ConnectError> {
+        let timeout = self.timeout;
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(MAX_REMOTE_MESSAGE);
+        config.max_frame_size = Some(MAX_REMOTE_MESSAGE);
+        let connector = Some(tokio_tungstenite::Connector::Rustls(
+            self.hub.federation_tls.clone(),
+        ));
+        let dial = tokio_tungstenite::connect_async_tls_with_config(
+            self.target.ws_url.as_str(),
+            Some(config),
+            true,
+            connector,
+        );
+        let (mut ws, resp) = match tokio::time::timeout(timeout, dial).await {
+            Err(_) => {
+                return Err(ConnectError::Network {
+                    tls: false,
+                    message: "timeout".into(),
+                })
+            }
+            Ok(Err(e)) => {
+                let message = e.to_string();
+                let tls = message.contains("certificate") || message.contains("Tls");
+                return Err(ConnectError::Network { tls, message });
+            }
+            Ok(Ok(ok)) => ok,
+        };
+        let _own = self.hub.own_dial(ws.get_ref());
+        let has_federation = |list: &str| list.split(',').any(|f| f.trim() == "federation");
+        let header = resp
+            .headers()
+            .get(crate::backend::client::HEADER_FEATURES)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !has_federation(header) {
+            self.close(&mut ws).await;
+            return Err(ConnectError::Unsupported);
+        }
+        let welcome = self.read(&mut ws, timeout).await?;
+        let features = welcome["welcome"]["features"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        if ServerKind::of(&welcome["type"]) != ServerKind::Welcome || !has_federation(&features) {
+            self.close(&mut ws).await;
+            return Err(ConnectError::Unsupported);
+        }
+        let mut resumed = false;
+        if let Some(resume_id) = self.resume_id.clone() {
+            self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "resumeid": resume_id, "features": self.features}})).await?;
+            let reply = self.read(&mut ws, timeout).await?;
+            if ServerKind::of(&reply["type"]) == ServerKind::Hello {
+                resumed = true;
+            } else if reply["error"]["code"] != error::NO_SUCH_SESSION {
+                return Err(ConnectError::Hello(reply["error"].clone()));
+            }
+        }
+        if !resumed {
+            self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "features": self.features,
+                "auth": {"type": "federation", "url": self.target.url, "params": {"token": self.target.token}}}})).await?;
+            let reply = self.read(&mut ws, timeout).await?;
+            if ServerKind::of(&reply["type"]) != ServerKind::Hello {
+                self.close(&mut ws).await;
+                return Err(ConnectError::Hello(reply["error"].clone()));
+            }
+            self.remote_sid = reply["hello"]["sessionid"].as_str().map(str::to_string);
+            self.resume_id = reply["hello"]["resumeid"].as_str().map(str::to_string);
+        }
+        Ok((ws, resumed))
+    }
+
+    /// A handshake message to B, within the deadline.
+    async fn send(&self, ws: &mut Ws, v: Value) -> Result<(), ConnectError> {
+        let sent = tokio::time::timeout(self.timeout, ws.send(Message::Text(v.to_string().into())));
+        let message = match sent.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timeout".into(),
+        };
+        Err(ConnectError::Network {
+            tls: false,
+            message,
+        })
+    }
+
+    /// Closes a connection B is not wanted on, within the deadline.
+    async fn close(&self, ws: &mut Ws) {
+        let _ = tokio::time::timeout(self.timeout, ws.close(None)).await;
+    }
+
+    /// The next JSON message from B during the handshake.
+    async fn read(&self, ws: &mut Ws, timeout: Duration) -> Result<Value, ConnectError> {
+        let broken = |message: String| ConnectError::Network {
+            tls: false,
+            message,
+        };
+        loop {
+            let next = tokio::time::timeout(timeout, ws.next())
+                .await
+                .map_err(|_| broken("timeout".into()))?;
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str()).map_err(|e| broken(e.to_string()))
+                }
+                Some(Ok(Message::Close(_))) | None => return Err(broken("closed".into())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(broken(e.to_string())),
+            }
+        }
+    }
+}
