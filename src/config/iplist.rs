@@ -88,13 +88,6 @@ impl IpList {
         IpList::parse("127.0.0.0/8, ::1").unwrap_or_default()
     }
 
-    /// Loopback and private networks: the Go server's default of
-    /// `[app] trustedproxies`.
-    pub fn private() -> IpList {
-        IpList::parse("127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16")
-            .unwrap_or_default()
-    }
-
     /// True when some entry contains `ip`.
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(ip))

@@ -433,10 +433,14 @@ url = ws://127.0.0.1:8188
     }
 
     #[test]
-    fn trusted_proxies_default_to_private_networks() {
+    fn trusted_proxies_default_to_loopback_only() {
         let c = Config::parse(SAMPLE).unwrap();
-        for ip in ["127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "::1"] {
+        for ip in ["127.0.0.1", "127.9.9.9", "::1"] {
             assert!(c.app.trusted_proxies.contains(ip.parse().unwrap()), "{ip}");
+        }
+        // Unlike the Go server: a LAN host cannot name itself 127.0.0.1.
+        for ip in ["10.1.2.3", "172.20.0.1", "192.168.1.1", "fd00::1"] {
+            assert!(!c.app.trusted_proxies.contains(ip.parse().unwrap()), "{ip}");
         }
         assert!(!c.app.trusted_proxies.contains("8.8.8.8".parse().unwrap()));
         let c = Config::parse(&format!("{SAMPLE}[app]\ntrustedproxies = 192.0.2.0/24\n")).unwrap();

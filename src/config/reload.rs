@@ -8,8 +8,8 @@ use super::{Config, ConfigError, IpList};
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
     /// Reverse proxies whose `X-Real-IP` / `X-Forwarded-For` headers are
-    /// believed (`trustedproxies`; default: loopback and private networks,
-    /// as the Go server).
+    /// believed (`trustedproxies`; default: loopback only, where the Go
+    /// server also trusts private networks).
     pub trusted_proxies: IpList,
 }
 
@@ -43,14 +43,15 @@ impl LiveSettings {
 /// The live settings, shared by the hub and the listeners.
 pub type Live = std::sync::Arc<arc_swap::ArcSwap<LiveSettings>>;
 
-/// `[app] trustedproxies` (default: loopback and private networks).
+/// `[app] trustedproxies` (default: loopback only; the Go server also
+/// trusts private networks, which lets any LAN host name itself 127.0.0.1).
 pub(super) fn parse_app(ini: &IniFile) -> Result<AppConfig, ConfigError> {
     Ok(AppConfig {
         trusted_proxies: match ini.get_nonempty("app", "trustedproxies") {
             Some(v) => {
                 IpList::parse(&v).map_err(|e| ConfigError(format!("[app] trustedproxies: {e}")))?
             }
-            None => IpList::private(),
+            None => IpList::loopback(),
         },
     })
 }

@@ -362,63 +362,6 @@ fn io_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The address of the client behind a request, as the Go server finds it:
-/// the peer, unless the peer is a trusted proxy (`[app] trustedproxies`);
-/// then a valid `X-Real-IP`, else the right-most `X-Forwarded-For` entry
-/// that is not a trusted proxy (the left-most when all are), else the peer.
-pub fn real_client_ip(
-    peer: Option<SocketAddr>,
-    headers: &axum::http::HeaderMap,
-    trusted: &crate::config::IpList,
-) -> Option<IpAddr> {
-    let ip = peer?.ip();
-    if !trusted.contains(ip) {
-        return Some(ip);
-    }
-    if let Some(real) = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_hop)
-    {
-        return Some(real);
-    }
-    let mut last_trusted = None;
-    for value in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(value) = value.to_str() else { continue };
-        for hop in value.rsplit(',').filter_map(parse_hop) {
-            if trusted.contains(hop) {
-                last_trusted = Some(hop);
-            } else {
-                return Some(hop);
-            }
-        }
-    }
-    Some(last_trusted.unwrap_or(ip))
-}
-
-/// An address from a forwarding header, with or without a port
-/// (`1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`).
-fn parse_hop(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    s.parse::<SocketAddr>().ok().map(|a| a.ip())
-}
-
-/// The client address of a request: the peer from the accept loop, or
-/// what a trusted proxy in front of it says.
-pub fn request_client_ip(
-    req: &axum::extract::Request,
-    trusted: &crate::config::IpList,
-) -> Option<IpAddr> {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    real_client_ip(peer, req.headers(), trusted)
-}
-
 #[cfg(test)]
 mod coalesce_tests {
     use super::*;
@@ -456,55 +399,5 @@ mod coalesce_tests {
         let mut got = vec![0u8; big.len()];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, big);
-    }
-}
-
-#[cfg(test)]
-mod real_ip_tests {
-    use super::*;
-    use crate::config::IpList;
-
-    fn ip(peer: &str, headers: &[(&'static str, &str)]) -> String {
-        let trusted = IpList::parse("127.0.0.1, 10.0.0.0/8").unwrap();
-        let mut h = axum::http::HeaderMap::new();
-        for (k, v) in headers {
-            h.append(*k, v.parse().unwrap());
-        }
-        let peer: SocketAddr = format!("{peer}:1000").parse().unwrap();
-        real_client_ip(Some(peer), &h, &trusted)
-            .unwrap()
-            .to_string()
-    }
-
-    #[test]
-    fn headers_count_only_from_trusted_proxies() {
-        let xri = [("x-real-ip", "203.0.113.1")];
-        assert_eq!(ip("127.0.0.1", &xri), "203.0.113.1");
-        assert_eq!(ip("192.0.2.7", &xri), "192.0.2.7");
-        // X-Real-IP first, when valid.
-        let both = [
-            ("x-real-ip", "203.0.113.1"),
-            ("x-forwarded-for", "198.51.100.2"),
-        ];
-        assert_eq!(ip("127.0.0.1", &both), "203.0.113.1");
-        let bad = [
-            ("x-real-ip", "nonsense"),
-            ("x-forwarded-for", "198.51.100.2"),
-        ];
-        assert_eq!(ip("127.0.0.1", &bad), "198.51.100.2");
-        // The right-most hop that is not a trusted proxy; ports removed.
-        let chain = [("x-forwarded-for", "6.6.6.6, 198.51.100.2:4000, 10.1.1.1")];
-        assert_eq!(ip("127.0.0.1", &chain), "198.51.100.2");
-        let split = [
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-for", "10.1.1.1"),
-        ];
-        assert_eq!(ip("127.0.0.1", &split), "6.6.6.6");
-        // All trusted: the left-most.
-        let all = [("x-forwarded-for", "10.0.0.5, 10.0.0.6")];
-        assert_eq!(ip("127.0.0.1", &all), "10.0.0.5");
-        assert_eq!(ip("127.0.0.1", &[]), "127.0.0.1");
-        let v6 = [("x-forwarded-for", "[2001:db8::1]:443")];
-        assert_eq!(ip("127.0.0.1", &v6), "2001:db8::1");
     }
 }

@@ -5,6 +5,7 @@
 //! requests to the hub, and turn its typed results into status codes and
 //! bodies (the hub decides none).
 
+pub mod forwarded;
 pub mod listener;
 pub mod tls;
 pub mod turn;
@@ -102,8 +103,10 @@ async fn serverinfo(State(state): State<AppState>, req: axum::extract::Request) 
 /// (the client address a trusted proxy names, as the Go server).
 fn stats_allowed(state: &AppState, req: &axum::extract::Request) -> bool {
     let live = state.hub.live();
-    let ip = listener::request_client_ip(req, &live.app.trusted_proxies);
-    let allowed = ip.is_some_and(|ip| live.stats.allowed_ips.contains(ip));
+    let ip = forwarded::request_client_ip(req, &live.app.trusted_proxies);
+    let allowed = ip
+        .and_then(forwarded::ClientIp::known)
+        .is_some_and(|ip| live.stats.allowed_ips.contains(ip));
     if !allowed {
         state.hub.metrics.refuse("stats_address");
     }

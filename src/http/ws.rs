@@ -77,24 +77,29 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
     let trusted = &state.hub.live().app.trusted_proxies;
-    let peer = super::listener::real_client_ip(socket_peer, headers, trusted);
+    let client = super::forwarded::client_ip(socket_peer, headers, trusted);
+    let peer = client.map(super::forwarded::ClientIp::counted);
     // A client behind a trusted proxy is held to the per-address cap by
-    // the address the proxy names (the proxy itself is exempt).
+    // the address the proxy names (the proxy itself is exempt); one the
+    // proxy could not name, by the proxy's address.
     let cap = state.hub.config.http.max_connections_per_ip;
-    let forwarded = match (socket_peer, peer) {
-        (Some(s), Some(real)) if s.ip() != real => {
-            match state.hub.conn_counts.admit_forwarded(real, cap) {
-                Some(slot) => Some(slot),
-                None => {
-                    state.hub.metrics.refuse("connections_per_ip");
-                    return (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many connections from this address",
-                    )
-                        .into_response();
-                }
+    let named = match (socket_peer, client) {
+        (_, Some(super::forwarded::ClientIp::Unknown(hop))) => Some(hop),
+        (Some(s), Some(super::forwarded::ClientIp::Known(real))) if s.ip() != real => Some(real),
+        _ => None,
+    };
+    let forwarded = match named {
+        Some(real) => match state.hub.conn_counts.admit_forwarded(real, cap) {
+            Some(slot) => Some(slot),
+            None => {
+                state.hub.metrics.refuse("connections_per_ip");
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                )
+                    .into_response();
             }
-        }
+        },
         _ => None,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);

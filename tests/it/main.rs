@@ -17,6 +17,7 @@ mod drain;
 mod features;
 mod federation;
 mod federation_limits;
+mod forwarded;
 mod frames;
 mod fuzz_parsers;
 mod hello;

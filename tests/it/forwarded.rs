@@ -1,0 +1,131 @@
+//! Forwarded client addresses: `X-Forwarded-For` from a trusted proxy
+//! wins over `X-Real-IP`, and an entry that is not an address is the
+//! (unknown) client, never skipped.
+
+use std::net::SocketAddr;
+
+use crate::support::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn addr_of(ts: &TestServer) -> SocketAddr {
+    ts.server.as_ref().unwrap().addr
+}
+
+/// A TCP connection to the server from the loopback address `from`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// The status line of `GET /metrics` from `from` with extra header lines.
+async fn metrics_status(ts: &TestServer, from: &str, headers: &str) -> String {
+    let mut s = connect_from(from, addr_of(ts)).await;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut all))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    all.lines().next().unwrap_or("").to_string()
+}
+
+/// A WebSocket from `from` through a "proxy" sending `headers`.
+async fn ws_via(ts: &TestServer, from: &str, headers: &[(&'static str, &str)]) -> Client {
+    let tcp = connect_from(from, addr_of(ts)).await;
+    let mut req = ts.ws_url().into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(*k, v.parse().unwrap());
+    }
+    let (ws, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let mut c = Client {
+        ws,
+        session_id: String::new(),
+        resume_id: String::new(),
+        user_id: None,
+    };
+    c.expect_type("welcome").await;
+    c
+}
+
+async fn guess_resume(c: &mut Client) -> String {
+    c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": "guessed-resume-id"}}))
+        .await;
+    let m = c.expect_type("error").await;
+    m["error"]["code"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn x_forwarded_for_wins_and_junk_entries_are_the_client() {
+    let ts = TestServer::start_with(
+        "[app]\ntrustedproxies = 127.0.0.2\n[stats]\nallowed_ips = 198.51.100.7\n",
+    )
+    .await;
+    let cases = [
+        // X-Real-IP alone, from the trusted proxy.
+        ("X-Real-IP: 198.51.100.7\r\n", true),
+        // A client's X-Real-IP passed through: the proxy's X-Forwarded-For
+        // names the real client.
+        (
+            "X-Real-IP: 198.51.100.7\r\nX-Forwarded-For: 203.0.113.9\r\n",
+            false,
+        ),
+        // An entry that is not an address is the client: not skipped.
+        ("X-Forwarded-For: 198.51.100.7, nonsense\r\n", false),
+        (
+            "X-Forwarded-For: 198.51.100.7, nonsense, 127.0.0.2\r\n",
+            false,
+        ),
+        (
+            "X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-For: localhost\r\n",
+            false,
+        ),
+        ("X-Real-IP: nonsense\r\n", false),
+        // Several lines are one list; trusted proxies are skipped.
+        (
+            "X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-For: 127.0.0.2\r\n",
+            true,
+        ),
+    ];
+    for (headers, allowed) in cases {
+        let status = metrics_status(&ts, "127.0.0.2", headers).await;
+        let want = if allowed {
+            "HTTP/1.1 200"
+        } else {
+            "HTTP/1.1 403"
+        };
+        assert!(status.starts_with(want), "{headers:?}: {status}");
+    }
+    ts.stop().await;
+}
+
+/// A client behind a proxy that passes `X-Real-IP` through cannot change
+/// the address it is throttled under.
+#[tokio::test]
+async fn a_passed_through_x_real_ip_does_not_escape_the_throttle() {
+    let ts = TestServer::start_with(
+        "[app]\ntrustedproxies = 127.0.0.2\n[clients]\nmaxfailedhellos = 1\nfailedhellowindow = 60\n",
+    )
+    .await;
+    let via = |xri: &'static str| [("X-Real-IP", xri), ("X-Forwarded-For", "198.51.100.9")];
+    let mut c = ws_via(&ts, "127.0.0.2", &via("203.0.113.1")).await;
+    assert_eq!(guess_resume(&mut c).await, "no_such_session");
+    let mut c = ws_via(&ts, "127.0.0.2", &via("203.0.113.2")).await;
+    assert_eq!(guess_resume(&mut c).await, "too_many_requests");
+    // Another client behind the same proxy is not affected.
+    let mut other = ws_via(&ts, "127.0.0.2", &[("X-Forwarded-For", "198.51.100.10")]).await;
+    assert_eq!(guess_resume(&mut other).await, "no_such_session");
+    ts.stop().await;
+}
