@@ -390,6 +390,9 @@ pub struct GoMetrics {
     pub call_rooms_total: IntCounterVec,
     /// `signaling_client_rtt`: round trip of WebSocket pings (milliseconds).
     pub client_rtt: prometheus::Histogram,
+    /// `signaling_http_client_pool_connections{host}`: requests to a
+    /// Nextcloud host in flight (`[backend] connectionsperhost` caps it).
+    pub http_client_pool_connections: IntGaugeVec,
 }
 
 /// Buckets from `min` to `max` growing by a constant factor (Go's
@@ -493,8 +496,15 @@ impl GoMetrics {
             .buckets(exponential_range(1.0, 30000.0, 50)),
         )
         .expect("valid metric");
+        let http_client_pool_connections = gauge_vec(
+            "http_client_pool",
+            "connections",
+            "The current number of HTTP client connections per host",
+            &["host"],
+        );
         for c in [
             Box::new(client_rtt.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_client_pool_connections.clone()),
             Box::new(client_messages.clone()),
             Box::new(client_bytes.clone()),
             Box::new(resume_total.clone()),
@@ -524,6 +534,7 @@ impl GoMetrics {
             call_sessions_total,
             call_rooms_total,
             client_rtt,
+            http_client_pool_connections,
         }
     }
 }

@@ -88,6 +88,11 @@ pub const INVALID_CANDIDATE: &str = "invalid_candidate";
 pub const CLIENT_NOT_FOUND: &str = "client_not_found";
 /// A transient `set` over a `[transient]` limit (nothing is stored).
 pub const TRANSIENT_LIMIT_EXCEEDED: &str = "transient_limit_exceeded";
+/// `addsession`: Nextcloud refused the virtual session or could not be
+/// asked (it was not added).
+pub const ADD_FAILED: &str = "add_failed";
+/// `removesession`: Nextcloud could not be told (the session is gone).
+pub const REMOVE_FAILED: &str = "remove_failed";
 /// `details.code` of `federation_error`: the remote server's certificate
 /// did not verify.
 pub const CERTIFICATE_VERIFICATION_ERROR: &str = "certificate_verification_error";

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::api::backend::{BackendResponse, Ocs};
 use crate::api::server::Envelope;
 use crate::backend::checksum::{self, HEADER_BACKEND, HEADER_CHECKSUM, HEADER_RANDOM};
+use crate::backend::host_slots::HostSlots;
 
 /// Header with the comma-separated feature ids.
 pub const HEADER_FEATURES: &str = "X-Spreed-Signaling-Features";
@@ -46,6 +47,9 @@ pub struct BackendClient {
     features: String,
     /// Requests in flight at once (`[backend] maxconcurrentrequests`).
     slots: Arc<Semaphore>,
+    /// Requests in flight per host (`[backend] connectionsperhost`).
+    hosts: Arc<HostSlots>,
+    per_host: usize,
     max_response: usize,
     refused: Option<prometheus::IntCounterVec>,
     stats: Option<ClientStats>,
@@ -122,6 +126,8 @@ impl BackendClient {
             timeout,
             features,
             slots: Arc::new(Semaphore::new(1)),
+            hosts: Arc::new(HostSlots::new(connections_per_host, None)),
+            per_host: connections_per_host,
             max_response: usize::MAX,
             refused: None,
             stats: None,
@@ -145,6 +151,10 @@ impl BackendClient {
     /// Counts requests, their duration and errors per backend;
     /// `backend_of` names the backend of a request URL.
     pub fn with_stats(mut self, metrics: crate::metrics::GoMetrics, backend_of: BackendOf) -> Self {
+        self.hosts = Arc::new(HostSlots::new(
+            self.per_host,
+            Some(metrics.http_client_pool_connections.clone()),
+        ));
         self.stats = Some(ClientStats {
             metrics,
             backend_of,
@@ -161,7 +171,7 @@ impl BackendClient {
         parse: impl FnOnce(&[u8]) -> Result<T, BackendCallError>,
     ) -> Result<T, BackendCallError> {
         let start = std::time::Instant::now();
-        let r = match self.send(req).await {
+        let r = match self.send(url, req).await {
             Ok(bytes) => parse(&bytes),
             Err(e) => Err(e),
         };
@@ -224,10 +234,19 @@ impl BackendClient {
         .await
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, BackendCallError> {
+    async fn send(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<bytes::Bytes, BackendCallError> {
         let fut = async {
             // Waiting for a slot counts into the timeout: a flood of hellos
-            // cannot open unbounded connections to Nextcloud.
+            // cannot open unbounded connections to Nextcloud. The host's
+            // slot first, so that requests waiting for a busy host do not
+            // hold up the others.
+            let Some(_host) = self.hosts.acquire(url).await else {
+                return Err(BackendCallError::Transport("URL without a host".into()));
+            };
             let Ok(_permit) = self.slots.acquire().await else {
                 return Err(BackendCallError::Timeout);
             };

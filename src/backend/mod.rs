@@ -4,5 +4,6 @@
 pub mod capabilities;
 pub mod checksum;
 pub mod client;
+pub mod host_slots;
 pub mod registry;
 pub mod token;

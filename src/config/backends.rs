@@ -103,7 +103,11 @@ pub(super) fn parse_backends(ini: &IniFile) -> Result<BackendsConfig, ConfigErro
     if timeout.is_zero() {
         return Err(ConfigError("[backend] timeout: must be > 0".into()));
     }
-    let connections_per_host = ini.get_u64("backend", "connectionsperhost", 8)? as usize;
+    // As the Go server: 0 means the default.
+    let connections_per_host = match ini.get_u64("backend", "connectionsperhost", 8)? {
+        0 => 8,
+        n => n as usize,
+    };
     let skip_verify = ini.get_bool("backend", "skipverify", false)?;
     let max_concurrent_requests = ini.get_u64("backend", "maxconcurrentrequests", 256)? as usize;
     if max_concurrent_requests == 0 {

@@ -45,7 +45,7 @@ pub struct AppState {
 
 /// The value of `X-Spreed-Signaling-Features`: sorted ids joined with ", ".
 pub fn features_header(hub: &Hub) -> HeaderValue {
-    HeaderValue::from_str(&header_features(hub.mcu_connected())).expect("feature ids are ASCII")
+    HeaderValue::from_str(&header_features(hub.mcu_announced())).expect("feature ids are ASCII")
 }
 
 async fn add_headers(State(state): State<AppState>, mut resp: Response) -> Response {
@@ -82,7 +82,7 @@ async fn welcome(State(state): State<AppState>) -> Response {
     let mut body = json!({
         "nextcloud-spreed-signaling": "Welcome",
         "version": VERSION,
-        "features": all_features(state.hub.mcu_connected()),
+        "features": all_features(state.hub.mcu_announced()),
     });
     if state.hub.draining() {
         body["draining"] = json!(true);

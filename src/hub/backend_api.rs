@@ -194,7 +194,10 @@ impl State {
     }
 
     /// `disinvite`: the users (and guest sessions) get `roomlist`
-    /// `disinvite` and leave the room; the others get an `update`.
+    /// `disinvite`; their sessions in that room end (as the Go server
+    /// closes them after the event: the room's others see them leave,
+    /// Nextcloud gets their `leave`, the connection closes with 1000).
+    /// The others get an `update`.
     fn disinvite(&mut self, key: &RoomKey, b: &RoomUsersChange) {
         let f = event_frame(
             "roomlist",
@@ -209,6 +212,17 @@ impl State {
                 // Guests have no user id: tell the session itself.
                 self.sessions.deliver(&sid, &f);
                 sids.push(sid);
+            }
+        }
+        for sid in &sids {
+            let in_room = self
+                .sessions
+                .map
+                .get(sid)
+                .is_some_and(|s| s.room.as_ref() == Some(key) && !s.is_virtual());
+            if in_room {
+                tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "disinvited from its room, ending the session");
+                self.end_session(sid, None);
             }
         }
         self.remove_from_room(key, &sids);

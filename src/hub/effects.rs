@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use crate::api::backend::{RoomRequest, SessionRequest};
+use super::virtual_backend::VirtualNc;
+use crate::api::backend::RoomRequest;
 use crate::backend::client::BackendClient;
 
 /// The Nextcloud a request goes to: signaling endpoint, base URL, secret
@@ -35,18 +36,13 @@ pub(crate) enum Effect {
         user_id: Option<Arc<str>>,
         /// The session's Nextcloud session id.
         room_session_id: Arc<str>,
+        /// (actor type, actor id) of a federated session, as its join
+        /// carried them (the Go server sends them with the leave too).
+        actor: Option<(String, String)>,
     },
-    /// A virtual session left its room: `session` request, action `remove`.
-    VirtualRemoved {
-        /// Where to.
-        to: Nextcloud,
-        /// The room id.
-        room: Arc<str>,
-        /// The virtual session's id.
-        sid: Arc<str>,
-        /// Its user, if any.
-        user_id: Option<Arc<str>>,
-    },
+    /// A virtual session left its room: `session` `remove`, or the
+    /// actor's `room` `leave`.
+    VirtualRemoved(VirtualNc),
 }
 
 impl Effect {
@@ -59,6 +55,7 @@ impl Effect {
                 room,
                 user_id,
                 room_session_id,
+                actor,
             } => {
                 tokio::spawn(async move {
                     let req = RoomRequest {
@@ -67,8 +64,8 @@ impl Effect {
                         userid: user_id.as_deref().unwrap_or(""),
                         sessionid: &room_session_id,
                         action: "leave",
-                        actor_id: None,
-                        actor_type: None,
+                        actor_id: actor.as_ref().map(|a| a.1.as_str()),
+                        actor_type: actor.as_ref().map(|a| a.0.as_str()),
                         in_call: None,
                     };
                     if let Err(e) = client
@@ -79,27 +76,10 @@ impl Effect {
                     }
                 });
             }
-            Effect::VirtualRemoved {
-                to,
-                room,
-                sid,
-                user_id,
-            } => {
+            Effect::VirtualRemoved(nc) => {
+                // Failures are logged (nobody asked for this removal).
                 tokio::spawn(async move {
-                    let req = SessionRequest {
-                        version: "1.0",
-                        roomid: &room,
-                        action: "remove",
-                        sessionid: &sid,
-                        userid: user_id.as_deref(),
-                        user: None,
-                    };
-                    if let Err(e) = client
-                        .post(&to.url, &to.base, &to.secret, "session", &req)
-                        .await
-                    {
-                        tracing::warn!(room = ?room, "could not tell backend about removed virtual session: {e}");
-                    }
+                    let _ = nc.remove(&client).await;
                 });
             }
         }

@@ -1,6 +1,6 @@
 //! The feature ids the server announces: to clients in `hello`, to
 //! internal clients, in `welcome`, and in the `X-Spreed-Signaling-Features`
-//! header; the MCU's only while Janus is connected.
+//! header; the MCU's when an MCU is configured (also while Janus is away).
 
 /// The most features a client may announce in its hello (Talk sends a
 /// handful), and the longest one.
@@ -41,7 +41,7 @@ pub const CLIENT_FEATURES: &[&str] = &[
     "welcome",
 ];
 
-/// Feature ids added while Janus is connected.
+/// Feature ids added when an MCU is configured.
 pub const MCU_FEATURES: &[&str] = &["mcu", "simulcast", "update-sdp"];
 
 /// Feature ids announced to internal clients.
@@ -75,8 +75,8 @@ static CLIENT_FEATURES_MCU: std::sync::LazyLock<Vec<&'static str>> =
 static INTERNAL_FEATURES_MCU: std::sync::LazyLock<Vec<&'static str>> =
     std::sync::LazyLock::new(|| with_mcu(INTERNAL_FEATURES));
 
-/// The features of a client (`internal` or not), with the MCU ones while
-/// Janus is connected.
+/// The features of a client (`internal` or not), with the MCU ones when
+/// an MCU is configured.
 pub fn features(internal: bool, mcu: bool) -> &'static [&'static str] {
     match (internal, mcu) {
         (false, false) => CLIENT_FEATURES,

@@ -97,7 +97,7 @@ impl Hub {
                 None => self.reply_error(sid, id, invalid_format("transient body missing")),
             },
             ClientKind::Internal => match msg.internal {
-                Some(i) => self.internal(sid, id, i),
+                Some(i) => return self.internal(sid, id, i),
                 None => self.reply_error(sid, id, invalid_format("internal body missing")),
             },
             ClientKind::Unknown(other) => self.reply_error(

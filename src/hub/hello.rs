@@ -455,7 +455,7 @@ impl Hub {
                 version,
                 server: ServerInfo {
                     version: VERSION,
-                    features: super::features(internal, self.mcu_connected()),
+                    features: super::features(internal, self.mcu_announced()),
                 },
             },
         )
@@ -573,7 +573,7 @@ impl Hub {
             self.metrics.resume_failed.inc();
             return Err(no_such_session());
         };
-        let server_features = super::features(s.kind != SessionKind::Client, self.mcu_connected());
+        let server_features = super::features(s.kind != SessionKind::Client, self.mcu_announced());
         let reply = frame(
             id,
             "hello",

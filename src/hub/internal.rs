@@ -4,15 +4,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-
+use super::effects::{Effect, Nextcloud};
 use super::room::RoomKey;
-use super::session::{flags, new_id, Session, SessionKind};
+use super::session::{flags, new_id, Actor, Session, SessionKind};
+use super::virtual_backend::VirtualNc;
 use super::{invalid_format, Hub, State};
-use crate::api::backend::{RoomRequest, SessionRequest};
 use crate::api::client::{
-    AddSession, AddSessionOptions, InternalClientMessage, InternalRequest, RemoveSession,
-    UpdateSession,
+    AddSession, InternalClientMessage, InternalRequest, RemoveSession, UpdateSession,
 };
 use crate::api::error::{self, ProtocolError};
 use crate::api::server::event_frame;
@@ -96,7 +94,7 @@ impl Hub {
         sid: &Arc<str>,
         id: Option<&str>,
         msg: InternalClientMessage,
-    ) {
+    ) -> Option<Wait> {
         let is_internal = self
             .lock()
             .sessions
@@ -104,23 +102,28 @@ impl Hub {
             .get(sid)
             .is_some_and(|s| s.kind == SessionKind::Internal);
         if !is_internal {
-            return self.reply_error(
+            self.reply_error(
                 sid,
                 id,
                 ProtocolError::new(error::NOT_ALLOWED, "Only internal clients may send this."),
             );
+            return None;
         }
         let req = match InternalRequest::try_from(msg) {
             Ok(r) => r,
-            Err(e) => return self.reply_error(sid, id, invalid_format(e)),
+            Err(e) => {
+                self.reply_error(sid, id, invalid_format(e));
+                return None;
+            }
         };
         match req {
-            InternalRequest::AddSession(add) => self.add_virtual(sid, id, add),
+            InternalRequest::AddSession(add) => return self.add_virtual(sid, id, add),
             InternalRequest::UpdateSession(u) => self.update_virtual(sid, id, u),
             InternalRequest::RemoveSession(r) => self.remove_virtual(sid, id, r),
             InternalRequest::InCall(i) => self.mutate(|st| st.internal_incall(sid, i.incall)),
             InternalRequest::Dialout(d) => self.dialout_message(sid, id, d),
         }
+        None
     }
 
     /// `updatesession`: a virtual session's in-call state or flags changed.
@@ -164,109 +167,99 @@ impl Hub {
         }
     }
 
-    /// `removesession`: a virtual session of this internal client ends.
-    fn remove_virtual(&self, sid: &Arc<str>, id: Option<&str>, r: RemoveSession) {
+    /// `removesession`: a virtual session of this internal client ends
+    /// here at once; Nextcloud is told after, and when that fails the
+    /// internal client gets `remove_failed` with the request id (as Go).
+    fn remove_virtual(self: &Arc<Self>, sid: &Arc<str>, id: Option<&str>, r: RemoveSession) {
         let removed = self.mutate(|st| {
             let vsid = st
                 .sessions
                 .map
                 .get(sid)
                 .and_then(|s| s.virtuals.get(&r.sessionid))
-                .cloned();
-            vsid.map(|vsid| st.end_session(&vsid, None)).is_some()
+                .filter(|v| st.sessions.map.contains_key(*v))
+                .cloned()?;
+            let s = &st.sessions.map[&vsid];
+            let nc = s.room.as_ref().map(|k| VirtualNc::of(s, k.room.clone()));
+            st.leave_room(&vsid, false);
+            st.end_session(&vsid, None);
+            Some(nc)
         });
-        if !removed {
-            self.reply_error(
+        match removed {
+            None => self.reply_error(
                 sid,
                 id,
                 ProtocolError::new(error::NO_SUCH_SESSION, "Unknown virtual session."),
-            );
-        }
-    }
-
-    fn add_virtual(&self, sid: &Arc<str>, id: Option<&str>, add: AddSession) {
-        if add.sessionid.is_empty() || add.roomid.is_empty() {
-            return self.reply_error(sid, id, invalid_format("sessionid and roomid are required"));
-        }
-        match self.mutate(|st| st.add_virtual(sid, add)) {
-            Ok(Some(added)) => self.tell_virtual_added(added),
-            Ok(None) => {}
-            Err(e) => self.reply_error(sid, id, e),
-        }
-    }
-
-    /// Tells Nextcloud (in the background) about a new virtual session: as
-    /// a room join with the actor when the internal client gave options,
-    /// else as an added session.
-    fn tell_virtual_added(&self, added: VirtualAdded) {
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let VirtualAdded {
-                vsid,
-                room,
-                options,
-                user_id,
-                user,
-                in_call,
-                url,
-                base,
-                secret,
-            } = added;
-            let result = match &options {
-                Some(o) => {
-                    let req = RoomRequest {
-                        version: "1.0",
-                        roomid: &room,
-                        userid: user_id.as_deref().unwrap_or(""),
-                        sessionid: &vsid,
-                        action: "join",
-                        actor_id: o.actor_id.as_deref(),
-                        actor_type: o.actor_type.as_deref(),
-                        in_call: Some(in_call),
-                    };
-                    client.post(&url, &base, &secret, "room", &req).await
-                }
-                None => {
-                    let req = SessionRequest {
-                        version: "1.0",
-                        roomid: &room,
-                        action: "add",
-                        sessionid: &vsid,
-                        userid: user_id.as_deref(),
-                        user: user.as_deref(),
-                    };
-                    client.post(&url, &base, &secret, "session", &req).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(room = ?room, "could not tell backend about virtual session: {e}");
+            ),
+            Some(None) => {}
+            Some(Some(nc)) => {
+                let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+                tokio::spawn(async move {
+                    if let Err(e) = nc.remove(&hub.client).await {
+                        hub.reply_error(&sid, id.as_deref(), e);
+                    }
+                });
             }
-        });
+        }
+    }
+
+    /// `addsession`: the virtual session is added once Nextcloud agreed
+    /// (the internal client's reader waits for that, as with Go, so its
+    /// next messages find the session); `add_failed` otherwise.
+    fn add_virtual(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<&str>,
+        add: AddSession,
+    ) -> Option<Wait> {
+        if add.sessionid.is_empty() || add.roomid.is_empty() {
+            self.reply_error(sid, id, invalid_format("sessionid and roomid are required"));
+            return None;
+        }
+        let pending = match self.mutate(|st| st.reserve_virtual(sid, add)) {
+            Ok(Some(p)) => p,
+            Ok(None) => return None,
+            Err(e) => {
+                self.reply_error(sid, id, e);
+                return None;
+            }
+        };
+        let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
+        Some(Box::pin(async move {
+            match pending.nc.add(&hub.client).await {
+                Ok(()) => hub.mutate(|st| st.add_virtual(&sid, pending)),
+                Err(e) => {
+                    hub.mutate(|st| st.unreserve_virtual(&sid, &pending));
+                    hub.reply_error(&sid, id.as_deref(), e);
+                }
+            }
+        }))
     }
 }
 
-/// A virtual session just added, as Nextcloud must be told about it.
-struct VirtualAdded {
-    vsid: Arc<str>,
-    room: String,
-    options: Option<AddSessionOptions>,
-    user_id: Option<Arc<str>>,
-    user: Option<Arc<RawValue>>,
-    in_call: u32,
-    url: Arc<str>,
-    base: Arc<str>,
-    secret: Vec<u8>,
+/// What the reader of a connection waits for before reading on.
+pub(crate) type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A virtual session waiting for Nextcloud: its id is reserved in the
+/// internal client's session, nothing else exists yet.
+pub(super) struct PendingVirtual {
+    nc: VirtualNc,
+    client_sid: String,
+    key: RoomKey,
+    flags: u32,
 }
 
 impl State {
-    /// Adds a virtual session of the internal client `sid` to a room it
-    /// names; None when the internal client is gone.
-    fn add_virtual(
+    /// Checks an `addsession` of the internal client `sid` (the room
+    /// exists, the id is new) and reserves its id; None when the internal
+    /// client is gone.
+    pub(super) fn reserve_virtual(
         &mut self,
         sid: &Arc<str>,
         add: AddSession,
-    ) -> Result<Option<VirtualAdded>, ProtocolError> {
-        let Some(owner) = self.sessions.map.get(sid) else {
+    ) -> Result<Option<PendingVirtual>, ProtocolError> {
+        let vsid: Arc<str> = format!("{}{}", self.bus.pid(), new_id()).into();
+        let Some(owner) = self.sessions.map.get_mut(sid) else {
             return Ok(None);
         };
         if owner.virtuals.contains_key(&add.sessionid) {
@@ -289,19 +282,70 @@ impl State {
         } else {
             flags::IN_CALL | flags::WITH_PHONE
         };
-        let vsid: Arc<str> = format!("{}{}", self.bus.pid(), new_id()).into();
+        let actor = add.options.and_then(|o| match (o.actor_id, o.actor_type) {
+            (Some(id), Some(kind)) if !id.is_empty() && !kind.is_empty() => {
+                Some(Arc::new(Actor { id, kind }))
+            }
+            _ => None,
+        });
+        owner.virtuals.insert(add.sessionid.clone(), vsid.clone());
+        Ok(Some(PendingVirtual {
+            nc: VirtualNc {
+                to: Nextcloud {
+                    url: owner.backend_url.clone(),
+                    base: owner.backend_base.clone(),
+                    secret: owner.backend.secret.clone(),
+                },
+                room: key.room.clone(),
+                vsid,
+                user_id: add.userid.filter(|u| !u.is_empty()).map(Arc::from),
+                user: add.user.map(Arc::from),
+                actor,
+                in_call,
+            },
+            client_sid: add.sessionid,
+            key,
+            flags: add.flags.unwrap_or(0),
+        }))
+    }
+
+    /// Nextcloud refused: the id is free again.
+    fn unreserve_virtual(&mut self, sid: &Arc<str>, p: &PendingVirtual) {
+        if let Some(o) = self.sessions.map.get_mut(sid) {
+            if o.virtuals.get(&p.client_sid) == Some(&p.nc.vsid) {
+                o.virtuals.remove(&p.client_sid);
+            }
+        }
+    }
+
+    /// Nextcloud agreed: the virtual session joins its room. When its
+    /// internal client went away meanwhile, Nextcloud is told it is gone.
+    pub(super) fn add_virtual(&mut self, sid: &Arc<str>, p: PendingVirtual) {
+        let reserved = self
+            .sessions
+            .map
+            .get(sid)
+            .is_some_and(|o| o.virtuals.get(&p.client_sid) == Some(&p.nc.vsid));
+        if !reserved {
+            self.effects.push(Effect::VirtualRemoved(p.nc));
+            return;
+        }
+        let owner = &self.sessions.map[sid];
+        let nc = p.nc;
+        let vsid = nc.vsid.clone();
         let v = Session {
             id: vsid.clone(),
             resume_id: None,
             kind: SessionKind::Virtual {
                 owner: sid.clone(),
-                client_sid: add.sessionid.clone(),
+                client_sid: p.client_sid,
+                actor: nc.actor,
             },
             backend: owner.backend.clone(),
             backend_base: owner.backend_base.clone(),
             backend_url: owner.backend_url.clone(),
-            user_id: add.userid.clone().filter(|u| !u.is_empty()).map(Arc::from),
-            user: add.user.map(Arc::from),
+            user_id: nc.user_id,
+            user: nc.user,
             features: Vec::new(),
             room: None,
             room_session_id: None,
@@ -310,35 +354,19 @@ impl State {
             queue: VecDeque::new(),
             queue_bytes: 0,
             carried: (0, 0),
-            in_call,
-            flags: add.flags.unwrap_or(0),
+            in_call: nc.in_call,
+            flags: p.flags,
             virtuals: HashMap::new(),
             fed_link: None,
             mcu_tasks: None,
             federated: None,
         };
-        let added = VirtualAdded {
-            vsid: vsid.clone(),
-            room: add.roomid,
-            options: add.options,
-            user_id: v.user_id.clone(),
-            user: v.user.clone(),
-            in_call,
-            url: owner.backend_url.clone(),
-            base: owner.backend_base.clone(),
-            secret: owner.backend.secret.clone(),
-        };
-        let vflags = v.flags;
         self.sessions.insert(v);
-        if let Some(o) = self.sessions.map.get_mut(sid) {
-            o.virtuals.insert(add.sessionid, vsid.clone());
-        }
         let rs = Some(vsid.clone());
-        self.join_room(&vsid, None, key.clone(), None, None, rs, false);
-        self.publish_internal_incall(&key);
-        if vflags != 0 {
-            self.flags_event(&key, &vsid, vflags);
+        self.join_room(&vsid, None, p.key.clone(), None, None, rs, false);
+        self.publish_internal_incall(&p.key);
+        if p.flags != 0 {
+            self.flags_event(&p.key, &vsid, p.flags);
         }
-        Ok(Some(added))
     }
 }

@@ -12,6 +12,7 @@ use super::effects::{Effect, Nextcloud};
 use super::outbox::CloseReason;
 use super::room::RoomKey;
 use super::session::SessionKind;
+use super::virtual_backend::VirtualNc;
 use super::{session_data_key, Hub, State};
 use crate::api::server::{frame, Bye, Frame};
 
@@ -131,7 +132,10 @@ impl State {
         self.sessions.room_deadlines.remove(sid);
         // A federation link ends (saying bye to B, so its members see the
         // session leave at once) when `s` and its handle of the link go.
-        if let SessionKind::Virtual { owner, client_sid } = &s.kind {
+        if let SessionKind::Virtual {
+            owner, client_sid, ..
+        } = &s.kind
+        {
             if let Some(o) = self.sessions.map.get_mut(owner) {
                 o.virtuals.remove(client_sid);
             }
@@ -156,14 +160,16 @@ impl State {
             m.command(crate::mcu::Command::CloseSession(sid.clone()));
         }
         let room_session_id = s.room_session_id.take();
+        let virtual_nc =
+            (notify_backend && s.is_virtual()).then(|| VirtualNc::of(s, key.room.clone()));
         // Permissions stay: leaving a room never grants any.
         let is_virtual = s.is_virtual();
         let notify = notify_backend && s.kind == SessionKind::Client;
         let user_id = s.user_id.clone();
+        let actor = s.federated.as_ref().and_then(|f| f.actor.clone());
         let backend_url = s.backend_url.clone();
         let backend_base = s.backend_base.clone();
         let secret = s.backend.secret.clone();
-        let notify_virtual = notify_backend && is_virtual;
         tracing::info!(session = %sid, backend = %key.backend, room = ?key.room, "left room");
 
         if let Some(room) = self.rooms.get_mut(&key) {
@@ -189,19 +195,15 @@ impl State {
             base: backend_base,
             secret,
         };
-        if notify_virtual {
-            self.effects.push(Effect::VirtualRemoved {
-                to,
-                room: key.room.clone(),
-                sid: sid.clone(),
-                user_id,
-            });
+        if let Some(nc) = virtual_nc {
+            self.effects.push(Effect::VirtualRemoved(nc));
         } else if let (true, Some(rs)) = (notify, room_session_id) {
             self.effects.push(Effect::Left {
                 to,
                 room: key.room.clone(),
                 user_id,
                 room_session_id: rs,
+                actor,
             });
         }
         Some(key)

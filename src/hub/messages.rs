@@ -175,7 +175,9 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
         return Ok(());
     }
     match &t.kind {
-        SessionKind::Virtual { owner, client_sid } => {
+        SessionKind::Virtual {
+            owner, client_sid, ..
+        } => {
             // Messages for a virtual session go to its internal client.
             let f = out.frame(Some(RecipientOut {
                 kind: "session",

@@ -38,6 +38,7 @@ mod tasks;
 mod tests;
 pub mod throttle;
 mod transient;
+mod virtual_backend;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,7 +188,8 @@ impl Hub {
         metrics: Metrics,
         bus: Arc<dyn Bus>,
     ) -> anyhow::Result<Arc<Hub>> {
-        let features = header_features(false);
+        let mcu = config.mcu.is_some();
+        let features = header_features(mcu);
         let client = BackendClient::new(
             config.backend.timeout,
             config.backend.connections_per_host,
@@ -220,7 +222,7 @@ impl Hub {
             "welcome",
             &ServerInfo {
                 version: VERSION,
-                features: &all_features(false),
+                features: &all_features(mcu),
             },
         );
         let federation_tls = federation::tls_config(config.federation.skip_verify)?;
@@ -321,22 +323,15 @@ impl Hub {
 
     /// The `welcome` frame sent right after connecting.
     pub fn welcome_frame(&self) -> Frame {
-        if self.mcu_connected() {
-            return frame(
-                None,
-                "welcome",
-                &ServerInfo {
-                    version: VERSION,
-                    features: &all_features(true),
-                },
-            );
-        }
         self.welcome.clone()
     }
 
-    /// True while the MCU (Janus) is connected: its features are announced.
-    pub fn mcu_connected(&self) -> bool {
-        self.mcu.get().is_some_and(|m| m.connected())
+    /// True when an MCU (Janus) is configured: its features are announced
+    /// from start-up on, also while Janus is away (as the Go server), so a
+    /// client saying hello during a Janus restart still uses the MCU once
+    /// it is back.
+    pub fn mcu_announced(&self) -> bool {
+        self.config.mcu.is_some()
     }
 
     /// `GET /api/v1/serverinfo` (as the Go server): version, features, the
@@ -358,10 +353,13 @@ impl Hub {
             .collect();
         let mut info = serde_json::json!({
             "version": VERSION,
-            "features": features(false, self.mcu_connected()),
+            "features": features(false, self.mcu_announced()),
         });
         if !dialout.is_empty() {
             info["dialout"] = serde_json::json!(dialout);
+        }
+        if let Some(m) = self.mcu.get() {
+            info["sfu"] = m.server_info();
         }
         if st.bus.clustered() {
             // Only scheme, host and port: credentials never leave.
@@ -416,7 +414,10 @@ impl Hub {
         let st = self.lock();
         let sessions = st.sessions.map.len();
         let disconnected = st.sessions.disconnected.len();
-        serde_json::json!({
+        // The Go server's keys at the top, this server's own under `hub`.
+        let mut v = serde_json::json!({
+            "sessions": sessions,
+            "rooms": st.rooms.len(),
             "hub": {
                 "sessions": sessions,
                 "disconnected": disconnected,
@@ -424,7 +425,12 @@ impl Hub {
                 "processes": st.cluster.processes.len() + 1,
                 "draining": self.draining(),
             }
-        })
+        });
+        drop(st);
+        if let Some(m) = self.mcu.get() {
+            v["mcu"] = m.stats();
+        }
+        v
     }
 
     /// Sets the gauges that describe the current state (at scrape time):

@@ -375,6 +375,7 @@ impl State {
                 room: j.key.room.clone(),
                 user_id: j.user_id,
                 room_session_id: rs,
+                actor: j.actor,
             });
         }
     }

@@ -36,7 +36,19 @@ pub enum SessionKind {
         owner: Arc<str>,
         /// The id the internal client chose.
         client_sid: String,
+        /// The Nextcloud actor the internal client gave (`options`).
+        actor: Option<Arc<Actor>>,
     },
+}
+
+/// The Nextcloud actor of a virtual session (`options.actorId` and
+/// `actorType` of its `addsession`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Actor {
+    /// `actorId`.
+    pub id: String,
+    /// `actorType`.
+    pub kind: String,
 }
 
 impl SessionKind {

@@ -167,14 +167,18 @@ async fn nextcloud_is_told_of_a_removed_virtual_session_only_after_the_lock_is_r
     let ok = hub.hello(&conn, None, internal_hello(None)).await.unwrap();
     let join = serde_json::from_str(r#"{"roomid":"r1"}"#).unwrap();
     hub.room_request(&ok.sid, None, join).await;
-    let add = r#"{"type":"addsession","addsession":{"sessionid":"v1","roomid":"r1"}}"#;
-    hub.internal(&ok.sid, None, serde_json::from_str(add).unwrap());
+    // As once Nextcloud agreed (no Nextcloud here).
+    let add = serde_json::from_str(r#"{"sessionid":"v1","roomid":"r1"}"#).unwrap();
+    hub.mutate(|st| {
+        let pending = st.reserve_virtual(&ok.sid, add).unwrap().unwrap();
+        st.add_virtual(&ok.sid, pending);
+    });
     let vsid = hub.lock().sessions.map[&ok.sid].virtuals["v1"].clone();
     {
         let mut st = hub.lock();
         st.end_session(&vsid, None);
         assert!(
-            matches!(&st.effects[..], [super::Effect::VirtualRemoved { sid, .. }] if *sid == vsid),
+            matches!(&st.effects[..], [super::Effect::VirtualRemoved(nc)] if nc.vsid == vsid),
             "recorded under the lock, not sent"
         );
     }

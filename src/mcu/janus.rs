@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::info::JanusInfo;
 pub use super::janus_kind::{JanusKind, VideoroomKind};
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +93,8 @@ struct Pending {
 
 struct Conn {
     session: u64,
+    /// Janus's `info` answer and when the session was created.
+    info: Arc<JanusInfo>,
     out: mpsc::UnboundedSender<String>,
     /// Cancelled when Janus forgot the session (458): reconnect.
     broken: CancellationToken,
@@ -159,6 +162,11 @@ impl Gateway {
     /// True while a Janus session is up.
     pub fn connected(&self) -> bool {
         lock(&self.shared.conn).is_some()
+    }
+
+    /// What Janus said about itself, while a Janus session is up.
+    pub fn info(&self) -> Option<Arc<JanusInfo>> {
+        lock(&self.shared.conn).as_ref().map(|c| c.info.clone())
     }
 
     /// Sends a request on the current session and waits for its answer (at
@@ -290,10 +298,10 @@ impl Gateway {
         let mut delay = FIRST_RETRY;
         loop {
             match self.connect(&url).await {
-                Ok((ws, session, keepalive)) => {
+                Ok((ws, session, info)) => {
                     delay = FIRST_RETRY;
                     tracing::info!(session, "connected to Janus");
-                    self.serve(ws, session, keepalive, &events, &cancel).await;
+                    self.serve(ws, session, info, &events, &cancel).await;
                     *lock(&self.shared.conn) = None;
                     self.fail_pending();
                     let _ = events.send(GatewayEvent::Disconnected);
@@ -315,7 +323,7 @@ impl Gateway {
     }
 
     /// Opens the WebSocket, checks `info` and creates the session.
-    async fn connect(&self, url: &str) -> Result<(Ws, u64, Duration), String> {
+    async fn connect(&self, url: &str) -> Result<(Ws, u64, JanusInfo), String> {
         let mut req = url
             .into_client_request()
             .map_err(|e| format!("bad URL: {e}"))?;
@@ -350,7 +358,11 @@ impl Gateway {
         let session = created["data"]["id"]
             .as_u64()
             .ok_or("create without session id")?;
-        Ok((ws, session, keepalive_for(&info)))
+        Ok((
+            ws,
+            session,
+            JanusInfo::new(info, std::time::SystemTime::now()),
+        ))
     }
 
     /// One request/reply before the session exists (nothing else is in
@@ -384,10 +396,11 @@ impl Gateway {
         &self,
         ws: Ws,
         session: u64,
-        keepalive: Duration,
+        info: JanusInfo,
         events: &mpsc::UnboundedSender<GatewayEvent>,
         cancel: &CancellationToken,
     ) {
+        let keepalive = keepalive_for(info.raw());
         let (mut sink, mut stream) = ws.split();
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
         // Keepalives wait for their answer through this loop, so they run
@@ -395,6 +408,7 @@ impl Gateway {
         let broken = CancellationToken::new();
         *lock(&self.shared.conn) = Some(Conn {
             session,
+            info: Arc::new(info),
             out: out_tx,
             broken: broken.clone(),
         });
@@ -523,6 +537,7 @@ mod tests {
         let (out, mut sent) = mpsc::unbounded_channel();
         *lock(&gw.shared.conn) = Some(Conn {
             session: 7,
+            info: Arc::new(JanusInfo::new(json!({}), std::time::UNIX_EPOCH)),
             out,
             broken: CancellationToken::new(),
         });
@@ -564,6 +579,7 @@ mod tests {
         let (out, mut sent) = mpsc::unbounded_channel();
         *lock(&gw.shared.conn) = Some(Conn {
             session: 7,
+            info: Arc::new(JanusInfo::new(json!({}), std::time::UNIX_EPOCH)),
             out,
             broken: CancellationToken::new(),
         });

@@ -7,6 +7,7 @@
 //! [`Command`]. What Janus says on its own (candidates, renegotiation
 //! offers) goes back to the hub as [`Signal`]s.
 
+pub mod info;
 pub mod janus;
 pub mod janus_kind;
 mod publisher;
@@ -277,6 +278,29 @@ impl Mcu {
     /// True while Janus is connected.
     pub fn connected(&self) -> bool {
         self.gw.connected()
+    }
+
+    /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).
+    pub fn server_info(&self) -> Value {
+        info::serverinfo(&self.cfg.url, self.gw.info().as_deref())
+    }
+
+    /// `mcu` of `/api/v1/stats` (the Go server's shape): publishers and
+    /// clients (publishers and subscribers) of this process.
+    pub fn stats(&self) -> Value {
+        let (publishers, clients) = {
+            let reg = lock(&self.reg);
+            (
+                reg.publishers.len(),
+                reg.publishers.len() + reg.subscribers.len(),
+            )
+        };
+        info::stats(
+            &self.cfg.url,
+            self.gw.info().as_deref(),
+            publishers,
+            clients,
+        )
     }
 
     /// The `[mcu]` settings.

@@ -162,31 +162,57 @@ async fn invite_reaches_invited_users_with_properties() {
     ts.stop().await;
 }
 
+/// After `disinvite`, a session in that room gets the `roomlist` event and
+/// then its connection closes (1000): the session ended, as with the Go
+/// server (which closes a session after sending it a disinvite for its
+/// room). The room's others see it leave and Nextcloud gets its `leave`.
 #[tokio::test]
-async fn disinvite_removes_the_users_sessions_from_the_room() {
+async fn disinvite_ends_the_users_sessions_in_that_room() {
     let ts = TestServer::start().await;
     let (mut a, mut b, mut c, _d) = setup(&ts).await;
+    // Bob's second session, in no room: told, but it goes on.
+    let mut b2 = ts.client(Some("bob")).await;
     let (status, _) = ts.backend_request("room1", &json!({"type": "disinvite", "disinvite": {"userids": ["bob"], "alluserids": ["alice"]}})).await;
     assert_eq!(status, 200);
-    let ev = b
-        .wait_for(|m| m["type"] == "event" && m["event"]["target"] == "roomlist")
-        .await;
-    assert_eq!(ev["event"]["type"], "disinvite");
-    assert_eq!(ev["event"]["disinvite"]["roomid"], "room1");
-    let r = b.wait_for(|m| m["type"] == "room").await;
-    assert_eq!(r["room"]["roomid"], "");
+    let ev = b.recv_or_close().await.expect("the disinvite comes first");
+    assert_eq!(ev["type"], "event", "{ev}");
+    assert_eq!(
+        ev["event"],
+        json!({"target": "roomlist", "type": "disinvite",
+               "disinvite": {"roomid": "room1", "reason": "disinvited"}})
+    );
+    assert_eq!(b.recv_or_close().await, Err(Some(1000)), "then the close");
     let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
     assert_eq!(l["event"]["leave"], json!([b.session_id]));
-    // Bob no longer gets room messages.
+    ts.nc
+        .wait_for("room", |r| {
+            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-bob"
+        })
+        .await;
+    // The session is gone: its resume id is unknown.
+    let mut again = ts.connect().await;
+    again.expect_type("welcome").await;
+    again
+        .send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": b.resume_id}}))
+        .await;
+    again.expect_error("no_such_session").await;
+    let ev = b2.expect_type("event").await;
+    assert_eq!(ev["event"]["type"], "disinvite", "{ev}");
+    // Bob's other session is not in that room and stays.
+    a.message_to(
+        json!({"type": "session", "sessionid": b2.session_id}),
+        json!({"still": 1}),
+    )
+    .await;
+    assert_eq!(b2.recv().await["message"]["data"]["still"], 1);
     a.message_to(json!({"type": "room"}), json!({"after": 1}))
         .await;
-    nothing_before_marker(&mut a, &mut b).await;
     nothing_before_marker(&mut a, &mut c).await;
     ts.stop().await;
 }
 
 #[tokio::test]
-async fn disinvite_by_nextcloud_session_id_removes_guests() {
+async fn disinvite_by_nextcloud_session_id_ends_guests() {
     let ts = TestServer::start().await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut g = ts.client(None).await;
@@ -197,8 +223,9 @@ async fn disinvite_by_nextcloud_session_id_removes_guests() {
         &json!({"type": "disinvite", "disinvite": {"userids": [], "sessionids": ["nc-guest"]}}),
     )
     .await;
-    let r = g.wait_for(|m| m["type"] == "room").await;
-    assert_eq!(r["room"]["roomid"], "");
+    let ev = g.wait_for(|m| m["event"]["target"] == "roomlist").await;
+    assert_eq!(ev["event"]["type"], "disinvite", "{ev}");
+    assert_eq!(g.recv_or_close().await, Err(Some(1000)));
     a.wait_for(|m| m["event"]["type"] == "leave").await;
     ts.stop().await;
 }

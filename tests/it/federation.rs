@@ -189,11 +189,20 @@ async fn a_federated_user_and_local_users_share_a_call() {
     );
     let l = bob.wait_for(|m| m["event"]["type"] == "leave").await;
     assert_eq!(l["event"]["leave"], json!([r]));
-    s.b.nc
-        .wait_for("room", |r| {
-            r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
-        })
-        .await;
+    let leave =
+        s.b.nc
+            .wait_for("room", |r| {
+                r["room"]["action"] == "leave" && r["room"]["sessionid"] == "nc-alice"
+            })
+            .await;
+    // With the actor of the token, like the join (as the Go server).
+    assert_eq!(leave.body["room"]["actortype"], "federated_users");
+    assert_eq!(
+        leave.body["room"]["actorid"], join.body["room"]["actorid"],
+        "{}",
+        leave.body
+    );
+    assert!(leave.body["room"]["actorid"].is_string(), "{}", leave.body);
     s.a.stop().await;
     s.b.stop().await;
 }

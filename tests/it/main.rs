@@ -20,6 +20,7 @@ mod federation_limits;
 mod forwarded;
 mod frames;
 mod fuzz_parsers;
+mod go_parity;
 mod hello;
 mod logs;
 mod mcu;

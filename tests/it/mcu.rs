@@ -6,15 +6,17 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::support::janus::{audio_offer, audio_video_offer, Janus, Observer};
+use crate::support::janus::{
+    audio_offer, audio_video_offer, janus_info, wait_janus, Janus, Observer,
+};
 use crate::support::{Client, TestServer};
 use serde_json::{json, Value};
 
-/// Janus and a server using it, once the server announced `mcu`.
+/// Janus and a server using it, once the server is connected to Janus.
 async fn setup(extra: &str) -> (Janus, TestServer) {
     let j = Janus::start().await;
     let ts = TestServer::start_with(&j.mcu_section(extra)).await;
-    wait_features(&ts, true).await;
+    wait_janus(&ts, true).await;
     (j, ts)
 }
 
@@ -33,26 +35,11 @@ async fn welcome_features(ts: &TestServer) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `/api/v1/welcome` does (or does not) list the MCU features.
-async fn wait_features(ts: &TestServer, mcu: bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let f = welcome_features(ts).await;
-        let has = ["mcu", "simulcast", "update-sdp"]
-            .iter()
-            .all(|x| f.iter().any(|y| y == x));
-        let none = !["mcu", "simulcast", "update-sdp"]
-            .iter()
-            .any(|x| f.iter().any(|y| y == x));
-        if (mcu && has) || (!mcu && none) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "features never became mcu={mcu}: {f:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// True when a feature list has all of the MCU's features.
+fn has_mcu_features(f: &[String]) -> bool {
+    ["mcu", "simulcast", "update-sdp"]
+        .iter()
+        .all(|x| f.iter().any(|y| y == x))
 }
 
 fn offer(to: &str, room_type: &str, sdp: &str, sid: &str) -> Value {
@@ -309,7 +296,7 @@ async fn publishing_obeys_media_permissions_and_revoking_closes_the_publisher() 
         );
     }
     let ts = TestServer::start_on(nc, &j.mcu_section("")).await;
-    wait_features(&ts, true).await;
+    wait_janus(&ts, true).await;
     let mut obs = Observer::connect(&j.url()).await;
 
     let mut none = ts.client(Some("none")).await;
@@ -479,7 +466,8 @@ async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
 }
 
 #[tokio::test]
-async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it() {
+async fn the_mcu_stays_announced_while_janus_restarts_and_a_client_of_the_outage_publishes_after_it(
+) {
     let (mut j, ts) = setup("").await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let me = a.session_id.clone();
@@ -487,48 +475,58 @@ async fn a_janus_restart_withdraws_the_features_and_new_publishes_work_after_it(
     assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
 
     j.kill();
-    wait_features(&ts, false).await;
-    // Nothing else stalls meanwhile: hellos, joins and messages work, and
-    // a hello does not announce the MCU.
-    let mut b = ts.client(Some("bob")).await;
+    wait_janus(&ts, false).await;
+    // The features stay (as the Go server announces them from start-up
+    // on): a client saying hello now is not told that there is no MCU.
+    assert!(has_mcu_features(&welcome_features(&ts).await));
+    let away = ts_hello_features(&ts).await;
+    assert!(has_mcu_features(&away), "{away:?}");
+    assert_eq!(header_features(&ts).await, away);
+    // Bob says hello during the outage, with the MCU in his features.
+    let mut b = ts.connect().await;
+    let w = b.expect_type("welcome").await;
+    assert!(
+        w["welcome"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "mcu"),
+        "{w}"
+    );
+    let h = b
+        .hello_v1(&ts.nc.backend_url(), json!({"userid": "bob"}))
+        .await;
+    assert!(
+        h["hello"]["server"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "mcu"),
+        "{h}"
+    );
     b.join("room1", "nc-bob").await;
     a.wait_join_of(&b.session_id).await;
+    // Nothing else stalls meanwhile.
     send_to(&mut b, "x", &me, json!("still here")).await;
     a.wait_for(|m| m["message"]["data"] == "still here").await;
-    let away = ts_hello_features(&ts).await;
-    assert!(
-        !away
-            .iter()
-            .any(|f| f == "mcu" || f == "simulcast" || f == "update-sdp"),
-        "{away:?}"
-    );
-    assert_eq!(header_features(&ts).await, away);
-    // A publish while Janus is away fails at once.
-    let m = publish(&mut a, "video", &audio_offer(), "2").await;
-    assert!(
-        m["error"]["code"] == "client_not_found" || m["error"]["code"] == "processing_failed",
-        "{m}"
-    );
+    // His publish while Janus is away fails at once, with its request id.
+    let m = publish(&mut b, "video", &audio_offer(), "2").await;
+    assert_eq!(m["type"], "error", "{m}");
+    assert_eq!(m["id"], "offer", "{m}");
+    assert_eq!(m["error"]["code"], "client_not_found", "{m}");
 
     j.restart().await;
-    wait_features(&ts, true).await;
-    let mut c = ts.client(Some("carol")).await;
-    let hello_features = ts_hello_features(&ts).await;
-    assert!(
-        hello_features.iter().any(|f| f == "mcu"),
-        "{hello_features:?}"
-    );
-    // The X-Spreed-Signaling-Features header says the same as the hello.
-    assert_eq!(header_features(&ts).await, hello_features);
-    c.join("room1", "nc-carol").await;
-    let m = publish(&mut a, "video", &audio_offer(), "3").await;
+    wait_janus(&ts, true).await;
+    // The same client publishes once Janus is back.
+    let bob = b.session_id.clone();
+    let m = publish(&mut b, "video", &audio_offer(), "3").await;
     assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
-    assert_eq!(
-        m["message"]["data"]["sid"], "3",
-        "a new publisher after the restart"
-    );
+    assert_eq!(m["message"]["data"]["sid"], "3", "{m}");
+    let m = publish(&mut a, "video", &audio_offer(), "4").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
     let mut obs = Observer::connect(&j.url()).await;
     obs.wait_room(&me, "video", true).await;
+    obs.wait_room(&bob, "video", true).await;
     ts.stop().await;
 }
 
@@ -564,7 +562,7 @@ async fn ts_hello_features(ts: &TestServer) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn without_janus_connected_no_mcu_feature_is_announced_and_messages_flow() {
+async fn without_janus_the_mcu_is_announced_offers_fail_with_their_id_and_messages_flow() {
     // Janus is configured but not running.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -576,8 +574,13 @@ async fn without_janus_connected_no_mcu_feature_is_announced_and_messages_flow()
     ))
     .await;
     let f = welcome_features(&ts).await;
-    assert!(!f.iter().any(|x| x == "mcu"), "{f:?}");
+    assert!(has_mcu_features(&f), "{f:?}");
     assert!(f.iter().any(|x| x == "offer-codecs"), "{f:?}");
+    let janus = janus_info(&ts).await;
+    assert_eq!(
+        janus,
+        json!({"url": format!("ws://127.0.0.1:{port}/"), "connected": false})
+    );
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     a.wait_join_of(&b.session_id).await;
@@ -585,6 +588,7 @@ async fn without_janus_connected_no_mcu_feature_is_announced_and_messages_flow()
     let me = a.session_id.clone();
     let m = publish(&mut a, "video", &audio_offer(), "1").await;
     assert_eq!(m["error"]["code"], "client_not_found", "{m}");
+    assert_eq!(m["id"], "offer", "{m}");
     send_to(
         &mut a,
         "x",
@@ -604,14 +608,67 @@ async fn keepalives_hold_the_janus_session_of_an_idle_server() {
     // its session alive (at half of Janus's session-timeout) while idle.
     let j = Janus::start_with(Some(2)).await;
     let ts = TestServer::start_with(&j.mcu_section("")).await;
-    wait_features(&ts, true).await;
+    wait_janus(&ts, true).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     // Idle for three session timeouts (the behaviour under test is time).
     tokio::time::sleep(Duration::from_secs(6)).await;
     let m = publish(&mut a, "video", &audio_offer(), "1").await;
     assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
-    let f = welcome_features(&ts).await;
-    assert!(f.iter().any(|x| x == "mcu"), "{f:?}");
+    assert_eq!(janus_info(&ts).await["connected"], true);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn serverinfo_and_stats_report_janus_in_the_go_servers_shapes() {
+    let (j, ts) = setup("").await;
+    let info = janus_info(&ts).await;
+    assert_eq!(info["url"], format!("{}/", j.url()), "{info}");
+    assert_eq!(info["connected"], true, "{info}");
+    assert_eq!(info["name"], "Janus WebRTC Server", "{info}");
+    assert!(
+        info["version"].as_str().unwrap().starts_with("1."),
+        "{info}"
+    );
+    assert!(info["author"].is_string(), "{info}");
+    assert_eq!(info["datachannels"], true, "{info}");
+    assert!(info["fulltrickle"].is_boolean(), "{info}");
+    assert!(info["ipv6"].is_boolean(), "{info}");
+    assert_eq!(
+        info["videoroom"]["name"], "JANUS VideoRoom plugin",
+        "{info}"
+    );
+    assert!(info["videoroom"]["version"].is_string(), "{info}");
+
+    let stats = || async {
+        let v: Value = reqwest::get(format!("{}/api/v1/stats", ts.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v
+    };
+    let v = stats().await;
+    let mcu = &v["mcu"];
+    assert_eq!(mcu["url"], format!("{}/", j.url()), "{v}");
+    assert_eq!(mcu["connected"], true, "{v}");
+    assert_eq!(mcu["publishers"], 0, "{v}");
+    assert_eq!(mcu["clients"], 0, "{v}");
+    let up = mcu["uptime"].as_str().unwrap();
+    assert!(up.ends_with('Z') && up.len() == 24, "RFC 3339: {up}");
+    assert_eq!(v["sessions"], 0, "{v}");
+    assert_eq!(v["rooms"], 0, "{v}");
+
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let m = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let v = stats().await;
+    assert_eq!(v["sessions"], 2, "{v}");
+    assert_eq!(v["rooms"], 1, "{v}");
+    assert_eq!(v["mcu"]["publishers"], 1, "{v}");
+    assert_eq!(v["mcu"]["clients"], 1, "{v}");
     ts.stop().await;
 }
 
@@ -631,7 +688,7 @@ async fn a_requestoffer_to_a_session_of_another_process_is_answered_through_its_
             || hub.known_processes() == 1,
         )
         .await;
-        wait_features(s, true).await;
+        wait_janus(s, true).await;
     }
     let mut a = s1.client_in_room("alice", "room1").await;
     let mut b = s2.client_in_room("bob", "room1").await;
@@ -749,7 +806,7 @@ async fn the_backend_bitrate_limits_lower_the_rooms_and_the_join_bandwidth() {
         j.mcu_section("")
     ))
     .await;
-    wait_features(&ts, true).await;
+    wait_janus(&ts, true).await;
     let mut a = ts.client(Some("alice")).await;
     let join = a.join("room1", "nc-alice").await;
     assert_eq!(

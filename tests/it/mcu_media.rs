@@ -224,20 +224,7 @@ async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
 }
 
 async fn wait_mcu(ts: &TestServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = reqwest::get(format!("{}/api/v1/welcome", ts.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["features"].as_array().unwrap().iter().any(|f| f == "mcu") {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no mcu feature");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::janus::wait_janus(ts, true).await;
 }
 
 /// The publisher peer offers; the server answers from Janus.
@@ -519,26 +506,10 @@ async fn screen_sharing_revocation_and_a_janus_restart_with_real_media() {
     pb.assert_video_stopped(Duration::from_millis(1500)).await;
     drop(obs);
 
-    // Janus restarts: features go and come back, the publisher publishes
-    // again with a new PeerConnection and Bob receives it.
+    // Janus restarts: the server sees it go and come back, the publisher
+    // publishes again with a new PeerConnection and Bob receives it.
     j.kill();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = reqwest::get(format!("{}/api/v1/welcome", ts.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !v["features"].as_array().unwrap().iter().any(|f| f == "mcu") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "mcu still announced"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::janus::wait_janus(&ts, false).await;
     j.restart().await;
     wait_mcu(&ts).await;
     let mut screen2 = Peer::start(&["publish", "video"]).await;

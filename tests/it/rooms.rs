@@ -529,3 +529,140 @@ async fn internal_clients_in_call_flags() {
     assert_eq!(me(&p)["inCall"], 3);
     ts.stop().await;
 }
+
+/// An internal client's virtual session joins its room only once
+/// Nextcloud agreed, as with the Go server; a refusal or a Nextcloud that
+/// cannot be asked answers `add_failed` with the request id, and a removal
+/// Nextcloud could not be told of `remove_failed` (the session is gone
+/// anyway). With an actor (`options`) the requests are the room's `join`
+/// and `leave` carrying it.
+#[tokio::test]
+async fn virtual_sessions_are_added_only_once_nextcloud_agreed() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.wait_join_of(&a.session_id.clone()).await;
+    let mut sip = ts.connect().await;
+    sip.expect_type("welcome").await;
+    sip.send(internal_hello("0123456789012345678901234567890123456789"))
+        .await;
+    sip.expect_type("hello").await;
+    let add = |id: &str, sid: &str, options: Value| {
+        json!({"id": id, "type": "internal", "internal": {"type": "addsession", "addsession": {
+            "sessionid": sid, "roomid": "room1", "options": options}}})
+    };
+    let remove = |id: &str, sid: &str| {
+        json!({"id": id, "type": "internal", "internal": {"type": "removesession", "removesession": {
+            "sessionid": sid, "roomid": "room1"}}})
+    };
+    let actor = json!({"actorId": "+49123", "actorType": "phones"});
+
+    ts.nc.state.lock().unwrap().refuse_virtual = true;
+    sip.send(add("a1", "phone-1", Value::Null)).await;
+    let e = sip.expect_type("error").await;
+    assert_eq!(e["id"], "a1", "{e}");
+    assert_eq!(e["error"]["code"], "add_failed", "{e}");
+    assert_eq!(e["error"]["message"], "Could not add virtual session.");
+    sip.send(add("a2", "phone-1", actor.clone())).await;
+    let e = sip.expect_type("error").await;
+    assert_eq!(e["id"], "a2", "{e}");
+    assert_eq!(e["error"]["code"], "add_failed", "{e}");
+    assert_eq!(
+        e["error"]["message"], "No phones here.",
+        "Nextcloud's message"
+    );
+    // Nobody saw a session come.
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let j = a.wait_for(|m| m["event"]["type"] == "join").await;
+    assert_eq!(join_ids(&j), vec![b.session_id.clone()], "{j}");
+
+    // Accepted: Nextcloud was asked before the room saw it join.
+    ts.nc.state.lock().unwrap().refuse_virtual = false;
+    sip.send(add("a3", "phone-1", Value::Null)).await;
+    let j = a.wait_for(|m| m["event"]["type"] == "join").await;
+    let vsid = join_ids(&j)[0].clone();
+    assert!(
+        ts.nc
+            .requests("session")
+            .iter()
+            .any(|r| r.body["session"]["action"] == "add"
+                && r.body["session"]["sessionid"] == vsid.as_str()),
+        "asked first"
+    );
+    b.wait_join_of(&vsid).await;
+    ts.nc.state.lock().unwrap().refuse_virtual = true;
+    sip.send(remove("r1", "phone-1")).await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([vsid]));
+    let e = sip.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["id"], "r1", "{e}");
+    assert_eq!(e["error"]["code"], "remove_failed", "{e}");
+
+    // With an actor: the room's join and leave, carrying it.
+    ts.nc.state.lock().unwrap().refuse_virtual = false;
+    sip.send(add("a4", "phone-2", actor)).await;
+    let j = a.wait_for(|m| m["event"]["type"] == "join").await;
+    let v2 = join_ids(&j)[0].clone();
+    let join = ts
+        .nc
+        .wait_for("room", |r| r["room"]["sessionid"] == v2.as_str())
+        .await;
+    assert_eq!(join.body["room"]["action"], "join");
+    assert_eq!(join.body["room"]["actorid"], "+49123");
+    assert_eq!(join.body["room"]["actortype"], "phones");
+    ts.nc.state.lock().unwrap().refuse_virtual = true;
+    sip.send(remove("r2", "phone-2")).await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([v2]));
+    let e = sip.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["id"], "r2", "{e}");
+    assert_eq!(e["error"]["code"], "remove_failed", "{e}");
+    assert_eq!(e["error"]["message"], "No phones here.");
+    let leave = ts
+        .nc
+        .wait_for("room", |r| {
+            r["room"]["sessionid"] == v2.as_str() && r["room"]["action"] == "leave"
+        })
+        .await;
+    assert_eq!(leave.body["room"]["actorid"], "+49123");
+    // The internal client goes on.
+    sip.send(remove("r3", "phone-2")).await;
+    let e = sip.expect_type("error").await;
+    assert_eq!(e["error"]["code"], "no_such_session", "{e}");
+    ts.stop().await;
+}
+
+/// `[backend] connectionsperhost`, as in the Go server: at most that many
+/// requests to one Nextcloud host at once; the others wait their turn
+/// (and all succeed), counted in `signaling_http_client_pool_connections`.
+#[tokio::test]
+async fn connectionsperhost_caps_the_requests_to_a_nextcloud_at_once() {
+    let ts = TestServer::start_with("[backend]\nconnectionsperhost = 2\n").await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(ts.client(Some(&format!("user{i}"))).await);
+    }
+    ts.nc.state.lock().unwrap().room_delay = Some(std::time::Duration::from_millis(400));
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(json!({"id": "join", "type": "room", "room": {"roomid": "room1", "sessionid": format!("nc-{i}")}}))
+            .await;
+    }
+    // While two wait for Nextcloud, the gauge says so.
+    let host = ts.nc.url.trim_start_matches("http://").to_string();
+    let line = format!("signaling_http_client_pool_connections{{host=\"{host}\"}} 2");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !ts.metrics_text().await.contains(&line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never two requests in flight: {line}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for c in clients.iter_mut() {
+        let r = c
+            .wait_for(|m| m["type"] == "room" || m["type"] == "error")
+            .await;
+        assert_eq!(r["room"]["roomid"], "room1", "{r}");
+    }
+    assert_eq!(ts.nc.state.lock().unwrap().max_joins_in_flight, 2);
+    ts.stop().await;
+}

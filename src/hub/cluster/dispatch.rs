@@ -191,6 +191,7 @@ impl Hub {
                         room: key.room.clone(),
                         user_id: info.userid.as_deref().map(Arc::from),
                         room_session_id: rs.as_str().into(),
+                        actor: None,
                     });
                 }
             }

@@ -138,9 +138,9 @@ impl State {
     pub(crate) fn member_info(&self, sid: &str) -> Option<MemberInfo> {
         let s = self.sessions.map.get(sid)?;
         let (virtual_owner, client_sid) = match &s.kind {
-            SessionKind::Virtual { owner, client_sid } => {
-                (Some(owner.to_string()), Some(client_sid.clone()))
-            }
+            SessionKind::Virtual {
+                owner, client_sid, ..
+            } => (Some(owner.to_string()), Some(client_sid.clone())),
             _ => (None, None),
         };
         Some(MemberInfo {

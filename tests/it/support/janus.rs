@@ -319,3 +319,32 @@ pub fn audio_video_offer() -> String {
     .join("\r\n");
     format!("{base}{video}")
 }
+
+/// `/api/v1/serverinfo`'s Janus block (`sfu.janus`) of a server.
+pub async fn janus_info(ts: &crate::support::TestServer) -> Value {
+    let v: Value = reqwest::get(format!("{}/api/v1/serverinfo", ts.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["sfu"]["mode"], "janus", "{v}");
+    v["sfu"]["janus"].clone()
+}
+
+/// Waits until the server reports its Janus (`/api/v1/serverinfo`,
+/// `sfu.janus.connected`) as connected or not.
+pub async fn wait_janus(ts: &crate::support::TestServer, connected: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = janus_info(ts).await;
+        if j["connected"] == connected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Janus never became connected={connected}: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

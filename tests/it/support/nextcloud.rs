@@ -38,6 +38,12 @@ pub struct NcState {
     pub capability_fetches: usize,
     /// Delay for room answers (to test that slow backends stall nobody).
     pub room_delay: Option<Duration>,
+    /// Delayed room joins being answered now, and the most at once.
+    pub joins_in_flight: usize,
+    pub max_joins_in_flight: usize,
+    /// Virtual sessions are refused: `session` requests get HTTP 500 and
+    /// room requests with an actor an error answer.
+    pub refuse_virtual: bool,
     /// A key an attacker uploaded as a file under `/remote.php/dav/`.
     pub dav_key: Option<String>,
     /// Requests that reached `/remote.php/dav/`.
@@ -109,8 +115,19 @@ async fn backend_handler(
             ocs(json!({"type": "auth", "auth": auth})).into_response()
         }
         "room" => {
-            if let (Some(d), Some("join")) = (delay, v["room"]["action"].as_str()) {
+            // A join (the Go server sends no `action` with it).
+            let join = matches!(v["room"]["action"].as_str(), None | Some("join"));
+            if let (Some(d), true) = (delay, join) {
+                {
+                    let mut st = nc.state.lock().unwrap();
+                    st.joins_in_flight += 1;
+                    st.max_joins_in_flight = st.max_joins_in_flight.max(st.joins_in_flight);
+                }
                 tokio::time::sleep(d).await;
+                nc.state.lock().unwrap().joins_in_flight -= 1;
+            }
+            if v["room"].get("actorid").is_some() && nc.state.lock().unwrap().refuse_virtual {
+                return ocs(json!({"type": "error", "error": {"code": "not_allowed", "message": "No phones here."}})).into_response();
             }
             let room = v["room"]["roomid"].as_str().unwrap_or("");
             if room.starts_with("forbidden") {
@@ -126,6 +143,9 @@ async fn backend_handler(
         "ping" => {
             ocs(json!({"type": "room", "room": {"version": "1.0", "roomid": v["ping"]["roomid"]}}))
                 .into_response()
+        }
+        "session" if nc.state.lock().unwrap().refuse_virtual => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "broken").into_response()
         }
         "session" => ocs(json!({"type": "session", "session": {"version": "1.0"}})).into_response(),
         _ => (StatusCode::BAD_REQUEST, "unknown").into_response(),
