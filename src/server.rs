@@ -350,6 +350,8 @@ impl Server {
         {
             tracing::warn!("shutdown grace period over, dropping remaining connections");
         }
+        // Nextcloud hears of the sessions that ended (their leaves).
+        self.hub.finish_backend_requests().await;
         if let Some(path) = &self.state_file {
             match self.hub.save_state(path) {
                 Ok(sessions) => tracing::info!(

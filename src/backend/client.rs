@@ -50,6 +50,9 @@ pub struct BackendClient {
     /// Requests in flight per host (`[backend] connectionsperhost`).
     hosts: Arc<HostSlots>,
     per_host: usize,
+    /// Requests nobody waits for (a session's leave): shutdown lets them
+    /// finish.
+    background: tokio_util::task::TaskTracker,
     max_response: usize,
     refused: Option<prometheus::IntCounterVec>,
     stats: Option<ClientStats>,
@@ -128,6 +131,7 @@ impl BackendClient {
             slots: Arc::new(Semaphore::new(1)),
             hosts: Arc::new(HostSlots::new(connections_per_host, None)),
             per_host: connections_per_host,
+            background: tokio_util::task::TaskTracker::new(),
             max_response: usize::MAX,
             refused: None,
             stats: None,
@@ -184,6 +188,26 @@ impl BackendClient {
     fn refuse(&self, limit: &str) {
         if let Some(r) = &self.refused {
             r.with_label_values(&[limit]).inc();
+        }
+    }
+
+    /// Runs a request whose answer nobody waits for, tracked so that
+    /// [`BackendClient::finish`] can let it finish before the process ends.
+    pub fn spawn(&self, request: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.background.spawn(request);
+    }
+
+    /// Waits (at most the request timeout) for the requests
+    /// [`BackendClient::spawn`]ed so far: Nextcloud hears of the sessions
+    /// that ended at shutdown or at the end of a drain.
+    pub async fn finish(&self) {
+        self.background.close();
+        let wait = self.background.wait();
+        if tokio::time::timeout(self.timeout + Duration::from_millis(100), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests to Nextcloud still running at exit were dropped");
         }
     }
 

@@ -46,9 +46,9 @@ pub(crate) enum Effect {
 }
 
 impl Effect {
-    /// Sends the request in the background; a failure is logged.
+    /// Sends the request in the background (tracked: shutdown waits for
+    /// it); a failure is logged.
     pub(crate) fn run(self, client: &BackendClient) {
-        let client = client.clone();
         match self {
             Effect::Left {
                 to,
@@ -57,7 +57,8 @@ impl Effect {
                 room_session_id,
                 actor,
             } => {
-                tokio::spawn(async move {
+                let c = client.clone();
+                client.spawn(async move {
                     let req = RoomRequest {
                         version: "1.0",
                         roomid: &room,
@@ -68,18 +69,16 @@ impl Effect {
                         actor_type: actor.as_ref().map(|a| a.0.as_str()),
                         in_call: None,
                     };
-                    if let Err(e) = client
-                        .post(&to.url, &to.base, &to.secret, "room", &req)
-                        .await
-                    {
+                    if let Err(e) = c.post(&to.url, &to.base, &to.secret, "room", &req).await {
                         tracing::warn!(room = ?room, "could not tell backend about leave: {e}");
                     }
                 });
             }
             Effect::VirtualRemoved(nc) => {
                 // Failures are logged (nobody asked for this removal).
-                tokio::spawn(async move {
-                    let _ = nc.remove(&client).await;
+                let c = client.clone();
+                client.spawn(async move {
+                    let _ = nc.remove(&c).await;
                 });
             }
         }

@@ -326,6 +326,12 @@ impl Hub {
         self.welcome.clone()
     }
 
+    /// Waits (at most the backend timeout) for the requests to Nextcloud
+    /// that nobody waits for (sessions' leaves) before the process exits.
+    pub async fn finish_backend_requests(&self) {
+        self.client.finish().await;
+    }
+
     /// True when an MCU (Janus) is configured: its features are announced
     /// from start-up on, also while Janus is away (as the Go server), so a
     /// client saying hello during a Janus restart still uses the MCU once

@@ -61,7 +61,13 @@ struct StateFile {
 enum SavedKind {
     Client,
     Internal,
-    Virtual { owner: String, client_sid: String },
+    Virtual {
+        owner: String,
+        client_sid: String,
+        /// The actor (id, type) of its `addsession` options.
+        #[serde(default)]
+        actor: Option<(String, String)>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -243,9 +249,14 @@ fn session_of(s: SavedSession, backend: Arc<crate::backend::registry::Backend>) 
         kind: match s.kind {
             SavedKind::Client => SessionKind::Client,
             SavedKind::Internal => SessionKind::Internal,
-            SavedKind::Virtual { owner, client_sid } => SessionKind::Virtual {
+            SavedKind::Virtual {
+                owner,
+                client_sid,
+                actor,
+            } => SessionKind::Virtual {
                 owner: owner.into(),
                 client_sid,
+                actor: actor.map(|(id, kind)| Arc::new(super::session::Actor { id, kind })),
             },
         },
         backend,
@@ -358,9 +369,9 @@ impl State {
             .map
             .values()
             .filter_map(|s| match &s.kind {
-                SessionKind::Virtual { owner, client_sid } => {
-                    Some((owner.clone(), client_sid.clone(), s.id.clone()))
-                }
+                SessionKind::Virtual {
+                    owner, client_sid, ..
+                } => Some((owner.clone(), client_sid.clone(), s.id.clone())),
                 _ => None,
             })
             .collect();
@@ -431,9 +442,14 @@ fn saved_session(s: &Session) -> SavedSession {
         kind: match &s.kind {
             SessionKind::Client => SavedKind::Client,
             SessionKind::Internal => SavedKind::Internal,
-            SessionKind::Virtual { owner, client_sid } => SavedKind::Virtual {
+            SessionKind::Virtual {
+                owner,
+                client_sid,
+                actor,
+            } => SavedKind::Virtual {
                 owner: owner.to_string(),
                 client_sid: client_sid.clone(),
+                actor: actor.as_ref().map(|a| (a.id.clone(), a.kind.clone())),
             },
         },
         backend: s.backend.id.to_string(),
