@@ -309,6 +309,16 @@ fn secrets(config: &Config, out: &mut Out) {
     } else if is_sample_secret(&config.internal_secret) {
         out.push(Severity::Unsafe, sample("[clients] internalsecret"));
     }
+    if !config.turn.servers.is_empty() {
+        for (key, value) in [
+            ("apikey", &config.turn.api_key),
+            ("secret", &config.turn.secret),
+        ] {
+            if is_sample_secret(value) {
+                out.push(Severity::Unsafe, sample(&format!("[turn] {key}")));
+            }
+        }
+    }
     for (key, value) in [
         ("hashkey", &config.hash_key),
         ("blockkey", &config.block_key),
@@ -316,7 +326,7 @@ fn secrets(config: &Config, out: &mut Out) {
         if is_sample_secret(value) {
             out.push(
                 Severity::Warn,
-                format!("[sessions] {key}: the sample's value (not used by this server, but the Go server signs its session ids with it): set a random string"),
+                format!("[sessions] {key}: the sample's value (not used by this server, but the Go server protects its session ids with it): set a random string"),
             );
         }
     }
@@ -453,6 +463,34 @@ mod tests {
         assert!(
             u[0].starts_with("[backend] backends: no backend configured"),
             "{u:?}"
+        );
+    }
+
+    /// The sample file has no key this server does not know, and what it
+    /// says about it is the sample secrets (uncommented: the [turn] ones
+    /// too), nothing else.
+    #[test]
+    fn the_sample_file_is_known() {
+        let sample = include_str!("../../server.conf.sample");
+        let uncommented = sample
+            .replace("\n#[turn]", "\n[turn]")
+            .replace("\n#apikey", "\napikey")
+            .replace("\n#secret = change-me-turn", "\nsecret = change-me-turn")
+            .replace("\n#servers", "\nservers");
+        for text in [sample, &uncommented] {
+            let c = Config::parse(text).unwrap();
+            for f in &c.findings {
+                assert!(f.text.contains("the sample's value"), "{f:?}");
+            }
+        }
+        let c = Config::parse(&uncommented).unwrap();
+        assert!(
+            c.findings
+                .iter()
+                .any(|f| f.text.starts_with("[turn] apikey")),
+            "{:?} {:?}",
+            c.turn,
+            c.findings
         );
     }
 
