@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::goconf::{expand_env, split_list, IniFile};
-use super::{go_secs, mcu, ConfigError};
+use super::{go_secs, mcu, ConfigError, IpList};
 
 /// `[federation]`: how this server dials the signaling servers of other
 /// Nextclouds for federated conversations.
@@ -14,6 +14,11 @@ pub struct FederationConfig {
     pub skip_verify: bool,
     /// Timeout of dialing and of each handshake step.
     pub timeout: Duration,
+    /// `allowips`: addresses that may be dialled although they are in a
+    /// range refused by default (loopback, private, link-local, ...).
+    pub allow_ips: IpList,
+    /// `allowhttp`: plain `http://` / `ws://` signaling servers allowed.
+    pub allow_http: bool,
 }
 
 /// `[sessions] hashkey` (required) and `blockkey` (16, 24 or 32 bytes, or
@@ -94,6 +99,13 @@ pub(super) fn parse_federation(ini: &IniFile) -> Result<FederationConfig, Config
         skip_verify: ini.get_bool("federation", "skipverify", false)?,
         // As the Go server: missing, 0 or negative means 10 seconds.
         timeout: go_secs(ini, "federation", "timeout", 10)?,
+        allow_ips: match ini.get_nonempty("federation", "allowips") {
+            Some(v) => {
+                IpList::parse(&v).map_err(|e| ConfigError(format!("[federation] allowips: {e}")))?
+            }
+            None => IpList::default(),
+        },
+        allow_http: ini.get_bool("federation", "allowhttp", false)?,
     })
 }
 

@@ -87,6 +87,7 @@ impl Hub {
             "hello"
         };
         let exempt = self.throttle.is_own_dial(peer.socket) || self.proves_internal(&hello);
+        let client_ip = peer.ip;
         let peer = peer.ip.filter(|_| !exempt);
         if let Some(ip) = peer {
             if self.throttle.blocked(ip) {
@@ -101,6 +102,11 @@ impl Hub {
             }
         }
         let r = self.hello(conn, id, hello).await;
+        if let Ok(ok) = &r {
+            if let Some(s) = self.lock().sessions.map.get_mut(&ok.sid) {
+                s.client_ip = client_ip;
+            }
+        }
         if let (Err(e), Some(ip)) = (&r, peer) {
             if counts_as_guess(&e.code) {
                 let delay = self.throttle.failed(ip);
@@ -537,6 +543,7 @@ impl Hub {
             flags: 0,
             virtuals: HashMap::new(),
             fed_link: None,
+            client_ip: None,
             mcu_tasks: None,
             federated: ident.federated.map(Box::new),
         });

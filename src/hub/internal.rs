@@ -358,6 +358,7 @@ impl State {
             flags: p.flags,
             virtuals: HashMap::new(),
             fed_link: None,
+            client_ip: None,
             mcu_tasks: None,
             federated: None,
         };

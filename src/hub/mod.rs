@@ -165,6 +165,8 @@ pub struct Hub {
     /// none exist, a client message needs no look-up to know that it is
     /// not for a remote server.
     fed_links: Arc<std::sync::atomic::AtomicUsize>,
+    /// Federation dials started by clients, per session and address.
+    fed_dials: federation::DialLimits,
     /// MCU slots of other processes' sessions (their `requestoffer`s).
     remote_mcu: Mutex<HashMap<Arc<str>, Arc<mcu::McuSlots>>>,
     /// The bus (also in the state; here for checks without the lock).
@@ -256,6 +258,7 @@ impl Hub {
             dialouts: Mutex::new(HashMap::new()),
             federation_tls,
             fed_links: Arc::default(),
+            fed_dials: Default::default(),
             remote_mcu: Mutex::new(HashMap::new()),
             bus,
             pacing: Arc::default(),

@@ -270,6 +270,17 @@ impl Hub {
             // Another server: the old link ends with its handle.
             s.fed_link = None;
         }
+        if !self.fed_dials.admit(sid, s.client_ip) {
+            drop(st);
+            return self.reply_error(
+                sid,
+                id.as_deref(),
+                ProtocolError::new(
+                    error::TOO_MANY_REQUESTS,
+                    "Too many federated joins, try again later.",
+                ),
+            );
+        }
         let features = s.features.clone();
         let local_url = s.backend_url.to_string();
         // Out of a local room first (telling its Nextcloud).

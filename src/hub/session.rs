@@ -107,6 +107,10 @@ pub struct Session {
     pub virtuals: HashMap<String, Arc<str>>,
     /// On this server: the link to the remote server of a federated room.
     pub(crate) fed_link: Option<Box<crate::hub::federation::FedLink>>,
+    /// The client's address (as `[app] trustedproxies` tell it), for the
+    /// per-address cap of federation dials; None for sessions that did not
+    /// say hello on this process.
+    pub client_ip: Option<std::net::IpAddr>,
     /// Slots for MCU requests running at once (made on the first).
     pub(crate) mcu_tasks: Option<Arc<crate::hub::mcu::McuSlots>>,
     /// On the hosting server: this is a federated session (`auth.type`

@@ -277,6 +277,7 @@ fn session_of(s: SavedSession, backend: Arc<crate::backend::registry::Backend>) 
         flags: s.flags,
         virtuals: HashMap::new(),
         fed_link: None,
+        client_ip: None,
         mcu_tasks: None,
         federated: s.federated.map(|actor| Box::new(Federated { actor })),
     }

@@ -47,7 +47,9 @@ async fn setup(extra_a: &str) -> Setup {
         st.token_key = Some(data("ec.pub"));
         st.extra_features = vec!["federation-v2".into()];
     }
-    let a = TestServer::start_on(nc_a, extra_a).await;
+    // B is on loopback over plain ws://, refused by default.
+    let extra_a = format!("{extra_a}[federation]\nallowips = 127.0.0.1\nallowhttp = true\n");
+    let a = TestServer::start_on(nc_a, &extra_a).await;
     let b = TestServer::start_on(nc_b, "").await;
     Setup { a, b }
 }

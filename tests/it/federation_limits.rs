@@ -115,3 +115,160 @@ async fn links_that_break_right_after_the_handshake_back_off() {
     assert!((2..=6).contains(&n), "{n} dials in 3 s");
     a.stop().await;
 }
+
+/// A plain HTTP server on loopback answering every request with `status`
+/// (or with bytes that are not HTTP at all when None).
+async fn http_answering(status: Option<&'static str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let answer = match status {
+                    Some(s) => format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\n\r\n"),
+                    None => "SSH-2.0-OpenSSH_9.2\r\n".to_string(),
+                };
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+/// The error a federated join through `signaling` gets, as sent (text).
+async fn join_error(a: &TestServer, signaling: &str) -> String {
+    let mut c = a.client(Some("alice")).await;
+    c.send(join(signaling)).await;
+    loop {
+        let m = tokio::time::timeout(TIMEOUT, futures_util::StreamExt::next(&mut c.ws))
+            .await
+            .expect("an answer")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "error" || v["type"] == "room" {
+                return t.to_string();
+            }
+        }
+    }
+}
+
+/// By default a federated join may not make the server dial loopback,
+/// private or link-local addresses (a name that resolves to one
+/// included), nor plain ws:// targets: refused with the one generic
+/// error, and no connection is made.
+#[tokio::test]
+async fn private_and_plain_targets_are_refused_without_a_connection() {
+    let a = TestServer::start().await;
+    let v4 = FakeRemote::start("127.0.0.1", false).await;
+    let v6 = FakeRemote::start("[::1]", false).await;
+    let (p4, p6) = (v4.addr.port(), v6.addr.port());
+    let generic = join_error(&a, &format!("http://127.0.0.1:{p4}/")).await;
+    let e: Value = serde_json::from_str(&generic).unwrap();
+    assert_eq!(e["id"], "7");
+    assert_eq!(e["error"]["code"], "federation_error", "{e}");
+    assert_eq!(
+        e["error"]["details"],
+        json!({"code": "network_error"}),
+        "{e}"
+    );
+    for target in [
+        format!("https://127.0.0.1:{p4}/"),
+        format!("https://localhost:{p4}/"),
+        format!("https://[::1]:{p6}/"),
+        format!("https://[::ffff:127.0.0.1]:{p4}/"),
+        format!("https://127.1:{p4}/"),
+        format!("https://0x7f000001:{p4}/"),
+        "https://10.1.2.3/".to_string(),
+        "https://192.168.1.1/".to_string(),
+        "https://169.254.169.254/".to_string(),
+        "https://100.64.0.1/".to_string(),
+        "https://[fd00::1]/".to_string(),
+        "https://[fe80::1]/".to_string(),
+        "https://0.0.0.0/".to_string(),
+        // Plain targets, even on a public address.
+        "http://192.0.2.1/".to_string(),
+        "ws://192.0.2.1/".to_string(),
+    ] {
+        assert_eq!(join_error(&a, &target).await, generic, "{target}");
+    }
+    assert_eq!(v4.accepted(), 0, "nothing dialled 127.0.0.1");
+    assert_eq!(v6.accepted(), 0, "nothing dialled ::1");
+    a.stop().await;
+}
+
+/// `[federation] allowips` and `allowhttp` open those targets (tests, LANs).
+#[tokio::test]
+async fn allowips_and_allowhttp_open_them() {
+    let a = TestServer::start_with(OPEN).await;
+    for ip in ["127.0.0.1", "[::1]"] {
+        let mut remote = FakeRemote::start(ip, false).await;
+        let answer: Value = serde_json::from_str(&join_error(&a, &remote.url).await).unwrap();
+        assert_eq!(answer["type"], "room", "{answer}");
+        assert_eq!(answer["room"]["roomid"], "localtoken", "{answer}");
+        assert!(remote.joined.recv().await.is_some());
+        assert_eq!(remote.accepted(), 1);
+    }
+    // Only the listed addresses: 127.0.0.2 is still loopback.
+    let other = FakeRemote::start("127.0.0.2", false).await;
+    let e: Value = serde_json::from_str(&join_error(&a, &other.url).await).unwrap();
+    assert_eq!(e["error"]["code"], "federation_error", "{e}");
+    assert_eq!(other.accepted(), 0);
+    a.stop().await;
+}
+
+/// Whatever answers where the client pointed (nothing, an HTTP server
+/// with 404 or 200, something that is not HTTP), the client gets the same
+/// bytes: a federated join cannot scan ports.
+#[tokio::test]
+async fn the_error_does_not_tell_what_answered() {
+    let a = TestServer::start_with(OPEN).await;
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+    let first = join_error(&a, &closed).await;
+    for target in [
+        http_answering(Some("404 Not Found")).await,
+        http_answering(Some("200 OK")).await,
+        http_answering(None).await,
+    ] {
+        assert_eq!(join_error(&a, &target).await, first, "{target}");
+    }
+    a.stop().await;
+}
+
+/// Each session, and each client address, may make the server dial only
+/// so often (10 and 30 a minute): more joins are refused with their id.
+#[tokio::test]
+async fn dials_are_capped_per_session_and_per_address() {
+    let a = TestServer::start_with(OPEN).await;
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+    let mut c = a.client(Some("alice")).await;
+    for i in 0..10 {
+        c.send(json!({"id": format!("j{i}"), "type": "room", "room": {"roomid": "localtoken", "sessionid": "nc-alice", "federation": federation(&closed)}})).await;
+        let e = c.wait_for(|m| m["type"] == "error").await;
+        assert_eq!(e["error"]["code"], "federation_error", "{e}");
+    }
+    c.send(json!({"id": "over", "type": "room", "room": {"roomid": "localtoken", "sessionid": "nc-alice", "federation": federation(&closed)}})).await;
+    let e = c.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["id"], "over");
+    assert_eq!(e["error"]["code"], "too_many_requests", "{e}");
+    // Other sessions of the same address: 20 more, then refused.
+    let mut refused = 0;
+    for s in 0..3 {
+        let mut c = a.client(Some("alice")).await;
+        for i in 0..8 {
+            c.send(json!({"id": format!("s{s}-{i}"), "type": "room", "room": {"roomid": "localtoken", "sessionid": "nc-alice", "federation": federation(&closed)}})).await;
+            let e = c.wait_for(|m| m["type"] == "error").await;
+            if e["error"]["code"] == "too_many_requests" {
+                assert_eq!(e["id"], format!("s{s}-{i}"));
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 4, "24 asked, 20 left for the address");
+    a.stop().await;
+}

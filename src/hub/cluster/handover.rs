@@ -130,6 +130,7 @@ impl Hub {
             flags: h.member.flags,
             virtuals: HashMap::new(),
             fed_link: None,
+            client_ip: None,
             mcu_tasks: None,
             federated: None,
         });

@@ -6,43 +6,62 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::link::{hello_id, Link, Ws};
-use super::{ConnectError, MAX_REMOTE_MESSAGE};
+use super::{dial, ConnectError, MAX_REMOTE_MESSAGE};
 use crate::api::error;
 use crate::api::remote::ServerKind;
 
 impl Link {
-    pub(super) async fn connect(&mut self) -> Result<(Ws, bool), ConnectError> {
-        let timeout = self.timeout;
+    /// Opens the WebSocket to B: a TCP connection to the address
+    /// [`dial::open`] checked, then TLS (named after the URL's host) and
+    /// the upgrade over it. Every attempt is logged with its outcome; the
+    /// client only ever learns that it failed.
+    async fn dial(&self) -> Result<(Ws, Response), ConnectError> {
+        let url = reqwest::Url::parse(&self.target.ws_url)
+            .map_err(|e| ConnectError::Network(e.to_string()))?;
+        let host = url.host_str().unwrap_or_default().to_string();
+        let log = |addr: Option<std::net::SocketAddr>, outcome: &str| {
+            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(session = %self.sid, %host, address = %addr, outcome, "federation dial");
+        };
+        let (stream, addr) = match dial::open(&self.hub.config.federation, &url).await {
+            Ok(ok) => ok,
+            Err((addr, why)) => {
+                log(addr, &why);
+                return Err(ConnectError::Network(why));
+            }
+        };
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(MAX_REMOTE_MESSAGE);
         config.max_frame_size = Some(MAX_REMOTE_MESSAGE);
         let connector = Some(tokio_tungstenite::Connector::Rustls(
             self.hub.federation_tls.clone(),
         ));
-        let dial = tokio_tungstenite::connect_async_tls_with_config(
-            self.target.ws_url.as_str(),
+        let upgrade = tokio_tungstenite::client_async_tls_with_config(
+            url.as_str(),
+            stream,
             Some(config),
-            true,
             connector,
         );
-        let (mut ws, resp) = match tokio::time::timeout(timeout, dial).await {
-            Err(_) => {
-                return Err(ConnectError::Network {
-                    tls: false,
-                    message: "timeout".into(),
-                })
+        let why = match tokio::time::timeout(self.timeout, upgrade).await {
+            Ok(Ok(ok)) => {
+                log(Some(addr), "connected");
+                return Ok(ok);
             }
-            Ok(Err(e)) => {
-                let message = e.to_string();
-                let tls = message.contains("certificate") || message.contains("Tls");
-                return Err(ConnectError::Network { tls, message });
-            }
-            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "handshake timeout".into(),
         };
+        log(Some(addr), &why);
+        Err(ConnectError::Network(why))
+    }
+
+    pub(super) async fn connect(&mut self) -> Result<(Ws, bool), ConnectError> {
+        let timeout = self.timeout;
+        let (mut ws, resp) = self.dial().await?;
         let _own = self.hub.own_dial(ws.get_ref());
         let has_federation = |list: &str| list.split(',').any(|f| f.trim() == "federation");
         let header = resp
@@ -95,15 +114,11 @@ impl Link {
     /// A handshake message to B, within the deadline.
     async fn send(&self, ws: &mut Ws, v: Value) -> Result<(), ConnectError> {
         let sent = tokio::time::timeout(self.timeout, ws.send(Message::Text(v.to_string().into())));
-        let message = match sent.await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timeout".into(),
-        };
-        Err(ConnectError::Network {
-            tls: false,
-            message,
-        })
+        match sent.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ConnectError::Network(e.to_string())),
+            Err(_) => Err(ConnectError::Network("timeout".into())),
+        }
     }
 
     /// Closes a connection B is not wanted on, within the deadline.
@@ -113,10 +128,7 @@ impl Link {
 
     /// The next JSON message from B during the handshake.
     async fn read(&self, ws: &mut Ws, timeout: Duration) -> Result<Value, ConnectError> {
-        let broken = |message: String| ConnectError::Network {
-            tls: false,
-            message,
-        };
+        let broken = ConnectError::Network;
         loop {
             let next = tokio::time::timeout(timeout, ws.next())
                 .await

@@ -84,6 +84,9 @@ impl Link {
             let (mut ws, resumed) = match connected {
                 Ok(ok) => ok,
                 Err(e) => {
+                    if let ConnectError::Network(why) = &e {
+                        tracing::info!(session = %self.sid, why, "federation link failed");
+                    }
                     if first || matches!(e, ConnectError::Hello(_)) {
                         let id = self.pending.take();
                         self.hub.federation_deliver(

@@ -22,12 +22,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+mod dial;
 mod handshake;
 mod link;
 mod offline;
 mod rewrite;
 mod tls;
 
+pub(crate) use dial::DialLimits;
 use link::Link;
 pub(crate) use tls::tls_config;
 
@@ -218,12 +220,25 @@ fn base_of(url: &str) -> String {
 
 /// Why connecting to B failed.
 enum ConnectError {
-    /// B does not speak federation.
+    /// B does not speak federation (it upgraded to WebSocket, but without
+    /// `federation` in its features).
     Unsupported,
-    /// Dial, TLS or handshake failure.
-    Network { tls: bool, message: String },
+    /// Refused target, lookup, dial, TLS, HTTP or handshake failure: only
+    /// logged; the client gets one generic error whatever it was, so a
+    /// federated join tells nothing about what answered where.
+    Network(String),
     /// B refused the hello (forwarded to the client).
     Hello(Value),
+}
+
+/// The error of every failed dial, the same bytes whatever happened.
+pub(crate) fn dial_failed() -> ProtocolError {
+    let mut e = ProtocolError::new(
+        error::FEDERATION_ERROR,
+        "Failed to create federation client.",
+    );
+    e.details = serde_json::value::to_raw_value(&json!({"code": error::NETWORK_ERROR})).ok();
+    e
 }
 
 impl ConnectError {
@@ -233,22 +248,7 @@ impl ConnectError {
                 error::FEDERATION_UNSUPPORTED,
                 "The target server does not support federation.",
             ),
-            ConnectError::Network { tls, message } => {
-                let code = if *tls {
-                    error::CERTIFICATE_VERIFICATION_ERROR
-                } else {
-                    error::NETWORK_ERROR
-                };
-                let details =
-                    serde_json::value::to_raw_value(&json!({"code": code, "message": message}))
-                        .ok();
-                let mut e = ProtocolError::new(
-                    error::FEDERATION_ERROR,
-                    "Failed to create federation client.",
-                );
-                e.details = details;
-                e
-            }
+            ConnectError::Network(_) => dial_failed(),
             ConnectError::Hello(err) => ProtocolError {
                 code: err["code"]
                     .as_str()
