@@ -112,7 +112,9 @@ impl Config {
         check(self.transient != new.transient, "[transient]");
         check(self.federation != new.federation, "[federation]");
         check(self.log_json != new.log_json, "[logging] format");
-        check(self.mcu != new.mcu, "[mcu]");
+        // Bitrates, candidate lists and timeout are reloaded (Mcu::reload).
+        let janus = |c: &Config| c.mcu.as_ref().map(|m| m.url.clone());
+        check(janus(self) != janus(new), "[mcu] type/url");
         check(self.turn != new.turn, "[turn]");
         check(
             self.allow_subscribe_any != new.allow_subscribe_any,

@@ -306,6 +306,19 @@ impl Hub {
             stats_allowed_ips = %live.stats.allowed_ips,
             "[app] trustedproxies and [stats] allowed_ips reloaded"
         );
+        if let (Some(mcu), Some(new)) = (self.mcu(), &config.mcu) {
+            if mcu.config().url == new.url {
+                mcu.reload(new);
+                tracing::info!(
+                    maxstreambitrate = new.max_stream_bitrate,
+                    maxscreenbitrate = new.max_screen_bitrate,
+                    allowedcandidates = %new.allowed_candidates,
+                    blockedcandidates = %new.blocked_candidates,
+                    timeout = ?new.timeout,
+                    "[mcu] bitrates, candidate lists and timeout reloaded"
+                );
+            }
+        }
     }
 
     /// `[app]` and `[stats]` as currently configured.

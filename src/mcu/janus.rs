@@ -104,7 +104,8 @@ struct Shared {
     conn: Mutex<Option<Conn>>,
     pending: Mutex<HashMap<String, Pending>>,
     next: AtomicU64,
-    timeout: Duration,
+    /// The MCU timeout in milliseconds (reloaded on SIGHUP).
+    timeout_ms: AtomicU64,
     /// Janus requests sent, by `janus` type (for metrics).
     requests: prometheus::IntCounterVec,
 }
@@ -153,10 +154,22 @@ impl Gateway {
                 conn: Mutex::new(None),
                 pending: Mutex::new(HashMap::new()),
                 next: AtomicU64::new(1),
-                timeout,
+                timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
                 requests,
             }),
         }
+    }
+
+    /// The timeout of each request (and of connecting).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.shared.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the timeout of the requests from now on (SIGHUP).
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.shared
+            .timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// True while a Janus session is up.
@@ -190,7 +203,7 @@ impl Gateway {
             c.broken.clone()
         };
         self.shared.requests.with_label_values(&[&kind]).inc();
-        match tokio::time::timeout(self.shared.timeout, rx).await {
+        match tokio::time::timeout(self.timeout(), rx).await {
             Ok(Ok(Err(JanusError::Janus { code: 458, reason }))) => {
                 tracing::warn!("Janus lost our session ({reason}), reconnecting");
                 broken.cancel();
@@ -332,7 +345,7 @@ impl Gateway {
             HeaderValue::from_static("janus-protocol"),
         );
         let dial = tokio_tungstenite::connect_async(req);
-        let (mut ws, _) = tokio::time::timeout(self.shared.timeout, dial)
+        let (mut ws, _) = tokio::time::timeout(self.timeout(), dial)
             .await
             .map_err(|_| "timeout".to_string())?
             .map_err(|e| e.to_string())?;
@@ -372,7 +385,7 @@ impl Gateway {
         ws.send(Message::Text(msg.to_string().into()))
             .await
             .map_err(|e| e.to_string())?;
-        let deadline = tokio::time::Instant::now() + self.shared.timeout;
+        let deadline = tokio::time::Instant::now() + self.timeout();
         loop {
             let next = tokio::time::timeout_at(deadline, ws.next())
                 .await

@@ -218,7 +218,8 @@ struct Registry {
 /// The MCU of this process.
 pub struct Mcu {
     gw: Gateway,
-    cfg: McuConfig,
+    /// `[mcu]`; all but `url` replaced on SIGHUP ([`Mcu::reload`]).
+    cfg: arc_swap::ArcSwap<McuConfig>,
     metrics: McuMetrics,
     reg: Mutex<Registry>,
     /// Woken whenever a publisher appears (waiting subscribers look again).
@@ -248,7 +249,7 @@ impl Mcu {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let mcu = Arc::new(Mcu {
             gw: gw.clone(),
-            cfg: cfg.clone(),
+            cfg: arc_swap::ArcSwap::from_pointee(cfg.clone()),
             metrics,
             reg: Mutex::new(Registry::default()),
             published: Notify::new(),
@@ -282,7 +283,7 @@ impl Mcu {
 
     /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).
     pub fn server_info(&self) -> Value {
-        info::serverinfo(&self.cfg.url, self.gw.info().as_deref())
+        info::serverinfo(&self.cfg.load().url, self.gw.info().as_deref())
     }
 
     /// `mcu` of `/api/v1/stats` (the Go server's shape): publishers and
@@ -296,16 +297,26 @@ impl Mcu {
             )
         };
         info::stats(
-            &self.cfg.url,
+            &self.cfg.load().url,
             self.gw.info().as_deref(),
             publishers,
             clients,
         )
     }
 
-    /// The `[mcu]` settings.
-    pub fn config(&self) -> &McuConfig {
-        &self.cfg
+    /// The `[mcu]` settings as last (re)loaded.
+    pub fn config(&self) -> Arc<McuConfig> {
+        self.cfg.load_full()
+    }
+
+    /// SIGHUP: the bitrates, candidate lists and timeout of `new` apply
+    /// from now on (to new publishers, subscribers, candidates and
+    /// requests); the Janus URL stays (a new one needs a restart).
+    pub fn reload(&self, new: &McuConfig) {
+        let mut cfg = new.clone();
+        cfg.url = self.cfg.load().url.clone();
+        self.gw.set_timeout(cfg.timeout);
+        self.cfg.store(Arc::new(cfg));
     }
 
     /// Hands work to the MCU without waiting (callable under any lock).

@@ -29,9 +29,10 @@ impl Mcu {
                 .await
                 .map_err(|e| McuError::NotFound(e.to_string()))?,
         };
+        let cfg = self.config();
         let jsep = json!({
             "type": "offer",
-            "sdp": sdp::filter(&offer.sdp, &self.cfg.allowed_candidates, &self.cfg.blocked_candidates),
+            "sdp": sdp::filter(&offer.sdp, &cfg.allowed_candidates, &cfg.blocked_candidates),
         });
         // Janus may trickle before its answer has reached the client.
         publisher.held.hold();
@@ -100,11 +101,12 @@ impl Mcu {
     /// The `create` of a publisher's room: its bitrate (the offer's, within
     /// the backend's and `[mcu]`'s caps) and the codecs the offer asks for.
     fn create_request(&self, session: &Arc<str>, stream: StreamType, offer: &Offer) -> Value {
+        let cfg = self.config();
         let cap = super::combine_limits(
             offer.backend_cap,
             match stream {
-                StreamType::Video => self.cfg.max_stream_bitrate,
-                StreamType::Screen => self.cfg.max_screen_bitrate,
+                StreamType::Video => cfg.max_stream_bitrate,
+                StreamType::Screen => cfg.max_screen_bitrate,
             },
         );
         let bitrate = if offer.bitrate == 0 {

@@ -89,7 +89,7 @@ impl Mcu {
             }
             self.close_subscriber(s).await;
         }
-        let deadline = Instant::now() + self.cfg.timeout;
+        let deadline = Instant::now() + self.config().timeout;
         let p = self
             .wait_publisher(publisher, stream, deadline)
             .await
@@ -275,9 +275,10 @@ impl Mcu {
         sdp_text: &str,
     ) -> Result<(), McuError> {
         let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let cfg = self.config();
         let jsep = json!({
             "type": "answer",
-            "sdp": sdp::filter(sdp_text, &self.cfg.allowed_candidates, &self.cfg.blocked_candidates),
+            "sdp": sdp::filter(sdp_text, &cfg.allowed_candidates, &cfg.blocked_candidates),
         });
         self.gw
             .message(s.handle, json!({"request": "start"}), Some(jsep), true)

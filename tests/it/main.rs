@@ -25,6 +25,7 @@ mod hello;
 mod logs;
 mod mcu;
 mod mcu_media;
+mod mcu_reload;
 mod metrics;
 mod package;
 mod reload;

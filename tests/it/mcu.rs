@@ -13,7 +13,7 @@ use crate::support::{Client, TestServer};
 use serde_json::{json, Value};
 
 /// Janus and a server using it, once the server is connected to Janus.
-async fn setup(extra: &str) -> (Janus, TestServer) {
+pub(crate) async fn setup(extra: &str) -> (Janus, TestServer) {
     let j = Janus::start().await;
     let ts = TestServer::start_with(&j.mcu_section(extra)).await;
     wait_janus(&ts, true).await;
@@ -47,7 +47,7 @@ fn offer(to: &str, room_type: &str, sdp: &str, sid: &str) -> Value {
            "payload": {"type": "offer", "sdp": sdp, "nick": "Alice"}, "bitrate": 0})
 }
 
-async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
+pub(crate) async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
     c.send(json!({"id": id, "type": "message", "message": {
         "recipient": {"type": "session", "sessionid": to}, "data": data}}))
         .await;
@@ -55,7 +55,7 @@ async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
 
 /// Nextcloud says that alice and bob (of room1) are in the call; alice
 /// (`a`) saw the participants update.
-async fn alice_and_bob_join_the_call(ts: &TestServer, a: &mut Client) {
+pub(crate) async fn alice_and_bob_join_the_call(ts: &TestServer, a: &mut Client) {
     ts.backend_request(
         "room1",
         &json!({"type": "incall", "incall": {"incall": 7,
@@ -67,7 +67,7 @@ async fn alice_and_bob_join_the_call(ts: &TestServer, a: &mut Client) {
 }
 
 /// Sends an offer to one's own session and returns the answer message.
-async fn publish(c: &mut Client, room_type: &str, sdp: &str, sid: &str) -> Value {
+pub(crate) async fn publish(c: &mut Client, room_type: &str, sdp: &str, sid: &str) -> Value {
     let me = c.session_id.clone();
     send_to(c, "offer", &me, offer(&me, room_type, sdp, sid)).await;
     c.wait_for_within(Duration::from_secs(10), |m| {
