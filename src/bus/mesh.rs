@@ -2,14 +2,16 @@
 //! were a process of its own behind one NATS server: the cluster rules are
 //! unit-tested with it, without a `nats-server`.
 //!
-//! It behaves as [`super::nats::NatsBus`] does: every member receives every
-//! message published under `signaling.` (its own included, as NATS echoes
-//! them) on its inbound channel, all members in the same order (one lock
-//! orders the publishers, as the NATS server does); a request carries a
+//! It behaves as [`super::nats::NatsBus`] does: every member receives the
+//! messages of the subjects it subscribed to (its own included, as NATS
+//! echoes them: [`super::SUBJECT_ALL`] and its process subject from the
+//! start, rooms and users as its hub asks) on its inbound channel, all
+//! members in the same order (one lock orders the publishers, as the NATS
+//! server does); a subscription is active at once; a request carries a
 //! reply subject (`_INBOX.<n>`) and collects the replies sent to it until
 //! `expected` arrived or the timeout passed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +21,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{new_process_id, Bus, Inbound, Replies};
+use super::{new_process_id, process_subject, Bus, Inbound, Replies, SUBJECT_ALL};
+
+/// One member: where its messages go, and what it subscribed to.
+struct Member {
+    tx: mpsc::Sender<Inbound>,
+    subjects: Arc<Mutex<HashSet<String>>>,
+}
 
 /// Prefix of the reply subjects of requests.
 const INBOX_PREFIX: &str = "_INBOX.";
@@ -28,7 +36,7 @@ const INBOX_PREFIX: &str = "_INBOX.";
 #[derive(Default)]
 pub struct Mesh {
     /// Inbound channels of the members, in the order they joined.
-    members: Mutex<Vec<mpsc::Sender<Inbound>>>,
+    members: Mutex<Vec<Member>>,
     /// Open requests: reply subject -> where their replies go.
     inboxes: Mutex<HashMap<String, mpsc::UnboundedSender<Bytes>>>,
     next_inbox: AtomicU64,
@@ -44,19 +52,28 @@ impl Mesh {
     /// channel its hub reads what arrives from (`Hub::spawn_cluster`).
     pub fn join(self: &Arc<Self>) -> (Arc<MeshBus>, mpsc::Receiver<Inbound>) {
         let (tx, rx) = mpsc::channel(super::nats::INBOUND_QUEUE);
+        let pid = new_process_id();
+        let subjects = Arc::new(Mutex::new(HashSet::from([
+            SUBJECT_ALL.to_string(),
+            process_subject(&pid),
+        ])));
         self.members
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+            .push(Member {
+                tx,
+                subjects: subjects.clone(),
+            });
         let bus = MeshBus {
-            pid: new_process_id(),
+            pid,
             mesh: self.clone(),
+            subjects,
         };
         (Arc::new(bus), rx)
     }
 
     /// Delivers a message: a reply to the request waiting for it, anything
-    /// else under `signaling.` to every member.
+    /// else to every member subscribed to its subject.
     fn deliver(&self, subject: String, payload: Bytes, reply: Option<String>) {
         if subject.starts_with(INBOX_PREFIX) {
             let inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
@@ -66,19 +83,24 @@ impl Mesh {
             }
             return;
         }
-        if !subject.starts_with("signaling.") {
-            return;
-        }
         // Held while every member gets the message: publishers are ordered,
         // and every member sees the same order.
         let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         for m in members.iter() {
+            let subscribed = m
+                .subjects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&subject);
+            if !subscribed {
+                continue;
+            }
             let item = Inbound {
                 subject: subject.clone(),
                 payload: payload.clone(),
                 reply: reply.clone(),
             };
-            if let Err(e) = m.try_send(item) {
+            if let Err(e) = m.tx.try_send(item) {
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
                     tracing::error!("a mesh member did not keep up: a bus message was lost");
                 }
@@ -91,6 +113,17 @@ impl Mesh {
 pub struct MeshBus {
     pid: String,
     mesh: Arc<Mesh>,
+    subjects: Arc<Mutex<HashSet<String>>>,
+}
+
+impl MeshBus {
+    /// True while this member receives `subject`.
+    pub fn subscribed(&self, subject: &str) -> bool {
+        self.subjects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(subject)
+    }
 }
 
 impl Bus for MeshBus {
@@ -144,6 +177,20 @@ impl Bus for MeshBus {
         // Published means in every member's channel already.
         Box::pin(async {})
     }
+
+    fn subscribe(&self, subject: String) {
+        self.subjects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(subject);
+    }
+
+    fn unsubscribe(&self, subject: String) {
+        self.subjects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&subject);
+    }
 }
 
 #[cfg(test)]
@@ -151,19 +198,28 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn every_member_gets_every_message_in_one_order_and_requests_get_replies() {
+    async fn members_get_the_subjects_they_subscribed_to_in_one_order_and_requests_get_replies() {
         let mesh = Mesh::new();
         let (a, mut ra) = mesh.join();
         let (b, mut rb) = mesh.join();
         assert_ne!(a.pid(), b.pid());
         a.publish("signaling.all".into(), Bytes::from_static(b"1"));
         b.publish("signaling.all".into(), Bytes::from_static(b"2"));
-        a.publish("elsewhere".into(), Bytes::from_static(b"x"));
+        a.publish("signaling.room.x.y".into(), Bytes::from_static(b"x"));
         for r in [&mut ra, &mut rb] {
             assert_eq!(&r.recv().await.unwrap().payload[..], b"1");
             assert_eq!(&r.recv().await.unwrap().payload[..], b"2");
-            assert!(r.try_recv().is_err(), "only `signaling.` subjects");
+            assert!(r.try_recv().is_err(), "only subscribed subjects");
         }
+        b.subscribe("signaling.room.x.y".into());
+        a.publish("signaling.room.x.y".into(), Bytes::from_static(b"3"));
+        a.publish(process_subject(b.pid()), Bytes::from_static(b"4"));
+        assert_eq!(&rb.recv().await.unwrap().payload[..], b"3");
+        assert_eq!(&rb.recv().await.unwrap().payload[..], b"4");
+        assert!(ra.try_recv().is_err(), "not a's");
+        b.unsubscribe("signaling.room.x.y".into());
+        a.publish("signaling.room.x.y".into(), Bytes::from_static(b"5"));
+        assert!(rb.try_recv().is_err(), "unsubscribed");
         let replies = a.request(
             "signaling.all".into(),
             Bytes::from_static(b"q"),

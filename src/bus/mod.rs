@@ -4,6 +4,18 @@
 //!
 //! Wire format of a bus message: one line of JSON ([`Header`]), `\n`, then
 //! an optional body (a serialized client frame, forwarded as is).
+//!
+//! Subjects by audience: a process receives only what is for it.
+//!
+//! | subject | what | who listens |
+//! |---|---|---|
+//! | [`SUBJECT_ALL`] | heartbeats, discovery, goodbyes, backend requests, room snapshot requests, dialout requests | every process |
+//! | [`process_subject`] | frames and MCU messages for its sessions, resume requests, ends of moved sessions, holds | that process |
+//! | [`room_subject`] | joins, changes and leaves of members, room frames, transient data | the processes with members in the room (from before the first member is visible there until the room is gone) |
+//! | [`user_subject`] | frames for every session of a user | the processes with sessions of the user |
+//!
+//! NATS keeps the order of one publisher's messages on one subject; a
+//! room's events and frames share its subject, so they stay in order.
 
 #[cfg(test)]
 pub mod mesh;
@@ -17,7 +29,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Subject every process listens to: user frames, backend requests, heartbeats.
+/// Subject every process listens to: heartbeats, discovery, backend
+/// requests, snapshot and dialout requests.
 pub const SUBJECT_ALL: &str = "signaling.all";
 
 /// True for a subject NATS accepts to publish on: dot-separated non-empty
@@ -36,11 +49,20 @@ pub fn process_subject(pid: &str) -> String {
     format!("signaling.process.{pid}")
 }
 
+/// Subject token of any string: base64url, so no dot, space or wildcard.
+fn token(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
 /// Subject of one room of one backend.
 pub fn room_subject(backend: &str, room: &str) -> String {
-    use base64::Engine;
-    let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-    format!("signaling.room.{}.{}", e(backend), e(room))
+    format!("signaling.room.{}.{}", token(backend), token(room))
+}
+
+/// Subject of the sessions of one user of one backend.
+pub fn user_subject(backend: &str, user: &str) -> String {
+    format!("signaling.user.{}.{}", token(backend), token(user))
 }
 
 /// A member of a room as every process knows it.
@@ -438,8 +460,17 @@ pub trait Bus: Send + Sync {
         expected: usize,
         timeout: Duration,
     ) -> Replies;
-    /// Waits until everything published so far reached the server.
+    /// Waits until everything published and subscribed so far reached the
+    /// server (a subscription is then active).
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Starts receiving the messages of `subject`, in order with what was
+    /// published and subscribed before; never blocks. Called once per
+    /// subject by the index that decides it (rooms served, users with
+    /// sessions here), then `unsubscribe` once; `flush` resolves when the
+    /// subscription is active.
+    fn subscribe(&self, _subject: String) {}
+    /// Stops receiving `subject`.
+    fn unsubscribe(&self, _subject: String) {}
     /// True while connected to the bus server (always for the local bus).
     fn connected(&self) -> bool {
         true
@@ -473,6 +504,32 @@ impl LocalBus {
 impl Default for LocalBus {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The subscriptions of a process, kept by the indexes that decide them
+/// ([`crate::hub`]'s rooms and users): nothing for a process alone.
+#[derive(Clone, Default)]
+pub struct Interest(Option<std::sync::Arc<dyn Bus>>);
+
+impl Interest {
+    /// The subscriptions of `bus`, when other processes may exist.
+    pub fn of(bus: &std::sync::Arc<dyn Bus>) -> Interest {
+        Interest(bus.clustered().then(|| bus.clone()))
+    }
+
+    /// Starts receiving `subject`.
+    pub fn add(&self, subject: impl FnOnce() -> String) {
+        if let Some(b) = &self.0 {
+            b.subscribe(subject());
+        }
+    }
+
+    /// Stops receiving `subject`.
+    pub fn remove(&self, subject: impl FnOnce() -> String) {
+        if let Some(b) = &self.0 {
+            b.unsubscribe(subject());
+        }
     }
 }
 

@@ -23,6 +23,80 @@ pub const INBOUND_QUEUE: usize = 65_536;
 enum Out {
     Msg(String, Bytes),
     Flush(oneshot::Sender<()>),
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+/// Forwards the messages of one subscription to the hub's inbound channel
+/// (dropping the task unsubscribes).
+fn forward(
+    mut sub: async_nats::Subscriber,
+    inbound: mpsc::Sender<Inbound>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let item = Inbound {
+                subject: m.subject.to_string(),
+                payload: m.payload,
+                reply: m.reply.map(|r| r.to_string()),
+            };
+            if inbound.send(item).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// The publisher task: publishes, subscribes and unsubscribes in the order
+/// the hub asked (a subscription asked before a flush is active once the
+/// flush resolved).
+async fn run_publisher(
+    client: async_nats::Client,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    inbound: mpsc::Sender<Inbound>,
+    sent: Arc<Backlog>,
+) {
+    let mut subs: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+        std::collections::HashMap::new();
+    while let Some(item) = rx.recv().await {
+        match item {
+            Out::Msg(subject, payload) => {
+                // Waits while the client's own buffer is full (NATS
+                // slow or reconnecting): the backlog grows meanwhile.
+                if let Err(e) = client.publish(subject, payload).await {
+                    tracing::warn!("NATS publish failed: {e}");
+                }
+                sent.sent();
+            }
+            Out::Flush(done) => {
+                // The PING goes after everything queued so far; the
+                // publisher goes on meanwhile.
+                let client = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.flush().await {
+                        tracing::warn!("NATS flush failed: {e}");
+                    }
+                    let _ = done.send(());
+                });
+            }
+            Out::Subscribe(subject) => {
+                if subs.contains_key(&subject) {
+                    continue;
+                }
+                match client.subscribe(subject.clone()).await {
+                    Ok(sub) => {
+                        subs.insert(subject, forward(sub, inbound.clone()));
+                    }
+                    Err(e) => tracing::error!(subject = %subject, "NATS subscribe failed: {e}"),
+                }
+            }
+            Out::Unsubscribe(subject) => {
+                if let Some(task) = subs.remove(&subject) {
+                    task.abort();
+                }
+            }
+        }
+    }
 }
 
 /// Decodes `%XX` escapes of a URL's user or password.
@@ -101,7 +175,9 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connects (retrying in the background if the server is not up yet),
-    /// subscribes to `signaling.>` and forwards what arrives to `inbound`.
+    /// subscribes to the subjects every process and this one need (the
+    /// hub subscribes to its rooms and users as they come) and forwards
+    /// what arrives to `inbound`.
     pub async fn connect(
         urls: &[String],
         pid: String,
@@ -133,47 +209,18 @@ impl NatsBus {
             })
             .connect(addrs)
             .await?;
-        let mut sub = client.subscribe("signaling.>").await?;
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                let item = Inbound {
-                    subject: m.subject.to_string(),
-                    payload: m.payload,
-                    reply: m.reply.map(|r| r.to_string()),
-                };
-                if inbound.send(item).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+        // What every process needs; rooms and users come and go.
+        let all = client.subscribe(super::SUBJECT_ALL).await?;
+        let mine = client.subscribe(super::process_subject(&pid)).await?;
+        forward(all, inbound.clone());
+        forward(mine, inbound.clone());
+        let (tx, rx) = mpsc::unbounded_channel::<Out>();
         let backlog = Arc::new(Backlog {
             queued: AtomicUsize::new(0),
             high: publish_queue,
             drained: Notify::new(),
         });
-        let publisher = client.clone();
-        let sent = backlog.clone();
-        tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
-                match item {
-                    Out::Msg(subject, payload) => {
-                        // Waits while the client's own buffer is full (NATS
-                        // slow or reconnecting): the backlog grows meanwhile.
-                        if let Err(e) = publisher.publish(subject, payload).await {
-                            tracing::warn!("NATS publish failed: {e}");
-                        }
-                        sent.sent();
-                    }
-                    Out::Flush(done) => {
-                        if let Err(e) = publisher.flush().await {
-                            tracing::warn!("NATS flush failed: {e}");
-                        }
-                        let _ = done.send(());
-                    }
-                }
-            }
-        });
+        tokio::spawn(run_publisher(client.clone(), rx, inbound, backlog.clone()));
         Ok(Arc::new(NatsBus {
             pid,
             client,
@@ -248,6 +295,18 @@ impl Bus for NatsBus {
             }
             replies
         })
+    }
+
+    fn subscribe(&self, subject: String) {
+        if !super::valid_subject(&subject) {
+            tracing::error!(subject = ?subject, "not a valid NATS subject, not subscribed");
+            return;
+        }
+        let _ = self.out.send(Out::Subscribe(subject));
+    }
+
+    fn unsubscribe(&self, subject: String) {
+        let _ = self.out.send(Out::Unsubscribe(subject));
     }
 
     fn connected(&self) -> bool {

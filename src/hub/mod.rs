@@ -235,8 +235,11 @@ impl Hub {
         Ok(Arc::new(Hub {
             registry,
             state: Mutex::new(State {
-                sessions: Sessions::new(config.limits.clone(), metrics.slow_clients.clone()),
-                rooms: Rooms::default(),
+                sessions: Sessions {
+                    interest: crate::bus::Interest::of(&bus),
+                    ..Sessions::new(config.limits.clone(), metrics.slow_clients.clone())
+                },
+                rooms: Rooms::with_interest(crate::bus::Interest::of(&bus)),
                 cluster: cluster::Cluster::default(),
                 transient_limits: config.transient.clone(),
                 refused: metrics.refused.clone(),

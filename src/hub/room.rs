@@ -93,15 +93,27 @@ pub struct Rooms {
     per_backend: HashMap<Arc<str>, i64>,
     /// Expiry of transient values: one queue for all rooms.
     pub timers: TransientTimers,
+    /// The room subjects of the bus: subscribed while the room is here.
+    pub interest: crate::bus::Interest,
 }
 
 impl Rooms {
+    /// No rooms yet; their subjects are subscribed through `interest`.
+    pub fn with_interest(interest: crate::bus::Interest) -> Rooms {
+        Rooms {
+            interest,
+            ..Rooms::default()
+        }
+    }
+
     /// The room `key`, made (and counted) when it does not exist yet.
     pub fn get_or_insert(&mut self, key: &RoomKey, url: Arc<str>, base: Arc<str>) -> &mut Room {
         match self.map.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 *self.per_backend.entry(key.backend.clone()).or_default() += 1;
+                self.interest
+                    .add(|| crate::bus::room_subject(&key.backend, &key.room));
                 e.insert(Room::new(url, base))
             }
         }
@@ -110,6 +122,8 @@ impl Rooms {
     /// Removes a room with the expiry timers of its transient data.
     pub fn remove(&mut self, key: &RoomKey) -> Option<Room> {
         let room = self.map.remove(key)?;
+        self.interest
+            .remove(|| crate::bus::room_subject(&key.backend, &key.room));
         if let Some(n) = self.per_backend.get_mut(&key.backend) {
             *n -= 1;
             if *n <= 0 {

@@ -48,6 +48,9 @@ pub(crate) struct Sessions {
     /// Client sessions (connected or waiting for a resume, all backends;
     /// not internal or virtual ones): what a drain waits for.
     pub clients: tokio::sync::watch::Sender<usize>,
+    /// The user subjects of the bus: subscribed while a user has sessions
+    /// here (kept by the user index).
+    pub interest: crate::bus::Interest,
 }
 
 impl Sessions {
@@ -66,6 +69,7 @@ impl Sessions {
             congested: None,
             per_label: HashMap::new(),
             clients: tokio::sync::watch::Sender::new(0),
+            interest: Default::default(),
         }
     }
 
@@ -91,10 +95,15 @@ impl Sessions {
             self.resume_ids.insert(r.clone(), s.id.clone());
         }
         if let (Some(user), false) = (&s.user_id, s.is_virtual()) {
-            self.users
+            let list = self
+                .users
                 .entry((s.backend.id.clone(), user.clone()))
-                .or_default()
-                .push(s.id.clone());
+                .or_default();
+            if list.is_empty() {
+                self.interest
+                    .add(|| crate::bus::user_subject(&s.backend.id, user));
+            }
+            list.push(s.id.clone());
         }
         if s.kind == SessionKind::Client {
             *self.counts.entry(s.backend.id.clone()).or_default() += 1;
@@ -119,6 +128,8 @@ impl Sessions {
                 list.retain(|x| *x != s.id);
                 if list.is_empty() {
                     self.users.remove(&key);
+                    self.interest
+                        .remove(|| crate::bus::user_subject(&s.backend.id, user));
                 }
             }
         }

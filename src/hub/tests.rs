@@ -22,7 +22,7 @@ fn hub() -> Arc<Hub> {
 }
 
 /// [`hub`] on a given bus.
-pub(super) fn hub_on(bus: Arc<dyn crate::bus::Bus>) -> Arc<Hub> {
+pub(crate) fn hub_on(bus: Arc<dyn crate::bus::Bus>) -> Arc<Hub> {
     let config = Config::parse(&format!(
         "[http]\nlisten = 127.0.0.1:0\n[sessions]\nhashkey = 0123456789abcdef0123456789abcdef\n\
          [clients]\ninternalsecret = {INTERNAL_SECRET}\n[backend]\nbackends = nc1\n\

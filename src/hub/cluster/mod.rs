@@ -16,7 +16,7 @@ use super::session::SessionKind;
 use super::State;
 use crate::api::server::{event_frame, Frame};
 use crate::bus::{
-    encode, process_subject, room_subject, Header, MemberInfo, MemberKind, SUBJECT_ALL,
+    encode, process_subject, room_subject, user_subject, Header, MemberInfo, MemberKind,
 };
 
 /// How often a process announces itself.
@@ -69,6 +69,9 @@ pub(crate) struct Cluster {
     pub processes: HashMap<String, ProcessInfo>,
     /// Sessions handed over to another process on resume: sid -> process.
     pub moved: HashMap<Arc<str>, (String, Instant)>,
+    /// Rooms whose first local join subscribes and asks for snapshots:
+    /// other joins wait until it is `true`.
+    pub preparing: HashMap<RoomKey, tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Cluster {
@@ -131,6 +134,14 @@ pub fn owner_of(id: &str) -> Option<&str> {
         p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     })
+}
+
+impl crate::hub::Hub {
+    /// This process's id on the bus (the prefix of its session ids; its
+    /// NATS connection is named `spreed-signaling <id>`).
+    pub fn process_id(&self) -> String {
+        self.bus.pid().to_string()
+    }
 }
 
 impl State {
@@ -332,7 +343,7 @@ impl State {
             except: except.map(str::to_string),
         };
         self.bus
-            .publish(SUBJECT_ALL.to_string(), encode(&h, Some(f.as_bytes())));
+            .publish(user_subject(backend, user), encode(&h, Some(f.as_bytes())));
     }
 
     /// Adds or updates a member of another process; returns true if new.
@@ -424,3 +435,5 @@ pub(crate) use pacing::Pacing;
 mod tests;
 #[cfg(test)]
 mod tests_pacing;
+#[cfg(test)]
+mod tests_subjects;

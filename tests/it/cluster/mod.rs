@@ -7,10 +7,17 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 mod stall;
+mod subjects;
 
 /// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
 pub(super) async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
     let nats = NatsServer::start().await;
+    let servers = cluster_on(&nats, n, extra).await;
+    (nats, servers)
+}
+
+/// [`cluster`] on a NATS server of the caller's.
+pub(super) async fn cluster_on(nats: &NatsServer, n: usize, extra: &str) -> Vec<TestServer> {
     let nc = FakeNextcloud::start().await;
     let mut servers = Vec::new();
     for _ in 0..n {
@@ -26,7 +33,7 @@ pub(super) async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServe
         )
         .await;
     }
-    (nats, servers)
+    servers
 }
 
 pub(super) async fn stop_all(servers: Vec<TestServer>) {
