@@ -1,10 +1,28 @@
 //! What the server needs to know of SDPs and ICE candidates: which media an
 //! offer publishes, whether a candidate parses, and which candidates the
 //! `[mcu]` allow/block lists (and the mDNS rule) remove.
+//!
+//! Read as Janus reads it, so that what is checked here is what Janus acts
+//! on: fields are separated by any whitespace (`m=video<TAB>9`), and media
+//! types and attribute names are compared without regard to case
+//! (`m=VIDEO` is video and needs `publish-video`; `a=CANDIDATE:` is a
+//! candidate the filters see). Media types other than those registered
+//! with IANA (RFC 4566 5.14: the list the Go server's SDP parser allows)
+//! are refused.
 
 use std::net::IpAddr;
 
 use crate::config::IpList;
+
+/// The media types an SDP may carry (any case).
+const MEDIA_TYPES: [&str; 5] = ["audio", "video", "text", "application", "message"];
+
+/// The value of an `a=candidate:` attribute (the attribute name in any
+/// case), from the text after `a=`.
+fn candidate_attribute(attr: &str) -> Option<&str> {
+    let name = attr.get(..10)?;
+    name.eq_ignore_ascii_case("candidate:").then(|| &attr[10..])
+}
 
 /// Media sections of an SDP that need a publish permission.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,7 +62,7 @@ pub struct Candidate {
 /// prefix).
 pub fn parse_candidate(s: &str) -> Result<Candidate, String> {
     let s = s.trim();
-    let s = s.strip_prefix("candidate:").unwrap_or(s);
+    let s = candidate_attribute(s).unwrap_or(s);
     let f: Vec<&str> = s.split_ascii_whitespace().collect();
     if f.len() < 8 {
         return Err(format!(
@@ -106,15 +124,18 @@ pub fn parse(sdp: &str) -> Result<Media, SdpError> {
         if let Some(m) = line.strip_prefix("m=") {
             section = Some(section.map_or(0, |s| s + 1));
             idx = 0;
-            match m.split(' ').next() {
-                Some("audio") => media.audio = true,
-                Some("video") => media.video = true,
-                _ => {}
+            let kind = m.split_ascii_whitespace().next().unwrap_or("");
+            if kind.eq_ignore_ascii_case("audio") {
+                media.audio = true;
+            } else if kind.eq_ignore_ascii_case("video") {
+                media.video = true;
+            } else if !MEDIA_TYPES.iter().any(|t| kind.eq_ignore_ascii_case(t)) {
+                return Err(SdpError::Sdp(format!("sdp: invalid value `{kind:.40}`")));
             }
             continue;
         }
         if let (Some(s), Some(a)) = (section, line.strip_prefix("a=")) {
-            if let Some(c) = a.strip_prefix("candidate:") {
+            if let Some(c) = candidate_attribute(a) {
                 if let Err(error) = parse_candidate(c) {
                     return Err(SdpError::Candidate {
                         media: s,
@@ -135,7 +156,7 @@ pub fn filter(sdp: &str, allowed: &IpList, blocked: &IpList) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let content = line.trim_end_matches(['\r', '\n']);
-        if let Some(c) = content.strip_prefix("a=candidate:") {
+        if let Some(c) = content.strip_prefix("a=").and_then(candidate_attribute) {
             if parse_candidate(c).map_or(true, |c| is_filtered(&c, allowed, blocked)) {
                 continue;
             }
@@ -175,6 +196,48 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn read_as_janus_reads_it() {
+        let both = Media {
+            audio: true,
+            video: true,
+        };
+        for m in [
+            "m=VIDEO 9 UDP 96",
+            "m=video\t9 UDP 96",
+            "m=  Video 9 UDP 96",
+        ] {
+            let sdp = format!("v=0\r\nm=audio 9 UDP 0\r\n{m}\r\n");
+            assert_eq!(parse(&sdp), Ok(both), "{m}");
+        }
+        for m in [
+            "m=application 9 UDP/DTLS/SCTP webrtc-datachannel",
+            "m=TEXT 9 x 0",
+        ] {
+            let sdp = format!("v=0\r\n{m}\r\n");
+            assert_eq!(parse(&sdp), Ok(Media::default()), "{m}");
+        }
+        for m in ["m=vide0 9 UDP 96", "m=", "m=videox 9 UDP 96"] {
+            let sdp = format!("v=0\r\n{m}\r\n");
+            assert!(
+                matches!(parse(&sdp), Err(SdpError::Sdp(ref e)) if e.starts_with("sdp: invalid value")),
+                "{m}: {:?}",
+                parse(&sdp)
+            );
+        }
+        // An upper-case candidate attribute is checked and filtered too.
+        let bad = "v=0\r\nm=audio 9 UDP 0\r\na=CANDIDATE:1 1 udp x\r\n";
+        assert!(matches!(parse(bad), Err(SdpError::Candidate { .. })));
+        let blocked = IpList::parse("10.0.0.0/8").unwrap();
+        let sdp =
+            "v=0\r\nm=audio 9 UDP 0\r\na=Candidate:1 1 UDP 1 10.1.2.3 5\ttyp host\r\na=mid:0\r\n";
+        let out = filter(sdp, &IpList::default(), &blocked);
+        assert!(!out.contains("10.1.2.3"), "{out}");
+        assert!(out.contains("a=mid:0"));
+        let c = parse_candidate("CANDIDATE:1 1 udp 1 10.1.2.3 5 typ host").unwrap();
+        assert!(is_filtered(&c, &IpList::default(), &blocked));
     }
 
     #[test]

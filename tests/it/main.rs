@@ -26,6 +26,7 @@ mod logs;
 mod mcu;
 mod mcu_media;
 mod mcu_reload;
+mod mcu_sdp;
 mod metrics;
 mod package;
 mod reload;
