@@ -157,11 +157,19 @@ async fn run(config: Config, path: PathBuf, log: LogHandle) -> anyhow::Result<()
         threads = config.threads,
         "spreed-signaling starting"
     );
-    let server = Server::start(config, None).await?;
+    // The handlers exist before anything is bound: a SIGHUP or SIGUSR1
+    // during start-up (the port answers TCP while start-up waits for NATS)
+    // waits for the loop below instead of killing the process; SIGTERM
+    // stops start-up.
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     // SIGUSR1 drains (as the Go server); it never kills the process.
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let server = tokio::select! {
+        s = Server::start(config, None) => s?,
+        _ = term.recv() => return Ok(()),
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+    };
     let hub = server.hub.clone();
     let drained = async move { hub.drained().await };
     tokio::pin!(drained);

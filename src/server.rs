@@ -299,6 +299,7 @@ impl Server {
     /// are taken from `new` without dropping sessions; changes to other
     /// settings are logged as needing a restart.
     pub fn reload(&self, new: &Config) {
+        warn_findings(new);
         self.hub.reload(new);
         if let (Some(tls), Some(h)) = (&self.tls, &new.https) {
             match tls.reload(h) {
