@@ -1,6 +1,8 @@
 //! Prometheus metrics. Names follow the Go server where it has an
 //! equivalent (`signaling_hub_*`), so existing dashboards keep working.
 
+pub mod media;
+
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -45,6 +47,8 @@ pub struct Metrics {
     pub mcu: McuMetrics,
     /// Traffic, resumes, session limits, requests to Nextcloud and calls.
     pub go: GoMetrics,
+    /// Media quality from Janus's event handler (`signaling_mcu_media_*`, ...).
+    pub media: media::MediaMetrics,
     /// `server_messages` resolved once per known type (no label lookup per message).
     known_types: Vec<(&'static str, IntCounter)>,
 }
@@ -216,6 +220,7 @@ impl Metrics {
         }
         let mcu = McuMetrics::new(&registry);
         let go = GoMetrics::new(&registry);
+        let media = media::MediaMetrics::new(&registry);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -229,6 +234,7 @@ impl Metrics {
         Metrics {
             mcu,
             go,
+            media,
             known_types,
             registry,
             backend_current,

@@ -6,6 +6,7 @@
 //! bodies (the hub decides none).
 
 pub mod forwarded;
+pub mod janus_events;
 pub mod listener;
 pub mod tls;
 pub mod turn;

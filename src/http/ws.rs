@@ -79,6 +79,25 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     let trusted = &state.hub.live().app.trusted_proxies;
     let client = super::forwarded::client_ip(socket_peer, headers, trusted);
     let peer = client.map(super::forwarded::ClientIp::counted);
+    if header_has(
+        headers,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        super::janus_events::SUBPROTOCOL,
+    ) {
+        // Janus's event handler, not a client.
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let known = client.and_then(super::forwarded::ClientIp::known);
+        let shutdown = state.shutdown.child_token();
+        let hub = state.hub.clone();
+        return super::janus_events::upgrade(
+            hub,
+            &state.tracker,
+            shutdown,
+            on_upgrade,
+            &accept,
+            known,
+        );
+    }
     // A client behind a trusted proxy is held to the per-address cap by
     // the address the proxy names (the proxy itself is exempt); one the
     // proxy could not name, by the proxy's address.

@@ -7,6 +7,7 @@
 //! [`Command`]. What Janus says on its own (candidates, renegotiation
 //! offers) goes back to the hub as [`Signal`]s.
 
+pub mod events;
 pub mod info;
 pub mod janus;
 pub mod janus_kind;
@@ -279,6 +280,12 @@ impl Mcu {
     /// True while Janus is connected.
     pub fn connected(&self) -> bool {
         self.gw.connected()
+    }
+
+    /// True when Janus handle `handle` is one of this process's
+    /// publishers or subscribers.
+    pub fn has_handle(&self, handle: u64) -> bool {
+        lock(&self.reg).handles.contains_key(&handle)
     }
 
     /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).

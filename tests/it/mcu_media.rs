@@ -694,6 +694,104 @@ async fn candidates_janus_trickles_reach_the_clients_and_media_flows_with_them()
     ts.stop().await;
 }
 
+/// The value of `name` with these labels in a Prometheus text (0 when
+/// absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn janus_events_feed_the_media_quality_metrics() {
+    if !run_in_namespace("janus_events_feed_the_media_quality_metrics") {
+        return;
+    }
+    // Janus's WebSocket event handler points at the server (as the Go
+    // server documents): the server first, Janus on the port it expects.
+    let port = support::free_port();
+    let ts = TestServer::start_with(&format!(
+        "[mcu]\ntype = janus\nurl = ws://127.0.0.1:{port}\ntimeout = 10\n"
+    ))
+    .await;
+    let events = format!("{}/spreed", ts.url.replace("http", "ws"));
+    let _j = Janus::start_with_events(port, &events).await;
+    wait_mcu(&ts).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "e1").await;
+    let wanted: [(&str, &[(&str, &str)]); 7] = [
+        ("signaling_mcu_ice_state_total", &[("state", "connected")]),
+        ("signaling_mcu_dtls_state_total", &[("state", "connected")]),
+        (
+            "signaling_mcu_peerconnection_state_total",
+            &[("state", "webrtcup")],
+        ),
+        (
+            "signaling_mcu_selected_candidate_total",
+            &[("origin", "local"), ("family", "ipv4")],
+        ),
+        (
+            "signaling_mcu_media_codecs_total",
+            &[("media", "audio"), ("codec", "opus")],
+        ),
+        (
+            "signaling_mcu_media_bytes_total",
+            &[("media", "audio"), ("direction", "incoming")],
+        ),
+        (
+            "signaling_mcu_media_bytes_total",
+            &[("media", "video"), ("direction", "incoming")],
+        ),
+    ];
+    let deadline = tokio::time::Instant::now() + MEDIA;
+    loop {
+        let text = ts.metrics_text().await;
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|(name, labels)| metric(&text, name, labels) <= 0.0)
+            .collect();
+        let bandwidth = metric(
+            &text,
+            "signaling_mcu_bandwidth",
+            &[("direction", "incoming")],
+        );
+        if missing.is_empty() && bandwidth > 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing {missing:?} (bandwidth {bandwidth}):\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("signaling_mcu_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The publisher goes: its bandwidth no longer counts once Janus says
+    // the handle is detached.
+    drop(pa);
+    a.send(json!({"type": "bye", "bye": {}})).await;
+    let deadline = tokio::time::Instant::now() + MEDIA;
+    while metric(
+        &ts.metrics_text().await,
+        "signaling_mcu_bandwidth",
+        &[("direction", "incoming")],
+    ) > 0.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "bandwidth stays");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ts.stop().await;
+}
+
 /// True when a chromium (the simulcast publisher) is installed.
 fn chromium_available() -> bool {
     ["chromium", "chromium-browser", "google-chrome"]

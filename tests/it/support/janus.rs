@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 const PLUGINS_OFF: &str = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,\
 libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_streaming.so,\
 libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so";
+const EVH_OFF: &str = "libjanus_sampleevh.so,libjanus_gelfevh.so,libjanus_mqttevh.so,\
+libjanus_nanomsgevh.so,libjanus_rabbitmqevh.so";
 const TRANSPORTS_OFF: &str =
     "libjanus_http.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so";
 
@@ -52,12 +54,27 @@ impl Janus {
     /// The same with `full_trickle` (Janus trickles its own candidates
     /// instead of putting them into its SDPs).
     pub async fn start_configured(session_timeout: Option<u64>, full_trickle: bool) -> Janus {
+        Self::start_on(free_port(), session_timeout, full_trickle, None).await
+    }
+
+    /// Janus on `port` whose WebSocket event handler sends every event to
+    /// `events` (subprotocol `janus-events`), with media statistics every
+    /// second.
+    pub async fn start_with_events(port: u16, events: &str) -> Janus {
+        Self::start_on(port, None, false, Some(events)).await
+    }
+
+    async fn start_on(
+        port: u16,
+        session_timeout: Option<u64>,
+        full_trickle: bool,
+        events: Option<&str>,
+    ) -> Janus {
         let dir = super::fresh_dir("janus");
         for entry in std::fs::read_dir("/etc/janus").unwrap() {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
         }
-        let port = free_port();
         let edit = |file: &str, pairs: &[(&str, String)]| {
             let path = dir.join(file);
             let mut text = std::fs::read_to_string(&path).unwrap();
@@ -92,6 +109,29 @@ impl Janus {
                 ),
             ],
         );
+        if let Some(url) = events {
+            edit(
+                "janus.jcfg",
+                &[
+                    ("#broadcast = true", "broadcast = true".to_string()),
+                    (
+                        "#disable = \"libjanus_sampleevh.so\"",
+                        format!("disable = \"{EVH_OFF}\""),
+                    ),
+                    ("#stats_period = 5", "stats_period = 1".to_string()),
+                ],
+            );
+            edit(
+                "janus.eventhandler.wsevh.jcfg",
+                &[
+                    ("enabled = false", "enabled = true".to_string()),
+                    (
+                        "backend = \"ws://your.websocket.here\"",
+                        format!("backend = \"{url}\"\n\tsubprotocol = \"janus-events\""),
+                    ),
+                ],
+            );
+        }
         edit(
             "janus.transport.websockets.jcfg",
             &[
