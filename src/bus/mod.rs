@@ -153,6 +153,14 @@ pub struct RoomSnapshot {
     /// Room properties.
     #[serde(default)]
     pub properties: Option<Box<RawValue>>,
+    /// Nextcloud's participant state of the room (users, in-call flags,
+    /// permissions) by Nextcloud session id: with `changed-users`
+    /// Nextcloud sends only changes, so a process that starts serving the
+    /// room needs the state the others built. Absent from processes of the
+    /// previous release.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub participants:
+        std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A session handed over to another process on resume.

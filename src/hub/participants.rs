@@ -96,6 +96,19 @@ impl State {
         ))
     }
 
+    /// A session joined (here or on another process) whose participant
+    /// entry Nextcloud sent before the join was known (an update during a
+    /// slow join): the members get that update again, now with the
+    /// session's signaling id. None when there is no such entry.
+    pub(crate) fn replay_participant(
+        &self,
+        key: &RoomKey,
+        nc: &str,
+    ) -> Option<crate::api::server::Frame> {
+        let entry = self.rooms.get(key)?.participants.get(nc)?.clone();
+        self.participants_frame(key, &[entry], None)
+    }
+
     /// Applies `permissions` carried in changed participant entries.
     pub(super) fn apply_permissions(&mut self, key: &RoomKey, changed: &[Map<String, Value>]) {
         for e in changed {

@@ -150,6 +150,12 @@ impl State {
             mine.push(f);
         }
         mine.extend(self.virtual_flags_events(&key, &others));
+        if let Some(f) =
+            room_session_id_of(self, sid).and_then(|nc| self.replay_participant(&key, &nc))
+        {
+            self.broadcast(&key, &f, Some(sid));
+            mine.push(f);
+        }
         mine.extend(self.initial_transient(&key));
         self.publish_member(&key, sid, true);
         if !hold {
@@ -221,6 +227,11 @@ impl State {
             })
             .collect()
     }
+}
+
+/// The Nextcloud session id a session joined its room with.
+fn room_session_id_of(st: &State, sid: &str) -> Option<Arc<str>> {
+    st.sessions.map.get(sid)?.room_session_id.clone()
 }
 
 impl Hub {

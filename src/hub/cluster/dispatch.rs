@@ -593,10 +593,15 @@ impl State {
         let special = member.kind != MemberKind::Client;
         let flags = (member.kind == MemberKind::Virtual).then_some(member.flags);
         let old_flags = self.cluster.remote.get(sid.as_str()).map(|r| r.info.flags);
+        let nc = member.roomsessionid.clone();
         let new = self.upsert_remote(key, member);
         if new {
             if let Some(e) = self.join_entry(&sid) {
                 let f = event_frame("room", "join", &[e]);
+                self.broadcast(key, &f, None);
+            }
+            // An update Nextcloud sent during its join, now mapped.
+            if let Some(f) = nc.and_then(|nc| self.replay_participant(key, &nc)) {
                 self.broadcast(key, &f, None);
             }
         }

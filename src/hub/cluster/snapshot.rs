@@ -29,6 +29,10 @@ impl State {
             if room.properties.is_none() {
                 room.properties = snap.properties.map(Arc::from);
             }
+            // What arrived while the snapshot was on its way is newer.
+            for (nc, entry) in snap.participants {
+                room.participants.entry(nc).or_insert(entry);
+            }
             if snap.transient_version > room.transient_version {
                 room.transient_version = snap.transient_version;
                 room.transient.clear();
@@ -87,6 +91,7 @@ impl State {
                 .properties
                 .as_deref()
                 .and_then(|p| serde_json::value::RawValue::from_string(p.get().to_string()).ok()),
+            participants: room.participants.clone(),
         })
     }
 }

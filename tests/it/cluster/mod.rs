@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::{json, Value};
 
+mod room_state;
 mod stall;
 mod subjects;
 
