@@ -221,3 +221,70 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+#[tokio::test]
+async fn an_internal_client_and_its_virtual_session_are_kept_across_a_restart() {
+    let nc = FakeNextcloud::start().await;
+    let state = fresh_dir("spreed-state");
+    let node = Node::start(&nc, "", &[("STATE_DIRECTORY", state.to_str().unwrap())]).await;
+    let mut alice = node.client_in_room(&nc, "alice", "room1").await;
+    let mut sip = Client::connect(&node.ws_url()).await;
+    sip.expect_type("welcome").await;
+    sip.send(internal_hello("0123456789012345678901234567890123456789"))
+        .await;
+    let h = sip.expect_type("hello").await;
+    let (sip_sid, sip_resume) = (
+        h["hello"]["sessionid"].as_str().unwrap().to_string(),
+        h["hello"]["resumeid"].as_str().unwrap().to_string(),
+    );
+    sip.send(
+        json!({"type": "internal", "internal": {"type": "addsession", "addsession": {
+        "sessionid": "phone-1", "roomid": "room1", "userid": "", "flags": 1}}}),
+    )
+    .await;
+    let me = alice.session_id.clone();
+    let j = alice
+        .wait_for(|m| {
+            m["event"]["type"] == "join" && m["event"]["join"][0]["sessionid"] != me.as_str()
+        })
+        .await;
+    let vsid = j["event"]["join"][0]["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    node.signal("-TERM");
+    let mut node = node;
+    assert_eq!(node.exit_code(TIMEOUT).await, Some(0));
+    let node = node.restart().await;
+    let (mut sip2, hello) = resume(&node, &sip_resume).await;
+    assert_eq!(hello["hello"]["sessionid"], sip_sid.as_str(), "{hello}");
+    let (mut alice2, hello) = resume(&node, &alice.resume_id).await;
+    assert_eq!(
+        hello["hello"]["sessionid"],
+        alice.session_id.as_str(),
+        "{hello}"
+    );
+
+    // A newcomer finds the phone in the room.
+    let mut carol = Client::connect(&node.ws_url()).await;
+    carol.expect_type("welcome").await;
+    carol
+        .hello_v1(&nc.backend_url(), json!({"userid": "carol"}))
+        .await;
+    carol.join("room1", "nc-carol").await;
+    carol.wait_join_of(&vsid).await;
+    // Nextcloud heard of no removal; the internal client still owns it.
+    assert!(nc
+        .requests("session")
+        .iter()
+        .all(|r| r.body["session"]["action"] != "remove"));
+    sip2.send(
+        json!({"type": "internal", "internal": {"type": "removesession", "removesession": {
+        "sessionid": "phone-1", "roomid": "room1"}}}),
+    )
+    .await;
+    let left = alice2.wait_for(is_leave).await;
+    assert_eq!(left["event"]["leave"], json!([vsid]), "{left}");
+    let _ = std::fs::remove_dir_all(&state);
+}
