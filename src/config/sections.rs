@@ -19,6 +19,11 @@ pub struct FederationConfig {
     pub allow_ips: IpList,
     /// `allowhttp`: plain `http://` / `ws://` signaling servers allowed.
     pub allow_http: bool,
+    /// Name servers for the host names of remote signaling servers; empty
+    /// (always, from a file) means the system's (`/etc/resolv.conf`).
+    /// Only code sets it: tests point it at a server that never answers.
+    #[doc(hidden)]
+    pub nameservers: Vec<std::net::SocketAddr>,
 }
 
 /// `[sessions] hashkey` (required) and `blockkey` (16, 24 or 32 bytes, or
@@ -106,6 +111,7 @@ pub(super) fn parse_federation(ini: &IniFile) -> Result<FederationConfig, Config
             None => IpList::default(),
         },
         allow_http: ini.get_bool("federation", "allowhttp", false)?,
+        nameservers: Vec::new(),
     })
 }
 

@@ -167,6 +167,8 @@ pub struct Hub {
     fed_links: Arc<std::sync::atomic::AtomicUsize>,
     /// Federation dials started by clients, per session and address.
     fed_dials: federation::DialLimits,
+    /// Resolves remote signaling servers' names (not on the blocking pool).
+    federation_resolver: Option<hickory_resolver::TokioResolver>,
     /// MCU slots of other processes' sessions (their `requestoffer`s).
     remote_mcu: Mutex<HashMap<Arc<str>, Arc<mcu::McuSlots>>>,
     /// The bus (also in the state; here for checks without the lock).
@@ -228,6 +230,7 @@ impl Hub {
             },
         );
         let federation_tls = federation::tls_config(config.federation.skip_verify)?;
+        let federation_resolver = federation::resolver(&config.federation);
         let throttle = throttle::Throttle::new(config.brute_force.clone());
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::config::LiveSettings::of(&config),
@@ -262,6 +265,7 @@ impl Hub {
             federation_tls,
             fed_links: Arc::default(),
             fed_dials: Default::default(),
+            federation_resolver,
             remote_mcu: Mutex::new(HashMap::new()),
             bus,
             pacing: Arc::default(),

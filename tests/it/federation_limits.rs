@@ -272,3 +272,75 @@ async fn dials_are_capped_per_session_and_per_address() {
     assert_eq!(refused, 4, "24 asked, 20 left for the address");
     a.stop().await;
 }
+
+/// A server whose federation resolver asks only `nameserver`.
+async fn with_nameserver(nameserver: std::net::SocketAddr) -> TestServer {
+    let nc = FakeNextcloud::start().await;
+    let mut cfg = spreed_signaling::config::Config::parse(&config_text(&nc, OPEN)).unwrap();
+    cfg.federation.nameservers = vec![nameserver];
+    TestServer::start_config(nc, cfg).await
+}
+
+/// A name whose DNS never answers fails within `[federation] timeout`
+/// (2 s here), and requests to Nextcloud go on meanwhile.
+#[tokio::test]
+async fn a_name_whose_dns_never_answers_fails_within_the_deadline() {
+    // A name server that never replies.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let a = with_nameserver(silent.local_addr().unwrap()).await;
+    let mut alice = a.client(Some("alice")).await;
+    let started = tokio::time::Instant::now();
+    alice
+        .send(join("https://signaling.never-answers.test/"))
+        .await;
+    // The resolver asked the silent server.
+    let mut buf = [0u8; 512];
+    tokio::time::timeout(TIMEOUT, silent.recv_from(&mut buf))
+        .await
+        .expect("a DNS query")
+        .unwrap();
+    // Meanwhile a room join, which asks Nextcloud, is answered at once.
+    let _bob = a.client_in_room("bob", "room1").await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let e = alice.wait_for(|m| m["type"] == "error").await;
+    let waited = started.elapsed();
+    assert_eq!(e["id"], "7");
+    assert_eq!(e["error"]["code"], "federation_error", "{e}");
+    assert_eq!(e["error"]["details"], json!({"code": "network_error"}));
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    a.stop().await;
+}
+
+/// Federation does not resolve on tokio's blocking pool: with every
+/// blocking thread busy (as when `getaddrinfo` calls hang), a name (here
+/// from /etc/hosts) still resolves and the join goes through.
+#[test]
+fn names_resolve_without_the_blocking_pool() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = TestServer::start_with(OPEN).await;
+        let mut remote = FakeRemote::start("127.0.0.1", false).await;
+        // The one blocking thread is taken until the test ends.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (taken, is_taken) = tokio::sync::oneshot::channel();
+        let _busy = tokio::task::spawn_blocking(move || {
+            let _ = taken.send(());
+            let _ = held.recv();
+        });
+        is_taken.await.unwrap();
+        let url = format!("http://localhost:{}/", remote.addr.port());
+        let answer: Value = serde_json::from_str(&join_error(&a, &url).await).unwrap();
+        assert_eq!(answer["type"], "room", "{answer}");
+        assert!(remote.joined.recv().await.is_some());
+        drop(release);
+        a.stop().await;
+    });
+}

@@ -13,6 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -46,10 +49,11 @@ pub(crate) fn allowed(config: &FederationConfig, ip: IpAddr) -> bool {
 /// Why a dial did not happen (logged, never shown to the client).
 pub(super) type Refusal = String;
 
-/// Resolves `host` (within `timeout`) and connects to the first address
+/// Resolves the URL's host (within `timeout`) and connects to the first address
 /// that may be dialled, returning the stream and that address.
 pub(super) async fn open(
     config: &FederationConfig,
+    resolver: Option<&TokioResolver>,
     url: &reqwest::Url,
 ) -> Result<(TcpStream, SocketAddr), (Option<SocketAddr>, Refusal)> {
     if url.scheme() != "wss" && !config.allow_http {
@@ -64,21 +68,43 @@ pub(super) async fn open(
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     let ips = match literal.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => resolve(host, port, deadline).await.map_err(|e| (None, e))?,
+        Err(_) => resolve(resolver, host, deadline)
+            .await
+            .map_err(|e| (None, e))?,
     };
-    let Some(ip) = ips.iter().copied().find(|ip| allowed(config, *ip)) else {
+    let allowed_ips: Vec<IpAddr> = ips
+        .iter()
+        .copied()
+        .filter(|ip| allowed(config, *ip))
+        .collect();
+    if allowed_ips.is_empty() {
         let first = ips.first().map(|ip| SocketAddr::new(*ip, port));
         return Err((
             first,
             "address in a range refused by default ([federation] allowips)".into(),
         ));
+    }
+    // The checked addresses in order, until one accepts.
+    let mut failed = (None, String::new());
+    let mut connected = None;
+    for ip in allowed_ips {
+        let addr = SocketAddr::new(ip, port);
+        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                connected = Some((s, addr));
+                break;
+            }
+            Ok(Err(e)) => failed = (Some(addr), e.to_string()),
+            Err(_) => {
+                failed = (Some(addr), "connect timeout".into());
+                break;
+            }
+        }
+    }
+    let Some((stream, addr)) = connected else {
+        return Err(failed);
     };
-    let addr = SocketAddr::new(ip, port);
-    let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err((Some(addr), e.to_string())),
-        Err(_) => return Err((Some(addr), "connect timeout".into())),
-    };
+    let ip = addr.ip();
     // A public name of this very host: as loopback.
     let local = stream.local_addr().map(|a| a.ip()).ok();
     if local == Some(ip) && !config.allow_ips.contains(ip) {
@@ -90,10 +116,59 @@ pub(super) async fn open(
     Ok((stream, addr))
 }
 
+/// The resolver of remote signaling servers' names: hickory's, on the
+/// runtime's I/O (not tokio's blocking pool, where a `getaddrinfo` that
+/// never returns would hold a thread that reqwest needs to resolve
+/// Nextcloud). It reads `/etc/resolv.conf` and `/etc/hosts` once, at
+/// start, and caches answers for their TTL. None (logged) when the system
+/// configuration cannot be read: names then fail to resolve.
+pub(crate) fn resolver(config: &FederationConfig) -> Option<TokioResolver> {
+    let builder = if config.nameservers.is_empty() {
+        match TokioResolver::builder_tokio() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "federation: cannot read the system's DNS configuration; remote signaling servers can only be named by address");
+                return None;
+            }
+        }
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|a| {
+                let mut ns = NameServerConfig::udp(a.ip());
+                for c in &mut ns.connections {
+                    c.port = a.port();
+                }
+                ns
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let mut builder = builder;
+    builder.options_mut().timeout = config.timeout;
+    builder.options_mut().attempts = 1;
+    match builder.build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "federation: no DNS resolver");
+            None
+        }
+    }
+}
+
 /// The addresses of `name`, within the deadline.
-async fn resolve(name: &str, port: u16, deadline: Instant) -> Result<Vec<IpAddr>, Refusal> {
-    match tokio::time::timeout_at(deadline, tokio::net::lookup_host((name, port))).await {
-        Ok(Ok(addrs)) => Ok(addrs.map(|a| a.ip()).collect()),
+async fn resolve(
+    resolver: Option<&TokioResolver>,
+    name: &str,
+    deadline: Instant,
+) -> Result<Vec<IpAddr>, Refusal> {
+    let resolver = resolver.ok_or("no DNS resolver")?;
+    match tokio::time::timeout_at(deadline, resolver.lookup_ip(name)).await {
+        Ok(Ok(ips)) => Ok(ips.iter().collect()),
         Ok(Err(e)) => Err(format!("lookup failed: {e}")),
         Err(_) => Err("lookup timeout".into()),
     }

@@ -28,7 +28,8 @@ impl Link {
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(session = %self.sid, %host, address = %addr, outcome, "federation dial");
         };
-        let (stream, addr) = match dial::open(&self.hub.config.federation, &url).await {
+        let resolver = self.hub.federation_resolver.as_ref();
+        let (stream, addr) = match dial::open(&self.hub.config.federation, resolver, &url).await {
             Ok(ok) => ok,
             Err((addr, why)) => {
                 log(addr, &why);

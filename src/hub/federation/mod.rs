@@ -29,7 +29,7 @@ mod offline;
 mod rewrite;
 mod tls;
 
-pub(crate) use dial::DialLimits;
+pub(crate) use dial::{resolver, DialLimits};
 use link::Link;
 pub(crate) use tls::tls_config;
 

@@ -41,6 +41,11 @@ impl TestServer {
     /// Starts a server using an existing fake Nextcloud.
     pub async fn start_on(nc: FakeNextcloud, extra: &str) -> TestServer {
         let cfg = Config::parse(&config_text(&nc, extra)).unwrap();
+        Self::start_config(nc, cfg).await
+    }
+
+    /// Starts a server with a configuration the test changed in code.
+    pub async fn start_config(nc: FakeNextcloud, cfg: Config) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = Server::start(cfg, Some(listener)).await.unwrap();
         let url = format!("http://{}", server.addr);
