@@ -8,6 +8,20 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::HttpLimits;
 
+/// The key a client address is counted under: an IPv4 address itself, an
+/// IPv6 address by its /64 (one subscriber's network: a single host can use
+/// any of its 2^64 addresses), an IPv4-mapped IPv6 address as the IPv4 one.
+/// Used by the per-address connection caps and the hello throttle.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 /// Open connections per client address, shared by the listeners and the
 /// WebSocket upgrade (which counts clients behind a trusted proxy by the
 /// address the proxy names).
@@ -18,6 +32,7 @@ impl ConnCounts {
     /// A place for one more connection of `ip` that came through a trusted
     /// proxy, or None when `ip` has `cap` already (0 = no cap).
     pub fn admit_forwarded(&self, ip: IpAddr, cap: usize) -> Option<Slot> {
+        let ip = address_key(ip);
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = c.per_ip.entry(ip).or_default();
         if cap > 0 && *n >= cap {
@@ -44,6 +59,7 @@ impl ConnCounts {
         limits: &HttpLimits,
         trusted: bool,
     ) -> Result<Slot, &'static str> {
+        let ip = address_key(ip);
         let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if limits.max_connections > 0 && c.total >= limits.max_connections {
             return Err("connections");

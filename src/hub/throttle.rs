@@ -17,8 +17,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::BruteForceLimits;
+use crate::conn_counts::address_key;
 
-/// Most addresses remembered; beyond, the ones without recent failures go.
+/// Addresses remembered before the first sweep of the ones without recent
+/// failures; the next sweep comes when the map has doubled since the last
+/// one, so each recorded failure pays for a bounded share of the sweeps.
 const MAX_ADDRESSES: usize = 100_000;
 
 /// Where a connection comes from: the client address (as a trusted proxy
@@ -31,10 +34,20 @@ pub struct Peer {
     pub socket: Option<SocketAddr>,
 }
 
+/// Recent failures per address key ([`address_key`]).
+struct Failures {
+    map: HashMap<IpAddr, VecDeque<Instant>>,
+    /// The map's size at which addresses without recent failures are
+    /// swept out next.
+    sweep_at: usize,
+    /// Entries looked at by sweeps, in all (to show they are linear).
+    swept: u64,
+}
+
 /// Failures per client address.
 pub struct Throttle {
     limits: BruteForceLimits,
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    failures: Mutex<Failures>,
     /// Local addresses of this server's own outgoing connections while they
     /// say hello (see [`OwnDial`]).
     own: Mutex<HashSet<SocketAddr>>,
@@ -45,7 +58,11 @@ impl Throttle {
     pub fn new(limits: BruteForceLimits) -> Self {
         Throttle {
             limits,
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Failures {
+                map: HashMap::new(),
+                sweep_at: MAX_ADDRESSES,
+                swept: 0,
+            }),
             own: Mutex::new(HashSet::new()),
         }
     }
@@ -75,8 +92,10 @@ impl Throttle {
         if self.limits.max_failures == 0 {
             return false;
         }
+        let ip = address_key(ip);
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let map = &mut f.map;
         let Some(list) = map.get_mut(&ip) else {
             return false;
         };
@@ -93,13 +112,17 @@ impl Throttle {
         if self.limits.max_failures == 0 {
             return Duration::ZERO;
         }
+        let ip = address_key(ip);
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.map.len() >= f.sweep_at && !f.map.contains_key(&ip) {
             let window = self.limits.window;
-            map.retain(|_, l| l.back().is_some_and(|t| now.duration_since(*t) < window));
+            f.swept += f.map.len() as u64;
+            f.map
+                .retain(|_, l| l.back().is_some_and(|t| now.duration_since(*t) < window));
+            f.sweep_at = MAX_ADDRESSES.max(2 * f.map.len());
         }
-        let list = map.entry(ip).or_default();
+        let list = f.map.entry(ip).or_default();
         self.prune(list, now);
         list.push_back(now);
         if list.len() > self.limits.max_failures as usize {
@@ -175,5 +198,44 @@ mod tests {
         assert_eq!(t.failed(ip), Duration::from_millis(400));
         assert!(t.blocked(ip));
         assert!(!t.blocked("10.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let t = Throttle::new(BruteForceLimits {
+            max_failures: 2,
+            window: Duration::from_secs(60),
+        });
+        t.failed("2001:db8:1:2::1".parse().unwrap());
+        t.failed("2001:db8:1:2:ffff::7".parse().unwrap());
+        assert!(t.blocked("2001:db8:1:2::99".parse().unwrap()));
+        assert!(!t.blocked("2001:db8:1:3::1".parse().unwrap()));
+        // An IPv4-mapped address is its IPv4 address.
+        t.failed("192.0.2.1".parse().unwrap());
+        t.failed("::ffff:192.0.2.1".parse().unwrap());
+        assert!(t.blocked("192.0.2.1".parse().unwrap()));
+    }
+
+    /// Past `MAX_ADDRESSES` addresses with recent failures, every new one
+    /// swept the whole map (quadratic: 10^10 entries for 200,000
+    /// addresses). Counted, not timed: the sweeps look at a bounded number
+    /// of entries per failure.
+    #[test]
+    fn the_sweep_of_old_addresses_is_linear() {
+        let t = Throttle::new(BruteForceLimits {
+            max_failures: 10,
+            window: Duration::from_secs(3600),
+        });
+        let n: u32 = 200_000;
+        for i in 0..n {
+            t.failed(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()));
+        }
+        let f = t.failures.lock().unwrap();
+        assert_eq!(f.map.len(), n as usize);
+        assert!(
+            f.swept <= 2 * u64::from(n),
+            "sweeps looked at {} entries",
+            f.swept
+        );
     }
 }

@@ -96,3 +96,44 @@ async fn the_servers_own_dials_are_not_counted() {
     assert_eq!(metric_sum(&m, "signaling_throttle_delayed_total"), 0);
     ts.stop().await;
 }
+
+/// A client behind the (loopback) proxy, named `ip` by X-Forwarded-For.
+async fn via_proxy(ts: &TestServer, ip: &str) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = ts.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-Forwarded-For", ip.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => {
+            let mut c = Client {
+                ws,
+                session_id: String::new(),
+                resume_id: String::new(),
+                user_id: None,
+            };
+            c.expect_type("welcome").await;
+            Ok(c)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A host has a whole /64: its addresses count as one.
+#[tokio::test]
+async fn ipv6_clients_are_throttled_and_capped_by_their_64() {
+    let ts = TestServer::start_with(
+        "[clients]\nmaxfailedhellos = 1\nfailedhellowindow = 60\n[http]\nmaxconnectionsperip = 2\n",
+    )
+    .await;
+    let mut a = via_proxy(&ts, "2001:db8:1:2::1").await.unwrap();
+    assert_eq!(guess_resume(&mut a).await, "no_such_session");
+    let mut b = via_proxy(&ts, "2001:db8:1:2:aaaa::2").await.unwrap();
+    assert_eq!(guess_resume(&mut b).await, "too_many_requests");
+    // The cap of two is reached: a third address of the /64 is refused.
+    assert_eq!(via_proxy(&ts, "2001:db8:1:2::3").await.err(), Some(429));
+    // Another /64 is another client.
+    let mut c = via_proxy(&ts, "2001:db8:1:3::1").await.unwrap();
+    assert_eq!(guess_resume(&mut c).await, "no_such_session");
+    ts.stop().await;
+}
