@@ -564,3 +564,67 @@ pub fn goconf(data: &[u8]) {
     }
     let _ = Config::parse(text);
 }
+
+// ---------------------------------------------------------------------------
+// SDP of client offers and answers, and trickled candidates (`mcu::sdp`)
+
+/// An SDP as a client sends it in an offer or answer. `parse` never panics
+/// and agrees with a reading of the lines as Janus reads them (media types
+/// in any case, fields split on any whitespace): every `m=` line's type is
+/// one of the registered ones, `audio`/`video` ones are reported; when all
+/// addresses are blocked, `filter` leaves no candidate line in any case and
+/// only ever removes lines; every line parsed as a candidate never panics,
+/// and a candidate with an IP address is filtered when all are blocked.
+pub fn sdp(data: &[u8]) {
+    use spreed_signaling::config::IpList;
+    use spreed_signaling::mcu::sdp;
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<&str> = text.lines().collect();
+    let media_of = |l: &str| {
+        l.strip_prefix("m=").map(|m| {
+            m.split_ascii_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        })
+    };
+    if let Ok(media) = sdp::parse(&text) {
+        let kinds: Vec<String> = lines.iter().filter_map(|l| media_of(l)).collect();
+        for k in &kinds {
+            assert!(
+                ["audio", "video", "text", "application", "message"].contains(&k.as_str()),
+                "accepted media type {k:?}"
+            );
+        }
+        assert_eq!(media.audio, kinds.iter().any(|k| k == "audio"));
+        assert_eq!(media.video, kinds.iter().any(|k| k == "video"));
+    }
+    let none = IpList::default();
+    let all = IpList::parse("0.0.0.0/0, ::/0").expect("valid list");
+    for blocked in [&none, &all] {
+        let out = sdp::filter(&text, &none, blocked);
+        assert!(out.len() <= text.len());
+        let mut rest = lines.iter();
+        for l in out.lines() {
+            assert!(rest.any(|x| *x == l), "filter added or reordered {l:?}");
+        }
+        if std::ptr::eq(blocked, &all) {
+            // (`A=` is no attribute: `parse` refuses such an SDP.)
+            for l in out.lines() {
+                let name = l.strip_prefix("a=").and_then(|a| a.get(..10));
+                assert!(
+                    !name.is_some_and(|n| n.eq_ignore_ascii_case("candidate:")),
+                    "candidate kept with everything blocked: {l:?}"
+                );
+            }
+        }
+    }
+    for l in &lines {
+        let c = l.strip_prefix("a=").unwrap_or(l);
+        if let Ok(c) = sdp::parse_candidate(c) {
+            if c.address.parse::<std::net::IpAddr>().is_ok() {
+                assert!(sdp::is_filtered(&c, &none, &all));
+            }
+        }
+    }
+}

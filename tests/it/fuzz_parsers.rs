@@ -494,3 +494,32 @@ fn goconf_multiplying_references_are_bounded() {
         start.elapsed()
     );
 }
+
+const SDP_SEEDS: &[&str] = &[
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=candidate:1 1 udp 2122260223 10.0.0.5 50000 typ host\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n",
+    "v=0\nm=VIDEO\t9 UDP 96\na=CANDIDATE:2 1 UDP 1 4b5c.local 5 typ host\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\n",
+];
+
+/// SDP lines in the spellings Janus accepts and some it does not.
+fn sdp_text() -> impl Strategy<Value = String> {
+    let line = prop_oneof![
+        ".{0,40}",
+        "[aA]=[cC][aA][nN][dD][iI][dD][aA][tT][eE]:[0-9a-z]{0,4}[ \t][0-9]{0,3}[ \t](udp|TCP|x)[ \t][0-9]{0,11} [0-9a-f.:]{0,20}(\\.local)? [0-9]{0,6}[ \t]typ (host|srflx|x)( raddr [0-9.]{0,15})?",
+        "m=[ \t]?(audio|VIDEO|Video|application|text|message|x|vide0)[ \t]{1,2}9 UDP/TLS/RTP/SAVPF 111",
+        "v=0",
+    ];
+    (prop::collection::vec(line, 0..12), any::<bool>())
+        .prop_map(|(lines, crlf)| lines.join(if crlf { "\r\n" } else { "\n" }))
+}
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    #[test]
+    fn sdp(data in prop_oneof![
+        sdp_text().prop_map(String::into_bytes),
+        mutated(SDP_SEEDS),
+    ]) {
+        checks::sdp(&data);
+    }
+}
