@@ -46,7 +46,8 @@ pub struct Room {
     /// Version counter of the transient data.
     pub transient_version: u64,
     /// Members of other processes that left before their join was known
-    /// (while a snapshot was on its way): not to be added by the snapshot.
+    /// while a snapshot was on its way: not to be added by the snapshot
+    /// (filled only then, cleared when it is applied).
     pub departed: std::collections::HashSet<Arc<str>>,
 }
 

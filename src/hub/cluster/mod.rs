@@ -381,7 +381,11 @@ impl State {
             return;
         };
         if !room.remove_member(sid) {
-            room.departed.insert(sid.into());
+            // Only a snapshot on its way can still bring it: remembered
+            // until the snapshot is applied, not kept for ever.
+            if self.cluster.preparing.contains_key(key) {
+                room.departed.insert(sid.into());
+            }
             return;
         }
         room.nc_sessions.retain(|_, v| &**v != sid);

@@ -61,3 +61,30 @@ async fn rooms_and_users_are_subscribed_while_they_have_sessions_here() {
     assert!(!bus_b.subscribed(&room) && !bus_b.subscribed(&ub));
     assert!(bus_a.subscribed(&room), "ann is still there");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_leave_of_a_member_never_known_is_not_remembered_for_ever() {
+    let m = mesh_with_buses(2).await;
+    let ((a, bus_a), (b, _)) = (&m[0], &m[1]);
+    let _x = client_in_room(a, "ann", "r").await;
+    let _y = client_in_room(b, "ben", "r").await;
+    quiet().await;
+    // A leave whose join b never saw (no snapshot on its way).
+    let h = crate::bus::Header::Left {
+        from: crate::bus::Bus::pid(&**bus_a).to_string(),
+        backend: "nc1".into(),
+        room: "r".into(),
+        sid: format!("{}-unknown", crate::bus::Bus::pid(&**bus_a)),
+    };
+    crate::bus::Bus::publish(
+        &**bus_a,
+        room_subject("nc1", "r"),
+        crate::bus::encode(&h, None),
+    );
+    quiet().await;
+    let key = crate::hub::room::RoomKey {
+        backend: "nc1".into(),
+        room: "r".into(),
+    };
+    assert!(b.lock().rooms.get(&key).unwrap().departed.is_empty());
+}
