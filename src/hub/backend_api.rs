@@ -225,6 +225,9 @@ impl State {
                 self.end_session(sid, None);
             }
         }
+        // A virtual session stays; its internal client is asked to hang
+        // up (and then removes it), as the Go server does.
+        sids.retain(|sid| !self.hang_up_virtual(key, sid));
         self.remove_from_room(key, &sids);
         self.roomlist_update_others(
             key,
@@ -232,6 +235,38 @@ impl State {
             b.alluserids.as_deref(),
             b.properties.as_deref(),
         );
+    }
+
+    /// Sends the internal client of virtual session `sid` (in room `key`)
+    /// a `hangup` control for it (reason `disinvited`); false when `sid`
+    /// is no such session.
+    fn hang_up_virtual(&mut self, key: &RoomKey, sid: &Arc<str>) -> bool {
+        let Some(s) = self.sessions.map.get(sid) else {
+            return false;
+        };
+        let SessionKind::Virtual {
+            owner, client_sid, ..
+        } = &s.kind
+        else {
+            return false;
+        };
+        if s.room.as_ref() != Some(key) {
+            return false;
+        }
+        let mut recipient = json!({"type": "session", "sessionid": client_sid});
+        if let Some(u) = &s.user_id {
+            recipient["userid"] = json!(&**u);
+        }
+        let f = frame(
+            None,
+            "control",
+            &json!({"recipient": recipient,
+                    "data": {"type": "hangup", "hangup": {"reason": "disinvited"}}}),
+        );
+        let owner = owner.clone();
+        tracing::info!(session = %sid, room = ?key.room, "virtual session disinvited, asking its internal client to hang up");
+        self.sessions.deliver(&owner, &f);
+        true
     }
 
     /// `update`: new properties for the members (`room`) and the users

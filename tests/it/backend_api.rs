@@ -628,3 +628,54 @@ async fn pings_are_batched_across_rooms_with_a_session_ping_limit() {
     }
     ts.stop().await;
 }
+
+/// A virtual session named in a `disinvite` stays in the room; its
+/// internal client gets a `hangup` control for it (reason `disinvited`)
+/// and removes it, as with the Go server.
+#[tokio::test]
+async fn disinvite_of_a_virtual_session_asks_its_internal_client_to_hang_up() {
+    let ts = TestServer::start().await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    a.wait_join_of(&a.session_id.clone()).await;
+    let (mut sip, _) = internal_client(&ts.ws_url(), &[]).await;
+    sip.send(
+        json!({"type": "internal", "internal": {"type": "addsession", "addsession": {
+        "sessionid": "phone-1", "roomid": "room1", "userid": "p1"}}}),
+    )
+    .await;
+    let j = a.wait_for(|m| m["event"]["type"] == "join").await;
+    let vsid = j["event"]["join"][0]["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ts.backend_request(
+        "room1",
+        &json!({"type": "disinvite", "disinvite": {"sessionids": [vsid]}}),
+    )
+    .await;
+    let c = sip.wait_for(|m| m["type"] == "control").await;
+    assert_eq!(
+        c["control"],
+        json!({"recipient": {"type": "session", "sessionid": "phone-1", "userid": "p1"},
+               "data": {"type": "hangup", "hangup": {"reason": "disinvited"}}})
+    );
+    // Still in the room: alice sees no leave before a marker...
+    sip.message_to(
+        json!({"type": "session", "sessionid": a.session_id}),
+        json!({"marker": 1}),
+    )
+    .await;
+    let m = a
+        .wait_for(|m| m["event"]["type"] == "leave" || m["type"] == "message")
+        .await;
+    assert_eq!(m["message"]["data"]["marker"], 1, "{m}");
+    // ...and one once the internal client removed it.
+    sip.send(
+        json!({"type": "internal", "internal": {"type": "removesession", "removesession": {
+        "sessionid": "phone-1", "roomid": "room1"}}}),
+    )
+    .await;
+    let l = a.wait_for(|m| m["event"]["type"] == "leave").await;
+    assert_eq!(l["event"]["leave"], json!([vsid]));
+    ts.stop().await;
+}
