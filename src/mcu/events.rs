@@ -8,8 +8,9 @@
 //! publishers and subscribers (`signaling_mcu_bandwidth`).
 //!
 //! Janus is trusted here (only loopback and private addresses may connect,
-//! as with Go); still every label value is cut to [`MAX_LABEL`] bytes and
-//! the per-handle state is bounded.
+//! as with Go); still every label value is cut to [`MAX_LABEL`] bytes, a
+//! label takes at most [`crate::metrics::media::MAX_LABEL_VALUES`] distinct
+//! values (then `other`) and the per-handle state is bounded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ const MEDIA_SLOW_LINK: u64 = 2;
 const MEDIA_STATS: u64 = 3;
 
 /// A label value from an event: a string, cut to [`MAX_LABEL`] bytes.
-fn label(v: &Value) -> String {
+fn cut(v: &Value) -> String {
     let s = v.as_str().unwrap_or("");
     let mut end = s.len().min(MAX_LABEL);
     while !s.is_char_boundary(end) {
@@ -127,29 +128,40 @@ impl EventsHandler {
         let handle = e["handle_id"].as_u64().unwrap_or(0);
         let ev = &e["event"];
         let m = &self.metrics;
+        let label = |name: &'static str, v: &Value| m.values.admit(name, cut(v));
         match (kind, subtype) {
             (TYPE_HANDLE, _) => match ev["name"].as_str() {
                 Some("attached") => self.handles_seen = true,
                 Some("detached") => self.forget(handle),
                 _ => {}
             },
-            (TYPE_WEBRTC, WEBRTC_ICE) => m.ice_state.with_label_values(&[&label(&ev["ice"])]).inc(),
-            (TYPE_WEBRTC, WEBRTC_DTLS) => {
-                m.dtls_state.with_label_values(&[&label(&ev["dtls"])]).inc()
-            }
+            (TYPE_WEBRTC, WEBRTC_ICE) => m
+                .ice_state
+                .with_label_values(&[&label("ice", &ev["ice"])])
+                .inc(),
+            (TYPE_WEBRTC, WEBRTC_DTLS) => m
+                .dtls_state
+                .with_label_values(&[&label("dtls", &ev["dtls"])])
+                .inc(),
             (TYPE_WEBRTC, WEBRTC_PEERCONNECTION) => m
                 .peerconnection_state
-                .with_label_values(&[&label(&ev["connection"]), &label(&ev["reason"])])
+                .with_label_values(&[
+                    &label("connection", &ev["connection"]),
+                    &label("reason", &ev["reason"]),
+                ])
                 .inc(),
             (TYPE_WEBRTC, WEBRTC_SELECTED_PAIR) => {
                 for origin in ["local", "remote"] {
                     let c = &ev["candidates"][origin];
-                    let family = format!("ipv{}", c["family"].as_u64().unwrap_or(0));
+                    let family = m.values.admit(
+                        "family",
+                        format!("ipv{}", c["family"].as_u64().unwrap_or(0)),
+                    );
                     m.selected_candidate
                         .with_label_values(&[
                             origin,
-                            &label(&c["type"]),
-                            &label(&c["transport"]),
+                            &label("type", &c["type"]),
+                            &label("transport", &c["transport"]),
                             &family,
                         ])
                         .inc();
@@ -162,7 +174,7 @@ impl EventsHandler {
                     "incoming"
                 };
                 m.slow_link
-                    .with_label_values(&[&label(&ev["media"]), direction])
+                    .with_label_values(&[&label("media", &ev["media"]), direction])
                     .inc();
             }
             (TYPE_MEDIA, MEDIA_STATS) => match ev {
@@ -176,7 +188,7 @@ impl EventsHandler {
 
     /// The media statistics of one stream of a handle.
     fn stats(&mut self, handle: u64, s: &Value) {
-        let media = label(&s["media"]);
+        let media = self.metrics.values.admit("media", cut(&s["media"]));
         let num = |k: &str| s[k].as_u64().unwrap_or(0);
         let m = self.metrics.clone();
         if let Some(rtt) = s["rtt"].as_u64().filter(|r| *r > 0) {
@@ -193,7 +205,10 @@ impl EventsHandler {
         let Some(h) = self.handle(handle) else {
             return;
         };
-        let codec = label(&s["codec"]);
+        let codec = Some(cut(&s["codec"]))
+            .filter(|c| !c.is_empty())
+            .map(|c| m.values.admit("codec", c))
+            .unwrap_or_default();
         if !codec.is_empty() && h.codecs.get(&media) != Some(&codec) {
             m.codecs.with_label_values(&[&media, &codec]).inc();
             if h.codecs.len() < MAX_STREAMS || h.codecs.contains_key(&media) {
@@ -310,10 +325,10 @@ mod tests {
 
     #[test]
     fn labels_are_cut_on_a_character_boundary() {
-        assert_eq!(label(&Value::from("opus")), "opus");
-        assert_eq!(label(&Value::Null), "");
+        assert_eq!(cut(&Value::from("opus")), "opus");
+        assert_eq!(cut(&Value::Null), "");
         let long = "é".repeat(40);
-        let l = label(&Value::from(long.as_str()));
+        let l = cut(&Value::from(long.as_str()));
         assert!(l.len() <= MAX_LABEL && l.chars().all(|c| c == 'é'), "{l}");
     }
 }

@@ -2,7 +2,37 @@
 //! handler (`/spreed` with the `janus-events` subprotocol, see
 //! `mcu::events`): the same names, labels and buckets.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Distinct values one label (`state`, `reason`, `media`, `codec`, ...)
+/// takes from events; later new values count as [`OTHER`]. Janus uses a
+/// handful of each, but anybody on a private network may send events, and
+/// every value would be a series kept for good.
+pub const MAX_LABEL_VALUES: usize = 16;
+/// The label value of what is over [`MAX_LABEL_VALUES`].
+pub const OTHER: &str = "other";
+
+/// The label values seen so far, per label name (shared by all event
+/// connections).
+#[derive(Clone, Default)]
+pub struct LabelValues(Arc<Mutex<HashMap<&'static str, HashSet<String>>>>);
+
+impl LabelValues {
+    /// `value` as the value of label `name`: itself when it was seen
+    /// before or there is room for it, else [`OTHER`].
+    pub fn admit(&self, name: &'static str, value: String) -> String {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let values = seen.entry(name).or_default();
+        if values.contains(&value) || values.len() < MAX_LABEL_VALUES {
+            values.insert(value.clone());
+            return value;
+        }
+        OTHER.to_string()
+    }
+}
 
 /// `signaling_mcu_*` of Janus's events.
 #[derive(Clone)]
@@ -33,6 +63,8 @@ pub struct MediaMetrics {
     pub lost: IntCounterVec,
     /// `signaling_mcu_bandwidth{direction}` (bytes per second).
     pub bandwidth: GaugeVec,
+    /// The label values taken from events so far (bounded).
+    pub values: LabelValues,
 }
 
 /// Buckets from `min` to `max` growing by a constant factor (Go's
@@ -128,6 +160,7 @@ impl MediaMetrics {
                 &["direction"],
             )
             .expect("valid metric"),
+            values: LabelValues::default(),
         };
         for c in [
             Box::new(m.selected_candidate.clone()) as Box<dyn prometheus::core::Collector>,

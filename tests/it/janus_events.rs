@@ -247,3 +247,35 @@ async fn janus_events_need_an_mcu_and_a_local_or_private_address() {
     .await;
     ts.stop().await;
 }
+
+/// Anybody on a private network may send events: each label takes at most
+/// 16 distinct values (then `other`), so made-up states cannot grow the
+/// metrics (kept for good, in every scrape) without bound.
+#[tokio::test]
+async fn made_up_label_values_cannot_grow_the_metrics() {
+    let ts =
+        TestServer::start_with(&format!("[mcu]\nurl = ws://127.0.0.1:{}\n", free_port())).await;
+    let mut ws = connect(&ts, Some("10.1.2.3")).await;
+    let flood: Vec<Value> = (0..100)
+        .map(|i| event(16, 1, 0, json!({ "ice": format!("made-up-{i}") })))
+        .collect();
+    ws.send(Message::Text(Value::Array(flood).to_string().into()))
+        .await
+        .unwrap();
+    // All 100 are counted...
+    wait_metric(&ts, "signaling_mcu_ice_state_total", &[], 100.0).await;
+    let text = ts.metrics_text().await;
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("signaling_mcu_ice_state_total{"))
+        .count();
+    // ...in the first 16 values and `other`.
+    assert_eq!(series, 17, "{text}");
+    let other = metric(
+        &text,
+        "signaling_mcu_ice_state_total",
+        &[("state", "other")],
+    );
+    assert_eq!(other, 84.0);
+    ts.stop().await;
+}
