@@ -563,7 +563,7 @@ impl Hub {
             .sessions
             .map
             .get(sid)
-            .is_some_and(|s| s.room.is_some() || s.fed_link.is_some())
+            .is_some_and(|s| s.room.is_some() || s.fed_link.as_ref().is_some_and(|l| l.joined()))
     }
 }
 

@@ -148,9 +148,19 @@ impl State {
                 .insert(key.room.clone(), entries);
         }
         // Sessions in federated rooms: their own Nextcloud still wants
-        // to hear that they are alive (under the local room id).
+        // to hear that they are alive (under the local room id), as the Go
+        // server does: only once the remote server accepted the session
+        // (here: confirmed its join), with the authenticated user id and
+        // the Nextcloud session id of the join (else the session's id).
         for s in self.sessions.map.values() {
-            let Some(link) = &s.fed_link else { continue };
+            let Some(link) = s.fed_link.as_ref().filter(|l| l.joined()) else {
+                continue;
+            };
+            let nc_session = if link.nc_session.is_empty() {
+                s.id.to_string()
+            } else {
+                link.nc_session.to_string()
+            };
             by_backend
                 .entry(s.backend.id.clone())
                 .or_insert_with(|| BackendPings {
@@ -163,7 +173,7 @@ impl State {
                 .entry(link.local_room.clone())
                 .or_default()
                 .push(PingEntry {
-                    sessionid: link.nc_session.to_string(),
+                    sessionid: nc_session,
                     userid: s.user_id.as_deref().map(str::to_string),
                 });
         }

@@ -344,3 +344,63 @@ fn names_resolve_without_the_blocking_pool() {
         a.stop().await;
     });
 }
+
+/// A guest whose federated join failed is still closed by the room-join
+/// timeout (the federated join does not stop it until the remote server
+/// confirmed the join).
+#[tokio::test]
+async fn a_guest_whose_federated_join_failed_meets_the_room_timeout() {
+    let a = TestServer::start_with(&format!("{OPEN}[clients]\nroomtimeout = 1\n")).await;
+    let mut guest = a.client(None).await;
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+    guest.send(join(&closed)).await;
+    let e = guest.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(e["error"]["code"], "federation_error", "{e}");
+    let bye = guest.wait_for(|m| m["type"] == "bye").await;
+    assert_eq!(bye["bye"]["reason"], "room_join_timeout");
+    // A guest whose federated join was confirmed stays.
+    let mut remote = FakeRemote::start("127.0.0.1", false).await;
+    let mut ok = a.client(None).await;
+    ok.send(join(&remote.url)).await;
+    let r = ok.wait_for(|m| m["type"] == "room").await;
+    assert_eq!(r["room"]["roomid"], "localtoken");
+    let _held = remote.joined.recv().await.unwrap();
+    ok.expect_nothing(Duration::from_millis(2500)).await;
+    a.stop().await;
+}
+
+/// Federated sessions are pinged to their own Nextcloud only once the
+/// remote server confirmed the join (as the Go server, which pings them
+/// once the remote accepted the session), not while a join the client
+/// pointed anywhere is pending or failed.
+#[tokio::test]
+async fn only_confirmed_federated_joins_are_pinged() {
+    let a = TestServer::start_with(
+        "[federation]\ntimeout = 5\nallowips = 127.0.0.1\nallowhttp = true\n[backend]\npinginterval = 1\n",
+    )
+    .await;
+    // A "remote" that accepts TCP and never answers: the join stays pending.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", silent.local_addr().unwrap());
+    let mut alice = a.client(Some("alice")).await;
+    alice.send(join(&url)).await;
+    let (_pending, _) = silent.accept().await.unwrap();
+    // Bob's room is pinged every second: two rounds pass.
+    let _bob = a.client_in_room("bob", "room1").await;
+    let rounds = || {
+        a.nc.requests("ping")
+            .iter()
+            .filter(|p| p.body["ping"]["roomid"] == "room1")
+            .count()
+    };
+    eventually("two ping rounds", Duration::from_secs(4), || rounds() >= 2).await;
+    let pings = a.nc.requests("ping");
+    assert!(
+        pings
+            .iter()
+            .all(|p| p.body["ping"]["roomid"] != "localtoken"),
+        "pinged for a join nobody confirmed: {:?}",
+        pings.iter().map(|p| p.body.to_string()).collect::<Vec<_>>()
+    );
+    a.stop().await;
+}

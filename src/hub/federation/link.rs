@@ -34,6 +34,8 @@ pub(super) struct Link {
     pub(super) gone: CancellationToken,
     /// Bytes of the commands waiting in the channel.
     pub(super) queued: Arc<AtomicUsize>,
+    /// B confirmed the join of a room (see `FedLink::joined`).
+    pub(super) joined: Arc<std::sync::atomic::AtomicBool>,
     /// `[federation] timeout`: dialing, each handshake step, each write.
     pub(super) timeout: Duration,
     pub(super) hub: Arc<Hub>,
@@ -314,6 +316,10 @@ impl Link {
         let kind = ServerKind::of(&v["type"]);
         if kind == ServerKind::Bye {
             return Some(Pump::Broken);
+        }
+        if kind == ServerKind::Room {
+            let roomid = v["room"]["roomid"].as_str().unwrap_or_default();
+            self.joined.store(!roomid.is_empty(), Ordering::Release);
         }
         let close = self.leaving && kind == ServerKind::Room && v["room"]["roomid"] == "";
         if let Some(out) = self.rewrite_from_remote(v) {

@@ -14,7 +14,7 @@
 //! write and close towards B has the `[federation] timeout` deadline and
 //! races that end, so a B that stops reading holds nothing for long.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,9 +73,18 @@ pub(crate) struct FedLink {
     /// Ends the link task when this handle goes (session ended, link
     /// cleared or replaced), however full the channel is.
     _gone: DropGuard,
+    /// True while B has confirmed the session's join of a room (set by the
+    /// task): only then is the session in a room for the room-join
+    /// timeout and pinged to its own Nextcloud.
+    joined: Arc<AtomicBool>,
 }
 
 impl FedLink {
+    /// True once B confirmed the join (and until a leave).
+    pub(crate) fn joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
+    }
+
     /// See [`FedSender::send`].
     pub(crate) fn send(&self, cmd: FedCmd) -> bool {
         self.sender.send(cmd)
@@ -281,6 +290,7 @@ impl Hub {
         let (tx, rx) = mpsc::channel(CHANNEL_SIZE);
         let gone = CancellationToken::new();
         let queued = Arc::new(AtomicUsize::new(0));
+        let joined = Arc::new(AtomicBool::new(false));
         let link = FedLink {
             link_id,
             sender: FedSender {
@@ -292,12 +302,14 @@ impl Hub {
             local_room: local_room.as_str().into(),
             nc_session: nc_session.as_str().into(),
             _gone: gone.clone().drop_guard(),
+            joined: joined.clone(),
         };
         let task = Link {
             link_id,
             _live: LiveLink::new(&self.fed_links),
             gone,
             queued,
+            joined,
             timeout: self.config.federation.timeout,
             hub: self.clone(),
             sid: sid.clone(),

@@ -262,6 +262,7 @@ mod tests {
             _live: super::super::LiveLink::new(&hub.fed_links),
             gone: Default::default(),
             queued: Default::default(),
+            joined: Default::default(),
             timeout: std::time::Duration::from_secs(1),
             hub,
             sid: "L".into(),
