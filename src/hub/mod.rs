@@ -19,6 +19,7 @@ pub use features::{
 pub(crate) mod federation;
 mod handle;
 mod hello;
+mod hide_names;
 pub use hello::HelloOk;
 mod internal;
 mod lifecycle;

@@ -25,7 +25,7 @@ pub(crate) struct JoinEntry<'a> {
     pub sessionid: &'a str,
     pub userid: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<&'a RawValue>,
+    pub user: Option<std::borrow::Cow<'a, RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roomsessionid: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
@@ -45,7 +45,7 @@ impl State {
             return Some(JoinEntry {
                 sessionid: &s.id,
                 userid: s.user_id.as_deref().unwrap_or(""),
-                user: s.user.as_deref(),
+                user: s.user.as_deref().map(std::borrow::Cow::Borrowed),
                 roomsessionid: s.room_session_id.as_deref(),
                 features: &s.features,
                 federated: s.federated.is_some(),
@@ -55,7 +55,7 @@ impl State {
         Some(JoinEntry {
             sessionid: &r.sid,
             userid: r.userid.as_deref().unwrap_or(""),
-            user: r.user.as_deref(),
+            user: r.user.as_deref().map(std::borrow::Cow::Borrowed),
             roomsessionid: r.roomsessionid.as_deref(),
             features: &r.features,
             federated: r.federated,
@@ -143,11 +143,10 @@ impl State {
         if let Some(rs) = room_session_id {
             room.nc_sessions.insert(rs, sid.clone());
         }
-        mine.extend(self.join_events(&others));
-        if let Some(me) = self.join_entry(sid) {
-            let f = event_frame("room", "join", &[me]);
-            self.broadcast(&key, &f, Some(sid));
-            mine.push(f);
+        let hide = self.hides_names(sid);
+        mine.extend(self.join_events(&others, hide));
+        if let Some((plain, hidden)) = self.broadcast_join(&key, sid, Some(sid)) {
+            mine.push(if hide { hidden } else { plain });
         }
         mine.extend(self.virtual_flags_events(&key, &others));
         if let Some(f) =
@@ -205,8 +204,18 @@ impl State {
     /// The members already in the room, for the joiner: join events batched
     /// in events of moderate size (a connection's write buffer keeps the
     /// capacity of the largest frame it wrote).
-    fn join_events(&self, others: &[Arc<str>]) -> Vec<Frame> {
-        let entries: Vec<JoinEntry> = others.iter().filter_map(|o| self.join_entry(o)).collect();
+    fn join_events(&self, others: &[Arc<str>], hide: bool) -> Vec<Frame> {
+        let entries: Vec<JoinEntry> = others
+            .iter()
+            .filter_map(|o| self.join_entry(o))
+            .map(|e| {
+                if hide {
+                    super::hide_names::hidden(e)
+                } else {
+                    e
+                }
+            })
+            .collect();
         entries
             .chunks(JOIN_BATCH)
             .map(|chunk| event_frame("room", "join", chunk))

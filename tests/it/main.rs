@@ -22,6 +22,7 @@ mod frames;
 mod fuzz_parsers;
 mod go_parity;
 mod hello;
+mod hide_names;
 mod janus_events;
 mod logs;
 mod mcu;

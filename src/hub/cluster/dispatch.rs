@@ -596,10 +596,7 @@ impl State {
         let nc = member.roomsessionid.clone();
         let new = self.upsert_remote(key, member);
         if new {
-            if let Some(e) = self.join_entry(&sid) {
-                let f = event_frame("room", "join", &[e]);
-                self.broadcast(key, &f, None);
-            }
+            self.broadcast_join(key, &sid, None);
             // An update Nextcloud sent during its join, now mapped.
             if let Some(f) = nc.and_then(|nc| self.replay_participant(key, &nc)) {
                 self.broadcast(key, &f, None);
