@@ -182,6 +182,10 @@ pub struct SessionHandover {
     pub permissions: Option<Vec<String>>,
     /// Frames queued while disconnected.
     pub queue: Vec<String>,
+    /// A federated session's actor (`actorType`, `actorId` of its token);
+    /// absent from processes of the previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<(String, String)>,
 }
 
 /// The header line of every bus message.

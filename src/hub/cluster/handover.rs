@@ -56,6 +56,7 @@ impl State {
             backend_url: s.backend_url.to_string(),
             permissions: s.permissions.clone(),
             queue: s.queue.iter().map(|f| f.to_string()).collect(),
+            actor: s.federated.as_ref().and_then(|f| f.actor.clone()),
         })
     }
 }
@@ -132,7 +133,11 @@ impl Hub {
             fed_link: None,
             client_ip: None,
             mcu_tasks: None,
-            federated: None,
+            // A federated session stays one, with its actor.
+            federated: h
+                .member
+                .federated
+                .then(|| Box::new(crate::hub::session::Federated { actor: h.actor })),
         });
         if let Some(key) = &room {
             let (url, base) = (

@@ -280,6 +280,30 @@ async fn a_session_resumes_on_another_hub_with_its_queue_and_stays_reachable() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_federated_session_resumed_elsewhere_keeps_its_marker_and_actor() {
+    let hubs = mesh_of(2).await;
+    let (a, b) = (&hubs[0], &hubs[1]);
+    let alice = client_in_room(a, "alice", "r1").await;
+    let actor = ("federated_users".to_string(), "alice@a.example".to_string());
+    a.lock().sessions.map.get_mut(&alice.sid).unwrap().federated =
+        Some(Box::new(crate::hub::session::Federated {
+            actor: Some(actor.clone()),
+        }));
+    quiet().await;
+    let resume_id = a.lock().sessions.map[&alice.sid].resume_id.clone().unwrap();
+    a.connection_closed(&alice.sid, alice.conn.conn_id);
+    let again = b.new_outbox();
+    let ok = b
+        .hello(&again, None, internal_hello(Some(&resume_id)))
+        .await
+        .unwrap();
+    assert!(ok.resumed);
+    let st = b.lock();
+    let f = st.sessions.map[&alice.sid].federated.as_ref();
+    assert_eq!(f.and_then(|f| f.actor.clone()), Some(actor));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_backend_request_is_applied_once_by_every_hub() {
     let hubs = mesh_of(2).await;
     let (a, b) = (&hubs[0], &hubs[1]);
