@@ -41,9 +41,26 @@ fn refused_ranges() -> &'static IpList {
     })
 }
 
-/// True when `ip` may be dialled under `config`.
+/// True when `ip` may be dialled under `config`. An address of the NAT64
+/// well-known prefix (`64:ff9b::/96`, RFC 6052) is the IPv4 address it
+/// embeds: a host behind NAT64 reaches `64:ff9b::a00:1` as 10.0.0.1. The
+/// local-use prefix `64:ff9b:1::/48` (RFC 8215) embeds as its translator
+/// says, so it is refused unless allowed.
 pub(crate) fn allowed(config: &FederationConfig, ip: IpAddr) -> bool {
-    config.allow_ips.contains(ip) || !refused_ranges().contains(ip)
+    if config.allow_ips.contains(ip) {
+        return true;
+    }
+    if let IpAddr::V6(v6) = ip {
+        let s = v6.segments();
+        if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            let [.., a, b, c, d] = v6.octets();
+            return allowed(config, IpAddr::from([a, b, c, d]));
+        }
+        if s[..3] == [0x64, 0xff9b, 1] {
+            return false;
+        }
+    }
+    !refused_ranges().contains(ip)
 }
 
 /// Why a dial did not happen (logged, never shown to the client).
@@ -253,10 +270,21 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // NAT64 (RFC 6052, 8215): 10.0.0.1 and 127.0.0.1 through the
+            // translator, and the local-use prefix.
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::808:808",
         ] {
             assert!(!allowed(&config, ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "100.128.0.1",
+            "2001:db8::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert!(allowed(&config, ip.parse().unwrap()), "{ip}");
         }
         let mut open = config.clone();
