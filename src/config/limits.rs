@@ -69,6 +69,14 @@ pub struct ClientLimits {
     pub slow_receiver_wait: Duration,
 }
 
+/// A count that must fit 32 bits: larger is refused naming the key (it
+/// would otherwise wrap, 4294967297 running as 1).
+fn get_u32(ini: &IniFile, section: &str, key: &str, default: u32) -> Result<u32, ConfigError> {
+    let n = ini.get_u64(section, key, u64::from(default))?;
+    u32::try_from(n)
+        .map_err(|_| ConfigError(format!("[{section}] {key}: {n} is more than {}", u32::MAX)))
+}
+
 /// The timers and limits of client connections, checked against each other.
 pub(super) fn parse_client_limits(ini: &IniFile) -> Result<ClientLimits, ConfigError> {
     let limits = ClientLimits {
@@ -82,8 +90,8 @@ pub(super) fn parse_client_limits(ini: &IniFile) -> Result<ClientLimits, ConfigE
         resume_queue_messages: ini.get_u64("sessions", "resumequeuemessages", 1000)? as usize,
         resume_queue_bytes: ini.get_u64("sessions", "resumequeuebytes", 1 << 20)? as usize,
         backend_ping_interval: secs(ini, "backend", "pinginterval", 10)?,
-        messages_per_second: ini.get_u64("clients", "messagespersecond", 500)? as u32,
-        message_burst: ini.get_u64("clients", "messageburst", 5000)? as u32,
+        messages_per_second: get_u32(ini, "clients", "messagespersecond", 500)?,
+        message_burst: get_u32(ini, "clients", "messageburst", 5000)?,
         bytes_per_second: ini.get_u64("clients", "bytespersecond", 1 << 20)?,
         byte_burst: ini.get_u64("clients", "byteburst", 8 << 20)?,
         slow_receiver_wait: secs(ini, "clients", "slowreceiverwait", 5)?,
