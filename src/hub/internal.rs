@@ -194,7 +194,8 @@ impl Hub {
             Some(None) => {}
             Some(Some(nc)) => {
                 let (hub, sid, id) = (self.clone(), sid.clone(), id.map(str::to_string));
-                tokio::spawn(async move {
+                // Tracked: shutdown and the end of a drain wait for it.
+                self.client.spawn(async move {
                     if let Err(e) = nc.remove(&hub.client).await {
                         hub.reply_error(&sid, id.as_deref(), e);
                     }
