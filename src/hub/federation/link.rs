@@ -348,13 +348,19 @@ impl Link {
                 remote_room,
                 nc_session,
             } => {
-                self.local_room = local_room;
-                self.target.remote_room = remote_room;
-                self.nc_session = nc_session;
+                self.retarget(local_room, remote_room, nc_session);
                 self.leaving = false;
                 self.join_message(id)
             }
         }
+    }
+
+    /// The room a join asks for, here and on B, and the Nextcloud session
+    /// it is pinged under (online and offline joins alike).
+    pub(super) fn retarget(&mut self, local_room: String, remote_room: String, nc_session: String) {
+        self.local_room = local_room;
+        self.target.remote_room = remote_room;
+        self.nc_session = nc_session;
     }
 
     /// Says goodbye to B and closes the connection, within the deadline

@@ -28,9 +28,7 @@ impl Link {
                 remote_room,
                 nc_session,
             } => {
-                self.local_room = local_room;
-                self.target.remote_room = remote_room;
-                self.nc_session = nc_session;
+                self.retarget(local_room, remote_room, nc_session);
                 self.pending = id;
                 self.rejoin = true;
                 // This join replaces any room request still queued.
