@@ -61,5 +61,6 @@ macro_rules! wire_kind {
 pub mod backend;
 pub mod client;
 pub mod error;
+pub mod proxy;
 pub mod remote;
 pub mod server;
