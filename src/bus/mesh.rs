@@ -99,6 +99,7 @@ impl Mesh {
                 subject: subject.clone(),
                 payload: payload.clone(),
                 reply: reply.clone(),
+                any_room: false,
             };
             if let Err(e) = m.tx.try_send(item) {
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {

@@ -13,6 +13,11 @@
 //! | [`process_subject`] | frames and MCU messages for its sessions, resume requests, ends of moved sessions, holds | that process |
 //! | [`room_subject`] | joins, changes and leaves of members, room frames, transient data | the processes with members in the room (from before the first member is visible there until the room is gone) |
 //! | [`user_subject`] | frames for every session of a user | the processes with sessions of the user |
+//! | [`ALL_ROOMS`] | what a process of the previous release asks on a room's subject (its room snapshot requests; the rest is dropped on arrival) | every process, while one of the previous release is in the cluster |
+//!
+//! Versions: heartbeats and discovery carry the [`BUS_VERSION`] of their
+//! process; a process of the previous release sends none (it is
+//! [`PREVIOUS_BUS_VERSION`]). The two work together: see `ALL_ROOMS`.
 //!
 //! NATS keeps the order of one publisher's messages on one subject; a
 //! room's events and frames share its subject, so they stay in order.
@@ -32,6 +37,33 @@ use serde_json::value::RawValue;
 /// Subject every process listens to: heartbeats, discovery, backend
 /// requests, snapshot and dialout requests.
 pub const SUBJECT_ALL: &str = "signaling.all";
+
+/// The bus protocol of this release, announced in heartbeats and
+/// discovery. 2: subjects by audience (snapshot requests on
+/// [`SUBJECT_ALL`], user frames on [`user_subject`], `Hold`/`Release`).
+pub const BUS_VERSION: u32 = 2;
+
+/// The bus protocol of a process that announces none: the previous
+/// release, which subscribes to `signaling.>`, asks for room snapshots on
+/// the room's subject and sends user frames on [`SUBJECT_ALL`].
+pub const PREVIOUS_BUS_VERSION: u32 = 1;
+
+fn previous_bus_version() -> u32 {
+    PREVIOUS_BUS_VERSION
+}
+
+/// Every room's subject. A process of the previous release asks for a
+/// room's snapshot on the room's subject and waits for an answer of every
+/// process: while one is in the cluster, every process receives these
+/// requests (only these, [`is_snapshot_request`]) to answer those of
+/// rooms it does not serve.
+pub const ALL_ROOMS: &str = "signaling.room.>";
+
+/// True for an encoded [`Header::SnapshotRequest`] (without decoding it:
+/// the all-rooms subscription sees every room's traffic).
+pub fn is_snapshot_request(payload: &[u8]) -> bool {
+    payload.starts_with(b"{\"snapshot_request\":")
+}
 
 /// True for a subject NATS accepts to publish on: dot-separated non-empty
 /// tokens of printable ASCII other than the wildcards. A subject with a
@@ -198,6 +230,9 @@ pub enum Header {
         from: String,
         /// Client sessions per backend id.
         counts: std::collections::HashMap<String, u64>,
+        /// Its [`BUS_VERSION`] (absent: the previous release).
+        #[serde(default = "previous_bus_version")]
+        version: u32,
     },
     /// A process starts: every other process answers (request/reply) with
     /// its heartbeat, so a new process knows its peers before it serves
@@ -205,6 +240,9 @@ pub enum Header {
     Discover {
         /// Process id.
         from: String,
+        /// Its [`BUS_VERSION`] (absent: the previous release).
+        #[serde(default = "previous_bus_version")]
+        version: u32,
     },
     /// A process stops (clean shutdown).
     Goodbye {
@@ -403,7 +441,7 @@ impl Header {
     pub fn origin(&self) -> Option<&str> {
         match self {
             Header::Heartbeat { from, .. }
-            | Header::Discover { from }
+            | Header::Discover { from, .. }
             | Header::Joined { from, .. }
             | Header::Changed { from, .. }
             | Header::Left { from, .. }
@@ -445,6 +483,9 @@ pub struct Inbound {
     pub payload: Bytes,
     /// Reply subject, for requests.
     pub reply: Option<String>,
+    /// Came through the [`ALL_ROOMS`] subscription (a snapshot request
+    /// of a room that may not be served here).
+    pub any_room: bool,
 }
 
 /// Boxed future of a request's replies.
@@ -483,6 +524,10 @@ pub trait Bus: Send + Sync {
     fn subscribe(&self, _subject: String) {}
     /// Stops receiving `subject`.
     fn unsubscribe(&self, _subject: String) {}
+    /// Receives (`on`) or stops receiving the snapshot requests of every
+    /// room ([`ALL_ROOMS`]), marked [`Inbound::any_room`]; in order with
+    /// what was published before.
+    fn all_rooms_snapshot_requests(&self, _on: bool) {}
     /// True while connected to the bus server (always for the local bus).
     fn connected(&self) -> bool {
         true
@@ -599,6 +644,42 @@ mod tests {
             assert_eq!(format!("\"{}\"", k.as_str()), s);
             assert_eq!(serde_json::from_str::<MemberKind>(s).unwrap(), k);
         }
+    }
+
+    #[test]
+    fn the_previous_release_is_version_1_and_its_snapshot_requests_are_recognised() {
+        let old = Bytes::from_static(b"{\"heartbeat\":{\"from\":\"p\",\"counts\":{}}}\n");
+        assert!(matches!(
+            decode(&old),
+            Some((
+                Header::Heartbeat {
+                    version: PREVIOUS_BUS_VERSION,
+                    ..
+                },
+                _
+            ))
+        ));
+        let h = Header::Discover {
+            from: "p".into(),
+            version: BUS_VERSION,
+        };
+        assert!(matches!(
+            decode(&encode(&h, None)),
+            Some((
+                Header::Discover {
+                    version: BUS_VERSION,
+                    ..
+                },
+                _
+            ))
+        ));
+        let req = Header::SnapshotRequest {
+            from: "p".into(),
+            backend: "b".into(),
+            room: "r".into(),
+        };
+        assert!(is_snapshot_request(&encode(&req, None)));
+        assert!(!is_snapshot_request(&encode(&h, None)));
     }
 
     #[test]

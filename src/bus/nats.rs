@@ -1,9 +1,7 @@
-//! The NATS bus (async-nats). One wildcard subscription receives everything
-//! under `signaling.>` in the order the server sent it: room events, backend
-//! requests and session frames of different subjects stay causally ordered
-//! (async-nats would reorder across separate subscriptions). Each process
-//! therefore sees all bus traffic and drops what concerns rooms it does not
-//! serve; fine for a handful of processes.
+//! The NATS bus (async-nats). One subscription per subject of the process
+//! (the subjects table in `bus/mod.rs`), made and dropped by the publisher
+//! task in order with what it publishes. NATS keeps order per subject and
+//! publisher, not across subjects.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,20 +23,35 @@ enum Out {
     Flush(oneshot::Sender<()>),
     Subscribe(String),
     Unsubscribe(String),
+    AllRooms(bool),
 }
 
 /// Forwards the messages of one subscription to the hub's inbound channel
 /// (dropping the task unsubscribes).
 fn forward(
+    sub: async_nats::Subscriber,
+    inbound: mpsc::Sender<Inbound>,
+) -> tokio::task::JoinHandle<()> {
+    forward_if(sub, inbound, false)
+}
+
+/// [`forward`], of every room's subject: only the snapshot requests (of
+/// processes of the previous release), marked `any_room`.
+fn forward_if(
     mut sub: async_nats::Subscriber,
     inbound: mpsc::Sender<Inbound>,
+    any_room: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
+            if any_room && !super::is_snapshot_request(&m.payload) {
+                continue;
+            }
             let item = Inbound {
                 subject: m.subject.to_string(),
                 payload: m.payload,
                 reply: m.reply.map(|r| r.to_string()),
+                any_room,
             };
             if inbound.send(item).await.is_err() {
                 break;
@@ -58,6 +71,7 @@ async fn run_publisher(
 ) {
     let mut subs: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
         std::collections::HashMap::new();
+    let mut all_rooms: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(item) = rx.recv().await {
         match item {
             Out::Msg(subject, payload) => {
@@ -92,6 +106,17 @@ async fn run_publisher(
             }
             Out::Unsubscribe(subject) => {
                 if let Some(task) = subs.remove(&subject) {
+                    task.abort();
+                }
+            }
+            Out::AllRooms(true) if all_rooms.is_none() => {
+                match client.subscribe(super::ALL_ROOMS).await {
+                    Ok(sub) => all_rooms = Some(forward_if(sub, inbound.clone(), true)),
+                    Err(e) => tracing::error!("NATS subscribe to every room failed: {e}"),
+                }
+            }
+            Out::AllRooms(on) => {
+                if let Some(task) = all_rooms.take_if(|_| !on) {
                     task.abort();
                 }
             }
@@ -307,6 +332,10 @@ impl Bus for NatsBus {
 
     fn unsubscribe(&self, subject: String) {
         let _ = self.out.send(Out::Unsubscribe(subject));
+    }
+
+    fn all_rooms_snapshot_requests(&self, on: bool) {
+        let _ = self.out.send(Out::AllRooms(on));
     }
 
     fn connected(&self) -> bool {

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use super::{body_frame, DISCOVERY_WINDOW, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
 use crate::api::server::event_frame;
 use crate::bus::{
-    decode, encode, process_subject, Header, Inbound, MemberInfo, MemberKind, SUBJECT_ALL,
+    decode, encode, process_subject, Header, Inbound, MemberInfo, MemberKind, BUS_VERSION,
+    SUBJECT_ALL,
 };
 use crate::hub::outbox::Outbox;
 use crate::hub::room::RoomKey;
@@ -42,6 +43,7 @@ impl State {
         let h = Header::Heartbeat {
             from: self.bus.pid().to_string(),
             counts,
+            version: BUS_VERSION,
         };
         encode(&h, None)
     }
@@ -113,6 +115,7 @@ impl Hub {
         };
         let h = Header::Discover {
             from: bus.pid().to_string(),
+            version: BUS_VERSION,
         };
         let replies = bus
             .request(
@@ -124,9 +127,17 @@ impl Hub {
             .await;
         let mut st = self.lock();
         for r in replies {
-            if let Some((Header::Heartbeat { from, counts }, _)) = decode(&r) {
+            if let Some((
+                Header::Heartbeat {
+                    from,
+                    counts,
+                    version,
+                },
+                _,
+            )) = decode(&r)
+            {
                 if from != bus.pid() {
-                    st.cluster.heard_from(from, counts);
+                    st.heard(from, counts, version);
                 }
             }
         }
@@ -154,6 +165,7 @@ impl Hub {
             st.cluster.processes.remove(&pid);
             self.process_gone(&mut st, &pid);
         }
+        st.follow_versions();
         let keep = st.sessions.limits.resume_timeout * 2;
         st.cluster
             .moved
@@ -201,6 +213,9 @@ impl Hub {
 
     /// Applies one bus message: one handler per kind of [`Header`].
     async fn apply_inbound(self: &Arc<Self>, msg: Inbound) {
+        if msg.any_room {
+            return self.any_room_request(msg);
+        }
         let Some((header, body)) = decode(&msg.payload) else {
             return;
         };
@@ -209,10 +224,15 @@ impl Hub {
         }
         let to_me = msg.subject == process_subject(self.bus.pid());
         match header {
-            Header::Heartbeat { from, counts } => self.lock().cluster.heard_from(from, counts),
+            Header::Heartbeat {
+                from,
+                counts,
+                version,
+            } => self.lock().heard(from, counts, version),
             Header::Goodbye { from } => self.mutate(|st| {
                 st.cluster.processes.remove(&from);
                 self.process_gone(st, &from);
+                st.follow_versions();
             }),
             Header::EndSession { sid, reason } => {
                 self.mutate(|st| st.end_moved_session(&sid, &reason))
@@ -380,8 +400,11 @@ impl Hub {
     /// or a resume.
     fn answer(self: &Arc<Self>, h: Header, to_me: bool, body: &Bytes, reply: String) {
         match h {
-            Header::Discover { .. } => {
-                let st = self.lock();
+            Header::Discover { from, version } => {
+                let mut st = self.lock();
+                // Known (and, of the previous release, its requests
+                // received) before it hears the answer.
+                st.heard(from, Default::default(), version);
                 st.bus.reply(reply, st.heartbeat_message());
             }
             Header::SnapshotRequest { backend, room, .. } => {

@@ -56,6 +56,8 @@ pub struct ProcessInfo {
     pub last_seen: Instant,
     /// Client sessions per backend id.
     pub counts: HashMap<String, u64>,
+    /// Its bus protocol ([`crate::bus::BUS_VERSION`] until it said).
+    pub version: u32,
 }
 
 /// What this process knows of the others: their members in local rooms,
@@ -72,6 +74,9 @@ pub(crate) struct Cluster {
     /// Rooms whose first local join subscribes and asks for snapshots:
     /// other joins wait until it is `true`.
     pub preparing: HashMap<RoomKey, tokio::sync::watch::Receiver<bool>>,
+    /// Every room's snapshot requests are received (a process of the
+    /// previous release is in the cluster, `versions.rs`).
+    pub all_rooms: bool,
 }
 
 impl Cluster {
@@ -83,23 +88,13 @@ impl Cluster {
             .sum()
     }
 
-    /// A process heard of for the first time is watched from now on.
+    /// A process heard of for the first time is watched from now on (its
+    /// version is known with its first heartbeat).
     pub fn note_process(&mut self, from: &str) {
         if !self.processes.contains_key(from) {
             tracing::info!(process = %from, "new process in the cluster");
-            self.heard_from(from.to_string(), HashMap::new());
+            self.heard_from(from.to_string(), HashMap::new(), crate::bus::BUS_VERSION);
         }
-    }
-
-    /// Another process's heartbeat: alive, with these session counts.
-    pub fn heard_from(&mut self, from: String, counts: HashMap<String, u64>) {
-        self.processes.insert(
-            from,
-            ProcessInfo {
-                last_seen: Instant::now(),
-                counts,
-            },
-        );
     }
 
     /// The process a session of another process is connected to: the one
@@ -433,6 +428,7 @@ mod dispatch;
 mod handover;
 mod pacing;
 mod snapshot;
+mod versions;
 
 pub(crate) use pacing::Pacing;
 #[cfg(test)]

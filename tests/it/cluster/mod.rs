@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 mod room_state;
 mod stall;
 mod subjects;
+mod versions;
 
 /// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
 pub(super) async fn cluster(n: usize, extra: &str) -> (NatsServer, Vec<TestServer>) {
