@@ -1,7 +1,11 @@
 //! `hide-displaynames`: a session with this permission sees no display
 //! names of others (as the Go server): join events carry no
 //! `user.displayname` for it (a `user` left empty is left out), chat
-//! comments are relayed without the actor's name (`chat.rs`).
+//! comments are relayed without the actor's name (`chat.rs`), and a
+//! `message` whose `data.type` is `nickChanged` (a guest's new name) is
+//! not delivered to it at all ([`drops_for_hidden`], checked for every
+//! delivery in `Sessions::deliver`, whatever path the message took:
+//! session, user, room, call, another process, a federated link).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -38,6 +42,30 @@ pub(super) fn hidden(mut e: JoinEntry<'_>) -> JoinEntry<'_> {
         e.user = serde_json::value::to_raw_value(&m).ok().map(Cow::Owned);
     }
     e
+}
+
+/// True for a frame a session with `hide-displaynames` must not get: a
+/// `message` whose `data` (an object, or a string holding one) has the
+/// `type` `nickChanged` (as the Go server, `filterMessage`). Frames that
+/// can spell neither the word nor an escape of it are passed unparsed.
+pub(super) fn drops_for_hidden(f: &Frame) -> bool {
+    let b = f.as_bytes();
+    let has = |needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    if !has(b"nickChanged") && !has(b"\\u") {
+        return false;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(b) else {
+        return false;
+    };
+    if v["type"] != "message" {
+        return false;
+    }
+    let data = &v["message"]["data"];
+    let nick = |d: &Value| d["type"] == "nickChanged";
+    match data {
+        Value::String(s) => serde_json::from_str::<Value>(s).is_ok_and(|d| nick(&d)),
+        d => nick(d),
+    }
 }
 
 impl State {
@@ -91,6 +119,32 @@ mod tests {
             features: &[],
             federated: false,
         }
+    }
+
+    #[test]
+    fn nick_changes_are_recognised_in_any_spelling_of_the_json() {
+        let drops = |s: &str| drops_for_hidden(&Frame::from(s.to_string()));
+        assert!(drops(
+            r#"{"type":"message","message":{"sender":{},"data":{"type":"nickChanged","name":"N"}}}"#
+        ));
+        assert!(drops(
+            r#"{"type":"message","message":{"data":{"type":"nick\u0043hanged"}}}"#
+        ));
+        assert!(drops(
+            r#"{"type":"message","message":{"data":"{\"type\":\"nickChanged\"}"}}"#
+        ));
+        assert!(drops(
+            r#"{"type":"message","message":{"data":{"type":"x","type":"nickChanged"}}}"#
+        ));
+        assert!(!drops(
+            r#"{"type":"message","message":{"data":{"type":"offer","x":"nickChanged"}}}"#
+        ));
+        assert!(!drops(
+            r#"{"type":"control","control":{"data":{"type":"nickChanged"}}}"#
+        ));
+        assert!(!drops(
+            r#"{"type":"message","message":{"data":"nickChanged"}}"#
+        ));
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl Sessions {
         let Some(s) = self.map.get_mut(sid) else {
             return;
         };
-        if s.is_virtual() {
+        if s.is_virtual() || (s.hides_names() && super::hide_names::drops_for_hidden(frame)) {
             return;
         }
         if let Some(conn) = &s.conn {
