@@ -154,4 +154,26 @@ url = nats://loopback
 type = janus
 """)
 write("goconf", conf)
+# Frames a remote signaling server (B) sends a federated link, after a byte
+# that picks the link's names (0: distinct, 1: before B's hello answer,
+# 2: all equal) and, with bit 4, a join waiting for its answer.
+remote = [
+    {"type": "welcome", "welcome": {"version": "2.0", "features": ["federation"]}},
+    {"id": "h", "type": "hello", "hello": {"sessionid": "R", "resumeid": "res", "userid": "bob"}},
+    {"type": "room", "room": {"roomid": "rroom", "properties": {"name": "x"}}},
+    {"type": "error", "error": {"code": "no_such_room", "message": "m", "details": {"room": {"roomid": "rroom"}}}},
+    {"type": "message", "message": {"sender": {"type": "session", "sessionid": "S2", "userid": "u"}, "recipient": {"type": "session", "sessionid": "R"}, "data": {"type": "offer", "from": "S2", "to": "R", "roomType": "video", "sid": "1", "payload": {"sdp": "v=0"}, "extra": {"x": 1}}}},
+    {"type": "message", "message": {"sender": {"type": "session", "sessionid": "R"}, "data": {"type": "answer", "from": "R", "to": "S2", "payload": {"sdp": "v=0"}}}},
+    {"type": "control", "control": {"sender": {"type": "session", "sessionid": "S2"}, "recipient": {"type": "session", "sessionid": "R"}, "data": {"action": "forceMute", "peerId": "R"}}},
+    {"type": "transient", "transient": {"type": "set", "key": "sd:R", "value": {"x": 1}}},
+    {"type": "event", "event": {"target": "room", "type": "join", "join": [{"sessionid": "R", "userid": "bob", "user": {"displayname": "Bob"}}, {"sessionid": "S2"}]}},
+    {"type": "event", "event": {"target": "room", "type": "leave", "leave": ["R", "S2"]}},
+    {"type": "event", "event": {"target": "room", "type": "message", "message": {"roomid": "rroom", "data": {"type": "chat", "chat": {"refresh": True, "comment": {"actorType": "users", "actorId": "carol", "token": "rroom", "lastEditActorType": "federated_users", "lastEditActorId": "alice@a.example", "messageParameters": {"mention-user1": {"type": "user", "id": "dave", "server": "https://a.example"}, "mention-user2": {"type": "user", "id": "eve"}, "mention-call": {"type": "call", "id": "rroom"}}, "parent": {"actorType": "users", "actorId": "carol", "token": "rroom"}}}}}}},
+    {"type": "event", "event": {"target": "participants", "type": "update", "update": {"roomid": "rroom", "changed": [{"sessionId": "R", "actorType": "federated_users", "actorId": "alice@a.example", "inCall": 7}], "users": [{"sessionid": "S2", "actorType": "users", "actorId": "carol"}]}}},
+    {"type": "event", "event": {"target": "participants", "type": "flags", "flags": {"roomid": "rroom", "sessionid": "R", "flags": 1}}},
+    {"type": "event", "event": {"target": "roomlist", "type": "disinvite", "disinvite": {"roomid": "rroom"}}},
+    {"type": "bye", "bye": {"reason": "x"}},
+]
+write("federation_rewrite", [bytes([b]) + j(m) for m in remote for b in (0, 4, 1, 2)])
+
 print("corpora written to", CORPUS)

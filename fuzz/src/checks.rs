@@ -6,8 +6,10 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
+use serde_json::Value;
 use spreed_signaling::api::backend::BackendRoomRequest;
 use spreed_signaling::api::client::{
     AuthKind, ClientKind, ClientMessage, HelloClientMessage, HelloV2Params, IdOnly,
@@ -19,7 +21,7 @@ use spreed_signaling::backend::client::{parse_response, unwrap_ocs};
 use spreed_signaling::backend::token;
 use spreed_signaling::config::goconf::{expand_env, split_list, IniFile};
 use spreed_signaling::config::Config;
-use spreed_signaling::hub::Hub;
+use spreed_signaling::hub::{FederationRewrite, Hub};
 
 /// Secret of the fuzzed hub's backend.
 pub const BACKEND_SECRET: &str = "fuzz-backend-secret";
@@ -624,6 +626,199 @@ pub fn sdp(data: &[u8]) {
         if let Ok(c) = sdp::parse_candidate(c) {
             if c.address.parse::<std::net::IpAddr>().is_ok() {
                 assert!(sdp::is_filtered(&c, &none, &all));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The federation rewrite of frames (`hub::federation::rewrite`)
+
+/// The names of one link the fuzzed frames are translated between: distinct
+/// ones, ones before B's `hello` answer (no remote session id), and ones that
+/// all collide (empty clouds included).
+const FEDERATION_NAMES: [FederationRewrite<'static>; 3] = [
+    FederationRewrite {
+        local_sid: "L",
+        remote_sid: Some("R"),
+        local_room: "lroom",
+        remote_room: "rroom",
+        local_cloud: "@a.example",
+        remote_cloud: "@b.example",
+        local_base: "https://a.example",
+        remote_base: "https://b.example",
+    },
+    FederationRewrite {
+        local_sid: "L",
+        remote_sid: None,
+        local_room: "lroom",
+        remote_room: "rroom",
+        local_cloud: "@a.example",
+        remote_cloud: "@b.example",
+        local_base: "https://a.example",
+        remote_base: "https://b.example",
+    },
+    FederationRewrite {
+        local_sid: "x",
+        remote_sid: Some("x"),
+        local_room: "x",
+        remote_room: "x",
+        local_cloud: "",
+        remote_cloud: "",
+        local_base: "x",
+        remote_base: "x",
+    },
+];
+
+/// Every string value and every object key in `v`, and its node count.
+fn json_parts<'a>(
+    v: &'a Value,
+    strings: &mut HashSet<&'a str>,
+    keys: &mut HashSet<&'a str>,
+) -> usize {
+    match v {
+        Value::String(s) => {
+            strings.insert(s);
+            1
+        }
+        Value::Array(a) => {
+            1 + a
+                .iter()
+                .map(|x| json_parts(x, strings, keys))
+                .sum::<usize>()
+        }
+        Value::Object(o) => {
+            1 + o
+                .iter()
+                .map(|(k, x)| {
+                    keys.insert(k);
+                    json_parts(x, strings, keys)
+                })
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
+/// A frame from the remote server B (after a first byte choosing the names
+/// and whether a join waits for its answer) goes through the rewrite a link
+/// applies. It never panics; B's `welcome`/`hello` are dropped and nothing
+/// else; the type stays; only a `room` or `error` answer without an id or
+/// with the waiting request's takes that id, no other id changes; the result holds no string that is not in the frame or one
+/// of our names (or an actor id moved between the two clouds), no key but
+/// the frame's and those the rewrite adds (`id`, a mention's `mention-id`
+/// and `server`), at most three times the frame's nodes; a message from
+/// B's id of our client names the client's id here; an offer or answer
+/// keeps only the fields a client needs. The frame sent the other way
+/// changes nothing but strings, into B's id of the client.
+pub fn federation_rewrite(data: &[u8]) {
+    let Some((&first, text)) = data.split_first() else {
+        return;
+    };
+    let names = FEDERATION_NAMES[usize::from(first % 3)];
+    let Ok(v) = serde_json::from_slice::<Value>(text) else {
+        return;
+    };
+    let mut pending = (first & 4 != 0).then(|| "join-1".to_string());
+    let had_pending = pending.clone();
+    let kind = v["type"].as_str().map(str::to_string);
+    let out = names.from_remote(v.clone(), &mut pending);
+    let Some(out) = out else {
+        assert!(
+            matches!(kind.as_deref(), Some("welcome" | "hello")),
+            "dropped a frame of type {kind:?}"
+        );
+        assert_eq!(pending, had_pending, "a dropped frame took the request id");
+        return;
+    };
+    assert!(!matches!(kind.as_deref(), Some("welcome" | "hello")));
+    assert_eq!(out["type"], v["type"], "the type changed");
+    if !v.is_object() {
+        assert_eq!(out, v, "a frame that is no object changed");
+    }
+    let answer = v.is_object()
+        && matches!(kind.as_deref(), Some("room" | "error"))
+        && (v.get("id").is_none() || v["id"] == "join-1");
+    if answer && had_pending.is_some() {
+        assert_eq!(out["id"], "join-1", "the answer lost the request id");
+        assert!(pending.is_none(), "the request id was not taken");
+    } else {
+        assert_eq!(pending, had_pending, "the request id was taken by {kind:?}");
+        assert_eq!(out["id"], v["id"], "the id changed");
+    }
+
+    let (mut in_strings, mut in_keys) = (HashSet::new(), HashSet::new());
+    let in_nodes = json_parts(&v, &mut in_strings, &mut in_keys);
+    let (mut out_strings, mut out_keys) = (HashSet::new(), HashSet::new());
+    let out_nodes = json_parts(&out, &mut out_strings, &mut out_keys);
+    assert!(
+        out_nodes <= 3 * in_nodes + 1,
+        "{in_nodes} nodes became {out_nodes}"
+    );
+    for k in &out_keys {
+        assert!(
+            in_keys.contains(k) || ["id", "mention-id", "server"].contains(k),
+            "key {k:?} added"
+        );
+    }
+    let sd_me = format!("sd:{}", names.local_sid);
+    for s in &out_strings {
+        let ok = in_strings.contains(s)
+            || [
+                names.local_sid,
+                names.local_room,
+                names.remote_base,
+                sd_me.as_str(),
+                "join-1",
+                "users",
+                "federated_users",
+            ]
+            .contains(s)
+            || s.strip_suffix(names.remote_cloud)
+                .is_some_and(|id| in_strings.contains(id))
+            || in_strings.contains(format!("{s}{}", names.local_cloud).as_str());
+        assert!(
+            ok,
+            "string {s:?} is neither in the frame nor one of our names"
+        );
+    }
+
+    let remote = names.remote_sid.unwrap_or_default();
+    if matches!(kind.as_deref(), Some("message" | "control")) {
+        let body = kind.as_deref().unwrap_or_default();
+        if v[body]["sender"]["sessionid"] == remote && v[body]["sender"].is_object() {
+            assert_eq!(
+                out[body]["sender"]["sessionid"], names.local_sid,
+                "B's id of the client reached the client"
+            );
+        }
+        let data = &out[body]["data"];
+        if body == "message" && matches!(data["type"].as_str(), Some("offer" | "answer")) {
+            if let Some(o) = data.as_object() {
+                for k in o.keys() {
+                    assert!(
+                        ["to", "from", "type", "roomType", "payload", "sid"].contains(&k.as_str()),
+                        "an offer kept {k:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    // The other way: a client's frame for B.
+    let sent = names.to_remote(v.clone());
+    let (mut s_strings, mut s_keys) = (HashSet::new(), HashSet::new());
+    assert_eq!(json_parts(&sent, &mut s_strings, &mut s_keys), in_nodes);
+    assert_eq!(s_keys, in_keys, "keys changed on the way to B");
+    match names.remote_sid {
+        None => assert_eq!(sent, v, "changed without B's id of the client"),
+        Some(r) => {
+            let sd_remote = format!("sd:{r}");
+            for s in &s_strings {
+                assert!(
+                    in_strings.contains(s) || *s == r || *s == sd_remote,
+                    "string {s:?} added on the way to B"
+                );
             }
         }
     }

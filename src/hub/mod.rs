@@ -17,6 +17,8 @@ pub use features::{
     all_features, features, header_features, CLIENT_FEATURES, INTERNAL_FEATURES, MCU_FEATURES,
 };
 pub(crate) mod federation;
+/// The federation rewrite of frames, for the fuzz target.
+pub use federation::Rewrite as FederationRewrite;
 mod handle;
 mod hello;
 mod hide_names;

@@ -525,3 +525,57 @@ async fn a_remote_flood_is_read_within_the_budget_and_nothing_is_lost() {
     s.a.stop().await;
     s.b.stop().await;
 }
+
+/// Two joins asked while the link is down: the first is answered at once
+/// (an error with its id: the second replaced it), the second after the
+/// resume; a leave asked while a join waits answers both.
+#[tokio::test]
+async fn every_join_asked_while_the_link_is_down_gets_an_answer() {
+    let s = setup("").await;
+    let relay = relay(&s.b.url).await;
+    let mut carol = s.b.client_in_room("carol", "remote3").await;
+    carol.wait_join_of(&carol.session_id.clone()).await;
+    let mut alice = s.alice(&relay.url, &[]).await;
+    let b_addr = relay.target.lock().unwrap().clone();
+    *relay.target.lock().unwrap() = "127.0.0.1:9".to_string();
+    relay.cut.send(()).unwrap();
+    alice
+        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
+        .await;
+    let join = |id: &str, local: &str, remote: &str| {
+        let fed = json!({"signaling": relay.url, "url": s.b.nc.backend_url(), "roomid": remote, "token": s.token()});
+        json!({"id": id, "type": "room", "room": {"roomid": local, "sessionid": "nc-alice", "federation": fed}})
+    };
+    alice.send(join("j2", "local2", "remote2")).await;
+    alice.send(join("j3", "local3", "remote3")).await;
+    let e = alice.wait_for(|m| m["id"] == "j2" || m["id"] == "j3").await;
+    assert_eq!(e["id"], "j2", "{e}");
+    assert_eq!(e["error"]["code"], "federation_error", "{e}");
+    *relay.target.lock().unwrap() = b_addr;
+    let m = alice
+        .wait_for(|m| m["type"] == "room" || m["type"] == "error")
+        .await;
+    assert_eq!(m["id"], "j3", "{m}");
+    assert_eq!(m["room"]["roomid"], "local3", "{m}");
+    remote_id_of_alice(&mut carol).await;
+
+    // Down again: a join, then a leave before B is back.
+    *relay.target.lock().unwrap() = "127.0.0.1:9".to_string();
+    relay.cut.send(()).unwrap();
+    alice
+        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
+        .await;
+    alice.send(join("j4", "local2", "remote2")).await;
+    alice
+        .send(json!({"id": "l5", "type": "room", "room": {"roomid": ""}}))
+        .await;
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 2 {
+        let m = alice.wait_for(|m| m["id"] == "j4" || m["id"] == "l5").await;
+        seen.insert(m["id"].as_str().unwrap().to_string(), m);
+    }
+    assert_eq!(seen["j4"]["error"]["code"], "federation_error", "{seen:?}");
+    assert_eq!(seen["l5"]["room"]["roomid"], "", "{seen:?}");
+    s.a.stop().await;
+    s.b.stop().await;
+}

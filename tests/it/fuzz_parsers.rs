@@ -523,3 +523,145 @@ proptest! {
         checks::sdp(&data);
     }
 }
+
+/// Keys and strings of the frames a remote signaling server sends a
+/// federated link, and the names of the links `checks::federation_rewrite`
+/// uses, so generated frames hit every rewrite.
+const FED_KEYS: &[&str] = &[
+    "id",
+    "type",
+    "sender",
+    "recipient",
+    "sessionid",
+    "sessionId",
+    "data",
+    "from",
+    "to",
+    "payload",
+    "roomType",
+    "sid",
+    "extra",
+    "action",
+    "peerId",
+    "key",
+    "target",
+    "join",
+    "leave",
+    "message",
+    "roomid",
+    "chat",
+    "comment",
+    "comments",
+    "actorType",
+    "actorId",
+    "lastEditActorType",
+    "lastEditActorId",
+    "token",
+    "messageParameters",
+    "mention-user1",
+    "mention-call",
+    "server",
+    "mention-id",
+    "parent",
+    "update",
+    "changed",
+    "users",
+    "flags",
+    "disinvite",
+    "room",
+    "details",
+    "error",
+    "transient",
+];
+const FED_WORDS: &[&str] = &[
+    "R",
+    "L",
+    "x",
+    "",
+    "rroom",
+    "lroom",
+    "sd:R",
+    "sd:L",
+    "sd:",
+    "alice@a.example",
+    "carol",
+    "carol@b.example",
+    "users",
+    "federated_users",
+    "offer",
+    "answer",
+    "forceMute",
+    "user",
+    "call",
+    "session",
+    "room",
+    "participants",
+    "roomlist",
+    "chat",
+    "update",
+    "flags",
+    "https://a.example",
+    "https://b.example",
+];
+const FED_TYPES: &[&str] = &[
+    "welcome",
+    "hello",
+    "room",
+    "error",
+    "message",
+    "control",
+    "transient",
+    "event",
+    "bye",
+    "x",
+];
+const FED_SEEDS: &[&str] = &[
+    r#"{"type":"message","message":{"sender":{"type":"session","sessionid":"R"},"recipient":{"type":"session","sessionid":"R"},"data":{"type":"offer","from":"R","to":"S2","payload":{"sdp":"v=0"},"extra":1}}}"#,
+    r#"{"type":"event","event":{"target":"room","type":"message","message":{"roomid":"rroom","data":{"chat":{"comment":{"actorType":"users","actorId":"carol","token":"rroom","messageParameters":{"mention-user1":{"type":"user","id":"dave"},"mention-call":{"type":"call","id":"rroom"}},"parent":{"actorType":"federated_users","actorId":"alice@a.example"}}}}}}}"#,
+    r#"{"type":"event","event":{"target":"participants","type":"update","update":{"roomid":"rroom","changed":[{"sessionId":"R","actorType":"federated_users","actorId":"alice@a.example"}],"users":[{"sessionid":"R"}]}}}"#,
+    r#"{"type":"error","error":{"code":"x","details":{"room":{"roomid":"rroom"}}}}"#,
+];
+
+fn fed_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        prop::sample::select(FED_WORDS).prop_map(|s| json!(s)),
+        leaf(),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((prop::sample::select(FED_KEYS), inner), 0..6).prop_map(|kv| {
+                Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }),
+        ]
+    })
+}
+
+/// A frame from the remote server with a known `type` and its body.
+fn fed_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::sample::select(FED_TYPES),
+        fed_value(),
+        any::<Option<u16>>(),
+    )
+        .prop_map(|(kind, body, id)| {
+            let mut m = Map::new();
+            m.insert("type".into(), json!(kind));
+            m.insert(kind.to_string(), body);
+            if let Some(id) = id {
+                m.insert("id".into(), json!(id.to_string()));
+            }
+            serde_json::to_vec(&Value::Object(m)).unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(config(1000))]
+
+    #[test]
+    fn federation_rewrite(names in any::<u8>(), frame in prop_oneof![fed_frame(), mutated(FED_SEEDS)]) {
+        let mut data = vec![names];
+        data.extend(frame);
+        checks::federation_rewrite(&data);
+    }
+}

@@ -27,6 +27,7 @@ mod handshake;
 mod link;
 mod offline;
 mod rewrite;
+pub use rewrite::Rewrite;
 mod tls;
 
 pub(crate) use dial::{resolver, DialLimits};

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::link::Link;
 use super::{FedCmd, QUEUE_BYTES, QUEUE_LIMIT};
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::error_frame;
+use crate::api::server::{error_frame, Frame};
 
 impl Link {
     /// A command while B is unreachable.
@@ -28,20 +28,60 @@ impl Link {
                 remote_room,
                 nc_session,
             } => {
+                // This join replaces the room requests still waiting:
+                // each is answered now.
+                for f in self.left_room_requests(id.as_deref()) {
+                    self.hub.federation_deliver(&self.sid, f);
+                }
                 self.retarget(local_room, remote_room, nc_session);
                 self.pending = id;
                 self.rejoin = true;
-                // This join replaces any room request still queued.
-                self.queue.retain(|(m, _)| m["type"] != "room");
-                self.queue_bytes = self.queue.iter().map(|(_, b)| b).sum();
             }
             FedCmd::Leave { id } => {
-                // Nothing to leave on B while it is away: confirm and end.
+                // Nothing to leave on B while it is away: a join still
+                // waiting is refused, the leave confirmed, the link ends.
+                for f in self.left_room_requests(id.as_deref()) {
+                    self.hub.federation_deliver(&self.sid, f);
+                }
                 self.leaving = true;
-                let f = crate::api::server::frame(id.as_deref(), "room", &json!({"roomid": ""}));
-                self.hub.federation_deliver(&self.sid, f);
+                self.hub.federation_deliver(&self.sid, left(id.as_deref()));
             }
         }
+    }
+
+    /// The answers to the room requests nobody else will answer: the one
+    /// B has not answered (`pending`) and the joins and leaves kept for B
+    /// after their write failed, each id once, but `except` (the id of the
+    /// request that replaces them). A leave is confirmed (there is nothing
+    /// left to leave on B), a join refused as unreachable.
+    pub(super) fn left_room_requests(&mut self, except: Option<&str>) -> Vec<Frame> {
+        let mut requests: Vec<(Option<String>, bool)> = Vec::new();
+        if let Some(id) = self.pending.take() {
+            requests.push((Some(id), self.leaving));
+        }
+        let (rooms, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|(m, _)| m["type"] == "room");
+        self.queue = rest;
+        self.queue_bytes = self.queue.iter().map(|(_, b)| b).sum();
+        for (m, _) in rooms {
+            let id = m.get("id").and_then(Value::as_str).map(str::to_string);
+            requests.push((id, m["room"]["roomid"] == ""));
+        }
+        let mut answered: Vec<Option<String>> = Vec::new();
+        let mut out = Vec::new();
+        for (id, leave) in requests {
+            if (except.is_some() && id.as_deref() == except) || answered.contains(&id) {
+                continue;
+            }
+            out.push(if leave {
+                left(id.as_deref())
+            } else {
+                unreachable_frame(id.as_deref())
+            });
+            answered.push(id);
+        }
+        out
     }
 
     /// Keeps a message for B until the link is back (at the front: one
@@ -61,16 +101,8 @@ impl Link {
     /// Tells the client its message cannot reach B now.
     fn unreachable(&self, m: &Value) {
         let id = m.get("id").and_then(Value::as_str);
-        self.hub.federation_deliver(
-            &self.sid,
-            error_frame(
-                id,
-                &ProtocolError::new(
-                    error::FEDERATION_ERROR,
-                    "The federated conversation is not reachable right now.",
-                ),
-            ),
-        );
+        self.hub
+            .federation_deliver(&self.sid, unreachable_frame(id));
     }
 
     /// The link ends: what is still queued or in the channel is refused
@@ -81,18 +113,31 @@ impl Link {
             match cmd {
                 FedCmd::Forward(v, _) => self.unreachable(&v),
                 FedCmd::Join { id, .. } => self.unreachable(&json!({ "id": id })),
-                FedCmd::Leave { id } => {
-                    let f =
-                        crate::api::server::frame(id.as_deref(), "room", &json!({"roomid": ""}));
-                    self.hub.federation_deliver(&self.sid, f);
-                }
+                FedCmd::Leave { id } => self.hub.federation_deliver(&self.sid, left(id.as_deref())),
             }
         }
+        for f in self.left_room_requests(None) {
+            self.hub.federation_deliver(&self.sid, f);
+        }
         for (m, _) in std::mem::take(&mut self.queue) {
-            if m["type"] != "room" {
-                self.unreachable(&m);
-            }
+            self.unreachable(&m);
         }
         self.queue_bytes = 0;
     }
+}
+
+/// The answer to a leave: the session is in no room.
+fn left(id: Option<&str>) -> Frame {
+    crate::api::server::frame(id, "room", &json!({"roomid": ""}))
+}
+
+/// The error of a request that cannot reach B now.
+fn unreachable_frame(id: Option<&str>) -> Frame {
+    error_frame(
+        id,
+        &ProtocolError::new(
+            error::FEDERATION_ERROR,
+            "The federated conversation is not reachable right now.",
+        ),
+    )
 }

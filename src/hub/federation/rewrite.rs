@@ -1,6 +1,9 @@
 //! The rewriting of a federated session's messages: session ids, room ids
 //! and actors of one server translated into those of the other, both ways
 //! (`spec/federation-notes.md`, 2.3 - 2.8).
+//!
+//! [`Rewrite`] holds only the names it translates, so the fuzz target
+//! `federation_rewrite` drives the same code a link runs.
 
 use serde_json::{json, Map, Value};
 
@@ -10,23 +13,68 @@ use crate::api::remote::{
     ActorType, ControlAction, EventTarget, EventType, MentionType, ServerKind,
 };
 
+/// The names a federated session's frames are translated between: ours
+/// (the client's server, A) and the remote server's (B).
+#[derive(Clone, Copy, Debug)]
+pub struct Rewrite<'a> {
+    /// The client's session id here (L).
+    pub local_sid: &'a str,
+    /// The session id B gave us (R); None before B's `hello` answer.
+    pub remote_sid: Option<&'a str>,
+    /// The room id the client knows, and B's id of that room.
+    pub local_room: &'a str,
+    pub remote_room: &'a str,
+    /// `@host` suffixes of the federated user ids of each cloud.
+    pub local_cloud: &'a str,
+    pub remote_cloud: &'a str,
+    /// The base URL of each Nextcloud (mentions name it as their `server`).
+    pub local_base: &'a str,
+    pub remote_base: &'a str,
+}
+
 impl Link {
-    pub(super) fn local_sid(&self) -> &str {
-        &self.sid
+    /// This link's names.
+    pub(super) fn names(&self) -> Rewrite<'_> {
+        Rewrite {
+            local_sid: &self.sid,
+            remote_sid: self.remote_sid.as_deref(),
+            local_room: &self.local_room,
+            remote_room: &self.target.remote_room,
+            local_cloud: &self.local_cloud,
+            remote_cloud: &self.remote_cloud,
+            local_base: &self.local_base,
+            remote_base: &self.remote_base,
+        }
     }
 
     /// Client -> B rewrites.
-    pub(super) fn rewrite_to_remote(&self, mut v: Value) -> Value {
-        let Some(remote) = self.remote_sid.clone() else {
+    pub(super) fn rewrite_to_remote(&self, v: Value) -> Value {
+        self.names().to_remote(v)
+    }
+
+    /// B -> client rewrites; None drops the message (B's own hello/welcome).
+    pub(super) fn rewrite_from_remote(&mut self, v: Value) -> Option<Value> {
+        let mut pending = self.pending.take();
+        let out = self.names().from_remote(v, &mut pending);
+        self.pending = pending;
+        out
+    }
+}
+
+impl Rewrite<'_> {
+    /// Client -> B: the client's own session id in a session recipient and
+    /// in its transient `sd:` key become B's id of it.
+    pub fn to_remote(&self, mut v: Value) -> Value {
+        let Some(remote) = self.remote_sid else {
             return v;
         };
-        let me = self.local_sid().to_string();
+        let me = self.local_sid;
         match ClientKind::of(&v["type"]) {
             ClientKind::Message
                 if RecipientKind::of(&v["message"]["recipient"]["type"])
                     == RecipientKind::Session =>
             {
-                replace_at(&mut v, &["message", "recipient", "sessionid"], &me, &remote);
+                replace_at(&mut v, &["message", "recipient", "sessionid"], me, remote);
             }
             ClientKind::Transient => {
                 replace_at(
@@ -41,30 +89,38 @@ impl Link {
         v
     }
 
-    /// B -> client rewrites; None drops the message (B's own hello/welcome).
-    /// Whatever B sends, nothing here panics: fields are only changed
-    /// where every step of their path is an object.
-    pub(super) fn rewrite_from_remote(&mut self, mut v: Value) -> Option<Value> {
-        let remote = self.remote_sid.clone().unwrap_or_default();
-        let me = self.local_sid().to_string();
-        let (theirs, ours) = (self.target.remote_room.clone(), self.local_room.clone());
+    /// B -> client; None drops the message (B's own hello/welcome). A
+    /// `room` or `error` answer without an id, or with the one in
+    /// `pending` (the join or leave B had not answered), takes it. Whatever B sends, nothing here
+    /// panics: fields are only changed where every step of their path is
+    /// an object.
+    pub fn from_remote(&self, mut v: Value, pending: &mut Option<String>) -> Option<Value> {
+        let remote = self.remote_sid.unwrap_or_default();
+        let me = self.local_sid;
+        let (theirs, ours) = (self.remote_room, self.local_room);
         let kind = ServerKind::of(&v["type"]);
         match kind {
             ServerKind::Welcome | ServerKind::Hello => return None,
             ServerKind::Room | ServerKind::Error => {
-                if let (Some(id), Some(o)) = (self.pending.take(), v.as_object_mut()) {
-                    o.insert("id".into(), json!(id));
+                // The answer to the waiting request carries its id; an
+                // answer with another id (an earlier join, a forwarded
+                // message) keeps it, and the request keeps waiting.
+                if let (Some(id), Some(o)) = (pending.as_deref(), v.as_object_mut()) {
+                    if o.get("id").is_none_or(|x| x.as_str() == Some(id)) {
+                        o.insert("id".into(), json!(id));
+                        *pending = None;
+                    }
                 }
                 let path: &[&str] = if kind == ServerKind::Room {
                     &["room", "roomid"]
                 } else {
                     &["error", "details", "room", "roomid"]
                 };
-                replace_at(&mut v, path, &theirs, &ours);
+                replace_at(&mut v, path, theirs, ours);
             }
             ServerKind::Message | ServerKind::Control => {
                 if let Some(body) = at(&mut v, &[kind.as_str()]) {
-                    message_from_remote(body, kind == ServerKind::Message, &remote, &me);
+                    message_from_remote(body, kind == ServerKind::Message, remote, me);
                 }
             }
             ServerKind::Transient => {
@@ -77,18 +133,17 @@ impl Link {
             }
             ServerKind::Event => {
                 if let Some(ev) = at(&mut v, &["event"]) {
-                    self.event_from_remote(ev, &remote, &me);
+                    self.event_from_remote(ev, remote, me);
                 }
             }
             _ => {}
         }
         Some(v)
     }
-
-    pub(super) fn event_from_remote(&self, ev: &mut Value, remote: &str, me: &str) {
+    fn event_from_remote(&self, ev: &mut Value, remote: &str, me: &str) {
         let target = EventTarget::of(&ev["target"]);
         let kind = EventType::of(&ev["type"]);
-        let (theirs, ours) = (self.target.remote_room.as_str(), &*self.local_room);
+        let (theirs, ours) = (self.remote_room, self.local_room);
         match (target, kind) {
             (EventTarget::Room, EventType::Join) => {
                 if let Some(list) = at(ev, &["join"]).and_then(Value::as_array_mut) {
@@ -147,7 +202,7 @@ impl Link {
 
     /// Actor of B's view -> the client's view: B's users become federated
     /// users of B's cloud, federated users of our cloud become our users.
-    pub(super) fn actor_rewrite(&self, e: &mut Value, id_key: &str, type_key: &str) {
+    fn actor_rewrite(&self, e: &mut Value, id_key: &str, type_key: &str) {
         let Some(id) = e[id_key].as_str() else {
             return;
         };
@@ -156,7 +211,7 @@ impl Link {
                 ActorType::FederatedUsers,
                 format!("{id}{}", self.remote_cloud),
             ),
-            ActorType::FederatedUsers => match id.strip_suffix(self.local_cloud.as_str()) {
+            ActorType::FederatedUsers => match id.strip_suffix(self.local_cloud) {
                 Some(local) => (ActorType::Users, local.to_string()),
                 None => return,
             },
@@ -166,13 +221,13 @@ impl Link {
         e[id_key] = json!(id);
     }
 
-    pub(super) fn chat_rewrite(&self, c: &mut Value) {
+    fn chat_rewrite(&self, c: &mut Value) {
         if !c.is_object() {
             return;
         }
         self.actor_rewrite(c, "actorId", "actorType");
         self.actor_rewrite(c, "lastEditActorId", "lastEditActorType");
-        if c["token"] == self.target.remote_room.as_str() {
+        if c["token"] == self.remote_room {
             c["token"] = json!(self.local_room);
         }
         if let Some(params) = at(c, &["messageParameters"]).and_then(Value::as_object_mut) {
@@ -182,7 +237,7 @@ impl Link {
                 }
                 match MentionType::of(&p["type"]) {
                     MentionType::User => {
-                        if p["server"] == self.local_base.as_str() {
+                        if p["server"] == self.local_base {
                             if let Some(o) = p.as_object_mut() {
                                 o.remove("server");
                             }
@@ -191,7 +246,7 @@ impl Link {
                             p["server"] = json!(self.remote_base);
                         }
                     }
-                    MentionType::Call if p["id"] == self.target.remote_room.as_str() => {
+                    MentionType::Call if p["id"] == self.remote_room => {
                         p["id"] = json!(self.local_room);
                     }
                     _ => {}
@@ -321,6 +376,53 @@ mod tests {
         ] {
             assert_eq!(l.rewrite_to_remote(v.clone()), v);
         }
+    }
+
+    #[tokio::test]
+    async fn room_requests_left_behind_are_each_answered_once() {
+        let mut l = link();
+        l.pending = Some("j1".into());
+        let join = |id: &str| json!({"id": id, "type": "room", "room": {"roomid": "r"}});
+        // Joins and a leave whose writes failed, one of them j1 again.
+        l.keep(join("j1"), 10, false);
+        l.keep(json!({"type": "message", "id": "m"}), 20, false);
+        l.keep(join("j2"), 30, false);
+        l.keep(
+            json!({"id": "l3", "type": "room", "room": {"roomid": ""}}),
+            40,
+            false,
+        );
+        l.keep(join("j9"), 50, false);
+        let out: Vec<Value> = l
+            .left_room_requests(Some("j9"))
+            .iter()
+            .map(|f| serde_json::from_slice(f.as_bytes()).unwrap())
+            .collect();
+        let ids: Vec<&str> = out.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["j1", "j2", "l3"]);
+        assert_eq!(out[0]["error"]["code"], "federation_error");
+        assert_eq!(out[1]["error"]["code"], "federation_error");
+        assert_eq!(
+            out[2],
+            json!({"id": "l3", "type": "room", "room": {"roomid": ""}})
+        );
+        assert!(l.pending.is_none());
+        assert_eq!(l.queue.len(), 1, "the message stays queued");
+        assert_eq!(l.queue_bytes, 20);
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_another_id_leaves_the_waiting_request() {
+        let mut l = link();
+        l.pending = Some("j2".into());
+        let out =
+            l.rewrite_from_remote(json!({"id": "j1", "type": "room", "room": {"roomid": "rroom"}}));
+        assert_eq!(out.unwrap()["id"], "j1");
+        assert_eq!(l.pending.as_deref(), Some("j2"));
+        let out =
+            l.rewrite_from_remote(json!({"id": "j2", "type": "room", "room": {"roomid": "rroom"}}));
+        assert_eq!(out.unwrap()["room"]["roomid"], "lroom");
+        assert!(l.pending.is_none());
     }
 
     #[tokio::test]

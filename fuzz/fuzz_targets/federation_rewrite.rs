@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    spreed_signaling_fuzz::checks::federation_rewrite(data);
+});
