@@ -129,3 +129,127 @@ async fn a_passed_through_x_real_ip_does_not_escape_the_throttle() {
     assert_eq!(guess_resume(&mut other).await, "no_such_session");
     ts.stop().await;
 }
+
+/// Set in the child that runs a test inside its own network namespace.
+const NETNS: &str = "SPREED_FORWARDED_NETNS";
+
+/// Runs `test` of this module again under `unshare -n` (where the loopback
+/// interface also has the LAN address 10.0.0.5) and asserts it passed
+/// there; true when the caller is that child and runs the body. Where
+/// namespaces are not available the test says so and skips.
+fn in_namespace(test: &str) -> bool {
+    if std::env::var_os(NETNS).is_some() {
+        for cmd in ["ip link set lo up", "ip addr add 10.0.0.5/32 dev lo"] {
+            let args: Vec<&str> = cmd.split(' ').collect();
+            let s = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap();
+            assert!(s.success(), "`{cmd}` failed");
+        }
+        return true;
+    }
+    let usable = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("SKIPPED {test}: `unshare -n` failed (needs root or CAP_SYS_ADMIN)");
+        return false;
+    }
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let status = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            &format!("{module}::{test}"),
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(NETNS, "1")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{test} failed inside its namespace");
+    false
+}
+
+/// The default `[app] trustedproxies` is loopback only: a LAN host (here
+/// 10.0.0.5, a private address the Go server trusts by default) that sends
+/// `X-Real-IP` or `X-Forwarded-For` naming 127.0.0.1 is not believed and
+/// does not get `/metrics` (allowed from loopback by default); a proxy on
+/// loopback still is believed.
+#[test]
+fn by_default_only_loopback_proxies_are_believed() {
+    if !in_namespace("by_default_only_loopback_proxies_are_believed") {
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let nc = FakeNextcloud::start().await;
+        let cfg = spreed_signaling::config::Config::parse(&config_text(&nc, "")).unwrap();
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let server = spreed_signaling::server::Server::start(cfg, Some(listener))
+            .await
+            .unwrap();
+        let port = server.addr.port();
+        let ts = TestServer {
+            server: Some(server),
+            nc,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let lan = SocketAddr::from(([10, 0, 0, 5], port));
+        let status = |from: &'static str, to: SocketAddr, headers: &'static str| async move {
+            let mut s = connect_from(from, to).await;
+            s.write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut all = Vec::new();
+            tokio::time::timeout(TIMEOUT, s.read_to_end(&mut all))
+                .await
+                .expect("no answer")
+                .unwrap();
+            let all = String::from_utf8_lossy(&all).to_string();
+            all.split(' ').nth(1).unwrap_or("").to_string()
+        };
+        let local = SocketAddr::from(([127, 0, 0, 1], port));
+        // Loopback itself, and a loopback proxy naming a loopback client.
+        assert_eq!(status("127.0.0.1", local, "").await, "200");
+        assert_eq!(
+            status("127.0.0.1", local, "X-Real-IP: 127.0.0.1\r\n").await,
+            "200"
+        );
+        // A loopback proxy naming a LAN client: believed, so refused.
+        assert_eq!(
+            status("127.0.0.1", local, "X-Forwarded-For: 10.0.0.9\r\n").await,
+            "403"
+        );
+        assert_eq!(
+            status("127.0.0.1", local, "X-Real-IP: 10.0.0.9\r\n").await,
+            "403"
+        );
+        // The LAN host claiming loopback: not believed.
+        assert_eq!(status("10.0.0.5", lan, "").await, "403");
+        assert_eq!(
+            status("10.0.0.5", lan, "X-Real-IP: 127.0.0.1\r\n").await,
+            "403"
+        );
+        assert_eq!(
+            status("10.0.0.5", lan, "X-Forwarded-For: 127.0.0.1\r\n").await,
+            "403"
+        );
+        assert_eq!(
+            status(
+                "10.0.0.5",
+                lan,
+                "X-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\n"
+            )
+            .await,
+            "403"
+        );
+        ts.stop().await;
+    });
+}
