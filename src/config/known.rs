@@ -125,6 +125,8 @@ pub const CLIENTS: &[Key] = &[
     read("messageburst"),
     read("bytespersecond"),
     read("byteburst"),
+    read("mcurequestspersecond"),
+    read("mcurequestburst"),
     read("maxfailedhellos"),
     read("failedhellowindow"),
 ];

@@ -64,6 +64,12 @@ pub struct ClientLimits {
     pub bytes_per_second: u64,
     /// Bytes a connection may send at once before the rate applies.
     pub byte_burst: u64,
+    /// Client messages the MCU handles (each a Janus request) per second
+    /// per session, on average, apart from the message budget; a session
+    /// over it is not read until it refilled.
+    pub mcu_requests_per_second: u32,
+    /// MCU messages a session may send at once before that rate applies.
+    pub mcu_request_burst: u32,
     /// How long a sender is not read while a recipient its message left
     /// more than half full drains its send queue.
     pub slow_receiver_wait: Duration,
@@ -94,6 +100,8 @@ pub(super) fn parse_client_limits(ini: &IniFile) -> Result<ClientLimits, ConfigE
         message_burst: get_u32(ini, "clients", "messageburst", 5000)?,
         bytes_per_second: ini.get_u64("clients", "bytespersecond", 1 << 20)?,
         byte_burst: ini.get_u64("clients", "byteburst", 8 << 20)?,
+        mcu_requests_per_second: get_u32(ini, "clients", "mcurequestspersecond", 100)?,
+        mcu_request_burst: get_u32(ini, "clients", "mcurequestburst", 2000)?,
         slow_receiver_wait: secs(ini, "clients", "slowreceiverwait", 5)?,
     };
     check_client_limits(&limits)?;
@@ -125,6 +133,14 @@ fn check_client_limits(limits: &ClientLimits) -> Result<(), ConfigError> {
     }
     if limits.bytes_per_second == 0 {
         return Err(ConfigError("[clients] bytespersecond: must be > 0".into()));
+    }
+    if limits.mcu_requests_per_second == 0 {
+        return Err(ConfigError(
+            "[clients] mcurequestspersecond: must be > 0".into(),
+        ));
+    }
+    if limits.mcu_request_burst == 0 {
+        return Err(ConfigError("[clients] mcurequestburst: must be > 0".into()));
     }
     if limits.message_burst == 0 {
         return Err(ConfigError("[clients] messageburst: must be > 0".into()));

@@ -357,7 +357,12 @@ url = ws://127.0.0.1:8188
 
     #[test]
     fn message_counts_over_32_bits_are_refused_not_wrapped() {
-        for key in ["messagespersecond", "messageburst"] {
+        for key in [
+            "messagespersecond",
+            "messageburst",
+            "mcurequestspersecond",
+            "mcurequestburst",
+        ] {
             let text = SAMPLE.replace("[clients]\n", &format!("[clients]\n{key} = 4294967297\n"));
             let e = Config::parse(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");

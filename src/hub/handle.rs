@@ -79,7 +79,7 @@ impl Hub {
                 None => self.reply_error(sid, id, invalid_format("room body missing")),
             },
             ClientKind::Message => match msg.message {
-                Some(body) => match self.mcu_message(sid, id, body) {
+                Some(body) => match self.janus_paced(sid, self.mcu_message(sid, id, body)) {
                     mcu::McuRoute::Done => {}
                     mcu::McuRoute::Wait(f) => return Some(f),
                     mcu::McuRoute::Deliver(body) => {

@@ -49,6 +49,8 @@ const MCU_QUEUED: usize = 256;
 pub(crate) struct McuSlots {
     running: Arc<Semaphore>,
     waiting: std::sync::atomic::AtomicUsize,
+    /// The session's Janus budget (`janus_budget.rs`).
+    pub(super) janus: std::sync::Mutex<super::janus_budget::JanusBudget>,
 }
 
 impl McuSlots {
@@ -56,6 +58,7 @@ impl McuSlots {
         Arc::new(McuSlots {
             running: Arc::new(Semaphore::new(MCU_RUNNING)),
             waiting: Default::default(),
+            janus: std::sync::Mutex::new(super::janus_budget::JanusBudget::new()),
         })
     }
 
@@ -422,12 +425,24 @@ impl Hub {
 
     /// `requestoffer` from local session `a` to `b` (of any process): both
     /// in the same room and in its call, unless `a` is internal or
-    /// `[app] allowsubscribeany` is set.
+    /// `[app] allowsubscribeany` is set; never to a session of another
+    /// backend (unlike the Go server, which skips every check then).
     pub(super) fn may_subscribe(&self, a: &str, b: &str) -> bool {
         let st = self.lock();
         let Some(sa) = st.sessions.map.get(a) else {
             return false;
         };
+        let other_backend = match st.sessions.map.get(b) {
+            Some(sb) => sb.backend.id != sa.backend.id,
+            None => st
+                .cluster
+                .remote
+                .get(b)
+                .is_some_and(|r| r.room.backend != sa.backend.id),
+        };
+        if other_backend {
+            return false;
+        }
         if sa.kind == SessionKind::Internal || self.config.allow_subscribe_any {
             return true;
         }

@@ -24,6 +24,7 @@ mod hello;
 mod hide_names;
 pub use hello::HelloOk;
 mod internal;
+mod janus_budget;
 mod lifecycle;
 mod mcu;
 mod mcu_cluster;

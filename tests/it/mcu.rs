@@ -837,3 +837,124 @@ async fn the_backend_bitrate_limits_lower_the_rooms_and_the_join_bandwidth() {
     assert!(join["room"].get("bandwidth").is_none(), "{join}");
     ts.stop().await;
 }
+
+/// The MCU messages of a session have a budget of their own
+/// (`[clients] mcurequestspersecond` / `mcurequestburst`): plain messages
+/// do not use it; past its burst every MCU message is still carried out
+/// (and answered with its id), but the session is read more slowly.
+#[tokio::test]
+async fn mcu_messages_have_their_own_budget() {
+    // Janus is configured but not running.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ts = TestServer::start_with(&format!(
+        "[clients]\nmcurequestspersecond = 5\nmcurequestburst = 5\n\
+         [mcu]\nurl = ws://127.0.0.1:{port}\ntimeout = 1\n"
+    ))
+    .await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let bob = b.session_id.clone();
+    // Twenty plain messages: the MCU budget is not touched.
+    for i in 0..20 {
+        send_to(
+            &mut a,
+            &format!("p{i}"),
+            &bob,
+            json!({"type": "chat", "n": i}),
+        )
+        .await;
+    }
+    b.wait_for(|m| m["message"]["data"]["n"] == 19).await;
+    assert_eq!(crate::frames::read_pauses(&ts).await, 0);
+    // Fifteen requestoffers (bob is not in the call: each is refused at
+    // once): five within the burst, ten at five a second.
+    let start = tokio::time::Instant::now();
+    for i in 0..15 {
+        let data = json!({"type": "requestoffer", "roomType": "video"});
+        send_to(&mut a, &format!("r{i}"), &bob, data).await;
+    }
+    send_to(&mut a, "after", &bob, json!("after")).await;
+    b.wait_for_within(Duration::from_secs(10), |m| m["message"]["data"] == "after")
+        .await;
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(1800), "read after {took:?}");
+    assert!(crate::frames::read_pauses(&ts).await >= 10);
+    // None lost: each was answered with its id.
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < 15 {
+        let e = a.wait_for(|m| m["type"] == "error").await;
+        assert_eq!(e["error"]["code"], "not_allowed", "{e}");
+        ids.insert(e["id"].as_str().unwrap().to_string());
+    }
+    ts.stop().await;
+}
+
+/// A `requestoffer` never reaches a session of another backend: not with
+/// `[app] allowsubscribeany` (which only turns off the same-call check),
+/// not from an internal client.
+#[tokio::test]
+async fn requestoffer_never_crosses_backends() {
+    let j = Janus::start().await;
+    let nc1 = support::FakeNextcloud::start().await;
+    let nc2 = support::FakeNextcloud::start().await;
+    let extra = format!(
+        "[app]\nallowsubscribeany = true\n[nc2]\nurl = {}\nsecret = {}\n{}",
+        nc2.url,
+        support::SECRET,
+        j.mcu_section("")
+    );
+    let text = support::config_text(&nc1, &extra).replace("backends = nc1", "backends = nc1, nc2");
+    let cfg = spreed_signaling::config::Config::parse(&text).unwrap();
+    let ts = TestServer::start_config(nc1, cfg).await;
+    wait_janus(&ts, true).await;
+    // Alice publishes on backend 1.
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let answer = publish(&mut a, "video", &audio_offer(), "1").await;
+    assert_eq!(answer["message"]["data"]["type"], "answer", "{answer}");
+    let alice = a.session_id.clone();
+    let req = json!({"type": "requestoffer", "roomType": "video"});
+    // Mallory of backend 2 asks for her stream.
+    let mut m = support::Client::connect(&ts.ws_url()).await;
+    m.expect_type("welcome").await;
+    m.hello_v1(&nc2.backend_url(), json!({"userid": "mallory"}))
+        .await;
+    send_to(&mut m, "r1", &alice, req.clone()).await;
+    let e = m
+        .wait_for_within(Duration::from_secs(10), |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
+        })
+        .await;
+    assert_eq!(e["error"]["code"], "not_allowed", "{e}");
+    assert_eq!(e["id"], "r1");
+    // An internal client of backend 2 neither.
+    let mut i = support::Client::connect(&ts.ws_url()).await;
+    i.expect_type("welcome").await;
+    let mut hello = support::internal_hello("0123456789012345678901234567890123456789");
+    hello["hello"]["auth"]["params"]["backend"] = json!(format!("{}/", nc2.url));
+    i.send(hello).await;
+    i.expect_type("hello").await;
+    send_to(&mut i, "r2", &alice, req.clone()).await;
+    let e = i
+        .wait_for_within(Duration::from_secs(10), |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
+        })
+        .await;
+    assert_eq!(e["error"]["code"], "not_allowed", "{e}");
+    assert_eq!(e["id"], "r2");
+    // Bob of backend 1, not in the call, may (allowsubscribeany): the
+    // check refuses only the other backend.
+    let mut b = ts.client_in_room("bob", "room1").await;
+    send_to(&mut b, "r3", &alice, req).await;
+    let o = b
+        .wait_for_within(Duration::from_secs(10), |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
+        })
+        .await;
+    assert_ne!(o["error"]["code"], "not_allowed", "{o}");
+    ts.stop().await;
+}
