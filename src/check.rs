@@ -134,7 +134,7 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
 /// Speaks to Janus as the MCU does: a WebSocket with the `janus-protocol`
 /// subprotocol, `info` answered with `server_info` that lists the
 /// videoroom plugin.
-async fn probe_janus(url: &str) -> CheckLine {
+pub async fn probe_janus(url: &str) -> CheckLine {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::http::HeaderValue;

@@ -3,6 +3,7 @@
 //! Layout: `config` (server.conf), `api` (wire types), `backend` (talking to
 //! Nextcloud), `hub` (state and routing), `bus` (other processes), `mcu`
 //! (Janus), `http` (axum routes and the WebSocket connection),
+//! `proxy` (our MCU proxy, `spreed-signaling proxy`),
 //! `conn_counts` (open connections per address), `budget` (what a peer
 //! may send before it is read more slowly), `metrics`, `server`
 //! (start-up and shutdown). See ARCHITECTURE.md.
@@ -22,5 +23,6 @@ pub mod hub;
 pub mod logsafe;
 pub mod mcu;
 pub mod metrics;
+pub mod proxy;
 pub mod sdnotify;
 pub mod server;

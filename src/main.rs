@@ -60,6 +60,26 @@ enum Command {
     /// v2 key, shared secret) and NATS, print one line per check and exit
     /// non-zero on any failure.
     Check,
+    /// Run our MCU proxy (a replacement for nextcloud-spreed-signaling-proxy)
+    /// with the Go proxy's proxy.conf; `proxy check` checks that file.
+    Proxy(ProxyArgs),
+}
+
+/// `spreed-signaling proxy [--config proxy.conf] [check]`.
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Path to proxy.conf (the Go proxy's format). `-config` works too.
+    #[arg(long, short = 'c', default_value = "proxy.conf", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    action: Option<ProxyAction>,
+}
+
+#[derive(Subcommand)]
+enum ProxyAction {
+    /// Validate proxy.conf, load every [tokens] key and probe Janus; one
+    /// line per check, non-zero exit on any failure.
+    Check,
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +90,9 @@ fn main() -> std::process::ExitCode {
         _ => a,
     });
     let cli = Cli::parse_from(args);
+    if let Some(Command::Proxy(args)) = &cli.command {
+        return proxy_main(args, cli.log_format.as_deref());
+    }
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -109,6 +132,91 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `proxy`: our MCU proxy, or `proxy check`.
+fn proxy_main(args: &ProxyArgs, log_format: Option<&str>) -> std::process::ExitCode {
+    use spreed_signaling::proxy::config::ProxyConfig;
+    use spreed_signaling::proxy::tokens::TokenKeys;
+    let config = match ProxyConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error in {}: {e}", args.config.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Some(ProxyAction::Check) = args.action {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .with_writer(std::io::stderr)
+            .init();
+        let lines = rt.block_on(spreed_signaling::proxy::check::lines(&config, &args.config));
+        return print_check(&lines);
+    }
+    if let Some(refused) = config.refusals() {
+        for line in refused.lines() {
+            eprintln!("configuration error in {}: {line}", args.config.display());
+        }
+        return std::process::ExitCode::from(2);
+    }
+    init_proxy_logging(log_format);
+    for f in &config.findings {
+        tracing::warn!("{}", f.text);
+    }
+    let tokens = match TokenKeys::load(&config.tokens, true) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("configuration error in {}: {e}", args.config.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(spreed_signaling::proxy::run(config, tokens, &args.config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The proxy logs at `info` (`RUST_LOG` overrides), as text or JSON.
+fn init_proxy_logging(format: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if format == Some("json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
+    }
+}
+
+/// Prints check lines (a closed stdout ends the printing); fails when one
+/// failed.
+fn print_check(lines: &[spreed_signaling::check::CheckLine]) -> std::process::ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        if writeln!(out, "{l}").is_err() {
+            break;
+        }
+    }
+    let _ = out.flush();
+    if lines.iter().all(|l| l.ok) {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }
 

@@ -306,7 +306,9 @@ pub struct McuMetrics {
 }
 
 impl McuMetrics {
-    fn new(registry: &Registry) -> Self {
+    /// Creates the metrics and registers them in `registry` (the
+    /// server's, or the proxy's own).
+    pub fn new(registry: &Registry) -> Self {
         let vec = |name: &str, help: &str| {
             IntCounterVec::new(
                 Opts::new(name, help)

@@ -343,6 +343,16 @@ impl Mcu {
             .contains_key(&(Arc::from(session), stream))
     }
 
+    /// True when `subscriber` receives `publisher`'s `stream` (the proxy
+    /// notices subscribers Janus closed).
+    pub fn has_subscriber(&self, subscriber: &str, publisher: &str, stream: StreamType) -> bool {
+        lock(&self.reg).subscribers.contains_key(&(
+            Arc::from(subscriber),
+            Arc::from(publisher),
+            stream,
+        ))
+    }
+
     fn publisher(&self, session: &Arc<str>, stream: StreamType) -> Option<Arc<Publisher>> {
         lock(&self.reg)
             .publishers

@@ -31,6 +31,7 @@ mod mcu_reload;
 mod mcu_sdp;
 mod metrics;
 mod package;
+mod proxy;
 mod reload;
 mod restart;
 mod robustness;

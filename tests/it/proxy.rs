@@ -1,0 +1,457 @@
+//! Our MCU proxy (`spreed-signaling proxy`) over real sockets with a real
+//! Janus: the hello's token checks against the Go proxy 0.4.1 on the same
+//! cases, commands and events, the scheduled shutdown (SIGUSR1), `/stats`
+//! and `/metrics`, and in a network namespace the Go 0.4.1 server
+//! publishing and subscribing real media through it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::support::janus::Janus;
+use crate::support::{free_port, fresh_dir, wait_listening, Client, LoggedProcess};
+
+const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
+
+/// An RSA key pair made with openssl: (private PEM path, public PEM path).
+pub fn rsa_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let private = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genrsa");
+    let ok = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl rsa -pubout");
+    (private, public)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The token a signaling server sends: `{"iat", "iss"}` signed with `key`.
+pub fn token(key: &Path, iss: &str, iat: i64, alg: Algorithm) -> String {
+    let pem = std::fs::read(key).unwrap();
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        &json!({"iat": iat, "iss": iss}),
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The `proxy.conf` of a proxy on `port` for `janus`, trusting `server1`.
+pub fn proxy_conf(port: u16, janus: &Janus, public: &Path, extra: &str) -> String {
+    format!(
+        "[http]\nlisten = 127.0.0.1:{port}\n[app]\ntokentype = static\n\
+         [tokens]\nserver1 = {}\n[mcu]\ntype = janus\nurl = {}\n{extra}",
+        public.display(),
+        janus.url()
+    )
+}
+
+/// Our proxy as a child process with its log collected.
+pub struct OurProxy {
+    pub process: LoggedProcess,
+    pub port: u16,
+    pub conf: PathBuf,
+}
+
+impl OurProxy {
+    /// Starts `spreed-signaling proxy --config <conf>` and waits until it
+    /// listens (it does once Janus is connected).
+    pub async fn start(dir: &Path, conf: &str, port: u16) -> OurProxy {
+        let path = dir.join(format!("proxy-{port}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let process = LoggedProcess::spawn(&["proxy", "--config", path.to_str().unwrap()]);
+        wait_listening(port).await;
+        OurProxy {
+            process,
+            port,
+            conf: path,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/proxy", self.port)
+    }
+}
+
+/// The Go proxy 0.4.1 (killed on drop); None when it is not installed.
+pub struct GoProxy {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for GoProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GoProxy {
+    pub async fn start(dir: &Path, conf: &str, port: u16) -> Option<GoProxy> {
+        if !Path::new(GO_PROXY).exists() {
+            eprintln!("SKIPPED the Go proxy half: {GO_PROXY} is not installed");
+            return None;
+        }
+        let path = dir.join(format!("go-proxy-{port}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new(GO_PROXY)
+            .arg("-config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("go-proxy-{port}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        wait_listening(port).await;
+        Some(GoProxy { child, port })
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/proxy", self.port)
+    }
+}
+
+/// Sends a hello with `token`; returns the first reply.
+async fn hello(c: &mut Client, token: &str) -> Value {
+    c.send(json!({"id": "1", "type": "hello", "hello": {"version": "1.0", "resumeid": "", "token": token}}))
+        .await;
+    c.recv().await
+}
+
+/// A new session on the proxy at `url`: the hello reply and the event.
+pub async fn session(url: &str, key: &Path) -> (Client, Value) {
+    let mut c = Client::connect(url).await;
+    let h = hello(&mut c, &token(key, "server1", now(), Algorithm::RS256)).await;
+    assert_eq!(h["type"], "hello", "{h}");
+    let e = c.recv().await;
+    assert_eq!(e["type"], "event", "{e}");
+    (c, h)
+}
+
+/// What a proxy answers to each hello case: (type, error code, id).
+async fn hello_cases(url: &str, private: &Path, other: &Path) -> Vec<(String, Value)> {
+    let t = |key: &Path, iss: &str, iat: i64, alg| token(key, iss, iat, alg);
+    let n = now();
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "good RS256",
+            json!({"version": "1.0", "resumeid": "", "token": t(private, "server1", n, Algorithm::RS256)}),
+        ),
+        (
+            "good RS512",
+            json!({"version": "1.0", "resumeid": "", "token": t(private, "server1", n, Algorithm::RS512)}),
+        ),
+        (
+            "wrong key",
+            json!({"version": "1.0", "resumeid": "", "token": t(other, "server1", n, Algorithm::RS256)}),
+        ),
+        (
+            "unknown iss",
+            json!({"version": "1.0", "resumeid": "", "token": t(private, "server2", n, Algorithm::RS256)}),
+        ),
+        (
+            "expired iat",
+            json!({"version": "1.0", "resumeid": "", "token": t(private, "server1", n - 400, Algorithm::RS256)}),
+        ),
+        (
+            "future iat",
+            json!({"version": "1.0", "resumeid": "", "token": t(private, "server1", n + 120, Algorithm::RS256)}),
+        ),
+        (
+            "garbage token",
+            json!({"version": "1.0", "resumeid": "", "token": "a.b.c"}),
+        ),
+        ("no token", json!({"version": "1.0", "resumeid": ""})),
+        (
+            "version 2",
+            json!({"version": "2.0", "resumeid": "", "token": t(private, "server1", n, Algorithm::RS256)}),
+        ),
+        (
+            "unknown resume",
+            json!({"version": "1.0", "resumeid": "nope", "token": ""}),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, h) in cases {
+        let mut c = Client::connect(url).await;
+        c.send(json!({"id": "1", "type": "hello", "hello": h}))
+            .await;
+        let r = c.recv().await;
+        out.push((
+            name.to_string(),
+            json!({"type": r["type"], "code": r["error"]["code"], "id": r["id"]}),
+        ));
+    }
+    // A command before the hello.
+    let mut c = Client::connect(url).await;
+    c.send(json!({"id": "7", "type": "command", "command": {"type": "create-publisher", "streamType": "video"}}))
+        .await;
+    let r = c.recv().await;
+    out.push((
+        "command first".into(),
+        json!({"type": r["type"], "code": r["error"]["code"], "id": r["id"]}),
+    ));
+    out
+}
+
+#[tokio::test]
+async fn hello_tokens_are_checked_as_the_go_proxy_does() {
+    if !crate::support::janus::available() {
+        eprintln!("SKIPPED hello_tokens_are_checked_as_the_go_proxy_does: no janus");
+        return;
+    }
+    let dir = fresh_dir("proxy-tokens");
+    let (private, public) = rsa_pair(&dir, "server1");
+    let (other, _) = rsa_pair(&dir, "other");
+    let j = Janus::start().await;
+    let port = free_port();
+    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, ""), port).await;
+    let got = hello_cases(&ours.url(), &private, &other).await;
+    let expect = |name: &str| -> Value {
+        match name {
+            "good RS256" | "good RS512" => json!({"type": "hello", "code": null, "id": "1"}),
+            "wrong key" | "unknown iss" | "future iat" | "garbage token" => {
+                json!({"type": "error", "code": "auth_failed", "id": "1"})
+            }
+            "expired iat" => json!({"type": "error", "code": "token_expired", "id": "1"}),
+            "no token" | "version 2" => {
+                json!({"type": "error", "code": "invalid_format", "id": "1"})
+            }
+            "unknown resume" => json!({"type": "error", "code": "no_such_session", "id": "1"}),
+            "command first" => json!({"type": "error", "code": "hello_expected", "id": "7"}),
+            _ => unreachable!(),
+        }
+    };
+    for (name, r) in &got {
+        assert_eq!(r, &expect(name), "our proxy, {name}");
+    }
+    // The token errors are counted by reason, as Go does.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "signaling_proxy_token_errors_total{reason=\"expired\"} 1",
+        "signaling_proxy_token_errors_total{reason=\"unsupported-issuer\"} 1",
+        "signaling_proxy_sessions 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    let go_port = free_port();
+    if let Some(go) = GoProxy::start(&dir, &proxy_conf(go_port, &j, &public, ""), go_port).await {
+        let go_got = hello_cases(&go.url(), &private, &other).await;
+        assert_eq!(
+            go_got, got,
+            "the Go proxy answers the same cases the same way"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn command(c: &mut Client, id: &str, cmd: Value) -> Value {
+    c.send(json!({"id": id, "type": "command", "command": cmd}))
+        .await;
+    let r = c.wait_for(|m| m["id"] == id || m["type"] == "bye").await;
+    assert_eq!(r["id"], id, "{r}");
+    r
+}
+
+/// Waits for an event of `kind` (other messages skipped).
+async fn event(c: &mut Client, kind: &str) -> Value {
+    c.wait_for_within(Duration::from_secs(10), |m| {
+        m["type"] == "event" && m["event"]["type"] == kind
+    })
+    .await
+}
+
+#[tokio::test]
+async fn commands_load_stats_resume_and_a_scheduled_shutdown() {
+    if !crate::support::janus::available() {
+        eprintln!("SKIPPED commands_load_stats_resume_and_a_scheduled_shutdown: no janus");
+        return;
+    }
+    let dir = fresh_dir("proxy-drain");
+    let (private, public) = rsa_pair(&dir, "server1");
+    let j = Janus::start().await;
+    let port = free_port();
+    let mut ours = OurProxy::start(
+        &dir,
+        &proxy_conf(port, &j, &public, "[app]\ncountry = de\n"),
+        port,
+    )
+    .await;
+    let (mut c, h) = session(&ours.url(), &private).await;
+    assert_eq!(h["id"], "1");
+    assert_eq!(h["hello"]["version"], "1.0");
+    assert_eq!(h["hello"]["server"]["country"], "DE", "{h}");
+    let sid = h["hello"]["sessionid"].as_str().unwrap().to_string();
+
+    // A publisher, a subscriber of it; the load counts both.
+    let p = command(&mut c, "2", json!({"type": "create-publisher", "streamType": "video", "bitrate": 500000, "mediatypes": 3})).await;
+    assert_eq!(p["type"], "command", "{p}");
+    let pub_id = p["command"]["id"].as_str().unwrap().to_string();
+    let s = command(
+        &mut c,
+        "3",
+        json!({"type": "create-subscriber", "streamType": "video", "publisherId": pub_id}),
+    )
+    .await;
+    let sub_id = s["command"]["id"].as_str().unwrap().to_string();
+    let e = c
+        .wait_for_within(Duration::from_secs(5), |m| m["event"]["load"] == 2)
+        .await;
+    assert_eq!(e["event"]["type"], "update-load");
+    // Unknown clients, publishers and types.
+    let r = command(
+        &mut c,
+        "4",
+        json!({"type": "create-subscriber", "streamType": "video", "publisherId": "nope"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "unknown_client", "{r}");
+    let r = command(
+        &mut c,
+        "5",
+        json!({"type": "delete-publisher", "clientId": sub_id}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "unknown_client", "{r}");
+    let r = command(&mut c, "6", json!({"type": "explode"})).await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    c.send(
+        json!({"id": "7", "type": "payload", "payload": {"type": "teleport", "clientId": pub_id}}),
+    )
+    .await;
+    let r = c.wait_for(|m| m["id"] == "7").await;
+    assert_eq!(r["error"]["code"], "unsupported_payload", "{r}");
+    c.send(json!({"id": "8", "type": "payload", "payload": {"type": "endOfCandidates", "clientId": pub_id}}))
+        .await;
+    let r = c.wait_for(|m| m["id"] == "8").await;
+    assert_eq!(
+        r["payload"],
+        json!({"type": "endOfCandidates", "clientId": pub_id, "payload": null}),
+        "{r}"
+    );
+
+    // /stats in the Go proxy's shape; /metrics with its names.
+    let stats: Value = reqwest::get(format!("http://127.0.0.1:{port}/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["load"], 2, "{stats}");
+    assert_eq!(stats["sessions"], 1, "{stats}");
+    assert_eq!(stats["mcu"]["connected"], true, "{stats}");
+    assert_eq!(stats["mcu"]["publishers"], 1, "{stats}");
+    assert_eq!(stats["mcu"]["clients"], 2, "{stats}");
+    assert_eq!(stats["mcu"]["url"], j.url(), "{stats}");
+    assert!(stats["mcu"]["uptime"].is_string(), "{stats}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "signaling_proxy_publishers{type=\"video\"} 1",
+        "signaling_proxy_subscribers_total{type=\"video\"} 1",
+        "signaling_proxy_command_messages_total{type=\"create-publisher\"} 1",
+        "signaling_proxy_command_messages_total{type=\"other\"} 1",
+        "signaling_proxy_payload_messages_total{type=\"endOfCandidates\"} 1",
+        "signaling_proxy_load 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    // A client a trusted proxy names is not in [stats] allowed_ips.
+    let refused = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/stats"))
+        .header("X-Forwarded-For", "192.0.2.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    // A resume on a new connection: the old one hears bye session_resumed.
+    let mut c2 = Client::connect(&ours.url()).await;
+    c2.send(json!({"id": "1", "type": "hello", "hello": {"version": "1.0", "resumeid": sid, "token": ""}}))
+        .await;
+    let bye = c.wait_for(|m| m["type"] == "bye").await;
+    assert_eq!(bye["bye"]["reason"], "session_resumed", "{bye}");
+    let h2 = c2.wait_for(|m| m["type"] == "hello").await;
+    assert_eq!(h2["hello"]["sessionid"], sid.as_str());
+    let mut c = c2;
+
+    // SIGUSR1: every session hears it, no new publisher, subscribers yes.
+    ours.process.signal("-USR1");
+    event(&mut c, "shutdown-scheduled").await;
+    let r = command(
+        &mut c,
+        "10",
+        json!({"type": "create-publisher", "streamType": "screen"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "shutdown_scheduled", "{r}");
+    // Still serving while a client is left.
+    let r = command(
+        &mut c,
+        "11",
+        json!({"type": "delete-subscriber", "clientId": sub_id}),
+    )
+    .await;
+    assert_eq!(r["command"]["id"], sub_id.as_str(), "{r}");
+    assert!(
+        ours.process.child.try_wait().unwrap().is_none(),
+        "exited with a publisher left"
+    );
+    let r = command(
+        &mut c,
+        "12",
+        json!({"type": "delete-publisher", "clientId": pub_id}),
+    )
+    .await;
+    assert_eq!(r["command"]["id"], pub_id.as_str(), "{r}");
+    // The last client went: exit 0.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = ours.process.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        ours.process.lines().join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
