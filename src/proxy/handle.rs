@@ -84,7 +84,19 @@ pub fn command(proxy: &Arc<Proxy>, session: &Arc<Session>, id: Option<&str>, cmd
         CommandKind::CreatePublisher => create_publisher(proxy, session, id, &cmd),
         CommandKind::CreateSubscriber => create_subscriber(proxy, session, id, &cmd),
         CommandKind::DeletePublisher | CommandKind::DeleteSubscriber => {
-            delete(proxy, session, id, &cmd)
+            match deletable(proxy, session, &cmd) {
+                Some(c) => {
+                    // The reply goes first: the last client of a scheduled
+                    // shutdown ends the proxy.
+                    proxy.send_to(session, &ProxyServerMessage::command(id, &cmd.client_id));
+                    if let Some(c) = proxy.remove_client(&c.info.id) {
+                        tracing::info!(session = %session.id, client = %c.info.id, "{} deleted", cmd.kind.as_str());
+                        proxy.close_in_mcu(&c.info);
+                    }
+                    return;
+                }
+                None => error(id, wire::UNKNOWN_CLIENT, "Unknown client id given."),
+            }
         }
         CommandKind::Unknown(k) => {
             tracing::info!(session = %session.id, command = ?k, "unsupported command");
@@ -208,25 +220,13 @@ fn create_subscriber(
     ProxyServerMessage::command(id, &client_id)
 }
 
-fn delete(
-    proxy: &Arc<Proxy>,
-    session: &Arc<Session>,
-    id: Option<&str>,
-    cmd: &ProxyCommand,
-) -> ProxyServerMessage {
-    let unknown = || error(id, wire::UNKNOWN_CLIENT, "Unknown client id given.");
-    let Some(c) = proxy.client(&cmd.client_id) else {
-        return unknown();
-    };
+/// The client a delete command names, when it is of that kind and of
+/// this session.
+fn deletable(proxy: &Proxy, session: &Session, cmd: &ProxyCommand) -> Option<Arc<Client>> {
+    let c = proxy.client(&cmd.client_id)?;
     let publisher = matches!(c.info.kind, ClientKind::Publisher { .. });
-    if c.info.session != session.id || publisher != (cmd.kind == CommandKind::DeletePublisher) {
-        return unknown();
-    }
-    if let Some(c) = proxy.remove_client(&cmd.client_id) {
-        tracing::info!(session = %session.id, client = %cmd.client_id, "{} deleted", if publisher { "publisher" } else { "subscriber" });
-        proxy.close_in_mcu(&c.info);
-    }
-    ProxyServerMessage::command(id, &cmd.client_id)
+    (c.info.session == session.id && publisher == (cmd.kind == CommandKind::DeletePublisher))
+        .then_some(c)
 }
 
 /// A payload of `session` (the connection holds a `permit` for it).

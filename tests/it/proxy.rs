@@ -455,3 +455,92 @@ async fn commands_load_stats_resume_and_a_scheduled_shutdown() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
+    if !crate::support::janus::available() {
+        eprintln!("SKIPPED sighup_reloads_the_token_keys_and_check_reports_the_file: no janus");
+        return;
+    }
+    let dir = fresh_dir("proxy-reload");
+    let (_, public) = rsa_pair(&dir, "server1");
+    let (private2, public2) = rsa_pair(&dir, "server2");
+    let j = Janus::start().await;
+    let port = free_port();
+    let conf = proxy_conf(port, &j, &public, "");
+    let ours = OurProxy::start(&dir, &conf, port).await;
+    let t2 = || token(&private2, "server2", now(), Algorithm::RS256);
+    let mut c = Client::connect(&ours.url()).await;
+    assert_eq!(hello(&mut c, &t2()).await["error"]["code"], "auth_failed");
+    // server2's key added, a bad key file too: the good one is taken.
+    let bad = dir.join("bad.pem");
+    std::fs::write(&bad, "not a key").unwrap();
+    std::fs::write(
+        &ours.conf,
+        conf.replace(
+            "[tokens]\n",
+            &format!(
+                "[tokens]\nserver2 = {}\nserver3 = {}\n",
+                public2.display(),
+                bad.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let seen = ours.process.lines().len();
+    ours.process.signal("-HUP");
+    ours.process
+        .wait_line(seen, |l| l.contains("[tokens] reloaded"))
+        .await;
+    let mut c = Client::connect(&ours.url()).await;
+    let h = hello(&mut c, &t2()).await;
+    assert_eq!(h["type"], "hello", "{h}");
+
+    // check: the same file fails on the bad key, names it, probes Janus.
+    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        .args(["proxy", "check", "--config"])
+        .arg(&ours.conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("OK   [tokens] server2: RSA public key"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL [tokens] server3:"), "{text}");
+    assert!(text.contains("OK   [mcu] url: Janus"), "{text}");
+    // Without it the file passes; a refused key fails it, named.
+    std::fs::write(&ours.conf, &conf).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        .args(["proxy", "--config"])
+        .arg(&ours.conf)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(&ours.conf, format!("{conf}[app]\ntokentype = etcd\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        .args(["proxy", "check", "--config"])
+        .arg(&ours.conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("FAIL [app] tokentype"),
+        "{text}"
+    );
+    // And start-up refuses it, naming the key (exit code 2).
+    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        .args(["proxy", "--config"])
+        .arg(&ours.conf)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[app] tokentype"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
