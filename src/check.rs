@@ -101,7 +101,11 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
             return lines;
         }
     };
-    for b in &config.backend.backends {
+    let mut backends = config.backend.backends.clone();
+    if let (Some(prefix), Some(etcd)) = (&config.backend.etcd_prefix, &config.etcd) {
+        backends.extend(probe_etcd(etcd, prefix, &mut lines).await);
+    }
+    for b in &backends {
         if b.legacy {
             lines.extend(probe_legacy(&client, b).await);
             continue;
@@ -129,6 +133,41 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
         );
     }
     lines
+}
+
+/// Reads the backends under `[backend] backendprefix` from etcd: they are
+/// probed as configured ones are.
+async fn probe_etcd(
+    etcd: &crate::config::etcd::EtcdConfig,
+    prefix: &str,
+    lines: &mut Vec<CheckLine>,
+) -> Vec<crate::config::BackendConfig> {
+    match crate::backend::etcd::read_once(etcd, prefix).await {
+        Ok(snap) => {
+            let text = format!(
+                "[etcd] endpoints: {} answered: {} backends under {prefix}",
+                snap.endpoint,
+                snap.backends.len()
+            );
+            lines.push(if snap.backends.is_empty() {
+                warn(format!(
+                    "{text}; no Nextcloud can connect until one is added"
+                ))
+            } else {
+                ok(text)
+            });
+            for (key, e) in snap.invalid {
+                lines.push(warn(format!("[etcd] {key}: not a backend ({e}); ignored")));
+            }
+            snap.backends
+        }
+        Err(e) => {
+            lines.push(fail(format!(
+                "[etcd] endpoints: cannot read the backends under {prefix}: {e}"
+            )));
+            Vec::new()
+        }
+    }
 }
 
 /// Speaks to Janus as the MCU does: a WebSocket with the `janus-protocol`

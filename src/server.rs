@@ -256,6 +256,9 @@ impl Server {
         let shutdown = CancellationToken::new();
         let (bus, inbound) = connect_bus(&config).await?;
         let hub = Hub::new(config.clone(), Metrics::new(), bus)?;
+        // The backends of etcd before the saved sessions (they name theirs).
+        hub.start_etcd(shutdown.clone(), config.backend.timeout)
+            .await?;
         let state_file = config.state_file_in(std::env::var_os("STATE_DIRECTORY").as_deref());
         match &state_file {
             Some(path) => hub.restore_state(path),

@@ -4,6 +4,7 @@
 pub mod capabilities;
 pub mod checksum;
 pub mod client;
+pub mod etcd;
 pub mod host_slots;
 pub mod registry;
 pub mod token;

@@ -46,6 +46,9 @@ pub struct BackendsConfig {
     pub max_concurrent_requests: usize,
     /// Largest accepted answer of Nextcloud, in bytes.
     pub max_response_size: usize,
+    /// `backendtype = etcd`: the `backendprefix` whose keys hold the
+    /// backends (`backends` is then empty: they come from etcd).
+    pub etcd_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for BackendConfig {
@@ -70,6 +73,7 @@ impl std::fmt::Debug for BackendsConfig {
             .field("skip_verify", &self.skip_verify)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_response_size", &self.max_response_size)
+            .field("etcd_prefix", &self.etcd_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +145,7 @@ pub(super) fn parse_backends(ini: &IniFile) -> Result<BackendsConfig, ConfigErro
         skip_verify,
         max_concurrent_requests,
         max_response_size,
+        etcd_prefix: None,
     })
 }
 

@@ -127,20 +127,36 @@ fn refused_features(ini: &IniFile, out: &mut Out) {
             "[mcu] type: `proxy` (the Go server's signaling proxies) is not implemented yet; this server would run without an MCU: use type = janus with url = ws://JANUS:8188, or keep the Go server".into(),
         );
     }
-    match ini
+    etcd_findings(ini, out);
+}
+
+/// `backendtype = etcd`: the static backends are not used; TLS towards
+/// etcd needs all three files (else the Go client, and this server, use
+/// plain HTTP).
+fn etcd_findings(ini: &IniFile, out: &mut Out) {
+    let etcd_backends = ini
         .get_nonempty("backend", "backendtype")
-        .map(|t| t.to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("static") => {}
-        Some("etcd") => out.push(
-            Severity::Refuse,
-            "[backend] backendtype: `etcd` is not implemented yet; no Nextcloud could connect: list the backends in [backend] backends (backendtype = static)".into(),
-        ),
-        Some(other) => out.push(
-            Severity::Refuse,
-            format!("[backend] backendtype: `{other}` is neither static nor etcd"),
-        ),
+        .is_some_and(|t| t.eq_ignore_ascii_case("etcd"));
+    for key in ["backends", "allowed", "allowall"] {
+        let set = ini
+            .get_nonempty("backend", key)
+            .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+        if etcd_backends && set {
+            out.push(
+                Severity::Warn,
+                format!("[backend] {key}: not used with backendtype = etcd (the backends are the values under [backend] backendprefix in etcd)"),
+            );
+        }
+    }
+    let tls = ["clientkey", "clientcert", "cacert"].map(|k| {
+        ini.get_nonempty("etcd", k)
+            .or_else(|| ini.get_nonempty("mcu", k))
+    });
+    if tls.iter().any(Option::is_some) && !tls.iter().all(Option::is_some) {
+        out.push(
+            Severity::Warn,
+            "[etcd] clientkey, clientcert, cacert: TLS towards etcd needs all three; with only some set, etcd is spoken to over plain HTTP (as the Go server does)".into(),
+        );
     }
 }
 
@@ -281,7 +297,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Empty and sample secrets.
 fn secrets(config: &Config, out: &mut Out) {
     let b = &config.backend;
-    if b.backends.is_empty() && !b.allow_all {
+    if b.backends.is_empty() && !b.allow_all && b.etcd_prefix.is_none() {
         out.push(
             Severity::Unsafe,
             "[backend] backends: no backend configured: no Nextcloud can use this server (list ids in backends, a section [id] each with url and secret)".into(),
@@ -399,10 +415,23 @@ mod tests {
         );
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(r[0].starts_with("[mcu] type: `proxy`"), "{r:?}");
-        let r = texts("[backend]\nbackendtype = etcd\n", Severity::Refuse);
-        assert!(r[0].starts_with("[backend] backendtype: `etcd`"), "{r:?}");
-        let r = texts("[etcd]\nendpoints = 127.0.0.1:2379\n", Severity::Refuse);
-        assert!(r[0].starts_with("[etcd] endpoints:"), "{r:?}");
+        // etcd is read: nothing refused; the static backends are unused.
+        let etcd = "[etcd]\nendpoints = 127.0.0.1:2379\ncacert = /ca\n";
+        assert_eq!(texts(etcd, Severity::Refuse), Vec::<String>::new());
+        let w = texts(
+            &format!("{etcd}[backend]\nbackendtype = etcd\nbackendprefix = /b\n"),
+            Severity::Warn,
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("[backend] backends: not used")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("[etcd] clientkey, clientcert, cacert")),
+            "{w:?}"
+        );
         // gRPC: refused without NATS, a warning with it.
         let r = texts("[grpc]\ntargets = 10.0.0.1:9090\n", Severity::Refuse);
         assert!(r[0].starts_with("[grpc] targets:"), "{r:?}");

@@ -64,9 +64,6 @@ const fn refuse(name: &'static str, why: &'static str) -> Key {
 }
 
 const PROXY_ONLY: &str = "only used with type = proxy";
-const ETCD_ONLY: &str = "only used with the etcd backend type";
-const ETCD: &str =
-    "etcd is not supported by this server: backends come from server.conf ([backend] backends)";
 const GEOIP: &str = "GeoIP is not supported by this server: no per-country metrics (the Go server uses it for those and to pick a proxy of type = proxy)";
 const GRPC: &str = "the Go server's gRPC clustering is not supported (this server's processes cluster over NATS alone: [nats] url)";
 
@@ -152,7 +149,7 @@ pub const BACKEND: &[Key] = &[
     read("maxconcurrentrequests"),
     read("maxresponsesize"),
     read("pinginterval"),
-    moot("backendprefix", ETCD_ONLY),
+    read("backendprefix"),
     // The Go server applies these to the backends that `allowall`
     // accepts; `findings` refuses them only then.
     refuse(
@@ -222,13 +219,13 @@ pub const STATS: &[Key] = &[read("allowed_ips")];
 
 /// `[etcd]`.
 pub const ETCD_KEYS: &[Key] = &[
-    refuse("endpoints", ETCD),
-    refuse("discoverysrv", ETCD),
-    refuse("discoveryservice", ETCD),
-    refuse("clientkey", ETCD),
-    refuse("clientcert", ETCD),
-    refuse("cacert", ETCD),
-    refuse("loglevel", ETCD),
+    read("endpoints"),
+    read("discoverysrv"),
+    read("discoveryservice"),
+    read("clientkey"),
+    read("clientcert"),
+    read("cacert"),
+    read("loglevel"),
 ];
 
 /// `[grpc]`: refused without `[nats] url`, warned with it (`findings`).

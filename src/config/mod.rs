@@ -3,6 +3,7 @@
 //! the section and key.
 
 mod backends;
+pub mod etcd;
 pub mod findings;
 pub mod goconf;
 pub mod iplist;
@@ -87,6 +88,9 @@ pub struct Config {
     pub allow_subscribe_any: bool,
     /// `[sessions] statefile` as set (see [`Config::state_file_in`]).
     pub state_file: Option<std::path::PathBuf>,
+    /// `[etcd]`: the etcd cluster, when endpoints (or SRV discovery) are
+    /// set.
+    pub etcd: Option<etcd::EtcdConfig>,
 }
 
 /// How secrets appear in `Debug` output.
@@ -101,7 +105,7 @@ fn redact(s: &str) -> &'static str {
 }
 
 /// URLs as `Debug` shows them: without credentials or query.
-fn safe_urls(urls: &[String]) -> Vec<String> {
+pub(crate) fn safe_urls(urls: &[String]) -> Vec<String> {
     urls.iter()
         .map(|u| crate::logsafe::Url(u).to_string())
         .collect()
@@ -209,7 +213,15 @@ impl Config {
         let threads = listeners::parse_threads(&ini)?;
         let (hash_key, block_key) = sections::parse_session_keys(&ini)?;
         let internal_secret = sections::parse_internal_secret(&ini);
-        let backend = backends::parse_backends(&ini)?;
+        let mut backend = backends::parse_backends(&ini)?;
+        let etcd = etcd::parse(&ini)?;
+        backend.etcd_prefix = etcd::parse_backend_type(&ini, etcd.as_ref())?;
+        if backend.etcd_prefix.is_some() {
+            // As the Go server: with etcd, the backends come from etcd alone
+            // (`findings` warns about static ones that are set).
+            backend.backends.clear();
+            backend.allow_all = false;
+        }
         let (nats_urls, nats_publish_queue) = sections::parse_nats(&ini)?;
         let state_file = sections::parse_state_file(&ini, &nats_urls)?;
         let limits = limits::parse_client_limits(&ini)?;
@@ -248,6 +260,7 @@ impl Config {
             turn,
             allow_subscribe_any,
             state_file,
+            etcd,
         };
         config.findings = findings::collect(&ini, &config);
         Ok(config)

@@ -117,6 +117,10 @@ impl Config {
         check(janus(self) != janus(new), "[mcu] type/url");
         check(self.turn != new.turn, "[turn]");
         check(
+            self.backend.etcd_prefix != new.backend.etcd_prefix || self.etcd != new.etcd,
+            "[backend] backendtype/backendprefix, [etcd]",
+        );
+        check(
             self.allow_subscribe_any != new.allow_subscribe_any,
             "[app] allowsubscribeany",
         );

@@ -12,6 +12,7 @@ mod delivery;
 mod dialout;
 mod drain;
 mod effects;
+mod etcd_backends;
 mod features;
 pub use features::{
     all_features, features, header_features, CLIENT_FEATURES, INTERNAL_FEATURES, MCU_FEATURES,
@@ -187,6 +188,9 @@ pub struct Hub {
     pub conn_counts: crate::conn_counts::ConnCounts,
     /// Set by a drain (SIGUSR1); never cleared.
     draining: tokio::sync::watch::Sender<bool>,
+    /// `backendtype = etcd`: the backends last read from etcd, and the
+    /// state of the watch (`etcd_backends.rs`).
+    etcd: etcd_backends::EtcdBackends,
 }
 
 impl Hub {
@@ -277,6 +281,7 @@ impl Hub {
             live,
             conn_counts: Default::default(),
             draining: tokio::sync::watch::Sender::new(false),
+            etcd: Default::default(),
         }))
     }
 
@@ -304,12 +309,14 @@ impl Hub {
     /// sessions keep the backend they authenticated with. Other settings
     /// need a restart (see [`Config::restart_needed`]).
     pub fn reload(&self, config: &Config) {
-        let new = Arc::new(BackendRegistry::new(&config.backend));
-        *self.registry.write().unwrap_or_else(|p| p.into_inner()) = new;
-        tracing::info!(
-            backends = config.backend.backends.len(),
-            "backends reloaded"
-        );
+        if !self.reload_etcd_backends(config) {
+            let new = Arc::new(BackendRegistry::new(&config.backend));
+            *self.registry.write().unwrap_or_else(|p| p.into_inner()) = new;
+            tracing::info!(
+                backends = config.backend.backends.len(),
+                "backends reloaded"
+            );
+        }
         let live = Arc::new(crate::config::LiveSettings::of(config));
         self.live.store(live.clone());
         tracing::info!(
@@ -411,6 +418,9 @@ impl Hub {
                 })
                 .collect();
             info["nats"] = serde_json::json!({"urls": urls, "connected": st.bus.connected()});
+        }
+        if let Some(etcd) = self.etcd.status() {
+            info["etcd"] = etcd.server_info();
         }
         info
     }

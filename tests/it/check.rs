@@ -6,7 +6,7 @@ use crate::support;
 use crate::support::*;
 
 /// Runs `spreed-signaling --config <file> check`; (exit ok, output).
-async fn check(config: String) -> (bool, String) {
+pub(crate) async fn check(config: String) -> (bool, String) {
     let dir = fresh_dir("spreed-check");
     let path = dir.join("server.conf");
     std::fs::write(&path, config).unwrap();
@@ -233,8 +233,8 @@ async fn start_refused(config: String) -> (Option<i32>, String) {
 }
 
 /// Features of the Go server this server lacks stop start-up (exit 2)
-/// and fail `check`, naming the key: `[mcu] type = proxy`, `[backend]
-/// backendtype = etcd`, `[etcd]` keys, `[grpc]` keys without NATS.
+/// and fail `check`, naming the key: `[mcu] type = proxy`, `[grpc]` keys
+/// without NATS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn features_this_server_lacks_are_refused() {
     let nc = FakeNextcloud::start().await;
@@ -243,11 +243,6 @@ async fn features_this_server_lacks_are_refused() {
             "[mcu]\ntype = proxy\nurl = ws://127.0.0.1:1\ntoken_id = s1\n",
             "[mcu] type: `proxy`",
         ),
-        (
-            "[backend]\nbackendtype = etcd\n",
-            "[backend] backendtype: `etcd`",
-        ),
-        ("[etcd]\nendpoints = 127.0.0.1:2379\n", "[etcd] endpoints:"),
         ("[grpc]\ntargets = 127.0.0.1:9090\n", "[grpc] targets:"),
     ] {
         let (code, err) = start_refused(config_text(&nc, extra)).await;

@@ -14,6 +14,7 @@ mod backend_api;
 mod check;
 mod cluster;
 mod drain;
+mod etcd_backends;
 mod features;
 mod federation;
 mod federation_limits;

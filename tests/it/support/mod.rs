@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod etcd;
 pub mod janus;
 pub mod nats;
 pub mod nextcloud;
@@ -13,6 +14,7 @@ pub mod remote;
 pub mod server;
 
 pub use client::*;
+pub use etcd::*;
 pub use nats::*;
 pub use nextcloud::*;
 pub use node::*;
