@@ -21,6 +21,8 @@ def get(r, key):
 def fmt(v):
     if v is None:
         return "-"
+    if isinstance(v, float) and v < 10:
+        return f"{v:,.2f}"
     if isinstance(v, float) and v < 100:
         return f"{v:,.1f}"
     return f"{round(v):,}"
@@ -40,7 +42,10 @@ METRICS = [
     ("p50 µs", "p50_us", False),
     ("p99 µs", "p99_us", False),
     ("max µs", "max_us", False),
+    ("server CPU µs per delivery", "cpu_us_per_delivery", False),
     ("server CPU s", "server_cpu_s", False),
+    ("server cores", "server_cores", False),
+    ("loadgen cores", "loadgen_cores", False),
     ("lost", "lost", False),
     ("errors", "errors", False),
 ]
@@ -49,14 +54,14 @@ CALL = [
     ("pair done p50 µs", "pair_done.p50_us", False),
     ("pairs done", "pairs_done", True),
 ]
-IDLE = [("RSS per session B", "rss_per_session_bytes", False), ("errors", "errors", False), ("clients", "clients", True)]
+IDLE = [("RSS per session B", "rss_per_session_bytes", False), ("server RSS KiB", "server_rss_kib", False), ("errors", "errors", False), ("clients", "clients", True)]
 
 rust = next((s for s in servers if s.startswith("rust")), None)
 go = next((s for s in servers if s.startswith("go")), None)
 print("| workload | metric | " + " | ".join(servers) + f" | {rust} vs {go} |")
 print("|---|---|" + "---|" * len(servers) + "---|")
 for variant, per in by.items():
-    metrics = IDLE if variant == "idle" else (CALL + METRICS if variant == "call-setup" else METRICS)
+    metrics = IDLE if variant.startswith("idle") else (CALL + METRICS if variant == "call-setup" else METRICS)
     for name, key, hb in metrics:
         vals = {s: cell(per.get(s, []), key) for s in servers}
         a, b = vals.get(rust, (None,))[0], vals.get(go, (None,))[0]

@@ -240,6 +240,7 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
     let pairs = (n * (n - 1) / 2) as u64;
     let expected = pairs * PER_PAIR as u64;
     let cpu0 = ctx.cpu();
+    let gen0 = ctx.own_cpu();
     let t0 = Instant::now();
     *shared.t0.lock().expect("t0") = Some(t0);
     send_offers(&senders, n);
@@ -249,6 +250,7 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
     }
     let elapsed = t0.elapsed();
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
+    let gen = ctx.own_cpu().zip(gen0).map(|(b, a)| b - a);
     let delivered = shared.delivered.load(Ordering::Relaxed);
     stop(&senders, writers, readers).await;
     let mut lat = std::mem::take(&mut *shared.latencies.lock().expect("lat"));
@@ -267,6 +269,7 @@ pub async fn run_call_setup(ctx: &Ctx, n: usize, timeout: Duration) -> anyhow::R
         rate_per_s: delivered as f64 / secs,
         latency: latency(&mut lat),
         server_cpu_s: cpu,
+        loadgen_cpu_s: gen,
         per_cpu_s: cpu.map(|c| delivered as f64 / c.max(1e-9)),
         pairs: Some(pairs),
         pairs_done: Some(done_pairs),

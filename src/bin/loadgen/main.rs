@@ -47,7 +47,7 @@ struct Args {
     /// Senders in the room workload.
     #[arg(long, default_value_t = 1)]
     senders: usize,
-    /// Sessions per room in the idle workload.
+    /// Sessions per room in the idle workload (0: no room).
     #[arg(long, default_value_t = 50)]
     room_size: usize,
     /// idle: seconds to keep the sessions connected after measuring (prints
@@ -71,7 +71,7 @@ struct Args {
 
 fn print_table(r: &Report) {
     eprintln!(
-        "{:<10} {:<8} clients={:<6} rate={:>10.0}/s sent={:<8} delivered={:<9} lost={:<5} errors={:<4} p50={}us p99={}us max={}us cpu={} per_cpu_s={} rss/session={}",
+        "{:<10} {:<8} clients={:<6} rate={:>10.0}/s sent={:<8} delivered={:<9} lost={:<5} errors={:<4} p50={}us p99={}us max={}us cpu={} per_cpu_s={} us/delivery={} cores={}/{} rss/session={}",
         r.server,
         r.workload,
         r.clients,
@@ -85,6 +85,15 @@ fn print_table(r: &Report) {
         r.latency.max_us,
         r.server_cpu_s.map(|c| format!("{c:.2}s")).unwrap_or("-".into()),
         r.per_cpu_s.map(|c| format!("{c:.0}")).unwrap_or("-".into()),
+        r.cpu_us_per_delivery
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or("-".into()),
+        r.server_cores
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or("-".into()),
+        r.loadgen_cores
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or("-".into()),
         r.rss_per_session_bytes.map(|b| format!("{b}B")).unwrap_or("-".into()),
     );
 }
@@ -111,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency.max(1),
     };
     let duration = Duration::from_secs(args.duration);
-    let report = match args.workload.as_str() {
+    let mut report = match args.workload.as_str() {
         "connect" => workloads::run_connect(&ctx, args.clients).await?,
         "p2p" => workloads::run_p2p(&ctx, args.clients, duration, args.window, args.rate).await?,
         "room" => {
@@ -132,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         }
         other => anyhow::bail!("unknown workload {other}"),
     };
+    report.derive();
     println!("{}", serde_json::to_string(&report)?);
     print_table(&report);
     if let (Some(p), Some(d)) = (report.pairs, report.pairs_done) {

@@ -37,6 +37,23 @@ pub struct Report {
     pub server_cpu_s: Option<f64>,
     pub per_cpu_s: Option<f64>,
     pub rss_per_session_bytes: Option<u64>,
+    /// idle: the server's resident memory once all sessions are in (KiB),
+    /// and before the first connected (the fixed cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_before_kib: Option<u64>,
+    /// Server CPU time per delivery (µs): what a delivery costs at this load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_delivery: Option<f64>,
+    /// Cores the server and the load generator used while measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cores: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadgen_cores: Option<f64>,
+    /// CPU seconds the load generator itself used while measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadgen_cpu_s: Option<f64>,
     /// call-setup: pairs of clients that negotiate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pairs: Option<u64>,
@@ -67,6 +84,26 @@ impl Ctx {
             return None;
         }
         Some(self.pids.iter().filter_map(|p| cpu_seconds(*p)).sum())
+    }
+
+    /// CPU seconds used so far by the load generator itself.
+    pub fn own_cpu(&self) -> Option<f64> {
+        cpu_seconds(std::process::id())
+    }
+}
+
+impl Report {
+    /// Fills in what follows from the measured figures: cores used and
+    /// server CPU per delivery.
+    pub fn derive(&mut self) {
+        let secs = self.duration_s.max(1e-9);
+        self.server_cores = self.server_cpu_s.map(|c| c / secs);
+        self.loadgen_cores = self.loadgen_cpu_s.map(|c| c / secs);
+        if self.delivered > 0 && self.workload != "idle" {
+            self.cpu_us_per_delivery = self
+                .server_cpu_s
+                .map(|c| c * 1e6 / self.delivered as f64);
+        }
     }
 }
 
@@ -114,10 +151,12 @@ pub async fn connect_many(
 /// `connect`: hellos per second and handshake latency.
 pub async fn run_connect(ctx: &Ctx, n: usize) -> anyhow::Result<Report> {
     let cpu0 = ctx.cpu();
+    let gen0 = ctx.own_cpu();
     let t0 = Instant::now();
     let (conns, mut lat) = connect_many(ctx, n, |_| None).await?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
+    let gen = ctx.own_cpu().zip(gen0).map(|(b, a)| b - a);
     drop(conns);
     Ok(Report {
         server: ctx.label.clone(),
@@ -129,6 +168,7 @@ pub async fn run_connect(ctx: &Ctx, n: usize) -> anyhow::Result<Report> {
         rate_per_s: n as f64 / secs,
         latency: latency(&mut lat),
         server_cpu_s: cpu,
+        loadgen_cpu_s: gen,
         per_cpu_s: cpu.map(|c| n as f64 / c.max(1e-9)),
         ..Default::default()
     })
@@ -245,7 +285,7 @@ async fn finish(
     counters: &Counters,
     readers: Vec<tokio::task::JoinHandle<()>>,
     sinks: Vec<futures_util::stream::SplitSink<crate::client::Ws, Message>>,
-    cpu: Option<f64>,
+    (cpu, gen): (Option<f64>, Option<f64>),
 ) -> Report {
     // Let in-flight messages arrive (bounded wait).
     let until = Instant::now() + Duration::from_secs(5);
@@ -280,6 +320,7 @@ async fn finish(
         rate_per_s: delivered as f64 / secs,
         latency: latency(&mut lat),
         server_cpu_s: cpu,
+        loadgen_cpu_s: gen,
         per_cpu_s: cpu.map(|c| delivered as f64 / c.max(1e-9)),
         ..Default::default()
     }
@@ -311,6 +352,7 @@ pub async fn run_p2p(
         sinks.push((i, c.sink));
     }
     let cpu0 = ctx.cpu();
+    let gen0 = ctx.own_cpu();
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let mut senders = Vec::new();
@@ -333,9 +375,10 @@ pub async fn run_p2p(
     }
     let elapsed = t0.elapsed();
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
+    let gen = ctx.own_cpu().zip(gen0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
     let r = finish(
-        ctx, "p2p", n, elapsed, total, total, &counters, readers, sinks, cpu,
+        ctx, "p2p", n, elapsed, total, total, &counters, readers, sinks, (cpu, gen),
     )
     .await;
     Ok(r)
@@ -371,6 +414,7 @@ pub async fn run_room(
     // Join events are done: give the server a moment to flush them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = ctx.cpu();
+    let gen0 = ctx.own_cpu();
     let t0 = Instant::now();
     let deadline = t0 + duration;
     let mut tasks = Vec::new();
@@ -395,6 +439,7 @@ pub async fn run_room(
     }
     let elapsed = t0.elapsed();
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
+    let gen = ctx.own_cpu().zip(gen0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
     let r = finish(
         ctx,
@@ -406,13 +451,14 @@ pub async fn run_room(
         &counters,
         readers,
         idle,
-        cpu,
+        (cpu, gen),
     )
     .await;
     Ok(r)
 }
 
-/// `idle`: sessions sitting in rooms; resident memory per session.
+/// `idle`: sessions sitting in rooms of `room_size` (0: in none); resident
+/// memory per session.
 pub async fn run_idle(
     ctx: &Ctx,
     n: usize,
@@ -425,8 +471,11 @@ pub async fn run_idle(
     let rss = || ctx.pids.iter().filter_map(|p| rss_kib(*p)).sum::<u64>();
     let before = rss();
     let t0 = Instant::now();
-    let (conns, mut lat) =
-        connect_many(ctx, n, |i| Some(format!("idle-{}", i / room_size.max(1)))).await?;
+    // Rooms of `room_size`; 0: the sessions join no room.
+    let (conns, mut lat) = connect_many(ctx, n, |i| {
+        (room_size > 0).then(|| format!("idle-{}", i / room_size))
+    })
+    .await?;
     let secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss();
@@ -441,6 +490,8 @@ pub async fn run_idle(
         rate_per_s: n as f64 / secs,
         latency: latency(&mut lat),
         rss_per_session_bytes: Some(per),
+        server_rss_kib: Some(after),
+        server_rss_before_kib: Some(before),
         ..Default::default()
     };
     if !hold.is_zero() {
