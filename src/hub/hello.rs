@@ -522,13 +522,16 @@ impl Hub {
         } else {
             0
         };
+        let (backend_base, backend_url) = st
+            .sessions
+            .shared_urls(ident.backend_base, ident.backend_url);
         st.sessions.insert(Session {
             id: sid.clone(),
             resume_id: Some(resume_id),
             kind: ident.kind,
             backend: ident.backend,
-            backend_base: ident.backend_base.into(),
-            backend_url: ident.backend_url.into(),
+            backend_base,
+            backend_url,
             user_id: ident.user_id.map(Arc::from),
             user: ident.user.map(Arc::from),
             features,

@@ -71,7 +71,7 @@ pub(super) fn drops_for_hidden(f: &Frame) -> bool {
 impl State {
     /// True when the local session `sid` must not see names.
     pub(super) fn hides_names(&self, sid: &str) -> bool {
-        self.sessions.map.get(sid).is_some_and(Session::hides_names)
+        self.sessions.map.get(sid).is_some_and(|s| s.hides_names())
     }
 
     /// The `join` event of `sid`: as most see it, and as a session with

@@ -21,7 +21,9 @@ pub(crate) type UserKey = (Arc<str>, Arc<str>);
 /// Sessions and what happens to them as frames are delivered.
 pub(crate) struct Sessions {
     /// Every session by public id (entered with `insert`, left with `remove`).
-    pub map: HashMap<Arc<str>, Session>,
+    /// Boxed: the table's free slots then cost a pointer, not a whole
+    /// session (about 200 B per idle session, docs/benchmarks.md).
+    pub map: HashMap<Arc<str>, Box<Session>>,
     /// Resume id -> session.
     pub resume_ids: HashMap<Arc<str>, Arc<str>>,
     /// (backend id, user id) -> sessions of that user (virtual sessions
@@ -51,6 +53,9 @@ pub(crate) struct Sessions {
     /// The user subjects of the bus: subscribed while a user has sessions
     /// here (kept by the user index).
     pub interest: crate::bus::Interest,
+    /// The backend URLs of the last hello: the next session with the same
+    /// ones shares them (nearly every client of a backend names the same).
+    pub last_urls: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl Sessions {
@@ -70,6 +75,22 @@ impl Sessions {
             per_label: HashMap::new(),
             clients: tokio::sync::watch::Sender::new(0),
             interest: Default::default(),
+            last_urls: None,
+        }
+    }
+
+    /// The backend base and signaling URLs of a new session, shared with
+    /// the previous session when they are the same (one copy instead of
+    /// one per session; only the last pair is kept, so a client cannot
+    /// grow this).
+    pub fn shared_urls(&mut self, base: String, url: String) -> (Arc<str>, Arc<str>) {
+        match &self.last_urls {
+            Some((b, u)) if **b == *base && **u == *url => (b.clone(), u.clone()),
+            _ => {
+                let pair: (Arc<str>, Arc<str>) = (base.into(), url.into());
+                self.last_urls = Some(pair.clone());
+                pair
+            }
         }
     }
 
@@ -77,7 +98,7 @@ impl Sessions {
     /// in, so that the indexes stay right).
     pub fn insert(&mut self, s: Session) {
         self.index(&s);
-        if let Some(old) = self.map.insert(s.id.clone(), s) {
+        if let Some(old) = self.map.insert(s.id.clone(), Box::new(s)) {
             self.unindex(&old);
         }
     }
@@ -86,7 +107,7 @@ impl Sessions {
     pub fn remove(&mut self, sid: &str) -> Option<Session> {
         let s = self.map.remove(sid)?;
         self.unindex(&s);
-        Some(s)
+        Some(*s)
     }
 
     fn index(&mut self, s: &Session) {
@@ -95,10 +116,11 @@ impl Sessions {
             self.resume_ids.insert(r.clone(), s.id.clone());
         }
         if let (Some(user), false) = (&s.user_id, s.is_virtual()) {
+            // Most users have one session here: room for one, not four.
             let list = self
                 .users
                 .entry((s.backend.id.clone(), user.clone()))
-                .or_default();
+                .or_insert_with(|| Vec::with_capacity(1));
             if list.is_empty() {
                 self.interest
                     .add(|| crate::bus::user_subject(&s.backend.id, user));

@@ -100,9 +100,7 @@ impl Report {
         self.server_cores = self.server_cpu_s.map(|c| c / secs);
         self.loadgen_cores = self.loadgen_cpu_s.map(|c| c / secs);
         if self.delivered > 0 && self.workload != "idle" {
-            self.cpu_us_per_delivery = self
-                .server_cpu_s
-                .map(|c| c * 1e6 / self.delivered as f64);
+            self.cpu_us_per_delivery = self.server_cpu_s.map(|c| c * 1e6 / self.delivered as f64);
         }
     }
 }
@@ -378,7 +376,16 @@ pub async fn run_p2p(
     let gen = ctx.own_cpu().zip(gen0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
     let r = finish(
-        ctx, "p2p", n, elapsed, total, total, &counters, readers, sinks, (cpu, gen),
+        ctx,
+        "p2p",
+        n,
+        elapsed,
+        total,
+        total,
+        &counters,
+        readers,
+        sinks,
+        (cpu, gen),
     )
     .await;
     Ok(r)
