@@ -125,7 +125,9 @@ def bars(title, note, rows, unit, log, path):
 def main():
     by, servers = load(sys.argv[1])
     prefix = sys.argv[2]
-    rounds = max((r.get("round", 1) for v in by.values() for rs in v.values() for r in rs), default=1)
+    counts = sorted({max((r.get("round", 1) for rs in v.values() for r in rs), default=1)
+                     for v in by.values()})
+    rounds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     note = f"this machine (2 cores), default configs, median of {rounds} round(s); shorter is better"
     latency = []
     cpu = []
