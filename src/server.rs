@@ -261,7 +261,7 @@ impl Server {
             .await?;
         let state_file = config.state_file_in(std::env::var_os("STATE_DIRECTORY").as_deref());
         match &state_file {
-            Some(path) => hub.restore_state(path),
+            Some(path) => hub.restore_state(path).await,
             None if !config.nats_urls.is_empty() => {
                 tracing::info!("clustered: sessions are not kept in a state file across a restart")
             }
@@ -357,7 +357,7 @@ impl Server {
         // Nextcloud hears of the sessions that ended (their leaves).
         self.hub.finish_backend_requests().await;
         if let Some(path) = &self.state_file {
-            match self.hub.save_state(path) {
+            match self.hub.save_state(path).await {
                 Ok(sessions) => tracing::info!(
                     file = %path.display(),
                     sessions,

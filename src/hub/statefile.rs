@@ -138,19 +138,29 @@ impl Hub {
     }
 
     /// Writes every session (but those of federated rooms) and its room
-    /// to `path` (mode 0600, replaced atomically); returns how many.
-    pub fn save_state(&self, path: &Path) -> std::io::Result<usize> {
+    /// to `path` (mode 0600, replaced atomically); returns how many. The
+    /// file is written and synced on tokio's blocking pool, not on the
+    /// runtime's workers.
+    pub async fn save_state(&self, path: &Path) -> std::io::Result<usize> {
         let file = self.lock().saved_state();
         let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-        write_private(path, &bytes)?;
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || write_private(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)??;
         Ok(file.sessions.len())
     }
 
     /// At start, before serving: takes the sessions of a state file (read
     /// once, then deleted) if it is usable as a whole; logs what it did.
-    pub fn restore_state(&self, path: &Path) {
+    pub async fn restore_state(&self, path: &Path) {
         let max_age = self.config.limits.resume_timeout;
-        let file = match read_state(path, max_age) {
+        let owned = path.to_path_buf();
+        // Read (and deleted) on the blocking pool: up to 1 GiB of file.
+        let read = tokio::task::spawn_blocking(move || read_state(&owned, max_age))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let file = match read {
             Ok(Some(f)) => f,
             Ok(None) => {
                 tracing::info!(file = %path.display(), "no sessions kept from before (no state file)");
@@ -414,7 +424,12 @@ impl State {
             room.participants = r.participants;
             room.transient_version = r.transient_version;
             for t in r.transient {
-                let expires = match t.ttl_ms.map(Duration::from_millis) {
+                // A file's time to live is at most `[transient] maxttl`
+                // (a huge one would overflow the clock).
+                let ttl = t
+                    .ttl_ms
+                    .map(|ms| Duration::from_millis(ms).min(self.transient_limits.max_ttl));
+                let expires = match ttl {
                     Some(ttl) if ttl <= elapsed => continue,
                     Some(ttl) => {
                         let e = timers.expiry(now + (ttl - elapsed));

@@ -288,3 +288,51 @@ async fn an_internal_client_and_its_virtual_session_are_kept_across_a_restart() 
     assert_eq!(left["event"]["leave"], json!([vsid]), "{left}");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[tokio::test]
+async fn a_state_file_with_a_huge_time_to_live_is_taken_with_the_ttl_clamped() {
+    let nc = FakeNextcloud::start().await;
+    let dir = fresh_dir("spreed-state");
+    let file = dir.join("kept.state");
+    let extra = format!(
+        "[sessions]\nstatefile = {}\n[transient]\nmaxttl = 1\n",
+        file.display()
+    );
+    let node = Node::start(&nc, &extra, &[]).await;
+    let alice = node.client_in_room(&nc, "alice", "room1").await;
+    node.signal("-TERM");
+    let mut node = node;
+    assert_eq!(node.exit_code(TIMEOUT).await, Some(0));
+    // A crafted file: a transient value living for u64::MAX milliseconds,
+    // far beyond `[transient] maxttl` (1 s here).
+    let mut parsed: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    parsed["rooms"][0]["transient"] =
+        json!([{"key": "k", "value": 7, "version": 1, "ttl_ms": u64::MAX}]);
+    parsed["rooms"][0]["transient_version"] = json!(1);
+    put(&file, &serde_json::to_vec(&parsed).unwrap(), 0o600);
+    let next = node.restart().await;
+    next.proc
+        .wait_line(0, |l| l.contains("sessions kept from before the restart"))
+        .await;
+    let (_alice2, hello) = resume(&next, &alice.resume_id).await;
+    assert_eq!(
+        hello["hello"]["sessionid"],
+        alice.session_id.as_str(),
+        "{hello}"
+    );
+    let mut carol = Client::connect(&next.ws_url()).await;
+    carol.expect_type("welcome").await;
+    carol
+        .hello_v1(&nc.backend_url(), json!({"userid": "carol"}))
+        .await;
+    carol.join("room1", "nc-carol").await;
+    let init = carol.wait_for(|m| m["type"] == "transient").await;
+    assert_eq!(init["transient"]["data"], json!({"k": 7}), "{init}");
+    // It lives no longer than maxttl allows (it lived for ever before).
+    let gone = carol
+        .wait_for(|m| m["type"] == "transient" && m["transient"]["type"] == "remove")
+        .await;
+    assert_eq!(gone["transient"]["key"], "k", "{gone}");
+    drop(next);
+    let _ = std::fs::remove_dir_all(&dir);
+}
