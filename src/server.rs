@@ -341,6 +341,10 @@ impl Server {
         if self.state_file.is_some() {
             self.stop_accepting.cancel();
             self.hub.close_for_restart();
+        } else if self.hub.clustered() {
+            // A rolling restart: the other processes take the sessions.
+            self.stop_accepting.cancel();
+            self.hub.hand_over_all().await;
         }
         self.hub.goodbye().await;
         self.shutdown.cancel();

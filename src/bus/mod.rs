@@ -218,6 +218,26 @@ pub struct SessionHandover {
     /// absent from processes of the previous version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<(String, String)>,
+    /// An answer to a [`Header::ResumeRequest`] with `peek`: the session
+    /// stays where it is (`member.owner` holds it, `queue` is empty); the
+    /// asker prepares its room, then claims it. Processes of the previous
+    /// release hand the session over at once (no `peek` in the answer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub peek: bool,
+}
+
+/// A session a stopping process is about to hand to another one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParkEntry {
+    /// Session id.
+    pub sid: String,
+    /// Resume id.
+    pub resume_id: String,
+    /// Backend id.
+    pub backend: String,
+    /// Room it is in.
+    #[serde(default)]
+    pub room: Option<String>,
 }
 
 /// The header line of every bus message.
@@ -433,6 +453,44 @@ pub enum Header {
         resume_id: String,
         /// Process taking the session.
         to: String,
+        /// Only say where the session is (answered with a
+        /// [`SessionHandover`] with `peek`), keep it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        peek: bool,
+        /// Hand it over as [`Header::Handover`] parts on the asker's
+        /// subject, after a `Changed` on its room's subject (the answer
+        /// only acknowledges).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        chunked: bool,
+    },
+    /// One part of a session handed over (the body: part `part` of
+    /// `parts` of the session as the state file writes it), on the
+    /// receiving process's subject.
+    Handover {
+        /// Origin process.
+        from: String,
+        /// Session id.
+        sid: String,
+        /// This part (from 0).
+        part: u32,
+        /// How many parts.
+        parts: u32,
+    },
+    /// A stopping process asks the receiving one to take these sessions:
+    /// it prepares their rooms and answers, then gets them as `Handover`s.
+    Park {
+        /// Origin process.
+        from: String,
+        /// The sessions.
+        sessions: Vec<ParkEntry>,
+    },
+    /// A stopping process asks which of the sessions it handed over the
+    /// receiving one holds (answered with their ids).
+    Parked {
+        /// Origin process.
+        from: String,
+        /// Session ids.
+        sids: Vec<String>,
     },
 }
 
@@ -451,6 +509,9 @@ impl Header {
             | Header::SnapshotRequest { from, .. }
             | Header::Hold { from, .. }
             | Header::Release { from, .. }
+            | Header::Handover { from, .. }
+            | Header::Park { from, .. }
+            | Header::Parked { from, .. }
             | Header::Dialout { from, .. } => Some(from),
             Header::ResumeRequest { to, .. } => Some(to),
             _ => None,

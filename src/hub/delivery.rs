@@ -31,12 +31,28 @@ impl State {
         let targets: Vec<Arc<str>> = room
             .members
             .iter()
-            .filter(|m| Some(&***m) != except && self.is_in_call(key, m))
+            .filter(|m| {
+                Some(&***m) != except && (self.is_in_call(key, m) || self.arriving_in_call(key, m))
+            })
             .cloned()
             .collect();
         for m in targets {
             self.sessions.deliver(&m, f);
         }
+    }
+
+    /// True for a session on its way to this process that Nextcloud lists
+    /// in the room's call (its room frames are kept for it).
+    fn arriving_in_call(&self, key: &RoomKey, sid: &str) -> bool {
+        self.sessions.arriving.contains_key(sid)
+            && self
+                .cluster
+                .remote
+                .get(sid)
+                .and_then(|r| r.info.roomsessionid.as_deref())
+                .and_then(|rs| self.rooms.get(key)?.participants.get(rs))
+                .and_then(|p| p.get("inCall"))
+                .is_some_and(in_call_flag)
     }
 
     /// True when a local session of the room is in its call: for clients

@@ -167,8 +167,10 @@ impl Hub {
         if let Some(resume_id) = hello.resumeid.as_deref().filter(|r| !r.is_empty()) {
             let known = self.lock().sessions.resume_ids.contains_key(resume_id);
             if !known {
-                // The session may live on another process: take it over.
-                if let Some(h) = self.fetch_session(resume_id).await {
+                // The session may live on another process, or be on its
+                // way here: claimed (`cluster/handover.rs`); a holder of the
+                // previous release hands it over at once, adopted here.
+                if let Some(h) = self.claim_session(resume_id).await {
                     if let Some(r) = &h.room {
                         let key = super::room::RoomKey {
                             backend: h.backend.as_str().into(),

@@ -218,7 +218,7 @@ impl State {
         if room
             .members
             .iter()
-            .any(|m| self.sessions.map.contains_key(m))
+            .any(|m| self.sessions.map.contains_key(m) || self.sessions.arriving.contains_key(m))
         {
             return;
         }

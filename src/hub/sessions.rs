@@ -56,6 +56,41 @@ pub(crate) struct Sessions {
     /// The backend URLs of the last hello: the next session with the same
     /// ones shares them (nearly every client of a backend names the same).
     pub last_urls: Option<(Arc<str>, Arc<str>)>,
+    /// Sessions another process is handing over to this one and that are
+    /// not here yet: what is delivered to them meanwhile
+    /// (`cluster/arrival.rs`).
+    pub arriving: HashMap<Arc<str>, Arrival>,
+}
+
+/// What is delivered to a session on its way to this process.
+#[derive(Default)]
+pub(crate) struct Arrival {
+    /// Room deliveries are kept (the process handing it over stopped
+    /// delivering them: its `Changed` arrived); before, they were its.
+    pub rooms: bool,
+    /// Frames, in order.
+    pub frames: std::collections::VecDeque<Frame>,
+    /// Their bytes.
+    pub bytes: usize,
+    /// More arrived than a resume queue holds: the session ends once here.
+    pub overflow: bool,
+}
+
+impl Arrival {
+    /// Keeps a frame, within the resume queue's limits.
+    pub fn push(&mut self, f: &Frame, limits: &ClientLimits) {
+        if self.overflow {
+            return;
+        }
+        if self.frames.len() >= limits.resume_queue_messages
+            || self.bytes + f.len() > limits.resume_queue_bytes
+        {
+            self.overflow = true;
+            return;
+        }
+        self.bytes += f.len();
+        self.frames.push_back(f.clone());
+    }
 }
 
 impl Sessions {
@@ -76,6 +111,7 @@ impl Sessions {
             clients: tokio::sync::watch::Sender::new(0),
             interest: Default::default(),
             last_urls: None,
+            arriving: HashMap::new(),
         }
     }
 
@@ -168,6 +204,9 @@ impl Sessions {
     /// connection (close 1013), a full resume queue ends the session.
     pub fn deliver(&mut self, sid: &str, frame: &Frame) {
         let Some(s) = self.map.get_mut(sid) else {
+            if let Some(a) = self.arriving.get_mut(sid).filter(|a| a.rooms) {
+                a.push(frame, &self.limits);
+            }
             return;
         };
         if s.is_virtual() || (s.hides_names() && super::hide_names::drops_for_hidden(frame)) {

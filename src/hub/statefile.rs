@@ -58,7 +58,7 @@ struct StateFile {
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum SavedKind {
+pub(crate) enum SavedKind {
     Client,
     Internal,
     Virtual {
@@ -70,26 +70,28 @@ enum SavedKind {
     },
 }
 
+/// A session as the state file keeps it; also what a process hands to
+/// another one in a cluster (`cluster/arrival.rs`).
 #[derive(Serialize, Deserialize)]
-struct SavedSession {
-    id: String,
-    resume_id: Option<String>,
-    kind: SavedKind,
-    backend: String,
-    backend_base: String,
-    backend_url: String,
-    user_id: Option<String>,
-    user: Option<Box<RawValue>>,
-    features: Vec<String>,
-    room: Option<String>,
-    room_session_id: Option<String>,
-    permissions: Option<Vec<String>>,
+pub(crate) struct SavedSession {
+    pub(crate) id: String,
+    pub(crate) resume_id: Option<String>,
+    pub(crate) kind: SavedKind,
+    pub(crate) backend: String,
+    pub(crate) backend_base: String,
+    pub(crate) backend_url: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) user: Option<Box<RawValue>>,
+    pub(crate) features: Vec<String>,
+    pub(crate) room: Option<String>,
+    pub(crate) room_session_id: Option<String>,
+    pub(crate) permissions: Option<Vec<String>>,
     /// Frames queued for it (the unsent rest of its connection first).
-    queue: Vec<String>,
-    in_call: u32,
-    flags: u32,
+    pub(crate) queue: Vec<String>,
+    pub(crate) in_call: u32,
+    pub(crate) flags: u32,
     /// A federated session (hosting side) and its actor.
-    federated: Option<Option<(String, String)>>,
+    pub(crate) federated: Option<Option<(String, String)>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -246,7 +248,10 @@ impl Hub {
 }
 
 /// A saved session as a disconnected session of this process.
-fn session_of(s: SavedSession, backend: Arc<crate::backend::registry::Backend>) -> Session {
+pub(crate) fn session_of(
+    s: SavedSession,
+    backend: Arc<crate::backend::registry::Backend>,
+) -> Session {
     let queue: std::collections::VecDeque<Frame> = s.queue.into_iter().map(Frame::from).collect();
     let bytes = queue.iter().map(|f| f.len()).sum();
     let room = s.room.map(|r| RoomKey {
@@ -451,7 +456,9 @@ impl State {
     }
 }
 
-fn saved_session(s: &Session) -> SavedSession {
+/// A session as the state file keeps it (its queue as it is: the caller
+/// moved the connection's unsent frames there).
+pub(crate) fn saved_session(s: &Session) -> SavedSession {
     SavedSession {
         id: s.id.to_string(),
         resume_id: s.resume_id.as_deref().map(str::to_string),

@@ -170,6 +170,10 @@ impl Hub {
         st.cluster
             .moved
             .retain(|_, (_, at)| now.duration_since(*at) < keep);
+        st.cluster
+            .moved_resume
+            .retain(|_, m| now.duration_since(m.at) < keep);
+        st.sweep_arrivals(now);
     }
 
     fn process_gone(&self, st: &mut State, pid: &str) {
@@ -177,7 +181,8 @@ impl Hub {
             .cluster
             .remote
             .iter()
-            .filter(|(_, r)| r.info.owner == pid)
+            // A session on its way here is not gone with its holder.
+            .filter(|(sid, r)| r.info.owner == pid && !st.sessions.arriving.contains_key(*sid))
             .map(|(sid, r)| (sid.clone(), r.room.clone(), r.info.clone()))
             .collect();
         // The process with the smallest id among the survivors tells
@@ -273,9 +278,22 @@ impl Hub {
             h @ (Header::Discover { .. }
             | Header::SnapshotRequest { .. }
             | Header::Dialout { .. }
-            | Header::ResumeRequest { .. }) => {
+            | Header::ResumeRequest { .. }
+            | Header::Park { .. }
+            | Header::Parked { .. }) => {
                 if let Some(reply) = msg.reply {
                     self.answer(h, to_me, &body, reply);
+                }
+            }
+            Header::Handover {
+                from,
+                sid,
+                part,
+                parts,
+            } => {
+                if to_me {
+                    self.mutate(|st| st.arrival_part(&from, &sid, part, parts, body));
+                    self.timer.notify_one();
                 }
             }
         }
@@ -299,6 +317,14 @@ impl Hub {
 
     /// A member of another process joined, changed or left a room.
     fn membership(&self, h: Header) {
+        if let Header::Changed { member, .. } = &h {
+            // Handed to this process: room frames are its own from here.
+            if member.owner == self.bus.pid() {
+                self.mutate(|st| st.arrival_marked(&member.sid));
+                self.timer.notify_one();
+                return;
+            }
+        }
         self.mutate(|st| match h {
             Header::Joined {
                 backend,
@@ -416,9 +442,22 @@ impl Hub {
             // Only the addressed process answers. The requester itself would
             // otherwise find the session it just adopted and hand it to
             // itself, closing the resumed connection.
-            Header::ResumeRequest { resume_id, to } if to_me => {
-                self.mutate(|st| st.answer_resume(&resume_id, &to, reply))
+            Header::ResumeRequest {
+                resume_id,
+                to,
+                peek,
+                chunked,
+            } if to_me || peek => {
+                let ask = super::handover::ResumeAsk {
+                    resume_id,
+                    to,
+                    peek,
+                    chunked,
+                };
+                self.mutate(|st| st.answer_resume(ask, reply))
             }
+            Header::Park { sessions, .. } if to_me => self.park_request(sessions, reply),
+            Header::Parked { sids, .. } if to_me => self.parked_request(sids, reply),
             _ => {}
         }
     }
@@ -477,6 +516,13 @@ impl Hub {
                     return Delivered { congested, sender };
                 }
                 Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
+                None if st.sessions.arriving.contains_key(sid.as_str()) => {
+                    // On its way here: kept for it.
+                    let limits = st.sessions.limits.clone();
+                    if let Some(a) = st.sessions.arriving.get_mut(sid.as_str()) {
+                        a.push(&f, &limits);
+                    }
+                }
                 None => match st.cluster.moved.get(sid.as_str()) {
                     Some((pid, _)) => {
                         // Resumed elsewhere: forward.
@@ -576,15 +622,6 @@ pub(super) fn key_of(backend: &str, room: &str) -> RoomKey {
 }
 
 impl State {
-    /// Another process asks for a session to resume there: handed over,
-    /// when this process owns it.
-    fn answer_resume(&mut self, resume_id: &str, to: &str, reply: String) {
-        if let Some(h) = self.hand_over(resume_id, to) {
-            let payload = Bytes::from(serde_json::to_vec(&h).unwrap_or_default());
-            self.bus.reply(reply, payload);
-        }
-    }
-
     /// A session resumed on another process ends here, without telling
     /// Nextcloud that it left (it is the same participant).
     fn end_moved_session(&mut self, sid: &str, reason: &str) {

@@ -1,42 +1,108 @@
-//! Resume on another process: the owner hands the session over.
+//! A session moves to another process: resumed there, or taken by another
+//! process when this one stops (`rolling.rs`). The holder hands it over.
+//!
+//! A claim (a resume on a process that does not hold the session):
+//! 1. the resuming process asks where the session is (`ResumeRequest` with
+//!    `peek`: to the process that created it while that one is alive, else
+//!    to every process); the holder answers and keeps it (a process that
+//!    handed it on answers with the process it went to);
+//! 2. the claimer registers it as arriving and prepares its room
+//!    (subscribed, snapshot): the room's traffic reaches it from now on;
+//! 3. it claims it (`chunked`): the holder takes it out under its lock,
+//!    publishes a `Changed` naming the claimer on the room's subject (room
+//!    frames after it are the claimer's to keep, those before it are in the
+//!    session's queue) and sends the session — in the state file's form,
+//!    with its queue and its connection's unsent frames — in `Handover`
+//!    parts of at most [`PART`] bytes on the claimer's subject;
+//! 4. the claimer keeps what is delivered to the session after that
+//!    `Changed` (and frames forwarded to it) and installs the session once
+//!    the parts and the `Changed` are there (`arrival.rs`).
+//!
+//! A process of the previous release answers the first request with the
+//! whole session (no `peek`): adopted as before.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use super::{RemoteMember, HANDOVER_TIMEOUT};
+use bytes::Bytes;
+
+use super::{owner_of, RemoteMember, HANDOVER_TIMEOUT};
 use crate::api::server::{frame, Bye, Frame};
-use crate::bus::{encode, process_subject, Header, SessionHandover};
+use crate::bus::{
+    encode, process_subject, room_subject, Bus, Header, MemberInfo, MemberKind, SessionHandover,
+    SUBJECT_ALL,
+};
+use crate::hub::outbox::CloseReason;
 use crate::hub::room::RoomKey;
 use crate::hub::session::{Session, SessionKind};
+use crate::hub::statefile::saved_session;
 use crate::hub::{Hub, State};
 
+/// Largest part of a session handed over: NATS refuses messages over its
+/// `max_payload` (1 MiB unless configured smaller).
+pub(super) const PART: usize = 256 * 1024;
+
+/// A session handed over from here: where it went (a later request for it
+/// is answered with that process).
+pub(crate) struct MovedResume {
+    /// The process it went to.
+    pub pid: String,
+    /// Session id.
+    pub sid: String,
+    /// Backend id.
+    pub backend: String,
+    /// Its room.
+    pub room: Option<String>,
+    /// When.
+    pub at: Instant,
+}
+
+/// What a `ResumeRequest` asks.
+#[derive(Clone)]
+pub(crate) struct ResumeAsk {
+    pub resume_id: String,
+    pub to: String,
+    pub peek: bool,
+    pub chunked: bool,
+}
+
 impl State {
-    /// Takes a local session out for another process (resume there): no
-    /// leave event, it stays a member, now remote.
-    pub(super) fn hand_over(&mut self, resume_id: &str, to: &str) -> Option<SessionHandover> {
-        let sid = self.sessions.resume_ids.get(resume_id).cloned()?;
-        let s = self.sessions.map.get(&sid)?;
+    /// Takes a local client session out for process `to`: no leave, it
+    /// stays a member of its room (now remote). The frames its connection
+    /// had not sent go first in its queue; the connection is closed.
+    pub(super) fn take_out(
+        &mut self,
+        sid: &str,
+        to: &str,
+        close: CloseReason,
+    ) -> Option<(Session, MemberInfo)> {
+        let s = self.sessions.map.get(sid)?;
         if s.kind != SessionKind::Client {
             return None;
         }
-        let mut member = self.member_info(&sid)?;
+        let mut member = self.member_info(sid)?;
         member.owner = to.to_string();
-        let s = self.sessions.remove(&sid)?;
-        self.sessions.disconnected.remove(&sid);
-        if let Some(conn) = &s.conn {
-            conn.push(frame(
-                None,
-                "bye",
-                &Bye {
-                    reason: Some("session_resumed"),
-                },
-            ));
-            conn.close(crate::hub::outbox::CloseReason::SessionResumed);
+        let mut s = self.sessions.remove(sid)?;
+        self.sessions.disconnected.remove(sid);
+        if let Some(conn) = s.conn.take() {
+            let mut pending = conn.take_pending();
+            pending.append(&mut s.queue);
+            s.queue = pending;
+            if close == CloseReason::SessionResumed {
+                conn.push(frame(
+                    None,
+                    "bye",
+                    &Bye {
+                        reason: Some("session_resumed"),
+                    },
+                ));
+            }
+            conn.close(close);
         }
         if let Some(key) = &s.room {
             self.cluster.remote.insert(
-                sid.clone(),
+                s.id.clone(),
                 RemoteMember {
                     info: member.clone(),
                     room: key.clone(),
@@ -44,9 +110,30 @@ impl State {
             );
             self.drop_room_if_unserved(key);
         }
+        let now = Instant::now();
         self.cluster
             .moved
-            .insert(sid.clone(), (to.to_string(), Instant::now()));
+            .insert(s.id.clone(), (to.to_string(), now));
+        if let Some(r) = &s.resume_id {
+            self.cluster.moved_resume.insert(
+                r.to_string(),
+                MovedResume {
+                    pid: to.to_string(),
+                    sid: s.id.to_string(),
+                    backend: s.backend.id.to_string(),
+                    room: s.room.as_ref().map(|k| k.room.to_string()),
+                    at: now,
+                },
+            );
+        }
+        Some((s, member))
+    }
+
+    /// Takes a local session out for another process that asked in the
+    /// previous release's way: the whole session in the answer.
+    pub(super) fn hand_over(&mut self, resume_id: &str, to: &str) -> Option<SessionHandover> {
+        let sid = self.sessions.resume_ids.get(resume_id).cloned()?;
+        let (s, member) = self.take_out(&sid, to, CloseReason::SessionResumed)?;
         Some(SessionHandover {
             member,
             room: s.room.as_ref().map(|k| k.room.to_string()),
@@ -57,43 +144,248 @@ impl State {
             permissions: s.permissions.clone(),
             queue: s.queue.iter().map(|f| f.to_string()).collect(),
             actor: s.federated.as_ref().and_then(|f| f.actor.clone()),
+            peek: false,
         })
+    }
+
+    /// Hands a local session to `to` in parts, after a `Changed` naming
+    /// `to` on its room's subject; returns it (gone from here).
+    pub(crate) fn hand_over_parts(
+        &mut self,
+        sid: &str,
+        to: &str,
+        close: CloseReason,
+    ) -> Option<Session> {
+        let (s, member) = self.take_out(sid, to, close)?;
+        if let Some(key) = &s.room {
+            let h = Header::Changed {
+                from: self.bus.pid().to_string(),
+                backend: key.backend.to_string(),
+                room: key.room.to_string(),
+                member,
+            };
+            self.bus
+                .publish(room_subject(&key.backend, &key.room), encode(&h, None));
+        }
+        send_parts(&*self.bus, to, &s);
+        Some(s)
+    }
+
+    /// Where a local session is, for a `peek`: here, and it stays.
+    fn peek(&self, sid: &str) -> Option<SessionHandover> {
+        let s = self.sessions.map.get(sid)?;
+        if s.kind != SessionKind::Client {
+            return None;
+        }
+        Some(SessionHandover {
+            member: self.member_info(sid)?,
+            room: s.room.as_ref().map(|k| k.room.to_string()),
+            resume_id: s.resume_id.as_deref()?.to_string(),
+            backend: s.backend.id.to_string(),
+            backend_base: s.backend_base.to_string(),
+            backend_url: s.backend_url.to_string(),
+            permissions: None,
+            queue: Vec::new(),
+            actor: None,
+            peek: true,
+        })
+    }
+
+    /// A `ResumeRequest` for a session this process holds, handed on, or
+    /// is getting (answered once it is here).
+    pub(super) fn answer_resume(&mut self, ask: ResumeAsk, reply: String) {
+        let answer = match self
+            .sessions
+            .resume_ids
+            .get(ask.resume_id.as_str())
+            .cloned()
+        {
+            Some(sid) if ask.peek => self.peek(&sid).map(json),
+            Some(sid) if ask.chunked => self
+                .hand_over_parts(&sid, &ask.to, CloseReason::SessionResumed)
+                .map(|_| Bytes::from_static(b"{}")),
+            Some(_) => self.hand_over(&ask.resume_id, &ask.to).map(json),
+            None => {
+                if let Some(c) = self
+                    .cluster
+                    .arriving
+                    .values_mut()
+                    .find(|c| c.resume_id == ask.resume_id)
+                {
+                    c.waiting.push((ask, reply));
+                    return;
+                }
+                match self.cluster.moved_resume.get(&ask.resume_id) {
+                    Some(m) if ask.peek && m.pid != ask.to => Some(json(moved_peek(m, &ask))),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(p) = answer {
+            self.bus.reply(reply, p);
+        }
+    }
+}
+
+fn json(h: SessionHandover) -> Bytes {
+    Bytes::from(serde_json::to_vec(&h).unwrap_or_default())
+}
+
+/// The answer to a `peek` for a session that went on to another process.
+fn moved_peek(m: &MovedResume, ask: &ResumeAsk) -> SessionHandover {
+    SessionHandover {
+        member: MemberInfo {
+            sid: m.sid.clone(),
+            owner: m.pid.clone(),
+            userid: None,
+            user: None,
+            roomsessionid: None,
+            features: Vec::new(),
+            kind: MemberKind::Client,
+            virtual_owner: None,
+            client_sid: None,
+            in_call: 0,
+            flags: 0,
+            federated: false,
+        },
+        room: m.room.clone(),
+        resume_id: ask.resume_id.clone(),
+        backend: m.backend.clone(),
+        backend_base: String::new(),
+        backend_url: String::new(),
+        permissions: None,
+        queue: Vec::new(),
+        actor: None,
+        peek: true,
+    }
+}
+
+/// Publishes a session (the state file's form) to process `to` in
+/// `Handover` parts, in order on its subject.
+fn send_parts(bus: &dyn Bus, to: &str, s: &Session) {
+    let bytes = serde_json::to_vec(&saved_session(s)).unwrap_or_default();
+    let parts = bytes.len().div_ceil(PART).max(1) as u32;
+    for (i, chunk) in bytes.chunks(PART).enumerate() {
+        let h = Header::Handover {
+            from: bus.pid().to_string(),
+            sid: s.id.to_string(),
+            part: i as u32,
+            parts,
+        };
+        bus.publish(process_subject(to), encode(&h, Some(chunk)));
     }
 }
 
 impl Hub {
-    /// Asks the process that owns `resume_id` to hand the session over.
-    pub(crate) async fn fetch_session(
-        self: &Arc<Self>,
-        resume_id: &str,
-    ) -> Option<SessionHandover> {
-        let (bus, owner) = {
+    /// Asks who holds `resume_id` (`peek`): the process that created it
+    /// while alive, else (or when it does not answer and has gone
+    /// meanwhile) every process.
+    async fn find_session(self: &Arc<Self>, resume_id: &str) -> Option<SessionHandover> {
+        let (bus, target) = {
             let st = self.lock();
-            let owner = super::owner_of(resume_id)?.to_string();
-            // The owner is asked even when no message of it arrived yet
-            // (a process that just started); the timeout bounds the wait.
-            if !st.bus.clustered() || owner == st.bus.pid() {
+            let owner = owner_of(resume_id)?.to_string();
+            if !st.bus.clustered() {
                 return None;
             }
-            (st.bus.clone(), owner)
+            // Created here and handed on: asked where it went. Created
+            // elsewhere: asked there while that process is alive.
+            let target = if owner == st.bus.pid() {
+                Some(st.cluster.moved_resume.get(resume_id)?.pid.clone())
+            } else {
+                st.cluster.processes.contains_key(&owner).then_some(owner)
+            };
+            (st.bus.clone(), target)
         };
         let h = Header::ResumeRequest {
             resume_id: resume_id.to_string(),
             to: bus.pid().to_string(),
+            peek: true,
+            chunked: false,
         };
+        if let Some(target) = target {
+            let replies = bus
+                .request(
+                    process_subject(&target),
+                    encode(&h, None),
+                    1,
+                    HANDOVER_TIMEOUT,
+                )
+                .await;
+            // (NATS answers an empty "no responders" for a process gone.)
+            if let Some(h) = replies.iter().find_map(|r| serde_json::from_slice(r).ok()) {
+                return Some(h);
+            }
+        }
+        // Gone (a rolling restart: its sessions are elsewhere) or it does
+        // not hold the session any more: whoever holds it answers.
         let replies = bus
             .request(
-                process_subject(&owner),
+                SUBJECT_ALL.to_string(),
                 encode(&h, None),
                 1,
                 HANDOVER_TIMEOUT,
             )
             .await;
-        let reply = replies.into_iter().next()?;
-        serde_json::from_slice(&reply).ok()
+        replies.iter().find_map(|r| serde_json::from_slice(r).ok())
     }
 
-    /// Installs a session handed over by another process (resume here).
+    /// A resume of a session this process does not hold: waits for it if
+    /// it is on its way here, else claims it from its holder. Returns what
+    /// a holder of the previous release handed over at once (to adopt).
+    pub(crate) async fn claim_session(
+        self: &Arc<Self>,
+        resume_id: &str,
+    ) -> Option<SessionHandover> {
+        let on_its_way = self.lock().arrival_of(resume_id);
+        if let Some(mut ready) = on_its_way {
+            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, ready.wait_for(|r| *r)).await;
+            return None;
+        }
+        let h = self.find_session(resume_id).await?;
+        if !h.peek {
+            return Some(h);
+        }
+        let backend = self.registry().by_id(&h.backend)?;
+        let key = h.room.as_ref().map(|r| RoomKey {
+            backend: backend.id.clone(),
+            room: r.as_str().into(),
+        });
+        let sid = h.member.sid.clone();
+        let mut ready = self
+            .lock()
+            .expect_session(&sid, resume_id, backend, key.is_some());
+        if let Some(key) = &key {
+            self.prepare_room(key).await;
+        }
+        let bus = self.lock().bus.clone();
+        let claim = Header::ResumeRequest {
+            resume_id: resume_id.to_string(),
+            to: bus.pid().to_string(),
+            peek: false,
+            chunked: true,
+        };
+        let acked = bus
+            .request(
+                process_subject(&h.member.owner),
+                encode(&claim, None),
+                1,
+                HANDOVER_TIMEOUT,
+            )
+            .await
+            .iter()
+            .any(|r| !r.is_empty());
+        if acked {
+            let _ = tokio::time::timeout(HANDOVER_TIMEOUT, ready.wait_for(|r| *r)).await;
+        }
+        // Installed when its parts are here (a late `Changed` does not
+        // hold it back any longer), forgotten otherwise.
+        self.mutate(|st| st.settle_arrival(&sid));
+        self.timer.notify_one();
+        None
+    }
+
+    /// Installs a session handed over by a process of the previous
+    /// release (resume here).
     pub(crate) fn adopt_session(
         &self,
         st: &mut State,
@@ -140,26 +432,34 @@ impl Hub {
                 .then(|| Box::new(crate::hub::session::Federated { actor: h.actor })),
         });
         if let Some(key) = &room {
-            let (url, base) = (
-                h.backend_url.as_str().into(),
-                h.backend_base.as_str().into(),
-            );
-            let r = st.rooms.get_or_insert(key, url, base);
-            if !r.members.contains(&sid) {
-                r.members.push(sid.clone());
-            }
-            if let Some(rs) = &st
-                .sessions
-                .map
-                .get(&sid)
-                .and_then(|s| s.room_session_id.clone())
-            {
-                if let Some(r) = st.rooms.get_mut(key) {
-                    r.nc_sessions.insert(rs.clone(), sid.clone());
-                }
-            }
-            st.publish_member(key, &sid, false);
+            st.add_local_member(key, &sid, &h.backend_url, &h.backend_base);
         }
         Some(sid)
+    }
+}
+
+impl State {
+    /// A session that came from another process is a local member of its
+    /// room again; the others hear it is here.
+    pub(super) fn add_local_member(
+        &mut self,
+        key: &RoomKey,
+        sid: &Arc<str>,
+        url: &str,
+        base: &str,
+    ) {
+        let r = self.rooms.get_or_insert(key, url.into(), base.into());
+        if !r.members.contains(sid) {
+            r.members.push(sid.clone());
+        }
+        let rs = self
+            .sessions
+            .map
+            .get(sid)
+            .and_then(|s| s.room_session_id.clone());
+        if let (Some(rs), Some(r)) = (rs, self.rooms.get_mut(key)) {
+            r.nc_sessions.insert(rs, sid.clone());
+        }
+        self.publish_member(key, sid, false);
     }
 }

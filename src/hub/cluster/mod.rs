@@ -77,6 +77,10 @@ pub(crate) struct Cluster {
     /// Every room's snapshot requests are received (a process of the
     /// previous release is in the cluster, `versions.rs`).
     pub all_rooms: bool,
+    /// Sessions handed over from here by resume id: where they went.
+    pub moved_resume: HashMap<String, handover::MovedResume>,
+    /// Sessions on their way to this process (`arrival.rs`).
+    pub arriving: HashMap<Arc<str>, arrival::Claim>,
 }
 
 impl Cluster {
@@ -136,6 +140,11 @@ impl crate::hub::Hub {
     /// NATS connection is named `spreed-signaling <id>`).
     pub fn process_id(&self) -> String {
         self.bus.pid().to_string()
+    }
+
+    /// True when other processes may share the bus.
+    pub fn clustered(&self) -> bool {
+        self.bus.clustered()
     }
 }
 
@@ -424,11 +433,15 @@ impl State {
     }
 }
 
+mod arrival;
 mod dispatch;
 mod handover;
 mod pacing;
+mod rolling;
 mod snapshot;
 mod versions;
+
+use handover::PART;
 
 pub(crate) use pacing::Pacing;
 #[cfg(test)]

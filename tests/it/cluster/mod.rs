@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::{json, Value};
 
+mod handover;
 mod room_state;
 mod stall;
 mod subjects;
@@ -310,15 +311,22 @@ async fn assert_killed_member_leaves(
 }
 
 #[tokio::test]
-async fn a_process_that_stops_cleanly_is_gone_at_once() {
-    let (_nats, mut s) = cluster(2, "").await;
+async fn a_process_that_stops_cleanly_hands_its_sessions_to_the_others() {
+    let (_nats, mut s) = cluster(2, "[sessions]\nresumetimeout = 2\n").await;
     let mut a = s[0].client_in_room("alice", "room1").await;
     let b = s[1].client_in_room("bob", "room1").await;
     a.wait_join_of(&b.session_id).await;
     s.pop().unwrap().stop().await;
-    // Well within the 5 s process timeout (the default wait is 5 s).
+    // Bob's session is the other process's now: he has not left ...
+    let early = tokio::time::timeout(
+        Duration::from_secs(1),
+        a.wait_for(|m| m["event"]["type"] == "leave"),
+    )
+    .await;
+    assert!(early.is_err(), "{early:?}");
+    // ... until nobody resumed it within resumetimeout.
     let l = a
-        .wait_for_within(Duration::from_secs(3), |m| m["event"]["type"] == "leave")
+        .wait_for_within(Duration::from_secs(4), |m| m["event"]["type"] == "leave")
         .await;
     assert_eq!(l["event"]["leave"], json!([b.session_id]));
     stop_all(s).await;

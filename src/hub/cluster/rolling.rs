@@ -1,0 +1,152 @@
+//! A rolling restart: SIGTERM on a process while others are alive. Its
+//! client sessions are handed to the others (spread over them) before it
+//! goes: each taker prepares the rooms, gets the sessions (`handover.rs`,
+//! each after a `Changed` on its room's subject) and keeps them as after a
+//! dropped connection; the clients are closed with 1012 and resume on any
+//! process. A session no process took ends as before (Nextcloud is told).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{HANDOVER_TIMEOUT, SNAPSHOT_TIMEOUT};
+use crate::bus::{encode, process_subject, Header, ParkEntry};
+use crate::hub::outbox::CloseReason;
+use crate::hub::session::{Session, SessionKind};
+use crate::hub::{Hub, State};
+
+/// How long a taker may take to prepare the rooms.
+const PARK_TIMEOUT: Duration = SNAPSHOT_TIMEOUT.saturating_add(HANDOVER_TIMEOUT);
+
+impl State {
+    /// The client sessions to hand over, spread over `peers` in turn.
+    fn plan_hand_over(&self, peers: &[String]) -> BTreeMap<String, Vec<ParkEntry>> {
+        let mut ids: Vec<&Arc<str>> = self.sessions.map.keys().collect();
+        ids.sort();
+        let mut plan: BTreeMap<String, Vec<ParkEntry>> = BTreeMap::new();
+        let mut n = 0;
+        for sid in ids {
+            let s = &self.sessions.map[sid];
+            // A federated room's link dies with the process: as before.
+            if s.kind != SessionKind::Client || s.fed_link.is_some() {
+                continue;
+            }
+            let Some(resume_id) = &s.resume_id else {
+                continue;
+            };
+            plan.entry(peers[n % peers.len()].clone())
+                .or_default()
+                .push(ParkEntry {
+                    sid: sid.to_string(),
+                    resume_id: resume_id.to_string(),
+                    backend: s.backend.id.to_string(),
+                    room: s.room.as_ref().map(|k| k.room.to_string()),
+                });
+            n += 1;
+        }
+        plan
+    }
+
+    /// A session handed over that its taker does not hold: here again,
+    /// and ended as if it had stayed (its room and Nextcloud are told).
+    fn not_taken(&mut self, s: Session) {
+        let id = s.id.clone();
+        let room = s.room.clone();
+        let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
+        self.cluster.remote.remove(&id);
+        self.cluster.moved.remove(&id);
+        if let Some(r) = &s.resume_id {
+            self.cluster.moved_resume.remove(&**r);
+        }
+        self.sessions.insert(s);
+        if let Some(key) = &room {
+            let r = self.rooms.get_or_insert(key, url, base);
+            if !r.members.contains(&id) {
+                r.members.push(id.clone());
+            }
+        }
+        tracing::warn!(session = %id, "no process took the session, it ends");
+        self.end_session(&id, None);
+    }
+}
+
+impl Hub {
+    /// SIGTERM in a cluster: hands the client sessions to the other live
+    /// processes and closes their connections with 1012. False when no
+    /// other process is known (the sessions end as before).
+    pub async fn hand_over_all(self: &Arc<Self>) -> bool {
+        let (bus, plan) = {
+            let st = self.lock();
+            if !st.bus.clustered() {
+                return false;
+            }
+            let mut peers: Vec<String> = st.cluster.processes.keys().cloned().collect();
+            if peers.is_empty() {
+                return false;
+            }
+            peers.sort();
+            (st.bus.clone(), st.plan_hand_over(&peers))
+        };
+        let me = bus.pid().to_string();
+        let total: usize = plan.values().map(Vec::len).sum();
+        tracing::info!(
+            sessions = total,
+            processes = plan.len(),
+            "handing the sessions to the other processes"
+        );
+        // Each taker prepares the rooms first: what is published in them
+        // from then on reaches it.
+        let asks = plan.into_iter().map(|(pid, list)| {
+            let (bus, me) = (bus.clone(), me.clone());
+            async move {
+                let h = Header::Park {
+                    from: me,
+                    sessions: list.clone(),
+                };
+                let replies = bus
+                    .request(process_subject(&pid), encode(&h, None), 1, PARK_TIMEOUT)
+                    .await;
+                // (An empty reply is NATS's "no responders".)
+                (pid, list, replies.iter().any(|r| !r.is_empty()))
+            }
+        });
+        let answered = futures_util::future::join_all(asks).await;
+        let mut handed: Vec<(String, Vec<Session>)> = Vec::new();
+        {
+            let mut st = self.lock();
+            for (pid, list, ok) in answered {
+                if !ok {
+                    tracing::warn!(process = %pid, sessions = list.len(), "process did not answer, its share of the sessions ends here");
+                    continue;
+                }
+                let taken = list
+                    .iter()
+                    .filter_map(|e| st.hand_over_parts(&e.sid, &pid, CloseReason::Restart))
+                    .collect();
+                handed.push((pid, taken));
+            }
+        }
+        bus.flush().await;
+        // Which sessions each taker holds now.
+        for (pid, sessions) in handed {
+            let h = Header::Parked {
+                from: me.clone(),
+                sids: sessions.iter().map(|s| s.id.to_string()).collect(),
+            };
+            let replies = bus
+                .request(process_subject(&pid), encode(&h, None), 1, HANDOVER_TIMEOUT)
+                .await;
+            let held: Vec<String> = replies
+                .first()
+                .and_then(|r| serde_json::from_slice(r).ok())
+                .unwrap_or_default();
+            let mut st = self.lock();
+            for s in sessions {
+                if !held.iter().any(|h| **h == *s.id) {
+                    st.not_taken(s);
+                }
+            }
+        }
+        true
+    }
+}
