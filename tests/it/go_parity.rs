@@ -19,7 +19,7 @@ use crate::support::{
 const GO_SERVER: &str = "/usr/bin/nextcloud-spreed-signaling-server";
 
 /// The Go server on a free port of 127.0.0.1, killed when dropped.
-struct GoServer {
+pub(crate) struct GoServer {
     child: Child,
     url: String,
     dir: std::path::PathBuf,
@@ -40,7 +40,7 @@ impl Drop for GoServer {
 impl GoServer {
     /// Starts the Go server for `nc`; `extra` is appended to its config.
     /// None (with a message) when it is not installed.
-    async fn start(nc: &FakeNextcloud, extra: &str, test: &str) -> Option<GoServer> {
+    pub(crate) async fn start(nc: &FakeNextcloud, extra: &str, test: &str) -> Option<GoServer> {
         if !Path::new(GO_SERVER).exists() {
             eprintln!("SKIPPED the Go half of {test}: {GO_SERVER} is not installed");
             return None;
@@ -87,7 +87,7 @@ impl GoServer {
 }
 
 /// One server under test: its HTTP URL and its Nextcloud.
-struct Side {
+pub(crate) struct Side {
     name: &'static str,
     url: String,
     nc: FakeNextcloud,
@@ -102,7 +102,7 @@ impl Side {
         }
     }
 
-    fn go(go: &GoServer, nc: &FakeNextcloud) -> Side {
+    pub(crate) fn go(go: &GoServer, nc: &FakeNextcloud) -> Side {
         // Go asks for Talk's v3 signaling path (the fake's) only when the
         // capabilities say so.
         nc.state
@@ -135,13 +135,13 @@ impl Side {
         (c, h)
     }
 
-    async fn user_in_room(&self, user: &str, room: &str) -> Client {
+    pub(crate) async fn user_in_room(&self, user: &str, room: &str) -> Client {
         let (mut c, _) = self.user(user).await;
         c.join(room, &format!("nc-{user}")).await;
         c
     }
 
-    async fn backend_request(&self, room: &str, body: &Value) -> (u16, Value) {
+    pub(crate) async fn backend_request(&self, room: &str, body: &Value) -> (u16, Value) {
         signed_backend_request(&self.url, &self.nc.url, room, body).await
     }
 }

@@ -29,6 +29,11 @@ const MEDIA: Duration = Duration::from_secs(40);
 /// namespace); otherwise the test was run in a namespace child (and its
 /// result asserted) or skipped.
 fn run_in_namespace(test: &str) -> bool {
+    run_in_namespace_of(module_path!(), test)
+}
+
+/// [`run_in_namespace`] for a test of another module (`module_path!()`).
+pub(crate) fn run_in_namespace_of(module: &str, test: &str) -> bool {
     if std::env::var_os(INSIDE).is_some() {
         setup_network();
         return true;
@@ -53,7 +58,7 @@ fn run_in_namespace(test: &str) -> bool {
     let exe = std::env::current_exe().unwrap();
     // The test's full name in this binary: its module path without the
     // crate ("mcu_media::name").
-    let full = match module_path!().split_once("::") {
+    let full = match module.split_once("::") {
         Some((_, module)) => format!("{module}::{test}"),
         None => test.to_string(),
     };
@@ -91,7 +96,7 @@ fn setup_network() {
 }
 
 /// One aiortc peer.
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
     /// A directory of the peer's, removed on drop.
     dir: Option<std::path::PathBuf>,
@@ -101,7 +106,7 @@ struct Peer {
 
 impl Peer {
     /// An aiortc peer (`tests/mcu_peer.py`).
-    async fn start(args: &[&str]) -> Peer {
+    pub(crate) async fn start(args: &[&str]) -> Peer {
         Self::start_script("mcu_peer.py", args).await
     }
 
@@ -126,14 +131,14 @@ impl Peer {
         }
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(crate) async fn send(&mut self, v: Value) {
         self.stdin
             .write_all(format!("{v}\n").as_bytes())
             .await
             .unwrap();
     }
 
-    async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         let line = tokio::time::timeout(MEDIA, self.lines.next_line())
             .await
             .expect("peer answers")
@@ -144,13 +149,13 @@ impl Peer {
         v
     }
 
-    async fn stats(&mut self) -> Value {
+    pub(crate) async fn stats(&mut self) -> Value {
         self.send(json!({"type": "stats"})).await;
         self.recv().await
     }
 
     /// (audio, video) frames decoded so far.
-    async fn frames(&mut self) -> (u64, u64) {
+    pub(crate) async fn frames(&mut self) -> (u64, u64) {
         let s = self.stats().await;
         (
             s["frames"]["audio"].as_u64().unwrap(),
@@ -160,7 +165,12 @@ impl Peer {
 
     /// Waits until at least `audio` and `video` more frames than `from`
     /// arrived; returns the counts.
-    async fn wait_frames(&mut self, from: (u64, u64), audio: u64, video: u64) -> (u64, u64) {
+    pub(crate) async fn wait_frames(
+        &mut self,
+        from: (u64, u64),
+        audio: u64,
+        video: u64,
+    ) -> (u64, u64) {
         let deadline = tokio::time::Instant::now() + MEDIA;
         loop {
             let f = self.frames().await;
@@ -196,7 +206,7 @@ impl Peer {
 impl Peer {
     /// Asks the peer to quit and waits until it did (the chromium helper
     /// ends its browser first), then removes its directory.
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         self.send(json!({"type": "quit"})).await;
         let status = tokio::time::timeout(MEDIA, self.child.wait()).await;
         assert!(
@@ -217,7 +227,7 @@ impl Drop for Peer {
     }
 }
 
-async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
+pub(crate) async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
     c.send(json!({"id": id, "type": "message", "message": {
         "recipient": {"type": "session", "sessionid": to}, "data": data}}))
         .await;
