@@ -60,8 +60,16 @@ impl HostSlots {
             return s.clone();
         }
         if hosts.len() >= MAX_HOSTS {
+            // The idle hosts go, with their series of the gauge (hosts
+            // come and go with `allowall`: the series must not pile up).
             let full = self.per_host;
-            hosts.retain(|_, s| s.available_permits() < full);
+            hosts.retain(|host, s| {
+                let busy = s.available_permits() < full;
+                if let (false, Some(g)) = (busy, &self.gauge) {
+                    let _ = g.remove_label_values(&[host]);
+                }
+                busy
+            });
         }
         let s = Arc::new(Semaphore::new(self.per_host));
         hosts.insert(host.to_string(), s.clone());
@@ -97,6 +105,24 @@ mod tests {
         );
         assert_eq!(host_key("http://[::1]/").unwrap(), "[::1]:80");
         assert!(host_key("not a url").is_none());
+    }
+
+    #[tokio::test]
+    async fn forgotten_hosts_take_their_gauge_series_along() {
+        let gauge =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("pool", "test"), &["host"]).unwrap();
+        let slots = HostSlots::new(1, Some(gauge.clone()));
+        for i in 0..MAX_HOSTS + 10 {
+            drop(slots.acquire(&format!("http://h{i}:1/")).await.unwrap());
+        }
+        let held = slots.acquire("http://last:1/").await.unwrap();
+        let series = || {
+            use prometheus::core::Collector;
+            gauge.collect()[0].get_metric().len()
+        };
+        assert!(series() <= MAX_HOSTS + 1, "{} series", series());
+        assert_eq!(gauge.with_label_values(&["last:1"]).get(), 1);
+        drop(held);
     }
 
     #[tokio::test]

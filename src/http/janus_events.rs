@@ -2,7 +2,8 @@
 //! handler (as with the Go server). Only loopback and private addresses
 //! may connect (else closed with 1008, as Go); without `[mcu]` the
 //! connection is closed with 1011. Events go to [`EventsHandler`]; the
-//! server pings every 30 s and ends a connection silent for 90 s.
+//! server pings every 30 s and ends a connection silent for 90 s or that
+//! takes no write (ping, pong) for 10 s (Go's `writeWait`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub const SUBPROTOCOL: &str = "janus-events";
 const MAX_MESSAGE: usize = 4 << 20;
 const PING_EVERY: Duration = Duration::from_secs(30);
 const SILENT_FOR: Duration = Duration::from_secs(90);
+/// A write (ping, pong) that makes no progress for this long ends the
+/// connection (Go's `writeWait`).
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// True for loopback and private (RFC 1918, unique local) addresses.
 fn local_or_private(ip: IpAddr) -> bool {
@@ -119,7 +123,8 @@ async fn serve<S>(
                 break;
             }
             _ = ping.tick() => {
-                if heard.elapsed() > SILENT_FOR || ws.send(Message::Ping(Default::default())).await.is_err() {
+                let sent = tokio::time::timeout(WRITE_DEADLINE, ws.send(Message::Ping(Default::default())));
+                if heard.elapsed() > SILENT_FOR || !matches!(sent.await, Ok(Ok(()))) {
                     break;
                 }
             }
@@ -133,7 +138,8 @@ async fn serve<S>(
                     }
                     // Pongs to our pings go out with the next write.
                     Some(Ok(Message::Ping(_))) => {
-                        if ws.flush().await.is_err() {
+                        if !matches!(tokio::time::timeout(WRITE_DEADLINE, ws.flush()).await, Ok(Ok(()))) {
+                            tracing::info!(client = ?client, "Janus events connection takes no writes, closing");
                             break;
                         }
                     }

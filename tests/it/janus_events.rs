@@ -279,3 +279,49 @@ async fn made_up_label_values_cannot_grow_the_metrics() {
     assert_eq!(other, 84.0);
     ts.stop().await;
 }
+
+/// An event handler that sends pings but reads nothing: the server's pong
+/// writes stall, and after the write deadline (10 s, Go's `writeWait`)
+/// the connection is closed instead of hanging forever.
+#[tokio::test]
+async fn a_janus_that_reads_nothing_is_closed_after_the_write_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ts =
+        TestServer::start_with(&format!("[mcu]\nurl = ws://127.0.0.1:{}\n", free_port())).await;
+    let ws = connect(&ts, None).await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+        panic!("plain TCP expected");
+    };
+    // Masked client ping frames with 125 bytes each (pongs as large).
+    let mut frame = vec![0x89, 0x80 | 125, 1, 2, 3, 4];
+    frame.extend((0..125u8).map(|i| i ^ [1, 2, 3, 4][usize::from(i) % 4]));
+    let batch: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 512)
+        .collect();
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(e)) => panic!("write failed before the server stalled: {e}"),
+            Err(_) => break, // the server stopped reading: its pongs stall
+        }
+        assert!(sent < 512 << 20, "the server never stopped reading");
+    }
+    // The deadline passes while nothing is read.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Closed: reading ends (EOF or reset) instead of pongs forever.
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection was not closed");
+}
