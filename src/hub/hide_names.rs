@@ -49,8 +49,10 @@ pub(super) fn hidden(mut e: JoinEntry<'_>) -> JoinEntry<'_> {
 /// `type` `nickChanged` (as the Go server, `filterMessage`). Frames that
 /// can spell neither the word nor an escape of it are passed unparsed.
 pub(super) fn drops_for_hidden(f: &Frame) -> bool {
+    // Under the hub lock, for each such recipient: SIMD search, not a
+    // window per byte (a 64 KiB frame to a room of such guests).
     let b = f.as_bytes();
-    let has = |needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    let has = |needle: &[u8]| memchr::memmem::find(b, needle).is_some();
     if !has(b"nickChanged") && !has(b"\\u") {
         return false;
     }
