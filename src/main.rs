@@ -7,6 +7,7 @@ use spreed_signaling::config::Config;
 use spreed_signaling::sdnotify;
 use spreed_signaling::server::Server;
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
