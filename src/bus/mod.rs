@@ -574,8 +574,9 @@ pub trait Bus: Send + Sync {
         expected: usize,
         timeout: Duration,
     ) -> Replies;
-    /// Waits until everything published and subscribed so far reached the
-    /// server (a subscription is then active).
+    /// Waits until the server processed everything published and
+    /// subscribed so far (a round trip: a subscription is then active, and
+    /// what another process publishes from now on reaches it).
     fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// Starts receiving the messages of `subject`, in order with what was
     /// published and subscribed before; never blocks. Called once per

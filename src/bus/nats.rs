@@ -83,12 +83,17 @@ async fn run_publisher(
                 sent.sent();
             }
             Out::Flush(done) => {
-                // The PING goes after everything queued so far; the
-                // publisher goes on meanwhile.
+                // A round trip after everything queued so far (async-nats's
+                // flush only writes the socket): a request to a fresh inbox,
+                // which nobody answers; the server's "no responders" reply
+                // comes after it processed what this connection sent before.
+                // The publisher goes on meanwhile.
                 let client = client.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client.flush().await {
-                        tracing::warn!("NATS flush failed: {e}");
+                    match client.request(client.new_inbox(), Bytes::new()).await {
+                        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+                        Err(e) => tracing::warn!("NATS round trip failed: {e}"),
+                        Ok(_) => {}
                     }
                     let _ = done.send(());
                 });

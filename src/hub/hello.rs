@@ -178,15 +178,20 @@ impl Hub {
                         };
                         self.prepare_room(&key).await;
                     }
-                    let mut st = self.lock();
-                    if let Some(sid) = self.adopt_session(&mut st, h, conn.clone()) {
-                        // Detached again: `resume` attaches and flushes in order.
-                        if let Some(s) = st.sessions.map.get_mut(&sid) {
-                            s.conn = None;
-                            s.queue_bytes = s.queue.iter().map(|f| f.len()).sum();
-                            s.carried = (0, 0);
+                    let bus = {
+                        let mut st = self.lock();
+                        if let Some(sid) = self.adopt_session(&mut st, h, conn.clone()) {
+                            // Detached again: `resume` attaches and flushes in order.
+                            if let Some(s) = st.sessions.map.get_mut(&sid) {
+                                s.conn = None;
+                                s.queue_bytes = s.queue.iter().map(|f| f.len()).sum();
+                                s.carried = (0, 0);
+                            }
                         }
-                    }
+                        st.bus.clone()
+                    };
+                    // Its user's subject is active before the answer.
+                    bus.flush().await;
                 }
             }
             return self.resume(conn, id, &hello.version, resume_id);
@@ -225,6 +230,7 @@ impl Hub {
             }
         };
         self.register(conn, id, &hello.version, hello.features, identity)
+            .await
     }
 
     /// The configured backend a hello's `auth.url` selects, its base URL,
@@ -490,7 +496,10 @@ impl Hub {
         ))
     }
 
-    pub(super) fn register(
+    /// Registers a new session and answers its hello (with other
+    /// processes, the first session of a user once the user's subject is
+    /// active: `cluster/user_subject.rs`).
+    pub(super) async fn register(
         &self,
         conn: &Arc<Outbox>,
         id: Option<&str>,
@@ -498,6 +507,23 @@ impl Hub {
         features: Vec<String>,
         ident: Identity,
     ) -> Result<HelloOk, ProtocolError> {
+        let (ok, waiting) = self.insert_session(conn, id, version, features, ident)?;
+        if let Some(reply) = waiting {
+            self.answer_once_subscribed(conn, &ok.sid, reply).await?;
+        }
+        Ok(ok)
+    }
+
+    /// The session of a hello: registered, answered, or detached with its
+    /// answer returned when it waits for its user's subject.
+    fn insert_session(
+        &self,
+        conn: &Arc<Outbox>,
+        id: Option<&str>,
+        version: &str,
+        features: Vec<String>,
+        ident: Identity,
+    ) -> Result<(HelloOk, Option<Frame>), ProtocolError> {
         let pid = self.lock().bus.pid().to_string();
         let sid: Arc<str> = format!("{pid}{}", new_id()).into();
         let resume_id: Arc<str> = format!("{pid}{}", new_id()).into();
@@ -524,6 +550,9 @@ impl Hub {
         } else {
             0
         };
+        // The first session of a user here is answered once the user's
+        // subject is active: until then it is detached (frames queue).
+        let subscribing = st.subscribes_user(&ident);
         let (backend_base, backend_url) = st
             .sessions
             .shared_urls(ident.backend_base, ident.backend_url);
@@ -540,7 +569,7 @@ impl Hub {
             room: None,
             room_session_id: None,
             permissions: None,
-            conn: Some(conn.clone()),
+            conn: (!subscribing).then(|| conn.clone()),
             queue: VecDeque::new(),
             queue_bytes: 0,
             carried: (0, 0),
@@ -552,19 +581,28 @@ impl Hub {
             mcu_tasks: None,
             federated: ident.federated.map(Box::new),
         });
-        conn.push(reply);
+        let reply = match subscribing {
+            true => Some(reply),
+            false => {
+                conn.push(reply);
+                None
+            }
+        };
         drop(st);
         self.registry().remember(&backend);
         self.metrics
             .hub_sessions_total
             .with_label_values(&[backend_id.as_ref(), kind_label])
             .inc();
-        Ok(HelloOk {
-            sid,
-            backend: backend_id,
-            resumed: false,
-            must_join_room,
-        })
+        Ok((
+            HelloOk {
+                sid,
+                backend: backend_id,
+                resumed: false,
+                must_join_room,
+            },
+            reply,
+        ))
     }
 
     fn resume(

@@ -54,6 +54,10 @@ pub struct Report {
     /// CPU seconds the load generator itself used while measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loadgen_cpu_s: Option<f64>,
+    /// p2p: messages a client got from another client than its peer (the
+    /// Go server 0.4.1 across processes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misdelivered: Option<u64>,
     /// call-setup: pairs of clients that negotiate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pairs: Option<u64>,
@@ -180,6 +184,7 @@ fn windows(n: usize, size: usize) -> Arc<Vec<Arc<Semaphore>>> {
 #[derive(Default)]
 struct Counters {
     delivered: AtomicU64,
+    misdelivered: AtomicU64,
     errors: AtomicU64,
     latencies: Mutex<Vec<u64>>,
 }
@@ -341,11 +346,17 @@ pub async fn run_p2p(
     let mut sinks = Vec::new();
     let mut readers = Vec::new();
     for (i, c) in conns.into_iter().enumerate() {
+        let wrong = counters.clone();
         readers.push(spawn_reader(
             c.stream,
             counters.clone(),
             windows.clone(),
-            |_| true,
+            move |from| {
+                if from != i ^ 1 {
+                    wrong.misdelivered.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            },
         ));
         sinks.push((i, c.sink));
     }
@@ -375,7 +386,7 @@ pub async fn run_p2p(
     let cpu = ctx.cpu().zip(cpu0).map(|(b, a)| b - a);
     let gen = ctx.own_cpu().zip(gen0).map(|(b, a)| b - a);
     let total = sent.load(Ordering::Relaxed);
-    let r = finish(
+    let mut r = finish(
         ctx,
         "p2p",
         n,
@@ -388,6 +399,7 @@ pub async fn run_p2p(
         (cpu, gen),
     )
     .await;
+    r.misdelivered = Some(counters.misdelivered.load(Ordering::Relaxed));
     Ok(r)
 }
 

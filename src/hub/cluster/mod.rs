@@ -439,6 +439,7 @@ mod handover;
 mod pacing;
 mod rolling;
 mod snapshot;
+mod user_subject;
 mod versions;
 
 use handover::PART;

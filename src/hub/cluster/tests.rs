@@ -123,7 +123,10 @@ pub(super) async fn client_in_room(hub: &Arc<Hub>, user: &str, room: &str) -> Co
         federated: None,
     };
     let conn = hub.new_outbox();
-    let ok = hub.register(&conn, None, "1.0", Vec::new(), ident).unwrap();
+    let ok = hub
+        .register(&conn, None, "1.0", Vec::new(), ident)
+        .await
+        .unwrap();
     let key = RoomKey {
         backend: backend.id.clone(),
         room: room.into(),

@@ -10,6 +10,7 @@ mod handover;
 mod room_state;
 mod stall;
 mod subjects;
+mod user_subject;
 mod versions;
 
 /// `n` servers on one fake Nextcloud and one NATS, all aware of each other.
