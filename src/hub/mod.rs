@@ -598,14 +598,15 @@ pub(crate) fn session_data_key(sid: &str) -> String {
 }
 
 /// Waits until every outbox drained to half, for each only while its
-/// connection makes progress ([`outbox::STALL_WAIT`]) and at most `wait`
-/// in all; gives up on those that did not.
+/// connection makes progress ([`outbox::stall_wait`] of `wait`) and at
+/// most `wait` in all; gives up on those that did not.
 pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + wait;
+    let stall = outbox::stall_wait(wait);
     let drained = futures_util::future::join_all(
         outboxes
             .iter()
-            .map(|o| o.drained_while_progressing(outbox::STALL_WAIT, deadline)),
+            .map(|o| o.drained_while_progressing(stall, deadline)),
     );
     if !drained.await.into_iter().all(|d| d) {
         tracing::debug!("recipients still congested, reading the sender again");

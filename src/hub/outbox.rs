@@ -21,8 +21,17 @@ use tokio::time::Instant;
 /// A congested recipient whose socket took no byte for this long is
 /// stalled: senders stop waiting for it. Healthy members are then held
 /// back by a stalled one for at most this long (once: it is not waited
-/// for again until its writer took its queue).
+/// for again until its writer took its queue). This is the value for the
+/// default `[clients] slowreceiverwait` of 5 s: see [`stall_wait`].
 pub const STALL_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a congested recipient's socket may take nothing before it is
+/// stalled: a tenth of `[clients] slowreceiverwait` (0.5 s by default), so
+/// an admin who lets senders wait longer for slow members also tolerates
+/// longer pauses of a member that still reads.
+pub fn stall_wait(slow_receiver_wait: Duration) -> Duration {
+    slow_receiver_wait / 10
+}
 
 use crate::api::server::Frame;
 

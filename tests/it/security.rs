@@ -774,7 +774,10 @@ const FLOOD_LIMITS: &str = "[clients]\noutboxbytes = 262144\nmessagespersecond =
 
 #[tokio::test]
 async fn one_broadcaster_cannot_get_a_slow_member_evicted() {
-    let ts = TestServer::start_with(FLOOD_LIMITS).await;
+    // The slow member's reads pause when this loaded test machine does not
+    // schedule the test for a while: a slowreceiverwait of 30 s tolerates
+    // pauses of 3 s (a tenth) before the member counts as stalled.
+    let ts = TestServer::start_with(&format!("{FLOOD_LIMITS}slowreceiverwait = 30\n")).await;
     let mut slow = slow_member(&ts, "slow", "r").await;
     let mut other = ts.client_in_room("other", "r").await;
     let sender = ts.client_in_room("sender", "r").await;
