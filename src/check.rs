@@ -119,7 +119,10 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
         lines.push(probe_nats(&config.nats_urls).await);
     }
     if let Some(mcu) = &config.mcu {
-        lines.push(probe_janus(&mcu.url).await);
+        match &mcu.proxy {
+            Some(p) => lines.extend(probe_proxies(p).await),
+            None => lines.push(probe_janus(&mcu.url).await),
+        }
     }
     if let Some(https) = &config.https {
         lines.push(
@@ -168,6 +171,24 @@ async fn probe_etcd(
             Vec::new()
         }
     }
+}
+
+/// Logs in to each signaling proxy as the MCU does (hello with a token).
+async fn probe_proxies(p: &crate::config::mcu::ProxyConfig) -> Vec<CheckLine> {
+    use crate::mcu::proxy::conn::{probe, TokenMaker};
+    let token = TokenMaker::new(p);
+    let mut lines = Vec::new();
+    for (url, dial) in &p.urls {
+        let shown = crate::logsafe::Url(url).to_string();
+        lines.push(match probe(dial, p.proxy_timeout, &token).await {
+            Ok(version) => ok(format!(
+                "[mcu] url: proxy {shown} (version {version}) accepted token_id `{}`",
+                p.token_id
+            )),
+            Err(e) => fail(format!("[mcu] url: proxy {shown}: {e}")),
+        });
+    }
+    lines
 }
 
 /// Speaks to Janus as the MCU does: a WebSocket with the `janus-protocol`

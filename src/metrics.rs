@@ -303,6 +303,13 @@ pub struct McuMetrics {
     /// `signaling_mcu_janus_requests_total{type}`: requests sent to Janus by
     /// their `janus` type (no Go equivalent).
     pub janus_requests_total: IntCounterVec,
+    /// `signaling_mcu_backend_connections{country}`: connected proxies.
+    pub backend_connections: IntGaugeVec,
+    /// `signaling_mcu_backend_load{url}`: each proxy's reported load.
+    pub backend_load: prometheus::GaugeVec,
+    /// `signaling_mcu_no_backend_available_total{type}`: publishers no
+    /// proxy took.
+    pub no_backend_available_total: IntCounterVec,
 }
 
 impl McuMetrics {
@@ -344,6 +351,27 @@ impl McuMetrics {
                 "janus_requests_total",
                 "The total number of requests sent to Janus",
             ),
+            backend_connections: IntGaugeVec::new(
+                Opts::new(
+                    "backend_connections",
+                    "Current number of connections to signaling proxy backends",
+                )
+                .namespace("signaling")
+                .subsystem("mcu"),
+                &["country"],
+            )
+            .expect("valid metric"),
+            backend_load: prometheus::GaugeVec::new(
+                Opts::new("backend_load", "Current load of signaling proxy backends")
+                    .namespace("signaling")
+                    .subsystem("mcu"),
+                &["url"],
+            )
+            .expect("valid metric"),
+            no_backend_available_total: vec(
+                "no_backend_available_total",
+                "Total number of publishing requests where no backend was available",
+            ),
         };
         for c in [
             Box::new(m.publishers.clone()) as Box<dyn prometheus::core::Collector>,
@@ -353,6 +381,9 @@ impl McuMetrics {
             Box::new(m.nopublisher_total.clone()),
             Box::new(m.messages_total.clone()),
             Box::new(m.janus_requests_total.clone()),
+            Box::new(m.backend_connections.clone()),
+            Box::new(m.backend_load.clone()),
+            Box::new(m.no_backend_available_total.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }

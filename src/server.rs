@@ -175,6 +175,10 @@ fn log_summary(config: &Config) {
         tracing::info!("backend: allowall (any Nextcloud with the common secret)");
     }
     match &config.mcu {
+        Some(m) if m.proxy.is_some() => tracing::info!(
+            urls = %crate::logsafe::Url(&m.url),
+            "MCU: signaling proxies"
+        ),
         Some(m) => tracing::info!(url = %crate::logsafe::Url(&m.url), "MCU: Janus"),
         None => tracing::info!(
             "MCU: none, media goes peer to peer ([mcu] type = janus and url for Janus)"

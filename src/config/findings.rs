@@ -118,15 +118,6 @@ fn variables(value: &str) -> Vec<&str> {
 /// Features of the Go server that this server does not have and whose
 /// absence would change what the admin gets: start-up stops.
 fn refused_features(ini: &IniFile, out: &mut Out) {
-    let mcu_type = ini
-        .get_nonempty("mcu", "type")
-        .map(|t| t.to_ascii_lowercase());
-    if mcu_type.as_deref() == Some("proxy") {
-        out.push(
-            Severity::Refuse,
-            "[mcu] type: `proxy` (the Go server's signaling proxies) is not implemented yet; this server would run without an MCU: use type = janus with url = ws://JANUS:8188, or keep the Go server".into(),
-        );
-    }
     etcd_findings(ini, out);
 }
 
@@ -409,12 +400,12 @@ mod tests {
 
     #[test]
     fn features_this_server_lacks_are_refused() {
-        let r = texts(
-            "[mcu]\ntype = proxy\nurl = ws://p:1\ntoken_id = s1\n",
-            Severity::Refuse,
-        );
-        assert_eq!(r.len(), 1, "{r:?}");
-        assert!(r[0].starts_with("[mcu] type: `proxy`"), "{r:?}");
+        // type = proxy runs; what it lacks stops parsing, naming the key.
+        let e = Config::parse(&format!(
+            "{BASE}[mcu]\ntype = proxy\nurl = ws://p:1\ntoken_id = s1\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("[mcu] token_key"), "{e}");
         // etcd is read: nothing refused; the static backends are unused.
         let etcd = "[etcd]\nendpoints = 127.0.0.1:2379\ncacert = /ca\n";
         assert_eq!(texts(etcd, Severity::Refuse), Vec::<String>::new());

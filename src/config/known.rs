@@ -63,7 +63,7 @@ const fn refuse(name: &'static str, why: &'static str) -> Key {
     }
 }
 
-const PROXY_ONLY: &str = "only used with type = proxy";
+const PROXY_ETCD_ONLY: &str = "only used with type = proxy and urltype = etcd (refused)";
 const GEOIP: &str = "GeoIP is not supported by this server: no per-country metrics (the Go server uses it for those and to pick a proxy of type = proxy)";
 const GRPC: &str = "the Go server's gRPC clustering is not supported (this server's processes cluster over NATS alone: [nats] url)";
 
@@ -192,20 +192,23 @@ pub const MCU: &[Key] = &[
     read("allowedcandidates"),
     read("blockedcandidates"),
     read("timeout"),
-    moot("proxytimeout", PROXY_ONLY),
-    moot("urltype", PROXY_ONLY),
-    moot("skipverify", PROXY_ONLY),
-    moot("token_id", PROXY_ONLY),
-    moot("token_key", PROXY_ONLY),
-    moot("dnsdiscovery", PROXY_ONLY),
-    moot("keyprefix", PROXY_ONLY),
-    // The Go server 0.4.1 read etcd's settings of the proxy MCU here.
-    moot("endpoints", PROXY_ONLY),
-    moot("discoverysrv", PROXY_ONLY),
-    moot("discoveryservice", PROXY_ONLY),
-    moot("clientkey", PROXY_ONLY),
-    moot("clientcert", PROXY_ONLY),
-    moot("cacert", PROXY_ONLY),
+    // type = proxy (config/mcu_proxy.rs; urltype = etcd, dnsdiscovery and
+    // skipverify = true are refused there, naming the key).
+    read("proxytimeout"),
+    read("urltype"),
+    read("skipverify"),
+    read("token_id"),
+    read("token_key"),
+    read("dnsdiscovery"),
+    // The Go server 0.4.1 read etcd's settings of the proxy MCU here, only
+    // with urltype = etcd (refused).
+    moot("keyprefix", PROXY_ETCD_ONLY),
+    moot("endpoints", PROXY_ETCD_ONLY),
+    moot("discoverysrv", PROXY_ETCD_ONLY),
+    moot("discoveryservice", PROXY_ETCD_ONLY),
+    moot("clientkey", PROXY_ETCD_ONLY),
+    moot("clientcert", PROXY_ETCD_ONLY),
+    moot("cacert", PROXY_ETCD_ONLY),
 ];
 
 /// `[turn]`.

@@ -25,8 +25,65 @@ pub struct McuConfig {
     /// Candidate addresses removed from client candidates and SDPs.
     pub blocked_candidates: IpList,
     /// Timeout of each Janus request, also how long a subscriber waits
-    /// for its publisher.
+    /// for its publisher (with proxies: of the whole MCU request, all
+    /// proxies tried).
     pub timeout: Duration,
+    /// `type = proxy`: the signaling proxies (`url` is then the list as
+    /// written).
+    pub proxy: Option<Box<ProxyConfig>>,
+}
+
+/// `[mcu] type = proxy`: the signaling proxies and how to log in to them.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// Each proxy: (URL as configured, WebSocket URL dialled: the URL
+    /// resolved against `proxy`, `http` → `ws`, `https` → `wss`).
+    pub urls: Vec<(String, String)>,
+    /// `token_id`: the JWT `iss` (the proxy's `[tokens]` key name).
+    pub token_id: String,
+    /// `token_key`: the path of the RSA private key.
+    pub token_key: String,
+    /// The key file's PEM (compared on SIGHUP).
+    pub key_pem: Vec<u8>,
+    /// The key itself, for the hello tokens.
+    pub key: std::sync::Arc<jsonwebtoken::EncodingKey>,
+    /// `proxytimeout`: each request to one proxy, and its WebSocket
+    /// handshake.
+    pub proxy_timeout: Duration,
+}
+
+impl PartialEq for ProxyConfig {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            &self.urls,
+            &self.token_id,
+            &self.token_key,
+            &self.key_pem,
+            self.proxy_timeout,
+        ) == (
+            &o.urls,
+            &o.token_id,
+            &o.token_key,
+            &o.key_pem,
+            o.proxy_timeout,
+        )
+    }
+}
+
+impl std::fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self
+            .urls
+            .iter()
+            .map(|u| crate::logsafe::Url(&u.0).to_string())
+            .collect();
+        f.debug_struct("ProxyConfig")
+            .field("urls", &urls)
+            .field("token_id", &self.token_id)
+            .field("token_key", &self.token_key)
+            .field("proxy_timeout", &self.proxy_timeout)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for McuConfig {
@@ -38,6 +95,7 @@ impl std::fmt::Debug for McuConfig {
             .field("allowed_candidates", &self.allowed_candidates)
             .field("blocked_candidates", &self.blocked_candidates)
             .field("timeout", &self.timeout)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -46,11 +104,8 @@ impl std::fmt::Debug for McuConfig {
 pub enum McuSection {
     /// No MCU (no section, or `type` empty).
     None,
-    /// Janus.
+    /// Janus (`proxy` is `None`) or signaling proxies (`Some`).
     Janus(McuConfig),
-    /// A type this server does not implement (`proxy`): refused at start-up
-    /// (`findings`).
-    Unsupported,
 }
 
 fn ip_list(ini: &IniFile, key: &str) -> Result<IpList, ConfigError> {
@@ -75,24 +130,26 @@ pub fn parse(ini: &IniFile) -> Result<McuSection, ConfigError> {
         None if !url.is_empty() => "janus".to_string(),
         None => return Ok(McuSection::None),
     };
-    match kind.as_str() {
-        "janus" => {}
-        "proxy" => return Ok(McuSection::Unsupported),
+    let proxy = match kind.as_str() {
+        "janus" => {
+            if url.is_empty() {
+                return Err(ConfigError("[mcu] url: required with type janus".into()));
+            }
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(ConfigError(format!(
+                    "[mcu] url: `{}` is not a ws:// or wss:// URL",
+                    crate::logsafe::Url(&url)
+                )));
+            }
+            None
+        }
+        "proxy" => Some(Box::new(super::mcu_proxy::parse(ini, &url)?)),
         other => {
             return Err(ConfigError(format!(
                 "[mcu] type: `{other}` is neither janus nor proxy"
             )))
         }
-    }
-    if url.is_empty() {
-        return Err(ConfigError("[mcu] url: required with type janus".into()));
-    }
-    if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-        return Err(ConfigError(format!(
-            "[mcu] url: `{}` is not a ws:// or wss:// URL",
-            crate::logsafe::Url(&url)
-        )));
-    }
+    };
     let positive = |v: u64, default: u64| if v == 0 { default } else { v };
     let timeout = super::at_most_a_year("mcu", "timeout", ini.get_u64("mcu", "timeout", 10)?)?;
     if timeout.is_zero() {
@@ -111,6 +168,7 @@ pub fn parse(ini: &IniFile) -> Result<McuSection, ConfigError> {
         allowed_candidates: ip_list(ini, "allowedcandidates")?,
         blocked_candidates: ip_list(ini, "blockedcandidates")?,
         timeout,
+        proxy,
     }))
 }
 
@@ -154,10 +212,7 @@ mod tests {
         assert!(e("[mcu]\nurl = ws://x\nblockedcandidates = nope\n")
             .contains("[mcu] blockedcandidates"));
         assert!(e("[mcu]\nurl = ws://x\ntimeout = 0\n").contains("[mcu] timeout"));
-        assert!(matches!(
-            mcu("[mcu]\ntype = proxy\n"),
-            Ok(McuSection::Unsupported)
-        ));
+        assert!(e("[mcu]\ntype = proxy\n").contains("[mcu] url"));
         assert!(matches!(mcu("[mcu]\n"), Ok(McuSection::None)));
     }
 }

@@ -11,6 +11,7 @@ pub mod known;
 mod limits;
 mod listeners;
 pub mod mcu;
+mod mcu_proxy;
 mod reload;
 mod sections;
 mod turn;

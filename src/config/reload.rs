@@ -113,8 +113,11 @@ impl Config {
         check(self.federation != new.federation, "[federation]");
         check(self.log_json != new.log_json, "[logging] format");
         // Bitrates, candidate lists and timeout are reloaded (Mcu::reload).
-        let janus = |c: &Config| c.mcu.as_ref().map(|m| m.url.clone());
-        check(janus(self) != janus(new), "[mcu] type/url");
+        let janus = |c: &Config| c.mcu.as_ref().map(|m| (m.url.clone(), m.proxy.clone()));
+        check(
+            janus(self) != janus(new),
+            "[mcu] type/url/token_id/token_key/proxytimeout",
+        );
         check(self.turn != new.turn, "[turn]");
         check(
             self.backend.etcd_prefix != new.backend.etcd_prefix || self.etcd != new.etcd,

@@ -138,11 +138,10 @@ pub(super) fn parse_logging(ini: &IniFile) -> Result<(String, bool), ConfigError
     Ok((log_level, log_json))
 }
 
-/// `[mcu]` with `type = janus` (`type = proxy` is refused by
-/// `findings`).
+/// `[mcu]` with `type = janus` or `type = proxy`.
 pub(super) fn parse_mcu(ini: &IniFile) -> Result<Option<mcu::McuConfig>, ConfigError> {
     Ok(match mcu::parse(ini)? {
-        mcu::McuSection::None | mcu::McuSection::Unsupported => None,
+        mcu::McuSection::None => None,
         mcu::McuSection::Janus(c) => Some(c),
     })
 }

@@ -197,8 +197,8 @@ impl Hub {
         self.mcu.get()
     }
 
-    /// Starts the Janus client and the task that hands its signals to
-    /// clients (when `[mcu]` is configured).
+    /// Starts the MCU (Janus or proxy client) and the task that hands its
+    /// signals to clients (when `[mcu]` is configured).
     pub fn start_mcu(self: &Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
         let Some(cfg) = self.config.mcu.clone() else {
             return;

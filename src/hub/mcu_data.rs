@@ -139,6 +139,7 @@ pub(super) fn offer_of(c: &Checked, stream: StreamType, backend_caps: (u64, u64)
             c.data.h264profile.clone(),
         ],
         media: c.media,
+        payload: c.data.payload.clone().unwrap_or_default(),
     }
 }
 

@@ -28,6 +28,8 @@ mod janus_events;
 mod logs;
 mod mcu;
 mod mcu_media;
+mod mcu_proxy;
+mod mcu_proxy_go;
 mod mcu_reload;
 mod mcu_sdp;
 mod metrics;

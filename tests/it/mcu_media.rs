@@ -238,7 +238,7 @@ async fn wait_mcu(ts: &TestServer) {
 }
 
 /// The publisher peer offers; the server answers from Janus.
-async fn publish(c: &mut Client, peer: &mut Peer, room_type: &str, sid: &str) {
+pub(crate) async fn publish(c: &mut Client, peer: &mut Peer, room_type: &str, sid: &str) {
     let offer = peer.recv().await;
     assert_eq!(offer["type"], "offer");
     let me = c.session_id.clone();
@@ -265,14 +265,20 @@ async fn publish(c: &mut Client, peer: &mut Peer, room_type: &str, sid: &str) {
 /// Hands an offer from the server to a subscriber peer and its answer
 /// back; returns the subscriber's sid.
 async fn answer_offer(c: &mut Client, peer: &mut Peer, offer_msg: &Value) -> String {
-    let d = &offer_msg["message"]["data"];
-    assert_eq!(d["type"], "offer", "{offer_msg}");
-    let from = d["from"].as_str().unwrap().to_string();
-    let sid = d["sid"].as_str().unwrap().to_string();
+    let sid = offer_msg["message"]["data"]["sid"].as_str().unwrap_or("");
     assert!(
         sid.parse::<u64>().is_ok(),
         "subscriber sid is a handle id: {sid}"
     );
+    answer_any_offer(c, peer, offer_msg).await
+}
+
+/// [`answer_offer`] whatever the sid (a proxy's subscriber id).
+pub(crate) async fn answer_any_offer(c: &mut Client, peer: &mut Peer, offer_msg: &Value) -> String {
+    let d = &offer_msg["message"]["data"];
+    assert_eq!(d["type"], "offer", "{offer_msg}");
+    let from = d["from"].as_str().unwrap().to_string();
+    let sid = d["sid"].as_str().unwrap().to_string();
     peer.send(json!({"type": "offer", "sdp": d["payload"]["sdp"]}))
         .await;
     let answer = peer.recv().await;
@@ -313,7 +319,32 @@ async fn subscribe(
     answer_offer(c, peer, &m).await
 }
 
-async fn all_in_call(ts: &TestServer, nc_ids: &[&str]) {
+/// [`subscribe`] through a proxy (any sid).
+pub(crate) async fn subscribe_any(
+    c: &mut Client,
+    peer: &mut Peer,
+    publisher: &str,
+    room_type: &str,
+    sid: &str,
+) -> String {
+    send_to(
+        c,
+        "req",
+        publisher,
+        json!({"type": "requestoffer", "roomType": room_type, "sid": sid}),
+    )
+    .await;
+    let m = c
+        .wait_for_within(MEDIA, |m| {
+            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
+        })
+        .await;
+    assert_eq!(m["message"]["sender"]["sessionid"], publisher, "{m}");
+    assert_eq!(m["message"]["data"]["roomType"], room_type);
+    answer_any_offer(c, peer, &m).await
+}
+
+pub(crate) async fn all_in_call(ts: &TestServer, nc_ids: &[&str]) {
     let users: Vec<Value> = nc_ids
         .iter()
         .map(|n| json!({"sessionId": n, "inCall": 7}))

@@ -102,7 +102,8 @@ async fn a_reload_warns_and_refuses_as_start_up_does() {
     node.proc.signal("-HUP");
     node.proc
         .wait_line(skip, |l| {
-            l.contains("keeping the running configuration") && l.contains("[mcu] type: `proxy`")
+            l.contains("keeping the running configuration")
+                && l.contains("[mcu] url: required with type proxy")
         })
         .await;
     // Still serving.

@@ -233,8 +233,17 @@ impl LoggedProcess {
 
     /// As [`LoggedProcess::spawn`], with extra environment variables.
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> LoggedProcess {
+        Self::spawn_program_with_env(env!("CARGO_BIN_EXE_spreed-signaling"), args, env)
+    }
+
+    /// Another program (e.g. the Go proxy), its output collected.
+    pub fn spawn_program(program: &str, args: &[&str]) -> LoggedProcess {
+        Self::spawn_program_with_env(program, args, &[])
+    }
+
+    fn spawn_program_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> LoggedProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+        let mut child = std::process::Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())

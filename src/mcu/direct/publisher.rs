@@ -9,10 +9,11 @@ use serde_json::{json, Value};
 use crate::api::client::SignalType;
 use tokio::sync::watch;
 
-use super::janus::{plugin_data, JanusError};
-use super::{lock, sdp, Mcu, McuError, Offer, Owner, Publisher, StreamType, SubKey, Subscriber};
+use super::super::janus::{plugin_data, JanusError};
+use super::super::{lock, sdp, McuError, Offer, StreamType, SubKey};
+use super::{JanusMcu, Owner, Publisher, Subscriber};
 
-impl Mcu {
+impl JanusMcu {
     /// Publishes (or re-negotiates) a session's stream; returns the
     /// publisher's sid and Janus's answer jsep.
     pub async fn publish(
@@ -102,7 +103,7 @@ impl Mcu {
     /// the backend's and `[mcu]`'s caps) and the codecs the offer asks for.
     fn create_request(&self, session: &Arc<str>, stream: StreamType, offer: &Offer) -> Value {
         let cfg = self.config();
-        let cap = super::combine_limits(
+        let cap = super::super::combine_limits(
             offer.backend_cap,
             match stream {
                 StreamType::Video => cfg.max_stream_bitrate,

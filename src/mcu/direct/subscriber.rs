@@ -9,12 +9,11 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::janus::JanusError;
-use super::{
-    lock, sdp, HeldCandidates, Mcu, McuError, Owner, Publisher, StreamType, SubKey, Subscriber,
-};
+use super::super::janus::JanusError;
+use super::super::{lock, sdp, HeldCandidates, McuError, StreamType, SubKey};
+use super::{JanusMcu, Owner, Publisher, Subscriber};
 
-impl Mcu {
+impl JanusMcu {
     pub(super) fn forget_subscriber(&self, s: &Arc<Subscriber>) -> bool {
         let mut reg = lock(&self.reg);
         if reg

@@ -1,0 +1,373 @@
+//! `[mcu] type = janus`: publishers and subscribers of the sessions of
+//! this process, each on its own handle of the one Janus, one videoroom
+//! room per published stream.
+
+mod publisher;
+mod subscriber;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::janus::{plugin_data, Gateway, GatewayEvent, JanusKind, VideoroomKind};
+use super::{info, lock, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
+use crate::api::client::SignalType;
+use crate::config::mcu::McuConfig;
+use crate::metrics::McuMetrics;
+
+/// A published stream.
+pub struct Publisher {
+    session: Arc<str>,
+    stream: StreamType,
+    handle: u64,
+    room: u64,
+    sid: String,
+    media: Mutex<sdp::Media>,
+    /// True once Janus said `webrtcup` (subscribers may join).
+    up: watch::Sender<bool>,
+    /// Candidates trickled while a configure's answer is on its way.
+    held: HeldCandidates,
+}
+
+/// A session receiving a publisher's stream.
+struct Subscriber {
+    key: SubKey,
+    handle: u64,
+    /// Candidates trickled while Janus's offer is on its way.
+    held: HeldCandidates,
+}
+
+impl Subscriber {
+    fn sid(&self) -> String {
+        self.handle.to_string()
+    }
+}
+
+enum Owner {
+    Publisher(Arc<Publisher>),
+    Subscriber(Arc<Subscriber>),
+    /// A subscriber handle whose join is under way (not counted yet).
+    Joining(Arc<Subscriber>),
+}
+
+#[derive(Default)]
+struct Registry {
+    publishers: HashMap<(Arc<str>, StreamType), Arc<Publisher>>,
+    subscribers: HashMap<SubKey, Arc<Subscriber>>,
+    handles: HashMap<u64, Owner>,
+}
+
+/// The Janus MCU of this process.
+pub struct JanusMcu {
+    gw: Gateway,
+    /// `[mcu]`; all but `url` replaced on SIGHUP ([`Mcu::reload`]).
+    cfg: arc_swap::ArcSwap<McuConfig>,
+    metrics: McuMetrics,
+    reg: Mutex<Registry>,
+    /// Woken whenever a publisher appears (waiting subscribers look again).
+    published: Notify,
+    signals: mpsc::UnboundedSender<Signal>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl JanusMcu {
+    /// Starts the Janus connection (in the background, reconnecting) and
+    /// the MCU's event task. Signals for clients come out of the receiver.
+    pub fn start(
+        cfg: McuConfig,
+        metrics: McuMetrics,
+        cancel: CancellationToken,
+    ) -> (Arc<JanusMcu>, mpsc::UnboundedReceiver<Signal>) {
+        let gw = Gateway::new(cfg.timeout, metrics.janus_requests_total.clone());
+        let (signals, signal_rx) = mpsc::unbounded_channel();
+        let (commands, mut command_rx) = mpsc::unbounded_channel();
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let mcu = Arc::new(JanusMcu {
+            gw: gw.clone(),
+            cfg: arc_swap::ArcSwap::from_pointee(cfg.clone()),
+            metrics,
+            reg: Mutex::new(Registry::default()),
+            published: Notify::new(),
+            signals,
+            commands,
+        });
+        tokio::spawn(gw.run(cfg.url.clone(), ev_tx, cancel.clone()));
+        let m = mcu.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = ev_rx.recv() => match ev {
+                        Some(ev) => m.on_gateway_event(ev),
+                        None => return,
+                    },
+                    cmd = command_rx.recv() => match cmd {
+                        Some(cmd) => m.on_command(cmd),
+                        None => return,
+                    },
+                }
+            }
+        });
+        (mcu, signal_rx)
+    }
+
+    /// True while Janus is connected.
+    pub fn connected(&self) -> bool {
+        self.gw.connected()
+    }
+
+    /// True when Janus handle `handle` is one of this process's
+    /// publishers or subscribers.
+    pub fn has_handle(&self, handle: u64) -> bool {
+        lock(&self.reg).handles.contains_key(&handle)
+    }
+
+    /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).
+    pub fn server_info(&self) -> Value {
+        info::serverinfo(&self.cfg.load().url, self.gw.info().as_deref())
+    }
+
+    /// `mcu` of `/api/v1/stats` (the Go server's shape): publishers and
+    /// clients (publishers and subscribers) of this process.
+    pub fn stats(&self) -> Value {
+        let (publishers, clients) = {
+            let reg = lock(&self.reg);
+            (
+                reg.publishers.len(),
+                reg.publishers.len() + reg.subscribers.len(),
+            )
+        };
+        info::stats(
+            &self.cfg.load().url,
+            self.gw.info().as_deref(),
+            publishers,
+            clients,
+        )
+    }
+
+    /// The `[mcu]` settings as last (re)loaded.
+    pub fn config(&self) -> Arc<McuConfig> {
+        self.cfg.load_full()
+    }
+
+    /// SIGHUP: the bitrates, candidate lists and timeout of `new` apply
+    /// from now on (to new publishers, subscribers, candidates and
+    /// requests); the Janus URL stays (a new one needs a restart).
+    pub fn reload(&self, new: &McuConfig) {
+        let mut cfg = new.clone();
+        cfg.url = self.cfg.load().url.clone();
+        self.gw.set_timeout(cfg.timeout);
+        self.cfg.store(Arc::new(cfg));
+    }
+
+    /// Hands work to the MCU without waiting (callable under any lock).
+    pub fn command(&self, cmd: Command) {
+        let _ = self.commands.send(cmd);
+    }
+
+    /// Counts a client MCU message (`signaling_mcu_messages_total`).
+    pub fn count_message(&self, kind: &str) {
+        self.metrics.messages_total.with_label_values(&[kind]).inc();
+    }
+
+    /// True when the session publishes `stream` (for tests and the hub).
+    pub fn has_publisher(&self, session: &str, stream: StreamType) -> bool {
+        lock(&self.reg)
+            .publishers
+            .contains_key(&(Arc::from(session), stream))
+    }
+
+    /// True when `subscriber` receives `publisher`'s `stream` (the proxy
+    /// notices subscribers Janus closed).
+    pub fn has_subscriber(&self, subscriber: &str, publisher: &str, stream: StreamType) -> bool {
+        lock(&self.reg).subscribers.contains_key(&(
+            Arc::from(subscriber),
+            Arc::from(publisher),
+            stream,
+        ))
+    }
+
+    fn publisher(&self, session: &Arc<str>, stream: StreamType) -> Option<Arc<Publisher>> {
+        lock(&self.reg)
+            .publishers
+            .get(&(session.clone(), stream))
+            .cloned()
+    }
+
+    fn subscriber(&self, key: &SubKey) -> Option<Arc<Subscriber>> {
+        lock(&self.reg).subscribers.get(key).cloned()
+    }
+
+    /// Closes everything of a session: its publishers (with their
+    /// subscribers) and its subscribers.
+    pub async fn close_session(&self, session: &Arc<str>) {
+        let (pubs, subs): (Vec<_>, Vec<_>) = {
+            let reg = lock(&self.reg);
+            (
+                reg.publishers
+                    .values()
+                    .filter(|p| p.session == *session)
+                    .cloned()
+                    .collect(),
+                reg.subscribers
+                    .values()
+                    .filter(|s| s.key.0 == *session)
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for p in pubs {
+            self.close_publisher(p).await;
+        }
+        for s in subs {
+            self.close_subscriber(s).await;
+        }
+    }
+
+    fn on_command(self: &Arc<Self>, cmd: Command) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            match cmd {
+                Command::CloseSession(s) => m.close_session(&s).await,
+                Command::Permissions(s, perms) => m.apply_permissions(&s, &perms).await,
+                Command::UnshareScreen(s) => {
+                    tokio::time::sleep(UNSHARE_DELAY).await;
+                    m.close_stream(&s, StreamType::Screen).await;
+                }
+            }
+        });
+    }
+
+    fn on_gateway_event(self: &Arc<Self>, ev: GatewayEvent) {
+        match ev {
+            GatewayEvent::Connected => {}
+            GatewayEvent::Disconnected => {
+                // Every handle died with the Janus session: clients publish
+                // and subscribe again (their PeerConnections fail).
+                let reg = std::mem::take(&mut *lock(&self.reg));
+                for p in reg.publishers.values() {
+                    self.metrics
+                        .publishers
+                        .with_label_values(&[p.stream.as_str()])
+                        .dec();
+                }
+                for s in reg.subscribers.values() {
+                    self.metrics
+                        .subscribers
+                        .with_label_values(&[s.key.2.as_str()])
+                        .dec();
+                }
+                tracing::info!(
+                    publishers = reg.publishers.len(),
+                    subscribers = reg.subscribers.len(),
+                    "Janus connection lost, media clients dropped"
+                );
+            }
+            GatewayEvent::Handle { handle, msg } => self.on_handle_event(handle, msg),
+        }
+    }
+
+    fn on_handle_event(self: &Arc<Self>, handle: u64, msg: Value) {
+        let owner = match lock(&self.reg).handles.get(&handle) {
+            Some(Owner::Publisher(p)) => Owner::Publisher(p.clone()),
+            Some(Owner::Subscriber(s)) => Owner::Subscriber(s.clone()),
+            Some(Owner::Joining(s)) => Owner::Joining(s.clone()),
+            None => return,
+        };
+        let kind = JanusKind::of(&msg);
+        let videoroom = VideoroomKind::of(&plugin_data(&msg)["videoroom"]);
+        match (owner, kind) {
+            (Owner::Publisher(p), JanusKind::WebrtcUp) => {
+                p.up.send_replace(true);
+            }
+            (Owner::Publisher(p), JanusKind::Hangup | JanusKind::Detached) => {
+                tracing::debug!(session = %p.session, janus = ?kind, "publisher closed by Janus");
+                let m = self.clone();
+                tokio::spawn(async move { m.close_publisher(p).await });
+            }
+            (Owner::Publisher(p), JanusKind::Event) if videoroom == VideoroomKind::Destroyed => {
+                let subs = self.forget_publisher(&p);
+                let m = self.clone();
+                tokio::spawn(async move {
+                    let _ = m.gw.detach(p.handle).await;
+                    for s in subs {
+                        let _ = m.gw.detach(s.handle).await;
+                    }
+                });
+            }
+            (Owner::Publisher(p), JanusKind::Trickle) => {
+                if let Some(c) = janus_candidate(&msg).and_then(|c| p.held.pass(c)) {
+                    self.publisher_candidate_out(&p, c);
+                }
+            }
+            (Owner::Subscriber(s), JanusKind::Hangup | JanusKind::Detached) => {
+                tracing::debug!(subscriber = %s.key.0, janus = ?kind, "subscriber closed by Janus");
+                let m = self.clone();
+                tokio::spawn(async move { m.close_subscriber(s).await });
+            }
+            (Owner::Subscriber(s), JanusKind::Event) if videoroom == VideoroomKind::Destroyed => {
+                let m = self.clone();
+                tokio::spawn(async move { m.close_subscriber(s).await });
+            }
+            (Owner::Subscriber(s), JanusKind::Event) => {
+                if let Some(jsep) = msg
+                    .get("jsep")
+                    .filter(|j| SignalType::of(&j["type"]) == SignalType::Offer)
+                {
+                    let _ = self.signals.send(Signal {
+                        to: s.key.0.clone(),
+                        from: s.key.1.clone(),
+                        kind: "offer",
+                        stream: s.key.2,
+                        payload: jsep.clone(),
+                        sid: s.sid(),
+                    });
+                }
+            }
+            (Owner::Subscriber(s) | Owner::Joining(s), JanusKind::Trickle) => {
+                if let Some(c) = janus_candidate(&msg).and_then(|c| s.held.pass(c)) {
+                    self.subscriber_candidate_out(&s, c);
+                }
+            }
+            (_, other) => tracing::trace!(handle, janus = ?other, "Janus event"),
+        }
+    }
+}
+
+impl JanusMcu {
+    /// Sends a candidate Janus trickled for a publisher to its client.
+    fn publisher_candidate_out(&self, p: &Publisher, c: Value) {
+        let _ = self.signals.send(Signal {
+            to: p.session.clone(),
+            from: p.session.clone(),
+            kind: "candidate",
+            stream: p.stream,
+            payload: json!({"candidate": c}),
+            sid: p.sid.clone(),
+        });
+    }
+
+    /// Sends a candidate Janus trickled for a subscriber to its client.
+    fn subscriber_candidate_out(&self, s: &Subscriber, c: Value) {
+        let _ = self.signals.send(Signal {
+            to: s.key.0.clone(),
+            from: s.key.1.clone(),
+            kind: "candidate",
+            stream: s.key.2,
+            payload: json!({"candidate": c}),
+            sid: s.sid(),
+        });
+    }
+}
+
+/// A candidate Janus trickled (not its "completed" marker).
+fn janus_candidate(msg: &Value) -> Option<Value> {
+    let c = msg.get("candidate")?;
+    if c.get("completed").is_some() || c.get("candidate").is_none() {
+        return None;
+    }
+    Some(c.clone())
+}

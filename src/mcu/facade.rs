@@ -1,0 +1,199 @@
+//! The MCU as the hub sees it, whatever the backend: Janus directly
+//! (`[mcu] type = janus`) or signaling proxies (`type = proxy`).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::direct::JanusMcu;
+use super::proxy::ProxyMcu;
+use super::{Command, McuError, Offer, Signal, StreamType};
+use crate::config::mcu::McuConfig;
+use crate::metrics::McuMetrics;
+
+enum Backend {
+    Janus(Arc<JanusMcu>),
+    Proxy(Arc<ProxyMcu>),
+}
+
+/// The MCU of this process.
+pub struct Mcu {
+    backend: Backend,
+}
+
+/// Calls the same method on whichever backend runs.
+macro_rules! each {
+    ($self:ident, $m:ident => $e:expr) => {
+        match &$self.backend {
+            Backend::Janus($m) => $e,
+            Backend::Proxy($m) => $e,
+        }
+    };
+}
+
+impl Mcu {
+    /// Starts the MCU of `cfg` (Janus, or the proxies of `cfg.proxy`) in
+    /// the background. Signals for clients come out of the receiver.
+    pub fn start(
+        cfg: McuConfig,
+        metrics: McuMetrics,
+        cancel: CancellationToken,
+    ) -> (Arc<Mcu>, mpsc::UnboundedReceiver<Signal>) {
+        if let Some(proxies) = cfg.proxy.clone() {
+            let (m, rx) = ProxyMcu::start(cfg, &proxies, metrics, cancel);
+            return (
+                Arc::new(Mcu {
+                    backend: Backend::Proxy(m),
+                }),
+                rx,
+            );
+        }
+        let (m, rx) = JanusMcu::start(cfg, metrics, cancel);
+        (
+            Arc::new(Mcu {
+                backend: Backend::Janus(m),
+            }),
+            rx,
+        )
+    }
+
+    /// True while Janus (or at least one proxy) is connected.
+    pub fn connected(&self) -> bool {
+        each!(self, m => m.connected())
+    }
+
+    /// True when Janus handle `handle` is one of this process's
+    /// publishers or subscribers (never with proxies: their Janus
+    /// handles are the proxies').
+    pub fn has_handle(&self, handle: u64) -> bool {
+        match &self.backend {
+            Backend::Janus(m) => m.has_handle(handle),
+            Backend::Proxy(_) => false,
+        }
+    }
+
+    /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).
+    pub fn server_info(&self) -> Value {
+        each!(self, m => m.server_info())
+    }
+
+    /// `mcu` of `/api/v1/stats` (the Go server's shape).
+    pub fn stats(&self) -> Value {
+        each!(self, m => m.stats())
+    }
+
+    /// The `[mcu]` settings as last (re)loaded.
+    pub fn config(&self) -> Arc<McuConfig> {
+        each!(self, m => m.config())
+    }
+
+    /// SIGHUP: bitrates, candidate lists and timeout apply from now on;
+    /// where media goes (URLs, token) needs a restart.
+    pub fn reload(&self, new: &McuConfig) {
+        each!(self, m => m.reload(new))
+    }
+
+    /// Hands work to the MCU without waiting (callable under any lock).
+    pub fn command(&self, cmd: Command) {
+        each!(self, m => m.command(cmd))
+    }
+
+    /// Counts a client MCU message (`signaling_mcu_messages_total`).
+    pub fn count_message(&self, kind: &str) {
+        each!(self, m => m.count_message(kind))
+    }
+
+    /// True when the session publishes `stream`.
+    pub fn has_publisher(&self, session: &str, stream: StreamType) -> bool {
+        each!(self, m => m.has_publisher(session, stream))
+    }
+
+    /// True when `subscriber` receives `publisher`'s `stream`.
+    pub fn has_subscriber(&self, subscriber: &str, publisher: &str, stream: StreamType) -> bool {
+        each!(self, m => m.has_subscriber(subscriber, publisher, stream))
+    }
+
+    /// Publishes (or re-negotiates) a session's stream; `deliver` gets
+    /// the publisher's sid and the answer.
+    pub async fn publish(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        offer: Offer,
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
+        each!(self, m => m.publish(session, stream, offer, deliver).await)
+    }
+
+    /// A candidate of a publisher (`None`: end of candidates).
+    pub async fn publisher_candidate(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        sid: &str,
+        candidate: Option<Value>,
+    ) -> Result<(), McuError> {
+        each!(self, m => m.publisher_candidate(session, stream, sid, candidate).await)
+    }
+
+    /// Closes a session's publisher of `stream`, if any.
+    pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
+        each!(self, m => m.close_stream(session, stream).await)
+    }
+
+    /// Closes everything of a session.
+    pub async fn close_session(&self, session: &Arc<str>) {
+        each!(self, m => m.close_session(session).await)
+    }
+
+    /// `requestoffer`/`sendoffer`: subscribes `subscriber` to a
+    /// publisher's stream (or renegotiates with the current `sid`).
+    pub async fn subscribe(
+        &self,
+        subscriber: &Arc<str>,
+        publisher: &Arc<str>,
+        stream: StreamType,
+        sid: &str,
+        selection: &Value,
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
+        each!(self, m => m.subscribe(subscriber, publisher, stream, sid, selection, deliver).await)
+    }
+
+    /// A subscriber's `answer`.
+    pub async fn subscriber_answer(
+        &self,
+        subscriber: &Arc<str>,
+        publisher: &Arc<str>,
+        stream: StreamType,
+        sid: &str,
+        sdp_text: &str,
+    ) -> Result<(), McuError> {
+        each!(self, m => m.subscriber_answer(subscriber, publisher, stream, sid, sdp_text).await)
+    }
+
+    /// A subscriber's candidate (`None`: end of candidates).
+    pub async fn subscriber_candidate(
+        &self,
+        subscriber: &Arc<str>,
+        publisher: &Arc<str>,
+        stream: StreamType,
+        sid: &str,
+        candidate: Option<Value>,
+    ) -> Result<(), McuError> {
+        each!(self, m => m.subscriber_candidate(subscriber, publisher, stream, sid, candidate).await)
+    }
+
+    /// `selectStream`.
+    pub async fn select_stream(
+        &self,
+        subscriber: &Arc<str>,
+        publisher: &Arc<str>,
+        stream: StreamType,
+        payload: &Value,
+    ) -> Result<(), McuError> {
+        each!(self, m => m.select_stream(subscriber, publisher, stream, payload).await)
+    }
+}

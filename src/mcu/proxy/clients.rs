@@ -1,0 +1,458 @@
+//! Publishers and subscribers on the proxies: created with commands,
+//! negotiated with payloads, closed on leave, revocation or
+//! `unshareScreen` (the same API as [`super::super::direct`]).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::conn::{Conn, ConnError};
+use super::{lock, select, HeldCandidates, Owner, ProxyMcu, Publisher, Subscriber};
+use crate::api::client::SignalType;
+use crate::api::proxy::{
+    CommandKind, PayloadKind, ProxyClientMessage, ProxyCommand, ProxyPayload, ProxyServerMessage,
+    MEDIA_AUDIO, MEDIA_SCREEN, MEDIA_VIDEO,
+};
+use crate::mcu::{combine_limits, sdp, McuError, Offer, StreamType, SubKey};
+
+/// What is left of `deadline` (zero when it passed).
+fn left(deadline: Instant) -> std::time::Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+fn failed(e: ConnError) -> McuError {
+    McuError::Failed(e.to_string())
+}
+
+fn raw(v: &Value) -> Box<RawValue> {
+    RawValue::from_string(v.to_string()).expect("JSON value serializes")
+}
+
+/// The SDP a payload reply carries, when it is of type `want`.
+fn sdp_reply(reply: ProxyServerMessage, want: SignalType) -> Result<Value, McuError> {
+    reply
+        .payload
+        .and_then(|p| p.payload)
+        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+        .filter(|v| SignalType::of(&v["type"]) == want && v["sdp"].is_string())
+        .ok_or_else(|| McuError::Failed(format!("the proxy's reply has no {}", want.as_str())))
+}
+
+/// The stream selection of a client payload (`substream`, `temporal`,
+/// `audio`, `video`), `None` when it has none.
+fn selection_of(payload: &Value) -> Option<Value> {
+    let mut out = Map::new();
+    for key in ["substream", "temporal"] {
+        if let Some(v) = payload.get(key).and_then(Value::as_i64) {
+            out.insert(key.into(), json!(v));
+        }
+    }
+    for key in ["audio", "video"] {
+        if let Some(v) = payload.get(key).and_then(Value::as_bool) {
+            out.insert(key.into(), json!(v));
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+impl ProxyMcu {
+    fn publisher(&self, session: &Arc<str>, stream: StreamType) -> Option<Arc<Publisher>> {
+        lock(&self.reg)
+            .publishers
+            .get(&(session.clone(), stream))
+            .cloned()
+    }
+
+    fn subscriber(&self, key: &SubKey) -> Option<Arc<Subscriber>> {
+        lock(&self.reg).subscribers.get(key).cloned()
+    }
+
+    fn conn(&self, i: usize) -> &Arc<Conn> {
+        &self.conns[i]
+    }
+
+    /// A payload request for client `id` on proxy `conn`.
+    async fn payload(
+        &self,
+        conn: usize,
+        kind: PayloadKind,
+        id: &str,
+        payload: Option<Value>,
+    ) -> Result<ProxyServerMessage, ConnError> {
+        let timeout = self.config().timeout;
+        let body = ProxyPayload::request(kind, id, payload.as_ref().map(raw));
+        self.conn(conn)
+            .request(|rid| ProxyClientMessage::payload(rid, body), timeout)
+            .await
+    }
+
+    /// A delete command; failures only logged (the client is gone here).
+    async fn delete(&self, conn: usize, kind: CommandKind, id: &str) {
+        let c = self.conn(conn);
+        let mut cmd = ProxyCommand::new(kind);
+        cmd.client_id = id.to_string();
+        if let Err(e) = c
+            .request(
+                |rid| ProxyClientMessage::command(rid, cmd),
+                c.proxy_timeout(),
+            )
+            .await
+        {
+            tracing::debug!(proxy = %c.url, client = id, "delete on proxy failed: {e}");
+        }
+    }
+
+    /// Publishes (or re-negotiates) a session's stream; `deliver` gets the
+    /// publisher's sid and the answer.
+    pub async fn publish(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        offer: Offer,
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
+        let deadline = Instant::now() + self.config().timeout;
+        let publisher = match self.publisher(session, stream) {
+            Some(p) if self.conn(p.conn).connected() => p,
+            stale => {
+                if let Some(p) = stale {
+                    // Its proxy is away: publish again elsewhere.
+                    tracing::info!(session = %session, proxy = %self.conn(p.conn).url, "publisher's proxy is not connected, publishing anew");
+                    self.forget_publisher(&p);
+                }
+                self.create_publisher(session, stream, &offer, deadline)
+                    .await?
+            }
+        };
+        let cfg = self.config();
+        let mut payload = offer.payload.clone();
+        payload.insert("type".into(), json!("offer"));
+        payload.insert(
+            "sdp".into(),
+            json!(sdp::filter(
+                &offer.sdp,
+                &cfg.allowed_candidates,
+                &cfg.blocked_candidates
+            )),
+        );
+        publisher.held.hold();
+        let answer = match self
+            .payload(
+                publisher.conn,
+                PayloadKind::Offer,
+                &publisher.id,
+                Some(Value::Object(payload)),
+            )
+            .await
+        {
+            Ok(reply) => sdp_reply(reply, SignalType::Answer),
+            Err(e) => Err(failed(e)),
+        };
+        if let Ok(answer) = &answer {
+            *lock(&publisher.media) = offer.media;
+            deliver(&publisher.sid, answer);
+        }
+        for c in publisher.held.release() {
+            if answer.is_ok() {
+                self.publisher_candidate_out(&publisher, c);
+            }
+        }
+        answer.map(|_| ())
+    }
+
+    /// Creates a publisher on the best proxy that takes it (§3); the next
+    /// one after an error reply or no answer within `proxytimeout`, until
+    /// `deadline`.
+    async fn create_publisher(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        offer: &Offer,
+        deadline: Instant,
+    ) -> Result<Arc<Publisher>, McuError> {
+        let cfg = self.config();
+        let cap = combine_limits(
+            offer.backend_cap,
+            match stream {
+                StreamType::Video => cfg.max_stream_bitrate,
+                StreamType::Screen => cfg.max_screen_bitrate,
+            },
+        );
+        let bitrate = if offer.bitrate == 0 {
+            cap
+        } else {
+            offer.bitrate.min(cap)
+        };
+        let mediatypes = match stream {
+            StreamType::Screen => MEDIA_SCREEN,
+            StreamType::Video => {
+                (if offer.media.audio { MEDIA_AUDIO } else { 0 })
+                    | (if offer.media.video { MEDIA_VIDEO } else { 0 })
+            }
+        };
+        let states: Vec<_> = self.conns.iter().map(|c| c.state()).collect();
+        for i in select::order(&states, None, &|_| Vec::new()) {
+            let c = self.conn(i);
+            let t = left(deadline).min(c.proxy_timeout());
+            if t.is_zero() {
+                break;
+            }
+            let mut cmd = ProxyCommand::new(CommandKind::CreatePublisher);
+            cmd.sid = offer.sid.clone();
+            cmd.stream_type = stream.as_str().to_string();
+            cmd.bitrate = bitrate;
+            cmd.mediatypes = mediatypes;
+            let id = match c
+                .request(|rid| ProxyClientMessage::command(rid, cmd), t)
+                .await
+            {
+                Ok(r) => r.command.map(|c| c.id).filter(|id| !id.is_empty()),
+                Err(e) => {
+                    tracing::warn!(proxy = %c.url, session = %session, "create-publisher failed ({e}), trying the next proxy");
+                    continue;
+                }
+            };
+            let Some(id) = id else {
+                tracing::warn!(proxy = %c.url, "create-publisher answered without id, trying the next proxy");
+                continue;
+            };
+            let p = Arc::new(Publisher {
+                session: session.clone(),
+                stream,
+                conn: i,
+                id,
+                sid: offer.sid.clone(),
+                media: Mutex::new(offer.media),
+                held: HeldCandidates::default(),
+            });
+            if let Some(old) = self.register_publisher(&p) {
+                self.close_publisher(old).await;
+            }
+            self.published.notify_waiters();
+            return Ok(p);
+        }
+        self.metrics
+            .no_backend_available_total
+            .with_label_values(&[stream.as_str()])
+            .inc();
+        Err(McuError::NotFound("no proxy took the publisher".into()))
+    }
+
+    fn register_publisher(&self, p: &Arc<Publisher>) -> Option<Arc<Publisher>> {
+        let replaced = {
+            let mut reg = lock(&self.reg);
+            reg.clients
+                .insert((p.conn, p.id.clone()), Owner::Publisher(p.clone()));
+            reg.publishers
+                .insert((p.session.clone(), p.stream), p.clone())
+        };
+        let label = [p.stream.as_str()];
+        self.metrics.publishers.with_label_values(&label).inc();
+        self.metrics
+            .publishers_total
+            .with_label_values(&label)
+            .inc();
+        tracing::debug!(session = %p.session, stream = p.stream.as_str(), proxy = %self.conn(p.conn).url, id = %p.id, "publisher created");
+        replaced
+    }
+
+    /// Drops a publisher and the subscribers of its stream from the
+    /// registry; returns those subscribers (empty when it was gone).
+    pub(super) fn forget_publisher(&self, p: &Arc<Publisher>) -> Vec<Arc<Subscriber>> {
+        let mut reg = lock(&self.reg);
+        let key = (p.session.clone(), p.stream);
+        if reg.publishers.get(&key).is_some_and(|x| Arc::ptr_eq(x, p)) {
+            reg.publishers.remove(&key);
+        }
+        let ck = (p.conn, p.id.clone());
+        if !matches!(reg.clients.get(&ck), Some(Owner::Publisher(x)) if Arc::ptr_eq(x, p)) {
+            return Vec::new();
+        }
+        reg.clients.remove(&ck);
+        self.metrics
+            .publishers
+            .with_label_values(&[p.stream.as_str()])
+            .dec();
+        let keys: Vec<SubKey> = reg
+            .subscribers
+            .keys()
+            .filter(|k| k.1 == p.session && k.2 == p.stream)
+            .cloned()
+            .collect();
+        let mut subs = Vec::new();
+        for k in keys {
+            if let Some(s) = reg.subscribers.remove(&k) {
+                reg.clients.remove(&(s.conn, s.id.clone()));
+                self.metrics
+                    .subscribers
+                    .with_label_values(&[s.key.2.as_str()])
+                    .dec();
+                subs.push(s);
+            }
+        }
+        subs
+    }
+
+    /// Forgets a publisher and deletes it (and its subscribers here) on
+    /// its proxy.
+    pub(super) async fn close_publisher(&self, p: Arc<Publisher>) {
+        let subs = self.forget_publisher(&p);
+        self.delete(p.conn, CommandKind::DeletePublisher, &p.id)
+            .await;
+        for s in subs {
+            self.delete(s.conn, CommandKind::DeleteSubscriber, &s.id)
+                .await;
+        }
+    }
+
+    /// Drops a subscriber from the registry; true when it was counted.
+    pub(super) fn forget_subscriber(&self, s: &Arc<Subscriber>) -> bool {
+        let mut reg = lock(&self.reg);
+        let ck = (s.conn, s.id.clone());
+        if matches!(reg.clients.get(&ck), Some(Owner::Subscriber(x)) if Arc::ptr_eq(x, s)) {
+            reg.clients.remove(&ck);
+        }
+        if !reg
+            .subscribers
+            .get(&s.key)
+            .is_some_and(|x| Arc::ptr_eq(x, s))
+        {
+            return false;
+        }
+        reg.subscribers.remove(&s.key);
+        self.metrics
+            .subscribers
+            .with_label_values(&[s.key.2.as_str()])
+            .dec();
+        true
+    }
+
+    async fn close_subscriber(&self, s: Arc<Subscriber>) {
+        if self.forget_subscriber(&s) {
+            self.delete(s.conn, CommandKind::DeleteSubscriber, &s.id)
+                .await;
+        }
+    }
+
+    /// A candidate of a publisher (`None`: end of candidates).
+    pub async fn publisher_candidate(
+        &self,
+        session: &Arc<str>,
+        stream: StreamType,
+        sid: &str,
+        candidate: Option<Value>,
+    ) -> Result<(), McuError> {
+        let p = self
+            .publisher(session, stream)
+            .ok_or_else(|| McuError::NotFound("no publisher".into()))?;
+        if !sid.is_empty() && sid != p.sid {
+            return Err(McuError::Failed(format!(
+                "sid {sid} is not the publisher's"
+            )));
+        }
+        self.send_candidate(p.conn, &p.id, candidate).await
+    }
+
+    async fn send_candidate(
+        &self,
+        conn: usize,
+        id: &str,
+        candidate: Option<Value>,
+    ) -> Result<(), McuError> {
+        let (kind, payload) = match candidate {
+            Some(c) => (PayloadKind::Candidate, Some(json!({"candidate": c}))),
+            None => (PayloadKind::EndOfCandidates, None),
+        };
+        self.payload(conn, kind, id, payload)
+            .await
+            .map(|_| ())
+            .map_err(failed)
+    }
+
+    /// Closes a session's publisher of `stream`, if any.
+    pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
+        if let Some(p) = self.publisher(session, stream) {
+            self.close_publisher(p).await;
+        }
+    }
+
+    /// Closes everything of a session.
+    pub async fn close_session(&self, session: &Arc<str>) {
+        let (pubs, subs): (Vec<_>, Vec<_>) = {
+            let reg = lock(&self.reg);
+            (
+                reg.publishers
+                    .values()
+                    .filter(|p| p.session == *session)
+                    .cloned()
+                    .collect(),
+                reg.subscribers
+                    .values()
+                    .filter(|s| s.key.0 == *session)
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for p in pubs {
+            self.close_publisher(p).await;
+        }
+        for s in subs {
+            self.close_subscriber(s).await;
+        }
+    }
+
+    /// Closes the publishers a new permission set no longer allows (as
+    /// with `type = janus`).
+    pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
+        let has = |p: &str| perms.iter().any(|x| x == p);
+        if !has("publish-media") {
+            if let Some(p) = self.publisher(session, StreamType::Video) {
+                let m = *lock(&p.media);
+                if (m.audio && !has("publish-audio")) || (m.video && !has("publish-video")) {
+                    tracing::info!(session = %session, "permission revoked, closing video publisher");
+                    self.close_publisher(p).await;
+                    return;
+                }
+            }
+        }
+        if !has("publish-screen") {
+            if let Some(p) = self.publisher(session, StreamType::Screen) {
+                tracing::info!(session = %session, "permission revoked, closing screen publisher");
+                self.close_publisher(p).await;
+            }
+        }
+    }
+
+    /// Waits (until `deadline`) for a publisher of `publisher`'s `stream`.
+    async fn wait_publisher(
+        &self,
+        publisher: &Arc<str>,
+        stream: StreamType,
+        deadline: Instant,
+    ) -> Option<Arc<Publisher>> {
+        let mut counted = false;
+        loop {
+            let notified = self.published.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(p) = self.publisher(publisher, stream) {
+                return Some(p);
+            }
+            if !counted {
+                counted = true;
+                self.metrics
+                    .nopublisher_total
+                    .with_label_values(&[stream.as_str()])
+                    .inc();
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+#[path = "subscribe.rs"]
+mod subscribe;

@@ -1,0 +1,323 @@
+//! `[mcu] type = proxy` with the Go 0.4.1 proxy
+//! (`/usr/bin/nextcloud-spreed-signaling-proxy`) and Debian's Janus: a
+//! refused token, and real media from aiortc peers in a network namespace
+//! (as `mcu_media.rs`), over one and two proxies.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::mcu_media::{
+    all_in_call as all_in_call_of, publish as publish_as, run_in_namespace_of, subscribe_any, Peer,
+};
+use crate::mcu_proxy::key_pair;
+use crate::support::janus::{audio_offer, Janus};
+use crate::support::{config_text, fresh_dir, FakeNextcloud, LoggedProcess, TestServer};
+
+const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
+
+/// A Go proxy in front of a Janus of its own (both killed on drop).
+pub struct GoProxy {
+    _proc: LoggedProcess,
+    pub port: u16,
+    _janus: Janus,
+    _dir: std::path::PathBuf,
+}
+
+impl GoProxy {
+    /// Starts Janus and a Go proxy accepting the key `public` as
+    /// `server1`; waits until it listens (it does once it reached Janus).
+    pub async fn start(public: &str) -> GoProxy {
+        let janus = Janus::start().await;
+        let dir = fresh_dir("go-proxy");
+        let port = crate::support::free_port();
+        let conf = dir.join("proxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[http]\nlisten = 127.0.0.1:{port}\n[app]\ntokentype = static\n[tokens]\nserver1 = {public}\n\
+                 [mcu]\ntype = janus\nurl = ws://127.0.0.1:{}\n[stats]\nallowed_ips = 127.0.0.1\n",
+                janus.port
+            ),
+        )
+        .unwrap();
+        let proc = LoggedProcess::spawn_program(GO_PROXY, &["-config", conf.to_str().unwrap()]);
+        crate::support::eventually("the Go proxy listens", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        GoProxy {
+            _proc: proc,
+            port,
+            _janus: janus,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// True when the Go proxy is installed (scripts/test installs it).
+fn available() -> bool {
+    let ok = std::path::Path::new(GO_PROXY).exists() && crate::support::janus::available();
+    if !ok {
+        eprintln!("SKIPPED: {GO_PROXY} or janus is not installed");
+    }
+    ok
+}
+
+fn mcu_section(urls: &[String], key: &str) -> String {
+    format!(
+        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {key}\ntimeout = 10\nproxytimeout = 2\n",
+        urls.join(" ")
+    )
+}
+
+async fn mcu_stats(url: &str) -> Value {
+    let v: Value = reqwest::get(format!("{url}/api/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["mcu"].clone()
+}
+
+/// Waits until the statistics of proxy `url` satisfy `pred`.
+async fn wait_proxy(server: &str, url: &str, limit: Duration, pred: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let s = mcu_stats(server).await;
+        if pred(&s["details"][url]) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy {url} never got there: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_key_is_refused_logged_and_checked_and_publishing_fails_cleanly() {
+    if !available() {
+        return;
+    }
+    let dir = fresh_dir("mcu-proxy-token");
+    let (_, public) = key_pair(&dir, "right");
+    let (wrong, _) = key_pair(&dir, "wrong");
+    let proxy = GoProxy::start(&public).await;
+    let nc = FakeNextcloud::start().await;
+    let section = mcu_section(&[proxy.url()], &wrong);
+
+    // `check` names the proxy and the refusal.
+    let path = dir.join("server.conf");
+    std::fs::write(&path, config_text(&nc, &section)).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+                .arg("--config")
+                .arg(&path)
+                .arg("check")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "FAIL [mcu] url: proxy {}/: refused our hello with [mcu] token_id `server1`: auth_failed",
+            proxy.url()
+        )),
+        "{text}"
+    );
+
+    // The server's log says so.
+    let port = crate::support::free_port();
+    std::fs::write(
+        &path,
+        config_text(&nc, &section).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let server = LoggedProcess::spawn(&["--config", path.to_str().unwrap()]);
+    server
+        .wait_line(0, |l| {
+            l.contains(&proxy.url())
+                && l.contains("token_id `server1`")
+                && l.contains("auth_failed")
+        })
+        .await;
+    drop(server);
+
+    // A publish gets client_not_found with its id; signaling goes on.
+    let ts = TestServer::start_on(nc, &section).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let me = a.session_id.clone();
+    a.send(json!({"id": "pub1", "type": "message", "message": {
+        "recipient": {"type": "session", "sessionid": me},
+        "data": {"to": me, "type": "offer", "roomType": "video", "sid": "1",
+            "payload": {"type": "offer", "sdp": audio_offer()}}}}))
+        .await;
+    let m = a.wait_for(|m| m["type"] == "error").await;
+    assert_eq!(m["error"]["code"], "client_not_found", "{m}");
+    assert_eq!(m["id"], "pub1");
+    a.send(
+        json!({"type": "message", "message": {"recipient": {"type": "session",
+        "sessionid": b.session_id}, "data": "still here"}}),
+    )
+    .await;
+    b.wait_for(|m| m["message"]["data"] == "still here").await;
+    let st = mcu_stats(&ts.url).await;
+    assert_eq!(st["details"][proxy.url()]["connected"], false, "{st}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_unreadable_token_key_stops_start_up_naming_it() {
+    let nc = FakeNextcloud::start().await;
+    let dir = fresh_dir("mcu-proxy-nokey");
+    let path = dir.join("server.conf");
+    let missing = dir.join("missing.key");
+    std::fs::write(
+        &path,
+        config_text(
+            &nc,
+            &mcu_section(&["http://127.0.0.1:1".into()], missing.to_str().unwrap()),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("[mcu] token_key") && err.contains(missing.to_str().unwrap()),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn media_through_the_go_proxy() {
+    if !run_in_namespace_of(module_path!(), "media_through_the_go_proxy") {
+        return;
+    }
+    let dir = fresh_dir("mcu-proxy-media");
+    let (key, public) = key_pair(&dir, "server1");
+    let proxy = GoProxy::start(&public).await;
+    let ts = TestServer::start_with(&mcu_section(&[proxy.url()], &key)).await;
+    wait_proxy(&ts.url, &proxy.url(), Duration::from_secs(10), |d| {
+        d["connected"] == true
+    })
+    .await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    all_in_call_of(&ts, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish_as(&mut a, &mut pa, "video", "1000").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    let sid = subscribe_any(&mut b, &mut pb, &alice, "video", "").await;
+    assert!(!sid.is_empty());
+    let f = pb.wait_frames((0, 0), 25, 25).await;
+    eprintln!("bob decoded {f:?} through the Go proxy");
+    let st = mcu_stats(&ts.url).await;
+    assert_eq!(st["publishers"], 1, "{st}");
+    assert_eq!(st["clients"], 2, "{st}");
+    // The proxy reports its load (publisher + subscriber).
+    wait_proxy(&ts.url, &proxy.url(), Duration::from_secs(5), |d| {
+        d["load"] == 2
+    })
+    .await;
+    pb.close().await;
+    pa.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn two_go_proxies_spread_publishers_and_take_over_from_one_that_stops() {
+    if !run_in_namespace_of(
+        module_path!(),
+        "two_go_proxies_spread_publishers_and_take_over_from_one_that_stops",
+    ) {
+        return;
+    }
+    let dir = fresh_dir("mcu-proxy-two");
+    let (key, public) = key_pair(&dir, "server1");
+    let p1 = GoProxy::start(&public).await;
+    let p2 = GoProxy::start(&public).await;
+    let ts = TestServer::start_with(&mcu_section(&[p1.url(), p2.url()], &key)).await;
+    for p in [&p1, &p2] {
+        wait_proxy(&ts.url, &p.url(), Duration::from_secs(10), |d| {
+            d["connected"] == true
+        })
+        .await;
+    }
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let mut c = ts.client_in_room("carol", "room1").await;
+    all_in_call_of(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let (alice, bob) = (a.session_id.clone(), b.session_id.clone());
+
+    // Loads tie: the first proxy; once it reports its load, the second.
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish_as(&mut a, &mut pa, "video", "1").await;
+    wait_proxy(&ts.url, &p1.url(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1 && d["load"] == 1
+    })
+    .await;
+    let mut pb = Peer::start(&["publish", "audio,video"]).await;
+    publish_as(&mut b, &mut pb, "video", "2").await;
+    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1
+    })
+    .await;
+    // Carol receives both, each from its own proxy.
+    let mut ca = Peer::start(&["subscribe"]).await;
+    let mut cb = Peer::start(&["subscribe"]).await;
+    subscribe_any(&mut c, &mut ca, &alice, "video", "").await;
+    subscribe_any(&mut c, &mut cb, &bob, "video", "").await;
+    ca.wait_frames((0, 0), 20, 20).await;
+    cb.wait_frames((0, 0), 20, 20).await;
+    ca.close().await;
+    cb.close().await;
+
+    // The first proxy goes: Alice publishes again (her PeerConnection
+    // died with it) and lands on the second within [mcu] timeout.
+    let p1_url = p1.url();
+    drop(p1);
+    wait_proxy(&ts.url, &p1_url, Duration::from_secs(5), |d| {
+        d["connected"] == false
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
+    publish_as(&mut a, &mut pa2, "video", "3").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
+        d["publishers"] == 2
+    })
+    .await;
+    let mut ca2 = Peer::start(&["subscribe"]).await;
+    subscribe_any(&mut c, &mut ca2, &alice, "video", "").await;
+    ca2.wait_frames((0, 0), 20, 20).await;
+    ca2.close().await;
+    drop((pa, pb, pa2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
