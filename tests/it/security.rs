@@ -815,7 +815,7 @@ async fn one_broadcaster_cannot_get_a_slow_member_evicted() {
 #[tokio::test]
 async fn a_member_that_never_reads_holds_a_broadcaster_back_only_briefly() {
     let ts = TestServer::start_with(&format!(
-        "{FLOOD_LIMITS}slowreceiverwait = 1\n[sessions]\nresumequeuebytes = 67108864\n"
+        "{FLOOD_LIMITS}[sessions]\nresumequeuebytes = 67108864\n"
     ))
     .await;
     let mut stuck = slow_member(&ts, "stuck", "r").await;
