@@ -144,13 +144,26 @@ impl Pacing {
         self.deferred_bytes.load(Ordering::Relaxed) > DEFER_MAX_BYTES
     }
 
+    /// True while frames of the audience wait.
+    fn is_deferred(&self, audience: &Audience) -> bool {
+        lock(&self.deferred).contains_key(audience)
+    }
+
     /// Queues a frame behind the waiting ones of its audience, if any (it
-    /// is taken from `frame`); returns its sender when it is new there.
-    fn defer(&self, audience: &Audience, frame: &mut Option<(Header, Bytes)>) -> Option<Sender> {
+    /// is taken from `frame`); returns its sender (`sender`, else the one
+    /// the header names) when it is new there.
+    fn defer(
+        &self,
+        audience: &Audience,
+        frame: &mut Option<(Header, Bytes)>,
+        sender: Option<Sender>,
+    ) -> Option<Sender> {
         let mut d = lock(&self.deferred);
         let q = d.get_mut(audience)?;
         let (h, body) = frame.take()?;
-        let new_sender = sender_of(&h).filter(|s| q.held.insert(s.clone()));
+        let new_sender = sender
+            .or_else(|| sender_of(&h))
+            .filter(|s| q.held.insert(s.clone()));
         let total = self.deferred_bytes.fetch_add(body.len(), Ordering::Relaxed) + body.len();
         q.frames.push_back((h, body));
         drop(d);
@@ -192,7 +205,7 @@ fn audience_of(h: &Header) -> Option<Audience> {
 }
 
 /// The client that sent a room or user frame (`except` names it); a
-/// session frame's sender is found by `deliver_bus_frame`.
+/// session frame's sender is found by [`Hub::session_sender`].
 fn sender_of(h: &Header) -> Option<Sender> {
     match h {
         Header::RoomFrame { from, except, .. } | Header::UserFrame { from, except, .. } => {
@@ -210,8 +223,16 @@ impl Hub {
         let Some(audience) = audience_of(&h) else {
             return;
         };
+        // A session frame names its sender's session (`reply_to`), whose
+        // process the state knows: looked up only when it may wait.
+        let sender = match &h {
+            Header::SessionFrame { reply_to, .. } if self.pacing.is_deferred(&audience) => {
+                self.session_sender(reply_to.as_deref())
+            }
+            _ => None,
+        };
         let mut frame = Some((h, body));
-        if let Some(s) = self.pacing.defer(&audience, &mut frame) {
+        if let Some(s) = self.pacing.defer(&audience, &mut frame, sender) {
             self.send_hold(&s, true);
         }
         let Some((h, body)) = frame else {
@@ -254,6 +275,14 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// The sender of a session frame: its session and that session's process.
+    fn session_sender(&self, reply_to: Option<&str>) -> Option<Sender> {
+        let sid = reply_to?;
+        let st = self.lock();
+        let from = st.cluster.owner_of_session(sid)?.to_string();
+        Some((from, sid.to_string()))
     }
 
     /// Tells a sender's process to hold it back (`hold`) or release it.

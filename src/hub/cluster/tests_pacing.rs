@@ -60,3 +60,31 @@ async fn a_congested_member_holds_the_remote_sender_not_the_bus_and_a_stalled_on
     assert!(!a.pacing.is_held(&x.sid), "released when y drained");
     assert!(t.elapsed() < STALL_WAIT);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_message_waiting_behind_a_congested_recipient_holds_its_sender() {
+    let hubs = mesh_of(2).await;
+    let (a, b) = (&hubs[0], &hubs[1]);
+    let z = client_in_room(a, "z", "r1").await;
+    let x = client_in_room(a, "x", "r2").await;
+    let y = client_in_room(b, "y", "r3").await;
+    quiet().await;
+    for c in [&x, &y, &z] {
+        c.frames();
+    }
+    // y reads nothing: z's sixth message leaves it more than half full.
+    let pad = "x".repeat(100_000);
+    let to_y = json!({"type": "session", "sessionid": &*y.sid});
+    for i in 0..6 {
+        send(a, &z, to_y.clone(), json!({"i": i, "pad": pad})).await;
+        quiet().await;
+    }
+    assert!(a.pacing.is_held(&z.sid), "y's congestion holds z back");
+    // x's message waits behind z's: x is held back as well.
+    send(a, &x, to_y, json!({"x": 1})).await;
+    quiet().await;
+    assert!(
+        a.pacing.is_held(&x.sid),
+        "x is held while its message waits"
+    );
+}
