@@ -6,6 +6,7 @@
 //! is not read until one is done), a full write queue closes with 1013
 //! (the session keeps the messages for its resume).
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -61,6 +62,9 @@ pub async fn serve(proxy: Arc<Proxy>, ws: WebSocket, peer: String) {
     let done = CancellationToken::new();
     let cancel = proxy.cancel.clone();
     let writer_done = done.clone();
+    // The code of the close frame when the reader ends the connection.
+    let close_code = Arc::new(AtomicU16::new(1000));
+    let writer_code = close_code.clone();
     let writer = tokio::spawn(async move {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -87,7 +91,11 @@ pub async fn serve(proxy: Arc<Proxy>, ws: WebSocket, peer: String) {
                     }
                     close(1001, "proxy stopping")
                 }
-                _ = writer_done.cancelled() => close(1000, ""),
+                _ = writer_done.cancelled() => match writer_code.load(Ordering::Relaxed) {
+                    1009 => close(1009, "message too big"),
+                    1002 => close(1002, "protocol error"),
+                    _ => close(1000, ""),
+                },
             };
             let last = matches!(msg, Message::Close(_));
             if sink.send(msg).await.is_err() || last {
@@ -112,7 +120,19 @@ pub async fn serve(proxy: Arc<Proxy>, ws: WebSocket, peer: String) {
                 tracing::info!(peer, "connection silent for 60 s, closing");
                 break;
             }
-            Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                // Over MAX_MESSAGE: "Space limit exceeded" / "Message too long".
+                let text = e.to_string();
+                let code = if text.contains("limit exceeded") || text.contains("too long") {
+                    1009
+                } else {
+                    1002
+                };
+                tracing::info!(peer, "read error, closing with {code}: {text}");
+                close_code.store(code, Ordering::Relaxed);
+                break;
+            }
             Ok(Some(Ok(m))) => m,
         };
         match msg {

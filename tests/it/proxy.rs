@@ -691,3 +691,63 @@ async fn the_go_server_publishes_and_subscribes_media_through_our_proxy() {
     pa.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn janus_going_and_coming_bad_input_and_the_message_limit() {
+    if !crate::support::janus::available() {
+        eprintln!("SKIPPED janus_going_and_coming_bad_input_and_the_message_limit: no janus");
+        return;
+    }
+    let dir = fresh_dir("proxy-janus");
+    let (private, public) = rsa_pair(&dir, "server1");
+    let mut j = Janus::start().await;
+    let port = free_port();
+    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, ""), port).await;
+    let (mut c, _) = session(&ours.url(), &private).await;
+    // Not JSON, a binary frame: refused, the connection goes on.
+    c.send_raw(tokio_tungstenite::tungstenite::Message::Text(
+        "{nope".into(),
+    ))
+    .await;
+    assert_eq!(c.recv().await["error"]["code"], "invalid_format");
+    let p = command(
+        &mut c,
+        "2",
+        json!({"type": "create-publisher", "streamType": "video"}),
+    )
+    .await;
+    assert_eq!(p["type"], "command", "{p}");
+    c.wait_for_within(Duration::from_secs(5), |m| m["event"]["load"] == 1)
+        .await;
+    // Janus goes: the session hears it, every client is dropped.
+    j.kill();
+    event(&mut c, "backend-disconnected").await;
+    wait_stats(port, "clients dropped", |s| {
+        s["mcu"]["clients"] == 0 && s["mcu"]["connected"] == false
+    })
+    .await;
+    let r = command(
+        &mut c,
+        "3",
+        json!({"type": "create-publisher", "streamType": "video"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "internal_error", "{r}");
+    j.restart().await;
+    event(&mut c, "backend-connected").await;
+    let r = command(
+        &mut c,
+        "4",
+        json!({"type": "create-publisher", "streamType": "video"}),
+    )
+    .await;
+    assert_eq!(r["type"], "command", "{r}");
+    // More than 64 KiB in one message closes with 1009.
+    let big = "x".repeat(70 * 1024);
+    c.send(json!({"id": "5", "type": "command", "command": {"type": big}}))
+        .await;
+    assert_eq!(c.expect_close().await, Some(1009));
+    // The process is fine: a new session works.
+    session(&ours.url(), &private).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
