@@ -68,7 +68,7 @@ fn available() -> bool {
     ok
 }
 
-fn mcu_section(urls: &[String], key: &str) -> String {
+pub(crate) fn mcu_section(urls: &[String], key: &str) -> String {
     format!(
         "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {key}\ntimeout = 10\nproxytimeout = 2\n",
         urls.join(" ")
@@ -86,7 +86,12 @@ async fn mcu_stats(url: &str) -> Value {
 }
 
 /// Waits until the statistics of proxy `url` satisfy `pred`.
-async fn wait_proxy(server: &str, url: &str, limit: Duration, pred: impl Fn(&Value) -> bool) {
+pub(crate) async fn wait_proxy(
+    server: &str,
+    url: &str,
+    limit: Duration,
+    pred: impl Fn(&Value) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let s = mcu_stats(server).await;

@@ -751,3 +751,100 @@ async fn janus_going_and_coming_bad_input_and_the_message_limit() {
     session(&ours.url(), &private).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Janus and our proxy in front of it (accepting `public` as `server1`).
+struct JanusProxy {
+    proxy: OurProxy,
+    _janus: Janus,
+}
+
+impl JanusProxy {
+    async fn start(dir: &Path, public: &Path) -> JanusProxy {
+        let janus = Janus::start().await;
+        let port = free_port();
+        let proxy = OurProxy::start(dir, &proxy_conf(port, &janus, public, ""), port).await;
+        JanusProxy {
+            proxy,
+            _janus: janus,
+        }
+    }
+
+    /// The base URL a server's `[mcu] url` lists.
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy.port)
+    }
+}
+
+#[tokio::test]
+async fn our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_from_one_that_stops()
+{
+    use crate::mcu_media::{all_in_call, publish, subscribe_any};
+    use crate::mcu_proxy_go::{mcu_section, wait_proxy};
+    const NAME: &str =
+        "our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_from_one_that_stops";
+    if !run_in_namespace_of(module_path!(), NAME) {
+        return;
+    }
+    let dir = fresh_dir("proxy-two");
+    let (private, public) = rsa_pair(&dir, "server1");
+    let p1 = JanusProxy::start(&dir, &public).await;
+    let p2 = JanusProxy::start(&dir, &public).await;
+    let key = private.to_str().unwrap().to_string();
+    let ts =
+        crate::support::TestServer::start_with(&mcu_section(&[p1.base(), p2.base()], &key)).await;
+    for p in [&p1, &p2] {
+        wait_proxy(&ts.url, &p.base(), Duration::from_secs(10), |d| {
+            d["connected"] == true
+        })
+        .await;
+    }
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let mut c = ts.client_in_room("carol", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let (alice, bob) = (a.session_id.clone(), b.session_id.clone());
+    // Loads tie: the first proxy; once it reported its load, the second.
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1").await;
+    wait_proxy(&ts.url, &p1.base(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1 && d["load"] == 1
+    })
+    .await;
+    let mut pb = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut b, &mut pb, "video", "2").await;
+    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1
+    })
+    .await;
+    // Carol receives both, each from its own proxy.
+    let mut ca = Peer::start(&["subscribe"]).await;
+    let mut cb = Peer::start(&["subscribe"]).await;
+    subscribe_any(&mut c, &mut ca, &alice, "video", "").await;
+    subscribe_any(&mut c, &mut cb, &bob, "video", "").await;
+    ca.wait_frames((0, 0), 20, 20).await;
+    cb.wait_frames((0, 0), 20, 20).await;
+    ca.close().await;
+    cb.close().await;
+    // The first proxy stops: Alice publishes again and lands on the
+    // second within [mcu] timeout.
+    let p1_base = p1.base();
+    drop(p1);
+    wait_proxy(&ts.url, &p1_base, Duration::from_secs(5), |d| {
+        d["connected"] == false
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa2, "video", "3").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
+        d["publishers"] == 2
+    })
+    .await;
+    let mut ca2 = Peer::start(&["subscribe"]).await;
+    subscribe_any(&mut c, &mut ca2, &alice, "video", "").await;
+    ca2.wait_frames((0, 0), 20, 20).await;
+    ca2.close().await;
+    drop((pa, pb, pa2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
