@@ -310,6 +310,12 @@ pub struct McuMetrics {
     /// `signaling_mcu_no_backend_available_total{type}`: publishers no
     /// proxy took.
     pub no_backend_available_total: IntCounterVec,
+    /// `signaling_mcu_publisher_streams{type}`: media Janus receives from
+    /// publishers (`audio`, `video`, `screen`), from Janus's `media` events.
+    pub publisher_streams: IntGaugeVec,
+    /// `signaling_mcu_subscriber_streams{type}`: those streams times their
+    /// connected subscribers.
+    pub subscriber_streams: IntGaugeVec,
 }
 
 impl McuMetrics {
@@ -347,6 +353,14 @@ impl McuMetrics {
                 "The total number of subscribe requests where no publisher exists",
             ),
             messages_total: vec("messages_total", "The total number of MCU messages"),
+            publisher_streams: gauge(
+                "publisher_streams",
+                "The current number of published media streams",
+            ),
+            subscriber_streams: gauge(
+                "subscriber_streams",
+                "The current number of subscribed media streams",
+            ),
             janus_requests_total: vec(
                 "janus_requests_total",
                 "The total number of requests sent to Janus",
@@ -384,6 +398,8 @@ impl McuMetrics {
             Box::new(m.backend_connections.clone()),
             Box::new(m.backend_load.clone()),
             Box::new(m.no_backend_available_total.clone()),
+            Box::new(m.publisher_streams.clone()),
+            Box::new(m.subscriber_streams.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }

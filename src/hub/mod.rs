@@ -522,6 +522,9 @@ impl Hub {
                 per_room.extend(counts.into_iter().map(|(k, n, c)| (key.clone(), k, n, c)));
             }
         }
+        if let Some(mcu) = self.mcu.get() {
+            mcu.refresh_stream_gauges();
+        }
         let m = &self.metrics;
         m.backend_current.set(self.registry().len() as i64);
         m.hub_sessions.reset();

@@ -74,6 +74,14 @@ impl Mcu {
         }
     }
 
+    /// Sets `signaling_mcu_publisher_streams` / `_subscriber_streams`
+    /// (Janus only: a proxy's streams are its own).
+    pub fn refresh_stream_gauges(&self) {
+        if let Backend::Janus(m) = &self.backend {
+            m.refresh_stream_gauges();
+        }
+    }
+
     /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).
     pub fn server_info(&self) -> Value {
         each!(self, m => m.server_info())

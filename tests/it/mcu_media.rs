@@ -1033,3 +1033,57 @@ async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
     pa.close().await;
     ts.stop().await;
 }
+
+/// Go's `signaling_mcu_publisher_streams{type}` and
+/// `_subscriber_streams{type}`: the publisher's audio and video count once
+/// Janus's `media` events say it receives them, each once more per
+/// connected subscriber; back to 0 when they go.
+#[tokio::test]
+async fn publisher_and_subscriber_streams_are_counted_from_janus_media_events() {
+    if !run_in_namespace("publisher_and_subscriber_streams_are_counted_from_janus_media_events") {
+        return;
+    }
+    let j = Janus::start().await;
+    let ts = TestServer::start_with(&j.mcu_section("timeout = 10\n")).await;
+    wait_mcu(&ts).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1000").await;
+    let streams = |text: &str| {
+        ["audio", "video", "screen"].map(|t| {
+            (
+                metric(text, "signaling_mcu_publisher_streams", &[("type", t)]),
+                metric(text, "signaling_mcu_subscriber_streams", &[("type", t)]),
+            )
+        })
+    };
+    let wait = |want: [(f64, f64); 3]| {
+        let ts = &ts;
+        async move {
+            let deadline = tokio::time::Instant::now() + MEDIA;
+            loop {
+                let got = streams(&ts.metrics_text().await);
+                if got == want {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "streams {got:?}, want {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait([(1.0, 0.0), (1.0, 0.0), (0.0, 0.0)]).await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    subscribe(&mut b, &mut pb, &alice, "video", "").await;
+    pb.wait_frames((0, 0), 5, 5).await;
+    wait([(1.0, 1.0), (1.0, 1.0), (0.0, 0.0)]).await;
+    drop(pa);
+    a.send(json!({"type": "bye", "bye": {}})).await;
+    wait([(0.0, 0.0); 3]).await;
+    ts.stop().await;
+}

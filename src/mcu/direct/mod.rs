@@ -3,6 +3,7 @@
 //! room per published stream.
 
 mod publisher;
+mod streams;
 mod subscriber;
 
 use std::collections::HashMap;
@@ -30,6 +31,9 @@ pub struct Publisher {
     up: watch::Sender<bool>,
     /// Candidates trickled while a configure's answer is on its way.
     held: HeldCandidates,
+    /// The media Janus receives from the client (its `media` events): one
+    /// bit per [`streams::STREAM_LABELS`] entry.
+    receiving: std::sync::atomic::AtomicU8,
 }
 
 /// A session receiving a publisher's stream.
@@ -38,6 +42,8 @@ struct Subscriber {
     handle: u64,
     /// Candidates trickled while Janus's offer is on its way.
     held: HeldCandidates,
+    /// True once Janus said `webrtcup` for it (Go's `SubscriberConnected`).
+    connected: std::sync::atomic::AtomicBool,
 }
 
 impl Subscriber {
@@ -282,6 +288,11 @@ impl JanusMcu {
         match (owner, kind) {
             (Owner::Publisher(p), JanusKind::WebrtcUp) => {
                 p.up.send_replace(true);
+            }
+            (Owner::Publisher(p), JanusKind::Media) => p.media_event(&msg),
+            (Owner::Subscriber(s), JanusKind::WebrtcUp) => {
+                s.connected
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             (Owner::Publisher(p), JanusKind::Hangup | JanusKind::Detached) => {
                 tracing::debug!(session = %p.session, janus = ?kind, "publisher closed by Janus");

@@ -91,6 +91,7 @@ impl JanusMcu {
             media: Mutex::new(offer.media),
             up: watch::Sender::new(false),
             held: Default::default(),
+            receiving: Default::default(),
         });
         if let Some(old) = self.register_publisher(&publisher) {
             self.close_publisher(old).await;

@@ -216,6 +216,7 @@ impl JanusMcu {
             key: key.clone(),
             handle,
             held: HeldCandidates::holding(),
+            connected: Default::default(),
         });
         lock(&self.reg)
             .handles
