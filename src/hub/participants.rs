@@ -152,6 +152,10 @@ impl State {
         in_call_only: bool,
     ) -> Vec<Map<String, Value>> {
         let Some(room) = self.rooms.get_mut(key) else {
+            // A join of the room may be waiting for Nextcloud: the room it
+            // makes starts with what Nextcloud said meanwhile.
+            self.rooms
+                .keep_for_join(key, changed, users, |m| entry_session_id(m));
             return changed.to_vec();
         };
         let previous = std::mem::take(&mut room.participants);

@@ -96,7 +96,24 @@ pub struct Rooms {
     pub timers: TransientTimers,
     /// The room subjects of the bus: subscribed while the room is here.
     pub interest: crate::bus::Interest,
+    /// Rooms that do not exist here yet but have joins waiting for
+    /// Nextcloud: participant updates Nextcloud sends meanwhile are kept
+    /// for the room the first successful join makes (the Go server's
+    /// strukturag#1305 on one process).
+    joining: HashMap<RoomKey, PendingJoins>,
 }
+
+/// Joins of one room waiting for Nextcloud, and the participant entries
+/// (by Nextcloud session id) Nextcloud sent while they waited.
+#[derive(Default)]
+struct PendingJoins {
+    joins: u32,
+    participants: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+/// At most this many participant entries are kept for a room whose join is
+/// still waiting (Nextcloud sends one per participant).
+const MAX_PENDING_PARTICIPANTS: usize = 10_000;
 
 impl Rooms {
     /// No rooms yet; their subjects are subscribed through `interest`.
@@ -105,6 +122,66 @@ impl Rooms {
             interest,
             ..Rooms::default()
         }
+    }
+
+    /// A join of `key` is waiting for Nextcloud.
+    pub fn begin_join(&mut self, key: &RoomKey) {
+        self.joining.entry(key.clone()).or_default().joins += 1;
+    }
+
+    /// A join of `key` got its answer (whatever it was).
+    pub fn end_join(&mut self, key: &RoomKey) {
+        if let Some(p) = self.joining.get_mut(key) {
+            p.joins = p.joins.saturating_sub(1);
+            if p.joins == 0 {
+                self.joining.remove(key);
+            }
+        }
+    }
+
+    /// Keeps a participant update for a room that does not exist here but
+    /// has a join waiting; false when no join waits (nothing kept).
+    pub fn keep_for_join(
+        &mut self,
+        key: &RoomKey,
+        changed: &[serde_json::Map<String, serde_json::Value>],
+        users: Option<&[serde_json::Map<String, serde_json::Value>]>,
+        session_id_of: impl Fn(&serde_json::Map<String, serde_json::Value>) -> Option<&str>,
+    ) -> bool {
+        let Some(p) = self.joining.get_mut(key) else {
+            return false;
+        };
+        if let Some(users) = users {
+            p.participants.clear();
+            for u in users {
+                if let Some(nc) = session_id_of(u) {
+                    p.participants.insert(nc.to_string(), u.clone());
+                }
+            }
+        }
+        for c in changed {
+            let Some(nc) = session_id_of(c) else { continue };
+            if let Some(e) = p.participants.get_mut(nc) {
+                e.extend(c.iter().map(|(k, v)| (k.clone(), v.clone())));
+            } else if p.participants.len() < MAX_PENDING_PARTICIPANTS {
+                p.participants.insert(nc.to_string(), c.clone());
+            } else {
+                tracing::warn!(room = ?key.room, "participant update for a joining room not kept: {MAX_PENDING_PARTICIPANTS} entries already");
+            }
+        }
+        true
+    }
+
+    /// What Nextcloud said of the participants while joins of `key` were
+    /// waiting (taken: the room that is made now holds it from here on).
+    pub fn take_kept_for_join(
+        &mut self,
+        key: &RoomKey,
+    ) -> HashMap<String, serde_json::Map<String, serde_json::Value>> {
+        self.joining
+            .get_mut(key)
+            .map(|p| std::mem::take(&mut p.participants))
+            .unwrap_or_default()
     }
 
     /// The room `key`, made (and counted) when it does not exist yet.

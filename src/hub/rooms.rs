@@ -128,7 +128,11 @@ impl State {
             return Vec::new();
         };
         let bandwidth = self.bandwidth(bitrates);
+        let kept = self.rooms.take_kept_for_join(&key);
         let room = self.rooms.get_or_insert(&key, url, base);
+        for (nc, entry) in kept {
+            room.participants.entry(nc).or_insert(entry);
+        }
         if properties.is_some() {
             room.properties = properties;
         }
@@ -412,6 +416,30 @@ impl State {
     }
 }
 
+/// A join of a room waiting for Nextcloud (and the bus), registered in
+/// [`super::room::Rooms::begin_join`] while it lives. Dropped after the
+/// function's other locals, so never while the hub's lock is held there.
+struct JoinWaiting<'a> {
+    hub: &'a Hub,
+    key: RoomKey,
+}
+
+impl<'a> JoinWaiting<'a> {
+    fn new(hub: &'a Hub, key: &RoomKey) -> Self {
+        hub.lock().rooms.begin_join(key);
+        JoinWaiting {
+            hub,
+            key: key.clone(),
+        }
+    }
+}
+
+impl Drop for JoinWaiting<'_> {
+    fn drop(&mut self) {
+        self.hub.lock().rooms.end_join(&self.key);
+    }
+}
+
 /// What a join needs of the session, taken under the lock before
 /// Nextcloud is asked (no lock across the await).
 struct Joiner {
@@ -463,6 +491,9 @@ impl Hub {
         let nc_session: Option<Arc<str>> = Some(msg.sessionid.as_str())
             .filter(|s| !s.is_empty())
             .map(Arc::from);
+        // Until this function returns, participant updates for the room
+        // (if it does not exist yet) are kept for the join.
+        let _waiting = JoinWaiting::new(self, &joiner.key);
         let (properties, permissions) = if joiner.kind == SessionKind::Internal {
             // Internal clients may join any room.
             (None, None)

@@ -666,3 +666,41 @@ async fn connectionsperhost_caps_the_requests_to_a_nextcloud_at_once() {
     assert_eq!(ts.nc.state.lock().unwrap().max_joins_in_flight, 2);
     ts.stop().await;
 }
+
+/// The Go server's strukturag#1305 on one process: the room has no member
+/// yet while its first join waits for Nextcloud; a participants update
+/// Nextcloud sends meanwhile reaches the joiner once the join is known.
+#[tokio::test]
+async fn an_update_during_a_first_join_reaches_the_joiner_once_the_join_is_known() {
+    fn is_update(m: &Value) -> bool {
+        m["type"] == "event"
+            && m["event"]["target"] == "participants"
+            && m["event"]["type"] == "update"
+    }
+    fn entry<'a>(u: &'a Value, nc: &str) -> Option<&'a Value> {
+        u["event"]["update"]["users"]
+            .as_array()?
+            .iter()
+            .find(|e| e["nextcloudSessionId"] == nc)
+    }
+    let s = TestServer::start().await;
+    let mut bob = s.client(Some("bob")).await;
+    s.nc.state.lock().unwrap().room_delay = Some(std::time::Duration::from_millis(1500));
+    bob.send(
+        json!({"id": "join", "type": "room", "room": {"roomid": "solo", "sessionid": "nc-bob"}}),
+    )
+    .await;
+    s.nc.wait_for("room", |r| r["room"]["sessionid"] == "nc-bob")
+        .await;
+    let update = json!({"type": "participants", "participants": {"changed": [
+        {"sessionId": "nc-bob", "inCall": 3, "participantType": 3}]}});
+    assert_eq!(s.backend_request("solo", &update).await.0, 200);
+    bob.wait_for(|m| m["type"] == "room").await;
+    let bob_sid = bob.session_id.clone();
+    let u = bob
+        .wait_for(|m| {
+            is_update(m) && entry(m, "nc-bob").is_some_and(|e| e["sessionId"] == bob_sid.as_str())
+        })
+        .await;
+    assert_eq!(entry(&u, "nc-bob").unwrap()["inCall"], 3);
+}
