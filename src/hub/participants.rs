@@ -155,7 +155,7 @@ impl State {
             // A join of the room may be waiting for Nextcloud: the room it
             // makes starts with what Nextcloud said meanwhile.
             self.rooms
-                .keep_for_join(key, changed, users, |m| entry_session_id(m));
+                .keep_for_join(key, changed, users, entry_session_id);
             return changed.to_vec();
         };
         let previous = std::mem::take(&mut room.participants);
