@@ -61,6 +61,53 @@ impl StreamType {
     }
 }
 
+/// The publisher a new permission set closes, if any (as the Go server:
+/// without `publish-media`, a video publisher (`video`: its media) with
+/// audio but no `publish-audio` or video but no `publish-video`, and the
+/// check stops there; else a screen publisher (`screen`) without
+/// `publish-screen`). Both MCU kinds apply it.
+pub(crate) fn revoked_stream(
+    perms: &[String],
+    video: Option<sdp::Media>,
+    screen: bool,
+) -> Option<StreamType> {
+    let has = |p: &str| perms.iter().any(|x| x == p);
+    if !has("publish-media") {
+        if let Some(m) = video {
+            if (m.audio && !has("publish-audio")) || (m.video && !has("publish-video")) {
+                return Some(StreamType::Video);
+            }
+        }
+    }
+    (screen && !has("publish-screen")).then_some(StreamType::Screen)
+}
+
+/// Waits until `find` finds a publisher, at most until `deadline`, looking
+/// again whenever `published` is notified; `missed` runs once, when the
+/// first look found none. Both MCU kinds' subscribers wait so.
+pub(crate) async fn wait_found<T>(
+    published: &tokio::sync::Notify,
+    deadline: tokio::time::Instant,
+    find: impl Fn() -> Option<T>,
+    missed: impl FnOnce(),
+) -> Option<T> {
+    let mut missed = Some(missed);
+    loop {
+        let notified = published.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(found) = find() {
+            return Some(found);
+        }
+        if let Some(m) = missed.take() {
+            m();
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return None;
+        }
+    }
+}
+
 /// The limit of two (MCU and backend): the smaller when both are set,
 /// else whichever is (0 = none), as the Go server combines them.
 pub fn combine_limits(a: u64, b: u64) -> u64 {
@@ -178,4 +225,43 @@ const UNSHARE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::{revoked_stream, sdp, StreamType};
+
+    fn perms(p: &[&str]) -> Vec<String> {
+        p.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_revoked_permission_closes_one_publisher_video_first() {
+        let av = sdp::Media {
+            audio: true,
+            video: true,
+        };
+        let audio = sdp::Media {
+            audio: true,
+            video: false,
+        };
+        // publish-media allows all the camera's media.
+        assert_eq!(
+            revoked_stream(&perms(&["publish-media", "publish-screen"]), Some(av), true),
+            None
+        );
+        assert_eq!(
+            revoked_stream(&perms(&["publish-audio"]), Some(av), true),
+            Some(StreamType::Video)
+        );
+        assert_eq!(
+            revoked_stream(&perms(&["publish-audio"]), Some(audio), true),
+            Some(StreamType::Screen)
+        );
+        assert_eq!(
+            revoked_stream(&perms(&["publish-audio"]), Some(audio), false),
+            None
+        );
+        assert_eq!(revoked_stream(&[], None, true), Some(StreamType::Screen));
+    }
 }

@@ -268,27 +268,20 @@ impl JanusMcu {
         }
     }
 
-    /// Closes the publishers a new permission set no longer allows (as the
-    /// Go server: without `publish-media`, a video publisher with audio
-    /// but no `publish-audio` or video but no `publish-video` closes and
-    /// the check stops; else the screen publisher without `publish-screen`).
+    /// Closes the publisher a new permission set no longer allows
+    /// ([`crate::mcu::revoked_stream`]).
     pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
-        let has = |p: &str| perms.iter().any(|x| x == p);
-        if !has("publish-media") {
-            if let Some(p) = self.publisher(session, StreamType::Video) {
-                let m = *lock(&p.media);
-                if (m.audio && !has("publish-audio")) || (m.video && !has("publish-video")) {
-                    tracing::info!(session = %session, "permission revoked, closing video publisher");
-                    self.close_publisher(p).await;
-                    return;
-                }
-            }
-        }
-        if !has("publish-screen") {
-            if let Some(p) = self.publisher(session, StreamType::Screen) {
-                tracing::info!(session = %session, "permission revoked, closing screen publisher");
-                self.close_publisher(p).await;
-            }
+        let video = self.publisher(session, StreamType::Video);
+        let screen = self.publisher(session, StreamType::Screen);
+        let media = video.as_ref().map(|p| *lock(&p.media));
+        let closing = match crate::mcu::revoked_stream(perms, media, screen.is_some()) {
+            Some(StreamType::Video) => video,
+            Some(StreamType::Screen) => screen,
+            None => None,
+        };
+        if let Some(p) = closing {
+            tracing::info!(session = %session, stream = p.stream.as_str(), "permission revoked, closing publisher");
+            self.close_publisher(p).await;
         }
     }
 }

@@ -47,25 +47,18 @@ impl JanusMcu {
         stream: StreamType,
         deadline: Instant,
     ) -> Option<Arc<Publisher>> {
-        let mut counted = false;
-        loop {
-            let notified = self.published.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(p) = self.publisher(publisher, stream) {
-                return Some(p);
-            }
-            if !counted {
-                counted = true;
+        crate::mcu::wait_found(
+            &self.published,
+            deadline,
+            || self.publisher(publisher, stream),
+            || {
                 self.metrics
                     .nopublisher_total
                     .with_label_values(&[stream.as_str()])
-                    .inc();
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return None;
-            }
-        }
+                    .inc()
+            },
+        )
+        .await
     }
 
     /// `requestoffer`/`sendoffer`: subscribes `subscriber` to a publisher's
