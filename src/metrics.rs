@@ -35,6 +35,8 @@ pub struct Metrics {
     pub client_sender_waits: IntCounter,
     /// Connections held back while the NATS publish queue is long.
     pub client_bus_waits: IntCounter,
+    /// Resyncs after messages from other processes were lost, by reason.
+    pub bus_resyncs: IntCounterVec,
     /// `signaling_limits_refused_total{limit}`: what a configured limit refused.
     pub refused: IntCounterVec,
     /// `signaling_throttle_delayed_total{action,delay}`: failed hellos
@@ -172,6 +174,15 @@ impl Metrics {
             .subsystem("client"),
         )
         .expect("valid metric");
+        let bus_resyncs = IntCounterVec::new(
+            opts(
+                "resyncs_total",
+                "Times the rooms of this process were asked for again because messages from other processes were lost (slow_consumer: this process did not keep up; reconnected: the connection to NATS was lost)",
+                "bus",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let refused = IntCounterVec::new(
             opts(
                 "refused_total",
@@ -204,6 +215,7 @@ impl Metrics {
             Box::new(client_throttled.clone()),
             Box::new(client_sender_waits.clone()),
             Box::new(client_bus_waits.clone()),
+            Box::new(bus_resyncs.clone()),
             Box::new(hub_sessions.clone()),
             Box::new(hub_sessions_total.clone()),
             Box::new(resume_failed.clone()),
@@ -249,6 +261,7 @@ impl Metrics {
             client_throttled,
             client_sender_waits,
             client_bus_waits,
+            bus_resyncs,
             refused,
             throttle_delayed,
             throttle_bruteforce,

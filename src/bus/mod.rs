@@ -185,6 +185,11 @@ pub struct RoomSnapshot {
     /// Room properties.
     #[serde(default)]
     pub properties: Option<Box<RawValue>>,
+    /// The answering process (absent from processes of the previous
+    /// release): a resync removes the members of a process that answered
+    /// without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// Nextcloud's participant state of the room (users, in-call flags,
     /// permissions) by Nextcloud session id: with `changed-users`
     /// Nextcloud sends only changes, so a process that starts serving the
@@ -549,6 +554,28 @@ pub struct Inbound {
     pub any_room: bool,
 }
 
+/// Why messages from other processes may have been lost (the hub then
+/// resyncs what they could have changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// This process did not keep up: the client library dropped messages.
+    SlowConsumer,
+    /// The connection to the bus server was lost and made again (the
+    /// server may have closed it as a slow consumer): what was published
+    /// meanwhile never arrived.
+    Reconnected,
+}
+
+impl Loss {
+    /// The label of the resync metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Loss::SlowConsumer => "slow_consumer",
+            Loss::Reconnected => "reconnected",
+        }
+    }
+}
+
 /// Boxed future of a request's replies.
 pub type Replies = Pin<Box<dyn Future<Output = Vec<Bytes>> + Send>>;
 
@@ -590,6 +617,12 @@ pub trait Bus: Send + Sync {
     /// room ([`ALL_ROOMS`]), marked [`Inbound::any_room`]; in order with
     /// what was published before.
     fn all_rooms_snapshot_requests(&self, _on: bool) {}
+    /// Resolves when messages from other processes may have been lost
+    /// since the last call (never for a bus that loses nothing); several
+    /// losses before the call are told once.
+    fn lost(&self) -> Pin<Box<dyn Future<Output = Loss> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
     /// True while connected to the bus server (always for the local bus).
     fn connected(&self) -> bool {
         true

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{Bus, Inbound, Replies};
+use super::{Bus, Inbound, Loss, Replies};
 
 /// Messages received and not yet applied by the hub.
 pub const INBOUND_QUEUE: usize = 65_536;
@@ -195,12 +195,58 @@ impl Backlog {
     }
 }
 
+/// Messages from other processes that may have been lost, told by
+/// async-nats's events: a slow consumer (a subscription's channel was full
+/// and async-nats dropped what came, one event per message dropped) or a
+/// reconnect (the server dropped the connection, e.g. as a slow consumer
+/// itself, and what was published meanwhile is gone). Coalesced: the hub
+/// takes what is pending and resyncs once for all of it.
+#[derive(Default)]
+struct Losses {
+    /// Bit 0: slow consumer; bit 1: reconnected.
+    pending: std::sync::atomic::AtomicU8,
+    /// Connected once: the next `Connected` is a reconnect.
+    connected: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+const SLOW: u8 = 1;
+const RECONNECTED: u8 = 2;
+
+impl Losses {
+    fn event(&self, event: &async_nats::Event) {
+        let bit = match event {
+            async_nats::Event::SlowConsumer(_) => SLOW,
+            async_nats::Event::Connected if self.connected.swap(true, Ordering::Relaxed) => {
+                RECONNECTED
+            }
+            _ => return,
+        };
+        self.pending.fetch_or(bit, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    async fn next(&self) -> Loss {
+        loop {
+            let bits = self.pending.swap(0, Ordering::Relaxed);
+            if bits & RECONNECTED != 0 {
+                return Loss::Reconnected;
+            }
+            if bits & SLOW != 0 {
+                return Loss::SlowConsumer;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// A connection to NATS shared by the whole process.
 pub struct NatsBus {
     pid: String,
     client: async_nats::Client,
     out: mpsc::UnboundedSender<Out>,
     backlog: Arc<Backlog>,
+    losses: Arc<Losses>,
 }
 
 impl NatsBus {
@@ -215,6 +261,8 @@ impl NatsBus {
         publish_queue: usize,
     ) -> anyhow::Result<Arc<NatsBus>> {
         let (addrs, options) = connect_options(urls)?;
+        let losses = Arc::new(Losses::default());
+        let seen = losses.clone();
         let client = options
             .name(format!("spreed-signaling {pid}"))
             .retry_on_initial_connect()
@@ -223,18 +271,19 @@ impl NatsBus {
             // Few commands inside async-nats: what waits for a slow NATS
             // waits in our backlog, which holds clients back when long.
             .client_capacity(256)
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("disconnected from NATS, reconnecting")
+            .event_callback(move |event| {
+                seen.event(&event);
+                async move {
+                    match event {
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("disconnected from NATS, reconnecting")
+                        }
+                        // One per message dropped: the hub's resync logs
+                        // once for all of them.
+                        async_nats::Event::SlowConsumer(_) => {}
+                        other => tracing::info!("NATS: {other}"),
                     }
-                    async_nats::Event::SlowConsumer(_) => {
-                        tracing::error!(
-                            "this process did not keep up with NATS: messages from other processes were lost"
-                        )
-                    }
-                    other => tracing::info!("NATS: {other}"),
                 }
             })
             .connect(addrs)
@@ -256,6 +305,7 @@ impl NatsBus {
             client,
             out: tx,
             backlog,
+            losses,
         }))
     }
 }
@@ -341,6 +391,10 @@ impl Bus for NatsBus {
 
     fn all_rooms_snapshot_requests(&self, on: bool) {
         let _ = self.out.send(Out::AllRooms(on));
+    }
+
+    fn lost(&self) -> Pin<Box<dyn Future<Output = Loss> + Send + '_>> {
+        Box::pin(self.losses.next())
     }
 
     fn connected(&self) -> bool {

@@ -57,6 +57,7 @@ impl Hub {
         mut inbound: mpsc::Receiver<Inbound>,
         cancel: CancellationToken,
     ) {
+        self.spawn_resync(cancel.clone());
         let hub = self.clone();
         let c = cancel.clone();
         tokio::spawn(async move {
@@ -583,7 +584,8 @@ impl Hub {
     /// so the asking process need not wait for the timeout.
     fn answer_snapshot(&self, key: &RoomKey, reply: String) {
         let st = self.lock();
-        let snap = st.local_snapshot(key).unwrap_or_default();
+        let mut snap = st.local_snapshot(key).unwrap_or_default();
+        snap.from = Some(st.bus.pid().to_string());
         let payload = Bytes::from(serde_json::to_vec(&snap).unwrap_or_default());
         st.bus.reply(reply, payload);
     }
@@ -648,7 +650,7 @@ impl State {
 
     /// A member of another process joined a local room or changed: the
     /// local members see the join, the in-call list and flags change.
-    fn remote_member(&mut self, key: &RoomKey, member: MemberInfo) {
+    pub(super) fn remote_member(&mut self, key: &RoomKey, member: MemberInfo) {
         let sid = member.sid.clone();
         let special = member.kind != MemberKind::Client;
         let flags = (member.kind == MemberKind::Virtual).then_some(member.flags);

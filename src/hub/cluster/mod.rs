@@ -81,6 +81,9 @@ pub(crate) struct Cluster {
     pub moved_resume: HashMap<String, handover::MovedResume>,
     /// Sessions on their way to this process (`arrival.rs`).
     pub arriving: HashMap<Arc<str>, arrival::Claim>,
+    /// Rooms whose snapshots a resync asked for (`resync.rs`): leaves are
+    /// remembered meanwhile, as while `preparing`.
+    pub resyncing: std::collections::HashSet<RoomKey>,
 }
 
 impl Cluster {
@@ -380,14 +383,14 @@ impl State {
     }
 
     /// A member of another process left: leave event to the local members.
-    fn remove_remote(&mut self, key: &RoomKey, sid: &str) {
+    pub(super) fn remove_remote(&mut self, key: &RoomKey, sid: &str) {
         let Some(room) = self.rooms.get_mut(key) else {
             return;
         };
         if !room.remove_member(sid) {
             // Only a snapshot on its way can still bring it: remembered
             // until the snapshot is applied, not kept for ever.
-            if self.cluster.preparing.contains_key(key) {
+            if self.cluster.preparing.contains_key(key) || self.cluster.resyncing.contains(key) {
                 room.departed.insert(sid.into());
             }
             return;
@@ -437,6 +440,7 @@ mod arrival;
 mod dispatch;
 mod handover;
 mod pacing;
+mod resync;
 mod rolling;
 mod snapshot;
 mod user_subject;

@@ -109,6 +109,12 @@ impl Pacing {
         self.released.notify_waiters();
     }
 
+    /// Drops every hold (their `Release` may have been lost on the bus).
+    pub fn release_all(&self) {
+        lock(&self.held).clear();
+        self.released.notify_waiters();
+    }
+
     /// The latest live hold of a session, if any (expired ones go).
     fn held_until(&self, sid: &str) -> Option<Instant> {
         let mut held = lock(&self.held);

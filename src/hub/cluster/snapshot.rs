@@ -92,6 +92,7 @@ impl State {
                 .as_deref()
                 .and_then(|p| serde_json::value::RawValue::from_string(p.get().to_string()).ok()),
             participants: room.participants.clone(),
+            from: Some(self.bus.pid().to_string()),
         })
     }
 }

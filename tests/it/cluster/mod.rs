@@ -7,6 +7,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 mod handover;
+mod resync;
 mod room_state;
 mod stall;
 mod subjects;
