@@ -410,3 +410,26 @@ impl Bus for NatsBus {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn losses_are_told_once_for_many_events_and_the_first_connect_is_none() {
+        let l = Losses::default();
+        l.event(&async_nats::Event::Connected);
+        let none = tokio::time::timeout(Duration::from_millis(20), l.next()).await;
+        assert!(none.is_err(), "the first connect lost nothing");
+        for sid in 0..100 {
+            l.event(&async_nats::Event::SlowConsumer(sid));
+        }
+        assert_eq!(l.next().await, Loss::SlowConsumer);
+        let none = tokio::time::timeout(Duration::from_millis(20), l.next()).await;
+        assert!(none.is_err(), "told once");
+        l.event(&async_nats::Event::Disconnected);
+        l.event(&async_nats::Event::SlowConsumer(1));
+        l.event(&async_nats::Event::Connected);
+        assert_eq!(l.next().await, Loss::Reconnected);
+    }
+}
