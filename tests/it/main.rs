@@ -35,6 +35,7 @@ mod mcu_sdp;
 mod metrics;
 mod package;
 mod proxy;
+mod proxy_takeover;
 mod reload;
 mod restart;
 mod robustness;

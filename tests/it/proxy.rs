@@ -753,13 +753,13 @@ async fn janus_going_and_coming_bad_input_and_the_message_limit() {
 }
 
 /// A Janus and our proxy in front of it (accepting `public` as `server1`).
-struct JanusProxy {
+pub(crate) struct JanusProxy {
     proxy: OurProxy,
     _janus: Janus,
 }
 
 impl JanusProxy {
-    async fn start(dir: &Path, public: &Path) -> JanusProxy {
+    pub(crate) async fn start(dir: &Path, public: &Path) -> JanusProxy {
         let janus = Janus::start().await;
         let port = free_port();
         let proxy = OurProxy::start(dir, &proxy_conf(port, &janus, public, ""), port).await;
@@ -770,7 +770,7 @@ impl JanusProxy {
     }
 
     /// The base URL a server's `[mcu] url` lists.
-    fn base(&self) -> String {
+    pub(crate) fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.proxy.port)
     }
 }
@@ -825,6 +825,14 @@ async fn our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_fr
     cb.wait_frames((0, 0), 20, 20).await;
     ca.close().await;
     cb.close().await;
+    // Carol's subscribers are gone (else the server would offer her
+    // Alice's moved stream on its own: `proxy_takeover`).
+    for p in [&p1, &p2] {
+        wait_proxy(&ts.url, &p.base(), Duration::from_secs(10), |d| {
+            d["clients"] == 1
+        })
+        .await;
+    }
     // The first proxy stops: Alice publishes again and lands on the
     // second within [mcu] timeout.
     let p1_base = p1.base();

@@ -114,16 +114,19 @@ impl ProxyMcu {
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
         let deadline = Instant::now() + self.config().timeout;
-        let publisher = match self.publisher(session, stream) {
-            Some(p) if self.conn(p.conn).connected() => p,
+        let (publisher, created) = match self.publisher(session, stream) {
+            Some(p) if self.conn(p.conn).connected() => (p, false),
             stale => {
                 if let Some(p) = stale {
                     // Its proxy is away: publish again elsewhere.
                     tracing::info!(session = %session, proxy = %self.conn(p.conn).url, "publisher's proxy is not connected, publishing anew");
-                    self.forget_publisher(&p);
+                    let lost = self.forget_publisher(&p);
+                    self.remember_moved(&p, &lost);
                 }
-                self.create_publisher(session, stream, &offer, deadline)
-                    .await?
+                let p = self
+                    .create_publisher(session, stream, &offer, deadline)
+                    .await?;
+                (p, true)
             }
         };
         let cfg = self.config();
@@ -158,6 +161,9 @@ impl ProxyMcu {
             if answer.is_ok() {
                 self.publisher_candidate_out(&publisher, c);
             }
+        }
+        if created && answer.is_ok() {
+            self.resubscribe_moved(session, stream);
         }
         answer.map(|_| ())
     }
@@ -381,7 +387,8 @@ impl ProxyMcu {
     /// Closes everything of a session.
     pub async fn close_session(&self, session: &Arc<str>) {
         let (pubs, subs): (Vec<_>, Vec<_>) = {
-            let reg = lock(&self.reg);
+            let mut reg = lock(&self.reg);
+            reg.moved.forget_session(session);
             (
                 reg.publishers
                     .values()

@@ -17,6 +17,7 @@
 
 mod clients;
 pub mod conn;
+mod moved;
 pub mod select;
 
 use std::collections::HashMap;
@@ -71,10 +72,14 @@ struct Registry {
     /// (proxy, the proxy's client id) → owner, for what the proxy says on
     /// its own; subscribers are here from their creation on.
     clients: HashMap<(usize, String), Owner>,
+    /// Subscribers of publishers lost with their proxy ([`moved`]).
+    moved: moved::Moved,
 }
 
 /// The proxy MCU of this process.
 pub struct ProxyMcu {
+    /// Itself, for the tasks it spawns.
+    me: std::sync::Weak<ProxyMcu>,
     conns: Vec<Arc<Conn>>,
     cfg: arc_swap::ArcSwap<McuConfig>,
     metrics: McuMetrics,
@@ -111,7 +116,8 @@ impl ProxyMcu {
             .collect();
         let (signals, signal_rx) = mpsc::unbounded_channel();
         let (commands, mut command_rx) = mpsc::unbounded_channel();
-        let mcu = Arc::new(ProxyMcu {
+        let mcu = Arc::new_cyclic(|me| ProxyMcu {
+            me: me.clone(),
             conns: conns.clone(),
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
             metrics,
@@ -397,7 +403,8 @@ impl ProxyMcu {
             "{why}: its media clients are dropped"
         );
         for p in pubs {
-            self.forget_publisher(&p);
+            let lost = self.forget_publisher(&p);
+            self.remember_moved(&p, &lost);
         }
         for s in subs {
             self.forget_subscriber(&s);
