@@ -35,6 +35,8 @@ pub struct Metrics {
     pub client_sender_waits: IntCounter,
     /// Connections held back while the NATS publish queue is long.
     pub client_bus_waits: IntCounter,
+    /// Recipients senders stopped waiting for (no progress).
+    pub client_stalled_recipients: IntCounter,
     /// Resyncs after messages from other processes were lost, by reason.
     pub bus_resyncs: IntCounterVec,
     /// `signaling_limits_refused_total{limit}`: what a configured limit refused.
@@ -174,6 +176,15 @@ impl Metrics {
             .subsystem("client"),
         )
         .expect("valid metric");
+        let client_stalled_recipients = IntCounter::with_opts(
+            Opts::new(
+                "stalled_recipients_total",
+                "Times a sender stopped waiting for a congested recipient that took nothing for a tenth of [clients] slowreceiverwait or did not drain within it (nobody waits for it again until it drained)",
+            )
+            .namespace("signaling")
+            .subsystem("client"),
+        )
+        .expect("valid metric");
         let bus_resyncs = IntCounterVec::new(
             opts(
                 "resyncs_total",
@@ -216,6 +227,7 @@ impl Metrics {
             Box::new(client_sender_waits.clone()),
             Box::new(client_bus_waits.clone()),
             Box::new(bus_resyncs.clone()),
+            Box::new(client_stalled_recipients.clone()),
             Box::new(hub_sessions.clone()),
             Box::new(hub_sessions_total.clone()),
             Box::new(resume_failed.clone()),
@@ -262,6 +274,7 @@ impl Metrics {
             client_sender_waits,
             client_bus_waits,
             bus_resyncs,
+            client_stalled_recipients,
             refused,
             throttle_delayed,
             throttle_bruteforce,

@@ -163,7 +163,8 @@ impl Hub {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         self.metrics.client_sender_waits.inc();
         let wait = self.config.limits.slow_receiver_wait;
-        Box::pin(recipients_drained(outboxes, wait))
+        let given_up = self.metrics.client_stalled_recipients.clone();
+        Box::pin(recipients_drained(outboxes, wait, given_up))
     }
 
     /// Sends an error reply to a session.

@@ -602,8 +602,13 @@ pub(crate) fn session_data_key(sid: &str) -> String {
 
 /// Waits until every outbox drained to half, for each only while its
 /// connection makes progress ([`outbox::stall_wait`] of `wait`) and at
-/// most `wait` in all; gives up on those that did not.
-pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::time::Duration) {
+/// most `wait` in all; gives up on those that did not (counted in
+/// `given_up`: nobody waits for them again until they drained).
+pub(crate) async fn recipients_drained(
+    outboxes: Vec<Arc<Outbox>>,
+    wait: std::time::Duration,
+    given_up: prometheus::IntCounter,
+) {
     let deadline = tokio::time::Instant::now() + wait;
     let stall = outbox::stall_wait(wait);
     let drained = futures_util::future::join_all(
@@ -611,8 +616,13 @@ pub(crate) async fn recipients_drained(outboxes: Vec<Arc<Outbox>>, wait: std::ti
             .iter()
             .map(|o| o.drained_while_progressing(stall, deadline)),
     );
-    if !drained.await.into_iter().all(|d| d) {
-        tracing::debug!("recipients still congested, reading the sender again");
+    let stalled = drained.await.into_iter().filter(|d| !d).count();
+    if stalled > 0 {
+        given_up.inc_by(stalled as u64);
+        tracing::debug!(
+            stalled,
+            "recipients still congested, reading the sender again"
+        );
     }
 }
 

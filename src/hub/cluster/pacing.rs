@@ -262,12 +262,13 @@ impl Hub {
     /// releases the senders held meanwhile.
     async fn deliver_deferred(self: Arc<Self>, audience: Audience, first: Vec<Arc<Outbox>>) {
         let wait = self.config.limits.slow_receiver_wait;
+        let given_up = &self.metrics.client_stalled_recipients;
         let mut congested = first;
         loop {
             if !congested.is_empty() && !self.pacing.over_cap() {
                 let flush = self.pacing.flush.notified();
                 tokio::select! {
-                    _ = crate::hub::recipients_drained(congested, wait) => {}
+                    _ = crate::hub::recipients_drained(congested, wait, given_up.clone()) => {}
                     _ = flush => {}
                 }
             }
