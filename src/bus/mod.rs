@@ -229,6 +229,10 @@ pub struct SessionHandover {
     /// release hand the session over at once (no `peek` in the answer).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub peek: bool,
+    /// In a `peek` answer for an internal client: its virtual sessions,
+    /// which move with it (the asker expects them too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtuals: Vec<ParkEntry>,
 }
 
 /// A session a stopping process is about to hand to another one.

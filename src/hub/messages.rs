@@ -223,8 +223,11 @@ fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(),
             }));
             if st.sessions.map.contains_key(owner.as_str()) {
                 st.sessions.deliver(owner, &f);
-            } else {
-                st.send_to_remote_session(owner, &f, None);
+            } else if st.bus.clustered() {
+                // Its internal client is on the virtual session's process
+                // (they move together), which need not be the one that
+                // created it.
+                st.send_session_frame(&info.owner, owner, &f, None);
             }
         } else {
             // With a route: should the member have just left there, its

@@ -13,6 +13,7 @@ use super::handover::ResumeAsk;
 use super::PART;
 use crate::backend::registry::Backend;
 use crate::hub::room::RoomKey;
+use crate::hub::session::SessionKind;
 use crate::hub::sessions::Arrival;
 use crate::hub::statefile::{session_of, SavedSession};
 use crate::hub::{Hub, State};
@@ -173,6 +174,65 @@ impl State {
             tracing::warn!(session = %sid, "a session handed to this process did not arrive");
             let _ = c.ready.send(true);
         }
+        self.end_orphans(sid);
+    }
+
+    /// Virtual sessions here whose internal client is neither here nor on
+    /// its way (it did not arrive): they end with it, as they would have.
+    fn end_orphans(&mut self, owner: &str) {
+        if self.sessions.map.contains_key(owner) || self.cluster.arriving.contains_key(owner) {
+            return;
+        }
+        let orphans: Vec<Arc<str>> = self
+            .sessions
+            .map
+            .values()
+            .filter(|s| matches!(&s.kind, SessionKind::Virtual { owner: o, .. } if &**o == owner))
+            .map(|s| s.id.clone())
+            .collect();
+        for v in orphans {
+            tracing::warn!(session = %v, "the internal client of a virtual session handed over did not arrive, it ends");
+            self.end_session(&v, None);
+        }
+    }
+
+    /// Links an arrived session with its internal client or its virtual
+    /// sessions (whichever came first); false for a virtual session whose
+    /// internal client is not coming.
+    fn link_virtuals(&mut self, id: &Arc<str>) -> bool {
+        let Some(s) = self.sessions.map.get(id) else {
+            return false;
+        };
+        match &s.kind {
+            SessionKind::Virtual {
+                owner, client_sid, ..
+            } => {
+                let (owner, client_sid) = (owner.clone(), client_sid.clone());
+                if let Some(o) = self.sessions.map.get_mut(&owner) {
+                    o.virtuals.insert(client_sid, id.clone());
+                    return true;
+                }
+                self.cluster.arriving.contains_key(&owner)
+            }
+            SessionKind::Internal => {
+                let mine: Vec<(String, Arc<str>)> = self
+                    .sessions
+                    .map
+                    .values()
+                    .filter_map(|v| match &v.kind {
+                        SessionKind::Virtual {
+                            owner, client_sid, ..
+                        } if owner == id => Some((client_sid.clone(), v.id.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(o) = self.sessions.map.get_mut(id) {
+                    o.virtuals.extend(mine);
+                }
+                true
+            }
+            SessionKind::Client => true,
+        }
     }
 
     /// The session as a disconnected session of this process (resumable
@@ -196,14 +256,22 @@ impl State {
         self.cluster.remote.remove(&id);
         self.cluster.moved.remove(&id);
         self.cluster.moved_resume.remove(&c.resume_id);
+        let is_virtual = s.is_virtual();
         self.sessions.insert(s);
-        let deadline = Instant::now() + self.sessions.limits.resume_timeout;
-        self.sessions.disconnected.insert(id.clone(), deadline);
-        if arrived.overflow {
+        // A virtual session lives as long as its internal client.
+        if !is_virtual {
+            let deadline = Instant::now() + self.sessions.limits.resume_timeout;
+            self.sessions.disconnected.insert(id.clone(), deadline);
+        }
+        if arrived.overflow && !is_virtual {
             self.sessions.doomed.push(id.clone());
         }
         if let Some(key) = &key {
             self.add_local_member(key, &id, &url, &base);
+        }
+        if !self.link_virtuals(&id) {
+            tracing::warn!(session = %id, "virtual session handed over without its internal client, it ends");
+            self.end_session(&id, None);
         }
         tracing::info!(session = %id, "session taken over from another process");
         let _ = c.ready.send(true);

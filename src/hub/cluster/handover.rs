@@ -68,9 +68,10 @@ pub(crate) struct ResumeAsk {
 }
 
 impl State {
-    /// Takes a local client session out for process `to`: no leave, it
-    /// stays a member of its room (now remote). The frames its connection
-    /// had not sent go first in its queue; the connection is closed.
+    /// Takes a local session (client, internal or virtual) out for
+    /// process `to`: no leave, it stays a member of its room (now remote).
+    /// The frames its connection had not sent go first in its queue; the
+    /// connection is closed.
     pub(super) fn take_out(
         &mut self,
         sid: &str,
@@ -78,7 +79,7 @@ impl State {
         close: CloseReason,
     ) -> Option<(Session, MemberInfo)> {
         let s = self.sessions.map.get(sid)?;
-        if s.kind != SessionKind::Client {
+        if s.fed_link.is_some() {
             return None;
         }
         let mut member = self.member_info(sid)?;
@@ -133,6 +134,10 @@ impl State {
     /// previous release's way: the whole session in the answer.
     pub(super) fn hand_over(&mut self, resume_id: &str, to: &str) -> Option<SessionHandover> {
         let sid = self.sessions.resume_ids.get(resume_id).cloned()?;
+        // (Such a process adopts client sessions only.)
+        if self.sessions.map.get(&sid)?.kind != SessionKind::Client {
+            return None;
+        }
         let (s, member) = self.take_out(&sid, to, CloseReason::SessionResumed)?;
         Some(SessionHandover {
             member,
@@ -145,6 +150,7 @@ impl State {
             queue: s.queue.iter().map(|f| f.to_string()).collect(),
             actor: s.federated.as_ref().and_then(|f| f.actor.clone()),
             peek: false,
+            virtuals: Vec::new(),
         })
     }
 
@@ -171,10 +177,34 @@ impl State {
         Some(s)
     }
 
+    /// Hands internal client `sid` to `to` in parts, its virtual sessions
+    /// after it (they live as long as it, on its process); returns how
+    /// many sessions went.
+    pub(crate) fn hand_over_with_virtuals(
+        &mut self,
+        sid: &str,
+        to: &str,
+        close: CloseReason,
+    ) -> Vec<Session> {
+        let virtuals: Vec<Arc<str>> = self
+            .sessions
+            .map
+            .get(sid)
+            .map(|s| s.virtuals.values().cloned().collect())
+            .unwrap_or_default();
+        let mut gone: Vec<Session> = self.hand_over_parts(sid, to, close).into_iter().collect();
+        if !gone.is_empty() {
+            for v in virtuals {
+                gone.extend(self.hand_over_parts(&v, to, close));
+            }
+        }
+        gone
+    }
+
     /// Where a local session is, for a `peek`: here, and it stays.
     fn peek(&self, sid: &str) -> Option<SessionHandover> {
         let s = self.sessions.map.get(sid)?;
-        if s.kind != SessionKind::Client {
+        if !matches!(s.kind, SessionKind::Client | SessionKind::Internal) || s.fed_link.is_some() {
             return None;
         }
         Some(SessionHandover {
@@ -188,6 +218,7 @@ impl State {
             queue: Vec::new(),
             actor: None,
             peek: true,
+            virtuals: self.virtual_entries(s),
         })
     }
 
@@ -201,9 +232,10 @@ impl State {
             .cloned()
         {
             Some(sid) if ask.peek => self.peek(&sid).map(json),
-            Some(sid) if ask.chunked => self
-                .hand_over_parts(&sid, &ask.to, CloseReason::SessionResumed)
-                .map(|_| Bytes::from_static(b"{}")),
+            Some(sid) if ask.chunked => {
+                let gone = self.hand_over_with_virtuals(&sid, &ask.to, CloseReason::SessionResumed);
+                (!gone.is_empty()).then(|| Bytes::from_static(b"{}"))
+            }
             Some(_) => self.hand_over(&ask.resume_id, &ask.to).map(json),
             None => {
                 if let Some(c) = self
@@ -257,6 +289,7 @@ fn moved_peek(m: &MovedResume, ask: &ResumeAsk) -> SessionHandover {
         queue: Vec::new(),
         actor: None,
         peek: true,
+        virtuals: Vec::new(),
     }
 }
 
@@ -351,12 +384,25 @@ impl Hub {
             room: r.as_str().into(),
         });
         let sid = h.member.sid.clone();
-        let mut ready = self
-            .lock()
-            .expect_session(&sid, resume_id, backend, key.is_some());
-        if let Some(key) = &key {
-            self.prepare_room(key).await;
-        }
+        let mut rooms: Vec<RoomKey> = key.into_iter().collect();
+        let mut ready = {
+            let mut st = self.lock();
+            let ready = st.expect_session(&sid, resume_id, backend.clone(), !rooms.is_empty());
+            // An internal client's virtual sessions come with it (installed
+            // once each is here; the sweep settles a late one).
+            for v in &h.virtuals {
+                let vkey = v.room.as_ref().map(|r| RoomKey {
+                    backend: backend.id.clone(),
+                    room: r.as_str().into(),
+                });
+                st.expect_session(&v.sid, "", backend.clone(), vkey.is_some());
+                if let Some(k) = vkey.filter(|k| !rooms.contains(k)) {
+                    rooms.push(k);
+                }
+            }
+            ready
+        };
+        futures_util::future::join_all(rooms.iter().map(|k| self.prepare_room(k))).await;
         let bus = self.lock().bus.clone();
         let claim = Header::ResumeRequest {
             resume_id: resume_id.to_string(),

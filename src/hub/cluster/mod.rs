@@ -321,6 +321,19 @@ impl State {
         let Some(pid) = self.cluster.owner_of_session(sid) else {
             return false;
         };
+        self.send_session_frame(pid, sid, f, route);
+        true
+    }
+
+    /// Sends a frame for session `sid` to process `pid` (which holds it,
+    /// or forwards it to where it went).
+    pub(crate) fn send_session_frame(
+        &self,
+        pid: &str,
+        sid: &str,
+        f: &Frame,
+        route: Option<&RemoteRoute<'_>>,
+    ) {
         let h = Header::SessionFrame {
             sid: sid.to_string(),
             backend: route.map(|r| r.backend.to_string()),
@@ -329,7 +342,6 @@ impl State {
         };
         self.bus
             .publish(process_subject(pid), encode(&h, Some(f.as_bytes())));
-        true
     }
 
     /// Sends a frame to the sessions of a user on other processes.

@@ -19,7 +19,9 @@ use crate::hub::{Hub, State};
 const PARK_TIMEOUT: Duration = SNAPSHOT_TIMEOUT.saturating_add(HANDOVER_TIMEOUT);
 
 impl State {
-    /// The client sessions to hand over, spread over `peers` in turn.
+    /// The client and internal sessions to hand over, spread over `peers`
+    /// in turn; an internal client's virtual sessions go with it, after
+    /// it.
     fn plan_hand_over(&self, peers: &[String]) -> BTreeMap<String, Vec<ParkEntry>> {
         let mut ids: Vec<&Arc<str>> = self.sessions.map.keys().collect();
         ids.sort();
@@ -28,20 +30,16 @@ impl State {
         for sid in ids {
             let s = &self.sessions.map[sid];
             // A federated room's link dies with the process: as before.
-            if s.kind != SessionKind::Client || s.fed_link.is_some() {
+            let movable = matches!(s.kind, SessionKind::Client | SessionKind::Internal);
+            if !movable || s.fed_link.is_some() {
                 continue;
             }
             let Some(resume_id) = &s.resume_id else {
                 continue;
             };
-            plan.entry(peers[n % peers.len()].clone())
-                .or_default()
-                .push(ParkEntry {
-                    sid: sid.to_string(),
-                    resume_id: resume_id.to_string(),
-                    backend: s.backend.id.to_string(),
-                    room: s.room.as_ref().map(|k| k.room.to_string()),
-                });
+            let list = plan.entry(peers[n % peers.len()].clone()).or_default();
+            list.push(park_entry(s, resume_id));
+            list.extend(self.virtual_entries(s));
             n += 1;
         }
         plan
@@ -67,6 +65,31 @@ impl State {
         }
         tracing::warn!(session = %id, "no process took the session, it ends");
         self.end_session(&id, None);
+    }
+}
+
+/// What a taker needs to expect a session (`resume_id` is empty for a
+/// virtual session).
+pub(super) fn park_entry(s: &Session, resume_id: &str) -> ParkEntry {
+    ParkEntry {
+        sid: s.id.to_string(),
+        resume_id: resume_id.to_string(),
+        backend: s.backend.id.to_string(),
+        room: s.room.as_ref().map(|k| k.room.to_string()),
+    }
+}
+
+impl State {
+    /// The virtual sessions of internal client `s`, to move with it.
+    pub(super) fn virtual_entries(&self, s: &Session) -> Vec<ParkEntry> {
+        let mut v: Vec<ParkEntry> = s
+            .virtuals
+            .values()
+            .filter_map(|vsid| self.sessions.map.get(vsid))
+            .map(|v| park_entry(v, ""))
+            .collect();
+        v.sort_by(|a, b| a.sid.cmp(&b.sid));
+        v
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 /// Messages until the connection closes, and its close code.
-async fn until_close(c: &mut Client) -> (Vec<Value>, Option<u16>) {
+pub(super) async fn until_close(c: &mut Client) -> (Vec<Value>, Option<u16>) {
     let mut seen = Vec::new();
     loop {
         match c.recv_or_close().await {
@@ -20,7 +20,7 @@ async fn until_close(c: &mut Client) -> (Vec<Value>, Option<u16>) {
 }
 
 /// A new connection resuming `resume_id`; returns it and the hello reply.
-async fn resume(node: &Node, resume_id: &str) -> (Client, Value) {
+pub(super) async fn resume(node: &Node, resume_id: &str) -> (Client, Value) {
     let mut c = Client::connect(&node.ws_url()).await;
     c.expect_type("welcome").await;
     c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}))
@@ -29,12 +29,12 @@ async fn resume(node: &Node, resume_id: &str) -> (Client, Value) {
     (c, m)
 }
 
-fn is_leave(m: &Value) -> bool {
+pub(super) fn is_leave(m: &Value) -> bool {
     m["type"] == "event" && m["event"]["type"] == "leave"
 }
 
 /// Room requests to Nextcloud that said someone left.
-fn leaves(nc: &FakeNextcloud) -> Vec<Value> {
+pub(super) fn leaves(nc: &FakeNextcloud) -> Vec<Value> {
     nc.requests("room")
         .into_iter()
         .filter(|r| r.body["room"]["action"] == "leave")
@@ -43,7 +43,7 @@ fn leaves(nc: &FakeNextcloud) -> Vec<Value> {
 }
 
 /// The log lines of every node, for failure messages.
-fn logs(n: &[Node]) -> String {
+pub(super) fn logs(n: &[Node]) -> String {
     n.iter()
         .enumerate()
         .map(|(i, node)| format!("--- node {i}\n{}", node.proc.lines().join("\n")))
@@ -52,7 +52,12 @@ fn logs(n: &[Node]) -> String {
 }
 
 /// `n` processes on one NATS and one fake Nextcloud.
-async fn nodes(nats: &NatsServer, nc: &FakeNextcloud, n: usize, extra: &str) -> Vec<Node> {
+pub(super) async fn nodes(
+    nats: &NatsServer,
+    nc: &FakeNextcloud,
+    n: usize,
+    extra: &str,
+) -> Vec<Node> {
     let conf = format!("{extra}\n[nats]\nurl = {}\n", nats.url());
     let mut v = Vec::new();
     for _ in 0..n {

@@ -7,6 +7,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 mod handover;
+mod handover_internal;
 mod resync;
 mod room_state;
 mod stall;
