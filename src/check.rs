@@ -124,6 +124,12 @@ pub async fn probe(config: &Config) -> Vec<CheckLine> {
             None => lines.push(probe_janus(&mcu.url).await),
         }
     }
+    if let Some(source) = &config.geoip.source {
+        lines.push(match crate::geoip::probe(source).await {
+            Ok(text) => ok(format!("[geoip] url: {text}")),
+            Err(e) => fail(format!("[geoip] url: {e}")),
+        });
+    }
     if let Some(https) = &config.https {
         lines.push(
             match crate::http::tls::load(&https.certificate, &https.key) {

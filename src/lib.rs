@@ -2,7 +2,7 @@
 //!
 //! Layout: `config` (server.conf), `api` (wire types), `backend` (talking to
 //! Nextcloud), `hub` (state and routing), `bus` (other processes), `mcu`
-//! (Janus), `http` (axum routes and the WebSocket connection),
+//! (Janus), `geoip` (client countries), `http` (axum routes and the WebSocket connection),
 //! `proxy` (our MCU proxy, `spreed-signaling proxy`),
 //! `conn_counts` (open connections per address), `budget` (what a peer
 //! may send before it is read more slowly), `metrics`, `server`
@@ -16,6 +16,7 @@ pub mod bus;
 pub mod check;
 pub mod config;
 pub mod conn_counts;
+pub mod geoip;
 pub mod http;
 // The hub's timers run on tokio's clock (clippy.toml bans std's Instant).
 #[deny(clippy::disallowed_types)]

@@ -474,6 +474,9 @@ pub struct GoMetrics {
     /// `signaling_http_client_pool_connections{host}`: requests to a
     /// Nextcloud host in flight (`[backend] connectionsperhost` caps it).
     pub http_client_pool_connections: IntGaugeVec,
+    /// `signaling_client_countries_total{country}`: new sessions by the
+    /// country of their address (`[geoip]`; two letters, so bounded).
+    pub client_countries: IntCounterVec,
 }
 
 /// Buckets from `min` to `max` growing by a constant factor (Go's
@@ -583,8 +586,15 @@ impl GoMetrics {
             "The current number of HTTP client connections per host",
             &["host"],
         );
+        let client_countries = counter_vec(
+            "client",
+            "countries_total",
+            "The total number of connections by country",
+            &["country"],
+        );
         for c in [
             Box::new(client_rtt.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_countries.clone()),
             Box::new(http_client_pool_connections.clone()),
             Box::new(client_messages.clone()),
             Box::new(client_bytes.clone()),
@@ -616,6 +626,7 @@ impl GoMetrics {
             call_rooms_total,
             client_rtt,
             http_client_pool_connections,
+            client_countries,
         }
     }
 }

@@ -260,6 +260,11 @@ impl Server {
         let shutdown = CancellationToken::new();
         let (bus, inbound) = connect_bus(&config).await?;
         let hub = Hub::new(config.clone(), Metrics::new(), bus)?;
+        // A [geoip] file that does not load stops start-up (as Go's).
+        hub.geoip
+            .start(shutdown.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
         // The backends of etcd before the saved sessions (they name theirs).
         hub.start_etcd(shutdown.clone(), config.backend.timeout)
             .await?;

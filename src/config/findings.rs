@@ -182,13 +182,8 @@ fn keys(ini: &IniFile, config: &Config, out: &mut Out) {
         };
         let options = sorted_options(ini, section);
         let Some(table) = table else {
-            if let Some((_, why)) = known::FREE_FORM.iter().find(|(s, _)| *s == section) {
-                if let Some((key, _)) = options.iter().find(|(_, v)| !v.is_empty()) {
-                    out.push(
-                        Severity::Warn,
-                        format!("[{section}] {key}: not honoured: {why}"),
-                    );
-                }
+            if known::FREE_FORM.contains(&section) {
+                // Read and checked by their parser.
             } else if !options.is_empty() {
                 out.push(
                     Severity::Warn,

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 /// One address or network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IpNet {
     addr: IpAddr,
     prefix: u8,
@@ -21,6 +21,11 @@ impl IpNet {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// The prefix length (32 or 128 for a single address).
+    pub fn prefix(&self) -> u8 {
+        self.prefix
     }
 
     /// True when `ip` lies in this network (IPv4-mapped IPv6 addresses

@@ -64,7 +64,6 @@ const fn refuse(name: &'static str, why: &'static str) -> Key {
 }
 
 const PROXY_ETCD_ONLY: &str = "only used with type = proxy and urltype = etcd (refused)";
-const GEOIP: &str = "GeoIP is not supported by this server: no per-country metrics (the Go server uses it for those and to pick a proxy of type = proxy)";
 const GRPC: &str = "the Go server's gRPC clustering is not supported (this server's processes cluster over NATS alone: [nats] url)";
 
 /// `[http]`.
@@ -215,7 +214,7 @@ pub const MCU: &[Key] = &[
 pub const TURN: &[Key] = &[read("apikey"), read("secret"), read("servers")];
 
 /// `[geoip]`.
-pub const GEOIP_KEYS: &[Key] = &[warn("license", GEOIP), warn("url", GEOIP)];
+pub const GEOIP_KEYS: &[Key] = &[read("license"), read("url")];
 
 /// `[stats]`.
 pub const STATS: &[Key] = &[read("allowed_ips")];
@@ -278,10 +277,9 @@ pub const SECTIONS: &[(&str, &[Key])] = &[
     ("logging", LOGGING),
 ];
 
-/// Sections whose keys are data (addresses, continent codes): any key is
-/// valid; a value is warned about with this text.
-pub const FREE_FORM: &[(&str, &str)] =
-    &[("geoip-overrides", GEOIP), ("continent-overrides", GEOIP)];
+/// Sections whose keys are data (addresses, continent codes), read and
+/// checked by their parsers (`config/geoip.rs`).
+pub const FREE_FORM: &[&str] = &["geoip-overrides", "continent-overrides"];
 
 /// The table of `section` (not a backend's section).
 pub fn section(name: &str) -> Option<&'static [Key]> {
@@ -303,7 +301,7 @@ mod tests {
     #[test]
     fn tables_have_no_duplicates() {
         let mut names: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
-        names.extend(FREE_FORM.iter().map(|(s, _)| *s));
+        names.extend(FREE_FORM.iter().copied());
         let n = names.len();
         names.sort_unstable();
         names.dedup();

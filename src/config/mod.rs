@@ -5,6 +5,7 @@
 mod backends;
 pub mod etcd;
 pub mod findings;
+pub mod geoip;
 pub mod goconf;
 pub mod iplist;
 pub mod known;
@@ -92,6 +93,8 @@ pub struct Config {
     /// `[etcd]`: the etcd cluster, when endpoints (or SRV discovery) are
     /// set.
     pub etcd: Option<etcd::EtcdConfig>,
+    /// `[geoip]`, `[geoip-overrides]`, `[continent-overrides]`.
+    pub geoip: geoip::GeoIpConfig,
 }
 
 /// How secrets appear in `Debug` output.
@@ -234,6 +237,7 @@ impl Config {
         let (log_level, log_json) = sections::parse_logging(&ini)?;
         let mcu = sections::parse_mcu(&ini)?;
         let turn = turn::parse(&ini)?;
+        let geoip = geoip::parse(&ini)?;
         let _ = ini.get_bool("app", "debug", false)?;
         let allow_subscribe_any = ini.get_bool("app", "allowsubscribeany", false)?;
 
@@ -262,6 +266,7 @@ impl Config {
             allow_subscribe_any,
             state_file,
             etcd,
+            geoip,
         };
         config.findings = findings::collect(&ini, &config);
         Ok(config)

@@ -119,6 +119,8 @@ impl Config {
             "[mcu] type/url/token_id/token_key/proxytimeout",
         );
         check(self.turn != new.turn, "[turn]");
+        // The overrides are reloaded (Hub::reload).
+        check(self.geoip.source != new.geoip.source, "[geoip] url/license");
         check(
             self.backend.etcd_prefix != new.backend.etcd_prefix || self.etcd != new.etcd,
             "[backend] backendtype/backendprefix, [etcd]",

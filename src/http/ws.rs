@@ -130,6 +130,7 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
             Ok(upgraded) => {
                 let peer = Peer {
                     ip: peer,
+                    known: client.and_then(super::forwarded::ClientIp::known),
                     socket: socket_peer,
                 };
                 serve(hub, TokioIo::new(upgraded), shutdown, peer).await

@@ -87,7 +87,7 @@ impl Hub {
             "hello"
         };
         let exempt = self.throttle.is_own_dial(peer.socket) || self.proves_internal(&hello);
-        let client_ip = peer.ip;
+        let (client_ip, known) = (peer.ip, peer.known);
         let peer = peer.ip.filter(|_| !exempt);
         if let Some(ip) = peer {
             if self.throttle.blocked(ip) {
@@ -103,9 +103,7 @@ impl Hub {
         }
         let r = self.hello(conn, id, hello).await;
         if let Ok(ok) = &r {
-            if let Some(s) = self.lock().sessions.map.get_mut(&ok.sid) {
-                s.client_ip = client_ip;
-            }
+            self.locate_client(ok, client_ip, known);
         }
         if let (Err(e), Some(ip)) = (&r, peer) {
             if counts_as_guess(&e.code) {
@@ -119,6 +117,31 @@ impl Hub {
             }
         }
         r
+    }
+
+    /// Keeps the address and country of a session's client (the Go
+    /// server's `Client.Country`, per connection) and counts a new
+    /// session's country in `signaling_client_countries_total`.
+    fn locate_client(
+        &self,
+        ok: &HelloOk,
+        ip: Option<std::net::IpAddr>,
+        known: Option<std::net::IpAddr>,
+    ) {
+        let located = self.geoip.locate(known);
+        let country = located.country().cloned();
+        if let Some(s) = self.lock().sessions.map.get_mut(&ok.sid) {
+            s.client_ip = ip;
+            s.country = country.clone();
+        }
+        if let (Some(c), false) = (&country, ok.resumed) {
+            self.metrics
+                .go
+                .client_countries
+                .with_label_values(&[c])
+                .inc();
+        }
+        tracing::debug!(session = %ok.sid, country = %located, resumed = ok.resumed, "client located");
     }
 
     /// True when `hello` proves an internal client: its token is the HMAC
@@ -578,6 +601,7 @@ impl Hub {
             virtuals: HashMap::new(),
             fed_link: None,
             client_ip: None,
+            country: None,
             mcu_tasks: None,
             federated: ident.federated.map(Box::new),
         });

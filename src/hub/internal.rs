@@ -360,6 +360,7 @@ impl State {
             virtuals: HashMap::new(),
             fed_link: None,
             client_ip: None,
+            country: None,
             mcu_tasks: None,
             federated: None,
         };

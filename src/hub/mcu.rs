@@ -106,7 +106,8 @@ pub(super) fn too_many_mcu_requests() -> ProtocolError {
 }
 
 /// The sender of an MCU message: its user id and its backend's bitrate caps.
-type SenderInfo = (Option<Arc<str>>, (u64, u64));
+/// The sender's user id, its backend's bitrate caps and its country.
+type SenderInfo = (Option<Arc<str>>, (u64, u64), Option<Arc<str>>);
 
 /// `data` of an MCU reply, in the Go server's key order.
 #[derive(Serialize)]
@@ -324,7 +325,8 @@ impl Hub {
         let kind = c.data.kind;
         let stream = StreamType::parse(&c.data.room_type);
         let to_self = target == sid;
-        let Some((user, backend_caps)) = self.mcu_sender(sid, id, &c, stream, to_self) else {
+        let Some((user, backend_caps, country)) = self.mcu_sender(sid, id, &c, stream, to_self)
+        else {
             return;
         };
         if kind == McuKind::Candidate && c.candidate.is_none() {
@@ -339,7 +341,11 @@ impl Hub {
         };
         let result = match kind {
             McuKind::Offer => {
-                let offer = offer_of(&c, stream, backend_caps);
+                let mut offer = offer_of(&c, stream, backend_caps);
+                if let Some(country) = country {
+                    offer.continents = self.geoip.continents_near(&country);
+                    offer.country = Some(country);
+                }
                 mcu.publish(sid, stream, offer, |psid, answer| {
                     let f = reply_frame(sid, user.as_deref(), sid, "answer", stream, answer, psid);
                     self.deliver_frame(sid, &f);
@@ -376,7 +382,7 @@ impl Hub {
             _ => None,
         };
         let Some(text) = refused else {
-            return Some((s.user_id.clone(), s.backend.max_bitrates));
+            return Some((s.user_id.clone(), s.backend.max_bitrates, s.country.clone()));
         };
         drop(st);
         tracing::info!(session = %sid, kind = c.data.kind.as_str(), "not allowed to publish");

@@ -140,6 +140,7 @@ pub(super) fn offer_of(c: &Checked, stream: StreamType, backend_caps: (u64, u64)
         ],
         media: c.media,
         payload: c.data.payload.clone().unwrap_or_default(),
+        ..Offer::default()
     }
 }
 

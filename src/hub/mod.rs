@@ -191,6 +191,8 @@ pub struct Hub {
     /// `backendtype = etcd`: the backends last read from etcd, and the
     /// state of the watch (`etcd_backends.rs`).
     etcd: etcd_backends::EtcdBackends,
+    /// Client countries (`[geoip]`); its database loads in `Server::start`.
+    pub geoip: Arc<crate::geoip::GeoIp>,
 }
 
 impl Hub {
@@ -243,6 +245,7 @@ impl Hub {
         let live = Arc::new(arc_swap::ArcSwap::from_pointee(
             crate::config::LiveSettings::of(&config),
         ));
+        let geoip = crate::geoip::GeoIp::new(&config.geoip).map_err(anyhow::Error::msg)?;
         Ok(Arc::new(Hub {
             registry,
             state: Mutex::new(State {
@@ -282,6 +285,7 @@ impl Hub {
             conn_counts: Default::default(),
             draining: tokio::sync::watch::Sender::new(false),
             etcd: Default::default(),
+            geoip,
         }))
     }
 
@@ -323,6 +327,12 @@ impl Hub {
             trustedproxies = %live.app.trusted_proxies,
             stats_allowed_ips = %live.stats.allowed_ips,
             "[app] trustedproxies and [stats] allowed_ips reloaded"
+        );
+        self.geoip.set_overrides(&config.geoip);
+        tracing::info!(
+            overrides = config.geoip.overrides.len(),
+            continent_overrides = config.geoip.continents.len(),
+            "[geoip-overrides] and [continent-overrides] reloaded"
         );
         if let (Some(mcu), Some(new)) = (self.mcu(), &config.mcu) {
             if mcu.config().url == new.url {

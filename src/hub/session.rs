@@ -111,6 +111,9 @@ pub struct Session {
     /// per-address cap of federation dials; None for sessions that did not
     /// say hello on this process.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The country of the client's address (`[geoip]`), set with
+    /// `client_ip`: picks the proxy of its publishers.
+    pub country: Option<Arc<str>>,
     /// Slots for MCU requests running at once (made on the first).
     pub(crate) mcu_tasks: Option<Arc<crate::hub::mcu::McuSlots>>,
     /// On the hosting server: this is a federated session (`auth.type`

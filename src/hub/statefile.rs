@@ -293,6 +293,7 @@ pub(crate) fn session_of(
         virtuals: HashMap::new(),
         fed_link: None,
         client_ip: None,
+        country: None,
         mcu_tasks: None,
         federated: s.federated.map(|actor| Box::new(Federated { actor })),
     }

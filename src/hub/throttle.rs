@@ -30,6 +30,9 @@ const MAX_ADDRESSES: usize = 100_000;
 pub struct Peer {
     /// The client's address; what the throttle counts.
     pub ip: Option<IpAddr>,
+    /// The client's own address when known (not the proxy that could not
+    /// name it): what GeoIP locates.
+    pub known: Option<IpAddr>,
     /// The address and port of the TCP peer (the proxy, when there is one).
     pub socket: Option<SocketAddr>,
 }

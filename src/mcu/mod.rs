@@ -153,6 +153,12 @@ pub struct Offer {
     /// The client's payload as sent (`type`, `sdp`, Talk's `nick`, …):
     /// forwarded to a signaling proxy with the filtered SDP.
     pub payload: serde_json::Map<String, Value>,
+    /// The publishing client's country (`[geoip]`), when known: a proxy
+    /// in it is preferred, then one on `continents`.
+    pub country: Option<Arc<str>>,
+    /// The continents near the client (its own and those
+    /// `[continent-overrides]` add).
+    pub continents: Vec<&'static str>,
 }
 
 /// Subscriber key: (subscriber session, publisher session, stream).

@@ -21,6 +21,7 @@ mod federation_limits;
 mod forwarded;
 mod frames;
 mod fuzz_parsers;
+mod geoip;
 mod go_parity;
 mod hello;
 mod hide_names;

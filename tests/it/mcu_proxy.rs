@@ -44,16 +44,18 @@ pub fn key_pair(dir: &std::path::Path, name: &str) -> (String, String) {
 
 /// How a fake proxy behaves.
 #[derive(Clone, Default)]
-struct Behave {
+pub(crate) struct Behave {
     /// Events sent right after each hello.
-    after_hello: Vec<Value>,
+    pub(crate) after_hello: Vec<Value>,
     /// `create-publisher` is answered with this error code.
-    refuse_publishers: Option<&'static str>,
+    pub(crate) refuse_publishers: Option<&'static str>,
+    /// The `country` of the hello reply (`[app] country`).
+    pub(crate) country: Option<&'static str>,
 }
 
 /// A fake signaling proxy: answers hellos, commands and payloads, and
 /// records what it got.
-struct FakeProxy {
+pub(crate) struct FakeProxy {
     port: u16,
     got: Arc<Mutex<Vec<Value>>>,
     /// Sends a frame on the current connection.
@@ -62,7 +64,7 @@ struct FakeProxy {
 }
 
 impl FakeProxy {
-    async fn start(behave: Behave) -> FakeProxy {
+    pub(crate) async fn start(behave: Behave) -> FakeProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -86,7 +88,7 @@ impl FakeProxy {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -99,7 +101,7 @@ impl FakeProxy {
     }
 
     /// The commands of `kind` it got.
-    fn commands(&self, kind: &str) -> Vec<Value> {
+    pub(crate) fn commands(&self, kind: &str) -> Vec<Value> {
         self.got
             .lock()
             .unwrap()
@@ -180,7 +182,8 @@ async fn serve(
                 match m["type"].as_str().unwrap_or("") {
                     "hello" => {
                         reply(json!({"id": id, "type": "hello", "hello": {"version": "1.0",
-                            "sessionid": format!("session-{port}"), "server": {"version": "fake"}}}));
+                            "sessionid": format!("session-{port}"),
+                            "server": {"version": "fake", "country": behave.country.unwrap_or("")}}}));
                         for e in &behave.after_hello {
                             reply(json!({"type": "event", "event": e}));
                         }
@@ -218,7 +221,7 @@ async fn serve(
 }
 
 /// The server's `[mcu]` for `proxies`, with a key of its own.
-fn proxy_section(proxies: &[&FakeProxy], key: &str) -> String {
+pub(crate) fn proxy_section(proxies: &[&FakeProxy], key: &str) -> String {
     let urls: Vec<String> = proxies.iter().map(|p| p.url()).collect();
     format!(
         "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {key}\ntimeout = 5\nproxytimeout = 1\n",
@@ -237,7 +240,7 @@ async fn mcu_stats(ts: &TestServer) -> Value {
 }
 
 /// Waits until the server's statistics of proxy `url` satisfy `pred`.
-async fn wait_proxy(ts: &TestServer, url: &str, pred: impl Fn(&Value) -> bool) {
+pub(crate) async fn wait_proxy(ts: &TestServer, url: &str, pred: impl Fn(&Value) -> bool) {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let s = mcu_stats(ts).await;
@@ -252,7 +255,7 @@ async fn wait_proxy(ts: &TestServer, url: &str, pred: impl Fn(&Value) -> bool) {
     }
 }
 
-async fn offer(c: &mut Client, id: &str, sid: &str) -> Value {
+pub(crate) async fn offer(c: &mut Client, id: &str, sid: &str) -> Value {
     let me = c.session_id.clone();
     c.send(json!({"id": id, "type": "message", "message": {
         "recipient": {"type": "session", "sessionid": me},
@@ -263,13 +266,13 @@ async fn offer(c: &mut Client, id: &str, sid: &str) -> Value {
         .await
 }
 
-struct Setup {
+pub(crate) struct Setup {
     _dir: std::path::PathBuf,
     public: String,
-    key: String,
+    pub(crate) key: String,
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let dir = crate::support::fresh_dir("mcu-proxy");
     let (key, public) = key_pair(&dir, "server1");
     Setup {

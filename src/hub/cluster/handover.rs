@@ -470,6 +470,7 @@ impl Hub {
             virtuals: HashMap::new(),
             fed_link: None,
             client_ip: None,
+            country: None,
             mcu_tasks: None,
             // A federated session stays one, with its actor.
             federated: h

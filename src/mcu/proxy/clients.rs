@@ -199,7 +199,15 @@ impl ProxyMcu {
             }
         };
         let states: Vec<_> = self.conns.iter().map(|c| c.state()).collect();
-        for i in select::order(&states, None, &|_| Vec::new()) {
+        // The client's continents include [continent-overrides]; a
+        // proxy's are its country's own (as the Go server compares them).
+        let continents = |c: &str| match &offer.country {
+            Some(mine) if **mine == *c => offer.continents.iter().map(|x| x.to_string()).collect(),
+            _ => crate::geoip::continents::of(c)
+                .map(|x| vec![x.to_string()])
+                .unwrap_or_default(),
+        };
+        for i in select::order(&states, offer.country.as_deref(), &continents) {
             let c = self.conn(i);
             let t = left(deadline).min(c.proxy_timeout());
             if t.is_zero() {

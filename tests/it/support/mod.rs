@@ -7,6 +7,7 @@
 pub mod client;
 pub mod etcd;
 pub mod janus;
+pub mod mmdb;
 pub mod nats;
 pub mod nextcloud;
 pub mod node;
