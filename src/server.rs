@@ -350,6 +350,10 @@ impl Server {
         if self.state_file.is_some() {
             self.stop_accepting.cancel();
             self.hub.close_for_restart();
+            // Media goes on: the next start claims the Janus session.
+            if let Some(m) = self.hub.mcu() {
+                m.keep_for_restart();
+            }
         } else if self.hub.clustered() {
             // A rolling restart: the other processes take the sessions.
             self.stop_accepting.cancel();

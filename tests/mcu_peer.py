@@ -13,14 +13,18 @@ stdout. The signaling itself is the test's business; this only does WebRTC.
   {"type":"candidate","candidate":{...}} -> {"type":"ok"} (a trickled remote candidate)
   {"type":"stats"}              -> {"type":"stats","frames":{"audio":n,"video":n},
                                     "bytes_sent":n,"packets_received":{"audio":n,"video":n},
-                                    "state":...,"video_size":[w,h]}
-                                   (video_size: of the last decoded frame)
+                                    "state":...,"video_size":[w,h],"max_video_gap_ms":n}
+                                   (video_size: of the last decoded frame;
+                                   max_video_gap_ms: the longest time between
+                                   two decoded video frames since "reset_gap")
+  {"type":"reset_gap"}          -> {"type":"ok"}
   {"type":"quit"}
 """
 
 import asyncio
 import json
 import sys
+import time
 
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -57,6 +61,7 @@ async def main():
     pc = RTCPeerConnection()
     frames = {"audio": 0, "video": 0}
     size = {"width": 0, "height": 0}  # of the last decoded video frame
+    gap = {"last": None, "max": 0.0}  # between decoded video frames, seconds
 
     @pc.on("track")
     def on_track(track):
@@ -69,6 +74,10 @@ async def main():
                 frames[track.kind] += 1
                 if track.kind == "video":
                     size["width"], size["height"] = frame.width, frame.height
+                    now = time.monotonic()
+                    if gap["last"] is not None:
+                        gap["max"] = max(gap["max"], now - gap["last"])
+                    gap["last"] = now
 
         asyncio.ensure_future(count())
 
@@ -122,7 +131,11 @@ async def main():
                         received[s.kind] += s.packetsReceived
                 out({"type": "stats", "frames": frames, "bytes_sent": sent,
                      "packets_received": received, "state": pc.connectionState,
-                     "video_size": [size["width"], size["height"]]})
+                     "video_size": [size["width"], size["height"]],
+                     "max_video_gap_ms": int(gap["max"] * 1000)})
+            elif kind == "reset_gap":
+                gap["max"] = 0.0
+                out({"type": "ok"})
             elif kind == "quit":
                 break
         except Exception as e:  # report, do not die: the test reads the error

@@ -204,7 +204,13 @@ impl Hub {
         let Some(cfg) = self.config.mcu.clone() else {
             return;
         };
-        let (mcu, mut signals) = Mcu::start(cfg, self.metrics.mcu.clone(), cancel.clone());
+        let restored = self
+            .restored_mcu
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let (mcu, mut signals) =
+            Mcu::start_restored(cfg, self.metrics.mcu.clone(), cancel.clone(), restored);
         if self.mcu.set(mcu.clone()).is_err() {
             return;
         }
@@ -226,6 +232,23 @@ impl Hub {
     fn deliver_signal(&self, s: Signal) {
         let f = reply_frame(&s.from, None, &s.to, s.kind, s.stream, &s.payload, &s.sid);
         self.deliver_anywhere(&s.to, &f);
+        if s.kind == "unshareScreen" && s.to == s.from {
+            self.ask_to_publish_again(&s.to);
+        }
+    }
+
+    /// After its own publisher ended (`unshareScreen` to itself): the
+    /// session gets its room's participants again, which makes the Talk
+    /// client, in the call without a publisher, publish anew
+    /// (`checkStartPublishOwnPeer`).
+    fn ask_to_publish_again(&self, sid: &str) {
+        let mut st = self.lock();
+        let Some(key) = st.sessions.map.get(sid).and_then(|s| s.room.clone()) else {
+            return;
+        };
+        if let Some(f) = st.participants_frame(&key, &[], None) {
+            st.sessions.deliver(sid, &f);
+        }
     }
 
     fn deliver_frame(&self, to: &str, f: &crate::api::server::Frame) {

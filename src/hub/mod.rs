@@ -182,6 +182,9 @@ pub struct Hub {
     pacing: Arc<cluster::Pacing>,
     /// The MCU (Janus), when `[mcu]` is configured; set at start.
     mcu: std::sync::OnceLock<Arc<crate::mcu::Mcu>>,
+    /// The publishers and subscribers of the state file, until the MCU
+    /// starts and takes them.
+    restored_mcu: Mutex<Option<crate::mcu::SavedMcu>>,
     /// `[app]` and `[stats]` as last (re)loaded.
     live: crate::config::Live,
     /// Open connections per client address (listeners and upgrades).
@@ -281,6 +284,7 @@ impl Hub {
             bus,
             pacing: Arc::default(),
             mcu: std::sync::OnceLock::new(),
+            restored_mcu: Mutex::new(None),
             live,
             conn_counts: Default::default(),
             draining: tokio::sync::watch::Sender::new(false),

@@ -10,9 +10,12 @@
 //! alone (mode), of another format or not readable as a whole is ignored
 //! with a log line: it is used entirely or not at all.
 //!
+//! With `[mcu] type = janus` the publishers and subscribers are kept too:
+//! the Janus session outlives the process and the next start claims it
+//! (`mcu/direct/restore.rs`), so media goes on.
+//!
 //! Not kept: the links of federated rooms (their sessions are left out and
-//! are gone after the restart, as before) and media (the MCU's handles die
-//! with the process).
+//! are gone after the restart, as before).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -54,6 +57,10 @@ struct StateFile {
     saved_at_ms: u64,
     sessions: Vec<SavedSession>,
     rooms: Vec<SavedRoom>,
+    /// The Janus MCU's publishers and subscribers and its session (absent
+    /// in files of servers before it: nothing kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mcu: Option<crate::mcu::SavedMcu>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -144,7 +151,8 @@ impl Hub {
     /// file is written and synced on tokio's blocking pool, not on the
     /// runtime's workers.
     pub async fn save_state(&self, path: &Path) -> std::io::Result<usize> {
-        let file = self.lock().saved_state();
+        let mut file = self.lock().saved_state();
+        file.mcu = self.mcu().and_then(|m| m.saved_state());
         let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || write_private(&path, &bytes))
@@ -162,7 +170,7 @@ impl Hub {
         let read = tokio::task::spawn_blocking(move || read_state(&owned, max_age))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-        let file = match read {
+        let mut file = match read {
             Ok(Some(f)) => f,
             Ok(None) => {
                 tracing::info!(file = %path.display(), "no sessions kept from before (no state file)");
@@ -174,15 +182,20 @@ impl Hub {
             }
         };
         let written_by = file.written_by.clone();
+        let mcu = file.mcu.take();
         match self.install(file) {
-            Ok((sessions, rooms, skipped)) => tracing::info!(
-                file = %path.display(),
-                sessions,
-                rooms,
-                skipped,
-                %written_by,
-                "sessions kept from before the restart, resumable for [sessions] resumetimeout"
-            ),
+            Ok((sessions, rooms, skipped)) => {
+                tracing::info!(
+                    file = %path.display(),
+                    sessions,
+                    rooms,
+                    skipped,
+                    %written_by,
+                    "sessions kept from before the restart, resumable for [sessions] resumetimeout"
+                );
+                // The MCU takes them when it starts (right after this).
+                *self.restored_mcu.lock().unwrap_or_else(|p| p.into_inner()) = mcu;
+            }
             Err(why) => {
                 tracing::warn!(file = %path.display(), "state file ignored, no sessions kept: {why}")
             }
@@ -359,6 +372,7 @@ impl State {
             saved_at_ms: unix_ms(SystemTime::now()),
             sessions,
             rooms,
+            mcu: None,
         }
     }
 
@@ -573,6 +587,7 @@ mod tests {
             saved_at_ms,
             sessions: Vec::new(),
             rooms: Vec::new(),
+            mcu: None,
         })
         .unwrap()
     }

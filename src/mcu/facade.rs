@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::direct::JanusMcu;
+pub use super::direct::SavedMcu;
 use super::proxy::ProxyMcu;
 use super::{Command, McuError, Offer, Signal, StreamType};
 use crate::config::mcu::McuConfig;
@@ -41,6 +42,18 @@ impl Mcu {
         metrics: McuMetrics,
         cancel: CancellationToken,
     ) -> (Arc<Mcu>, mpsc::UnboundedReceiver<Signal>) {
+        Self::start_restored(cfg, metrics, cancel, None)
+    }
+
+    /// [`Mcu::start`] serving again the publishers and subscribers a
+    /// process before this one kept for it (Janus only: see
+    /// `direct/restore.rs`).
+    pub fn start_restored(
+        cfg: McuConfig,
+        metrics: McuMetrics,
+        cancel: CancellationToken,
+        restored: Option<SavedMcu>,
+    ) -> (Arc<Mcu>, mpsc::UnboundedReceiver<Signal>) {
         if let Some(proxies) = cfg.proxy.clone() {
             let (m, rx) = ProxyMcu::start(cfg, &proxies, metrics, cancel);
             return (
@@ -50,13 +63,30 @@ impl Mcu {
                 rx,
             );
         }
-        let (m, rx) = JanusMcu::start(cfg, metrics, cancel);
+        let (m, rx) = JanusMcu::start(cfg, metrics, cancel, restored);
         (
             Arc::new(Mcu {
                 backend: Backend::Janus(m),
             }),
             rx,
         )
+    }
+
+    /// SIGTERM with a state file: the Janus session outlives this process
+    /// for the next one to claim (nothing with proxies).
+    pub fn keep_for_restart(&self) {
+        if let Backend::Janus(m) = &self.backend {
+            m.keep_for_restart();
+        }
+    }
+
+    /// The publishers and subscribers to keep in the state file (Janus
+    /// only: a proxy's are the proxy's).
+    pub fn saved_state(&self) -> Option<SavedMcu> {
+        match &self.backend {
+            Backend::Janus(m) => m.saved(),
+            Backend::Proxy(_) => None,
+        }
     }
 
     /// True while Janus (or at least one proxy) is connected.

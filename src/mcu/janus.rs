@@ -7,6 +7,13 @@
 //! inside `event` or `success` (`plugindata.data.error_code`) and become
 //! [`JanusError::Plugin`]. Messages without a known transaction that carry a
 //! `sender` (handle id) go to the owner as [`GatewayEvent::Handle`].
+//!
+//! Across a restart of this process the Janus session outlives the
+//! connection: [`Gateway::keep_session`] makes the way out close the
+//! WebSocket without `destroy` (Janus keeps a session whose transport went
+//! away for its `reclaim_session_timeout`), and the next process
+//! [`Gateway::claim_at_connect`]s it, so its handles, and their media, go
+//! on. Events of the session's handles then arrive on the new connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,8 +78,13 @@ pub enum JanusError {
 /// What the gateway tells its owner, in order.
 #[derive(Debug)]
 pub enum GatewayEvent {
-    /// A new Janus session is ready (after start-up or a reconnect).
-    Connected,
+    /// A Janus session is ready (after start-up or a reconnect).
+    Connected {
+        /// `Some(true)`: the session to claim was taken over (its handles
+        /// live on); `Some(false)`: it could not be (Janus no longer has
+        /// it), this is a new one; `None`: there was none to claim.
+        claimed: Option<bool>,
+    },
     /// The connection dropped: every handle of the old session is gone.
     Disconnected,
     /// A message of a handle that answers no request (`webrtcup`,
@@ -108,6 +120,12 @@ struct Shared {
     timeout_ms: AtomicU64,
     /// Janus requests sent, by `janus` type (for metrics).
     requests: prometheus::IntCounterVec,
+    /// A session of a previous process to claim at the next connect.
+    claim: Mutex<Option<u64>>,
+    /// The id of the last session (kept after the connection ended).
+    last_session: AtomicU64,
+    /// Set for a restart: the way out leaves the session to be claimed.
+    keep: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the Janus connection; cheap to clone.
@@ -156,6 +174,9 @@ impl Gateway {
                 next: AtomicU64::new(1),
                 timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
                 requests,
+                claim: Mutex::new(None),
+                last_session: AtomicU64::new(0),
+                keep: Default::default(),
             }),
         }
     }
@@ -170,6 +191,25 @@ impl Gateway {
         self.shared
             .timeout_ms
             .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The first connection claims Janus session `session` (of a process
+    /// before this one) instead of creating one.
+    pub fn claim_at_connect(&self, session: u64) {
+        *lock(&self.shared.claim) = Some(session);
+    }
+
+    /// From now on, stopping leaves the Janus session alive for the next
+    /// process to claim: a last keepalive, then the WebSocket closes
+    /// without `destroy`.
+    pub fn keep_session(&self) {
+        self.shared.keep.store(true, Ordering::Relaxed);
+    }
+
+    /// The id of the current (or, after the connection ended, the last)
+    /// Janus session; 0 before the first.
+    pub fn session_id(&self) -> u64 {
+        self.shared.last_session.load(Ordering::Relaxed)
     }
 
     /// True while a Janus session is up.
@@ -311,16 +351,19 @@ impl Gateway {
         let mut delay = FIRST_RETRY;
         loop {
             match self.connect(&url).await {
-                Ok((ws, session, info)) => {
+                Ok((ws, session, info, claimed)) => {
                     delay = FIRST_RETRY;
                     tracing::info!(session, "connected to Janus");
-                    self.serve(ws, session, info, &events, &cancel).await;
+                    self.serve(ws, session, info, claimed, &events, &cancel)
+                        .await;
                     *lock(&self.shared.conn) = None;
                     self.fail_pending();
-                    let _ = events.send(GatewayEvent::Disconnected);
                     if cancel.is_cancelled() {
+                        // Stopping: what the MCU serves stays as it is (a
+                        // restart writes it to the state file).
                         return;
                     }
+                    let _ = events.send(GatewayEvent::Disconnected);
                     tracing::warn!("connection to Janus interrupted, reconnecting in {delay:?}");
                 }
                 Err(e) => {
@@ -335,8 +378,12 @@ impl Gateway {
         }
     }
 
-    /// Opens the WebSocket, checks `info` and creates the session.
-    async fn connect(&self, url: &str) -> Result<(Ws, u64, JanusInfo), String> {
+    /// Opens the WebSocket, checks `info` and claims the session to claim
+    /// (see [`Gateway::claim_at_connect`]) or creates one.
+    async fn connect(
+        &self,
+        url: &str,
+    ) -> Result<(Ws, u64, JanusInfo, Option<bool>), String> {
         let mut req = url
             .into_client_request()
             .map_err(|e| format!("bad URL: {e}"))?;
@@ -365,17 +412,28 @@ impl Gateway {
             version = info["version_string"].as_str().unwrap_or("?"),
             "Janus gateway info"
         );
+        let info = JanusInfo::new(info, std::time::SystemTime::now());
+        let to_claim = lock(&self.shared.claim).take();
+        if let Some(id) = to_claim {
+            let claim = json!({"janus": "claim", "session_id": id, "transaction": "claim"});
+            match self.exchange(&mut ws, claim).await {
+                Ok(_) => {
+                    tracing::info!(session = id, "claimed the Janus session of the process before");
+                    return Ok((ws, id, info, Some(true)));
+                }
+                Err(e) => tracing::warn!(
+                    session = id,
+                    "cannot claim the Janus session of the process before ({e}): its publishers and subscribers are gone, their clients renegotiate"
+                ),
+            }
+        }
         let created = self
             .exchange(&mut ws, json!({"janus": "create", "transaction": "create"}))
             .await?;
         let session = created["data"]["id"]
             .as_u64()
             .ok_or("create without session id")?;
-        Ok((
-            ws,
-            session,
-            JanusInfo::new(info, std::time::SystemTime::now()),
-        ))
+        Ok((ws, session, info, to_claim.map(|_| false)))
     }
 
     /// One request/reply before the session exists (nothing else is in
@@ -410,6 +468,7 @@ impl Gateway {
         ws: Ws,
         session: u64,
         info: JanusInfo,
+        claimed: Option<bool>,
         events: &mpsc::UnboundedSender<GatewayEvent>,
         cancel: &CancellationToken,
     ) {
@@ -425,7 +484,8 @@ impl Gateway {
             out: out_tx,
             broken: broken.clone(),
         });
-        let _ = events.send(GatewayEvent::Connected);
+        self.shared.last_session.store(session, Ordering::Relaxed);
+        let _ = events.send(GatewayEvent::Connected { claimed });
         let keepalive_task = {
             let gw = self.clone();
             let broken = broken.clone();
@@ -452,8 +512,14 @@ impl Gateway {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    let destroy = json!({"janus": "destroy", "session_id": session, "transaction": "bye"});
-                    let _ = sink.send(Message::Text(destroy.to_string().into())).await;
+                    // Kept: a keepalive restarts Janus's clock of the
+                    // session (`reclaim_session_timeout` counts from the
+                    // last request), then the transport goes away.
+                    let last = match self.shared.keep.load(Ordering::Relaxed) {
+                        true => json!({"janus": "keepalive", "session_id": session, "transaction": "bye"}),
+                        false => json!({"janus": "destroy", "session_id": session, "transaction": "bye"}),
+                    };
+                    let _ = sink.send(Message::Text(last.to_string().into())).await;
                     let _ = sink.close().await;
                     break;
                 }
@@ -501,121 +567,5 @@ fn keepalive_for(info: &Value) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keepalive_is_half_the_session_timeout_and_never_zero_or_overflowing() {
-        assert_eq!(
-            keepalive_for(&json!({"session-timeout": 10})),
-            Duration::from_secs(5)
-        );
-        assert_eq!(keepalive_for(&json!({"session-timeout": 0})), KEEPALIVE);
-        assert_eq!(keepalive_for(&json!({"session-timeout": -1})), KEEPALIVE);
-        assert_eq!(
-            keepalive_for(&json!({"session-timeout": 1u64 << 62})),
-            KEEPALIVE
-        );
-        assert_eq!(
-            keepalive_for(&json!({"session-timeout": u64::MAX})),
-            KEEPALIVE
-        );
-        assert_eq!(keepalive_for(&json!({})), KEEPALIVE);
-    }
-
-    #[test]
-    fn plugin_errors_inside_events_and_success_are_errors() {
-        let ev = json!({"janus": "event", "plugindata": {"plugin": VIDEOROOM,
-            "data": {"videoroom": "event", "error_code": 428, "error": "No such feed (1)"}}});
-        match classify(ev) {
-            Err(JanusError::Plugin { code: 428, reason }) => assert!(reason.contains("feed")),
-            other => panic!("unexpected {other:?}"),
-        }
-        let ok = json!({"janus": "success", "plugindata": {"plugin": VIDEOROOM,
-            "data": {"videoroom": "created", "room": 5}}});
-        assert_eq!(plugin_data(&classify(ok).unwrap())["room"], 5);
-        let err = json!({"janus": "error", "error": {"code": 458, "reason": "No such session 1"}});
-        assert!(matches!(
-            classify(err),
-            Err(JanusError::Janus { code: 458, .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn an_event_before_its_ack_answers_the_request_and_the_ack_is_dropped() {
-        let gw = Gateway::new(
-            Duration::from_secs(1),
-            prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
-        );
-        let (out, mut sent) = mpsc::unbounded_channel();
-        *lock(&gw.shared.conn) = Some(Conn {
-            session: 7,
-            info: Arc::new(JanusInfo::new(json!({}), std::time::UNIX_EPOCH)),
-            out,
-            broken: CancellationToken::new(),
-        });
-        let (events, mut evrx) = mpsc::unbounded_channel();
-        let req = {
-            let gw = gw.clone();
-            tokio::spawn(async move { gw.message(9, json!({"request": "join"}), None, true).await })
-        };
-        let m: Value = serde_json::from_str(&sent.recv().await.unwrap()).unwrap();
-        assert_eq!(m["session_id"], 7);
-        assert_eq!(m["handle_id"], 9);
-        let t = m["transaction"].clone();
-        gw.dispatch(
-            json!({"janus": "event", "transaction": t, "sender": 9,
-                "plugindata": {"plugin": VIDEOROOM, "data": {"videoroom": "joined", "room": 3}}}),
-            &events,
-        );
-        gw.dispatch(json!({"janus": "ack", "transaction": t}), &events);
-        let r = req.await.unwrap().unwrap();
-        assert_eq!(plugin_data(&r)["videoroom"], "joined");
-        // A handle event without transaction goes to the owner.
-        gw.dispatch(
-            json!({"janus": "webrtcup", "session_id": 7, "sender": 9}),
-            &events,
-        );
-        match evrx.try_recv() {
-            Ok(GatewayEvent::Handle { handle: 9, msg }) => assert_eq!(msg["janus"], "webrtcup"),
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(evrx.try_recv().is_err(), "the stray ack is not an event");
-    }
-
-    #[tokio::test]
-    async fn an_ack_before_the_event_keeps_the_request_waiting() {
-        let gw = Gateway::new(
-            Duration::from_secs(1),
-            prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
-        );
-        let (out, mut sent) = mpsc::unbounded_channel();
-        *lock(&gw.shared.conn) = Some(Conn {
-            session: 7,
-            info: Arc::new(JanusInfo::new(json!({}), std::time::UNIX_EPOCH)),
-            out,
-            broken: CancellationToken::new(),
-        });
-        let (events, _evrx) = mpsc::unbounded_channel();
-        let req = {
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                gw.message(9, json!({"request": "configure"}), None, true)
-                    .await
-            })
-        };
-        let m: Value = serde_json::from_str(&sent.recv().await.unwrap()).unwrap();
-        let t = m["transaction"].clone();
-        gw.dispatch(json!({"janus": "ack", "transaction": t}), &events);
-        assert!(!req.is_finished());
-        gw.dispatch(
-            json!({"janus": "event", "transaction": t, "sender": 9,
-                "plugindata": {"plugin": VIDEOROOM, "data": {"videoroom": "event", "error_code": 424, "error": "Invalid"}}}),
-            &events,
-        );
-        assert!(matches!(
-            req.await.unwrap(),
-            Err(JanusError::Plugin { code: 424, .. })
-        ));
-    }
-}
+#[path = "janus_tests.rs"]
+mod tests;

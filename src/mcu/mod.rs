@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::Value;
 
-pub use facade::Mcu;
+pub use facade::{Mcu, SavedMcu};
 use janus::JanusError;
 
 /// The stream a publisher sends: the camera/microphone or the screen.

@@ -30,6 +30,7 @@ mod logs;
 mod mcu;
 mod mcu_media;
 mod mcu_proxy;
+mod mcu_restart;
 mod mcu_proxy_go;
 mod mcu_reload;
 mod mcu_sdp;

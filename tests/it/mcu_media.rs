@@ -188,7 +188,7 @@ impl Peer {
 
     /// Asserts that no video RTP packet arrives while `window` passes
     /// (packets, not decoded frames: a busy decoder may still be behind).
-    async fn assert_video_stopped(&mut self, window: Duration) {
+    pub(crate) async fn assert_video_stopped(&mut self, window: Duration) {
         let video = |s: &Value| s["packets_received"]["video"].as_u64().unwrap();
         // Packets in flight when forwarding stopped may still come in.
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -3,8 +3,11 @@
 //! room per published stream.
 
 mod publisher;
+mod restore;
 mod streams;
 mod subscriber;
+
+pub use restore::SavedMcu;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,15 +80,21 @@ pub struct JanusMcu {
     published: Notify,
     signals: mpsc::UnboundedSender<Signal>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Subscribers lost with a Janus session that could not be claimed,
+    /// waiting for their publisher to publish again (`restore.rs`).
+    resubscribe: Mutex<Vec<SubKey>>,
 }
 
 impl JanusMcu {
     /// Starts the Janus connection (in the background, reconnecting) and
     /// the MCU's event task. Signals for clients come out of the receiver.
+    /// `restored`: the publishers and subscribers of the process before
+    /// (state file), whose Janus session the first connection claims.
     pub fn start(
         cfg: McuConfig,
         metrics: McuMetrics,
         cancel: CancellationToken,
+        restored: Option<SavedMcu>,
     ) -> (Arc<JanusMcu>, mpsc::UnboundedReceiver<Signal>) {
         let gw = Gateway::new(cfg.timeout, metrics.janus_requests_total.clone());
         let (signals, signal_rx) = mpsc::unbounded_channel();
@@ -99,7 +108,11 @@ impl JanusMcu {
             published: Notify::new(),
             signals,
             commands,
+            resubscribe: Mutex::new(Vec::new()),
         });
+        if let Some(saved) = restored {
+            mcu.restore(saved);
+        }
         tokio::spawn(gw.run(cfg.url.clone(), ev_tx, cancel.clone()));
         let m = mcu.clone();
         tokio::spawn(async move {
@@ -210,6 +223,7 @@ impl JanusMcu {
     /// Closes everything of a session: its publishers (with their
     /// subscribers) and its subscribers.
     pub async fn close_session(&self, session: &Arc<str>) {
+        self.forget_resubscribe(session);
         let (pubs, subs): (Vec<_>, Vec<_>) = {
             let reg = lock(&self.reg);
             (
@@ -249,23 +263,19 @@ impl JanusMcu {
 
     fn on_gateway_event(self: &Arc<Self>, ev: GatewayEvent) {
         match ev {
-            GatewayEvent::Connected => {}
+            GatewayEvent::Connected {
+                claimed: Some(false),
+            } => {
+                // Only kept objects can be here before the first session.
+                let reg = std::mem::take(&mut *lock(&self.reg));
+                self.renegotiate_lost(reg);
+            }
+            GatewayEvent::Connected { .. } => {}
             GatewayEvent::Disconnected => {
                 // Every handle died with the Janus session: clients publish
                 // and subscribe again (their PeerConnections fail).
                 let reg = std::mem::take(&mut *lock(&self.reg));
-                for p in reg.publishers.values() {
-                    self.metrics
-                        .publishers
-                        .with_label_values(&[p.stream.as_str()])
-                        .dec();
-                }
-                for s in reg.subscribers.values() {
-                    self.metrics
-                        .subscribers
-                        .with_label_values(&[s.key.2.as_str()])
-                        .dec();
-                }
+                self.forget_all(&reg);
                 tracing::info!(
                     publishers = reg.publishers.len(),
                     subscribers = reg.subscribers.len(),

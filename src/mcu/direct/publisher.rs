@@ -17,7 +17,7 @@ impl JanusMcu {
     /// Publishes (or re-negotiates) a session's stream; returns the
     /// publisher's sid and Janus's answer jsep.
     pub async fn publish(
-        &self,
+        self: &Arc<Self>,
         session: &Arc<str>,
         stream: StreamType,
         offer: Offer,
@@ -67,7 +67,7 @@ impl JanusMcu {
     }
 
     async fn create_publisher(
-        &self,
+        self: &Arc<Self>,
         session: &Arc<str>,
         stream: StreamType,
         offer: &Offer,
@@ -97,6 +97,7 @@ impl JanusMcu {
             self.close_publisher(old).await;
         }
         self.published.notify_waiters();
+        self.resubscribe_to(session, stream);
         Ok(publisher)
     }
 

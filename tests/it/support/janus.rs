@@ -20,6 +20,11 @@ libjanus_nanomsgevh.so,libjanus_rabbitmqevh.so";
 const TRANSPORTS_OFF: &str =
     "libjanus_http.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_pfunix.so,libjanus_rabbitmq.so";
 
+/// Janus's `reclaim_session_timeout` in tests (seconds): a session whose
+/// server restarted is kept that long for it to claim (as the README
+/// tells admins to set).
+pub const RECLAIM: u64 = 30;
+
 /// True when Debian's `janus` is installed.
 pub fn available() -> bool {
     std::path::Path::new("/usr/bin/janus").exists() && std::path::Path::new("/etc/janus").exists()
@@ -54,14 +59,21 @@ impl Janus {
     /// The same with `full_trickle` (Janus trickles its own candidates
     /// instead of putting them into its SDPs).
     pub async fn start_configured(session_timeout: Option<u64>, full_trickle: bool) -> Janus {
-        Self::start_on(free_port(), session_timeout, full_trickle, None).await
+        Self::start_on(free_port(), session_timeout, full_trickle, None, RECLAIM).await
+    }
+
+    /// Janus keeping a session whose WebSocket went away for `reclaim`
+    /// seconds (`reclaim_session_timeout`; the others get
+    /// [`RECLAIM`]); 0 destroys it at once (Janus's default).
+    pub async fn start_reclaiming(reclaim: u64) -> Janus {
+        Self::start_on(free_port(), None, false, None, reclaim).await
     }
 
     /// Janus on `port` whose WebSocket event handler sends every event to
     /// `events` (subprotocol `janus-events`), with media statistics every
     /// second.
     pub async fn start_with_events(port: u16, events: &str) -> Janus {
-        Self::start_on(port, None, false, Some(events)).await
+        Self::start_on(port, None, false, Some(events), RECLAIM).await
     }
 
     async fn start_on(
@@ -69,6 +81,7 @@ impl Janus {
         session_timeout: Option<u64>,
         full_trickle: bool,
         events: Option<&str>,
+        reclaim: u64,
     ) -> Janus {
         let dir = super::fresh_dir("janus");
         for entry in std::fs::read_dir("/etc/janus").unwrap() {
@@ -106,6 +119,10 @@ impl Janus {
                 (
                     "#full_trickle = true",
                     format!("full_trickle = {full_trickle}"),
+                ),
+                (
+                    "#reclaim_session_timeout = 0",
+                    format!("reclaim_session_timeout = {reclaim}"),
                 ),
             ],
         );

@@ -1,0 +1,288 @@
+//! Publishers and subscribers kept across a restart of this process
+//! (`[sessions] statefile`): the stopping process leaves its Janus session
+//! alive ([`JanusMcu::keep_for_restart`]) and writes what it served
+//! ([`JanusMcu::saved`]); the next start re-creates those objects on the
+//! same handles and claims the Janus session ([`JanusMcu::restore`]), so
+//! the media never stops and `requestoffer`, candidates, `selectStream`
+//! and closing go on working for them.
+//!
+//! Where Janus no longer has the session (restarted, or its
+//! `reclaim_session_timeout` is unset or over), the clients are told to
+//! renegotiate without leaving the call ([`JanusMcu::renegotiate_lost`]):
+//! each publisher's client gets `unshareScreen` for its own stream (the
+//! Talk client ends that PeerConnection) followed by a participants update
+//! from the hub (which makes it publish again); each subscriber's client
+//! gets `unshareScreen` from the publisher (its receiving PeerConnection
+//! ends) and, once that publisher published again, an offer with a new
+//! sid, as for `sendoffer`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::super::{lock, sdp, Signal, StreamType, SubKey};
+use super::{JanusMcu, Owner, Publisher, Registry, Subscriber};
+
+/// What a state file keeps of the Janus MCU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedMcu {
+    /// `[mcu] url` of the process that wrote it (another Janus has
+    /// other sessions).
+    pub url: String,
+    /// The Janus session to claim.
+    pub janus_session: u64,
+    /// The publishers served.
+    pub publishers: Vec<SavedPublisher>,
+    /// The subscribers served.
+    pub subscribers: Vec<SavedSubscriber>,
+}
+
+/// A publisher in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedPublisher {
+    session: String,
+    stream: String,
+    handle: u64,
+    room: u64,
+    sid: String,
+    audio: bool,
+    video: bool,
+    /// The media Janus received (bits of `streams::STREAM_LABELS`).
+    receiving: u8,
+}
+
+/// A subscriber in the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedSubscriber {
+    subscriber: String,
+    publisher: String,
+    stream: String,
+    handle: u64,
+    connected: bool,
+}
+
+fn stream_of(s: &str) -> Option<StreamType> {
+    match s {
+        "video" => Some(StreamType::Video),
+        "screen" => Some(StreamType::Screen),
+        _ => None,
+    }
+}
+
+impl JanusMcu {
+    /// SIGTERM with a state file: the Janus session outlives this process.
+    pub fn keep_for_restart(&self) {
+        self.gw.keep_session();
+    }
+
+    /// The publishers and subscribers to write to the state file; None
+    /// when there are none (or no Janus session was ever up).
+    pub fn saved(&self) -> Option<SavedMcu> {
+        let janus_session = self.gw.session_id();
+        let reg = lock(&self.reg);
+        if janus_session == 0 || (reg.publishers.is_empty() && reg.subscribers.is_empty()) {
+            return None;
+        }
+        let publishers = reg
+            .publishers
+            .values()
+            .map(|p| {
+                let media = *lock(&p.media);
+                SavedPublisher {
+                    session: p.session.to_string(),
+                    stream: p.stream.as_str().to_string(),
+                    handle: p.handle,
+                    room: p.room,
+                    sid: p.sid.clone(),
+                    audio: media.audio,
+                    video: media.video,
+                    receiving: p.receiving.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let subscribers = reg
+            .subscribers
+            .values()
+            .map(|s| SavedSubscriber {
+                subscriber: s.key.0.to_string(),
+                publisher: s.key.1.to_string(),
+                stream: s.key.2.as_str().to_string(),
+                handle: s.handle,
+                connected: s.connected.load(Ordering::Relaxed),
+            })
+            .collect();
+        Some(SavedMcu {
+            url: self.config().url.clone(),
+            janus_session,
+            publishers,
+            subscribers,
+        })
+    }
+
+    /// At start, before the first connection: the saved objects are
+    /// served again on their handles, and the first connection claims
+    /// their Janus session. A file of another Janus is ignored.
+    pub fn restore(&self, saved: SavedMcu) {
+        if saved.url != self.config().url {
+            tracing::warn!(
+                "the saved publishers and subscribers were on another Janus ({}), not kept",
+                saved.url
+            );
+            return;
+        }
+        let mut reg = lock(&self.reg);
+        for p in saved.publishers {
+            let Some(stream) = stream_of(&p.stream) else {
+                continue;
+            };
+            let publisher = Arc::new(Publisher {
+                session: p.session.as_str().into(),
+                stream,
+                handle: p.handle,
+                room: p.room,
+                sid: p.sid,
+                media: Mutex::new(sdp::Media {
+                    audio: p.audio,
+                    video: p.video,
+                }),
+                // It was sending: subscribers join at once.
+                up: watch::Sender::new(true),
+                held: Default::default(),
+                receiving: p.receiving.into(),
+            });
+            reg.handles
+                .insert(p.handle, Owner::Publisher(publisher.clone()));
+            reg.publishers
+                .insert((publisher.session.clone(), stream), publisher);
+            self.metrics
+                .publishers
+                .with_label_values(&[stream.as_str()])
+                .inc();
+        }
+        for s in saved.subscribers {
+            let Some(stream) = stream_of(&s.stream) else {
+                continue;
+            };
+            let key: SubKey = (
+                s.subscriber.as_str().into(),
+                s.publisher.as_str().into(),
+                stream,
+            );
+            if !reg.publishers.contains_key(&(key.1.clone(), stream)) {
+                continue;
+            }
+            let sub = Arc::new(Subscriber {
+                key: key.clone(),
+                handle: s.handle,
+                held: Default::default(),
+                connected: s.connected.into(),
+            });
+            reg.handles.insert(s.handle, Owner::Subscriber(sub.clone()));
+            reg.subscribers.insert(key, sub);
+            self.metrics
+                .subscribers
+                .with_label_values(&[stream.as_str()])
+                .inc();
+        }
+        tracing::info!(
+            publishers = reg.publishers.len(),
+            subscribers = reg.subscribers.len(),
+            janus_session = saved.janus_session,
+            "publishers and subscribers kept from before the restart, claiming their Janus session"
+        );
+        self.gw.claim_at_connect(saved.janus_session);
+    }
+
+    /// The claimed Janus session was gone: every kept object died with it.
+    /// Their clients are told to renegotiate (see the module docs).
+    pub(super) fn renegotiate_lost(&self, reg: Registry) {
+        self.forget_all(&reg);
+        for p in reg.publishers.values() {
+            let _ = self.signals.send(Signal {
+                to: p.session.clone(),
+                from: p.session.clone(),
+                kind: "unshareScreen",
+                stream: p.stream,
+                payload: json!({}),
+                sid: p.sid.clone(),
+            });
+        }
+        let mut pending = lock(&self.resubscribe);
+        for s in reg.subscribers.values() {
+            let _ = self.signals.send(Signal {
+                to: s.key.0.clone(),
+                from: s.key.1.clone(),
+                kind: "unshareScreen",
+                stream: s.key.2,
+                payload: json!({}),
+                sid: s.sid(),
+            });
+            pending.push(s.key.clone());
+        }
+        tracing::info!(
+            publishers = reg.publishers.len(),
+            subscribers = reg.subscribers.len(),
+            "kept publishers and subscribers lost with their Janus session, clients told to renegotiate"
+        );
+    }
+
+    /// Takes a registry's objects out of the gauges.
+    pub(super) fn forget_all(&self, reg: &Registry) {
+        for p in reg.publishers.values() {
+            self.metrics
+                .publishers
+                .with_label_values(&[p.stream.as_str()])
+                .dec();
+        }
+        for s in reg.subscribers.values() {
+            self.metrics
+                .subscribers
+                .with_label_values(&[s.key.2.as_str()])
+                .dec();
+        }
+    }
+
+    /// A publisher (again): the subscribers lost with a claimed session
+    /// that waited for it get an offer of it (a new subscriber, new sid).
+    pub(super) fn resubscribe_to(self: &Arc<Self>, publisher: &Arc<str>, stream: StreamType) {
+        let waiting: Vec<SubKey> = {
+            let mut pending = lock(&self.resubscribe);
+            let (now, later) = pending
+                .drain(..)
+                .partition(|k| k.1 == *publisher && k.2 == stream);
+            *pending = later;
+            now
+        };
+        for key in waiting {
+            let m = self.clone();
+            tokio::spawn(async move {
+                let signals = m.signals.clone();
+                let (to, from) = (key.0.clone(), key.1.clone());
+                let deliver = |sid: &str, offer: &Value| {
+                    let _ = signals.send(Signal {
+                        to,
+                        from,
+                        kind: "offer",
+                        stream: key.2,
+                        payload: offer.clone(),
+                        sid: sid.to_string(),
+                    });
+                };
+                if let Err(e) = m
+                    .subscribe(&key.0, &key.1, key.2, "", &json!({}), deliver)
+                    .await
+                {
+                    tracing::info!(subscriber = %key.0, publisher = %key.1, "cannot subscribe again after the restart: {e}");
+                }
+            });
+        }
+    }
+
+    /// A session that closed waits for nothing any more.
+    pub(super) fn forget_resubscribe(&self, session: &Arc<str>) {
+        lock(&self.resubscribe).retain(|k| k.0 != *session && k.1 != *session);
+    }
+}
