@@ -380,10 +380,7 @@ impl Gateway {
 
     /// Opens the WebSocket, checks `info` and claims the session to claim
     /// (see [`Gateway::claim_at_connect`]) or creates one.
-    async fn connect(
-        &self,
-        url: &str,
-    ) -> Result<(Ws, u64, JanusInfo, Option<bool>), String> {
+    async fn connect(&self, url: &str) -> Result<(Ws, u64, JanusInfo, Option<bool>), String> {
         let mut req = url
             .into_client_request()
             .map_err(|e| format!("bad URL: {e}"))?;
