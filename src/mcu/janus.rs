@@ -424,9 +424,20 @@ impl Gateway {
                 ),
             }
         }
-        let created = self
+        let created = match self
             .exchange(&mut ws, json!({"janus": "create", "transaction": "create"}))
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // The connection failed, not (only) the claim: the next
+                // connection claims again.
+                if let Some(id) = to_claim {
+                    *lock(&self.shared.claim) = Some(id);
+                }
+                return Err(e);
+            }
+        };
         let session = created["data"]["id"]
             .as_u64()
             .ok_or("create without session id")?;

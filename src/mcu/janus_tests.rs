@@ -116,3 +116,85 @@ async fn an_ack_before_the_event_keeps_the_request_waiting() {
         Err(JanusError::Plugin { code: 424, .. })
     ));
 }
+
+/// A fake Janus: each connection answers `info`, then `answer` gets the
+/// next request (claim or create) and says what to do.
+async fn fake_janus(
+    answer: impl Fn(usize, &Value) -> Option<Value> + Send + Sync + 'static,
+) -> String {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            n += 1;
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let protocol = |_: &Request, mut r: Response| {
+                    r.headers_mut().insert(
+                        "Sec-WebSocket-Protocol",
+                        HeaderValue::from_static("janus-protocol"),
+                    );
+                    Ok(r)
+                };
+                let mut ws = tokio_tungstenite::accept_hdr_async(tcp, protocol)
+                    .await
+                    .unwrap();
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    let reply = match v["janus"].as_str() {
+                        Some("info") => Some(json!({"janus": "server_info", "transaction": "info",
+                            "plugins": {VIDEOROOM: {}}, "data_channels": true, "full-trickle": true})),
+                        _ => answer(n, &v),
+                    };
+                    let Some(mut reply) = reply else { return };
+                    reply["transaction"] = v["transaction"].clone();
+                    if ws
+                        .send(Message::Text(reply.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_connection_lost_during_the_claim_claims_again_on_the_next_one() {
+    // The first connection drops at the claim, the second takes it.
+    let url = fake_janus(|n, v| match (n, v["janus"].as_str()) {
+        (1, _) => None,
+        (_, Some("claim")) => Some(json!({"janus": "success", "session_id": v["session_id"]})),
+        (_, Some("create")) => Some(json!({"janus": "success", "data": {"id": 99}})),
+        _ => Some(json!({"janus": "ack"})),
+    })
+    .await;
+    let gw = Gateway::new(
+        Duration::from_secs(2),
+        prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
+    );
+    gw.claim_at_connect(7);
+    let (events, mut evrx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    tokio::spawn(gw.clone().run(url, events, cancel.clone()));
+    let ev = tokio::time::timeout(Duration::from_secs(10), evrx.recv())
+        .await
+        .expect("connected in time");
+    assert!(
+        matches!(
+            ev,
+            Some(GatewayEvent::Connected {
+                claimed: Some(true)
+            })
+        ),
+        "{ev:?}"
+    );
+    assert_eq!(gw.session_id(), 7);
+    cancel.cancel();
+}
