@@ -132,6 +132,8 @@ async fn fake_janus(
             n += 1;
             let answer = answer.clone();
             tokio::spawn(async move {
+                // The handshake's callback type is tungstenite's.
+                #[allow(clippy::result_large_err)]
                 let protocol = |_: &Request, mut r: Response| {
                     r.headers_mut().insert(
                         "Sec-WebSocket-Protocol",
