@@ -133,6 +133,11 @@ pub struct MemberInfo {
     /// A federated session (another Nextcloud's user).
     #[serde(default)]
     pub federated: bool,
+    /// A federated session's actor (`actorType`, `actorId` of its token),
+    /// for the `leave` another process sends should this one vanish;
+    /// absent from processes of the previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<(String, String)>,
 }
 
 /// What kind of session a room member is (`"client"`, `"internal"` or

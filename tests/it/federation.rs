@@ -14,12 +14,12 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn data(name: &str) -> String {
+pub(crate) fn data(name: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// A token NC-B would mint for alice of NC-A.
-fn token(nc_b: &FakeNextcloud, nc_a: &FakeNextcloud, key: &str) -> String {
+pub(crate) fn token(nc_b: &FakeNextcloud, nc_a: &FakeNextcloud, key: &str) -> String {
     let pem = data(key);
     let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
     let cloud = format!("alice@{}", nc_a.url.trim_start_matches("http://"));

@@ -209,7 +209,8 @@ impl Hub {
                         room: key.room.clone(),
                         user_id: info.userid.as_deref().map(Arc::from),
                         room_session_id: rs.as_str().into(),
-                        actor: None,
+                        // As the leave its own process would have sent.
+                        actor: info.actor,
                     });
                 }
             }

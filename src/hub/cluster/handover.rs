@@ -279,6 +279,7 @@ fn moved_peek(m: &MovedResume, ask: &ResumeAsk) -> SessionHandover {
             in_call: 0,
             flags: 0,
             federated: false,
+            actor: None,
         },
         room: m.room.clone(),
         resume_id: ask.resume_id.clone(),

@@ -180,6 +180,7 @@ impl State {
             in_call: s.in_call,
             flags: s.flags,
             federated: s.federated.is_some(),
+            actor: s.federated.as_ref().and_then(|f| f.actor.clone()),
         })
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::support::*;
 use serde_json::{json, Value};
 
+mod federation_gone;
 mod handover;
 mod handover_internal;
 mod resync;
