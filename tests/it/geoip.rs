@@ -327,6 +327,19 @@ async fn the_database_is_downloaded_and_reloaded_and_a_bad_download_keeps_the_ol
 }
 
 #[tokio::test]
+async fn sighup_reloads_the_overrides() {
+    let nc = FakeNextcloud::start().await;
+    let text = |cc: &str| config_text(&nc, &format!("[geoip-overrides]\n203.0.113.0/24 = {cc}\n"));
+    let cfg = Config::parse(&text("DE")).unwrap();
+    let new = Config::parse(&text("FR")).unwrap();
+    let ts = TestServer::start_config(nc, cfg).await;
+    let cc = ["DE", "FR"];
+    assert_eq!(country_of(&ts, "203.0.113.1", "a", &cc).await, "DE");
+    ts.server.as_ref().unwrap().reload(&new);
+    assert_eq!(country_of(&ts, "203.0.113.2", "b", &cc).await, "FR");
+}
+
+#[tokio::test]
 async fn bad_geoip_values_stop_start_up_and_fail_check_naming_the_key() {
     let nc = FakeNextcloud::start().await;
     for (extra, key) in [
