@@ -94,6 +94,15 @@ impl Mcu {
         each!(self, m => m.connected())
     }
 
+    /// With `type = janus`: changes when Janus connects or goes and when
+    /// a publisher or subscriber is dropped (see [`super::direct::JanusMcu::changes`]).
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backend {
+            Backend::Janus(m) => Some(m.changes()),
+            Backend::Proxy(_) => None,
+        }
+    }
+
     /// True when Janus handle `handle` is one of this process's
     /// publishers or subscribers (never with proxies: their Janus
     /// handles are the proxies').

@@ -333,10 +333,16 @@ async fn worker(proxy: Arc<Proxy>, info: ClientInfo, mut rx: mpsc::Receiver<Job>
         };
         client.busy.store(false, Ordering::Release);
         // Deleted while Janus worked on it: what Janus made goes too.
-        if proxy.client(&info.id).is_none() {
+        let deleted = proxy.client(&info.id).is_none();
+        if deleted {
             proxy.close_in_mcu(&info);
         }
         proxy.send_to(&job.session, &reply);
+        if !deleted {
+            // Janus may have closed it while it was busy (after the reply,
+            // so that the server hears of it in that order).
+            proxy.check_closed(&client);
+        }
         drop(job.permit);
     }
 }

@@ -1,7 +1,8 @@
 //! The proxy's state: sessions, the publishers and subscribers they
 //! created (its "clients", whose number is the load), the Janus MCU, the
 //! scheduled shutdown, and the background work (load reports, session
-//! expiry, Janus coming and going, clients Janus closed).
+//! expiry, and, when the MCU says something changed, Janus coming and
+//! going and clients Janus closed).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +28,6 @@ pub const MAX_CLIENTS: usize = 100_000;
 pub const LOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired sessions are removed (as Go).
 pub const EXPIRE_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the Janus connection state is looked at.
-const JANUS_POLL: Duration = Duration::from_millis(200);
 
 /// What a client (publisher or subscriber) is.
 #[derive(Debug, Clone)]
@@ -319,23 +318,28 @@ impl Proxy {
     async fn background(self: Arc<Self>) {
         let mut load_tick = tokio::time::interval(LOAD_INTERVAL);
         let mut expire_tick = tokio::time::interval(EXPIRE_INTERVAL);
-        let mut janus_tick = tokio::time::interval(JANUS_POLL);
+        let mut changes = self.mcu.changes();
         let mut janus_up = false;
         loop {
+            // Janus coming and going, clients it closed: looked at when
+            // the MCU says something changed (and once at the start).
+            let up = self.mcu.connected();
+            if up != janus_up {
+                janus_up = up;
+                self.janus_changed(up);
+            }
+            self.closed_by_janus();
+            let changed = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = load_tick.tick() => {
-                    self.closed_by_janus();
-                    self.update_load();
-                }
+                ok = changed => if !ok { return },
+                _ = load_tick.tick() => self.update_load(),
                 _ = expire_tick.tick() => self.expire_sessions(),
-                _ = janus_tick.tick() => {
-                    let up = self.mcu.connected();
-                    if up != janus_up {
-                        janus_up = up;
-                        self.janus_changed(up);
-                    }
-                }
             }
         }
     }
@@ -386,33 +390,37 @@ impl Proxy {
     /// Clients Janus closed (hangup, a publisher's room gone): forgotten,
     /// their session hears `publisher-closed` / `subscriber-closed`.
     fn closed_by_janus(&self) {
-        let clients: Vec<Arc<Client>> = lock(&self.inner)
-            .clients
-            .values()
-            .filter(|c| c.established.load(Ordering::Acquire) && !c.busy.load(Ordering::Acquire))
-            .cloned()
-            .collect();
+        let clients: Vec<Arc<Client>> = lock(&self.inner).clients.values().cloned().collect();
         for c in clients {
-            let i = &c.info;
-            let (alive, kind) = match &i.kind {
-                ClientKind::Publisher { .. } => (
-                    self.mcu.has_publisher(&i.id, i.stream),
-                    EventKind::PublisherClosed,
-                ),
-                ClientKind::Subscriber { publisher } => (
-                    self.mcu.has_subscriber(&i.id, publisher, i.stream),
-                    EventKind::SubscriberClosed,
-                ),
-            };
-            // Looked at again: the worker may have started meanwhile.
-            if alive || c.busy.load(Ordering::Acquire) {
-                continue;
-            }
-            if self.remove_client(&i.id).is_some() {
-                tracing::debug!(client = %i.id, ?kind, "closed by Janus");
-                if let Some(s) = self.session(&i.session) {
-                    self.send_to(&s, &client_event(kind, &i.id));
-                }
+            self.check_closed(&c);
+        }
+    }
+
+    /// [`Self::closed_by_janus`] for one client (its worker calls it when
+    /// a job ends: a change while it was busy was not looked at).
+    pub fn check_closed(&self, c: &Client) {
+        if !c.established.load(Ordering::Acquire) || c.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let i = &c.info;
+        let (alive, kind) = match &i.kind {
+            ClientKind::Publisher { .. } => (
+                self.mcu.has_publisher(&i.id, i.stream),
+                EventKind::PublisherClosed,
+            ),
+            ClientKind::Subscriber { publisher } => (
+                self.mcu.has_subscriber(&i.id, publisher, i.stream),
+                EventKind::SubscriberClosed,
+            ),
+        };
+        // Looked at again: the worker may have started meanwhile.
+        if alive || c.busy.load(Ordering::Acquire) {
+            return;
+        }
+        if self.remove_client(&i.id).is_some() {
+            tracing::debug!(client = %i.id, ?kind, "closed by Janus");
+            if let Some(s) = self.session(&i.session) {
+                self.send_to(&s, &client_event(kind, &i.id));
             }
         }
     }

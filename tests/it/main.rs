@@ -37,6 +37,7 @@ mod mcu_sdp;
 mod metrics;
 mod package;
 mod proxy;
+mod proxy_events;
 mod proxy_takeover;
 mod reload;
 mod restart;

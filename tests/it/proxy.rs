@@ -278,7 +278,7 @@ async fn hello_tokens_are_checked_as_the_go_proxy_does() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn command(c: &mut Client, id: &str, cmd: Value) -> Value {
+pub(crate) async fn command(c: &mut Client, id: &str, cmd: Value) -> Value {
     c.send(json!({"id": id, "type": "command", "command": cmd}))
         .await;
     let r = c.wait_for(|m| m["id"] == id || m["type"] == "bye").await;
@@ -287,7 +287,7 @@ async fn command(c: &mut Client, id: &str, cmd: Value) -> Value {
 }
 
 /// Waits for an event of `kind` (other messages skipped).
-async fn event(c: &mut Client, kind: &str) -> Value {
+pub(crate) async fn event(c: &mut Client, kind: &str) -> Value {
     c.wait_for_within(Duration::from_secs(10), |m| {
         m["type"] == "event" && m["event"]["type"] == kind
     })

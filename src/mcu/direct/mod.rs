@@ -78,6 +78,9 @@ pub struct JanusMcu {
     reg: Mutex<Registry>,
     /// Woken whenever a publisher appears (waiting subscribers look again).
     published: Notify,
+    /// Counts what a watcher may want to look at again: Janus connected
+    /// or lost, a publisher or subscriber gone ([`JanusMcu::changes`]).
+    changes: watch::Sender<u64>,
     signals: mpsc::UnboundedSender<Signal>,
     commands: mpsc::UnboundedSender<Command>,
     /// Subscribers lost with a Janus session that could not be claimed,
@@ -106,6 +109,7 @@ impl JanusMcu {
             metrics,
             reg: Mutex::new(Registry::default()),
             published: Notify::new(),
+            changes: watch::Sender::new(0),
             signals,
             commands,
             resubscribe: Mutex::new(Vec::new()),
@@ -136,6 +140,17 @@ impl JanusMcu {
     /// True while Janus is connected.
     pub fn connected(&self) -> bool {
         self.gw.connected()
+    }
+
+    /// Changes whenever Janus connects or goes, and whenever a publisher
+    /// or subscriber is dropped (closed by Janus or by a request): the
+    /// proxy looks at its clients then instead of polling.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// True when Janus handle `handle` is one of this process's
@@ -269,8 +284,9 @@ impl JanusMcu {
                 // Only kept objects can be here before the first session.
                 let reg = std::mem::take(&mut *lock(&self.reg));
                 self.renegotiate_lost(reg);
+                self.changed();
             }
-            GatewayEvent::Connected { .. } => {}
+            GatewayEvent::Connected { .. } => self.changed(),
             GatewayEvent::Disconnected => {
                 // Every handle died with the Janus session: clients publish
                 // and subscribe again (their PeerConnections fail).
@@ -281,6 +297,7 @@ impl JanusMcu {
                     subscribers = reg.subscribers.len(),
                     "Janus connection lost, media clients dropped"
                 );
+                self.changed();
             }
             GatewayEvent::Handle { handle, msg } => self.on_handle_event(handle, msg),
         }

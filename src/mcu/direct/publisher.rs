@@ -236,6 +236,8 @@ impl JanusMcu {
                 subs.push(s);
             }
         }
+        drop(reg);
+        self.changed();
         subs
     }
 

@@ -31,6 +31,8 @@ impl JanusMcu {
             .subscribers
             .with_label_values(&[s.key.2.as_str()])
             .dec();
+        drop(reg);
+        self.changed();
         true
     }
 

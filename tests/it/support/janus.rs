@@ -292,6 +292,15 @@ impl Observer {
             .unwrap_or_default()
     }
 
+    /// Destroys a videoroom room (its participants hear `destroyed`).
+    pub async fn destroy(&mut self, room: &Value) {
+        let body = json!({"request": "destroy", "room": room});
+        let r = self
+            .request(json!({"janus": "message", "handle_id": self.handle, "body": body}))
+            .await;
+        assert_eq!(r["plugindata"]["data"]["videoroom"], "destroyed", "{r}");
+    }
+
     /// The room whose description is `<session>|<stream>`.
     pub async fn room_of(&mut self, session: &str, stream: &str) -> Option<Value> {
         let d = format!("{session}|{stream}");
