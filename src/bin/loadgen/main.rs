@@ -41,7 +41,9 @@ struct Args {
     /// Messages in flight per sender (closed loop).
     #[arg(long, default_value_t = 16)]
     window: usize,
-    /// Messages per second per sender; 0 = as fast as the window allows.
+    /// Messages per second per sender, the senders' first messages spread
+    /// over one period (a steady load, not one burst a period); 0 = as
+    /// fast as the window allows.
     #[arg(long, default_value_t = 0)]
     rate: u32,
     /// Senders in the room workload.

@@ -240,20 +240,33 @@ fn spawn_reader(
     })
 }
 
-/// Sends from `sinks[i]` until `deadline` with a bounded window; `rate` > 0
-/// paces each sender to that many messages per second.
+/// How a sender is paced: `rate` messages per second (0: as fast as the
+/// window allows), starting `phase` (0 to 1) of a period late, so that the
+/// senders of a fixed load are spread over the period instead of all
+/// sending in the same millisecond.
+#[derive(Clone, Copy)]
+struct Pace {
+    rate: u32,
+    phase: f64,
+}
+
+/// Sends from `sinks[i]` until `deadline` with a bounded window, paced by
+/// `pace`.
 async fn send_loop(
     mut sink: futures_util::stream::SplitSink<crate::client::Ws, Message>,
     me: usize,
     recipient: Value,
     window: Arc<Semaphore>,
     deadline: Instant,
-    rate: u32,
+    pace: Pace,
     sent: Arc<AtomicU64>,
 ) -> futures_util::stream::SplitSink<crate::client::Ws, Message> {
     let mut seq = 0u64;
-    let mut pace =
-        (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64)));
+    let mut pace = (pace.rate > 0).then(|| {
+        let period = Duration::from_secs_f64(1.0 / f64::from(pace.rate));
+        let start = tokio::time::Instant::now() + period.mul_f64(pace.phase);
+        tokio::time::interval_at(start, period)
+    });
     while Instant::now() < deadline {
         if let Some(p) = pace.as_mut() {
             p.tick().await;
@@ -368,13 +381,17 @@ pub async fn run_p2p(
     for (i, sink) in sinks {
         let peer = i ^ 1;
         let recipient = json!({"type": "session", "sessionid": ids[peer]});
+        let pace = Pace {
+            rate,
+            phase: i as f64 / n as f64,
+        };
         senders.push(tokio::spawn(send_loop(
             sink,
             i,
             recipient,
             windows[i].clone(),
             deadline,
-            rate,
+            pace,
             sent.clone(),
         )));
     }
@@ -440,13 +457,17 @@ pub async fn run_room(
     let mut idle = Vec::new();
     for (i, sink) in sinks.into_iter().enumerate() {
         if i < senders {
+            let pace = Pace {
+                rate,
+                phase: i as f64 / senders as f64,
+            };
             tasks.push(tokio::spawn(send_loop(
                 sink,
                 i,
                 json!({"type": "room"}),
                 windows[i].clone(),
                 deadline,
-                rate,
+                pace,
                 sent.clone(),
             )));
         } else {
