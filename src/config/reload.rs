@@ -71,7 +71,7 @@ pub(super) fn parse_stats(ini: &IniFile) -> Result<StatsConfig, ConfigError> {
 impl Config {
     /// The settings that differ in `new` but that SIGHUP does not apply
     /// (the running server keeps its values until a restart). Backends,
-    /// `[app] trustedproxies`, `[stats]`, `[logging] level` and the
+    /// `[app] trustedproxies`, `[stats]`, `[logging] level`, the GeoIP overrides and the
     /// `[https]` certificate are reloaded and never listed.
     pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
