@@ -1,53 +1,19 @@
-//! The cluster side of a process: applies what arrives from the bus,
-//! announces the process, notices processes that went away.
+//! The cluster side of a process: applies what arrives from the bus (one
+//! handler per kind of message; frames in `frames.rs`, the other processes
+//! in `peers.rs`, lost messages in `resync.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{body_frame, DISCOVERY_WINDOW, HEARTBEAT_INTERVAL, PROCESS_TIMEOUT};
+use super::HEARTBEAT_INTERVAL;
 use crate::api::server::event_frame;
-use crate::bus::{
-    decode, encode, process_subject, Header, Inbound, MemberInfo, MemberKind, BUS_VERSION,
-    SUBJECT_ALL,
-};
-use crate::hub::outbox::Outbox;
+use crate::bus::{decode, process_subject, Header, Inbound, MemberInfo, MemberKind};
 use crate::hub::room::RoomKey;
 use crate::hub::{Hub, State};
-
-impl State {
-    /// Runs `f` and returns, with its result, the outboxes its deliveries
-    /// left more than half full.
-    pub(crate) fn collecting_congestion<R>(
-        &mut self,
-        f: impl FnOnce(&mut State) -> R,
-    ) -> (R, Vec<Arc<crate::hub::outbox::Outbox>>) {
-        self.sessions.congested = Some(Vec::new());
-        let r = f(self);
-        let c = self.sessions.congested.take().unwrap_or_default();
-        (r, c)
-    }
-
-    /// This process's heartbeat: its id and client sessions per backend.
-    pub(crate) fn heartbeat_message(&self) -> Bytes {
-        let counts = self
-            .sessions
-            .counts
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        let h = Header::Heartbeat {
-            from: self.bus.pid().to_string(),
-            counts,
-            version: BUS_VERSION,
-        };
-        encode(&h, None)
-    }
-}
 
 impl Hub {
     /// Runs the cluster side of the hub: applies what arrives from the bus,
@@ -83,139 +49,6 @@ impl Hub {
                 hub.heartbeat();
             }
         });
-    }
-
-    /// Tells the other processes this one stops: they treat its sessions as
-    /// gone at once instead of after the process timeout.
-    pub async fn goodbye(&self) {
-        let bus = {
-            let st = self.lock();
-            if !st.bus.clustered() {
-                return;
-            }
-            let h = Header::Goodbye {
-                from: st.bus.pid().to_string(),
-            };
-            st.bus.publish(SUBJECT_ALL.to_string(), encode(&h, None));
-            st.bus.clone()
-        };
-        bus.flush().await;
-    }
-
-    /// Learns the other processes before serving clients: every process
-    /// answers a `Discover` request with its heartbeat. Of two processes
-    /// starting at once, at least one subscribed before the other asked, so
-    /// both know each other afterwards (the answer tells the asker).
-    pub async fn discover_peers(&self) {
-        let bus = {
-            let st = self.lock();
-            if !st.bus.clustered() {
-                return;
-            }
-            st.bus.clone()
-        };
-        let h = Header::Discover {
-            from: bus.pid().to_string(),
-            version: BUS_VERSION,
-        };
-        let replies = bus
-            .request(
-                SUBJECT_ALL.to_string(),
-                encode(&h, None),
-                usize::MAX,
-                DISCOVERY_WINDOW,
-            )
-            .await;
-        let mut st = self.lock();
-        for r in replies {
-            if let Some((
-                Header::Heartbeat {
-                    from,
-                    counts,
-                    version,
-                },
-                _,
-            )) = decode(&r)
-            {
-                if from != bus.pid() {
-                    st.heard(from, counts, version);
-                }
-            }
-        }
-        tracing::info!(
-            peers = st.cluster.processes.len(),
-            "cluster peers discovered"
-        );
-    }
-
-    fn heartbeat(&self) {
-        let mut st = self.lock();
-        st.bus
-            .publish(SUBJECT_ALL.to_string(), st.heartbeat_message());
-        // Processes that went silent: their sessions are gone.
-        let now = Instant::now();
-        let dead: Vec<String> = st
-            .cluster
-            .processes
-            .iter()
-            .filter(|(_, p)| now.duration_since(p.last_seen) > PROCESS_TIMEOUT)
-            .map(|(pid, _)| pid.clone())
-            .collect();
-        for pid in dead {
-            tracing::warn!(process = %pid, "process went silent, its sessions leave");
-            st.cluster.processes.remove(&pid);
-            self.process_gone(&mut st, &pid);
-        }
-        st.follow_versions();
-        let keep = st.sessions.limits.resume_timeout * 2;
-        st.cluster
-            .moved
-            .retain(|_, (_, at)| now.duration_since(*at) < keep);
-        st.cluster
-            .moved_resume
-            .retain(|_, m| now.duration_since(m.at) < keep);
-        st.sweep_arrivals(now);
-    }
-
-    fn process_gone(&self, st: &mut State, pid: &str) {
-        let gone: Vec<(Arc<str>, RoomKey, MemberInfo)> = st
-            .cluster
-            .remote
-            .iter()
-            // A session on its way here is not gone with its holder.
-            .filter(|(sid, r)| r.info.owner == pid && !st.sessions.arriving.contains_key(*sid))
-            .map(|(sid, r)| (sid.clone(), r.room.clone(), r.info.clone()))
-            .collect();
-        // The process with the smallest id among the survivors tells
-        // Nextcloud, so it is told once.
-        let leader = st
-            .cluster
-            .processes
-            .keys()
-            .all(|p| p.as_str() > st.bus.pid());
-        for (sid, key, info) in gone {
-            st.remove_remote(&key, &sid);
-            if leader && info.kind == MemberKind::Client {
-                if let (Some(rs), Some(b)) =
-                    (info.roomsessionid, self.registry().by_id(&key.backend))
-                {
-                    let (url, base) = self.room_urls(&key);
-                    st.effects.push(crate::hub::Effect::Left {
-                        to: crate::hub::Nextcloud {
-                            url,
-                            base,
-                            secret: b.secret.clone(),
-                        },
-                        room: key.room.clone(),
-                        user_id: info.userid.as_deref().map(Arc::from),
-                        room_session_id: rs.as_str().into(),
-                        // As the leave its own process would have sent.
-                        actor: info.actor,
-                    });
-                }
-            }
-            st.drop_room_if_unserved(&key);
-        }
     }
 
     /// Applies one bus message: one handler per kind of [`Header`].
@@ -384,46 +217,6 @@ impl Hub {
         }
     }
 
-    /// Delivers a frame for the local members of a room, the sessions of a
-    /// user or one session: the recipients it left congested, and the
-    /// sender to hold back (its process, its id), if a client sent it.
-    pub(super) fn deliver_bus_frame(&self, h: Header, body: &Bytes) -> Delivered {
-        let (from, except, congested) = match h {
-            Header::RoomFrame {
-                from,
-                backend,
-                room,
-                except,
-                call_only,
-            } => {
-                let c =
-                    self.room_frame(&key_of(&backend, &room), body, except.as_deref(), call_only);
-                (from, except, c)
-            }
-            Header::UserFrame {
-                from,
-                backend,
-                user,
-                except,
-            } => {
-                let c = self.user_frame(&backend, &user, except.as_deref(), body);
-                (from, except, c)
-            }
-            Header::SessionFrame {
-                sid,
-                backend,
-                reply_to,
-                id,
-            } => return self.session_frame(sid, backend, reply_to, id, body),
-            _ => return Delivered::default(),
-        };
-        // `except` is the sender of a client's room or user message.
-        Delivered {
-            congested,
-            sender: except.map(|e| (from, e)),
-        }
-    }
-
     /// A request that wants a reply: discovery, a room snapshot, a dialout
     /// or a resume.
     fn answer(self: &Arc<Self>, h: Header, to_me: bool, body: &Bytes, reply: String) {
@@ -462,104 +255,6 @@ impl Hub {
             Header::Parked { sids, .. } if to_me => self.parked_request(sids, reply),
             _ => {}
         }
-    }
-
-    /// A frame of another process's client for the members of a local
-    /// room; returns the recipients it left congested.
-    fn room_frame(
-        &self,
-        key: &RoomKey,
-        body: &Bytes,
-        except: Option<&str>,
-        call_only: bool,
-    ) -> Vec<Arc<Outbox>> {
-        let Some(f) = body_frame(body) else {
-            return Vec::new();
-        };
-        let ((), congested) = self.mutate(|st| {
-            st.collecting_congestion(|st| {
-                if call_only {
-                    st.broadcast_call(key, &f, except);
-                } else {
-                    st.broadcast(key, &f, except);
-                }
-            })
-        });
-        congested
-    }
-
-    /// A frame for a session of this process: delivered, forwarded to the
-    /// process it moved to, or answered with `no_such_session`.
-    fn session_frame(
-        &self,
-        sid: String,
-        backend: Option<String>,
-        reply_to: Option<String>,
-        id: Option<String>,
-        body: &Bytes,
-    ) -> Delivered {
-        let Some(f) = body_frame(body) else {
-            return Delivered::default();
-        };
-        self.mutate(|st| {
-            let found = st.sessions.map.get(sid.as_str()).map(|s| {
-                backend
-                    .as_deref()
-                    .is_none_or(|b| b == s.backend.id.as_ref())
-            });
-            match found {
-                Some(true) => {
-                    let ((), congested) =
-                        st.collecting_congestion(|st| st.sessions.deliver(&sid, &f));
-                    let sender = reply_to.and_then(|r| {
-                        let from = st.cluster.owner_of_session(&r)?.to_string();
-                        Some((from, r))
-                    });
-                    return Delivered { congested, sender };
-                }
-                Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
-                None if st.sessions.arriving.contains_key(sid.as_str()) => {
-                    // On its way here: kept for it.
-                    let limits = st.sessions.limits.clone();
-                    if let Some(a) = st.sessions.arriving.get_mut(sid.as_str()) {
-                        a.push(&f, &limits);
-                    }
-                }
-                None => match st.cluster.moved.get(sid.as_str()) {
-                    Some((pid, _)) => {
-                        // Resumed elsewhere: forward.
-                        let subject = process_subject(pid);
-                        let h = Header::SessionFrame {
-                            sid,
-                            backend,
-                            reply_to,
-                            id,
-                        };
-                        st.bus.publish(subject, encode(&h, Some(body)));
-                    }
-                    None => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
-                },
-            }
-            Delivered::default()
-        })
-    }
-
-    /// A frame of another process's client for the sessions of a user;
-    /// returns the recipients it left congested.
-    fn user_frame(
-        &self,
-        backend: &str,
-        user: &str,
-        except: Option<&str>,
-        body: &Bytes,
-    ) -> Vec<Arc<Outbox>> {
-        let Some(f) = body_frame(body) else {
-            return Vec::new();
-        };
-        let ((), congested) = self.mutate(|st| {
-            st.collecting_congestion(|st| st.send_to_user(&backend.into(), user, &f, except))
-        });
-        congested
     }
 
     /// A backend API request that reached another process (or this one),
@@ -606,15 +301,6 @@ impl Hub {
             }
         });
     }
-}
-
-/// What delivering a frame from the bus left behind.
-#[derive(Default)]
-pub(super) struct Delivered {
-    /// Recipients left more than half full.
-    pub congested: Vec<Arc<Outbox>>,
-    /// The client that sent it: its process and session id.
-    pub sender: Option<(String, String)>,
 }
 
 pub(super) fn key_of(backend: &str, room: &str) -> RoomKey {

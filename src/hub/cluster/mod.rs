@@ -451,8 +451,10 @@ impl State {
 
 mod arrival;
 mod dispatch;
+mod frames;
 mod handover;
 mod pacing;
+mod peers;
 mod resync;
 mod rolling;
 mod snapshot;

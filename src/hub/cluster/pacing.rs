@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::dispatch::Delivered;
+use super::frames::Delivered;
 use crate::bus::{encode, process_subject, Header};
 use crate::hub::outbox::Outbox;
 use crate::hub::Hub;
