@@ -26,10 +26,13 @@ pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
     pub backend_url: String,
+    /// Bytes of each connection's read buffer (tungstenite allocates and
+    /// fills it per connection: 128 KiB by default).
+    pub read_buffer: usize,
 }
 
 impl Target {
-    pub fn new(url: &str, backend_url: &str) -> anyhow::Result<Target> {
+    pub fn new(url: &str, backend_url: &str, read_buffer: usize) -> anyhow::Result<Target> {
         let hostport = url
             .trim_start_matches("ws://")
             .split('/')
@@ -40,6 +43,7 @@ impl Target {
             url: url.to_string(),
             addr,
             backend_url: backend_url.to_string(),
+            read_buffer,
         })
     }
 }
@@ -75,7 +79,10 @@ pub async fn connect(target: &Target, source: IpAddr, user: &str) -> anyhow::Res
     socket.bind(SocketAddr::new(source, 0))?;
     let tcp = socket.connect(target.addr).await?;
     tcp.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(target.url.as_str(), tcp).await?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(target.read_buffer);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(target.url.as_str(), tcp, Some(config)).await?;
     let (mut sink, mut stream) = ws.split();
     let hello = json!({"id": "1", "type": "hello", "hello": {"version": "1.0", "auth": {"url": target.backend_url, "params": {"userid": user}}}});
     sink.send(Message::Text(hello.to_string().into())).await?;

@@ -66,6 +66,10 @@ struct Args {
     /// Server process ids (comma-separated), for CPU and memory readings.
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// Bytes of each connection's read buffer (tungstenite's 128 KiB by
+    /// default, resident per connection: many idle sessions want less).
+    #[arg(long, default_value_t = 128 * 1024)]
+    read_buffer: usize,
     /// Name of the server in the output.
     #[arg(long, default_value = "server")]
     label: String,
@@ -112,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         targets: args
             .url
             .split(',')
-            .map(|u| Target::new(u.trim(), &backend_url))
+            .map(|u| Target::new(u.trim(), &backend_url, args.read_buffer))
             .collect::<anyhow::Result<_>>()?,
         sources: (1..=args.sources.max(1))
             .map(|i| IpAddr::from([127, 0, 0, i]))
