@@ -353,20 +353,24 @@ impl Bus for NatsBus {
                 tracing::error!(subject = ?subject, "not a valid NATS subject, no request sent");
                 return Vec::new();
             }
+            // The whole request within `timeout`: while NATS is away,
+            // async-nats's flush waits for the reconnect (for ever, when it
+            // is gone for good: a stopping process would never exit).
+            let deadline = tokio::time::Instant::now() + timeout;
             let inbox = client.new_inbox();
-            let Ok(mut sub) = client.subscribe(inbox.clone()).await else {
+            let sent = tokio::time::timeout_at(deadline, async {
+                let sub = client.subscribe(inbox.clone()).await.ok()?;
+                client
+                    .publish_with_reply(subject, inbox, payload)
+                    .await
+                    .ok()?;
+                let _ = client.flush().await;
+                Some(sub)
+            });
+            let Ok(Some(mut sub)) = sent.await else {
                 return Vec::new();
             };
-            if client
-                .publish_with_reply(subject, inbox, payload)
-                .await
-                .is_err()
-            {
-                return Vec::new();
-            }
-            let _ = client.flush().await;
             let mut replies = Vec::new();
-            let deadline = tokio::time::Instant::now() + timeout;
             while replies.len() < expected {
                 match tokio::time::timeout_at(deadline, sub.next()).await {
                     Ok(Some(m)) => replies.push(m.payload),

@@ -258,3 +258,23 @@ async fn a_session_with_more_than_a_mebibyte_queued_resumes_on_another_process()
     }
     assert_eq!(got, (0..30).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_process_stopped_while_nats_is_gone_still_exits() {
+    let mut nats = NatsServer::start().await;
+    let nc = FakeNextcloud::start().await;
+    let mut n = nodes(&nats, &nc, 2, "").await;
+    let mut alice = n[0].client_in_room(&nc, "alice", "room1").await;
+    let bob = n[1].client_in_room(&nc, "bob", "room1").await;
+    alice.wait_join_of(&bob.session_id).await;
+    // NATS goes away for good; the other process is still known (for
+    // 5 s), so the stopping one asks it to take alice: no answer comes.
+    nats.stop();
+    n[0].signal("-TERM");
+    // The requests give up after their timeouts (Park 4 s) and the
+    // process ends as if the peer had not answered.
+    let started = tokio::time::Instant::now();
+    let exit = n[0].exit_code(Duration::from_secs(20)).await;
+    assert_eq!(exit, Some(0), "{}", logs(&n));
+    eprintln!("exited {:?} after SIGTERM", started.elapsed());
+}
