@@ -38,11 +38,6 @@ pub struct EtcdTls {
 pub struct EtcdConfig {
     /// `endpoints`: `host:port` or `http(s)://host:port`, tried in turn.
     pub endpoints: Vec<String>,
-    /// `discoverysrv`: a DNS domain whose `_etcd-client(-ssl)._tcp` SRV
-    /// records name the endpoints (only without `endpoints`).
-    pub discovery_srv: Option<String>,
-    /// `discoveryservice`: appended to the SRV service name (`-NAME`).
-    pub discovery_service: String,
     /// `loglevel`.
     pub log_level: EtcdLogLevel,
     /// `clientkey` + `clientcert` + `cacert`, when all three are set.
@@ -60,7 +55,9 @@ fn parse_log_level(v: &str) -> Option<EtcdLogLevel> {
 }
 
 /// `[etcd]`, falling back key by key to `[mcu]` as the Go server does;
-/// None without endpoints and without `discoverysrv`.
+/// None without endpoints. `discoverysrv` (SRV discovery of the etcd
+/// servers) without `endpoints` is refused: not implemented (Go ignores it
+/// when `endpoints` is set, so do we).
 pub(super) fn parse(ini: &IniFile) -> Result<Option<EtcdConfig>, ConfigError> {
     let get = |key: &str| {
         ini.get_nonempty("etcd", key)
@@ -76,8 +73,12 @@ pub(super) fn parse(ini: &IniFile) -> Result<Option<EtcdConfig>, ConfigError> {
             )));
         }
     }
-    let discovery_srv = get("discoverysrv");
-    if endpoints.is_empty() && discovery_srv.is_none() {
+    if endpoints.is_empty() {
+        if get("discoverysrv").is_some() {
+            return Err(ConfigError(
+                "[etcd] discoverysrv: SRV discovery of the etcd servers is not supported; list them in [etcd] endpoints".into(),
+            ));
+        }
         return Ok(None);
     }
     let log_level = match ini.get_nonempty("etcd", "loglevel") {
@@ -98,12 +99,6 @@ pub(super) fn parse(ini: &IniFile) -> Result<Option<EtcdConfig>, ConfigError> {
     };
     Ok(Some(EtcdConfig {
         endpoints,
-        discovery_srv: if get("endpoints").is_some() {
-            None
-        } else {
-            discovery_srv
-        },
-        discovery_service: get("discoveryservice").unwrap_or_default(),
         log_level,
         tls,
     }))
@@ -123,7 +118,7 @@ pub(super) fn parse_backend_type(
         Some("etcd") => {
             if etcd.is_none() {
                 return Err(ConfigError(
-                    "[backend] backendtype: `etcd` needs [etcd] endpoints (or discoverysrv)".into(),
+                    "[backend] backendtype: `etcd` needs [etcd] endpoints".into(),
                 ));
             }
             match ini.get_nonempty("backend", "backendprefix") {
@@ -165,10 +160,17 @@ mod tests {
         assert!(etcd("[etcd]\nendpoints = unix:///x\n").is_err());
         assert!(etcd("[etcd]\n").unwrap().is_none());
         // The Go server's older place of the keys.
-        let c = etcd("[mcu]\ndiscoverysrv = example.com\n")
-            .unwrap()
-            .unwrap();
-        assert_eq!(c.discovery_srv.as_deref(), Some("example.com"));
+        let c = etcd("[mcu]\nendpoints = e:1\n").unwrap().unwrap();
+        assert_eq!(c.endpoints, vec!["e:1".to_string()]);
+        // SRV discovery: refused, naming the key; ignored beside endpoints
+        // (as Go).
+        let e = etcd("[mcu]\ndiscoverysrv = example.com\n").unwrap_err();
+        assert!(e.0.contains("[etcd] discoverysrv"), "{e:?}");
+        assert!(
+            etcd("[etcd]\nendpoints = e:1\ndiscoverysrv = example.com\n")
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -248,6 +248,13 @@ async fn features_this_server_lacks_are_refused() {
         // The backend is probed all the same.
         assert!(out.contains("OK   [nc1] secret accepted"), "{out}");
     }
+    // SRV discovery of etcd is not implemented: refused, naming the key.
+    let extra = "[etcd]\ndiscoverysrv = example.com\n";
+    let (code, err) = start_refused(config_text(&nc, extra)).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("[etcd] discoverysrv:"), "{err}");
+    let (ok, out) = check(config_text(&nc, extra)).await;
+    assert!(!ok, "{out}");
     // Debian's file has these sections with comments only: nothing said.
     let empty =
         "[mcu]\n[turn]\n[geoip]\n[geoip-overrides]\n[continent-overrides]\n[etcd]\n[grpc]\n";

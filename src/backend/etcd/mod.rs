@@ -125,53 +125,6 @@ pub fn backend_of(key: &str, value: &[u8]) -> Result<BackendConfig, String> {
     })
 }
 
-/// The SRV service name the Go client looks up for `[etcd] discoverysrv`
-/// (`etcd-client`, `-ssl` for https, `-NAME` for `discoveryservice`).
-pub fn srv_service(service_name: &str, https: bool) -> String {
-    let mut s = String::from("etcd-client");
-    if https {
-        s.push_str("-ssl");
-    }
-    if !service_name.is_empty() {
-        s.push('-');
-        s.push_str(service_name);
-    }
-    s
-}
-
-/// The endpoints the SRV records of `domain` name (https and http, as the
-/// Go client; an error only when neither lookup answered).
-async fn discover(domain: &str, service_name: &str) -> Result<Vec<String>, EtcdError> {
-    let resolver = hickory_resolver::TokioResolver::builder_tokio()
-        .map_err(|e| EtcdError(format!("cannot read the DNS configuration: {e}")))?
-        .build()
-        .map_err(|e| EtcdError(format!("DNS resolver: {e}")))?;
-    let mut endpoints = Vec::new();
-    let mut errors = Vec::new();
-    for (scheme, https) in [("https", true), ("http", false)] {
-        let name = format!("_{}._tcp.{domain}.", srv_service(service_name, https));
-        match resolver.srv_lookup(name.as_str()).await {
-            Ok(l) => {
-                for r in l.answers() {
-                    if let hickory_resolver::proto::rr::RData::SRV(srv) = &r.data {
-                        let host = srv.target.to_utf8();
-                        let host = host.trim_end_matches('.');
-                        endpoints.push(format!("{scheme}://{host}:{}", srv.port));
-                    }
-                }
-            }
-            Err(e) => errors.push(format!("{name}: {e}")),
-        }
-    }
-    if endpoints.is_empty() {
-        return Err(EtcdError(format!(
-            "could not discover etcd endpoints for {domain}: {}",
-            errors.join("; ")
-        )));
-    }
-    Ok(endpoints)
-}
-
 /// Starts reading and watching the backends under `prefix`; `sink` gets
 /// the list after each change. The receiver turns true once the first
 /// list was read. Errors: the TLS files of `[etcd]` cannot be used.
@@ -181,15 +134,9 @@ pub fn start(
     sink: Sink,
     shutdown: CancellationToken,
 ) -> Result<(Arc<EtcdStatus>, watch::Receiver<bool>), EtcdError> {
-    // With fixed endpoints the client is made once (and a bad TLS file
-    // stops start-up, as in the Go server).
-    let fixed = match cfg.discovery_srv {
-        None => Some(Arc::new(Gateway::new(cfg, &cfg.endpoints)?)),
-        Some(_) => {
-            Gateway::new(cfg, &[])?;
-            None
-        }
-    };
+    // The client is made once (a bad TLS file stops start-up, as in the
+    // Go server).
+    let gateway = Arc::new(Gateway::new(cfg, &cfg.endpoints)?);
     let status = Arc::new(EtcdStatus::default());
     let (tx, rx) = watch::channel(false);
     let w = Watcher {
@@ -199,12 +146,11 @@ pub fn start(
         status: status.clone(),
         loaded: tx,
         backends: BTreeMap::new(),
-        fixed,
+        gateway,
     };
     tracing::info!(
         prefix,
         endpoints = ?cfg.endpoints,
-        discoverysrv = cfg.discovery_srv.as_deref().unwrap_or(""),
         "etcd: backends come from etcd"
     );
     tokio::spawn(async move {
@@ -229,11 +175,7 @@ pub struct Snapshot {
 
 /// Reads the backends under `prefix` once (for `check`).
 pub async fn read_once(cfg: &EtcdConfig, prefix: &str) -> Result<Snapshot, EtcdError> {
-    let endpoints = match &cfg.discovery_srv {
-        None => cfg.endpoints.clone(),
-        Some(domain) => discover(domain, &cfg.discovery_service).await?,
-    };
-    let g = Gateway::new(cfg, &endpoints)?;
+    let g = Gateway::new(cfg, &cfg.endpoints)?;
     let range = g.range_prefix(prefix).await?;
     let mut snap = Snapshot {
         endpoint: g.active().to_string(),
@@ -256,7 +198,7 @@ struct Watcher {
     status: Arc<EtcdStatus>,
     loaded: watch::Sender<bool>,
     backends: BTreeMap<String, BackendConfig>,
-    fixed: Option<Arc<Gateway>>,
+    gateway: Arc<Gateway>,
 }
 
 impl Watcher {
@@ -290,22 +232,10 @@ impl Watcher {
         }
     }
 
-    async fn gateway(&self) -> Result<Arc<Gateway>, EtcdError> {
-        if let Some(g) = &self.fixed {
-            return Ok(g.clone());
-        }
-        let domain = self.cfg.discovery_srv.as_deref().unwrap_or_default();
-        let endpoints = discover(domain, &self.cfg.discovery_service).await?;
-        if self.shows(EtcdLogLevel::Info) {
-            tracing::info!(domain, ?endpoints, "etcd: endpoints discovered");
-        }
-        Ok(Arc::new(Gateway::new(&self.cfg, &endpoints)?))
-    }
-
     /// One connection: the full list, then the watch until it ends. The
     /// flag of the error says whether the list was read.
     async fn round(&mut self) -> Result<(), (EtcdError, bool)> {
-        let g = self.gateway().await.map_err(|e| (e, false))?;
+        let g = self.gateway.clone();
         let range = g.range_prefix(&self.prefix).await.map_err(|e| (e, false))?;
         let n = range.kvs.len();
         self.replace_all(range.kvs);
@@ -447,12 +377,5 @@ mod tests {
         );
         assert!(backend_of("k", br#"{"url":"ftp://c","secret":"s"}"#).is_err());
         assert!(backend_of("k", b"nope").is_err());
-    }
-
-    #[test]
-    fn srv_names_as_the_go_client() {
-        assert_eq!(srv_service("", false), "etcd-client");
-        assert_eq!(srv_service("", true), "etcd-client-ssl");
-        assert_eq!(srv_service("foo", true), "etcd-client-ssl-foo");
     }
 }
