@@ -7,23 +7,10 @@ use std::net::SocketAddr;
 use crate::support::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-fn addr_of(ts: &TestServer) -> SocketAddr {
-    ts.server.as_ref().unwrap().addr
-}
-
-/// A TCP connection to the server from the loopback address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    s.connect(to).await.unwrap()
-}
 
 /// The status line of `GET /metrics` from `from` with extra header lines.
 async fn metrics_status(ts: &TestServer, from: &str, headers: &str) -> String {
-    let mut s = connect_from(from, addr_of(ts)).await;
+    let mut s = connect_from(from, ts.addr()).await;
     s.write_all(
         format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
             .as_bytes(),
@@ -41,23 +28,9 @@ async fn metrics_status(ts: &TestServer, from: &str, headers: &str) -> String {
 
 /// A WebSocket from `from` through a "proxy" sending `headers`.
 async fn ws_via(ts: &TestServer, from: &str, headers: &[(&'static str, &str)]) -> Client {
-    let tcp = connect_from(from, addr_of(ts)).await;
-    let mut req = ts.ws_url().into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().append(*k, v.parse().unwrap());
-    }
-    let (ws, _) =
-        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
-    c.expect_type("welcome").await;
-    c
+    let tcp = connect_from(from, ts.addr()).await;
+    let req = request_with(&ts.ws_url(), headers);
+    Client::over(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await
 }
 
 async fn guess_resume(c: &mut Client) -> String {

@@ -8,17 +8,9 @@ use serde_json::{json, Value};
 /// A client whose connection comes through a reverse proxy on loopback
 /// (trusted by default) that names `real_ip`; welcome consumed.
 async fn client_via_proxy(ws_url: &str, real_ip: &str) -> Client {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = ws_url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("X-Real-IP", real_ip.parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
+    let mut c = Client::upgrade(request_with(ws_url, &[("X-Real-IP", real_ip)]))
+        .await
+        .unwrap();
     c.expect_type("welcome").await;
     c
 }

@@ -1,7 +1,6 @@
 //! Attacks on the server's resources and exposure, each performed over real
 //! sockets and shown to fail.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::*;
@@ -9,17 +8,6 @@ use serde_json::json;
 use spreed_signaling::backend::checksum;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-fn addr_of(ts: &TestServer) -> SocketAddr {
-    ts.server.as_ref().unwrap().addr
-}
-
-/// A TCP connection to the server from the loopback address `from`.
-async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    s.connect(to).await.unwrap()
-}
 
 /// Reads until the server closes the connection; returns what was read.
 /// Panics if the server keeps it open longer than `limit`.
@@ -60,21 +48,8 @@ async fn read_head(s: &mut TcpStream) -> String {
 
 /// A WebSocket client whose connection comes from `from`, hello done.
 async fn client_from(ts: &TestServer, from: &str, user: &str) -> Client {
-    let tcp = connect_from(from, addr_of(ts)).await;
-    let (ws, _) =
-        tokio_tungstenite::client_async(ts.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
-    c.expect_type("welcome").await;
-    c.hello_v1(&ts.nc.backend_url(), json!({"userid": user}))
-        .await;
-    c
+    ts.client_over(connect_from(from, ts.addr()).await, user)
+        .await
 }
 
 fn metric(text: &str, line_start: &str) -> u64 {
@@ -98,7 +73,7 @@ fn metric_sum(text: &str, prefix: &str) -> u64 {
 #[tokio::test]
 async fn stalled_and_partial_requests_are_closed_while_new_clients_connect() {
     let ts = TestServer::start_with("[http]\nreadtimeout = 1\nmaxconnectionsperip = 0\n").await;
-    let addr = addr_of(&ts);
+    let addr = ts.addr();
     let mut stalled = Vec::new();
     for i in 0..40 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -138,7 +113,7 @@ async fn stalled_and_partial_requests_are_closed_while_new_clients_connect() {
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let ts = TestServer::start_with("[http]\nreadtimeout = 1\n").await;
-    let mut s = TcpStream::connect(addr_of(&ts)).await.unwrap();
+    let mut s = TcpStream::connect(ts.addr()).await.unwrap();
     s.write_all(b"GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -163,7 +138,7 @@ fn signed_headers(body: &[u8], backend: &str, len: usize) -> String {
 async fn a_backend_body_that_trickles_is_cut_off() {
     let ts = TestServer::start_with("[http]\nreadtimeout = 1\n").await;
     let body = br#"{"type":"message","message":{"data":{}}}"#;
-    let mut s = TcpStream::connect(addr_of(&ts)).await.unwrap();
+    let mut s = TcpStream::connect(ts.addr()).await.unwrap();
     s.write_all(signed_headers(body, &ts.nc.url, body.len()).as_bytes())
         .await
         .unwrap();
@@ -176,7 +151,7 @@ async fn a_backend_body_that_trickles_is_cut_off() {
 #[tokio::test]
 async fn an_oversized_backend_body_is_refused_before_it_is_sent() {
     let ts = TestServer::start().await;
-    let mut s = TcpStream::connect(addr_of(&ts)).await.unwrap();
+    let mut s = TcpStream::connect(ts.addr()).await.unwrap();
     // Only the head is sent: the answer must not wait for 100 MB of body.
     s.write_all(signed_headers(b"", &ts.nc.url, 100_000_000).as_bytes())
         .await
@@ -200,7 +175,7 @@ async fn connections_are_capped_per_address_and_in_all() {
         "[http]\nmaxconnectionsperip = 3\nmaxconnections = 6\n[app]\ntrustedproxies = 192.0.2.1\n",
     )
     .await;
-    let addr = addr_of(&ts);
+    let addr = ts.addr();
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(connect_from("127.0.0.2", addr).await);
@@ -452,7 +427,7 @@ async fn get_from(ts: &TestServer, from: &str, path: &str) -> (String, String) {
 
 /// GET `path` from `from` with extra header lines (each ending in CRLF).
 async fn get_with(ts: &TestServer, from: &str, path: &str, headers: &str) -> (String, String) {
-    let mut s = connect_from(from, addr_of(ts)).await;
+    let mut s = connect_from(from, ts.addr()).await;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
     )
@@ -632,24 +607,10 @@ async fn hellos_with_allowall_cannot_probe_hosts_and_ports() {
 /// A WebSocket connection from `from` (welcome consumed), optionally
 /// claiming a client address in `X-Real-IP` as a reverse proxy would.
 async fn ws_from(ts: &TestServer, from: &str, real_ip: Option<&str>) -> Client {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let tcp = connect_from(from, addr_of(ts)).await;
-    let mut req = ts.ws_url().into_client_request().unwrap();
-    if let Some(ip) = real_ip {
-        req.headers_mut().insert("X-Real-IP", ip.parse().unwrap());
-    }
-    let (ws, _) =
-        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
-    c.expect_type("welcome").await;
-    c
+    let tcp = connect_from(from, ts.addr()).await;
+    let headers: Vec<_> = real_ip.map(|ip| ("X-Real-IP", ip)).into_iter().collect();
+    let req = request_with(&ts.ws_url(), &headers);
+    Client::over(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await
 }
 
 /// Tries to resume a made-up session; returns the error code and how long
@@ -722,29 +683,6 @@ async fn failed_hellos_and_resumes_are_throttled_per_address() {
     ts.stop().await;
 }
 
-/// A room member whose socket reads slowly: a tiny kernel receive buffer,
-/// so the server's send queue for it fills as soon as it stops reading.
-async fn slow_member(ts: &TestServer, user: &str, room: &str) -> Client {
-    let s = TcpSocket::new_v4().unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    let tcp = s.connect(addr_of(ts)).await.unwrap();
-    let (ws, _) =
-        tokio_tungstenite::client_async(ts.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
-    c.expect_type("welcome").await;
-    c.hello_v1(&ts.nc.backend_url(), json!({"userid": user}))
-        .await;
-    c.join(room, &format!("nc-{user}")).await;
-    c
-}
-
 /// Room messages of ~60 KiB from `sender`, numbered 0..n, sent from a task
 /// (the server may stop reading the sender for a while).
 fn flood_room(mut sender: Client, n: usize) -> tokio::task::JoinHandle<Client> {
@@ -778,7 +716,7 @@ async fn one_broadcaster_cannot_get_a_slow_member_evicted() {
     // schedule the test for a while: a slowreceiverwait of 30 s tolerates
     // pauses of 3 s (a tenth) before the member counts as stalled.
     let ts = TestServer::start_with(&format!("{FLOOD_LIMITS}slowreceiverwait = 30\n")).await;
-    let mut slow = slow_member(&ts, "slow", "r").await;
+    let mut slow = ts.slow_member("slow", "r").await;
     let mut other = ts.client_in_room("other", "r").await;
     let sender = ts.client_in_room("sender", "r").await;
     slow.wait_join_of(&sender.session_id).await;
@@ -818,7 +756,7 @@ async fn a_member_that_never_reads_holds_a_broadcaster_back_only_briefly() {
         "{FLOOD_LIMITS}[sessions]\nresumequeuebytes = 67108864\n"
     ))
     .await;
-    let mut stuck = slow_member(&ts, "stuck", "r").await;
+    let mut stuck = ts.slow_member("stuck", "r").await;
     let mut other = ts.client_in_room("other", "r").await;
     let sender = ts.client_in_room("sender", "r").await;
     stuck.wait_join_of(&sender.session_id).await;
@@ -907,7 +845,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
     // A small receive window; far more answers than kernel buffers hold.
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let s = sock.connect(addr_of(&ts)).await.unwrap();
+    let s = sock.connect(ts.addr()).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
     const REQUESTS: usize = 8000;
     let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(REQUESTS);
@@ -937,7 +875,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
     assert!(answered < REQUESTS, "{answered}");
     drop(writer.await);
     // A client that reads gets everything over one connection.
-    let mut r = connect_from("127.0.0.1", addr_of(&ts)).await;
+    let mut r = connect_from("127.0.0.1", ts.addr()).await;
     let few = "GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3)
         + "GET /api/v1/welcome HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     r.write_all(few.as_bytes()).await.unwrap();
@@ -949,21 +887,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
 /// Status of a WebSocket upgrade from loopback (a trusted proxy) naming
 /// `real_ip`; the connection is returned when it was accepted.
 async fn upgrade_via_proxy(ts: &TestServer, real_ip: &str) -> Result<Client, u16> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Error;
-    let mut req = ts.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("X-Real-IP", real_ip.parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(Client {
-            ws,
-            session_id: String::new(),
-            resume_id: String::new(),
-            user_id: None,
-        }),
-        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
+    Client::upgrade(request_with(&ts.ws_url(), &[("X-Real-IP", real_ip)])).await
 }
 
 #[tokio::test]

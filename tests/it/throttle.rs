@@ -99,24 +99,9 @@ async fn the_servers_own_dials_are_not_counted() {
 
 /// A client behind the (loopback) proxy, named `ip` by X-Forwarded-For.
 async fn via_proxy(ts: &TestServer, ip: &str) -> Result<Client, u16> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = ts.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("X-Forwarded-For", ip.parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => {
-            let mut c = Client {
-                ws,
-                session_id: String::new(),
-                resume_id: String::new(),
-                user_id: None,
-            };
-            c.expect_type("welcome").await;
-            Ok(c)
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
+    let mut c = Client::upgrade(request_with(&ts.ws_url(), &[("X-Forwarded-For", ip)])).await?;
+    c.expect_type("welcome").await;
+    Ok(c)
 }
 
 /// A host has a whole /64: its addresses count as one.

@@ -117,19 +117,8 @@ async fn wss_client(
     user: &str,
 ) -> (Client, CertificateDer<'static>) {
     let (tls, cert) = tls_connect(connector, port).await;
-    let (ws, _) = tokio_tungstenite::client_async(
-        format!("wss://localhost:{port}/spreed"),
-        tokio_tungstenite::MaybeTlsStream::Rustls(tls),
-    )
-    .await
-    .unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
-    c.expect_type("welcome").await;
+    let url = format!("wss://localhost:{port}/spreed");
+    let mut c = Client::over(url, tokio_tungstenite::MaybeTlsStream::Rustls(tls)).await;
     c.hello_v1(&nc.backend_url(), json!({"userid": user})).await;
     (c, cert)
 }

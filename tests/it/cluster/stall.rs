@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use super::{cluster, stop_all};
@@ -30,29 +29,6 @@ const STALL: Duration = Duration::from_secs(3);
 
 /// Room messages per burst.
 const N: usize = 4000;
-
-/// A member of `room` whose socket has a tiny receive buffer; the test
-/// never reads it again, so its TCP stalls as soon as the buffers are full.
-async fn stalled_member(ts: &TestServer, user: &str, room: &str) -> Client {
-    let s = TcpSocket::new_v4().unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    let tcp = s.connect(ts.server.as_ref().unwrap().addr).await.unwrap();
-    let (ws, _) =
-        tokio_tungstenite::client_async(ts.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-            .await
-            .unwrap();
-    let mut c = Client {
-        ws,
-        session_id: String::new(),
-        resume_id: String::new(),
-        user_id: None,
-    };
-    c.expect_type("welcome").await;
-    c.hello_v1(&ts.nc.backend_url(), json!({"userid": user}))
-        .await;
-    c.join(room, &format!("nc-{user}")).await;
-    c
-}
 
 /// `N` room messages of 1 KB from `sender` (sent from a task: the server
 /// may stop reading it for a while), all read in order by `healthy`: how
@@ -119,7 +95,7 @@ async fn a_stalled_member_holds_a_room_back_briefly_on_one_process() {
     let sender = ts.client_in_room("sender", "r").await;
     healthy.wait_join_of(&sender.session_id).await;
     let (before, sender) = burst(sender, &mut healthy, "warm").await;
-    let stalled = stalled_member(&ts, "stalled", "r").await;
+    let stalled = ts.slow_member("stalled", "r").await;
     healthy.wait_join_of(&stalled.session_id).await;
     let (with_stall, _sender) = burst(sender, &mut healthy, "stalled").await;
     eprintln!("{N} room messages: {before:?} without, {with_stall:?} with a stalled member");
@@ -179,7 +155,7 @@ async fn a_stalled_member_holds_neither_the_room_nor_the_bus_across_processes() 
     let (before, sender) = burst(sender, &mut healthy, "warm").await;
     let _ = stop.send(());
     let (worst_before, prober, probed) = probes.await.unwrap();
-    let stalled = stalled_member(&s[1], "stalled", "r").await;
+    let stalled = s[1].slow_member("stalled", "r").await;
     healthy.wait_join_of(&stalled.session_id).await;
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let probes = probe(prober, probed, stopped);

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::*;
 
-type Ws =
+pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Client {
@@ -22,6 +22,11 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Client::from_ws(ws)
+    }
+
+    /// A client on an open WebSocket, nothing read yet.
+    pub fn from_ws(ws: Ws) -> Client {
         Client {
             ws,
             session_id: String::new(),

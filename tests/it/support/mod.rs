@@ -11,6 +11,7 @@ pub mod mmdb;
 pub mod nats;
 pub mod nextcloud;
 pub mod node;
+pub mod raw;
 pub mod remote;
 pub mod server;
 
@@ -19,6 +20,7 @@ pub use etcd::*;
 pub use nats::*;
 pub use nextcloud::*;
 pub use node::*;
+pub use raw::*;
 pub use remote::*;
 pub use server::*;
 
