@@ -18,7 +18,7 @@ const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
 
 /// A Go proxy in front of a Janus of its own (both killed on drop).
 pub struct GoProxy {
-    _proc: LoggedProcess,
+    process: LoggedProcess,
     pub port: u16,
     _janus: Janus,
     _dir: std::path::PathBuf,
@@ -47,7 +47,7 @@ impl GoProxy {
         })
         .await;
         GoProxy {
-            _proc: proc,
+            process: proc,
             port,
             _janus: janus,
             _dir: dir,
@@ -324,5 +324,74 @@ async fn two_go_proxies_spread_publishers_and_take_over_from_one_that_stops() {
     ca2.wait_frames((0, 0), 20, 20).await;
     ca2.close().await;
     drop((pa, pb, pa2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes `c`'s stream with a hand-made audio offer (no media needed
+/// to place a publisher); waits for the answer.
+async fn publish_offer(c: &mut crate::support::Client, sid: &str) {
+    let me = c.session_id.clone();
+    c.send(
+        json!({"id": format!("pub{sid}"), "type": "message", "message": {
+        "recipient": {"type": "session", "sessionid": me},
+        "data": {"to": me, "type": "offer", "roomType": "video", "sid": sid,
+            "payload": {"type": "offer", "sdp": audio_offer()}}}}),
+    )
+    .await;
+    let m = c
+        .wait_for(|m| m["type"] == "error" || m["message"]["data"]["type"] == "answer")
+        .await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+}
+
+/// The Go 0.4.1 proxy handles SIGUSR1 (`Received SIGUSR1, scheduling
+/// server to shutdown`, then `shutdown-scheduled` to its sessions): our
+/// server places no new publisher there, even where the loads tie and it
+/// would be first.
+#[tokio::test]
+async fn after_sigusr1_on_a_go_proxy_new_publishers_go_to_the_other() {
+    if !available() {
+        return;
+    }
+    let dir = fresh_dir("mcu-proxy-usr1");
+    let (key, public) = key_pair(&dir, "server1");
+    let p1 = GoProxy::start(&public).await;
+    let p2 = GoProxy::start(&public).await;
+    let ts = TestServer::start_with(&mcu_section(&[p1.url(), p2.url()], &key)).await;
+    for p in [&p1, &p2] {
+        wait_proxy(&ts.url, &p.url(), Duration::from_secs(10), |d| {
+            d["connected"] == true
+        })
+        .await;
+    }
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let mut c = ts.client_in_room("carol", "room1").await;
+    // One publisher on each: the loads tie again, the first URL is next.
+    publish_offer(&mut a, "1").await;
+    wait_proxy(&ts.url, &p1.url(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1 && d["load"] == 1
+    })
+    .await;
+    publish_offer(&mut b, "2").await;
+    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1 && d["load"] == 1
+    })
+    .await;
+    p1.process.signal("-USR1");
+    p1.process
+        .wait_line(0, |l| l.contains("Received SIGUSR1"))
+        .await;
+    wait_proxy(&ts.url, &p1.url(), Duration::from_secs(5), |d| {
+        d["shutdown"] == true && d["connected"] == true
+    })
+    .await;
+    publish_offer(&mut c, "3").await;
+    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
+        d["publishers"] == 2
+    })
+    .await;
+    let st = mcu_stats(&ts.url).await;
+    assert_eq!(st["details"][p1.url()]["publishers"], 1, "{st}");
     let _ = std::fs::remove_dir_all(&dir);
 }
