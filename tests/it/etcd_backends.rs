@@ -275,3 +275,47 @@ async fn check_reads_the_backends_from_etcd_and_probes_them() {
         "{out}"
     );
 }
+
+/// `[etcd] clientkey`, `clientcert`, `cacert`: the backends are read from
+/// an etcd that serves its clients over TLS only and wants a client
+/// certificate; without the keys nothing is read from it.
+#[tokio::test]
+async fn backends_are_read_from_an_etcd_that_wants_tls_and_a_client_certificate() {
+    let nc = FakeNextcloud::start().await;
+    let mut etcd = EtcdServer::start().await;
+    etcd.put(&format!("{PREFIX}/one"), &backend_value(&nc, SECRET))
+        .await;
+    etcd.stop();
+    let certs = fresh_dir("etcd-certs");
+    crate::tls::make_cert(&certs, "etcd");
+    etcd.spawn_tls(&certs).await;
+    let endpoint = format!("https://{}", etcd.endpoint());
+    let base = |extra: &str| {
+        etcd_config(&etcd, extra).replace(
+            &format!("endpoints = {}", etcd.endpoint()),
+            &format!("endpoints = {endpoint}"),
+        )
+    };
+    let tls = format!(
+        "clientkey = {}\nclientcert = {}\ncacert = {}\n",
+        certs.join("etcd.key").display(),
+        certs.join("etcd.pem").display(),
+        certs.join("etcd-ca.pem").display()
+    );
+    let config = Config::parse(&base(&tls)).unwrap();
+    let server = TestServer::start_config(nc.clone(), config).await;
+    hello_eventually(&server.ws_url(), &nc, Duration::from_secs(10)).await;
+    server.stop().await;
+
+    // Without a client certificate etcd refuses the connection: no
+    // backend, every hello refused.
+    let config = Config::parse(&base("")).unwrap();
+    let server = TestServer::start_config(nc.clone(), config).await;
+    let e = try_hello(&server.ws_url(), &nc, "alice")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e["error"]["code"], "invalid_backend", "{e}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&certs);
+}

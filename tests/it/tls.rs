@@ -23,8 +23,9 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA and a certificate for localhost/127.0.0.1 signed by it, named
-/// `<name>-ca.pem`, `<name>.pem`, `<name>.key`.
-fn make_cert(dir: &Path, name: &str) {
+/// `<name>-ca.pem`, `<name>.pem`, `<name>.key` (good for a server and,
+/// signed by the same CA, for a client).
+pub(crate) fn make_cert(dir: &Path, name: &str) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
     let ca_key = format!("{name}-ca.key");
     let ca = format!("{name}-ca.pem");
@@ -43,7 +44,7 @@ fn make_cert(dir: &Path, name: &str) {
     let ext = format!("{name}.ext");
     std::fs::write(
         dir.join(&ext),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
     let cert = format!("{name}.pem");

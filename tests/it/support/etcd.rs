@@ -42,6 +42,43 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Restarts etcd (same data) serving its clients over TLS only:
+    /// `<dir>/etcd.pem` + `etcd.key` as its certificate, client
+    /// certificates required and checked against `etcd-ca.pem`; waits
+    /// until its port accepts.
+    pub async fn spawn_tls(&mut self, certs: &std::path::Path) {
+        let client = format!("https://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = std::process::Command::new("/usr/bin/etcd")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .arg("--cert-file")
+            .arg(certs.join("etcd.pem"))
+            .arg("--key-file")
+            .arg(certs.join("etcd.key"))
+            .arg("--trusted-ca-file")
+            .arg(certs.join("etcd-ca.pem"))
+            .arg("--client-cert-auth")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd must be installed (scripts/test installs etcd-server)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn spawn(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
