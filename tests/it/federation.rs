@@ -114,8 +114,7 @@ async fn remote_id_of_alice(bob: &mut Client) -> String {
 #[tokio::test]
 async fn a_federated_user_and_local_users_share_a_call() {
     let s = setup("").await;
-    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
-    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut bob = s.b.joined_client("bob", "remotetoken").await;
     let mut alice = s.alice(&s.signaling(), &["chat-relay"]).await;
     let r = remote_id_of_alice(&mut bob).await;
     assert_ne!(r, alice.session_id);
@@ -322,6 +321,26 @@ struct Relay {
     target: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+impl Relay {
+    /// Cuts the relayed connections; returns the `federation_interrupted`
+    /// event `alice` sees.
+    async fn cut(&self, alice: &mut Client) -> Value {
+        self.cut.send(()).unwrap();
+        alice
+            .wait_for(|m| m["event"]["type"] == "federation_interrupted")
+            .await
+    }
+
+    /// Points the relay at a closed port and cuts it (`alice` saw the
+    /// interruption); returns where it pointed before.
+    async fn take_down(&self, alice: &mut Client) -> String {
+        let before = self.target.lock().unwrap().clone();
+        *self.target.lock().unwrap() = "127.0.0.1:9".to_string();
+        self.cut(alice).await;
+        before
+    }
+}
+
 async fn relay(target: &str) -> Relay {
     let target = std::sync::Arc::new(std::sync::Mutex::new(
         target.trim_start_matches("http://").to_string(),
@@ -353,14 +372,10 @@ async fn relay(target: &str) -> Relay {
 async fn a_cut_link_is_resumed_and_nothing_is_lost() {
     let s = setup("").await;
     let relay = relay(&s.b.url).await;
-    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
-    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut bob = s.b.joined_client("bob", "remotetoken").await;
     let mut alice = s.alice(&relay.url, &[]).await;
     let r = remote_id_of_alice(&mut bob).await;
-    relay.cut.send(()).unwrap();
-    let m = alice
-        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
-        .await;
+    let m = relay.cut(&mut alice).await;
     assert_eq!(m["event"]["target"], "room");
     // Sent while the link is down: delivered once it is back.
     alice
@@ -392,8 +407,7 @@ async fn a_cut_link_is_resumed_and_nothing_is_lost() {
 #[tokio::test]
 async fn bye_closes_the_federated_session() {
     let s = setup("").await;
-    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
-    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut bob = s.b.joined_client("bob", "remotetoken").await;
     let mut alice = s.alice(&s.signaling(), &[]).await;
     let r = remote_id_of_alice(&mut bob).await;
     alice
@@ -415,13 +429,9 @@ async fn a_restarted_remote_gets_a_new_session() {
     alice.wait_join_of(&alice.session_id.clone()).await;
     // "B after a restart": another server on the same Nextcloud.
     let b2 = TestServer::start_on(s.b.nc.clone(), "").await;
-    let mut bob = b2.client_in_room("bob", "remotetoken").await;
-    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut bob = b2.joined_client("bob", "remotetoken").await;
     *relay.target.lock().unwrap() = b2.url.trim_start_matches("http://").to_string();
-    relay.cut.send(()).unwrap();
-    alice
-        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
-        .await;
+    relay.cut(&mut alice).await;
     let m = alice
         .wait_for(|m| m["event"]["type"] == "federation_resumed")
         .await;
@@ -444,10 +454,8 @@ async fn a_restarted_remote_gets_a_new_session() {
 #[tokio::test]
 async fn another_room_on_the_same_server_reuses_the_link() {
     let s = setup("").await;
-    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
-    bob.wait_join_of(&bob.session_id.clone()).await;
-    let mut carol = s.b.client_in_room("carol", "remote2").await;
-    carol.wait_join_of(&carol.session_id.clone()).await;
+    let mut bob = s.b.joined_client("bob", "remotetoken").await;
+    let mut carol = s.b.joined_client("carol", "remote2").await;
     let mut alice = s.alice(&s.signaling(), &[]).await;
     let r = remote_id_of_alice(&mut bob).await;
     let fed = json!({"signaling": s.signaling(), "url": s.b.nc.backend_url(), "roomid": "remote2", "token": s.token()});
@@ -472,16 +480,10 @@ async fn another_room_on_the_same_server_reuses_the_link() {
 async fn a_join_while_the_link_is_down_is_sent_after_the_resume() {
     let s = setup("").await;
     let relay = relay(&s.b.url).await;
-    let mut carol = s.b.client_in_room("carol", "remote2").await;
-    carol.wait_join_of(&carol.session_id.clone()).await;
+    let mut carol = s.b.joined_client("carol", "remote2").await;
     let mut alice = s.alice(&relay.url, &[]).await;
     // B is unreachable until the relay points at it again.
-    let b_addr = relay.target.lock().unwrap().clone();
-    *relay.target.lock().unwrap() = "127.0.0.1:9".to_string();
-    relay.cut.send(()).unwrap();
-    alice
-        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
-        .await;
+    let b_addr = relay.take_down(&mut alice).await;
     let fed = json!({"signaling": relay.url, "url": s.b.nc.backend_url(), "roomid": "remote2", "token": s.token()});
     alice.send(json!({"id": "9", "type": "room", "room": {"roomid": "local2", "sessionid": "nc-alice", "federation": fed}})).await;
     *relay.target.lock().unwrap() = b_addr;
@@ -505,8 +507,7 @@ async fn a_join_while_the_link_is_down_is_sent_after_the_resume() {
 #[tokio::test]
 async fn a_remote_flood_is_read_within_the_budget_and_nothing_is_lost() {
     let s = setup("[clients]\nmessagespersecond = 200\nmessageburst = 10\n").await;
-    let mut bob = s.b.client_in_room("bob", "remotetoken").await;
-    bob.wait_join_of(&bob.session_id.clone()).await;
+    let mut bob = s.b.joined_client("bob", "remotetoken").await;
     let mut alice = s.alice(&s.signaling(), &[]).await;
     let r = remote_id_of_alice(&mut bob).await;
     alice.wait_join_of(&bob.session_id).await;
@@ -533,15 +534,9 @@ async fn a_remote_flood_is_read_within_the_budget_and_nothing_is_lost() {
 async fn every_join_asked_while_the_link_is_down_gets_an_answer() {
     let s = setup("").await;
     let relay = relay(&s.b.url).await;
-    let mut carol = s.b.client_in_room("carol", "remote3").await;
-    carol.wait_join_of(&carol.session_id.clone()).await;
+    let mut carol = s.b.joined_client("carol", "remote3").await;
     let mut alice = s.alice(&relay.url, &[]).await;
-    let b_addr = relay.target.lock().unwrap().clone();
-    *relay.target.lock().unwrap() = "127.0.0.1:9".to_string();
-    relay.cut.send(()).unwrap();
-    alice
-        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
-        .await;
+    let b_addr = relay.take_down(&mut alice).await;
     let join = |id: &str, local: &str, remote: &str| {
         let fed = json!({"signaling": relay.url, "url": s.b.nc.backend_url(), "roomid": remote, "token": s.token()});
         json!({"id": id, "type": "room", "room": {"roomid": local, "sessionid": "nc-alice", "federation": fed}})
@@ -560,11 +555,7 @@ async fn every_join_asked_while_the_link_is_down_gets_an_answer() {
     remote_id_of_alice(&mut carol).await;
 
     // Down again: a join, then a leave before B is back.
-    *relay.target.lock().unwrap() = "127.0.0.1:9".to_string();
-    relay.cut.send(()).unwrap();
-    alice
-        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
-        .await;
+    relay.take_down(&mut alice).await;
     alice.send(join("j4", "local2", "remote2")).await;
     alice
         .send(json!({"id": "l5", "type": "room", "room": {"roomid": ""}}))

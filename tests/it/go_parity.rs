@@ -146,6 +146,21 @@ impl Side {
     }
 }
 
+/// Runs `case` against this server, then against Go 0.4.1 when it is
+/// installed (the Go server's log is named after `test`); both get the
+/// config lines `extra`.
+macro_rules! ours_then_go {
+    ($case:ident, $extra:expr, $test:expr) => {{
+        let ts = TestServer::start_with($extra).await;
+        $case(&Side::of(&ts)).await;
+        ts.stop().await;
+        let nc = FakeNextcloud::start().await;
+        if let Some(go) = GoServer::start(&nc, $extra, $test).await {
+            $case(&Side::go(&go, &nc)).await;
+        }
+    }};
+}
+
 /// A `disinvite` for the room a session is in: the `roomlist` event, then
 /// the connection closes (no `room` message); the room sees it leave.
 async fn disinvite_case(s: &Side) {
@@ -182,13 +197,7 @@ async fn disinvite_case(s: &Side) {
 
 #[tokio::test]
 async fn disinvite_ends_the_session_in_the_room_as_in_go() {
-    let ts = TestServer::start().await;
-    disinvite_case(&Side::of(&ts)).await;
-    ts.stop().await;
-    let nc = FakeNextcloud::start().await;
-    if let Some(go) = GoServer::start(&nc, "", "disinvite_ends_the_session").await {
-        disinvite_case(&Side::go(&go, &nc)).await;
-    }
+    ours_then_go!(disinvite_case, "", "disinvite_ends_the_session");
 }
 
 /// `addsession` refused by Nextcloud: `add_failed` with the request id,
@@ -246,13 +255,11 @@ async fn virtual_session_case(s: &Side) {
 
 #[tokio::test]
 async fn virtual_sessions_need_nextclouds_consent_as_in_go() {
-    let ts = TestServer::start().await;
-    virtual_session_case(&Side::of(&ts)).await;
-    ts.stop().await;
-    let nc = FakeNextcloud::start().await;
-    if let Some(go) = GoServer::start(&nc, "", "virtual_sessions_need_nextclouds_consent").await {
-        virtual_session_case(&Side::go(&go, &nc)).await;
-    }
+    ours_then_go!(
+        virtual_session_case,
+        "",
+        "virtual_sessions_need_nextclouds_consent"
+    );
 }
 
 /// Five joins at once with `connectionsperhost = 2`: Nextcloud never
@@ -283,14 +290,11 @@ async fn connections_per_host_case(s: &Side) {
 
 #[tokio::test]
 async fn connectionsperhost_caps_requests_in_flight_as_in_go() {
-    let ts = TestServer::start_with("[backend]\nconnectionsperhost = 2\n").await;
-    connections_per_host_case(&Side::of(&ts)).await;
-    ts.stop().await;
-    let nc = FakeNextcloud::start().await;
-    let extra = "[backend]\nconnectionsperhost = 2\n";
-    if let Some(go) = GoServer::start(&nc, extra, "connectionsperhost_caps").await {
-        connections_per_host_case(&Side::go(&go, &nc)).await;
-    }
+    ours_then_go!(
+        connections_per_host_case,
+        "[backend]\nconnectionsperhost = 2\n",
+        "connectionsperhost_caps"
+    );
 }
 
 fn has_mcu(hello: &Value) -> bool {

@@ -53,6 +53,14 @@ pub(crate) async fn send_to(c: &mut Client, id: &str, to: &str, data: Value) {
         .await;
 }
 
+/// Alice and Bob in room1, once Alice saw Bob join.
+pub(crate) async fn alice_and_bob_in_room1(ts: &TestServer) -> (Client, Client) {
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let b = ts.client_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    (a, b)
+}
+
 /// Nextcloud says that alice and bob (of room1) are in the call; alice
 /// (`a`) saw the participants update.
 pub(crate) async fn alice_and_bob_join_the_call(ts: &TestServer, a: &mut Client) {
@@ -169,9 +177,7 @@ async fn an_offer_publishes_one_room_per_stream_and_the_answer_comes_from_janus(
 #[tokio::test]
 async fn mcu_data_is_validated_and_candidates_are_filtered() {
     let (_j, ts) = setup("blockedcandidates = 10.0.0.0/8\n").await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    a.wait_join_of(&b.session_id).await;
+    let (mut a, mut b) = alice_and_bob_in_room1(&ts).await;
     let me = a.session_id.clone();
     let bob = b.session_id.clone();
 
@@ -380,9 +386,7 @@ async fn publishing_obeys_media_permissions_and_revoking_closes_the_publisher() 
 #[tokio::test]
 async fn requestoffer_needs_the_same_call_and_a_publisher() {
     let (_j, ts) = setup("").await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    a.wait_join_of(&b.session_id).await;
+    let (mut a, mut b) = alice_and_bob_in_room1(&ts).await;
     let bob = b.session_id.clone();
     let req = json!({"type": "requestoffer", "roomType": "video"});
     send_to(&mut a, "r1", &bob, req.clone()).await;
@@ -432,9 +436,7 @@ async fn requestoffer_needs_the_same_call_and_a_publisher() {
 #[tokio::test]
 async fn requestoffers_of_one_session_wait_their_turn_and_none_is_lost() {
     let (_j, ts) = setup("[mcu]\ntimeout = 2\n").await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    a.wait_join_of(&b.session_id).await;
+    let (mut a, mut b) = alice_and_bob_in_room1(&ts).await;
     alice_and_bob_join_the_call(&ts, &mut a).await;
     let bob = b.session_id.clone();
     let start = tokio::time::Instant::now();
@@ -581,9 +583,7 @@ async fn without_janus_the_mcu_is_announced_offers_fail_with_their_id_and_messag
         janus,
         json!({"url": format!("ws://127.0.0.1:{port}/"), "connected": false})
     );
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    a.wait_join_of(&b.session_id).await;
+    let (mut a, mut b) = alice_and_bob_in_room1(&ts).await;
     let bob = b.session_id.clone();
     let me = a.session_id.clone();
     let m = publish(&mut a, "video", &audio_offer(), "1").await;
@@ -659,9 +659,7 @@ async fn serverinfo_and_stats_report_janus_in_the_go_servers_shapes() {
     assert_eq!(v["sessions"], 0, "{v}");
     assert_eq!(v["rooms"], 0, "{v}");
 
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let b = ts.client_in_room("bob", "room1").await;
-    a.wait_join_of(&b.session_id).await;
+    let (mut a, _b) = alice_and_bob_in_room1(&ts).await;
     let m = publish(&mut a, "video", &audio_offer(), "1").await;
     assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
     let v = stats().await;
@@ -855,9 +853,7 @@ async fn mcu_messages_have_their_own_budget() {
          [mcu]\nurl = ws://127.0.0.1:{port}\ntimeout = 1\n"
     ))
     .await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    a.wait_join_of(&b.session_id).await;
+    let (mut a, mut b) = alice_and_bob_in_room1(&ts).await;
     let bob = b.session_id.clone();
     // Twenty plain messages: the MCU budget is not touched.
     for i in 0..20 {

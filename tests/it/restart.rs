@@ -20,16 +20,6 @@ async fn until_close(c: &mut Client) -> (Vec<Value>, Option<u16>) {
     }
 }
 
-/// A new connection resuming `resume_id`; returns it and the hello reply.
-async fn resume(node: &Node, resume_id: &str) -> (Client, Value) {
-    let mut c = Client::connect(&node.ws_url()).await;
-    c.expect_type("welcome").await;
-    c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}))
-        .await;
-    let m = c.recv().await;
-    (c, m)
-}
-
 fn is_leave(m: &Value) -> bool {
     m["type"] == "event" && m["event"]["type"] == "leave"
 }
@@ -112,12 +102,7 @@ async fn sigterm_keeps_the_sessions_for_the_next_start_without_anyone_leaving() 
     }
     assert!(!seen.iter().any(is_leave), "{seen:?}");
     // A newcomer finds both in the room, with the room's transient data.
-    let mut carol = Client::connect(&node.ws_url()).await;
-    carol.expect_type("welcome").await;
-    carol
-        .hello_v1(&nc.backend_url(), json!({"userid": "carol"}))
-        .await;
-    carol.join("room1", "nc-carol").await;
+    let mut carol = node.client_in_room(&nc, "carol", "room1").await;
     carol.wait_join_of(&alice.session_id).await;
     let init = carol.wait_for(|m| m["type"] == "transient").await;
     assert_eq!(init["transient"]["data"], json!({"k": 7}), "{init}");
@@ -267,12 +252,7 @@ async fn an_internal_client_and_its_virtual_session_are_kept_across_a_restart() 
     );
 
     // A newcomer finds the phone in the room.
-    let mut carol = Client::connect(&node.ws_url()).await;
-    carol.expect_type("welcome").await;
-    carol
-        .hello_v1(&nc.backend_url(), json!({"userid": "carol"}))
-        .await;
-    carol.join("room1", "nc-carol").await;
+    let mut carol = node.client_in_room(&nc, "carol", "room1").await;
     carol.wait_join_of(&vsid).await;
     // Nextcloud heard of no removal; the internal client still owns it.
     assert!(nc
@@ -320,12 +300,7 @@ async fn a_state_file_with_a_huge_time_to_live_is_taken_with_the_ttl_clamped() {
         alice.session_id.as_str(),
         "{hello}"
     );
-    let mut carol = Client::connect(&next.ws_url()).await;
-    carol.expect_type("welcome").await;
-    carol
-        .hello_v1(&nc.backend_url(), json!({"userid": "carol"}))
-        .await;
-    carol.join("room1", "nc-carol").await;
+    let mut carol = next.client_in_room(&nc, "carol", "room1").await;
     let init = carol.wait_for(|m| m["type"] == "transient").await;
     assert_eq!(init["transient"]["data"], json!({"k": 7}), "{init}");
     // It lives no longer than maxttl allows (it lived for ever before).

@@ -375,14 +375,8 @@ async fn transient_errors_not_in_room_and_not_allowed() {
 #[tokio::test]
 async fn virtual_sessions_of_internal_clients() {
     let ts = TestServer::start().await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    a.wait_join_of(&a.session_id.clone()).await;
-    let mut sip = ts.connect().await;
-    sip.expect_type("welcome").await;
-    sip.send(internal_hello("0123456789012345678901234567890123456789"))
-        .await;
-    let h = sip.expect_type("hello").await;
-    let sip_sid = h["hello"]["sessionid"].as_str().unwrap().to_string();
+    let mut a = ts.joined_client("alice", "room1").await;
+    let (mut sip, sip_sid) = internal_client(&ts.ws_url(), &[]).await;
     sip.send(json!({"type": "internal", "internal": {"type": "addsession", "addsession": {
         "sessionid": "phone-1", "roomid": "room1", "userid": "", "user": {"type": "phone", "callid": "c1", "number": "+4912345"}, "flags": 1}}})).await;
     let j = a.wait_for(|m| m["event"]["type"] == "join").await;
@@ -503,8 +497,7 @@ async fn offers_need_a_publish_permission_once_nextcloud_sends_permissions() {
 #[tokio::test]
 async fn internal_clients_in_call_flags() {
     let ts = TestServer::start().await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    a.wait_join_of(&a.session_id.clone()).await;
+    let mut a = ts.joined_client("alice", "room1").await;
     let (mut rec, sid) = internal_client(&ts.ws_url(), &["internal-incall"]).await;
     rec.send(json!({"type": "room", "room": {"roomid": "room1", "sessionid": ""}}))
         .await;
@@ -539,13 +532,8 @@ async fn internal_clients_in_call_flags() {
 #[tokio::test]
 async fn virtual_sessions_are_added_only_once_nextcloud_agreed() {
     let ts = TestServer::start().await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    a.wait_join_of(&a.session_id.clone()).await;
-    let mut sip = ts.connect().await;
-    sip.expect_type("welcome").await;
-    sip.send(internal_hello("0123456789012345678901234567890123456789"))
-        .await;
-    sip.expect_type("hello").await;
+    let mut a = ts.joined_client("alice", "room1").await;
+    let (mut sip, _) = internal_client(&ts.ws_url(), &[]).await;
     let add = |id: &str, sid: &str, options: Value| {
         json!({"id": id, "type": "internal", "internal": {"type": "addsession", "addsession": {
             "sessionid": sid, "roomid": "room1", "options": options}}})

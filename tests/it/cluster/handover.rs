@@ -19,15 +19,7 @@ pub(super) async fn until_close(c: &mut Client) -> (Vec<Value>, Option<u16>) {
     }
 }
 
-/// A new connection resuming `resume_id`; returns it and the hello reply.
-pub(super) async fn resume(node: &Node, resume_id: &str) -> (Client, Value) {
-    let mut c = Client::connect(&node.ws_url()).await;
-    c.expect_type("welcome").await;
-    c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}))
-        .await;
-    let m = c.recv().await;
-    (c, m)
-}
+pub(super) use crate::support::resume;
 
 pub(super) fn is_leave(m: &Value) -> bool {
     m["type"] == "event" && m["event"]["type"] == "leave"

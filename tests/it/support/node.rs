@@ -204,3 +204,13 @@ impl KeepAlive {
         (status, value)
     }
 }
+
+/// A new connection resuming `resume_id`; returns it and the hello reply.
+pub async fn resume(node: &Node, resume_id: &str) -> (Client, Value) {
+    let mut c = Client::connect(&node.ws_url()).await;
+    c.expect_type("welcome").await;
+    c.send(json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": resume_id}}))
+        .await;
+    let m = c.recv().await;
+    (c, m)
+}

@@ -94,6 +94,13 @@ impl TestServer {
         c
     }
 
+    /// `client_in_room`, once the client saw its own join event.
+    pub async fn joined_client(&self, user: &str, room: &str) -> Client {
+        let mut c = self.client_in_room(user, room).await;
+        c.wait_join_of(&c.session_id.clone()).await;
+        c
+    }
+
     /// Sends a backend API request with a valid checksum.
     pub async fn backend_request(&self, room: &str, body: &Value) -> (u16, Value) {
         signed_backend_request(&self.url, &self.nc.url, room, body).await
