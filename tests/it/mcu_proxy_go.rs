@@ -5,13 +5,14 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::mcu_media::{
     all_in_call as all_in_call_of, publish as publish_as, run_in_namespace_of, subscribe_any, Peer,
 };
 use crate::mcu_proxy::key_pair;
 use crate::support::janus::{audio_offer, Janus};
+use crate::support::proxies::{mcu_section, mcu_stats, server_on_proxies, wait_proxy};
 use crate::support::{config_text, fresh_dir, FakeNextcloud, LoggedProcess, TestServer};
 
 const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
@@ -66,44 +67,6 @@ fn available() -> bool {
         eprintln!("SKIPPED: {GO_PROXY} or janus is not installed");
     }
     ok
-}
-
-pub(crate) fn mcu_section(urls: &[String], key: &str) -> String {
-    format!(
-        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {key}\ntimeout = 10\nproxytimeout = 2\n",
-        urls.join(" ")
-    )
-}
-
-async fn mcu_stats(url: &str) -> Value {
-    let v: Value = reqwest::get(format!("{url}/api/v1/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["mcu"].clone()
-}
-
-/// Waits until the statistics of proxy `url` satisfy `pred`.
-pub(crate) async fn wait_proxy(
-    server: &str,
-    url: &str,
-    limit: Duration,
-    pred: impl Fn(&Value) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let s = mcu_stats(server).await;
-        if pred(&s["details"][url]) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "proxy {url} never got there: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,11 +189,7 @@ async fn media_through_the_go_proxy() {
     let dir = fresh_dir("mcu-proxy-media");
     let (key, public) = key_pair(&dir, "server1");
     let proxy = GoProxy::start(&public).await;
-    let ts = TestServer::start_with(&mcu_section(&[proxy.url()], &key)).await;
-    wait_proxy(&ts.url, &proxy.url(), Duration::from_secs(10), |d| {
-        d["connected"] == true
-    })
-    .await;
+    let ts = server_on_proxies(&[proxy.url()], &key).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     all_in_call_of(&ts, &["nc-alice", "nc-bob"]).await;
@@ -267,13 +226,7 @@ async fn two_go_proxies_spread_publishers_and_take_over_from_one_that_stops() {
     let (key, public) = key_pair(&dir, "server1");
     let p1 = GoProxy::start(&public).await;
     let p2 = GoProxy::start(&public).await;
-    let ts = TestServer::start_with(&mcu_section(&[p1.url(), p2.url()], &key)).await;
-    for p in [&p1, &p2] {
-        wait_proxy(&ts.url, &p.url(), Duration::from_secs(10), |d| {
-            d["connected"] == true
-        })
-        .await;
-    }
+    let ts = server_on_proxies(&[p1.url(), p2.url()], &key).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     let mut c = ts.client_in_room("carol", "room1").await;
@@ -357,13 +310,7 @@ async fn after_sigusr1_on_a_go_proxy_new_publishers_go_to_the_other() {
     let (key, public) = key_pair(&dir, "server1");
     let p1 = GoProxy::start(&public).await;
     let p2 = GoProxy::start(&public).await;
-    let ts = TestServer::start_with(&mcu_section(&[p1.url(), p2.url()], &key)).await;
-    for p in [&p1, &p2] {
-        wait_proxy(&ts.url, &p.url(), Duration::from_secs(10), |d| {
-            d["connected"] == true
-        })
-        .await;
-    }
+    let ts = server_on_proxies(&[p1.url(), p2.url()], &key).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     let mut c = ts.client_in_room("carol", "room1").await;

@@ -779,7 +779,7 @@ impl JanusProxy {
 async fn our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_from_one_that_stops()
 {
     use crate::mcu_media::{all_in_call, publish, subscribe_any};
-    use crate::mcu_proxy_go::{mcu_section, wait_proxy};
+    use crate::support::proxies::{server_on_proxies, wait_proxy};
     const NAME: &str =
         "our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_from_one_that_stops";
     if !run_in_namespace_of(module_path!(), NAME) {
@@ -790,14 +790,7 @@ async fn our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_fr
     let p1 = JanusProxy::start(&dir, &public).await;
     let p2 = JanusProxy::start(&dir, &public).await;
     let key = private.to_str().unwrap().to_string();
-    let ts =
-        crate::support::TestServer::start_with(&mcu_section(&[p1.base(), p2.base()], &key)).await;
-    for p in [&p1, &p2] {
-        wait_proxy(&ts.url, &p.base(), Duration::from_secs(10), |d| {
-            d["connected"] == true
-        })
-        .await;
-    }
+    let ts = server_on_proxies(&[p1.base(), p2.base()], &key).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     let mut c = ts.client_in_room("carol", "room1").await;

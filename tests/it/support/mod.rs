@@ -11,6 +11,7 @@ pub mod mmdb;
 pub mod nats;
 pub mod nextcloud;
 pub mod node;
+pub mod proxies;
 pub mod raw;
 pub mod remote;
 pub mod server;
