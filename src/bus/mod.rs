@@ -252,6 +252,11 @@ pub struct ParkEntry {
     /// Room it is in.
     #[serde(default)]
     pub room: Option<String>,
+    /// Subscribers of its publishers that died with the stopping
+    /// process: (subscriber session, stream); each gets an offer once it
+    /// publishes again on the taker.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resubscribe: Vec<(String, String)>,
 }
 
 /// The header line of every bus message.

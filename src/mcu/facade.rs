@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::direct::JanusMcu;
-pub use super::direct::SavedMcu;
+pub use super::direct::{SavedMcu, Served};
 use super::proxy::ProxyMcu;
 use super::{Command, McuError, Offer, Signal, StreamType};
 use crate::config::mcu::McuConfig;
@@ -86,6 +86,25 @@ impl Mcu {
         match &self.backend {
             Backend::Janus(m) => m.saved(),
             Backend::Proxy(_) => None,
+        }
+    }
+
+    /// The publishers and subscribers on this process's Janus session,
+    /// which a rolling restart loses (empty with proxies: theirs are on
+    /// the proxies).
+    pub fn served(&self) -> Served {
+        match &self.backend {
+            Backend::Janus(m) => m.served(),
+            Backend::Proxy(_) => Served::default(),
+        }
+    }
+
+    /// `subscriber` lost its subscription to `publisher` with a process
+    /// that stopped: it gets an offer once `publisher` publishes `stream`
+    /// here again (Janus only).
+    pub fn expect_republish(&self, subscriber: &str, publisher: &str, stream: StreamType) {
+        if let Backend::Janus(m) = &self.backend {
+            m.expect_republish((subscriber.into(), publisher.into(), stream));
         }
     }
 

@@ -33,6 +33,7 @@ mod mcu_proxy;
 mod mcu_proxy_go;
 mod mcu_reload;
 mod mcu_restart;
+mod mcu_rolling;
 mod mcu_sdp;
 mod metrics;
 mod package;

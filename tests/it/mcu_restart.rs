@@ -16,14 +16,14 @@ use crate::support::janus::Janus;
 use crate::support::*;
 
 /// Media may take a while on a busy 2-core machine.
-const MEDIA: Duration = Duration::from_secs(40);
+pub(crate) const MEDIA: Duration = Duration::from_secs(40);
 
 fn run_in_namespace(test: &str) -> bool {
     run_in_namespace_of(module_path!(), test)
 }
 
 /// Waits until the node reports Janus as connected.
-async fn wait_janus(node: &Node) {
+pub(crate) async fn wait_janus(node: &Node) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let v: Value = reqwest::get(format!("{}/api/v1/serverinfo", node.http_url()))
@@ -43,7 +43,7 @@ async fn wait_janus(node: &Node) {
     }
 }
 
-async fn all_in_call(node: &Node, nc: &FakeNextcloud, nc_ids: &[&str]) {
+pub(crate) async fn all_in_call(node: &Node, nc: &FakeNextcloud, nc_ids: &[&str]) {
     let users: Vec<Value> = nc_ids
         .iter()
         .map(|n| json!({"sessionId": n, "inCall": 7}))
@@ -54,7 +54,7 @@ async fn all_in_call(node: &Node, nc: &FakeNextcloud, nc_ids: &[&str]) {
 }
 
 /// `requestoffer` to `publisher`; the offer is answered by `peer`.
-async fn subscribe(c: &mut Client, peer: &mut Peer, publisher: &str) -> String {
+pub(crate) async fn subscribe(c: &mut Client, peer: &mut Peer, publisher: &str) -> String {
     send_to(
         c,
         "req",
@@ -71,7 +71,7 @@ async fn subscribe(c: &mut Client, peer: &mut Peer, publisher: &str) -> String {
 }
 
 /// A new connection resuming `old`'s session.
-async fn resume(node: &Node, old: &Client) -> Client {
+pub(crate) async fn resume(node: &Node, old: &Client) -> Client {
     let mut c = Client::connect(&node.ws_url()).await;
     c.expect_type("welcome").await;
     c.send(
@@ -103,7 +103,11 @@ async fn restart(node: Node, clients: &mut [&mut Client]) -> Node {
 }
 
 /// Reads until `pred` holds, keeping every message in `seen`.
-async fn until(c: &mut Client, seen: &mut Vec<Value>, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until(
+    c: &mut Client,
+    seen: &mut Vec<Value>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     loop {
         let m = c.recv_within(MEDIA).await;
         seen.push(m.clone());
@@ -113,11 +117,11 @@ async fn until(c: &mut Client, seen: &mut Vec<Value>, pred: impl Fn(&Value) -> b
     }
 }
 
-fn is_unshare(m: &Value) -> bool {
+pub(crate) fn is_unshare(m: &Value) -> bool {
     m["type"] == "message" && m["message"]["data"]["type"] == "unshareScreen"
 }
 
-fn is_leave(m: &Value) -> bool {
+pub(crate) fn is_leave(m: &Value) -> bool {
     m["type"] == "event" && m["event"]["type"] == "leave"
 }
 
@@ -163,7 +167,7 @@ async fn call(j: &Janus) -> Call {
 }
 
 /// Nobody left: no leave event among `seen`, Nextcloud told no leave.
-fn assert_nobody_left(nc: &FakeNextcloud, seen: &[Value]) {
+pub(crate) fn assert_nobody_left(nc: &FakeNextcloud, seen: &[Value]) {
     assert!(!seen.iter().any(is_leave), "{seen:?}");
     let room = nc.requests("room");
     assert!(

@@ -301,6 +301,7 @@ impl Hub {
                     if st.sessions.map.contains_key(e.sid.as_str()) {
                         continue;
                     }
+                    hub.expect_republish(&e);
                     let key = e.room.map(|r| RoomKey {
                         backend: backend.id.clone(),
                         room: r.into(),
@@ -315,6 +316,20 @@ impl Hub {
             let bus = hub.lock().bus.clone();
             bus.reply(reply, Bytes::from_static(b"{}"));
         });
+    }
+
+    /// The subscribers of a session's publishers lost with the stopping
+    /// process get an offer once it publishes here again
+    /// (`rolling_media.rs`).
+    fn expect_republish(&self, e: &crate::bus::ParkEntry) {
+        let Some(mcu) = self.mcu.get() else {
+            return;
+        };
+        for (sub, stream) in &e.resubscribe {
+            if let Some(stream) = crate::mcu::StreamType::parse(stream) {
+                mcu.expect_republish(sub, &e.sid, stream);
+            }
+        }
     }
 
     /// Which of these sessions this process holds or has whole on their

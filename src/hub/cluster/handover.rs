@@ -162,7 +162,20 @@ impl State {
         to: &str,
         close: CloseReason,
     ) -> Option<Session> {
-        let (s, member) = self.take_out(sid, to, close)?;
+        self.hand_over_parts_with(sid, to, close, Vec::new())
+    }
+
+    /// [`State::hand_over_parts`] with `extra` frames queued for the
+    /// session after what it had (delivered once it resumes).
+    pub(super) fn hand_over_parts_with(
+        &mut self,
+        sid: &str,
+        to: &str,
+        close: CloseReason,
+        extra: Vec<Frame>,
+    ) -> Option<Session> {
+        let (mut s, member) = self.take_out(sid, to, close)?;
+        s.queue.extend(extra);
         if let Some(key) = &s.room {
             let h = Header::Changed {
                 from: self.bus.pid().to_string(),

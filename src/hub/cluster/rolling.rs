@@ -76,6 +76,7 @@ pub(super) fn park_entry(s: &Session, resume_id: &str) -> ParkEntry {
         resume_id: resume_id.to_string(),
         backend: s.backend.id.to_string(),
         room: s.room.as_ref().map(|k| k.room.to_string()),
+        resubscribe: Vec::new(),
     }
 }
 
@@ -98,7 +99,7 @@ impl Hub {
     /// processes and closes their connections with 1012. False when no
     /// other process is known (the sessions end as before).
     pub async fn hand_over_all(self: &Arc<Self>) -> bool {
-        let (bus, plan) = {
+        let (bus, plan, mut media) = {
             let st = self.lock();
             if !st.bus.clustered() {
                 return false;
@@ -108,7 +109,9 @@ impl Hub {
                 return false;
             }
             peers.sort();
-            (st.bus.clone(), st.plan_hand_over(&peers))
+            let mut plan = st.plan_hand_over(&peers);
+            let media = st.plan_renegotiation(&mut plan);
+            (st.bus.clone(), plan, media)
         };
         let me = bus.pid().to_string();
         let total: usize = plan.values().map(Vec::len).sum();
@@ -144,7 +147,10 @@ impl Hub {
                 }
                 let taken = list
                     .iter()
-                    .filter_map(|e| st.hand_over_parts(&e.sid, &pid, CloseReason::Restart))
+                    .filter_map(|e| {
+                        let extra = media.queued.remove(e.sid.as_str()).unwrap_or_default();
+                        st.hand_over_parts_with(&e.sid, &pid, CloseReason::Restart, extra)
+                    })
                     .collect();
                 handed.push((pid, taken));
             }
@@ -169,6 +175,11 @@ impl Hub {
                     st.not_taken(s);
                 }
             }
+        }
+        // Subscribers elsewhere of the publishers lost here.
+        let st = self.lock();
+        for (to, f) in &media.remote {
+            st.send_to_remote_session(to, f, None);
         }
         true
     }

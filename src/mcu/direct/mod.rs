@@ -7,7 +7,7 @@ mod restore;
 mod streams;
 mod subscriber;
 
-pub use restore::SavedMcu;
+pub use restore::{SavedMcu, Served};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

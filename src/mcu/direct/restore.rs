@@ -286,3 +286,42 @@ impl JanusMcu {
         lock(&self.resubscribe).retain(|k| k.0 != *session && k.1 != *session);
     }
 }
+
+/// The publishers and subscribers of this process when a rolling restart
+/// hands its sessions to other processes: they die with its Janus
+/// session, so their clients renegotiate (see `hub/cluster/rolling.rs`).
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Each publisher: its session, stream and sid.
+    pub publishers: Vec<(Arc<str>, StreamType, String)>,
+    /// Each subscriber: (subscriber, publisher, stream) and its sid.
+    pub subscribers: Vec<(SubKey, String)>,
+}
+
+impl JanusMcu {
+    /// What this process serves (see [`Served`]).
+    pub fn served(&self) -> Served {
+        let reg = lock(&self.reg);
+        Served {
+            publishers: reg
+                .publishers
+                .values()
+                .map(|p| (p.session.clone(), p.stream, p.sid.clone()))
+                .collect(),
+            subscribers: reg
+                .subscribers
+                .values()
+                .map(|s| (s.key.clone(), s.sid()))
+                .collect(),
+        }
+    }
+
+    /// A subscriber whose subscription died with another process gets an
+    /// offer once `key.1` publishes `key.2` here.
+    pub fn expect_republish(&self, key: SubKey) {
+        let mut pending = lock(&self.resubscribe);
+        if !pending.contains(&key) {
+            pending.push(key);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Media through a rolling restart (SIGTERM on one process of a cluster
+//! over a real nats-server, `[mcu] type = janus`): the publishers and
+//! subscribers on the stopping process's Janus session die with it, the
+//! sessions move to the other process and their clients renegotiate
+//! without leaving the call. aiortc peers through a real Janus, in a
+//! network namespace (see `mcu_media.rs`).
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::mcu_media::{answer_any_offer, publish, run_in_namespace_of, Peer};
+use crate::mcu_restart::{
+    all_in_call, assert_nobody_left, is_unshare, resume, subscribe, until, wait_janus,
+};
+use crate::support::janus::Janus;
+use crate::support::*;
+
+fn run_in_namespace(test: &str) -> bool {
+    run_in_namespace_of(module_path!(), test)
+}
+
+#[tokio::test]
+async fn a_rolling_restart_makes_the_clients_renegotiate_without_leaving_the_call() {
+    if !run_in_namespace("a_rolling_restart_makes_the_clients_renegotiate_without_leaving_the_call")
+    {
+        return;
+    }
+    let j = Janus::start().await;
+    let nats = NatsServer::start().await;
+    let nc = FakeNextcloud::start().await;
+    let conf = format!(
+        "{}\n[nats]\nurl = {}\n",
+        j.mcu_section("timeout = 10\n"),
+        nats.url()
+    );
+    let mut na = Node::start(&nc, &conf, &[]).await;
+    let nb = Node::start(&nc, &conf, &[]).await;
+    wait_janus(&na).await;
+    wait_janus(&nb).await;
+    // Alice publishes on process A, Bob on process B subscribes to her
+    // (his subscriber is on A's Janus session).
+    let mut a = na.client_in_room(&nc, "alice", "room1").await;
+    let mut b = nb.client_in_room(&nc, "bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    all_in_call(&na, &nc, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1000").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    let old_sid = subscribe(&mut b, &mut pb, &alice).await;
+    pb.wait_frames((0, 0), 25, 25).await;
+
+    let stopped = Instant::now();
+    na.signal("-TERM");
+    loop {
+        if let Err(code) = a.recv_or_close().await {
+            assert_eq!(code, Some(1012));
+            break;
+        }
+    }
+    assert_eq!(na.exit_code(TIMEOUT).await, Some(0));
+    drop(pa);
+    let mut a2 = resume(&nb, &a).await;
+    let mut seen = Vec::new();
+    // Alice's client ends its publishing PeerConnection and, hearing the
+    // participants again while in the call, publishes anew on B.
+    let m = until(&mut a2, &mut seen, is_unshare).await;
+    assert_eq!(m["message"]["sender"]["sessionid"], alice.as_str(), "{m}");
+    assert_eq!(m["message"]["data"]["roomType"], "video", "{m}");
+    let update = until(&mut a2, &mut seen, |m| {
+        m["type"] == "event"
+            && m["event"]["target"] == "participants"
+            && m["event"]["type"] == "update"
+    })
+    .await;
+    let users = update["event"]["update"]["users"].as_array().unwrap();
+    assert!(
+        users
+            .iter()
+            .any(|u| u["sessionId"] == alice.as_str() && u["inCall"] == 7),
+        "{update}"
+    );
+    let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a2, &mut pa2, "video", "2000").await;
+    // Bob's client ends its receiving PeerConnection and takes the offer
+    // of Alice's new publisher (a new sid).
+    let m = until(&mut b, &mut seen, is_unshare).await;
+    assert_eq!(m["message"]["sender"]["sessionid"], alice.as_str(), "{m}");
+    assert_eq!(m["message"]["data"]["sid"], old_sid.as_str(), "{m}");
+    drop(pb);
+    let offer = until(&mut b, &mut seen, |m| {
+        m["message"]["data"]["type"] == "offer"
+    })
+    .await;
+    assert_eq!(offer["message"]["sender"]["sessionid"], alice.as_str());
+    assert_ne!(offer["message"]["data"]["sid"], old_sid.as_str(), "{offer}");
+    let mut pb2 = Peer::start(&["subscribe"]).await;
+    answer_any_offer(&mut b, &mut pb2, &offer).await;
+    pb2.wait_frames((0, 0), 25, 25).await;
+    eprintln!(
+        "MEDIA GAP across the rolling restart (renegotiated): {} ms from SIGTERM to Bob decoding again",
+        stopped.elapsed().as_millis()
+    );
+    // Nobody left, neither for the others nor for Nextcloud.
+    a2.message_to(
+        json!({"type": "room"}),
+        json!({"type": "nickChanged", "after": "restart"}),
+    )
+    .await;
+    loop {
+        let m: Value = b.recv().await;
+        let done = m["type"] == "message" && m["message"]["data"]["after"] == "restart";
+        seen.push(m);
+        if done {
+            break;
+        }
+    }
+    assert_nobody_left(&nc, &seen);
+}
