@@ -97,6 +97,9 @@ async fn metrics(State(state): State<HttpState>, req: Request) -> Response {
     if !allowed(&state, &req) {
         return forbidden();
     }
+    // The stream gauges are computed from the Janus MCU's registry when
+    // read, as the server does (`Hub` metrics).
+    state.proxy.mcu.refresh_stream_gauges();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.proxy.metrics.render(),

@@ -632,6 +632,27 @@ async fn wait_stats(port: u16, what: &str, cond: impl Fn(&Value) -> bool) -> Val
     }
 }
 
+/// Waits until `/metrics` of the proxy on `port` has the line `line`.
+async fn wait_metrics(port: u16, line: &str) {
+    let deadline = tokio::time::Instant::now() + MEDIA;
+    loop {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line} in the proxy's /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_go_server_publishes_and_subscribes_media_through_our_proxy() {
     const NAME: &str = "the_go_server_publishes_and_subscribes_media_through_our_proxy";
@@ -685,6 +706,16 @@ async fn the_go_server_publishes_and_subscribes_media_through_our_proxy() {
     eprintln!("bob decoded {f:?} through our proxy");
     let s = wait_stats(port, "one publisher, one subscriber", |s| s["load"] == 2).await;
     assert_eq!(s["mcu"]["publishers"], 1, "{s}");
+    // The Go proxy's Janus stream gauges, from Janus's media events and
+    // the subscriber's webrtcup (the stream is published as `screen`).
+    for line in [
+        "signaling_mcu_publisher_streams{type=\"audio\"} 1",
+        "signaling_mcu_publisher_streams{type=\"screen\"} 1",
+        "signaling_mcu_subscriber_streams{type=\"audio\"} 1",
+        "signaling_mcu_subscriber_streams{type=\"screen\"} 1",
+    ] {
+        wait_metrics(port, line).await;
+    }
     // Bob's peer goes: Janus hangs up his subscriber, the load drops.
     pb.close().await;
     wait_stats(port, "the subscriber is dropped", |s| s["load"] == 1).await;
