@@ -72,13 +72,7 @@ pub(crate) async fn subscribe(c: &mut Client, peer: &mut Peer, publisher: &str) 
 
 /// A new connection resuming `old`'s session.
 pub(crate) async fn resume(node: &Node, old: &Client) -> Client {
-    let mut c = Client::connect(&node.ws_url()).await;
-    c.expect_type("welcome").await;
-    c.send(
-        json!({"id": "r", "type": "hello", "hello": {"version": "1.0", "resumeid": old.resume_id}}),
-    )
-    .await;
-    let m = c.recv().await;
+    let (mut c, m) = crate::support::resume(node, &old.resume_id).await;
     assert_eq!(m["hello"]["sessionid"], old.session_id.as_str(), "{m}");
     c.session_id = old.session_id.clone();
     c.resume_id = old.resume_id.clone();
@@ -174,6 +168,76 @@ pub(crate) fn assert_nobody_left(nc: &FakeNextcloud, seen: &[Value]) {
         room.iter().all(|r| r.body["room"]["action"] != "leave"),
         "{room:?}"
     );
+}
+
+/// The publisher's client `c` (session `me`) is told to publish anew:
+/// `unshareScreen` of its own video, then the room's participants with
+/// it in the call (Talk then publishes again).
+pub(crate) async fn told_to_publish_again(c: &mut Client, seen: &mut Vec<Value>, me: &str) {
+    let m = until(c, seen, is_unshare).await;
+    assert_eq!(m["message"]["sender"]["sessionid"], me, "{m}");
+    assert_eq!(m["message"]["data"]["roomType"], "video", "{m}");
+    let update = until(c, seen, |m| {
+        m["type"] == "event"
+            && m["event"]["target"] == "participants"
+            && m["event"]["type"] == "update"
+    })
+    .await;
+    let users = update["event"]["update"]["users"].as_array().unwrap();
+    assert!(
+        users
+            .iter()
+            .any(|u| u["sessionId"] == me && u["inCall"] == 7),
+        "{update}"
+    );
+}
+
+/// The subscriber's client `c` is told the stream of `publisher` ended
+/// (its receiving PeerConnection `old` goes), then gets the offer of the
+/// new publisher, answers it and decodes. Returns the `unshareScreen`,
+/// the offer and the new peer.
+pub(crate) async fn offered_again(
+    c: &mut Client,
+    seen: &mut Vec<Value>,
+    publisher: &str,
+    old: Peer,
+) -> (Value, Value, Peer) {
+    let unshare = until(c, seen, is_unshare).await;
+    assert_eq!(
+        unshare["message"]["sender"]["sessionid"], publisher,
+        "{unshare}"
+    );
+    drop(old);
+    let offer = until(c, seen, |m| m["message"]["data"]["type"] == "offer").await;
+    assert_eq!(offer["message"]["sender"]["sessionid"], publisher);
+    let mut peer = Peer::start(&["subscribe"]).await;
+    answer_any_offer(c, &mut peer, &offer).await;
+    peer.wait_frames((0, 0), 25, 25).await;
+    (unshare, offer, peer)
+}
+
+/// A room message `from` sends reaches `to` after all that came before
+/// it, and nobody left: no leave event among `seen`, Nextcloud told none.
+pub(crate) async fn nobody_left_by_now(
+    from: &mut Client,
+    to: &mut Client,
+    nc: &FakeNextcloud,
+    seen: &mut Vec<Value>,
+) {
+    from.message_to(
+        json!({"type": "room"}),
+        json!({"type": "nickChanged", "after": "restart"}),
+    )
+    .await;
+    loop {
+        let m = to.recv().await;
+        let done = m["type"] == "message" && m["message"]["data"]["after"] == "restart";
+        seen.push(m);
+        if done {
+            break;
+        }
+    }
+    assert_nobody_left(nc, seen);
 }
 
 #[tokio::test]
@@ -274,55 +338,17 @@ async fn where_janus_lost_the_session_the_clients_renegotiate_without_leaving_th
     let mut seen = Vec::new();
     // Alice's client ends its publishing PeerConnection and, hearing the
     // participants again while in the call, publishes anew.
-    let m = until(&mut a2, &mut seen, is_unshare).await;
-    assert_eq!(m["message"]["sender"]["sessionid"], alice.as_str(), "{m}");
-    assert_eq!(m["message"]["data"]["roomType"], "video", "{m}");
-    let update = until(&mut a2, &mut seen, |m| {
-        m["type"] == "event"
-            && m["event"]["target"] == "participants"
-            && m["event"]["type"] == "update"
-    })
-    .await;
-    let users = update["event"]["update"]["users"].as_array().unwrap();
-    assert!(
-        users
-            .iter()
-            .any(|u| u["sessionId"] == alice.as_str() && u["inCall"] == 7),
-        "{update}"
-    );
+    told_to_publish_again(&mut a2, &mut seen, &alice).await;
     drop(pa);
     let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
     publish(&mut a2, &mut pa2, "video", "2000").await;
     // Bob's client ends its receiving PeerConnection and takes the offer
     // of Alice's new publisher.
-    let m = until(&mut b2, &mut seen, is_unshare).await;
-    assert_eq!(m["message"]["sender"]["sessionid"], alice.as_str(), "{m}");
-    drop(pb);
-    let offer = until(&mut b2, &mut seen, |m| {
-        m["message"]["data"]["type"] == "offer"
-    })
-    .await;
-    assert_eq!(offer["message"]["sender"]["sessionid"], alice.as_str());
-    let mut pb2 = Peer::start(&["subscribe"]).await;
-    answer_any_offer(&mut b2, &mut pb2, &offer).await;
-    pb2.wait_frames((0, 0), 25, 25).await;
+    let _pb2 = offered_again(&mut b2, &mut seen, &alice, pb).await.2;
     eprintln!(
         "MEDIA GAP across the restart (session lost, renegotiated): {} ms from SIGTERM to Bob decoding again",
         stopped.elapsed().as_millis()
     );
-    a2.message_to(
-        json!({"type": "room"}),
-        json!({"type": "nickChanged", "after": "restart"}),
-    )
-    .await;
-    loop {
-        let m = b2.recv().await;
-        let done = m["type"] == "message" && m["message"]["data"]["after"] == "restart";
-        seen.push(m);
-        if done {
-            break;
-        }
-    }
-    assert_nobody_left(&nc, &seen);
+    nobody_left_by_now(&mut a2, &mut b2, &nc, &mut seen).await;
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -7,11 +7,10 @@
 
 use std::time::Instant;
 
-use serde_json::{json, Value};
-
-use crate::mcu_media::{answer_any_offer, publish, run_in_namespace_of, Peer};
+use crate::mcu_media::{publish, run_in_namespace_of, Peer};
 use crate::mcu_restart::{
-    all_in_call, assert_nobody_left, is_unshare, resume, subscribe, until, wait_janus,
+    all_in_call, nobody_left_by_now, offered_again, resume, subscribe, told_to_publish_again,
+    wait_janus,
 };
 use crate::support::janus::Janus;
 use crate::support::*;
@@ -65,56 +64,22 @@ async fn a_rolling_restart_makes_the_clients_renegotiate_without_leaving_the_cal
     let mut seen = Vec::new();
     // Alice's client ends its publishing PeerConnection and, hearing the
     // participants again while in the call, publishes anew on B.
-    let m = until(&mut a2, &mut seen, is_unshare).await;
-    assert_eq!(m["message"]["sender"]["sessionid"], alice.as_str(), "{m}");
-    assert_eq!(m["message"]["data"]["roomType"], "video", "{m}");
-    let update = until(&mut a2, &mut seen, |m| {
-        m["type"] == "event"
-            && m["event"]["target"] == "participants"
-            && m["event"]["type"] == "update"
-    })
-    .await;
-    let users = update["event"]["update"]["users"].as_array().unwrap();
-    assert!(
-        users
-            .iter()
-            .any(|u| u["sessionId"] == alice.as_str() && u["inCall"] == 7),
-        "{update}"
-    );
+    told_to_publish_again(&mut a2, &mut seen, &alice).await;
     let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
     publish(&mut a2, &mut pa2, "video", "2000").await;
     // Bob's client ends its receiving PeerConnection and takes the offer
     // of Alice's new publisher (a new sid).
-    let m = until(&mut b, &mut seen, is_unshare).await;
-    assert_eq!(m["message"]["sender"]["sessionid"], alice.as_str(), "{m}");
-    assert_eq!(m["message"]["data"]["sid"], old_sid.as_str(), "{m}");
-    drop(pb);
-    let offer = until(&mut b, &mut seen, |m| {
-        m["message"]["data"]["type"] == "offer"
-    })
-    .await;
-    assert_eq!(offer["message"]["sender"]["sessionid"], alice.as_str());
+    let (unshare, offer, _pb2) = offered_again(&mut b, &mut seen, &alice, pb).await;
+    assert_eq!(
+        unshare["message"]["data"]["sid"],
+        old_sid.as_str(),
+        "{unshare}"
+    );
     assert_ne!(offer["message"]["data"]["sid"], old_sid.as_str(), "{offer}");
-    let mut pb2 = Peer::start(&["subscribe"]).await;
-    answer_any_offer(&mut b, &mut pb2, &offer).await;
-    pb2.wait_frames((0, 0), 25, 25).await;
     eprintln!(
         "MEDIA GAP across the rolling restart (renegotiated): {} ms from SIGTERM to Bob decoding again",
         stopped.elapsed().as_millis()
     );
     // Nobody left, neither for the others nor for Nextcloud.
-    a2.message_to(
-        json!({"type": "room"}),
-        json!({"type": "nickChanged", "after": "restart"}),
-    )
-    .await;
-    loop {
-        let m: Value = b.recv().await;
-        let done = m["type"] == "message" && m["message"]["data"]["after"] == "restart";
-        seen.push(m);
-        if done {
-            break;
-        }
-    }
-    assert_nobody_left(&nc, &seen);
+    nobody_left_by_now(&mut a2, &mut b, &nc, &mut seen).await;
 }
