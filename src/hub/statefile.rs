@@ -99,6 +99,12 @@ pub(crate) struct SavedSession {
     pub(crate) flags: u32,
     /// A federated session (hosting side) and its actor.
     pub(crate) federated: Option<Option<(String, String)>>,
+    /// In a hand-over: the (subscriber, stream) waiting for this session
+    /// to publish again, to be offered a new subscription then
+    /// (`cluster/rolling_media.rs`); absent in files and from processes
+    /// before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) resubscribe: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -503,6 +509,7 @@ pub(crate) fn saved_session(s: &Session) -> SavedSession {
         in_call: s.in_call,
         flags: s.flags,
         federated: s.federated.as_ref().map(|f| f.actor.clone()),
+        resubscribe: Vec::new(),
     }
 }
 

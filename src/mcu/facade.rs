@@ -108,6 +108,19 @@ impl Mcu {
         }
     }
 
+    /// The (subscriber, stream) waiting for `publisher` to publish again
+    /// here, taken out: they go with its session to another process.
+    pub fn take_resubscribe(&self, publisher: &str) -> Vec<(String, StreamType)> {
+        match &self.backend {
+            Backend::Janus(m) => m
+                .take_resubscribe(publisher)
+                .into_iter()
+                .map(|k| (k.0.to_string(), k.2))
+                .collect(),
+            Backend::Proxy(_) => Vec::new(),
+        }
+    }
+
     /// True while Janus (or at least one proxy) is connected.
     pub fn connected(&self) -> bool {
         each!(self, m => m.connected())

@@ -243,10 +243,11 @@ impl State {
             return;
         };
         let arrived = self.sessions.arriving.remove(sid).unwrap_or_default();
-        let Some(saved) = c.saved.take() else {
+        let Some(mut saved) = c.saved.take() else {
             let _ = c.ready.send(true);
             return;
         };
+        let resubscribe = std::mem::take(&mut saved.resubscribe);
         let mut s = session_of(saved, c.backend.clone());
         s.queue.extend(arrived.frames);
         s.queue_bytes = s.queue.iter().map(|f| f.len()).sum();
@@ -272,6 +273,13 @@ impl State {
         if !self.link_virtuals(&id) {
             tracing::warn!(session = %id, "virtual session handed over without its internal client, it ends");
             self.end_session(&id, None);
+        }
+        if let Some(m) = &self.mcu {
+            for (sub, stream) in resubscribe {
+                if let Some(stream) = crate::mcu::StreamType::parse(&stream) {
+                    m.expect_republish(&sub, &id, stream);
+                }
+            }
         }
         tracing::info!(session = %id, "session taken over from another process");
         let _ = c.ready.send(true);

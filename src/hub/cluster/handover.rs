@@ -36,7 +36,7 @@ use crate::bus::{
 use crate::hub::outbox::CloseReason;
 use crate::hub::room::RoomKey;
 use crate::hub::session::{Session, SessionKind};
-use crate::hub::statefile::saved_session;
+use crate::hub::statefile::{saved_session, SavedSession};
 use crate::hub::{Hub, State};
 
 /// Largest part of a session handed over: NATS refuses messages over its
@@ -186,7 +186,16 @@ impl State {
             self.bus
                 .publish(room_subject(&key.backend, &key.room), encode(&h, None));
         }
-        send_parts(&*self.bus, to, &s);
+        let mut saved = saved_session(&s);
+        // Its subscribers waiting for it to publish again go with it.
+        if let Some(m) = &self.mcu {
+            saved.resubscribe = m
+                .take_resubscribe(&s.id)
+                .into_iter()
+                .map(|(sub, stream)| (sub, stream.as_str().to_string()))
+                .collect();
+        }
+        send_parts(&*self.bus, to, &saved);
         Some(s)
     }
 
@@ -309,13 +318,13 @@ fn moved_peek(m: &MovedResume, ask: &ResumeAsk) -> SessionHandover {
 
 /// Publishes a session (the state file's form) to process `to` in
 /// `Handover` parts, in order on its subject.
-fn send_parts(bus: &dyn Bus, to: &str, s: &Session) {
-    let bytes = serde_json::to_vec(&saved_session(s)).unwrap_or_default();
+fn send_parts(bus: &dyn Bus, to: &str, s: &SavedSession) {
+    let bytes = serde_json::to_vec(s).unwrap_or_default();
     let parts = bytes.len().div_ceil(PART).max(1) as u32;
     for (i, chunk) in bytes.chunks(PART).enumerate() {
         let h = Header::Handover {
             from: bus.pid().to_string(),
-            sid: s.id.to_string(),
+            sid: s.id.clone(),
             part: i as u32,
             parts,
         };

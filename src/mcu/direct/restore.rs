@@ -281,6 +281,15 @@ impl JanusMcu {
         }
     }
 
+    /// The subscribers waiting for `publisher` to publish again, taken
+    /// out (they go with its session to another process).
+    pub fn take_resubscribe(&self, publisher: &str) -> Vec<SubKey> {
+        let mut pending = lock(&self.resubscribe);
+        let (mine, rest) = pending.drain(..).partition(|k| &*k.1 == publisher);
+        *pending = rest;
+        mine
+    }
+
     /// A session that closed waits for nothing any more.
     pub(super) fn forget_resubscribe(&self, session: &Arc<str>) {
         lock(&self.resubscribe).retain(|k| k.0 != *session && k.1 != *session);
