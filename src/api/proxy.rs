@@ -47,10 +47,15 @@ pub const SHUTDOWN_SCHEDULED: &str = "shutdown_scheduled";
 pub const TIMEOUT: &str = "timeout";
 /// A wrapped MCU error.
 pub const INTERNAL_ERROR: &str = "internal_error";
+/// hello: our proxy has `[app] maxsessions` sessions (the Go proxy has no
+/// such cap).
+pub const TOO_MANY_SESSIONS: &str = "too_many_sessions";
 
 /// Reason of the `bye` sent to a connection whose session was resumed on
 /// another connection.
 pub const BYE_SESSION_RESUMED: &str = "session_resumed";
+/// Reason of the `bye` that answers a server's `bye` (its session ended).
+pub const BYE_SESSION_CLOSED: &str = "session_closed";
 
 wire_kind! {
     /// The `type` of a message from the server to the proxy.

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::limits::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SESSIONS};
 use crate::config::goconf::{expand_env, IniFile, DEFAULT_SECTION};
 use crate::config::mcu::{McuConfig, McuSection};
 use crate::config::{ConfigError, Finding, IpList, Severity};
@@ -29,17 +30,25 @@ pub struct ProxyConfig {
     pub mcu: McuConfig,
     /// `[stats] allowed_ips` (default 127.0.0.1, as the Go proxy).
     pub stats_allowed: IpList,
+    /// `[http] maxconnections`: open WebSocket connections (0: no cap).
+    pub max_connections: u64,
+    /// `[app] maxsessions`: sessions at once (0: no cap).
+    pub max_sessions: u64,
     /// What to warn about or refuse (see [`ProxyConfig::refusals`]).
     pub findings: Vec<Finding>,
 }
 
 /// Every key the proxy reads or knows, by section.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("http", &["listen", "readtimeout", "writetimeout"]),
+    (
+        "http",
+        &["listen", "readtimeout", "writetimeout", "maxconnections"],
+    ),
     (
         "app",
         &[
             "name",
+            "maxsessions",
             "debug",
             "trustedproxies",
             "country",
@@ -206,6 +215,12 @@ impl ProxyConfig {
             tokens: tokens(&ini)?,
             mcu: mcu(&ini)?,
             stats_allowed,
+            max_connections: ini
+                .get_u64("http", "maxconnections", DEFAULT_MAX_CONNECTIONS)
+                .map_err(ConfigError)?,
+            max_sessions: ini
+                .get_u64("app", "maxsessions", DEFAULT_MAX_SESSIONS)
+                .map_err(ConfigError)?,
             findings,
         })
     }
@@ -358,6 +373,21 @@ mod tests {
         assert!(c.refusals().is_none());
         assert!(c.findings.is_empty(), "{:?}", c.findings);
         assert_eq!(c.country, None);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.max_sessions, DEFAULT_MAX_SESSIONS);
+    }
+
+    #[test]
+    fn the_caps_are_read_and_checked() {
+        let c = ProxyConfig::parse(&format!(
+            "{MINIMAL}[http]\nmaxconnections = 3\n[app]\nmaxsessions = 0\n"
+        ))
+        .unwrap();
+        assert_eq!((c.max_connections, c.max_sessions), (3, 0));
+        assert!(c.findings.is_empty(), "{:?}", c.findings);
+        assert!(err(&format!("{MINIMAL}[http]\nmaxconnections = -1\n"))
+            .contains("[http] maxconnections"));
+        assert!(err(&format!("{MINIMAL}[app]\nmaxsessions = many\n")).contains("[app] maxsessions"));
     }
 
     #[test]

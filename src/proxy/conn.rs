@@ -20,7 +20,7 @@ use super::session::{ConnTx, Session, CONN_QUEUE};
 use super::tokens::TokenRefusal;
 use crate::api::proxy::{
     self as wire, ProxyClientKind, ProxyClientMessage, ProxyHelloReply, ProxyHelloRequest,
-    ProxyServerInfo, ProxyServerMessage, BYE_SESSION_RESUMED, PROXY_VERSION,
+    ProxyServerInfo, ProxyServerMessage, BYE_SESSION_CLOSED, BYE_SESSION_RESUMED, PROXY_VERSION,
 };
 
 /// Largest message a server may send (as the Go proxy).
@@ -31,8 +31,6 @@ pub const IN_FLIGHT: usize = 64;
 const PING_EVERY: Duration = Duration::from_secs(54);
 /// A connection that sent nothing (pongs included) for this long is closed.
 const SILENT_FOR: Duration = Duration::from_secs(60);
-/// Most WebSocket connections at once.
-pub const MAX_CONNECTIONS: u64 = 4096;
 
 struct Conn {
     proxy: Arc<Proxy>,
@@ -209,6 +207,7 @@ impl Conn {
         };
         session.touch();
         match (msg.kind, msg.command, msg.payload) {
+            (ProxyClientKind::Bye, _, _) => self.bye(session),
             (ProxyClientKind::Command, Some(cmd), _) => {
                 super::handle::command(&self.proxy, &session, id, cmd)
             }
@@ -229,6 +228,17 @@ impl Conn {
                 "Unsupported message received.",
             )),
         }
+    }
+
+    /// `bye` (as the Go proxy): the session ends (its publishers and
+    /// subscribers close), the connection hears `bye session_closed` and
+    /// may send a new hello.
+    fn bye(&mut self, session: Arc<Session>) {
+        tracing::info!(session = %session.id, "session closed by its server");
+        self.session = None;
+        // Gone before the connection hears it.
+        self.proxy.end_session(&session.id);
+        let _ = session.send(&ProxyServerMessage::bye(BYE_SESSION_CLOSED));
     }
 
     fn hello(&mut self, id: Option<&str>, hello: ProxyHelloRequest) {
@@ -294,7 +304,7 @@ impl Conn {
             if !proxy.add_session(s.clone()) {
                 self.reply(&ProxyServerMessage::error(
                     id,
-                    wire::INTERNAL_ERROR,
+                    wire::TOO_MANY_SESSIONS,
                     "Too many sessions.",
                 ));
                 return;

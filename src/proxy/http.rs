@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::conn::{MAX_CONNECTIONS, MAX_MESSAGE};
+use super::conn::MAX_MESSAGE;
+use super::limits::Limit;
 use super::server::Proxy;
 use crate::config::IpList;
 use crate::http::forwarded;
@@ -51,9 +52,28 @@ async fn server_header(mut resp: Response) -> Response {
 /// Counts an open connection while it lives.
 struct Counted(Arc<Proxy>);
 
+impl Counted {
+    /// The connection counted, or None (and the refusal counted) when
+    /// `[http] maxconnections` are open.
+    fn new(proxy: &Arc<Proxy>) -> Option<Counted> {
+        let open = proxy.connections.fetch_add(1, Ordering::Relaxed);
+        if proxy.max_connections.full(open) {
+            proxy.connections.fetch_sub(1, Ordering::Relaxed);
+            let cap = proxy.max_connections.0;
+            proxy
+                .refusals
+                .refused(&proxy.metrics, Limit::Connections, cap);
+            return None;
+        }
+        proxy.metrics.connections.inc();
+        Some(Counted(proxy.clone()))
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connections.dec();
     }
 }
 
@@ -63,11 +83,9 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let proxy = state.proxy.clone();
-    if proxy.connections.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
-        proxy.connections.fetch_sub(1, Ordering::Relaxed);
+    let Some(counted) = Counted::new(&proxy) else {
         return (StatusCode::SERVICE_UNAVAILABLE, "Too many connections\n").into_response();
-    }
-    let counted = Counted(proxy.clone());
+    };
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {

@@ -34,6 +34,11 @@ pub struct ProxyMetrics {
     pub token_errors_total: IntCounterVec,
     /// `signaling_proxy_load`.
     pub load: IntGauge,
+    /// `signaling_proxy_connections`: open WebSocket connections (ours).
+    pub connections: IntGauge,
+    /// `signaling_proxy_limit_refusals_total{limit}`: refused by a cap
+    /// (ours; see `super::limits`).
+    pub limit_refusals_total: IntCounterVec,
     /// The Janus MCU's `signaling_mcu_*`.
     pub mcu: McuMetrics,
 }
@@ -100,6 +105,12 @@ impl ProxyMetrics {
                 "reason",
             ),
             load: gauge("load", "The current load of the signaling proxy"),
+            connections: gauge("connections", "The current number of WebSocket connections"),
+            limit_refusals_total: counters(
+                "limit_refusals_total",
+                "The total number of connections, sessions and clients refused by a cap",
+                "limit",
+            ),
             mcu: McuMetrics::new(&registry),
             registry,
         };
@@ -115,6 +126,8 @@ impl ProxyMetrics {
             Box::new(m.payload_messages_total.clone()),
             Box::new(m.token_errors_total.clone()),
             Box::new(m.load.clone()),
+            Box::new(m.connections.clone()),
+            Box::new(m.limit_refusals_total.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             m.registry.register(c).expect("unique metric");

@@ -11,13 +11,15 @@
 //! `session` (a server's session and its messages), `server` (the state:
 //! sessions, clients, load, shutdown, background work), `conn` (one
 //! WebSocket), `handle` (commands, payloads, what Janus sends), `http`
-//! (routes), `metrics`, `check`.
+//! (routes), `limits` (the caps of connections, sessions and clients),
+//! `metrics`, `check`.
 
 pub mod check;
 pub mod config;
 pub mod conn;
 pub mod handle;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod session;

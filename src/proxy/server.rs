@@ -14,16 +14,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ProxyConfig, SESSION_EXPIRY};
+use super::limits::{Cap, Limit, Refusals, MAX_CLIENTS};
 use super::metrics::ProxyMetrics;
 use super::session::{Sent, Session};
 use super::tokens::TokenKeys;
 use crate::api::proxy::{EventKind, ProxyEvent, ProxyServerMessage};
 use crate::mcu::{Mcu, StreamType};
 
-/// Most sessions at once (a session is a signaling server's connection).
-pub const MAX_SESSIONS: usize = 1000;
-/// Most publishers and subscribers at once, over all sessions.
-pub const MAX_CLIENTS: usize = 100_000;
 /// How often the load is looked at (and sent when it changed).
 pub const LOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired sessions are removed (as Go).
@@ -102,6 +99,11 @@ pub struct Proxy {
     janus_since: Mutex<Option<SystemTime>>,
     /// Open WebSocket connections.
     pub connections: AtomicU64,
+    /// `[http] maxconnections`.
+    pub max_connections: Cap,
+    max_sessions: Cap,
+    /// Refusals by a cap, counted and logged.
+    pub refusals: Refusals,
     /// Stops the background tasks and Janus.
     pub cancel: CancellationToken,
 }
@@ -140,6 +142,9 @@ impl Proxy {
             next_conn: AtomicU64::new(1),
             janus_since: Mutex::new(None),
             connections: AtomicU64::new(0),
+            max_connections: Cap(cfg.max_connections),
+            max_sessions: Cap(cfg.max_sessions),
+            refusals: Refusals::default(),
             cancel,
         });
         tokio::spawn(super::handle::forward_signals(proxy.clone(), signals));
@@ -187,10 +192,14 @@ impl Proxy {
         }
     }
 
-    /// Registers a session unless [`MAX_SESSIONS`] are there.
+    /// Registers a session unless `[app] maxsessions` are there (the
+    /// refusal is counted and logged).
     pub fn add_session(&self, s: Arc<Session>) -> bool {
         let mut inner = lock(&self.inner);
-        if inner.sessions.len() >= MAX_SESSIONS {
+        if self.max_sessions.full(inner.sessions.len() as u64) {
+            drop(inner);
+            self.refusals
+                .refused(&self.metrics, Limit::Sessions, self.max_sessions.0);
             return false;
         }
         inner.sessions.insert(s.id.clone(), s);
@@ -223,10 +232,14 @@ impl Proxy {
         }
     }
 
-    /// Registers a client unless [`MAX_CLIENTS`] are there.
+    /// Registers a client unless [`MAX_CLIENTS`] are there (the refusal
+    /// is counted and logged).
     pub fn add_client(&self, c: Arc<Client>) -> bool {
         let mut inner = lock(&self.inner);
         if inner.clients.len() >= MAX_CLIENTS {
+            drop(inner);
+            self.refusals
+                .refused(&self.metrics, Limit::Clients, MAX_CLIENTS as u64);
             return false;
         }
         let label = [c.info.stream.as_str()];

@@ -39,6 +39,7 @@ mod metrics;
 mod package;
 mod proxy;
 mod proxy_events;
+mod proxy_limits;
 mod proxy_takeover;
 mod reload;
 mod restart;

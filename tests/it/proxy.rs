@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::go_parity::{GoServer, Side};
 use crate::mcu_media::{run_in_namespace_of, send_to, Peer};
 use crate::support::janus::Janus;
+use crate::support::proxies::{wait_metrics, wait_stats};
 use crate::support::{free_port, fresh_dir, wait_listening, Client, FakeNextcloud, LoggedProcess};
 
 /// Media may take a while on a busy 2-core machine.
@@ -608,49 +609,6 @@ async fn go_subscribe(c: &mut Client, peer: &mut Peer, publisher: &str) {
         "payload": {"type": "answer", "sdp": answer["sdp"]}}),
     )
     .await;
-}
-
-async fn proxy_stats(port: u16) -> Value {
-    reqwest::get(format!("http://127.0.0.1:{port}/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-/// Waits until `/stats` of the proxy on `port` satisfies `cond`.
-async fn wait_stats(port: u16, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + MEDIA;
-    loop {
-        let s = proxy_stats(port).await;
-        if cond(&s) {
-            return s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until `/metrics` of the proxy on `port` has the line `line`.
-async fn wait_metrics(port: u16, line: &str) {
-    let deadline = tokio::time::Instant::now() + MEDIA;
-    loop {
-        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {line} in the proxy's /metrics:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -1,0 +1,213 @@
+//! The caps of our proxy over real sockets: `[http] maxconnections` (an
+//! upgrade over it gets HTTP 503, the open connections go on, a closed
+//! one frees its slot) and `[app] maxsessions` (a new session's hello gets
+//! `too_many_sessions`, a resume still works, a session ended by `bye`
+//! frees its slot, and the Go 0.4.1 server, refused at the cap, gets in
+//! once a slot is free). Each refusal is counted in `/metrics` and logged.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::go_parity::GoServer;
+use crate::proxy::{command, proxy_conf, rsa_pair, session, OurProxy};
+use crate::support::janus::Janus;
+use crate::support::proxies::{proxy_metric, proxy_metrics, wait_stats};
+use crate::support::raw::request_with;
+use crate::support::{free_port, fresh_dir, Client, FakeNextcloud};
+
+/// A Janus and our proxy with `extra` in its `proxy.conf`, accepting
+/// `server1`: (proxy, janus, private key, dir); None without Janus.
+async fn proxy_with(
+    name: &str,
+    extra: &str,
+) -> Option<(OurProxy, Janus, std::path::PathBuf, std::path::PathBuf)> {
+    if !crate::support::janus::available() {
+        eprintln!("SKIPPED {name}: no janus");
+        return None;
+    }
+    let dir = fresh_dir(name);
+    let (private, public) = rsa_pair(&dir, "server1");
+    let j = Janus::start().await;
+    let port = free_port();
+    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, extra), port).await;
+    Some((ours, j, private, dir))
+}
+
+/// A hello for a new session on `c`, with request id `id`.
+async fn hello(c: &mut Client, id: &str, key: &std::path::Path) -> Value {
+    let token = crate::proxy::token(key, "server1", now(), jsonwebtoken::Algorithm::RS256);
+    c.send(json!({"id": id, "type": "hello", "hello": {"version": "1.0", "resumeid": "", "token": token}}))
+        .await;
+    c.wait_for(|m| m["id"] == id).await
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A publisher of `c`'s session gets created: the session works.
+async fn still_works(c: &mut Client, id: &str) {
+    let r = command(
+        c,
+        id,
+        json!({"type": "create-publisher", "streamType": "video"}),
+    )
+    .await;
+    assert_eq!(r["type"], "command", "{r}");
+}
+
+#[tokio::test]
+async fn over_the_connection_cap_upgrades_get_503_and_the_open_connections_go_on() {
+    let Some((ours, _j, private, dir)) =
+        proxy_with("proxy-conn-cap", "[http]\nmaxconnections = 2\n").await
+    else {
+        return;
+    };
+    let (mut a, _) = session(&ours.url(), &private).await;
+    let (b, _) = session(&ours.url(), &private).await;
+    // The third connection: 503, counted and logged.
+    let refused = Client::upgrade(request_with(&ours.url(), &[])).await;
+    assert_eq!(refused.err(), Some(503));
+    let metrics = proxy_metrics(ours.port).await;
+    for line in [
+        "signaling_proxy_limit_refusals_total{limit=\"connections\"} 1",
+        "signaling_proxy_connections 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    ours.process
+        .wait_line(0, |l| {
+            l.contains("[http] maxconnections") && l.contains("503") && l.contains("limit=2")
+        })
+        .await;
+    // The open connections go on.
+    still_works(&mut a, "2").await;
+    // One closes: its slot is free again.
+    drop(b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match Client::upgrade(request_with(&ours.url(), &[])).await {
+            Ok(c) => break c,
+            Err(status) => assert_eq!(status, 503),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the closed connection's slot was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let h = hello(&mut c, "1", &private).await;
+    assert_eq!(h["type"], "hello", "{h}");
+    still_works(&mut c, "2").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by_bye_frees_its_slot(
+) {
+    let Some((ours, _j, private, dir)) =
+        proxy_with("proxy-session-cap", "[app]\nmaxsessions = 2\n").await
+    else {
+        return;
+    };
+    let (mut a, _) = session(&ours.url(), &private).await;
+    let (mut b, hb) = session(&ours.url(), &private).await;
+    still_works(&mut a, "2").await;
+    // A third session: refused with the request id, counted and logged;
+    // its connection stays open.
+    let mut c = Client::connect(&ours.url()).await;
+    let r = hello(&mut c, "1", &private).await;
+    assert_eq!(r["type"], "error", "{r}");
+    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    assert_eq!(
+        proxy_metric(
+            ours.port,
+            "signaling_proxy_limit_refusals_total{limit=\"sessions\"}"
+        )
+        .await,
+        1.0
+    );
+    ours.process
+        .wait_line(0, |l| {
+            l.contains("[app] maxsessions") && l.contains("too_many_sessions")
+        })
+        .await;
+    // The sessions there go on; a resume at the cap is no new session.
+    still_works(&mut b, "3").await;
+    let mut b2 = Client::connect(&ours.url()).await;
+    let sid = hb["hello"]["sessionid"].as_str().unwrap();
+    b2.send(json!({"id": "1", "type": "hello", "hello": {"version": "1.0", "resumeid": sid, "token": ""}}))
+        .await;
+    let h = b2.wait_for(|m| m["id"] == "1").await;
+    assert_eq!(h["hello"]["sessionid"], sid, "{h}");
+    // Alice's server says bye (as to a Go proxy): her session ends with
+    // its publisher, her connection hears it and stays open.
+    a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
+    let bye = a.wait_for(|m| m["type"] == "bye").await;
+    assert_eq!(bye["bye"]["reason"], "session_closed", "{bye}");
+    // Only Bob's publisher is left.
+    wait_stats(ours.port, "alice's session ended", |s| {
+        s["sessions"] == 1 && s["load"] == 1
+    })
+    .await;
+    // Her slot is used: the refused connection's next hello gets in, and
+    // then hers is refused.
+    let h = hello(&mut c, "2", &private).await;
+    assert_eq!(h["type"], "hello", "{h}");
+    still_works(&mut c, "3").await;
+    let r = hello(&mut a, "10", &private).await;
+    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free() {
+    const NAME: &str = "the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free";
+    let Some((ours, _j, private, dir)) =
+        proxy_with("proxy-session-cap-go", "[app]\nmaxsessions = 1\n").await
+    else {
+        return;
+    };
+    let (mut a, _) = session(&ours.url(), &private).await;
+    let nc = FakeNextcloud::start().await;
+    let mcu = format!(
+        "[mcu]\ntype = proxy\nurl = http://127.0.0.1:{}\ntoken_id = server1\ntoken_key = {}\n",
+        ours.port,
+        private.display()
+    );
+    let Some(_go) = GoServer::start(&nc, &mcu, NAME).await else {
+        return;
+    };
+    // The Go server is refused and tries again (Go's proxy has no cap: a
+    // refused hello is re-dialled as any failed one).
+    let refusals = "signaling_proxy_limit_refusals_total{limit=\"sessions\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while proxy_metric(ours.port, refusals).await < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the Go server did not try twice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proxy_stats_sessions(ours.port).await, 1);
+    // A slot is freed: the Go server's next try gets it.
+    a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
+    a.wait_for(|m| m["type"] == "bye").await;
+    wait_stats(ours.port, "the Go server got the free slot", |s| {
+        s["sessions"] == 1
+    })
+    .await;
+    let r = hello(&mut a, "10", &private).await;
+    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn proxy_stats_sessions(port: u16) -> u64 {
+    crate::support::proxies::proxy_stats(port).await["sessions"]
+        .as_u64()
+        .unwrap()
+}
