@@ -91,6 +91,9 @@ pub(crate) struct State {
     /// Requests to Nextcloud decided in the current critical section, sent
     /// when the lock is released ([`StateGuard`]).
     pub effects: Vec<Effect>,
+    /// The hub itself (federation links of sessions restored or taken
+    /// over are started from the state).
+    pub hub: std::sync::Weak<Hub>,
 }
 
 /// The hub lock, held. When it is released, the sessions whose resume
@@ -249,7 +252,7 @@ impl Hub {
             crate::config::LiveSettings::of(&config),
         ));
         let geoip = crate::geoip::GeoIp::new(&config.geoip).map_err(anyhow::Error::msg)?;
-        Ok(Arc::new(Hub {
+        Ok(Arc::new_cyclic(|me| Hub {
             registry,
             state: Mutex::new(State {
                 sessions: Sessions {
@@ -265,6 +268,7 @@ impl Hub {
                 bus: bus.clone(),
                 mcu: None,
                 effects: Vec::new(),
+                hub: me.clone(),
             }),
             client,
             caps: CapabilitiesCache::default(),

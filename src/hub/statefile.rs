@@ -14,8 +14,11 @@
 //! the Janus session outlives the process and the next start claims it
 //! (`mcu/direct/restore.rs`), so media goes on.
 //!
-//! Not kept: the links of federated rooms (their sessions are left out and
-//! are gone after the restart, as before).
+//! A session in a federated room keeps its link: the link ends without a
+//! word to the remote server, which keeps its session for its resume
+//! window, and the next start resumes it there (`federation/saved.rs`).
+//! A link the remote server never accepted is not kept (its session is
+//! left out, gone after the restart).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -105,6 +108,10 @@ pub(crate) struct SavedSession {
     /// before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) resubscribe: Vec<(String, String)>,
+    /// The session's link to the remote server of its federated room
+    /// (absent in files and hand-overs of servers before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) federation: Option<super::federation::SavedLink>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -152,7 +159,8 @@ impl Hub {
         }
     }
 
-    /// Writes every session (but those of federated rooms) and its room
+    /// Writes every session (but those whose federation link the remote
+    /// server never accepted) and its room
     /// to `path` (mode 0600, replaced atomically); returns how many. The
     /// file is written and synced on tokio's blocking pool, not on the
     /// runtime's workers.
@@ -217,7 +225,8 @@ impl Hub {
         let mut ids = HashSet::new();
         let mut resume_ids = HashSet::new();
         let mut skipped = 0;
-        for s in file.sessions {
+        let mut links = Vec::new();
+        for mut s in file.sessions {
             let Some(backend) = registry.by_id(&s.backend) else {
                 skipped += 1;
                 continue;
@@ -229,6 +238,9 @@ impl Hub {
                 if !resume_ids.insert(r.clone()) {
                     return Err("a resume id twice".into());
                 }
+            }
+            if let Some(link) = s.federation.take() {
+                links.push((s.id.clone(), link));
             }
             sessions.push(session_of(s, backend));
         }
@@ -260,6 +272,9 @@ impl Hub {
         let counts = (sessions.len(), rooms.len(), skipped);
         let mut st = self.lock();
         st.install_saved(sessions, rooms, elapsed);
+        for (sid, link) in links {
+            st.relink(&sid, link);
+        }
         drop(st);
         self.timer.notify_one();
         Ok(counts)
@@ -325,8 +340,12 @@ impl State {
         let now = Instant::now();
         let mut sessions = Vec::new();
         for s in self.sessions.map.values_mut() {
-            if s.fed_link.is_some() {
-                continue;
+            if let Some(link) = &s.fed_link {
+                if !link.resumable() {
+                    continue;
+                }
+                // Ends without a word to the remote server.
+                link.keep_for_restart();
             }
             if let Some(conn) = s.conn.take() {
                 let mut pending = conn.take_pending();
@@ -510,6 +529,7 @@ pub(crate) fn saved_session(s: &Session) -> SavedSession {
         flags: s.flags,
         federated: s.federated.as_ref().map(|f| f.actor.clone()),
         resubscribe: Vec::new(),
+        federation: s.fed_link.as_ref().and_then(|l| l.saved()),
     }
 }
 

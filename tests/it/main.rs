@@ -18,6 +18,7 @@ mod etcd_backends;
 mod features;
 mod federation;
 mod federation_limits;
+mod federation_restart;
 mod forwarded;
 mod frames;
 mod fuzz_parsers;

@@ -248,6 +248,7 @@ impl State {
             return;
         };
         let resubscribe = std::mem::take(&mut saved.resubscribe);
+        let link = saved.federation.take();
         let mut s = session_of(saved, c.backend.clone());
         s.queue.extend(arrived.frames);
         s.queue_bytes = s.queue.iter().map(|f| f.len()).sum();
@@ -280,6 +281,10 @@ impl State {
                     m.expect_republish(&sub, &id, stream);
                 }
             }
+        }
+        if let Some(link) = link {
+            // Its federation link resumes on the remote server from here.
+            self.relink(&id, link);
         }
         tracing::info!(session = %id, "session taken over from another process");
         let _ = c.ready.send(true);

@@ -79,13 +79,18 @@ impl State {
         close: CloseReason,
     ) -> Option<(Session, MemberInfo)> {
         let s = self.sessions.map.get(sid)?;
-        if s.fed_link.is_some() {
+        // A federation link goes with its session if it can resume there.
+        if s.fed_link.as_ref().is_some_and(|l| !l.resumable()) {
             return None;
         }
         let mut member = self.member_info(sid)?;
         member.owner = to.to_string();
         let mut s = self.sessions.remove(sid)?;
         self.sessions.disconnected.remove(sid);
+        if let Some(link) = &s.fed_link {
+            // Ends here without a word to the remote server; `to` resumes it.
+            link.keep_for_restart();
+        }
         if let Some(conn) = s.conn.take() {
             let mut pending = conn.take_pending();
             pending.append(&mut s.queue);
@@ -134,8 +139,9 @@ impl State {
     /// previous release's way: the whole session in the answer.
     pub(super) fn hand_over(&mut self, resume_id: &str, to: &str) -> Option<SessionHandover> {
         let sid = self.sessions.resume_ids.get(resume_id).cloned()?;
-        // (Such a process adopts client sessions only.)
-        if self.sessions.map.get(&sid)?.kind != SessionKind::Client {
+        // (Such a process adopts client sessions only, without links.)
+        let s = self.sessions.map.get(&sid)?;
+        if s.kind != SessionKind::Client || s.fed_link.is_some() {
             return None;
         }
         let (s, member) = self.take_out(&sid, to, CloseReason::SessionResumed)?;
@@ -226,7 +232,8 @@ impl State {
     /// Where a local session is, for a `peek`: here, and it stays.
     fn peek(&self, sid: &str) -> Option<SessionHandover> {
         let s = self.sessions.map.get(sid)?;
-        if !matches!(s.kind, SessionKind::Client | SessionKind::Internal) || s.fed_link.is_some() {
+        let unmovable_link = s.fed_link.as_ref().is_some_and(|l| !l.resumable());
+        if !matches!(s.kind, SessionKind::Client | SessionKind::Internal) || unmovable_link {
             return None;
         }
         Some(SessionHandover {

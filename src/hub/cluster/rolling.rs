@@ -29,9 +29,11 @@ impl State {
         let mut n = 0;
         for sid in ids {
             let s = &self.sessions.map[sid];
-            // A federated room's link dies with the process: as before.
+            // A federated room's link goes with its session when the
+            // remote server gave it a session to resume, else it dies with
+            // the process (as before).
             let movable = matches!(s.kind, SessionKind::Client | SessionKind::Internal);
-            if !movable || s.fed_link.is_some() {
+            if !movable || s.fed_link.as_ref().is_some_and(|l| !l.resumable()) {
                 continue;
             }
             let Some(resume_id) = &s.resume_id else {

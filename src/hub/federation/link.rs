@@ -5,8 +5,8 @@
 //! the session (`gone`); the task ends, closing its socket, when either
 //! says so.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectError, FedCmd, LiveLink, Target, MAX_BACKOFF, MIN_BACKOFF, STABLE_LINK};
+use super::{
+    ConnectError, FedCmd, LiveLink, SavedLink, Target, MAX_BACKOFF, MIN_BACKOFF, STABLE_LINK,
+};
 use crate::api::remote::ServerKind;
 use crate::api::server::{error_frame, Frame};
 use crate::hub::Hub;
@@ -32,6 +34,11 @@ pub(super) struct Link {
     pub(super) _live: LiveLink,
     /// Cancelled when the session's handle of the link goes.
     pub(super) gone: CancellationToken,
+    /// The link is kept for a restart or a taker: end without a word to
+    /// B (no `bye`, no leave) and without touching the session.
+    pub(super) kept: Arc<AtomicBool>,
+    /// What the link needs to go on elsewhere, kept up to date here.
+    pub(super) share: Arc<Mutex<SavedLink>>,
     /// Bytes of the commands waiting in the channel.
     pub(super) queued: Arc<AtomicUsize>,
     /// B confirmed the join of a room (see `FedLink::joined`).
@@ -72,10 +79,15 @@ pub(super) enum WriteError {
 }
 
 impl Link {
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<FedCmd>) {
-        let mut first = true;
+    /// Runs the link until the session ends or leaves; `fresh`: a new
+    /// link, else one kept across a restart that resumes B's session.
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<FedCmd>, fresh: bool) {
+        let mut first = fresh;
         let mut backoff = MIN_BACKOFF;
         let gone = self.gone.clone();
+        if !fresh {
+            self.event_plain("federation_interrupted");
+        }
         loop {
             let had_session = self.remote_sid.is_some();
             // Commands wait in their (bounded) channel while dialing.
@@ -103,6 +115,7 @@ impl Link {
                     continue;
                 }
             };
+            self.share_state();
             let up_since = Instant::now();
             let was_first = std::mem::replace(&mut first, false);
             let pumped = match self.restore(&mut ws, was_first, resumed, had_session).await {
@@ -112,13 +125,15 @@ impl Link {
             };
             match pumped {
                 Pump::Closed => {
-                    self.say_bye(&mut ws).await;
+                    if !self.is_kept() {
+                        self.say_bye(&mut ws).await;
+                    }
                     break;
                 }
                 Pump::Gone => break,
                 Pump::Broken => {
                     drop(ws);
-                    if self.leaving {
+                    if self.leaving || self.is_kept() {
                         break;
                     }
                     self.event_plain("federation_interrupted");
@@ -132,8 +147,26 @@ impl Link {
                 }
             }
         }
+        if self.is_kept() {
+            // The session goes on with a new link (next start, taker).
+            return;
+        }
         self.refuse_pending(&mut rx);
         self.hub.federation_ended(&self.sid, self.link_id);
+    }
+
+    fn is_kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    /// Updates what a restart or a taker would take of this link.
+    fn share_state(&self) {
+        let mut s = self.share.lock().unwrap_or_else(|p| p.into_inner());
+        s.remote_room.clone_from(&self.target.remote_room);
+        s.local_room.clone_from(&self.local_room);
+        s.nc_session.clone_from(&self.nc_session);
+        s.remote_sid.clone_from(&self.remote_sid);
+        s.resume_id.clone_from(&self.resume_id);
     }
 
     /// Waits `backoff` before dialing again (doubling it for the next
@@ -361,6 +394,7 @@ impl Link {
         self.local_room = local_room;
         self.target.remote_room = remote_room;
         self.nc_session = nc_session;
+        self.share_state();
     }
 
     /// Says goodbye to B and closes the connection, within the deadline

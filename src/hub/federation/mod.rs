@@ -28,6 +28,8 @@ mod link;
 mod offline;
 mod rewrite;
 pub use rewrite::Rewrite;
+mod saved;
+pub(crate) use saved::SavedLink;
 mod tls;
 
 pub(crate) use dial::{resolver, DialLimits};
@@ -74,6 +76,13 @@ pub(crate) struct FedLink {
     /// Ends the link task when this handle goes (session ended, link
     /// cleared or replaced), however full the channel is.
     _gone: DropGuard,
+    /// The same end, asked before the handle goes (a restart).
+    cancel: CancellationToken,
+    /// Set with `cancel` when the link is kept for a restart or a taker:
+    /// the task ends without a word to B.
+    kept: Arc<AtomicBool>,
+    /// What the link needs to go on elsewhere (updated by the task).
+    share: Arc<std::sync::Mutex<SavedLink>>,
     /// True while B has confirmed the session's join of a room (set by the
     /// task): only then is the session in a room for the room-join
     /// timeout and pinged to its own Nextcloud.
@@ -286,12 +295,40 @@ impl Hub {
         features: Vec<String>,
         local_url: &str,
     ) -> FedLink {
+        let saved = SavedLink {
+            signaling: target.signaling.clone(),
+            url: target.url.clone(),
+            token: target.token.clone(),
+            remote_room: target.remote_room.clone(),
+            local_room,
+            nc_session,
+            features,
+            local_url: local_url.to_string(),
+            remote_sid: None,
+            resume_id: None,
+            joined: false,
+        };
+        self.spawn_link(sid, id, target, saved, true)
+    }
+
+    /// The handle and the task of a link; `fresh`: a new link (its first
+    /// connection joins), else one that resumes B's session of `saved`.
+    fn spawn_link(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<String>,
+        target: Target,
+        saved: SavedLink,
+        fresh: bool,
+    ) -> FedLink {
         static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let link_id = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CHANNEL_SIZE);
         let gone = CancellationToken::new();
         let queued = Arc::new(AtomicUsize::new(0));
-        let joined = Arc::new(AtomicBool::new(false));
+        let joined = Arc::new(AtomicBool::new(saved.joined));
+        let kept = Arc::new(AtomicBool::new(false));
+        let share = Arc::new(std::sync::Mutex::new(saved.clone()));
         let link = FedLink {
             link_id,
             sender: FedSender {
@@ -300,37 +337,42 @@ impl Hub {
             },
             signaling: target.signaling.clone(),
             url: target.url.clone(),
-            local_room: local_room.as_str().into(),
-            nc_session: nc_session.as_str().into(),
+            local_room: saved.local_room.as_str().into(),
+            nc_session: saved.nc_session.as_str().into(),
             _gone: gone.clone().drop_guard(),
+            cancel: gone.clone(),
+            kept: kept.clone(),
+            share: share.clone(),
             joined: joined.clone(),
         };
         let task = Link {
             link_id,
             _live: LiveLink::new(&self.fed_links),
             gone,
+            kept,
+            share,
             queued,
             joined,
             timeout: self.config.federation.timeout,
             hub: self.clone(),
             sid: sid.clone(),
-            local_cloud: cloud_of(local_url),
+            local_cloud: cloud_of(&saved.local_url),
             remote_cloud: cloud_of(&target.url),
-            local_base: base_of(local_url),
+            local_base: base_of(&saved.local_url),
             remote_base: base_of(&target.url),
             target,
-            features,
-            local_room,
-            nc_session,
+            features: saved.features,
+            local_room: saved.local_room,
+            nc_session: saved.nc_session,
             pending: id,
-            remote_sid: None,
-            resume_id: None,
+            remote_sid: saved.remote_sid,
+            resume_id: saved.resume_id,
             leaving: false,
             rejoin: false,
             queue: Vec::new(),
             queue_bytes: 0,
         };
-        tokio::spawn(task.run(rx));
+        tokio::spawn(task.run(rx, fresh));
         link
     }
 

@@ -316,6 +316,8 @@ mod tests {
             link_id: 1,
             _live: super::super::LiveLink::new(&hub.fed_links),
             gone: Default::default(),
+            kept: Default::default(),
+            share: Default::default(),
             queued: Default::default(),
             joined: Default::default(),
             timeout: std::time::Duration::from_secs(1),

@@ -1,0 +1,211 @@
+//! A session in a federated room across a restart of its own server (A):
+//! alice, a user of NC-A, is in a conversation hosted by NC-B through
+//! server A, which holds her link to server B; bob is on B. A stops with
+//! SIGTERM and starts again on its state file (a single process), or hands
+//! her session to another process (a rolling restart over a real
+//! nats-server): her link resumes its session on B, she resumes hers on A,
+//! and nobody sees her leave.
+
+use serde_json::{json, Value};
+
+use crate::federation::{data, token};
+use crate::support::*;
+
+/// NC-A, and NC-B, which supports federation.
+async fn clouds() -> (FakeNextcloud, FakeNextcloud) {
+    let nc_a = FakeNextcloud::start().await;
+    let nc_b = FakeNextcloud::start().await;
+    {
+        let mut st = nc_b.state.lock().unwrap();
+        st.token_key = Some(data("ec.pub"));
+        st.extra_features = vec!["federation-v2".into()];
+    }
+    (nc_a, nc_b)
+}
+
+/// A's configuration: B is on loopback over plain ws://, refused by
+/// default; pings every second.
+const A_CONF: &str =
+    "[backend]\npinginterval = 1\n[federation]\nallowips = 127.0.0.1\nallowhttp = true\n";
+
+/// Alice on the server at `a_ws` joins `remotetoken` of NC-B on the server
+/// at `b_http`; returns her client and the session id B gave her link (R),
+/// once bob saw her join.
+async fn federated_alice(
+    a_ws: &str,
+    nc_a: &FakeNextcloud,
+    nc_b: &FakeNextcloud,
+    b_http: &str,
+    bob: &mut Client,
+) -> (Client, String) {
+    let mut alice = Client::connect(a_ws).await;
+    alice.expect_type("welcome").await;
+    alice
+        .hello_v1(&nc_a.backend_url(), json!({"userid": "alice"}))
+        .await;
+    let federation = json!({"signaling": format!("{b_http}/"), "url": nc_b.backend_url(),
+        "roomid": "remotetoken", "token": token(nc_b, nc_a, "ec.key")});
+    alice
+        .send(json!({"id": "7", "type": "room", "room": {"roomid": "localtoken", "sessionid": "nc-alice", "federation": federation}}))
+        .await;
+    let r = alice
+        .wait_for(|m| m["type"] == "room" || m["type"] == "error")
+        .await;
+    assert_eq!(r["room"]["roomid"], "localtoken", "{r}");
+    let j = bob
+        .wait_for(|m| m["event"]["type"] == "join" && m.to_string().contains("\"federated\":true"))
+        .await;
+    let remote = j["event"]["join"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["federated"] == true)
+        .unwrap()["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    alice.wait_join_of(&bob.session_id).await;
+    (alice, remote)
+}
+
+/// Messages of `c` until one matches `pred` (included).
+async fn until(c: &mut Client, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let m = c.recv().await;
+        let done = pred(&m);
+        seen.push(m);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn is_leave(m: &Value) -> bool {
+    m["type"] == "event" && m["event"]["type"] == "leave"
+}
+
+/// The message with data `{"n": n}`.
+fn numbered(m: &Value, n: i64) -> bool {
+    m["type"] == "message" && m["message"]["data"]["n"] == n
+}
+
+/// Pings to `nc` naming Nextcloud session `nc_session`.
+fn pinged(nc: &FakeNextcloud, nc_session: &str) -> usize {
+    nc.requests("ping")
+        .iter()
+        .filter(|r| {
+            r.body["ping"]["entries"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["sessionid"] == nc_session))
+        })
+        .count()
+}
+
+/// After the restart: alice (resumed on A) is told her link resumed on B,
+/// messages go both ways with the ids each side knows, bob saw no leave
+/// since A stopped, NC-B was told no leave
+/// and NC-A was never asked about a room.
+async fn still_together(
+    alice: &mut Client,
+    bob: &mut Client,
+    remote: &str,
+    nc_a: &FakeNextcloud,
+    nc_b: &FakeNextcloud,
+) {
+    let seen = until(alice, |m| m["event"]["type"] == "federation_resumed").await;
+    let resumed = seen.last().unwrap();
+    assert_eq!(resumed["event"]["resumed"], true, "{seen:?}");
+    assert!(!seen.iter().any(is_leave), "{seen:?}");
+    bob.message_to(
+        json!({"type": "session", "sessionid": remote}),
+        json!({"n": 1}),
+    )
+    .await;
+    let seen = until(alice, |m| numbered(m, 1)).await;
+    let m = seen.last().unwrap();
+    assert_eq!(m["message"]["sender"]["sessionid"], bob.session_id.as_str());
+    assert!(!seen.iter().any(is_leave), "{seen:?}");
+    alice
+        .message_to(
+            json!({"type": "session", "sessionid": bob.session_id}),
+            json!({"n": 2}),
+        )
+        .await;
+    let bob_seen = until(bob, |m| numbered(m, 2)).await;
+    let m = bob_seen.last().unwrap();
+    assert_eq!(m["message"]["sender"]["sessionid"], remote);
+    assert!(!bob_seen.iter().any(is_leave), "{bob_seen:?}");
+    let rooms = nc_b.requests("room");
+    assert!(
+        rooms.iter().all(|r| r.body["room"]["action"] != "leave"),
+        "{rooms:?}"
+    );
+    assert!(nc_a.requests("room").is_empty());
+}
+
+#[tokio::test]
+async fn a_federated_session_and_its_link_are_kept_across_a_restart_without_anyone_leaving() {
+    let (nc_a, nc_b) = clouds().await;
+    let b = TestServer::start_on(nc_b.clone(), "").await;
+    let state = fresh_dir("spreed-state");
+    let a = Node::start(
+        &nc_a,
+        A_CONF,
+        &[("STATE_DIRECTORY", state.to_str().unwrap())],
+    )
+    .await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (mut alice, remote) = federated_alice(&a.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+
+    a.signal("-TERM");
+    let code = alice.expect_close().await;
+    assert_eq!(code, Some(1012));
+    let mut a = a;
+    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    let a = a.restart().await;
+    a.proc
+        .wait_line(0, |l| l.contains("sessions kept from before the restart"))
+        .await;
+    let (mut alice2, hello) = resume(&a, &alice.resume_id).await;
+    assert_eq!(
+        hello["hello"]["sessionid"],
+        alice.session_id.as_str(),
+        "{hello}"
+    );
+    still_together(&mut alice2, &mut bob, &remote, &nc_a, &nc_b).await;
+    // NC-A still hears that she is there.
+    let before = pinged(&nc_a, "nc-alice");
+    nc_a.wait_all("ping", |_| pinged(&nc_a, "nc-alice") > before)
+        .await;
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test]
+async fn a_rolling_restart_hands_a_federated_session_and_its_link_to_another_process() {
+    let nats = NatsServer::start().await;
+    let (nc_a, nc_b) = clouds().await;
+    let b = TestServer::start_on(nc_b.clone(), "").await;
+    let conf = format!("{A_CONF}[nats]\nurl = {}\n", nats.url());
+    let a0 = Node::start(&nc_a, &conf, &[]).await;
+    let a1 = Node::start(&nc_a, &conf, &[]).await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+
+    a0.signal("-TERM");
+    let code = alice.expect_close().await;
+    assert_eq!(code, Some(1012));
+    let mut a0 = a0;
+    assert_eq!(a0.exit_code(TIMEOUT).await, Some(0));
+    let (mut alice2, hello) = resume(&a1, &alice.resume_id).await;
+    assert_eq!(
+        hello["hello"]["sessionid"],
+        alice.session_id.as_str(),
+        "{hello}\n{}",
+        a0.proc.lines().join("\n")
+    );
+    still_together(&mut alice2, &mut bob, &remote, &nc_a, &nc_b).await;
+    let before = pinged(&nc_a, "nc-alice");
+    nc_a.wait_all("ping", |_| pinged(&nc_a, "nc-alice") > before)
+        .await;
+}
