@@ -209,3 +209,93 @@ async fn a_rolling_restart_hands_a_federated_session_and_its_link_to_another_pro
     nc_a.wait_all("ping", |_| pinged(&nc_a, "nc-alice") > before)
         .await;
 }
+
+#[tokio::test]
+async fn a_link_the_remote_forgot_during_the_restart_joins_again_as_after_a_lost_connection() {
+    let (nc_a, nc_b) = clouds().await;
+    // B forgets a session one second after its connection went.
+    let b = TestServer::start_on(nc_b.clone(), "[sessions]\nresumetimeout = 1\n").await;
+    let state = fresh_dir("spreed-state");
+    let a = Node::start(
+        &nc_a,
+        A_CONF,
+        &[("STATE_DIRECTORY", state.to_str().unwrap())],
+    )
+    .await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (mut alice, remote) = federated_alice(&a.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+
+    a.signal("-TERM");
+    assert_eq!(alice.expect_close().await, Some(1012));
+    let mut a = a;
+    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    // B forgot her link's session: bob sees it leave.
+    let l = bob.wait_for(is_leave).await;
+    assert_eq!(l["event"]["leave"], json!([remote]), "{l}");
+    let a = a.restart().await;
+    let (mut alice2, hello) = resume(&a, &alice.resume_id).await;
+    assert_eq!(
+        hello["hello"]["sessionid"],
+        alice.session_id.as_str(),
+        "{hello}"
+    );
+    // The link joined again with a new session on B (the token is still
+    // valid): she is told it did not resume, bob sees the new session.
+    let seen = until(&mut alice2, |m| m["event"]["type"] == "federation_resumed").await;
+    assert_eq!(seen.last().unwrap()["event"]["resumed"], false, "{seen:?}");
+    let j = bob
+        .wait_for(|m| m["event"]["type"] == "join" && m.to_string().contains("\"federated\":true"))
+        .await;
+    let again = j["event"]["join"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["federated"] == true)
+        .unwrap()["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(again, remote);
+    alice2
+        .message_to(
+            json!({"type": "session", "sessionid": bob.session_id}),
+            json!({"n": 3}),
+        )
+        .await;
+    let seen = until(&mut bob, |m| numbered(m, 3)).await;
+    assert_eq!(
+        seen.last().unwrap()["message"]["sender"]["sessionid"],
+        again.as_str()
+    );
+    bob.message_to(
+        json!({"type": "session", "sessionid": again}),
+        json!({"n": 4}),
+    )
+    .await;
+    let seen = until(&mut alice2, |m| numbered(m, 4)).await;
+    assert_eq!(
+        seen.last().unwrap()["message"]["sender"]["sessionid"],
+        bob.session_id.as_str()
+    );
+    assert!(nc_a.requests("room").is_empty());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[tokio::test]
+async fn a_federated_client_resuming_on_another_process_takes_its_link_along() {
+    let nats = NatsServer::start().await;
+    let (nc_a, nc_b) = clouds().await;
+    let b = TestServer::start_on(nc_b.clone(), "").await;
+    let conf = format!("{A_CONF}[nats]\nurl = {}\n", nats.url());
+    let a0 = Node::start(&nc_a, &conf, &[]).await;
+    let a1 = Node::start(&nc_a, &conf, &[]).await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+    let (sid, resume_id) = (alice.session_id.clone(), alice.resume_id.clone());
+    // Her connection drops; she comes back on the other process.
+    drop(alice);
+    let (mut alice2, hello) = resume(&a1, &resume_id).await;
+    assert_eq!(hello["hello"]["sessionid"], sid.as_str(), "{hello}");
+    // (A link left on a0 that said bye would have made bob see a leave.)
+    still_together(&mut alice2, &mut bob, &remote, &nc_a, &nc_b).await;
+}
