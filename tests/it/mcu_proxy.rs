@@ -4,8 +4,8 @@
 //! reply, a lost connection), the token, and what reaches the proxies.
 //! The Go proxy with Janus and real media: `mcu_proxy_go.rs`.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -14,33 +14,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::janus::audio_offer;
+use crate::support::proxy_procs::rsa_pair;
 use crate::support::{Client, TestServer, TIMEOUT};
-
-/// An RSA key pair made with openssl: (private key path, public key path).
-pub fn key_pair(dir: &std::path::Path, name: &str) -> (String, String) {
-    let private = dir.join(format!("{name}.key"));
-    let public = dir.join(format!("{name}.pub"));
-    let ok = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&private)
-        .arg("2048")
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl genrsa");
-    let ok = std::process::Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl rsa -pubout");
-    (private.display().to_string(), public.display().to_string())
-}
 
 /// How a fake proxy behaves.
 #[derive(Clone, Default)]
@@ -221,38 +196,22 @@ async fn serve(
 }
 
 /// The server's `[mcu]` for `proxies`, with a key of its own.
-pub(crate) fn proxy_section(proxies: &[&FakeProxy], key: &str) -> String {
+pub(crate) fn proxy_section(proxies: &[&FakeProxy], key: &Path) -> String {
     let urls: Vec<String> = proxies.iter().map(|p| p.url()).collect();
     format!(
-        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {key}\ntimeout = 5\nproxytimeout = 1\n",
-        urls.join(" ")
+        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {}\ntimeout = 5\nproxytimeout = 1\n",
+        urls.join(" "),
+        key.display()
     )
 }
 
 async fn mcu_stats(ts: &TestServer) -> Value {
-    let v: Value = reqwest::get(format!("{}/api/v1/stats", ts.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["mcu"].clone()
+    crate::support::proxies::mcu_stats(&ts.url).await
 }
 
 /// Waits until the server's statistics of proxy `url` satisfy `pred`.
-pub(crate) async fn wait_proxy(ts: &TestServer, url: &str, pred: impl Fn(&Value) -> bool) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let s = mcu_stats(ts).await;
-        if pred(&s["details"][url]) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "proxy {url} never got there: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_proxy(ts: &TestServer, url: &str, pred: impl Fn(&Value) -> bool) {
+    crate::support::proxies::wait_proxy(&ts.url, url, TIMEOUT, pred).await
 }
 
 pub(crate) async fn offer(c: &mut Client, id: &str, sid: &str) -> Value {
@@ -267,14 +226,14 @@ pub(crate) async fn offer(c: &mut Client, id: &str, sid: &str) -> Value {
 }
 
 pub(crate) struct Setup {
-    _dir: std::path::PathBuf,
-    public: String,
-    pub(crate) key: String,
+    _dir: PathBuf,
+    public: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 pub(crate) fn setup() -> Setup {
     let dir = crate::support::fresh_dir("mcu-proxy");
-    let (key, public) = key_pair(&dir, "server1");
+    let (key, public) = rsa_pair(&dir, "server1");
     Setup {
         _dir: dir,
         public,

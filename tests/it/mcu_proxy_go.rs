@@ -10,61 +10,18 @@ use serde_json::json;
 use crate::mcu_media::{
     all_in_call as all_in_call_of, publish as publish_as, run_in_namespace_of, subscribe_any, Peer,
 };
-use crate::mcu_proxy::key_pair;
-use crate::support::janus::{audio_offer, Janus};
-use crate::support::proxies::{mcu_section, mcu_stats, server_on_proxies, wait_proxy};
+use crate::support::janus::audio_offer;
+use crate::support::proxies::{
+    mcu_section, mcu_stats, server_on_proxies, spread_then_take_over, wait_proxy,
+};
+use crate::support::proxy_procs::{rsa_pair, GoProxy};
 use crate::support::{config_text, fresh_dir, FakeNextcloud, LoggedProcess, TestServer};
-
-const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
-
-/// A Go proxy in front of a Janus of its own (both killed on drop).
-pub struct GoProxy {
-    process: LoggedProcess,
-    pub port: u16,
-    _janus: Janus,
-    _dir: std::path::PathBuf,
-}
-
-impl GoProxy {
-    /// Starts Janus and a Go proxy accepting the key `public` as
-    /// `server1`; waits until it listens (it does once it reached Janus).
-    pub async fn start(public: &str) -> GoProxy {
-        let janus = Janus::start().await;
-        let dir = fresh_dir("go-proxy");
-        let port = crate::support::free_port();
-        let conf = dir.join("proxy.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[http]\nlisten = 127.0.0.1:{port}\n[app]\ntokentype = static\n[tokens]\nserver1 = {public}\n\
-                 [mcu]\ntype = janus\nurl = ws://127.0.0.1:{}\n[stats]\nallowed_ips = 127.0.0.1\n",
-                janus.port
-            ),
-        )
-        .unwrap();
-        let proc = LoggedProcess::spawn_program(GO_PROXY, &["-config", conf.to_str().unwrap()]);
-        crate::support::eventually("the Go proxy listens", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
-        GoProxy {
-            process: proc,
-            port,
-            _janus: janus,
-            _dir: dir,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
 
 /// True when the Go proxy is installed (scripts/test installs it).
 fn available() -> bool {
-    let ok = std::path::Path::new(GO_PROXY).exists() && crate::support::janus::available();
+    let ok = GoProxy::installed() && crate::support::janus::available();
     if !ok {
-        eprintln!("SKIPPED: {GO_PROXY} or janus is not installed");
+        eprintln!("SKIPPED: the Go proxy or janus is not installed");
     }
     ok
 }
@@ -75,11 +32,11 @@ async fn a_wrong_token_key_is_refused_logged_and_checked_and_publishing_fails_cl
         return;
     }
     let dir = fresh_dir("mcu-proxy-token");
-    let (_, public) = key_pair(&dir, "right");
-    let (wrong, _) = key_pair(&dir, "wrong");
-    let proxy = GoProxy::start(&public).await;
+    let (_, public) = rsa_pair(&dir, "right");
+    let (wrong, _) = rsa_pair(&dir, "wrong");
+    let proxy = GoProxy::with_janus(&dir, &public).await;
     let nc = FakeNextcloud::start().await;
-    let section = mcu_section(&[proxy.url()], &wrong);
+    let section = mcu_section(&[proxy.base()], &wrong);
 
     // `check` names the proxy and the refusal.
     let path = dir.join("server.conf");
@@ -102,7 +59,7 @@ async fn a_wrong_token_key_is_refused_logged_and_checked_and_publishing_fails_cl
     assert!(
         text.contains(&format!(
             "FAIL [mcu] url: proxy {}/: refused our hello with [mcu] token_id `server1`: auth_failed",
-            proxy.url()
+            proxy.base()
         )),
         "{text}"
     );
@@ -117,7 +74,7 @@ async fn a_wrong_token_key_is_refused_logged_and_checked_and_publishing_fails_cl
     let server = LoggedProcess::spawn(&["--config", path.to_str().unwrap()]);
     server
         .wait_line(0, |l| {
-            l.contains(&proxy.url())
+            l.contains(&proxy.base())
                 && l.contains("token_id `server1`")
                 && l.contains("auth_failed")
         })
@@ -144,7 +101,7 @@ async fn a_wrong_token_key_is_refused_logged_and_checked_and_publishing_fails_cl
     .await;
     b.wait_for(|m| m["message"]["data"] == "still here").await;
     let st = mcu_stats(&ts.url).await;
-    assert_eq!(st["details"][proxy.url()]["connected"], false, "{st}");
+    assert_eq!(st["details"][proxy.base()]["connected"], false, "{st}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -156,10 +113,7 @@ async fn an_unreadable_token_key_stops_start_up_naming_it() {
     let missing = dir.join("missing.key");
     std::fs::write(
         &path,
-        config_text(
-            &nc,
-            &mcu_section(&["http://127.0.0.1:1".into()], missing.to_str().unwrap()),
-        ),
+        config_text(&nc, &mcu_section(&["http://127.0.0.1:1".into()], &missing)),
     )
     .unwrap();
     let out = tokio::task::spawn_blocking(move || {
@@ -187,9 +141,9 @@ async fn media_through_the_go_proxy() {
         return;
     }
     let dir = fresh_dir("mcu-proxy-media");
-    let (key, public) = key_pair(&dir, "server1");
-    let proxy = GoProxy::start(&public).await;
-    let ts = server_on_proxies(&[proxy.url()], &key).await;
+    let (key, public) = rsa_pair(&dir, "server1");
+    let proxy = GoProxy::with_janus(&dir, &public).await;
+    let ts = server_on_proxies(&[proxy.base()], &key).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     all_in_call_of(&ts, &["nc-alice", "nc-bob"]).await;
@@ -205,7 +159,7 @@ async fn media_through_the_go_proxy() {
     assert_eq!(st["publishers"], 1, "{st}");
     assert_eq!(st["clients"], 2, "{st}");
     // The proxy reports its load (publisher + subscriber).
-    wait_proxy(&ts.url, &proxy.url(), Duration::from_secs(5), |d| {
+    wait_proxy(&ts.url, &proxy.base(), Duration::from_secs(5), |d| {
         d["load"] == 2
     })
     .await;
@@ -223,60 +177,10 @@ async fn two_go_proxies_spread_publishers_and_take_over_from_one_that_stops() {
         return;
     }
     let dir = fresh_dir("mcu-proxy-two");
-    let (key, public) = key_pair(&dir, "server1");
-    let p1 = GoProxy::start(&public).await;
-    let p2 = GoProxy::start(&public).await;
-    let ts = server_on_proxies(&[p1.url(), p2.url()], &key).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    let mut c = ts.client_in_room("carol", "room1").await;
-    all_in_call_of(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
-    let (alice, bob) = (a.session_id.clone(), b.session_id.clone());
-
-    // Loads tie: the first proxy; once it reports its load, the second.
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish_as(&mut a, &mut pa, "video", "1").await;
-    wait_proxy(&ts.url, &p1.url(), Duration::from_secs(5), |d| {
-        d["publishers"] == 1 && d["load"] == 1
-    })
-    .await;
-    let mut pb = Peer::start(&["publish", "audio,video"]).await;
-    publish_as(&mut b, &mut pb, "video", "2").await;
-    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
-        d["publishers"] == 1
-    })
-    .await;
-    // Carol receives both, each from its own proxy.
-    let mut ca = Peer::start(&["subscribe"]).await;
-    let mut cb = Peer::start(&["subscribe"]).await;
-    subscribe_any(&mut c, &mut ca, &alice, "video", "").await;
-    subscribe_any(&mut c, &mut cb, &bob, "video", "").await;
-    ca.wait_frames((0, 0), 20, 20).await;
-    cb.wait_frames((0, 0), 20, 20).await;
-    ca.close().await;
-    cb.close().await;
-
-    // The first proxy goes: Alice publishes again (her PeerConnection
-    // died with it) and lands on the second within [mcu] timeout.
-    let p1_url = p1.url();
-    drop(p1);
-    wait_proxy(&ts.url, &p1_url, Duration::from_secs(5), |d| {
-        d["connected"] == false
-    })
-    .await;
-    let started = tokio::time::Instant::now();
-    let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
-    publish_as(&mut a, &mut pa2, "video", "3").await;
-    assert!(started.elapsed() < Duration::from_secs(10));
-    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
-        d["publishers"] == 2
-    })
-    .await;
-    let mut ca2 = Peer::start(&["subscribe"]).await;
-    subscribe_any(&mut c, &mut ca2, &alice, "video", "").await;
-    ca2.wait_frames((0, 0), 20, 20).await;
-    ca2.close().await;
-    drop((pa, pb, pa2));
+    let (key, public) = rsa_pair(&dir, "server1");
+    let p1 = GoProxy::with_janus(&dir, &public).await;
+    let p2 = GoProxy::with_janus(&dir, &public).await;
+    spread_then_take_over(p1, &p2, &key).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -307,21 +211,21 @@ async fn after_sigusr1_on_a_go_proxy_new_publishers_go_to_the_other() {
         return;
     }
     let dir = fresh_dir("mcu-proxy-usr1");
-    let (key, public) = key_pair(&dir, "server1");
-    let p1 = GoProxy::start(&public).await;
-    let p2 = GoProxy::start(&public).await;
-    let ts = server_on_proxies(&[p1.url(), p2.url()], &key).await;
+    let (key, public) = rsa_pair(&dir, "server1");
+    let p1 = GoProxy::with_janus(&dir, &public).await;
+    let p2 = GoProxy::with_janus(&dir, &public).await;
+    let ts = server_on_proxies(&[p1.base(), p2.base()], &key).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     let mut c = ts.client_in_room("carol", "room1").await;
     // One publisher on each: the loads tie again, the first URL is next.
     publish_offer(&mut a, "1").await;
-    wait_proxy(&ts.url, &p1.url(), Duration::from_secs(5), |d| {
+    wait_proxy(&ts.url, &p1.base(), Duration::from_secs(5), |d| {
         d["publishers"] == 1 && d["load"] == 1
     })
     .await;
     publish_offer(&mut b, "2").await;
-    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
+    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
         d["publishers"] == 1 && d["load"] == 1
     })
     .await;
@@ -329,16 +233,16 @@ async fn after_sigusr1_on_a_go_proxy_new_publishers_go_to_the_other() {
     p1.process
         .wait_line(0, |l| l.contains("Received SIGUSR1"))
         .await;
-    wait_proxy(&ts.url, &p1.url(), Duration::from_secs(5), |d| {
+    wait_proxy(&ts.url, &p1.base(), Duration::from_secs(5), |d| {
         d["shutdown"] == true && d["connected"] == true
     })
     .await;
     publish_offer(&mut c, "3").await;
-    wait_proxy(&ts.url, &p2.url(), Duration::from_secs(5), |d| {
+    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
         d["publishers"] == 2
     })
     .await;
     let st = mcu_stats(&ts.url).await;
-    assert_eq!(st["details"][p1.url()]["publishers"], 1, "{st}");
+    assert_eq!(st["details"][p1.base()]["publishers"], 1, "{st}");
     let _ = std::fs::remove_dir_all(&dir);
 }

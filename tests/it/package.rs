@@ -213,7 +213,7 @@ async fn the_packaged_proxy_serves_with_the_packaged_proxy_conf() {
         return;
     }
     let janus = crate::support::janus::Janus::start().await;
-    let (private, public) = crate::proxy::rsa_pair(&root, "server1");
+    let (private, public) = crate::support::proxy_procs::rsa_pair(&root, "server1");
     let port = free_port();
     let config = root.join("etc/spreed-signaling/proxy.conf");
     std::fs::write(&config, fill_proxy(&sample, port, &janus.url(), &public)).unwrap();
@@ -228,7 +228,8 @@ async fn the_packaged_proxy_serves_with_the_packaged_proxy_conf() {
     wait_listening(port).await;
     // A server with the key in [tokens] gets a session.
     let (_c, hello) =
-        crate::proxy::session(&format!("ws://127.0.0.1:{port}/proxy"), &private).await;
+        crate::support::proxy_procs::session(&format!("ws://127.0.0.1:{port}/proxy"), &private)
+            .await;
     assert!(hello["hello"]["sessionid"].is_string(), "{hello}");
     drop(proxy);
     let _ = std::fs::remove_dir_all(&root);

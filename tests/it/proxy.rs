@@ -4,158 +4,23 @@
 //! and `/metrics`, and in a network namespace the Go 0.4.1 server
 //! publishing and subscribing real media through it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 use crate::go_parity::{GoServer, Side};
 use crate::mcu_media::{run_in_namespace_of, send_to, Peer};
 use crate::support::janus::Janus;
-use crate::support::proxies::{wait_metrics, wait_stats};
-use crate::support::{free_port, fresh_dir, wait_listening, Client, FakeNextcloud, LoggedProcess};
+use crate::support::proxies::{spread_then_take_over, wait_metrics, wait_stats};
+use crate::support::proxy_procs::{
+    command, event, hello, now, proxy_conf, rsa_pair, session, token, GoProxy, OurProxy,
+};
+use crate::support::{free_port, fresh_dir, Client, FakeNextcloud};
 
 /// Media may take a while on a busy 2-core machine.
 const MEDIA: Duration = Duration::from_secs(40);
-
-const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
-
-/// An RSA key pair made with openssl: (private PEM path, public PEM path).
-pub fn rsa_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let private = dir.join(format!("{name}.key"));
-    let public = dir.join(format!("{name}.pub"));
-    let ok = Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&private)
-        .arg("2048")
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl genrsa");
-    let ok = Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "openssl rsa -pubout");
-    (private, public)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// The token a signaling server sends: `{"iat", "iss"}` signed with `key`.
-pub fn token(key: &Path, iss: &str, iat: i64, alg: Algorithm) -> String {
-    let pem = std::fs::read(key).unwrap();
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        &json!({"iat": iat, "iss": iss}),
-        &EncodingKey::from_rsa_pem(&pem).unwrap(),
-    )
-    .unwrap()
-}
-
-/// The `proxy.conf` of a proxy on `port` for `janus`, trusting `server1`.
-pub fn proxy_conf(port: u16, janus: &Janus, public: &Path, extra: &str) -> String {
-    format!(
-        "[http]\nlisten = 127.0.0.1:{port}\n[app]\ntokentype = static\n\
-         [tokens]\nserver1 = {}\n[mcu]\ntype = janus\nurl = {}\n{extra}",
-        public.display(),
-        janus.url()
-    )
-}
-
-/// Our proxy as a child process with its log collected.
-pub struct OurProxy {
-    pub process: LoggedProcess,
-    pub port: u16,
-    pub conf: PathBuf,
-}
-
-impl OurProxy {
-    /// Starts `spreed-signaling proxy --config <conf>` and waits until it
-    /// listens (it does once Janus is connected).
-    pub async fn start(dir: &Path, conf: &str, port: u16) -> OurProxy {
-        let path = dir.join(format!("proxy-{port}.conf"));
-        std::fs::write(&path, conf).unwrap();
-        let process = LoggedProcess::spawn(&["proxy", "--config", path.to_str().unwrap()]);
-        wait_listening(port).await;
-        OurProxy {
-            process,
-            port,
-            conf: path,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/proxy", self.port)
-    }
-}
-
-/// The Go proxy 0.4.1 (killed on drop); None when it is not installed.
-pub struct GoProxy {
-    child: Child,
-    pub port: u16,
-}
-
-impl Drop for GoProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl GoProxy {
-    pub async fn start(dir: &Path, conf: &str, port: u16) -> Option<GoProxy> {
-        if !Path::new(GO_PROXY).exists() {
-            eprintln!("SKIPPED the Go proxy half: {GO_PROXY} is not installed");
-            return None;
-        }
-        let path = dir.join(format!("go-proxy-{port}.conf"));
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new(GO_PROXY)
-            .arg("-config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("go-proxy-{port}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        wait_listening(port).await;
-        Some(GoProxy { child, port })
-    }
-
-    pub fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}/proxy", self.port)
-    }
-}
-
-/// Sends a hello with `token`; returns the first reply.
-async fn hello(c: &mut Client, token: &str) -> Value {
-    c.send(json!({"id": "1", "type": "hello", "hello": {"version": "1.0", "resumeid": "", "token": token}}))
-        .await;
-    c.recv().await
-}
-
-/// A new session on the proxy at `url`: the hello reply and the event.
-pub async fn session(url: &str, key: &Path) -> (Client, Value) {
-    let mut c = Client::connect(url).await;
-    let h = hello(&mut c, &token(key, "server1", now(), Algorithm::RS256)).await;
-    assert_eq!(h["type"], "hello", "{h}");
-    let e = c.recv().await;
-    assert_eq!(e["type"], "event", "{e}");
-    (c, h)
-}
 
 /// What a proxy answers to each hello case: (type, error code, id).
 async fn hello_cases(url: &str, private: &Path, other: &Path) -> Vec<(String, Value)> {
@@ -277,22 +142,6 @@ async fn hello_tokens_are_checked_as_the_go_proxy_does() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-pub(crate) async fn command(c: &mut Client, id: &str, cmd: Value) -> Value {
-    c.send(json!({"id": id, "type": "command", "command": cmd}))
-        .await;
-    let r = c.wait_for(|m| m["id"] == id || m["type"] == "bye").await;
-    assert_eq!(r["id"], id, "{r}");
-    r
-}
-
-/// Waits for an event of `kind` (other messages skipped).
-pub(crate) async fn event(c: &mut Client, kind: &str) -> Value {
-    c.wait_for_within(Duration::from_secs(10), |m| {
-        m["type"] == "event" && m["event"]["type"] == kind
-    })
-    .await
 }
 
 #[tokio::test]
@@ -477,7 +326,10 @@ async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
     let ours = OurProxy::start(&dir, &conf, port).await;
     let t2 = || token(&private2, "server2", now(), Algorithm::RS256);
     let mut c = Client::connect(&ours.url()).await;
-    assert_eq!(hello(&mut c, &t2()).await["error"]["code"], "auth_failed");
+    assert_eq!(
+        hello(&mut c, "1", &t2()).await["error"]["code"],
+        "auth_failed"
+    );
     // server2's key added, a bad key file too: the good one is taken.
     let bad = dir.join("bad.pem");
     std::fs::write(&bad, "not a key").unwrap();
@@ -499,11 +351,11 @@ async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
         .wait_line(seen, |l| l.contains("[tokens] reloaded"))
         .await;
     let mut c = Client::connect(&ours.url()).await;
-    let h = hello(&mut c, &t2()).await;
+    let h = hello(&mut c, "1", &t2()).await;
     assert_eq!(h["type"], "hello", "{h}");
 
     // check: the same file fails on the bad key, names it, probes Janus.
-    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
         .args(["proxy", "check", "--config"])
         .arg(&ours.conf)
         .output()
@@ -518,7 +370,7 @@ async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
     assert!(text.contains("OK   [mcu] url: Janus"), "{text}");
     // Without it the file passes; a refused key fails it, named.
     std::fs::write(&ours.conf, &conf).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
         .args(["proxy", "--config"])
         .arg(&ours.conf)
         .arg("check")
@@ -530,7 +382,7 @@ async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
         String::from_utf8_lossy(&out.stdout)
     );
     std::fs::write(&ours.conf, format!("{conf}[app]\ntokentype = etcd\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
         .args(["proxy", "check", "--config"])
         .arg(&ours.conf)
         .output()
@@ -541,7 +393,7 @@ async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
         "{text}"
     );
     // And start-up refuses it, naming the key (exit code 2).
-    let out = Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spreed-signaling"))
         .args(["proxy", "--config"])
         .arg(&ours.conf)
         .output()
@@ -741,34 +593,9 @@ async fn janus_going_and_coming_bad_input_and_the_message_limit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A Janus and our proxy in front of it (accepting `public` as `server1`).
-pub(crate) struct JanusProxy {
-    proxy: OurProxy,
-    _janus: Janus,
-}
-
-impl JanusProxy {
-    pub(crate) async fn start(dir: &Path, public: &Path) -> JanusProxy {
-        let janus = Janus::start().await;
-        let port = free_port();
-        let proxy = OurProxy::start(dir, &proxy_conf(port, &janus, public, ""), port).await;
-        JanusProxy {
-            proxy,
-            _janus: janus,
-        }
-    }
-
-    /// The base URL a server's `[mcu] url` lists.
-    pub(crate) fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.proxy.port)
-    }
-}
-
 #[tokio::test]
 async fn our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_from_one_that_stops()
 {
-    use crate::mcu_media::{all_in_call, publish, subscribe_any};
-    use crate::support::proxies::{server_on_proxies, wait_proxy};
     const NAME: &str =
         "our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_from_one_that_stops";
     if !run_in_namespace_of(module_path!(), NAME) {
@@ -776,65 +603,8 @@ async fn our_server_spreads_publishers_over_two_of_our_proxies_and_takes_over_fr
     }
     let dir = fresh_dir("proxy-two");
     let (private, public) = rsa_pair(&dir, "server1");
-    let p1 = JanusProxy::start(&dir, &public).await;
-    let p2 = JanusProxy::start(&dir, &public).await;
-    let key = private.to_str().unwrap().to_string();
-    let ts = server_on_proxies(&[p1.base(), p2.base()], &key).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    let mut c = ts.client_in_room("carol", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
-    let (alice, bob) = (a.session_id.clone(), b.session_id.clone());
-    // Loads tie: the first proxy; once it reported its load, the second.
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa, "video", "1").await;
-    wait_proxy(&ts.url, &p1.base(), Duration::from_secs(5), |d| {
-        d["publishers"] == 1 && d["load"] == 1
-    })
-    .await;
-    let mut pb = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut b, &mut pb, "video", "2").await;
-    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
-        d["publishers"] == 1
-    })
-    .await;
-    // Carol receives both, each from its own proxy.
-    let mut ca = Peer::start(&["subscribe"]).await;
-    let mut cb = Peer::start(&["subscribe"]).await;
-    subscribe_any(&mut c, &mut ca, &alice, "video", "").await;
-    subscribe_any(&mut c, &mut cb, &bob, "video", "").await;
-    ca.wait_frames((0, 0), 20, 20).await;
-    cb.wait_frames((0, 0), 20, 20).await;
-    ca.close().await;
-    cb.close().await;
-    // Carol's subscribers are gone (else the server would offer her
-    // Alice's moved stream on its own: `proxy_takeover`).
-    for p in [&p1, &p2] {
-        wait_proxy(&ts.url, &p.base(), Duration::from_secs(10), |d| {
-            d["clients"] == 1
-        })
-        .await;
-    }
-    // The first proxy stops: Alice publishes again and lands on the
-    // second within [mcu] timeout.
-    let p1_base = p1.base();
-    drop(p1);
-    wait_proxy(&ts.url, &p1_base, Duration::from_secs(5), |d| {
-        d["connected"] == false
-    })
-    .await;
-    let started = tokio::time::Instant::now();
-    let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa2, "video", "3").await;
-    assert!(started.elapsed() < Duration::from_secs(10));
-    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
-        d["publishers"] == 2
-    })
-    .await;
-    let mut ca2 = Peer::start(&["subscribe"]).await;
-    subscribe_any(&mut c, &mut ca2, &alice, "video", "").await;
-    ca2.wait_frames((0, 0), 20, 20).await;
-    ca2.close().await;
-    drop((pa, pb, pa2));
+    let p1 = OurProxy::with_janus(&dir, &public).await;
+    let p2 = OurProxy::with_janus(&dir, &public).await;
+    spread_then_take_over(p1, &p2, &private).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::proxy::{command, event, proxy_conf, rsa_pair, session, OurProxy};
 use crate::support::janus::{audio_offer, Janus, Observer};
+use crate::support::proxy_procs::{command, event, proxy_conf, rsa_pair, session, OurProxy};
 use crate::support::{free_port, fresh_dir, Client};
 
 /// How soon an event must follow its cause. A poll of the MCU once a

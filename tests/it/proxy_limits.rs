@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::go_parity::GoServer;
-use crate::proxy::{command, proxy_conf, rsa_pair, session, OurProxy};
 use crate::support::janus::Janus;
 use crate::support::proxies::{proxy_metric, proxy_metrics, wait_stats};
+use crate::support::proxy_procs::{
+    command, hello, now, proxy_conf, rsa_pair, session, token, OurProxy,
+};
 use crate::support::raw::request_with;
 use crate::support::{free_port, fresh_dir, Client, FakeNextcloud};
 
@@ -34,19 +36,11 @@ async fn proxy_with(
     Some((ours, j, private, dir))
 }
 
-/// A hello for a new session on `c`, with request id `id`.
-async fn hello(c: &mut Client, id: &str, key: &std::path::Path) -> Value {
-    let token = crate::proxy::token(key, "server1", now(), jsonwebtoken::Algorithm::RS256);
-    c.send(json!({"id": id, "type": "hello", "hello": {"version": "1.0", "resumeid": "", "token": token}}))
-        .await;
-    c.wait_for(|m| m["id"] == id).await
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+/// A hello for a new session on `c` with a token of `key`, request id
+/// `id`: the first reply.
+async fn hello_with(c: &mut Client, id: &str, key: &std::path::Path) -> Value {
+    let token = token(key, "server1", now(), jsonwebtoken::Algorithm::RS256);
+    hello(c, id, &token).await
 }
 
 /// A publisher of `c`'s session gets created: the session works.
@@ -100,7 +94,7 @@ async fn over_the_connection_cap_upgrades_get_503_and_the_open_connections_go_on
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let h = hello(&mut c, "1", &private).await;
+    let h = hello_with(&mut c, "1", &private).await;
     assert_eq!(h["type"], "hello", "{h}");
     still_works(&mut c, "2").await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -120,7 +114,7 @@ async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by
     // A third session: refused with the request id, counted and logged;
     // its connection stays open.
     let mut c = Client::connect(&ours.url()).await;
-    let r = hello(&mut c, "1", &private).await;
+    let r = hello_with(&mut c, "1", &private).await;
     assert_eq!(r["type"], "error", "{r}");
     assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
     assert_eq!(
@@ -156,10 +150,10 @@ async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by
     .await;
     // Her slot is used: the refused connection's next hello gets in, and
     // then hers is refused.
-    let h = hello(&mut c, "2", &private).await;
+    let h = hello_with(&mut c, "2", &private).await;
     assert_eq!(h["type"], "hello", "{h}");
     still_works(&mut c, "3").await;
-    let r = hello(&mut a, "10", &private).await;
+    let r = hello_with(&mut a, "10", &private).await;
     assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -201,7 +195,7 @@ async fn the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free() {
         s["sessions"] == 1
     })
     .await;
-    let r = hello(&mut a, "10", &private).await;
+    let r = hello_with(&mut a, "10", &private).await;
     assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }

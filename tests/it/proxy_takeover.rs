@@ -11,8 +11,8 @@ use serde_json::Value;
 use crate::mcu_media::{
     all_in_call, answer_any_offer, publish, run_in_namespace_of, subscribe_any, Peer,
 };
-use crate::proxy::{rsa_pair, JanusProxy};
 use crate::support::proxies::{server_on_proxies, wait_proxy};
+use crate::support::proxy_procs::{rsa_pair, OurProxy};
 use crate::support::{fresh_dir, Client};
 
 /// How long after the publisher's new answer its subscribers must decode
@@ -46,10 +46,9 @@ async fn a_publisher_moves_to_the_other_proxy_and_its_subscribers_get_its_media_
     }
     let dir = fresh_dir("proxy-takeover");
     let (private, public) = rsa_pair(&dir, "server1");
-    let p1 = JanusProxy::start(&dir, &public).await;
-    let p2 = JanusProxy::start(&dir, &public).await;
-    let key = private.to_str().unwrap().to_string();
-    let ts = server_on_proxies(&[p1.base(), p2.base()], &key).await;
+    let p1 = OurProxy::with_janus(&dir, &public).await;
+    let p2 = OurProxy::with_janus(&dir, &public).await;
+    let ts = server_on_proxies(&[p1.base(), p2.base()], &private).await;
     let mut a = ts.client_in_room("alice", "room1").await;
     let mut b = ts.client_in_room("bob", "room1").await;
     let mut c = ts.client_in_room("carol", "room1").await;

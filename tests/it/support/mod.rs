@@ -12,6 +12,7 @@ pub mod nats;
 pub mod nextcloud;
 pub mod node;
 pub mod proxies;
+pub mod proxy_procs;
 pub mod raw;
 pub mod remote;
 pub mod server;

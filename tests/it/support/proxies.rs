@@ -1,20 +1,25 @@
 //! `[mcu] type = proxy` set-up shared by the proxy tests: the section,
 //! our server logged in to its proxies, waiting on a proxy's entry in the
 //! server's `/api/v1/stats`, and on our proxy's own `/stats` and
-//! `/metrics`.
+//! `/metrics`; the two-proxies call that our proxy and the Go proxy go
+//! through alike.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::proxy_procs::{GoProxy, OurProxy};
 use super::TestServer;
+use crate::mcu_media::{all_in_call, publish, subscribe_any, Peer};
 
 /// `[mcu]` of a server on the proxies `urls` with the key file `key` as
 /// `server1` (`timeout` 10 s, `proxytimeout` 2 s).
-pub fn mcu_section(urls: &[String], key: &str) -> String {
+pub fn mcu_section(urls: &[String], key: &Path) -> String {
     format!(
-        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {key}\ntimeout = 10\nproxytimeout = 2\n",
-        urls.join(" ")
+        "[mcu]\ntype = proxy\nurl = {}\ntoken_id = server1\ntoken_key = {}\ntimeout = 10\nproxytimeout = 2\n",
+        urls.join(" "),
+        key.display()
     )
 }
 
@@ -46,7 +51,7 @@ pub async fn wait_proxy(server: &str, url: &str, limit: Duration, pred: impl Fn(
 }
 
 /// Our server with [`mcu_section`], once it is logged in to each proxy.
-pub async fn server_on_proxies(urls: &[String], key: &str) -> TestServer {
+pub async fn server_on_proxies(urls: &[String], key: &Path) -> TestServer {
     let ts = TestServer::start_with(&mcu_section(urls, key)).await;
     for u in urls {
         wait_proxy(&ts.url, u, Duration::from_secs(10), |d| {
@@ -117,4 +122,87 @@ pub async fn wait_metrics(port: u16, line: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A proxy process a server's `[mcu] url` can list.
+pub trait ProxyProcess {
+    /// Its base URL.
+    fn base(&self) -> String;
+}
+
+impl ProxyProcess for OurProxy {
+    fn base(&self) -> String {
+        OurProxy::base(self)
+    }
+}
+
+impl ProxyProcess for GoProxy {
+    fn base(&self) -> String {
+        GoProxy::base(self)
+    }
+}
+
+/// Our server on the proxies `p1` and `p2` (with the token key `key`),
+/// media in a network namespace: publishers spread by load (ties: the
+/// first), Carol receives each from its own proxy; `p1` is stopped
+/// (dropped), Alice publishes again and lands on `p2` within `[mcu]
+/// timeout`, Carol receives her there.
+pub async fn spread_then_take_over<P: ProxyProcess>(p1: P, p2: &P, key: &Path) {
+    let ts = server_on_proxies(&[p1.base(), p2.base()], key).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    let mut c = ts.client_in_room("carol", "room1").await;
+    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let (alice, bob) = (a.session_id.clone(), b.session_id.clone());
+    // Loads tie: the first proxy; once it reported its load, the second.
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1").await;
+    wait_proxy(&ts.url, &p1.base(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1 && d["load"] == 1
+    })
+    .await;
+    let mut pb = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut b, &mut pb, "video", "2").await;
+    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
+        d["publishers"] == 1
+    })
+    .await;
+    // Carol receives both, each from its own proxy.
+    let mut ca = Peer::start(&["subscribe"]).await;
+    let mut cb = Peer::start(&["subscribe"]).await;
+    subscribe_any(&mut c, &mut ca, &alice, "video", "").await;
+    subscribe_any(&mut c, &mut cb, &bob, "video", "").await;
+    ca.wait_frames((0, 0), 20, 20).await;
+    cb.wait_frames((0, 0), 20, 20).await;
+    ca.close().await;
+    cb.close().await;
+    // Carol's subscribers are gone (else the server would offer her
+    // Alice's moved stream on its own: `proxy_takeover`).
+    for base in [p1.base(), p2.base()] {
+        wait_proxy(&ts.url, &base, Duration::from_secs(10), |d| {
+            d["clients"] == 1
+        })
+        .await;
+    }
+    // The first proxy stops: Alice publishes again and lands on the
+    // second within [mcu] timeout.
+    let p1_base = p1.base();
+    drop(p1);
+    wait_proxy(&ts.url, &p1_base, Duration::from_secs(5), |d| {
+        d["connected"] == false
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut pa2 = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa2, "video", "3").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_proxy(&ts.url, &p2.base(), Duration::from_secs(5), |d| {
+        d["publishers"] == 2
+    })
+    .await;
+    let mut ca2 = Peer::start(&["subscribe"]).await;
+    subscribe_any(&mut c, &mut ca2, &alice, "video", "").await;
+    ca2.wait_frames((0, 0), 20, 20).await;
+    ca2.close().await;
+    drop((pa, pb, pa2));
 }
