@@ -294,14 +294,8 @@ pub(crate) async fn answer_any_offer(c: &mut Client, peer: &mut Peer, offer_msg:
     sid
 }
 
-/// `requestoffer` to `publisher`; the offer is answered by `peer`.
-async fn subscribe(
-    c: &mut Client,
-    peer: &mut Peer,
-    publisher: &str,
-    room_type: &str,
-    sid: &str,
-) -> String {
+/// `requestoffer` to `publisher`; returns the offer it sends.
+async fn request_offer(c: &mut Client, publisher: &str, room_type: &str, sid: &str) -> Value {
     send_to(
         c,
         "req",
@@ -316,6 +310,18 @@ async fn subscribe(
         .await;
     assert_eq!(m["message"]["sender"]["sessionid"], publisher, "{m}");
     assert_eq!(m["message"]["data"]["roomType"], room_type);
+    m
+}
+
+/// `requestoffer` to `publisher`; the offer is answered by `peer`.
+async fn subscribe(
+    c: &mut Client,
+    peer: &mut Peer,
+    publisher: &str,
+    room_type: &str,
+    sid: &str,
+) -> String {
+    let m = request_offer(c, publisher, room_type, sid).await;
     answer_offer(c, peer, &m).await
 }
 
@@ -327,21 +333,58 @@ pub(crate) async fn subscribe_any(
     room_type: &str,
     sid: &str,
 ) -> String {
+    let m = request_offer(c, publisher, room_type, sid).await;
+    answer_any_offer(c, peer, &m).await
+}
+
+/// `selectStream` `video: false` from `c` for its subscriber `sid` of
+/// `publisher`: `peer` still decodes audio, its video stops.
+async fn select_no_video(c: &mut Client, peer: &mut Peer, publisher: &str, sid: &str) {
     send_to(
         c,
-        "req",
+        "sel",
         publisher,
-        json!({"type": "requestoffer", "roomType": room_type, "sid": sid}),
+        json!({"type": "selectStream", "roomType": "video", "sid": sid,
+        "payload": {"video": false}}),
     )
     .await;
-    let m = c
-        .wait_for_within(MEDIA, |m| {
-            m["type"] == "error" || m["message"]["data"]["type"] == "offer"
-        })
-        .await;
-    assert_eq!(m["message"]["sender"]["sessionid"], publisher, "{m}");
-    assert_eq!(m["message"]["data"]["roomType"], room_type);
-    answer_any_offer(c, peer, &m).await
+    let f = peer.frames().await;
+    peer.wait_frames(f, 25, 0).await;
+    peer.assert_video_stopped(Duration::from_millis(1500)).await;
+}
+
+/// `users` in room1 of `ts` (once its MCU is connected), all in the call
+/// (Nextcloud sessions `nc-<user>`).
+async fn in_call<const N: usize>(ts: &TestServer, users: [&str; N]) -> [Client; N] {
+    wait_mcu(ts).await;
+    let mut clients = Vec::new();
+    for u in users {
+        clients.push(ts.client_in_room(u, "room1").await);
+    }
+    let nc: Vec<String> = users.iter().map(|u| format!("nc-{u}")).collect();
+    all_in_call(ts, &nc.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    match clients.try_into() {
+        Ok(c) => c,
+        Err(_) => unreachable!("one client per user"),
+    }
+}
+
+/// No error reached Alice, Bob or Carol on the way: each sees the next
+/// room message (Bob's to Alice, Alice's to the others) before any error.
+async fn no_error_reached([a, b, c]: [&mut Client; 3]) {
+    let room_msg = |text: &str| json!({"type": "message", "message": {"recipient": {"type": "room"}, "data": text}});
+    b.send(room_msg("to alice")).await;
+    a.send(room_msg("to bob and carol")).await;
+    for (name, x, text) in [
+        ("alice", a, "to alice"),
+        ("bob", b, "to bob and carol"),
+        ("carol", c, "to bob and carol"),
+    ] {
+        let m = x
+            .wait_for(|m| m["type"] == "error" || m["message"]["data"] == text)
+            .await;
+        assert_ne!(m["type"], "error", "{name}: {m}");
+    }
 }
 
 pub(crate) async fn all_in_call(ts: &TestServer, nc_ids: &[&str]) {
@@ -367,11 +410,7 @@ async fn a_publisher_and_subscribers_exchange_media_with_layer_selection_and_ren
     }
     let j = Janus::start().await;
     let ts = TestServer::start_with(&j.mcu_section("timeout = 10\n")).await;
-    wait_mcu(&ts).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    let mut c = ts.client_in_room("carol", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let [mut a, mut b, mut c] = in_call(&ts, ["alice", "bob", "carol"]).await;
     let alice = a.session_id.clone();
 
     let mut pa = Peer::start(&["publish", "audio,video"]).await;
@@ -417,17 +456,7 @@ async fn a_publisher_and_subscribers_exchange_media_with_layer_selection_and_ren
 
     // selectStream video:false stops Bob's video while his audio goes on,
     // Carol's video is untouched; video:true brings it back.
-    send_to(
-        &mut b,
-        "sel",
-        &alice,
-        json!({"type": "selectStream", "roomType": "video", "sid": sid_b,
-        "payload": {"video": false}}),
-    )
-    .await;
-    let f = pb.frames().await;
-    pb.wait_frames(f, 25, 0).await;
-    pb.assert_video_stopped(Duration::from_millis(1500)).await;
+    select_no_video(&mut b, &mut pb, &alice, &sid_b).await;
     let fc = pc.frames().await;
     pc.wait_frames(fc, 0, 10).await;
     send_to(
@@ -453,21 +482,7 @@ async fn a_publisher_and_subscribers_exchange_media_with_layer_selection_and_ren
     publish(&mut a, &mut pa, "video", "1000").await;
     let f = pc.frames().await;
     pc.wait_frames(f, 10, 10).await;
-    // No error reached anybody on the way: each sees the next room
-    // message before any error.
-    let room_msg = |text: &str| json!({"type": "message", "message": {"recipient": {"type": "room"}, "data": text}});
-    b.send(room_msg("to alice")).await;
-    a.send(room_msg("to bob and carol")).await;
-    for (name, x, text) in [
-        ("alice", &mut a, "to alice"),
-        ("bob", &mut b, "to bob and carol"),
-        ("carol", &mut c, "to bob and carol"),
-    ] {
-        let m = x
-            .wait_for(|m| m["type"] == "error" || m["message"]["data"] == text)
-            .await;
-        assert_ne!(m["type"], "error", "{name}: {m}");
-    }
+    no_error_reached([&mut a, &mut b, &mut c]).await;
     ts.stop().await;
 }
 
@@ -483,10 +498,7 @@ async fn screen_sharing_revocation_and_a_janus_restart_with_real_media() {
         vec!["publish-media".into(), "publish-screen".into()],
     );
     let ts = TestServer::start_on(nc, &j.mcu_section("timeout = 10\n")).await;
-    wait_mcu(&ts).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let [mut a, mut b] = in_call(&ts, ["alice", "bob"]).await;
     let alice = a.session_id.clone();
     let bob = b.session_id.clone();
 
@@ -608,17 +620,7 @@ async fn a_subscriber_on_another_process_receives_the_media_of_a_publisher() {
     let sid_b = subscribe(&mut b, &mut pb, &alice, "video", "").await;
     let f = pb.wait_frames((0, 0), 25, 25).await;
     eprintln!("bob on process 2 decoded {f:?}");
-    send_to(
-        &mut b,
-        "sel",
-        &alice,
-        json!({"type": "selectStream", "roomType": "video", "sid": sid_b,
-        "payload": {"video": false}}),
-    )
-    .await;
-    let f = pb.frames().await;
-    pb.wait_frames(f, 25, 0).await;
-    pb.assert_video_stopped(Duration::from_millis(1500)).await;
+    select_no_video(&mut b, &mut pb, &alice, &sid_b).await;
     // Bob leaves: process 1 drops his subscriber.
     drop(pb);
     b.send(json!({"id": "bye", "type": "bye", "bye": {}})).await;
@@ -648,10 +650,7 @@ async fn candidates_janus_trickles_reach_the_clients_and_media_flows_with_them()
     // peer-reflexive candidates; the envelope checks are what this proves.)
     let j = Janus::start_configured(None, true).await;
     let ts = TestServer::start_with(&j.mcu_section("timeout = 10\n")).await;
-    wait_mcu(&ts).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let [mut a, mut b] = in_call(&ts, ["alice", "bob"]).await;
     let alice = a.session_id.clone();
 
     let mut pa = Peer::start(&["publish", "audio,video"]).await;
@@ -932,11 +931,7 @@ async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
     // publisher with REMB at the room's bitrate).
     let ts =
         TestServer::start_with(&j.mcu_section("timeout = 10\nmaxstreambitrate = 4000000\n")).await;
-    wait_mcu(&ts).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    let mut c = ts.client_in_room("carol", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let [mut a, mut b, mut c] = in_call(&ts, ["alice", "bob", "carol"]).await;
     let alice = a.session_id.clone();
 
     // Alice: chromium, 1280x720 camera, rid simulcast h/m/l (1280, 640,
@@ -1014,21 +1009,7 @@ async fn simulcast_select_stream_switches_the_layer_a_subscriber_receives() {
     pc.wait_video_width(320, 10, &mut pa).await;
     eprintln!("carol: 320x180, {share:.2} of the frames");
 
-    // No error reached either on the way: each sees the other's room
-    // message before any error.
-    let room_msg = |text: &str| json!({"type": "message", "message": {"recipient": {"type": "room"}, "data": text}});
-    b.send(room_msg("to alice")).await;
-    a.send(room_msg("to bob and carol")).await;
-    for (x, text) in [
-        (&mut a, "to alice"),
-        (&mut b, "to bob and carol"),
-        (&mut c, "to bob and carol"),
-    ] {
-        let m = x
-            .wait_for(|m| m["type"] == "error" || m["message"]["data"] == text)
-            .await;
-        assert_ne!(m["type"], "error", "{m}");
-    }
+    no_error_reached([&mut a, &mut b, &mut c]).await;
     drop((pb, pc));
     pa.close().await;
     ts.stop().await;
@@ -1045,10 +1026,7 @@ async fn publisher_and_subscriber_streams_are_counted_from_janus_media_events() 
     }
     let j = Janus::start().await;
     let ts = TestServer::start_with(&j.mcu_section("timeout = 10\n")).await;
-    wait_mcu(&ts).await;
-    let mut a = ts.client_in_room("alice", "room1").await;
-    let mut b = ts.client_in_room("bob", "room1").await;
-    all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let [mut a, mut b] = in_call(&ts, ["alice", "bob"]).await;
     let alice = a.session_id.clone();
     let mut pa = Peer::start(&["publish", "audio,video"]).await;
     publish(&mut a, &mut pa, "video", "1000").await;
