@@ -3,6 +3,7 @@
 //! serving with its configuration once the sample's secrets and Nextcloud
 //! are filled in.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -12,6 +13,23 @@ use crate::support::*;
 
 /// The packaged binary, killed on drop.
 struct Packaged(Child);
+
+impl Packaged {
+    /// The binary of the package unpacked in `root` with `args` and
+    /// `--config <config>`, once it listens on `port`.
+    async fn start(root: &Path, args: &[&str], config: &Path, port: u16) -> Packaged {
+        let child = Command::new(root.join("usr/bin/spreed-signaling"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let p = Packaged(child);
+        wait_listening(port).await;
+        p
+    }
+}
 
 impl Drop for Packaged {
     fn drop(&mut self) {
@@ -26,48 +44,82 @@ fn dpkg_deb(args: &[&std::ffi::OsStr]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The installed unit `name` (cargo-deb puts it under lib/ or usr/lib/).
-fn unit_of(root: &Path, name: &str) -> String {
-    ["lib/systemd/system", "usr/lib/systemd/system"]
+/// The package `scripts/deb` named in `SPREED_DEB`, unpacked in a fresh
+/// directory named after `prefix`: (package, root); None (the test is
+/// skipped) without it.
+fn unpacked(prefix: &str) -> Option<(OsString, PathBuf)> {
+    let Some(deb) = std::env::var_os("SPREED_DEB") else {
+        eprintln!("skipped: scripts/deb builds the package and runs this test");
+        return None;
+    };
+    let root: PathBuf = fresh_dir(prefix);
+    dpkg_deb(&["-x".as_ref(), deb.as_ref(), root.as_os_str()]);
+    Some((deb, root))
+}
+
+/// Asserts that the installed unit `name` (cargo-deb puts it under lib/
+/// or usr/lib/) has each of `lines`.
+fn assert_unit(root: &Path, name: &str, lines: &[&str]) {
+    let unit = ["lib/systemd/system", "usr/lib/systemd/system"]
         .iter()
         .map(|d| root.join(d).join(name))
         .find(|p| p.exists())
         .map(|p| std::fs::read_to_string(p).unwrap())
-        .unwrap_or_else(|| panic!("the package installs {name}"))
+        .unwrap_or_else(|| panic!("the package installs {name}"));
+    for line in lines {
+        assert!(
+            unit.lines().any(|l| l == *line),
+            "{line} missing in:\n{unit}"
+        );
+    }
 }
 
-/// The sample's placeholders replaced: a free port, the fake Nextcloud
-/// and its secret, other secrets of the right length.
-fn fill(conf: &str, port: u16, nc: &FakeNextcloud) -> String {
-    let mut out = Vec::new();
+/// The conffile `/etc/spreed-signaling/<name>` in `root`, asserted to be
+/// the source tree's `<sample>`.
+fn conffile_is_sample(root: &Path, name: &str, sample: &str) -> String {
+    let conf = std::fs::read_to_string(root.join("etc/spreed-signaling").join(name)).unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(sample)).unwrap();
+    assert_eq!(conf, shipped, "the conffile is the sample");
+    conf
+}
+
+/// `conf` with the lines that `new(section, key)` replaces (a section's
+/// own line has its name as key).
+fn with_lines(conf: &str, new: impl Fn(&str, &str) -> Option<String>) -> String {
     let mut section = String::new();
+    let mut out = Vec::new();
     for line in conf.lines() {
         if line.starts_with('[') {
             section = line.to_string();
         }
         let key = line.split('=').next().unwrap_or("").trim();
-        let new = match (section.as_str(), key) {
+        out.push(new(&section, key).unwrap_or_else(|| line.to_string()));
+    }
+    out.join("\n")
+}
+
+/// The sample's placeholders replaced: a free port, the fake Nextcloud
+/// and its secret, other secrets of the right length.
+fn fill(conf: &str, port: u16, nc: &FakeNextcloud) -> String {
+    with_lines(conf, |section, key| {
+        Some(match (section, key) {
             ("[http]", "listen") => format!("listen = 127.0.0.1:{port}"),
             ("[sessions]", "hashkey") => "hashkey = 0123456789abcdef0123456789abcdef".into(),
             ("[sessions]", "blockkey") => "blockkey = 0123456789abcdef".into(),
             ("[clients]", "internalsecret") => format!("internalsecret = {INTERNAL_SECRET}"),
             ("[nextcloud]", "url") => format!("url = {}", nc.url),
             ("[nextcloud]", "secret") => format!("secret = {SECRET}"),
-            _ => line.to_string(),
-        };
-        out.push(new);
-    }
-    out.join("\n")
+            _ => return None,
+        })
+    })
 }
 
 #[tokio::test]
 async fn the_packaged_binary_serves_with_the_packaged_configuration() {
-    let Some(deb) = std::env::var_os("SPREED_DEB") else {
-        eprintln!("skipped: scripts/deb builds the package and runs this test");
+    let Some((deb, root)) = unpacked("spreed-deb") else {
         return;
     };
-    let root: PathBuf = fresh_dir("spreed-deb");
-    dpkg_deb(&["-x".as_ref(), deb.as_ref(), root.as_os_str()]);
     let conffiles = dpkg_deb(&["--info".as_ref(), deb.as_ref(), "conffiles".as_ref()]);
     assert!(
         conffiles
@@ -81,37 +133,23 @@ async fn the_packaged_binary_serves_with_the_packaged_configuration() {
             .any(|l| l == "/etc/spreed-signaling/proxy.conf"),
         "{conffiles}"
     );
-    let unit = unit_of(&root, "spreed-signaling.service");
-    for line in [
-        "Type=notify",
-        "ExecStart=/usr/bin/spreed-signaling --config /etc/spreed-signaling/server.conf",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "StateDirectory=spreed-signaling",
-    ] {
-        assert!(
-            unit.lines().any(|l| l == line),
-            "{line} missing in:\n{unit}"
-        );
-    }
-    let sample = std::fs::read_to_string(root.join("etc/spreed-signaling/server.conf")).unwrap();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("server.conf.sample"))
-            .unwrap();
-    assert_eq!(sample, shipped, "the conffile is the sample");
+    assert_unit(
+        &root,
+        "spreed-signaling.service",
+        &[
+            "Type=notify",
+            "ExecStart=/usr/bin/spreed-signaling --config /etc/spreed-signaling/server.conf",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "StateDirectory=spreed-signaling",
+        ],
+    );
+    let sample = conffile_is_sample(&root, "server.conf", "server.conf.sample");
 
     let nc = FakeNextcloud::start().await;
     let port = free_port();
     let config = root.join("etc/spreed-signaling/server.conf");
     std::fs::write(&config, fill(&sample, port, &nc)).unwrap();
-    let mut server = Packaged(
-        Command::new(root.join("usr/bin/spreed-signaling"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port).await;
+    let mut server = Packaged::start(&root, &[], &config, port).await;
     let welcome: serde_json::Value =
         reqwest::get(format!("http://127.0.0.1:{port}/api/v1/welcome"))
             .await
@@ -145,47 +183,33 @@ async fn the_packaged_binary_serves_with_the_packaged_configuration() {
 /// The proxy sample's placeholders replaced: a free port, a Janus, the
 /// test's server key.
 fn fill_proxy(conf: &str, port: u16, janus: &str, public: &Path) -> String {
-    let mut out = Vec::new();
-    let mut section = String::new();
-    for line in conf.lines() {
-        if line.starts_with('[') {
-            section = line.to_string();
-        }
-        let key = line.split('=').next().unwrap_or("").trim();
-        out.push(match (section.as_str(), key) {
+    with_lines(conf, |section, key| {
+        Some(match (section, key) {
             ("[http]", "listen") => format!("listen = 127.0.0.1:{port}"),
             ("[mcu]", "url") => format!("url = {janus}"),
-            _ => line.to_string(),
-        });
-        if line == "[tokens]" {
-            out.push(format!("server1 = {}", public.display()));
-        }
-    }
-    out.join("\n")
+            ("[tokens]", "[tokens]") => format!("[tokens]\nserver1 = {}", public.display()),
+            _ => return None,
+        })
+    })
 }
 
 #[tokio::test]
 async fn the_packaged_proxy_serves_with_the_packaged_proxy_conf() {
-    let Some(deb) = std::env::var_os("SPREED_DEB") else {
-        eprintln!("skipped: scripts/deb builds the package and runs this test");
+    let Some((deb, root)) = unpacked("spreed-deb-proxy") else {
         return;
     };
-    let root: PathBuf = fresh_dir("spreed-deb-proxy");
-    dpkg_deb(&["-x".as_ref(), deb.as_ref(), root.as_os_str()]);
-    let unit = unit_of(&root, "spreed-signaling-proxy.service");
-    for line in [
-        "Type=notify",
-        "ExecStart=/usr/bin/spreed-signaling proxy --config /etc/spreed-signaling/proxy.conf",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "User=spreed-signaling",
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-    ] {
-        assert!(
-            unit.lines().any(|l| l == line),
-            "{line} missing in:\n{unit}"
-        );
-    }
+    assert_unit(
+        &root,
+        "spreed-signaling-proxy.service",
+        &[
+            "Type=notify",
+            "ExecStart=/usr/bin/spreed-signaling proxy --config /etc/spreed-signaling/proxy.conf",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "User=spreed-signaling",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+        ],
+    );
     // Installed, neither enabled nor started by the package: enabled again
     // on upgrades only where the admin had enabled it (debhelper's
     // --no-enable form), only restarted where it runs.
@@ -203,11 +227,7 @@ async fn the_packaged_proxy_serves_with_the_packaged_proxy_conf() {
             "the proxy is started: {l}"
         );
     }
-    let sample = std::fs::read_to_string(root.join("etc/spreed-signaling/proxy.conf")).unwrap();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.conf.sample"))
-            .unwrap();
-    assert_eq!(sample, shipped, "the conffile is the sample");
+    let sample = conffile_is_sample(&root, "proxy.conf", "proxy.conf.sample");
     if !crate::support::janus::available() {
         eprintln!("SKIPPED running the packaged proxy: no janus");
         return;
@@ -217,15 +237,7 @@ async fn the_packaged_proxy_serves_with_the_packaged_proxy_conf() {
     let port = free_port();
     let config = root.join("etc/spreed-signaling/proxy.conf");
     std::fs::write(&config, fill_proxy(&sample, port, &janus.url(), &public)).unwrap();
-    let proxy = Packaged(
-        Command::new(root.join("usr/bin/spreed-signaling"))
-            .args(["proxy", "--config"])
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port).await;
+    let proxy = Packaged::start(&root, &["proxy"], &config, port).await;
     // A server with the key in [tokens] gets a session.
     let (_c, hello) =
         crate::support::proxy_procs::session(&format!("ws://127.0.0.1:{port}/proxy"), &private)
