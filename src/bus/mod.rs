@@ -503,6 +503,13 @@ pub enum Header {
         /// The sessions.
         sessions: Vec<ParkEntry>,
     },
+    /// A stopping process asks the receiving one to serve its Janus
+    /// publishers and subscribers by claiming its Janus session(s) (the
+    /// body: `mcu::SavedMcu`); answered with the sessions claimed.
+    McuAdopt {
+        /// Origin process.
+        from: String,
+    },
     /// A stopping process asks which of the sessions it handed over the
     /// receiving one holds (answered with their ids).
     Parked {
@@ -530,6 +537,7 @@ impl Header {
             | Header::Release { from, .. }
             | Header::Handover { from, .. }
             | Header::Park { from, .. }
+            | Header::McuAdopt { from, .. }
             | Header::Parked { from, .. }
             | Header::Dialout { from, .. } => Some(from),
             Header::ResumeRequest { to, .. } => Some(to),

@@ -99,6 +99,42 @@ impl Mcu {
         }
     }
 
+    /// What this process serves on Janus sessions other than `claimed`
+    /// (those a successor took over in a rolling restart).
+    pub fn served_except(&self, claimed: &[u64]) -> Served {
+        match &self.backend {
+            Backend::Janus(m) => m.served_except(claimed),
+            Backend::Proxy(_) => Served::default(),
+        }
+    }
+
+    /// The publishers of `session` here and their subscribers (Janus
+    /// only).
+    pub fn served_of(&self, session: &str) -> Served {
+        match &self.backend {
+            Backend::Janus(m) => m.served_of(session),
+            Backend::Proxy(_) => Served::default(),
+        }
+    }
+
+    /// Closes the publishers of `session` (with their subscribers), in
+    /// the background (Janus only: see [`Mcu::served_of`]).
+    pub fn close_publishers(&self, session: &Arc<str>) {
+        if let Backend::Janus(m) = &self.backend {
+            m.close_publishers(session.clone());
+        }
+    }
+
+    /// Serves the publishers and subscribers of a process that stops by
+    /// claiming its Janus session(s); returns the sessions claimed (none
+    /// with proxies).
+    pub async fn adopt(&self, saved: SavedMcu) -> Vec<u64> {
+        match &self.backend {
+            Backend::Janus(m) => m.adopt(saved).await,
+            Backend::Proxy(_) => Vec::new(),
+        }
+    }
+
     /// `subscriber` lost its subscription to `publisher` with a process
     /// that stopped: it gets an offer once `publisher` publishes `stream`
     /// here again (Janus only).

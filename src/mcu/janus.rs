@@ -126,6 +126,9 @@ struct Shared {
     last_session: AtomicU64,
     /// Set for a restart: the way out leaves the session to be claimed.
     keep: std::sync::atomic::AtomicBool,
+    /// Handles of other Janus sessions this connection claimed (of a
+    /// process that stopped, `janus_extra.rs`): handle -> session.
+    extra: Mutex<HashMap<u64, u64>>,
 }
 
 /// Handle to the Janus connection; cheap to clone.
@@ -177,6 +180,7 @@ impl Gateway {
                 claim: Mutex::new(None),
                 last_session: AtomicU64::new(0),
                 keep: Default::default(),
+                extra: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -222,19 +226,26 @@ impl Gateway {
         lock(&self.shared.conn).as_ref().map(|c| c.info.clone())
     }
 
-    /// Sends a request on the current session and waits for its answer (at
-    /// most the MCU timeout).
+    /// Sends a request and waits for its answer (at most the MCU
+    /// timeout): on the session `msg` names, else on its handle's session
+    /// (an extra one claimed, `janus_extra.rs`), else on the current one.
     async fn request(&self, mut msg: Value, wait_event: bool) -> Result<Value, JanusError> {
         let (tx, rx) = oneshot::channel();
         let t = format!("t{}", self.shared.next.fetch_add(1, Ordering::Relaxed));
         let kind = msg["janus"].as_str().unwrap_or("").to_string();
+        let main;
         let broken = {
             let conn = lock(&self.shared.conn);
             let Some(c) = conn.as_ref() else {
                 return Err(JanusError::NotConnected);
             };
             msg["transaction"] = Value::String(t.clone());
-            msg["session_id"] = json!(c.session);
+            let session = msg["session_id"]
+                .as_u64()
+                .or_else(|| self.extra_session_of(msg["handle_id"].as_u64()?))
+                .unwrap_or(c.session);
+            main = session == c.session;
+            msg["session_id"] = json!(session);
             lock(&self.shared.pending).insert(t.clone(), Pending { wait_event, tx });
             if c.out.send(msg.to_string()).is_err() {
                 lock(&self.shared.pending).remove(&t);
@@ -244,7 +255,7 @@ impl Gateway {
         };
         self.shared.requests.with_label_values(&[&kind]).inc();
         match tokio::time::timeout(self.timeout(), rx).await {
-            Ok(Ok(Err(JanusError::Janus { code: 458, reason }))) => {
+            Ok(Ok(Err(JanusError::Janus { code: 458, reason }))) if main => {
                 tracing::warn!("Janus lost our session ({reason}), reconnecting");
                 broken.cancel();
                 Err(JanusError::Janus { code: 458, reason })
@@ -270,9 +281,12 @@ impl Gateway {
 
     /// Detaches a handle (Janus answers `success`).
     pub async fn detach(&self, handle: u64) -> Result<(), JanusError> {
-        self.request(json!({"janus": "detach", "handle_id": handle}), false)
+        let r = self
+            .request(json!({"janus": "detach", "handle_id": handle}), false)
             .await
-            .map(|_| ())
+            .map(|_| ());
+        self.release_extra(handle).await;
+        r
     }
 
     /// A videoroom request on a handle. `wait_event` for the asynchronous
@@ -357,6 +371,7 @@ impl Gateway {
                     self.serve(ws, session, info, claimed, &events, &cancel)
                         .await;
                     *lock(&self.shared.conn) = None;
+                    lock(&self.shared.extra).clear();
                     self.fail_pending();
                     if cancel.is_cancelled() {
                         // Stopping: what the MCU serves stays as it is (a
@@ -503,6 +518,7 @@ impl Gateway {
                         _ = broken.cancelled() => return,
                         _ = tokio::time::sleep(keepalive) => {}
                     }
+                    gw.keep_extra_alive().await;
                     match gw.request(json!({"janus": "keepalive"}), false).await {
                         Ok(_) => {}
                         Err(JanusError::Cancelled) | Err(JanusError::NotConnected) => return,
@@ -528,6 +544,9 @@ impl Gateway {
                         false => json!({"janus": "destroy", "session_id": session, "transaction": "bye"}),
                     };
                     let _ = sink.send(Message::Text(last.to_string().into())).await;
+                    for m in self.last_for_extra() {
+                        let _ = sink.send(Message::Text(m.into())).await;
+                    }
                     let _ = sink.close().await;
                     break;
                 }
@@ -573,6 +592,9 @@ fn keepalive_for(info: &Value) -> Duration {
         _ => KEEPALIVE,
     }
 }
+
+#[path = "janus_extra.rs"]
+mod extra;
 
 #[cfg(test)]
 #[path = "janus_tests.rs"]

@@ -1,16 +1,18 @@
 //! Media through a rolling restart (SIGTERM on one process of a cluster
-//! over a real nats-server, `[mcu] type = janus`): the publishers and
-//! subscribers on the stopping process's Janus session die with it, the
-//! sessions move to the other process and their clients renegotiate
-//! without leaving the call. aiortc peers through a real Janus, in a
-//! network namespace (see `mcu_media.rs`).
+//! over a real nats-server, `[mcu] type = janus`): the next process claims
+//! the stopping process's Janus session and serves its publishers and
+//! subscribers on, so media never stops; where it cannot, the clients
+//! renegotiate without leaving the call. aiortc peers through a real
+//! Janus, in a network namespace (see `mcu_media.rs`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::mcu_media::{publish, run_in_namespace_of, Peer};
+use serde_json::json;
+
+use crate::mcu_media::{publish, run_in_namespace_of, send_to, Peer};
 use crate::mcu_restart::{
-    all_in_call, nobody_left_by_now, offered_again, resume, subscribe, told_to_publish_again,
-    wait_janus,
+    all_in_call, is_unshare, nobody_left_by_now, offered_again, resume, subscribe,
+    told_to_publish_again, wait_janus,
 };
 use crate::support::janus::Janus;
 use crate::support::*;
@@ -21,13 +23,21 @@ fn run_in_namespace(test: &str) -> bool {
 
 /// `n` processes on one nats-server and one Janus, Janus connected.
 async fn cluster(j: &Janus, nats: &NatsServer, nc: &FakeNextcloud, n: usize) -> Vec<Node> {
-    let conf = format!(
-        "{}\n[nats]\nurl = {}\n",
-        j.mcu_section("timeout = 10\n"),
-        nats.url()
-    );
+    cluster_at(j, nats, nc, &vec![j.url(); n]).await
+}
+
+/// A process on one nats-server and one Janus for each of `urls` (the
+/// `[mcu] url` of each: spellings of `j`'s address).
+async fn cluster_at(
+    j: &Janus,
+    nats: &NatsServer,
+    nc: &FakeNextcloud,
+    urls: &[String],
+) -> Vec<Node> {
     let mut v = Vec::new();
-    for _ in 0..n {
+    for url in urls {
+        let mcu = j.mcu_section("timeout = 10\n").replace(&j.url(), url);
+        let conf = format!("{mcu}\n[nats]\nurl = {}\n", nats.url());
         let node = Node::start(nc, &conf, &[]).await;
         wait_janus(&node).await;
         v.push(node);
@@ -95,15 +105,19 @@ async fn a_publisher_resuming_on_a_third_process_is_offered_again_to_its_subscri
 }
 
 #[tokio::test]
-async fn a_rolling_restart_makes_the_clients_renegotiate_without_leaving_the_call() {
-    if !run_in_namespace("a_rolling_restart_makes_the_clients_renegotiate_without_leaving_the_call")
-    {
+async fn where_the_next_process_cannot_claim_the_janus_session_the_clients_renegotiate() {
+    if !run_in_namespace(
+        "where_the_next_process_cannot_claim_the_janus_session_the_clients_renegotiate",
+    ) {
         return;
     }
     let j = Janus::start().await;
     let nats = NatsServer::start().await;
     let nc = FakeNextcloud::start().await;
-    let mut n = cluster(&j, &nats, &nc, 2).await;
+    // B names Janus otherwise: for B it is another Janus, whose sessions
+    // it does not claim.
+    let other = j.url().replace("127.0.0.1", "localhost");
+    let mut n = cluster_at(&j, &nats, &nc, &[j.url(), other]).await;
     let (na, nb) = n.split_at_mut(1);
     let (na, nb) = (&mut na[0], &nb[0]);
     // Alice publishes on process A, Bob on process B subscribes to her
@@ -144,4 +158,91 @@ async fn a_rolling_restart_makes_the_clients_renegotiate_without_leaving_the_cal
     );
     // Nobody left, neither for the others nor for Nextcloud.
     nobody_left_by_now(&mut a2, &mut b, &nc, &mut seen).await;
+}
+
+/// How long the claim test watches the media after the SIGTERM.
+const WATCHED: Duration = Duration::from_secs(4);
+
+#[tokio::test]
+async fn media_goes_on_through_a_rolling_restart_that_claims_the_janus_session() {
+    if !run_in_namespace("media_goes_on_through_a_rolling_restart_that_claims_the_janus_session") {
+        return;
+    }
+    // Janus destroys a session the moment its WebSocket goes away
+    // (`reclaim_session_timeout` 0): A's media would stop at A's exit
+    // unless B claimed its session before.
+    let j = Janus::start_reclaiming(0).await;
+    let nats = NatsServer::start().await;
+    let nc = FakeNextcloud::start().await;
+    let mut n = cluster(&j, &nats, &nc, 2).await;
+    let (na, nb) = n.split_at_mut(1);
+    let (na, nb) = (&mut na[0], &nb[0]);
+    // Alice publishes on process A, Bob on process B subscribes to her
+    // (his subscriber is on A's Janus session).
+    let mut a = na.client_in_room(&nc, "alice", "room1").await;
+    let mut b = nb.client_in_room(&nc, "bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    all_in_call(na, &nc, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1000").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    subscribe(&mut b, &mut pb, &alice).await;
+    pb.wait_frames((0, 0), 25, 25).await;
+    pb.send(json!({"type": "reset_gap"})).await;
+    assert_eq!(pb.recv().await["type"], "ok");
+    let before = pb.frames().await;
+
+    let stopped = Instant::now();
+    stop(na, &mut a).await;
+    let mut a2 = resume(nb, &a).await;
+    let resumed = stopped.elapsed();
+    // Bob decodes on, well past A's exit, and never waited long for a
+    // frame.
+    tokio::time::sleep_until((stopped + WATCHED).into()).await;
+    let after = pb.wait_frames(before, 50, 50).await;
+    let after = pb.wait_frames(after, 25, 25).await;
+    let gap = pb.stats().await["max_video_gap_ms"].as_u64().unwrap();
+    eprintln!(
+        "MEDIA GAP across the rolling restart (claimed): largest gap between decoded video frames {gap} ms; \
+         Alice resumed after {} ms; frames {before:?} -> {after:?}",
+        resumed.as_millis()
+    );
+    assert!(gap < 500, "media stopped for {gap} ms");
+
+    // B serves A's objects on: Bob's selectStream pauses his video, and a
+    // newcomer subscribes to Alice's kept publisher.
+    send_to(
+        &mut b,
+        "sel",
+        &alice,
+        json!({"type": "selectStream", "roomType": "video", "sid": "", "payload": {"video": false}}),
+    )
+    .await;
+    pb.assert_video_stopped(Duration::from_secs(1)).await;
+    let mut c = nb.client_in_room(&nc, "carol", "room1").await;
+    all_in_call(nb, &nc, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let mut pc = Peer::start(&["subscribe"]).await;
+    subscribe(&mut c, &mut pc, &alice).await;
+    pc.wait_frames((0, 0), 25, 25).await;
+
+    // Nobody was told to renegotiate, nobody left (for the others or for
+    // Nextcloud).
+    let mut seen = Vec::new();
+    nobody_left_by_now(&mut a2, &mut b, &nc, &mut seen).await;
+    b.message_to(
+        json!({"type": "room"}),
+        json!({"type": "nickChanged", "after": "all"}),
+    )
+    .await;
+    loop {
+        let m = a2.recv().await;
+        let done = m["message"]["data"]["after"] == "all";
+        seen.push(m);
+        if done {
+            break;
+        }
+    }
+    assert!(!seen.iter().any(is_unshare), "{seen:?}");
+    drop(pa);
 }

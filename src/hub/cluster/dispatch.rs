@@ -115,6 +115,7 @@ impl Hub {
             | Header::Dialout { .. }
             | Header::ResumeRequest { .. }
             | Header::Park { .. }
+            | Header::McuAdopt { .. }
             | Header::Parked { .. }) => {
                 if let Some(reply) = msg.reply {
                     self.answer(h, to_me, &body, reply);
@@ -253,6 +254,7 @@ impl Hub {
             }
             Header::Park { sessions, .. } if to_me => self.park_request(sessions, reply),
             Header::Parked { sids, .. } if to_me => self.parked_request(sids, reply),
+            Header::McuAdopt { .. } if to_me => self.adopt_mcu(body, reply),
             _ => {}
         }
     }

@@ -162,17 +162,20 @@ impl State {
 
     /// Hands a local session to `to` in parts, after a `Changed` naming
     /// `to` on its room's subject; returns it (gone from here).
+    /// Its publishers here close and their clients renegotiate
+    /// ([`State::renegotiate_moving`]).
     pub(crate) fn hand_over_parts(
         &mut self,
         sid: &str,
         to: &str,
         close: CloseReason,
     ) -> Option<Session> {
-        self.hand_over_parts_with(sid, to, close, Vec::new())
+        self.hand_over_parts_inner(sid, to, close, None)
     }
 
-    /// [`State::hand_over_parts`] with `extra` frames queued for the
-    /// session after what it had (delivered once it resumes).
+    /// [`State::hand_over_parts`] in a rolling restart: `extra` frames
+    /// queued for the session after what it had (delivered once it
+    /// resumes); its publishers stay as `rolling.rs` planned.
     pub(super) fn hand_over_parts_with(
         &mut self,
         sid: &str,
@@ -180,8 +183,24 @@ impl State {
         close: CloseReason,
         extra: Vec<Frame>,
     ) -> Option<Session> {
+        self.hand_over_parts_inner(sid, to, close, Some(extra))
+    }
+
+    fn hand_over_parts_inner(
+        &mut self,
+        sid: &str,
+        to: &str,
+        close: CloseReason,
+        rolling: Option<Vec<Frame>>,
+    ) -> Option<Session> {
         let (mut s, member) = self.take_out(sid, to, close)?;
-        s.queue.extend(extra);
+        let moving = match rolling {
+            Some(extra) => {
+                s.queue.extend(extra);
+                Vec::new()
+            }
+            None => self.renegotiate_moving(&mut s),
+        };
         if let Some(key) = &s.room {
             let h = Header::Changed {
                 from: self.bus.pid().to_string(),
@@ -194,12 +213,13 @@ impl State {
         }
         let mut saved = saved_session(&s);
         // Its subscribers waiting for it to publish again go with it.
+        saved.resubscribe = moving;
         if let Some(m) = &self.mcu {
-            saved.resubscribe = m
-                .take_resubscribe(&s.id)
-                .into_iter()
-                .map(|(sub, stream)| (sub, stream.as_str().to_string()))
-                .collect();
+            saved.resubscribe.extend(
+                m.take_resubscribe(&s.id)
+                    .into_iter()
+                    .map(|(sub, stream)| (sub, stream.as_str().to_string())),
+            );
         }
         send_parts(&*self.bus, to, &saved);
         Some(s)

@@ -457,6 +457,7 @@ mod pacing;
 mod peers;
 mod resync;
 mod rolling;
+mod rolling_claim;
 mod rolling_media;
 mod snapshot;
 mod user_subject;

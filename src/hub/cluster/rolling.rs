@@ -5,7 +5,7 @@
 //! dropped connection; the clients are closed with 1012 and resume on any
 //! process. A session no process took ends as before (Nextcloud is told).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +20,14 @@ const PARK_TIMEOUT: Duration = SNAPSHOT_TIMEOUT.saturating_add(HANDOVER_TIMEOUT)
 
 impl State {
     /// The client and internal sessions to hand over, spread over `peers`
-    /// in turn; an internal client's virtual sessions go with it, after
-    /// it.
-    fn plan_hand_over(&self, peers: &[String]) -> BTreeMap<String, Vec<ParkEntry>> {
+    /// in turn but those in `pinned`, which go to the first (the successor
+    /// serving their publishers, `rolling_claim.rs`); an internal client's
+    /// virtual sessions go with it, after it.
+    fn plan_hand_over(
+        &self,
+        peers: &[String],
+        pinned: &HashSet<Arc<str>>,
+    ) -> BTreeMap<String, Vec<ParkEntry>> {
         let mut ids: Vec<&Arc<str>> = self.sessions.map.keys().collect();
         ids.sort();
         let mut plan: BTreeMap<String, Vec<ParkEntry>> = BTreeMap::new();
@@ -39,10 +44,15 @@ impl State {
             let Some(resume_id) = &s.resume_id else {
                 continue;
             };
-            let list = plan.entry(peers[n % peers.len()].clone()).or_default();
+            let to = if pinned.contains(sid) {
+                &peers[0]
+            } else {
+                n += 1;
+                &peers[(n - 1) % peers.len()]
+            };
+            let list = plan.entry(to.clone()).or_default();
             list.push(park_entry(s, resume_id));
             list.extend(self.virtual_entries(s));
-            n += 1;
         }
         plan
     }
@@ -101,7 +111,7 @@ impl Hub {
     /// processes and closes their connections with 1012. False when no
     /// other process is known (the sessions end as before).
     pub async fn hand_over_all(self: &Arc<Self>) -> bool {
-        let (bus, plan, mut media) = {
+        let (bus, peers) = {
             let st = self.lock();
             if !st.bus.clustered() {
                 return false;
@@ -111,9 +121,16 @@ impl Hub {
                 return false;
             }
             peers.sort();
-            let mut plan = st.plan_hand_over(&peers);
-            let media = st.plan_renegotiation(&mut plan);
-            (st.bus.clone(), plan, media)
+            (st.bus.clone(), peers)
+        };
+        // The first other process claims the Janus session(s) here.
+        let claimed = self.hand_mcu_over(&bus, &peers[0]).await;
+        let (plan, mut media) = {
+            let st = self.lock();
+            let pinned = st.served_by_successor(&claimed);
+            let mut plan = st.plan_hand_over(&peers, &pinned);
+            let media = st.plan_renegotiation(&mut plan, &claimed);
+            (plan, media)
         };
         let me = bus.pid().to_string();
         let total: usize = plan.values().map(Vec::len).sum();

@@ -1,7 +1,6 @@
-//! Media in a rolling restart (`rolling.rs`): the publishers and
-//! subscribers on the stopping process's Janus session die with it (no
-//! other process can take that session over: its handles' events would
-//! all go to one process, while the sessions spread over several). Their
+//! Media in a rolling restart (`rolling.rs`) where the successor could
+//! not claim the stopping process's Janus session (`rolling_claim.rs`):
+//! the publishers and subscribers on it die with it. Their
 //! clients renegotiate without leaving the call, as after a Janus session
 //! lost across a single-process restart (`mcu/direct/restore.rs`):
 //! - a publisher's session carries, in its queue, `unshareScreen` for its
@@ -38,14 +37,16 @@ pub(super) struct Renegotiation {
 
 impl State {
     /// What the clients of this process's publishers and subscribers are
-    /// told; fills the publishers' entries of `plan` with their
-    /// subscribers.
+    /// told, but for those on the Janus sessions the successor `claimed`
+    /// (`rolling_claim.rs`); fills the publishers' entries of `plan` with
+    /// their subscribers.
     pub(super) fn plan_renegotiation(
         &self,
         plan: &mut BTreeMap<String, Vec<ParkEntry>>,
+        claimed: &[u64],
     ) -> Renegotiation {
         let mut r = Renegotiation::default();
-        let Some(served) = self.mcu.as_ref().map(|m| m.served()) else {
+        let Some(served) = self.mcu.as_ref().map(|m| m.served_except(claimed)) else {
             return r;
         };
         let mut publishing: Vec<Arc<str>> = Vec::new();

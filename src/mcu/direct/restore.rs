@@ -43,25 +43,32 @@ pub struct SavedMcu {
 /// A publisher in the state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedPublisher {
-    session: String,
-    stream: String,
-    handle: u64,
-    room: u64,
-    sid: String,
-    audio: bool,
-    video: bool,
+    pub(super) session: String,
+    pub(super) stream: String,
+    pub(super) handle: u64,
+    pub(super) room: u64,
+    pub(super) sid: String,
+    pub(super) audio: bool,
+    pub(super) video: bool,
     /// The media Janus received (bits of `streams::STREAM_LABELS`).
-    receiving: u8,
+    pub(super) receiving: u8,
+    /// Its Janus session when not the main one (claimed from a process
+    /// that stopped, `adopt.rs`); 0 in files before it.
+    #[serde(default)]
+    pub(super) janus_session: u64,
 }
 
 /// A subscriber in the state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedSubscriber {
-    subscriber: String,
-    publisher: String,
-    stream: String,
-    handle: u64,
-    connected: bool,
+    pub(super) subscriber: String,
+    pub(super) publisher: String,
+    pub(super) stream: String,
+    pub(super) handle: u64,
+    pub(super) connected: bool,
+    /// As [`SavedPublisher::janus_session`].
+    #[serde(default)]
+    pub(super) janus_session: u64,
 }
 
 fn stream_of(s: &str) -> Option<StreamType> {
@@ -100,6 +107,7 @@ impl JanusMcu {
                     audio: media.audio,
                     video: media.video,
                     receiving: p.receiving.load(Ordering::Relaxed),
+                    janus_session: self.gw.session_of(p.handle),
                 }
             })
             .collect();
@@ -112,6 +120,7 @@ impl JanusMcu {
                 stream: s.key.2.as_str().to_string(),
                 handle: s.handle,
                 connected: s.connected.load(Ordering::Relaxed),
+                janus_session: self.gw.session_of(s.handle),
             })
             .collect();
         Some(SavedMcu {
@@ -133,7 +142,24 @@ impl JanusMcu {
             );
             return;
         }
+        let janus_session = saved.janus_session;
+        let (main, others) = saved.split_main();
         let mut reg = lock(&self.reg);
+        self.insert_saved(&mut reg, main);
+        *lock(&self.adopt_later) = others;
+        tracing::info!(
+            publishers = reg.publishers.len(),
+            subscribers = reg.subscribers.len(),
+            janus_session,
+            "publishers and subscribers kept from before the restart, claiming their Janus session"
+        );
+        self.gw.claim_at_connect(janus_session);
+    }
+
+    /// Serves the saved publishers and subscribers again (on their
+    /// handles); returns their handles.
+    pub(super) fn insert_saved(&self, reg: &mut Registry, saved: SavedMcu) -> Vec<u64> {
+        let mut handles = Vec::new();
         for p in saved.publishers {
             let Some(stream) = stream_of(&p.stream) else {
                 continue;
@@ -153,6 +179,7 @@ impl JanusMcu {
                 held: Default::default(),
                 receiving: p.receiving.into(),
             });
+            handles.push(p.handle);
             reg.handles
                 .insert(p.handle, Owner::Publisher(publisher.clone()));
             reg.publishers
@@ -180,6 +207,7 @@ impl JanusMcu {
                 held: Default::default(),
                 connected: s.connected.into(),
             });
+            handles.push(s.handle);
             reg.handles.insert(s.handle, Owner::Subscriber(sub.clone()));
             reg.subscribers.insert(key, sub);
             self.metrics
@@ -187,13 +215,7 @@ impl JanusMcu {
                 .with_label_values(&[stream.as_str()])
                 .inc();
         }
-        tracing::info!(
-            publishers = reg.publishers.len(),
-            subscribers = reg.subscribers.len(),
-            janus_session = saved.janus_session,
-            "publishers and subscribers kept from before the restart, claiming their Janus session"
-        );
-        self.gw.claim_at_connect(saved.janus_session);
+        handles
     }
 
     /// The claimed Janus session was gone: every kept object died with it.
@@ -310,16 +332,29 @@ pub struct Served {
 impl JanusMcu {
     /// What this process serves (see [`Served`]).
     pub fn served(&self) -> Served {
+        self.served_where(|_| true, |_| true)
+    }
+
+    /// The publishers whose session passes `publisher` and whose handle
+    /// passes `handle`, and the subscribers likewise (by their
+    /// publisher's session and their own handle).
+    pub(super) fn served_where(
+        &self,
+        publisher: impl Fn(&str) -> bool,
+        handle: impl Fn(u64) -> bool,
+    ) -> Served {
         let reg = lock(&self.reg);
         Served {
             publishers: reg
                 .publishers
                 .values()
+                .filter(|p| publisher(&p.session) && handle(p.handle))
                 .map(|p| (p.session.clone(), p.stream, p.sid.clone()))
                 .collect(),
             subscribers: reg
                 .subscribers
                 .values()
+                .filter(|s| publisher(&s.key.1) && handle(s.handle))
                 .map(|s| (s.key.clone(), s.sid()))
                 .collect(),
         }

@@ -1,0 +1,193 @@
+//! A rolling restart without a media gap: the stopping process hands what
+//! its Janus session(s) serve ([`SavedMcu`]) to one successor, which claims
+//! those sessions on its own Janus connection (`janus_extra.rs`) and serves
+//! the publishers and subscribers on their handles from then on
+//! (`hub/cluster/rolling_claim.rs`). A session it cannot claim is left to
+//! the stopping process, whose clients renegotiate (`rolling_media.rs`).
+//!
+//! A state file may also hold objects of such claimed sessions: the next
+//! start claims them once its own session is up ([`JanusMcu::adopt_kept`]),
+//! and their clients renegotiate where that fails.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::super::{lock, StreamType};
+use super::restore::SavedMcu;
+use super::{JanusMcu, Owner, Registry, Served};
+
+impl SavedMcu {
+    /// The Janus session of an object (0: the main one).
+    fn session_or_main(&self, s: u64) -> u64 {
+        if s == 0 {
+            self.janus_session
+        } else {
+            s
+        }
+    }
+
+    /// Every Janus session of the objects.
+    fn sessions(&self) -> BTreeSet<u64> {
+        let p = self.publishers.iter().map(|p| p.janus_session);
+        let s = self.subscribers.iter().map(|s| s.janus_session);
+        p.chain(s).map(|x| self.session_or_main(x)).collect()
+    }
+
+    /// (objects of the main session, objects of other sessions if any).
+    pub(super) fn split_main(self) -> (SavedMcu, Option<SavedMcu>) {
+        let main = self.janus_session;
+        let on_main = |x: u64| x == 0 || x == main;
+        let (pm, po) = self
+            .publishers
+            .into_iter()
+            .partition(|p| on_main(p.janus_session));
+        let (sm, so): (Vec<_>, Vec<_>) = self
+            .subscribers
+            .into_iter()
+            .partition(|s| on_main(s.janus_session));
+        let others = SavedMcu {
+            url: self.url.clone(),
+            janus_session: 0,
+            publishers: po,
+            subscribers: so,
+        };
+        let main = SavedMcu {
+            url: self.url,
+            janus_session: main,
+            publishers: pm,
+            subscribers: sm,
+        };
+        let others =
+            (!others.publishers.is_empty() || !others.subscribers.is_empty()).then_some(others);
+        (main, others)
+    }
+
+    /// The handles of the objects of Janus session `session`.
+    fn handles_of(&self, session: u64) -> Vec<u64> {
+        let p = self
+            .publishers
+            .iter()
+            .filter(|p| self.session_or_main(p.janus_session) == session)
+            .map(|p| p.handle);
+        let s = self
+            .subscribers
+            .iter()
+            .filter(|s| self.session_or_main(s.janus_session) == session)
+            .map(|s| s.handle);
+        p.chain(s).collect()
+    }
+}
+
+impl JanusMcu {
+    /// Serves the objects of another process's Janus session(s) by
+    /// claiming them on this connection; returns the sessions claimed
+    /// (none when Janus is not connected or `saved` is of another Janus).
+    /// Objects of a session that could not be claimed are not kept.
+    pub async fn adopt(self: &Arc<Self>, saved: SavedMcu) -> Vec<u64> {
+        let (claimed, lost) = self.adopt_sessions(saved).await;
+        self.forget_all(&lost);
+        claimed
+    }
+
+    /// Claims the sessions of `saved`; returns the sessions claimed and
+    /// the objects lost with the others.
+    async fn adopt_sessions(self: &Arc<Self>, saved: SavedMcu) -> (Vec<u64>, Registry) {
+        if saved.url != self.config().url || !self.gw.connected() {
+            tracing::warn!("cannot take the Janus sessions of another process here");
+            let mut lost = Registry::default();
+            self.insert_saved(&mut lost, saved);
+            return (Vec::new(), lost);
+        }
+        let sessions = saved.sessions();
+        let groups: Vec<(u64, Vec<u64>)> = sessions
+            .iter()
+            .map(|s| (*s, saved.handles_of(*s)))
+            .collect();
+        // Known before the claim: their events come here from then on.
+        for (session, handles) in &groups {
+            self.gw.adopt_handles(*session, handles);
+        }
+        self.insert_saved(&mut lock(&self.reg), saved);
+        let mut claimed = Vec::new();
+        let mut lost = Registry::default();
+        for (session, handles) in groups {
+            match self.gw.claim_extra(session).await {
+                Ok(()) => {
+                    tracing::info!(
+                        session,
+                        objects = handles.len(),
+                        "claimed the Janus session of a process that stopped"
+                    );
+                    claimed.push(session);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        session,
+                        "cannot claim the Janus session of a process that stopped ({e})"
+                    );
+                    self.gw.drop_extra(session);
+                    self.take_handles(&handles, &mut lost);
+                }
+            }
+        }
+        self.published.notify_waiters();
+        self.changed();
+        (claimed, lost)
+    }
+
+    /// Moves the objects on `handles` out of the registry into `into`.
+    fn take_handles(&self, handles: &[u64], into: &mut Registry) {
+        let mut reg = lock(&self.reg);
+        for h in handles {
+            match reg.handles.remove(h) {
+                Some(Owner::Publisher(p)) => {
+                    reg.publishers.remove(&(p.session.clone(), p.stream));
+                    into.publishers.insert((p.session.clone(), p.stream), p);
+                }
+                Some(Owner::Subscriber(s) | Owner::Joining(s)) => {
+                    reg.subscribers.remove(&s.key);
+                    into.subscribers.insert(s.key.clone(), s);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// After a restart: the objects of the state file on Janus sessions
+    /// this process had claimed are claimed again, now that its own
+    /// session is up; their clients renegotiate where that fails.
+    pub(super) fn adopt_kept(self: &Arc<Self>) {
+        let Some(later) = lock(&self.adopt_later).take() else {
+            return;
+        };
+        let m = self.clone();
+        tokio::spawn(async move {
+            let (_, lost) = m.adopt_sessions(later).await;
+            if !lost.publishers.is_empty() || !lost.subscribers.is_empty() {
+                m.renegotiate_lost(lost);
+            }
+        });
+    }
+
+    /// What this process serves on Janus sessions other than `claimed`
+    /// (see [`Served`]).
+    pub fn served_except(&self, claimed: &[u64]) -> Served {
+        self.served_where(|_| true, |h| !claimed.contains(&self.gw.session_of(h)))
+    }
+
+    /// The publishers of `session` and their subscribers (see
+    /// [`Served`]).
+    pub fn served_of(&self, session: &str) -> Served {
+        self.served_where(|p| p == session, |_| true)
+    }
+
+    /// Closes the publishers of `session` (with their subscribers).
+    pub fn close_publishers(self: &Arc<Self>, session: Arc<str>) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            for stream in [StreamType::Video, StreamType::Screen] {
+                m.close_stream(&session, stream).await;
+            }
+        });
+    }
+}
