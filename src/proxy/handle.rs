@@ -74,12 +74,11 @@ pub fn uuid() -> String {
 
 /// A command of `session`; the reply goes to it.
 pub fn command(proxy: &Arc<Proxy>, session: &Arc<Session>, id: Option<&str>, cmd: ProxyCommand) {
-    let label = super::metrics::known_label(cmd.kind.as_str(), COMMANDS);
-    proxy
-        .metrics
-        .command_messages_total
-        .with_label_values(&[label])
-        .inc();
+    count(
+        &proxy.metrics.command_messages_total,
+        cmd.kind.as_str(),
+        COMMANDS,
+    );
     let reply = match &cmd.kind {
         CommandKind::CreatePublisher => create_publisher(proxy, session, id, &cmd),
         CommandKind::CreateSubscriber => create_subscriber(proxy, session, id, &cmd),
@@ -95,7 +94,7 @@ pub fn command(proxy: &Arc<Proxy>, session: &Arc<Session>, id: Option<&str>, cmd
                     }
                     return;
                 }
-                None => error(id, wire::UNKNOWN_CLIENT, "Unknown client id given."),
+                None => unknown_client(id),
             }
         }
         CommandKind::Unknown(k) => {
@@ -108,6 +107,19 @@ pub fn command(proxy: &Arc<Proxy>, session: &Arc<Session>, id: Option<&str>, cmd
 
 /// A refusal to send instead of the reply.
 type Refused = Box<ProxyServerMessage>;
+
+/// `unknown_client`, with the Go proxy's text.
+fn unknown_client(id: Option<&str>) -> ProxyServerMessage {
+    error(id, wire::UNKNOWN_CLIENT, "Unknown client id given.")
+}
+
+/// Counts a message of `kind` in `counter` (kinds not in `known` as
+/// `other`).
+fn count(counter: &prometheus::IntCounterVec, kind: &str, known: &[&'static str]) {
+    counter
+        .with_label_values(&[super::metrics::known_label(kind, known)])
+        .inc();
+}
 
 fn stream_of(cmd: &ProxyCommand, id: Option<&str>) -> Result<StreamType, Refused> {
     if cmd.stream_type.is_empty() {
@@ -145,6 +157,33 @@ fn register(proxy: &Arc<Proxy>, info: ClientInfo, id: Option<&str>) -> Result<()
     Ok(())
 }
 
+/// A new publisher or subscriber of `session` (Janus must be there): its
+/// id, or the error reply.
+fn new_client(
+    proxy: &Arc<Proxy>,
+    session: &Session,
+    id: Option<&str>,
+    stream: StreamType,
+    kind: ClientKind,
+) -> Result<Arc<str>, Refused> {
+    if !proxy.mcu.connected() {
+        return Err(Box::new(error(
+            id,
+            wire::INTERNAL_ERROR,
+            "not connected to Janus",
+        )));
+    }
+    let client_id: Arc<str> = uuid().into();
+    let info = ClientInfo {
+        id: client_id.clone(),
+        session: session.id.clone(),
+        stream,
+        kind,
+    };
+    register(proxy, info, id)?;
+    Ok(client_id)
+}
+
 fn create_publisher(
     proxy: &Arc<Proxy>,
     session: &Arc<Session>,
@@ -162,22 +201,14 @@ fn create_publisher(
         Ok(s) => s,
         Err(e) => return *e,
     };
-    if !proxy.mcu.connected() {
-        return error(id, wire::INTERNAL_ERROR, "not connected to Janus");
-    }
-    let client_id: Arc<str> = uuid().into();
-    let info = ClientInfo {
-        id: client_id.clone(),
-        session: session.id.clone(),
-        stream,
-        kind: ClientKind::Publisher {
-            bitrate: cmd.bitrate,
-            mediatypes: cmd.mediatypes,
-        },
+    let kind = ClientKind::Publisher {
+        bitrate: cmd.bitrate,
+        mediatypes: cmd.mediatypes,
     };
-    if let Err(e) = register(proxy, info, id) {
-        return *e;
-    }
+    let client_id = match new_client(proxy, session, id, stream, kind) {
+        Ok(c) => c,
+        Err(e) => return *e,
+    };
     tracing::info!(session = %session.id, client = %client_id, stream = stream.as_str(), bitrate = cmd.bitrate, mediatypes = cmd.mediatypes, "publisher created");
     ProxyServerMessage::command(id, &client_id)
 }
@@ -201,21 +232,13 @@ fn create_subscriber(
         {
             p.info.id.clone()
         }
-        _ => return error(id, wire::UNKNOWN_CLIENT, "Unknown client id given."),
+        _ => return unknown_client(id),
     };
-    if !proxy.mcu.connected() {
-        return error(id, wire::INTERNAL_ERROR, "not connected to Janus");
-    }
-    let client_id: Arc<str> = uuid().into();
-    let info = ClientInfo {
-        id: client_id.clone(),
-        session: session.id.clone(),
-        stream,
-        kind: ClientKind::Subscriber { publisher },
+    let kind = ClientKind::Subscriber { publisher };
+    let client_id = match new_client(proxy, session, id, stream, kind) {
+        Ok(c) => c,
+        Err(e) => return *e,
     };
-    if let Err(e) = register(proxy, info, id) {
-        return *e;
-    }
     tracing::info!(session = %session.id, client = %client_id, publisher = %cmd.publisher_id, stream = stream.as_str(), "subscriber created");
     ProxyServerMessage::command(id, &client_id)
 }
@@ -238,22 +261,14 @@ pub async fn payload(
     permit: OwnedSemaphorePermit,
 ) {
     let Some(c) = proxy.client(&payload.client_id) else {
-        proxy.send_to(
-            session,
-            &error(
-                id.as_deref(),
-                wire::UNKNOWN_CLIENT,
-                "Unknown client id given.",
-            ),
-        );
+        proxy.send_to(session, &unknown_client(id.as_deref()));
         return;
     };
-    let label = super::metrics::known_label(payload.kind.as_str(), PAYLOADS);
-    proxy
-        .metrics
-        .payload_messages_total
-        .with_label_values(&[label])
-        .inc();
+    count(
+        &proxy.metrics.payload_messages_total,
+        payload.kind.as_str(),
+        PAYLOADS,
+    );
     match &payload.kind {
         PayloadKind::EndOfCandidates => {
             let reply = ProxyPayload::reply(PayloadKind::EndOfCandidates, &payload.client_id, None);
@@ -291,14 +306,7 @@ pub async fn payload(
     // Waits while the client's queue is full: the connection is not read
     // meanwhile (the permit bounds what one connection has in flight).
     if let Err(mpsc::error::SendError(job)) = c.queue.send(job).await {
-        proxy.send_to(
-            &job.session,
-            &error(
-                job.id.as_deref(),
-                wire::UNKNOWN_CLIENT,
-                "Unknown client id given.",
-            ),
-        );
+        proxy.send_to(&job.session, &unknown_client(job.id.as_deref()));
     }
 }
 
@@ -306,14 +314,7 @@ pub async fn payload(
 async fn worker(proxy: Arc<Proxy>, info: ClientInfo, mut rx: mpsc::Receiver<Job>) {
     while let Some(job) = rx.recv().await {
         let Some(client) = proxy.client(&info.id) else {
-            proxy.send_to(
-                &job.session,
-                &error(
-                    job.id.as_deref(),
-                    wire::UNKNOWN_CLIENT,
-                    "Unknown client id given.",
-                ),
-            );
+            proxy.send_to(&job.session, &unknown_client(job.id.as_deref()));
             continue;
         };
         client.busy.store(true, Ordering::Release);
