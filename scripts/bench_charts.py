@@ -47,6 +47,8 @@ def median(runs, key):
 
 def color(server, light=False):
     pair = COLORS["go"] if server.startswith("go") else COLORS["rust"]
+    if server == "floor":
+        pair = ("#6e7781", "#afb8c1")  # the floor relay (scripts/bench)
     if server.startswith("rust") and server not in ("rust",):
         pair = ("#2da44e", "#95d5a5")  # a second build of ours
     return pair[1 if light else 0]

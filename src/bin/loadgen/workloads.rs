@@ -109,10 +109,18 @@ impl Report {
     }
 }
 
-/// A realistic ICE candidate message body (about 300 bytes on the wire).
-fn payload(from: usize, seq: u64) -> Value {
-    json!({"t": now_ns(), "from": from, "seq": seq, "type": "candidate", "roomType": "video",
-        "payload": {"candidate": {"candidate": "candidate:842163049 1 udp 1677729535 192.0.2.17 53703 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag sA3x network-cost 999", "sdpMid": "0", "sdpMLineIndex": 0}}})
+/// The ICE candidate of every message (about 300 bytes on the wire with
+/// the rest of the message).
+const CANDIDATE: &str = "candidate:842163049 1 udp 1677729535 192.0.2.17 53703 typ srflx raddr 0.0.0.0 rport 0 generation 0 ufrag sA3x network-cost 999";
+
+/// The text of a session or room message to `recipient` (its JSON), sent
+/// at `t`: the bytes serde_json makes of the same message (keys sorted),
+/// written without building a `Value` (the load generator's own cost per
+/// message is what limits the saturation workloads on one machine).
+fn message_text(recipient: &str, from: usize, seq: u64, t: u64) -> String {
+    format!(
+        r#"{{"message":{{"data":{{"from":{from},"payload":{{"candidate":{{"candidate":"{CANDIDATE}","sdpMLineIndex":0,"sdpMid":"0"}}}},"roomType":"video","seq":{seq},"t":{t},"type":"candidate"}},"recipient":{recipient}}},"type":"message"}}"#
+    )
 }
 
 /// Connects `n` clients (hello), `concurrency` at a time, optionally
@@ -251,7 +259,8 @@ struct Pace {
 }
 
 /// Sends from `sinks[i]` until `deadline` with a bounded window, paced by
-/// `pace`.
+/// `pace`. Unpaced, every message the window allows at once goes out in
+/// one write (several frames), as a client with several queued would.
 async fn send_loop(
     mut sink: futures_util::stream::SplitSink<crate::client::Ws, Message>,
     me: usize,
@@ -261,13 +270,14 @@ async fn send_loop(
     pace: Pace,
     sent: Arc<AtomicU64>,
 ) -> futures_util::stream::SplitSink<crate::client::Ws, Message> {
+    let recipient = recipient.to_string();
     let mut seq = 0u64;
     let mut pace = (pace.rate > 0).then(|| {
         let period = Duration::from_secs_f64(1.0 / f64::from(pace.rate));
         let start = tokio::time::Instant::now() + period.mul_f64(pace.phase);
         tokio::time::interval_at(start, period)
     });
-    while Instant::now() < deadline {
+    'send: while Instant::now() < deadline {
         if let Some(p) = pace.as_mut() {
             p.tick().await;
         }
@@ -276,16 +286,24 @@ async fn send_loop(
             break;
         };
         permit.forget();
-        let msg = json!({"type": "message", "message": {"recipient": recipient, "data": payload(me, seq)}});
-        if sink
-            .send(Message::Text(msg.to_string().into()))
-            .await
-            .is_err()
-        {
+        let mut n = 1;
+        if pace.is_none() {
+            while let Ok(p) = window.try_acquire() {
+                p.forget();
+                n += 1;
+            }
+        }
+        for _ in 0..n {
+            let msg = message_text(&recipient, me, seq, now_ns());
+            if sink.feed(Message::Text(msg.into())).await.is_err() {
+                break 'send;
+            }
+            seq += 1;
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if sink.flush().await.is_err() {
             break;
         }
-        seq += 1;
-        sent.fetch_add(1, Ordering::Relaxed);
     }
     sink
 }
@@ -541,4 +559,28 @@ pub async fn run_idle(
     }
     drop(conns);
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    /// The hand-written message is byte for byte what serde_json makes of
+    /// it (the servers parse the same text as before).
+    #[test]
+    fn message_text_is_what_serde_json_writes() {
+        for recipient in [
+            json!({"type": "session", "sessionid": "abc"}),
+            json!({"type": "room"}),
+        ] {
+            let data = json!({"t": 12345, "from": 7, "seq": 3, "type": "candidate", "roomType": "video",
+                "payload": {"candidate": {"candidate": super::CANDIDATE, "sdpMid": "0", "sdpMLineIndex": 0}}});
+            let expected =
+                json!({"type": "message", "message": {"recipient": recipient, "data": data}});
+            assert_eq!(
+                super::message_text(&recipient.to_string(), 7, 3, 12345),
+                expected.to_string()
+            );
+        }
+    }
 }
