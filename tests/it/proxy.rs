@@ -12,10 +12,9 @@ use serde_json::{json, Value};
 
 use crate::go_parity::{GoServer, Side};
 use crate::mcu_media::{run_in_namespace_of, send_to, Peer};
-use crate::support::janus::Janus;
 use crate::support::proxies::{spread_then_take_over, wait_metrics, wait_stats};
 use crate::support::proxy_procs::{
-    command, event, hello, now, proxy_conf, rsa_pair, session, token, GoProxy, OurProxy,
+    command, event, hello, now, proxy_conf, rsa_pair, session, token, GoProxy, OurProxy, ProxyTest,
 };
 use crate::support::{free_port, fresh_dir, Client, FakeNextcloud};
 
@@ -90,17 +89,13 @@ async fn hello_cases(url: &str, private: &Path, other: &Path) -> Vec<(String, Va
 
 #[tokio::test]
 async fn hello_tokens_are_checked_as_the_go_proxy_does() {
-    if !crate::support::janus::available() {
-        eprintln!("SKIPPED hello_tokens_are_checked_as_the_go_proxy_does: no janus");
+    let Some(t) = ProxyTest::start("hello_tokens_are_checked_as_the_go_proxy_does", "").await
+    else {
         return;
-    }
-    let dir = fresh_dir("proxy-tokens");
-    let (private, public) = rsa_pair(&dir, "server1");
-    let (other, _) = rsa_pair(&dir, "other");
-    let j = Janus::start().await;
-    let port = free_port();
-    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, ""), port).await;
-    let got = hello_cases(&ours.url(), &private, &other).await;
+    };
+    let (dir, private, public, port) = (&t.dir, &t.private, &t.public, t.proxy.port);
+    let (other, _) = rsa_pair(dir, "other");
+    let got = hello_cases(&t.proxy.url(), private, &other).await;
     let expect = |name: &str| -> Value {
         match name {
             "good RS256" | "good RS512" => json!({"type": "hello", "code": null, "id": "1"}),
@@ -134,32 +129,35 @@ async fn hello_tokens_are_checked_as_the_go_proxy_does() {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
     let go_port = free_port();
-    if let Some(go) = GoProxy::start(&dir, &proxy_conf(go_port, &j, &public, ""), go_port).await {
-        let go_got = hello_cases(&go.url(), &private, &other).await;
+    let go_conf = proxy_conf(go_port, &t.janus, public, "");
+    if let Some(go) = GoProxy::start(dir, &go_conf, go_port).await {
+        let go_got = hello_cases(&go.url(), private, &other).await;
         assert_eq!(
             go_got, got,
             "the Go proxy answers the same cases the same way"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn commands_load_stats_resume_and_a_scheduled_shutdown() {
-    if !crate::support::janus::available() {
-        eprintln!("SKIPPED commands_load_stats_resume_and_a_scheduled_shutdown: no janus");
-        return;
-    }
-    let dir = fresh_dir("proxy-drain");
-    let (private, public) = rsa_pair(&dir, "server1");
-    let j = Janus::start().await;
-    let port = free_port();
-    let mut ours = OurProxy::start(
-        &dir,
-        &proxy_conf(port, &j, &public, "[app]\ncountry = de\n"),
-        port,
+    let Some(t) = ProxyTest::start(
+        "commands_load_stats_resume_and_a_scheduled_shutdown",
+        "[app]\ncountry = de\n",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
+    let ProxyTest {
+        dir,
+        private,
+        janus: j,
+        proxy: mut ours,
+        ..
+    } = t;
+    let port = ours.port;
     let (mut c, h) = session(&ours.url(), &private).await;
     assert_eq!(h["id"], "1");
     assert_eq!(h["hello"]["version"], "1.0");
@@ -313,17 +311,17 @@ async fn commands_load_stats_resume_and_a_scheduled_shutdown() {
 
 #[tokio::test]
 async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
-    if !crate::support::janus::available() {
-        eprintln!("SKIPPED sighup_reloads_the_token_keys_and_check_reports_the_file: no janus");
+    let Some(t) = ProxyTest::start(
+        "sighup_reloads_the_token_keys_and_check_reports_the_file",
+        "",
+    )
+    .await
+    else {
         return;
-    }
-    let dir = fresh_dir("proxy-reload");
-    let (_, public) = rsa_pair(&dir, "server1");
-    let (private2, public2) = rsa_pair(&dir, "server2");
-    let j = Janus::start().await;
-    let port = free_port();
-    let conf = proxy_conf(port, &j, &public, "");
-    let ours = OurProxy::start(&dir, &conf, port).await;
+    };
+    let (dir, ours) = (&t.dir, &t.proxy);
+    let (private2, public2) = rsa_pair(dir, "server2");
+    let conf = std::fs::read_to_string(&ours.conf).unwrap();
     let t2 = || token(&private2, "server2", now(), Algorithm::RS256);
     let mut c = Client::connect(&ours.url()).await;
     assert_eq!(
@@ -400,7 +398,7 @@ async fn sighup_reloads_the_token_keys_and_check_reports_the_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("[app] tokentype"));
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The publisher's offer through the Go server; the answer back to `peer`.
@@ -469,11 +467,10 @@ async fn the_go_server_publishes_and_subscribes_media_through_our_proxy() {
     if !run_in_namespace_of(module_path!(), NAME) {
         return;
     }
-    let dir = fresh_dir("proxy-media");
-    let (private, public) = rsa_pair(&dir, "server1");
-    let j = Janus::start().await;
-    let port = free_port();
-    let _ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, ""), port).await;
+    let Some(t) = ProxyTest::start(NAME, "").await else {
+        return;
+    };
+    let (dir, private, port) = (&t.dir, &t.private, t.proxy.port);
     let nc = FakeNextcloud::start().await;
     nc.state.lock().unwrap().permissions.insert(
         "nc-alice".into(),
@@ -530,20 +527,24 @@ async fn the_go_server_publishes_and_subscribes_media_through_our_proxy() {
     pb.close().await;
     wait_stats(port, "the subscriber is dropped", |s| s["load"] == 1).await;
     pa.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn janus_going_and_coming_bad_input_and_the_message_limit() {
-    if !crate::support::janus::available() {
-        eprintln!("SKIPPED janus_going_and_coming_bad_input_and_the_message_limit: no janus");
+    let Some(t) =
+        ProxyTest::start("janus_going_and_coming_bad_input_and_the_message_limit", "").await
+    else {
         return;
-    }
-    let dir = fresh_dir("proxy-janus");
-    let (private, public) = rsa_pair(&dir, "server1");
-    let mut j = Janus::start().await;
-    let port = free_port();
-    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, ""), port).await;
+    };
+    let ProxyTest {
+        dir,
+        private,
+        janus: mut j,
+        proxy: ours,
+        ..
+    } = t;
+    let port = ours.port;
     let (mut c, _) = session(&ours.url(), &private).await;
     // Not JSON, a binary frame: refused, the connection goes on.
     c.send_raw(tokio_tungstenite::tungstenite::Message::Text(

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::janus::{audio_offer, Janus, Observer};
-use crate::support::proxy_procs::{command, event, proxy_conf, rsa_pair, session, OurProxy};
-use crate::support::{free_port, fresh_dir, Client};
+use crate::support::janus::{audio_offer, Observer};
+use crate::support::proxy_procs::{command, event, session, ProxyTest};
+use crate::support::Client;
 
 /// How soon an event must follow its cause. A poll of the MCU once a
 /// second (the old way) misses it in most rounds; a notification takes
@@ -45,17 +45,21 @@ async fn publisher_closed(c: &mut Client, publisher: &str) {
 
 #[tokio::test]
 async fn janus_closing_clients_and_janus_going_reach_the_server_at_once() {
-    if !crate::support::janus::available() {
-        eprintln!(
-            "SKIPPED janus_closing_clients_and_janus_going_reach_the_server_at_once: no janus"
-        );
+    let Some(t) = ProxyTest::start(
+        "janus_closing_clients_and_janus_going_reach_the_server_at_once",
+        "",
+    )
+    .await
+    else {
         return;
-    }
-    let dir = fresh_dir("proxy-events");
-    let (private, public) = rsa_pair(&dir, "server1");
-    let mut j = Janus::start().await;
-    let port = free_port();
-    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, ""), port).await;
+    };
+    let ProxyTest {
+        dir,
+        private,
+        janus: mut j,
+        proxy: ours,
+        ..
+    } = t;
     let (mut c, _) = session(&ours.url(), &private).await;
     let mut janus = Observer::connect(&j.url()).await;
     for round in 0..4 {

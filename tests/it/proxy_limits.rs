@@ -10,31 +10,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::go_parity::GoServer;
-use crate::support::janus::Janus;
 use crate::support::proxies::{proxy_metric, proxy_metrics, wait_stats};
-use crate::support::proxy_procs::{
-    command, hello, now, proxy_conf, rsa_pair, session, token, OurProxy,
-};
+use crate::support::proxy_procs::{command, hello, now, session, token, ProxyTest};
 use crate::support::raw::request_with;
-use crate::support::{free_port, fresh_dir, Client, FakeNextcloud};
-
-/// A Janus and our proxy with `extra` in its `proxy.conf`, accepting
-/// `server1`: (proxy, janus, private key, dir); None without Janus.
-async fn proxy_with(
-    name: &str,
-    extra: &str,
-) -> Option<(OurProxy, Janus, std::path::PathBuf, std::path::PathBuf)> {
-    if !crate::support::janus::available() {
-        eprintln!("SKIPPED {name}: no janus");
-        return None;
-    }
-    let dir = fresh_dir(name);
-    let (private, public) = rsa_pair(&dir, "server1");
-    let j = Janus::start().await;
-    let port = free_port();
-    let ours = OurProxy::start(&dir, &proxy_conf(port, &j, &public, extra), port).await;
-    Some((ours, j, private, dir))
-}
+use crate::support::{Client, FakeNextcloud};
 
 /// A hello for a new session on `c` with a token of `key`, request id
 /// `id`: the first reply.
@@ -56,11 +35,15 @@ async fn still_works(c: &mut Client, id: &str) {
 
 #[tokio::test]
 async fn over_the_connection_cap_upgrades_get_503_and_the_open_connections_go_on() {
-    let Some((ours, _j, private, dir)) =
-        proxy_with("proxy-conn-cap", "[http]\nmaxconnections = 2\n").await
-    else {
+    let Some(t) = ProxyTest::start(module_path!(), "[http]\nmaxconnections = 2\n").await else {
         return;
     };
+    let ProxyTest {
+        proxy: ours,
+        private,
+        dir,
+        ..
+    } = t;
     let (mut a, _) = session(&ours.url(), &private).await;
     let (b, _) = session(&ours.url(), &private).await;
     // The third connection: 503, counted and logged.
@@ -103,11 +86,15 @@ async fn over_the_connection_cap_upgrades_get_503_and_the_open_connections_go_on
 #[tokio::test]
 async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by_bye_frees_its_slot(
 ) {
-    let Some((ours, _j, private, dir)) =
-        proxy_with("proxy-session-cap", "[app]\nmaxsessions = 2\n").await
-    else {
+    let Some(t) = ProxyTest::start(module_path!(), "[app]\nmaxsessions = 2\n").await else {
         return;
     };
+    let ProxyTest {
+        proxy: ours,
+        private,
+        dir,
+        ..
+    } = t;
     let (mut a, _) = session(&ours.url(), &private).await;
     let (mut b, hb) = session(&ours.url(), &private).await;
     still_works(&mut a, "2").await;
@@ -161,11 +148,15 @@ async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by
 #[tokio::test]
 async fn the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free() {
     const NAME: &str = "the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free";
-    let Some((ours, _j, private, dir)) =
-        proxy_with("proxy-session-cap-go", "[app]\nmaxsessions = 1\n").await
-    else {
+    let Some(t) = ProxyTest::start(module_path!(), "[app]\nmaxsessions = 1\n").await else {
         return;
     };
+    let ProxyTest {
+        proxy: ours,
+        private,
+        dir,
+        ..
+    } = t;
     let (mut a, _) = session(&ours.url(), &private).await;
     let nc = FakeNextcloud::start().await;
     let mcu = format!(

@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use super::janus::Janus;
-use super::{eventually, free_port, Client, LoggedProcess};
+use super::{eventually, free_port, fresh_dir, Client, LoggedProcess};
 
 /// The Go proxy 0.4.1 of Debian's package.
 pub const GO_PROXY: &str = "/usr/bin/nextcloud-spreed-signaling-proxy";
@@ -127,6 +127,39 @@ impl OurProxy {
     /// The base URL a server's `[mcu] url` lists.
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A test of our proxy: its directory, the key pair of `server1`, a
+/// Janus, and our proxy in front of it.
+pub struct ProxyTest {
+    pub dir: PathBuf,
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub janus: Janus,
+    pub proxy: OurProxy,
+}
+
+impl ProxyTest {
+    /// With `extra` in the proxy's `proxy.conf`; None (the test `name`
+    /// says it is skipped) without Janus.
+    pub async fn start(name: &str, extra: &str) -> Option<ProxyTest> {
+        if !super::janus::available() {
+            eprintln!("SKIPPED {name}: no janus");
+            return None;
+        }
+        let dir = fresh_dir("proxy-test");
+        let (private, public) = rsa_pair(&dir, "server1");
+        let janus = Janus::start().await;
+        let port = free_port();
+        let proxy = OurProxy::start(&dir, &proxy_conf(port, &janus, &public, extra), port).await;
+        Some(ProxyTest {
+            dir,
+            private,
+            public,
+            janus,
+            proxy,
+        })
     }
 }
 
