@@ -200,3 +200,89 @@ async fn a_connection_lost_during_the_claim_claims_again_on_the_next_one() {
     assert_eq!(gw.session_id(), 7);
     cancel.cancel();
 }
+
+/// Answers the next request sent with `reply` (its transaction added);
+/// returns the request.
+async fn answer_next(
+    gw: &Gateway,
+    sent: &mut mpsc::UnboundedReceiver<String>,
+    mut reply: Value,
+) -> Value {
+    let m: Value = serde_json::from_str(&sent.recv().await.unwrap()).unwrap();
+    reply["transaction"] = m["transaction"].clone();
+    let (events, _evrx) = mpsc::unbounded_channel();
+    gw.dispatch(reply, &events);
+    m
+}
+
+#[tokio::test]
+async fn requests_on_handles_of_a_claimed_session_carry_it_and_its_last_detach_destroys_it() {
+    let gw = Gateway::new(
+        Duration::from_secs(1),
+        prometheus::IntCounterVec::new(prometheus::Opts::new("x", "x"), &["type"]).unwrap(),
+    );
+    let (out, mut sent) = mpsc::unbounded_channel();
+    let broken = CancellationToken::new();
+    *lock(&gw.shared.conn) = Some(Conn {
+        session: 7,
+        info: Arc::new(JanusInfo::new(json!({}), std::time::UNIX_EPOCH)),
+        out,
+        broken: broken.clone(),
+    });
+    gw.shared.last_session.store(7, Ordering::Relaxed);
+    gw.adopt_handles(5, &[9, 10]);
+    let ok = json!({"janus": "success"});
+    // The claim names the other session.
+    let claim = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.claim_extra(5).await })
+    };
+    let m = answer_next(&gw, &mut sent, ok.clone()).await;
+    assert_eq!(
+        (m["janus"].as_str(), m["session_id"].as_u64()),
+        (Some("claim"), Some(5))
+    );
+    claim.await.unwrap().unwrap();
+    // Requests on its handles carry it; on others, the connection's own.
+    for (handle, session) in [(9, 5), (11, 7)] {
+        let gw2 = gw.clone();
+        let req =
+            tokio::spawn(async move { gw2.trickle(handle, json!({"completed": true})).await });
+        let m = answer_next(&gw, &mut sent, ok.clone()).await;
+        assert_eq!(m["session_id"], session, "{m}");
+        req.await.unwrap().unwrap();
+    }
+    assert_eq!(gw.session_of(10), 5);
+    assert_eq!(gw.session_of(11), 7);
+    // Janus no longer knowing the claimed session does not break the
+    // connection's own.
+    let gw2 = gw.clone();
+    let req = tokio::spawn(async move { gw2.trickle(10, json!({"completed": true})).await });
+    let gone = json!({"janus": "error", "error": {"code": 458, "reason": "No such session 5"}});
+    answer_next(&gw, &mut sent, gone).await;
+    assert!(matches!(
+        req.await.unwrap(),
+        Err(JanusError::Janus { code: 458, .. })
+    ));
+    assert!(!broken.is_cancelled());
+    // Detaching its handles: the last one destroys it.
+    let gw2 = gw.clone();
+    let req = tokio::spawn(async move { gw2.detach(9).await });
+    let m = answer_next(&gw, &mut sent, ok.clone()).await;
+    assert_eq!(
+        (m["janus"].as_str(), m["session_id"].as_u64()),
+        (Some("detach"), Some(5))
+    );
+    req.await.unwrap().unwrap();
+    assert!(sent.try_recv().is_err(), "a handle of it is left");
+    let gw2 = gw.clone();
+    let req = tokio::spawn(async move { gw2.detach(10).await });
+    answer_next(&gw, &mut sent, ok.clone()).await;
+    let m = answer_next(&gw, &mut sent, ok.clone()).await;
+    assert_eq!(
+        (m["janus"].as_str(), m["session_id"].as_u64()),
+        (Some("destroy"), Some(5))
+    );
+    req.await.unwrap().unwrap();
+    assert_eq!(gw.session_of(10), 7);
+}

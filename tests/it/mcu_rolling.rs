@@ -246,3 +246,96 @@ async fn media_goes_on_through_a_rolling_restart_that_claims_the_janus_session()
     assert!(!seen.iter().any(is_unshare), "{seen:?}");
     drop(pa);
 }
+
+/// The id of `node`'s process (the prefix of its session ids).
+async fn process_id(node: &Node, nc: &FakeNextcloud) -> String {
+    let mut c = Client::connect(&node.ws_url()).await;
+    c.expect_type("welcome").await;
+    c.hello_v1(&nc.backend_url(), json!({"userid": "probe"}))
+        .await;
+    process_of(&c.session_id).to_string()
+}
+
+/// Reads `c` until its connection closes; the close code.
+async fn closed(c: &mut Client) -> Option<u16> {
+    loop {
+        if let Err(code) = c.recv_or_close().await {
+            return code;
+        }
+    }
+}
+
+#[tokio::test]
+async fn media_goes_on_when_the_process_that_claimed_the_janus_session_stops_in_turn() {
+    if !run_in_namespace(
+        "media_goes_on_when_the_process_that_claimed_the_janus_session_stops_in_turn",
+    ) {
+        return;
+    }
+    let j = Janus::start_reclaiming(0).await;
+    let nats = NatsServer::start().await;
+    let nc = FakeNextcloud::start().await;
+    let mut n = cluster(&j, &nats, &nc, 3).await;
+    let mut a = n[0].client_in_room(&nc, "alice", "room1").await;
+    let mut b = n[1].client_in_room(&nc, "bob", "room1").await;
+    b.wait_join_of(&a.session_id).await;
+    all_in_call(&n[0], &nc, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(&mut a, &mut pa, "video", "1000").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    subscribe(&mut b, &mut pb, &alice).await;
+    pb.wait_frames((0, 0), 25, 25).await;
+    pb.send(json!({"type": "reset_gap"})).await;
+    assert_eq!(pb.recv().await["type"], "ok");
+    let before = pb.frames().await;
+
+    // Process 0 stops: the first of the others by id claims its Janus
+    // session and takes Alice, who resumes there.
+    let p2 = process_id(&n[2], &nc).await;
+    let (first, last) = if process_of(&b.session_id) < p2.as_str() {
+        (1, 2)
+    } else {
+        (2, 1)
+    };
+    stop(&mut n[0], &mut a).await;
+    let mut a2 = resume(&n[first], &a).await;
+    let seen_frames = pb.wait_frames(before, 25, 25).await;
+    // Then that one stops too (as in a rolling restart of every process):
+    // the last claims both Janus sessions; Alice (and Bob, if he was
+    // there) resume on it.
+    let stopped = Instant::now();
+    n[first].signal("-TERM");
+    assert_eq!(closed(&mut a2).await, Some(1012));
+    let mut b = if first == 1 {
+        assert_eq!(closed(&mut b).await, Some(1012));
+        resume(&n[last], &b).await
+    } else {
+        b
+    };
+    assert_eq!(n[first].exit_code(TIMEOUT).await, Some(0));
+    let mut a3 = resume(&n[last], &a).await;
+    tokio::time::sleep_until((stopped + WATCHED).into()).await;
+    let after = pb.wait_frames(seen_frames, 50, 50).await;
+    let gap = pb.stats().await["max_video_gap_ms"].as_u64().unwrap();
+    eprintln!(
+        "MEDIA GAP across two rolling restarts (claimed twice): largest gap between decoded video frames {gap} ms; \
+         frames {before:?} -> {after:?}"
+    );
+    assert!(gap < 500, "media stopped for {gap} ms");
+
+    // The last process serves the objects on: Bob's selectStream pauses
+    // his video.
+    send_to(
+        &mut b,
+        "sel",
+        &alice,
+        json!({"type": "selectStream", "roomType": "video", "sid": "", "payload": {"video": false}}),
+    )
+    .await;
+    pb.assert_video_stopped(Duration::from_secs(1)).await;
+    let mut seen = Vec::new();
+    nobody_left_by_now(&mut a3, &mut b, &nc, &mut seen).await;
+    assert!(!seen.iter().any(is_unshare), "{seen:?}");
+    drop(pa);
+}

@@ -4,10 +4,8 @@
 //! the publishers and subscribers on their handles from then on
 //! (`hub/cluster/rolling_claim.rs`). A session it cannot claim is left to
 //! the stopping process, whose clients renegotiate (`rolling_media.rs`).
-//!
-//! A state file may also hold objects of such claimed sessions: the next
-//! start claims them once its own session is up ([`JanusMcu::adopt_kept`]),
-//! and their clients renegotiate where that fails.
+//! When the successor stops in turn, what it claimed goes on with its own
+//! session to the next one (each object names its Janus session).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,35 +29,6 @@ impl SavedMcu {
         let p = self.publishers.iter().map(|p| p.janus_session);
         let s = self.subscribers.iter().map(|s| s.janus_session);
         p.chain(s).map(|x| self.session_or_main(x)).collect()
-    }
-
-    /// (objects of the main session, objects of other sessions if any).
-    pub(super) fn split_main(self) -> (SavedMcu, Option<SavedMcu>) {
-        let main = self.janus_session;
-        let on_main = |x: u64| x == 0 || x == main;
-        let (pm, po) = self
-            .publishers
-            .into_iter()
-            .partition(|p| on_main(p.janus_session));
-        let (sm, so): (Vec<_>, Vec<_>) = self
-            .subscribers
-            .into_iter()
-            .partition(|s| on_main(s.janus_session));
-        let others = SavedMcu {
-            url: self.url.clone(),
-            janus_session: 0,
-            publishers: po,
-            subscribers: so,
-        };
-        let main = SavedMcu {
-            url: self.url,
-            janus_session: main,
-            publishers: pm,
-            subscribers: sm,
-        };
-        let others =
-            (!others.publishers.is_empty() || !others.subscribers.is_empty()).then_some(others);
-        (main, others)
     }
 
     /// The handles of the objects of Janus session `session`.
@@ -151,22 +120,6 @@ impl JanusMcu {
                 None => {}
             }
         }
-    }
-
-    /// After a restart: the objects of the state file on Janus sessions
-    /// this process had claimed are claimed again, now that its own
-    /// session is up; their clients renegotiate where that fails.
-    pub(super) fn adopt_kept(self: &Arc<Self>) {
-        let Some(later) = lock(&self.adopt_later).take() else {
-            return;
-        };
-        let m = self.clone();
-        tokio::spawn(async move {
-            let (_, lost) = m.adopt_sessions(later).await;
-            if !lost.publishers.is_empty() || !lost.subscribers.is_empty() {
-                m.renegotiate_lost(lost);
-            }
-        });
     }
 
     /// What this process serves on Janus sessions other than `claimed`

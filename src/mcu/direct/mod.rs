@@ -87,9 +87,6 @@ pub struct JanusMcu {
     /// Subscribers lost with a Janus session that could not be claimed,
     /// waiting for their publisher to publish again (`restore.rs`).
     resubscribe: Mutex<Vec<SubKey>>,
-    /// Objects of a state file on Janus sessions this process had claimed
-    /// from another one, claimed again once connected (`adopt.rs`).
-    adopt_later: Mutex<Option<SavedMcu>>,
 }
 
 impl JanusMcu {
@@ -117,7 +114,6 @@ impl JanusMcu {
             signals,
             commands,
             resubscribe: Mutex::new(Vec::new()),
-            adopt_later: Mutex::new(None),
         });
         if let Some(saved) = restored {
             mcu.restore(saved);
@@ -289,13 +285,9 @@ impl JanusMcu {
                 // Only kept objects can be here before the first session.
                 let reg = std::mem::take(&mut *lock(&self.reg));
                 self.renegotiate_lost(reg);
-                self.adopt_kept();
                 self.changed();
             }
-            GatewayEvent::Connected { .. } => {
-                self.adopt_kept();
-                self.changed();
-            }
+            GatewayEvent::Connected { .. } => self.changed(),
             GatewayEvent::Disconnected => {
                 // Every handle died with the Janus session: clients publish
                 // and subscribe again (their PeerConnections fail).

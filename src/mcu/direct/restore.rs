@@ -142,11 +142,11 @@ impl JanusMcu {
             );
             return;
         }
+        // (A state file is of a process outside a cluster: all its
+        // objects are on its own Janus session.)
         let janus_session = saved.janus_session;
-        let (main, others) = saved.split_main();
         let mut reg = lock(&self.reg);
-        self.insert_saved(&mut reg, main);
-        *lock(&self.adopt_later) = others;
+        self.insert_saved(&mut reg, saved);
         tracing::info!(
             publishers = reg.publishers.len(),
             subscribers = reg.subscribers.len(),
