@@ -165,6 +165,13 @@ impl Hub {
     /// file is written and synced on tokio's blocking pool, not on the
     /// runtime's workers.
     pub async fn save_state(&self, path: &Path) -> std::io::Result<usize> {
+        // The federation links hand back what they held first.
+        let stopping = {
+            let st = self.lock();
+            let sids: Vec<Arc<str>> = st.sessions.map.keys().cloned().collect();
+            st.stop_links(sids.iter().map(|s| &**s))
+        };
+        crate::hub::federation::handed_back(stopping).await;
         let mut file = self.lock().saved_state();
         file.mcu = self.mcu().and_then(|m| m.saved_state());
         let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
@@ -344,8 +351,9 @@ impl State {
                 if !link.resumable() {
                     continue;
                 }
-                // Ends without a word to the remote server.
-                link.keep_for_restart();
+                // Ends without a word to the remote server (stopped
+                // already, unless it became resumable since).
+                let _ = link.stop();
             }
             if let Some(conn) = s.conn.take() {
                 let mut pending = conn.take_pending();

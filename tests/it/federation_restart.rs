@@ -12,7 +12,7 @@ use crate::federation::{data, token};
 use crate::support::*;
 
 /// NC-A, and NC-B, which supports federation.
-async fn clouds() -> (FakeNextcloud, FakeNextcloud) {
+pub(crate) async fn clouds() -> (FakeNextcloud, FakeNextcloud) {
     let nc_a = FakeNextcloud::start().await;
     let nc_b = FakeNextcloud::start().await;
     {
@@ -25,13 +25,13 @@ async fn clouds() -> (FakeNextcloud, FakeNextcloud) {
 
 /// A's configuration: B is on loopback over plain ws://, refused by
 /// default; pings every second.
-const A_CONF: &str =
+pub(crate) const A_CONF: &str =
     "[backend]\npinginterval = 1\n[federation]\nallowips = 127.0.0.1\nallowhttp = true\n";
 
 /// Alice on the server at `a_ws` joins `remotetoken` of NC-B on the server
 /// at `b_http`; returns her client and the session id B gave her link (R),
 /// once bob saw her join.
-async fn federated_alice(
+pub(crate) async fn federated_alice(
     a_ws: &str,
     nc_a: &FakeNextcloud,
     nc_b: &FakeNextcloud,
@@ -69,7 +69,7 @@ async fn federated_alice(
 }
 
 /// Messages of `c` until one matches `pred` (included).
-async fn until(c: &mut Client, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+pub(crate) async fn until(c: &mut Client, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
     let mut seen = Vec::new();
     loop {
         let m = c.recv().await;
@@ -81,12 +81,12 @@ async fn until(c: &mut Client, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
     }
 }
 
-fn is_leave(m: &Value) -> bool {
+pub(crate) fn is_leave(m: &Value) -> bool {
     m["type"] == "event" && m["event"]["type"] == "leave"
 }
 
 /// The message with data `{"n": n}`.
-fn numbered(m: &Value, n: i64) -> bool {
+pub(crate) fn numbered(m: &Value, n: i64) -> bool {
     m["type"] == "message" && m["message"]["data"]["n"] == n
 }
 

@@ -17,6 +17,7 @@ mod drain;
 mod etcd_backends;
 mod features;
 mod federation;
+mod federation_handback;
 mod federation_limits;
 mod federation_restart;
 mod forwarded;

@@ -250,7 +250,30 @@ impl Hub {
                     peek,
                     chunked,
                 };
-                self.mutate(|st| st.answer_resume(ask, reply))
+                // A federation link hands back what it held before its
+                // session goes (`federation/saved.rs`).
+                let stopping = if peek {
+                    Vec::new()
+                } else {
+                    let st = self.lock();
+                    let sid = st.sessions.resume_ids.get(ask.resume_id.as_str()).cloned();
+                    st.stop_links(sid.as_deref())
+                };
+                if stopping.is_empty() {
+                    return self.mutate(|st| st.answer_resume(ask, reply));
+                }
+                let hub = self.clone();
+                tokio::spawn(async move {
+                    crate::hub::federation::handed_back(stopping).await;
+                    hub.mutate(|st| {
+                        let sid = st.sessions.resume_ids.get(ask.resume_id.as_str()).cloned();
+                        st.answer_resume(ask, reply);
+                        // Still here (not handed over): its link again.
+                        if let Some(sid) = sid {
+                            st.relink_stopped(&sid);
+                        }
+                    });
+                });
             }
             Header::Park { sessions, .. } if to_me => self.park_request(sessions, reply),
             Header::Parked { sids, .. } if to_me => self.parked_request(sids, reply),

@@ -88,8 +88,9 @@ impl State {
         let mut s = self.sessions.remove(sid)?;
         self.sessions.disconnected.remove(sid);
         if let Some(link) = &s.fed_link {
-            // Ends here without a word to the remote server; `to` resumes it.
-            link.keep_for_restart();
+            // Ends here without a word to the remote server; `to` resumes
+            // it (stopped before, so that it handed back what it held).
+            let _ = link.stop();
         }
         if let Some(conn) = s.conn.take() {
             let mut pending = conn.take_pending();

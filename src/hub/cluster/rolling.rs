@@ -59,8 +59,15 @@ impl State {
 
     /// A session handed over that its taker does not hold: here again,
     /// and ended as if it had stayed (its room and Nextcloud are told).
-    fn not_taken(&mut self, s: Session) {
+    fn not_taken(&mut self, mut s: Session) {
         let id = s.id.clone();
+        // Its federation link stopped without a word to the remote
+        // server: it says goodbye there now, so the remote members see
+        // the session leave at once.
+        let farewell = s.fed_link.take().and_then(|l| l.saved());
+        if let (Some(saved), Some(hub)) = (farewell, self.hub.upgrade()) {
+            hub.federation_farewell(&id, saved);
+        }
         let room = s.room.clone();
         let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
         self.cluster.remote.remove(&id);
@@ -156,6 +163,13 @@ impl Hub {
             }
         });
         let answered = futures_util::future::join_all(asks).await;
+        // Their federation links hand back what they held first.
+        let stopping = {
+            let st = self.lock();
+            let sids = answered.iter().filter(|(_, _, ok)| *ok);
+            st.stop_links(sids.flat_map(|(_, list, _)| list.iter().map(|e| e.sid.as_str())))
+        };
+        crate::hub::federation::handed_back(stopping).await;
         let mut handed: Vec<(String, Vec<Session>)> = Vec::new();
         {
             let mut st = self.lock();
@@ -168,7 +182,11 @@ impl Hub {
                     .iter()
                     .filter_map(|e| {
                         let extra = media.queued.remove(e.sid.as_str()).unwrap_or_default();
-                        st.hand_over_parts_with(&e.sid, &pid, CloseReason::Restart, extra)
+                        let s = st.hand_over_parts_with(&e.sid, &pid, CloseReason::Restart, extra);
+                        if s.is_none() {
+                            st.relink_stopped(&e.sid);
+                        }
+                        s
                     })
                     .collect();
                 handed.push((pid, taken));

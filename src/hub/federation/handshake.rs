@@ -98,6 +98,11 @@ impl Link {
                 return Err(ConnectError::Hello(reply["error"].clone()));
             }
         }
+        if !resumed && self.farewell {
+            // Only a session B still has is worth a goodbye.
+            self.close(&mut ws).await;
+            return Err(ConnectError::Network("session gone on the remote".into()));
+        }
         if !resumed {
             self.send(&mut ws, json!({"id": hello_id(), "type": "hello", "hello": {"version": "2.0", "features": self.features,
                 "auth": {"type": "federation", "url": self.target.url, "params": {"token": self.target.token}}}})).await?;

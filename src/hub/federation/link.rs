@@ -15,10 +15,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    ConnectError, FedCmd, LiveLink, SavedLink, Target, MAX_BACKOFF, MIN_BACKOFF, STABLE_LINK,
+    Back, ConnectError, FedCmd, LiveLink, SavedLink, Target, MAX_BACKOFF, MIN_BACKOFF, STABLE_LINK,
+    STOP_GRACE,
 };
 use crate::api::remote::ServerKind;
 use crate::api::server::{error_frame, Frame};
@@ -30,8 +31,9 @@ pub(super) type Ws =
 /// The task of one federated session.
 pub(super) struct Link {
     pub(super) link_id: u64,
-    /// Counts the task in the hub's live links until it ends.
-    pub(super) _live: LiveLink,
+    /// Counts the task in the hub's live links until it ends (a
+    /// stopped task hands it back with its channel).
+    pub(super) live: LiveLink,
     /// Cancelled when the session's handle of the link goes.
     pub(super) gone: CancellationToken,
     /// The link is kept for a restart or a taker: end without a word to
@@ -39,6 +41,11 @@ pub(super) struct Link {
     pub(super) kept: Arc<AtomicBool>,
     /// What the link needs to go on elsewhere, kept up to date here.
     pub(super) share: Arc<Mutex<SavedLink>>,
+    /// Where a stopped link hands back its channel.
+    pub(super) back: Back,
+    /// Tells the handle that the task handed back what it held (or
+    /// ended), when the task ends.
+    pub(super) _handed: DropGuard,
     /// Bytes of the commands waiting in the channel.
     pub(super) queued: Arc<AtomicUsize>,
     /// B confirmed the join of a room (see `FedLink::joined`).
@@ -68,6 +75,9 @@ pub(super) struct Link {
     /// is down, and their bytes.
     pub(super) queue: Vec<(Value, usize)>,
     pub(super) queue_bytes: usize,
+    /// Only resumes B's session to say `bye` (a session handed over that
+    /// no process took).
+    pub(super) farewell: bool,
 }
 
 /// Why a write to B did not happen.
@@ -80,15 +90,26 @@ pub(super) enum WriteError {
 
 impl Link {
     /// Runs the link until the session ends or leaves; `fresh`: a new
-    /// link, else one kept across a restart that resumes B's session.
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<FedCmd>, fresh: bool) {
+    /// link, else one kept across a restart that resumes B's session,
+    /// with the requests the stopped link had not taken (`carried`).
+    pub(super) async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<FedCmd>,
+        fresh: bool,
+        carried: Vec<FedCmd>,
+    ) {
         let mut first = fresh;
         let mut backoff = MIN_BACKOFF;
         let gone = self.gone.clone();
         if !fresh {
             self.event_plain("federation_interrupted");
         }
-        loop {
+        // As if they came while B was unreachable (in order, after the
+        // messages the stopped link held).
+        for cmd in carried {
+            self.offline(cmd);
+        }
+        while !self.leaving {
             let had_session = self.remote_sid.is_some();
             // Commands wait in their (bounded) channel while dialing.
             let connected = tokio::select! {
@@ -125,7 +146,9 @@ impl Link {
             };
             match pumped {
                 Pump::Closed => {
-                    if !self.is_kept() {
+                    if self.is_kept() {
+                        self.close_reading(&mut ws).await;
+                    } else {
                         self.say_bye(&mut ws).await;
                     }
                     break;
@@ -149,6 +172,7 @@ impl Link {
         }
         if self.is_kept() {
             // The session goes on with a new link (next start, taker).
+            self.hand_back(rx);
             return;
         }
         self.refuse_pending(&mut rx);
@@ -160,7 +184,7 @@ impl Link {
     }
 
     /// Updates what a restart or a taker would take of this link.
-    fn share_state(&self) {
+    pub(super) fn share_state(&self) {
         let mut s = self.share.lock().unwrap_or_else(|p| p.into_inner());
         s.remote_room.clone_from(&self.target.remote_room);
         s.local_room.clone_from(&self.local_room);
@@ -200,13 +224,27 @@ impl Link {
 
     /// One write to B, within the deadline and racing the end of the
     /// session.
+    /// A link stopped for a restart lets a write under way finish within
+    /// [`STOP_GRACE`]: a message either reached B whole or is handed back.
     pub(super) async fn write(&self, ws: &mut Ws, m: Message) -> Result<(), WriteError> {
-        tokio::select! {
-            r = tokio::time::timeout(self.timeout, ws.send(m)) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) | Err(_) => Err(WriteError::Broken),
-            },
-            _ = self.gone.cancelled() => Err(WriteError::Gone),
+        let send = tokio::time::timeout(self.timeout, ws.send(m));
+        tokio::pin!(send);
+        let r = tokio::select! {
+            biased;
+            r = &mut send => r,
+            _ = self.gone.cancelled() => {
+                if !self.is_kept() {
+                    return Err(WriteError::Gone);
+                }
+                match tokio::time::timeout(STOP_GRACE, &mut send).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(WriteError::Gone),
+                }
+            }
+        };
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) | Err(_) => Err(WriteError::Broken),
         }
     }
 
@@ -249,11 +287,13 @@ impl Link {
         } else if had_session {
             self.queue.clear();
             self.queue_bytes = 0;
-            self.rejoin = false;
             self.event("federation_resumed", json!(false));
-            // A join or leave asked meanwhile is answered by this join.
+            // A join or leave asked meanwhile is answered by this join
+            // (sent again after a resume if this write fails).
+            self.rejoin = true;
             let id = self.pending.clone();
-            return self.send_join(ws, id).await;
+            self.send_join(ws, id).await?;
+            self.rejoin = false;
         }
         Ok(())
     }
@@ -344,7 +384,7 @@ impl Link {
     }
 
     /// A message of B for the client; Some when the pump ends.
-    fn remote_message(&mut self, text: &str) -> Option<Pump> {
+    pub(super) fn remote_message(&mut self, text: &str) -> Option<Pump> {
         let v = serde_json::from_str::<Value>(text).ok()?;
         let kind = ServerKind::of(&v["type"]);
         if kind == ServerKind::Bye {
@@ -399,7 +439,7 @@ impl Link {
 
     /// Says goodbye to B and closes the connection, within the deadline
     /// (errors do not matter: the link ends either way).
-    async fn say_bye(&self, ws: &mut Ws) {
+    pub(super) async fn say_bye(&self, ws: &mut Ws) {
         let bye = json!({"type": "bye", "bye": {}}).to_string();
         let _ = tokio::time::timeout(self.timeout, async {
             ws.send(Message::Text(bye.into())).await?;

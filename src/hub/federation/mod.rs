@@ -29,7 +29,7 @@ mod offline;
 mod rewrite;
 pub use rewrite::Rewrite;
 mod saved;
-pub(crate) use saved::SavedLink;
+pub(crate) use saved::{handed_back, SavedLink};
 mod tls;
 
 pub(crate) use dial::{resolver, DialLimits};
@@ -54,6 +54,12 @@ pub(crate) const QUEUE_BYTES: usize = 1024 * 1024;
 /// First reconnect delay, doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// How long a link stopped for a restart or a taker may finish a write
+/// under way, and read what B sent before it answers the close.
+const STOP_GRACE: Duration = Duration::from_millis(150);
+/// How long a save or a hand-over waits for the stopped links to hand
+/// back what they held (each needs at most two [`STOP_GRACE`]s).
+const HAND_BACK: Duration = Duration::from_millis(500);
 /// A connection to B that broke sooner than this after its handshake does
 /// not reset the backoff: a B that accepts and drops at once is not dialled
 /// in a tight loop.
@@ -83,6 +89,11 @@ pub(crate) struct FedLink {
     kept: Arc<AtomicBool>,
     /// What the link needs to go on elsewhere (updated by the task).
     share: Arc<std::sync::Mutex<SavedLink>>,
+    /// The command channel, handed back by a stopped task with what it
+    /// had not taken yet (and what came since).
+    back: Back,
+    /// Cancelled once the task has handed back what it held (or ended).
+    handed: CancellationToken,
     /// True while B has confirmed the session's join of a room (set by the
     /// task): only then is the session in a room for the room-join
     /// timeout and pinged to its own Nextcloud.
@@ -124,6 +135,10 @@ impl FedSender {
         true
     }
 }
+
+/// Where a stopped link's task hands back its channel and its place in
+/// the count of live links (the link still takes requests).
+pub(super) type Back = Arc<std::sync::Mutex<Option<(mpsc::Receiver<FedCmd>, LiveLink)>>>;
 
 /// One live link task in the hub's count, for as long as the task runs
 /// (its socket to B included): the count is right however a link ends.
@@ -304,15 +319,14 @@ impl Hub {
             nc_session,
             features,
             local_url: local_url.to_string(),
-            remote_sid: None,
-            resume_id: None,
-            joined: false,
+            ..SavedLink::default()
         };
         self.spawn_link(sid, id, target, saved, true)
     }
 
     /// The handle and the task of a link; `fresh`: a new link (its first
-    /// connection joins), else one that resumes B's session of `saved`.
+    /// connection joins), else one that resumes B's session of `saved`
+    /// (with the messages and requests it held).
     fn spawn_link(
         self: &Arc<Self>,
         sid: &Arc<str>,
@@ -321,6 +335,20 @@ impl Hub {
         saved: SavedLink,
         fresh: bool,
     ) -> FedLink {
+        let (link, mut task, rx) = self.new_link(sid, id, target, saved.clone());
+        let carried = task.carry(saved);
+        tokio::spawn(task.run(rx, fresh, carried));
+        link
+    }
+
+    /// A link's handle, its task (not started) and the task's channel.
+    fn new_link(
+        self: &Arc<Self>,
+        sid: &Arc<str>,
+        id: Option<String>,
+        target: Target,
+        saved: SavedLink,
+    ) -> (FedLink, Link, mpsc::Receiver<FedCmd>) {
         static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let link_id = NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CHANNEL_SIZE);
@@ -329,6 +357,8 @@ impl Hub {
         let joined = Arc::new(AtomicBool::new(saved.joined));
         let kept = Arc::new(AtomicBool::new(false));
         let share = Arc::new(std::sync::Mutex::new(saved.clone()));
+        let back = Arc::new(std::sync::Mutex::new(None));
+        let handed = CancellationToken::new();
         let link = FedLink {
             link_id,
             sender: FedSender {
@@ -343,14 +373,18 @@ impl Hub {
             cancel: gone.clone(),
             kept: kept.clone(),
             share: share.clone(),
+            back: back.clone(),
+            handed: handed.clone(),
             joined: joined.clone(),
         };
         let task = Link {
             link_id,
-            _live: LiveLink::new(&self.fed_links),
+            live: LiveLink::new(&self.fed_links),
             gone,
             kept,
             share,
+            back,
+            _handed: handed.drop_guard(),
             queued,
             joined,
             timeout: self.config.federation.timeout,
@@ -371,9 +405,9 @@ impl Hub {
             rejoin: false,
             queue: Vec::new(),
             queue_bytes: 0,
+            farewell: false,
         };
-        tokio::spawn(task.run(rx, fresh));
-        link
+        (link, task, rx)
     }
 
     /// Federation links whose task still runs (and may hold a socket to a

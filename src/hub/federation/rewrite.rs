@@ -314,10 +314,12 @@ mod tests {
         let hub = crate::hub::tests::hub_on(std::sync::Arc::new(crate::bus::LocalBus::new()));
         Link {
             link_id: 1,
-            _live: super::super::LiveLink::new(&hub.fed_links),
+            live: super::super::LiveLink::new(&hub.fed_links),
             gone: Default::default(),
             kept: Default::default(),
             share: Default::default(),
+            back: Default::default(),
+            _handed: tokio_util::sync::CancellationToken::new().drop_guard(),
             queued: Default::default(),
             joined: Default::default(),
             timeout: std::time::Duration::from_secs(1),
@@ -343,6 +345,7 @@ mod tests {
             local_base: "https://a.example".into(),
             remote_base: "https://b.example".into(),
             queue: Vec::new(),
+            farewell: false,
             queue_bytes: 0,
         }
     }

@@ -14,6 +14,7 @@ pub mod node;
 pub mod proxies;
 pub mod proxy_procs;
 pub mod raw;
+pub mod relay;
 pub mod remote;
 pub mod server;
 
@@ -23,6 +24,7 @@ pub use nats::*;
 pub use nextcloud::*;
 pub use node::*;
 pub use raw::*;
+pub use relay::*;
 pub use remote::*;
 pub use server::*;
 

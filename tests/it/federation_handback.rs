@@ -1,0 +1,101 @@
+//! What a federation link holds when its session is saved for a restart
+//! or handed to another process (`federation/saved.rs`): the messages it
+//! kept while the remote server B was unreachable, the requests in its
+//! channel and what B sent before the link closed go with the session;
+//! nothing is lost or sent twice. And a session handed over that no
+//! process took says goodbye to B at once.
+
+use serde_json::{json, Value};
+
+use crate::federation_restart::{clouds, federated_alice, is_leave, numbered, until, A_CONF};
+use crate::support::*;
+
+/// The `n` of each numbered message in `seen`.
+fn numbers(seen: &[Value]) -> Vec<i64> {
+    seen.iter()
+        .filter(|m| m["type"] == "message")
+        .filter_map(|m| m["message"]["data"]["n"].as_i64())
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_kept_while_the_remote_was_unreachable_reach_it_after_a_restart() {
+    let (nc_a, nc_b) = clouds().await;
+    let b = TestServer::start_on(nc_b.clone(), "").await;
+    let relay = Relay::start(&b.url).await;
+    let state = fresh_dir("spreed-state");
+    let a = Node::start(
+        &nc_a,
+        A_CONF,
+        &[("STATE_DIRECTORY", state.to_str().unwrap())],
+    )
+    .await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (mut alice, remote) =
+        federated_alice(&a.ws_url(), &nc_a, &nc_b, &relay.url(), &mut bob).await;
+
+    // B becomes unreachable; alice writes to bob meanwhile.
+    relay.cut();
+    alice
+        .wait_for(|m| m["event"]["type"] == "federation_interrupted")
+        .await;
+    for n in 1..=3 {
+        alice
+            .message_to(
+                json!({"type": "session", "sessionid": bob.session_id}),
+                json!({ "n": n }),
+            )
+            .await;
+    }
+    // A request A answers itself (it cannot parse it): A read the
+    // messages before it.
+    alice
+        .send(json!({"id": "sync", "type": "message", "message": 5}))
+        .await;
+    let mut seen_before = vec![alice.wait_for(|m| m["id"] == "sync").await];
+    a.signal("-TERM");
+    seen_before.extend({
+        let mut seen = Vec::new();
+        loop {
+            match alice.recv_or_close().await {
+                Ok(m) => seen.push(m),
+                Err(code) => {
+                    assert_eq!(code, Some(1012));
+                    break seen;
+                }
+            }
+        }
+    });
+    let mut a = a;
+    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    relay.restore();
+    for e in std::fs::read_dir(&state).unwrap() {
+        let p = e.unwrap().path();
+        let _ = std::fs::copy(&p, "/tmp/fr2/statefile.json");
+    }
+    let a = a.restart().await;
+    let (mut alice2, hello) = resume(&a, &alice.resume_id).await;
+    assert_eq!(hello["hello"]["sessionid"], alice.session_id.as_str());
+    let seen = until(&mut alice2, |m| m["event"]["type"] == "federation_resumed").await;
+    assert_eq!(seen.last().unwrap()["event"]["resumed"], true, "{seen:?}");
+    let refused = |m: &Value| m["type"] == "error" && m["id"] != "sync";
+    assert!(
+        !seen.iter().chain(&seen_before).any(refused),
+        "{seen_before:?} {seen:?}"
+    );
+    alice2
+        .message_to(
+            json!({"type": "session", "sessionid": bob.session_id}),
+            json!({"n": 4}),
+        )
+        .await;
+    // Bob gets the messages kept across the restart once each, in order,
+    // from her link's session on B, which he never saw leave.
+    let bob_seen = until(&mut bob, |m| numbered(m, 4)).await;
+    assert_eq!(numbers(&bob_seen), [1, 2, 3, 4], "{bob_seen:?}");
+    for m in bob_seen.iter().filter(|m| m["type"] == "message") {
+        assert_eq!(m["message"]["sender"]["sessionid"], remote.as_str());
+    }
+    assert!(!bob_seen.iter().any(is_leave), "{bob_seen:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
