@@ -296,15 +296,7 @@ async fn an_error_reply_makes_the_server_try_the_next_proxy() {
     // A subscriber goes to the publisher's proxy, with its uuid; the
     // proxy's unsolicited candidate for it reaches the client.
     let mut b = ts.client_in_room("bob", "room1").await;
-    let users =
-        json!([{"sessionId": "nc-alice", "inCall": 7}, {"sessionId": "nc-bob", "inCall": 7}]);
-    let (status, _) = ts
-        .backend_request(
-            "room1",
-            &json!({"type": "incall", "incall": {"incall": 7, "changed": users, "users": users}}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    crate::mcu_media::all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
     let alice = a.session_id.clone();
     b.send(json!({"id": "r1", "type": "message", "message": {
         "recipient": {"type": "session", "sessionid": alice},
