@@ -99,3 +99,53 @@ async fn messages_kept_while_the_remote_was_unreachable_reach_it_after_a_restart
     assert!(!bob_seen.iter().any(is_leave), "{bob_seen:?}");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[tokio::test]
+async fn a_rolling_restart_delivers_what_the_remote_sent_before_the_link_moved() {
+    let nats = NatsServer::start().await;
+    let (nc_a, nc_b) = clouds().await;
+    let b = TestServer::start_on(nc_b.clone(), "").await;
+    // A reads B slowly (the link has a client's budget): what bob sends
+    // waits in the link's socket when A stops.
+    let conf = format!(
+        "{A_CONF}[clients]\nmessagespersecond = 20\nmessageburst = 20\n[nats]\nurl = {}\n",
+        nats.url()
+    );
+    let a0 = Node::start(&nc_a, &conf, &[]).await;
+    let a1 = Node::start(&nc_a, &conf, &[]).await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+    let to_alice = json!({"type": "session", "sessionid": remote});
+    for n in 1..=60 {
+        bob.message_to(to_alice.clone(), json!({ "n": n })).await;
+    }
+    let mut seen = until(&mut alice, |m| numbered(m, 5)).await;
+    a0.signal("-TERM");
+    loop {
+        match alice.recv_or_close().await {
+            Ok(m) => seen.push(m),
+            Err(code) => {
+                assert_eq!(code, Some(1012));
+                break;
+            }
+        }
+    }
+    let mut a0 = a0;
+    assert_eq!(a0.exit_code(TIMEOUT).await, Some(0));
+    let (mut alice2, hello) = resume(&a1, &alice.resume_id).await;
+    assert_eq!(hello["hello"]["sessionid"], alice.session_id.as_str());
+    seen.extend(until(&mut alice2, |m| m["event"]["type"] == "federation_resumed").await);
+    bob.message_to(to_alice, json!({"n": 61})).await;
+    seen.extend(until(&mut alice2, |m| numbered(m, 61)).await);
+    // Each of bob's messages once, in order.
+    assert_eq!(numbers(&seen), (1..=61).collect::<Vec<i64>>(), "{seen:?}");
+    assert!(!seen.iter().any(is_leave), "{seen:?}");
+    alice2
+        .message_to(
+            json!({"type": "session", "sessionid": bob.session_id}),
+            json!({"n": 62}),
+        )
+        .await;
+    let bob_seen = until(&mut bob, |m| numbered(m, 62)).await;
+    assert!(!bob_seen.iter().any(is_leave), "{bob_seen:?}");
+}

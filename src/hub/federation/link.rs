@@ -338,6 +338,8 @@ impl Link {
         loop {
             // Only picks what to do: no write is awaited in here.
             let step = tokio::select! {
+                // The end first: a stopped link reads no more of B here.
+                biased;
                 _ = gone.cancelled() => return Pump::Closed,
                 cmd = rx.recv() => Step::Command(cmd),
                 m = tokio::time::timeout(Duration::from_secs(60), ws.next()) => Step::Read(m),
@@ -360,7 +362,11 @@ impl Link {
                 Step::Ping => self.write(ws, Message::Ping(Default::default())).await,
                 Step::Read(m) => {
                     if let Ok(Some(Ok(m))) = &m {
-                        budget.pace(&self.hub.metrics, m.len()).await;
+                        // (Delivered below even if the link stops meanwhile.)
+                        tokio::select! {
+                            _ = budget.pace(&self.hub.metrics, m.len()) => {}
+                            _ = gone.cancelled() => {}
+                        }
                     }
                     let text = match m {
                         Ok(Some(Ok(Message::Text(t)))) => t,
