@@ -186,6 +186,15 @@ impl Conn {
             }
         };
         let id = msg.id.as_deref();
+        // A session resumed on another connection is no longer this one's
+        // (as the Go proxy: its next message must be a hello).
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| !s.held_by(self.tx.id))
+        {
+            self.session = None;
+        }
         let Some(session) = self.session.clone() else {
             if msg.kind != ProxyClientKind::Hello {
                 self.reply(&ProxyServerMessage::error(

@@ -153,6 +153,15 @@ impl Session {
         lock(&self.out).last_used = Instant::now();
     }
 
+    /// True while the connection `conn_id` holds the session (not once
+    /// another one resumed it).
+    pub fn held_by(&self, conn_id: u64) -> bool {
+        lock(&self.out)
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.id == conn_id)
+    }
+
     /// True while a connection holds the session.
     pub fn connected(&self) -> bool {
         lock(&self.out).conn.is_some()

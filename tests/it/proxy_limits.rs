@@ -125,14 +125,22 @@ async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by
         .await;
     let h = b2.wait_for(|m| m["id"] == "1").await;
     assert_eq!(h["hello"]["sessionid"], sid, "{h}");
+    // The connection that held it is told, and has no session any more
+    // (as with the Go proxy): its bye ends nothing.
+    let bye = b.wait_for(|m| m["type"] == "bye").await;
+    assert_eq!(bye["bye"]["reason"], "session_resumed", "{bye}");
+    b.send(json!({"id": "8", "type": "bye", "bye": {}})).await;
+    let r = b.wait_for(|m| m["id"] == "8").await;
+    assert_eq!(r["error"]["code"], "hello_expected", "{r}");
+    still_works(&mut b2, "4").await;
     // Alice's server says bye (as to a Go proxy): her session ends with
     // its publisher, her connection hears it and stays open.
     a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
     let bye = a.wait_for(|m| m["type"] == "bye").await;
     assert_eq!(bye["bye"]["reason"], "session_closed", "{bye}");
-    // Only Bob's publisher is left.
+    // Only Bob's two publishers are left.
     wait_stats(ours.port, "alice's session ended", |s| {
-        s["sessions"] == 1 && s["load"] == 1
+        s["sessions"] == 1 && s["load"] == 2
     })
     .await;
     // Her slot is used: the refused connection's next hello gets in, and
