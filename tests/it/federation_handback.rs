@@ -149,3 +149,42 @@ async fn a_rolling_restart_delivers_what_the_remote_sent_before_the_link_moved()
     let bob_seen = until(&mut bob, |m| numbered(m, 62)).await;
     assert!(!bob_seen.iter().any(is_leave), "{bob_seen:?}");
 }
+
+#[tokio::test]
+async fn a_federated_session_no_process_took_leaves_the_remote_room_at_once() {
+    let nats = NatsServer::start().await;
+    let (nc_a, nc_b) = clouds().await;
+    // B would keep a silent link's session for 30 s.
+    let b = TestServer::start_on(nc_b.clone(), "[sessions]\nresumetimeout = 30\n").await;
+    // The only other process of A's cluster takes nothing it is handed.
+    let _other = FakeProcess::start(&nats.url(), "fake-taker").await;
+    let conf = format!("{A_CONF}[nats]\nurl = {}\n", nats.url());
+    let a0 = Node::start(&nc_a, &conf, &[]).await;
+    a0.proc
+        .wait_line(0, |l| {
+            l.contains("cluster peers discovered") && l.contains("peers=1")
+        })
+        .await;
+    let mut bob = b.joined_client("bob", "remotetoken").await;
+    let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+
+    a0.signal("-TERM");
+    assert_eq!(alice.expect_close().await, Some(1012));
+    let mut a0 = a0;
+    assert_eq!(a0.exit_code(TIMEOUT).await, Some(0));
+    assert!(
+        a0.proc
+            .lines()
+            .iter()
+            .any(|l| l.contains("no process took the session")),
+        "{}",
+        a0.proc.lines().join("\n")
+    );
+    // Bob sees her leave now, not after B's resume timeout.
+    let l = bob.wait_for(is_leave).await;
+    assert_eq!(l["event"]["leave"], json!([remote]), "{l}");
+    nc_b.wait_all("room", |reqs| {
+        reqs.iter().any(|r| r.body["room"]["action"] == "leave")
+    })
+    .await;
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::{HANDOVER_TIMEOUT, SNAPSHOT_TIMEOUT};
 use crate::bus::{encode, process_subject, Header, ParkEntry};
+use crate::hub::federation::SavedLink;
 use crate::hub::outbox::CloseReason;
 use crate::hub::session::{Session, SessionKind};
 use crate::hub::{Hub, State};
@@ -59,15 +60,11 @@ impl State {
 
     /// A session handed over that its taker does not hold: here again,
     /// and ended as if it had stayed (its room and Nextcloud are told).
-    fn not_taken(&mut self, mut s: Session) {
+    /// Its federation link stopped without a word to the remote server:
+    /// returned, to say goodbye there ([`Hub::federation_farewell`]).
+    fn not_taken(&mut self, mut s: Session) -> Option<(Arc<str>, SavedLink)> {
         let id = s.id.clone();
-        // Its federation link stopped without a word to the remote
-        // server: it says goodbye there now, so the remote members see
-        // the session leave at once.
         let farewell = s.fed_link.take().and_then(|l| l.saved());
-        if let (Some(saved), Some(hub)) = (farewell, self.hub.upgrade()) {
-            hub.federation_farewell(&id, saved);
-        }
         let room = s.room.clone();
         let (url, base) = (s.backend_url.clone(), s.backend_base.clone());
         self.cluster.remote.remove(&id);
@@ -84,6 +81,7 @@ impl State {
         }
         tracing::warn!(session = %id, "no process took the session, it ends");
         self.end_session(&id, None);
+        farewell.map(|saved| (id, saved))
     }
 }
 
@@ -194,6 +192,7 @@ impl Hub {
         }
         bus.flush().await;
         // Which sessions each taker holds now.
+        let mut farewells = Vec::new();
         for (pid, sessions) in handed {
             let h = Header::Parked {
                 from: me.clone(),
@@ -209,10 +208,17 @@ impl Hub {
             let mut st = self.lock();
             for s in sessions {
                 if !held.iter().any(|h| **h == *s.id) {
-                    st.not_taken(s);
+                    farewells.extend(st.not_taken(s));
                 }
             }
         }
+        // The remote servers of their federation links hear the end at
+        // once (within the links' deadlines), before this process goes.
+        let byes = farewells
+            .into_iter()
+            .map(|(sid, saved)| self.federation_farewell(sid, saved));
+        let limit = self.config.federation.timeout * 3;
+        let _ = tokio::time::timeout(limit, futures_util::future::join_all(byes)).await;
         // Subscribers elsewhere of the publishers lost here.
         let st = self.lock();
         for (to, f) in &media.remote {

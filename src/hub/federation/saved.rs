@@ -260,7 +260,7 @@ impl Link {
 
     /// Resumes B's session only to say `bye` (B forgot it: nothing to
     /// say), within the link's deadlines.
-    async fn farewell(mut self) {
+    pub(super) async fn farewell(mut self) {
         self.farewell = true;
         if let Ok((mut ws, true)) = self.connect().await {
             self.say_bye(&mut ws).await;
@@ -283,13 +283,13 @@ impl Hub {
 
     /// B's members see at once that session `sid` left: its saved link
     /// resumes B's session and says `bye` (a session handed over that no
-    /// process took).
-    pub(crate) fn federation_farewell(self: &Arc<Self>, sid: &Arc<str>, saved: SavedLink) {
+    /// process took); done when it did (or could not).
+    pub(crate) async fn federation_farewell(self: &Arc<Self>, sid: Arc<str>, saved: SavedLink) {
         let Some(target) = saved.target() else {
             return;
         };
-        let (_link, task, _rx) = self.new_link(sid, None, target, saved);
-        tokio::spawn(task.farewell());
+        let (_link, task, _rx) = self.new_link(&sid, None, target, saved);
+        task.farewell().await;
     }
 }
 

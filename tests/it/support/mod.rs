@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod etcd;
+pub mod fake_process;
 pub mod janus;
 pub mod mmdb;
 pub mod nats;
@@ -20,6 +21,7 @@ pub mod server;
 
 pub use client::*;
 pub use etcd::*;
+pub use fake_process::*;
 pub use nats::*;
 pub use nextcloud::*;
 pub use node::*;
