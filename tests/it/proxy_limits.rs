@@ -2,18 +2,20 @@
 //! upgrade over it gets HTTP 503, the open connections go on, a closed
 //! one frees its slot) and `[app] maxsessions` (a new session's hello gets
 //! `too_many_sessions`, a resume still works, a session ended by `bye`
-//! frees its slot, and the Go 0.4.1 server, refused at the cap, gets in
-//! once a slot is free). Each refusal is counted in `/metrics` and logged.
+//! frees its slot, and the Go 0.4.1 server and ours, refused at the cap,
+//! get in once a slot is free; ours within about a second, as its dial
+//! went through and only the hello was refused). Each refusal is counted
+//! in `/metrics` and logged.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::go_parity::GoServer;
-use crate::support::proxies::{proxy_metric, proxy_metrics, wait_stats};
+use crate::support::proxies::{mcu_section, proxy_metric, proxy_metrics, wait_proxy, wait_stats};
 use crate::support::proxy_procs::{command, hello, now, session, token, ProxyTest};
 use crate::support::raw::request_with;
-use crate::support::{Client, FakeNextcloud};
+use crate::support::{Client, FakeNextcloud, TestServer};
 
 /// A hello for a new session on `c` with a token of `key`, request id
 /// `id`: the first reply.
@@ -194,6 +196,52 @@ async fn the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free() {
         s["sessions"] == 1
     })
     .await;
+    let r = hello_with(&mut a, "10", &private).await;
+    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn our_server_refused_at_max_sessions_gets_in_within_three_seconds_once_a_slot_is_free() {
+    let Some(t) = ProxyTest::start(module_path!(), "[app]\nmaxsessions = 1\n").await else {
+        return;
+    };
+    let ProxyTest {
+        proxy: ours,
+        private,
+        dir,
+        ..
+    } = t;
+    let (mut a, _) = session(&ours.url(), &private).await;
+    let ts = TestServer::start_with(&mcu_section(&[ours.base()], &private)).await;
+    // Refused again and again: the proxy answers, so the server keeps
+    // trying every second (a back-off doubling per refusal would make
+    // the 4th try come 7 s after the first, the 5th 8 s after the 4th).
+    let refusals = "signaling_proxy_limit_refusals_total{limit=\"sessions\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while proxy_metric(ours.port, refusals).await < 4.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "our server did not try four times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(proxy_stats_sessions(ours.port).await, 1);
+    let s = crate::support::proxies::mcu_stats(&ts.url).await;
+    assert_eq!(s["details"][ours.base()]["connected"], false, "{s}");
+    // A slot is freed: the server's next try (about a second later) gets it.
+    a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
+    a.wait_for(|m| m["type"] == "bye").await;
+    let freed = tokio::time::Instant::now();
+    wait_proxy(&ts.url, &ours.base(), Duration::from_secs(3), |d| {
+        d["connected"] == true
+    })
+    .await;
+    eprintln!(
+        "logged in to the proxy {:?} after the slot was freed",
+        freed.elapsed()
+    );
+    assert_eq!(proxy_stats_sessions(ours.port).await, 1);
     let r = hello_with(&mut a, "10", &private).await;
     assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,8 +1,9 @@
 //! One signaling proxy: its authenticated WebSocket (hello with an RS256
 //! token, resume after a reconnect, a fresh hello when the proxy forgot
 //! the session), requests matched on their `id`, WebSocket pings, and
-//! reconnects with backoff (1 s doubling to 32 s; a refused hello does not
-//! reset it). What the proxy says on its own (events, candidates) goes to
+//! reconnects with backoff (1 s doubling to 32 s while dialling fails; a
+//! completed dial resets it, as Go, so a proxy that refuses our hello, e.g.
+//! `too_many_sessions`, is tried again after 1 s). What the proxy says on its own (events, candidates) goes to
 //! the MCU as [`ConnEvent`]s.
 
 use std::collections::HashMap;
@@ -21,7 +22,8 @@ use crate::api::proxy::{
     ProxyServerMessage, NO_SUCH_SESSION, PROXY_VERSION,
 };
 
-/// First reconnect delay; doubles up to [`MAX_RETRY`].
+/// First reconnect delay; doubles up to [`MAX_RETRY`] while dials fail,
+/// back to it once a dial completes.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest reconnect delay (as Go).
 const MAX_RETRY: Duration = Duration::from_secs(32);
@@ -238,11 +240,10 @@ impl Conn {
         loop {
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.connect() => r,
+                r = self.connect(&mut delay) => r,
             };
             match attempt {
                 Ok((ws, resumed)) => {
-                    delay = FIRST_RETRY;
                     self.serve(ws, resumed, &cancel).await;
                     if cancel.is_cancelled() {
                         return;
@@ -261,13 +262,16 @@ impl Conn {
         }
     }
 
-    /// Dials and logs in; true when the old session was resumed.
-    async fn connect(&self) -> Result<(Ws, bool), String> {
+    /// Dials and logs in; true when the old session was resumed. A
+    /// completed dial resets `delay` (as Go): the proxy is reachable, so a
+    /// refused hello (a full proxy) is tried again soon.
+    async fn connect(&self, delay: &mut Duration) -> Result<(Ws, bool), String> {
         let dial = tokio_tungstenite::connect_async(self.dial.as_str());
         let (mut ws, _) = tokio::time::timeout(self.timeout, dial)
             .await
             .map_err(|_| "no WebSocket handshake in time".to_string())?
             .map_err(|e| e.to_string())?;
+        *delay = FIRST_RETRY;
         let old = lock(&self.state).session.clone();
         if !old.is_empty() {
             let hello = ProxyHelloRequest {
