@@ -164,7 +164,7 @@ pub(super) fn mcu_error(e: &McuError) -> ProtocolError {
             error::CLIENT_NOT_FOUND,
             "No MCU client found to send message to.",
         ),
-        McuError::Failed(_) => err(
+        McuError::Failed(_) | McuError::HandedOver => err(
             error::PROCESSING_FAILED,
             "Processing of the message failed, please check server logs.",
         ),
@@ -369,17 +369,26 @@ impl Hub {
                     offer.continents = self.geoip.continents_near(&country);
                     offer.country = Some(country);
                 }
-                mcu.publish(sid, stream, offer, |psid, answer| {
-                    let f = reply_frame(sid, user.as_deref(), sid, "answer", stream, answer, psid);
-                    self.deliver_frame(sid, &f);
-                })
-                .await
+                let offer_sid = offer.sid.clone();
+                let r = mcu
+                    .publish(sid, stream, offer, |psid, answer| {
+                        let f =
+                            reply_frame(sid, user.as_deref(), sid, "answer", stream, answer, psid);
+                        self.deliver_frame(sid, &f);
+                    })
+                    .await;
+                if matches!(r, Err(McuError::HandedOver)) {
+                    self.publish_elsewhere(sid, stream, &offer_sid);
+                }
+                r
             }
             _ => self.subscriber_call(mcu, sid, target, stream, &c).await,
         };
         if let Err(e) = result {
             tracing::info!(session = %sid, kind = kind.as_str(), "MCU message failed: {e}");
-            self.reply_error(sid, id, mcu_error(&e));
+            // (After the session was handed over meanwhile: where it went.)
+            let f = crate::api::server::error_frame(id, &mcu_error(&e));
+            self.deliver_anywhere(sid, &f);
         }
     }
 

@@ -80,6 +80,23 @@ impl Mcu {
         }
     }
 
+    /// A rolling restart: what a successor is to claim (Janus only); no
+    /// new publisher or subscriber is made here from then on
+    /// ([`McuError::HandedOver`]).
+    pub fn hand_over(&self) -> Option<SavedMcu> {
+        match &self.backend {
+            Backend::Janus(m) => m.hand_over(),
+            Backend::Proxy(_) => None,
+        }
+    }
+
+    /// The successor claimed nothing: see [`Mcu::hand_over`].
+    pub fn hand_over_failed(&self) {
+        if let Backend::Janus(m) = &self.backend {
+            m.hand_over_failed();
+        }
+    }
+
     /// The publishers and subscribers to keep in the state file (Janus
     /// only: a proxy's are the proxy's).
     pub fn saved_state(&self) -> Option<SavedMcu> {

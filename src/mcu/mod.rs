@@ -127,6 +127,11 @@ pub enum McuError {
     /// `processing_failed`: Janus refused or failed.
     #[error("MCU request failed: {0}")]
     Failed(String),
+    /// `processing_failed`: this process is stopping and handed its Janus
+    /// publishers and subscribers to a successor (rolling restart); it
+    /// makes no new ones (they would be on no list the successor got).
+    #[error("this process handed its media over to another process")]
+    HandedOver,
 }
 
 impl From<JanusError> for McuError {

@@ -84,6 +84,10 @@ pub(crate) struct Cluster {
     /// Rooms whose snapshots a resync asked for (`resync.rs`): leaves are
     /// remembered meanwhile, as while `preparing`.
     pub resyncing: std::collections::HashSet<RoomKey>,
+    /// Frames for local sessions whose new publisher was refused because
+    /// this process handed its media over (`rolling_claim.rs`): they go
+    /// with the session's hand-over.
+    pub refused_publishing: HashMap<Arc<str>, Vec<Frame>>,
 }
 
 impl Cluster {

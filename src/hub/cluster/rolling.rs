@@ -179,7 +179,9 @@ impl Hub {
                 let taken = list
                     .iter()
                     .filter_map(|e| {
-                        let extra = media.queued.remove(e.sid.as_str()).unwrap_or_default();
+                        let mut extra = media.queued.remove(e.sid.as_str()).unwrap_or_default();
+                        let refused = st.cluster.refused_publishing.remove(e.sid.as_str());
+                        extra.extend(refused.unwrap_or_default());
                         let s = st.hand_over_parts_with(&e.sid, &pid, CloseReason::Restart, extra);
                         if s.is_none() {
                             st.relink_stopped(&e.sid);

@@ -16,6 +16,13 @@
 //! - A session with publishers that later moves on to another process
 //!   (claimed from its holder, `handover.rs`) renegotiates there:
 //!   [`State::renegotiate_moving`].
+//! - From the moment A composed its `SavedMcu`, its MCU makes no new
+//!   publisher or subscriber (`McuError::HandedOver`, an error with the
+//!   request's id): C would not serve it. A client refused a publisher
+//!   gets the hint of the renegotiation path (`unshareScreen` for the
+//!   stream, its room's participants) with its hand-over
+//!   ([`Hub::publish_elsewhere`]), and publishes again where it resumes.
+//!   Where C claimed nothing, A makes them again (they are renegotiated).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +35,7 @@ use crate::bus::{encode, process_subject, Bus, Header};
 use crate::hub::mcu::reply_frame;
 use crate::hub::session::Session;
 use crate::hub::{Hub, State};
+use crate::mcu::StreamType;
 
 /// How long the successor may take to claim the Janus session(s): one
 /// round trip to Janus per session. A process of the previous release
@@ -41,7 +49,8 @@ impl Hub {
         let Some(mcu) = self.mcu.get().cloned() else {
             return Vec::new();
         };
-        let Some(saved) = mcu.saved_state() else {
+        let Some(saved) = mcu.hand_over() else {
+            mcu.hand_over_failed();
             return Vec::new();
         };
         let h = Header::McuAdopt {
@@ -61,12 +70,39 @@ impl Hub {
             .and_then(|r| serde_json::from_slice(r).ok())
             .unwrap_or_default();
         if claimed.is_empty() {
+            mcu.hand_over_failed();
             tracing::warn!(process = %to, "no process took this process's Janus session, media clients renegotiate");
         } else {
             tracing::info!(process = %to, sessions = ?claimed, "Janus session(s) taken over by another process");
             mcu.keep_for_restart();
         }
         claimed
+    }
+
+    /// The new publisher (`stream`, offer sid `psid`) of session `sid` was
+    /// refused because this process handed its media over: its client is
+    /// told what the renegotiation path tells a publisher that is lost,
+    /// `unshareScreen` and its room's participants (the Talk client then
+    /// publishes anew), with its hand-over so that it does so on its new
+    /// process; when it is gone already, `unshareScreen` goes after it.
+    pub(in crate::hub) fn publish_elsewhere(&self, sid: &Arc<str>, stream: StreamType, psid: &str) {
+        let mut st = self.lock();
+        let f = reply_frame(sid, None, sid, "unshareScreen", stream, &json!({}), psid);
+        let Some(s) = st.sessions.map.get(sid) else {
+            st.send_to_remote_session(sid, &f, None);
+            return;
+        };
+        let update = s
+            .room
+            .clone()
+            .and_then(|k| st.participants_frame(&k, &[], None));
+        let queued = st
+            .cluster
+            .refused_publishing
+            .entry(sid.clone())
+            .or_default();
+        queued.push(f);
+        queued.extend(update);
     }
 
     /// A stopping process's Janus publishers and subscribers, to serve

@@ -6,11 +6,18 @@
 //! the stopping process, whose clients renegotiate (`rolling_media.rs`).
 //! When the successor stops in turn, what it claimed goes on with its own
 //! session to the next one (each object names its Janus session).
+//!
+//! Once the stopping process composed what it hands over
+//! ([`JanusMcu::hand_over`]), it makes no new publisher or subscriber
+//! ([`McuError::HandedOver`]; one under way when that happens is undone
+//! when it would be registered): the successor would not know it and
+//! nobody would serve it.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::super::{lock, StreamType};
+use super::super::{lock, McuError, StreamType};
 use super::restore::SavedMcu;
 use super::{JanusMcu, Owner, Registry, Served};
 
@@ -48,6 +55,31 @@ impl SavedMcu {
 }
 
 impl JanusMcu {
+    /// A rolling restart: what this process serves, for its successor to
+    /// claim ([`JanusMcu::saved`]). From now on no new publisher or
+    /// subscriber is made here (the flag is set before the registry is
+    /// read, and registering checks it under the registry's lock: an
+    /// object is either in what is returned or refused).
+    pub fn hand_over(&self) -> Option<SavedMcu> {
+        self.handed_over.store(true, Ordering::SeqCst);
+        self.saved()
+    }
+
+    /// The successor claimed nothing: new publishers and subscribers are
+    /// made here again (the renegotiation path covers what is here).
+    pub fn hand_over_failed(&self) {
+        self.handed_over.store(false, Ordering::SeqCst);
+    }
+
+    /// [`McuError::HandedOver`] once [`JanusMcu::hand_over`] ran (and did
+    /// not fail).
+    pub(super) fn refuse_if_handed_over(&self) -> Result<(), McuError> {
+        if self.handed_over.load(Ordering::SeqCst) {
+            return Err(McuError::HandedOver);
+        }
+        Ok(())
+    }
+
     /// Serves the objects of another process's Janus session(s) by
     /// claiming them on this connection; returns the sessions claimed
     /// (none when Janus is not connected or `saved` is of another Janus).
@@ -144,3 +176,7 @@ impl JanusMcu {
         });
     }
 }
+
+#[cfg(test)]
+#[path = "adopt_tests.rs"]
+mod tests;

@@ -87,6 +87,9 @@ pub struct JanusMcu {
     /// Subscribers lost with a Janus session that could not be claimed,
     /// waiting for their publisher to publish again (`restore.rs`).
     resubscribe: Mutex<Vec<SubKey>>,
+    /// Set once [`JanusMcu::hand_over`] composed what a successor claims:
+    /// no new publisher or subscriber is made from then on (`adopt.rs`).
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl JanusMcu {
@@ -114,6 +117,7 @@ impl JanusMcu {
             signals,
             commands,
             resubscribe: Mutex::new(Vec::new()),
+            handed_over: Default::default(),
         });
         if let Some(saved) = restored {
             mcu.restore(saved);

@@ -25,10 +25,10 @@ impl JanusMcu {
     ) -> Result<(), McuError> {
         let publisher = match self.publisher(session, stream) {
             Some(p) => p,
-            None => self
-                .create_publisher(session, stream, &offer)
-                .await
-                .map_err(|e| McuError::NotFound(e.to_string()))?,
+            None => {
+                self.refuse_if_handed_over()?;
+                self.create_publisher(session, stream, &offer).await?
+            }
         };
         let cfg = self.config();
         let jsep = json!({
@@ -71,16 +71,18 @@ impl JanusMcu {
         session: &Arc<str>,
         stream: StreamType,
         offer: &Offer,
-    ) -> Result<Arc<Publisher>, JanusError> {
-        let handle = self.gw.attach().await?;
+    ) -> Result<Arc<Publisher>, McuError> {
+        let not_found = |e: JanusError| McuError::NotFound(e.to_string());
+        let handle = self.gw.attach().await.map_err(not_found)?;
         let room = self
             .create_room(handle, self.create_request(session, stream, offer))
-            .await?;
+            .await
+            .map_err(not_found)?;
         let join =
             json!({"request": "join", "ptype": "publisher", "room": room, "id": stream.feed()});
         if let Err(e) = self.gw.message(handle, join, None, true).await {
             self.destroy_room(handle, room).await;
-            return Err(e);
+            return Err(not_found(e));
         }
         let publisher = Arc::new(Publisher {
             session: session.clone(),
@@ -93,7 +95,15 @@ impl JanusMcu {
             held: Default::default(),
             receiving: Default::default(),
         });
-        if let Some(old) = self.register_publisher(&publisher) {
+        let replaced = match self.register_publisher(&publisher) {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                // Handed over meanwhile: the successor does not know it.
+                self.destroy_room(handle, room).await;
+                return Err(e);
+            }
+        };
+        if let Some(old) = replaced {
             self.close_publisher(old).await;
         }
         self.published.notify_waiters();
@@ -153,12 +163,17 @@ impl JanusMcu {
         }
     }
 
-    /// Registers a publisher that joined its room; returns the one of the
-    /// same session and stream it replaces.
-    fn register_publisher(&self, publisher: &Arc<Publisher>) -> Option<Arc<Publisher>> {
+    /// Registers a publisher that joined its room, unless this process
+    /// handed its media over; returns the one of the same session and
+    /// stream it replaces.
+    fn register_publisher(
+        &self,
+        publisher: &Arc<Publisher>,
+    ) -> Result<Option<Arc<Publisher>>, McuError> {
         let (session, stream) = (&publisher.session, publisher.stream);
         let replaced = {
             let mut reg = lock(&self.reg);
+            self.refuse_if_handed_over()?;
             reg.handles
                 .insert(publisher.handle, Owner::Publisher(publisher.clone()));
             reg.publishers
@@ -172,7 +187,7 @@ impl JanusMcu {
             .inc();
         let (room, handle) = (publisher.room, publisher.handle);
         tracing::debug!(session = %session, stream = stream.as_str(), room, handle, "publisher created");
-        replaced
+        Ok(replaced)
     }
 
     /// Destroys a publisher's room and detaches its handle.

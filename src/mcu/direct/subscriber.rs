@@ -77,10 +77,15 @@ impl JanusMcu {
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
         let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
-        if let Some(s) = self.subscriber(&key) {
-            if !sid.is_empty() && sid == s.sid() {
-                return self.renegotiate(&s, selection, deliver).await;
-            }
+        let existing = self.subscriber(&key);
+        if let Some(s) = existing
+            .as_ref()
+            .filter(|s| !sid.is_empty() && sid == s.sid())
+        {
+            return self.renegotiate(s, selection, deliver).await;
+        }
+        self.refuse_if_handed_over()?;
+        if let Some(s) = existing {
             self.close_subscriber(s).await;
         }
         let deadline = Instant::now() + self.config().timeout;
@@ -174,8 +179,9 @@ impl JanusMcu {
         }
     }
 
-    /// Registers a subscriber that joined, unless its publisher closed
-    /// meanwhile; returns the subscriber it replaces.
+    /// Registers a subscriber that joined, unless its publisher closed or
+    /// this process handed its media over meanwhile; returns the
+    /// subscriber it replaces.
     fn register_subscriber(
         &self,
         key: &SubKey,
@@ -191,6 +197,7 @@ impl JanusMcu {
             if gone {
                 return Err(McuError::NotFound("publisher closed".into()));
             }
+            self.refuse_if_handed_over()?;
             reg.handles.insert(s.handle, Owner::Subscriber(s.clone()));
             reg.subscribers.insert(key.clone(), s.clone())
         };
