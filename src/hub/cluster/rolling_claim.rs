@@ -29,10 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::json;
 
+use super::rolling_media::unshare_screen;
 use crate::bus::{encode, process_subject, Bus, Header};
-use crate::hub::mcu::reply_frame;
 use crate::hub::session::Session;
 use crate::hub::{Hub, State};
 use crate::mcu::StreamType;
@@ -87,7 +86,7 @@ impl Hub {
     /// process; when it is gone already, `unshareScreen` goes after it.
     pub(in crate::hub) fn publish_elsewhere(&self, sid: &Arc<str>, stream: StreamType, psid: &str) {
         let mut st = self.lock();
-        let f = reply_frame(sid, None, sid, "unshareScreen", stream, &json!({}), psid);
+        let f = unshare_screen(sid, sid, stream, psid);
         let Some(s) = st.sessions.map.get(sid) else {
             st.send_to_remote_session(sid, &f, None);
             return;
@@ -164,7 +163,7 @@ impl State {
             return Vec::new();
         }
         for (me, stream, sid) in &served.publishers {
-            let f = reply_frame(me, None, me, "unshareScreen", *stream, &json!({}), sid);
+            let f = unshare_screen(me, me, *stream, sid);
             s.queue.push_back(f);
         }
         let update = s
@@ -174,15 +173,7 @@ impl State {
         s.queue.extend(update);
         let mut resubscribe = Vec::new();
         for ((sub, publisher, stream), sid) in &served.subscribers {
-            let f = reply_frame(
-                publisher,
-                None,
-                sub,
-                "unshareScreen",
-                *stream,
-                &json!({}),
-                sid,
-            );
+            let f = unshare_screen(publisher, sub, *stream, sid);
             if self.sessions.map.contains_key(sub) {
                 self.sessions.deliver(sub, &f);
             } else {

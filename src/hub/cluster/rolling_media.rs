@@ -54,15 +54,7 @@ impl State {
             if !self.sessions.map.contains_key(session) {
                 continue;
             }
-            let f = reply_frame(
-                session,
-                None,
-                session,
-                "unshareScreen",
-                *stream,
-                &json!({}),
-                sid,
-            );
+            let f = unshare_screen(session, session, *stream, sid);
             r.queued.entry(session.clone()).or_default().push(f);
             if !publishing.contains(session) {
                 publishing.push(session.clone());
@@ -76,15 +68,7 @@ impl State {
             }
         }
         for ((sub, publisher, stream), sid) in &served.subscribers {
-            let f = reply_frame(
-                publisher,
-                None,
-                sub,
-                "unshareScreen",
-                *stream,
-                &json!({}),
-                sid,
-            );
+            let f = unshare_screen(publisher, sub, *stream, sid);
             if self.sessions.map.contains_key(sub) {
                 r.queued.entry(sub.clone()).or_default().push(f);
             } else {
@@ -94,6 +78,12 @@ impl State {
         }
         r
     }
+}
+
+/// `unshareScreen` from `from` to `to` for the stream `stream` (offer
+/// `sid`): its receiver ends that PeerConnection.
+pub(super) fn unshare_screen(from: &str, to: &str, stream: StreamType, sid: &str) -> Frame {
+    reply_frame(from, None, to, "unshareScreen", stream, &json!({}), sid)
 }
 
 /// Names `sub` in the hand-over entry of `publisher`.
