@@ -7,7 +7,10 @@
 
 use serde_json::{json, Value};
 
-use crate::federation_restart::{clouds, federated_alice, is_leave, numbered, until, A_CONF};
+use crate::federation_restart::{
+    a_with_state, clouds, cluster_conf, federated_alice, is_leave, numbered, resumed, send_n, stop,
+    until,
+};
 use crate::support::*;
 
 /// The `n` of each numbered message in `seen`.
@@ -23,13 +26,7 @@ async fn messages_kept_while_the_remote_was_unreachable_reach_it_after_a_restart
     let (nc_a, nc_b) = clouds().await;
     let b = TestServer::start_on(nc_b.clone(), "").await;
     let relay = Relay::start(&b.url).await;
-    let state = fresh_dir("spreed-state");
-    let a = Node::start(
-        &nc_a,
-        A_CONF,
-        &[("STATE_DIRECTORY", state.to_str().unwrap())],
-    )
-    .await;
+    let (a, state) = a_with_state(&nc_a).await;
     let mut bob = b.joined_client("bob", "remotetoken").await;
     let (mut alice, remote) =
         federated_alice(&a.ws_url(), &nc_a, &nc_b, &relay.url(), &mut bob).await;
@@ -40,12 +37,7 @@ async fn messages_kept_while_the_remote_was_unreachable_reach_it_after_a_restart
         .wait_for(|m| m["event"]["type"] == "federation_interrupted")
         .await;
     for n in 1..=3 {
-        alice
-            .message_to(
-                json!({"type": "session", "sessionid": bob.session_id}),
-                json!({ "n": n }),
-            )
-            .await;
+        send_n(&mut alice, &bob.session_id, n).await;
     }
     // A request A answers itself (it cannot parse it): A read the
     // messages before it.
@@ -53,29 +45,11 @@ async fn messages_kept_while_the_remote_was_unreachable_reach_it_after_a_restart
         .send(json!({"id": "sync", "type": "message", "message": 5}))
         .await;
     let mut seen_before = vec![alice.wait_for(|m| m["id"] == "sync").await];
-    a.signal("-TERM");
-    seen_before.extend({
-        let mut seen = Vec::new();
-        loop {
-            match alice.recv_or_close().await {
-                Ok(m) => seen.push(m),
-                Err(code) => {
-                    assert_eq!(code, Some(1012));
-                    break seen;
-                }
-            }
-        }
-    });
-    let mut a = a;
-    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    let (a, seen) = stop(a, &mut alice).await;
+    seen_before.extend(seen);
     relay.restore();
-    for e in std::fs::read_dir(&state).unwrap() {
-        let p = e.unwrap().path();
-        let _ = std::fs::copy(&p, "/tmp/fr2/statefile.json");
-    }
     let a = a.restart().await;
-    let (mut alice2, hello) = resume(&a, &alice.resume_id).await;
-    assert_eq!(hello["hello"]["sessionid"], alice.session_id.as_str());
+    let mut alice2 = resumed(&a, &alice).await;
     let seen = until(&mut alice2, |m| m["event"]["type"] == "federation_resumed").await;
     assert_eq!(seen.last().unwrap()["event"]["resumed"], true, "{seen:?}");
     let refused = |m: &Value| m["type"] == "error" && m["id"] != "sync";
@@ -83,12 +57,7 @@ async fn messages_kept_while_the_remote_was_unreachable_reach_it_after_a_restart
         !seen.iter().chain(&seen_before).any(refused),
         "{seen_before:?} {seen:?}"
     );
-    alice2
-        .message_to(
-            json!({"type": "session", "sessionid": bob.session_id}),
-            json!({"n": 4}),
-        )
-        .await;
+    send_n(&mut alice2, &bob.session_id, 4).await;
     // Bob gets the messages kept across the restart once each, in order,
     // from her link's session on B, which he never saw leave.
     let bob_seen = until(&mut bob, |m| numbered(m, 4)).await;
@@ -108,44 +77,27 @@ async fn a_rolling_restart_delivers_what_the_remote_sent_before_the_link_moved()
     // A reads B slowly (the link has a client's budget): what bob sends
     // waits in the link's socket when A stops.
     let conf = format!(
-        "{A_CONF}[clients]\nmessagespersecond = 20\nmessageburst = 20\n[nats]\nurl = {}\n",
-        nats.url()
+        "{}[clients]\nmessagespersecond = 20\nmessageburst = 20\n",
+        cluster_conf(&nats)
     );
     let a0 = Node::start(&nc_a, &conf, &[]).await;
     let a1 = Node::start(&nc_a, &conf, &[]).await;
     let mut bob = b.joined_client("bob", "remotetoken").await;
     let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
-    let to_alice = json!({"type": "session", "sessionid": remote});
     for n in 1..=60 {
-        bob.message_to(to_alice.clone(), json!({ "n": n })).await;
+        send_n(&mut bob, &remote, n).await;
     }
     let mut seen = until(&mut alice, |m| numbered(m, 5)).await;
-    a0.signal("-TERM");
-    loop {
-        match alice.recv_or_close().await {
-            Ok(m) => seen.push(m),
-            Err(code) => {
-                assert_eq!(code, Some(1012));
-                break;
-            }
-        }
-    }
-    let mut a0 = a0;
-    assert_eq!(a0.exit_code(TIMEOUT).await, Some(0));
-    let (mut alice2, hello) = resume(&a1, &alice.resume_id).await;
-    assert_eq!(hello["hello"]["sessionid"], alice.session_id.as_str());
+    let (_a0, until_closed) = stop(a0, &mut alice).await;
+    seen.extend(until_closed);
+    let mut alice2 = resumed(&a1, &alice).await;
     seen.extend(until(&mut alice2, |m| m["event"]["type"] == "federation_resumed").await);
-    bob.message_to(to_alice, json!({"n": 61})).await;
+    send_n(&mut bob, &remote, 61).await;
     seen.extend(until(&mut alice2, |m| numbered(m, 61)).await);
     // Each of bob's messages once, in order.
     assert_eq!(numbers(&seen), (1..=61).collect::<Vec<i64>>(), "{seen:?}");
     assert!(!seen.iter().any(is_leave), "{seen:?}");
-    alice2
-        .message_to(
-            json!({"type": "session", "sessionid": bob.session_id}),
-            json!({"n": 62}),
-        )
-        .await;
+    send_n(&mut alice2, &bob.session_id, 62).await;
     let bob_seen = until(&mut bob, |m| numbered(m, 62)).await;
     assert!(!bob_seen.iter().any(is_leave), "{bob_seen:?}");
 }
@@ -158,8 +110,7 @@ async fn a_federated_session_no_process_took_leaves_the_remote_room_at_once() {
     let b = TestServer::start_on(nc_b.clone(), "[sessions]\nresumetimeout = 30\n").await;
     // The only other process of A's cluster takes nothing it is handed.
     let _other = FakeProcess::start(&nats.url(), "fake-taker").await;
-    let conf = format!("{A_CONF}[nats]\nurl = {}\n", nats.url());
-    let a0 = Node::start(&nc_a, &conf, &[]).await;
+    let a0 = Node::start(&nc_a, &cluster_conf(&nats), &[]).await;
     a0.proc
         .wait_line(0, |l| {
             l.contains("cluster peers discovered") && l.contains("peers=1")
@@ -168,10 +119,7 @@ async fn a_federated_session_no_process_took_leaves_the_remote_room_at_once() {
     let mut bob = b.joined_client("bob", "remotetoken").await;
     let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
 
-    a0.signal("-TERM");
-    assert_eq!(alice.expect_close().await, Some(1012));
-    let mut a0 = a0;
-    assert_eq!(a0.exit_code(TIMEOUT).await, Some(0));
+    let (a0, _) = stop(a0, &mut alice).await;
     assert!(
         a0.proc
             .lines()

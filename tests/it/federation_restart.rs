@@ -52,10 +52,17 @@ pub(crate) async fn federated_alice(
         .wait_for(|m| m["type"] == "room" || m["type"] == "error")
         .await;
     assert_eq!(r["room"]["roomid"], "localtoken", "{r}");
+    let remote = federated_join(bob).await;
+    alice.wait_join_of(&bob.session_id).await;
+    (alice, remote)
+}
+
+/// The session id of the next federated session `bob` sees join.
+async fn federated_join(bob: &mut Client) -> String {
     let j = bob
         .wait_for(|m| m["event"]["type"] == "join" && m.to_string().contains("\"federated\":true"))
         .await;
-    let remote = j["event"]["join"]
+    j["event"]["join"]
         .as_array()
         .unwrap()
         .iter()
@@ -63,9 +70,64 @@ pub(crate) async fn federated_alice(
         .unwrap()["sessionid"]
         .as_str()
         .unwrap()
-        .to_string();
-    alice.wait_join_of(&bob.session_id).await;
-    (alice, remote)
+        .to_string()
+}
+
+/// A single process of A keeping its sessions in a fresh state directory
+/// (returned, for the test to remove).
+pub(crate) async fn a_with_state(nc_a: &FakeNextcloud) -> (Node, std::path::PathBuf) {
+    let state = fresh_dir("spreed-state");
+    let a = Node::start(
+        nc_a,
+        A_CONF,
+        &[("STATE_DIRECTORY", state.to_str().unwrap())],
+    )
+    .await;
+    (a, state)
+}
+
+/// A's configuration for a process of a cluster on `nats`.
+pub(crate) fn cluster_conf(nats: &NatsServer) -> String {
+    format!("{A_CONF}[nats]\nurl = {}\n", nats.url())
+}
+
+/// `a` stops with SIGTERM: what `alice` got until her connection closed
+/// (with 1012), once `a` exited with 0.
+pub(crate) async fn stop(a: Node, alice: &mut Client) -> (Node, Vec<Value>) {
+    a.signal("-TERM");
+    let mut seen = Vec::new();
+    loop {
+        match alice.recv_or_close().await {
+            Ok(m) => seen.push(m),
+            Err(code) => {
+                assert_eq!(code, Some(1012));
+                break;
+            }
+        }
+    }
+    let mut a = a;
+    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    (a, seen)
+}
+
+/// `alice` resumes her session on `a`.
+pub(crate) async fn resumed(a: &Node, alice: &Client) -> Client {
+    let (alice2, hello) = resume(a, &alice.resume_id).await;
+    assert_eq!(
+        hello["hello"]["sessionid"],
+        alice.session_id.as_str(),
+        "{hello}"
+    );
+    alice2
+}
+
+/// `from` sends `{"n": n}` to the session `to`.
+pub(crate) async fn send_n(from: &mut Client, to: &str, n: i64) {
+    from.message_to(
+        json!({"type": "session", "sessionid": to}),
+        json!({ "n": n }),
+    )
+    .await;
 }
 
 /// Messages of `c` until one matches `pred` (included).
@@ -117,21 +179,12 @@ async fn still_together(
     let resumed = seen.last().unwrap();
     assert_eq!(resumed["event"]["resumed"], true, "{seen:?}");
     assert!(!seen.iter().any(is_leave), "{seen:?}");
-    bob.message_to(
-        json!({"type": "session", "sessionid": remote}),
-        json!({"n": 1}),
-    )
-    .await;
+    send_n(bob, remote, 1).await;
     let seen = until(alice, |m| numbered(m, 1)).await;
     let m = seen.last().unwrap();
     assert_eq!(m["message"]["sender"]["sessionid"], bob.session_id.as_str());
     assert!(!seen.iter().any(is_leave), "{seen:?}");
-    alice
-        .message_to(
-            json!({"type": "session", "sessionid": bob.session_id}),
-            json!({"n": 2}),
-        )
-        .await;
+    send_n(alice, &bob.session_id, 2).await;
     let bob_seen = until(bob, |m| numbered(m, 2)).await;
     let m = bob_seen.last().unwrap();
     assert_eq!(m["message"]["sender"]["sessionid"], remote);
@@ -148,31 +201,16 @@ async fn still_together(
 async fn a_federated_session_and_its_link_are_kept_across_a_restart_without_anyone_leaving() {
     let (nc_a, nc_b) = clouds().await;
     let b = TestServer::start_on(nc_b.clone(), "").await;
-    let state = fresh_dir("spreed-state");
-    let a = Node::start(
-        &nc_a,
-        A_CONF,
-        &[("STATE_DIRECTORY", state.to_str().unwrap())],
-    )
-    .await;
+    let (a, state) = a_with_state(&nc_a).await;
     let mut bob = b.joined_client("bob", "remotetoken").await;
     let (mut alice, remote) = federated_alice(&a.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
 
-    a.signal("-TERM");
-    let code = alice.expect_close().await;
-    assert_eq!(code, Some(1012));
-    let mut a = a;
-    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    let (a, _) = stop(a, &mut alice).await;
     let a = a.restart().await;
     a.proc
         .wait_line(0, |l| l.contains("sessions kept from before the restart"))
         .await;
-    let (mut alice2, hello) = resume(&a, &alice.resume_id).await;
-    assert_eq!(
-        hello["hello"]["sessionid"],
-        alice.session_id.as_str(),
-        "{hello}"
-    );
+    let mut alice2 = resumed(&a, &alice).await;
     still_together(&mut alice2, &mut bob, &remote, &nc_a, &nc_b).await;
     // NC-A still hears that she is there.
     let before = pinged(&nc_a, "nc-alice");
@@ -186,24 +224,14 @@ async fn a_rolling_restart_hands_a_federated_session_and_its_link_to_another_pro
     let nats = NatsServer::start().await;
     let (nc_a, nc_b) = clouds().await;
     let b = TestServer::start_on(nc_b.clone(), "").await;
-    let conf = format!("{A_CONF}[nats]\nurl = {}\n", nats.url());
+    let conf = cluster_conf(&nats);
     let a0 = Node::start(&nc_a, &conf, &[]).await;
     let a1 = Node::start(&nc_a, &conf, &[]).await;
     let mut bob = b.joined_client("bob", "remotetoken").await;
     let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
 
-    a0.signal("-TERM");
-    let code = alice.expect_close().await;
-    assert_eq!(code, Some(1012));
-    let mut a0 = a0;
-    assert_eq!(a0.exit_code(TIMEOUT).await, Some(0));
-    let (mut alice2, hello) = resume(&a1, &alice.resume_id).await;
-    assert_eq!(
-        hello["hello"]["sessionid"],
-        alice.session_id.as_str(),
-        "{hello}\n{}",
-        a0.proc.lines().join("\n")
-    );
+    let (_a0, _) = stop(a0, &mut alice).await;
+    let mut alice2 = resumed(&a1, &alice).await;
     still_together(&mut alice2, &mut bob, &remote, &nc_a, &nc_b).await;
     let before = pinged(&nc_a, "nc-alice");
     nc_a.wait_all("ping", |_| pinged(&nc_a, "nc-alice") > before)
@@ -215,63 +243,29 @@ async fn a_link_the_remote_forgot_during_the_restart_joins_again_as_after_a_lost
     let (nc_a, nc_b) = clouds().await;
     // B forgets a session one second after its connection went.
     let b = TestServer::start_on(nc_b.clone(), "[sessions]\nresumetimeout = 1\n").await;
-    let state = fresh_dir("spreed-state");
-    let a = Node::start(
-        &nc_a,
-        A_CONF,
-        &[("STATE_DIRECTORY", state.to_str().unwrap())],
-    )
-    .await;
+    let (a, state) = a_with_state(&nc_a).await;
     let mut bob = b.joined_client("bob", "remotetoken").await;
     let (mut alice, remote) = federated_alice(&a.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
 
-    a.signal("-TERM");
-    assert_eq!(alice.expect_close().await, Some(1012));
-    let mut a = a;
-    assert_eq!(a.exit_code(TIMEOUT).await, Some(0));
+    let (a, _) = stop(a, &mut alice).await;
     // B forgot her link's session: bob sees it leave.
     let l = bob.wait_for(is_leave).await;
     assert_eq!(l["event"]["leave"], json!([remote]), "{l}");
     let a = a.restart().await;
-    let (mut alice2, hello) = resume(&a, &alice.resume_id).await;
-    assert_eq!(
-        hello["hello"]["sessionid"],
-        alice.session_id.as_str(),
-        "{hello}"
-    );
+    let mut alice2 = resumed(&a, &alice).await;
     // The link joined again with a new session on B (the token is still
     // valid): she is told it did not resume, bob sees the new session.
     let seen = until(&mut alice2, |m| m["event"]["type"] == "federation_resumed").await;
     assert_eq!(seen.last().unwrap()["event"]["resumed"], false, "{seen:?}");
-    let j = bob
-        .wait_for(|m| m["event"]["type"] == "join" && m.to_string().contains("\"federated\":true"))
-        .await;
-    let again = j["event"]["join"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["federated"] == true)
-        .unwrap()["sessionid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let again = federated_join(&mut bob).await;
     assert_ne!(again, remote);
-    alice2
-        .message_to(
-            json!({"type": "session", "sessionid": bob.session_id}),
-            json!({"n": 3}),
-        )
-        .await;
+    send_n(&mut alice2, &bob.session_id, 3).await;
     let seen = until(&mut bob, |m| numbered(m, 3)).await;
     assert_eq!(
         seen.last().unwrap()["message"]["sender"]["sessionid"],
         again.as_str()
     );
-    bob.message_to(
-        json!({"type": "session", "sessionid": again}),
-        json!({"n": 4}),
-    )
-    .await;
+    send_n(&mut bob, &again, 4).await;
     let seen = until(&mut alice2, |m| numbered(m, 4)).await;
     assert_eq!(
         seen.last().unwrap()["message"]["sender"]["sessionid"],
@@ -286,7 +280,7 @@ async fn a_federated_client_resuming_on_another_process_takes_its_link_along() {
     let nats = NatsServer::start().await;
     let (nc_a, nc_b) = clouds().await;
     let b = TestServer::start_on(nc_b.clone(), "").await;
-    let conf = format!("{A_CONF}[nats]\nurl = {}\n", nats.url());
+    let conf = cluster_conf(&nats);
     let a0 = Node::start(&nc_a, &conf, &[]).await;
     let a1 = Node::start(&nc_a, &conf, &[]).await;
     let mut bob = b.joined_client("bob", "remotetoken").await;
