@@ -142,13 +142,7 @@ async fn call(j: &Janus) -> Call {
     wait_janus(&node).await;
     let mut a = node.client_in_room(&nc, "alice", "room1").await;
     let mut b = node.client_in_room(&nc, "bob", "room1").await;
-    all_in_call(&node, &nc, &["nc-alice", "nc-bob"]).await;
-    let alice = a.session_id.clone();
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa, "video", "1000").await;
-    let mut pb = Peer::start(&["subscribe"]).await;
-    subscribe(&mut b, &mut pb, &alice).await;
-    pb.wait_frames((0, 0), 25, 25).await;
+    let (pa, pb, _) = alice_to_bob(&node, &nc, &mut a, &mut b).await;
     Call {
         nc,
         node,
@@ -158,6 +152,59 @@ async fn call(j: &Janus) -> Call {
         pa,
         pb,
     }
+}
+
+/// Alice (`a`) and Bob (`b`), in `room1`, are in the call (told through
+/// `node`); Alice publishes, Bob subscribes to her and decodes. Returns
+/// her peer, his peer and the sid of his subscription.
+pub(crate) async fn alice_to_bob(
+    node: &Node,
+    nc: &FakeNextcloud,
+    a: &mut Client,
+    b: &mut Client,
+) -> (Peer, Peer, String) {
+    all_in_call(node, nc, &["nc-alice", "nc-bob"]).await;
+    let mut pa = Peer::start(&["publish", "audio,video"]).await;
+    publish(a, &mut pa, "video", "1000").await;
+    let mut pb = Peer::start(&["subscribe"]).await;
+    let sid = subscribe(b, &mut pb, &a.session_id).await;
+    pb.wait_frames((0, 0), 25, 25).await;
+    (pa, pb, sid)
+}
+
+/// Resets the largest gap `pb` measured; the frames it decoded so far.
+pub(crate) async fn reset_gap(pb: &mut Peer) -> (u64, u64) {
+    pb.send(json!({"type": "reset_gap"})).await;
+    assert_eq!(pb.recv().await["type"], "ok");
+    pb.frames().await
+}
+
+/// Bob's (`b`) `selectStream` for `publisher`'s video pauses it at his
+/// peer `pb`.
+pub(crate) async fn pause_video(b: &mut Client, pb: &mut Peer, publisher: &str) {
+    send_to(
+        b,
+        "sel",
+        publisher,
+        json!({"type": "selectStream", "roomType": "video", "sid": "", "payload": {"video": false}}),
+    )
+    .await;
+    pb.assert_video_stopped(Duration::from_secs(1)).await;
+}
+
+/// Carol joins `room1` on `node`, is in the call and subscribes to
+/// `publisher`, and decodes; her client and peer.
+pub(crate) async fn newcomer_subscribes(
+    node: &Node,
+    nc: &FakeNextcloud,
+    publisher: &str,
+) -> (Client, Peer) {
+    let mut c = node.client_in_room(nc, "carol", "room1").await;
+    all_in_call(node, nc, &["nc-alice", "nc-bob", "nc-carol"]).await;
+    let mut pc = Peer::start(&["subscribe"]).await;
+    subscribe(&mut c, &mut pc, publisher).await;
+    pc.wait_frames((0, 0), 25, 25).await;
+    (c, pc)
 }
 
 /// Nobody left: no leave event among `seen`, Nextcloud told no leave.
@@ -256,9 +303,7 @@ async fn media_goes_on_through_a_restart_that_claims_the_janus_session() {
         mut pb,
     } = call(&j).await;
     let alice = a.session_id.clone();
-    pb.send(json!({"type": "reset_gap"})).await;
-    assert_eq!(pb.recv().await["type"], "ok");
-    let before = pb.frames().await;
+    let before = reset_gap(&mut pb).await;
 
     let stopped = Instant::now();
     let node = restart(node, &mut [&mut a, &mut b]).await;
@@ -277,36 +322,12 @@ async fn media_goes_on_through_a_restart_that_claims_the_janus_session() {
 
     // The kept objects serve on: Bob's selectStream pauses his video,
     // and a newcomer subscribes to Alice's kept publisher.
-    send_to(
-        &mut b2,
-        "sel",
-        &alice,
-        json!({"type": "selectStream", "roomType": "video", "sid": "", "payload": {"video": false}}),
-    )
-    .await;
-    pb.assert_video_stopped(Duration::from_secs(1)).await;
-    let mut c = node.client_in_room(&nc, "carol", "room1").await;
-    all_in_call(&node, &nc, &["nc-alice", "nc-bob", "nc-carol"]).await;
-    let mut pc = Peer::start(&["subscribe"]).await;
-    subscribe(&mut c, &mut pc, &alice).await;
-    pc.wait_frames((0, 0), 25, 25).await;
+    pause_video(&mut b2, &mut pb, &alice).await;
+    let _carol = newcomer_subscribes(&node, &nc, &alice).await;
 
     // Nobody left, neither for the others nor for Nextcloud.
-    a2.message_to(
-        json!({"type": "room"}),
-        json!({"type": "nickChanged", "after": "restart"}),
-    )
-    .await;
     let mut seen = Vec::new();
-    loop {
-        let m = b2.recv().await;
-        let done = m["type"] == "message" && m["message"]["data"]["after"] == "restart";
-        seen.push(m);
-        if done {
-            break;
-        }
-    }
-    assert_nobody_left(&nc, &seen);
+    nobody_left_by_now(&mut a2, &mut b2, &nc, &mut seen).await;
     drop(pa);
     let _ = std::fs::remove_dir_all(&state);
 }

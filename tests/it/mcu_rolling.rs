@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::mcu_media::{publish, run_in_namespace_of, send_to, Peer};
+use crate::mcu_media::{publish, run_in_namespace_of, Peer};
 use crate::mcu_restart::{
-    all_in_call, is_unshare, nobody_left_by_now, offered_again, resume, subscribe,
-    told_to_publish_again, wait_janus,
+    alice_to_bob, is_unshare, newcomer_subscribes, nobody_left_by_now, offered_again, pause_video,
+    reset_gap, resume, told_to_publish_again, wait_janus,
 };
 use crate::support::janus::Janus;
 use crate::support::*;
@@ -80,13 +80,8 @@ async fn a_publisher_resuming_on_a_third_process_is_offered_again_to_its_subscri
     let c = n[2].client_in_room(&nc, "carol", "room1").await;
     b.wait_join_of(&a.session_id).await;
     b.wait_join_of(&c.session_id).await;
-    all_in_call(&n[0], &nc, &["nc-alice", "nc-bob"]).await;
     let alice = a.session_id.clone();
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa, "video", "1000").await;
-    let mut pb = Peer::start(&["subscribe"]).await;
-    subscribe(&mut b, &mut pb, &alice).await;
-    pb.wait_frames((0, 0), 25, 25).await;
+    let (pa, pb, _) = alice_to_bob(&n[0], &nc, &mut a, &mut b).await;
 
     stop(&mut n[0], &mut a).await;
     drop(pa);
@@ -125,13 +120,8 @@ async fn where_the_next_process_cannot_claim_the_janus_session_the_clients_reneg
     let mut a = na.client_in_room(&nc, "alice", "room1").await;
     let mut b = nb.client_in_room(&nc, "bob", "room1").await;
     b.wait_join_of(&a.session_id).await;
-    all_in_call(na, &nc, &["nc-alice", "nc-bob"]).await;
     let alice = a.session_id.clone();
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa, "video", "1000").await;
-    let mut pb = Peer::start(&["subscribe"]).await;
-    let old_sid = subscribe(&mut b, &mut pb, &alice).await;
-    pb.wait_frames((0, 0), 25, 25).await;
+    let (pa, pb, old_sid) = alice_to_bob(na, &nc, &mut a, &mut b).await;
 
     let stopped = Instant::now();
     stop(na, &mut a).await;
@@ -182,16 +172,9 @@ async fn media_goes_on_through_a_rolling_restart_that_claims_the_janus_session()
     let mut a = na.client_in_room(&nc, "alice", "room1").await;
     let mut b = nb.client_in_room(&nc, "bob", "room1").await;
     b.wait_join_of(&a.session_id).await;
-    all_in_call(na, &nc, &["nc-alice", "nc-bob"]).await;
     let alice = a.session_id.clone();
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa, "video", "1000").await;
-    let mut pb = Peer::start(&["subscribe"]).await;
-    subscribe(&mut b, &mut pb, &alice).await;
-    pb.wait_frames((0, 0), 25, 25).await;
-    pb.send(json!({"type": "reset_gap"})).await;
-    assert_eq!(pb.recv().await["type"], "ok");
-    let before = pb.frames().await;
+    let (pa, mut pb, _) = alice_to_bob(na, &nc, &mut a, &mut b).await;
+    let before = reset_gap(&mut pb).await;
 
     let stopped = Instant::now();
     stop(na, &mut a).await;
@@ -212,19 +195,8 @@ async fn media_goes_on_through_a_rolling_restart_that_claims_the_janus_session()
 
     // B serves A's objects on: Bob's selectStream pauses his video, and a
     // newcomer subscribes to Alice's kept publisher.
-    send_to(
-        &mut b,
-        "sel",
-        &alice,
-        json!({"type": "selectStream", "roomType": "video", "sid": "", "payload": {"video": false}}),
-    )
-    .await;
-    pb.assert_video_stopped(Duration::from_secs(1)).await;
-    let mut c = nb.client_in_room(&nc, "carol", "room1").await;
-    all_in_call(nb, &nc, &["nc-alice", "nc-bob", "nc-carol"]).await;
-    let mut pc = Peer::start(&["subscribe"]).await;
-    subscribe(&mut c, &mut pc, &alice).await;
-    pc.wait_frames((0, 0), 25, 25).await;
+    pause_video(&mut b, &mut pb, &alice).await;
+    let _carol = newcomer_subscribes(nb, &nc, &alice).await;
 
     // Nobody was told to renegotiate, nobody left (for the others or for
     // Nextcloud).
@@ -279,16 +251,9 @@ async fn media_goes_on_when_the_process_that_claimed_the_janus_session_stops_in_
     let mut a = n[0].client_in_room(&nc, "alice", "room1").await;
     let mut b = n[1].client_in_room(&nc, "bob", "room1").await;
     b.wait_join_of(&a.session_id).await;
-    all_in_call(&n[0], &nc, &["nc-alice", "nc-bob"]).await;
     let alice = a.session_id.clone();
-    let mut pa = Peer::start(&["publish", "audio,video"]).await;
-    publish(&mut a, &mut pa, "video", "1000").await;
-    let mut pb = Peer::start(&["subscribe"]).await;
-    subscribe(&mut b, &mut pb, &alice).await;
-    pb.wait_frames((0, 0), 25, 25).await;
-    pb.send(json!({"type": "reset_gap"})).await;
-    assert_eq!(pb.recv().await["type"], "ok");
-    let before = pb.frames().await;
+    let (pa, mut pb, _) = alice_to_bob(&n[0], &nc, &mut a, &mut b).await;
+    let before = reset_gap(&mut pb).await;
 
     // Process 0 stops: the first of the others by id claims its Janus
     // session and takes Alice, who resumes there.
@@ -326,14 +291,7 @@ async fn media_goes_on_when_the_process_that_claimed_the_janus_session_stops_in_
 
     // The last process serves the objects on: Bob's selectStream pauses
     // his video.
-    send_to(
-        &mut b,
-        "sel",
-        &alice,
-        json!({"type": "selectStream", "roomType": "video", "sid": "", "payload": {"video": false}}),
-    )
-    .await;
-    pb.assert_video_stopped(Duration::from_secs(1)).await;
+    pause_video(&mut b, &mut pb, &alice).await;
     let mut seen = Vec::new();
     nobody_left_by_now(&mut a3, &mut b, &nc, &mut seen).await;
     assert!(!seen.iter().any(is_unshare), "{seen:?}");
