@@ -35,6 +35,33 @@ async fn still_works(c: &mut Client, id: &str) {
     assert_eq!(r["type"], "command", "{r}");
 }
 
+/// The session of `c` ends by its `bye` (as a server says to a Go
+/// proxy); the reply.
+async fn say_bye(c: &mut Client) -> Value {
+    c.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
+    c.wait_for(|m| m["type"] == "bye").await
+}
+
+/// A new hello on `c` is refused: the proxy is at its `maxsessions`.
+async fn refused_again(c: &mut Client, key: &std::path::Path) {
+    let r = hello_with(c, "10", key).await;
+    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+}
+
+/// Waits until the proxy on `port` refused `n` sessions at its cap;
+/// `who` did not try that often within 20 s otherwise.
+async fn wait_refusals(port: u16, n: f64, who: &str) {
+    let refusals = "signaling_proxy_limit_refusals_total{limit=\"sessions\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while proxy_metric(port, refusals).await < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{who} did not try {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn over_the_connection_cap_upgrades_get_503_and_the_open_connections_go_on() {
     let Some(t) = ProxyTest::start(module_path!(), "[http]\nmaxconnections = 2\n").await else {
@@ -137,8 +164,7 @@ async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by
     still_works(&mut b2, "4").await;
     // Alice's server says bye (as to a Go proxy): her session ends with
     // its publisher, her connection hears it and stays open.
-    a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
-    let bye = a.wait_for(|m| m["type"] == "bye").await;
+    let bye = say_bye(&mut a).await;
     assert_eq!(bye["bye"]["reason"], "session_closed", "{bye}");
     // Only Bob's two publishers are left.
     wait_stats(ours.port, "alice's session ended", |s| {
@@ -150,8 +176,7 @@ async fn over_max_sessions_a_hello_gets_too_many_sessions_and_a_session_ended_by
     let h = hello_with(&mut c, "2", &private).await;
     assert_eq!(h["type"], "hello", "{h}");
     still_works(&mut c, "3").await;
-    let r = hello_with(&mut a, "10", &private).await;
-    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    refused_again(&mut a, &private).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -179,25 +204,15 @@ async fn the_go_server_refused_at_max_sessions_gets_in_once_a_slot_is_free() {
     };
     // The Go server is refused and tries again (Go's proxy has no cap: a
     // refused hello is re-dialled as any failed one).
-    let refusals = "signaling_proxy_limit_refusals_total{limit=\"sessions\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while proxy_metric(ours.port, refusals).await < 2.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the Go server did not try twice"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_refusals(ours.port, 2.0, "the Go server").await;
     assert_eq!(proxy_stats_sessions(ours.port).await, 1);
     // A slot is freed: the Go server's next try gets it.
-    a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
-    a.wait_for(|m| m["type"] == "bye").await;
+    say_bye(&mut a).await;
     wait_stats(ours.port, "the Go server got the free slot", |s| {
         s["sessions"] == 1
     })
     .await;
-    let r = hello_with(&mut a, "10", &private).await;
-    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    refused_again(&mut a, &private).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -217,21 +232,12 @@ async fn our_server_refused_at_max_sessions_gets_in_within_three_seconds_once_a_
     // Refused again and again: the proxy answers, so the server keeps
     // trying every second (a back-off doubling per refusal would make
     // the 4th try come 7 s after the first, the 5th 8 s after the 4th).
-    let refusals = "signaling_proxy_limit_refusals_total{limit=\"sessions\"}";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while proxy_metric(ours.port, refusals).await < 4.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "our server did not try four times"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_refusals(ours.port, 4.0, "our server").await;
     assert_eq!(proxy_stats_sessions(ours.port).await, 1);
     let s = crate::support::proxies::mcu_stats(&ts.url).await;
     assert_eq!(s["details"][ours.base()]["connected"], false, "{s}");
     // A slot is freed: the server's next try (about a second later) gets it.
-    a.send(json!({"id": "9", "type": "bye", "bye": {}})).await;
-    a.wait_for(|m| m["type"] == "bye").await;
+    say_bye(&mut a).await;
     let freed = tokio::time::Instant::now();
     wait_proxy(&ts.url, &ours.base(), Duration::from_secs(3), |d| {
         d["connected"] == true
@@ -242,8 +248,7 @@ async fn our_server_refused_at_max_sessions_gets_in_within_three_seconds_once_a_
         freed.elapsed()
     );
     assert_eq!(proxy_stats_sessions(ours.port).await, 1);
-    let r = hello_with(&mut a, "10", &private).await;
-    assert_eq!(r["error"]["code"], "too_many_sessions", "{r}");
+    refused_again(&mut a, &private).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
