@@ -197,6 +197,45 @@ async fn still_together(
     assert!(nc_a.requests("room").is_empty());
 }
 
+/// Alice federated through process a0 of A's cluster of two (a0, a1) on
+/// a nats-server, with bob on B. The fields go in the reverse order of
+/// their start: they are dropped as the locals of a test would be.
+struct Cluster {
+    alice: Client,
+    remote: String,
+    bob: Client,
+    a1: Node,
+    a0: Node,
+    _b: TestServer,
+    nc_b: FakeNextcloud,
+    nc_a: FakeNextcloud,
+    _nats: NatsServer,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let nats = NatsServer::start().await;
+        let (nc_a, nc_b) = clouds().await;
+        let b = TestServer::start_on(nc_b.clone(), "").await;
+        let conf = cluster_conf(&nats);
+        let a0 = Node::start(&nc_a, &conf, &[]).await;
+        let a1 = Node::start(&nc_a, &conf, &[]).await;
+        let mut bob = b.joined_client("bob", "remotetoken").await;
+        let (alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+        Cluster {
+            alice,
+            remote,
+            bob,
+            a1,
+            a0,
+            _b: b,
+            nc_b,
+            nc_a,
+            _nats: nats,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_federated_session_and_its_link_are_kept_across_a_restart_without_anyone_leaving() {
     let (nc_a, nc_b) = clouds().await;
@@ -221,14 +260,18 @@ async fn a_federated_session_and_its_link_are_kept_across_a_restart_without_anyo
 
 #[tokio::test]
 async fn a_rolling_restart_hands_a_federated_session_and_its_link_to_another_process() {
-    let nats = NatsServer::start().await;
-    let (nc_a, nc_b) = clouds().await;
-    let b = TestServer::start_on(nc_b.clone(), "").await;
-    let conf = cluster_conf(&nats);
-    let a0 = Node::start(&nc_a, &conf, &[]).await;
-    let a1 = Node::start(&nc_a, &conf, &[]).await;
-    let mut bob = b.joined_client("bob", "remotetoken").await;
-    let (mut alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+    // Bound first: the fields not taken live to the end of the test.
+    let cluster = Cluster::start().await;
+    let Cluster {
+        nc_a,
+        nc_b,
+        a0,
+        a1,
+        mut bob,
+        mut alice,
+        remote,
+        ..
+    } = cluster;
 
     let (_a0, _) = stop(a0, &mut alice).await;
     let mut alice2 = resumed(&a1, &alice).await;
@@ -277,14 +320,17 @@ async fn a_link_the_remote_forgot_during_the_restart_joins_again_as_after_a_lost
 
 #[tokio::test]
 async fn a_federated_client_resuming_on_another_process_takes_its_link_along() {
-    let nats = NatsServer::start().await;
-    let (nc_a, nc_b) = clouds().await;
-    let b = TestServer::start_on(nc_b.clone(), "").await;
-    let conf = cluster_conf(&nats);
-    let a0 = Node::start(&nc_a, &conf, &[]).await;
-    let a1 = Node::start(&nc_a, &conf, &[]).await;
-    let mut bob = b.joined_client("bob", "remotetoken").await;
-    let (alice, remote) = federated_alice(&a0.ws_url(), &nc_a, &nc_b, &b.url, &mut bob).await;
+    // Bound first: the fields not taken live to the end of the test.
+    let cluster = Cluster::start().await;
+    let Cluster {
+        nc_a,
+        nc_b,
+        a1,
+        mut bob,
+        alice,
+        remote,
+        ..
+    } = cluster;
     let (sid, resume_id) = (alice.session_id.clone(), alice.resume_id.clone());
     // Her connection drops; she comes back on the other process.
     drop(alice);
