@@ -42,12 +42,10 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Restarts etcd (same data) serving its clients over TLS only:
-    /// `<dir>/etcd.pem` + `etcd.key` as its certificate, client
-    /// certificates required and checked against `etcd-ca.pem`; waits
-    /// until its port accepts.
-    pub async fn spawn_tls(&mut self, certs: &std::path::Path) {
-        let client = format!("https://127.0.0.1:{}", self.port);
+    /// etcd on this data directory serving its clients at
+    /// `<scheme>://127.0.0.1:<port>`, with `extra` arguments.
+    fn launch(&mut self, scheme: &str, extra: &[&std::ffi::OsStr]) {
+        let client = format!("{scheme}://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let child = std::process::Command::new("/usr/bin/etcd")
             .arg("--data-dir")
@@ -57,18 +55,36 @@ impl EtcdServer {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("default={peer}")])
-            .arg("--cert-file")
-            .arg(certs.join("etcd.pem"))
-            .arg("--key-file")
-            .arg(certs.join("etcd.key"))
-            .arg("--trusted-ca-file")
-            .arg(certs.join("etcd-ca.pem"))
-            .arg("--client-cert-auth")
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("etcd must be installed (scripts/test installs etcd-server)");
         self.child = Some(child);
+    }
+
+    /// Restarts etcd (same data) serving its clients over TLS only:
+    /// `<dir>/etcd.pem` + `etcd.key` as its certificate, client
+    /// certificates required and checked against `etcd-ca.pem`; waits
+    /// until its port accepts.
+    pub async fn spawn_tls(&mut self, certs: &std::path::Path) {
+        let (pem, key, ca) = (
+            certs.join("etcd.pem"),
+            certs.join("etcd.key"),
+            certs.join("etcd-ca.pem"),
+        );
+        self.launch(
+            "https",
+            &[
+                "--cert-file".as_ref(),
+                pem.as_os_str(),
+                "--key-file".as_ref(),
+                key.as_os_str(),
+                "--trusted-ca-file".as_ref(),
+                ca.as_os_str(),
+                "--client-cert-auth".as_ref(),
+            ],
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -80,21 +96,7 @@ impl EtcdServer {
     }
 
     pub async fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = std::process::Command::new("/usr/bin/etcd")
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("default={peer}")])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd must be installed (scripts/test installs etcd-server)");
-        self.child = Some(child);
+        self.launch("http", &[]);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if self
