@@ -25,18 +25,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code: a text message that is not UTF-8.
 pub const CLOSE_INVALID_DATA: u16 = 1007;
-/// Close code: a binary message (the protocol is text only; RFC 6455's
-/// "unsupported data").
-pub const CLOSE_UNSUPPORTED: u16 = 1003;
 
 /// A message from the client.
 #[derive(Debug)]
 pub enum Incoming {
     /// A complete text message.
     Text(String),
-    /// The first frame of a binary message (not used by the protocol:
-    /// the connection is closed, the rest is never read).
-    Binary,
+    /// A complete binary message (not used by the protocol: the client
+    /// is told so, as the Go server does), with its length.
+    Binary(usize),
     /// A fragment of a text message that is not its last one, with its
     /// length: nothing to handle yet, but it costs its share of the
     /// connection's budget like any frame.
@@ -65,14 +62,21 @@ pub enum WsError {
 /// Bytes read from the socket in one poll (on the stack of that poll).
 const READ_CHUNK: usize = 4096;
 
+/// A fragmented message in progress: a text message's bytes so far, or
+/// how long a binary message is so far (its bytes are not kept).
+enum Partial {
+    Text(Vec<u8>),
+    Binary(usize),
+}
+
 /// Reads client frames from `io` and assembles messages.
 pub struct FrameReader<R> {
     io: R,
     /// Read and not yet parsed (from `pos`); no allocation when empty.
     buf: Vec<u8>,
     pos: usize,
-    /// Fragments of a text message in progress.
-    partial: Option<Vec<u8>>,
+    /// A fragmented message in progress.
+    partial: Option<Partial>,
     max: usize,
     eof: bool,
     failed: bool,
@@ -164,10 +168,9 @@ fn control(header: &FrameHeader, c: Control, payload: &[u8]) -> Result<Incoming,
 }
 
 /// A data frame: a whole message, its first fragment or a continuation
-/// (`partial` holds the text message in progress, at most `max` bytes).
-/// A binary message is reported at its first frame.
+/// (`partial` holds the message in progress, at most `max` bytes).
 fn data(
-    partial: &mut Option<Vec<u8>>,
+    partial: &mut Option<Partial>,
     max: usize,
     header: &FrameHeader,
     d: Data,
@@ -177,28 +180,43 @@ fn data(
         Data::Text | Data::Binary if partial.is_some() => {
             Err(WsError::Protocol("message inside a fragmented one"))
         }
-        Data::Binary => Ok(Incoming::Binary),
+        Data::Binary if !header.is_final => {
+            *partial = Some(Partial::Binary(payload.len()));
+            Ok(Incoming::Fragment(payload.len()))
+        }
+        Data::Binary => Ok(Incoming::Binary(payload.len())),
         Data::Text => {
             if !header.is_final {
-                *partial = Some(payload.to_vec());
+                *partial = Some(Partial::Text(payload.to_vec()));
                 return Ok(Incoming::Fragment(payload.len()));
             }
             text(payload.to_vec())
         }
-        Data::Continue => {
-            let Some(mut data) = partial.take() else {
-                return Err(WsError::Protocol("continuation without a message"));
-            };
-            if data.len() + payload.len() > max {
-                return Err(WsError::TooBig);
+        Data::Continue => match partial.take() {
+            None => Err(WsError::Protocol("continuation without a message")),
+            Some(Partial::Binary(len)) => {
+                let len = len + payload.len();
+                if len > max {
+                    return Err(WsError::TooBig);
+                }
+                if header.is_final {
+                    return Ok(Incoming::Binary(len));
+                }
+                *partial = Some(Partial::Binary(len));
+                Ok(Incoming::Fragment(payload.len()))
             }
-            data.extend_from_slice(payload);
-            if !header.is_final {
-                *partial = Some(data);
-                return Ok(Incoming::Fragment(payload.len()));
+            Some(Partial::Text(mut data)) => {
+                if data.len() + payload.len() > max {
+                    return Err(WsError::TooBig);
+                }
+                data.extend_from_slice(payload);
+                if !header.is_final {
+                    *partial = Some(Partial::Text(data));
+                    return Ok(Incoming::Fragment(payload.len()));
+                }
+                text(data)
             }
-            text(data)
-        }
+        },
         Data::Reserved(_) => Err(WsError::Protocol("reserved opcode")),
     }
 }
@@ -385,13 +403,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_fragment_and_the_first_binary_frame_are_reported() {
+    async fn every_fragment_and_whole_binary_messages_are_reported() {
         let mut b = client_frame(OpCode::Data(Data::Text), false, b"");
         for _ in 0..3 {
             b.extend(client_frame(OpCode::Data(Data::Continue), false, b""));
         }
         b.extend(client_frame(OpCode::Data(Data::Continue), true, b"{}"));
         b.extend(client_frame(OpCode::Data(Data::Binary), false, b"x"));
+        b.extend(client_frame(OpCode::Data(Data::Continue), true, b"yz"));
+        b.extend(client_frame(OpCode::Data(Data::Binary), true, b"abcd"));
+        // Over the limit in its continuation.
+        b.extend(client_frame(OpCode::Data(Data::Binary), false, &[0; 1000]));
+        b.extend(client_frame(OpCode::Data(Data::Continue), true, &[0; 100]));
         let got = read_all(b, 1024).await;
         let got: Vec<String> = got.into_iter().map(|r| format!("{r:?}")).collect();
         assert_eq!(
@@ -402,7 +425,11 @@ mod tests {
                 "Ok(Fragment(0))",
                 "Ok(Fragment(0))",
                 "Ok(Text(\"{}\"))",
-                "Ok(Binary)"
+                "Ok(Fragment(1))",
+                "Ok(Binary(3))",
+                "Ok(Binary(4))",
+                "Ok(Fragment(1000))",
+                "Err(TooBig)"
             ]
         );
     }

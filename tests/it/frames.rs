@@ -1,6 +1,6 @@
 //! Every WebSocket frame a peer sends is charged to its budget: pings,
-//! pongs, fragments (empty ones too) and what a federation remote sends;
-//! binary messages close the connection (the protocol is text).
+//! pongs, fragments (empty ones too) and what a federation remote sends
+//! (binary messages: parity_protocol.rs).
 
 use crate::support::*;
 use serde_json::json;
@@ -30,22 +30,6 @@ async fn answered(c: &mut Client) {
         .await;
     let r = c.wait_for(|m| m["id"] == "probe").await;
     assert_eq!(r["type"], "room", "{r}");
-}
-
-#[tokio::test]
-async fn a_binary_message_closes_with_1003_and_others_keep_working() {
-    let ts = TestServer::start().await;
-    let mut a = ts.client(Some("alice")).await;
-    let mut b = ts.client(Some("bob")).await;
-    a.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
-    assert_eq!(a.expect_close().await, Some(1003));
-    // Before any hello too.
-    let mut c = ts.connect().await;
-    c.expect_type("welcome").await;
-    c.send_raw(Message::Binary(vec![0].into())).await;
-    assert_eq!(c.expect_close().await, Some(1003));
-    answered(&mut b).await;
-    ts.stop().await;
 }
 
 #[tokio::test]

@@ -88,13 +88,13 @@ impl GoServer {
 
 /// One server under test: its HTTP URL and its Nextcloud.
 pub(crate) struct Side {
-    name: &'static str,
-    url: String,
-    nc: FakeNextcloud,
+    pub(crate) name: &'static str,
+    pub(crate) url: String,
+    pub(crate) nc: FakeNextcloud,
 }
 
 impl Side {
-    fn of(ts: &TestServer) -> Side {
+    pub(crate) fn of(ts: &TestServer) -> Side {
         Side {
             name: "this server",
             url: ts.url.clone(),
@@ -118,7 +118,7 @@ impl Side {
     }
 
     /// A connection (the Go server 0.4.1 sends no `welcome`; ours does).
-    async fn connect(&self) -> Client {
+    pub(crate) async fn connect(&self) -> Client {
         let mut c = Client::connect(&format!("{}/spreed", self.url.replace("http", "ws"))).await;
         if self.name != "Go" {
             c.expect_type("welcome").await;
@@ -127,7 +127,7 @@ impl Side {
     }
 
     /// A user's session; the hello reply.
-    async fn user(&self, user: &str) -> (Client, Value) {
+    pub(crate) async fn user(&self, user: &str) -> (Client, Value) {
         let mut c = self.connect().await;
         let h = c
             .hello_v1(&self.nc.backend_url(), json!({"userid": user}))

@@ -39,6 +39,7 @@ mod mcu_rolling;
 mod mcu_sdp;
 mod metrics;
 mod package;
+mod parity_protocol;
 mod proxy;
 mod proxy_events;
 mod proxy_limits;

@@ -149,14 +149,15 @@ impl<'a> Reader<'a> {
                 hub.metrics.go.client_bytes_in.inc_by(t.len() as u64);
                 Read::Text(t)
             }
-            Some(Ok(Incoming::Binary)) => {
-                // The protocol is text: a client sending binary frames is
-                // broken or probing, and each one would cost an error reply.
-                outbox.close(CloseReason::Transport(
-                    wsframe::CLOSE_UNSUPPORTED,
-                    "binary messages are not supported",
-                ));
-                Read::Stop
+            Some(Ok(Incoming::Binary(len))) => {
+                // The protocol is text: answered like text that is not
+                // JSON (as the Go server does), within the same budget.
+                let e = invalid_format("binary messages are not supported");
+                match &self.session {
+                    Some(sid) => hub.reply_error(sid, None, e),
+                    None => outbox.push_reply(error_frame(None, &e)),
+                }
+                Read::Next(len)
             }
             Some(Ok(Incoming::Fragment(len))) => Read::Next(len),
             Some(Ok(Incoming::Close)) => Read::Stop,
