@@ -217,7 +217,7 @@ pub enum BackendRoomRequestError {
     /// Not JSON, or a field of the wrong shape.
     #[error("Could not read body: {0}")]
     Json(#[from] serde_json::Error),
-    /// Unknown `type`, or its body missing.
+    /// Unknown `type`, or the body its type needs missing.
     #[error("{0}")]
     Invalid(String),
 }
@@ -263,7 +263,8 @@ impl TryFrom<BackendRoomRequestWire> for BackendRoomRequest {
                 BackendRoomRequest::Participants(body(w.participants, "participants")?)
             }
             "incall" => BackendRoomRequest::InCall(body(w.incall, "incall")?),
-            "message" => BackendRoomRequest::Message(body(w.message, "message")?),
+            // Without data (or without a body) nothing is sent, as in Go.
+            "message" => BackendRoomRequest::Message(w.message.unwrap_or_default()),
             "switchto" => BackendRoomRequest::SwitchTo(body(w.switchto, "switchto")?),
             "dialout" => BackendRoomRequest::Dialout(body(w.dialout, "dialout")?),
             other => return Err(format!("unsupported request type `{other}`")),
@@ -343,10 +344,11 @@ pub struct InCallChange {
 }
 
 /// Body of message.
-#[derive(Deserialize, Debug)]
+#[derive(Deserialize, Debug, Default)]
 pub struct RoomMessage {
-    /// Forwarded to clients.
-    pub data: Box<RawValue>,
+    /// Forwarded to clients; without it nothing is sent.
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
 }
 
 /// Body of switchto.

@@ -121,6 +121,8 @@ pub const REQUEST_TIMEOUT: &str = "request_timeout";
 // Backend API `dialout`: the `dialout.error.code` of a failed dialout (an
 // internal client may also send codes of its own).
 
+/// No number in a `dialout` request.
+pub const NUMBER_MISSING: &str = "number_missing";
 /// The number is not in E.164 format.
 pub const INVALID_NUMBER: &str = "invalid_number";
 /// No internal client with `start-dialout` is connected.

@@ -30,13 +30,14 @@ pub fn calculate(secret: &[u8], random: &[u8], body: &[u8]) -> String {
 /// recorded checksum be replayed with little guessing (Nextcloud sends 64).
 pub const MIN_RANDOM_LEN: usize = 32;
 
-/// Constant-time check of a hex checksum; a random shorter than
-/// [`MIN_RANDOM_LEN`] never verifies.
+/// Constant-time check of a checksum: exactly the lower-case hex string
+/// Nextcloud (PHP's `hash_hmac`) and the Go server produce and compare; a
+/// random shorter than [`MIN_RANDOM_LEN`] never verifies.
 pub fn verify(secret: &[u8], random: &[u8], body: &[u8], checksum_hex: &str) -> bool {
-    if random.len() < MIN_RANDOM_LEN {
+    if random.len() < MIN_RANDOM_LEN || checksum_hex.bytes().any(|b| b.is_ascii_uppercase()) {
         return false;
     }
-    let Ok(expected) = hex::decode(checksum_hex.trim()) else {
+    let Ok(expected) = hex::decode(checksum_hex) else {
         return false;
     };
     mac(secret, random, body).verify_slice(&expected).is_ok()
@@ -63,6 +64,9 @@ mod tests {
         assert!(!verify(b"OtherSecret", random, body, sum));
         assert!(!verify(b"MySecretValue", random, b"{}", sum));
         assert!(!verify(b"MySecretValue", random, body, "zz"));
+        // Only the lower-case form, untrimmed, as Go compares the strings.
+        assert!(!verify(b"MySecretValue", random, body, &sum.to_uppercase()));
+        assert!(!verify(b"MySecretValue", random, body, &format!(" {sum}")));
         // A short random never verifies, even with the right checksum.
         let short = &random[..31];
         let sum = calculate(b"MySecretValue", short, body);

@@ -53,14 +53,29 @@ async fn add_headers(State(state): State<AppState>, mut resp: Response) -> Respo
     let h = resp.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static(VERSION));
     h.insert(HEADER_FEATURES, features_header(&state.hub));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
+}
+
+/// Any other path: 404 with the Go server's text.
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+/// `/spreed` with another method than GET: not a WebSocket handshake
+/// (400, as the Go server answers every request there that is not one).
+async fn not_a_handshake() -> Response {
+    (StatusCode::BAD_REQUEST, "WebSocket upgrade expected").into_response()
 }
 
 /// All routes of the server.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/spreed", get(ws::upgrade))
-        .route("/spreed/", get(ws::upgrade))
+        .route("/spreed", get(ws::upgrade).fallback(not_a_handshake))
+        .route("/spreed/", get(ws::upgrade).fallback(not_a_handshake))
         .route(
             "/api/v1/room/{roomid}",
             post(room_api).layer(DefaultBodyLimit::max(MAX_BACKEND_BODY)),
@@ -70,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/stats", get(stats))
         .route("/turn/credentials", get(turn::credentials_handler))
+        .fallback(not_found)
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             add_headers,
@@ -171,15 +187,21 @@ async fn room_api(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let found = match backend_header {
-        Some(url) => hub.registry().for_url(url),
+        Some(url) => match hub.registry().for_url(url) {
+            Some(found) => Some(found),
+            None => return AUTHENTICATION_FAILED.into_response(),
+        },
         None => hub.registry().single(),
-    };
-    let Some((backend, base)) = found else {
-        return AUTHENTICATION_FAILED.into_response();
     };
     let body = match read_backend_body(hub, body).await {
         Ok(b) => b,
         Err(refused) => return refused.into_response(),
+    };
+    // Without the header (older Talk) and with several backends, the
+    // backend is the one whose secret made the checksum, as in Go.
+    let found = found.or_else(|| unnamed_backend(hub, random, &body, sum));
+    let Some((backend, base)) = found else {
+        return AUTHENTICATION_FAILED.into_response();
     };
     if !checksum::verify(&backend.secret, random.as_bytes(), &body, sum) {
         tracing::warn!(backend = %backend.id, "backend request with invalid checksum");
@@ -200,6 +222,22 @@ async fn room_api(
     let url = backend_header.map(str::to_string).unwrap_or(base);
     let result = hub.backend_api(&backend, &url, &roomid, req, &body).await;
     backend_api_response(result)
+}
+
+/// The configured backend whose secret made `sum`, for a request that
+/// names no backend.
+fn unnamed_backend(
+    hub: &Hub,
+    random: &str,
+    body: &[u8],
+    sum: &str,
+) -> Option<(Arc<crate::backend::registry::Backend>, String)> {
+    let registry = hub.registry();
+    let b = registry
+        .backends()
+        .iter()
+        .find(|b| checksum::verify(&b.secret, random.as_bytes(), body, sum))?;
+    Some((b.clone(), b.urls.first()?.clone()))
 }
 
 /// The headers of a backend API request: a length within
@@ -303,7 +341,9 @@ fn backend_api_response(result: BackendApiResult) -> Response {
         }
         Err(BackendApiError::Dialout(e)) => {
             let status = match &e {
-                DialoutError::InvalidNumber => StatusCode::BAD_REQUEST,
+                DialoutError::NumberMissing | DialoutError::InvalidNumber => {
+                    StatusCode::BAD_REQUEST
+                }
                 DialoutError::NoClientAvailable => StatusCode::NOT_FOUND,
                 DialoutError::Failed(_) => StatusCode::BAD_GATEWAY,
             };

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::chat::ChatFrames;
@@ -269,24 +270,31 @@ impl State {
         true
     }
 
-    /// `update`: new properties for the members (`room`) and the users
+    /// `update`: new properties for the members (`room`, only when they
+    /// differ from the room's, byte for byte, as the Go server: the Talk
+    /// client refetches its conversations on each) and the users
     /// (`roomlist` `update`).
     fn update_room(&mut self, key: &RoomKey, b: &RoomUsersChange) {
-        if let Some(room) = self.rooms.get_mut(key) {
-            if let Some(p) = &b.properties {
-                room.properties = Some(Arc::from(p.clone()));
+        let changed = self.rooms.get_mut(key).is_some_and(|room| {
+            let new = b.properties.as_deref().map(RawValue::get);
+            if room.properties.as_deref().map(RawValue::get) == new {
+                return false;
             }
+            room.properties = b.properties.as_deref().map(|p| Arc::from(p.to_owned()));
+            true
+        });
+        if changed {
+            let f = frame(
+                None,
+                "room",
+                &RoomReply {
+                    roomid: &key.room,
+                    properties: b.properties.as_deref(),
+                    bandwidth: None,
+                },
+            );
+            self.broadcast(key, &f, None);
         }
-        let f = frame(
-            None,
-            "room",
-            &RoomReply {
-                roomid: &key.room,
-                properties: b.properties.as_deref(),
-                bandwidth: None,
-            },
-        );
-        self.broadcast(key, &f, None);
         let f = event_frame(
             "roomlist",
             "update",
@@ -408,13 +416,16 @@ impl State {
     /// `message`: a chat message in the form each member understands, or
     /// any other data as a `room` `message` event.
     fn room_message(&mut self, key: &RoomKey, m: &RoomMessage) {
-        match ChatFrames::new(&key.room, &m.data) {
+        let Some(data) = &m.data else {
+            return;
+        };
+        match ChatFrames::new(&key.room, data) {
             Some(chat) => self.deliver_chat(key, &chat),
             None => {
                 let f = event_frame(
                     "room",
                     "message",
-                    &json!({"roomid": &*key.room, "data": &m.data}),
+                    &json!({"roomid": &*key.room, "data": data}),
                 );
                 self.broadcast(key, &f, None);
             }

@@ -25,6 +25,8 @@ pub const CALL_STATUS_TTL: Duration = Duration::from_secs(5);
 /// over the bus).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum DialoutError {
+    /// No number given.
+    NumberMissing,
     /// The number is not in E.164 format.
     InvalidNumber,
     /// No internal client with `start-dialout` on any process.
@@ -37,9 +39,8 @@ impl DialoutError {
     /// The `dialout.error` object of the answer to Nextcloud.
     pub fn into_backend_error(self) -> BackendError {
         let (code, message) = match self {
-            DialoutError::InvalidNumber => {
-                (error::INVALID_NUMBER, "The number must be in E.164 format.")
-            }
+            DialoutError::NumberMissing => (error::NUMBER_MISSING, "No number provided"),
+            DialoutError::InvalidNumber => (error::INVALID_NUMBER, "Expected E.164 number."),
             DialoutError::NoClientAvailable => (
                 error::NO_CLIENT_AVAILABLE,
                 "No available client found to trigger dialout.",
@@ -84,9 +85,13 @@ impl Hub {
         backend_url: &str,
         d: &crate::api::backend::Dialout,
     ) -> Result<String, DialoutError> {
-        let valid_number = d.number.len() > 1
+        // E.164 as the Go server checks it: `+` and at least two digits.
+        let valid_number = d.number.len() > 2
             && d.number.starts_with('+')
             && d.number[1..].bytes().all(|b| b.is_ascii_digit());
+        if d.number.is_empty() {
+            return Err(DialoutError::NumberMissing);
+        }
         if !valid_number {
             return Err(DialoutError::InvalidNumber);
         }

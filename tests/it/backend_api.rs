@@ -450,6 +450,17 @@ async fn dialout_is_forwarded_to_an_internal_client() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["dialout"]["error"]["code"], "invalid_number");
+    // The Go server's other two refusals: no number, a single digit.
+    for (number, code) in [("", "number_missing"), ("+1", "invalid_number")] {
+        let (status, body) = ts
+            .backend_request(
+                "123",
+                &json!({"type": "dialout", "dialout": {"number": number}}),
+            )
+            .await;
+        assert_eq!(status, 400, "{number}");
+        assert_eq!(body["dialout"]["error"]["code"], code, "{number}");
+    }
 
     let (mut sip, _) = internal_client(&ts.ws_url(), &["start-dialout"]).await;
     let request = ts.spawn_backend_request(

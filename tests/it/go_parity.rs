@@ -160,6 +160,7 @@ macro_rules! ours_then_go {
         }
     }};
 }
+pub(crate) use ours_then_go;
 
 /// A `disinvite` for the room a session is in: the `roomlist` event, then
 /// the connection closes (no `room` message); the room sees it leave.

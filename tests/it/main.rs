@@ -11,6 +11,7 @@ mod support;
 
 mod attacks;
 mod backend_api;
+mod backend_parity;
 mod check;
 mod cluster;
 mod drain;
