@@ -46,7 +46,9 @@ impl State {
                 sessionid: &s.id,
                 userid: s.user_id.as_deref().unwrap_or(""),
                 user: s.user.as_deref().map(std::borrow::Cow::Borrowed),
-                roomsessionid: s.room_session_id.as_deref(),
+                // A virtual session's is its own id, for Nextcloud only:
+                // Go leaves it out of the event.
+                roomsessionid: s.room_session_id.as_deref().filter(|_| !s.is_virtual()),
                 features: &s.features,
                 federated: s.federated.is_some(),
             });
@@ -56,7 +58,10 @@ impl State {
             sessionid: &r.sid,
             userid: r.userid.as_deref().unwrap_or(""),
             user: r.user.as_deref().map(std::borrow::Cow::Borrowed),
-            roomsessionid: r.roomsessionid.as_deref(),
+            roomsessionid: r
+                .roomsessionid
+                .as_deref()
+                .filter(|_| r.kind != MemberKind::Virtual),
             features: &r.features,
             federated: r.federated,
         })

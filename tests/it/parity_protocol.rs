@@ -2,7 +2,7 @@
 //! (`go_parity::Side`): where the spec is silent, this server answers as
 //! Go does.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -57,4 +57,74 @@ async fn binary_case(s: &Side) {
 #[tokio::test]
 async fn binary_messages_are_answered_with_invalid_format_as_in_go() {
     both!(binary_case);
+}
+
+/// An internal client's virtual session in `room1` (`addsession` with
+/// user data); the room's join event of it, as `a` sees it.
+async fn add_phone(s: &Side, a: &mut Client) -> (Client, Value) {
+    let mut sip = s.connect().await;
+    let mut hello = internal_hello("0123456789012345678901234567890123456789");
+    hello["hello"]["auth"]["params"]["backend"] = json!(s.nc.url);
+    sip.send(hello).await;
+    let h = sip.expect_type("hello").await;
+    let own = h["hello"]["sessionid"].clone();
+    sip.send(json!({"id": "j", "type": "room", "room": {"roomid": "room1", "sessionid": ""}}))
+        .await;
+    a.wait_for(|m| m["event"]["type"] == "join" && m["event"]["join"][0]["sessionid"] == own)
+        .await;
+    sip.send(
+        json!({"id": "a1", "type": "internal", "internal": {"type": "addsession", "addsession": {
+        "sessionid": "phone-1", "roomid": "room1", "user": {"type": "phone", "number": "+49"}}}}),
+    )
+    .await;
+    let j = a
+        .wait_for(|m| {
+            m["event"]["type"] == "join" && m["event"]["join"][0]["user"]["type"] == "phone"
+        })
+        .await;
+    (sip, j)
+}
+
+/// The join entry of a virtual session has its session id, an empty
+/// user id and its user data, and no `roomsessionid` (its room session
+/// id is for Nextcloud only); a newcomer's list has the same entry.
+async fn virtual_join_entry_case(s: &Side) {
+    let mut a = s.user_in_room("alice", "room1").await;
+    let (_sip, j) = add_phone(s, &mut a).await;
+    let entry = &j["event"]["join"][0];
+    let vsid = entry["sessionid"].clone();
+    assert!(
+        vsid.as_str().is_some_and(|v| !v.is_empty()),
+        "{}: {j}",
+        s.name
+    );
+    assert_eq!(
+        entry,
+        &json!({"sessionid": vsid, "userid": "", "user": {"type": "phone", "number": "+49"}}),
+        "{}: {j}",
+        s.name
+    );
+    let (mut b, _) = s.user("bob").await;
+    b.send(json!({"id": "j", "type": "room", "room": {"roomid": "room1", "sessionid": "nc-bob"}}))
+        .await;
+    let list = b
+        .wait_for(|m| {
+            m["event"]["type"] == "join"
+                && m["event"]["join"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|e| e["sessionid"] == vsid))
+        })
+        .await;
+    let seen = list["event"]["join"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["sessionid"] == vsid)
+        .unwrap();
+    assert_eq!(seen, entry, "{}: {list}", s.name);
+}
+
+#[tokio::test]
+async fn a_virtual_sessions_join_entry_has_no_roomsessionid_as_in_go() {
+    both!(virtual_join_entry_case);
 }
