@@ -15,6 +15,7 @@ pub mod info;
 pub mod janus;
 pub mod janus_kind;
 pub mod proxy;
+mod registry;
 pub mod sdp;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,32 +81,6 @@ pub(crate) fn revoked_stream(
         }
     }
     (screen && !has("publish-screen")).then_some(StreamType::Screen)
-}
-
-/// Waits until `find` finds a publisher, at most until `deadline`, looking
-/// again whenever `published` is notified; `missed` runs once, when the
-/// first look found none. Both MCU kinds' subscribers wait so.
-pub(crate) async fn wait_found<T>(
-    published: &tokio::sync::Notify,
-    deadline: tokio::time::Instant,
-    find: impl Fn() -> Option<T>,
-    missed: impl FnOnce(),
-) -> Option<T> {
-    let mut missed = Some(missed);
-    loop {
-        let notified = published.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(found) = find() {
-            return Some(found);
-        }
-        if let Some(m) = missed.take() {
-            m();
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return None;
-        }
-    }
 }
 
 /// The limit of two (MCU and backend): the smaller when both are set,

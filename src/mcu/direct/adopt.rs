@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::super::{lock, McuError, StreamType};
+use super::super::{McuError, StreamType};
 use super::restore::SavedMcu;
 use super::{JanusMcu, Owner, Registry, Served};
 
@@ -86,7 +86,7 @@ impl JanusMcu {
     /// Objects of a session that could not be claimed are not kept.
     pub async fn adopt(self: &Arc<Self>, saved: SavedMcu) -> Vec<u64> {
         let (claimed, lost) = self.adopt_sessions(saved).await;
-        self.forget_all(&lost);
+        self.clients.uncount(&lost);
         claimed
     }
 
@@ -108,7 +108,7 @@ impl JanusMcu {
         for (session, handles) in &groups {
             self.gw.adopt_handles(*session, handles);
         }
-        self.insert_saved(&mut lock(&self.reg), saved);
+        self.insert_saved(&mut self.clients.lock(), saved);
         let mut claimed = Vec::new();
         let mut lost = Registry::default();
         for (session, handles) in groups {
@@ -131,16 +131,16 @@ impl JanusMcu {
                 }
             }
         }
-        self.published.notify_waiters();
+        self.clients.notify_published();
         self.changed();
         (claimed, lost)
     }
 
     /// Moves the objects on `handles` out of the registry into `into`.
     fn take_handles(&self, handles: &[u64], into: &mut Registry) {
-        let mut reg = lock(&self.reg);
+        let mut reg = self.clients.lock();
         for h in handles {
-            match reg.handles.remove(h) {
+            match reg.by_id.remove(h) {
                 Some(Owner::Publisher(p)) => {
                     reg.publishers.remove(&(p.session.clone(), p.stream));
                     into.publishers.insert((p.session.clone(), p.stream), p);

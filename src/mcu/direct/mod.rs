@@ -10,15 +10,15 @@ mod subscriber;
 
 pub use restore::{SavedMcu, Served};
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::janus::{plugin_data, Gateway, GatewayEvent, JanusKind, VideoroomKind};
-use super::{info, lock, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
+use super::registry::{self, Clients};
+use super::{info, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
 use crate::api::client::SignalType;
 use crate::config::mcu::McuConfig;
 use crate::metrics::McuMetrics;
@@ -56,19 +56,11 @@ impl Subscriber {
     }
 }
 
-enum Owner {
-    Publisher(Arc<Publisher>),
-    Subscriber(Arc<Subscriber>),
-    /// A subscriber handle whose join is under way (not counted yet).
-    Joining(Arc<Subscriber>),
-}
+registry::registered!(id: u64 = |x| x.handle, sid: |s| Subscriber::sid(s));
 
-#[derive(Default)]
-struct Registry {
-    publishers: HashMap<(Arc<str>, StreamType), Arc<Publisher>>,
-    subscribers: HashMap<SubKey, Arc<Subscriber>>,
-    handles: HashMap<u64, Owner>,
-}
+/// What a Janus handle of this process serves.
+type Owner = registry::Owner<Publisher, Subscriber>;
+type Registry = registry::Registry<Publisher, Subscriber>;
 
 /// The Janus MCU of this process.
 pub struct JanusMcu {
@@ -76,9 +68,8 @@ pub struct JanusMcu {
     /// `[mcu]`; all but `url` replaced on SIGHUP ([`Mcu::reload`]).
     cfg: arc_swap::ArcSwap<McuConfig>,
     metrics: McuMetrics,
-    reg: Mutex<Registry>,
-    /// Woken whenever a publisher appears (waiting subscribers look again).
-    published: Notify,
+    /// The publishers and subscribers, by Janus handle.
+    clients: Clients<Publisher, Subscriber>,
     /// Counts what a watcher may want to look at again: Janus connected
     /// or lost, a publisher or subscriber gone ([`JanusMcu::changes`]).
     changes: watch::Sender<u64>,
@@ -110,9 +101,8 @@ impl JanusMcu {
         let mcu = Arc::new(JanusMcu {
             gw: gw.clone(),
             cfg: arc_swap::ArcSwap::from_pointee(cfg.clone()),
+            clients: Clients::new(metrics.clone()),
             metrics,
-            reg: Mutex::new(Registry::default()),
-            published: Notify::new(),
             changes: watch::Sender::new(0),
             signals,
             commands,
@@ -161,7 +151,7 @@ impl JanusMcu {
     /// True when Janus handle `handle` is one of this process's
     /// publishers or subscribers.
     pub fn has_handle(&self, handle: u64) -> bool {
-        lock(&self.reg).handles.contains_key(&handle)
+        self.clients.lock().by_id.contains_key(&handle)
     }
 
     /// `sfu` of `/api/v1/serverinfo` (the Go server's shape).
@@ -173,7 +163,7 @@ impl JanusMcu {
     /// clients (publishers and subscribers) of this process.
     pub fn stats(&self) -> Value {
         let (publishers, clients) = {
-            let reg = lock(&self.reg);
+            let reg = self.clients.lock();
             (
                 reg.publishers.len(),
                 reg.publishers.len() + reg.subscribers.len(),
@@ -214,51 +204,20 @@ impl JanusMcu {
 
     /// True when the session publishes `stream` (for tests and the hub).
     pub fn has_publisher(&self, session: &str, stream: StreamType) -> bool {
-        lock(&self.reg)
-            .publishers
-            .contains_key(&(Arc::from(session), stream))
+        self.clients.has_publisher(session, stream)
     }
 
     /// True when `subscriber` receives `publisher`'s `stream` (the proxy
     /// notices subscribers Janus closed).
     pub fn has_subscriber(&self, subscriber: &str, publisher: &str, stream: StreamType) -> bool {
-        lock(&self.reg).subscribers.contains_key(&(
-            Arc::from(subscriber),
-            Arc::from(publisher),
-            stream,
-        ))
-    }
-
-    fn publisher(&self, session: &Arc<str>, stream: StreamType) -> Option<Arc<Publisher>> {
-        lock(&self.reg)
-            .publishers
-            .get(&(session.clone(), stream))
-            .cloned()
-    }
-
-    fn subscriber(&self, key: &SubKey) -> Option<Arc<Subscriber>> {
-        lock(&self.reg).subscribers.get(key).cloned()
+        self.clients.has_subscriber(subscriber, publisher, stream)
     }
 
     /// Closes everything of a session: its publishers (with their
     /// subscribers) and its subscribers.
     pub async fn close_session(&self, session: &Arc<str>) {
         self.forget_resubscribe(session);
-        let (pubs, subs): (Vec<_>, Vec<_>) = {
-            let reg = lock(&self.reg);
-            (
-                reg.publishers
-                    .values()
-                    .filter(|p| p.session == *session)
-                    .cloned()
-                    .collect(),
-                reg.subscribers
-                    .values()
-                    .filter(|s| s.key.0 == *session)
-                    .cloned()
-                    .collect(),
-            )
-        };
+        let (pubs, subs) = self.clients.of_session(session);
         for p in pubs {
             self.close_publisher(p).await;
         }
@@ -287,7 +246,7 @@ impl JanusMcu {
                 claimed: Some(false),
             } => {
                 // Only kept objects can be here before the first session.
-                let reg = std::mem::take(&mut *lock(&self.reg));
+                let reg = std::mem::take(&mut *self.clients.lock());
                 self.renegotiate_lost(reg);
                 self.changed();
             }
@@ -295,8 +254,8 @@ impl JanusMcu {
             GatewayEvent::Disconnected => {
                 // Every handle died with the Janus session: clients publish
                 // and subscribe again (their PeerConnections fail).
-                let reg = std::mem::take(&mut *lock(&self.reg));
-                self.forget_all(&reg);
+                let reg = std::mem::take(&mut *self.clients.lock());
+                self.clients.uncount(&reg);
                 tracing::info!(
                     publishers = reg.publishers.len(),
                     subscribers = reg.subscribers.len(),
@@ -309,11 +268,8 @@ impl JanusMcu {
     }
 
     fn on_handle_event(self: &Arc<Self>, handle: u64, msg: Value) {
-        let owner = match lock(&self.reg).handles.get(&handle) {
-            Some(Owner::Publisher(p)) => Owner::Publisher(p.clone()),
-            Some(Owner::Subscriber(s)) => Owner::Subscriber(s.clone()),
-            Some(Owner::Joining(s)) => Owner::Joining(s.clone()),
-            None => return,
+        let Some(owner) = self.clients.owner(&handle) else {
+            return;
         };
         let kind = JanusKind::of(&msg);
         let videoroom = VideoroomKind::of(&plugin_data(&msg)["videoroom"]);

@@ -10,8 +10,8 @@ use crate::api::client::SignalType;
 use tokio::sync::watch;
 
 use super::super::janus::{plugin_data, JanusError};
-use super::super::{lock, sdp, McuError, Offer, StreamType, SubKey};
-use super::{JanusMcu, Owner, Publisher, Subscriber};
+use super::super::{lock, sdp, McuError, Offer, StreamType};
+use super::{JanusMcu, Publisher, Subscriber};
 
 impl JanusMcu {
     /// Publishes (or re-negotiates) a session's stream; returns the
@@ -23,7 +23,7 @@ impl JanusMcu {
         offer: Offer,
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
-        let publisher = match self.publisher(session, stream) {
+        let publisher = match self.clients.publisher(session, stream) {
             Some(p) => p,
             None => {
                 self.refuse_if_handed_over()?;
@@ -106,7 +106,7 @@ impl JanusMcu {
         if let Some(old) = replaced {
             self.close_publisher(old).await;
         }
-        self.published.notify_waiters();
+        self.clients.notify_published();
         self.resubscribe_to(session, stream);
         Ok(publisher)
     }
@@ -171,20 +171,9 @@ impl JanusMcu {
         publisher: &Arc<Publisher>,
     ) -> Result<Option<Arc<Publisher>>, McuError> {
         let (session, stream) = (&publisher.session, publisher.stream);
-        let replaced = {
-            let mut reg = lock(&self.reg);
-            self.refuse_if_handed_over()?;
-            reg.handles
-                .insert(publisher.handle, Owner::Publisher(publisher.clone()));
-            reg.publishers
-                .insert((session.clone(), stream), publisher.clone())
-        };
-        let label = [stream.as_str()];
-        self.metrics.publishers.with_label_values(&label).inc();
-        self.metrics
-            .publishers_total
-            .with_label_values(&label)
-            .inc();
+        let replaced = self
+            .clients
+            .add_publisher(publisher, || self.refuse_if_handed_over())?;
         let (room, handle) = (publisher.room, publisher.handle);
         tracing::debug!(session = %session, stream = stream.as_str(), room, handle, "publisher created");
         Ok(replaced)
@@ -222,36 +211,9 @@ impl JanusMcu {
     /// Drops a publisher and its subscribers from the registry; returns the
     /// subscribers whose handles must go.
     pub(super) fn forget_publisher(&self, p: &Arc<Publisher>) -> Vec<Arc<Subscriber>> {
-        let mut reg = lock(&self.reg);
-        let key = (p.session.clone(), p.stream);
-        if reg.publishers.get(&key).is_some_and(|x| Arc::ptr_eq(x, p)) {
-            reg.publishers.remove(&key);
-        }
-        if reg.handles.remove(&p.handle).is_none() {
+        let Some(subs) = self.clients.forget_publisher(p) else {
             return Vec::new();
-        }
-        self.metrics
-            .publishers
-            .with_label_values(&[p.stream.as_str()])
-            .dec();
-        let keys: Vec<SubKey> = reg
-            .subscribers
-            .keys()
-            .filter(|k| k.1 == p.session && k.2 == p.stream)
-            .cloned()
-            .collect();
-        let mut subs = Vec::new();
-        for k in keys {
-            if let Some(s) = reg.subscribers.remove(&k) {
-                reg.handles.remove(&s.handle);
-                self.metrics
-                    .subscribers
-                    .with_label_values(&[s.key.2.as_str()])
-                    .dec();
-                subs.push(s);
-            }
-        }
-        drop(reg);
+        };
         self.changed();
         subs
     }
@@ -265,14 +227,7 @@ impl JanusMcu {
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        let p = self
-            .publisher(session, stream)
-            .ok_or_else(|| McuError::NotFound("no publisher".into()))?;
-        if !sid.is_empty() && sid != p.sid {
-            return Err(McuError::Failed(format!(
-                "sid {sid} is not the publisher's"
-            )));
-        }
+        let p = self.clients.publisher_checked(session, stream, sid)?;
         match candidate {
             Some(c) => Ok(self.gw.trickle(p.handle, c).await?),
             None => Ok(()),
@@ -281,7 +236,7 @@ impl JanusMcu {
 
     /// Closes a session's publisher of `stream`, if any.
     pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
-        if let Some(p) = self.publisher(session, stream) {
+        if let Some(p) = self.clients.publisher(session, stream) {
             self.close_publisher(p).await;
         }
     }
@@ -289,14 +244,7 @@ impl JanusMcu {
     /// Closes the publisher a new permission set no longer allows
     /// ([`crate::mcu::revoked_stream`]).
     pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
-        let video = self.publisher(session, StreamType::Video);
-        let screen = self.publisher(session, StreamType::Screen);
-        let media = video.as_ref().map(|p| *lock(&p.media));
-        let closing = match crate::mcu::revoked_stream(perms, media, screen.is_some()) {
-            Some(StreamType::Video) => video,
-            Some(StreamType::Screen) => screen,
-            None => None,
-        };
+        let closing = self.clients.revoked(session, perms);
         if let Some(p) = closing {
             tracing::info!(session = %session, stream = p.stream.as_str(), "permission revoked, closing publisher");
             self.close_publisher(p).await;

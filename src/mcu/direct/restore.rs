@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::super::{lock, sdp, Signal, StreamType, SubKey};
-use super::{JanusMcu, Owner, Publisher, Registry, Subscriber};
+use super::{JanusMcu, Publisher, Registry, Subscriber};
 
 /// What a state file keeps of the Janus MCU.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +89,7 @@ impl JanusMcu {
     /// when there are none (or no Janus session was ever up).
     pub fn saved(&self) -> Option<SavedMcu> {
         let janus_session = self.gw.session_id();
-        let reg = lock(&self.reg);
+        let reg = self.clients.lock();
         if janus_session == 0 || (reg.publishers.is_empty() && reg.subscribers.is_empty()) {
             return None;
         }
@@ -145,7 +145,7 @@ impl JanusMcu {
         // (A state file is of a process outside a cluster: all its
         // objects are on its own Janus session.)
         let janus_session = saved.janus_session;
-        let mut reg = lock(&self.reg);
+        let mut reg = self.clients.lock();
         self.insert_saved(&mut reg, saved);
         tracing::info!(
             publishers = reg.publishers.len(),
@@ -180,10 +180,7 @@ impl JanusMcu {
                 receiving: p.receiving.into(),
             });
             handles.push(p.handle);
-            reg.handles
-                .insert(p.handle, Owner::Publisher(publisher.clone()));
-            reg.publishers
-                .insert((publisher.session.clone(), stream), publisher);
+            reg.insert_publisher(publisher);
             self.metrics
                 .publishers
                 .with_label_values(&[stream.as_str()])
@@ -202,14 +199,13 @@ impl JanusMcu {
                 continue;
             }
             let sub = Arc::new(Subscriber {
-                key: key.clone(),
+                key,
                 handle: s.handle,
                 held: Default::default(),
                 connected: s.connected.into(),
             });
             handles.push(s.handle);
-            reg.handles.insert(s.handle, Owner::Subscriber(sub.clone()));
-            reg.subscribers.insert(key, sub);
+            reg.insert_subscriber(sub);
             self.metrics
                 .subscribers
                 .with_label_values(&[stream.as_str()])
@@ -221,7 +217,7 @@ impl JanusMcu {
     /// The claimed Janus session was gone: every kept object died with it.
     /// Their clients are told to renegotiate (see the module docs).
     pub(super) fn renegotiate_lost(&self, reg: Registry) {
-        self.forget_all(&reg);
+        self.clients.uncount(&reg);
         for p in reg.publishers.values() {
             let _ = self.signals.send(Signal {
                 to: p.session.clone(),
@@ -249,22 +245,6 @@ impl JanusMcu {
             subscribers = reg.subscribers.len(),
             "kept publishers and subscribers lost with their Janus session, clients told to renegotiate"
         );
-    }
-
-    /// Takes a registry's objects out of the gauges.
-    pub(super) fn forget_all(&self, reg: &Registry) {
-        for p in reg.publishers.values() {
-            self.metrics
-                .publishers
-                .with_label_values(&[p.stream.as_str()])
-                .dec();
-        }
-        for s in reg.subscribers.values() {
-            self.metrics
-                .subscribers
-                .with_label_values(&[s.key.2.as_str()])
-                .dec();
-        }
     }
 
     /// A publisher (again): the subscribers lost with a claimed session
@@ -343,7 +323,7 @@ impl JanusMcu {
         publisher: impl Fn(&str) -> bool,
         handle: impl Fn(u64) -> bool,
     ) -> Served {
-        let reg = lock(&self.reg);
+        let reg = self.clients.lock();
         Served {
             publishers: reg
                 .publishers

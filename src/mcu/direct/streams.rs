@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::Value;
 
-use super::{lock, JanusMcu, Publisher, StreamType};
+use super::{JanusMcu, Publisher, StreamType};
 
 /// The `type` labels of `signaling_mcu_publisher_streams` and
 /// `_subscriber_streams` (Go's: a screen publisher's video is `screen`).
@@ -44,7 +44,7 @@ impl JanusMcu {
         let mut publishers = [0i64; 3];
         let mut subscribers = [0i64; 3];
         {
-            let reg = lock(&self.reg);
+            let reg = self.clients.lock();
             let mut connected: std::collections::HashMap<(&str, StreamType), i64> =
                 Default::default();
             for s in reg.subscribers.values() {

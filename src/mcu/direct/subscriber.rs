@@ -10,28 +10,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::super::janus::JanusError;
-use super::super::{lock, sdp, HeldCandidates, McuError, StreamType, SubKey};
+use super::super::{sdp, HeldCandidates, McuError, StreamType, SubKey};
 use super::{JanusMcu, Owner, Publisher, Subscriber};
 
 impl JanusMcu {
     pub(super) fn forget_subscriber(&self, s: &Arc<Subscriber>) -> bool {
-        let mut reg = lock(&self.reg);
-        if reg
-            .subscribers
-            .get(&s.key)
-            .is_some_and(|x| Arc::ptr_eq(x, s))
-        {
-            reg.subscribers.remove(&s.key);
+        if !self.clients.forget_subscriber(s) {
+            return false;
         }
-        match reg.handles.remove(&s.handle) {
-            Some(Owner::Subscriber(_)) => {}
-            Some(_) | None => return false,
-        }
-        self.metrics
-            .subscribers
-            .with_label_values(&[s.key.2.as_str()])
-            .dec();
-        drop(reg);
         self.changed();
         true
     }
@@ -40,27 +26,6 @@ impl JanusMcu {
         if self.forget_subscriber(&s) {
             let _ = self.gw.detach(s.handle).await;
         }
-    }
-
-    /// Waits (until `deadline`) for a publisher of `publisher`'s `stream`.
-    async fn wait_publisher(
-        &self,
-        publisher: &Arc<str>,
-        stream: StreamType,
-        deadline: Instant,
-    ) -> Option<Arc<Publisher>> {
-        crate::mcu::wait_found(
-            &self.published,
-            deadline,
-            || self.publisher(publisher, stream),
-            || {
-                self.metrics
-                    .nopublisher_total
-                    .with_label_values(&[stream.as_str()])
-                    .inc()
-            },
-        )
-        .await
     }
 
     /// `requestoffer`/`sendoffer`: subscribes `subscriber` to a publisher's
@@ -77,7 +42,7 @@ impl JanusMcu {
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
         let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
-        let existing = self.subscriber(&key);
+        let existing = self.clients.subscriber(&key);
         if let Some(s) = existing
             .as_ref()
             .filter(|s| !sid.is_empty() && sid == s.sid())
@@ -90,6 +55,7 @@ impl JanusMcu {
         }
         let deadline = Instant::now() + self.config().timeout;
         let p = self
+            .clients
             .wait_publisher(publisher, stream, deadline)
             .await
             .ok_or_else(|| McuError::NotFound("publisher did not appear in time".into()))?;
@@ -100,7 +66,8 @@ impl JanusMcu {
         let (s, offer) = self
             .join_publisher(&key, &p, s, selection, deadline)
             .await?;
-        let old = match self.register_subscriber(&key, &p, &s) {
+        let admit = || self.refuse_if_handed_over();
+        let old = match self.clients.add_subscriber(&p, &s, admit) {
             Ok(old) => old,
             Err(e) => {
                 self.abandon(&s).await;
@@ -179,37 +146,6 @@ impl JanusMcu {
         }
     }
 
-    /// Registers a subscriber that joined, unless its publisher closed or
-    /// this process handed its media over meanwhile; returns the
-    /// subscriber it replaces.
-    fn register_subscriber(
-        &self,
-        key: &SubKey,
-        p: &Arc<Publisher>,
-        s: &Arc<Subscriber>,
-    ) -> Result<Option<Arc<Subscriber>>, McuError> {
-        let old = {
-            let mut reg = lock(&self.reg);
-            let gone = !reg
-                .publishers
-                .get(&(key.1.clone(), key.2))
-                .is_some_and(|x| Arc::ptr_eq(x, p));
-            if gone {
-                return Err(McuError::NotFound("publisher closed".into()));
-            }
-            self.refuse_if_handed_over()?;
-            reg.handles.insert(s.handle, Owner::Subscriber(s.clone()));
-            reg.subscribers.insert(key.clone(), s.clone())
-        };
-        let label = [key.2.as_str()];
-        self.metrics.subscribers.with_label_values(&label).inc();
-        self.metrics
-            .subscribers_total
-            .with_label_values(&label)
-            .inc();
-        Ok(old)
-    }
-
     /// A new handle for a subscriber, registered before its join so that
     /// nothing Janus trickles for it is missed (held until the offer).
     async fn attach_subscriber(&self, key: &SubKey) -> Result<Arc<Subscriber>, JanusError> {
@@ -220,15 +156,16 @@ impl JanusMcu {
             held: HeldCandidates::holding(),
             connected: Default::default(),
         });
-        lock(&self.reg)
-            .handles
+        self.clients
+            .lock()
+            .by_id
             .insert(handle, Owner::Joining(s.clone()));
         Ok(s)
     }
 
     /// Detaches a subscriber handle whose join did not succeed.
     async fn abandon(&self, s: &Subscriber) {
-        lock(&self.reg).handles.remove(&s.handle);
+        self.clients.lock().by_id.remove(&s.handle);
         let _ = self.gw.detach(s.handle).await;
     }
 
@@ -251,22 +188,6 @@ impl JanusMcu {
         offer.map(|_| ())
     }
 
-    pub(super) fn subscriber_checked(
-        &self,
-        key: &SubKey,
-        sid: &str,
-    ) -> Result<Arc<Subscriber>, McuError> {
-        let s = self
-            .subscriber(key)
-            .ok_or_else(|| McuError::NotFound("no subscriber".into()))?;
-        if !sid.is_empty() && sid != s.sid() {
-            return Err(McuError::Failed(format!(
-                "sid {sid} is not the subscriber's"
-            )));
-        }
-        Ok(s)
-    }
-
     /// A subscriber's `answer`: Janus `start`.
     pub async fn subscriber_answer(
         &self,
@@ -276,7 +197,9 @@ impl JanusMcu {
         sid: &str,
         sdp_text: &str,
     ) -> Result<(), McuError> {
-        let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let s = self
+            .clients
+            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
         let cfg = self.config();
         let jsep = json!({
             "type": "answer",
@@ -297,7 +220,9 @@ impl JanusMcu {
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let s = self
+            .clients
+            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
         match candidate {
             Some(c) => Ok(self.gw.trickle(s.handle, c).await?),
             None => Ok(()),
@@ -312,7 +237,9 @@ impl JanusMcu {
         stream: StreamType,
         payload: &Value,
     ) -> Result<(), McuError> {
-        let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), "")?;
+        let s = self
+            .clients
+            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), "")?;
         let mut body = json!({"request": "configure"});
         if !add_selection(&mut body, payload) {
             return Ok(());

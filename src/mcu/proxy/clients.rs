@@ -9,13 +9,13 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::conn::{Conn, ConnError};
-use super::{lock, select, HeldCandidates, Owner, ProxyMcu, Publisher, Subscriber};
+use super::{lock, select, HeldCandidates, ProxyMcu, Publisher, Subscriber};
 use crate::api::client::SignalType;
 use crate::api::proxy::{
     CommandKind, PayloadKind, ProxyClientMessage, ProxyCommand, ProxyPayload, ProxyServerMessage,
     MEDIA_AUDIO, MEDIA_SCREEN, MEDIA_VIDEO,
 };
-use crate::mcu::{combine_limits, sdp, McuError, Offer, StreamType, SubKey};
+use crate::mcu::{combine_limits, sdp, McuError, Offer, StreamType};
 
 /// What is left of `deadline` (zero when it passed).
 fn left(deadline: Instant) -> std::time::Duration {
@@ -58,17 +58,6 @@ fn selection_of(payload: &Value) -> Option<Value> {
 }
 
 impl ProxyMcu {
-    fn publisher(&self, session: &Arc<str>, stream: StreamType) -> Option<Arc<Publisher>> {
-        lock(&self.reg)
-            .publishers
-            .get(&(session.clone(), stream))
-            .cloned()
-    }
-
-    fn subscriber(&self, key: &SubKey) -> Option<Arc<Subscriber>> {
-        lock(&self.reg).subscribers.get(key).cloned()
-    }
-
     fn conn(&self, i: usize) -> &Arc<Conn> {
         &self.conns[i]
     }
@@ -114,7 +103,7 @@ impl ProxyMcu {
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
         let deadline = Instant::now() + self.config().timeout;
-        let (publisher, created) = match self.publisher(session, stream) {
+        let (publisher, created) = match self.clients.publisher(session, stream) {
             Some(p) if self.conn(p.conn).connected() => (p, false),
             stale => {
                 if let Some(p) = stale {
@@ -244,7 +233,7 @@ impl ProxyMcu {
             if let Some(old) = self.register_publisher(&p) {
                 self.close_publisher(old).await;
             }
-            self.published.notify_waiters();
+            self.clients.notify_published();
             return Ok(p);
         }
         self.metrics
@@ -255,19 +244,7 @@ impl ProxyMcu {
     }
 
     fn register_publisher(&self, p: &Arc<Publisher>) -> Option<Arc<Publisher>> {
-        let replaced = {
-            let mut reg = lock(&self.reg);
-            reg.clients
-                .insert((p.conn, p.id.clone()), Owner::Publisher(p.clone()));
-            reg.publishers
-                .insert((p.session.clone(), p.stream), p.clone())
-        };
-        let label = [p.stream.as_str()];
-        self.metrics.publishers.with_label_values(&label).inc();
-        self.metrics
-            .publishers_total
-            .with_label_values(&label)
-            .inc();
+        let replaced = self.clients.add_publisher(p, || Ok(())).ok().flatten();
         tracing::debug!(session = %p.session, stream = p.stream.as_str(), proxy = %self.conn(p.conn).url, id = %p.id, "publisher created");
         replaced
     }
@@ -275,38 +252,7 @@ impl ProxyMcu {
     /// Drops a publisher and the subscribers of its stream from the
     /// registry; returns those subscribers (empty when it was gone).
     pub(super) fn forget_publisher(&self, p: &Arc<Publisher>) -> Vec<Arc<Subscriber>> {
-        let mut reg = lock(&self.reg);
-        let key = (p.session.clone(), p.stream);
-        if reg.publishers.get(&key).is_some_and(|x| Arc::ptr_eq(x, p)) {
-            reg.publishers.remove(&key);
-        }
-        let ck = (p.conn, p.id.clone());
-        if !matches!(reg.clients.get(&ck), Some(Owner::Publisher(x)) if Arc::ptr_eq(x, p)) {
-            return Vec::new();
-        }
-        reg.clients.remove(&ck);
-        self.metrics
-            .publishers
-            .with_label_values(&[p.stream.as_str()])
-            .dec();
-        let keys: Vec<SubKey> = reg
-            .subscribers
-            .keys()
-            .filter(|k| k.1 == p.session && k.2 == p.stream)
-            .cloned()
-            .collect();
-        let mut subs = Vec::new();
-        for k in keys {
-            if let Some(s) = reg.subscribers.remove(&k) {
-                reg.clients.remove(&(s.conn, s.id.clone()));
-                self.metrics
-                    .subscribers
-                    .with_label_values(&[s.key.2.as_str()])
-                    .dec();
-                subs.push(s);
-            }
-        }
-        subs
+        self.clients.forget_publisher(p).unwrap_or_default()
     }
 
     /// Forgets a publisher and deletes it (and its subscribers here) on
@@ -321,30 +267,8 @@ impl ProxyMcu {
         }
     }
 
-    /// Drops a subscriber from the registry; true when it was counted.
-    pub(super) fn forget_subscriber(&self, s: &Arc<Subscriber>) -> bool {
-        let mut reg = lock(&self.reg);
-        let ck = (s.conn, s.id.clone());
-        if matches!(reg.clients.get(&ck), Some(Owner::Subscriber(x)) if Arc::ptr_eq(x, s)) {
-            reg.clients.remove(&ck);
-        }
-        if !reg
-            .subscribers
-            .get(&s.key)
-            .is_some_and(|x| Arc::ptr_eq(x, s))
-        {
-            return false;
-        }
-        reg.subscribers.remove(&s.key);
-        self.metrics
-            .subscribers
-            .with_label_values(&[s.key.2.as_str()])
-            .dec();
-        true
-    }
-
     async fn close_subscriber(&self, s: Arc<Subscriber>) {
-        if self.forget_subscriber(&s) {
+        if self.clients.forget_subscriber(&s) {
             self.delete(s.conn, CommandKind::DeleteSubscriber, &s.id)
                 .await;
         }
@@ -358,14 +282,7 @@ impl ProxyMcu {
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        let p = self
-            .publisher(session, stream)
-            .ok_or_else(|| McuError::NotFound("no publisher".into()))?;
-        if !sid.is_empty() && sid != p.sid {
-            return Err(McuError::Failed(format!(
-                "sid {sid} is not the publisher's"
-            )));
-        }
+        let p = self.clients.publisher_checked(session, stream, sid)?;
         self.send_candidate(p.conn, &p.id, candidate).await
     }
 
@@ -387,29 +304,15 @@ impl ProxyMcu {
 
     /// Closes a session's publisher of `stream`, if any.
     pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
-        if let Some(p) = self.publisher(session, stream) {
+        if let Some(p) = self.clients.publisher(session, stream) {
             self.close_publisher(p).await;
         }
     }
 
     /// Closes everything of a session.
     pub async fn close_session(&self, session: &Arc<str>) {
-        let (pubs, subs): (Vec<_>, Vec<_>) = {
-            let mut reg = lock(&self.reg);
-            reg.moved.forget_session(session);
-            (
-                reg.publishers
-                    .values()
-                    .filter(|p| p.session == *session)
-                    .cloned()
-                    .collect(),
-                reg.subscribers
-                    .values()
-                    .filter(|s| s.key.0 == *session)
-                    .cloned()
-                    .collect(),
-            )
-        };
+        lock(&self.moved).forget_session(session);
+        let (pubs, subs) = self.clients.of_session(session);
         for p in pubs {
             self.close_publisher(p).await;
         }
@@ -421,39 +324,11 @@ impl ProxyMcu {
     /// Closes the publisher a new permission set no longer allows
     /// ([`crate::mcu::revoked_stream`]).
     pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
-        let video = self.publisher(session, StreamType::Video);
-        let screen = self.publisher(session, StreamType::Screen);
-        let media = video.as_ref().map(|p| *lock(&p.media));
-        let closing = match crate::mcu::revoked_stream(perms, media, screen.is_some()) {
-            Some(StreamType::Video) => video,
-            Some(StreamType::Screen) => screen,
-            None => None,
-        };
+        let closing = self.clients.revoked(session, perms);
         if let Some(p) = closing {
             tracing::info!(session = %session, stream = p.stream.as_str(), "permission revoked, closing publisher");
             self.close_publisher(p).await;
         }
-    }
-
-    /// Waits (until `deadline`) for a publisher of `publisher`'s `stream`.
-    async fn wait_publisher(
-        &self,
-        publisher: &Arc<str>,
-        stream: StreamType,
-        deadline: Instant,
-    ) -> Option<Arc<Publisher>> {
-        crate::mcu::wait_found(
-            &self.published,
-            deadline,
-            || self.publisher(publisher, stream),
-            || {
-                self.metrics
-                    .nopublisher_total
-                    .with_label_values(&[stream.as_str()])
-                    .inc()
-            },
-        )
-        .await
     }
 }
 

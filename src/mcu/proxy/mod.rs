@@ -25,9 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::registry::{self, Clients};
 use super::{info, lock, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
 use crate::api::proxy::{EventKind, PayloadKind, ProxyPayload};
 use crate::config::mcu::{McuConfig, ProxyConfig};
@@ -60,21 +61,11 @@ pub(super) struct Subscriber {
     held: HeldCandidates,
 }
 
-enum Owner {
-    Publisher(Arc<Publisher>),
-    Subscriber(Arc<Subscriber>),
-}
+registry::registered!(id: (usize, String) = |x| (x.conn, x.id.clone()), sid: |s| s.id.clone());
 
-#[derive(Default)]
-struct Registry {
-    publishers: HashMap<(Arc<str>, StreamType), Arc<Publisher>>,
-    subscribers: HashMap<SubKey, Arc<Subscriber>>,
-    /// (proxy, the proxy's client id) → owner, for what the proxy says on
-    /// its own; subscribers are here from their creation on.
-    clients: HashMap<(usize, String), Owner>,
-    /// Subscribers of publishers lost with their proxy ([`moved`]).
-    moved: moved::Moved,
-}
+/// What a (proxy, the proxy's client id) serves; subscribers are known
+/// from their creation on ([`registry::Owner::Joining`]).
+type Owner = registry::Owner<Publisher, Subscriber>;
 
 /// The proxy MCU of this process.
 pub struct ProxyMcu {
@@ -83,9 +74,10 @@ pub struct ProxyMcu {
     conns: Vec<Arc<Conn>>,
     cfg: arc_swap::ArcSwap<McuConfig>,
     metrics: McuMetrics,
-    reg: Mutex<Registry>,
-    /// Woken whenever a publisher appears (waiting subscribers look again).
-    published: Notify,
+    /// The publishers and subscribers, by proxy and the proxy's id.
+    clients: Clients<Publisher, Subscriber>,
+    /// Subscribers of publishers lost with their proxy ([`moved`]).
+    moved: Mutex<moved::Moved>,
     signals: mpsc::UnboundedSender<Signal>,
     commands: mpsc::UnboundedSender<Command>,
 }
@@ -120,9 +112,9 @@ impl ProxyMcu {
             me: me.clone(),
             conns: conns.clone(),
             cfg: arc_swap::ArcSwap::from_pointee(cfg),
+            clients: Clients::new(metrics.clone()),
             metrics,
-            reg: Mutex::new(Registry::default()),
-            published: Notify::new(),
+            moved: Default::default(),
             signals,
             commands,
         });
@@ -183,7 +175,7 @@ impl ProxyMcu {
     /// `mcu` of `/api/v1/stats`: publishers and clients of this process,
     /// and per proxy URL its state (the Go 0.4.1 shape).
     pub fn stats(&self) -> Value {
-        let reg = lock(&self.reg);
+        let reg = self.clients.lock();
         let mut details = Map::new();
         let (mut publishers, mut clients) = (0, 0);
         for c in &self.conns {
@@ -243,18 +235,12 @@ impl ProxyMcu {
 
     /// True when the session publishes `stream`.
     pub fn has_publisher(&self, session: &str, stream: StreamType) -> bool {
-        lock(&self.reg)
-            .publishers
-            .contains_key(&(Arc::from(session), stream))
+        self.clients.has_publisher(session, stream)
     }
 
     /// True when `subscriber` receives `publisher`'s `stream`.
     pub fn has_subscriber(&self, subscriber: &str, publisher: &str, stream: StreamType) -> bool {
-        lock(&self.reg).subscribers.contains_key(&(
-            Arc::from(subscriber),
-            Arc::from(publisher),
-            stream,
-        ))
+        self.clients.has_subscriber(subscriber, publisher, stream)
     }
 
     fn on_command(self: &Arc<Self>, cmd: Command) {
@@ -316,19 +302,17 @@ impl ProxyMcu {
                     self.forget_conn(i, "the proxy lost its media server");
                 }
                 EventKind::PublisherClosed | EventKind::SubscriberClosed => {
-                    let owner = match lock(&self.reg).clients.get(&(i, e.client_id)) {
-                        Some(Owner::Publisher(p)) => Owner::Publisher(p.clone()),
-                        Some(Owner::Subscriber(s)) => Owner::Subscriber(s.clone()),
-                        None => return,
+                    let Some(owner) = self.clients.owner(&(i, e.client_id)) else {
+                        return;
                     };
                     match owner {
                         Owner::Publisher(p) => {
                             tracing::debug!(session = %p.session, "publisher closed by the proxy");
                             self.forget_publisher(&p);
                         }
-                        Owner::Subscriber(s) => {
+                        Owner::Subscriber(s) | Owner::Joining(s) => {
                             tracing::debug!(subscriber = %s.key.0, "subscriber closed by the proxy");
-                            self.forget_subscriber(&s);
+                            self.clients.forget_subscriber(&s);
                         }
                     }
                 }
@@ -355,18 +339,13 @@ impl ProxyMcu {
         else {
             return;
         };
-        let reg = lock(&self.reg);
-        match reg.clients.get(&(i, p.client_id)) {
+        match self.clients.owner(&(i, p.client_id)) {
             Some(Owner::Publisher(pb)) => {
-                let pb = pb.clone();
-                drop(reg);
                 if let Some(c) = pb.held.pass(c) {
                     self.publisher_candidate_out(&pb, c);
                 }
             }
-            Some(Owner::Subscriber(s)) => {
-                let s = s.clone();
-                drop(reg);
+            Some(Owner::Subscriber(s) | Owner::Joining(s)) => {
                 if let Some(c) = s.held.pass(c) {
                     self.subscriber_candidate_out(&s, c);
                 }
@@ -378,21 +357,7 @@ impl ProxyMcu {
     /// Forgets every publisher and subscriber on proxy `i` (its session or
     /// its Janus is gone): their clients publish and subscribe again.
     fn forget_conn(&self, i: usize, why: &str) {
-        let (pubs, subs): (Vec<_>, Vec<_>) = {
-            let reg = lock(&self.reg);
-            (
-                reg.publishers
-                    .values()
-                    .filter(|p| p.conn == i)
-                    .cloned()
-                    .collect(),
-                reg.subscribers
-                    .values()
-                    .filter(|s| s.conn == i)
-                    .cloned()
-                    .collect(),
-            )
-        };
+        let (pubs, subs) = self.clients.lock().select(|p| p.conn == i, |s| s.conn == i);
         if pubs.is_empty() && subs.is_empty() {
             return;
         }
@@ -407,9 +372,9 @@ impl ProxyMcu {
             self.remember_moved(&p, &lost);
         }
         for s in subs {
-            self.forget_subscriber(&s);
+            self.clients.forget_subscriber(&s);
         }
-        lock(&self.reg).clients.retain(|k, _| k.0 != i);
+        self.clients.lock().by_id.retain(|k, _| k.0 != i);
     }
 
     /// Sends a candidate the proxy trickled for a publisher to its client.

@@ -72,13 +72,13 @@ impl Moved {
 impl ProxyMcu {
     /// Notes the subscribers a publisher lost with its proxy.
     pub(super) fn remember_moved(&self, p: &Publisher, subs: &[Arc<Subscriber>]) {
-        lock(&self.reg).moved.add(p, subs);
+        lock(&self.moved).add(p, subs);
     }
 
     /// After `session` published `stream` anew: subscribes everyone who
     /// received it on the lost proxy and pushes them the offer.
     pub(super) fn resubscribe_moved(&self, session: &Arc<str>, stream: StreamType) {
-        let subs = lock(&self.reg).moved.take(session, stream);
+        let subs = lock(&self.moved).take(session, stream);
         if subs.is_empty() {
             return;
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::super::{lock, HeldCandidates, Owner, ProxyMcu, Subscriber};
+use super::super::{HeldCandidates, Owner, ProxyMcu, Subscriber};
 use super::{failed, left, sdp_reply, selection_of};
 use crate::api::client::SignalType;
 use crate::api::proxy::{CommandKind, PayloadKind, ProxyClientMessage, ProxyCommand};
@@ -29,7 +29,7 @@ impl ProxyMcu {
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
         let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
-        if let Some(s) = self.subscriber(&key) {
+        if let Some(s) = self.clients.subscriber(&key) {
             if !sid.is_empty() && sid == s.id && self.conn(s.conn).connected() {
                 return self.renegotiate(&s, selection, deliver).await;
             }
@@ -37,6 +37,7 @@ impl ProxyMcu {
         }
         let deadline = Instant::now() + self.config().timeout;
         let p = self
+            .clients
             .wait_publisher(publisher, stream, deadline)
             .await
             .ok_or_else(|| McuError::NotFound("publisher did not appear in time".into()))?;
@@ -59,9 +60,10 @@ impl ProxyMcu {
             held: HeldCandidates::holding(),
         });
         // Known before its offer, so that no candidate is missed.
-        lock(&self.reg)
-            .clients
-            .insert((s.conn, s.id.clone()), Owner::Subscriber(s.clone()));
+        self.clients
+            .lock()
+            .by_id
+            .insert((s.conn, s.id.clone()), Owner::Joining(s.clone()));
         let offer = match self
             .payload(
                 s.conn,
@@ -81,28 +83,13 @@ impl ProxyMcu {
                 return Err(e);
             }
         };
-        let old = {
-            let mut reg = lock(&self.reg);
-            let gone = !reg
-                .publishers
-                .get(&(key.1.clone(), key.2))
-                .is_some_and(|x| Arc::ptr_eq(x, &p));
-            if gone {
-                None
-            } else {
-                Some(reg.subscribers.insert(key.clone(), s.clone()))
+        let old = match self.clients.add_subscriber(&p, &s, || Ok(())) {
+            Ok(old) => old,
+            Err(e) => {
+                self.abandon(&s).await;
+                return Err(e);
             }
         };
-        let Some(old) = old else {
-            self.abandon(&s).await;
-            return Err(McuError::NotFound("publisher closed".into()));
-        };
-        let label = [stream.as_str()];
-        self.metrics.subscribers.with_label_values(&label).inc();
-        self.metrics
-            .subscribers_total
-            .with_label_values(&label)
-            .inc();
         if let Some(old) = old {
             self.close_subscriber(old).await;
         }
@@ -146,21 +133,9 @@ impl ProxyMcu {
 
     /// Deletes a subscriber whose offer did not come.
     async fn abandon(&self, s: &Arc<Subscriber>) {
-        lock(&self.reg).clients.remove(&(s.conn, s.id.clone()));
+        self.clients.lock().by_id.remove(&(s.conn, s.id.clone()));
         self.delete(s.conn, CommandKind::DeleteSubscriber, &s.id)
             .await;
-    }
-
-    fn subscriber_checked(&self, key: &SubKey, sid: &str) -> Result<Arc<Subscriber>, McuError> {
-        let s = self
-            .subscriber(key)
-            .ok_or_else(|| McuError::NotFound("no subscriber".into()))?;
-        if !sid.is_empty() && sid != s.id {
-            return Err(McuError::Failed(format!(
-                "sid {sid} is not the subscriber's"
-            )));
-        }
-        Ok(s)
     }
 
     /// A subscriber's `answer`.
@@ -172,7 +147,9 @@ impl ProxyMcu {
         sid: &str,
         sdp_text: &str,
     ) -> Result<(), McuError> {
-        let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let s = self
+            .clients
+            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
         let cfg = self.config();
         let answer = json!({
             "type": "answer",
@@ -193,7 +170,9 @@ impl ProxyMcu {
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let s = self
+            .clients
+            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
         self.send_candidate(s.conn, &s.id, candidate).await
     }
 
@@ -205,7 +184,9 @@ impl ProxyMcu {
         stream: StreamType,
         payload: &Value,
     ) -> Result<(), McuError> {
-        let s = self.subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), "")?;
+        let s = self
+            .clients
+            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), "")?;
         let Some(selection) = selection_of(payload) else {
             return Ok(());
         };
