@@ -473,3 +473,61 @@ async fn a_publisher_on_a_lost_proxy_publishes_again_on_another_and_none_left_is
     let m = a.wait_for(|m| m["message"]["data"] == "still here").await;
     assert_eq!(m["message"]["sender"]["sessionid"], b.session_id);
 }
+
+/// Polls the server's metrics (every 50 ms, within [`TIMEOUT`]) until
+/// they contain `line`.
+async fn wait_metric(ts: &TestServer, line: &str) {
+    let found = tokio::time::timeout(TIMEOUT, async {
+        while !ts.metrics_text().await.contains(line) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {line} in {}", ts.metrics_text().await);
+}
+
+/// Two `requestoffer`s of one client for a publisher that is not there
+/// yet both wait for it and both make a subscriber on the proxy; the later
+/// one replaces the earlier, which is deleted on the proxy and no longer
+/// counted (it was left on the proxy and in the gauge).
+#[tokio::test]
+async fn a_subscriber_replaced_by_a_concurrent_requestoffer_is_deleted_on_the_proxy() {
+    let s = setup();
+    let proxy = FakeProxy::start(Behave::default()).await;
+    let ts = TestServer::start_with(&proxy_section(&[&proxy], &s.key)).await;
+    wait_proxy(&ts, &proxy.url(), |d| d["connected"] == true).await;
+    let mut a = ts.client_in_room("alice", "room1").await;
+    let mut b = ts.client_in_room("bob", "room1").await;
+    crate::mcu_media::all_in_call(&ts, &["nc-alice", "nc-bob"]).await;
+    let alice = a.session_id.clone();
+    for rid in ["r1", "r2"] {
+        b.send(json!({"id": rid, "type": "message", "message": {
+            "recipient": {"type": "session", "sessionid": alice},
+            "data": {"type": "requestoffer", "roomType": "video"}}}))
+            .await;
+    }
+    // Both wait for Alice's publisher.
+    wait_metric(&ts, "signaling_mcu_nopublisher_total{type=\"video\"} 2").await;
+    let m = offer(&mut a, "o1", "1").await;
+    assert_eq!(m["message"]["data"]["type"], "answer", "{m}");
+    let mut sids = Vec::new();
+    for _ in 0..2 {
+        let m = b
+            .wait_for(|m| m["type"] == "error" || m["message"]["data"]["type"] == "offer")
+            .await;
+        assert_eq!(m["message"]["data"]["type"], "offer", "{m}");
+        sids.push(m["message"]["data"]["sid"].as_str().unwrap().to_string());
+    }
+    assert_eq!(proxy.commands("create-subscriber").len(), 2);
+    // The one replaced went before the offer of the one that stays.
+    let deleted = proxy.commands("delete-subscriber");
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    let gone = deleted[0]["command"]["clientId"].as_str().unwrap();
+    assert!(sids.iter().any(|s| s == gone), "{gone} of {sids:?}");
+    let metrics = ts.metrics_text().await;
+    assert!(
+        metrics.contains("signaling_mcu_subscribers{type=\"video\"} 1"),
+        "{metrics}"
+    );
+    wait_proxy(&ts, &proxy.url(), |d| d["clients"] == 2).await;
+}
