@@ -342,7 +342,19 @@ impl State {
     /// `incall`: the in-call state of all or of some participants.
     fn incall_changed(&mut self, key: &RoomKey, ic: &InCallChange) {
         if ic.all {
-            return self.incall_all(key, &ic.incall);
+            // The flags as a number, as the Go server sends them (the Talk
+            // client compares them with `=== 0`): `true` / `false` are 1 / 0;
+            // anything else is ignored.
+            let flags = match &ic.incall {
+                Value::Number(n) => n.as_i64(),
+                Value::Bool(b) => Some(i64::from(*b)),
+                _ => None,
+            };
+            let Some(flags) = flags else {
+                tracing::info!(room = ?key.room, incall = %ic.incall, "incall for all with unsupported flags, ignored");
+                return;
+            };
+            return self.incall_all(key, &Value::from(flags));
         }
         let changed = self.update_participants(key, &ic.changed, ic.users.as_deref(), true);
         // In changes-only mode a request that changed no in-call state is

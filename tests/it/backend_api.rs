@@ -351,6 +351,23 @@ async fn incall_updates_and_the_all_form() {
             json!({"target": "participants", "type": "update", "update": {"roomid": "room1", "incall": 0, "all": true}})
         );
     }
+    // Flags as the Talk client compares them (`incall === 0`), numbers as
+    // in Go: booleans become 0 / 1, other values send nothing.
+    for incall in [json!("x"), json!(false), json!(null), json!(true)] {
+        let (status, _) = ts
+            .backend_request(
+                "room1",
+                &json!({"type": "incall", "incall": {"incall": incall, "all": true}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    for x in [&mut a, &mut b] {
+        for flags in [0, 1] {
+            let p = x.wait_for(|m| m["event"]["target"] == "participants").await;
+            assert_eq!(p["event"]["update"]["incall"], json!(flags), "{p}");
+        }
+    }
     ts.stop().await;
 }
 
