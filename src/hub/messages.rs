@@ -110,6 +110,10 @@ fn route(
     let Some(sender) = st.sessions.map.get(sid) else {
         return Ok(());
     };
+    if msg.data.get() == "null" {
+        // As the Go server: `null` is no data.
+        return Err(invalid_format("data missing"));
+    }
     if *kind == ClientKind::Control && !sender.has_permission("control") {
         return Err(ProtocolError::new(
             error::NOT_ALLOWED,

@@ -108,7 +108,7 @@ impl Hub {
 
 impl State {
     /// Who to report alive to Nextcloud, per backend and room: the client
-    /// sessions of each local room, and the sessions in federated rooms
+    /// and virtual sessions of each local room, and the sessions in federated rooms
     /// (their own Nextcloud still wants to hear that they are alive).
     fn pings(&self) -> BTreeMap<Arc<str>, BackendPings> {
         let mut by_backend: BTreeMap<Arc<str>, BackendPings> = BTreeMap::new();
@@ -117,7 +117,9 @@ impl State {
                 .members
                 .iter()
                 .filter_map(|m| self.sessions.map.get(m))
-                .filter(|s| s.kind == SessionKind::Client)
+                // Virtual sessions too, as the Go server does: Nextcloud
+                // knows them by their session id (`session` `add`).
+                .filter(|s| s.kind == SessionKind::Client || s.is_virtual())
                 .filter_map(|s| {
                     s.room_session_id.as_ref().map(|rs| PingEntry {
                         sessionid: rs.to_string(),

@@ -2,6 +2,8 @@
 //! (`go_parity::Side`): where the spec is silent, this server answers as
 //! Go does.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -127,4 +129,82 @@ async fn virtual_join_entry_case(s: &Side) {
 #[tokio::test]
 async fn a_virtual_sessions_join_entry_has_no_roomsessionid_as_in_go() {
     both!(virtual_join_entry_case);
+}
+
+/// A virtual session is reported alive to Nextcloud in the `ping`
+/// requests, by its session id (the one Nextcloud got in `session` `add`)
+/// and without a user id; the internal client itself is not.
+async fn virtual_ping_case(s: &Side) {
+    let mut a = s.user_in_room("alice", "room1").await;
+    let (_sip, j) = add_phone(s, &mut a).await;
+    let vsid = j["event"]["join"][0]["sessionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entries = |st: &crate::support::NcState| -> Vec<Value> {
+        st.requests
+            .iter()
+            .filter(|r| r.kind == "ping")
+            .flat_map(|r| r.body["ping"]["entries"].as_array().unwrap().clone())
+            .collect()
+    };
+    let state = s.nc.state.clone();
+    let v = vsid.clone();
+    // Both servers ping every 10 s.
+    eventually(
+        "the virtual session is pinged",
+        Duration::from_secs(15),
+        || {
+            entries(&state.lock().unwrap())
+                .iter()
+                .any(|e| e["sessionid"] == v.as_str())
+        },
+    )
+    .await;
+    let all = entries(&state.lock().unwrap());
+    let mine: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["sessionid"] == vsid.as_str())
+        .collect();
+    assert_eq!(mine[0], &json!({"sessionid": vsid}), "{}: {all:?}", s.name);
+    assert!(
+        all.iter()
+            .all(|e| e["sessionid"] == "nc-alice" || e["sessionid"] == vsid.as_str()),
+        "{}: {all:?}",
+        s.name
+    );
+}
+
+#[tokio::test]
+async fn virtual_sessions_are_pinged_to_nextcloud_as_in_go() {
+    both!(virtual_ping_case);
+}
+
+/// `message` and `control` with `"data": null` are refused with
+/// `invalid_format` and the request id, and reach nobody.
+async fn null_data_case(s: &Side) {
+    let mut a = s.user_in_room("alice", "room1").await;
+    let mut b = s.user_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let to_b = json!({"type": "session", "sessionid": b.session_id});
+    for kind in ["message", "control"] {
+        a.send(json!({"id": kind, "type": kind, kind: {"recipient": to_b, "data": null}}))
+            .await;
+        let e = a.wait_for(|m| m["type"] == "error").await;
+        assert_eq!(e["id"], kind, "{}: {e}", s.name);
+        assert_eq!(e["error"]["code"], "invalid_format", "{}: {e}", s.name);
+    }
+    a.message_to(to_b, json!({"after": true})).await;
+    let m = b.wait_for(|m| m["type"] != "event").await;
+    assert_eq!(
+        m["message"]["data"],
+        json!({"after": true}),
+        "{}: {m}",
+        s.name
+    );
+}
+
+#[tokio::test]
+async fn null_data_is_invalid_format_as_in_go() {
+    both!(null_data_case);
 }
