@@ -115,11 +115,13 @@ impl State {
             let (Some(nc), Some(perms)) = (entry_session_id(e), e.get("permissions")) else {
                 continue;
             };
-            let Some(list) = perms.as_array().map(|a| {
+            // Not a list of strings: the entry is skipped, as in Go.
+            let Some(list) = perms.as_array().and_then(|a| {
                 a.iter()
-                    .filter_map(|p| p.as_str().map(str::to_string))
-                    .collect::<Vec<_>>()
+                    .map(|p| p.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
             }) else {
+                tracing::info!(room = ?key.room, permissions = %perms, "permissions that are not a list of strings, ignored");
                 continue;
             };
             let Some(sid) = self

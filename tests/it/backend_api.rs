@@ -319,6 +319,20 @@ async fn participants_update_maps_session_ids_and_applies_permissions() {
         b.wait_for(|m| m["type"] == "error").await["error"]["code"],
         "not_allowed"
     );
+    // Permissions that are not a list of strings leave the entry's session
+    // as it was (Go skips the entry).
+    for perms in [json!(["control", 5]), json!("control")] {
+        let changed = json!([{"sessionId": "nc-bob", "inCall": 7, "permissions": perms}]);
+        ts.backend_request(
+            "room1",
+            &json!({"type": "participants", "participants": {"changed": changed}}),
+        )
+        .await;
+        b.wait_for(|m| m["event"]["target"] == "participants").await;
+        b.send(json!({"id": "c", "type": "control", "control": {"recipient": {"type": "session", "sessionid": a.session_id}, "data": {}}})).await;
+        let e = b.wait_for(|m| m["type"] == "error").await;
+        assert_eq!(e["error"]["code"], "not_allowed", "{perms}");
+    }
     nothing_before_marker(&mut a, &mut c).await;
     ts.stop().await;
 }
