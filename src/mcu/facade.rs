@@ -291,7 +291,8 @@ impl Mcu {
         selection: &Value,
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
-        each!(self, m => m.subscribe(subscriber, publisher, stream, sid, selection, deliver).await)
+        let key = (subscriber.clone(), publisher.clone(), stream);
+        each!(self, m => m.subscribe(&key, sid, selection, deliver).await)
     }
 
     /// A subscriber's `answer`.
@@ -303,7 +304,8 @@ impl Mcu {
         sid: &str,
         sdp_text: &str,
     ) -> Result<(), McuError> {
-        each!(self, m => m.subscriber_answer(subscriber, publisher, stream, sid, sdp_text).await)
+        let key = (subscriber.clone(), publisher.clone(), stream);
+        each!(self, m => m.subscriber_answer(&key, sid, sdp_text).await)
     }
 
     /// A subscriber's candidate (`None`: end of candidates).
@@ -315,7 +317,8 @@ impl Mcu {
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        each!(self, m => m.subscriber_candidate(subscriber, publisher, stream, sid, candidate).await)
+        let key = (subscriber.clone(), publisher.clone(), stream);
+        each!(self, m => m.subscriber_candidate(&key, sid, candidate).await)
     }
 
     /// `selectStream`.
@@ -326,6 +329,7 @@ impl Mcu {
         stream: StreamType,
         payload: &Value,
     ) -> Result<(), McuError> {
-        each!(self, m => m.select_stream(subscriber, publisher, stream, payload).await)
+        let key = (subscriber.clone(), publisher.clone(), stream);
+        each!(self, m => m.select_stream(&key, payload).await)
     }
 }

@@ -161,6 +161,56 @@ pub struct Signal {
     pub sid: String,
 }
 
+/// A `deliver` of a subscribe the MCU makes on its own (no client asked):
+/// the offer goes to the subscriber of `key` as a pushed `offer`.
+fn push_offer<'a>(
+    signals: &'a tokio::sync::mpsc::UnboundedSender<Signal>,
+    key: &'a SubKey,
+) -> impl FnOnce(&str, &Value) + 'a {
+    move |sid, offer| {
+        let _ = signals.send(Signal::to_subscriber(
+            key,
+            "offer",
+            offer.clone(),
+            sid.into(),
+        ));
+    }
+}
+
+impl Signal {
+    /// To the subscriber of `key`, from its publisher; `sid` the
+    /// subscriber's.
+    fn to_subscriber(key: &SubKey, kind: &'static str, payload: Value, sid: String) -> Signal {
+        Signal {
+            to: key.0.clone(),
+            from: key.1.clone(),
+            kind,
+            stream: key.2,
+            payload,
+            sid,
+        }
+    }
+
+    /// To the client of the publisher of `session`'s `stream`; `sid` the
+    /// publisher's.
+    fn to_publisher(
+        session: &Arc<str>,
+        stream: StreamType,
+        kind: &'static str,
+        payload: Value,
+        sid: String,
+    ) -> Signal {
+        Signal {
+            to: session.clone(),
+            from: session.clone(),
+            kind,
+            stream,
+            payload,
+            sid,
+        }
+    }
+}
+
 /// Work for the MCU that the hub hands over without waiting.
 #[derive(Debug)]
 pub enum Command {
@@ -203,6 +253,27 @@ impl HeldCandidates {
     /// Stops holding; returns what was held, in order.
     fn release(&self) -> Vec<Value> {
         lock(&self.0).take().unwrap_or_default()
+    }
+
+    /// Hands a reply the client must have first (Janus's or the proxy's
+    /// offer or answer) to `deliver`, then stops holding: what was held
+    /// goes to `out` after it, or is dropped when there is no reply (it
+    /// belongs to no SDP the client has).
+    fn after_reply(
+        &self,
+        reply: Result<Value, McuError>,
+        deliver: impl FnOnce(&Value),
+        mut out: impl FnMut(Value),
+    ) -> Result<(), McuError> {
+        if let Ok(r) = &reply {
+            deliver(r);
+        }
+        for c in self.release() {
+            if reply.is_ok() {
+                out(c);
+            }
+        }
+        reply.map(|_| ())
     }
 }
 

@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{lock, sdp, McuError, StreamType, SubKey};
+use super::{lock, sdp, HeldCandidates, McuError, Signal, StreamType, SubKey};
 use crate::metrics::McuMetrics;
 
 /// A published stream as the registry sees it.
@@ -29,6 +31,13 @@ pub(super) trait Published {
     fn sid(&self) -> &str;
     /// The media of its last offer.
     fn media(&self) -> sdp::Media;
+
+    /// A candidate the backend trickled, for the publisher's client.
+    fn candidate_signal(&self, c: Value) -> Signal {
+        let payload = json!({"candidate": c});
+        let sid = self.sid().to_string();
+        Signal::to_publisher(self.session(), self.stream(), "candidate", payload, sid)
+    }
 }
 
 /// A subscriber as the registry sees it.
@@ -38,13 +47,35 @@ pub(super) trait Subscribed {
     fn key(&self) -> &SubKey;
     /// The sid its client knows it by.
     fn sid(&self) -> String;
+    fn held(&self) -> &HeldCandidates;
+
+    /// A candidate the backend trickled, for the subscriber's client.
+    fn candidate_signal(&self, c: Value) -> Signal {
+        Signal::to_subscriber(self.key(), "candidate", json!({"candidate": c}), self.sid())
+    }
+
+    /// Hands the backend's offer for it to `deliver`, then the candidates
+    /// held meanwhile to `signals` (dropped when there is no offer: they
+    /// belong to no SDP).
+    fn deliver_offer(
+        &self,
+        signals: &UnboundedSender<Signal>,
+        offer: Result<Value, McuError>,
+        deliver: impl FnOnce(&str, &Value),
+    ) -> Result<(), McuError> {
+        let out = |c| {
+            let _ = signals.send(self.candidate_signal(c));
+        };
+        self.held()
+            .after_reply(offer, |o| deliver(&self.sid(), o), out)
+    }
 }
 
 /// Implements [`Published`] for the `Publisher` and [`Subscribed`] for
 /// the `Subscriber` of the module it is called in: both named by the
 /// backend's id (`id: Type = |x| expr` of either), a publisher by its
 /// fields `session`, `stream`, `sid` and `media`, a subscriber by its
-/// field `key` and its sid (`|x| expr`).
+/// fields `key` and `held` and its sid (`|x| expr`).
 macro_rules! registered {
     (id: $id:ty = |$x:ident| $by:expr, sid: |$y:ident| $sid:expr) => {
         impl $crate::mcu::registry::Published for Publisher {
@@ -79,6 +110,9 @@ macro_rules! registered {
             fn sid(&self) -> String {
                 let $y = self;
                 $sid
+            }
+            fn held(&self) -> &$crate::mcu::HeldCandidates {
+                &self.held
             }
         }
     };

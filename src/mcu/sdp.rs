@@ -150,6 +150,17 @@ pub fn parse(sdp: &str) -> Result<Media, SdpError> {
     Ok(media)
 }
 
+/// A jsep of `kind` (`offer`, `answer`) with a client's SDP, filtered
+/// by the `[mcu]` candidate lists.
+pub(super) fn jsep(
+    kind: &str,
+    sdp: &str,
+    cfg: &crate::config::mcu::McuConfig,
+) -> serde_json::Value {
+    let sdp = filter(sdp, &cfg.allowed_candidates, &cfg.blocked_candidates);
+    serde_json::json!({"type": kind, "sdp": sdp})
+}
+
 /// The SDP without the candidates that [`is_filtered`] removes (line
 /// endings kept as they were).
 pub fn filter(sdp: &str, allowed: &IpList, blocked: &IpList) -> String {

@@ -242,9 +242,7 @@ async fn once_handed_over_no_new_publisher_or_subscriber_is_made_and_one_under_w
     assert!(matches!(r, Err(McuError::HandedOver)), "{r:?}");
     let r = mcu
         .subscribe(
-            &Arc::from("carol"),
-            &Arc::from("alice"),
-            StreamType::Video,
+            &(Arc::from("carol"), Arc::from("alice"), StreamType::Video),
             "",
             &json!({}),
             |_, _| panic!("no offer"),

@@ -12,12 +12,12 @@ pub use restore::{SavedMcu, Served};
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::janus::{plugin_data, Gateway, GatewayEvent, JanusKind, VideoroomKind};
-use super::registry::{self, Clients};
+use super::registry::{self, Clients, Published, Subscribed};
 use super::{info, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
 use crate::api::client::SignalType;
 use crate::config::mcu::McuConfig;
@@ -299,7 +299,7 @@ impl JanusMcu {
             }
             (Owner::Publisher(p), JanusKind::Trickle) => {
                 if let Some(c) = janus_candidate(&msg).and_then(|c| p.held.pass(c)) {
-                    self.publisher_candidate_out(&p, c);
+                    let _ = self.signals.send(p.candidate_signal(c));
                 }
             }
             (Owner::Subscriber(s), JanusKind::Hangup | JanusKind::Detached) => {
@@ -316,49 +316,17 @@ impl JanusMcu {
                     .get("jsep")
                     .filter(|j| SignalType::of(&j["type"]) == SignalType::Offer)
                 {
-                    let _ = self.signals.send(Signal {
-                        to: s.key.0.clone(),
-                        from: s.key.1.clone(),
-                        kind: "offer",
-                        stream: s.key.2,
-                        payload: jsep.clone(),
-                        sid: s.sid(),
-                    });
+                    let signal = Signal::to_subscriber(&s.key, "offer", jsep.clone(), s.sid());
+                    let _ = self.signals.send(signal);
                 }
             }
             (Owner::Subscriber(s) | Owner::Joining(s), JanusKind::Trickle) => {
                 if let Some(c) = janus_candidate(&msg).and_then(|c| s.held.pass(c)) {
-                    self.subscriber_candidate_out(&s, c);
+                    let _ = self.signals.send(s.candidate_signal(c));
                 }
             }
             (_, other) => tracing::trace!(handle, janus = ?other, "Janus event"),
         }
-    }
-}
-
-impl JanusMcu {
-    /// Sends a candidate Janus trickled for a publisher to its client.
-    fn publisher_candidate_out(&self, p: &Publisher, c: Value) {
-        let _ = self.signals.send(Signal {
-            to: p.session.clone(),
-            from: p.session.clone(),
-            kind: "candidate",
-            stream: p.stream,
-            payload: json!({"candidate": c}),
-            sid: p.sid.clone(),
-        });
-    }
-
-    /// Sends a candidate Janus trickled for a subscriber to its client.
-    fn subscriber_candidate_out(&self, s: &Subscriber, c: Value) {
-        let _ = self.signals.send(Signal {
-            to: s.key.0.clone(),
-            from: s.key.1.clone(),
-            kind: "candidate",
-            stream: s.key.2,
-            payload: json!({"candidate": c}),
-            sid: s.sid(),
-        });
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use crate::api::client::SignalType;
+use crate::mcu::registry::Published;
 use tokio::sync::watch;
 
 use super::super::janus::{plugin_data, JanusError};
@@ -30,11 +31,7 @@ impl JanusMcu {
                 self.create_publisher(session, stream, &offer).await?
             }
         };
-        let cfg = self.config();
-        let jsep = json!({
-            "type": "offer",
-            "sdp": sdp::filter(&offer.sdp, &cfg.allowed_candidates, &cfg.blocked_candidates),
-        });
+        let jsep = sdp::jsep("offer", &offer.sdp, &self.config());
         // Janus may trickle before its answer has reached the client.
         publisher.held.hold();
         let r = self
@@ -52,18 +49,14 @@ impl JanusMcu {
                 .cloned()
                 .ok_or_else(|| McuError::Failed("configure brought no answer".into()))
         });
-        if let Ok(answer) = &answer {
+        let delivered = |answer: &Value| {
             *lock(&publisher.media) = offer.media;
             deliver(&publisher.sid, answer);
-        }
-        // After a failed configure the held candidates belong to no SDP
-        // the client has.
-        for c in publisher.held.release() {
-            if answer.is_ok() {
-                self.publisher_candidate_out(&publisher, c);
-            }
-        }
-        answer.map(|_| ())
+        };
+        let out = |c| {
+            let _ = self.signals.send(publisher.candidate_signal(c));
+        };
+        publisher.held.after_reply(answer, delivered, out)
     }
 
     async fn create_publisher(

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::watch;
 
 use super::super::{lock, sdp, Signal, StreamType, SubKey};
@@ -219,25 +219,15 @@ impl JanusMcu {
     pub(super) fn renegotiate_lost(&self, reg: Registry) {
         self.clients.uncount(&reg);
         for p in reg.publishers.values() {
-            let _ = self.signals.send(Signal {
-                to: p.session.clone(),
-                from: p.session.clone(),
-                kind: "unshareScreen",
-                stream: p.stream,
-                payload: json!({}),
-                sid: p.sid.clone(),
-            });
+            let sid = p.sid.clone();
+            let signal =
+                Signal::to_publisher(&p.session, p.stream, "unshareScreen", json!({}), sid);
+            let _ = self.signals.send(signal);
         }
         let mut pending = lock(&self.resubscribe);
         for s in reg.subscribers.values() {
-            let _ = self.signals.send(Signal {
-                to: s.key.0.clone(),
-                from: s.key.1.clone(),
-                kind: "unshareScreen",
-                stream: s.key.2,
-                payload: json!({}),
-                sid: s.sid(),
-            });
+            let signal = Signal::to_subscriber(&s.key, "unshareScreen", json!({}), s.sid());
+            let _ = self.signals.send(signal);
             pending.push(s.key.clone());
         }
         tracing::info!(
@@ -261,22 +251,8 @@ impl JanusMcu {
         for key in waiting {
             let m = self.clone();
             tokio::spawn(async move {
-                let signals = m.signals.clone();
-                let (to, from) = (key.0.clone(), key.1.clone());
-                let deliver = |sid: &str, offer: &Value| {
-                    let _ = signals.send(Signal {
-                        to,
-                        from,
-                        kind: "offer",
-                        stream: key.2,
-                        payload: offer.clone(),
-                        sid: sid.to_string(),
-                    });
-                };
-                if let Err(e) = m
-                    .subscribe(&key.0, &key.1, key.2, "", &json!({}), deliver)
-                    .await
-                {
+                let deliver = super::super::push_offer(&m.signals, &key);
+                if let Err(e) = m.subscribe(&key, "", &json!({}), deliver).await {
                     tracing::info!(subscriber = %key.0, publisher = %key.1, "cannot subscribe again after the restart: {e}");
                 }
             });

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mcu::registry::Subscribed;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -34,15 +35,12 @@ impl JanusMcu {
     /// candidates Janus trickled meanwhile go out after it.
     pub async fn subscribe(
         &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
+        key: &SubKey,
         sid: &str,
         selection: &Value,
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
-        let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
-        let existing = self.clients.subscriber(&key);
+        let existing = self.clients.subscriber(key);
         if let Some(s) = existing
             .as_ref()
             .filter(|s| !sid.is_empty() && sid == s.sid())
@@ -56,16 +54,14 @@ impl JanusMcu {
         let deadline = Instant::now() + self.config().timeout;
         let p = self
             .clients
-            .wait_publisher(publisher, stream, deadline)
+            .wait_publisher(&key.1, key.2, deadline)
             .await
             .ok_or_else(|| McuError::NotFound("publisher did not appear in time".into()))?;
         let s = self
-            .attach_subscriber(&key)
+            .attach_subscriber(key)
             .await
             .map_err(|e| McuError::NotFound(e.to_string()))?;
-        let (s, offer) = self
-            .join_publisher(&key, &p, s, selection, deadline)
-            .await?;
+        let (s, offer) = self.join_publisher(key, &p, s, selection, deadline).await?;
         let admit = || self.refuse_if_handed_over();
         let old = match self.clients.add_subscriber(&p, &s, admit) {
             Ok(old) => old,
@@ -77,7 +73,7 @@ impl JanusMcu {
         if let Some(old) = old {
             self.close_subscriber(old).await;
         }
-        self.deliver_offer(&s, Ok(offer), deliver)
+        s.deliver_offer(&self.signals, Ok(offer), deliver)
     }
 
     /// A new offer for the current subscriber (`configure` with `update`).
@@ -100,7 +96,7 @@ impl JanusMcu {
                     .cloned()
                     .ok_or_else(|| McuError::Failed("update brought no offer".into()))
             });
-        self.deliver_offer(s, offer, deliver)
+        s.deliver_offer(&self.signals, offer, deliver)
     }
 
     /// Joins subscriber `s` to publisher `p`'s room and returns the handle
@@ -169,42 +165,15 @@ impl JanusMcu {
         let _ = self.gw.detach(s.handle).await;
     }
 
-    /// Hands the offer to `deliver`, then the candidates held meanwhile
-    /// (dropped when there is no offer: they belong to no SDP).
-    fn deliver_offer(
-        &self,
-        s: &Subscriber,
-        offer: Result<Value, McuError>,
-        deliver: impl FnOnce(&str, &Value),
-    ) -> Result<(), McuError> {
-        if let Ok(offer) = &offer {
-            deliver(&s.sid(), offer);
-        }
-        for c in s.held.release() {
-            if offer.is_ok() {
-                self.subscriber_candidate_out(s, c);
-            }
-        }
-        offer.map(|_| ())
-    }
-
     /// A subscriber's `answer`: Janus `start`.
     pub async fn subscriber_answer(
         &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
+        key: &SubKey,
         sid: &str,
         sdp_text: &str,
     ) -> Result<(), McuError> {
-        let s = self
-            .clients
-            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
-        let cfg = self.config();
-        let jsep = json!({
-            "type": "answer",
-            "sdp": sdp::filter(sdp_text, &cfg.allowed_candidates, &cfg.blocked_candidates),
-        });
+        let s = self.clients.subscriber_checked(key, sid)?;
+        let jsep = sdp::jsep("answer", sdp_text, &self.config());
         self.gw
             .message(s.handle, json!({"request": "start"}), Some(jsep), true)
             .await?;
@@ -214,15 +183,11 @@ impl JanusMcu {
     /// A subscriber's candidate (None: end of candidates, nothing sent).
     pub async fn subscriber_candidate(
         &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
+        key: &SubKey,
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        let s = self
-            .clients
-            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let s = self.clients.subscriber_checked(key, sid)?;
         match candidate {
             Some(c) => Ok(self.gw.trickle(s.handle, c).await?),
             None => Ok(()),
@@ -230,16 +195,8 @@ impl JanusMcu {
     }
 
     /// `selectStream`: substream/temporal layer, audio/video on or off.
-    pub async fn select_stream(
-        &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
-        payload: &Value,
-    ) -> Result<(), McuError> {
-        let s = self
-            .clients
-            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), "")?;
+    pub async fn select_stream(&self, key: &SubKey, payload: &Value) -> Result<(), McuError> {
+        let s = self.clients.subscriber_checked(key, "")?;
         let mut body = json!({"request": "configure"});
         if !add_selection(&mut body, payload) {
             return Ok(());

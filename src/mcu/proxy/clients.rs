@@ -15,6 +15,7 @@ use crate::api::proxy::{
     CommandKind, PayloadKind, ProxyClientMessage, ProxyCommand, ProxyPayload, ProxyServerMessage,
     MEDIA_AUDIO, MEDIA_SCREEN, MEDIA_VIDEO,
 };
+use crate::mcu::registry::Published;
 use crate::mcu::{combine_limits, sdp, McuError, Offer, StreamType};
 
 /// What is left of `deadline` (zero when it passed).
@@ -118,17 +119,11 @@ impl ProxyMcu {
                 (p, true)
             }
         };
-        let cfg = self.config();
+        // The client's payload as sent, with the filtered SDP.
         let mut payload = offer.payload.clone();
-        payload.insert("type".into(), json!("offer"));
-        payload.insert(
-            "sdp".into(),
-            json!(sdp::filter(
-                &offer.sdp,
-                &cfg.allowed_candidates,
-                &cfg.blocked_candidates
-            )),
-        );
+        if let Value::Object(jsep) = sdp::jsep("offer", &offer.sdp, &self.config()) {
+            payload.extend(jsep);
+        }
         publisher.held.hold();
         let answer = match self
             .payload(
@@ -142,19 +137,18 @@ impl ProxyMcu {
             Ok(reply) => sdp_reply(reply, SignalType::Answer),
             Err(e) => Err(failed(e)),
         };
-        if let Ok(answer) = &answer {
+        let delivered = |answer: &Value| {
             *lock(&publisher.media) = offer.media;
             deliver(&publisher.sid, answer);
-        }
-        for c in publisher.held.release() {
-            if answer.is_ok() {
-                self.publisher_candidate_out(&publisher, c);
-            }
-        }
-        if created && answer.is_ok() {
+        };
+        let out = |c| {
+            let _ = self.signals.send(publisher.candidate_signal(c));
+        };
+        let r = publisher.held.after_reply(answer, delivered, out);
+        if created && r.is_ok() {
             self.resubscribe_moved(session, stream);
         }
-        answer.map(|_| ())
+        r
     }
 
     /// Creates a publisher on the best proxy that takes it (§3); the next

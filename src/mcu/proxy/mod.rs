@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::registry::{self, Clients};
+use super::registry::{self, Clients, Published, Subscribed};
 use super::{info, lock, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
 use crate::api::proxy::{EventKind, PayloadKind, ProxyPayload};
 use crate::config::mcu::{McuConfig, ProxyConfig};
@@ -342,12 +342,12 @@ impl ProxyMcu {
         match self.clients.owner(&(i, p.client_id)) {
             Some(Owner::Publisher(pb)) => {
                 if let Some(c) = pb.held.pass(c) {
-                    self.publisher_candidate_out(&pb, c);
+                    let _ = self.signals.send(pb.candidate_signal(c));
                 }
             }
             Some(Owner::Subscriber(s) | Owner::Joining(s)) => {
                 if let Some(c) = s.held.pass(c) {
-                    self.subscriber_candidate_out(&s, c);
+                    let _ = self.signals.send(s.candidate_signal(c));
                 }
             }
             None => {}
@@ -375,29 +375,5 @@ impl ProxyMcu {
             self.clients.forget_subscriber(&s);
         }
         self.clients.lock().by_id.retain(|k, _| k.0 != i);
-    }
-
-    /// Sends a candidate the proxy trickled for a publisher to its client.
-    fn publisher_candidate_out(&self, p: &Publisher, c: Value) {
-        let _ = self.signals.send(Signal {
-            to: p.session.clone(),
-            from: p.session.clone(),
-            kind: "candidate",
-            stream: p.stream,
-            payload: json!({"candidate": c}),
-            sid: p.sid.clone(),
-        });
-    }
-
-    /// Sends a candidate the proxy trickled for a subscriber to its client.
-    fn subscriber_candidate_out(&self, s: &Subscriber, c: Value) {
-        let _ = self.signals.send(Signal {
-            to: s.key.0.clone(),
-            from: s.key.1.clone(),
-            kind: "candidate",
-            stream: s.key.2,
-            payload: json!({"candidate": c}),
-            sid: s.id.clone(),
-        });
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{lock, ProxyMcu, Publisher, Signal, Subscriber};
+use super::{lock, ProxyMcu, Publisher, Subscriber};
 use crate::mcu::StreamType;
 
 /// How long the subscribers of a lost publisher wait for it to be
@@ -87,27 +87,15 @@ impl ProxyMcu {
         };
         tracing::info!(session = %session, stream = stream.as_str(), subscribers = subs.len(), "publisher moved to another proxy, offering it to its subscribers again");
         for sub in subs {
-            let (m, publisher) = (me.clone(), session.clone());
+            let (m, key) = (me.clone(), (sub, session.clone(), stream));
             tokio::spawn(async move {
-                if m.has_subscriber(&sub, &publisher, stream) {
+                if m.has_subscriber(&key.0, &key.1, stream) {
                     // It asked for an offer on its own meanwhile.
                     return;
                 }
-                let signals = m.signals.clone();
-                let r = m
-                    .subscribe(&sub, &publisher, stream, "", &Value::Null, |sid, offer| {
-                        let _ = signals.send(Signal {
-                            to: sub.clone(),
-                            from: publisher.clone(),
-                            kind: "offer",
-                            stream,
-                            payload: offer.clone(),
-                            sid: sid.to_string(),
-                        });
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::info!(subscriber = %sub, publisher = %publisher, "offering the moved publisher failed: {e}");
+                let deliver = super::super::push_offer(&m.signals, &key);
+                if let Err(e) = m.subscribe(&key, "", &Value::Null, deliver).await {
+                    tracing::info!(subscriber = %key.0, publisher = %key.1, "offering the moved publisher failed: {e}");
                 }
             });
         }

@@ -5,14 +5,15 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use crate::mcu::registry::Subscribed;
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::super::{HeldCandidates, Owner, ProxyMcu, Subscriber};
 use super::{failed, left, sdp_reply, selection_of};
 use crate::api::client::SignalType;
 use crate::api::proxy::{CommandKind, PayloadKind, ProxyClientMessage, ProxyCommand};
-use crate::mcu::{sdp, McuError, StreamType, SubKey};
+use crate::mcu::{sdp, McuError, SubKey};
 
 impl ProxyMcu {
     /// `requestoffer`/`sendoffer`: subscribes `subscriber` to a publisher's
@@ -21,15 +22,13 @@ impl ProxyMcu {
     /// candidates trickled meanwhile go out after it.
     pub async fn subscribe(
         &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
+        key: &SubKey,
         sid: &str,
         selection: &Value,
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
-        let key: SubKey = (subscriber.clone(), publisher.clone(), stream);
-        if let Some(s) = self.clients.subscriber(&key) {
+        let stream = key.2;
+        if let Some(s) = self.clients.subscriber(key) {
             if !sid.is_empty() && sid == s.id && self.conn(s.conn).connected() {
                 return self.renegotiate(&s, selection, deliver).await;
             }
@@ -38,7 +37,7 @@ impl ProxyMcu {
         let deadline = Instant::now() + self.config().timeout;
         let p = self
             .clients
-            .wait_publisher(publisher, stream, deadline)
+            .wait_publisher(&key.1, stream, deadline)
             .await
             .ok_or_else(|| McuError::NotFound("publisher did not appear in time".into()))?;
         let c = self.conn(p.conn);
@@ -64,19 +63,7 @@ impl ProxyMcu {
             .lock()
             .by_id
             .insert((s.conn, s.id.clone()), Owner::Joining(s.clone()));
-        let offer = match self
-            .payload(
-                s.conn,
-                PayloadKind::RequestOffer,
-                &s.id,
-                selection_of(selection),
-            )
-            .await
-        {
-            Ok(reply) => sdp_reply(reply, SignalType::Offer),
-            Err(e) => Err(failed(e)),
-        };
-        let offer = match offer {
+        let offer = match self.request_offer(&s, selection).await {
             Ok(o) => o,
             Err(e) => {
                 self.abandon(&s).await;
@@ -93,11 +80,7 @@ impl ProxyMcu {
         if let Some(old) = old {
             self.close_subscriber(old).await;
         }
-        deliver(&s.id, &offer);
-        for c in s.held.release() {
-            self.subscriber_candidate_out(&s, c);
-        }
-        Ok(())
+        s.deliver_offer(&self.signals, Ok(offer), deliver)
     }
 
     /// A new offer for the current subscriber.
@@ -108,27 +91,20 @@ impl ProxyMcu {
         deliver: impl FnOnce(&str, &Value),
     ) -> Result<(), McuError> {
         s.held.hold();
-        let offer = match self
-            .payload(
-                s.conn,
-                PayloadKind::RequestOffer,
-                &s.id,
-                selection_of(selection),
-            )
+        let offer = self.request_offer(s, selection).await;
+        s.deliver_offer(&self.signals, offer, deliver)
+    }
+
+    /// The proxy's offer for subscriber `s` (with the stream `selection`).
+    async fn request_offer(&self, s: &Subscriber, selection: &Value) -> Result<Value, McuError> {
+        let kind = PayloadKind::RequestOffer;
+        match self
+            .payload(s.conn, kind, &s.id, selection_of(selection))
             .await
         {
             Ok(reply) => sdp_reply(reply, SignalType::Offer),
             Err(e) => Err(failed(e)),
-        };
-        if let Ok(o) = &offer {
-            deliver(&s.id, o);
         }
-        for c in s.held.release() {
-            if offer.is_ok() {
-                self.subscriber_candidate_out(s, c);
-            }
-        }
-        offer.map(|_| ())
     }
 
     /// Deletes a subscriber whose offer did not come.
@@ -141,20 +117,12 @@ impl ProxyMcu {
     /// A subscriber's `answer`.
     pub async fn subscriber_answer(
         &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
+        key: &SubKey,
         sid: &str,
         sdp_text: &str,
     ) -> Result<(), McuError> {
-        let s = self
-            .clients
-            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
-        let cfg = self.config();
-        let answer = json!({
-            "type": "answer",
-            "sdp": sdp::filter(sdp_text, &cfg.allowed_candidates, &cfg.blocked_candidates),
-        });
+        let s = self.clients.subscriber_checked(key, sid)?;
+        let answer = sdp::jsep("answer", sdp_text, &self.config());
         self.payload(s.conn, PayloadKind::Answer, &s.id, Some(answer))
             .await
             .map(|_| ())
@@ -164,29 +132,17 @@ impl ProxyMcu {
     /// A subscriber's candidate (`None`: end of candidates).
     pub async fn subscriber_candidate(
         &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
+        key: &SubKey,
         sid: &str,
         candidate: Option<Value>,
     ) -> Result<(), McuError> {
-        let s = self
-            .clients
-            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), sid)?;
+        let s = self.clients.subscriber_checked(key, sid)?;
         self.send_candidate(s.conn, &s.id, candidate).await
     }
 
     /// `selectStream`: substream/temporal layer, audio/video on or off.
-    pub async fn select_stream(
-        &self,
-        subscriber: &Arc<str>,
-        publisher: &Arc<str>,
-        stream: StreamType,
-        payload: &Value,
-    ) -> Result<(), McuError> {
-        let s = self
-            .clients
-            .subscriber_checked(&(subscriber.clone(), publisher.clone(), stream), "")?;
+    pub async fn select_stream(&self, key: &SubKey, payload: &Value) -> Result<(), McuError> {
+        let s = self.clients.subscriber_checked(key, "")?;
         let Some(selection) = selection_of(payload) else {
             return Ok(());
         };
