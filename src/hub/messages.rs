@@ -11,7 +11,7 @@ use super::session::SessionKind;
 use super::{invalid_format, Hub, State};
 use crate::api::client::{ClientKind, MessageClientMessage, RecipientKind, RoomType, SignalType};
 use crate::api::error::{self, ProtocolError};
-use crate::api::server::{frame, Frame, MessageOut, RecipientOut, Sender};
+use crate::api::server::{Frame, MessageOut, RecipientOut, Sender};
 
 /// The two fields of a message's `data` that decide whether it publishes
 /// media; everything else stays unparsed.
@@ -75,19 +75,16 @@ struct Outgoing<'a> {
 
 impl Outgoing<'_> {
     fn frame(&self, recipient: Option<RecipientOut>) -> Frame {
-        frame(
-            None,
-            self.kind.as_str(),
-            &MessageOut {
-                sender: Sender {
-                    kind: self.msg.recipient.kind.as_str(),
-                    sessionid: self.sid,
-                    userid: self.user.as_deref(),
-                },
-                recipient,
-                data: &self.msg.data,
+        MessageOut {
+            sender: Sender {
+                kind: self.msg.recipient.kind.as_str(),
+                sessionid: self.sid,
+                userid: self.user.as_deref(),
             },
-        )
+            recipient,
+            data: &self.msg.data,
+        }
+        .to_frame(self.kind.as_str())
     }
 }
 
@@ -190,10 +187,7 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
             let owner = owner.clone();
             st.sessions.deliver(&owner, &f);
         }
-        _ => {
-            let f = out.frame(None);
-            st.sessions.deliver(target, &f);
-        }
+        _ => st.sessions.deliver_owned(target, out.frame(None)),
     }
     Ok(())
 }

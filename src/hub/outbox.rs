@@ -142,13 +142,19 @@ impl Outbox {
 
     /// Queues a frame for the writer without blocking.
     pub fn push(&self, frame: Frame) -> Push {
+        self.push_or_return(frame).0
+    }
+
+    /// As [`Outbox::push`], handing the frame back when it was not queued
+    /// (closed or overflow), so the caller can keep it without a copy.
+    pub fn push_or_return(&self, frame: Frame) -> (Push, Option<Frame>) {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_some() {
-            return Push::Closed;
+            return (Push::Closed, Some(frame));
         }
         let len = frame.len();
         if s.bytes + len > self.limit && !s.frames.is_empty() {
-            return Push::Overflow;
+            return (Push::Overflow, Some(frame));
         }
         s.bytes += len;
         s.frames.push_back(frame);
@@ -156,9 +162,9 @@ impl Outbox {
         drop(s);
         self.notify.notify_one();
         if congested {
-            Push::Congested
+            (Push::Congested, None)
         } else {
-            Push::Queued
+            (Push::Queued, None)
         }
     }
 

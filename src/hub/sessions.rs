@@ -5,6 +5,7 @@
 //! it is (room, connection, queue) changes in place through `map`.
 //! Delivery to a session never blocks ([`Sessions::deliver`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -203,44 +204,56 @@ impl Sessions {
     /// else its resume queue. Never blocks; a full outbox detaches the
     /// connection (close 1013), a full resume queue ends the session.
     pub fn deliver(&mut self, sid: &str, frame: &Frame) {
+        self.deliver_cow(sid, Cow::Borrowed(frame));
+    }
+
+    /// As [`Sessions::deliver`] for a frame made for this one recipient:
+    /// it is queued as it is, without taking a reference to share it.
+    pub fn deliver_owned(&mut self, sid: &str, frame: Frame) {
+        self.deliver_cow(sid, Cow::Owned(frame));
+    }
+
+    fn deliver_cow(&mut self, sid: &str, frame: Cow<'_, Frame>) {
         let Some(s) = self.map.get_mut(sid) else {
             if let Some(a) = self.arriving.get_mut(sid).filter(|a| a.rooms) {
-                a.push(frame, &self.limits);
+                a.push(&frame, &self.limits);
             }
             return;
         };
-        if s.is_virtual() || (s.hides_names() && super::hide_names::drops_for_hidden(frame)) {
+        if s.is_virtual() || (s.hides_names() && super::hide_names::drops_for_hidden(&frame)) {
             return;
         }
+        let mut frame = frame;
         if let Some(conn) = &s.conn {
-            match conn.push(frame.clone()) {
-                Push::Queued => return,
-                Push::Congested => {
+            // Queued, or handed back (closed, overflow) to go to the queue.
+            let (pushed, back) = conn.push_or_return(frame.into_owned());
+            let Some(back) = back else {
+                if pushed == Push::Congested {
                     if let Some(c) = &mut self.congested {
                         c.push(conn.clone());
                     }
-                    return;
                 }
-                Push::Closed => {}
-                Push::Overflow => {
-                    tracing::info!(session = %s.id, backend = %s.backend.id, "send queue full, closing connection (1013)");
-                    self.overflows.inc();
-                    let left = conn.abort(CloseReason::Overflow);
-                    s.conn = None;
-                    for f in left {
-                        s.queue_bytes += f.len();
-                        s.queue.push_back(f);
-                    }
-                    // The client resumes with all of it (at most
-                    // `outboxbytes`): the limits apply to what comes next.
-                    s.carried = (s.queue.len(), s.queue_bytes);
-                    self.disconnected
-                        .insert(s.id.clone(), Instant::now() + self.limits.resume_timeout);
+                return;
+            };
+            frame = Cow::Owned(back);
+            if pushed == Push::Overflow {
+                tracing::info!(session = %s.id, backend = %s.backend.id, "send queue full, closing connection (1013)");
+                self.overflows.inc();
+                let left = conn.abort(CloseReason::Overflow);
+                s.conn = None;
+                for f in left {
+                    s.queue_bytes += f.len();
+                    s.queue.push_back(f);
                 }
+                // The client resumes with all of it (at most
+                // `outboxbytes`): the limits apply to what comes next.
+                s.carried = (s.queue.len(), s.queue_bytes);
+                self.disconnected
+                    .insert(s.id.clone(), Instant::now() + self.limits.resume_timeout);
             }
         }
         s.queue_bytes += frame.len();
-        s.queue.push_back(frame.clone());
+        s.queue.push_back(frame.into_owned());
         let (carried_frames, carried_bytes) = s.carried;
         if (s.queue.len().saturating_sub(carried_frames) > self.limits.resume_queue_messages
             || s.queue_bytes.saturating_sub(carried_bytes) > self.limits.resume_queue_bytes)
