@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Any message a client sends.
+///
+/// The bodies of the rare types are boxed: the message is built and moved
+/// on every frame, and `message` / `control` are most of them.
 #[derive(Debug, Deserialize)]
 pub struct ClientMessage {
     /// Request id, echoed in the reply.
@@ -14,10 +17,10 @@ pub struct ClientMessage {
     pub kind: ClientKind,
     /// Body of `hello`.
     #[serde(default)]
-    pub hello: Option<HelloClientMessage>,
+    pub hello: Option<Box<HelloClientMessage>>,
     /// Body of `room`.
     #[serde(default)]
-    pub room: Option<RoomClientMessage>,
+    pub room: Option<Box<RoomClientMessage>>,
     /// Body of `message`.
     #[serde(default)]
     pub message: Option<MessageClientMessage>,
@@ -26,10 +29,10 @@ pub struct ClientMessage {
     pub control: Option<MessageClientMessage>,
     /// Body of `transient`.
     #[serde(default)]
-    pub transient: Option<TransientClientMessage>,
+    pub transient: Option<Box<TransientClientMessage>>,
     /// Body of `internal`.
     #[serde(default)]
-    pub internal: Option<InternalClientMessage>,
+    pub internal: Option<Box<InternalClientMessage>>,
 }
 
 wire_kind! {

@@ -73,7 +73,7 @@ impl Hub {
                 Some(room) => {
                     let (hub, sid) = (self.clone(), sid.clone());
                     return Some(Box::pin(async move {
-                        hub.room_request(&sid, msg.id, room).await
+                        hub.room_request(&sid, msg.id, *room).await
                     }));
                 }
                 None => self.reply_error(sid, id, invalid_format("room body missing")),
@@ -93,11 +93,11 @@ impl Hub {
                 None => self.reply_error(sid, id, invalid_format("message body missing")),
             },
             ClientKind::Transient => match msg.transient {
-                Some(t) => self.transient(sid, id, t),
+                Some(t) => self.transient(sid, id, *t),
                 None => self.reply_error(sid, id, invalid_format("transient body missing")),
             },
             ClientKind::Internal => match msg.internal {
-                Some(i) => return self.internal(sid, id, i),
+                Some(i) => return self.internal(sid, id, *i),
                 None => self.reply_error(sid, id, invalid_format("internal body missing")),
             },
             ClientKind::Unknown(other) => self.reply_error(

@@ -369,7 +369,7 @@ fn on_text(
         };
         let (hub, outbox) = (hub.clone(), outbox.clone());
         return Step::Hello(Box::pin(async move {
-            hub.hello_from(peer, &outbox, id.as_deref(), hello)
+            hub.hello_from(peer, &outbox, id.as_deref(), *hello)
                 .await
                 .map_err(|e| (id, e))
         }));
