@@ -16,6 +16,11 @@ use super::session::{Session, SessionKind};
 use crate::api::server::Frame;
 use crate::config::ClientLimits;
 
+/// A map keyed by session id, with a fast hasher (ids are long and looked
+/// up several times per message; the keys are the server's own, so a
+/// client cannot choose colliding ones).
+pub(crate) type SidMap<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 /// A user on a backend: (backend id, user id).
 pub(crate) type UserKey = (Arc<str>, Arc<str>);
 
@@ -24,7 +29,7 @@ pub(crate) struct Sessions {
     /// Every session by public id (entered with `insert`, left with `remove`).
     /// Boxed: the table's free slots then cost a pointer, not a whole
     /// session (about 200 B per idle session, docs/benchmarks.md).
-    pub map: HashMap<Arc<str>, Box<Session>>,
+    pub map: SidMap<Box<Session>>,
     /// Resume id -> session.
     pub resume_ids: HashMap<Arc<str>, Arc<str>>,
     /// (backend id, user id) -> sessions of that user (virtual sessions
@@ -98,7 +103,7 @@ impl Sessions {
     /// No sessions yet.
     pub fn new(limits: ClientLimits, overflows: prometheus::IntCounter) -> Sessions {
         Sessions {
-            map: HashMap::new(),
+            map: SidMap::default(),
             resume_ids: HashMap::new(),
             users: HashMap::new(),
             counts: HashMap::new(),
