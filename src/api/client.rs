@@ -1,5 +1,7 @@
 //! Client -> server messages. Payloads the server only forwards stay raw.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -8,7 +10,7 @@ use serde_json::value::RawValue;
 /// The bodies of the rare types are boxed: the message is built and moved
 /// on every frame, and `message` / `control` are most of them.
 #[derive(Debug, Deserialize)]
-pub struct ClientMessage {
+pub struct ClientMessage<'a> {
     /// Request id, echoed in the reply.
     #[serde(default)]
     pub id: Option<String>,
@@ -22,11 +24,11 @@ pub struct ClientMessage {
     #[serde(default)]
     pub room: Option<Box<RoomClientMessage>>,
     /// Body of `message`.
-    #[serde(default)]
-    pub message: Option<MessageClientMessage>,
+    #[serde(borrow, default)]
+    pub message: Option<MessageClientMessage<'a>>,
     /// Body of `control`.
-    #[serde(default)]
-    pub control: Option<MessageClientMessage>,
+    #[serde(borrow, default)]
+    pub control: Option<MessageClientMessage<'a>>,
     /// Body of `transient`.
     #[serde(default)]
     pub transient: Option<Box<TransientClientMessage>>,
@@ -160,27 +162,41 @@ pub struct RoomFederation {
     pub token: String,
 }
 
-/// `message` and `control` request.
+/// `message` and `control` request, borrowed from the frame it came in
+/// (handled before the next frame is read: nothing is copied).
 #[derive(Debug, Deserialize)]
-pub struct MessageClientMessage {
+pub struct MessageClientMessage<'a> {
     /// Who receives it.
-    pub recipient: Recipient,
+    #[serde(borrow)]
+    pub recipient: Recipient<'a>,
     /// Forwarded byte-for-byte.
-    pub data: Box<RawValue>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
 }
 
 /// Recipient of a message.
 #[derive(Debug, Deserialize)]
-pub struct Recipient {
+pub struct Recipient<'a> {
     /// session, user, room or call.
     #[serde(rename = "type")]
     pub kind: RecipientKind,
-    /// For `session`.
-    #[serde(default)]
-    pub sessionid: Option<String>,
+    /// For `session` (borrowed unless it has escapes).
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
+    pub sessionid: Option<Cow<'a, str>>,
     /// For `user`.
-    #[serde(default)]
-    pub userid: Option<String>,
+    #[serde(borrow, default, deserialize_with = "borrowed_str")]
+    pub userid: Option<Cow<'a, str>>,
+}
+
+/// An optional string borrowed from the input when it has no escapes
+/// (serde borrows a `Cow` field only when it is not in an `Option`).
+fn borrowed_str<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
 wire_kind! {
@@ -508,6 +524,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_borrows_its_recipient_and_data_from_the_frame() {
+        let text = r#"{"type":"message","message":{"recipient":{"type":"session","sessionid":"abc"},"data":{"x":"\u0041"}}}"#;
+        let m: ClientMessage = serde_json::from_str(text).unwrap();
+        let body = m.message.unwrap();
+        assert!(matches!(
+            body.recipient.sessionid,
+            Some(Cow::Borrowed("abc"))
+        ));
+        assert_eq!(body.data.get(), r#"{"x":"\u0041"}"#);
+        // Escapes are read (into a copy), nulls and absent ids are none.
+        let text = r#"{"type":"message","message":{"recipient":{"type":"user","userid":"\u0061b","sessionid":null},"data":1}}"#;
+        let m: ClientMessage = serde_json::from_str(text).unwrap();
+        let r = m.message.unwrap().recipient;
+        assert_eq!(r.userid.as_deref(), Some("ab"));
+        assert_eq!(r.sessionid, None);
+        let m: ClientMessage = serde_json::from_str(
+            r#"{"type":"message","message":{"recipient":{"type":"room"},"data":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.message.unwrap().recipient.sessionid, None);
+    }
 
     #[test]
     fn kinds_are_read_into_variants_and_unknown_ones_keep_their_name() {

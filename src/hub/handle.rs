@@ -50,7 +50,7 @@ impl Hub {
     pub fn handle(
         self: &Arc<Self>,
         sid: &Arc<str>,
-        msg: ClientMessage,
+        msg: ClientMessage<'_>,
         raw: &str,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let id = msg.id.as_deref();
@@ -116,7 +116,7 @@ impl Hub {
         sid: &Arc<str>,
         id: Option<&str>,
         kind: &ClientKind,
-        body: crate::api::client::MessageClientMessage,
+        body: crate::api::client::MessageClientMessage<'_>,
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
         let congested = self.route_message(sid, id, kind, body);
         let held = self.pacing.is_held(sid);

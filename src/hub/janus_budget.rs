@@ -49,7 +49,7 @@ impl Hub {
     /// Charges the MCU's handling of a message of `sid` to the session's
     /// Janus budget: a message delivered as any other costs nothing; when
     /// the session is in debt, reading it waits after the request.
-    pub(super) fn janus_paced(&self, sid: &Arc<str>, route: McuRoute) -> McuRoute {
+    pub(super) fn janus_paced<'a>(&self, sid: &Arc<str>, route: McuRoute<'a>) -> McuRoute<'a> {
         if matches!(route, McuRoute::Deliver(_)) {
             return route;
         }

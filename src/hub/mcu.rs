@@ -25,14 +25,14 @@ use crate::mcu::sdp;
 use crate::mcu::{Command, Mcu, McuError, Signal, StreamType};
 
 /// What the hub does with a `message` after the MCU looked at it.
-pub(crate) enum McuRoute {
+pub(crate) enum McuRoute<'a> {
     /// Handled (or refused with an error reply).
     Done,
     /// Handled once the future ran (the reader awaits it, so a client's
     /// candidates stay behind its offer).
     Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
     /// Not for the MCU: deliver as a normal message.
-    Deliver(MessageClientMessage),
+    Deliver(MessageClientMessage<'a>),
 }
 
 /// MCU requests of one sender (`requestoffer`, `sendoffer`; each may wait
@@ -257,12 +257,12 @@ impl Hub {
     }
 
     /// Looks at a client `message` for the MCU (see the module docs).
-    pub(crate) fn mcu_message(
+    pub(crate) fn mcu_message<'a>(
         self: &Arc<Self>,
         sid: &Arc<str>,
         id: Option<&str>,
-        msg: MessageClientMessage,
-    ) -> McuRoute {
+        msg: MessageClientMessage<'a>,
+    ) -> McuRoute<'a> {
         let Some(mcu) = self.mcu.get().cloned() else {
             return McuRoute::Deliver(msg);
         };

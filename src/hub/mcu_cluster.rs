@@ -24,7 +24,7 @@ impl Hub {
         id: Option<&str>,
         target: &Arc<str>,
         checked: &Checked,
-        msg: &MessageClientMessage,
+        msg: &MessageClientMessage<'_>,
     ) -> bool {
         let Some(owner) = self.remote_owner(sid, target) else {
             return false;

@@ -51,7 +51,7 @@ impl Hub {
         sid: &Arc<str>,
         id: Option<&str>,
         kind: &ClientKind,
-        msg: MessageClientMessage,
+        msg: MessageClientMessage<'_>,
     ) -> Vec<Arc<Outbox>> {
         let (result, congested) =
             self.mutate(|st| st.collecting_congestion(|st| route(st, sid, id, kind, &msg)));
@@ -68,7 +68,7 @@ struct Outgoing<'a> {
     sid: &'a Arc<str>,
     id: Option<&'a str>,
     kind: &'a ClientKind,
-    msg: &'a MessageClientMessage,
+    msg: &'a MessageClientMessage<'a>,
     user: Option<Arc<str>>,
     backend: Arc<str>,
 }
@@ -102,7 +102,7 @@ fn route(
     sid: &Arc<str>,
     id: Option<&str>,
     kind: &ClientKind,
-    msg: &MessageClientMessage,
+    msg: &MessageClientMessage<'_>,
 ) -> Result<(), ProtocolError> {
     let Some(sender) = st.sessions.map.get(sid) else {
         return Ok(());

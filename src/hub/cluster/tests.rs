@@ -146,8 +146,9 @@ pub(super) async fn send(hub: &Arc<Hub>, from: &Conn, recipient: Value, data: Va
 
 /// `from` sends a client message of any type.
 async fn send_raw(hub: &Arc<Hub>, from: &Conn, msg: Value) {
-    let parsed = serde_json::from_value(msg.clone()).unwrap();
-    if let Some(wait) = hub.handle(&from.sid, parsed, &msg.to_string()) {
+    let text = msg.to_string();
+    let parsed = serde_json::from_str(&text).unwrap();
+    if let Some(wait) = hub.handle(&from.sid, parsed, &text) {
         wait.await;
     }
 }
