@@ -171,10 +171,6 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
         // Sessions of other backends are unreachable.
         return Err(no_such_session());
     }
-    if t.id == *sid {
-        // Don't loop messages back to the sender.
-        return Ok(());
-    }
     match &t.kind {
         SessionKind::Virtual {
             owner, client_sid, ..

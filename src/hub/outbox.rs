@@ -11,7 +11,7 @@
 //! on (and closed with 1013 once its outbox is full).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -86,6 +86,9 @@ pub struct Outbox {
     /// Bytes the writer got the socket to take so far (progress of a
     /// recipient, see [`Outbox::drained_while_progressing`]).
     written: AtomicU64,
+    /// Set with `close` (checked for every message the client sends,
+    /// without taking the lock).
+    closing: AtomicBool,
 }
 
 /// Result of a push.
@@ -111,6 +114,7 @@ impl Outbox {
             drained: Notify::new(),
             limit,
             written: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -214,6 +218,7 @@ impl Outbox {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_none() {
             s.close = Some(reason);
+            self.closing.store(true, Ordering::Release);
         }
         drop(s);
         self.notify.notify_one();
@@ -226,6 +231,7 @@ impl Outbox {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_none() {
             s.close = Some(reason);
+            self.closing.store(true, Ordering::Release);
         }
         s.bytes = 0;
         let frames = std::mem::take(&mut s.frames);
@@ -258,7 +264,7 @@ impl Outbox {
 
     /// True once a close was requested.
     pub fn is_closing(&self) -> bool {
-        self.state.lock().expect("outbox lock").close.is_some()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Asks the writer to answer a client's ping.
