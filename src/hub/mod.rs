@@ -24,6 +24,8 @@ mod handle;
 mod hello;
 mod hide_names;
 pub use hello::HelloOk;
+#[cfg(test)]
+mod hot_path_bench;
 mod internal;
 mod janus_budget;
 mod lifecycle;
