@@ -135,7 +135,7 @@ pub fn hub_messages(data: &[u8]) {
                             .is_some_and(|a| a.kind == AuthKind::Internal);
                     if local {
                         let conn = hub.new_outbox();
-                        if let Ok(other) = hub.hello(&conn, msg.id.as_deref(), hello).await {
+                        if let Ok(other) = hub.hello(&conn, msg.id.as_deref(), *hello).await {
                             hub.close_session(&other.sid, "fuzz");
                         }
                     }
