@@ -526,6 +526,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_client_message_stays_small() {
+        // Built and moved several times for every frame a client sends
+        // (with every body inline it is several times larger).
+        let n = std::mem::size_of::<ClientMessage>();
+        assert!(n <= 256, "ClientMessage is {n} bytes");
+    }
+
+    #[test]
     fn a_message_borrows_its_recipient_and_data_from_the_frame() {
         let text = r#"{"type":"message","message":{"recipient":{"type":"session","sessionid":"abc"},"data":{"x":"\u0041"}}}"#;
         let m: ClientMessage = serde_json::from_str(text).unwrap();
