@@ -6,7 +6,7 @@
 //!
 //!   cargo test --release --lib hot_path -- --ignored --nocapture
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::tests::{hub_on, internal_hello};
 

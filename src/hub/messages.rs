@@ -82,7 +82,7 @@ impl Outgoing<'_> {
                 userid: self.user.as_deref(),
             },
             recipient,
-            data: &self.msg.data,
+            data: self.msg.data,
         }
         .to_frame(self.kind.as_str())
     }
@@ -119,7 +119,7 @@ fn route(
     }
     if *kind == ClientKind::Message
         && sender.permissions.is_some()
-        && !may_send_offer(sender, &msg.data)
+        && !may_send_offer(sender, msg.data)
     {
         return Err(ProtocolError::new(
             error::NOT_ALLOWED,
