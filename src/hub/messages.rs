@@ -88,13 +88,6 @@ impl Outgoing<'_> {
     }
 }
 
-fn no_such_session() -> ProtocolError {
-    ProtocolError::new(
-        error::NO_SUCH_SESSION,
-        "The recipient session does not exist.",
-    )
-}
-
 /// Delivers one `message` or `control` under the hub lock, by recipient
 /// type; an error is replied to the sender by the caller.
 fn route(
@@ -168,8 +161,9 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
         return to_remote_session(st, out, target);
     };
     if t.backend.id != out.backend {
-        // Sessions of other backends are unreachable.
-        return Err(no_such_session());
+        // Sessions of other backends are unreachable (as for a session
+        // that does not exist: nothing is answered, as by the Go server).
+        return Ok(());
     }
     match &t.kind {
         SessionKind::Virtual {
@@ -188,8 +182,9 @@ fn to_session(st: &mut State, out: &Outgoing) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Where the owner of a session on another process answers an error to.
-fn error_route<'a>(out: &'a Outgoing) -> RemoteRoute<'a> {
+/// The sender and backend a session's owner on another process checks
+/// the message against.
+fn route_of<'a>(out: &'a Outgoing) -> RemoteRoute<'a> {
     RemoteRoute {
         backend: &out.backend,
         sender: out.sid,
@@ -208,7 +203,7 @@ fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(),
     {
         if room.backend != out.backend {
             // Sessions of other backends are unreachable.
-            return Err(no_such_session());
+            return Ok(());
         }
         if let (Some(owner), Some(client_sid)) = (&info.virtual_owner, &info.client_sid) {
             let f = out.frame(Some(RecipientOut {
@@ -224,16 +219,17 @@ fn to_remote_session(st: &mut State, out: &Outgoing, target: &str) -> Result<(),
                 st.send_session_frame(&info.owner, owner, &f, None);
             }
         } else {
-            // With a route: should the member have just left there, its
-            // process answers `no_such_session` (nothing vanishes).
-            st.send_to_remote_session(target, &out.frame(None), Some(&error_route(out)));
+            // With a route: its process delivers only to a session of the
+            // sender's backend.
+            st.send_to_remote_session(target, &out.frame(None), Some(&route_of(out)));
         }
         return Ok(());
     }
-    if st.send_to_remote_session(target, &out.frame(None), Some(&error_route(out))) {
-        return Ok(());
-    }
-    Err(no_such_session())
+    // A session that does not exist (anymore): the message is not
+    // delivered, and nothing is answered, as by the Go server (messages
+    // reach only sessions that are connected).
+    st.send_to_remote_session(target, &out.frame(None), Some(&route_of(out)));
+    Ok(())
 }
 
 /// Recipient `user`: every session of the user on the sender's backend,

@@ -208,3 +208,36 @@ async fn null_data_case(s: &Side) {
 async fn null_data_is_invalid_format_as_in_go() {
     both!(null_data_case);
 }
+
+/// A `message` or `control` to a session that does not exist is not
+/// answered: the sender's next message is its peer's.
+async fn unknown_session_case(s: &Side) {
+    let mut a = s.user_in_room("alice", "room1").await;
+    let mut b = s.user_in_room("bob", "room1").await;
+    a.wait_join_of(&b.session_id).await;
+    let nobody = json!({"type": "session", "sessionid": "no-such-session-0123456789"});
+    for kind in ["message", "control"] {
+        a.send(json!({"id": kind, "type": kind, kind: {"recipient": nobody, "data": {"x": 1}}}))
+            .await;
+    }
+    // Both were handled (any answer queued for alice) before bob gets this.
+    a.message_to(
+        json!({"type": "session", "sessionid": b.session_id}),
+        json!({"marker": true}),
+    )
+    .await;
+    let m = b.wait_for(|m| m["type"] != "event").await;
+    assert_eq!(m["message"]["data"]["marker"], true, "{}: {m}", s.name);
+    b.message_to(
+        json!({"type": "session", "sessionid": a.session_id}),
+        json!({"from": "bob"}),
+    )
+    .await;
+    let m = a.wait_for(|m| m["type"] != "event").await;
+    assert_eq!(m["message"]["data"]["from"], "bob", "{}: {m}", s.name);
+}
+
+#[tokio::test]
+async fn a_message_to_an_unknown_session_is_not_answered_as_in_go() {
+    both!(unknown_session_case);
+}

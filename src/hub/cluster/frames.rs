@@ -100,8 +100,9 @@ impl Hub {
         congested
     }
 
-    /// A frame for a session of this process: delivered, forwarded to the
-    /// process it moved to, or answered with `no_such_session`.
+    /// A frame for a session of this process: delivered, or forwarded to
+    /// the process it moved to; for a session that is gone (or of another
+    /// backend than the sender's) nothing happens, as in the Go server.
     fn session_frame(
         &self,
         sid: String,
@@ -129,7 +130,7 @@ impl Hub {
                     });
                     return Delivered { congested, sender };
                 }
-                Some(false) => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
+                Some(false) => {}
                 None if st.sessions.arriving.contains_key(sid.as_str()) => {
                     // On its way here: kept for it.
                     let limits = st.sessions.limits.clone();
@@ -137,8 +138,8 @@ impl Hub {
                         a.push(&f, &limits);
                     }
                 }
-                None => match st.cluster.moved.get(sid.as_str()) {
-                    Some((pid, _)) => {
+                None => {
+                    if let Some((pid, _)) = st.cluster.moved.get(sid.as_str()) {
                         // Resumed elsewhere: forward.
                         let subject = process_subject(pid);
                         let h = Header::SessionFrame {
@@ -149,8 +150,7 @@ impl Hub {
                         };
                         st.bus.publish(subject, encode(&h, Some(body)));
                     }
-                    None => st.tell_no_such_session(reply_to.as_deref(), id.as_deref()),
-                },
+                }
             }
             Delivered::default()
         })

@@ -40,7 +40,8 @@ pub struct RemoteMember {
 }
 
 /// Who sends a frame to a session of another process, so that the owner
-/// can check the backend and answer `no_such_session`.
+/// can check the backend (the request id still goes along: a process of
+/// a previous release answers `no_such_session` with it).
 pub(crate) struct RemoteRoute<'a> {
     /// The sender's backend id.
     pub backend: &'a str,
@@ -292,28 +293,9 @@ impl State {
         self.bus.publish(process_subject(owner), encode(&h, None));
     }
 
-    /// Tells a sender (of this or another process) that the recipient
-    /// session of its message does not exist.
-    pub(crate) fn tell_no_such_session(&mut self, sender: Option<&str>, id: Option<&str>) {
-        let Some(sender) = sender else { return };
-        let f = crate::api::server::error_frame(
-            id,
-            &crate::api::error::ProtocolError::new(
-                crate::api::error::NO_SUCH_SESSION,
-                "The recipient session does not exist.",
-            ),
-        );
-        if self.sessions.map.contains_key(sender) {
-            self.sessions.deliver(sender, &f);
-        } else {
-            self.send_to_remote_session(sender, &f, None);
-        }
-    }
-
     /// Sends a frame to a session of another process; false if no live
     /// process can own it. With `route`, the owner delivers only to a
-    /// session of that backend and tells the sender `no_such_session`
-    /// otherwise.
+    /// session of that backend.
     pub(crate) fn send_to_remote_session(
         &self,
         sid: &str,

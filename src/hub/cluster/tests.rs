@@ -158,7 +158,7 @@ fn pid(hub: &Hub) -> String {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_session_message_to_another_hub_is_delivered_once_and_only_its_hub_answers() {
+async fn a_session_message_to_another_hub_is_delivered_once_and_never_answered() {
     let hubs = mesh_of(3).await;
     let (a, b) = (&hubs[0], &hubs[1]);
     let x = internal(a).await;
@@ -180,7 +180,8 @@ async fn a_session_message_to_another_hub_is_delivered_once_and_only_its_hub_ans
     assert!(x.messages().is_empty(), "nobody says no_such_session");
     assert!(z.frames().is_empty());
 
-    // A session that hub b does not have (any more): b alone answers.
+    // A session that hub b does not have (any more): nobody answers (as
+    // in the Go server).
     let gone = format!("{}{}", pid(b), "-vanished-session");
     send(
         a,
@@ -191,8 +192,7 @@ async fn a_session_message_to_another_hub_is_delivered_once_and_only_its_hub_ans
     .await;
     quiet().await;
     let errors = x.frames();
-    assert_eq!(errors.len(), 1, "one answer: {errors:?}");
-    assert_eq!(errors[0]["error"]["code"], "no_such_session");
+    assert!(errors.is_empty(), "no answer: {errors:?}");
     assert!(y.frames().is_empty() && z.frames().is_empty());
 }
 
@@ -490,7 +490,7 @@ fn only_process_ids_are_taken_from_a_resume_id() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_message_to_a_member_that_just_left_on_its_hub_gets_no_such_session() {
+async fn a_message_to_a_member_that_just_left_on_its_hub_is_answered_by_nobody() {
     let hubs = mesh_of(2).await;
     let x = client_in_room(&hubs[0], "alice", "r1").await;
     let y = client_in_room(&hubs[1], "bob", "r1").await;
@@ -506,9 +506,9 @@ async fn a_message_to_a_member_that_just_left_on_its_hub_gets_no_such_session() 
     )
     .await;
     quiet().await;
+    // As in the Go server: not delivered, and nothing is answered.
     let errors = x.of_type("error");
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0]["error"]["code"], "no_such_session");
+    assert!(errors.is_empty(), "{errors:?}");
 }
 
 #[tokio::test(start_paused = true)]
