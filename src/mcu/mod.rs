@@ -8,6 +8,7 @@
 //! [`Command`]. What the MCU says on its own (candidates, renegotiation
 //! offers) goes back to the hub as [`Signal`]s.
 
+mod backend;
 mod direct;
 pub mod events;
 mod facade;

@@ -71,13 +71,47 @@ pub(super) trait Subscribed {
     }
 }
 
-/// Implements [`Published`] for the `Publisher` and [`Subscribed`] for
-/// the `Subscriber` of the module it is called in: both named by the
+/// Implements [`super::backend::Backend`] for a backend (`$mcu`, by its
+/// methods of the same names and its field `clients`), [`Published`] for
+/// the `Publisher` and [`Subscribed`] for the `Subscriber` of the module
+/// it is called in: both named by the
 /// backend's id (`id: Type = |x| expr` of either), a publisher by its
 /// fields `session`, `stream`, `sid` and `media`, a subscriber by its
 /// fields `key` and `held` and its sid (`|x| expr`).
 macro_rules! registered {
-    (id: $id:ty = |$x:ident| $by:expr, sid: |$y:ident| $sid:expr) => {
+    ($mcu:ty, id: $id:ty = |$x:ident| $by:expr, sid: |$y:ident| $sid:expr) => {
+        impl $crate::mcu::backend::Backend for $mcu {
+            type P = Publisher;
+            type S = Subscriber;
+            fn clients(&self) -> &$crate::mcu::registry::Clients<Publisher, Subscriber> {
+                &self.clients
+            }
+            fn close_session(
+                &self,
+                session: &std::sync::Arc<str>,
+            ) -> impl std::future::Future<Output = ()> + Send {
+                <$mcu>::close_session(self, session)
+            }
+            fn close_publisher(
+                &self,
+                p: std::sync::Arc<Publisher>,
+            ) -> impl std::future::Future<Output = ()> + Send {
+                <$mcu>::close_publisher(self, p)
+            }
+            fn close_subscriber(
+                &self,
+                s: std::sync::Arc<Subscriber>,
+            ) -> impl std::future::Future<Output = ()> + Send {
+                <$mcu>::close_subscriber(self, s)
+            }
+            fn abandon(
+                &self,
+                s: &std::sync::Arc<Subscriber>,
+            ) -> impl std::future::Future<Output = ()> + Send {
+                <$mcu>::abandon(self, s)
+            }
+        }
+
         impl $crate::mcu::registry::Published for Publisher {
             type Id = $id;
             fn id(&self) -> $id {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::janus::{plugin_data, Gateway, GatewayEvent, JanusKind, VideoroomKind};
 use super::registry::{self, Clients, Published, Subscribed};
-use super::{info, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
+use super::{info, sdp, Command, HeldCandidates, Signal, StreamType, SubKey};
 use crate::api::client::SignalType;
 use crate::config::mcu::McuConfig;
 use crate::metrics::McuMetrics;
@@ -41,7 +41,7 @@ pub struct Publisher {
 }
 
 /// A session receiving a publisher's stream.
-struct Subscriber {
+pub(super) struct Subscriber {
     key: SubKey,
     handle: u64,
     /// Candidates trickled while Janus's offer is on its way.
@@ -56,7 +56,7 @@ impl Subscriber {
     }
 }
 
-registry::registered!(id: u64 = |x| x.handle, sid: |s| Subscriber::sid(s));
+registry::registered!(JanusMcu, id: u64 = |x| x.handle, sid: |s| Subscriber::sid(s));
 
 /// What a Janus handle of this process serves.
 type Owner = registry::Owner<Publisher, Subscriber>;
@@ -123,7 +123,7 @@ impl JanusMcu {
                         None => return,
                     },
                     cmd = command_rx.recv() => match cmd {
-                        Some(cmd) => m.on_command(cmd),
+                        Some(cmd) => super::backend::run_command(&m, cmd),
                         None => return,
                     },
                 }
@@ -224,20 +224,6 @@ impl JanusMcu {
         for s in subs {
             self.close_subscriber(s).await;
         }
-    }
-
-    fn on_command(self: &Arc<Self>, cmd: Command) {
-        let m = self.clone();
-        tokio::spawn(async move {
-            match cmd {
-                Command::CloseSession(s) => m.close_session(&s).await,
-                Command::Permissions(s, perms) => m.apply_permissions(&s, &perms).await,
-                Command::UnshareScreen(s) => {
-                    tokio::time::sleep(UNSHARE_DELAY).await;
-                    m.close_stream(&s, StreamType::Screen).await;
-                }
-            }
-        });
     }
 
     fn on_gateway_event(self: &Arc<Self>, ev: GatewayEvent) {

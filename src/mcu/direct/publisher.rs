@@ -229,18 +229,6 @@ impl JanusMcu {
 
     /// Closes a session's publisher of `stream`, if any.
     pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
-        if let Some(p) = self.clients.publisher(session, stream) {
-            self.close_publisher(p).await;
-        }
-    }
-
-    /// Closes the publisher a new permission set no longer allows
-    /// ([`crate::mcu::revoked_stream`]).
-    pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
-        let closing = self.clients.revoked(session, perms);
-        if let Some(p) = closing {
-            tracing::info!(session = %session, stream = p.stream.as_str(), "permission revoked, closing publisher");
-            self.close_publisher(p).await;
-        }
+        crate::mcu::backend::close_stream(self, session, stream).await;
     }
 }

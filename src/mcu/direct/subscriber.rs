@@ -63,16 +63,7 @@ impl JanusMcu {
             .map_err(|e| McuError::NotFound(e.to_string()))?;
         let (s, offer) = self.join_publisher(key, &p, s, selection, deadline).await?;
         let admit = || self.refuse_if_handed_over();
-        let old = match self.clients.add_subscriber(&p, &s, admit) {
-            Ok(old) => old,
-            Err(e) => {
-                self.abandon(&s).await;
-                return Err(e);
-            }
-        };
-        if let Some(old) = old {
-            self.close_subscriber(old).await;
-        }
+        crate::mcu::backend::register_subscriber(self, &p, &s, admit).await?;
         s.deliver_offer(&self.signals, Ok(offer), deliver)
     }
 
@@ -160,7 +151,7 @@ impl JanusMcu {
     }
 
     /// Detaches a subscriber handle whose join did not succeed.
-    async fn abandon(&self, s: &Subscriber) {
+    pub(super) async fn abandon(&self, s: &Subscriber) {
         self.clients.lock().by_id.remove(&s.handle);
         let _ = self.gw.detach(s.handle).await;
     }

@@ -261,7 +261,7 @@ impl ProxyMcu {
         }
     }
 
-    async fn close_subscriber(&self, s: Arc<Subscriber>) {
+    pub(in crate::mcu) async fn close_subscriber(&self, s: Arc<Subscriber>) {
         if self.clients.forget_subscriber(&s) {
             self.delete(s.conn, CommandKind::DeleteSubscriber, &s.id)
                 .await;
@@ -298,9 +298,7 @@ impl ProxyMcu {
 
     /// Closes a session's publisher of `stream`, if any.
     pub async fn close_stream(&self, session: &Arc<str>, stream: StreamType) {
-        if let Some(p) = self.clients.publisher(session, stream) {
-            self.close_publisher(p).await;
-        }
+        crate::mcu::backend::close_stream(self, session, stream).await;
     }
 
     /// Closes everything of a session.
@@ -312,16 +310,6 @@ impl ProxyMcu {
         }
         for s in subs {
             self.close_subscriber(s).await;
-        }
-    }
-
-    /// Closes the publisher a new permission set no longer allows
-    /// ([`crate::mcu::revoked_stream`]).
-    pub(super) async fn apply_permissions(&self, session: &Arc<str>, perms: &[String]) {
-        let closing = self.clients.revoked(session, perms);
-        if let Some(p) = closing {
-            tracing::info!(session = %session, stream = p.stream.as_str(), "permission revoked, closing publisher");
-            self.close_publisher(p).await;
         }
     }
 }

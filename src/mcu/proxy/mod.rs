@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::{self, Clients, Published, Subscribed};
-use super::{info, lock, sdp, Command, HeldCandidates, Signal, StreamType, SubKey, UNSHARE_DELAY};
+use super::{info, lock, sdp, Command, HeldCandidates, Signal, StreamType, SubKey};
 use crate::api::proxy::{EventKind, PayloadKind, ProxyPayload};
 use crate::config::mcu::{McuConfig, ProxyConfig};
 use crate::metrics::McuMetrics;
@@ -61,7 +61,7 @@ pub(super) struct Subscriber {
     held: HeldCandidates,
 }
 
-registry::registered!(id: (usize, String) = |x| (x.conn, x.id.clone()), sid: |s| s.id.clone());
+registry::registered!(ProxyMcu, id: (usize, String) = |x| (x.conn, x.id.clone()), sid: |s| s.id.clone());
 
 /// What a (proxy, the proxy's client id) serves; subscribers are known
 /// from their creation on ([`registry::Owner::Joining`]).
@@ -131,7 +131,7 @@ impl ProxyMcu {
                         None => return,
                     },
                     cmd = command_rx.recv() => match cmd {
-                        Some(cmd) => m.on_command(cmd),
+                        Some(cmd) => super::backend::run_command(&m, cmd),
                         None => return,
                     },
                 }
@@ -241,20 +241,6 @@ impl ProxyMcu {
     /// True when `subscriber` receives `publisher`'s `stream`.
     pub fn has_subscriber(&self, subscriber: &str, publisher: &str, stream: StreamType) -> bool {
         self.clients.has_subscriber(subscriber, publisher, stream)
-    }
-
-    fn on_command(self: &Arc<Self>, cmd: Command) {
-        let m = self.clone();
-        tokio::spawn(async move {
-            match cmd {
-                Command::CloseSession(s) => m.close_session(&s).await,
-                Command::Permissions(s, perms) => m.apply_permissions(&s, &perms).await,
-                Command::UnshareScreen(s) => {
-                    tokio::time::sleep(UNSHARE_DELAY).await;
-                    m.close_stream(&s, StreamType::Screen).await;
-                }
-            }
-        });
     }
 
     fn update_gauges(&self) {

@@ -70,16 +70,8 @@ impl ProxyMcu {
                 return Err(e);
             }
         };
-        let old = match self.clients.add_subscriber(&p, &s, || Ok(())) {
-            Ok(old) => old,
-            Err(e) => {
-                self.abandon(&s).await;
-                return Err(e);
-            }
-        };
-        if let Some(old) = old {
-            self.close_subscriber(old).await;
-        }
+        let admit = || Ok(());
+        crate::mcu::backend::register_subscriber(self, &p, &s, admit).await?;
         s.deliver_offer(&self.signals, Ok(offer), deliver)
     }
 
@@ -108,7 +100,7 @@ impl ProxyMcu {
     }
 
     /// Deletes a subscriber whose offer did not come.
-    async fn abandon(&self, s: &Arc<Subscriber>) {
+    pub(in crate::mcu) async fn abandon(&self, s: &Arc<Subscriber>) {
         self.clients.lock().by_id.remove(&(s.conn, s.id.clone()));
         self.delete(s.conn, CommandKind::DeleteSubscriber, &s.id)
             .await;
