@@ -263,6 +263,11 @@ impl Hub {
         if auth_url.is_empty() {
             return Err(invalid_format("url missing"));
         }
+        // What is no URL at all is a format error, as for the Go server
+        // (which parses it as a request URI: absolute, or a path).
+        if !auth_url.starts_with('/') && reqwest::Url::parse(auth_url).is_err() {
+            return Err(invalid_format("url is not a URL"));
+        }
         let Some((backend, base)) = self.registry().for_url(auth_url) else {
             return Err(ProtocolError::new(
                 error::INVALID_BACKEND,

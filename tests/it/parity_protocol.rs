@@ -241,3 +241,27 @@ async fn unknown_session_case(s: &Side) {
 async fn a_message_to_an_unknown_session_is_not_answered_as_in_go() {
     both!(unknown_session_case);
 }
+
+/// A hello whose `auth.url` is no URL is `invalid_format`; a URL of no
+/// configured backend `invalid_backend`.
+async fn hello_url_case(s: &Side) {
+    for (url, code) in [
+        ("not a url", "invalid_format"),
+        (
+            "https://unknown.example/ocs/v2.php/apps/spreed/api/v3/signaling/backend",
+            "invalid_backend",
+        ),
+    ] {
+        let mut c = s.connect().await;
+        c.send(json!({"id": "h", "type": "hello", "hello": {"version": "1.0", "auth": {"url": url, "params": {}}}}))
+            .await;
+        let e = c.expect_type("error").await;
+        assert_eq!(e["id"], "h", "{}: {e}", s.name);
+        assert_eq!(e["error"]["code"], code, "{} {url}: {e}", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_hello_url_that_is_no_url_is_invalid_format_as_in_go() {
+    both!(hello_url_case);
+}
