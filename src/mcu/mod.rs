@@ -142,6 +142,25 @@ pub struct Offer {
     pub continents: Vec<&'static str>,
 }
 
+impl Offer {
+    /// The publisher's bitrate: the offer's within the backend's and
+    /// `[mcu]`'s caps for `stream`, the cap when the offer names none.
+    fn bitrate_within(&self, stream: StreamType, cfg: &crate::config::mcu::McuConfig) -> u64 {
+        let cap = combine_limits(
+            self.backend_cap,
+            match stream {
+                StreamType::Video => cfg.max_stream_bitrate,
+                StreamType::Screen => cfg.max_screen_bitrate,
+            },
+        );
+        if self.bitrate == 0 {
+            cap
+        } else {
+            self.bitrate.min(cap)
+        }
+    }
+}
+
 /// Subscriber key: (subscriber session, publisher session, stream).
 pub(crate) type SubKey = (Arc<str>, Arc<str>, StreamType);
 

@@ -107,19 +107,7 @@ impl JanusMcu {
     /// The `create` of a publisher's room: its bitrate (the offer's, within
     /// the backend's and `[mcu]`'s caps) and the codecs the offer asks for.
     fn create_request(&self, session: &Arc<str>, stream: StreamType, offer: &Offer) -> Value {
-        let cfg = self.config();
-        let cap = super::super::combine_limits(
-            offer.backend_cap,
-            match stream {
-                StreamType::Video => cfg.max_stream_bitrate,
-                StreamType::Screen => cfg.max_screen_bitrate,
-            },
-        );
-        let bitrate = if offer.bitrate == 0 {
-            cap
-        } else {
-            offer.bitrate.min(cap)
-        };
+        let bitrate = offer.bitrate_within(stream, &self.config());
         let mut body = json!({
             "request": "create",
             "description": format!("{session}|{}", stream.as_str()),

@@ -16,7 +16,7 @@ use crate::api::proxy::{
     MEDIA_AUDIO, MEDIA_SCREEN, MEDIA_VIDEO,
 };
 use crate::mcu::registry::Published;
-use crate::mcu::{combine_limits, sdp, McuError, Offer, StreamType};
+use crate::mcu::{sdp, McuError, Offer, StreamType};
 
 /// What is left of `deadline` (zero when it passed).
 fn left(deadline: Instant) -> std::time::Duration {
@@ -161,19 +161,7 @@ impl ProxyMcu {
         offer: &Offer,
         deadline: Instant,
     ) -> Result<Arc<Publisher>, McuError> {
-        let cfg = self.config();
-        let cap = combine_limits(
-            offer.backend_cap,
-            match stream {
-                StreamType::Video => cfg.max_stream_bitrate,
-                StreamType::Screen => cfg.max_screen_bitrate,
-            },
-        );
-        let bitrate = if offer.bitrate == 0 {
-            cap
-        } else {
-            offer.bitrate.min(cap)
-        };
+        let bitrate = offer.bitrate_within(stream, &self.config());
         let mediatypes = match stream {
             StreamType::Screen => MEDIA_SCREEN,
             StreamType::Video => {
